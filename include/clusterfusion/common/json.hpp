@@ -1,0 +1,77 @@
+// A small strict JSON reader (RFC 8259) for safetensors headers, config.json and tokenizer.json.
+// Bounded: nesting depth and input size are limited, strings must be valid UTF-8, duplicate keys are kept in order
+// (find() returns the first). Errors throw cf::InputError naming the byte offset.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "clusterfusion/common/error.hpp"
+
+namespace cf::json {
+
+class Value {
+ public:
+  enum class Kind { Null, Bool, Number, String, Array, Object };
+  using Array = std::vector<Value>;
+  using Object = std::vector<std::pair<std::string, Value>>;
+
+  Value() = default;
+  static Value make_bool(bool b);
+  static Value make_number(double d, bool is_integer, int64_t i);
+  static Value make_string(std::string s);
+  static Value make_array(Array a);
+  static Value make_object(Object o);
+
+  Kind kind() const { return kind_; }
+  bool is_null() const { return kind_ == Kind::Null; }
+  bool is_bool() const { return kind_ == Kind::Bool; }
+  bool is_number() const { return kind_ == Kind::Number; }
+  bool is_integer() const { return kind_ == Kind::Number && is_integer_; }
+  bool is_string() const { return kind_ == Kind::String; }
+  bool is_array() const { return kind_ == Kind::Array; }
+  bool is_object() const { return kind_ == Kind::Object; }
+
+  // Typed accessors throw cf::InputError("json: expected <kind> for <what>") on a kind mismatch.
+  bool as_bool(std::string_view what = "value") const;
+  double as_number(std::string_view what = "value") const;
+  int64_t as_int(std::string_view what = "value") const;  // integral numbers only
+  const std::string& as_string(std::string_view what = "value") const;
+  const Array& as_array(std::string_view what = "value") const;
+  const Object& as_object(std::string_view what = "value") const;
+
+  // Object lookup: nullptr when absent (or when this is not an object).
+  const Value* find(std::string_view key) const;
+  // Object lookup that throws "json: missing key '<key>'" when absent.
+  const Value& at(std::string_view key) const;
+
+  static const char* kind_name(Kind k);
+
+ private:
+  Kind kind_ = Kind::Null;
+  bool bool_ = false;
+  bool is_integer_ = false;
+  double number_ = 0;
+  int64_t integer_ = 0;
+  std::string string_;
+  std::shared_ptr<Array> array_;
+  std::shared_ptr<Object> object_;
+};
+
+struct ParseLimits {
+  size_t max_bytes = size_t(1) << 30;
+  int max_depth = 128;
+};
+
+// Parses a whole document; trailing non-whitespace is an error.
+Value parse(std::string_view text, const ParseLimits& limits = {});
+
+// Appends the UTF-8 encoding of a code point (used by escapes and by the tokenizers).
+void append_utf8(std::string& out, uint32_t code_point);
+// True when s is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
+bool is_valid_utf8(std::string_view s);
+
+}  // namespace cf::json

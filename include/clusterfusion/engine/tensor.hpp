@@ -1,0 +1,46 @@
+// Tensor element types and read-only tensor views over loaded model files.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cf {
+
+// Storage types of weights. Quantised types are ggml's block formats (same bit layout, so GGUF data maps as is).
+enum class DType : uint8_t {
+  F32,
+  F16,
+  BF16,
+  Q8_0,  // blocks of 32: f16 scale + 32 x int8
+  Q4_0,  // blocks of 32: f16 scale + 16 bytes of 4-bit values (offset 8)
+  Q4_1,  // blocks of 32: f16 scale + f16 min + 16 bytes of 4-bit values
+};
+
+std::string_view dtype_name(DType t);
+// Elements per block (1 for plain types) and bytes per block.
+int64_t dtype_block_elems(DType t);
+int64_t dtype_block_bytes(DType t);
+// Bytes taken by a row of n elements; n must be a multiple of the block size (checked by the loaders).
+int64_t dtype_row_bytes(DType t, int64_t n);
+
+// Dequantises n consecutive elements (n a multiple of the block size) starting at a block boundary.
+void dequantize(DType t, const void* src, float* dst, int64_t n);
+
+// A tensor inside a loaded (usually memory-mapped) file. Shape is row-major, outermost first: a weight that maps
+// in -> out is {out, in} and each of its `out` rows holds `in` contiguous elements (GGUF's ne[] reversed).
+struct TensorRef {
+  std::string name;  // canonical (GGUF-style) name, e.g. "blk.3.attn_q.weight"
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  size_t nbytes = 0;
+
+  int64_t numel() const;
+  int64_t rows() const;  // product of all but the last dim (1 for 1-D)
+  int64_t cols() const;  // last dim
+  std::string shape_string() const;  // "[576, 1536]"
+};
+
+}  // namespace cf
