@@ -27,7 +27,7 @@
 namespace cf::dev {
 
 #if defined(CF_DEVICE_CUDA)
-struct alignas(64) TensorMap {
+struct TensorMap {  // 128-byte aligned, like CUtensorMap
   CUtensorMap map;
 };
 #else
