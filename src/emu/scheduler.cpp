@@ -30,7 +30,7 @@ namespace {
 // can run, so a consumer that reads before waiting sees the poison.
 constexpr uint64_t kEarlyDeliveryAge = 512;
 constexpr uint32_t kEarlyDeliveryOneIn = 32;
-constexpr uint64_t kLivelockPolls = 1u << 21;  // consecutive polls (nanosleep, failed try_wait) without progress
+constexpr uint64_t kLivelockPolls = 1u << 20;  // consecutive polls (nanosleep, failed try_wait) without progress
 
 std::mutex g_launch_mutex;  // launches are serialised process-wide
 pthread_t g_launch_thread;
