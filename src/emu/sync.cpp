@@ -59,13 +59,57 @@ const char* warp_op_name(WarpOp op) {
     case WarpOp::Ballot: return "ballot_sync";
     case WarpOp::Any: return "any_sync";
     case WarpOp::All: return "all_sync";
+    case WarpOp::Mma: return "mma_m16n8k16";
   }
   return "warp op";
+}
+
+float half_of(uint32_t reg, int which, bool bf16) {
+  const auto bits = uint16_t(which == 0 ? reg & 0xffffu : reg >> 16);
+  return bf16 ? cf::bf16_bits_to_float(bits) : cf::f16_bits_to_float(bits);
+}
+
+// D = A B + C over the fragments of all 32 lanes (layout in api.hpp), accumulated in fp32 in k order.
+void complete_mma(WarpGroup* g) {
+  float a[16][16], b[16][8], c[16][8];
+  for (uint32_t lane = 0; lane < 32; ++lane) {
+    const auto* ops = reinterpret_cast<const MmaOperands*>(uintptr_t(g->values[lane]));
+    const uint32_t row = lane / 4, col = 2 * (lane % 4);
+    for (int h = 0; h < 2; ++h) {
+      a[row][col + h] = half_of(ops->a[0], h, ops->bf16);
+      a[row + 8][col + h] = half_of(ops->a[1], h, ops->bf16);
+      a[row][col + 8 + h] = half_of(ops->a[2], h, ops->bf16);
+      a[row + 8][col + 8 + h] = half_of(ops->a[3], h, ops->bf16);
+      b[col + h][row] = half_of(ops->b[0], h, ops->bf16);
+      b[col + 8 + h][row] = half_of(ops->b[1], h, ops->bf16);
+      c[row][col + h] = ops->c[h];
+      c[row + 8][col + h] = ops->c[2 + h];
+    }
+  }
+  for (uint32_t lane = 0; lane < 32; ++lane) {
+    const auto* ops = reinterpret_cast<const MmaOperands*>(uintptr_t(g->values[lane]));
+    const uint32_t row = lane / 4, col = 2 * (lane % 4);
+    const uint32_t rows[4] = {row, row, row + 8, row + 8}, cols[4] = {col, col + 1, col, col + 1};
+    for (int i = 0; i < 4; ++i) {
+      float acc = c[rows[i]][cols[i]];
+      for (int k = 0; k < 16; ++k) acc += a[rows[i]][k] * b[k][cols[i]];
+      ops->d[i] = acc;
+    }
+  }
 }
 
 // All lanes of the group that will ever arrive have arrived: compute every lane's result and release them.
 void complete_group(Cta& c, Warp& w, WarpGroup* g) {
   const uint32_t width = uint32_t(g->width);
+  if (g->op == WarpOp::Mma) {
+    if (g->arrived != kFullMask) {
+      report(EmuErrorKind::WarpCollective,
+             describe(g->lanes[__builtin_ctz(g->arrived)]) + ": mma_m16n8k16 at " + where(g->loc) +
+                 " needs all 32 lanes of the warp, but lanes " + hex(~g->arrived) + " have exited");
+    } else {
+      complete_mma(g);
+    }
+  }
   uint32_t ballot = 0;
   for (uint32_t l = 0; l < 32; ++l)
     if (((g->arrived >> l) & 1u) != 0 && g->values[l] != 0) ballot |= 1u << l;
@@ -74,7 +118,8 @@ void complete_group(Cta& c, Warp& w, WarpGroup* g) {
     Thread* t = g->lanes[lane];
     uint64_t result = 0;
     switch (g->op) {
-      case WarpOp::Sync: break;
+      case WarpOp::Sync:
+      case WarpOp::Mma: break;
       case WarpOp::Ballot: result = ballot; break;
       case WarpOp::Any: result = ballot != 0; break;
       case WarpOp::All: result = ballot == g->arrived; break;

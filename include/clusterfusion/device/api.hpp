@@ -70,6 +70,12 @@
 //   shfl_sync(mask, v, src_lane, width) shfl_xor_sync(mask, v, lane_mask, width)
 //   shfl_down_sync(mask, v, delta, width) shfl_up_sync(mask, v, delta, width)   any trivially copyable v <= 8 bytes
 //   ballot_sync(mask, pred) -> uint32_t   any_sync / all_sync(mask, pred) -> bool
+// tensor cores (one warp, all 32 lanes; g = lane / 4, t = lane % 4; registers hold two 16-bit values, the lower
+//   column/k index in the low half):
+//   mma_m16n8k16_f16(d[4], a[4], b[2], c[4]) / mma_m16n8k16_bf16(...)   mma.sync.aligned.m16n8k16.row.col, D = A B + C
+//   in fp32. A 16x16 (m x k): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..];
+//   B 16x8 (k x n): b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]; C, D 16x8: {c0,c1} = C[g][2t..2t+1], {c2,c3} =
+//   C[g+8][2t..2t+1]. d may alias c.
 // vectors: struct U32x4 {x,y,z,w}; load16(p) / store16(p, v) (16-byte aligned, any space);
 //   load16_global_nc(p) (ld.global.nc.L1::no_allocate: read-only global data, e.g. streamed weights)
 // fp16/bf16: f16, bf16 (__half, __nv_bfloat16 / cf::half, cf::bfloat16), pairs f16x2, bf16x2 (.x low, .y high);

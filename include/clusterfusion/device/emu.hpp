@@ -67,7 +67,16 @@ inline const ThreadIds& ids() {
   return *p;
 }
 
-enum class WarpOp : uint8_t { Sync, ShflIdx, ShflXor, ShflDown, ShflUp, Ballot, Any, All };
+enum class WarpOp : uint8_t { Sync, ShflIdx, ShflXor, ShflDown, ShflUp, Ballot, Any, All, Mma };
+
+// One lane's operands of an mma.sync (the collective's value is a pointer to this).
+struct MmaOperands {
+  const uint32_t* a;  // 4 registers
+  const uint32_t* b;  // 2 registers
+  const float* c;     // 4
+  float* d;           // 4
+  bool bf16;
+};
 
 void block_sync(SrcLoc loc);
 void named_barrier(uint32_t id, uint32_t thread_count, bool wait, SrcLoc loc);
@@ -268,6 +277,18 @@ inline bool any_sync(uint32_t mask, bool predicate, emu::SrcLoc loc = emu::SrcLo
 }
 inline bool all_sync(uint32_t mask, bool predicate, emu::SrcLoc loc = emu::SrcLoc::current()) {
   return emu::warp_collective(emu::WarpOp::All, mask, predicate ? 1 : 0, 0, kWarpSize, loc) != 0;
+}
+
+// ---- tensor cores: mma.sync m16n8k16 (fp32 accumulate) -----------------------------------------------------------
+inline void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4],
+                             emu::SrcLoc loc = emu::SrcLoc::current()) {
+  emu::MmaOperands ops{a, b, c, d, false};
+  emu::warp_collective(emu::WarpOp::Mma, kFullMask, reinterpret_cast<uintptr_t>(&ops), 0, kWarpSize, loc);
+}
+inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4],
+                              emu::SrcLoc loc = emu::SrcLoc::current()) {
+  emu::MmaOperands ops{a, b, c, d, true};
+  emu::warp_collective(emu::WarpOp::Mma, kFullMask, reinterpret_cast<uintptr_t>(&ops), 0, kWarpSize, loc);
 }
 
 // ---- 16-byte vector access ---------------------------------------------------------------------------------------

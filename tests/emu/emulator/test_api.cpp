@@ -65,6 +65,16 @@ TEST(EmuApi, VectorsHalfConversionsAndAtomics) {
   for (uint64_t seed : kSeeds) EXPECT_EQ(check_vector(run_vector(in, 96, seed), in, 96), "") << "seed " << seed;
 }
 
+TEST(EmuApi, MmaM16n8k16FragmentsAndMath) {
+  for (bool bf16 : {false, true}) {
+    const MmaData m = mma_data(bf16);
+    for (uint64_t seed : kSeeds) {
+      const auto d = bf16 ? run_mma<true>(m.a, m.b, m.c, 2, seed) : run_mma<false>(m.a, m.b, m.c, 2, seed);
+      EXPECT_EQ(check_mma(d, m, bf16, 2), "") << (bf16 ? "bf16" : "f16") << " seed " << seed;
+    }
+  }
+}
+
 TEST(EmuApi, MatvecPipelineMatchesReference) {
   const MatvecData d = matvec_data();
   for (uint64_t seed : kSeeds) EXPECT_EQ(check_matvec(run_matvec(d.w, d.x, seed), d), "") << "seed " << seed;

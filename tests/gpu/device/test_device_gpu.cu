@@ -84,6 +84,15 @@ TEST(GpuApi, VectorsHalfConversionsAndAtomics) {
   EXPECT_EQ(check_vector(run_vector(in, 96), in, 96), "");
 }
 
+TEST(GpuApi, MmaM16n8k16FragmentsAndMath) {
+  REQUIRE_HOPPER();
+  for (bool bf16 : {false, true}) {
+    const MmaData m = mma_data(bf16);
+    const auto d = bf16 ? run_mma<true>(m.a, m.b, m.c, 2) : run_mma<false>(m.a, m.b, m.c, 2);
+    EXPECT_EQ(check_mma(d, m, bf16, 2), "") << (bf16 ? "bf16" : "f16");
+  }
+}
+
 TEST(GpuApi, MatvecPipelineMatchesReference) {
   REQUIRE_HOPPER();
   const MatvecData d = matvec_data();

@@ -164,9 +164,10 @@ CF_GLOBAL void mbarrier_kernel(const CF_GRID_CONSTANT MbarrierParams p) {
   if (t == 0) {
     bar_full->init(32);
     bar_remote->init(n);
-    dev::fence_mbarrier_init();
+    dev::fence_mbarrier_init();  // publishes the inits to the cluster; the arrive below may then be relaxed
   }
-  dev::cluster_sync();
+  dev::cluster_arrive_relaxed();
+  dev::cluster_wait();
   uint32_t* out = p.out + dev::block_idx().x * kMbarRounds * n;
   for (uint32_t round = 0; round < kMbarRounds; ++round) {
     if (dev::warp_id() == 0) {
@@ -240,7 +241,8 @@ CF_GLOBAL void bulk_kernel(const CF_GRID_CONSTANT BulkParams p) {
   dev::fence_proxy_async();  // generic writes above, read by the bulk copy below
   dev::block_sync();
   if (t == 0) {
-    bar_push->arrive_expect_tx(bytes);  // expect our own inbox's bytes (the push from the left peer)
+    bar_push->expect_tx(bytes);  // expect our own inbox's bytes (the push from the left peer), then arrive
+    bar_push->arrive();
     dev::bulk_copy_s2peer(inbox, staging, bytes, *bar_push, (rank + 1) % size);
   }
   bar_push->wait(0);
@@ -371,13 +373,13 @@ inline std::vector<WarpRecord> run_warp(uint64_t seed = 0) {
 // ---- 16-byte vectors, fp16/bf16 conversions, atomics --------------------------------------------------------------
 // Each thread: loads 8 fp16 of `in` with load16_global_nc, converts pairs through to_float2/from_float2 (x2 and
 // +1), stores them to smem with store16, reads back with load16 and writes `out`; also writes the bf16 of each
-// value and does atomics on `counters`: [0] add 1, [1] max t, [2] min t, [3] add u64, [4] cas 0->t+1 (one wins),
-// [5] exch.
+// value and does atomics on `counters`: [0] add 1, [1] max t, [2] min t, [4..5] add u64, [6] cas 0->t+1 (one
+// wins), [7] exch, [8..10] int32 add/max/min; then the fences and a nanosleep.
 struct VectorParams {
   const dev::f16* in;  // [threads * 8]
   dev::f16* out;       // [threads * 8]
   dev::bf16* out_bf16; // [threads * 8]
-  uint32_t* counters;  // [8]
+  uint32_t* counters;  // [12]
 };
 CF_GLOBAL void vector_kernel(const CF_GRID_CONSTANT VectorParams p) {
   const uint32_t t = dev::thread_rank();
@@ -401,6 +403,14 @@ CF_GLOBAL void vector_kernel(const CF_GRID_CONSTANT VectorParams p) {
   dev::atomic_add(reinterpret_cast<uint64_t*>(&p.counters[4]), uint64_t(1) << 33);
   dev::atomic_cas(&p.counters[6], 0u, t + 1);
   dev::atomic_exch(&p.counters[7], 77u);
+  auto* signed_counters = reinterpret_cast<int32_t*>(p.counters + 8);  // [8] add -1, [9] max -t, [10] min -t
+  dev::atomic_add(&signed_counters[0], -1);
+  dev::atomic_max(&signed_counters[1], -int32_t(t));
+  dev::atomic_min(&signed_counters[2], -int32_t(t));
+  dev::threadfence();
+  dev::threadfence_block();
+  dev::fence_cluster();
+  dev::nanosleep(100);
 }
 struct VectorResult {
   std::vector<uint16_t> out, out_bf16;
@@ -411,8 +421,8 @@ inline VectorResult run_vector(const std::vector<uint16_t>& in_bits, uint32_t th
   in.upload(in_bits);
   dev::DeviceBuffer<dev::f16> out(size_t(threads) * 8);
   dev::DeviceBuffer<dev::bf16> out_bf16(size_t(threads) * 8);
-  dev::DeviceBuffer<uint32_t> counters(8);
-  const std::vector<uint32_t> init = {0, 0, 0xffffffffu, 0, 0, 0, 0, 0};
+  dev::DeviceBuffer<uint32_t> counters(12);
+  const std::vector<uint32_t> init = {0, 0, 0xffffffffu, 0, 0, 0, 0, 0, 0, 0x80000000u, 0x7fffffffu, 0};
   counters.upload(init);
   dev::LaunchConfig cfg;
   cfg.grid = {1};
@@ -424,6 +434,53 @@ inline VectorResult run_vector(const std::vector<uint16_t>& in_bits, uint32_t th
               VectorParams{reinterpret_cast<const dev::f16*>(in.data()), out.data(), out_bf16.data(), counters.data()});
   dev::synchronize();
   return {out.download<uint16_t>(), out_bf16.download<uint16_t>(), counters.download()};
+}
+
+// ---- mma.sync m16n8k16 ---------------------------------------------------------------------------------------
+// Every warp computes D = A B + C for the same A (16x16, m x k), B (16x8, k x n) given row-major as fp16 or bf16
+// bits, and C (16x8 fp32), building the fragments as api.hpp documents; warp w writes d[w][16][8].
+struct MmaParams {
+  const uint16_t* a;
+  const uint16_t* b;
+  const float* c;
+  float* d;
+};
+template <bool kBf16>
+CF_GLOBAL void mma_kernel(const CF_GRID_CONSTANT MmaParams p) {
+  const uint32_t lane = dev::lane_id(), g = lane / 4, t = lane % 4;
+  auto pack = [](uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); };
+  auto at = [&](uint32_t m, uint32_t k) { return pack(p.a[m * 16 + k], p.a[m * 16 + k + 1]); };
+  const uint32_t a[4] = {at(g, 2 * t), at(g + 8, 2 * t), at(g, 2 * t + 8), at(g + 8, 2 * t + 8)};
+  const uint32_t b[2] = {pack(p.b[(2 * t) * 8 + g], p.b[(2 * t + 1) * 8 + g]),
+                         pack(p.b[(2 * t + 8) * 8 + g], p.b[(2 * t + 9) * 8 + g])};
+  float acc[4] = {p.c[g * 8 + 2 * t], p.c[g * 8 + 2 * t + 1], p.c[(g + 8) * 8 + 2 * t], p.c[(g + 8) * 8 + 2 * t + 1]};
+  if constexpr (kBf16) {
+    dev::mma_m16n8k16_bf16(acc, a, b, acc);
+  } else {
+    dev::mma_m16n8k16_f16(acc, a, b, acc);
+  }
+  float* d = p.d + dev::warp_id() * 16 * 8;
+  d[g * 8 + 2 * t] = acc[0];
+  d[g * 8 + 2 * t + 1] = acc[1];
+  d[(g + 8) * 8 + 2 * t] = acc[2];
+  d[(g + 8) * 8 + 2 * t + 1] = acc[3];
+}
+template <bool kBf16>
+std::vector<float> run_mma(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, const std::vector<float>& c,
+                           uint32_t warps, uint64_t seed = 0) {
+  dev::DeviceBuffer<uint16_t> a_dev(a.size()), b_dev(b.size());
+  dev::DeviceBuffer<float> c_dev(c.size()), d(size_t(warps) * 16 * 8);
+  a_dev.upload(a);
+  b_dev.upload(b);
+  c_dev.upload(c);
+  dev::LaunchConfig cfg;
+  cfg.grid = {1};
+  cfg.block = {32 * warps};
+  cfg.name = "mma";
+  cfg.emu_seed = seed;
+  dev::launch(cfg, mma_kernel<kBf16>, MmaParams{a_dev.data(), b_dev.data(), c_dev.data(), d.data()});
+  dev::synchronize();
+  return d.download();
 }
 
 }  // namespace cf::test

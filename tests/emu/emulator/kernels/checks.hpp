@@ -176,6 +176,39 @@ inline std::string check_vector(const VectorResult& r, const std::vector<uint16_
   if (wide != uint64_t(threads) << 33) return "64-bit atomic_add";
   if (c[6] < 1 || c[6] > threads) return "atomic_cas = " + std::to_string(c[6]);
   if (c[7] != 77) return "atomic_exch";
+  if (int32_t(c[8]) != -int32_t(threads)) return "int32 atomic_add = " + std::to_string(int32_t(c[8]));
+  if (int32_t(c[9]) != 0) return "int32 atomic_max";
+  if (int32_t(c[10]) != -int32_t(threads - 1)) return "int32 atomic_min";
+  return "";
+}
+
+// mma inputs (A 16x16, B 16x8 as fp16 or bf16 bits, C 16x8) and the check of every warp's D against fp64.
+struct MmaData {
+  std::vector<uint16_t> a, b;
+  std::vector<float> c;
+};
+inline MmaData mma_data(bool bf16, uint32_t seed = 11) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  auto bits = [&](float f) { return bf16 ? cf::bfloat16(f).bits : cf::half(f).bits; };
+  MmaData m;
+  for (int i = 0; i < 16 * 16; ++i) m.a.push_back(bits(dist(rng)));
+  for (int i = 0; i < 16 * 8; ++i) m.b.push_back(bits(dist(rng)));
+  for (int i = 0; i < 16 * 8; ++i) m.c.push_back(dist(rng));
+  return m;
+}
+inline std::string check_mma(const std::vector<float>& d, const MmaData& m, bool bf16, uint32_t warps) {
+  auto value = [&](uint16_t b) { return double(bf16 ? cf::bf16_bits_to_float(b) : cf::f16_bits_to_float(b)); };
+  for (uint32_t w = 0; w < warps; ++w)
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 8; ++j) {
+        double want = m.c[i * 8 + j];
+        for (int k = 0; k < 16; ++k) want += value(m.a[i * 16 + k]) * value(m.b[k * 8 + j]);
+        const double got = d[(size_t(w) * 16 + i) * 8 + j];
+        if (!(std::fabs(got - want) <= 1e-4 + 1e-4 * std::fabs(want)))
+          return "mma warp " + std::to_string(w) + " D[" + std::to_string(i) + "][" + std::to_string(j) +
+                 "] = " + std::to_string(got) + ", want " + std::to_string(want);
+      }
   return "";
 }
 
