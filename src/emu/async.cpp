@@ -10,8 +10,6 @@ namespace cf::dev::emu {
 
 namespace {
 
-uint64_t g_copy_ids = 0;
-
 bool overlaps(uint32_t a, uint32_t a_bytes, uint32_t b, uint32_t b_bytes) { return a < b + b_bytes && b < a + a_bytes; }
 
 const char* copy_name(CopyKind k) {
@@ -167,7 +165,6 @@ void issue(Thread* t, Copy&& cp, MbarState& m, SrcLoc loc, const char* op) {
   refresh_pages(d, View::Local, lo, hi);
   refresh_pages(d, View::Dsmem, lo, hi);
   ++m.inflight;
-  cp.id = ++g_copy_ids;
   cp.issuer = t->index;
   cp.loc = loc;
   cp.issue_iter = g_launch->iter;

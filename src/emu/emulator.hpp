@@ -102,7 +102,6 @@ struct Warp {
 enum class CopyKind : uint8_t { G2S, S2Peer, Tma2d };
 
 struct Copy {
-  uint64_t id = 0;
   CopyKind kind = CopyKind::G2S;
   Cta* dst = nullptr;
   uint32_t dst_off = 0, bytes = 0, bar_off = 0;

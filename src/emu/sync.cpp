@@ -37,7 +37,7 @@ void complete_barrier(BlockBarrier& b, Thread* self) {
   if (self != nullptr) self->last_sync_seq = s;
 }
 
-void complete_cluster_phase(Cluster& cl, Thread* self) {
+void complete_cluster_phase(Cluster& cl) {
   cl.cbar_arrived = 0;
   cl.cbar_exited_arrived = 0;
   ++cl.cbar_phase;
@@ -46,7 +46,6 @@ void complete_cluster_phase(Cluster& cl, Thread* self) {
   on_cluster_phase_complete(cl);
   for (Thread* w : cl.cbar_waiters) wake(w);
   cl.cbar_waiters.clear();
-  (void)self;
 }
 
 const char* warp_op_name(WarpOp op) {
@@ -99,7 +98,7 @@ void complete_mma(WarpGroup* g) {
 }
 
 // All lanes of the group that will ever arrive have arrived: compute every lane's result and release them.
-void complete_group(Cta& c, Warp& w, WarpGroup* g) {
+void complete_group(Warp& w, WarpGroup* g) {
   const uint32_t width = uint32_t(g->width);
   if (g->op == WarpOp::Mma) {
     if (g->arrived != kFullMask) {
@@ -170,7 +169,6 @@ void complete_group(Cta& c, Warp& w, WarpGroup* g) {
       break;
     }
   }
-  (void)c;
 }
 
 }  // namespace
@@ -261,7 +259,7 @@ void cluster_arrive(bool relaxed, SrcLoc loc) {
   t->cluster_arrive_phase = cl.cbar_phase;
   ++cl.cbar_arrived;
   next_seq();
-  if (cl.cbar_arrived == cl.threads.size()) complete_cluster_phase(cl, t);
+  if (cl.cbar_arrived == cl.threads.size()) complete_cluster_phase(cl);
   yield(t);
 }
 
@@ -342,7 +340,7 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, 
   g->lanes[lane] = t;
   g->arrived |= bit;
   if (((g->arrived | w.exited) & mask) == mask) {
-    complete_group(c, w, g);
+    complete_group(w, g);
     check_abort(t);
     yield(t);
     return t->collective_result;
@@ -420,7 +418,7 @@ void on_thread_exit(Thread* t) {
   for (size_t i = 0; i < w.groups.size();) {
     WarpGroup* g = w.groups[i].get();
     if ((g->mask & bit) != 0 && ((g->arrived | w.exited) & g->mask) == g->mask) {
-      complete_group(c, w, g);  // removes it from w.groups
+      complete_group(w, g);  // removes it from w.groups
       continue;
     }
     ++i;
