@@ -190,5 +190,21 @@ TEST(EmuReports, DeadlockReportListsWhatEachGroupWaitsOn) {
   EXPECT_NE(msg.find("(+"), std::string::npos) << "groups beyond the sixth are counted, not listed: " << msg;
 }
 
+// Recurses with 1 KB frames until the fiber stack's guard page is hit.
+uint32_t deep(uint32_t depth) {
+  volatile uint8_t frame[1024];
+  frame[0] = uint8_t(depth);
+  return depth == 0 ? frame[0] : deep(depth - 1) + frame[0];
+}
+CF_GLOBAL void stack_overflow_kernel(const CF_GRID_CONSTANT NoParams p) {
+  if (dev::thread_rank() == 3) *p.out = deep(1u << 20);
+}
+TEST(EmuReportsDeathTest, FiberStackOverflowAbortsWithAMessage) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  dev::DeviceBuffer<uint32_t> out(4);
+  EXPECT_DEATH(dev::launch(config({1}, {1}, {32}), stack_overflow_kernel, NoParams{out.data()}),
+               "fiber stack overflow in block 0 \\(cluster rank 0\\), thread 3");
+}
+
 }  // namespace
 }  // namespace cf::test
