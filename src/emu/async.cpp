@@ -233,8 +233,8 @@ void mbar_expect_tx(void* bar, uint32_t tx_bytes, SrcLoc loc) {
   yield(t);
 }
 
-void mbar_arrive_remote(void* bar, uint32_t rank, SrcLoc loc) {
-  const char* op = "Mbarrier::arrive_remote";
+void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_tx, SrcLoc loc) {
+  const char* op = with_tx ? "Mbarrier::arrive_expect_tx_remote" : "Mbarrier::arrive_remote";
   Thread* t = enter(loc, op);
   const uint32_t off = local_offset(t, bar, 8, loc, op, "mbarrier (this block's address of the peer's barrier)");
   check_peer(t, rank, loc, op);
@@ -242,6 +242,7 @@ void mbar_arrive_remote(void* bar, uint32_t rank, SrcLoc loc) {
   const bool remote = rank != t->cta->rank;
   MbarState& m = barrier_at(t, target, off, loc, op, remote);
   if (remote) m.remote_seq[t->cta->rank] = next_seq();
+  if (with_tx) add_tx(t, m, tx_bytes, loc, op);
   arrive_one(t, target, off, m, loc, op);
   yield(t);
 }

@@ -41,6 +41,7 @@
 //   arrive_expect_tx(bytes)            expect `bytes` more async-copy bytes this phase, then arrive
 //   expect_tx(bytes)                   expect bytes without arriving
 //   arrive_remote(rank)                arrive (release, cluster) on the barrier at the same offset in CTA `rank`
+//   arrive_expect_tx_remote(bytes, rank)  the same with expect-tx: a sender announces its push on the receiver
 //   try_wait(parity) -> bool           mbarrier.try_wait.parity (acquire, cluster): true once the phase with this
 //                                      parity has completed (may return false spuriously; loop on it)
 //   wait(parity)                       loop on try_wait. Phase k has parity k & 1; a fresh barrier is in phase 0,

@@ -152,6 +152,12 @@ struct alignas(8) Mbarrier {
     const uint32_t remote = ptx::mapa_shared(ptx::smem_addr(this), cta_rank);
     asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
   }
+  CF_DEVICE void arrive_expect_tx_remote(uint32_t tx_bytes, uint32_t cta_rank) {
+    const uint32_t remote = ptx::mapa_shared(ptx::smem_addr(this), cta_rank);
+    asm volatile("mbarrier.arrive.expect_tx.release.cluster.shared::cluster.b64 _, [%0], %1;" ::"r"(remote),
+                 "r"(tx_bytes)
+                 : "memory");
+  }
   CF_DEVICE bool try_wait(uint32_t parity) {
     uint32_t done;
     asm volatile(

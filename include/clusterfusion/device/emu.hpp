@@ -88,7 +88,7 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, 
 void mbar_init(void* bar, uint32_t count, SrcLoc loc);
 void mbar_arrive(void* bar, uint32_t tx_bytes, bool with_tx, SrcLoc loc);
 void mbar_expect_tx(void* bar, uint32_t tx_bytes, SrcLoc loc);
-void mbar_arrive_remote(void* bar, uint32_t rank, SrcLoc loc);
+void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_tx, SrcLoc loc);
 bool mbar_try_wait(void* bar, uint32_t parity, bool until_done, SrcLoc loc);
 void mbar_inval(void* bar, SrcLoc loc);
 void fence(const char* what, SrcLoc loc);
@@ -168,7 +168,10 @@ struct alignas(8) Mbarrier {
     emu::mbar_expect_tx(this, tx_bytes, loc);
   }
   void arrive_remote(uint32_t cta_rank, emu::SrcLoc loc = emu::SrcLoc::current()) {
-    emu::mbar_arrive_remote(this, cta_rank, loc);
+    emu::mbar_arrive_remote(this, cta_rank, 0, false, loc);
+  }
+  void arrive_expect_tx_remote(uint32_t tx_bytes, uint32_t cta_rank, emu::SrcLoc loc = emu::SrcLoc::current()) {
+    emu::mbar_arrive_remote(this, cta_rank, tx_bytes, true, loc);
   }
   bool try_wait(uint32_t parity, emu::SrcLoc loc = emu::SrcLoc::current()) {
     return emu::mbar_try_wait(this, parity, false, loc);

@@ -42,6 +42,7 @@ TEST(EmuApi, BulkCopyGlobalToSharedAndDsmemPush) {
   for (uint64_t seed : kSeeds) {
     const auto src = bulk_input(8, 100);
     EXPECT_EQ(run_bulk(2, 4, 64, 100, src, seed), expected_bulk(src, 2, 4, 100)) << "seed " << seed;
+    EXPECT_EQ(run_bulk<true>(2, 4, 64, 100, src, seed), expected_bulk(src, 2, 4, 100)) << "seed " << seed;
   }
   const auto src = bulk_input(1, 2048);  // a push larger than a page
   EXPECT_EQ(run_bulk(1, 1, 128, 2048, src), expected_bulk(src, 1, 1, 2048));

@@ -61,6 +61,7 @@ TEST(GpuApi, BulkCopyGlobalToSharedAndDsmemPush) {
   REQUIRE_HOPPER();
   const auto src = bulk_input(8, 100);
   EXPECT_EQ(run_bulk(2, 4, 64, 100, src), expected_bulk(src, 2, 4, 100));
+  EXPECT_EQ(run_bulk<true>(2, 4, 64, 100, src), expected_bulk(src, 2, 4, 100));
   const auto big = bulk_input(1, 2048);
   EXPECT_EQ(run_bulk(1, 1, 128, 2048, big), expected_bulk(big, 1, 1, 2048));
 }

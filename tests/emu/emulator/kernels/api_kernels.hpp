@@ -212,11 +212,14 @@ inline MbarrierResult run_mbarrier(uint32_t clusters, uint32_t cluster_size, uin
 // smem: [0] bar_g2s, [8] bar_push, [128] staging (bytes), [128+bytes] inbox (bytes). Thread 0 loads this CTA's
 // slice of `src` into staging; every thread adds 1 to each word of staging (generic writes, then
 // fence_proxy_async); thread 0 pushes staging into the right peer's inbox; everyone waits for its own inbox.
+// kSenderAnnounces: the sender does arrive_expect_tx_remote on the receiver's barrier instead of the receiver
+// doing expect_tx + arrive on its own.
 struct BulkParams {
   const uint32_t* src;  // [grid][words]
   uint32_t* out;        // [grid][words]: the inbox
   uint32_t words;
 };
+template <bool kSenderAnnounces>
 CF_GLOBAL void bulk_kernel(const CF_GRID_CONSTANT BulkParams p) {
   uint8_t* smem = dev::dynamic_smem();
   auto* bar_g2s = reinterpret_cast<dev::Mbarrier*>(smem);
@@ -241,16 +244,22 @@ CF_GLOBAL void bulk_kernel(const CF_GRID_CONSTANT BulkParams p) {
   dev::fence_proxy_async();  // generic writes above, read by the bulk copy below
   dev::block_sync();
   if (t == 0) {
-    bar_push->expect_tx(bytes);  // expect our own inbox's bytes (the push from the left peer), then arrive
-    bar_push->arrive();
-    dev::bulk_copy_s2peer(inbox, staging, bytes, *bar_push, (rank + 1) % size);
+    const uint32_t right = (rank + 1) % size;
+    if constexpr (kSenderAnnounces) {
+      bar_push->arrive_expect_tx_remote(bytes, right);
+    } else {
+      bar_push->expect_tx(bytes);  // expect our own inbox's bytes (the push from the left peer), then arrive
+      bar_push->arrive();
+    }
+    dev::bulk_copy_s2peer(inbox, staging, bytes, *bar_push, right);
   }
   bar_push->wait(0);
   for (uint32_t i = t; i < p.words; i += n) p.out[size_t(block) * p.words + i] = inbox[i];
   dev::cluster_sync();  // staging must stay intact until the peer's copy completed; nobody exits early
 }
-inline std::vector<uint32_t> run_bulk(uint32_t clusters, uint32_t cluster_size, uint32_t threads, uint32_t words,
-                                      const std::vector<uint32_t>& src, uint64_t seed = 0) {
+template <bool kSenderAnnounces = false>
+std::vector<uint32_t> run_bulk(uint32_t clusters, uint32_t cluster_size, uint32_t threads, uint32_t words,
+                               const std::vector<uint32_t>& src, uint64_t seed = 0) {
   const uint32_t blocks = clusters * cluster_size;
   dev::DeviceBuffer<uint32_t> in(size_t(blocks) * words), out(size_t(blocks) * words);
   in.upload(src);
@@ -261,7 +270,7 @@ inline std::vector<uint32_t> run_bulk(uint32_t clusters, uint32_t cluster_size, 
   cfg.smem_bytes = 128 + 2 * words * 4;
   cfg.name = "bulk";
   cfg.emu_seed = seed;
-  dev::launch(cfg, bulk_kernel, BulkParams{in.data(), out.data(), words});
+  dev::launch(cfg, bulk_kernel<kSenderAnnounces>, BulkParams{in.data(), out.data(), words});
   dev::synchronize();
   return out.download();
 }
