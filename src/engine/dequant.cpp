@@ -82,6 +82,7 @@ void dequantize(DType t, const void* src, float* dst, int64_t n) {
   CF_CHECK(n >= 0 && n % dtype_block_elems(t) == 0,
            "dequantize: " + std::to_string(n) + " elements is not a whole number of " + std::string(dtype_name(t)) +
                " blocks");
+  if (n == 0) return;
   const auto* bytes = static_cast<const uint8_t*>(src);
   switch (t) {
     case DType::F32: std::memcpy(dst, bytes, size_t(n) * sizeof(float)); return;
@@ -92,6 +93,53 @@ void dequantize(DType t, const void* src, float* dst, int64_t n) {
     case DType::Q4_1: dequant_q4_1(bytes, dst, n / kQBlock); return;
   }
   CF_CHECK(false, "dequantize: unknown DType " + std::to_string(int(t)));
+}
+
+}  // namespace cf
+
+namespace cf {
+
+namespace {
+// True when the fp16 bits are inf or nan.
+inline bool f16_non_finite(uint16_t h) { return (h & 0x7c00u) == 0x7c00u; }
+
+bool row_finite(DType t, const uint8_t* row, int64_t cols) {
+  switch (t) {
+    case DType::F32:
+      for (int64_t i = 0; i < cols; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, row + 4 * i, 4);
+        if ((bits & 0x7f800000u) == 0x7f800000u) return false;
+      }
+      return true;
+    case DType::F16:
+      for (int64_t i = 0; i < cols; ++i)
+        if (f16_non_finite(load_u16(row + 2 * i))) return false;
+      return true;
+    case DType::BF16:
+      for (int64_t i = 0; i < cols; ++i)
+        if ((load_u16(row + 2 * i) & 0x7f80u) == 0x7f80u) return false;
+      return true;
+    case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q4_1: {
+      const int64_t block_bytes = dtype_block_bytes(t);
+      const int scales = t == DType::Q4_1 ? 2 : 1;
+      for (int64_t b = 0; b < cols / kQBlock; ++b)
+        for (int s = 0; s < scales; ++s)
+          if (f16_non_finite(load_u16(row + b * block_bytes + 2 * s))) return false;
+      return true;
+    }
+  }
+  return true;
+}
+}  // namespace
+
+int64_t find_non_finite_row(const TensorRef& t) {
+  const int64_t rows = t.rows(), cols = t.cols(), stride = t.row_bytes();
+  for (int64_t r = 0; r < rows; ++r)
+    if (!row_finite(t.dtype, t.data + r * stride, cols)) return r;
+  return -1;
 }
 
 }  // namespace cf

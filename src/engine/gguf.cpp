@@ -247,7 +247,7 @@ class GgufParser {
   void run() {
     where_ = "header";
     if (f_.size_ < 4 || load<uint32_t>(f_.base_) != kGgufMagic) {
-      std::string got = f_.size_ >= 4 ? quoted(std::string_view(reinterpret_cast<const char*>(f_.base_), 4)) : "a file of " + std::to_string(f_.size_) + " bytes";
+      std::string got = f_.size_ >= 4 ? quote_text(std::string_view(reinterpret_cast<const char*>(f_.base_), 4)) : "a file of " + std::to_string(f_.size_) + " bytes";
       fail_at(0, "not a GGUF file: expected magic 'GGUF', found " + got);
     }
     pos_ = 4;
@@ -271,7 +271,7 @@ class GgufParser {
       const size_t key_pos = pos_;
       const std::string_view key = str("key", GgufFile::kMaxKeyBytes);
       if (key.empty()) fail_at(key_pos, "empty metadata key");
-      where_ = "metadata " + quoted(key) + " (entry #" + std::to_string(i) + ")";
+      where_ = "metadata " + quote_text(key) + " (entry #" + std::to_string(i) + ")";
       GgufValue v;
       value(v, type_code("value type"), 0);
       if (!f_.kv_index_.emplace(std::string(key), f_.kv_.size()).second) fail_at(key_pos, "duplicate metadata key");
@@ -298,7 +298,7 @@ class GgufParser {
       fail_at(pos_, "data section would start at " + hex_offset(data_start) + ", past the end of the file (" + std::to_string(f_.size_) + " bytes)");
     const uint64_t data_size = data_start <= f_.size_ ? f_.size_ - data_start : 0;
     for (auto& t : f_.tensors_) {
-      where_ = "tensor " + quoted(t.name);
+      where_ = "tensor " + quote_text(t.name);
       if (t.offset > data_size || t.nbytes > data_size - t.offset)
         fail_at(data_start, "tensor data [" + std::to_string(t.offset) + ", +" + std::to_string(t.nbytes) +
                                 ") lies outside the data section of " + std::to_string(data_size) + " bytes (file truncated?)");
@@ -313,8 +313,8 @@ class GgufParser {
       const auto* prev = by_offset[i - 1];
       const auto* cur = by_offset[i];
       if (prev->offset + prev->nbytes > cur->offset) {
-        where_ = "tensor " + quoted(cur->name);
-        fail_at(data_start + cur->offset, "tensor data overlaps tensor " + quoted(prev->name));
+        where_ = "tensor " + quote_text(cur->name);
+        fail_at(data_start + cur->offset, "tensor data overlaps tensor " + quote_text(prev->name));
       }
     }
   }
@@ -403,7 +403,7 @@ class GgufParser {
     const std::string_view name = str("tensor name", GgufFile::kMaxTensorNameBytes);
     if (name.empty()) fail_at(name_pos, "empty tensor name");
     t.name = std::string(name);
-    where_ = "tensor " + quoted(name) + " (info #" + std::to_string(index) + ")";
+    where_ = "tensor " + quote_text(name) + " (info #" + std::to_string(index) + ")";
     const size_t dims_pos = pos_;
     t.n_dims = u32("n_dims");
     if (t.n_dims < 1 || t.n_dims > kMaxDims) fail_at(dims_pos, "n_dims = " + std::to_string(t.n_dims) + " (expected 1..4)");
@@ -482,7 +482,7 @@ const GgufValue* GgufFile::find(std::string_view key) const {
 void GgufFile::type_error(std::string_view key, const GgufValue& v, std::string_view expected) const {
   std::string got(gguf_type_name(v.type()));
   if (v.is_array()) got += " of " + std::string(gguf_type_name(v.elem_type()));
-  throw InputError(path_ + ": metadata " + quoted(key) + " is " + got + ", expected " + std::string(expected));
+  throw InputError(path_ + ": metadata " + quote_text(key) + " is " + got + ", expected " + std::string(expected));
 }
 
 std::optional<std::string> GgufFile::get_string(std::string_view key) const {
@@ -497,7 +497,7 @@ std::optional<int64_t> GgufFile::get_int(std::string_view key) const {
   if (!v) return std::nullopt;
   if (!v->is_integer()) type_error(key, *v, "an integer");
   const auto i = v->to_int();
-  if (!i) throw InputError(path_ + ": metadata " + quoted(key) + " = " + v->display() + " is out of range");
+  if (!i) throw InputError(path_ + ": metadata " + quote_text(key) + " = " + v->display() + " is out of range");
   return i;
 }
 
@@ -535,7 +535,7 @@ std::optional<std::vector<int64_t>> GgufFile::get_int_array(std::string_view key
   out.reserve(size_t(v->size()));
   for (uint64_t i = 0; i < v->size(); ++i) {
     const auto x = v->int_at(i);
-    if (!x) throw InputError(path_ + ": metadata " + quoted(key) + " element " + std::to_string(i) + " is out of range");
+    if (!x) throw InputError(path_ + ": metadata " + quote_text(key) + " element " + std::to_string(i) + " is out of range");
     out.push_back(*x);
   }
   return out;
@@ -554,13 +554,13 @@ std::optional<std::vector<float>> GgufFile::get_float_array(std::string_view key
 
 std::string GgufFile::require_string(std::string_view key) const {
   auto s = get_string(key);
-  if (!s) throw InputError(path_ + ": missing metadata " + quoted(key));
+  if (!s) throw InputError(path_ + ": missing metadata " + quote_text(key));
   return std::move(*s);
 }
 
 int64_t GgufFile::require_int(std::string_view key) const {
   const auto i = get_int(key);
-  if (!i) throw InputError(path_ + ": missing metadata " + quoted(key));
+  if (!i) throw InputError(path_ + ": missing metadata " + quote_text(key));
   return *i;
 }
 
@@ -572,7 +572,7 @@ const GgufTensorInfo* GgufFile::find_tensor(std::string_view name) const {
 TensorRef GgufFile::tensor_ref(const GgufTensorInfo& info) const {
   const auto dtype = dtype_from_ggml(info.ggml_type);
   if (!dtype)
-    throw InputError(path_ + ": tensor " + quoted(info.name) + " has type " + ggml_type_name(info.ggml_type) +
+    throw InputError(path_ + ": tensor " + quote_text(info.name) + " has type " + ggml_type_name(info.ggml_type) +
                      ", which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
   TensorRef t;
   t.name = info.name;

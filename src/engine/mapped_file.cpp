@@ -58,7 +58,7 @@ std::string read_text_file(const std::string& path, size_t max_bytes) {
   return text;
 }
 
-std::string quoted(std::string_view s, size_t max_chars) {
+std::string quote_text(std::string_view s, size_t max_chars) {
   static const char* hex = "0123456789abcdef";
   std::string out = "'";
   size_t shown = 0;

@@ -29,6 +29,6 @@ class MappedFile {
 std::string read_text_file(const std::string& path, size_t max_bytes);
 
 // Error-message helper: s quoted, with control and non-ASCII bytes escaped and long text clipped.
-std::string quoted(std::string_view s, size_t max_chars = 80);
+std::string quote_text(std::string_view s, size_t max_chars = 80);
 
 }  // namespace cf

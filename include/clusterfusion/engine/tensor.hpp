@@ -35,7 +35,8 @@ int64_t dtype_row_bytes(DType t, int64_t n);
 // Results are bit-identical to ggml's / the python gguf package's formulas (fp32, no fused multiply-add).
 void dequantize(DType t, const void* src, float* dst, int64_t n);
 
-// A tensor inside a loaded (usually memory-mapped) file. Shape is row-major, outermost first: a weight that maps
+// A tensor inside a loaded (usually memory-mapped) file. `data` may be unaligned (safetensors offsets are
+// arbitrary): read it with memcpy or dequantize(), not through a cast float pointer. Shape is row-major, outermost first: a weight that maps
 // in -> out is {out, in} and each of its `out` rows holds `in` contiguous elements (GGUF's ne[] reversed).
 struct TensorRef {
   std::string name;  // canonical (GGUF-style) name, e.g. "blk.3.attn_q.weight"
@@ -57,5 +58,8 @@ struct TensorRef {
 void dequantize_rows(const TensorRef& t, int64_t row_begin, int64_t row_count, float* dst);
 // The whole tensor as fp32 (numel floats, row-major).
 std::vector<float> dequantize_all(const TensorRef& t);
+// First row holding a NaN or Inf (for quantised types: a NaN/Inf block scale), or -1 when every value is finite.
+// Reads only the exponent bits (and only the scales of quantised blocks), so it runs at memory speed.
+int64_t find_non_finite_row(const TensorRef& t);
 
 }  // namespace cf
