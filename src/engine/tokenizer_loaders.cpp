@@ -230,6 +230,26 @@ TokenizerSpec spec_from_json_doc(const json::Value& doc, const std::string& sour
     if (s.unk >= 0 && s.token_types[size_t(s.unk)] == kTokenNormal) s.token_types[size_t(s.unk)] = kTokenUnknown;
   }
 
+  // A post-processor template that starts with a special token adds it as BOS (Llama-3: <|begin_of_text|>).
+  if (const auto* post = doc.find("post_processor"); post && post->is_object()) {
+    std::vector<const json::Value*> steps{post};
+    if (type_of(*post) == "Sequence")
+      if (const auto* list = post->find("processors"); list && list->is_array())
+        for (const auto& p : list->as_array()) steps.push_back(&p);
+    for (const auto* p : steps) {
+      const auto* single = type_of(*p) == "TemplateProcessing" ? p->find("single") : nullptr;
+      if (!single || !single->is_array() || single->as_array().empty()) continue;
+      const auto* first = single->as_array()[0].is_object() ? single->as_array()[0].find("SpecialToken") : nullptr;
+      const auto* first_id = (first && first->is_object()) ? first->find("id") : nullptr;
+      if (!first_id || !first_id->is_string()) continue;
+      for (size_t i = 0; i < s.tokens.size(); ++i)
+        if (s.tokens[i] == first_id->as_string()) {
+          s.bos = int32_t(i);
+          s.add_bos = true;
+        }
+    }
+  }
+
   if (spm) {
     // Byte pieces, and scores from merge ranks: SentencePiece merges the highest-scoring piece first, so the
     // piece made by merge r gets score -r; other pieces can only appear as single characters.

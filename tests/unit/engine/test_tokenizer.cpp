@@ -360,3 +360,87 @@ TEST(Tokenizer, HostileTextStaysFast) {
 }
 
 }  // namespace
+
+namespace {
+
+// The SentencePiece vocabulary written into GGUF metadata the way llama.cpp's converter does (tokenizer.ggml.model
+// "llama", scores, token types): the GGUF loader path must give sentencepiece's ids too.
+TEST(Tokenizer, SentencePieceFromGgufMetadataMatchesSentencepiece) {
+  const auto spec = cf::tokenizer_spec_from_sentencepiece(data_path("tokenizer/tiny_spm/tokenizer.model"));
+  cf::test::GgufWriter w;
+  w.add_string("tokenizer.ggml.model", "llama");
+  w.add_string_array("tokenizer.ggml.tokens", spec.tokens);
+  w.add_array<float>("tokenizer.ggml.scores", cf::test::GgufTypeCode::F32, spec.scores);
+  w.add_array<int32_t>("tokenizer.ggml.token_type", cf::test::GgufTypeCode::I32, spec.token_types);
+  w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(spec.bos));
+  w.add_u32("tokenizer.ggml.eos_token_id", uint32_t(spec.eos));
+  w.add_u32("tokenizer.ggml.unknown_token_id", uint32_t(spec.unk));
+  const auto bytes = w.build();
+  const auto g = cf::GgufFile::from_memory("spm.gguf", bytes.data(), bytes.size());
+  const auto from_gguf = cf::tokenizer_spec_from_gguf(g);
+  EXPECT_TRUE(from_gguf.add_bos);           // default for "llama" tokenizers
+  EXPECT_TRUE(from_gguf.add_space_prefix);  // default for "llama" tokenizers
+  const auto tok = cf::Tokenizer::create(from_gguf);
+  const auto doc = load_json("tokenizer/tiny_spm/golden.json");
+  EXPECT_EQ(compare_ids(*tok, doc.at("strings"), doc.at("ids"), "tiny_spm via GGUF"), 0);
+  EXPECT_TRUE(tok->is_end_of_generation(2));  // </s>
+
+  // Missing pieces of tokenizer data are named.
+  cf::test::GgufWriter no_scores;
+  no_scores.add_string("tokenizer.ggml.model", "llama");
+  no_scores.add_string_array("tokenizer.ggml.tokens", spec.tokens);
+  const auto b2 = no_scores.build();
+  expect_input_error([&] { cf::tokenizer_spec_from_gguf(cf::GgufFile::from_memory("ns.gguf", b2.data(), b2.size())); },
+                     {"ns.gguf: missing tokenizer data", "tokenizer.ggml.scores"});
+  cf::test::GgufWriter bert;
+  bert.add_string("tokenizer.ggml.model", "bert");
+  const auto b3 = bert.build();
+  expect_input_error([&] { cf::tokenizer_spec_from_gguf(cf::GgufFile::from_memory("b.gguf", b3.data(), b3.size())); },
+                     {"unsupported tokenizer model 'bert'"});
+  cf::test::GgufWriter wrong_type;
+  wrong_type.add_string("tokenizer.ggml.model", "llama");
+  wrong_type.add_u32("tokenizer.ggml.tokens", 5);
+  const auto b4 = wrong_type.build();
+  expect_input_error([&] { cf::tokenizer_spec_from_gguf(cf::GgufFile::from_memory("t.gguf", b4.data(), b4.size())); },
+                     {"metadata 'tokenizer.ggml.tokens' is u32, expected array of string"});
+}
+
+TEST(Tokenizer, TemplateProcessingSetsBos) {
+  std::string text = read_file(data_path("tokenizer/tiny_gpt2/tokenizer.json"));
+  const std::string from = "\"post_processor\": null";
+  const size_t at = text.find(from);
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, from.size(),
+               R"("post_processor": {"type": "Sequence", "processors": [{"type": "ByteLevel"}, {"type": "TemplateProcessing",
+               "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+               "pair": [], "special_tokens": {}}]})");
+  const auto spec = cf::tokenizer_spec_from_hf_json_text(text, "tp.json");
+  EXPECT_TRUE(spec.add_bos);
+  EXPECT_EQ(spec.tokens[size_t(spec.bos)], "<|endoftext|>");
+}
+
+}  // namespace
+
+namespace {
+// Not a timed assertion (machines vary): prints how long building the SmolLM2 tokenizer and encoding take.
+TEST(Tokenizer, SmolLM2ThroughputReport) {
+  CF_REQUIRE_DEFAULT_MODEL(path);
+  const cf::GgufFile f(path);
+  auto t0 = std::chrono::steady_clock::now();
+  const auto tok = cf::Tokenizer::create(cf::tokenizer_spec_from_gguf(f));
+  const double create_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const auto doc = load_json("tokenizer/smollm2_golden.json");
+  std::string text;
+  while (text.size() < (1u << 20))
+    for (const auto& s : doc.at("strings").as_array()) text += s.as_string() + "\n";
+  t0 = std::chrono::steady_clock::now();
+  const auto ids = tok->encode(text, false, true);
+  const double enc_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  t0 = std::chrono::steady_clock::now();
+  const std::string back = tok->decode(ids);
+  const double dec_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(back, text);
+  std::printf("[ info ] SmolLM2 tokenizer: create %.1f ms; encode %.1f MB/s (%.0f tokens/s); decode %.1f MB/s\n", create_ms,
+              double(text.size()) / enc_s / 1e6, double(ids.size()) / enc_s, double(text.size()) / dec_s / 1e6);
+}
+}  // namespace
