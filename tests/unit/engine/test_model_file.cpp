@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <random>
 
 #include "clusterfusion/engine/gguf.hpp"
 #include "clusterfusion/engine/model_file.hpp"
@@ -179,6 +180,50 @@ TEST(ModelFile, DefaultModelConfig) {
   ASSERT_TRUE(m->chat_template());
   EXPECT_NE(m->chat_template()->find("<|im_start|>"), std::string::npos);
   EXPECT_NO_THROW(cf::check_weights_finite(*m));
+}
+
+}  // namespace
+
+namespace {
+
+// Truncated at every section boundary of a complete model file, and at random points: always a one-line
+// cf::InputError naming the file, never a crash.
+TEST(ModelFile, RejectsTruncatedModelFiles) {
+  cf::test::TempDir dir;
+  cf::test::GgufWriter w;
+  const auto bytes = cf::test::tiny_model_gguf({}, &w);
+  const auto& L = w.layout;
+  std::vector<size_t> cuts = {0, 3, 4, 8, 16, 24, L.tensor_infos_begin, L.data_begin, L.end - 1};
+  for (const size_t k : L.kv_starts) cuts.insert(cuts.end(), {k, k + 8, k + 9});
+  for (const size_t v : L.kv_value_starts) cuts.insert(cuts.end(), {v, v + 4, v + 5});
+  for (const size_t t : L.tensor_info_starts) cuts.insert(cuts.end(), {t, t + 8});
+  for (const size_t d : L.tensor_dim_fields) cuts.push_back(d);
+  for (const size_t o : L.tensor_offset_fields) cuts.insert(cuts.end(), {o, o + 8});
+  std::mt19937 rng(21);
+  for (int i = 0; i < 40; ++i) cuts.push_back(rng() % bytes.size());
+  const std::string path = dir.file("cut.gguf");
+  for (const size_t n : cuts) {
+    ASSERT_LT(n, bytes.size());
+    cf::test::write_file(path, std::vector<uint8_t>(bytes.begin(), bytes.begin() + long(n)));
+    const std::string msg = expect_input_error([&] { cf::open_model_file(path); }, {path + ": "});
+    EXPECT_FALSE(msg.empty()) << "cut at " << n;
+  }
+}
+
+TEST(ModelFile, RejectsUnsupportedTensorType) {
+  cf::test::TempDir dir;
+  cf::test::GgufWriter w;
+  auto bytes = cf::test::tiny_model_gguf({}, &w);
+  const auto& tensors = w.tensors();
+  size_t index = 0;
+  while (tensors[index].name != "blk.0.attn_q.weight") ++index;
+  cf::test::patch<uint32_t>(bytes, w.layout.tensor_type_fields[index], 6);  // Q5_0: smaller blocks, still in bounds
+  cf::test::write_file(dir.file("q5.gguf"), bytes);
+  expect_input_error([&] { cf::open_model_file(dir.file("q5.gguf")); },
+                     {"q5.gguf: tensor 'blk.0.attn_q.weight' has type Q5_0, which is not supported"});
+  cf::test::patch<uint32_t>(bytes, w.layout.tensor_type_fields[index], 77);
+  cf::test::write_file(dir.file("t77.gguf"), bytes);
+  expect_input_error([&] { cf::open_model_file(dir.file("t77.gguf")); }, {"unknown tensor type 77", "'blk.0.attn_q.weight'"});
 }
 
 }  // namespace
