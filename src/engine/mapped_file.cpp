@@ -44,6 +44,9 @@ MappedFile::~MappedFile() {
 }
 
 std::string read_text_file(const std::string& path, size_t max_bytes) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw InputError(path + ": cannot open (" + std::strerror(errno) + ")");
+  if (!S_ISREG(st.st_mode)) throw InputError(path + ": not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(path + ": cannot open (" + std::strerror(errno) + ")");
   in.seekg(0, std::ios::end);
@@ -56,6 +59,22 @@ std::string read_text_file(const std::string& path, size_t max_bytes) {
   std::string text(size_t(size), '\0');
   if (size > 0 && !in.read(text.data(), size)) throw InputError(path + ": read failed");
   return text;
+}
+
+size_t json_value_bound(std::string_view text) {
+  size_t n = 1;
+  for (const char c : text) n += (c == ',' || c == '[' || c == '{');
+  return n;
+}
+
+json::Value parse_json_file(const std::string& path, size_t max_bytes) {
+  const std::string text = read_text_file(path, max_bytes);
+  if (json_value_bound(text) > text.size() / 3 + 64) throw InputError(path + ": too many JSON values for the file size");
+  try {
+    return json::parse(text);
+  } catch (const InputError& e) {
+    throw InputError(path + ": " + e.what());
+  }
 }
 
 std::string quote_text(std::string_view s, size_t max_chars) {

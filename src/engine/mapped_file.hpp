@@ -4,6 +4,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+
+#include "clusterfusion/common/json.hpp"
 
 namespace cf {
 
@@ -27,6 +30,14 @@ class MappedFile {
 
 // Reads a whole (small) text file, refusing files over max_bytes. cf::InputError naming the path on failure.
 std::string read_text_file(const std::string& path, size_t max_bytes);
+
+// Upper bound on the number of values in a JSON text (every array/object element follows '[', '{' or ','). The JSON
+// tree costs ~100 bytes per value, so callers refuse texts with more than one value per few bytes before parsing.
+size_t json_value_bound(std::string_view text);
+
+// Reads and parses a small JSON file (config.json, tokenizer_config.json, ...): at most max_bytes, at most one value
+// per 3 bytes; errors are cf::InputError("<path>: ...").
+json::Value parse_json_file(const std::string& path, size_t max_bytes);
 
 // Error-message helper: s quoted, with control and non-ASCII bytes escaped and long text clipped.
 std::string quote_text(std::string_view s, size_t max_chars = 80);

@@ -109,15 +109,7 @@ class GgufModel final : public ModelFile {
 
 // ---- safetensors ---------------------------------------------------------------------------------------------------
 
-json::Value read_json(const fs::path& p) {
-  try {
-    return json::parse(read_text_file(p.string(), kMaxJsonBytes));
-  } catch (const InputError& e) {
-    const std::string msg = e.what();
-    if (msg.rfind(p.string() + ":", 0) == 0) throw;
-    throw InputError(p.string() + ": " + msg);
-  }
-}
+json::Value read_json(const fs::path& p) { return parse_json_file(p.string(), kMaxJsonBytes); }
 
 std::vector<int32_t> ids_from(const json::Value* v) {
   std::vector<int32_t> out;

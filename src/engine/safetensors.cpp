@@ -69,7 +69,7 @@ void SafetensorsFile::parse() {
 
   const std::string_view text(reinterpret_cast<const char*>(base_ + 8), size_t(header_len));
   // Upper bound on the number of JSON values: each array/object element follows '[', '{' or ','.
-  const auto separators = uint64_t(std::count_if(text.begin(), text.end(), [](char c) { return c == ',' || c == '[' || c == '{'; }));
+  const auto separators = uint64_t(json_value_bound(text));
   if (separators > header_len / kMinBytesPerValue + 16)
     fail("header holds too many JSON values for its size (" + std::to_string(separators) + " separators in " +
              std::to_string(header_len) + " bytes)", "header");

@@ -14,7 +14,10 @@
 namespace cf {
 
 namespace {
-constexpr size_t kMaxTokenizerJsonBytes = size_t(256) << 20;
+// Real tokenizer.json files are under ~35 MB and hold at least ~3.5 bytes per JSON value (merges as ["a","b"]);
+// refusing denser or bigger texts bounds the parsed tree (~100 bytes per value) for hostile files.
+constexpr size_t kMaxTokenizerJsonBytes = size_t(64) << 20;
+constexpr size_t kMinBytesPerJsonValue = 3;
 constexpr size_t kMaxSentencePieceBytes = size_t(64) << 20;
 constexpr size_t kMaxConfigJsonBytes = size_t(16) << 20;
 
@@ -276,12 +279,7 @@ TokenizerSpec spec_from_json_doc(const json::Value& doc, const std::string& sour
 
 // bos/eos/add_bos from tokenizer_config.json (strings or {"content": ...} objects naming tokens).
 void apply_tokenizer_config(TokenizerSpec& s, const std::string& path) {
-  json::Value cfg;
-  try {
-    cfg = json::parse(read_text_file(path, kMaxConfigJsonBytes));
-  } catch (const InputError& e) {
-    throw InputError(path + ": " + e.what());
-  }
+  const json::Value cfg = parse_json_file(path, kMaxConfigJsonBytes);
   if (!cfg.is_object()) throw InputError(path + ": expected a JSON object");
   auto find_id = [&](const std::string& text) -> int32_t {
     for (size_t i = 0; i < s.tokens.size(); ++i)
@@ -302,6 +300,11 @@ void apply_tokenizer_config(TokenizerSpec& s, const std::string& path) {
 }  // namespace
 
 TokenizerSpec tokenizer_spec_from_hf_json_text(std::string_view text, const std::string& source) {
+  if (text.size() > kMaxTokenizerJsonBytes)
+    throw InputError(source + ": " + std::to_string(text.size()) + " bytes, more than the " +
+                     std::to_string(kMaxTokenizerJsonBytes) + " allowed for tokenizer.json");
+  if (json_value_bound(text) > text.size() / kMinBytesPerJsonValue + 64)
+    throw InputError(source + ": too many JSON values for the file size (not a tokenizer.json?)");
   json::Value doc;
   try {
     json::ParseLimits limits;
