@@ -47,6 +47,9 @@ if venv_works; then
   exit 0
 fi
 
+python3 -c "import venv, ensurepip" 2>/dev/null || {
+  log "python3 cannot create virtual environments: install the Debian package python3-venv"; exit 1; }
+command -v cmake >/dev/null && command -v g++ >/dev/null || { log "needs cmake and g++ (scripts/setup.sh installs them)"; exit 1; }
 log "creating $venv"
 mkdir -p "$cache_dir"
 python3 -m venv --clear "$venv"
