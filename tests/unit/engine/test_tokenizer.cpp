@@ -444,3 +444,34 @@ TEST(Tokenizer, SmolLM2ThroughputReport) {
               double(text.size()) / enc_s / 1e6, double(ids.size()) / enc_s, double(text.size()) / dec_s / 1e6);
 }
 }  // namespace
+
+namespace {
+// llama.cpp's own tokenization of the default model (tests/data/golden/, recorded by scripts/record_golden.py):
+// tricky strings with and without special-token parsing, the prompts of the greedy goldens, and detokenized
+// continuations.
+TEST(Tokenizer, SmolLM2MatchesLlamaCpp) {
+  CF_REQUIRE_DEFAULT_MODEL(path);
+  const auto tok = cf::Tokenizer::create(cf::tokenizer_spec_from_gguf(cf::GgufFile(path)));
+  const auto doc = load_json("golden/tokenize.json");
+  int checked = 0;
+  for (const auto& s : doc.at("strings").as_array()) {
+    const std::string& text = s.at("text").as_string();
+    const bool parse_special = s.at("parse_special").as_bool();
+    EXPECT_EQ(tok->encode(text, false, parse_special), ids_of(s.at("ids")))
+        << "'" << show(text) << "' parse_special=" << parse_special;
+    EXPECT_EQ(tok->decode(ids_of(s.at("ids"))), text) << "'" << show(text) << "'";
+    ++checked;
+  }
+  EXPECT_GE(checked, 30);
+  const auto greedy = load_json("golden/greedy.json");
+  for (const auto& p : greedy.at("prompts").as_array()) {
+    const auto& name = p.at("name").as_string();
+    EXPECT_EQ(tok->encode(p.at("prompt").as_string(), p.at("bos_added").as_bool(), p.at("parse_special").as_bool()),
+              ids_of(p.at("prompt_tokens")))
+        << name;
+    if (p.at("generated_text_exact").as_bool()) {
+      EXPECT_EQ(tok->decode(ids_of(p.at("generated_tokens"))), p.at("generated_text").as_string()) << name;
+    }
+  }
+}
+}  // namespace
