@@ -60,8 +60,8 @@
 //   tma_load_2d(dst_smem, map, x, y, bar)  cp.async.bulk.tensor.2d: box at column x, row y of `map`
 //                                      (tensor_map.hpp) into dst (128-byte aligned), out-of-bounds elements zero;
 //                                      always completes tma_box_bytes(...) bytes
-//   fence_proxy_async()                fence.proxy.async.shared::cta: after generic stores to smem that a later
-//                                      bulk copy reads (and before reusing smem that a bulk copy wrote)
+//   fence_proxy_async()                fence.proxy.async.shared::cta: between generic stores to shared memory
+//                                      and a later bulk copy that reads (or overwrites) the same bytes
 //   Never read or write a destination before its barrier phase completes; never reuse it for the next copy before
 //   every consumer is done (use an "empty" mbarrier per stage).
 // fences, atomics, misc:
