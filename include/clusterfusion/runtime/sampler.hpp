@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "clusterfusion/common/error.hpp"
 #include "clusterfusion/runtime/rng.hpp"
 
 namespace cf {

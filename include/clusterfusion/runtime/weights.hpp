@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "clusterfusion/common/error.hpp"
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/tensor.hpp"
 
