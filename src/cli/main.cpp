@@ -326,7 +326,9 @@ int cmd_info(const std::vector<std::string>& args) {
   std::printf("file: %s (%s)\n", path.c_str(), file->format().c_str());
   std::printf("%s", file->config().summary().c_str());
   if (!file->config().summary().empty() && file->config().summary().back() != '\n') std::printf("\n");
-  const TokenizerSpec& tok = file->tokenizer_spec();
+  // The tokenizer's own spec: creating it also completes the end-of-generation list.
+  const auto tokenizer = Tokenizer::create(file->tokenizer_spec());
+  const TokenizerSpec& tok = tokenizer->spec();
   std::printf("tokenizer: %s%s%s, %zu tokens, %zu merges, bos %d, eos %d, end of generation:",
               tok.kind == TokenizerSpec::Kind::ByteLevelBPE ? "byte-level BPE" : "SentencePiece",
               tok.pre.empty() ? "" : " (pre-tokenizer ", tok.pre.empty() ? "" : (tok.pre + ")").c_str(), tok.tokens.size(),

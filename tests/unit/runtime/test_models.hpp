@@ -116,6 +116,9 @@ class ByteTokenizer final : public Tokenizer {
     return s;
   }
   std::string token_bytes(int32_t id) const override { return spec_.tokens.at(size_t(id)); }
+  // Declared without `override` so this builds against both versions of the Tokenizer interface.
+  std::string_view token_text(int32_t id) const { return spec_.tokens.at(size_t(id)); }
+  int32_t token_type(int32_t id) const { return id < 256 ? 1 : 3; }
   const TokenizerSpec& spec() const override { return spec_; }
   int32_t find_token(std::string_view piece) const override {
     auto it = specials_.find(std::string(piece));
