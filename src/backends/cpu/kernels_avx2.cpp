@@ -12,6 +12,7 @@ namespace {
 
 constexpr int kBlock = 32;      // elements per quantised block, and per step of a dot product
 constexpr int kMaxTile = 3;     // tokens per pass over a row: 3 x 4 accumulators + operands fit 16 registers
+constexpr int kFusedMaxTokens = 2;  // fused dequantise-and-dot: 2 x 4 accumulators + 4 weight vectors
 
 float load_half(const uint8_t* p) {
   uint16_t bits;
@@ -30,6 +31,53 @@ inline void unpack_nibbles(const uint8_t* qs, __m256i q[4]) {
   q[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
   q[2] = _mm256_cvtepu8_epi32(hi);
   q[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
+}
+
+// Block loaders: the 32 values of block b of a row as four vectors of 8 floats, computed exactly as
+// dequantize_row stores them (so the fused and the row-buffer paths give identical bits).
+struct Q8_0Block {
+  static constexpr int kBytes = 34;  // f16 d, 32 x int8; value = q * d
+  static void load(const uint8_t* row, int b, __m256 w[4]) {
+    const uint8_t* blk = row + b * kBytes;
+    const __m256 d = _mm256_set1_ps(load_half(blk));
+    for (int j = 0; j < 4; ++j) {
+      const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * j)));
+      w[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+    }
+  }
+};
+
+struct Q4_0Block {
+  static constexpr int kBytes = 18;  // f16 d, 16 bytes of nibbles; value = (q - 8) * d
+  static void load(const uint8_t* row, int b, __m256 w[4]) {
+    const uint8_t* blk = row + b * kBytes;
+    const __m256 d = _mm256_set1_ps(load_half(blk));
+    __m256i q[4];
+    unpack_nibbles(blk + 2, q);
+    const __m256i eight = _mm256_set1_epi32(8);
+    for (int j = 0; j < 4; ++j) w[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[j], eight)), d);
+  }
+};
+
+struct Q4_1Block {
+  static constexpr int kBytes = 20;  // f16 d, f16 m, 16 bytes of nibbles; value = d * q + m
+  static void load(const uint8_t* row, int b, __m256 w[4]) {
+    const uint8_t* blk = row + b * kBytes;
+    const __m256 d = _mm256_set1_ps(load_half(blk));
+    const __m256 m = _mm256_set1_ps(load_half(blk + 2));
+    __m256i q[4];
+    unpack_nibbles(blk + 4, q);
+    for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[j]), d, m);
+  }
+};
+
+template <typename Block>
+void dequantize_blocks(const uint8_t* row, float* out, int n) {
+  __m256 w[4];
+  for (int b = 0; b < n / kBlock; ++b) {
+    Block::load(row, b, w);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * kBlock + 8 * j, w[j]);
+  }
 }
 
 // Dequantises a whole row of n elements into out.
@@ -59,38 +107,14 @@ void dequantize_row(DType t, const uint8_t* row, float* out, int n) {
       }
       return;
     }
-    case DType::Q8_0:  // block: f16 d, 32 x int8; value = q * d
-      for (int b = 0; b < n / kBlock; ++b) {
-        const uint8_t* blk = row + b * 34;
-        const __m256 d = _mm256_set1_ps(load_half(blk));
-        for (int j = 0; j < 4; ++j) {
-          const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * j)));
-          _mm256_storeu_ps(out + b * kBlock + 8 * j, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
-        }
-      }
+    case DType::Q8_0:
+      dequantize_blocks<Q8_0Block>(row, out, n);
       return;
-    case DType::Q4_0: {  // block: f16 d, 16 bytes of nibbles; value = (q - 8) * d
-      const __m256i eight = _mm256_set1_epi32(8);
-      for (int b = 0; b < n / kBlock; ++b) {
-        const uint8_t* blk = row + b * 18;
-        const __m256 d = _mm256_set1_ps(load_half(blk));
-        __m256i q[4];
-        unpack_nibbles(blk + 2, q);
-        for (int j = 0; j < 4; ++j)
-          _mm256_storeu_ps(out + b * kBlock + 8 * j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[j], eight)), d));
-      }
+    case DType::Q4_0:
+      dequantize_blocks<Q4_0Block>(row, out, n);
       return;
-    }
-    case DType::Q4_1:  // block: f16 d, f16 m, 16 bytes of nibbles; value = d * q + m
-      for (int b = 0; b < n / kBlock; ++b) {
-        const uint8_t* blk = row + b * 20;
-        const __m256 d = _mm256_set1_ps(load_half(blk));
-        const __m256 m = _mm256_set1_ps(load_half(blk + 2));
-        __m256i q[4];
-        unpack_nibbles(blk + 4, q);
-        for (int j = 0; j < 4; ++j)
-          _mm256_storeu_ps(out + b * kBlock + 8 * j, _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[j]), d, m));
-      }
+    case DType::Q4_1:
+      dequantize_blocks<Q4_1Block>(row, out, n);
       return;
   }
 }
@@ -125,10 +149,56 @@ inline void dot_tile(const float* w, const float* x, int64_t x_stride, int n, fl
   }
 }
 
+// Dot products of one quantised row with T activation vectors, dequantising each block into registers (no row
+// buffer): the small-batch (decode) path. Same values and summation order as dequantize_row + dot_tile.
+template <typename Block, int T>
+inline void fused_dot_tile(const uint8_t* row, const float* x, int64_t x_stride, int n, float* out) {
+  __m256 acc[T][4];
+  for (int t = 0; t < T; ++t)
+    for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_setzero_ps();
+  __m256 w[4];
+  for (int b = 0; b < n / kBlock; ++b) {
+    Block::load(row, b, w);
+    for (int j = 0; j < 4; ++j)
+      for (int t = 0; t < T; ++t)
+        acc[t][j] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(x + t * x_stride + b * kBlock + 8 * j), acc[t][j]);
+  }
+  for (int t = 0; t < T; ++t) out[t] = combine(acc[t][0], acc[t][1], acc[t][2], acc[t][3]);
+}
+
+// Rows [row_begin, row_end) of a quantised matrix times n_tokens <= kFusedMaxTokens vectors.
+template <typename Block>
+void fused_matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, const float* x, int n_tokens,
+                       int64_t x_stride, float* y, int64_t y_stride, bool accumulate) {
+  const int n = int(w.cols);
+  float results[2];
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    if (n_tokens == 2) {
+      fused_dot_tile<Block, 2>(w.row(r), x, x_stride, n, results);
+    } else {
+      fused_dot_tile<Block, 1>(w.row(r), x, x_stride, n, results);
+    }
+    for (int t = 0; t < n_tokens; ++t) {
+      float& out = y[t * y_stride + r];
+      out = accumulate ? out + results[t] : results[t];
+    }
+  }
+}
+
 }  // namespace
 
 void matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, const float* x, int n_tokens,
                  int64_t x_stride, float* y, int64_t y_stride, bool accumulate, float* scratch) {
+  // Decode batches of one or two tokens read the quantised rows directly; larger batches dequantise each row once
+  // into `scratch` and reuse it for all their tokens.
+  if (n_tokens <= kFusedMaxTokens) {
+    switch (w.dtype) {
+      case DType::Q8_0: return fused_matmul_rows<Q8_0Block>(w, row_begin, row_end, x, n_tokens, x_stride, y, y_stride, accumulate);
+      case DType::Q4_0: return fused_matmul_rows<Q4_0Block>(w, row_begin, row_end, x, n_tokens, x_stride, y, y_stride, accumulate);
+      case DType::Q4_1: return fused_matmul_rows<Q4_1Block>(w, row_begin, row_end, x, n_tokens, x_stride, y, y_stride, accumulate);
+      default: break;
+    }
+  }
   const int n = int(w.cols);
   float results[kMaxTile];
   for (int64_t r = row_begin; r < row_end; ++r) {
