@@ -16,6 +16,7 @@
 #include "clusterfusion/engine/model_file.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/chat_template.hpp"
+#include "clusterfusion/runtime/model.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/session.hpp"
 #include "clusterfusion/runtime/weights.hpp"
@@ -24,20 +25,10 @@ namespace cf::cli {
 
 namespace {
 
-constexpr const char* kDefaultModelName = "SmolLM2-135M-Instruct.Q4_1.gguf";
 constexpr int kMaxThreads = 256;
 constexpr int kMaxContext = 1 << 20;
 
 // ---- defaults and shared options --------------------------------------------------------------------------------
-
-std::string cache_dir() {
-  if (const char* d = std::getenv("CF_CACHE_DIR"); d && *d) return d;
-  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/clusterfusion";
-  const char* home = std::getenv("HOME");
-  return std::string(home && *home ? home : ".") + "/.cache/clusterfusion";
-}
-
-std::string default_model_path() { return cache_dir() + "/models/" + kDefaultModelName; }
 
 struct CommonOptions {
   std::optional<std::string> model;
@@ -165,25 +156,19 @@ class Progress {
   int last_percent_ = -1;
 };
 
-struct LoadedModel {
-  std::string path;
-  std::shared_ptr<const Tokenizer> tokenizer;
-  std::optional<std::string> chat_template;
+struct LoadedRunner {
+  LoadedModel model;
   std::unique_ptr<Runner> runner;
 };
 
-LoadedModel load(const CommonOptions& common) {
+LoadedRunner load(const CommonOptions& common) {
   common.check_backend();
   const auto start = std::chrono::steady_clock::now();
-  LoadedModel m;
-  m.path = common.model_path();
-  auto file = open_model_file(m.path);
-  m.tokenizer = Tokenizer::create(file->tokenizer_spec());
-  m.chat_template = file->chat_template();
-  Progress progress("loading " + std::filesystem::path(m.path).filename().string(), common.quiet);
-  auto weights = std::make_shared<ModelWeights>(
-      ModelWeights::load(*file, {}, [&](size_t done, size_t total) { progress.update(done, total); }));
-  file.reset();  // the weights are copied: the mapping can go
+  const std::string path = common.model_path();
+  Progress progress("loading " + std::filesystem::path(path).filename().string(), common.quiet);
+  LoadedRunner m;
+  m.model = load_model(path, {}, [&](size_t done, size_t total) { progress.update(done, total); });
+  const auto& weights = m.model.weights;
   const ModelConfig& c = weights->config;
   const int context = common.context > 0 ? std::min(common.context, c.max_context) : c.max_context;
   BackendOptions options;
@@ -195,7 +180,7 @@ LoadedModel load(const CommonOptions& common) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char line[512];
   std::snprintf(line, sizeof line, "loaded %s (%s, %d layers, %.0f MB of weights) in %.2f s; backend %s, %d threads, context %d",
-                m.path.c_str(), c.name.empty() ? c.arch.c_str() : c.name.c_str(), c.n_layers, mb, seconds,
+                path.c_str(), c.name.empty() ? c.arch.c_str() : c.name.c_str(), c.n_layers, mb, seconds,
                 common.backend.c_str(), common.threads > 0 ? common.threads : int(std::max(1u, std::thread::hardware_concurrency())),
                 context);
   progress.done(line);
@@ -237,13 +222,13 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (!prompt) throw UsageError("generate: missing -p TEXT (see --help)");
   const GenerationOptions options = sampling.generation();
   ChatTemplate chat_template = sampling.chat_template(std::nullopt);  // validates --template before loading
-  LoadedModel m = load(common);
-  chat_template = sampling.chat_template(m.chat_template);
-  Generator generator(*m.runner, m.tokenizer);
+  LoadedRunner m = load(common);
+  chat_template = sampling.chat_template(m.model.chat_template);
+  Generator generator(*m.runner, m.model.tokenizer);
   GenerationStats stats;
   if (raw || chat_template.format() == ChatFormat::None) {
     if (!raw && !common.quiet) std::fprintf(stderr, "(the model has no known chat template: continuing the text as is)\n");
-    const auto tokens = m.tokenizer->encode(*prompt, m.tokenizer->spec().add_bos, /*parse_special=*/false);
+    const auto tokens = m.model.tokenizer->encode(*prompt, m.model.tokenizer->spec().add_bos, /*parse_special=*/false);
     if (tokens.empty()) throw InputError("the prompt encodes to no tokens");
     stats = generator.generate(tokens, options, print_text);
   } else {
@@ -270,11 +255,11 @@ int cmd_chat(const std::vector<std::string>& args) {
   }
   const GenerationOptions options = sampling.generation();
   (void)sampling.chat_template(std::nullopt);
-  LoadedModel m = load(common);
-  const ChatTemplate chat_template = sampling.chat_template(m.chat_template);
+  LoadedRunner m = load(common);
+  const ChatTemplate chat_template = sampling.chat_template(m.model.chat_template);
   if (chat_template.format() == ChatFormat::None && !common.quiet)
     std::fprintf(stderr, "(the model has no known chat template: turns are joined as plain text; see --template)\n");
-  Generator generator(*m.runner, m.tokenizer);
+  Generator generator(*m.runner, m.model.tokenizer);
   auto chat = std::make_unique<ChatSession>(generator, chat_template, sampling.system);
   const bool interactive = isatty(0) == 1;
   std::string line;
