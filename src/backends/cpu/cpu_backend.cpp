@@ -62,7 +62,8 @@ class CpuBackend final : public Backend {
     // Per-worker scratch: one dequantised row of the widest matrix, and attention scores over a full context.
     const int widest = std::max({c.hidden, c.q_dim(), c.ffn_hidden});
     row_scratch_.assign(size_t(pool_.size()), std::vector<float>(size_t(widest)));
-    score_scratch_.assign(size_t(pool_.size()), std::vector<float>(size_t(c.max_context) + 1));
+    // A sequence can hold at most every slot of the pool (whatever the model's nominal context).
+    score_scratch_.assign(size_t(pool_.size()), std::vector<float>(size_t(kv_.n_pages) * size_t(kv_.page_size)));
     rope_inv_freq_.resize(size_t(rot_dim_ / 2));
     for (int i = 0; i < rot_dim_ / 2; ++i)
       rope_inv_freq_[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * i / double(rot_dim_));
