@@ -179,7 +179,7 @@ LoadedRunner load(const CommonOptions& common) {
   m.runner = std::make_unique<Runner>(create_backend(common.backend, weights, options), 1, context);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char line[512];
-  std::snprintf(line, sizeof line, "loaded %s (%s, %d layers, %.0f MB of weights) in %.2f s; backend %s, %d threads, context %d",
+  std::snprintf(line, sizeof line, "loaded %s (%s, %d layers, %.0f MB of weights) in %.2f s; backend %s, %d thread(s), context %d",
                 path.c_str(), c.name.empty() ? c.arch.c_str() : c.name.c_str(), c.n_layers, mb, seconds,
                 common.backend.c_str(), common.threads > 0 ? common.threads : int(std::max(1u, std::thread::hardware_concurrency())),
                 context);
