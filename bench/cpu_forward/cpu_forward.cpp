@@ -1,22 +1,24 @@
-// Prompt and generation throughput of the cpu backend on a random-weight model of SmolLM2-135M's shapes (or other
-// presets), per weight type and thread count:
-//   cf_bench_cpu_forward [--dtype q4_1|q8_0|f16|f32] [--threads N] [--prompt N] [--gen N] [--preset smollm2-135m]
+// Prompt and generation throughput of the cpu backend on a random-weight model of SmolLM2-135M's shapes (or another
+// preset of cf::model_preset), per weight type and thread count:
+//   cf_bench_cpu_forward [--dtype q4_1|q8_0|f16|f32] [--threads N] [--prompt N] [--gen N] [--preset smollm2-135m|llama2-7b|llama3-8b]
 #include <time.h>
 
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "clusterfusion/runtime/backend.hpp"
+#include "clusterfusion/runtime/model.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 #include "kernels.hpp"
 
 int main(int argc, char** argv) {
-  std::string dtype_arg = "q4_1";
+  std::string dtype_arg = "q4_1", preset = "smollm2-135m";
   int threads = 0, prompt = 64, gen = 64;
   bool portable = false;
   for (int i = 1; i < argc; ++i) {
@@ -27,6 +29,7 @@ int main(int argc, char** argv) {
     else if (a == "--prompt") prompt = std::stoi(next());
     else if (a == "--gen") gen = std::stoi(next());
     else if (a == "--portable") portable = true;
+    else if (a == "--preset") preset = next();
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   cf::DType dtype = cf::DType::Q4_1;
@@ -36,10 +39,8 @@ int main(int argc, char** argv) {
   else if (dtype_arg == "q4_0") dtype = cf::DType::Q4_0;
   if (portable) cf::cpu::force_isa(cf::cpu::Isa::Portable);
 
-  cf::ModelConfig c;  // SmolLM2-135M
-  c.n_layers = 30; c.hidden = 576; c.n_heads = 9; c.n_kv_heads = 3; c.head_dim = 64; c.ffn_hidden = 1536;
-  c.vocab = 49152; c.max_context = 2048; c.rope_theta = 100000.0f; c.rope_dim = 64; c.rope_style = cf::RopeStyle::GPTJ;
-  c.tied_embeddings = true;
+  cf::ModelConfig c = cf::model_preset(preset);
+  c.max_context = std::min(c.max_context, prompt + gen + 16);
   auto weights = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(c, 1, dtype));
   cf::BackendOptions options;
   options.threads = threads;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/half.hpp"
@@ -214,50 +215,75 @@ ModelWeights ModelWeights::load(const ModelFile& file, const WeightLoadOptions& 
 
 namespace {
 
-// Fills a matrix with values of magnitude ~ scale directly in its storage format (no float round trip for the
-// quantised types, so large benchmark shapes are quick to make).
-WeightMatrix random_matrix(const std::string& name, DType dtype, int64_t rows, int64_t cols, float scale, Rng& rng) {
-  WeightMatrix m = empty_matrix(name, dtype, rows, cols);
-  uint8_t* p = m.bytes.data();
-  const int64_t n = rows * cols;
-  switch (dtype) {
-    case DType::F32:
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = rng.uniform(-scale, scale);
-        std::memcpy(p + 4 * i, &v, 4);
-      }
-      break;
-    case DType::F16:
-      for (int64_t i = 0; i < n; ++i) store_f16(p + 2 * i, rng.uniform(-scale, scale));
-      break;
-    case DType::BF16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t bits = float_to_bf16_bits(rng.uniform(-scale, scale));
-        std::memcpy(p + 2 * i, &bits, 2);
-      }
-      break;
-    case DType::Q8_0:
-    case DType::Q4_0:
-    case DType::Q4_1: {
-      const int64_t block_bytes = dtype_block_bytes(dtype);
-      for (int64_t b = 0; b < n / kQuantBlock; ++b) {
-        uint8_t* block = p + b * block_bytes;
-        const float block_scale = scale * rng.uniform(0.5f, 1.0f);
-        if (dtype == DType::Q8_0) {
-          store_f16(block, block_scale / 127.0f);
-          for (int i = 0; i < kQuantBlock; ++i) block[2 + i] = uint8_t(int8_t(int(rng.below(255)) - 127));
-        } else if (dtype == DType::Q4_0) {
-          store_f16(block, block_scale / 8.0f);
-          for (int i = 0; i < kQuantBlock / 2; ++i) block[2 + i] = uint8_t(rng.below(256));
-        } else {
-          store_f16(block, 2.0f * block_scale / 15.0f);
-          store_f16(block + 2, -block_scale);
-          for (int i = 0; i < kQuantBlock / 2; ++i) block[4 + i] = uint8_t(rng.below(256));
+// Rows filled per task when random matrices are made in parallel; each chunk has its own generator seeded from the
+// matrix seed and the chunk index, so the bits do not depend on the number of threads.
+constexpr int64_t kRandomRowsPerChunk = 64;
+
+// Fills rows [row_begin, row_end) with values of magnitude ~ scale directly in the storage format (no float round
+// trip for the quantised types).
+void fill_random_rows(WeightMatrix& m, int64_t row_begin, int64_t row_end, float scale, Rng& rng) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    uint8_t* p = m.bytes.data() + r * m.row_bytes;
+    const int64_t n = m.cols;
+    switch (m.dtype) {
+      case DType::F32:
+        for (int64_t i = 0; i < n; ++i) {
+          const float v = rng.uniform(-scale, scale);
+          std::memcpy(p + 4 * i, &v, 4);
         }
+        break;
+      case DType::F16:
+        for (int64_t i = 0; i < n; ++i) store_f16(p + 2 * i, rng.uniform(-scale, scale));
+        break;
+      case DType::BF16:
+        for (int64_t i = 0; i < n; ++i) {
+          const uint16_t bits = float_to_bf16_bits(rng.uniform(-scale, scale));
+          std::memcpy(p + 2 * i, &bits, 2);
+        }
+        break;
+      case DType::Q8_0:
+      case DType::Q4_0:
+      case DType::Q4_1: {
+        const int64_t block_bytes = dtype_block_bytes(m.dtype);
+        for (int64_t b = 0; b < n / kQuantBlock; ++b) {
+          uint8_t* block = p + b * block_bytes;
+          const float block_scale = scale * rng.uniform(0.5f, 1.0f);
+          if (m.dtype == DType::Q8_0) {
+            store_f16(block, block_scale / 127.0f);
+            for (int i = 0; i < kQuantBlock; ++i) block[2 + i] = uint8_t(int8_t(int(rng.below(255)) - 127));
+          } else if (m.dtype == DType::Q4_0) {
+            store_f16(block, block_scale / 8.0f);
+            for (int i = 0; i < kQuantBlock / 2; ++i) block[2 + i] = uint8_t(rng.below(256));
+          } else {
+            store_f16(block, 2.0f * block_scale / 15.0f);
+            store_f16(block + 2, -block_scale);
+            for (int i = 0; i < kQuantBlock / 2; ++i) block[4 + i] = uint8_t(rng.below(256));
+          }
+        }
+        break;
       }
-      break;
     }
   }
+}
+
+// A random matrix whose contents depend only on (seed, shape, dtype); big ones (benchmark shapes of 7B models) are
+// filled by all hardware threads.
+WeightMatrix random_matrix(const std::string& name, DType dtype, int64_t rows, int64_t cols, float scale,
+                           uint64_t seed) {
+  WeightMatrix m = empty_matrix(name, dtype, rows, cols);
+  const int64_t chunks = (rows + kRandomRowsPerChunk - 1) / kRandomRowsPerChunk;
+  auto fill_chunks = [&](int64_t first, int64_t step) {
+    for (int64_t c = first; c < chunks; c += step) {
+      Rng rng(seed ^ (0x9e3779b97f4a7c15ull * uint64_t(c + 1)));
+      fill_random_rows(m, c * kRandomRowsPerChunk, std::min(rows, (c + 1) * kRandomRowsPerChunk), scale, rng);
+    }
+  };
+  constexpr int64_t kParallelBytes = int64_t(64) << 20;
+  const int64_t threads = m.bytes.size() >= size_t(kParallelBytes) ? std::max(1u, std::thread::hardware_concurrency()) : 1;
+  std::vector<std::thread> workers;
+  for (int64_t t = 1; t < threads; ++t) workers.emplace_back(fill_chunks, t, threads);
+  fill_chunks(0, threads);
+  for (auto& w : workers) w.join();
   return m;
 }
 
@@ -277,28 +303,28 @@ ModelWeights ModelWeights::random(const ModelConfig& config, uint64_t seed, DTyp
   Rng rng(seed);
   // Uniform(-a, a) has standard deviation a / sqrt(3): a = sqrt(3 / in) keeps each output's variance near its input's.
   auto scale_for = [](int64_t in) { return std::sqrt(3.0f / float(in)); };
-  w.token_embd = random_matrix("token_embd.weight", dtype, c.vocab, c.hidden, 1.0f, rng);
+  w.token_embd = random_matrix("token_embd.weight", dtype, c.vocab, c.hidden, 1.0f, rng.next_u64());
   w.output_norm = random_vector(c.hidden, 1.0f, 0.1f, rng);
-  if (!c.tied_embeddings) w.output = random_matrix("output.weight", dtype, c.vocab, c.hidden, scale_for(c.hidden), rng);
+  if (!c.tied_embeddings) w.output = random_matrix("output.weight", dtype, c.vocab, c.hidden, scale_for(c.hidden), rng.next_u64());
   w.layers.resize(size_t(c.n_layers));
   for (int i = 0; i < c.n_layers; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
     LayerWeights& l = w.layers[size_t(i)];
     l.attn_norm = random_vector(c.hidden, 1.0f, 0.1f, rng);
-    l.attn_q = random_matrix(p + "attn_q.weight", dtype, c.q_dim(), c.hidden, scale_for(c.hidden), rng);
-    l.attn_k = random_matrix(p + "attn_k.weight", dtype, c.kv_dim(), c.hidden, scale_for(c.hidden), rng);
-    l.attn_v = random_matrix(p + "attn_v.weight", dtype, c.kv_dim(), c.hidden, scale_for(c.hidden), rng);
+    l.attn_q = random_matrix(p + "attn_q.weight", dtype, c.q_dim(), c.hidden, scale_for(c.hidden), rng.next_u64());
+    l.attn_k = random_matrix(p + "attn_k.weight", dtype, c.kv_dim(), c.hidden, scale_for(c.hidden), rng.next_u64());
+    l.attn_v = random_matrix(p + "attn_v.weight", dtype, c.kv_dim(), c.hidden, scale_for(c.hidden), rng.next_u64());
     if (c.qkv_bias) {
       l.q_bias = random_vector(c.q_dim(), 0.0f, 0.1f, rng);
       l.k_bias = random_vector(c.kv_dim(), 0.0f, 0.1f, rng);
       l.v_bias = random_vector(c.kv_dim(), 0.0f, 0.1f, rng);
     }
     // Residual branches are scaled down so the residual stream does not grow with depth.
-    l.attn_output = random_matrix(p + "attn_output.weight", dtype, c.hidden, c.q_dim(), 0.5f * scale_for(c.q_dim()), rng);
+    l.attn_output = random_matrix(p + "attn_output.weight", dtype, c.hidden, c.q_dim(), 0.5f * scale_for(c.q_dim()), rng.next_u64());
     l.ffn_norm = random_vector(c.hidden, 1.0f, 0.1f, rng);
-    l.ffn_gate = random_matrix(p + "ffn_gate.weight", dtype, c.ffn_hidden, c.hidden, scale_for(c.hidden), rng);
-    l.ffn_up = random_matrix(p + "ffn_up.weight", dtype, c.ffn_hidden, c.hidden, scale_for(c.hidden), rng);
-    l.ffn_down = random_matrix(p + "ffn_down.weight", dtype, c.hidden, c.ffn_hidden, 0.5f * scale_for(c.ffn_hidden), rng);
+    l.ffn_gate = random_matrix(p + "ffn_gate.weight", dtype, c.ffn_hidden, c.hidden, scale_for(c.hidden), rng.next_u64());
+    l.ffn_up = random_matrix(p + "ffn_up.weight", dtype, c.ffn_hidden, c.hidden, scale_for(c.hidden), rng.next_u64());
+    l.ffn_down = random_matrix(p + "ffn_down.weight", dtype, c.hidden, c.ffn_hidden, 0.5f * scale_for(c.ffn_hidden), rng.next_u64());
   }
   return w;
 }

@@ -7,6 +7,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "clusterfusion/engine/tokenizer.hpp"
 #include "clusterfusion/runtime/weights.hpp"
@@ -25,6 +27,12 @@ struct LoadedModel {
 // again before returning. Errors are cf::InputError naming the file.
 LoadedModel load_model(const std::string& path, const WeightLoadOptions& options = {},
                        const LoadProgress& progress = {});
+
+// Shapes of known models, for random-weight tests and benchmarks (ModelWeights::random(model_preset(name), seed)):
+// "smollm2-135m", "llama2-7b", "llama3-8b". RoPE pairing as in their GGUF files (GPT-J). cf::InputError for an
+// unknown name, listing the known ones.
+ModelConfig model_preset(std::string_view name);
+std::vector<std::string> model_preset_names();
 
 // The cache folder: $CF_CACHE_DIR, else $XDG_CACHE_HOME/clusterfusion, else ~/.cache/clusterfusion.
 std::string cache_dir();

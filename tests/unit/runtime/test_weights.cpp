@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "clusterfusion/runtime/rng.hpp"
+#include "clusterfusion/runtime/model.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 #include "test_models.hpp"
 
@@ -75,6 +76,41 @@ TEST(Weights, ConvertMatrixKeepsValues) {
   std::memset(odd.bytes.data(), 0, 320);
   EXPECT_THROW(cf::convert_matrix(odd, cf::DType::Q4_1), cf::InputError);
   EXPECT_NO_THROW(cf::convert_matrix(odd, cf::DType::F16));
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Weights, PresetsHaveTheKnownShapes) {
+  const auto smol = cf::model_preset("smollm2-135m");
+  EXPECT_EQ(smol.n_layers, 30);
+  EXPECT_EQ(smol.kv_dim(), 192);
+  const auto llama3 = cf::model_preset("llama3-8b");
+  EXPECT_EQ(llama3.n_kv_heads, 8);
+  EXPECT_EQ(llama3.head_dim, 128);
+  for (const auto& name : cf::model_preset_names()) EXPECT_NO_THROW(cf::model_preset(name).validate(name));
+  EXPECT_THROW(cf::model_preset("gpt-5"), cf::InputError);
+}
+
+TEST(Weights, RandomBitsDoNotDependOnTheMachinesThreadCount) {
+  // Big enough (>= 64 MB) to be filled by several threads: two runs agree, and a row recomputed from its chunk's own
+  // generator alone has the same value.
+  auto c = cf::model_preset("smollm2-135m");
+  c.n_layers = 1;
+  c.vocab = 32768;  // token_embd F32 [32768, 576] = 75 MB: the parallel path
+  const auto a = cf::ModelWeights::random(c, 9, cf::DType::F32), b = cf::ModelWeights::random(c, 9, cf::DType::F32);
+  ASSERT_GE(a.token_embd.bytes.size(), size_t(64) << 20);
+  EXPECT_EQ(std::memcmp(a.token_embd.bytes.data(), b.token_embd.bytes.data(), a.token_embd.bytes.size()), 0);
+  // token_embd's seed is the model generator's first draw; row 1000 lies in chunk 1000 / 64, after 40 rows of it.
+  cf::Rng master(9);
+  const uint64_t matrix_seed = master.next_u64();
+  cf::Rng chunk(matrix_seed ^ (0x9e3779b97f4a7c15ull * uint64_t(1000 / 64 + 1)));
+  float expected = 0;
+  for (int i = 0; i < (1000 % 64) * 576 + 1; ++i) expected = chunk.uniform(-1.0f, 1.0f);
+  float got;
+  std::memcpy(&got, a.token_embd.row(1000), 4);
+  EXPECT_EQ(got, expected);
 }
 
 }  // namespace
