@@ -344,7 +344,7 @@ struct CheckReport {
   }
 };
 
-// out within tolerance (rules 1 and 2), residual_out bit-exact, every cache element outside the appended rows
+// out within tolerance (rules 1 and 2, with the fallback where the naive oracle itself breaks rule 1), residual_out bit-exact, every cache element outside the appended rows
 // unchanged (bit-exact), the appended k / v within tolerance of the reference's.
 template <typename T>
 CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, const RunResult& r) {
@@ -352,8 +352,23 @@ CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, c
   std::vector<float> y(r.out.size()), naive = o.out_naive;
   for (size_t i = 0; i < y.size(); ++i) y[i] = from_bits16<T>(r.out[i]);
   const ref::ToleranceReport t = ref::check_tolerance<T>(y, o.out_ref, naive);
-  if (!t.ok) rep.fail(c.name + ": out: " + t.message);
-  else rep.message = "out " + t.message;
+  const ref::ToleranceReport tn = ref::check_tolerance<T>(naive, o.out_ref);
+  if (t.ok) {
+    rep.message = "out " + t.message;
+  } else if (tn.n_out_of_bound > 0 && t.n_out_of_bound > 0) {
+    // Rule 1 is unreachable here: the naive implementation (rounded where the kernel rounds) has elements out of
+    // bound itself (near-zero outputs after cancellation). Hold the kernel to rule 2 and to at most 2x (+2) the
+    // naive's out-of-bound count, and say so in the log (the project-wide fallback, see cuda_unfused's tests).
+    const double limit = std::max(2.0 * tn.max_abs_error, t.atol);
+    if (t.max_abs_error <= limit && t.n_out_of_bound <= 2 * tn.n_out_of_bound + 2)
+      rep.message = "out NOTE policy: rule 1 unreachable (naive has " + std::to_string(tn.n_out_of_bound) +
+                    " elements out of bound); kernel " + std::to_string(t.n_out_of_bound) + " out, max error " +
+                    std::to_string(t.max_abs_error) + " <= " + std::to_string(limit);
+    else
+      rep.fail(c.name + ": out: " + t.message + " (naive alone: " + tn.message + ")");
+  } else {
+    rep.fail(c.name + ": out: " + t.message + " (naive alone: " + tn.message + ")");
+  }
   if (r.residual_out != o.residual_out) {
     size_t i = 0;
     while (i < r.residual_out.size() && r.residual_out[i] == o.residual_out[i]) ++i;
