@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 
 #include "clusterfusion/device/launch.hpp"
 #include "harness.hpp"
@@ -121,6 +122,247 @@ TEST_P(Shapes, MatchesReference) { run_any(GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(DecoderAttentionEmu, Shapes, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace cf::test::da
+
+namespace cf::test::da {
+namespace {
+
+Case determinism_case() {
+  Case c = all_cases()[1];  // GQA, bf16, three tokens, cluster 4
+  c.name = "Determinism";
+  return c;
+}
+
+TEST(DecoderAttentionEmu, SameBitsUnderEverySchedule) {
+  const Case c = determinism_case();
+  const HostInputs in = make_inputs<bfloat16>(c);
+  const RunResult first = run_case(c, in, 1);
+  for (uint64_t seed : {7ull, 12345ull, 99991ull}) {
+    const RunResult r = run_case(c, in, seed);
+    EXPECT_EQ(r.out, first.out) << "emulator seed " << seed;
+    EXPECT_EQ(r.residual_out, first.residual_out) << "emulator seed " << seed;
+    EXPECT_EQ(r.k_pages, first.k_pages) << "emulator seed " << seed;
+    EXPECT_EQ(r.v_pages, first.v_pages) << "emulator seed " << seed;
+  }
+}
+
+// A plan reused (as in CUDA-graph replays): the O-block counters must be reset by the last arrivers.
+TEST(DecoderAttentionEmu, RepeatedRunsOfOnePlanGiveTheSameBits) {
+  Case c = all_cases()[0];
+  c.kv_lens = {40, 3};
+  const HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::Plan plan(plan_config(c, in, d));
+  const kda::StepArgs step = step_args(c, in, d);
+  std::vector<uint16_t> first;
+  for (int run = 0; run < 3; ++run) {
+    d.out.fill_bytes(0xFF);
+    plan.run(step, nullptr, uint64_t(run + 1));
+    plan.check_status();
+    const std::vector<uint16_t> out = d.out.download();
+    if (run == 0) first = out;
+    else EXPECT_EQ(out, first) << "run " << run;
+  }
+}
+
+// Tokens are independent: token 0 of a batch gives the same bits as alone; a token with a broken page table gets a
+// NaN row, the status says why, and the others are unaffected.
+TEST(DecoderAttentionEmu, BadTokenIsPoisonedOthersUnaffected) {
+  Case alone = all_cases()[0];
+  alone.kv_lens = {29};
+  const HostInputs in_alone = make_inputs<half>(alone);
+  const RunResult r_alone = run_case(alone, in_alone);
+
+  Case pair = alone;
+  pair.kv_lens = {29, 12};
+  HostInputs in = make_inputs<half>(pair);
+  // same data for token 0 as the single-token case
+  in.hidden = in_alone.hidden, in.residual = in_alone.residual;
+  in.hidden.resize(size_t(2) * pair.hidden, in.hidden[0]);
+  in.residual.resize(size_t(2) * pair.hidden, in.residual[0]);
+  in.norm = in_alone.norm, in.w_qkv = in_alone.w_qkv, in.w_o = in_alone.w_o, in.b_qkv = in_alone.b_qkv;
+  in.k_pages = in_alone.k_pages, in.v_pages = in_alone.v_pages, in.n_pages = in_alone.n_pages;
+  in.kv_indices = in_alone.kv_indices;
+  in.kv_indices.push_back(0);  // token 1: one page (page 0, shared: it is never written since token 1 is bad)
+  in.kv_indptr = {0, int32_t(in_alone.kv_indices.size()), int32_t(in.kv_indices.size())};
+  in.kv_last_page_len = {in_alone.kv_last_page_len[0], 0};  // 0: invalid
+  in.positions = {in_alone.positions[0], 11};
+  in.positions64 = {in_alone.positions64[0], 11};
+
+  DeviceInputs d;
+  upload_inputs(pair, in, d);
+  d.out.fill_bytes(0xFF);
+  kda::Plan plan(plan_config(pair, in, d));
+  plan.run(step_args(pair, in, d));
+  try {
+    plan.check_status();
+    ADD_FAILURE() << "check_status did not throw";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_last_page_len"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(plan.check_status());  // cleared
+  const std::vector<uint16_t> out = d.out.download();
+  for (int i = 0; i < pair.hidden; ++i) {
+    EXPECT_EQ(out[size_t(i)], r_alone.out[size_t(i)]) << "token 0 element " << i;
+    EXPECT_TRUE(std::isnan(from_bits16<half>(out[size_t(pair.hidden + i)]))) << "token 1 element " << i;
+  }
+  EXPECT_EQ(d.k_pages.download(), r_alone.k_pages);  // nothing appended for token 1
+}
+
+TEST(DecoderAttentionEmu, PageIdOutOfRangeIsReported) {
+  Case c = all_cases()[0];
+  c.kv_lens = {40};
+  HostInputs in = make_inputs<half>(c);
+  in.kv_indices[0] = in.n_pages + 7;  // an old position's page
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::Plan plan(plan_config(c, in, d));
+  plan.run(step_args(c, in, d));
+  try {
+    plan.check_status();
+    ADD_FAILURE() << "check_status did not throw";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_indices entry is outside"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DecoderAttentionEmu, PositionPastTheRopeTableIsReported) {
+  Case c = all_cases()[0];
+  c.cos_sin_table = true;
+  HostInputs in = make_inputs<half>(c);
+  in.positions[0] = in.rope_rows;
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  d.out.fill_bytes(0);
+  kda::Plan plan(plan_config(c, in, d));
+  plan.run(step_args(c, in, d));
+  EXPECT_THROW(plan.check_status(), InputError);
+  EXPECT_TRUE(std::isnan(from_bits16<half>(d.out.download()[0])));
+}
+
+// ---- host-side validation ----------------------------------------------------------------------------------------
+
+struct ValidationFixture : ::testing::Test {
+  Case c = all_cases()[0];
+  HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  void SetUp() override { upload_inputs(c, in, d); }
+  kda::PlanConfig config() { return plan_config(c, in, d); }
+  static std::string error_of(const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "(no error)";
+  }
+};
+
+TEST_F(ValidationFixture, PlanConfigErrorsNameTheProblem) {
+  auto expect = [&](kda::PlanConfig cfg, const char* needle) {
+    const std::string msg = error_of([&] { kda::Plan plan(cfg); });
+    EXPECT_NE(msg.find(needle), std::string::npos) << "wanted '" << needle << "' in: " << msg;
+  };
+  kda::PlanConfig cfg = config();
+  {
+    auto x = cfg;
+    x.shape.head_dim = 96;
+    expect(x, "head_dim 96 is not supported");
+  }
+  {
+    auto x = cfg;
+    x.shape.n_kv_heads = 3;
+    expect(x, "multiple of n_kv_heads");
+  }
+  {
+    auto x = cfg;
+    x.shape.n_heads = 68, x.shape.n_kv_heads = 2;
+    expect(x, "at most 16 are supported");
+  }
+  {
+    auto x = cfg;
+    x.shape.hidden = 250;
+    expect(x, "multiple of 32");
+  }
+  {
+    auto x = cfg;
+    x.shape.rot_dim = 65;
+    expect(x, "rot_dim 65");
+  }
+  {
+    auto x = cfg;
+    x.max_batch = 17;
+    expect(x, "max_batch 17 outside [1, 16]");
+  }
+  {
+    auto x = cfg;
+    x.cluster_size = 3;
+    expect(x, "cluster_size 3 is not supported");
+  }
+  {
+    auto x = cfg;
+    x.weights.w_qkv = static_cast<const uint8_t*>(x.weights.w_qkv) + 2;
+    expect(x, "16-byte aligned");
+  }
+  {
+    auto x = cfg;
+    x.cache.k_layer_table = d.k_table.data();
+    expect(x, "either k_pages and v_pages");
+  }
+  {
+    auto x = cfg;
+    x.cache.page_size = 0;
+    expect(x, "page_size 0");
+  }
+  {
+    auto x = cfg;
+    x.dtype = dev::DType::F32;
+    expect(x, "dtype must be F16 or BF16");
+  }
+  {
+    auto x = cfg;  // buffers too large for shared memory
+    x.shape.hidden = 8192, x.shape.n_heads = 16, x.shape.n_kv_heads = 1, x.shape.head_dim = 128;
+    x.max_batch = 16, x.cluster_size = 2;
+    expect(x, "shared memory");
+  }
+}
+
+TEST_F(ValidationFixture, StepErrorsNameTheProblem) {
+  kda::Plan plan(config());
+  auto expect = [&](kda::StepArgs a, const char* needle) {
+    const std::string msg = error_of([&] { plan.run(a); });
+    EXPECT_NE(msg.find(needle), std::string::npos) << "wanted '" << needle << "' in: " << msg;
+  };
+  const kda::StepArgs ok = step_args(c, in, d);
+  {
+    auto a = ok;
+    a.batch = 2;
+    expect(a, "batch 2 outside [1, 1]");
+  }
+  {
+    auto a = ok;
+    a.out = nullptr;
+    expect(a, "must be set");
+  }
+  {
+    auto a = ok;
+    a.hidden = static_cast<const uint8_t*>(a.hidden) + 4;
+    expect(a, "16-byte aligned");
+  }
+  {
+    auto a = ok;
+    a.positions64 = d.positions64.data();
+    expect(a, "exactly one of positions, positions64");
+  }
+  {
+    auto a = ok;
+    a.n_indices = 0;
+    expect(a, "n_indices 0");
+  }
+}
 
 }  // namespace
 }  // namespace cf::test::da

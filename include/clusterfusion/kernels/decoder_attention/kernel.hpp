@@ -203,22 +203,22 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       bad = true;
       if (group_id == 0 && rank == 0) detail::set_status(p, kStatusBadPosition);
     }
-    info.bad = bad ? 1 : 0;
-    info.position = bad ? 0 : int32_t(pos64);
-    info.page_base = bad ? 0 : start;
     info.old_len = 0;
     info.slot = -1;
     if (!bad) {
       const int64_t kv_len = int64_t(end - start - 1) * p.page_size + last;
-      info.old_len = int32_t(kv_len - 1);
-      const int64_t new_pos = kv_len - 1;
-      const int32_t page = p.kv_indices[start + int32_t(new_pos / p.page_size)];
+      const int32_t page = p.kv_indices[end - 1];  // the new k/v go to the last position of the last page
       if (page < 0 || page >= p.n_pages) {
+        bad = true;
         if (group_id == 0 && rank == 0) detail::set_status(p, kStatusBadPageId);
       } else {
-        info.slot = page * p.page_size + int32_t(new_pos % p.page_size);
+        info.old_len = int32_t(kv_len - 1);
+        info.slot = page * p.page_size + (last - 1);
       }
     }
+    info.bad = bad ? 1 : 0;
+    info.position = bad ? 0 : int32_t(pos64);
+    info.page_base = bad ? 0 : start;
     const int32_t n_tiles = (info.old_len + Tr::kKvTile - 1) / Tr::kKvTile;
     const Range tiles = detail::split_range(n_tiles, n_ranks, rank);
     info.tile_begin = tiles.begin;

@@ -196,7 +196,9 @@ inline void validate_config(const PlanConfig& c) {
     fail("weight pointers must be 16-byte aligned");
   const KvCache& kv = c.cache;
   const bool direct = kv.k_pages && kv.v_pages, table = kv.k_layer_table && kv.v_layer_table;
-  if (direct == table) fail("cache: set either k_pages and v_pages, or k_layer_table and v_layer_table");
+  const int set = (kv.k_pages != nullptr) + (kv.v_pages != nullptr) + (kv.k_layer_table != nullptr) +
+                  (kv.v_layer_table != nullptr);
+  if (set != 2 || direct == table) fail("cache: set either k_pages and v_pages, or k_layer_table and v_layer_table");
   if (direct && (!detail::aligned16(kv.k_pages) || !detail::aligned16(kv.v_pages)))
     fail("cache: k_pages and v_pages must be 16-byte aligned");
   if (table && kv.layer_id < 0) fail("cache: layer_id must be >= 0");
