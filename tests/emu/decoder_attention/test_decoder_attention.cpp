@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "clusterfusion/device/launch.hpp"
+#include "clusterfusion/kernels/decoder_attention/seed_api.hpp"
 #include "harness.hpp"
 
 namespace cf::test::da {
@@ -362,6 +363,47 @@ TEST_F(ValidationFixture, StepErrorsNameTheProblem) {
     a.n_indices = 0;
     expect(a, "n_indices 0");
   }
+}
+
+}  // namespace
+}  // namespace cf::test::da
+
+namespace cf::test::da {
+namespace {
+
+// The seed's argument list: page size 1 token pool, per-layer pointer tables, int64 positions, cos/sin table.
+TEST(DecoderAttentionEmu, SeedEntryPointMatchesReference) {
+  Case c;
+  c.name = "Seed";
+  c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 64, c.kv_lens = {23, 6};
+  c.page_size = 1, c.layer_table = true, c.positions64 = true, c.null_last_page_len = true, c.cos_sin_table = true;
+  c.cluster_size = 2;
+  const HostInputs in = make_inputs<half>(c);
+  const Oracle o = make_oracle<half>(c, in);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  d.out.fill_bytes(0xFF);
+  d.residual_out.fill_bytes(0xFF);
+  kda::SeedShape shape;
+  shape.batch = c.batch(), shape.hidden = c.hidden, shape.n_heads = c.n_heads, shape.n_kv_heads = c.n_kv_heads;
+  shape.head_dim = c.head_dim, shape.cache_slots = in.n_pages, shape.n_indices = int(in.kv_indices.size());
+  shape.cos_sin_rows = in.rope_rows, shape.cluster_size = c.cluster_size;
+  kda::SeedRunner runner;
+  for (int call = 0; call < 2; ++call)  // the second call reuses the plan
+    runner.llama_decoder_layer(d.out.data(), d.residual_out.data(), d.hidden.data(), d.residual.data(),
+                               d.w_qkv.data(), d.w_o.data(), d.kv_indptr.data(), d.kv_indices.data(),
+                               d.k_table.data(), d.v_table.data(), /*layer_id=*/1, d.norm.data(), 1e-5f,
+                               d.positions64.data(), d.cos_sin.data(), shape);
+  EXPECT_EQ(runner.plan_count(), 1u);
+  ASSERT_NE(runner.find(d.w_qkv.data(), 1), nullptr);
+  runner.find(d.w_qkv.data(), 1)->check_status();
+  RunResult r;
+  r.out = d.out.download();
+  r.residual_out = d.residual_out.download();
+  r.k_pages = d.k_pages.download();
+  r.v_pages = d.v_pages.download();
+  const CheckReport rep = check_result<half>(c, in, o, r);
+  EXPECT_TRUE(rep.ok) << rep.message;
 }
 
 }  // namespace

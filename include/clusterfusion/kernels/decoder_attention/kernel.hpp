@@ -117,6 +117,24 @@ CF_DEVICE void set_status(const KernelParams& p, uint32_t bit) {
   if (p.status[bit] == 0) (void)dev::atomic_exch(&p.status[bit], 1u);
 }
 
+// Every mbarrier wait is bounded on the GPU: after kMaxPolls failed polls (seconds; a legitimate wait is
+// microseconds) the wait gives up and sets kStatusTimeout, so a bug ends the kernel with a message instead of
+// hanging the machine. The emulator reports a deadlock itself.
+inline constexpr uint32_t kMaxPolls = 1u << 24;
+CF_DEVICE void wait(dev::Mbarrier& bar, uint32_t parity, const KernelParams& p) {
+#if defined(CF_DEVICE_CUDA)
+  for (uint32_t polls = 0; !bar.try_wait(parity);) {
+    if (++polls == kMaxPolls) {
+      set_status(p, kStatusTimeout);
+      return;
+    }
+  }
+#else
+  (void)p;
+  bar.wait(parity);
+#endif
+}
+
 }  // namespace detail
 
 // ---- the kernel ---------------------------------------------------------------------------------------------------
@@ -234,7 +252,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
     // ==== producer: the whole load schedule, in consumption order ====================================================
     int32_t item = 0;
     auto acquire = [&](int32_t it) {
-      if (it >= S) empty[it % S].wait(uint32_t(((it / S) - 1) & 1));
+      if (it >= S) detail::wait(empty[it % S], uint32_t(((it / S) - 1) & 1), p);
     };
     auto load_weights = [&](const dev::TensorMap& map, int32_t x0, int32_t y, int32_t n_units) {
       acquire(item);
@@ -358,7 +376,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       small->sumsq_local[ctid] = sq;
     }
     signal_all(sumsq_bar);
-    sumsq_bar->wait(0);
+    detail::wait(*sumsq_bar, 0, p);
     if (int32_t(ctid) < batch) {
       float total = 0.0f;
       for (int32_t r = 0; r < n_ranks; ++r) total += dev::map_shared_rank(small->sumsq_local, uint32_t(r))[ctid];
@@ -423,7 +441,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       for (int32_t s = 0; s < qkv_stages_per_block; ++s) {
         const int32_t u0 = s * Tr::kUnitsPerStage;
         const int32_t nu = units.size() - u0 < Tr::kUnitsPerStage ? units.size() - u0 : Tr::kUnitsPerStage;
-        full[item % S].wait(parity(item));
+        detail::wait(full[item % S], parity(item), p);
         weight_stage_mma(stage_ptr(item), nu, x_s, p.x_stride, u0 * Tr::kUnitCols, acc);
         release(item, 1);
         ++item;
@@ -447,7 +465,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
     // Owner of RoPE pairs [pairs.begin, pairs.end): sum the partials of all ranks, bias, RoPE, append, push.
     const int32_t pairs_per_head = kHd / 2;
     const Range pairs = detail::split_range((G + 2) * pairs_per_head, n_ranks, rank);
-    part_bar->wait(0);
+    detail::wait(*part_bar, 0, p);
     {
       const T* const bias = static_cast<const T*>(p.b_qkv);
       for (int32_t i = int32_t(ctid); i < pairs.size() * batch; i += Tr::kConsumerThreads) {
@@ -508,7 +526,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       }
     }
     signal_all(qkv_bar);
-    qkv_bar->wait(0);  // q, k_new, v_new of every token are here; peers are done reading this CTA's partials
+    detail::wait(*qkv_bar, 0, p);  // q, k_new, v_new of every token are here; peers are done reading this CTA's partials
 
     // ---- 3. attention -----------------------------------------------------------------------------------------------
     {
@@ -534,7 +552,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         float o[kOTiles][4] = {};
         for (int32_t j = int32_t(warp); j < n_items; j += kW) {
           const int32_t it = item + j;
-          full[it % S].wait(parity(it));
+          detail::wait(full[it % S], parity(it), p);
           const uint8_t* kst = stage_ptr(it);
           const uint8_t* vst = kst + Tr::kKvTile * Tr::kKStride;
           const int32_t valid = info.old_len - (info.tile_begin + j) * Tr::kKvTile;  // >= 1
@@ -656,7 +674,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
 
       // Owner of (token, head) units: merge the states of all ranks (rank order) and the new token; push to all.
       const Range owned = detail::split_range(batch * G, n_ranks, rank);
-      state_bar->wait(0);
+      detail::wait(*state_bar, 0, p);
       // new-token scores q . k_new, one warp per unit
       for (int32_t u = owned.begin + int32_t(warp); u < owned.end; u += kW) {
         const int32_t b = u / G, head = u % G;
@@ -697,7 +715,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
                          e);
       }
       signal_all(attn_bar);
-      attn_bar->wait(0);  // attention output of every (token, head) of the group; peers are done with `state`
+      detail::wait(*attn_bar, 0, p);  // attention output of every (token, head) of the group; peers are done with `state`
     }
 
     // ---- 4. O projection + cross-group sum --------------------------------------------------------------------------
@@ -731,7 +749,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         for (int32_t s = 0; s < wo_stages_per_block; ++s) {
           const int32_t u0 = s * Tr::kUnitsPerStage;
           const int32_t nu = wo_units - u0 < Tr::kUnitsPerStage ? wo_units - u0 : Tr::kUnitsPerStage;
-          full[item % S].wait(parity(item));
+          detail::wait(full[item % S], parity(item), p);
           if (active) weight_stage_mma(stage_ptr(item), nu, attn_s, p.attn_stride, u0 * Tr::kUnitCols, acc);
           release(item, 1);
           ++item;

@@ -102,7 +102,8 @@ enum StatusBit : uint32_t {
   kStatusBadPageTable = 1,  // kv_indptr decreasing or outside [0, n_indices], or kv_last_page_len outside [1, P]
   kStatusBadPageId = 2,     // a kv_indices entry outside [0, n_pages)
   kStatusBadKvLen = 3,      // a sequence with no page (kv_len < 1)
-  kStatusWords = 4,         // the status is one u32 word per bit (set to 1 by the device)
+  kStatusTimeout = 4,       // GPU only: an mbarrier wait gave up (a hang; outputs are garbage)
+  kStatusWords = 5,         // the status is one u32 word per bit (set to 1 by the device)
 };
 std::string describe_status(const uint32_t* words);
 
@@ -228,7 +229,8 @@ inline void validate_step(const StepArgs& a, int max_batch, int hidden) {
 inline std::string describe_status(const uint32_t* words) {
   static const char* const names[kStatusWords] = {
       "a position is negative or past the cos/sin table", "kv_indptr / kv_last_page_len is inconsistent",
-      "a kv_indices entry is outside [0, n_pages)", "a sequence has no KV page"};
+      "a kv_indices entry is outside [0, n_pages)", "a sequence has no KV page",
+      "a wait inside the kernel timed out (a hang: a bug, please report)"};
   std::string out;
   for (int i = 0; i < int(kStatusWords); ++i)
     if (words[i] != 0) out += (out.empty() ? "" : "; ") + std::string(names[i]);
