@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "clusterfusion/common/half.hpp"
@@ -80,13 +81,27 @@ inline float bits_to_float(dev::DType dt, uint16_t b) {
   return dt == dev::DType::F16 ? from_bits16<half>(b) : from_bits16<bfloat16>(b);
 }
 
+// Uniform floats in [-1, 1) from a splitmix64 stream (fast enough for Llama-sized weights and caches).
+struct FastRandom {
+  uint64_t state;
+  explicit FastRandom(uint64_t seed) : state(seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull) {}
+  uint64_t next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return float(int32_t(uint32_t(next() >> 32))) * (1.0f / 2147483648.0f); }
+};
+
 template <typename T>
 HostInputs make_inputs(const Case& c) {
   std::mt19937 rng(uint32_t(c.seed * 7919 + 17));
-  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  FastRandom fast(c.seed);
+  auto uni = [&](std::mt19937&) { return fast.uniform(); };
   auto fill = [&](size_t n, float scale) {
     std::vector<uint16_t> v(n);
-    for (auto& x : v) x = to_bits16<T>(uni(rng) * scale);
+    for (auto& x : v) x = to_bits16<T>(fast.uniform() * scale);
     return v;
   };
   const ref::DecoderShape s = c.ref_shape();
@@ -159,27 +174,31 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
     w.bv = w.bk + kv_dim;
   }
   w.wo = as_t(in.w_o);
-  ref::PagedKv<T> kv;
-  kv.k_pages = reinterpret_cast<T*>(o.k_pages.data());
-  kv.v_pages = reinterpret_cast<T*>(o.v_pages.data());
-  kv.page_size = c.page_size;
-  kv.kv_indptr = in.kv_indptr.data();
-  kv.kv_indices = in.kv_indices.data();
-  kv.kv_last_page_len = in.kv_last_page_len.data();
-  ref::attention_block<T, T, T, float>(as_t(in.hidden), c.residual ? as_t(in.residual) : nullptr,
-                                       reinterpret_cast<T*>(o.residual_out.data()), o.out_ref.data(), w, s,
-                                       in.positions.data(), B, kv);
-
-  // Naive low-precision: x, q, k, v, softmax probabilities, attention output and out rounded to T.
   o.out_naive.resize(size_t(B) * c.hidden);
-  std::vector<float> x(size_t(c.hidden)), q(static_cast<size_t>(q_dim)), k(static_cast<size_t>(kv_dim)),
-      v(static_cast<size_t>(kv_dim)), a(static_cast<size_t>(q_dim));
-  std::vector<T> r_unused(size_t(c.hidden));
-  const float scale = ref::default_attention_scale(hd);
-  for (int b = 0; b < B; ++b) {
-    const T* hb = as_t(in.hidden) + size_t(b) * c.hidden;
+  // Tokens are independent (distinct sequences, distinct appended slots): one thread per token on big shapes.
+  auto one_token = [&](int b) {
+    const int32_t indptr[2] = {0, in.kv_indptr[size_t(b) + 1] - in.kv_indptr[size_t(b)]};
+    const int32_t* pages = in.kv_indices.data() + in.kv_indptr[size_t(b)];
+    ref::PagedKv<T> kv;
+    kv.k_pages = reinterpret_cast<T*>(o.k_pages.data());
+    kv.v_pages = reinterpret_cast<T*>(o.v_pages.data());
+    kv.page_size = c.page_size;
+    kv.kv_indptr = indptr;
+    kv.kv_indices = pages;
+    kv.kv_last_page_len = in.kv_last_page_len.data() + b;
+    const size_t row0 = size_t(b) * c.hidden;
+    ref::attention_block<T, T, T, float>(as_t(in.hidden) + row0, c.residual ? as_t(in.residual) + row0 : nullptr,
+                                         reinterpret_cast<T*>(o.residual_out.data()) + row0, o.out_ref.data() + row0,
+                                         w, s, in.positions.data() + b, 1, kv);
+
+    // Naive low-precision: x, q, k, v, softmax probabilities, attention output and out rounded to T.
+    std::vector<float> x(size_t(c.hidden)), q(static_cast<size_t>(q_dim)), k(static_cast<size_t>(kv_dim)),
+        v(static_cast<size_t>(kv_dim)), a(static_cast<size_t>(q_dim));
+    std::vector<T> r_unused(size_t(c.hidden));
+    const float scale = ref::default_attention_scale(hd);
+    const T* hb = as_t(in.hidden) + row0;
     if (c.residual)
-      ref::add_rmsnorm(hb, as_t(in.residual) + size_t(b) * c.hidden, w.norm, r_unused.data(), x.data(), c.hidden, s.eps);
+      ref::add_rmsnorm(hb, as_t(in.residual) + row0, w.norm, r_unused.data(), x.data(), c.hidden, s.eps);
     else
       ref::rmsnorm(hb, w.norm, x.data(), c.hidden, s.eps);
     for (auto& e : x) e = round_through<T>(e);
@@ -191,21 +210,26 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
     for (auto& e : q) e = round_through<T>(e);
     for (auto& e : k) e = round_through<T>(e);
     for (auto& e : v) e = round_through<T>(e);
-    const int n_pages = in.kv_indptr[size_t(b) + 1] - in.kv_indptr[size_t(b)];
-    const int kv_len = ref::paged_kv_len(n_pages, in.kv_last_page_len[size_t(b)], c.page_size);
-    const int32_t* pages = in.kv_indices.data() + in.kv_indptr[size_t(b)];
-    auto row = [&](const std::vector<uint16_t>& cache, int pos, int kvh, int d) {
-      if (pos == kv_len - 1) return (&cache == &in.k_pages ? k : v)[size_t(kvh * hd + d)];
+    const int kv_len = ref::paged_kv_len(indptr[1], in.kv_last_page_len[size_t(b)], c.page_size);
+    // the sequence's K and V as float [pos][kv_dim], the new token's rounded k, v last
+    std::vector<float> kc(size_t(kv_len) * kv_dim), vc(size_t(kv_len) * kv_dim);
+    for (int pos = 0; pos + 1 < kv_len; ++pos) {
       const size_t slot = size_t(pages[pos / c.page_size]) * c.page_size + size_t(pos % c.page_size);
-      return from_bits16<T>(cache[(slot * s.n_kv_heads + size_t(kvh)) * hd + size_t(d)]);
-    };
-    std::vector<float> sc(static_cast<size_t>(kv_len));
+      for (int e = 0; e < kv_dim; ++e) {
+        kc[size_t(pos) * kv_dim + size_t(e)] = from_bits16<T>(in.k_pages[slot * kv_dim + size_t(e)]);
+        vc[size_t(pos) * kv_dim + size_t(e)] = from_bits16<T>(in.v_pages[slot * kv_dim + size_t(e)]);
+      }
+    }
+    std::copy(k.begin(), k.end(), kc.begin() + (kv_len - 1) * ptrdiff_t(kv_dim));
+    std::copy(v.begin(), v.end(), vc.begin() + (kv_len - 1) * ptrdiff_t(kv_dim));
+    std::vector<float> sc(static_cast<size_t>(kv_len)), acc(static_cast<size_t>(hd));
     for (int h = 0; h < s.n_heads; ++h) {
       const int kvh = h / (s.n_heads / s.n_kv_heads);
       float mx = -INFINITY;
       for (int pos = 0; pos < kv_len; ++pos) {
+        const float* kr = kc.data() + size_t(pos) * kv_dim + size_t(kvh) * hd;
         float dot = 0.0f;
-        for (int d = 0; d < hd; ++d) dot += q[size_t(h * hd + d)] * row(in.k_pages, pos, kvh, d);
+        for (int d = 0; d < hd; ++d) dot += q[size_t(h * hd + d)] * kr[d];
         sc[size_t(pos)] = dot * scale;
         mx = std::fmax(mx, sc[size_t(pos)]);
       }
@@ -214,15 +238,25 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
         e = std::exp(e - mx);
         sum += e;
       }
-      for (int d = 0; d < hd; ++d) {
-        float acc = 0.0f;
-        for (int pos = 0; pos < kv_len; ++pos) acc += round_through<T>(sc[size_t(pos)]) * row(in.v_pages, pos, kvh, d);
-        a[size_t(h * hd + d)] = round_through<T>(acc / sum);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int pos = 0; pos < kv_len; ++pos) {
+        const float p = round_through<T>(sc[size_t(pos)]);
+        const float* vr = vc.data() + size_t(pos) * kv_dim + size_t(kvh) * hd;
+        for (int d = 0; d < hd; ++d) acc[size_t(d)] += p * vr[d];
       }
+      for (int d = 0; d < hd; ++d) a[size_t(h * hd + d)] = round_through<T>(acc[size_t(d)] / sum);
     }
-    float* ob = o.out_naive.data() + size_t(b) * c.hidden;
+    float* ob = o.out_naive.data() + row0;
     ref::matvec(w.wo, a.data(), ob, c.hidden, q_dim);
     for (int i = 0; i < c.hidden; ++i) ob[i] = round_through<T>(ob[i]);
+  };
+  const int64_t work = int64_t(c.hidden) * (s.q_dim() + 2 * s.kv_dim());
+  if (B > 1 && work > (int64_t(1) << 22)) {
+    std::vector<std::thread> threads;
+    for (int b = 0; b < B; ++b) threads.emplace_back(one_token, b);
+    for (auto& t : threads) t.join();
+  } else {
+    for (int b = 0; b < B; ++b) one_token(b);
   }
   return o;
 }
