@@ -32,9 +32,9 @@ int device_sm_count() {
 #endif
 }
 
-Layout layout_for(int head_dim, int max_batch, int group, int cluster_size, int hidden) {
-  return head_dim == 128 ? make_layout<128>(max_batch, group, cluster_size, hidden)
-                         : make_layout<64>(max_batch, group, cluster_size, hidden);
+Layout layout_for(int head_dim, int max_batch, int group, int cluster_size, int hidden, int n_kv_heads) {
+  return head_dim == 128 ? make_layout<128>(max_batch, group, cluster_size, hidden, n_kv_heads)
+                         : make_layout<64>(max_batch, group, cluster_size, hidden, n_kv_heads);
 }
 
 }  // namespace
@@ -68,7 +68,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
     throw InputError("decoder_attention: hidden " + std::to_string(s.hidden) + " has " + std::to_string(units_total) +
                      " 32-column units, fewer than the cluster size " + std::to_string(n));
 
-  const Layout layout = layout_for(s.head_dim, config.max_batch, s.group(), n, s.hidden);
+  const Layout layout = layout_for(s.head_dim, config.max_batch, s.group(), n, s.hidden, s.n_kv_heads);
   const size_t budget = dev::kMaxSmemPerBlock;
   const int fit = layout.fixed_bytes < budget ? int((budget - layout.fixed_bytes) / layout.stage_bytes) : 0;
   int stages = std::min(fit, kMaxStages);

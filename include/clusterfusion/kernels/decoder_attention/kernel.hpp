@@ -78,6 +78,16 @@ CF_DEVICE uint16_t ld_u16(const void* p) {
   return v;
 }
 CF_DEVICE void st_u16(void* p, uint16_t v) { __builtin_memcpy(p, &v, 2); }
+CF_DEVICE float as_float(uint32_t bits) {
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+CF_DEVICE uint32_t as_bits(float f) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &f, 4);
+  return bits;
+}
 
 constexpr float kNegInf = -INFINITY;
 
@@ -357,46 +367,87 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         v[2 * k + 1] = hf.y + rf.y;
       }
     };
-    for (int32_t b = 0; b < batch; ++b) {
+    // Sum of squares: every token gets a power-of-two group of consumer threads (256 / batch rounded down to a
+    // power of two, >= 16), each thread strides over the token's 8-column chunks with 4 loads in flight; the group
+    // reduces with shuffles (and through shared memory across warps) in a fixed order.
+    const int32_t tpt_log2 = batch <= 1 ? 8 : batch <= 2 ? 7 : batch <= 4 ? 6 : batch <= 8 ? 5 : 4;
+    const int32_t tpt = 1 << tpt_log2;  // threads per token
+    {
+      const int32_t b = int32_t(ctid) >> tpt_log2, sub = int32_t(ctid) & (tpt - 1);
       float sq = 0.0f;
-      for (int32_t c = int32_t(ctid) * 8; c < n_cols; c += Tr::kConsumerThreads * 8) {
-        float v[8];
-        load_sum8(b, col0 + c, v);
-        CF_UNROLL
-        for (int k = 0; k < 8; ++k) sq += v[k] * v[k];
+      if (b < batch) {
+        constexpr int kInFlight = 4;
+        for (int32_t c0 = sub * 8; c0 < n_cols; c0 += tpt * 8 * kInFlight) {
+          float v[kInFlight][8];
+          CF_UNROLL
+          for (int k = 0; k < kInFlight; ++k)
+            if (c0 + k * tpt * 8 < n_cols) load_sum8(b, col0 + c0 + k * tpt * 8, v[k]);
+          CF_UNROLL
+          for (int k = 0; k < kInFlight; ++k)
+            if (c0 + k * tpt * 8 < n_cols) {
+              CF_UNROLL
+              for (int e = 0; e < 8; ++e) sq += v[k][e] * v[k][e];
+            }
+        }
       }
-      CF_UNROLL
-      for (int m = 16; m >= 1; m >>= 1) sq += dev::shfl_xor_sync(dev::kFullMask, sq, m);
-      if (lane == 0) small->norm_red[b][warp] = sq;
+      const int width = tpt < 32 ? tpt : 32;
+      for (int m = width / 2; m >= 1; m >>= 1) sq += dev::shfl_xor_sync(dev::kFullMask, sq, m);
+      if (tpt >= 32 && lane == 0 && b < batch) small->norm_red[b][warp & uint32_t((tpt >> 5) - 1)] = sq;
+      if (tpt < 32 && sub == 0 && b < batch) small->norm_red[b][0] = sq;
     }
     consumers_sync();
     if (int32_t(ctid) < batch) {
       float sq = 0.0f;
-      for (int w = 0; w < kW; ++w) sq += small->norm_red[ctid][w];
+      const int parts = tpt >= 32 ? tpt / 32 : 1;
+      for (int w = 0; w < parts; ++w) sq += small->norm_red[ctid][w];
       small->sumsq_local[ctid] = sq;
     }
     signal_all(sumsq_bar);
     detail::wait(*sumsq_bar, 0, p);
     if (int32_t(ctid) < batch) {
+      float part_sums[kMaxClusterSize];
+      CF_UNROLL
+      for (int r = 0; r < kMaxClusterSize; ++r)
+        part_sums[r] = r < n_ranks ? dev::map_shared_rank(small->sumsq_local, uint32_t(r))[ctid] : 0.0f;
       float total = 0.0f;
-      for (int32_t r = 0; r < n_ranks; ++r) total += dev::map_shared_rank(small->sumsq_local, uint32_t(r))[ctid];
+      CF_UNROLL
+      for (int r = 0; r < kMaxClusterSize; ++r)
+        if (r < n_ranks) total += part_sums[r];
       small->inv_rms[ctid] = 1.0f / std::sqrt(total / float(p.hidden) + p.eps);
     }
     consumers_sync();
-    for (int32_t i = int32_t(ctid) * 8; i < batch * n_cols; i += Tr::kConsumerThreads * 8) {
-      const int32_t b = i / n_cols, c = i % n_cols;
-      float v[8];
-      load_sum8(b, col0 + c, v);
-      const dev::U32x4 wv = dev::load16(norm_w + col0 + c);
-      const uint32_t ww[4] = {wv.x, wv.y, wv.z, wv.w};
-      const float inv = small->inv_rms[b];
-      uint32_t xw[4];
-      CF_UNROLL
-      for (int k = 0; k < 4; ++k) {
-        const dev::Float2 wf = detail::unpack2<T>(ww[k]);
-        xw[k] = detail::pack2<T>(v[2 * k] * inv * wf.x, v[2 * k + 1] * inv * wf.y);
+    {
+      constexpr int kInFlight = 2;
+      const int32_t chunks = batch * n_cols / 8;
+      for (int32_t i0 = int32_t(ctid); i0 < chunks; i0 += Tr::kConsumerThreads * kInFlight) {
+        float v[kInFlight][8];
+        dev::U32x4 wv[kInFlight];
+        CF_UNROLL
+        for (int k = 0; k < kInFlight; ++k) {
+          const int32_t i = i0 + k * Tr::kConsumerThreads;
+          if (i < chunks) {
+            const int32_t b = i * 8 / n_cols, c = i * 8 % n_cols;
+            load_sum8(b, col0 + c, v[k]);
+            wv[k] = dev::load16(norm_w + col0 + c);
+          }
+        }
+        CF_UNROLL
+        for (int k = 0; k < kInFlight; ++k) {
+          const int32_t i = i0 + k * Tr::kConsumerThreads;
+          if (i < chunks) {
+            const int32_t b = i * 8 / n_cols, c = i * 8 % n_cols;
+            const uint32_t ww[4] = {wv[k].x, wv[k].y, wv[k].z, wv[k].w};
+            const float inv = small->inv_rms[b];
+            uint32_t xw[4];
+            CF_UNROLL
+            for (int e = 0; e < 4; ++e) {
+              const dev::Float2 wf = detail::unpack2<T>(ww[e]);
+              xw[e] = detail::pack2<T>(v[k][2 * e] * inv * wf.x, v[k][2 * e + 1] * inv * wf.y);
+            }
+            dev::store16(x_s + uint32_t(b) * p.x_stride + uint32_t(c) * 2, {xw[0], xw[1], xw[2], xw[3]});
+          }
+        }
       }
-      dev::store16(x_s + uint32_t(b) * p.x_stride + uint32_t(c) * 2, {xw[0], xw[1], xw[2], xw[3]});
     }
     consumers_sync();
 
@@ -473,13 +524,28 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         const int32_t rb = pair / pairs_per_head;
         const detail::RopePair rp = detail::rope_pair(pair % pairs_per_head, kHd, p.rot_dim, neox);
         const int32_t r1 = rb * kHd + rp.d1, r2 = rb * kHd + rp.d2;
+        // all N x kKGroups loads in flight, then summed in rank order
+        float p1[kMaxClusterSize][Tr::kKGroups], p2[kMaxClusterSize][Tr::kKGroups];
+        CF_UNROLL
+        for (int r = 0; r < kMaxClusterSize; ++r) {
+          if (r < n_ranks) {
+            const float* peer = dev::map_shared_rank(part, uint32_t(r));
+            CF_UNROLL
+            for (int k = 0; k < Tr::kKGroups; ++k) {
+              p1[r][k] = peer[(k * rows_qkv + r1) * batch + b];
+              p2[r][k] = peer[(k * rows_qkv + r2) * batch + b];
+            }
+          }
+        }
         float v1 = 0.0f, v2 = 0.0f;
-        for (int32_t r = 0; r < n_ranks; ++r) {
-          const float* peer = dev::map_shared_rank(part, uint32_t(r));
-          CF_UNROLL
-          for (int k = 0; k < Tr::kKGroups; ++k) {
-            v1 += peer[(k * rows_qkv + r1) * batch + b];
-            v2 += peer[(k * rows_qkv + r2) * batch + b];
+        CF_UNROLL
+        for (int r = 0; r < kMaxClusterSize; ++r) {
+          if (r < n_ranks) {
+            CF_UNROLL
+            for (int k = 0; k < Tr::kKGroups; ++k) {
+              v1 += p1[r][k];
+              v2 += p2[r][k];
+            }
           }
         }
         if (bias) {
@@ -694,16 +760,27 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         const int32_t b = u / G, head = u % G;
         const uint32_t at = (uint32_t(b) * G + uint32_t(head)) * state_stride;
         const float s_new = small->new_score[u - owned.begin];
+        float mr[kMaxClusterSize], lr[kMaxClusterSize], ar[kMaxClusterSize];
+        CF_UNROLL
+        for (int r = 0; r < kMaxClusterSize; ++r) {
+          mr[r] = detail::kNegInf, lr[r] = 0.0f, ar[r] = 0.0f;
+          if (r < n_ranks) {
+            const float* peer = dev::map_shared_rank(state, uint32_t(r));
+            mr[r] = peer[at];
+            lr[r] = peer[at + 1];
+            ar[r] = peer[at + 2 + uint32_t(d)];
+          }
+        }
         float m_all = s_new;
-        for (int32_t r = 0; r < n_ranks; ++r) m_all = std::fmax(m_all, dev::map_shared_rank(state, uint32_t(r))[at]);
+        CF_UNROLL
+        for (int r = 0; r < kMaxClusterSize; ++r) m_all = std::fmax(m_all, mr[r]);
         float l_all = 0.0f, acc = 0.0f;
-        for (int32_t r = 0; r < n_ranks; ++r) {
-          const float* peer = dev::map_shared_rank(state, uint32_t(r));
-          const float mr = peer[at];
-          if (mr == detail::kNegInf) continue;  // empty state
-          const float w = exp2f(mr - m_all);
-          l_all += peer[at + 1] * w;
-          acc += peer[at + 2 + uint32_t(d)] * w;
+        CF_UNROLL
+        for (int r = 0; r < kMaxClusterSize; ++r) {
+          if (mr[r] == detail::kNegInf) continue;  // empty state (or no such rank)
+          const float w = exp2f(mr[r] - m_all);
+          l_all += lr[r] * w;
+          acc += ar[r] * w;
         }
         const float w_new = exp2f(s_new - m_all);
         l_all += w_new;
@@ -723,24 +800,60 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       T* const out = static_cast<T*>(p.out);
       T* const residual_out = static_cast<T*>(p.residual_out);
       const uint32_t ws_group_stride = uint32_t(p.hidden) * uint32_t(batch);
-      // Sums block `ob` of this rank's rows over all groups (fixed order) and writes out / residual_out.
+      // Sums block `ob` of this rank's rows over all groups and writes out / residual_out. Every thread loads a
+      // float4 of kGroupsPerChunk groups (all loads in flight at once), the chunk sums are combined in chunk order.
+      constexpr int kGroupsPerChunk = 8;
+      const int32_t chunks = (p.n_kv_heads + kGroupsPerChunk - 1) / kGroupsPerChunk;
       auto finish_block = [&](int32_t ob) {
         const int32_t r0 = o_begin + ob * kHd;
         const int32_t nr = o_rows - ob * kHd < kHd ? o_rows - ob * kHd : kHd;
+        const int32_t n_vec = nr * batch / 4;  // nr is a multiple of 16
+        const float* base = p.o_partial + uint32_t(r0) * uint32_t(batch);
+        for (int32_t task = int32_t(ctid); task < n_vec * chunks; task += Tr::kConsumerThreads) {
+          const int32_t v = task % n_vec, c = task / n_vec;
+          dev::U32x4 q[kGroupsPerChunk];
+          CF_UNROLL
+          for (int k = 0; k < kGroupsPerChunk; ++k) {
+            const int32_t grp = c * kGroupsPerChunk + k;
+            if (grp < p.n_kv_heads) q[k] = dev::load16(base + uint32_t(grp) * ws_group_stride + uint32_t(v) * 4);
+          }
+          float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          CF_UNROLL
+          for (int k = 0; k < kGroupsPerChunk; ++k) {
+            if (c * kGroupsPerChunk + k < p.n_kv_heads) {
+              sum[0] += detail::as_float(q[k].x), sum[1] += detail::as_float(q[k].y);
+              sum[2] += detail::as_float(q[k].z), sum[3] += detail::as_float(q[k].w);
+            }
+          }
+          dev::store16(opart + uint32_t(c * n_vec + v) * 4, {detail::as_bits(sum[0]), detail::as_bits(sum[1]),
+                                                             detail::as_bits(sum[2]), detail::as_bits(sum[3])});
+        }
+        consumers_sync();
         for (int32_t i = int32_t(ctid); i < nr * batch; i += Tr::kConsumerThreads) {
+          float total = 0.0f;
+          for (int32_t c = 0; c < chunks; ++c) total += opart[uint32_t(c * nr * batch + i)];
           const int32_t row = r0 + i / batch, b = i % batch;
-          float sum = 0.0f;
-          for (int32_t grp = 0; grp < p.n_kv_heads; ++grp)
-            sum += p.o_partial[uint32_t(grp) * ws_group_stride + uint32_t(row) * uint32_t(batch) + uint32_t(b)];
           const int64_t at = int64_t(b) * p.hidden + row;
           const float h = dev::to_float(hidden_in[at]);
           const float r = residual ? dev::to_float(residual[at]) : 0.0f;
           residual_out[at] = dev::from_float<T>(h + r);
-          out[at] = dev::from_float<T>(tokens[b].bad ? NAN : sum);
+          out[at] = dev::from_float<T>(tokens[b].bad ? NAN : total);
         }
       };
+      // The counter of a block is incremented after its partials are stored; the answer (was this CTA the last of
+      // the n_kv_heads groups?) is looked at one block later, so the fence and the atomic's latency overlap the next
+      // block's MMAs; the CTA that arrived last sums the block.
       uint32_t pending_old = 0;
       int32_t pending_block = -1;
+      auto decide_last = [&] {  // thread 0: the block to finish now (~0u: none)
+        uint32_t flag = ~0u;
+        if (pending_block >= 0 && pending_old == uint32_t(p.n_kv_heads - 1)) {
+          flag = uint32_t(pending_block);
+          (void)dev::atomic_exch(p.o_counters + rank * p.o_blocks_max + pending_block, 0u);  // for the next launch
+          dev::threadfence();  // acquire: the other groups' partials of the block
+        }
+        small->last_flag = flag;
+      };
       for (int32_t i = 0; i < o_blocks; ++i) {
         const int32_t ob = (i + group_id) % o_blocks;
         const int32_t block_rows = o_rows - ob * kHd < kHd ? o_rows - ob * kHd : kHd;
@@ -754,7 +867,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
           release(item, 1);
           ++item;
         }
-        // k-group partials -> opart[kg][row][token]; summed in k-group order -> workspace
+        // k-group partials -> opart[kg][row][token]; summed in k-group order -> the workspace
         CF_UNROLL
         for (int nt = 0; nt < kBatchTiles; ++nt) {
           CF_UNROLL
@@ -775,33 +888,21 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
           for (int k = 0; k < Tr::kKGroups; ++k) sum += opart[k * kHd * batch + e];
           p.o_partial[uint32_t(group_id) * ws_group_stride + uint32_t(r0) * uint32_t(batch) + uint32_t(e)] = sum;
         }
+        consumers_sync();  // the block's partials are stored (and opart is free)
+        if (ctid == 0) decide_last();
         consumers_sync();
-        // Arrive on this block's counter; the answer is looked at one block later (its latency overlaps the MMAs).
         if (ctid == 0) {
-          dev::threadfence();
-          uint32_t* counter = p.o_counters + rank * p.o_blocks_max + ob;
-          const uint32_t old = dev::atomic_add(counter, 1u);
-          small->last_flag = ~0u;
-          if (pending_block >= 0 && pending_old == uint32_t(p.n_kv_heads - 1)) small->last_flag = uint32_t(pending_block);
-          pending_old = old;
+          dev::threadfence();  // release: this CTA's partials before its arrival
+          pending_old = dev::atomic_add(p.o_counters + rank * p.o_blocks_max + ob, 1u);
           pending_block = ob;
-          if (small->last_flag != ~0u) {
-            (void)dev::atomic_exch(p.o_counters + rank * p.o_blocks_max + small->last_flag, 0u);
-            dev::threadfence();
-          }
         }
-        consumers_sync();
-        if (small->last_flag != ~0u) finish_block(int32_t(small->last_flag));
-        consumers_sync();
-      }
-      if (ctid == 0) {
-        small->last_flag = ~0u;
-        if (pending_block >= 0 && pending_old == uint32_t(p.n_kv_heads - 1)) {
-          small->last_flag = uint32_t(pending_block);
-          (void)dev::atomic_exch(p.o_counters + rank * p.o_blocks_max + pending_block, 0u);
-          dev::threadfence();
+        if (small->last_flag != ~0u) {
+          finish_block(int32_t(small->last_flag));
+          consumers_sync();  // opart is rewritten by the next block
         }
       }
+      consumers_sync();  // everyone has read the last block's flag
+      if (ctid == 0) decide_last();  // waits for the last atomic
       consumers_sync();
       if (small->last_flag != ~0u) finish_block(int32_t(small->last_flag));
     }

@@ -11,6 +11,7 @@
 namespace cf::kernels::decoder_attention {
 
 inline constexpr int kMinStages = 4;
+inline constexpr int kMaxClusterSize = 8;  // cluster sizes 2, 4, 8 (loops over ranks unroll to this bound)
 inline constexpr int kMaxStages = 16;
 
 template <int kHeadDim>
@@ -89,7 +90,7 @@ constexpr uint32_t align_up(uint64_t v, uint32_t a) { return uint32_t((v + a - 1
 constexpr uint32_t padded_row_stride(uint64_t bytes) { return align_up(bytes, 128) + 64; }
 
 template <int kHeadDim>
-Layout make_layout(int max_batch, int group, int cluster_size, int hidden) {
+Layout make_layout(int max_batch, int group, int cluster_size, int hidden, int n_kv_heads) {
   using Tr = Traits<kHeadDim>;
   const int units_total = hidden / Tr::kUnitCols;
   const int max_units_per_rank = (units_total + cluster_size - 1) / cluster_size;
@@ -125,7 +126,9 @@ Layout make_layout(int max_batch, int group, int cluster_size, int hidden) {
   const uint64_t part_bytes = uint64_t(Tr::kKGroups) * rows * max_batch * 4;
   const uint64_t scratch_bytes = align_up(uint64_t(Tr::kConsumerWarps) * group * (kHeadDim + 2) * 4, 128);
   const uint64_t state_bytes = align_up(uint64_t(max_batch) * group * (kHeadDim + 2) * 4, 128);
-  const uint64_t opart_bytes = uint64_t(Tr::kKGroups) * kHeadDim * max_batch * 4;
+  // opart: the k-group partials of an O block, then the per-chunk sums of the last arriver (8 groups per chunk)
+  const uint64_t chunks = uint64_t(n_kv_heads + 7) / 8;
+  const uint64_t opart_bytes = std::max<uint64_t>(Tr::kKGroups, chunks) * kHeadDim * max_batch * 4;
   const uint32_t region_p = take(std::max({part_bytes, scratch_bytes + state_bytes, opart_bytes}));
   l.off_part = region_p;
   l.off_scratch = region_p;
