@@ -285,43 +285,89 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         load_weights(p.w_qkv_map, col0 + u0 * Tr::kUnitCols, row, nu);
       }
     }
-    // KV: this CTA's tiles of every token; one bulk copy per K row and V row.
+    // KV: this CTA's tiles of every token; one bulk copy per K row and V row. The page indices of the stage
+    // kKvLookahead items ahead are loaded while this one is issued (registers, shifted each item), so the index
+    // latency never serialises the copies.
     constexpr int kCopiesPerLane = (2 * Tr::kKvTile) / 32;  // 1 (hd 128) or 2 (hd 64)
-    for (int32_t b = 0; b < batch; ++b) {
-      const TokenInfo info = tokens[b];
-      for (int32_t tile = info.tile_begin; tile < info.tile_end; ++tile) {
-        // Source rows first (their page-index loads overlap the wait for a free stage).
-        const void* src[kCopiesPerLane];
-        uint32_t dst_off[kCopiesPerLane];
-        bool is_k[kCopiesPerLane];
-        CF_UNROLL
-        for (int c = 0; c < kCopiesPerLane; ++c) {
-          const int32_t copy = int32_t(lane) + 32 * c;  // 0..2*kKvTile-1: K rows, then V rows
-          const int32_t row = copy % Tr::kKvTile;
-          is_k[c] = copy < Tr::kKvTile;
-          int32_t pos = tile * Tr::kKvTile + row;
-          if (pos >= info.old_len) pos = tile * Tr::kKvTile;  // past the end: a duplicate of a valid row
-          int32_t page = p.kv_indices[info.page_base + pos / p.page_size];
-          if (page < 0 || page >= p.n_pages) {
-            detail::set_status(p, kStatusBadPageId);
-            page = 0;
-          }
-          const int64_t slot = int64_t(page) * p.page_size + pos % p.page_size;
-          const int64_t elem = (slot * p.n_kv_heads + group_id) * kHd;
-          src[c] = is_k[c] ? static_cast<const void*>(k_cache + elem) : static_cast<const void*>(v_cache + elem);
-          dst_off[c] = is_k[c] ? uint32_t(row * Tr::kKStride)
-                               : uint32_t(Tr::kKvTile * Tr::kKStride + row * Tr::kVStride);
-        }
-        acquire(item);
-        uint8_t* dst = stage_ptr(item);
-        dev::Mbarrier& bar = full[item % S];
-        if (lane == 0) bar.arrive_expect_tx(uint32_t(Tr::kKvTxBytes));
-        dev::syncwarp();
-        CF_UNROLL
-        for (int c = 0; c < kCopiesPerLane; ++c) dev::bulk_copy_g2s(dst + dst_off[c], src[c], Tr::kRowBytes, bar);
-        dev::syncwarp();
-        ++item;
+    constexpr int kKvLookahead = 4;
+    struct KvCursor {
+      int32_t b, tile;  // b == batch: past the last item
+    };
+    auto first_kv = [&] {
+      KvCursor c{0, batch > 0 ? tokens[0].tile_begin : 0};
+      while (c.b < batch && c.tile >= tokens[c.b].tile_end) {
+        ++c.b;
+        if (c.b < batch) c.tile = tokens[c.b].tile_begin;
       }
+      return c;
+    };
+    auto next_kv = [&](KvCursor c) {
+      ++c.tile;
+      while (c.b < batch && c.tile >= tokens[c.b].tile_end) {
+        ++c.b;
+        if (c.b < batch) c.tile = tokens[c.b].tile_begin;
+      }
+      return c;
+    };
+    // the cache position of copy c of this lane in tile `tile` of token b (rows past the end: a valid duplicate)
+    auto copy_pos = [&](const KvCursor& cur, int c) {
+      const int32_t row = (int32_t(lane) + 32 * c) % Tr::kKvTile;
+      const int32_t pos = cur.tile * Tr::kKvTile + row;
+      return pos < tokens[cur.b].old_len ? pos : cur.tile * Tr::kKvTile;
+    };
+    auto load_page = [&](const KvCursor& cur, int c) -> int32_t {
+      if (cur.b >= batch) return 0;
+      return p.kv_indices[tokens[cur.b].page_base + copy_pos(cur, c) / p.page_size];
+    };
+    KvCursor window[kKvLookahead];
+    int32_t pages[kKvLookahead][kCopiesPerLane];
+    window[0] = first_kv();
+    CF_UNROLL
+    for (int d = 0; d < kKvLookahead; ++d) {
+      if (d > 0) window[d] = next_kv(window[d - 1]);
+      CF_UNROLL
+      for (int c = 0; c < kCopiesPerLane; ++c) pages[d][c] = load_page(window[d], c);
+    }
+    while (window[0].b < batch) {
+      const KvCursor cur = window[0];
+      const void* src[kCopiesPerLane];
+      uint32_t dst_off[kCopiesPerLane];
+      CF_UNROLL
+      for (int c = 0; c < kCopiesPerLane; ++c) {
+        const int32_t copy = int32_t(lane) + 32 * c;  // 0..2*kKvTile-1: K rows, then V rows
+        const int32_t row = copy % Tr::kKvTile;
+        const int32_t pos = copy_pos(cur, c);
+        int32_t page = pages[0][c];
+        if (page < 0 || page >= p.n_pages) {
+          detail::set_status(p, kStatusBadPageId);
+          page = 0;
+        }
+        const int64_t slot = int64_t(page) * p.page_size + pos % p.page_size;
+        const int64_t elem = (slot * p.n_kv_heads + group_id) * kHd;
+        const bool is_k = copy < Tr::kKvTile;
+        src[c] = is_k ? static_cast<const void*>(k_cache + elem) : static_cast<const void*>(v_cache + elem);
+        dst_off[c] = is_k ? uint32_t(row * Tr::kKStride) : uint32_t(Tr::kKvTile * Tr::kKStride + row * Tr::kVStride);
+      }
+      // shift the window and start the index loads of the item kKvLookahead ahead
+      CF_UNROLL
+      for (int d = 0; d + 1 < kKvLookahead; ++d) {
+        window[d] = window[d + 1];
+        CF_UNROLL
+        for (int c = 0; c < kCopiesPerLane; ++c) pages[d][c] = pages[d + 1][c];
+      }
+      window[kKvLookahead - 1] = next_kv(window[kKvLookahead - 2]);
+      CF_UNROLL
+      for (int c = 0; c < kCopiesPerLane; ++c) pages[kKvLookahead - 1][c] = load_page(window[kKvLookahead - 1], c);
+
+      acquire(item);
+      uint8_t* dst = stage_ptr(item);
+      dev::Mbarrier& bar = full[item % S];
+      if (lane == 0) bar.arrive_expect_tx(uint32_t(Tr::kKvTxBytes));
+      dev::syncwarp();
+      CF_UNROLL
+      for (int c = 0; c < kCopiesPerLane; ++c) dev::bulk_copy_g2s(dst + dst_off[c], src[c], Tr::kRowBytes, bar);
+      dev::syncwarp();
+      ++item;
     }
     // O: this rank's output rows in head_dim-row blocks (visited in an order rotated by the cluster index) x the
     // group's G*hd columns of Wo.
