@@ -1,7 +1,7 @@
 // The kernel instantiations, one translation unit per element type (compile time stays bounded), found by the plan
 // through select_kernel_f16 / select_kernel_bf16.
 #pragma once
-#include "clusterfusion/kernels/decoder_attention/params.hpp"
+#include "clusterfusion/kernels/decoder_attention/kernel_params.hpp"
 
 namespace cf::kernels::decoder_attention {
 

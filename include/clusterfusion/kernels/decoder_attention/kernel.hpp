@@ -19,7 +19,7 @@
 #include <cstdint>
 
 #include "clusterfusion/device/api.hpp"
-#include "clusterfusion/kernels/decoder_attention/params.hpp"
+#include "clusterfusion/kernels/decoder_attention/kernel_params.hpp"
 #include "clusterfusion/kernels/decoder_attention/traits.hpp"
 
 namespace cf::kernels::decoder_attention {

@@ -5,8 +5,9 @@
 //   StepArgs    what changes every call: activations, positions, the page table, the batch size.
 //               validate_step() checks what the host can see without reading device memory; the page table and
 //               positions are device data, checked by the kernel (StatusBit, Plan::check_status()).
-//   KernelParams  the kernel's argument block (built by the plan: tensor maps, derived sizes, the shared-memory
-//               carve). Passed by value as a __grid_constant__.
+// The kernel's own argument block (tensor maps, derived sizes, the shared-memory carve) is KernelParams in
+// kernel_params.hpp; it differs between the CUDA and emulator builds, so host code includes only this header and
+// launch.hpp.
 //
 // Layouts (row-major, outermost first): activations [batch, hidden]; Wqkv [q_dim + 2 kv_dim, hidden] (rows of q,
 // then k, then v); bias [q_dim + 2 kv_dim]; Wo [hidden, q_dim]; KV pages [n_pages, page_size, n_kv_heads, head_dim]
@@ -18,7 +19,6 @@
 #include <string>
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/device/types.hpp"
 #include "clusterfusion/engine/model_config.hpp"  // cf::RopeStyle
 
@@ -106,55 +106,6 @@ enum StatusBit : uint32_t {
   kStatusWords = 5,         // the status is one u32 word per bit (set to 1 by the device)
 };
 std::string describe_status(const uint32_t* words);
-
-// The kernel's argument block. Offsets are bytes into dynamic shared memory (traits.hpp computes the carve).
-struct KernelParams {
-  dev::TensorMap w_qkv_map;  // [qkv_rows, hidden], box {32, head_dim}
-  dev::TensorMap w_o_map;    // [hidden, q_dim], box {32, head_dim}
-
-  // shapes
-  int32_t hidden, n_kv_heads, group, q_dim, kv_dim, rot_dim, batch;
-  int32_t rope_neox;           // 1: NeoX pairing, 0: GPT-J
-  float eps, rope_theta;
-  float scale_log2;            // log2(e) / sqrt(head_dim)
-  int32_t units_total;         // hidden / 32 (K-slice units)
-  int32_t out_row_units;       // hidden / 16 (O-projection row units)
-  int32_t o_blocks_max;        // row blocks per rank slice, upper bound (counter stride)
-
-  // activations and weights
-  const void* hidden_in;
-  const void* residual;
-  void* residual_out;
-  void* out;
-  const void* norm;
-  const void* b_qkv;
-
-  // KV cache and page table
-  void* k_pages;
-  void* v_pages;
-  const uint64_t* k_layer_table;
-  const uint64_t* v_layer_table;
-  int32_t layer_id, n_pages, page_size, n_indices;
-  const int32_t* kv_indptr;
-  const int32_t* kv_indices;
-  const int32_t* kv_last_page_len;
-  const int32_t* positions;
-  const int64_t* positions64;
-  const float* cos_sin;
-  int32_t cos_sin_rows;
-
-  // workspace
-  float* o_partial;     // [n_kv_heads, hidden, max_batch] fp32
-  uint32_t* o_counters; // [cluster_size * o_blocks_max]
-  uint32_t* status;     // [kStatusWords]
-
-  // shared-memory carve
-  int32_t stages;
-  int32_t max_batch;
-  uint32_t off_tokens, off_small, off_x, off_q, off_knew, off_vnew, off_attn, off_part, off_scratch, off_state,
-      off_opart, off_ring;
-  uint32_t x_stride, attn_stride;  // bytes per token row of x_s / attn_s
-};
 
 // ---- host validation --------------------------------------------------------------------------------------------
 

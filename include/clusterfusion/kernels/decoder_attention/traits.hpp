@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "clusterfusion/device/types.hpp"
-#include "clusterfusion/kernels/decoder_attention/params.hpp"
+#include "clusterfusion/kernels/decoder_attention/kernel_params.hpp"
 
 namespace cf::kernels::decoder_attention {
 
