@@ -40,6 +40,7 @@ struct Case {
   bool null_last_page_len = false;  // only with page_size 1
   int max_batch = 0;                // 0: batch
   int extra_pages = 3;              // unused pages in the pool
+  bool in_place = false;            // residual_out aliases residual, out aliases hidden (the seed's in-place use)
   uint64_t seed = 1;
 
   int batch() const { return int(kv_lens.size()); }
@@ -333,8 +334,8 @@ inline kda::StepArgs step_args(const Case& c, const HostInputs& in, DeviceInputs
   a.batch = c.batch();
   a.hidden = d.hidden.data();
   a.residual = c.residual ? d.residual.data() : nullptr;
-  a.residual_out = d.residual_out.data();
-  a.out = d.out.data();
+  a.residual_out = c.in_place ? d.residual.data() : d.residual_out.data();
+  a.out = c.in_place ? d.hidden.data() : d.out.data();
   if (c.positions64) a.positions64 = d.positions64.data();
   else a.positions = d.positions.data();
   a.kv_indptr = d.kv_indptr.data();
@@ -358,8 +359,8 @@ inline RunResult run_case(const Case& c, const HostInputs& in, uint64_t emu_seed
   plan.run(step_args(c, in, d), stream, emu_seed);
   plan.check_status(stream);
   RunResult r;
-  r.out = d.out.download();
-  r.residual_out = d.residual_out.download();
+  r.out = (c.in_place ? d.hidden : d.out).download();
+  r.residual_out = (c.in_place ? d.residual : d.residual_out).download();
   r.k_pages = d.k_pages.download();
   r.v_pages = d.v_pages.download();
   return r;

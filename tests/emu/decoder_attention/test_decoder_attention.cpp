@@ -114,6 +114,15 @@ std::vector<Case> all_cases() {
     c.cluster_size = 8, c.cos_sin_table = true, c.seed = 11;
     cases.push_back(c);
   }
+  {
+    Case c;  // 16 tokens (two full batch tiles), outputs written over the inputs (out = hidden, residual_out =
+             // residual), cluster 8 with hidden 256: one 32-column unit per CTA
+    c.name = "Batch16InPlace";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 1, c.head_dim = 64, c.page_size = 8, c.cluster_size = 8;
+    c.kv_lens = {3, 1, 9, 30, 2, 17, 8, 1, 5, 12, 4, 6, 7, 16, 10, 11};
+    c.in_place = true, c.seed = 12;
+    cases.push_back(c);
+  }
   return cases;
 }
 
