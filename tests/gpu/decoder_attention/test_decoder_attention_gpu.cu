@@ -182,3 +182,83 @@ TEST(DecoderAttentionGpuSanitizer, BadPageTableIsReported) {
 
 }  // namespace
 }  // namespace cf::test::da
+
+// ---- against the cuda-unfused baseline (when it is built) ------------------------------------------------------
+#if defined(CF_HAVE_CUDA_UNFUSED)
+#include "cuda_unfused/ops.hpp"
+
+namespace cf::test::da {
+namespace {
+
+// Both implementations on the same device inputs: both within the policy of the fp32 reference, residual_out
+// bit-identical, and the largest difference between the two printed.
+template <typename T>
+void compare_with_unfused(const Case& c) {
+  namespace cu = cf::cuda_unfused;
+  const HostInputs in = make_inputs<T>(c);
+  const Oracle o = make_oracle<T>(c, in);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  d.out.fill_bytes(0xFF);
+  kda::Plan plan(plan_config(c, in, d));
+  plan.run(step_args(c, in, d));
+  plan.check_status();
+  const std::vector<uint16_t> fused_out = d.out.download(), fused_res = d.residual_out.download();
+
+  cu::Workspace ws(c.ref_shape(), c.batch());
+  cu::AttentionBlockParams up;
+  up.dtype = c.dtype == dev::DType::F16 ? cu::DType::F16 : cu::DType::BF16;
+  up.shape = c.ref_shape();
+  up.batch = c.batch();
+  up.hidden = d.hidden.data();
+  up.residual = c.residual ? d.residual.data() : nullptr;
+  up.residual_out = d.residual_out.data();
+  up.out = d.out.data();
+  up.norm = d.norm.data();
+  up.w_qkv = d.w_qkv.data();
+  up.b_qkv = c.bias ? d.b_qkv.data() : nullptr;
+  up.w_o = d.w_o.data();
+  up.positions = d.positions.data();
+  up.rope = {d.cos_sin.data(), in.rope_rows, up.shape.rot_dim};
+  up.kv.k_pages = d.k_pages.data();
+  up.kv.v_pages = d.v_pages.data();
+  up.kv.n_pages = in.n_pages;
+  up.kv.page_size = c.page_size;
+  up.kv.kv_indptr = d.kv_indptr.data();
+  up.kv.kv_indices = d.kv_indices.data();
+  up.kv.kv_last_page_len = d.kv_last_page_len.data();
+  up.kv.n_seqs = c.batch();
+  up.kv.n_indices = int(in.kv_indices.size());
+  d.out.fill_bytes(0xFF);
+  d.residual_out.fill_bytes(0xFF);
+  cu::attention_block(up, ws, nullptr);
+  ws.check_status(nullptr);
+  const std::vector<uint16_t> unfused_out = d.out.download(), unfused_res = d.residual_out.download();
+
+  EXPECT_EQ(fused_res, unfused_res) << "residual_out differs between fused and cuda-unfused";
+  std::vector<float> yf(fused_out.size()), yu(unfused_out.size());
+  double max_diff = 0.0;
+  for (size_t i = 0; i < yf.size(); ++i) {
+    yf[i] = from_bits16<T>(fused_out[i]);
+    yu[i] = from_bits16<T>(unfused_out[i]);
+    max_diff = std::max(max_diff, double(std::fabs(yf[i] - yu[i])));
+  }
+  const ref::ToleranceReport tf = ref::check_tolerance<T>(yf, o.out_ref), tu = ref::check_tolerance<T>(yu, o.out_ref);
+  std::printf("%s: fused vs cuda-unfused max |diff| %.3g; fused max error %.3g (%lld out of bound), unfused %.3g "
+              "(%lld out of bound)\n",
+              c.name.c_str(), max_diff, tf.max_abs_error, (long long)tf.n_out_of_bound, tu.max_abs_error,
+              (long long)tu.n_out_of_bound);
+  // the fused kernel is not worse than the baseline by more than the policy's factor
+  EXPECT_LE(tf.max_abs_error, std::max(2.0 * tu.max_abs_error, tf.atol)) << "fused error vs cuda-unfused error";
+}
+
+TEST(DecoderAttentionGpu, MatchesUnfusedBaseline) {
+  REQUIRE_HOPPER();
+  compare_with_unfused<half>(model_case("llama2", 1024, 1));
+  compare_with_unfused<half>(model_case("llama3", 1024, 8));
+  compare_with_unfused<bfloat16>(model_case("llama3", 4096, 2, dev::DType::BF16));
+}
+
+}  // namespace
+}  // namespace cf::test::da
+#endif
