@@ -232,7 +232,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       if (group_id == 0 && rank == 0) detail::set_status(p, kStatusBadPosition);
     }
     info.old_len = 0;
-    info.slot = -1;
+    info.new_page = -1;
+    info.new_offset = 0;
     if (!bad) {
       const int64_t kv_len = int64_t(end - start - 1) * p.page_size + last;
       const int32_t page = p.kv_indices[end - 1];  // the new k/v go to the last position of the last page
@@ -241,7 +242,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         if (group_id == 0 && rank == 0) detail::set_status(p, kStatusBadPageId);
       } else {
         info.old_len = int32_t(kv_len - 1);
-        info.slot = page * p.page_size + (last - 1);
+        info.new_page = page;
+        info.new_offset = last - 1;
       }
     }
     info.bad = bad ? 1 : 0;
@@ -623,9 +625,10 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
           dst = q_s + uint32_t(b * G + rb) * Tr::kQStride;
         } else {
           dst = (rb == G ? knew_s : vnew_s) + uint32_t(b) * kHd * 2;
-          if (info.slot >= 0) {
+          if (info.new_page >= 0) {
             T* cache = rb == G ? k_cache : v_cache;
-            const int64_t base = (int64_t(info.slot) * p.n_kv_heads + group_id) * kHd;
+            const int64_t slot = int64_t(info.new_page) * p.page_size + info.new_offset;
+            const int64_t base = (slot * p.n_kv_heads + group_id) * kHd;
             detail::st_u16(cache + base + rp.d1, e1);
             detail::st_u16(cache + base + rp.d2, e2);
           }

@@ -67,9 +67,9 @@ struct TokenInfo {
   int32_t tile_end;
   int32_t position;    // RoPE position
   int32_t page_base;   // kv_indptr[b]
-  int32_t slot;        // cache slot of the new k/v (page * page_size + offset), -1 if the token is bad
+  int32_t new_page;    // page of the new k/v (-1: none, the token is bad)
+  int32_t new_offset;  // its position in that page
   int32_t bad;         // page table or position invalid: output is NaN
-  int32_t pad;
 };
 
 // Small per-CTA scalars.
