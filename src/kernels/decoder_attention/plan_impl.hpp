@@ -96,6 +96,16 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   for (int tiles = 1; tiles <= 2; ++tiles)
     im.kernels[tiles - 1] = dt == dev::DType::F16 ? select_kernel_f16(head_dim, tiles) : select_kernel_bf16(head_dim, tiles);
 
+#if defined(CF_DEVICE_CUDA)
+  // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).
+  for (KernelFn fn : im.kernels) {
+    dev::LaunchConfig cfg;
+    cfg.smem_bytes = li.smem_bytes;
+    cfg.cluster = {uint32_t(n)};
+    cfg.name = "decoder_attention";
+    dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), cfg);
+  }
+#endif
   im.o_partial = dev::DeviceBuffer<float>(size_t(s.n_kv_heads) * s.hidden * config.max_batch);
   im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * o_blocks_max);
   im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
