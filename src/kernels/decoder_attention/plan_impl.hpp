@@ -94,7 +94,8 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
 
   const dev::DType dt = config.dtype;
   for (int tiles = 1; tiles <= 2; ++tiles)
-    im.kernels[tiles - 1] = dt == dev::DType::F16 ? select_kernel_f16(head_dim, tiles) : select_kernel_bf16(head_dim, tiles);
+    im.kernels[tiles - 1] =
+        dt == dev::DType::F16 ? select_kernel_f16(head_dim, tiles) : select_kernel_bf16(head_dim, tiles);
 
 #if defined(CF_DEVICE_CUDA)
   // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).

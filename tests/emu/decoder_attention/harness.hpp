@@ -379,8 +379,9 @@ struct CheckReport {
   }
 };
 
-// out within tolerance (rules 1 and 2, with the fallback where the naive oracle itself breaks rule 1), residual_out bit-exact, every cache element outside the appended rows
-// unchanged (bit-exact), the appended k / v within tolerance of the reference's.
+// out within tolerance (rules 1 and 2, with the fallback where the naive oracle itself breaks rule 1), residual_out
+// bit-exact, every cache element outside the appended rows unchanged (bit-exact), the appended k / v within
+// tolerance of the reference's.
 template <typename T>
 CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, const RunResult& r) {
   CheckReport rep;

@@ -257,8 +257,10 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   }
   dev::cluster_sync();  // barriers initialised and token table visible; every CTA of the cluster started
 
-  T* const k_cache = static_cast<T*>(p.k_layer_table ? reinterpret_cast<void*>(p.k_layer_table[p.layer_id]) : p.k_pages);
-  T* const v_cache = static_cast<T*>(p.v_layer_table ? reinterpret_cast<void*>(p.v_layer_table[p.layer_id]) : p.v_pages);
+  T* const k_cache =
+      static_cast<T*>(p.k_layer_table ? reinterpret_cast<void*>(p.k_layer_table[p.layer_id]) : p.k_pages);
+  T* const v_cache =
+      static_cast<T*>(p.v_layer_table ? reinterpret_cast<void*>(p.v_layer_table[p.layer_id]) : p.v_pages);
 
   if (warp == uint32_t(Tr::kProducerWarp)) {
     // ==== producer: the whole load schedule, in consumption order ====================================================
@@ -641,7 +643,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       }
     }
     signal_all(qkv_bar);
-    detail::wait(*qkv_bar, 0, p);  // q, k_new, v_new of every token are here; peers are done reading this CTA's partials
+    // q, k_new, v_new of every token are here; peers are done reading this CTA's partials
+    detail::wait(*qkv_bar, 0, p);
 
     // ---- 3. attention -----------------------------------------------------------------------------------------------
     {
@@ -795,7 +798,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         const int32_t b = u / G, head = u % G;
         float dot = 0.0f;
         for (int32_t d = int32_t(lane) * 2; d < kHd; d += 64) {
-          const dev::Float2 qv = detail::unpack2<T>(detail::ld_u32(q_s + uint32_t(b * G + head) * Tr::kQStride + d * 2));
+          const uint8_t* q_row = q_s + uint32_t(b * G + head) * Tr::kQStride;
+          const dev::Float2 qv = detail::unpack2<T>(detail::ld_u32(q_row + d * 2));
           const dev::Float2 kv = detail::unpack2<T>(detail::ld_u32(knew_s + uint32_t(b) * kHd * 2 + d * 2));
           dot += qv.x * kv.x + qv.y * kv.y;
         }
@@ -841,7 +845,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
                          e);
       }
       signal_all(attn_bar);
-      detail::wait(*attn_bar, 0, p);  // attention output of every (token, head) of the group; peers are done with `state`
+      // the attention output of every (token, head) of the group is here; peers are done with `state`
+      detail::wait(*attn_bar, 0, p);
     }
 
     // ---- 4. O projection + cross-group sum --------------------------------------------------------------------------
