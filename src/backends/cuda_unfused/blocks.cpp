@@ -102,61 +102,73 @@ void Workspace::require_fits(const ref::DecoderShape& s, int batch, bool needs_f
 
 // ---- blocks --------------------------------------------------------------------------------------------------
 
-void attention_block(const AttentionBlockParams& p, Workspace& ws, cudaStream_t stream) {
+AttentionBlockStages attention_block_stages(const AttentionBlockParams& p, Workspace& ws) {
   p.validate();
   ws.require_fits(p.shape, p.batch, false, "attention_block");
   const ref::DecoderShape& s = p.shape;
+  AttentionBlockStages st;
 
-  AddRmsNormParams norm;
-  norm.dtype = p.dtype;
-  norm.rows = p.batch;
-  norm.n = s.hidden;
-  norm.eps = s.eps;
-  norm.hidden = p.hidden;
-  norm.residual = p.residual;
-  norm.weight = p.norm;
-  norm.residual_out = p.residual_out;
-  norm.y = ws.normed();
-  add_rmsnorm(norm, stream);
+  st.norm.dtype = p.dtype;
+  st.norm.rows = p.batch;
+  st.norm.n = s.hidden;
+  st.norm.eps = s.eps;
+  st.norm.hidden = p.hidden;
+  st.norm.residual = p.residual;
+  st.norm.weight = p.norm;
+  st.norm.residual_out = p.residual_out;
+  st.norm.y = ws.normed();
 
+  st.rope.dtype = p.dtype;
+  st.rope.tokens = p.batch;
+  st.rope.n_heads = s.n_heads;
+  st.rope.n_kv_heads = s.n_kv_heads;
+  st.rope.head_dim = s.head_dim;
+  st.rope.rot_dim = s.rot_dim;
+  st.rope.style = s.rope_style;
+  st.rope.qkv = ws.qkv();
+  st.rope.bias = p.b_qkv;
+  st.rope.positions = p.positions;
+  st.rope.rope = p.rope;
+  st.rope.kv = p.kv;
+  st.rope.q_out = ws.q_rotated();
+  st.rope.status = ws.status();
+
+  st.attention.dtype = p.dtype;
+  st.attention.tokens = p.batch;
+  st.attention.n_heads = s.n_heads;
+  st.attention.n_kv_heads = s.n_kv_heads;
+  st.attention.head_dim = s.head_dim;
+  st.attention.q = ws.q_rotated();
+  st.attention.kv = p.kv;
+  st.attention.out = ws.attention_out();
+  st.attention.partial = ws.partial();
+  st.attention.max_splits =
+      plan_attention_splits(p.batch, s.n_heads, s.n_kv_heads, ws.sm_count(), ws.attention_split_capacity());
+  st.attention.status = ws.status();
+  return st;
+}
+
+void attention_qkv_gemm(const AttentionBlockParams& p, Workspace& ws, cudaStream_t stream) {
+  const ref::DecoderShape& s = p.shape;
   ws.cublas().set_stream(stream);
   gemm_weight_rows(ws.cublas().get(), p.dtype, p.w_qkv, ws.normed(), ws.qkv(), /*y_fp32=*/true,
                    s.q_dim() + 2 * s.kv_dim(), p.batch, s.hidden);
+}
 
-  RopeAppendParams rope;
-  rope.dtype = p.dtype;
-  rope.tokens = p.batch;
-  rope.n_heads = s.n_heads;
-  rope.n_kv_heads = s.n_kv_heads;
-  rope.head_dim = s.head_dim;
-  rope.rot_dim = s.rot_dim;
-  rope.style = s.rope_style;
-  rope.qkv = ws.qkv();
-  rope.bias = p.b_qkv;
-  rope.positions = p.positions;
-  rope.rope = p.rope;
-  rope.kv = p.kv;
-  rope.q_out = ws.q_rotated();
-  rope.status = ws.status();
-  rope_append(rope, stream);
-
-  DecodeAttentionParams attn;
-  attn.dtype = p.dtype;
-  attn.tokens = p.batch;
-  attn.n_heads = s.n_heads;
-  attn.n_kv_heads = s.n_kv_heads;
-  attn.head_dim = s.head_dim;
-  attn.q = ws.q_rotated();
-  attn.kv = p.kv;
-  attn.out = ws.attention_out();
-  attn.partial = ws.partial();
-  attn.max_splits =
-      plan_attention_splits(p.batch, s.n_heads, s.n_kv_heads, ws.sm_count(), ws.attention_split_capacity());
-  attn.status = ws.status();
-  decode_attention(attn, stream);
-
+void attention_o_gemm(const AttentionBlockParams& p, Workspace& ws, cudaStream_t stream) {
+  const ref::DecoderShape& s = p.shape;
+  ws.cublas().set_stream(stream);
   gemm_weight_rows(ws.cublas().get(), p.dtype, p.w_o, ws.attention_out(), p.out, /*y_fp32=*/false, s.hidden, p.batch,
                    s.q_dim());
+}
+
+void attention_block(const AttentionBlockParams& p, Workspace& ws, cudaStream_t stream) {
+  const AttentionBlockStages st = attention_block_stages(p, ws);  // validates everything first
+  add_rmsnorm(st.norm, stream);
+  attention_qkv_gemm(p, ws, stream);
+  rope_append(st.rope, stream);
+  decode_attention(st.attention, stream);
+  attention_o_gemm(p, ws, stream);
 }
 
 void ffn_block(const FfnBlockParams& p, Workspace& ws, cudaStream_t stream) {

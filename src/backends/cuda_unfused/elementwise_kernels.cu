@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rmsnorm_kernel(AddRmsNormPar
     if (residual) load8(residual + i, r);
 #pragma unroll
     for (int j = 0; j < kVectorElements; ++j) {
-      const float v = __fadd_rn(h[j], r[j]);
+      const float v = residual ? __fadd_rn(h[j], r[j]) : h[j];
       sum_squares = __fmaf_rn(v, v, sum_squares);
     }
   }
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rmsnorm_kernel(AddRmsNormPar
     load8(weight + i, w);
 #pragma unroll
     for (int j = 0; j < kVectorElements; ++j) {
-      v[j] = __fadd_rn(h[j], r[j]);
+      v[j] = residual ? __fadd_rn(h[j], r[j]) : h[j];  // no "+ 0": -0.0 must stay -0.0 in residual_out
       out[j] = __fmul_rn(__fmul_rn(v[j], inv_rms), w[j]);  // (v * inv_rms) * w, as the reference
     }
     if (residual_out) store8(residual_out + i, v);

@@ -269,6 +269,20 @@ struct LmHeadParams {
 };
 
 void attention_block(const AttentionBlockParams& p, Workspace& ws, cudaStream_t stream);
+
+// The attention block as its kernel launches, for benchmarks that time each stage. attention_block(p) is
+//   add_rmsnorm(norm); gemm_weight_rows(w_qkv -> qkv fp32); rope_append(rope); decode_attention(attention);
+//   gemm_weight_rows(w_o -> out)
+// with the parameters below (validated, workspace buffers filled in).
+struct AttentionBlockStages {
+  AddRmsNormParams norm;
+  RopeAppendParams rope;
+  DecodeAttentionParams attention;
+};
+AttentionBlockStages attention_block_stages(const AttentionBlockParams& p, Workspace& ws);
+void attention_qkv_gemm(const AttentionBlockParams& p, Workspace& ws, cudaStream_t stream);
+void attention_o_gemm(const AttentionBlockParams& p, Workspace& ws, cudaStream_t stream);
+
 void ffn_block(const FfnBlockParams& p, Workspace& ws, cudaStream_t stream);
 void lm_head(const LmHeadParams& p, Workspace& ws, cudaStream_t stream);
 
