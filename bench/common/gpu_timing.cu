@@ -152,6 +152,7 @@ void fill_random(void* data, size_t n, FillType type, uint64_t seed, float lo, f
 }
 
 size_t count_non_finite(const void* data, size_t n, FillType type) {
+  CF_CUDA_CHECK(cudaDeviceSynchronize());
   if (type == FillType::F32) {
     std::vector<float> host(n);
     CF_CUDA_CHECK(cudaMemcpy(host.data(), data, n * sizeof(float), cudaMemcpyDeviceToHost));

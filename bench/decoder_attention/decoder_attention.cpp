@@ -261,6 +261,7 @@ std::unique_ptr<CaseData> make_case_data(const AttentionBenchCase& c, int n_sets
 std::vector<float> download_out(const AttentionBenchInputs& in) {
   const size_t n = size_t(in.c.batch) * in.c.shape.hidden;
   std::vector<uint16_t> bits(n);
+  CF_CUDA_CHECK(cudaDeviceSynchronize());
   CF_CUDA_CHECK(cudaMemcpy(bits.data(), in.sets[0].out, n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
   std::vector<float> out(n);
   for (size_t i = 0; i < n; ++i)

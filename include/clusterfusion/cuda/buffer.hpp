@@ -1,5 +1,8 @@
 // RAII device memory. DeviceBuffer<T> owns `size()` elements of T allocated with cudaMalloc (256-byte aligned),
-// is move-only, and frees on destruction. Copies to and from the host are synchronous and checked.
+// is move-only, and frees on destruction. upload(), download() and fill_bytes() are checked and fully synchronous
+// (they wait for the whole device before and after), so they are safe next to work on non-blocking streams, which
+// do not order themselves after the legacy default stream. They are setup/test helpers: never call them while a
+// stream is being captured.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -69,8 +72,10 @@ class DeviceBuffer {
     CF_CHECK(offset + host.size() <= size_, "DeviceBuffer::upload: " + std::to_string(host.size()) +
                                                 " elements at offset " + std::to_string(offset) +
                                                 " do not fit in a buffer of " + std::to_string(size_));
-    if (!host.empty())
-      CF_CUDA_CHECK(cudaMemcpy(data_ + offset, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    if (host.empty()) return;
+    CF_CUDA_CHECK(cudaDeviceSynchronize());
+    CF_CUDA_CHECK(cudaMemcpy(data_ + offset, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    CF_CUDA_CHECK(cudaDeviceSynchronize());  // a pageable upload may return before its DMA has landed
   }
   void upload(const std::vector<T>& host, size_t offset = 0) { upload(std::span<const T>(host), offset); }
 
@@ -79,13 +84,18 @@ class DeviceBuffer {
     if (count == SIZE_MAX) count = size_ - std::min(offset, size_);
     CF_CHECK(offset + count <= size_, "DeviceBuffer::download: range past the end of the buffer");
     std::vector<T> host(count);
-    if (count) CF_CUDA_CHECK(cudaMemcpy(host.data(), data_ + offset, count * sizeof(T), cudaMemcpyDeviceToHost));
+    if (count == 0) return host;
+    CF_CUDA_CHECK(cudaDeviceSynchronize());  // work on other streams that writes this buffer must be done
+    CF_CUDA_CHECK(cudaMemcpy(host.data(), data_ + offset, count * sizeof(T), cudaMemcpyDeviceToHost));
     return host;
   }
 
   // Sets every byte to `byte` (0xFF makes fp16/bf16/fp32 NaN: a poison that shows unwritten outputs).
   void fill_bytes(uint8_t byte) {
-    if (size_) CF_CUDA_CHECK(cudaMemset(data_, byte, bytes()));
+    if (size_ == 0) return;
+    CF_CUDA_CHECK(cudaDeviceSynchronize());
+    CF_CUDA_CHECK(cudaMemset(data_, byte, bytes()));
+    CF_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
  private:

@@ -59,8 +59,11 @@ inline DeviceInfo query_device(int device = 0) {
   info.l2_bytes = prop.l2CacheSize;
   info.shared_memory_per_block_optin = prop.sharedMemPerBlockOptin;
   info.memory_bus_bits = prop.memoryBusWidth;
-  CF_CUDA_CHECK(cudaDeviceGetAttribute(&info.sm_clock_khz, cudaDevAttrClockRate, device));
-  CF_CUDA_CHECK(cudaDeviceGetAttribute(&info.memory_clock_khz, cudaDevAttrMemoryClockRate, device));
+  // Clock attributes are informational (deprecated in recent CUDA): 0 when the runtime does not report them.
+  if (cudaDeviceGetAttribute(&info.sm_clock_khz, cudaDevAttrClockRate, device) != cudaSuccess) info.sm_clock_khz = 0;
+  if (cudaDeviceGetAttribute(&info.memory_clock_khz, cudaDevAttrMemoryClockRate, device) != cudaSuccess)
+    info.memory_clock_khz = 0;
+  (void)cudaGetLastError();
   CF_CUDA_CHECK(cudaDriverGetVersion(&info.driver_version));
   CF_CUDA_CHECK(cudaRuntimeGetVersion(&info.runtime_version));
   return info;
