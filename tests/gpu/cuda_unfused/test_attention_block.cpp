@@ -163,7 +163,7 @@ void run_attention_case(const AttentionCase& c) {
   CF_CUDA_CHECK(cudaMemcpy(qkv.data(), ws.qkv(), qkv.size() * sizeof(float), cudaMemcpyDeviceToHost));
 
   // 1. output within tolerance, not worse than 2x naive.
-  const auto report = ref::check_tolerance<T>(to_floats(out), out_ref, out_naive);
+  const auto report = check_policy<T>(to_floats(out), out_ref, out_naive);
   EXPECT_TRUE(report.ok) << "out: " << report.message;
   std::printf("[ case ] %s %s: out %s (reference %.2f s)\n", describe(c).c_str(), cu::dtype_name(dtype_of<T>()),
               report.message.c_str(), t_reference);
@@ -212,8 +212,9 @@ void run_attention_case(const AttentionCase& c) {
     if (!appended[e / size_t(kvd)] && (k_gpu[e].bits != k_cache[e].bits || v_gpu[e].bits != v_cache[e].bits))
       ++untouched_changed;
   EXPECT_EQ(untouched_changed, 0) << "cache entries other than the appended ones changed";
-  const auto k_report = ref::check_tolerance<T>(k_app_gpu, k_app_ref, k_app_naive);
-  const auto v_report = ref::check_tolerance<T>(v_app_gpu, v_app_ref, v_app_naive);
+  const auto k_report = check_policy<T>(k_app_gpu, k_app_ref, k_app_naive);
+  const auto v_report = check_policy<T>(v_app_gpu, v_app_ref, v_app_naive);
+  std::printf("[ case ]   appended k: %s\n[ case ]   appended v: %s\n", k_report.message.c_str(), v_report.message.c_str());
   EXPECT_TRUE(k_report.ok) << "appended k vs reference: " << k_report.message;
   EXPECT_TRUE(v_report.ok) << "appended v vs reference: " << v_report.message;
 

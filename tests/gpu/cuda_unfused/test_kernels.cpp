@@ -57,7 +57,7 @@ void check_add_rmsnorm(int rows, int n, bool with_residual, bool in_place) {
   p.y = d_y.data();
   cu::add_rmsnorm(p, nullptr);
   CF_CUDA_CHECK(cudaDeviceSynchronize());
-  const auto report = ref::check_tolerance<T>(to_floats(d_y.download()), y_ref, y_naive);
+  const auto report = check_policy<T>(to_floats(d_y.download()), y_ref, y_naive);
   EXPECT_TRUE(report.ok) << report.message;
   const auto res_out = in_place ? d_residual.download() : d_res_out.download();
   EXPECT_EQ(first_bit_difference(res_out, res_ref), -1) << "residual_out is not bit-exact";
@@ -131,7 +131,7 @@ void check_decode_attention(int n_heads, int n_kv_heads, int head_dim, const std
     cu::decode_attention(p, nullptr);
     CF_CUDA_CHECK(cudaDeviceSynchronize());
     const auto out = d_out.download();
-    const auto report = ref::check_tolerance<T>(to_floats(out), out_ref, out_naive);
+    const auto report = check_policy<T>(to_floats(out), out_ref, out_naive);
     EXPECT_TRUE(report.ok) << report.message;
     if (max_splits == cu::kMaxAttentionSplits) {
       d_out.fill_bytes(0xFF);
@@ -387,7 +387,7 @@ TEST(PrefillForm, TokensOfOneSequenceAttendCausally) {
                                 one, wf, s, &positions[size_t(t)], 1, kv_n);
     out_naive.insert(out_naive.end(), one.begin(), one.end());
   }
-  const auto report = ref::check_tolerance<half>(out, out_ref, out_naive);
+  const auto report = check_policy<half>(out, out_ref, out_naive);
   EXPECT_TRUE(report.ok) << report.message;
 }
 
