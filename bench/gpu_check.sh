@@ -68,7 +68,7 @@ export CF_GIT_SHA="$(git_sha)"
 
 step_info() {
   date -u
-  echo "host $(hostname), $(nproc) cores, $(free -g 2>/dev/null | awk '/Mem:/{print $2 " GiB RAM"}')"
+  echo "host $(uname -n), $(nproc) cores, $(free -g 2>/dev/null | awk '/Mem:/{print $2 " GiB RAM"}')"
   echo "git sha: $CF_GIT_SHA"
   [ -s "$ROOT/.gpu_deps/git_sha.txt" ] && sed -n '2,$p' "$ROOT/.gpu_deps/git_sha.txt"
   echo "budget ${BUDGET}s, OUT=$OUT"

@@ -205,13 +205,15 @@ __global__ void __launch_bounds__(kAttentionThreads) split_attention_kernel(Deco
       float m_new = st[g].m;
 #pragma unroll
       for (int u = 0; u < L::kUnroll; ++u) m_new = fmaxf(m_new, s[u]);
-      if (m_new == -INFINITY) continue;  // nothing valid seen yet by this row group
-      const float alpha = exp2f(st[g].m - m_new);  // 0 for the empty state
+      // Branch-free (no divergence between the shuffles): while nothing valid has been seen, m_new is -inf and
+      // subtracting 0 instead makes alpha and every p_u exp2(-inf) = 0, leaving the empty state unchanged.
+      const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
+      const float alpha = exp2f(st[g].m - m_ref);
       float p_u[L::kUnroll];
       float l_add = 0.0f;
 #pragma unroll
       for (int u = 0; u < L::kUnroll; ++u) {
-        p_u[u] = exp2f(s[u] - m_new);
+        p_u[u] = exp2f(s[u] - m_ref);
         l_add += p_u[u];
       }
       st[g].l = st[g].l * alpha + l_add;
