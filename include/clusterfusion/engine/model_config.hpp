@@ -5,6 +5,11 @@
 
 namespace cf {
 
+class GgufFile;
+namespace json {
+class Value;
+}
+
 // How RoPE pairs the dimensions of a head.
 //   NeoX  (HF "rotate_half"): pairs (i, i + rot_dim/2)
 //   GPTJ  (llama.cpp's LLAMA_ROPE_TYPE_NORM): pairs (2i, 2i + 1)
@@ -35,6 +40,28 @@ struct ModelConfig {
   // (non-positive sizes, n_heads % n_kv_heads != 0, head_dim odd, rope_dim > head_dim, dims over sane caps ...).
   void validate(const std::string& source) const;
   std::string summary() const;  // multi-line, for `clusterfusion info`
+
+  // Sane upper bounds checked by validate(): larger than any Llama-family model, small enough that derived sizes
+  // (n_heads * head_dim, vocab * hidden) cannot overflow.
+  static constexpr int kMaxLayers = 1024;
+  static constexpr int kMaxHidden = 1 << 16;
+  static constexpr int kMaxHeads = 1024;
+  static constexpr int kMaxHeadDim = 1024;
+  static constexpr int kMaxFfnHidden = 1 << 18;
+  static constexpr int kMaxVocab = 1 << 21;
+  static constexpr int kMaxContext = 1 << 24;
 };
+
+// From GGUF metadata (general.architecture "llama" or "qwen2": <arch>.block_count, .embedding_length,
+// .feed_forward_length, .attention.head_count(_kv), .attention.key_length, .rope.freq_base, .rope.dimension_count,
+// .attention.layer_norm_rms_epsilon, .context_length) and the tensor list (tied embeddings when output.weight is
+// absent, q/k/v biases, vocab from tokenizer.ggml.tokens or token_embd). RoPE style: GPT-J for llama (llama.cpp's
+// converter permutes q/k), NeoX for qwen2. Validated; unsupported features (RoPE scaling, MoE) are rejected.
+ModelConfig config_from_gguf(const GgufFile& file);
+
+// From a Hugging Face config.json (model_type llama / mistral / qwen2): RoPE style NeoX. `source` names the file in
+// errors. Validated; unsupported features (rope_scaling, attention/mlp biases on llama, activations other than
+// silu) are rejected.
+ModelConfig config_from_hf_json(const json::Value& config, const std::string& source);
 
 }  // namespace cf

@@ -13,6 +13,8 @@
 
 namespace cf {
 
+class GgufFile;
+
 class ModelFile {
  public:
   virtual ~ModelFile() = default;
@@ -26,10 +28,25 @@ class ModelFile {
   virtual const TokenizerSpec& tokenizer_spec() const = 0;
   // Jinja chat template string from the file, if any.
   virtual std::optional<std::string> chat_template() const = 0;
+  // The underlying GGUF file (all metadata, every tensor info) when format() == "gguf", else nullptr.
+  virtual const GgufFile* gguf() const { return nullptr; }
 };
+
+// Checks that every tensor the Llama forward pass needs is present with the shape config() implies
+// (token_embd [vocab, hidden], blk.N.attn_q [q_dim, hidden], ...). open_model_file() calls it.
+void check_model_tensors(const ModelFile& model);
+
+// Scans every tensor for NaN/Inf (quantised types: their block scales). cf::InputError("<path>: tensor '<name>'
+// holds NaN or Inf (row r)"). Not done by open_model_file (it reads every weight once); callers that want it call it.
+void check_weights_finite(const ModelFile& model);
 
 // Opens a .gguf file, or a safetensors model (a directory with config.json, *.safetensors and tokenizer.json, or a
 // .safetensors file next to them). Every error is a cf::InputError naming the file and the problem.
+// Safetensors models: shards from model.safetensors.index.json when present (else model.safetensors, else every
+// *.safetensors in the folder); tokenizer from tokenizer.json (+ tokenizer_config.json) or tokenizer.model; extra
+// end-of-generation ids from generation_config.json; chat template from tokenizer_config.json or
+// chat_template.jinja. Tensors with Hugging Face names get canonical names (canonical_tensor_name); others keep
+// theirs. The file stays memory-mapped while the ModelFile lives: TensorRef::data points into it.
 std::unique_ptr<ModelFile> open_model_file(const std::string& path);
 
 }  // namespace cf

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,17 +19,24 @@ enum class DType : uint8_t {
   Q4_1,  // blocks of 32: f16 scale + f16 min + 16 bytes of 4-bit values
 };
 
+inline constexpr int kDTypeCount = 6;
+
 std::string_view dtype_name(DType t);
+// Inverse of dtype_name ("F32", "Q4_1", ...); nullopt for anything else.
+std::optional<DType> dtype_from_name(std::string_view name);
 // Elements per block (1 for plain types) and bytes per block.
 int64_t dtype_block_elems(DType t);
 int64_t dtype_block_bytes(DType t);
-// Bytes taken by a row of n elements; n must be a multiple of the block size (checked by the loaders).
+// Bytes taken by a row of n elements; n must be a multiple of the block size (checked by the loaders; a violation
+// here throws cf::Error).
 int64_t dtype_row_bytes(DType t, int64_t n);
 
 // Dequantises n consecutive elements (n a multiple of the block size) starting at a block boundary.
+// Results are bit-identical to ggml's / the python gguf package's formulas (fp32, no fused multiply-add).
 void dequantize(DType t, const void* src, float* dst, int64_t n);
 
-// A tensor inside a loaded (usually memory-mapped) file. Shape is row-major, outermost first: a weight that maps
+// A tensor inside a loaded (usually memory-mapped) file. `data` may be unaligned (safetensors offsets are
+// arbitrary): read it with memcpy or dequantize(), not through a cast float pointer. Shape is row-major, outermost first: a weight that maps
 // in -> out is {out, in} and each of its `out` rows holds `in` contiguous elements (GGUF's ne[] reversed).
 struct TensorRef {
   std::string name;  // canonical (GGUF-style) name, e.g. "blk.3.attn_q.weight"
@@ -41,6 +49,17 @@ struct TensorRef {
   int64_t rows() const;  // product of all but the last dim (1 for 1-D)
   int64_t cols() const;  // last dim
   std::string shape_string() const;  // "[576, 1536]"
+  int64_t row_bytes() const { return dtype_row_bytes(dtype, cols()); }
+  const uint8_t* row_data(int64_t r) const { return data + r * row_bytes(); }
 };
+
+// Dequantises rows [row_begin, row_begin + row_count) of t into dst (row_count * t.cols() floats).
+// Throws cf::Error when the range is outside the tensor.
+void dequantize_rows(const TensorRef& t, int64_t row_begin, int64_t row_count, float* dst);
+// The whole tensor as fp32 (numel floats, row-major).
+std::vector<float> dequantize_all(const TensorRef& t);
+// First row holding a NaN or Inf (for quantised types: a NaN/Inf block scale), or -1 when every value is finite.
+// Reads only the exponent bits (and only the scales of quantised blocks), so it runs at memory speed.
+int64_t find_non_finite_row(const TensorRef& t);
 
 }  // namespace cf

@@ -8,6 +8,8 @@
 
 namespace cf {
 
+class GgufFile;
+
 // Everything a tokenizer needs, whichever file it came from (GGUF metadata, tokenizer.json, tokenizer.model).
 struct TokenizerSpec {
   enum class Kind : uint8_t { ByteLevelBPE, SentencePiece };
@@ -21,7 +23,40 @@ struct TokenizerSpec {
   std::vector<int32_t> end_of_generation;  // eos plus e.g. <|im_end|>, <|eot_id|>
   bool add_bos = false;
   bool add_space_prefix = false;  // SentencePiece: prepend U+2581 to the text
+  bool ignore_merges = false;     // BPE: a pre-token that is itself in the vocabulary is not split (Llama-3)
+  std::string source;             // file the spec came from, for error messages
 };
+
+// Token types (ggml's numbering, also used for tokenizer.json / tokenizer.model pieces).
+enum TokenType : int32_t {
+  kTokenNormal = 1,
+  kTokenUnknown = 2,
+  kTokenControl = 3,      // <|im_start|>, <s>: matched in text only when parse_special
+  kTokenUserDefined = 4,  // always matched in text as a whole
+  kTokenUnused = 5,
+  kTokenByte = 6,         // SentencePiece byte fallback <0xAB>
+};
+
+// Spec loaders. Every error is a cf::InputError naming the file and the problem (missing tokenizer data, unknown
+// tokenizer model or pre-tokenizer, malformed vocab/merges, ids out of range ...).
+// From GGUF metadata: tokenizer.ggml.{model, pre, tokens, scores, token_type, merges, bos/eos/unknown/padding/eot/
+// eom_token_id, add_bos_token, add_space_prefix}.
+TokenizerSpec tokenizer_spec_from_gguf(const GgufFile& file);
+// From a Hugging Face tokenizer.json (model.type BPE; byte-level or SentencePiece-style); reads
+// tokenizer_config.json beside it, when present, for bos/eos tokens and add_bos_token.
+TokenizerSpec tokenizer_spec_from_hf_json(const std::string& path);
+// Same from text already in memory (no tokenizer_config.json); `source` names it in errors.
+TokenizerSpec tokenizer_spec_from_hf_json_text(std::string_view json_text, const std::string& source);
+// From a SentencePiece tokenizer.model (protobuf; BPE models with the identity normaliser, as Llama-2's).
+TokenizerSpec tokenizer_spec_from_sentencepiece(const std::string& path);
+TokenizerSpec tokenizer_spec_from_sentencepiece_bytes(std::string_view bytes, const std::string& source);
+
+// Splits text into pre-tokens the way the named byte-level BPE family's regex does ("gpt2", "llama3", "qwen2",
+// "smollm" and their aliases, see canonical_pre_tokenizer). cf::InputError for an unknown family.
+std::vector<std::string_view> pre_tokenize(std::string_view pre, std::string_view text);
+// Canonical family name for a GGUF tokenizer.ggml.pre value ("llama-bpe" -> "llama3", "" -> "gpt2", ...), or "" when
+// the value is not supported.
+std::string canonical_pre_tokenizer(std::string_view pre);
 
 class Tokenizer {
  public:
@@ -31,10 +66,19 @@ class Tokenizer {
 
   // parse_special: text like "<|im_start|>" becomes its special token instead of being split into pieces.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const = 0;
-  // Decodes ids to UTF-8 (invalid byte sequences from byte tokens are replaced by U+FFFD).
+  // Decodes ids to UTF-8 (invalid byte sequences from byte tokens are replaced by U+FFFD; control tokens appear as
+  // their text; ids outside the vocabulary contribute nothing). SentencePiece: the space prefix added by encode is
+  // removed again, so decode(encode(text)) == text.
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   // The raw bytes a single token contributes (may be a partial UTF-8 sequence); see StreamDecoder.
   virtual std::string token_bytes(int32_t id) const = 0;
+  // The vocabulary string of a token ("Ġthe", "▁the", "<|im_end|>"); empty when out of range.
+  virtual std::string_view token_text(int32_t id) const = 0;
+  virtual int32_t token_type(int32_t id) const = 0;
+
+  // Limits: inputs beyond them throw cf::InputError instead of taking unbounded time or memory.
+  static constexpr size_t kMaxTextBytes = size_t(64) << 20;
+  static constexpr size_t kMaxVocab = size_t(1) << 21;
 
   virtual const TokenizerSpec& spec() const = 0;
   int32_t vocab_size() const { return int32_t(spec().tokens.size()); }

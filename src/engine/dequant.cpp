@@ -1,0 +1,145 @@
+// Dequantisation of ggml block formats to fp32. The per-block loops have fixed trip counts so the compiler
+// vectorises them; this file is compiled with -ffp-contract=off so `d * q + m` rounds twice, exactly like ggml's
+// reference C code and the python gguf package (bit-exact goldens in tests/data/dequant/).
+#include <bit>
+#include <cstring>
+#include <string>
+
+#include "clusterfusion/common/error.hpp"
+#include "clusterfusion/engine/tensor.hpp"
+
+namespace cf {
+
+namespace {
+constexpr int kQBlock = 32;  // elements per Q8_0 / Q4_0 / Q4_1 block
+
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Branch-free binary16 -> binary32 (exact): shift exponent and mantissa into place, rescale by 2^112 (which also
+// normalises subnormals), then patch inf/nan. Same results as cf::f16_bits_to_float, but vectorisable.
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t magnitude = uint32_t(h & 0x7fffu) << 13;
+  float f = std::bit_cast<float>(magnitude) * 0x1p112f;
+  uint32_t bits = std::bit_cast<uint32_t>(f);
+  if ((h & 0x7c00u) == 0x7c00u) bits = 0x7f800000u | magnitude;  // inf / nan, payload kept
+  return std::bit_cast<float>(bits | (uint32_t(h & 0x8000u) << 16));
+}
+
+void dequant_f16(const uint8_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(load_u16(src + 2 * i));
+}
+
+void dequant_bf16(const uint8_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(uint32_t(load_u16(src + 2 * i)) << 16);
+}
+
+// Q8_0: f16 d, int8 q[32]; x = q * d.
+void dequant_q8_0(const uint8_t* src, float* dst, int64_t blocks) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* block = src + b * 34;
+    const float d = f16_to_f32(load_u16(block));
+    const auto* q = reinterpret_cast<const int8_t*>(block + 2);
+    float* y = dst + b * kQBlock;
+    for (int j = 0; j < kQBlock; ++j) y[j] = float(q[j]) * d;
+  }
+}
+
+// Q4_0: f16 d, 16 bytes; element j is the low nibble of byte j, element j + 16 the high nibble; x = (q - 8) * d.
+void dequant_q4_0(const uint8_t* src, float* dst, int64_t blocks) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* block = src + b * 18;
+    const float d = f16_to_f32(load_u16(block));
+    const uint8_t* q = block + 2;
+    float* y = dst + b * kQBlock;
+    for (int j = 0; j < kQBlock / 2; ++j) {
+      y[j] = float(int(q[j] & 0x0f) - 8) * d;
+      y[j + kQBlock / 2] = float(int(q[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+// Q4_1: f16 d, f16 m, 16 bytes (nibbles as Q4_0); x = q * d + m.
+void dequant_q4_1(const uint8_t* src, float* dst, int64_t blocks) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* block = src + b * 20;
+    const float d = f16_to_f32(load_u16(block));
+    const float m = f16_to_f32(load_u16(block + 2));
+    const uint8_t* q = block + 4;
+    float* y = dst + b * kQBlock;
+    for (int j = 0; j < kQBlock / 2; ++j) {
+      y[j] = float(q[j] & 0x0f) * d + m;
+      y[j + kQBlock / 2] = float(q[j] >> 4) * d + m;
+    }
+  }
+}
+}  // namespace
+
+void dequantize(DType t, const void* src, float* dst, int64_t n) {
+  CF_CHECK(n >= 0 && n % dtype_block_elems(t) == 0,
+           "dequantize: " + std::to_string(n) + " elements is not a whole number of " + std::string(dtype_name(t)) +
+               " blocks");
+  if (n == 0) return;
+  const auto* bytes = static_cast<const uint8_t*>(src);
+  switch (t) {
+    case DType::F32: std::memcpy(dst, bytes, size_t(n) * sizeof(float)); return;
+    case DType::F16: dequant_f16(bytes, dst, n); return;
+    case DType::BF16: dequant_bf16(bytes, dst, n); return;
+    case DType::Q8_0: dequant_q8_0(bytes, dst, n / kQBlock); return;
+    case DType::Q4_0: dequant_q4_0(bytes, dst, n / kQBlock); return;
+    case DType::Q4_1: dequant_q4_1(bytes, dst, n / kQBlock); return;
+  }
+  CF_CHECK(false, "dequantize: unknown DType " + std::to_string(int(t)));
+}
+
+}  // namespace cf
+
+namespace cf {
+
+namespace {
+// True when the fp16 bits are inf or nan.
+inline bool f16_non_finite(uint16_t h) { return (h & 0x7c00u) == 0x7c00u; }
+
+bool row_finite(DType t, const uint8_t* row, int64_t cols) {
+  switch (t) {
+    case DType::F32:
+      for (int64_t i = 0; i < cols; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, row + 4 * i, 4);
+        if ((bits & 0x7f800000u) == 0x7f800000u) return false;
+      }
+      return true;
+    case DType::F16:
+      for (int64_t i = 0; i < cols; ++i)
+        if (f16_non_finite(load_u16(row + 2 * i))) return false;
+      return true;
+    case DType::BF16:
+      for (int64_t i = 0; i < cols; ++i)
+        if ((load_u16(row + 2 * i) & 0x7f80u) == 0x7f80u) return false;
+      return true;
+    case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q4_1: {
+      const int64_t block_bytes = dtype_block_bytes(t);
+      const int scales = t == DType::Q4_1 ? 2 : 1;
+      for (int64_t b = 0; b < cols / kQBlock; ++b)
+        for (int s = 0; s < scales; ++s)
+          if (f16_non_finite(load_u16(row + b * block_bytes + 2 * s))) return false;
+      return true;
+    }
+  }
+  return true;
+}
+}  // namespace
+
+int64_t find_non_finite_row(const TensorRef& t) {
+  const int64_t rows = t.rows(), cols = t.cols(), stride = t.row_bytes();
+  for (int64_t r = 0; r < rows; ++r)
+    if (!row_finite(t.dtype, t.data + r * stride, cols)) return r;
+  return -1;
+}
+
+}  // namespace cf

@@ -1,0 +1,296 @@
+// ModelFile implementations: GGUF, and Hugging Face safetensors folders (config.json + shards + tokenizer).
+#include "clusterfusion/engine/model_file.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "clusterfusion/common/error.hpp"
+#include "clusterfusion/common/json.hpp"
+#include "clusterfusion/engine/gguf.hpp"
+#include "clusterfusion/engine/safetensors.hpp"
+#include "mapped_file.hpp"
+
+namespace fs = std::filesystem;
+
+namespace cf {
+
+namespace {
+constexpr size_t kMaxJsonBytes = size_t(16) << 20;
+constexpr size_t kMaxShards = 4096;
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  TensorRef t;
+  t.shape = shape;
+  return t.shape_string();
+}
+}  // namespace
+
+const TensorRef* ModelFile::find(const std::string& name) const {
+  for (const auto& t : tensors())
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const TensorRef& ModelFile::require(const std::string& name, const std::vector<int64_t>& expected_shape) const {
+  const TensorRef* t = find(name);
+  if (!t) throw InputError(path() + ": missing tensor " + quote_text(name));
+  if (t->shape != expected_shape)
+    throw InputError(path() + ": tensor " + quote_text(name) + " has shape " + t->shape_string() + ", expected " +
+                     shape_text(expected_shape));
+  return *t;
+}
+
+void check_model_tensors(const ModelFile& m) {
+  const ModelConfig& c = m.config();
+  const int64_t hidden = c.hidden, q = c.q_dim(), kv = c.kv_dim(), ffn = c.ffn_hidden, vocab = c.vocab;
+  m.require("token_embd.weight", {vocab, hidden});
+  m.require("output_norm.weight", {hidden});
+  if (!c.tied_embeddings) m.require("output.weight", {vocab, hidden});
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    m.require(p + "attn_norm.weight", {hidden});
+    m.require(p + "attn_q.weight", {q, hidden});
+    m.require(p + "attn_k.weight", {kv, hidden});
+    m.require(p + "attn_v.weight", {kv, hidden});
+    m.require(p + "attn_output.weight", {hidden, q});
+    m.require(p + "ffn_norm.weight", {hidden});
+    m.require(p + "ffn_gate.weight", {ffn, hidden});
+    m.require(p + "ffn_up.weight", {ffn, hidden});
+    m.require(p + "ffn_down.weight", {hidden, ffn});
+    if (c.qkv_bias) {
+      m.require(p + "attn_q.bias", {q});
+      m.require(p + "attn_k.bias", {kv});
+      m.require(p + "attn_v.bias", {kv});
+    }
+  }
+  const auto n_tokens = int64_t(m.tokenizer_spec().tokens.size());
+  if (n_tokens > vocab)
+    throw InputError(m.path() + ": the tokenizer has " + std::to_string(n_tokens) + " tokens but the embedding only " +
+                     std::to_string(vocab) + " rows");
+}
+
+void check_weights_finite(const ModelFile& m) {
+  for (const auto& t : m.tensors()) {
+    const int64_t row = find_non_finite_row(t);
+    if (row >= 0)
+      throw InputError(m.path() + ": tensor " + quote_text(t.name) + " holds NaN or Inf (row " + std::to_string(row) + ")");
+  }
+}
+
+// ---- GGUF ----------------------------------------------------------------------------------------------------------
+
+namespace {
+class GgufModel final : public ModelFile {
+ public:
+  explicit GgufModel(const std::string& path) : file_(path) {
+    config_ = config_from_gguf(file_);
+    tensors_.reserve(file_.tensors().size());
+    for (const auto& info : file_.tensors()) tensors_.push_back(file_.tensor_ref(info));
+    tokenizer_ = tokenizer_spec_from_gguf(file_);
+    chat_template_ = file_.get_string("tokenizer.chat_template");
+  }
+  const std::string& path() const override { return file_.path(); }
+  std::string format() const override { return "gguf"; }
+  const ModelConfig& config() const override { return config_; }
+  const std::vector<TensorRef>& tensors() const override { return tensors_; }
+  const TokenizerSpec& tokenizer_spec() const override { return tokenizer_; }
+  std::optional<std::string> chat_template() const override { return chat_template_; }
+  const GgufFile* gguf() const override { return &file_; }
+
+ private:
+  GgufFile file_;
+  ModelConfig config_;
+  std::vector<TensorRef> tensors_;
+  TokenizerSpec tokenizer_;
+  std::optional<std::string> chat_template_;
+};
+
+// ---- safetensors ---------------------------------------------------------------------------------------------------
+
+json::Value read_json(const fs::path& p) { return parse_json_file(p.string(), kMaxJsonBytes); }
+
+std::vector<int32_t> ids_from(const json::Value* v) {
+  std::vector<int32_t> out;
+  if (!v) return out;
+  auto add = [&](const json::Value& x) {
+    if (x.is_integer() && x.as_int() >= 0 && x.as_int() <= INT32_MAX) out.push_back(int32_t(x.as_int()));
+  };
+  if (v->is_array())
+    for (const auto& x : v->as_array()) add(x);
+  else
+    add(*v);
+  return out;
+}
+
+bool plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
+}
+
+class SafetensorsModel final : public ModelFile {
+ public:
+  SafetensorsModel(const fs::path& dir, const std::optional<fs::path>& single_file) {
+    path_ = dir.string();
+    const fs::path config_path = dir / "config.json";
+    if (!fs::exists(config_path)) throw InputError(path_ + ": missing config.json (needed for a safetensors model)");
+    const json::Value cfg = read_json(config_path);
+    config_ = config_from_hf_json(cfg, config_path.string());
+
+    open_shards(dir, single_file);
+    load_tokenizer(dir, cfg);
+
+    // Tied embeddings: config says so, or there is no separate lm_head at all.
+    if (!config_.tied_embeddings && !find("output.weight"))
+      throw InputError(path_ + ": missing tensor 'output.weight' (lm_head.weight) and tie_word_embeddings is false");
+    // vocab_size may be padded past the tokenizer; the embedding's rows are what the model computes.
+    if (const auto* emb = find("token_embd.weight"); emb && emb->shape.size() == 2 && emb->shape[0] != config_.vocab)
+      throw InputError(path_ + ": token_embd (model.embed_tokens) has " + std::to_string(emb->shape[0]) +
+                       " rows but config.json vocab_size is " + std::to_string(config_.vocab));
+  }
+  const std::string& path() const override { return path_; }
+  std::string format() const override { return "safetensors"; }
+  const ModelConfig& config() const override { return config_; }
+  const std::vector<TensorRef>& tensors() const override { return tensors_; }
+  const TokenizerSpec& tokenizer_spec() const override { return tokenizer_; }
+  std::optional<std::string> chat_template() const override { return chat_template_; }
+
+ private:
+  void open_shards(const fs::path& dir, const std::optional<fs::path>& single_file) {
+    std::vector<std::string> shard_names;
+    std::map<std::string, std::string> index;  // tensor -> shard, from the index
+    const fs::path index_path = dir / "model.safetensors.index.json";
+    bool use_index = fs::exists(index_path);
+    if (use_index) {
+      const json::Value doc = read_json(index_path);
+      const auto* map = doc.is_object() ? doc.find("weight_map") : nullptr;
+      if (!map || !map->is_object()) throw InputError(index_path.string() + ": missing weight_map object");
+      std::set<std::string> seen;
+      for (const auto& [tensor, shard] : map->as_object()) {
+        if (!shard.is_string() || !plain_file_name(shard.as_string()))
+          throw InputError(index_path.string() + ": weight_map entry " + quote_text(tensor) +
+                           " must name a file in the same folder");
+        if (!index.emplace(tensor, shard.as_string()).second)
+          throw InputError(index_path.string() + ": tensor " + quote_text(tensor) + " listed twice");
+        if (seen.insert(shard.as_string()).second) shard_names.push_back(shard.as_string());
+      }
+      if (shard_names.size() > kMaxShards) throw InputError(index_path.string() + ": too many shards");
+      if (single_file && !seen.count(single_file->filename().string())) use_index = false;
+    }
+    if (!use_index) {
+      shard_names.clear();
+      index.clear();
+      if (single_file) {
+        shard_names.push_back(single_file->filename().string());
+      } else if (fs::exists(dir / "model.safetensors")) {
+        shard_names.push_back("model.safetensors");
+      } else {
+        for (const auto& e : fs::directory_iterator(dir))
+          if (e.path().extension() == ".safetensors") shard_names.push_back(e.path().filename().string());
+        std::sort(shard_names.begin(), shard_names.end());
+      }
+      if (shard_names.empty()) throw InputError(path_ + ": no .safetensors files");
+    }
+    std::sort(shard_names.begin(), shard_names.end());
+
+    shards_.reserve(shard_names.size());
+    std::set<std::string> names;
+    for (const auto& shard : shard_names) {
+      shards_.emplace_back((dir / shard).string());
+      const SafetensorsFile& f = shards_.back();
+      for (const auto& t : f.tensors()) {
+        if (use_index) {
+          const auto it = index.find(t.name);
+          if (it == index.end() || it->second != shard) continue;  // the index decides where a tensor lives
+        }
+        const auto canonical = canonical_tensor_name(t.name);
+        if (!canonical && !dtype_from_name(t.dtype)) continue;  // e.g. int buffers we never use
+        TensorRef ref = f.tensor_ref(t, canonical.value_or(t.name));
+        if (!names.insert(ref.name).second)
+          throw InputError(f.path() + ": tensor " + quote_text(t.name) + " appears in more than one shard");
+        tensors_.push_back(std::move(ref));
+      }
+    }
+    for (const auto& [tensor, shard] : index) {
+      const auto& f = shards_[size_t(std::lower_bound(shard_names.begin(), shard_names.end(), shard) - shard_names.begin())];
+      if (!f.find(tensor))
+        throw InputError(index_path.string() + ": lists tensor " + quote_text(tensor) + " in " + shard + ", which does not contain it");
+    }
+  }
+
+  void load_tokenizer(const fs::path& dir, const json::Value& cfg) {
+    if (fs::exists(dir / "tokenizer.json")) tokenizer_ = tokenizer_spec_from_hf_json((dir / "tokenizer.json").string());
+    else if (fs::exists(dir / "tokenizer.model")) tokenizer_ = tokenizer_spec_from_sentencepiece((dir / "tokenizer.model").string());
+    else throw InputError(path_ + ": missing tokenizer (expected tokenizer.json or tokenizer.model)");
+
+    // Special ids the tokenizer files did not name: config.json, then generation_config.json.
+    const auto bos = ids_from(cfg.find("bos_token_id"));
+    const auto eos = ids_from(cfg.find("eos_token_id"));
+    if (tokenizer_.bos < 0 && !bos.empty()) tokenizer_.bos = bos[0];
+    if (tokenizer_.eos < 0 && !eos.empty()) tokenizer_.eos = eos[0];
+    for (const int32_t id : eos) tokenizer_.end_of_generation.push_back(id);
+    if (fs::exists(dir / "generation_config.json")) {
+      const json::Value gen = read_json(dir / "generation_config.json");
+      if (gen.is_object())
+        for (const int32_t id : ids_from(gen.find("eos_token_id"))) tokenizer_.end_of_generation.push_back(id);
+    }
+    const auto n = int32_t(tokenizer_.tokens.size());
+    for (const int32_t id : tokenizer_.end_of_generation)
+      if (id >= n) throw InputError(path_ + ": eos_token_id " + std::to_string(id) + " is outside the tokenizer's " + std::to_string(n) + " tokens");
+    for (const int32_t id : {tokenizer_.bos, tokenizer_.eos})
+      if (id >= n) throw InputError(path_ + ": special token id " + std::to_string(id) + " is outside the tokenizer's " + std::to_string(n) + " tokens");
+
+    if (fs::exists(dir / "tokenizer_config.json")) {
+      const json::Value tc = read_json(dir / "tokenizer_config.json");
+      const auto* t = tc.is_object() ? tc.find("chat_template") : nullptr;
+      if (t && t->is_string()) {
+        chat_template_ = t->as_string();
+      } else if (t && t->is_array()) {  // [{"name": "default", "template": "..."}, ...]
+        for (const auto& entry : t->as_array()) {
+          const auto* name = entry.is_object() ? entry.find("name") : nullptr;
+          const auto* text = entry.is_object() ? entry.find("template") : nullptr;
+          if (name && name->is_string() && name->as_string() == "default" && text && text->is_string()) chat_template_ = text->as_string();
+        }
+      }
+    }
+    if (!chat_template_ && fs::exists(dir / "chat_template.jinja"))
+      chat_template_ = read_text_file((dir / "chat_template.jinja").string(), kMaxJsonBytes);
+  }
+
+  std::string path_;
+  ModelConfig config_;
+  std::vector<SafetensorsFile> shards_;
+  std::vector<TensorRef> tensors_;
+  TokenizerSpec tokenizer_;
+  std::optional<std::string> chat_template_;
+};
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+std::unique_ptr<ModelFile> open_model_file(const std::string& path) {
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) throw InputError(path + ": no such file or directory");
+  std::unique_ptr<ModelFile> model;
+  if (fs::is_directory(status)) {
+    model = std::make_unique<SafetensorsModel>(fs::path(path), std::nullopt);
+  } else if (GgufFile::has_magic(path)) {
+    model = std::make_unique<GgufModel>(path);
+  } else if (ends_with(path, ".safetensors")) {
+    const fs::path p = fs::absolute(path);
+    model = std::make_unique<SafetensorsModel>(p.parent_path(), p);
+  } else if (ends_with(path, ".gguf")) {
+    GgufFile check(path);  // throws the precise header error
+    throw InputError(path + ": not a GGUF file");
+  } else {
+    throw InputError(path + ": not a model (expected a .gguf file, a .safetensors file or a model folder)");
+  }
+  check_model_tensors(*model);
+  return model;
+}
+
+}  // namespace cf

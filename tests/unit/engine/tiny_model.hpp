@@ -1,0 +1,126 @@
+// A tiny but complete Llama GGUF (2 layers, hidden 64, byte-level BPE vocab) built in memory, for model-file tests
+// and fuzz seeds. Options let tests drop or break one piece at a time.
+#pragma once
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gguf_writer.hpp"
+
+namespace cf::test {
+
+struct TinyModelOptions {
+  std::string arch = "llama";
+  bool tied = true;
+  bool with_tokenizer = true;
+  bool qkv_bias = false;
+  std::string skip_tensor;  // leave this tensor out
+  std::string skip_key;     // leave this metadata key out
+};
+
+inline constexpr int kTinyLayers = 2, kTinyHidden = 64, kTinyHeads = 4, kTinyKvHeads = 2, kTinyFfn = 128;
+
+// GPT-2 byte alphabet tokens ("!".."~", then U+0100.. for the rest), a few merges, and ChatML specials.
+inline void tiny_vocab(std::vector<std::string>& tokens, std::vector<int32_t>& types, std::vector<std::string>& merges) {
+  tokens = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+  types = {3, 3, 3};
+  uint32_t next = 256;
+  for (uint32_t b = 0; b < 256; ++b) {
+    const bool printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    const uint32_t cp = printable ? b : next++;
+    std::string s;
+    if (cp < 0x80) {
+      s += char(cp);
+    } else {
+      s += char(0xc0 | (cp >> 6));
+      s += char(0x80 | (cp & 0x3f));
+    }
+    tokens.push_back(s);
+    types.push_back(1);
+  }
+  merges = {"h e", "l l", "he ll", "hell o", "\xc4\xa0 w", "o r", "\xc4\xa0w or", "\xc4\xa0wor l", "\xc4\xa0worl d"};
+  for (const auto& m : merges) {
+    const size_t sp = m.find(' ');
+    tokens.push_back(m.substr(0, sp) + m.substr(sp + 1));
+    types.push_back(1);
+  }
+}
+
+inline std::vector<uint8_t> tiny_model_gguf(const TinyModelOptions& o = {}, GgufWriter* writer_out = nullptr) {
+  GgufWriter w;
+  auto key = [&](const std::string& k) { return k != o.skip_key; };
+  const std::string a = o.arch + ".";
+  if (key("general.architecture")) w.add_string("general.architecture", o.arch);
+  w.add_string("general.name", "tiny test model");
+  if (key(a + "block_count")) w.add_u32(a + "block_count", kTinyLayers);
+  if (key(a + "context_length")) w.add_u32(a + "context_length", 256);
+  if (key(a + "embedding_length")) w.add_u32(a + "embedding_length", kTinyHidden);
+  if (key(a + "feed_forward_length")) w.add_u32(a + "feed_forward_length", kTinyFfn);
+  if (key(a + "attention.head_count")) w.add_u32(a + "attention.head_count", kTinyHeads);
+  if (key(a + "attention.head_count_kv")) w.add_u32(a + "attention.head_count_kv", kTinyKvHeads);
+  if (key(a + "rope.freq_base")) w.add_f32(a + "rope.freq_base", 10000.0f);
+  if (key(a + "attention.layer_norm_rms_epsilon")) w.add_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  std::vector<std::string> tokens, merges;
+  std::vector<int32_t> types;
+  tiny_vocab(tokens, types, merges);
+  if (o.with_tokenizer) {
+    if (key("tokenizer.ggml.model")) w.add_string("tokenizer.ggml.model", "gpt2");
+    if (key("tokenizer.ggml.pre")) w.add_string("tokenizer.ggml.pre", "smollm");
+    if (key("tokenizer.ggml.tokens")) w.add_string_array("tokenizer.ggml.tokens", tokens);
+    if (key("tokenizer.ggml.token_type")) w.add_array<int32_t>("tokenizer.ggml.token_type", GgufTypeCode::I32, types);
+    if (key("tokenizer.ggml.merges")) w.add_string_array("tokenizer.ggml.merges", merges);
+    w.add_u32("tokenizer.ggml.bos_token_id", 1);
+    w.add_u32("tokenizer.ggml.eos_token_id", 2);
+    w.add_string("tokenizer.chat_template", "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}");
+  }
+  const uint64_t vocab = tokens.size(), hidden = kTinyHidden, q = kTinyHeads * 16, kv = kTinyKvHeads * 16,
+                 ffn = kTinyFfn;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  auto f32 = [&](const std::string& name, std::vector<uint64_t> ne) {
+    if (name == o.skip_tensor) return;
+    uint64_t n = 1;
+    for (auto d : ne) n *= d;
+    std::vector<float> v(n);
+    for (auto& x : v) x = normal(rng);
+    w.add_f32_tensor(name, std::move(ne), v);
+  };
+  // Q8_0 blocks with scale 1/64 and small int8 values: exercises a quantised weight in a model.
+  auto q8 = [&](const std::string& name, std::vector<uint64_t> ne) {
+    if (name == o.skip_tensor) return;
+    const uint64_t blocks = ne[0] * ne[1] / 32;
+    std::vector<uint8_t> b(blocks * 34);
+    for (uint64_t i = 0; i < blocks; ++i) {
+      b[i * 34] = 0x00;
+      b[i * 34 + 1] = 0x24;  // f16 0x2400 = 1/64
+      for (int j = 0; j < 32; ++j) b[i * 34 + 2 + j] = uint8_t(int8_t(int(rng() % 15) - 7));
+    }
+    w.add_tensor(name, kGgmlQ8_0, std::move(ne), std::move(b));
+  };
+  f32("token_embd.weight", {hidden, vocab});
+  f32("output_norm.weight", {hidden});
+  if (!o.tied) f32("output.weight", {hidden, vocab});
+  for (int l = 0; l < kTinyLayers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    f32(p + "attn_norm.weight", {hidden});
+    q8(p + "attn_q.weight", {hidden, q});
+    q8(p + "attn_k.weight", {hidden, kv});
+    q8(p + "attn_v.weight", {hidden, kv});
+    if (o.qkv_bias) {
+      f32(p + "attn_q.bias", {q});
+      f32(p + "attn_k.bias", {kv});
+      f32(p + "attn_v.bias", {kv});
+    }
+    f32(p + "attn_output.weight", {q, hidden});
+    f32(p + "ffn_norm.weight", {hidden});
+    q8(p + "ffn_gate.weight", {hidden, ffn});
+    q8(p + "ffn_up.weight", {hidden, ffn});
+    f32(p + "ffn_down.weight", {ffn, hidden});
+  }
+  auto bytes = w.build();
+  if (writer_out) *writer_out = w;
+  return bytes;
+}
+
+}  // namespace cf::test
