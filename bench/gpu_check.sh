@@ -7,12 +7,13 @@
 # Prepare first, on the machine the run is started from: `bash scripts/prepare_gpu_run.sh` fills the ignored
 # folders .gpu_deps/ (GoogleTest sources, git sha) and .peers/ (torch peer) and prints the `carry` list.
 #
-# Steps, each time-boxed (the whole script stays under CF_GPU_CHECK_BUDGET seconds, default 450) and each run even
+# Steps, each time-boxed (the whole script stays under CF_GPU_CHECK_BUDGET seconds, default 420) and each run even
 # when an earlier one failed (steps that need a missing binary are SKIPped):
 #   info        nvidia-smi, git sha, nvcc / cmake / compiler / torch versions
 #   gtest       GoogleTest built from .gpu_deps/googletest into /tmp when the system has none
 #   configure   cmake --preset default (Ninja, CUDA arch 90a)
-#   build       the GPU targets ($CF_GPU_TARGETS), -j16, full log in $OUT/build.log
+#   build       the GPU targets (every cf_test_gpu_* / cf_test_*_gpu target + the benchmark, or $CF_GPU_TARGETS),
+#               -j16, full log in $OUT/build.log
 #   resources   ptxas registers / spills / shared memory of our kernels (from the build log and cuobjdump)
 #   ctest-gpu   ctest -L gpu, verbose
 #   bench       cf_bench_decoder_attention --quick  -> $OUT/bench.json
@@ -30,10 +31,10 @@ cd "$ROOT" || exit 1
 export ROOT
 export OUT="${OUT:-$ROOT/build/gpu_check_out}"
 mkdir -p "$OUT"
-export BUDGET="${CF_GPU_CHECK_BUDGET:-450}"
+export BUDGET="${CF_GPU_CHECK_BUDGET:-420}"
 export JOBS="${CF_JOBS:-16}"
 export BUILD_DIR="$ROOT/build/default"
-export GPU_TARGETS="${CF_GPU_TARGETS:-cf_test_gpu_cuda_unfused cf_bench_decoder_attention}"
+export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention"  # + discovered GPU tests (step_build)
 export TEST_BIN="$BUILD_DIR/tests/gpu/cuda_unfused/cf_test_gpu_cuda_unfused"
 export BENCH_BIN="$BUILD_DIR/bench/decoder_attention/cf_bench_decoder_attention"
 export BENCH_ARGS="${CF_BENCH_ARGS:---quick}"
@@ -115,14 +116,31 @@ step_configure() {
 }
 
 step_build() {
-  echo "targets: $GPU_TARGETS (full log: build.log)"
+  # The GPU targets: $CF_GPU_TARGETS if set, else every GPU test target this checkout defines (cf_test_gpu_* and
+  # cf_test_*_gpu) plus the benchmarks. Unknown names are dropped (ninja would refuse the whole build).
+  local known wanted t targets=""
+  known="$(ninja -C "$BUILD_DIR" -t targets all 2>/dev/null | sed -n 's/^\([A-Za-z0-9_]*\): .*/\1/p' | sort -u)"
+  if [ -n "${CF_GPU_TARGETS:-}" ]; then
+    wanted="$CF_GPU_TARGETS"
+  else
+    wanted="$GPU_TARGETS $(echo "$known" | grep -E '^cf_test_(gpu_[A-Za-z0-9_]+|[A-Za-z0-9_]+_gpu)$' | tr '\n' ' ')"
+  fi
+  for t in $wanted; do
+    if echo "$known" | grep -qx "$t"; then
+      case " $targets " in *" $t "*) ;; *) targets="$targets $t" ;; esac
+    else
+      echo "  note: no target '$t' in this checkout"
+    fi
+  done
+  echo "targets:$targets (full log: build.log)"
+  [ -n "$targets" ] || return 1
   # -k 0: build every target that can be built even if one fails.
   # shellcheck disable=SC2086
-  cmake --build "$BUILD_DIR" -j "$JOBS" --target $GPU_TARGETS -- -k 0 >"$OUT/build.log" 2>&1
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target $targets -- -k 0 >"$OUT/build.log" 2>&1
   local rc=$?
   grep -E "error|Error|FAILED" "$OUT/build.log" | head -40
   [ $rc -ne 0 ] && tail -40 "$OUT/build.log"
-  for t in $GPU_TARGETS; do
+  for t in $targets; do
     f=$(find "$BUILD_DIR" -type f -name "$t" -perm -u+x 2>/dev/null | head -1)
     echo "  $t: ${f:-NOT BUILT}"
   done
@@ -135,7 +153,7 @@ step_resources() {
     | sed -E "s/ptxas info    : Compiling entry function '([^']+)' for '([^']+)'/\1 [\2]/" \
     | (command -v c++filt >/dev/null && c++filt || cat) \
     | sed -E 's/cf::(cuda_unfused|bench)::\(anonymous namespace\):://g; s/ptxas info    : //; s/^ +//' \
-    | paste - - - 2>/dev/null | head -60
+    | paste - - - 2>/dev/null | head -120
   local lib="$BUILD_DIR/src/backends/cuda_unfused/libcf_cuda_unfused.a"
   if command -v cuobjdump >/dev/null && [ -f "$lib" ]; then
     echo; echo "cuobjdump --dump-resource-usage $lib"

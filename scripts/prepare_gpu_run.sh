@@ -47,4 +47,4 @@ done
 echo "prepared: .peers ($(du -sh .peers | cut -f1)), .gpu_deps ($(du -sh .gpu_deps | cut -f1)); sha $(head -1 .gpu_deps/git_sha.txt)"
 echo 'carry: [".peers", ".gpu_deps"]'
 echo 'command: bash bench/gpu_check.sh'
-echo 'timeout_s: 560   (the script keeps itself under CF_GPU_CHECK_BUDGET=450 s; the machine start is extra)'
+echo 'timeout_s: 540   (the script keeps itself under CF_GPU_CHECK_BUDGET=420 s; the machine start is extra)'
