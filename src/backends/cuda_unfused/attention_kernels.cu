@@ -263,8 +263,12 @@ __global__ void __launch_bounds__(kAttentionThreads) split_attention_kernel(Deco
   for (int idx = int(threadIdx.x); idx < heads_here * kHeadDim; idx += kAttentionThreads) {
     const int g = idx / kHeadDim, d = idx % kHeadDim;
     float m = -INFINITY;
+    bool nan_state = false;  // NaN scores (NaN in q or the cache) must reach the output, as in the reference
 #pragma unroll
-    for (int w = 0; w < kAttentionWarps; ++w) m = fmaxf(m, s_state[w][g].m);
+    for (int w = 0; w < kAttentionWarps; ++w) {
+      m = fmaxf(m, s_state[w][g].m);
+      nan_state |= isnan(s_state[w][g].l);
+    }
     float l = 0.0f, a = 0.0f;
     if (m != -INFINITY) {
 #pragma unroll
@@ -278,7 +282,7 @@ __global__ void __launch_bounds__(kAttentionThreads) split_attention_kernel(Deco
     slot[d] = a;
     if (d == 0) {
       slot[kHeadDim] = m;
-      slot[kHeadDim + 1] = any_bad_page ? __int_as_float(0x7fc00000) : l;  // NaN poisons the merged output
+      slot[kHeadDim + 1] = any_bad_page || nan_state ? __int_as_float(0x7fc00000) : l;  // NaN poisons the merge
     }
   }
   if (any_bad_page && threadIdx.x == 0) flag_status(p.status, kStatusBadPageId);
@@ -296,7 +300,16 @@ __global__ void merge_splits_kernel(DecodeAttentionParams p) {
   }
   const int n_splits = splits_for(tk.kv_len, p.max_splits);
   float m = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) m = fmaxf(m, partial_slot(p, token, head, s)[p.head_dim]);
+  bool poisoned = false;  // a split saw a bad page or NaN scores
+  for (int s = 0; s < n_splits; ++s) {
+    const float* slot = partial_slot(p, token, head, s);
+    m = fmaxf(m, slot[p.head_dim]);
+    poisoned |= isnan(slot[p.head_dim + 1]);
+  }
+  if (poisoned) {
+    out[d] = from_float<T>(__int_as_float(0x7fc00000));
+    return;
+  }
   float l = 0.0f, a = 0.0f;
   if (m != -INFINITY) {
     for (int s = 0; s < n_splits; ++s) {
