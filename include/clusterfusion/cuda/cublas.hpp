@@ -56,14 +56,20 @@ class CublasHandle {
   cublasHandle_t get() const { return handle_; }
   // Binds the handle to `stream`; cheap, host-only, allowed during capture. cublasSetStream resets the workspace
   // to cuBLAS's own pool, so ours is set again right after.
+  // Skipped when the stream is already bound, so a capture that follows an eager call makes no cuBLAS setup calls.
   void set_stream(cudaStream_t stream) {
+    if (stream_bound_ && stream == stream_) return;
     CF_CUBLAS_CHECK(cublasSetStream(handle_, stream));
     CF_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_.data(), workspace_.bytes()));
+    stream_ = stream;
+    stream_bound_ = true;
   }
 
  private:
   DeviceBuffer<uint8_t> workspace_;
   cublasHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  bool stream_bound_ = false;
 };
 
 }  // namespace cf::cuda
