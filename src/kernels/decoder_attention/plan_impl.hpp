@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -56,29 +57,99 @@ struct Plan::Impl {
   dev::DeviceBuffer<uint32_t> status;
 };
 
+namespace {
+
+// Ring stages that fit beside the fixed buffers (0 when fewer than kMinStages fit).
+int stages_for(const Layout& layout, int max_stages) {
+  const size_t budget = dev::kMaxSmemPerBlock;
+  const int fit = layout.fixed_bytes < budget ? int((budget - layout.fixed_bytes) / layout.stage_bytes) : 0;
+  int stages = std::min(fit, kMaxStages);
+  if (max_stages > 0) stages = std::min(stages, max_stages);
+  return stages >= kMinStages ? stages : 0;
+}
+
+#if defined(CF_DEVICE_CUDA)
+// How many clusters of `cluster` CTAs of this kernel the device can run at once (0 if the query fails).
+int max_active_clusters(KernelFn fn, int cluster, size_t smem, int threads) {
+  dev::LaunchConfig cfg;
+  cfg.grid = {uint32_t(cluster)};
+  cfg.cluster = {uint32_t(cluster)};
+  cfg.block = {uint32_t(threads)};
+  cfg.smem_bytes = smem;
+  cfg.allow_nonportable_cluster = cluster > int(dev::kMaxPortableClusterSize);
+  cfg.name = "decoder_attention";
+  dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), cfg);
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = dim3(uint32_t(cluster));
+  lc.blockDim = dim3(uint32_t(threads));
+  lc.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = uint32_t(cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  lc.attrs = attr;
+  lc.numAttrs = 1;
+  int count = 0;
+  if (cudaOccupancyMaxActiveClusters(&count, fn, &lc) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+#endif
+
+}  // namespace
+
 Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   validate_config(config);
   Impl& im = *impl_;
   im.config = config;
   const Shape& s = config.shape;
   const int sm_count = config.sm_count > 0 ? config.sm_count : device_sm_count();
-  const int n = config.cluster_size > 0 ? config.cluster_size : choose_cluster_size(s, sm_count);
   const int units_total = s.hidden / 32, row_units = s.hidden / 16;
+  const int threads = s.head_dim == 128 ? Traits<128>::kThreads : Traits<64>::kThreads;
+
+  const dev::DType dt = config.dtype;
+  for (int tiles = 1; tiles <= 2; ++tiles)
+    im.kernels[tiles - 1] =
+        dt == dev::DType::F16 ? select_kernel_f16(s.head_dim, tiles) : select_kernel_bf16(s.head_dim, tiles);
+
+  // Cluster size: the config's, else $CF_DA_CLUSTER_SIZE (for experiments), else the launcher's choice; on the GPU a
+  // group count that fills at most half the SMs with clusters of 8 gets clusters of 16 (non-portable) when the
+  // device can run all of them at once.
+  int n = config.cluster_size;
+  if (n == 0) {
+    if (const char* env = std::getenv("CF_DA_CLUSTER_SIZE")) {
+      n = std::atoi(env);
+      if (n != 2 && n != 4 && n != 8 && n != 16)
+        throw InputError(std::string("decoder_attention: $CF_DA_CLUSTER_SIZE='") + env + "' is not 2, 4, 8 or 16");
+    }
+  }
+  if (n == 0) {
+    n = choose_cluster_size(s, sm_count);
+#if defined(CF_DEVICE_CUDA)
+    if (n == 8 && s.n_kv_heads * 16 <= sm_count && units_total >= 16) {
+      const Layout l16 = layout_for(s.head_dim, config.max_batch, s.group(), 16, s.hidden, s.n_kv_heads);
+      const int st16 = stages_for(l16, config.max_stages);
+      const size_t smem16 = size_t(l16.fixed_bytes) + size_t(st16) * l16.stage_bytes;
+      if (st16 > 0 && max_active_clusters(im.kernels[config.max_batch <= 8 ? 0 : 1], 16, smem16, threads) >=
+                          s.n_kv_heads)
+        n = 16;
+    }
+#endif
+  }
   if (units_total < n)
     throw InputError("decoder_attention: hidden " + std::to_string(s.hidden) + " has " + std::to_string(units_total) +
                      " 32-column units, fewer than the cluster size " + std::to_string(n));
 
   const Layout layout = layout_for(s.head_dim, config.max_batch, s.group(), n, s.hidden, s.n_kv_heads);
-  const size_t budget = dev::kMaxSmemPerBlock;
-  const int fit = layout.fixed_bytes < budget ? int((budget - layout.fixed_bytes) / layout.stage_bytes) : 0;
-  int stages = std::min(fit, kMaxStages);
-  if (config.max_stages > 0) stages = std::min(stages, config.max_stages);
-  if (stages < kMinStages)
+  const int stages = stages_for(layout, config.max_stages);
+  if (stages == 0)
     throw InputError("decoder_attention: shared memory: " + std::to_string(layout.fixed_bytes) +
                      " bytes of buffers (max_batch " + std::to_string(config.max_batch) + ", group " +
-                     std::to_string(s.group()) + ", cluster " + std::to_string(n) + ") leave room for " +
-                     std::to_string(fit) + " ring stages; at least " + std::to_string(kMinStages) +
-                     " are needed (lower max_batch or raise the cluster size)");
+                     std::to_string(s.group()) + ", cluster " + std::to_string(n) + ") leave room for fewer than " +
+                     std::to_string(kMinStages) + " ring stages (lower max_batch or raise the cluster size)");
 
   const int head_dim = s.head_dim;
   const int rows_per_rank_max = (row_units + n - 1) / n * 16;
@@ -87,15 +158,10 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   LaunchInfo& li = im.info;
   li.cluster_size = n;
   li.clusters = s.n_kv_heads;
-  li.threads = head_dim == 128 ? Traits<128>::kThreads : Traits<64>::kThreads;
+  li.threads = threads;
   li.stages = stages;
   li.stage_bytes = layout.stage_bytes;
   li.smem_bytes = size_t(layout.fixed_bytes) + size_t(stages) * layout.stage_bytes;
-
-  const dev::DType dt = config.dtype;
-  for (int tiles = 1; tiles <= 2; ++tiles)
-    im.kernels[tiles - 1] =
-        dt == dev::DType::F16 ? select_kernel_f16(head_dim, tiles) : select_kernel_bf16(head_dim, tiles);
 
 #if defined(CF_DEVICE_CUDA)
   // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).
@@ -103,6 +169,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
     dev::LaunchConfig cfg;
     cfg.smem_bytes = li.smem_bytes;
     cfg.cluster = {uint32_t(n)};
+    cfg.allow_nonportable_cluster = n > int(dev::kMaxPortableClusterSize);
     cfg.name = "decoder_attention";
     dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), cfg);
   }
@@ -189,6 +256,7 @@ void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   cfg.cluster = {uint32_t(im.info.cluster_size)};
   cfg.block = {uint32_t(im.info.threads)};
   cfg.smem_bytes = im.info.smem_bytes;
+  cfg.allow_nonportable_cluster = im.info.cluster_size > int(dev::kMaxPortableClusterSize);
   cfg.name = "decoder_attention";
   cfg.emu_seed = emu_seed;
 #if defined(CF_DEVICE_CUDA)

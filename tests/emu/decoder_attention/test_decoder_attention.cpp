@@ -123,6 +123,13 @@ std::vector<Case> all_cases() {
     c.in_place = true, c.seed = 12;
     cases.push_back(c);
   }
+  {
+    Case c;  // a non-portable cluster of 16 CTAs (one 32-column unit of hidden 512 per CTA)
+    c.name = "Cluster16";
+    c.hidden = 512, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64, c.kv_lens = {40, 7};
+    c.cluster_size = 16, c.seed = 13;
+    cases.push_back(c);
+  }
   return cases;
 }
 

@@ -26,7 +26,10 @@ struct LaunchInfo {
   size_t stage_bytes = 0;
 };
 
-// The largest N of {8, 4, 2} with n_kv_heads * N <= sm_count whose K- and row-slices are non-empty (else 2).
+// The largest N of {8, 4, 2} with n_kv_heads * N <= sm_count whose K- and row-slices are non-empty (else 2). The
+// plan may raise 8 to 16 on the GPU (PlanConfig::cluster_size 0): when n_kv_heads * 16 <= SMs and the device can
+// co-schedule all n_kv_heads clusters of 16 (cudaOccupancyMaxActiveClusters). $CF_DA_CLUSTER_SIZE overrides the
+// automatic choice (experiments).
 int choose_cluster_size(const Shape& shape, int sm_count);
 
 class Plan {

@@ -76,7 +76,8 @@ struct PlanConfig {
   KvCache cache;
   RopeSource rope;
   int max_batch = 1;     // 1..16
-  int cluster_size = 0;  // 0: the launcher picks (largest of 8, 4, 2 with n_kv_heads * N <= SMs); else 2, 4 or 8
+  int cluster_size = 0;  // 0: the launcher picks (launch.hpp); else 2, 4, 8 or 16 (16: non-portable, needs 16 free
+                         // SMs in one GPC per cluster)
   int sm_count = 0;      // 0: the device's
   int max_stages = 0;    // 0: as many ring stages as fit (up to kMaxStages)
 };
@@ -139,8 +140,9 @@ inline void validate_config(const PlanConfig& c) {
   validate_shape(c.shape);
   if (c.max_batch < 1 || c.max_batch > kMaxBatch)
     fail("max_batch " + std::to_string(c.max_batch) + " outside [1, " + std::to_string(kMaxBatch) + "]");
-  if (c.cluster_size != 0 && c.cluster_size != 2 && c.cluster_size != 4 && c.cluster_size != 8)
-    fail("cluster_size " + std::to_string(c.cluster_size) + " is not supported (0 = automatic, 2, 4 or 8)");
+  if (c.cluster_size != 0 && c.cluster_size != 2 && c.cluster_size != 4 && c.cluster_size != 8 &&
+      c.cluster_size != 16)
+    fail("cluster_size " + std::to_string(c.cluster_size) + " is not supported (0 = automatic, 2, 4, 8 or 16)");
   const Weights& w = c.weights;
   if (!w.norm || !w.w_qkv || !w.w_o) fail("weights.norm, weights.w_qkv and weights.w_o must be set");
   if (!detail::aligned16(w.norm) || !detail::aligned16(w.w_qkv) || !detail::aligned16(w.w_o) ||

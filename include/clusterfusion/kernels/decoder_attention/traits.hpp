@@ -11,7 +11,7 @@
 namespace cf::kernels::decoder_attention {
 
 inline constexpr int kMinStages = 4;
-inline constexpr int kMaxClusterSize = 8;  // cluster sizes 2, 4, 8 (loops over ranks unroll to this bound)
+inline constexpr int kMaxClusterSize = 16;  // cluster sizes 2, 4, 8, 16 (loops over ranks unroll to this bound)
 inline constexpr int kMaxStages = 16;
 
 template <int kHeadDim>
