@@ -7,6 +7,7 @@
 # Steps (each time-boxed; the whole script stays under CF_DA_BUDGET seconds, default 240):
 #   sanitizers  compute-sanitizer memcheck / racecheck / synccheck on the small cases (DecoderAttentionGpuSanitizer.*)
 #   sass        instruction mix of the fused kernels (HMMA, UTMALDG, UBLKCP, LDS, local memory) from cuobjdump
+#   clusters    Llama-3-8B batch 1 with clusters of 8 and of 16 CTAs (CF_DA_CLUSTER_SIZE), fused only
 #   ncu         Nsight Compute on one fused call (Llama-2-7B, KV 1K, batch 1): DRAM throughput, occupancy, stalls
 # Output: $OUT/da_extra.txt (default OUT=build/gpu_check_out).
 set -u -o pipefail
@@ -50,6 +51,12 @@ step() {  # name, seconds, command...
         /^ +\/\*[0-9a-f]+\*\// { op = $2; if (op ~ /^@/) op = $3; sub(/\..*/, "", op); sub(/;$/, "", op);
                                  if (op ~ /^(HMMA|UTMALDG|UBLKCP|LDS|STS|LDG|STG|LDL|STL|SYNCS|BAR|MUFU|SHFL)$/) n[name " " op]++ }
         END { for (k in n) print k, n[k] }' | sort | head -80
+    done
+  fi
+  if [ -x "$BENCH" ]; then
+    for n in 8 16; do
+      step "Llama-3-8B with clusters of $n" 40 env CF_DA_CLUSTER_SIZE=$n "$BENCH" --models llama3 --kv 1024,16384 \
+        --batch 1 --impl fused --no-breakdown --json "/tmp/da_cluster$n.json"
     done
   fi
   if [ -x "$BENCH" ] && command -v ncu >/dev/null; then
