@@ -424,3 +424,45 @@ TEST(DecoderAttentionEmu, SeedEntryPointMatchesReference) {
 
 }  // namespace
 }  // namespace cf::test::da
+
+namespace cf::test::da {
+namespace {
+
+TEST(DecoderAttentionHost, PageTableValidationNamesTheEntry) {
+  const std::vector<int32_t> indptr = {0, 2, 5}, indices = {3, 1, 0, 2, 4}, last = {16, 9}, pos = {31, 40};
+  EXPECT_NO_THROW(kda::validate_page_table(2, indptr.data(), indices.data(), 5, last.data(), 5, 16, pos.data(), 64));
+  auto message = [&](auto&& call) {
+    try {
+      call();
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  std::vector<int32_t> bad = indices;
+  bad[3] = 9;
+  EXPECT_NE(message([&] { kda::validate_page_table(2, indptr.data(), bad.data(), 5, last.data(), 5, 16); })
+                .find("sequence 1: kv_indices[3] = 9 outside [0, 5)"),
+            std::string::npos);
+  const std::vector<int32_t> long_seq = {0, 2, 9}, many = {0, 1, 2, 3, 4, 0, 1, 2, 3};
+  EXPECT_NE(message([&] { kda::validate_page_table(2, long_seq.data(), many.data(), 9, last.data(), 5, 16); })
+                .find("KV length over capacity"),
+            std::string::npos);
+  const std::vector<int32_t> zero_last = {16, 0};
+  EXPECT_NE(message([&] { kda::validate_page_table(2, indptr.data(), indices.data(), 5, zero_last.data(), 5, 16); })
+                .find("kv_last_page_len 0 outside [1, 16]"),
+            std::string::npos);
+  EXPECT_NE(message([&] { kda::validate_page_table(2, indptr.data(), indices.data(), 4, last.data(), 5, 16); })
+                .find("n_indices"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              kda::validate_page_table(2, indptr.data(), indices.data(), 5, last.data(), 5, 16, pos.data(), 40);
+            }).find("position 40 outside [0, 40)"),
+            std::string::npos);
+  EXPECT_NE(message([&] { kda::validate_page_table(17, indptr.data(), indices.data(), 5, last.data(), 5, 16); })
+                .find("batch 17"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace cf::test::da

@@ -179,6 +179,39 @@ inline void validate_step(const StepArgs& a, int max_batch, int hidden) {
   if (hidden % 8 != 0) fail("hidden must be a multiple of 8");
 }
 
+// Host check of a page table the caller holds on the host (the kernel checks the device copy itself, see StatusBit):
+// kv_indptr non-decreasing from 0 within [0, n_indices], every sequence with >= 1 page and at most n_pages pages
+// (its KV length within the pool's capacity), kv_last_page_len in [1, page_size], page ids in [0, n_pages), positions
+// >= 0 (and < max_positions when > 0). Throws cf::InputError naming the sequence and entry.
+inline void validate_page_table(int batch, const int32_t* kv_indptr, const int32_t* kv_indices, int n_indices,
+                                const int32_t* kv_last_page_len, int n_pages, int page_size,
+                                const int32_t* positions = nullptr, int max_positions = 0) {
+  auto fail = [](const std::string& m) { throw InputError(detail::plan_where("page table: ") + m); };
+  if (batch < 1 || batch > kMaxBatch) fail("batch " + std::to_string(batch) + " outside [1, 16]");
+  if (kv_indptr[0] != 0) fail("kv_indptr[0] = " + std::to_string(kv_indptr[0]) + ", expected 0");
+  for (int b = 0; b < batch; ++b) {
+    const std::string seq = "sequence " + std::to_string(b) + ": ";
+    const int32_t start = kv_indptr[b], end = kv_indptr[b + 1];
+    if (end < start || end > n_indices)
+      fail(seq + "kv_indptr[" + std::to_string(b + 1) + "] = " + std::to_string(end) + " outside [" +
+           std::to_string(start) + ", " + std::to_string(n_indices) + "] (n_indices)");
+    if (end == start) fail(seq + "no KV page (every sequence holds at least the new token)");
+    if (end - start > n_pages)
+      fail(seq + std::to_string(end - start) + " pages exceed the pool's capacity of " + std::to_string(n_pages) +
+           " pages (KV length over capacity)");
+    const int32_t last = kv_last_page_len ? kv_last_page_len[b] : page_size;
+    if (last < 1 || last > page_size)
+      fail(seq + "kv_last_page_len " + std::to_string(last) + " outside [1, " + std::to_string(page_size) + "]");
+    for (int32_t i = start; i < end; ++i)
+      if (kv_indices[i] < 0 || kv_indices[i] >= n_pages)
+        fail(seq + "kv_indices[" + std::to_string(i) + "] = " + std::to_string(kv_indices[i]) + " outside [0, " +
+             std::to_string(n_pages) + ") (n_pages)");
+    if (positions && (positions[b] < 0 || (max_positions > 0 && positions[b] >= max_positions)))
+      fail(seq + "position " + std::to_string(positions[b]) + " outside [0, " +
+           (max_positions > 0 ? std::to_string(max_positions) : std::string("inf")) + ")");
+  }
+}
+
 inline std::string describe_status(const uint32_t* words) {
   static const char* const names[kStatusWords] = {
       "a position is negative or past the cos/sin table", "kv_indptr / kv_last_page_len is inconsistent",
