@@ -210,6 +210,9 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   p.o_partial = im.o_partial.data();
   p.o_counters = im.counters.data();
   p.status = im.status.data();
+  // Bounded waits (GPU): $CF_DA_MAX_POLLS overrides, e.g. 0 (never give up) under compute-sanitizer's slow tools.
+  p.max_polls = 1u << 26;
+  if (const char* env = std::getenv("CF_DA_MAX_POLLS")) p.max_polls = uint32_t(std::strtoul(env, nullptr, 10));
   p.stages = stages;
   p.max_batch = config.max_batch;
   p.off_tokens = layout.off_tokens;

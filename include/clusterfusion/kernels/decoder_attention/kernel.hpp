@@ -127,14 +127,13 @@ CF_DEVICE void set_status(const KernelParams& p, uint32_t bit) {
   if (p.status[bit] == 0) (void)dev::atomic_exch(&p.status[bit], 1u);
 }
 
-// Every mbarrier wait is bounded on the GPU: after kMaxPolls failed polls (seconds; a legitimate wait is
-// microseconds) the wait gives up and sets kStatusTimeout, so a bug ends the kernel with a message instead of
-// hanging the machine. The emulator reports a deadlock itself.
-inline constexpr uint32_t kMaxPolls = 1u << 24;
+// Every mbarrier wait is bounded on the GPU: after p.max_polls failed polls (default 2^26: seconds, where a
+// legitimate wait is microseconds; 0 = unbounded) the wait gives up and sets kStatusTimeout, so a bug ends the kernel
+// with a message instead of hanging the machine. The emulator reports a deadlock itself.
 CF_DEVICE void wait(dev::Mbarrier& bar, uint32_t parity, const KernelParams& p) {
 #if defined(CF_DEVICE_CUDA)
   for (uint32_t polls = 0; !bar.try_wait(parity);) {
-    if (++polls == kMaxPolls) {
+    if (++polls == p.max_polls) {
       set_status(p, kStatusTimeout);
       return;
     }

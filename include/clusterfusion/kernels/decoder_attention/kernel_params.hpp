@@ -49,6 +49,7 @@ struct KernelParams {
   float* o_partial;     // [n_kv_heads, hidden, max_batch] fp32
   uint32_t* o_counters; // [cluster_size * o_blocks_max]
   uint32_t* status;     // [kStatusWords]
+  uint32_t max_polls;   // GPU: polls before an mbarrier wait gives up (0: never)
 
   // shared-memory carve
   int32_t stages;
