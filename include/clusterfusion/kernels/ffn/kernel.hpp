@@ -318,7 +318,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
           CF_UNROLL
           for (int k = 0; k < kClustersPerChunk; ++k) {
             const int32_t cl = c * kClustersPerChunk + k;
-            if (cl < n_clusters) q[k] = dev::load16(base + uint32_t(cl) * ws_cluster_stride + uint32_t(v) * 4);
+            if (cl < n_clusters)
+              q[k] = ws::load16_volatile(base + uint32_t(cl) * ws_cluster_stride + uint32_t(v) * 4);
           }
           float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           CF_UNROLL

@@ -42,7 +42,7 @@ inline constexpr int kMaxStages = 16;
 struct StageShape {
   int32_t tiles;  // M
   int32_t units;  // U
-  int32_t k_groups() const { return units / kUnitsPerWarp; }
+  CF_HOST_DEVICE int32_t k_groups() const { return units / kUnitsPerWarp; }
 };
 CF_HOST_DEVICE StageShape stage_shape(int32_t units) { return {kTilesTimesUnits / units, units}; }
 
@@ -82,6 +82,17 @@ CF_DEVICE uint32_t as_bits(float f) {
   uint32_t bits;
   __builtin_memcpy(&bits, &f, 4);
   return bits;
+}
+
+// Data that other CTAs wrote during this launch (after the counter handshake) is read with volatile loads, which do
+// not allocate in (or hit) the SM's L1: a line loaded earlier for a neighbouring group could hold stale values.
+CF_DEVICE dev::U32x4 load16_volatile(const void* p) {
+  const volatile uint32_t* v = static_cast<const volatile uint32_t*>(p);
+  return {v[0], v[1], v[2], v[3]};
+}
+template <typename T>
+CF_DEVICE T load_volatile(const T* p) {
+  return *static_cast<const volatile T*>(p);
 }
 
 // ---- work splits ------------------------------------------------------------------------------------------------

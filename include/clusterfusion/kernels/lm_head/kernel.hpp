@@ -246,8 +246,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
         float value = -INFINITY;
         int32_t index = -1;
         for (int32_t c = int32_t(lane); c < n_ctas; c += 32) {
-          const float v = p.cand_value[c * batch + b];
-          const int32_t i = p.cand_index[c * batch + b];
+          const float v = ws::load_volatile(p.cand_value + c * batch + b);
+          const int32_t i = ws::load_volatile(p.cand_index + c * batch + b);
           if (detail::beats(v, i, value, index)) value = v, index = i;
         }
         detail::warp_best(value, index);
