@@ -424,7 +424,8 @@ void run_impl(Impl& impl, CaseData& data, const Options& opt, cudaStream_t strea
   impl.enqueue(data, 0, stream);
   impl.check(stream);
   out = download_output(data);
-  const size_t bad = size_t(std::count_if(out.values.begin(), out.values.end(), [](float v) { return !std::isfinite(v); }));
+  const size_t bad =
+      size_t(std::count_if(out.values.begin(), out.values.end(), [](float v) { return !std::isfinite(v); }));
   if (bad) throw Error(format("output has %zu non-finite values of %zu after one call", bad, out.values.size()));
   for (int32_t t : out.tokens)
     if (t < 0 || t >= data.c.model.vocab) throw Error(format("token %d outside the vocabulary", t));
