@@ -233,8 +233,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
         for (int32_t s = 0; s < gu_items; ++s) {
           const int32_t u0 = s * U, nu = k_units.size() - u0 < U ? k_units.size() - u0 : U;
           ring.wait_full(item);
-          ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, x_s, p.x_stride, u0 * ws::kUnitCols, batch,
-                                        warp, lane, acc);
+          ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, x_s, p.x_stride, u0 * ws::kUnitCols, n_cols,
+                                        batch, warp, lane, acc);
           ring.release(item, lane);
           ++item;
         }
@@ -246,12 +246,6 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
           dst[e] = ws::group_value(sc, ss, batch, e);
         ++group_index;
       }
-    }
-    // x_s is dead (every warp passed the last group's barrier): zero act_s's padding columns [F_c, 32 f_units)
-    for (int32_t i = int32_t(ctid); i < batch * (f_units * ws::kUnitCols - f_rows) / 8; i += kCt) {
-      const int32_t per_token = (f_units * ws::kUnitCols - f_rows) / 8;
-      const int32_t b = i / per_token, c = f_rows + (i % per_token) * 8;
-      dev::store16(act_s + uint32_t(b) * p.act_stride + uint32_t(c) * 2, {0, 0, 0, 0});
     }
     signal_all(part_bar);
 
@@ -365,8 +359,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
         for (int32_t s = 0; s < down_items; ++s) {
           const int32_t u0 = s * U, nu = f_units - u0 < U ? f_units - u0 : U;
           ring.wait_full(item);
-          ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, act_s, p.act_stride, u0 * ws::kUnitCols, batch,
-                                        warp, lane, acc);
+          ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, act_s, p.act_stride, u0 * ws::kUnitCols,
+                                        f_rows, batch, warp, lane, acc);
           ring.release(item, lane);
           ++item;
         }

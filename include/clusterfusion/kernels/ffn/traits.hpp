@@ -71,7 +71,8 @@ inline Layout make_layout(int max_batch, const Split& sp) {
   l.off_small = take(sizeof(SmallBuffers));
 
   // Region X: x_s (this rank's K-slice of the normed input) during gate/up; afterwards act_s (the cluster's whole
-  // activation slice, padded with zeros to whole 32-column units). Peers write act_s only after this CTA's gate/up.
+  // activation slice; rows sized for whole 32-column units, the columns past F_c never read). Peers write act_s only
+  // after this CTA's gate/up.
   const int32_t f_rows = sp.ffn_tiles_max * ws::kTileRows;
   const int32_t f_cols_padded = ws::ceil_div(f_rows, ws::kUnitCols) * ws::kUnitCols;
   l.x_stride = ws::padded_row_stride(uint64_t(sp.hidden_units_max) * ws::kUnitCols * 2);

@@ -176,11 +176,12 @@ CF_DEVICE void load_panel(const Ring& ring, int32_t it, const dev::TensorMap& bi
 
 // Consumer warp: acc[token tile] += this warp's tile x its units of the stage, times the activation rows
 // act[token][act_col0 + unit * 32 ...] (act_stride bytes per token; tokens >= batch read as zero). `n_units` units
-// and `n_tiles` tiles of the stage are valid.
+// and `n_tiles` tiles of the stage are valid; columns act_col0 + c >= col_limit (a multiple of 8) count as zero in
+// both operands (the last unit of a slice that ends inside it: whatever the box loaded there never contributes).
 template <typename T, int kBatchTiles>
 CF_DEVICE void panel_mma(const uint8_t* stage, StageShape ss, int32_t n_tiles, int32_t n_units, const uint8_t* act,
-                         uint32_t act_stride, int32_t act_col0, int32_t batch, uint32_t warp, uint32_t lane,
-                         float (&acc)[kBatchTiles][4]) {
+                         uint32_t act_stride, int32_t act_col0, int32_t col_limit, int32_t batch, uint32_t warp,
+                         uint32_t lane, float (&acc)[kBatchTiles][4]) {
   const int32_t mt = int32_t(warp) % ss.tiles, kg = int32_t(warp) / ss.tiles;
   if (mt >= n_tiles) return;
   const uint32_t g = lane / 4, t = lane % 4;
@@ -189,17 +190,20 @@ CF_DEVICE void panel_mma(const uint8_t* stage, StageShape ss, int32_t n_tiles, i
     const int32_t u = kg * kUnitsPerWarp + uu;
     if (u < n_units) {
       const uint8_t* box = stage + u * ss.tiles * kTileUnitBytes + mt * kTileUnitBytes;
-      const dev::U32x4 alo = dev::load16(box + g * kUnitRowBytes + t * 16);
-      const dev::U32x4 ahi = dev::load16(box + (g + 8) * kUnitRowBytes + t * 16);
+      const int32_t col = act_col0 + u * kUnitCols + int32_t(t) * 8;  // this lane's 8 columns
+      const bool in_range = col < col_limit;
+      dev::U32x4 alo{0, 0, 0, 0}, ahi{0, 0, 0, 0};
+      if (in_range) {
+        alo = dev::load16(box + g * kUnitRowBytes + t * 16);
+        ahi = dev::load16(box + (g + 8) * kUnitRowBytes + t * 16);
+      }
       const uint32_t a0[4] = {alo.x, ahi.x, alo.y, ahi.y};
       const uint32_t a1[4] = {alo.z, ahi.z, alo.w, ahi.w};
       CF_UNROLL
       for (int nt = 0; nt < kBatchTiles; ++nt) {
         const int32_t token = nt * 8 + int32_t(g);
         dev::U32x4 bx{0, 0, 0, 0};
-        if (token < batch)
-          bx = dev::load16(act + uint32_t(token) * act_stride +
-                           uint32_t(act_col0 + u * kUnitCols + int32_t(t) * 8) * 2);
+        if (token < batch && in_range) bx = dev::load16(act + uint32_t(token) * act_stride + uint32_t(col) * 2);
         const uint32_t b0[2] = {bx.x, bx.y};
         const uint32_t b1[2] = {bx.z, bx.w};
         Elem<T>::mma(acc[nt], a0, b0);

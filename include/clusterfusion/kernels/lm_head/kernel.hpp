@@ -190,8 +190,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
       for (int32_t s = 0; s < items; ++s) {
         const int32_t u0 = s * U, nu = p.hidden_units - u0 < U ? p.hidden_units - u0 : U;
         ring.wait_full(item);
-        ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, x_s, p.x_stride, u0 * ws::kUnitCols, batch, warp,
-                                      lane, acc);
+        ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, x_s, p.x_stride, u0 * ws::kUnitCols, H, batch,
+                                      warp, lane, acc);
         ring.release(item, lane);
         ++item;
       }
