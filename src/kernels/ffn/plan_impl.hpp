@@ -67,8 +67,14 @@ SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy) {
     int clusters = std::min(occupancy.of(n), ffn_tiles);
     if (config.max_clusters > 0) clusters = std::min(clusters, config.max_clusters);
     if (clusters < 1) continue;
-    const int64_t bytes = max_cta_weight_bytes(s, make_split(s, n, clusters));
-    if (best.cluster_size == 0 || bytes < best.max_cta_weight_bytes) best = {n, clusters, bytes};
+    const Split split = make_split(s, n, clusters);
+    const SplitChoice option{n, clusters, max_cta_weight_bytes(s, split),
+                             ring_stages(make_layout(config.max_batch, split), config.max_stages)};
+    auto shallow = [](const SplitChoice& c) { return c.stages < kPreferredStages; };
+    // candidates come in decreasing n: a tie keeps the larger one
+    if (best.cluster_size == 0 || shallow(option) < shallow(best) ||
+        (shallow(option) == shallow(best) && option.max_cta_weight_bytes < best.max_cta_weight_bytes))
+      best = option;
   }
   if (best.cluster_size == 0)
     throw InputError("ffn: no cluster size fits: hidden " + std::to_string(s.hidden) + " has " +
@@ -111,14 +117,12 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   const ws::StageShape ss = ws::stage_shape(stage_units);
 
   const Layout layout = make_layout(config.max_batch, split);
-  const size_t budget = dev::kMaxSmemPerBlock;
-  const int fit = layout.fixed_bytes < budget ? int((budget - layout.fixed_bytes) / ws::kStageBytes) : 0;
-  int stages = std::min(fit, ws::kMaxStages);
-  if (config.max_stages > 0) stages = std::min(stages, config.max_stages);
+  const int stages = choice.stages;
+  static_assert(dev::kMaxSmemPerBlock == 227 * 1024, "ring_stages() assumes Hopper's 227 KB");
   if (stages < ws::kMinStages)
     throw InputError("ffn: shared memory: " + std::to_string(layout.fixed_bytes) + " bytes of buffers (max_batch " +
                      std::to_string(config.max_batch) + ", cluster " + std::to_string(n) + " x " +
-                     std::to_string(choice.clusters) + ") leave room for " + std::to_string(fit) +
+                     std::to_string(choice.clusters) + ") leave room for " + std::to_string(stages) +
                      " ring stages; at least " + std::to_string(ws::kMinStages) +
                      " are needed (lower max_batch or use more clusters)");
 

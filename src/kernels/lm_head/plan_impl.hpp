@@ -107,7 +107,6 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   p.stages = stages;
   p.off_small = layout.off_small;
   p.off_x = layout.off_x;
-  p.off_logit = layout.off_logit;
   p.off_scratch = layout.off_scratch;
   p.off_ring = layout.off_ring;
   p.x_stride = layout.x_stride;

@@ -186,6 +186,18 @@ TEST(FfnSplit, Llama3TiesGoToTheLargerCluster) {
   EXPECT_EQ(t.clusters, 32);
 }
 
+TEST(FfnSplit, Batch16KeepsTheRingDeep) {
+  // At max_batch 16 the gate/up partials of a cluster of 8 (2 x 896 x 16 x 4 B) leave 4 ring stages; clusters of 4
+  // stream the same bytes per CTA with half the partials and keep >= 6 stages.
+  kffn::PlanConfig cfg = shape_only(4096, 14336);
+  cfg.max_batch = 16;
+  const kffn::SplitChoice s = kffn::choose_split(cfg, kffn::Occupancy{66, 32, 16});
+  EXPECT_EQ(s.cluster_size, 4);
+  EXPECT_GE(s.stages, 6);
+  cfg.max_batch = 1;
+  EXPECT_EQ(kffn::choose_split(cfg, kffn::Occupancy{66, 32, 16}).cluster_size, 8);
+}
+
 TEST(FfnSplit, SmallShapesAndLimits) {
   kffn::PlanConfig cfg = shape_only(64, 32);  // 2 units, 2 tiles: only clusters of 2, at most 2 clusters
   const kffn::SplitChoice s = kffn::choose_split(cfg, kffn::Occupancy::assumed(132));

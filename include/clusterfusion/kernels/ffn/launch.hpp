@@ -43,12 +43,13 @@ struct SplitChoice {
   int cluster_size = 0;
   int clusters = 0;
   int64_t max_cta_weight_bytes = 0;
+  int stages = 0;  // ring stages that fit beside the other buffers at config.max_batch
 };
 
-// The split the launcher picks (docs/ffn.md §2): the cluster size n in {8, 4, 2} (or the configured one) whose
-// busiest CTA streams the fewest weight bytes (ties: the larger n, fewer partials to add), with as many clusters as
-// run at once (at most one per 16-row tile of ffn_hidden, at most config.max_clusters). Throws cf::InputError when
-// no cluster size fits the shape (hidden / 32 < n).
+// The split the launcher picks (docs/ffn.md §2): the cluster size n in {8, 4, 2} (or the configured one), with as
+// many clusters as run at once (at most one per 16-row tile of ffn_hidden, at most config.max_clusters), whose ring
+// keeps >= 6 stages (96 KB) in flight if any does, then whose busiest CTA streams the fewest weight bytes, then the
+// larger n (fewer partials to add). Throws cf::InputError when no cluster size fits the shape (hidden / 32 < n).
 SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy);
 
 class Plan {

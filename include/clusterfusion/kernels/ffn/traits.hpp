@@ -15,6 +15,7 @@ namespace ws = cf::kernels::weight_stream;
 inline constexpr int kMaxClusterSize = 8;     // cluster sizes 2, 4, 8 (loops over ranks unroll to this bound)
 inline constexpr int kExchangeBarriers = 3;   // sumsq, part, act (each used once per launch)
 inline constexpr int kClustersPerChunk = 8;   // the last arriver sums the clusters' partials 8 at a time
+inline constexpr int kPreferredStages = 6;    // 96 KB in flight per SM: the launcher avoids splits with fewer
 
 // Small per-CTA scalars.
 struct SmallBuffers {
@@ -92,6 +93,15 @@ inline Layout make_layout(int max_batch, const Split& sp) {
   l.off_ring = ws::align_up(off, 1024);
   l.fixed_bytes = l.off_ring;
   return l;
+}
+
+// Ring stages that fit beside the other buffers in 227 KB (at most kMaxStages, at most max_stages when > 0).
+inline int ring_stages(const Layout& l, int max_stages) {
+  const size_t budget = 227 * 1024;
+  const int fit = l.fixed_bytes < budget ? int((budget - l.fixed_bytes) / ws::kStageBytes) : 0;
+  int stages = std::min(fit, ws::kMaxStages);
+  if (max_stages > 0) stages = std::min(stages, max_stages);
+  return stages;
 }
 
 }  // namespace cf::kernels::ffn

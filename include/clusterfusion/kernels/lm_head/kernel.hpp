@@ -4,8 +4,8 @@
 // owns a contiguous slice of the vocabulary in 16-row tiles. The producer streams its rows x all of hidden into the
 // ring (kernels/ffn/weight_stream.hpp) from the first cycle; the consumers
 //   1. norm: residual add + sum of squares over the whole of hidden per token, x_s = x (T) (every CTA the same bits)
-//   2. per group of M tiles: logits (tensor cores, k-groups added in order) -> `logits` (fp32) and the CTA's running
-//      argmax per token (lowest id on ties, NaN skipped)
+//   2. per group of M tiles: logits (tensor cores, k-groups added in order) -> `logits` (fp32) and, through the
+//      group's scratch, the CTA's running argmax per token (lowest id on ties, NaN skipped)
 //   3. its candidates -> the workspace; the CTA that arrives last (u32 counter, reset by it) reduces the candidates
 //      of all CTAs per token and writes `tokens`.
 #pragma once
@@ -56,7 +56,6 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
   auto* empty = full + ws::kMaxStages;
   auto* small = reinterpret_cast<SmallBuffers*>(smem + p.off_small);
   uint8_t* x_s = smem + p.off_x;
-  float* group_logits = reinterpret_cast<float*>(smem + p.off_logit);  // [token][kMaxGroupRows]
   float* scratch = reinterpret_cast<float*>(smem + p.off_scratch);
   const ws::Ring ring{full, empty, smem + p.off_ring, p.stages, p.status + kStatusTimeout};
 
@@ -182,7 +181,6 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
     consumers_sync();
 
     // ---- 2. logits and the running argmax, group after group -------------------------------------------------------
-    const uint32_t scratch_floats = ws::group_scratch_bytes(batch) / 4;
     int32_t item = 0;
     for (int32_t grp = 0; grp < groups; ++grp) {
       const int32_t t0 = grp * M, nt = tiles.size() - t0 < M ? tiles.size() - t0 : M;
@@ -195,15 +193,15 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
         ring.release(item, lane);
         ++item;
       }
-      float* sc = scratch + uint32_t(grp & 1) * scratch_floats;
-      ws::store_group_partials<kBatchTiles>(sc, ss, nt, batch, warp, lane, acc);
+      ws::store_group_partials<kBatchTiles>(scratch, ss, nt, batch, warp, lane, acc);
       consumers_sync();
       const int32_t row0 = (tiles.begin + t0) * ws::kTileRows, n_rows = nt * ws::kTileRows;
       for (int32_t e = int32_t(ctid); e < n_rows * batch; e += kCt) {
         const int32_t r = e / batch, b = e % batch, row = row0 + r;
-        const float v = ws::group_value(sc, ss, batch, e);
+        const float v = ws::group_value(scratch, ss, batch, e);
         if (row < p.vocab && p.logits) p.logits[int64_t(b) * p.vocab + row] = v;
-        group_logits[b * kMaxGroupRows + r] = row < p.vocab ? v : NAN;  // rows past the vocabulary never win
+        // in place: no other thread reads element e's partials; rows past the vocabulary never win
+        scratch[e] = row < p.vocab ? v : NAN;
       }
       consumers_sync();
       // warp w keeps the running best of tokens w, w + 8 (rows visited in increasing order)
@@ -211,7 +209,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
         float value = -INFINITY;
         int32_t index = -1;
         for (int32_t r = int32_t(lane); r < n_rows; r += 32) {
-          const float v = group_logits[b * kMaxGroupRows + r];
+          const float v = scratch[r * batch + b];
           if (!std::isnan(v) && detail::beats(v, row0 + r, value, index)) value = v, index = row0 + r;
         }
         detail::warp_best(value, index);
@@ -220,7 +218,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
           small->best_index[b] = index;
         }
       }
-      // group_logits is rewritten after the next group's first barrier, which every warp reaches after this scan
+      consumers_sync();  // the scan is done before the next group's partials overwrite the scratch
     }
 
     // ---- 3. candidates, the last arriver picks the tokens ----------------------------------------------------------

@@ -32,7 +32,7 @@ struct KernelParams {
 
   // shared-memory carve
   int32_t stages;
-  uint32_t off_small, off_x, off_logit, off_scratch, off_ring;
+  uint32_t off_small, off_x, off_scratch, off_ring;
   uint32_t x_stride;
 };
 

@@ -9,8 +9,6 @@ namespace cf::kernels::lm_head {
 
 namespace ws = cf::kernels::weight_stream;
 
-inline constexpr int kMaxGroupRows = 8 * ws::kTileRows;  // a group has at most M = 8 tiles
-
 struct SmallBuffers {
   float inv_rms[kMaxBatch];
   float norm_red[kMaxBatch][8];  // per warp partial sums of squares
@@ -21,7 +19,7 @@ struct SmallBuffers {
 };
 
 struct Layout {
-  uint32_t off_small, off_x, off_logit, off_scratch, off_ring;
+  uint32_t off_small, off_x, off_scratch, off_ring;
   uint32_t x_stride;
   uint32_t fixed_bytes;
 };
@@ -39,8 +37,8 @@ inline Layout make_layout(int max_batch, int hidden) {
   l.off_small = take(sizeof(SmallBuffers));
   l.x_stride = ws::padded_row_stride(uint64_t(hidden) * 2);
   l.off_x = take(uint64_t(max_batch) * l.x_stride);                        // x_s: the whole normed input
-  l.off_logit = take(uint64_t(max_batch) * kMaxGroupRows * 4);            // a group's logits [token][row]
-  l.off_scratch = take(2 * uint64_t(ws::group_scratch_bytes(max_batch)));  // k-group partials, double-buffered
+  // a group's k-group partials, then (in place) its logits [row][token]
+  l.off_scratch = take(uint64_t(ws::group_scratch_bytes(max_batch)));
   l.off_ring = ws::align_up(off, 1024);
   l.fixed_bytes = l.off_ring;
   return l;
