@@ -283,10 +283,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
         CF_UNROLL
         for (int k = 0; k < 2; ++k) a[k] = g_sum[k] / (1.0f + std::exp(-g_sum[k])) * u_sum[k];
         const uint32_t word = ws::pack2<T>(a[0], a[1]);
-        for (int32_t r = 0; r < n_ranks; ++r) {
-          uint8_t* peer = dev::map_shared_rank(act_s, uint32_t(r)) + uint32_t(b) * p.act_stride + uint32_t(f) * 2;
-          __builtin_memcpy(peer, &word, 4);
-        }
+        // 4-byte aligned: f is even, act_stride a multiple of 64
+        auto* const dst = reinterpret_cast<uint32_t*>(act_s + uint32_t(b) * p.act_stride + uint32_t(f) * 2);
+        for (int32_t r = 0; r < n_ranks; ++r) *dev::map_shared_rank(dst, uint32_t(r)) = word;
       }
     }
     signal_all(act_bar);
