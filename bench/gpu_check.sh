@@ -23,7 +23,8 @@
 #
 # Files in $OUT (<= 8): gpu_check.txt (everything), build.log, bench.json, bench_ffn.json, peer.json, summary.txt.
 # Environment: OUT (default build/gpu_check_out), CF_GPU_CHECK_BUDGET, CF_GPU_TARGETS, CF_BENCH_ARGS,
-# CF_PEER_STAGES (default bw,attn), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16).
+# CF_PEER_STAGES (default bw,attn), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16),
+# CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck).
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -216,6 +217,11 @@ record() { NAMES+=("$1"); STATUS+=("$2"); SECS+=("$3"); NOTES+=("$4"); }
 # run_step NAME DEFAULT_TIMEOUT COMMAND...
 run_step() {
   local name=$1 limit=$2; shift 2
+  if [[ ",${CF_SKIP_STEPS:-}," == *",$name,"* ]]; then
+    banner "$name: SKIPPED (CF_SKIP_STEPS)"
+    record "$name" SKIP 0 "CF_SKIP_STEPS"
+    return 3
+  fi
   local left=$(( BUDGET - $(elapsed) - RESERVE ))
   if (( left < 10 )); then
     banner "$name: SKIPPED (time budget spent: $(elapsed)s of ${BUDGET}s)"
