@@ -62,14 +62,15 @@ class LinearGather {
 // rank r holds the blocks of its aligned group of 2^(k+1) ranks (plus those ranks' folded extras). Channels as in
 // TreeReduce: fold (extra rank r >= P gives its block to r - P), rounds, unfold (r - P gives all N blocks to r).
 // Blocks are gathered at their final positions in a per-parity buffer of N blocks (stride: count rounded up to 16
-// bytes), then copied to dst.
+// bytes), then copied to dst. Handshake (ready mbarriers per parity and channel, no acknowledgements) as in
+// TreeReduce.
 template <uint32_t N, typename T, Transport X>
 class TreeGather {
  public:
   static_assert(N >= kMinClusterSize && N <= kMaxClusterSize, "cluster size must be 2..16");
   static constexpr uint32_t kP = floor_pow2(N), kL = log2_floor(N), kExtra = N - kP;
   static constexpr uint32_t kChannels = kL + 2, kFold = 0, kUnfold = kL + 1;
-  static constexpr uint32_t kBarrierBytes = round_up(2 * 2 * kChannels * 8, kBarrierArea);
+  static constexpr uint32_t kBarrierBytes = round_up(2 * kChannels * 8, kBarrierArea);
 
   CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) {
     return kBarrierBytes + 2 * N * block_bytes<T>(capacity);
@@ -84,7 +85,7 @@ class TreeGather {
 
   CF_DEVICE void init() {
     if (group_.rank == 0) {
-      for (uint32_t i = 0; i < 4 * kChannels; ++i) bars_[i].init(1);
+      for (uint32_t i = 0; i < 2 * kChannels; ++i) bars_[i].init(1);
       dev::fence_mbarrier_init();
     }
   }
@@ -92,15 +93,6 @@ class TreeGather {
   CF_DEVICE void run(const T* src, T* dst, uint32_t count) {
     const uint32_t use = calls_ >> 1;
     const uint32_t stride = block_bytes<T>(count) / sizeof(T);  // elements between blocks
-    if (use > 0) {
-      const uint32_t parity = (use - 1) & 1u;
-      if (rank_ >= kP) {
-        wait_phase(free_bar(kFold), parity, limit_);
-      } else {
-        for (uint32_t k = 0; k < kL; ++k) wait_phase(free_bar(1 + k), parity, limit_);
-        if (rank_ < kExtra) wait_phase(free_bar(kUnfold), parity, limit_);
-      }
-    }
     group_copy(gathered() + rank_ * stride, src, count, group_);
     fence_for_push();
     group_.sync();
@@ -112,7 +104,6 @@ class TreeGather {
       // every block but our own comes from `low`
       copy_out(dst, count, stride, [&](uint32_t s) { return s == rank_ ? gathered() : incoming(low); });
       group_.sync();
-      if (group_.rank == 1) free_bar(kUnfold).arrive_remote(low);
       ++calls_;
       return;
     }
@@ -122,7 +113,6 @@ class TreeGather {
       if constexpr (X == Transport::Pull) copy_blocks(incoming(high), high, 1, count, stride);
       fence_for_push();
       group_.sync();
-      if (group_.rank == 1) free_bar(kFold).arrive_remote(high);
     }
     for (uint32_t k = 0; k < kL; ++k) {
       const uint32_t partner = rank_ ^ (1u << k), ch = 1 + k;
@@ -147,7 +137,6 @@ class TreeGather {
       }
       fence_for_push();
       group_.sync();
-      if (group_.rank == 1) free_bar(ch).arrive_remote(partner);
     }
     if (rank_ < kExtra && group_.rank == 0) {
       const uint32_t high = rank_ + kP;
@@ -161,7 +150,6 @@ class TreeGather {
   CF_DEVICE static uint32_t min_u(uint32_t a, uint32_t b) { return a < b ? a : b; }
   CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
   CF_DEVICE dev::Mbarrier& ready_bar(uint32_t ch) { return bars_[parity() * kChannels + ch]; }
-  CF_DEVICE dev::Mbarrier& free_bar(uint32_t ch) { return bars_[(2 + parity()) * kChannels + ch]; }
   CF_DEVICE T* gathered() { return reinterpret_cast<T*>(blocks_ + parity() * half_bytes_); }
   CF_DEVICE void fence_for_push() {
     if constexpr (X == Transport::Push) dev::fence_proxy_async();

@@ -81,15 +81,18 @@ class LinearReduce {
   Exchange ex_;
 };
 
-// Tree: recursive doubling over P = floor_pow2(N) ranks. Channels (one ready + one free mbarrier each, per parity):
+// Tree: recursive doubling over P = floor_pow2(N) ranks. Channels (one ready mbarrier each, per call parity):
 //   0: fold, rank r >= P sends x_r to r - P, which combines (x_{r-P} (+) x_r)
 //   1 + k, k < L = log2 P: round k, ranks r and r ^ 2^k (both < P) exchange their values; both compute
 //      (value of the lower rank's group) (+) (value of the higher rank's group)
 //   L + 1: unfold, rank r - P sends the final value back to r >= P.
 // Value blocks per parity: 0 = the input, 1 = after the fold, k + 2 = after round k. Push adds one receive block
-// per channel. The handshake per channel is the one of LinearExchange with a single peer: the sender waits on its
-// free[p][ch] (acknowledged by the receiver in the previous use of parity p) before rewriting the block, signals
-// ready[p][ch] on the receiver (Push: with the bytes), the receiver waits, reads, and acknowledges.
+// per channel. Per channel and call the sender signals ready[p][ch] on the receiver (Push: with the bytes of its
+// bulk copy) once its group synchronised after writing the block; the receiver waits and reads. As in
+// LinearExchange no acknowledgement is needed: every channel is used in both directions every call (rounds are
+// pairwise; the fold and the unfold pair up r and r - P), and each signal of call c+1 is sent after the sender's
+// group finished call c, so a block of parity p is rewritten (call c+2) only after its reader got through call c,
+// and no ready mbarrier receives call c+2's arrival before its owner waited for call c's.
 template <uint32_t N, typename T, Transport X>
 class TreeReduce {
  public:
@@ -98,7 +101,7 @@ class TreeReduce {
   static constexpr uint32_t kChannels = kL + 2, kFold = 0, kUnfold = kL + 1;
   static constexpr uint32_t kValues = kL + 2;
   static constexpr uint32_t kBlocksPerParity = kValues + (X == Transport::Push ? kChannels : 0);
-  static constexpr uint32_t kBarrierBytes = round_up(2 * 2 * kChannels * 8, kBarrierArea);
+  static constexpr uint32_t kBarrierBytes = round_up(2 * kChannels * 8, kBarrierArea);
 
   CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) {
     return kBarrierBytes + 2 * kBlocksPerParity * block_bytes<T>(capacity);
@@ -113,7 +116,7 @@ class TreeReduce {
 
   CF_DEVICE void init() {
     if (group_.rank == 0) {
-      for (uint32_t i = 0; i < 4 * kChannels; ++i) bars_[i].init(1);
+      for (uint32_t i = 0; i < 2 * kChannels; ++i) bars_[i].init(1);
       dev::fence_mbarrier_init();
     }
   }
@@ -124,16 +127,6 @@ class TreeReduce {
     const bool store_result = root == LinearExchange<N, T, X>::kAllPeers || root == rank_;
     const uint32_t use = calls_ >> 1;
     const uint32_t vectors = (count + C::kElems - 1) / C::kElems;
-    // Free every block this rank sends from (and, Push, every receive block peers will fill): previous use acked.
-    if (use > 0) {
-      const uint32_t parity = (use - 1) & 1u;
-      if (rank_ >= kP) {
-        wait_phase(free_bar(kFold), parity, limit_);
-      } else {
-        for (uint32_t k = 0; k < kL; ++k) wait_phase(free_bar(1 + k), parity, limit_);
-        if (rank_ < kExtra) wait_phase(free_bar(kUnfold), parity, limit_);
-      }
-    }
     group_copy(value(0), buf, count, group_);
     fence_for_push();
     group_.sync();
@@ -145,7 +138,6 @@ class TreeReduce {
       const T* result = incoming(kUnfold, low, kValues - 1);
       if (store_result) group_copy(buf, result, count, group_);
       group_.sync();
-      if (group_.rank == 1) free_bar(kUnfold).arrive_remote(low);
       ++calls_;
       return;
     }
@@ -163,7 +155,6 @@ class TreeReduce {
       }
       fence_for_push();
       group_.sync();
-      if (group_.rank == 1) free_bar(kFold).arrive_remote(high);
       current = 1;
     }
     for (uint32_t k = 0; k < kL; ++k) {
@@ -186,7 +177,6 @@ class TreeReduce {
       }
       fence_for_push();
       group_.sync();
-      if (group_.rank == 1) free_bar(ch).arrive_remote(partner);
       current = k + 2;
     }
     if (rank_ < kExtra && group_.rank == 0) send(kUnfold, rank_ + kP, value(kValues - 1), count);
@@ -196,7 +186,6 @@ class TreeReduce {
  private:
   CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
   CF_DEVICE dev::Mbarrier& ready_bar(uint32_t ch) { return bars_[parity() * kChannels + ch]; }
-  CF_DEVICE dev::Mbarrier& free_bar(uint32_t ch) { return bars_[(2 + parity()) * kChannels + ch]; }
   CF_DEVICE T* value(uint32_t index) {
     return reinterpret_cast<T*>(blocks_ + (parity() * kBlocksPerParity + index) * block_bytes_);
   }

@@ -133,21 +133,25 @@ CF_DEVICE void group_copy(T* dst, const T* src, uint32_t count, const ThreadGrou
 
 
 // The Linear exchange, shared by ClusterReduce and ClusterGather: per call every rank publishes one block (its send
-// block) to every other rank, waits until all peers' blocks are there, reads them, and acknowledges.
+// block) to every other rank, waits until all peers' blocks are there, and reads them.
 //
-// Workspace: [ready[2], free[2] mbarriers | blocks], blocks 16-byte padded, indexed by call parity p = call & 1:
+// Workspace: [ready[2] mbarriers | blocks], blocks 16-byte padded, indexed by call parity p = call & 1:
 //   Pull: send[p]        (peers load it through map_shared_rank)
 //   Push: slot[p][N]     (slot[p][rank] is the send block; slot[p][q] receives rank q's push)
-// Handshake of call c (parity p, j = c >> 1 the use of parity p), per rank:
-//   begin:   if j > 0 wait free[p] phase j-1: every peer acknowledged call c-2, so nobody still reads send[p]
-//            (Pull) and every earlier push from slot[p][rank] landed and was consumed (Push). Usually already done.
-//   publish: group sync; Pull: one thread per peer q arrives on q's ready[p]. Push: one thread per peer q arrives
-//            with expect-tx on q's ready[p] and bulk-copies slot[p][rank] into q's slot[p][rank].
-//   wait:    ready[p] phase j (N-1 arrivals, plus the pushed bytes).
-//   finish:  group sync (all reads done); one thread per peer q arrives on q's free[p].
-// Each mbarrier completes exactly one phase per use of its parity, and a rank can start use j+1 of parity p only
-// after every peer acknowledged use j, so no barrier runs two phases ahead of its waiter (no parity aliasing) and
-// no block is overwritten while a peer still reads it, for any sequence of calls.
+// Call c (parity p, j = c >> 1 the use of parity p), per rank:
+//   begin:   write the send block of parity p.
+//   publish: group sync; Pull: one thread per peer q arrives on q's ready[p] (release, cluster scope). Push: one
+//            thread per peer q arrives with expect-tx on q's ready[p] and bulk-copies slot[p][rank] into q's
+//            slot[p][rank], completing on q's ready[p].
+//   wait:    ready[p] phase j: N-1 arrivals (and, Push, the pushed bytes).
+//   read the peers' blocks; finish: group sync.
+// Why no acknowledgement is needed: every call signals every peer. A rank publishes call c+1 only after its group
+// finished reading call c's blocks (group sync in between), and it starts call c+2 (rewriting parity p's blocks)
+// only after ready[1-p] of call c+1 completed, i.e. after every peer published call c+1, hence after every peer
+// finished reading (Pull) or receiving (Push: its ready[p] wait includes our bytes) everything of call c. For the
+// same reason no peer can arrive on ready[p] for call c+2 before this rank waited on ready[p] for call c, so no
+// mbarrier runs two phases ahead of its waiter (no parity aliasing). This holds for any mix of all_reduce,
+// reduce_to_root and all_gather calls, which all signal every peer.
 template <uint32_t N, typename T, Transport X>
 class LinearExchange {
  public:
@@ -169,7 +173,7 @@ class LinearExchange {
 
   CF_DEVICE void init() {
     if (group_.rank == 0) {
-      for (uint32_t i = 0; i < 4; ++i) bars_[i].init(N - 1);
+      for (uint32_t i = 0; i < 2; ++i) bars_[i].init(N - 1);
       dev::fence_mbarrier_init();
     }
   }
@@ -177,12 +181,8 @@ class LinearExchange {
   CF_DEVICE uint32_t rank() const { return rank_; }
   CF_DEVICE const ThreadGroup& group() const { return group_; }
 
-  // Waits until this call's send block may be written; returns it.
-  CF_DEVICE T* begin() {
-    const uint32_t use = calls_ >> 1;
-    if (use > 0) wait_phase(free_bar(), (use - 1) & 1u, limit_);
-    return block(parity(), X == Transport::Pull ? 0 : rank_);
-  }
+  // This call's send block (free to write: see above).
+  CF_DEVICE T* begin() { return block(parity(), X == Transport::Pull ? 0 : rank_); }
 
   // The send block holds `count` elements (written by any group threads): make it available to the peers.
   // only_to != kAllPeers (Push): only that rank needs the data; the others get a bare arrival.
@@ -219,15 +219,12 @@ class LinearExchange {
 
   CF_DEVICE void finish() {
     group_.sync();
-    const uint32_t q = group_.rank;
-    if (q < N && q != rank_) free_bar().arrive_remote(q);
     ++calls_;
   }
 
  private:
   CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
   CF_DEVICE dev::Mbarrier& ready_bar() { return bars_[parity()]; }
-  CF_DEVICE dev::Mbarrier& free_bar() { return bars_[2 + parity()]; }
   CF_DEVICE T* block(uint32_t p, uint32_t index) {
     return reinterpret_cast<T*>(blocks_ + (p * kBlocksPerParity + index) * block_bytes_);
   }

@@ -110,7 +110,6 @@ struct CollectiveRun {
   uint32_t group_first = 0, group_size = 0;
   bool in_place = false;
   uint64_t seed = 0;
-  uint32_t* timeout_flag = nullptr;  // device pointer (GPU runs)
 };
 
 // in: [clusters][calls][N][capacity] element bits; returns [clusters][calls][N][out_stride] element bits.
@@ -125,11 +124,17 @@ std::vector<BitsOf<T>> run_collective(const std::vector<BitsOf<T>>& in, const st
   dev::DeviceBuffer<Bits> out_dev(size_t(run.clusters) * calls * N * Tr::out_stride(capacity));
   dev::DeviceBuffer<uint32_t> counts_dev(counts.size());
   counts_dev.upload(counts);
+#if defined(CF_DEVICE_CUDA)
+  dev::DeviceBuffer<uint32_t> timeout(1);  // bounded waits on the GPU: a protocol bug fails instead of hanging
+  uint32_t* timeout_flag = timeout.data();
+#else
+  uint32_t* timeout_flag = nullptr;  // the emulator reports deadlocks itself
+#endif
   CollectiveParams p{};
   p.in = in_dev.data();
   p.out = out_dev.data();
   p.counts = counts_dev.data();
-  p.timeout_flag = run.timeout_flag;
+  p.timeout_flag = timeout_flag;
   p.calls = calls;
   p.capacity = capacity;
   p.out_stride = Tr::out_stride(capacity);
@@ -147,6 +152,9 @@ std::vector<BitsOf<T>> run_collective(const std::vector<BitsOf<T>>& in, const st
   cfg.emu_seed = run.seed;
   dev::launch(cfg, collective_kernel<N, T, S, X, K, Op>, p);
   dev::synchronize();
+#if defined(CF_DEVICE_CUDA)
+  if (timeout.download()[0] != 0) throw Error("collective_test: an mbarrier wait timed out (protocol bug)");
+#endif
   return out_dev.download();
 }
 
