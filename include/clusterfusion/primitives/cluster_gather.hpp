@@ -71,6 +71,14 @@ class TreeGather {
   static constexpr uint32_t kP = floor_pow2(N), kL = log2_floor(N), kExtra = N - kP;
   static constexpr uint32_t kChannels = kL + 2, kFold = 0, kUnfold = kL + 1;
   static constexpr uint32_t kBarrierBytes = round_up(2 * kChannels * 8, kBarrierArea);
+  // Rank r < P receives the fold of rank r + P (written so that N = P compiles without a pointless comparison).
+  CF_HOST_DEVICE static constexpr bool folds(uint32_t r) {
+    if constexpr (kExtra == 0) {
+      return false;
+    } else {
+      return r < kExtra;
+    }
+  }
 
   CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) {
     return kBarrierBytes + 2 * N * block_bytes<T>(capacity);
@@ -107,7 +115,7 @@ class TreeGather {
       ++calls_;
       return;
     }
-    if (rank_ < kExtra) {
+    if (folds(rank_)) {
       const uint32_t high = rank_ + kP;
       wait_phase(ready_bar(kFold), use & 1u, limit_);
       if constexpr (X == Transport::Pull) copy_blocks(incoming(high), high, 1, count, stride);
@@ -126,19 +134,19 @@ class TreeGather {
           const uint32_t base = s >= kP ? s - kP : s;
           return (base >> k << k) == theirs ? other : gathered();
         });
-        if (X == Transport::Pull && rank_ < kExtra) {  // the unfold partner reads all N blocks from us
+        if (X == Transport::Pull && folds(rank_)) {  // the unfold partner reads all N blocks from us
           copy_blocks(other, theirs, width, count, stride);
-          if (theirs < kExtra) copy_blocks(other, theirs + kP, min_u(width, kExtra - theirs), count, stride);
+          if (folds(theirs)) copy_blocks(other, theirs + kP, min_u(width, kExtra - theirs), count, stride);
         }
       } else if constexpr (X == Transport::Pull) {
         const T* other = incoming(partner);
         copy_blocks(other, theirs, width, count, stride);
-        if (theirs < kExtra) copy_blocks(other, theirs + kP, min_u(width, kExtra - theirs), count, stride);
+        if (folds(theirs)) copy_blocks(other, theirs + kP, min_u(width, kExtra - theirs), count, stride);
       }
       fence_for_push();
       group_.sync();
     }
-    if (rank_ < kExtra && group_.rank == 0) {
+    if (folds(rank_) && group_.rank == 0) {
       const uint32_t high = rank_ + kP;
       send(kUnfold, high, 0, high, stride);
       if (high + 1 < N) send(kUnfold, high, high + 1, N - high - 1, stride, /*announce=*/false);
@@ -183,7 +191,7 @@ class TreeGather {
   }
   // Round exchange: this rank's group [mine, mine + width) and its folded extras [mine + P, ...).
   CF_DEVICE void send_group(uint32_t ch, uint32_t to, uint32_t mine, uint32_t width, uint32_t stride) {
-    const uint32_t extras = mine < kExtra ? min_u(width, kExtra - mine) : 0;
+    const uint32_t extras = folds(mine) ? min_u(width, kExtra - mine) : 0;
     if constexpr (X == Transport::Pull) {
       ready_bar(ch).arrive_remote(to);
     } else {

@@ -102,6 +102,14 @@ class TreeReduce {
   static constexpr uint32_t kValues = kL + 2;
   static constexpr uint32_t kBlocksPerParity = kValues + (X == Transport::Push ? kChannels : 0);
   static constexpr uint32_t kBarrierBytes = round_up(2 * kChannels * 8, kBarrierArea);
+  // Rank r < P receives the fold of rank r + P (written so that N = P compiles without a pointless comparison).
+  CF_HOST_DEVICE static constexpr bool folds(uint32_t r) {
+    if constexpr (kExtra == 0) {
+      return false;
+    } else {
+      return r < kExtra;
+    }
+  }
 
   CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) {
     return kBarrierBytes + 2 * kBlocksPerParity * block_bytes<T>(capacity);
@@ -143,7 +151,7 @@ class TreeReduce {
     }
 
     uint32_t current = 0;  // value block holding this rank's running value
-    if (rank_ < kExtra) {  // fold: (x_r) (+) (x_{r+P})
+    if (folds(rank_)) {  // fold: (x_r) (+) (x_{r+P})
       const uint32_t high = rank_ + kP;
       wait_phase(ready_bar(kFold), use & 1u, limit_);
       const T* other = incoming(kFold, high, 0);
@@ -161,12 +169,12 @@ class TreeReduce {
       const uint32_t partner = rank_ ^ (1u << k), ch = 1 + k;
       if (group_.rank == 0) send(ch, partner, value(current), count);
       wait_phase(ready_bar(ch), use & 1u, limit_);
-      const uint32_t partner_value = k == 0 ? (partner < kExtra ? 1u : 0u) : k + 1;
+      const uint32_t partner_value = k == 0 ? (folds(partner) ? 1u : 0u) : k + 1;
       const T* other = incoming(ch, partner, partner_value);
       const T* lower = partner < rank_ ? other : value(current);
       const T* higher = partner < rank_ ? value(current) : other;
       const bool last = k + 1 == kL;
-      const bool keep = !last || rank_ < kExtra;  // the final value is sent on by the unfold
+      const bool keep = !last || folds(rank_);  // the final value is sent on by the unfold
       const bool to_buf = last && store_result;
       for (uint32_t v = group_.rank; v < vectors; v += group_.size) {
         const uint32_t e0 = v * C::kElems;
@@ -179,7 +187,7 @@ class TreeReduce {
       group_.sync();
       current = k + 2;
     }
-    if (rank_ < kExtra && group_.rank == 0) send(kUnfold, rank_ + kP, value(kValues - 1), count);
+    if (folds(rank_) && group_.rank == 0) send(kUnfold, rank_ + kP, value(kValues - 1), count);
     ++calls_;
   }
 

@@ -1,4 +1,4 @@
-// Back-to-back calls (reuse handshake), ten schedule seeds, thread groups, two clusters, in-place gather.
+// Back-to-back calls (the reuse handshake), ten schedule seeds, thread groups, two clusters, in-place gather.
 #include <gtest/gtest.h>
 
 #include "kernels/suite.hpp"
@@ -6,7 +6,9 @@
 namespace cf::test {
 namespace {
 
-TEST(ClusterCollectives, ReuseSeedsGroupsAndInPlace) { EXPECT_EQ(join(reuse_and_groups()), ""); }
+TEST(ClusterCollectives, ReuseSeedsGroupsAndInPlace) {
+  EXPECT_EQ(join(reuse_and_groups()), "");
+}
 
 }  // namespace
 }  // namespace cf::test

@@ -6,7 +6,10 @@
 namespace cf::test {
 namespace {
 
-TEST(ClusterReduce, AllReduceEveryClusterSize2to8) { EXPECT_EQ(join(sweep_cluster_sizes<2, 8, float, Kind::AllReduce>(1)), ""); }
+TEST(ClusterReduce, AllReduceEveryClusterSize2to8) {
+  EXPECT_EQ(join(sweep_cluster_sizes<2, 8, float, Kind::AllReduce>(1)), "");
+}
+
 TEST(ClusterReduce, AllReduceEveryClusterSize9to16) {
   EXPECT_EQ(join(sweep_cluster_sizes<9, 16, float, Kind::AllReduce>(2)), "");
 }

@@ -6,8 +6,13 @@
 namespace cf::test {
 namespace {
 
-TEST(ClusterReduce, HalfTypesMaxMinAndUserOp) { EXPECT_EQ(join(types_and_ops()), ""); }
-TEST(ClusterReduce, ReduceToRootAndSoftmaxMerge) { EXPECT_EQ(join(root_and_softmax()), ""); }
+TEST(ClusterReduce, HalfTypesMaxMinAndUserOp) {
+  EXPECT_EQ(join(types_and_ops()), "");
+}
+
+TEST(ClusterReduce, ReduceToRootAndSoftmaxMerge) {
+  EXPECT_EQ(join(root_and_softmax()), "");
+}
 
 }  // namespace
 }  // namespace cf::test
