@@ -181,7 +181,11 @@ class TreeGather {
       if (announce) {
         // The unfold sends N - 1 blocks in two copies; announce all of them with the first.
         const uint32_t total = ch == kUnfold ? (N - 1) * stride * uint32_t(sizeof(T)) : bytes;
-        ready_bar(ch).arrive_expect_tx_remote(total, to);
+        if (total > 0) {
+          ready_bar(ch).arrive_expect_tx_remote(total, to);
+        } else {
+          ready_bar(ch).arrive_remote(to);
+        }
       }
       if (bytes > 0) {
         T* blocks = gathered() + first * stride;
@@ -192,7 +196,7 @@ class TreeGather {
   // Round exchange: this rank's group [mine, mine + width) and its folded extras [mine + P, ...).
   CF_DEVICE void send_group(uint32_t ch, uint32_t to, uint32_t mine, uint32_t width, uint32_t stride) {
     const uint32_t extras = folds(mine) ? min_u(width, kExtra - mine) : 0;
-    if constexpr (X == Transport::Pull) {
+    if (X == Transport::Pull || stride == 0) {
       ready_bar(ch).arrive_remote(to);
     } else {
       const uint32_t block = stride * uint32_t(sizeof(T));

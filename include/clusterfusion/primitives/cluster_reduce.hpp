@@ -203,7 +203,7 @@ class TreeReduce {
   }
   // One thread: make `src` (this rank's value block) available to `to` on channel ch.
   CF_DEVICE void send(uint32_t ch, uint32_t to, T* src, uint32_t count) {
-    if constexpr (X == Transport::Pull) {
+    if (X == Transport::Pull || count == 0) {
       ready_bar(ch).arrive_remote(to);
     } else {
       const uint32_t bytes = block_bytes<T>(count);

@@ -194,7 +194,7 @@ class LinearExchange {
       dev::Mbarrier& ready = ready_bar();
       if constexpr (X == Transport::Pull) {
         ready.arrive_remote(q);
-      } else if (only_to == kAllPeers || only_to == q) {
+      } else if ((only_to == kAllPeers || only_to == q) && count > 0) {
         const uint32_t bytes = block_bytes<T>(count);
         T* send = block(parity(), rank_);
         ready.arrive_expect_tx_remote(bytes, q);

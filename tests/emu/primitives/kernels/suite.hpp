@@ -14,6 +14,23 @@ using Failures = std::vector<std::string>;
 inline void note(Failures& f, const std::string& failure) {
   if (!failure.empty()) f.push_back(failure);
 }
+// Runs one check; an exception (an emulator report, a CUDA launch error) becomes a failure naming the case, so the
+// remaining cases still run.
+template <typename Check>
+void run_case(Failures& f, const std::string& name, Check check) {
+  try {
+    note(f, check());
+  } catch (const std::exception& e) {
+    f.push_back(name + ": " + e.what());
+  }
+}
+template <uint32_t N, typename T, prim::Strategy S, prim::Transport X, Kind K>
+std::string case_name(const CollectiveRun& run) {
+  static const char* kinds[] = {"all_reduce", "reduce_to_root", "all_gather"};
+  return std::string(kinds[int(K)]) + " " + type_name<T>() + " N=" + std::to_string(N) + " " + strategy_name(S) +
+         "/" + transport_name(X) + " seed " + std::to_string(run.seed) + " threads " + std::to_string(run.threads);
+}
+
 inline std::string join(const Failures& f) {
   std::string s;
   for (const auto& x : f) s += x + "\n";
@@ -38,7 +55,8 @@ Failures sweep_cluster_sizes(uint64_t seed) {
     for_each_schedule([&]<prim::Strategy S, prim::Transport X>() {
       CollectiveRun run;
       run.seed = seed;
-      note(f, check_sweep<N, T, S, X, K, Op>(run, 1000 * N + 7));
+      run_case(f, case_name<N, T, S, X, K>(run),
+               [&] { return check_sweep<N, T, S, X, K, Op>(run, 1000 * N + 7); });
     });
   });
   return f;
@@ -56,16 +74,26 @@ inline Failures types_and_ops() {
   CollectiveRun run;
   run.seed = 3;
   for_each_schedule([&]<prim::Strategy S, prim::Transport X>() {
-    note(f, check_sweep<3, dev::f16, S, X, Kind::AllReduce>(run, 11));
-    note(f, check_sweep<8, dev::f16, S, X, Kind::AllReduce>(run, 12));
-    note(f, check_sweep<5, dev::bf16, S, X, Kind::AllReduce>(run, 13));
-    note(f, check_sweep<16, dev::bf16, S, X, Kind::AllReduce>(run, 14));
-    note(f, check_sweep<6, float, S, X, Kind::AllReduce, prim::Max>(run, 15));
-    note(f, check_sweep<4, dev::bf16, S, X, Kind::AllReduce, prim::Min>(run, 16));
-    note(f, check_sweep<7, float, S, X, Kind::AllReduce, SkewedSum>(run, 17));
-    note(f, check_sweep<8, float, S, X, Kind::AllReduce, SkewedSum>(run, 18));
-    note(f, check_sweep<3, dev::f16, S, X, Kind::AllGather>(run, 19));
-    note(f, check_sweep<8, dev::bf16, S, X, Kind::AllGather>(run, 20));
+    run_case(f, case_name<3, dev::f16, S, X, Kind::AllReduce>(run),
+             [&] { return check_sweep<3, dev::f16, S, X, Kind::AllReduce>(run, 11); });
+    run_case(f, case_name<8, dev::f16, S, X, Kind::AllReduce>(run),
+             [&] { return check_sweep<8, dev::f16, S, X, Kind::AllReduce>(run, 12); });
+    run_case(f, case_name<5, dev::bf16, S, X, Kind::AllReduce>(run),
+             [&] { return check_sweep<5, dev::bf16, S, X, Kind::AllReduce>(run, 13); });
+    run_case(f, case_name<16, dev::bf16, S, X, Kind::AllReduce>(run),
+             [&] { return check_sweep<16, dev::bf16, S, X, Kind::AllReduce>(run, 14); });
+    run_case(f, case_name<6, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_sweep<6, float, S, X, Kind::AllReduce, prim::Max>(run, 15); });
+    run_case(f, case_name<4, dev::bf16, S, X, Kind::AllReduce>(run),
+             [&] { return check_sweep<4, dev::bf16, S, X, Kind::AllReduce, prim::Min>(run, 16); });
+    run_case(f, case_name<7, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_sweep<7, float, S, X, Kind::AllReduce, SkewedSum>(run, 17); });
+    run_case(f, case_name<8, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_sweep<8, float, S, X, Kind::AllReduce, SkewedSum>(run, 18); });
+    run_case(f, case_name<3, dev::f16, S, X, Kind::AllGather>(run),
+             [&] { return check_sweep<3, dev::f16, S, X, Kind::AllGather>(run, 19); });
+    run_case(f, case_name<8, dev::bf16, S, X, Kind::AllGather>(run),
+             [&] { return check_sweep<8, dev::bf16, S, X, Kind::AllGather>(run, 20); });
   });
   return f;
 }
@@ -76,50 +104,69 @@ inline Failures root_and_softmax() {
   CollectiveRun run;
   run.seed = 5;
   for_each_schedule([&]<prim::Strategy S, prim::Transport X>() {
-    note(f, check_sweep<2, float, S, X, Kind::ReduceToRoot>(run, 21));
-    note(f, check_sweep<6, float, S, X, Kind::ReduceToRoot>(run, 22));
-    note(f, check_sweep<16, dev::f16, S, X, Kind::ReduceToRoot>(run, 23));
-    note(f, (check_softmax_merge<2, S, X>(6, run, 24)));
-    note(f, (check_softmax_merge<4, S, X>(6, run, 25)));
-    note(f, (check_softmax_merge<7, S, X>(6, run, 26)));
-    note(f, (check_softmax_merge<16, S, X>(6, run, 27)));
+    run_case(f, case_name<2, float, S, X, Kind::ReduceToRoot>(run),
+             [&] { return check_sweep<2, float, S, X, Kind::ReduceToRoot>(run, 21); });
+    run_case(f, case_name<6, float, S, X, Kind::ReduceToRoot>(run),
+             [&] { return check_sweep<6, float, S, X, Kind::ReduceToRoot>(run, 22); });
+    run_case(f, case_name<16, dev::f16, S, X, Kind::ReduceToRoot>(run),
+             [&] { return check_sweep<16, dev::f16, S, X, Kind::ReduceToRoot>(run, 23); });
+    run_case(f, case_name<2, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_softmax_merge<2, S, X>(6, run, 24); });
+    run_case(f, case_name<4, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_softmax_merge<4, S, X>(6, run, 25); });
+    run_case(f, case_name<7, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_softmax_merge<7, S, X>(6, run, 26); });
+    run_case(f, case_name<16, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_softmax_merge<16, S, X>(6, run, 27); });
   });
   return f;
 }
 
-// Many calls back to back with changing data and counts (the reuse handshake), 10 schedules seeds, a thread group
+// Many calls back to back with changing data and counts (the reuse handshake), 10 schedule seeds, a thread group
 // that is not the whole block, two clusters per launch, in-place gather.
 inline Failures reuse_and_groups() {
   Failures f;
   std::vector<uint32_t> fifty;
-  for (uint32_t i = 0; i < 50; ++i) fifty.push_back(std::vector<uint32_t>{1, 4, 60, 256, 33, 1024, 7}[i % 7]);
+  for (uint32_t i = 0; i < 50; ++i) fifty.push_back(std::vector<uint32_t>{1, 4, 60, 256, 0, 33, 1024, 7}[i % 8]);
   for_each_schedule([&]<prim::Strategy S, prim::Transport X>() {
     for (uint64_t seed = 1; seed <= 10; ++seed) {
       CollectiveRun run;
       run.seed = seed;
-      note(f, check_sweep<4, float, S, X, Kind::AllReduce>(run, 31));
-      note(f, check_sweep<7, float, S, X, Kind::AllReduce>(run, 32));
-      note(f, check_sweep<5, float, S, X, Kind::AllGather>(run, 33));
+      run_case(f, case_name<4, float, S, X, Kind::AllReduce>(run),
+               [&] { return check_sweep<4, float, S, X, Kind::AllReduce>(run, 31); });
+      run_case(f, case_name<7, float, S, X, Kind::AllReduce>(run),
+               [&] { return check_sweep<7, float, S, X, Kind::AllReduce>(run, 32); });
+      run_case(f, case_name<5, float, S, X, Kind::AllGather>(run),
+               [&] { return check_sweep<5, float, S, X, Kind::AllGather>(run, 33); });
     }
     CollectiveRun run;
     run.seed = 9;
-    note(f, check_collective<4, float, S, X, Kind::AllReduce>(fifty, 1024, run, 34));
-    note(f, check_collective<13, float, S, X, Kind::AllReduce>(fifty, 1024, run, 35));
-    note(f, check_collective<6, float, S, X, Kind::AllGather>(fifty, 1024, run, 36));
-    note(f, check_collective<13, float, S, X, Kind::ReduceToRoot>(fifty, 1024, run, 37));
+    run_case(f, case_name<4, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_collective<4, float, S, X, Kind::AllReduce>(fifty, 1024, run, 34); });
+    run_case(f, case_name<13, float, S, X, Kind::AllReduce>(run),
+             [&] { return check_collective<13, float, S, X, Kind::AllReduce>(fifty, 1024, run, 35); });
+    run_case(f, case_name<6, float, S, X, Kind::AllGather>(run),
+             [&] { return check_collective<6, float, S, X, Kind::AllGather>(fifty, 1024, run, 36); });
+    run_case(f, case_name<13, float, S, X, Kind::ReduceToRoot>(run),
+             [&] { return check_collective<13, float, S, X, Kind::ReduceToRoot>(fifty, 1024, run, 37); });
     CollectiveRun group = run;
     group.threads = 128;
     group.group_first = 32;
     group.group_size = 64;
-    note(f, check_sweep<4, float, S, X, Kind::AllReduce>(group, 38));
-    note(f, check_sweep<5, float, S, X, Kind::AllGather>(group, 39));
+    run_case(f, case_name<4, float, S, X, Kind::AllReduce>(group),
+             [&] { return check_sweep<4, float, S, X, Kind::AllReduce>(group, 38); });
+    run_case(f, case_name<5, float, S, X, Kind::AllGather>(group),
+             [&] { return check_sweep<5, float, S, X, Kind::AllGather>(group, 39); });
     CollectiveRun two = run;
     two.clusters = 2;
-    note(f, check_sweep<4, float, S, X, Kind::AllReduce>(two, 40));
+    run_case(f, case_name<4, float, S, X, Kind::AllReduce>(two),
+             [&] { return check_sweep<4, float, S, X, Kind::AllReduce>(two, 40); });
     CollectiveRun in_place = run;
     in_place.in_place = true;
-    note(f, check_sweep<5, float, S, X, Kind::AllGather>(in_place, 41));
-    note(f, check_sweep<8, dev::bf16, S, X, Kind::AllGather>(in_place, 42));
+    run_case(f, case_name<5, float, S, X, Kind::AllGather>(in_place),
+             [&] { return check_sweep<5, float, S, X, Kind::AllGather>(in_place, 41); });
+    run_case(f, case_name<8, dev::bf16, S, X, Kind::AllGather>(in_place),
+             [&] { return check_sweep<8, dev::bf16, S, X, Kind::AllGather>(in_place, 42); });
   });
   return f;
 }
