@@ -1,6 +1,7 @@
 // Micro-benchmark of the cluster collectives (include/clusterfusion/primitives): latency of one fp32 sum all-reduce
 // across an N-CTA cluster, measured inside one kernel over many back-to-back calls, for N = 2, 4, 8, 16 and
-// 256 B .. 64 KB per CTA, for every strategy/transport and for an all-reduce through global memory (L2).
+// 256 B .. 64 KB per CTA, for every strategy/transport of ClusterReduce, the zero-copy reduce-scatter + all-gather of
+// ClusterReduceScatter, and an all-reduce through global memory (L2).
 //
 //   cf_bench_cluster_collectives [--json PATH] [--iters N]
 //
@@ -26,12 +27,14 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/device/launch.hpp"
 #include "clusterfusion/primitives/cluster_reduce.hpp"
+#include "clusterfusion/primitives/cluster_reduce_scatter.hpp"
 
 #ifndef CF_GIT_SHA
 #define CF_GIT_SHA "unknown"
@@ -47,13 +50,15 @@ constexpr uint32_t kMaxPolls = 1u << 20;  // a healthy wait takes a few polls; t
 constexpr double kLaunchTimeoutS = 10.0;
 constexpr uint32_t kRepeats = 3;  // launches per configuration; the median is reported
 
-enum class Method : uint8_t { LinearPull, LinearPush, TreePull, TreePush, Global, RefillOnly };
+enum class Method : uint8_t { LinearPull, LinearPush, TreePull, TreePush, ReduceScatter, Global, RefillOnly };
+constexpr size_t kDsmemMethods = 5;  // the methods before Global; each table group is kDsmemMethods + 1 rows
 const char* method_name(Method m) {
   switch (m) {
     case Method::LinearPull: return "linear/pull";
     case Method::LinearPush: return "linear/push";
     case Method::TreePull: return "tree/pull";
     case Method::TreePush: return "tree/push";
+    case Method::ReduceScatter: return "rs+ag/inplace";
     case Method::Global: return "global (L2)";
     case Method::RefillOnly: return "refill only";
   }
@@ -76,13 +81,29 @@ struct Bench {
       (M == Method::TreePull || M == Method::TreePush) ? prim::Strategy::Tree : prim::Strategy::Linear;
   static constexpr prim::Transport kTransport =
       (M == Method::LinearPush || M == Method::TreePush) ? prim::Transport::Push : prim::Transport::Pull;
-  using Reduce = prim::ClusterReduce<N, float, kStrategy, kTransport>;
+  using Reduce = std::conditional_t<M == Method::ReduceScatter, prim::ClusterReduceScatter<N, float>,
+                                    prim::ClusterReduce<N, float, kStrategy, kTransport>>;
   static constexpr bool kCollective = M != Method::Global && M != Method::RefillOnly;
   CF_HOST_DEVICE static uint32_t workspace(uint32_t count) {
-    return kCollective ? prim::detail::round_up(Reduce::workspace_bytes(count), 128) : 0;
+    if constexpr (M == Method::ReduceScatter) {
+      return prim::detail::round_up(Reduce::workspace_bytes(), 128);
+    } else {
+      return kCollective ? prim::detail::round_up(Reduce::workspace_bytes(count), 128) : 0;
+    }
   }
+  CF_DEVICE static Reduce make(uint8_t* smem, const BenchParams& p);
   CF_HOST_DEVICE static uint32_t smem_bytes(uint32_t count) { return workspace(count) + count * 4; }
 };
+
+template <uint32_t N, Method M>
+CF_DEVICE typename Bench<N, M>::Reduce Bench<N, M>::make(uint8_t* smem, const BenchParams& p) {
+  const prim::WaitLimit limit{p.timeout, kMaxPolls};
+  if constexpr (M == Method::ReduceScatter) {
+    return Reduce(smem, prim::ThreadGroup::block(), limit);
+  } else {
+    return Reduce(smem, p.count, prim::ThreadGroup::block(), limit);
+  }
+}
 
 __device__ __forceinline__ uint64_t global_timer_ns() {
   uint64_t t;
@@ -107,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, 1) bench_kernel(const __grid_constan
   float* buf = reinterpret_cast<float*>(smem + B::workspace(p.count));
   const uint32_t t = dev::thread_rank(), rank = dev::block_rank_in_cluster();
   const uint32_t vectors = p.count / 4;
-  typename B::Reduce reduce(smem, p.count, prim::ThreadGroup::block(), prim::WaitLimit{p.timeout, kMaxPolls});
+  typename B::Reduce reduce = B::make(smem, p);
   if constexpr (B::kCollective) reduce.init();
   dev::cluster_sync();
   uint64_t start = 0;
@@ -258,8 +279,11 @@ template <uint32_t N>
 void run_cluster_size(const std::vector<uint32_t>& sizes, uint32_t calls, std::vector<Result>& results) {
   for (uint32_t bytes : sizes) {
     const Result refill = run_one<N, Method::RefillOnly>(bytes, calls);
-    std::vector<Result> row = {run_one<N, Method::LinearPull>(bytes, calls), run_one<N, Method::LinearPush>(bytes, calls),
-                               run_one<N, Method::TreePull>(bytes, calls), run_one<N, Method::TreePush>(bytes, calls),
+    std::vector<Result> row = {run_one<N, Method::LinearPull>(bytes, calls),
+                               run_one<N, Method::LinearPush>(bytes, calls),
+                               run_one<N, Method::TreePull>(bytes, calls),
+                               run_one<N, Method::TreePush>(bytes, calls),
+                               run_one<N, Method::ReduceScatter>(bytes, calls),
                                run_one<N, Method::Global>(bytes, calls)};
     for (Result& r : row) {
       r.net_ns = r.ns_per_call - refill.ns_per_call;
@@ -318,9 +342,9 @@ int main(int argc, char** argv) {
   // Table: one row per (N, size, method); speed-up against the global path of the same (N, size), on net times.
   std::printf("%3s %7s  %-12s %10s %10s %12s  %s\n", "N", "bytes", "method", "ns/call", "net ns", "vs global", "check");
   bool all_correct = true;
-  for (size_t i = 0; i < results.size(); i += 5) {
-    const Result& global = results[i + 4];
-    for (size_t j = 0; j < 5; ++j) {
+  for (size_t i = 0; i < results.size(); i += kDsmemMethods + 1) {
+    const Result& global = results[i + kDsmemMethods];
+    for (size_t j = 0; j <= kDsmemMethods; ++j) {
       const Result& r = results[i + j];
       if (!r.ran) {
         std::printf("%3u %7s  %-12s %10s %10s %12s  %s\n", r.n, size_name(r.bytes).c_str(), method_name(r.method), "-",
@@ -329,7 +353,7 @@ int main(int argc, char** argv) {
       }
       all_correct = all_correct && r.correct;
       char ratio[32] = "";
-      if (j < 4 && global.ran && r.net_ns > 0) std::snprintf(ratio, sizeof(ratio), "%.2fx", global.net_ns / r.net_ns);
+      if (j < kDsmemMethods && global.ran && r.net_ns > 0) std::snprintf(ratio, sizeof(ratio), "%.2fx", global.net_ns / r.net_ns);
       std::printf("%3u %7s  %-12s %10.0f %10.0f %12s  %s\n", r.n, size_name(r.bytes).c_str(), method_name(r.method),
                   r.ns_per_call, r.net_ns, ratio, r.correct ? "ok" : ("FAILED: " + r.note).c_str());
     }
@@ -341,13 +365,13 @@ int main(int argc, char** argv) {
   bool goal_ratio = true;
   double n4_4k = -1;
   std::string best_json;
-  for (size_t i = 0; i < results.size(); i += 5) {
+  for (size_t i = 0; i < results.size(); i += kDsmemMethods + 1) {
     const Result* best = nullptr;
-    for (size_t j = 0; j < 4; ++j) {
+    for (size_t j = 0; j < kDsmemMethods; ++j) {
       const Result& r = results[i + j];
       if (r.ran && r.correct && (best == nullptr || r.net_ns < best->net_ns)) best = &r;
     }
-    const Result& global = results[i + 4];
+    const Result& global = results[i + kDsmemMethods];
     if (best == nullptr) continue;
     const double ratio = global.net_ns / best->net_ns;
     goal_ratio = goal_ratio && ratio >= 1.5;
