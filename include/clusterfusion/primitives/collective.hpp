@@ -11,7 +11,8 @@
 //     start-up cluster_sync serves, if init() comes before it).
 //   - Calls: every thread of the group, in every CTA of the cluster, makes the same sequence of calls with the same
 //     counts (counts <= capacity). The object keeps the call counter (mbarrier phase parity) in registers, so keep
-//     one object per workspace and pass it by reference.
+//     one object per workspace and pass it by reference. Inputs must be complete and visible to the whole group at
+//     the call (a block_sync / group barrier after writing them); on return the group has synchronised.
 //   - Teardown: end the kernel (or reuse the workspace memory) only after a cluster_sync() that follows the last call
 //     in every CTA: peers may still read this CTA's blocks or signal its mbarriers until then.
 #pragma once
@@ -77,7 +78,7 @@ struct ThreadGroup {
 // forever (the emulator reports a deadlock instead).
 struct WaitLimit {
   uint32_t* flag = nullptr;
-  uint32_t max_polls = 1u << 22;
+  uint32_t max_polls = 1u << 20;
 };
 
 namespace detail {

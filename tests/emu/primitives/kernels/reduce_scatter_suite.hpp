@@ -54,7 +54,7 @@ inline Failures reduce_scatter_cases() {
     return both(check_reduce_scatter<0, float>(5, fifty, RsMode::SkewedInPlace, 1, 64, 10, 150),
                 check_reduce_scatter<4, float>(4, fifty, RsMode::AllReduce, 4, 64, 11, 151));
   });
-  for (uint64_t seed = 1; seed <= 10; ++seed)
+  for (uint64_t seed = 1; seed <= kScheduleSeeds; ++seed)
     run_case(f, "rs seed " + std::to_string(seed), [&] {
       return check_reduce_scatter<0, float>(5, f32, RsMode::SkewedInPlace, 1, 64, seed, 160);
     });
