@@ -1,0 +1,73 @@
+// The clusterfusion binary, run as a user would: help for every command, and one-line errors with exit code 2 for a
+// bad command line and 1 for bad files.
+#include <gtest/gtest.h>
+
+#include "cli_runner.hpp"
+
+namespace {
+
+using cf::test::count_lines;
+using cf::test::Result;
+using cf::test::run_cli;
+
+TEST(Cli, HelpForEveryCommand) {
+  for (const std::string cmd : {"--help", "help", "generate --help", "chat --help", "info --help", "generate -h"}) {
+    const Result r = run_cli(cmd);
+    EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.err;
+    EXPECT_NE(r.out.find("usage: clusterfusion"), std::string::npos) << cmd;
+  }
+  const Result g = run_cli("generate --help");
+  for (const char* option : {"--prompt", "--max-tokens", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
+                             "--seed", "--system", "--template", "--raw", "--model", "--backend", "--threads"})
+    EXPECT_NE(g.out.find(option), std::string::npos) << option;
+}
+
+TEST(Cli, UsageErrorsExitWithCode2AndOneLine) {
+  struct Case {
+    std::string args, expected;
+  };
+  for (const Case& c : {Case{"", "missing command"}, Case{"frobnicate", "unknown command 'frobnicate'"},
+                        Case{"generate --bogus", "unknown option '--bogus'"},
+                        Case{"generate -p hi -n", "-n: missing value N"},
+                        Case{"generate -p hi -n many", "-n: expected an integer, got 'many'"},
+                        Case{"generate -p hi --temp hot", "--temp: expected a number"},
+                        Case{"generate -p hi --top-p 1.5", "--top-p: must be in (0, 1]"},
+                        Case{"generate -p hi --template vicuna", "unknown chat template 'vicuna'"},
+                        Case{"generate -p hi --backend cuda", "--backend cuda: not built yet"},
+                        Case{"generate -p hi --backend tpu", "unknown backend 'tpu'"},
+                        Case{"generate", "missing -p TEXT"}, Case{"generate --raw=yes -p x", "--raw takes no value"},
+                        Case{"generate -p hi -t -1", "-t: expected an integer in 0..256"},
+                        Case{"info a.gguf b.gguf", "unexpected argument 'b.gguf'"}}) {
+    const Result r = run_cli(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << ": " << r.err;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << c.args << ": " << r.err;
+    EXPECT_EQ(r.err.rfind("clusterfusion: "), r.err.find("clusterfusion: ")) << "one error line: " << r.err;
+  }
+}
+
+TEST(Cli, MissingOrBadModelFilesExitWithCode1) {
+  const Result missing = run_cli("generate -p hi -m /nonexistent/model.gguf");
+  EXPECT_EQ(missing.exit_code, 1) << missing.err;
+  EXPECT_NE(missing.err.find("/nonexistent/model.gguf"), std::string::npos) << missing.err;
+  EXPECT_EQ(count_lines(missing.err), 1) << missing.err;
+
+  const auto bad = std::filesystem::temp_directory_path() / ("cf_test_cli_bad_" + std::to_string(getpid()) + ".gguf");
+  std::ofstream(bad) << "this is not a model";
+  const Result garbage = run_cli("info " + bad.string());
+  std::filesystem::remove(bad);
+  EXPECT_EQ(garbage.exit_code, 1) << garbage.err;
+  EXPECT_NE(garbage.err.find(bad.string()), std::string::npos) << garbage.err;
+  EXPECT_EQ(count_lines(garbage.err), 1) << garbage.err;
+}
+
+TEST(Cli, MissingDefaultModelSaysToRunSetup) {
+  const auto empty = std::filesystem::temp_directory_path() / ("cf_test_cli_cache_" + std::to_string(getpid()));
+  std::filesystem::create_directories(empty);
+  const Result r = run_cli("generate -p hi", "CF_CACHE_DIR=" + empty.string());
+  std::filesystem::remove_all(empty);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("scripts/setup.sh"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(empty.string() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"), std::string::npos) << r.err;
+}
+
+}  // namespace
