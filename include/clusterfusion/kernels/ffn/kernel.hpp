@@ -19,9 +19,9 @@
 //               decisions at their next block boundary (and wait for the remaining ones at the end), so neither the
 //               fence nor the atomic's round trip is ever on their path.
 // The down weights do not depend on the activations, so the ring fills with them during the exchange of phase 3.
-// Every cluster visits the output blocks in the same order: a block is complete early (its sum overlaps the
-// streaming of later blocks; only the last block's sum is the kernel's tail), and the clusters read the same rows
-// of W_down at about the same time (whole rows, in DRAM terms).
+// Ranks visit their output blocks in an order rotated by the cluster index: every block is completed at the end by
+// one of the few clusters that visit it last, so the sums are spread over many CTAs (each sums one or two blocks)
+// instead of falling to whichever CTA is slowest, which the extra work would keep slowest (docs/ffn.md §2).
 // Cross-CTA steps inside the cluster use DSMEM with mbarrier signalling (no cluster barrier after the first, so the
 // producer never joins one mid-kernel); each exchange barrier is used once per launch.
 #pragma once
@@ -78,6 +78,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
   const int32_t down_items = ws::ceil_div(f_rows, p.down_cols);
   const int32_t n_blocks = ws::ceil_div(down_groups, p.block_groups);
   const int32_t block_rows = p.block_groups * down_m * ws::kTileRows;
+  // the output block visited i-th (barriers and flags are indexed by visit position, counters by block)
+  auto block_at = [&](int32_t i) { return (i + cluster) % n_blocks; };
 
   // ---- setup ----------------------------------------------------------------------------------------------------
   if (tid == 0) {
@@ -106,35 +108,41 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
                          col0 + s * p.gu_cols, lane);
       }
     }
-    for (int32_t grp = 0; grp < down_groups; ++grp) {
-      const int32_t t0 = grp * down_m, nt = o_tiles - t0 < down_m ? o_tiles - t0 : down_m;
-      for (int32_t s = 0; s < down_items; ++s)
-        ws::load_panel(ring, item++, p.down, ws::chunk_width(f_rows, p.down_cols, s), col0 + t0 * ws::kTileRows, nt,
-                       f0 + s * p.down_cols, lane);
+    for (int32_t i = 0; i < n_blocks; ++i) {
+      const int32_t blk = block_at(i);
+      const int32_t g_end = (blk + 1) * p.block_groups < down_groups ? (blk + 1) * p.block_groups : down_groups;
+      for (int32_t grp = blk * p.block_groups; grp < g_end; ++grp) {
+        const int32_t t0 = grp * down_m, nt = o_tiles - t0 < down_m ? o_tiles - t0 : down_m;
+        for (int32_t s = 0; s < down_items; ++s)
+          ws::load_panel(ring, item++, p.down, ws::chunk_width(f_rows, p.down_cols, s), col0 + t0 * ws::kTileRows,
+                         nt, f0 + s * p.down_cols, lane);
+      }
     }
   } else if (warp == uint32_t(kArrivalWarp)) {
-    // ==== arrival warp: publishes the output blocks in order, several at once when the consumers are ahead =========
-    // Lane i takes block next + i if it is stored already: release fence (the consumers' partial stores, ordered
-    // before it through stored_bar), counter atomic, and when it completed the block the acquire fence (the other
-    // clusters' partials) and the counter reset for the next launch; then decided_bar tells the consumers.
+    // ==== arrival warp: publishes the output blocks in visit order, several at once when the consumers are ahead ===
+    // Lane j takes the block visited at position next + j if it is stored already: release fence (the consumers'
+    // partial stores, ordered before it through stored_bar), counter atomic, and when it completed the block the
+    // acquire fence (the other clusters' partials) and the counter reset for the next launch; then decided_bar
+    // tells the consumers.
     uint32_t* const counters = p.counters + rank * p.blocks_max;
     for (int32_t next = 0; next < n_blocks;) {
       ws::wait(stored_bar[next], 0, timeout_word);
-      const int32_t b = next + int32_t(lane);
-      const bool ready = lane == 0 || (b < n_blocks && stored_bar[b].try_wait(0));
+      const int32_t i = next + int32_t(lane);
+      const bool ready = lane == 0 || (i < n_blocks && stored_bar[i].try_wait(0));
       const uint32_t mask = dev::ballot_sync(dev::kFullMask, ready);
       int32_t count = 0;
-      while (count < 32 && ((mask >> count) & 1u)) ++count;  // the stored blocks next, next + 1, ...
+      while (count < 32 && ((mask >> count) & 1u)) ++count;  // the stored positions next, next + 1, ...
       if (int32_t(lane) < count) {
+        uint32_t* const counter = counters + block_at(i);
         dev::threadfence();
-        const uint32_t old = dev::atomic_add(counters + b, 1u);
+        const uint32_t old = dev::atomic_add(counter, 1u);
         const bool last = old == uint32_t(n_clusters - 1);
         if (last) {
-          (void)dev::atomic_exch(counters + b, 0u);
+          (void)dev::atomic_exch(counter, 0u);
           dev::threadfence();
         }
-        small->block_last[b] = last ? 1 : 0;
-        decided_bar[b].arrive();
+        small->block_last[i] = last ? 1 : 0;
+        decided_bar[i].arrive();
       }
       next += count;
     }
@@ -330,12 +338,20 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
       const uint32_t ws_cluster_stride = uint32_t(p.hidden) * uint32_t(batch);
       const int32_t chunks = ws::ceil_div(n_clusters, kClustersPerChunk);
       // Sums output block `blk` of this rank over all clusters and writes out / residual_out. Every thread loads a
-      // float4 of kClustersPerChunk clusters (all loads in flight at once); the chunk sums are added in chunk order.
+      // float4 of kClustersPerChunk clusters (all loads in flight at once, and the hidden / residual elements it
+      // writes later with them); the chunk sums are added in chunk order.
       auto finish_block = [&](int32_t blk) {
         const int32_t r0 = col0 + blk * block_rows;
         const int32_t nr = n_cols - blk * block_rows < block_rows ? n_cols - blk * block_rows : block_rows;
         const int32_t n_vec = nr * batch / 4;  // nr is a multiple of 16
         const float* base = p.partial + uint32_t(r0) * uint32_t(batch);
+        // the first element this thread writes (the one element of most threads: blocks hold <= 512 elements)
+        float h0 = 0.0f, r0v = 0.0f;
+        if (int32_t(ctid) < nr * batch) {
+          const int64_t at = int64_t(int32_t(ctid) % batch) * p.hidden + r0 + int32_t(ctid) / batch;
+          h0 = dev::to_float(hidden_in[at]);
+          r0v = residual ? dev::to_float(residual[at]) : 0.0f;
+        }
         for (int32_t task = int32_t(ctid); task < n_vec * chunks; task += kCt) {
           const int32_t v = task % n_vec, c = task / n_vec;
           dev::U32x4 q[kClustersPerChunk];
@@ -362,8 +378,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
           for (int32_t c = 0; c < chunks; ++c) total += fin[uint32_t(c * nr * batch + i)];
           const int32_t row = r0 + i / batch, b = i % batch;
           const int64_t at = int64_t(b) * p.hidden + row;
-          const float h = dev::to_float(hidden_in[at]);
-          const float r = residual ? dev::to_float(residual[at]) : 0.0f;
+          const float h = i == int32_t(ctid) ? h0 : dev::to_float(hidden_in[at]);
+          const float r = i == int32_t(ctid) ? r0v : residual ? dev::to_float(residual[at]) : 0.0f;
           residual_out[at] = dev::from_float<T>(h + r);
           out[at] = dev::from_float<T>(total);
         }
@@ -384,11 +400,12 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
         }
         consumers_sync();
         const int32_t end = small->decided_end;
-        for (int32_t b = decided_upto; b < end; ++b)
-          if (small->block_last[b]) finish_block(b);
+        for (int32_t i = decided_upto; i < end; ++i)
+          if (small->block_last[i]) finish_block(block_at(i));
         decided_upto = end;
       };
-      for (int32_t blk = 0; blk < n_blocks; ++blk) {
+      for (int32_t i = 0; i < n_blocks; ++i) {
+        const int32_t blk = block_at(i);
         const int32_t g_end = (blk + 1) * p.block_groups < down_groups ? (blk + 1) * p.block_groups : down_groups;
         for (int32_t grp = blk * p.block_groups; grp < g_end; ++grp) {
           const int32_t t0 = grp * down_m, nt = o_tiles - t0 < down_m ? o_tiles - t0 : down_m;
@@ -410,8 +427,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
           ++group_index;
         }
         consumers_sync();  // every partial store of the block happens before the arrival (through stored_bar)
-        if (ctid == 0) stored_bar[blk].arrive();
-        finish_decided(blk, false);  // blocks before this one: this one's atomic has only just been asked for
+        if (ctid == 0) stored_bar[i].arrive();
+        finish_decided(i, false);  // earlier positions: this one's atomic has only just been asked for
       }
       consumers_sync();  // everyone has read the last answer before thread 0 writes the next
       finish_decided(n_blocks, true);

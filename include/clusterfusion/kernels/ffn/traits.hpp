@@ -23,9 +23,10 @@ inline constexpr int kExchangeBarriers = 3;   // sumsq, part, act (each used onc
 inline constexpr int kClustersPerChunk = 8;   // the last arriver sums the clusters' partials 8 at a time
 inline constexpr int kPreferredStages = 6;    // 96 KB in flight per SM: the launcher avoids splits with fewer
 inline constexpr int kMaxBlocks = 128;        // output blocks of a rank's down slice (two mbarriers each)
-// Output rows x tokens of one block: small blocks keep the final sum of the last block (the tail of the kernel)
-// short, more blocks cost more arrivals (the arrival warp takes up to 32 at once).
-inline constexpr int kBlockElements = 128;
+// Output rows x tokens of one block (at least one down group): the sums of a CTA's last blocks are the tail of the
+// kernel, and 64 x 9 chunks of 8 clusters is one load per consumer thread (128 rows would be two rounds); more blocks
+// cost only more arrivals (the arrival warp takes up to 32 at once).
+inline constexpr int kBlockElements = 64;
 
 // Small per-CTA scalars.
 struct SmallBuffers {
