@@ -38,10 +38,17 @@ inline constexpr int kConsumerThreads = kConsumerWarps * 32;
 inline constexpr int kProducerWarp = kConsumerWarps;  // the warp after the consumers issues every load
 inline constexpr int kThreads = kConsumerThreads + 32;  // consumers + producer (a kernel may add warps after them)
 inline constexpr int kUnitsPerWarp = 2;  // units of a chunk one consumer warp multiplies
-inline constexpr int kDefaultStageUnits = 4;  // chunks of 128 columns, 4 tiles per stage (docs/ffn.md §2)
+// Boxes of >= 4 KB streamed at the bandwidth share on the H100; 2 KB and 1 KB boxes cost ~0.9 / ~1.5 µs per 16 KB
+// stage instead of ~0.75 (bench/results/2026-11-26-b4022ab-h100.txt, docs/ffn.md §2.1).
+inline constexpr int kMinFastBoxBytes = 4096;
+// Chunks of 128 columns: boxes {128, 16} of 4 KB, 4 tiles per stage; U 8 (8 KB boxes) is the other candidate, measured
+// beside it by cf_bench_ffn --quick.
+inline constexpr int kDefaultStageUnits = 4;
 inline constexpr int kMinStages = 4;
 inline constexpr int kMaxStages = 16;
 inline constexpr int kBoxWidths = 3;  // tensor maps per matrix: the full chunk and two tail widths
+
+static_assert(kTileRows * kDefaultStageUnits * kUnitCols * 2 >= kMinFastBoxBytes, "default boxes must be >= 4 KB");
 
 CF_HOST_DEVICE int32_t ceil_div(int32_t a, int32_t b) { return (a + b - 1) / b; }
 
