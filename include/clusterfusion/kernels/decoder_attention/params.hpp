@@ -80,6 +80,7 @@ struct PlanConfig {
                          // SMs in one GPC per cluster)
   int sm_count = 0;      // 0: the device's
   int max_stages = 0;    // 0: as many ring stages as fit (up to kMaxStages)
+  bool trace = false;    // record per-CTA phase timestamps (Plan::read_trace), for performance work
 };
 
 struct StepArgs {
