@@ -684,17 +684,11 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       for (int32_t b = 0; b < batch; ++b) {
         const TokenInfo info = tokens[b];
         const int32_t n_items = info.tile_end - info.tile_begin;
-        // q fragments (A: m = query heads g, g+8; k = head dims, permuted like K's)
-        uint32_t qa[kDBlocks][2][4];
-        CF_UNROLL
-        for (int db = 0; db < kDBlocks; ++db) {
-          dev::U32x4 lo{0, 0, 0, 0}, hi{0, 0, 0, 0};
-          const uint8_t* q_rows = qkv_s + uint32_t(b * rows_qkv) * Tr::kQStride;
-          if (int32_t(g) < G) lo = dev::load16(q_rows + g * Tr::kQStride + db * 64 + t * 16);
-          if (int32_t(g) + 8 < G) hi = dev::load16(q_rows + (g + 8) * Tr::kQStride + db * 64 + t * 16);
-          qa[db][0][0] = lo.x, qa[db][0][1] = hi.x, qa[db][0][2] = lo.y, qa[db][0][3] = hi.y;
-          qa[db][1][0] = lo.z, qa[db][1][1] = hi.z, qa[db][1][2] = lo.w, qa[db][1][3] = hi.w;
-        }
+        // q rows g, g+8 of the token (A fragments: m = query heads, k = head dims permuted like K's), read per
+        // 32-dim block inside every tile (8 live registers instead of 32)
+        const uint8_t* const q_lo = qkv_s + uint32_t(b * rows_qkv + int32_t(g)) * Tr::kQStride + t * 16;
+        const uint8_t* const q_hi = q_lo + 8 * Tr::kQStride;
+        const bool has_lo = int32_t(g) < G, has_hi = int32_t(g) + 8 < G;
         float m_run[2] = {detail::kNegInf, detail::kNegInf}, l_run[2] = {0.0f, 0.0f};
         // o[cb * 8 + jj]: the P V accumulators; lane group g loads V columns cb*64 + 8g .. +7 (one 16-byte load per
         // row), so n index g of n tile cb*8 + jj is head dim cb*64 + 8g + jj: accumulator (t, c) holds head dim
@@ -707,18 +701,20 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
           const uint8_t* vst = kst + Tr::kKvTile * Tr::kRowBytes;
           const int32_t valid = info.old_len - (info.tile_begin + j) * Tr::kKvTile;  // >= 1 rows hold data
           // S^T = q K^T: [heads, positions]
-          float sc[Tr::kSTiles][4];
+          float sc[Tr::kSTiles][4] = {};
           CF_UNROLL
-          for (int nt = 0; nt < Tr::kSTiles; ++nt) {
-            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-            const uint8_t* krow = kst + (nt * 8 + g) * Tr::kRowBytes + t * 16;
+          for (int db = 0; db < kDBlocks; ++db) {
+            const dev::U32x4 lo = has_lo ? dev::load16(q_lo + db * 64) : dev::U32x4{0, 0, 0, 0};
+            const dev::U32x4 hi = has_hi ? dev::load16(q_hi + db * 64) : dev::U32x4{0, 0, 0, 0};
+            const uint32_t qa0[4] = {lo.x, hi.x, lo.y, hi.y};
+            const uint32_t qa1[4] = {lo.z, hi.z, lo.w, hi.w};
             CF_UNROLL
-            for (int db = 0; db < kDBlocks; ++db) {
-              const dev::U32x4 kb = dev::load16(krow + db * 64);
+            for (int nt = 0; nt < Tr::kSTiles; ++nt) {
+              const dev::U32x4 kb = dev::load16(kst + (nt * 8 + g) * Tr::kRowBytes + db * 64 + t * 16);
               const uint32_t b0[2] = {kb.x, kb.y};
               const uint32_t b1[2] = {kb.z, kb.w};
-              E::mma(sc[nt], qa[db][0], b0);
-              E::mma(sc[nt], qa[db][1], b1);
+              E::mma(sc[nt], qa0, b0);
+              E::mma(sc[nt], qa1, b1);
             }
           }
           // online softmax over the tile (log2 domain); rows g (c0, c1) and g+8 (c2, c3)
