@@ -145,7 +145,16 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
                      " 32-column units, fewer than the cluster size " + std::to_string(n));
 
   const Layout layout = layout_for(s.head_dim, config.max_batch, s.group(), n, s.hidden, s.n_kv_heads);
-  const int stages = stages_for(layout, config.max_stages);
+  int max_stages = config.max_stages;  // $CF_DA_MAX_STAGES caps the ring for experiments (ring-depth sweeps)
+  if (max_stages == 0) {
+    if (const char* env = std::getenv("CF_DA_MAX_STAGES")) {
+      max_stages = std::atoi(env);
+      if (max_stages < kMinStages)
+        throw InputError(std::string("decoder_attention: $CF_DA_MAX_STAGES='") + env + "' is below " +
+                         std::to_string(kMinStages));
+    }
+  }
+  const int stages = stages_for(layout, max_stages);
   if (stages == 0)
     throw InputError("decoder_attention: shared memory: " + std::to_string(layout.fixed_bytes) +
                      " bytes of buffers (max_batch " + std::to_string(config.max_batch) + ", group " +

@@ -260,6 +260,30 @@ TEST(DecoderAttentionEmu, BadTokenIsPoisonedOthersUnaffected) {
   EXPECT_EQ(d.k_pages.download(), r_alone.k_pages);  // nothing appended for token 1
 }
 
+// The phase trace (PlanConfig::trace) changes nothing in the results and has one record per CTA; ring-depth and
+// early-stage knobs give the same bits as the defaults (they only change the schedule).
+TEST(DecoderAttentionEmu, TraceAndScheduleKnobsKeepTheBits) {
+  Case c = all_cases()[1];  // GQA, bf16, three tokens, cluster 4
+  c.name = "Knobs";
+  const HostInputs in = make_inputs<bfloat16>(c);
+  const RunResult base = run_case(c, in);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::PlanConfig cfg = plan_config(c, in, d);
+  cfg.trace = true;
+  cfg.max_stages = kda::kMinStages;  // the smallest ring
+  kda::Plan plan(cfg);
+  plan.run(step_args(c, in, d));
+  plan.check_status();
+  EXPECT_EQ(d.out.download(), base.out);
+  EXPECT_EQ(plan.info().stages, kda::kMinStages);
+  const std::vector<uint64_t> trace = plan.read_trace();
+  EXPECT_EQ(trace.size(), size_t(plan.info().clusters) * plan.info().cluster_size * kda::kTraceSlots);
+  kda::PlanConfig no_trace = plan_config(c, in, d);
+  kda::Plan plain(no_trace);
+  EXPECT_THROW(plain.read_trace(), InputError);
+}
+
 // A case whose sequence has no position is rejected by the harness (it used to crash the host reference).
 TEST(DecoderAttentionEmu, HarnessRejectsEmptySequences) {
   Case c = all_cases()[0];

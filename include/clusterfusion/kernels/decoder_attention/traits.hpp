@@ -11,7 +11,6 @@
 
 namespace cf::kernels::decoder_attention {
 
-inline constexpr int kMinStages = 4;
 inline constexpr int kMaxClusterSize = 16;  // cluster sizes 2, 4, 8, 16 (loops over ranks unroll to this bound)
 inline constexpr int kMaxStages = 16;
 // Ring stages the producer issues before the consumers' norm is done (the rest follow the "go" barrier): enough to
@@ -23,22 +22,6 @@ inline constexpr int kPageWindow = 32;  // page indices the producer holds per w
 // Named barriers (id 0 is __syncthreads).
 inline constexpr uint32_t kConsumerBarrier = 1;  // the 8 consumer warps (also the collectives' thread group)
 inline constexpr uint32_t kGoBarrier = 2;        // consumers -> producer: the norm is done, stream at full depth
-
-// Phase timestamps (SM clock cycles) per CTA, written when KernelParams::trace is set (Plan with trace enabled).
-enum TracePoint : uint32_t {
-  kTraceStart = 0,       // after the start-up cluster barrier
-  kTraceNormDone,        // x_s written
-  kTraceQkvDone,         // this CTA's QKV partials stored
-  kTraceQkvGathered,     // q / k / v of every token here (attention starts)
-  kTraceAttnDone,        // this CTA's softmax states merged over its warps
-  kTraceAttnGathered,    // attention outputs of the group here (O starts)
-  kTraceOLoopDone,       // O partials of every row block stored
-  kTraceEnd,             // before the final cluster barrier
-  kTraceProducerQkv,     // producer: last QKV tile issued
-  kTraceProducerKv,      // producer: last K/V tile issued
-  kTraceProducerWo,      // producer: last Wo tile issued
-  kTraceSlots,
-};
 
 template <int kHeadDim>
 struct Traits {
