@@ -507,7 +507,10 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       for (int w = 0; w < parts; ++w) sq += small->norm_red[ctid][w];
       small->sumsq[rank * batch + int32_t(ctid)] = sq;
     }
-    // all-gather of the N partial sums per token; every rank adds them in rank order (same bits everywhere)
+    // all-gather of the N partial sums per token; every rank adds them in rank order (same bits everywhere). Before
+    // each collective that publishes what this thread wrote, a cluster-scope fence (as the hand-written exchanges
+    // had; cheap insurance on top of the collective's barrier + release arrive).
+    dev::fence_cluster();
     rs32.all_gather(small->sumsq, uint32_t(n_ranks * batch), detail::Stride{uint32_t(batch)});
     if (int32_t(ctid) < batch) {
       float total = 0.0f;
@@ -623,54 +626,81 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
     // Reduce-scatter by unit (rank order, in place): this rank owns whole heads of whole tokens, so both dimensions
     // of every RoPE pair are here. The collective synchronises the consumer warps first (partials complete).
     const Range own = detail::split_range(qkv_units, n_ranks, rank);
-    rs32.reduce_scatter(part, part + own.begin * kHd, uint32_t(qkv_count),
-                        detail::UnitBounds{qkv_units, n_ranks, uint32_t(kHd)}, prim::Sum{});
-    {
-      const T* const bias = static_cast<const T*>(p.b_qkv);
-      constexpr int32_t kPairs = kHd / 2;
-      for (int32_t i = int32_t(ctid); i < own.size() * kPairs; i += Tr::kConsumerThreads) {
-        const int32_t u = own.begin + i / kPairs, pair = i % kPairs;
-        const int32_t b = u / rows_qkv, rb = u % rows_qkv;
-        const detail::RopePair rp = detail::rope_pair(pair, kHd, p.rot_dim, neox);
-        float v1 = part[u * kHd + rp.d1], v2 = part[u * kHd + rp.d2];
-        if (bias) {
-          const int32_t row0 = detail::qkv_block_row(p, group_id, rb, kHd);
-          v1 += dev::to_float(bias[row0 + rp.d1]);
-          v2 += dev::to_float(bias[row0 + rp.d2]);
-        }
-        const TokenInfo info = tokens[b];
-        if (rb <= G && rp.rotate) {
-          const int32_t f = pair;  // frequency index (== pair index for rotated pairs)
-          float cs, sn;
-          if (p.cos_sin) {
-            const float* row = p.cos_sin + int64_t(info.position) * p.rot_dim;
-            cs = row[f];
-            sn = row[p.rot_dim / 2 + f];
-          } else {
-            const double angle =
-                double(info.position) * std::pow(double(p.rope_theta), -2.0 * double(f) / double(p.rot_dim));
-            cs = float(std::cos(angle));
-            sn = float(std::sin(angle));
-          }
-          const float a = v1, c = v2;
-          v1 = a * cs - c * sn;
-          v2 = a * sn + c * cs;
-        }
-        const uint16_t e1 = detail::float_to_elem<T>(v1), e2 = detail::float_to_elem<T>(v2);
-        uint8_t* dst = qkv_s + uint32_t(u) * Tr::kQStride;
-        detail::st_u16(dst + rp.d1 * 2, e1);
-        detail::st_u16(dst + rp.d2 * 2, e2);
-        if (rb >= G && info.new_page >= 0) {  // k or v: append to the cache (the values every rank attends with)
-          T* cache = rb == G ? k_cache : v_cache;
-          const int64_t slot = int64_t(info.new_page) * p.page_size + info.new_offset;
-          const int64_t base = (slot * p.n_kv_heads + group_id) * kHd;
-          detail::st_u16(cache + base + rp.d1, e1);
-          detail::st_u16(cache + base + rp.d2, e2);
+    constexpr int32_t kPairs = kHd / 2;
+    const int32_t own_pairs = own.size() * kPairs;
+    // The owner's inputs from global memory (bias, cos/sin table), loaded before the reduce-scatter so their latency
+    // overlaps it: a thread's first kPrefetch pairs (all of them for Llama shapes up to batch 16).
+    struct PairInputs {
+      float b1, b2, cs, sn;
+    };
+    const T* const bias = static_cast<const T*>(p.b_qkv);
+    auto pair_inputs = [&](int32_t i) {
+      PairInputs in{0.0f, 0.0f, 1.0f, 0.0f};
+      const int32_t u = own.begin + i / kPairs, pair = i % kPairs;
+      const int32_t b = u / rows_qkv, rb = u % rows_qkv;
+      const detail::RopePair rp = detail::rope_pair(pair, kHd, p.rot_dim, neox);
+      if (bias) {
+        const int32_t row0 = detail::qkv_block_row(p, group_id, rb, kHd);
+        in.b1 = dev::to_float(bias[row0 + rp.d1]);
+        in.b2 = dev::to_float(bias[row0 + rp.d2]);
+      }
+      if (rb <= G && rp.rotate) {
+        const int32_t f = pair;  // frequency index (== pair index for rotated pairs)
+        const int32_t position = tokens[b].position;
+        if (p.cos_sin) {
+          const float* row = p.cos_sin + int64_t(position) * p.rot_dim;
+          in.cs = row[f];
+          in.sn = row[p.rot_dim / 2 + f];
+        } else {
+          const double angle =
+              double(position) * std::pow(double(p.rope_theta), -2.0 * double(f) / double(p.rot_dim));
+          in.cs = float(std::cos(angle));
+          in.sn = float(std::sin(angle));
         }
       }
+      return in;
+    };
+    constexpr int kPrefetch = 4;
+    PairInputs prefetched[kPrefetch];
+    CF_UNROLL
+    for (int k = 0; k < kPrefetch; ++k) {
+      const int32_t i = int32_t(ctid) + k * Tr::kConsumerThreads;
+      prefetched[k] = i < own_pairs ? pair_inputs(i) : PairInputs{0.0f, 0.0f, 1.0f, 0.0f};
     }
+    dev::fence_cluster();
+    rs32.reduce_scatter(part, part + own.begin * kHd, uint32_t(qkv_count),
+                        detail::UnitBounds{qkv_units, n_ranks, uint32_t(kHd)}, prim::Sum{});
+    // Owner of units [own.begin, own.end): bias, RoPE (rotation with no effect on v and unrotated pairs: cs 1, sn 0),
+    // round, write the qkv_s row, append k / v to the cache.
+    auto finish_pair = [&](int32_t i, const PairInputs& in) {
+      const int32_t u = own.begin + i / kPairs, pair = i % kPairs;
+      const int32_t b = u / rows_qkv, rb = u % rows_qkv;
+      const detail::RopePair rp = detail::rope_pair(pair, kHd, p.rot_dim, neox);
+      const float a = part[u * kHd + rp.d1] + in.b1, c = part[u * kHd + rp.d2] + in.b2;
+      const float v1 = a * in.cs - c * in.sn, v2 = a * in.sn + c * in.cs;
+      const uint16_t e1 = detail::float_to_elem<T>(v1), e2 = detail::float_to_elem<T>(v2);
+      uint8_t* dst = qkv_s + uint32_t(u) * Tr::kQStride;
+      detail::st_u16(dst + rp.d1 * 2, e1);
+      detail::st_u16(dst + rp.d2 * 2, e2);
+      const TokenInfo& info = tokens[b];
+      if (rb >= G && info.new_page >= 0) {  // k or v: append to the cache (the values every rank attends with)
+        T* cache = rb == G ? k_cache : v_cache;
+        const int64_t slot = int64_t(info.new_page) * p.page_size + info.new_offset;
+        const int64_t base = (slot * p.n_kv_heads + group_id) * kHd;
+        detail::st_u16(cache + base + rp.d1, e1);
+        detail::st_u16(cache + base + rp.d2, e2);
+      }
+    };
+    CF_UNROLL
+    for (int k = 0; k < kPrefetch; ++k) {
+      const int32_t i = int32_t(ctid) + k * Tr::kConsumerThreads;
+      if (i < own_pairs) finish_pair(i, prefetched[k]);
+    }
+    for (int32_t i = int32_t(ctid) + kPrefetch * Tr::kConsumerThreads; i < own_pairs; i += Tr::kConsumerThreads)
+      finish_pair(i, pair_inputs(i));
     // All-gather of the rounded q/k/v rows. Peers' arrivals here also prove they finished reading this CTA's
     // partials (their reduce-scatter came first), so region P may be rewritten after it (softmax scratch).
+    dev::fence_cluster();
     rs16.all_gather(reinterpret_cast<T*>(qkv_s), uint32_t(qkv_units * (Tr::kQStride / 2)),
                     detail::UnitBounds{qkv_units, n_ranks, uint32_t(Tr::kQStride / 2)});
     if (ctid == 0) trace(kTraceQkvGathered);
@@ -831,6 +861,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       const int32_t attn_units = batch * G;
       const Range owned = detail::split_range(attn_units, n_ranks, rank);
       float* merged = scratch;
+      dev::fence_cluster();
       rs32.reduce_scatter(state, merged, uint32_t(attn_units * kSF), detail::UnitBounds{attn_units, n_ranks, uint32_t(kSF)},
                           prim::SoftmaxMerge<uint32_t(kHd)>{});
       // new-token scores q . k_new, one warp per unit
@@ -866,6 +897,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
                        detail::float_to_elem<T>(acc / l_all));
       }
       // Peers' arrivals here also prove they finished reading this CTA's states: region P is free afterwards.
+      dev::fence_cluster();
       rs16.all_gather(reinterpret_cast<T*>(attn_s), uint32_t(batch) * (p.attn_stride / 2),
                       detail::HeadRowBounds{attn_units, n_ranks, G, p.attn_stride / 2, uint32_t(kHd)});
     }
