@@ -55,6 +55,7 @@ struct Plan::Impl {
   dev::DeviceBuffer<float> o_partial;
   dev::DeviceBuffer<uint32_t> counters;
   dev::DeviceBuffer<uint32_t> status;
+  dev::DeviceBuffer<uint64_t> trace;  // [grid][kTraceSlots] when config.trace
 };
 
 namespace {
@@ -144,7 +145,16 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
                      " 32-column units, fewer than the cluster size " + std::to_string(n));
 
   const Layout layout = layout_for(s.head_dim, config.max_batch, s.group(), n, s.hidden, s.n_kv_heads);
-  const int stages = stages_for(layout, config.max_stages);
+  int max_stages = config.max_stages;  // $CF_DA_MAX_STAGES caps the ring for experiments (ring-depth sweeps)
+  if (max_stages == 0) {
+    if (const char* env = std::getenv("CF_DA_MAX_STAGES")) {
+      max_stages = std::atoi(env);
+      if (max_stages < kMinStages)
+        throw InputError(std::string("decoder_attention: $CF_DA_MAX_STAGES='") + env + "' is below " +
+                         std::to_string(kMinStages));
+    }
+  }
+  const int stages = stages_for(layout, max_stages);
   if (stages == 0)
     throw InputError("decoder_attention: shared memory: " + std::to_string(layout.fixed_bytes) +
                      " bytes of buffers (max_batch " + std::to_string(config.max_batch) + ", group " +
@@ -152,8 +162,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
                      std::to_string(kMinStages) + " ring stages (lower max_batch or raise the cluster size)");
 
   const int head_dim = s.head_dim;
-  const int rows_per_rank_max = (row_units + n - 1) / n * 16;
-  const int o_blocks_max = (rows_per_rank_max + head_dim - 1) / head_dim;
+  const int o_blocks = o_blocks_max(s.hidden, n, head_dim);
 
   LaunchInfo& li = im.info;
   li.cluster_size = n;
@@ -175,14 +184,36 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   }
 #endif
   im.o_partial = dev::DeviceBuffer<float>(size_t(s.n_kv_heads) * s.hidden * config.max_batch);
-  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * o_blocks_max);
+  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * o_blocks);
   im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
+  if (config.trace) {
+    im.trace = dev::DeviceBuffer<uint64_t>(size_t(li.clusters) * n * kTraceSlots);
+    im.trace.fill_bytes(0);
+  }
 
   KernelParams& p = im.base;
   p.w_qkv_map = dev::make_tensor_map_2d(config.weights.w_qkv, dt, uint64_t(s.hidden), uint64_t(s.qkv_rows()),
                                         uint64_t(s.hidden) * 2, 32, uint32_t(head_dim));
   p.w_o_map = dev::make_tensor_map_2d(config.weights.w_o, dt, uint64_t(s.q_dim()), uint64_t(s.hidden),
                                       uint64_t(s.q_dim()) * 2, 32, uint32_t(head_dim));
+  // K/V: boxes of R rows of one head (R = the largest power of two dividing the page size, at most one KV tile), so
+  // a page of 16 positions arrives as one box; per-layer pointer tables (resolved on the device) and pools whose
+  // rows a TMA coordinate cannot address fall back to one bulk copy per row.
+  const int kv_tile = head_dim == 128 ? Traits<128>::kKvTile : Traits<64>::kKvTile;
+  const int64_t pool_rows = int64_t(config.cache.n_pages) * config.cache.page_size;
+  const bool use_maps = config.cache.k_pages != nullptr && pool_rows <= int64_t(INT32_MAX);
+  int box_rows = 1;
+  while (box_rows < kv_tile && config.cache.page_size % (box_rows * 2) == 0) box_rows *= 2;
+  if (!use_maps) box_rows = 1;
+  if (use_maps) {
+    p.k_map = dev::make_tensor_map_2d(config.cache.k_pages, dt, uint64_t(s.kv_dim()), uint64_t(pool_rows),
+                                      uint64_t(s.kv_dim()) * 2, uint32_t(head_dim), uint32_t(box_rows));
+    p.v_map = dev::make_tensor_map_2d(config.cache.v_pages, dt, uint64_t(s.kv_dim()), uint64_t(pool_rows),
+                                      uint64_t(s.kv_dim()) * 2, uint32_t(head_dim), uint32_t(box_rows));
+  }
+  p.kv_box_rows = box_rows;
+  p.kv_use_maps = use_maps ? 1 : 0;
+  li.kv_box_rows = box_rows;
   p.hidden = s.hidden;
   p.n_kv_heads = s.n_kv_heads;
   p.group = s.group();
@@ -195,7 +226,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   p.scale_log2 = float(1.4426950408889634 / std::sqrt(double(head_dim)));
   p.units_total = units_total;
   p.out_row_units = row_units;
-  p.o_blocks_max = o_blocks_max;
+  p.o_blocks_max = o_blocks;
   p.norm = config.weights.norm;
   p.b_qkv = config.weights.b_qkv;
   p.k_pages = config.cache.k_pages;
@@ -213,14 +244,25 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   // Bounded waits (GPU): $CF_DA_MAX_POLLS overrides, e.g. 0 (never give up) under compute-sanitizer's slow tools.
   p.max_polls = 1u << 26;
   if (const char* env = std::getenv("CF_DA_MAX_POLLS")) p.max_polls = uint32_t(std::strtoul(env, nullptr, 10));
+  p.trace = config.trace ? im.trace.data() : nullptr;
   p.stages = stages;
+  // Ring items issued before the norm is done ($CF_DA_EARLY_STAGES for experiments; at most the ring).
+  int early = kDefaultEarlyStages;
+  if (const char* env = std::getenv("CF_DA_EARLY_STAGES")) {
+    early = std::atoi(env);
+    if (early < 0) throw InputError(std::string("decoder_attention: $CF_DA_EARLY_STAGES='") + env + "' is negative");
+  }
+  p.early_stages = std::min(early, stages);
+  li.early_stages = p.early_stages;
   p.max_batch = config.max_batch;
+  p.off_rs32 = layout.off_rs32;
+  p.off_rs16 = layout.off_rs16;
   p.off_tokens = layout.off_tokens;
   p.off_small = layout.off_small;
+  p.off_flags = layout.off_flags;
+  p.off_pages = layout.off_pages;
   p.off_x = layout.off_x;
-  p.off_q = layout.off_q;
-  p.off_knew = layout.off_knew;
-  p.off_vnew = layout.off_vnew;
+  p.off_qkv = layout.off_qkv;
   p.off_attn = layout.off_attn;
   p.off_part = layout.off_part;
   p.off_scratch = layout.off_scratch;
@@ -268,6 +310,16 @@ void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   (void)stream;
 #endif
   dev::launch(cfg, im.kernels[step.batch <= 8 ? 0 : 1], p);
+}
+
+std::vector<uint64_t> Plan::read_trace(void* stream) {
+  if (!impl_->config.trace) throw InputError("decoder_attention: read_trace() needs PlanConfig::trace");
+#if defined(CF_DEVICE_CUDA)
+  dev::check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "decoder_attention: cudaStreamSynchronize");
+#else
+  (void)stream;
+#endif
+  return impl_->trace.download();
 }
 
 void Plan::check_status(void* stream) {

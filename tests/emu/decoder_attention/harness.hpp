@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "clusterfusion/common/half.hpp"
@@ -107,6 +108,10 @@ HostInputs make_inputs(const Case& c) {
   };
   const ref::DecoderShape s = c.ref_shape();
   const int B = c.batch(), qkv_rows = s.q_dim() + 2 * s.kv_dim();
+  for (int b = 0; b < B; ++b)  // a sequence holds at least the new token (a bad length would crash the reference)
+    if (c.kv_lens[size_t(b)] < 1)
+      throw InputError("test case " + c.name + ": kv_lens[" + std::to_string(b) + "] = " +
+                       std::to_string(c.kv_lens[size_t(b)]) + ", expected >= 1");
   HostInputs in;
   in.hidden = fill(size_t(B) * c.hidden, 2.0f);
   in.residual = fill(size_t(B) * c.hidden, 2.0f);
@@ -152,6 +157,8 @@ struct Oracle {
   std::vector<float> out_naive;  // rounded where the kernel rounds
   std::vector<uint16_t> residual_out;
   std::vector<uint16_t> k_pages, v_pages;  // the reference's cache after the append
+  // The appended k / v at the kernel's rounding points (x -> T, k / v in fp32, RoPE in fp32, -> T): [token][kv_dim]
+  std::vector<float> k_naive, v_naive;
 };
 
 template <typename T>
@@ -176,6 +183,8 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
   }
   w.wo = as_t(in.w_o);
   o.out_naive.resize(size_t(B) * c.hidden);
+  o.k_naive.resize(size_t(B) * kv_dim);
+  o.v_naive.resize(size_t(B) * kv_dim);
   // Tokens are independent (distinct sequences, distinct appended slots): one thread per token on big shapes.
   auto one_token = [&](int b) {
     const int32_t indptr[2] = {0, in.kv_indptr[size_t(b) + 1] - in.kv_indptr[size_t(b)]};
@@ -211,6 +220,8 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
     for (auto& e : q) e = round_through<T>(e);
     for (auto& e : k) e = round_through<T>(e);
     for (auto& e : v) e = round_through<T>(e);
+    std::copy(k.begin(), k.end(), o.k_naive.begin() + ptrdiff_t(b) * kv_dim);
+    std::copy(v.begin(), v.end(), o.v_naive.begin() + ptrdiff_t(b) * kv_dim);
     const int kv_len = ref::paged_kv_len(indptr[1], in.kv_last_page_len[size_t(b)], c.page_size);
     // the sequence's K and V as float [pos][kv_dim], the new token's rounded k, v last
     std::vector<float> kc(size_t(kv_len) * kv_dim), vc(size_t(kv_len) * kv_dim);
@@ -368,6 +379,16 @@ inline RunResult run_case(const Case& c, const HostInputs& in, uint64_t emu_seed
 
 // ---- checks -------------------------------------------------------------------------------------------------------
 
+// One unit in the last place of T at |x| (subnormals included).
+template <typename T>
+double ulp_of(float x) {
+  constexpr bool kHalf = std::is_same_v<T, half>;
+  constexpr int kMantissa = kHalf ? 10 : 7, kMinExp = kHalf ? -14 : -126;
+  int exp = 0;
+  (void)std::frexp(std::fabs(double(x)), &exp);  // |x| = m 2^exp, m in [0.5, 1)
+  return std::ldexp(1.0, std::max(exp - 1, kMinExp) - kMantissa);
+}
+
 struct CheckReport {
   bool ok = true;
   std::string message;
@@ -420,35 +441,61 @@ CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, c
     while (i < r.residual_out.size() && r.residual_out[i] == o.residual_out[i]) ++i;
     rep.fail(c.name + ": residual_out differs from hidden + residual at element " + std::to_string(i));
   }
-  // appended slots
-  const ref::DecoderShape s = c.ref_shape();
-  std::vector<char> appended(in.k_pages.size(), 0);
+  // Appended slots. The kernel rounds x to T before the projection (a tensor-core operand) and k / v to T when it
+  // stores them (docs/attention.md, rounding points); the fp32 reference rounds only the stored k / v, so the two
+  // differ by the effect of the x rounding, ~0.1% of rms(k) for bf16: a few elements of a Llama-sized batch fall
+  // outside rule 1's atol against the fp32 reference. The cache holds the kernel's k / v, so they are held to rule 1
+  // against the oracle rounded at the same points. What remains there is the fp32 summation order (<= 1 ulp of T)
+  // and an occasional x element rounding to the neighbouring value (the norm's sums run in another order), which
+  // moves k by |w| ulp(x): several times below the bound.
+  const int kv_dim = c.ref_shape().kv_dim();
+  std::vector<int64_t> appended_slot(size_t(c.batch()), -1);
   for (int b = 0; b < c.batch(); ++b) {
     const int n_pages = in.kv_indptr[size_t(b) + 1] - in.kv_indptr[size_t(b)];
     const int kv_len = ref::paged_kv_len(n_pages, in.kv_last_page_len[size_t(b)], c.page_size);
     const int pos = kv_len - 1;
-    const size_t slot = size_t(in.kv_indices[size_t(in.kv_indptr[size_t(b)] + pos / c.page_size)]) * c.page_size +
-                        size_t(pos % c.page_size);
-    for (int e = 0; e < s.kv_dim(); ++e) appended[slot * s.kv_dim() + size_t(e)] = 1;
+    appended_slot[size_t(b)] =
+        int64_t(in.kv_indices[size_t(in.kv_indptr[size_t(b)] + pos / c.page_size)]) * c.page_size +
+        pos % c.page_size;
   }
+  std::vector<char> appended(in.k_pages.size(), 0);
+  for (int64_t slot : appended_slot)
+    for (int e = 0; e < kv_dim; ++e) appended[size_t(slot) * kv_dim + size_t(e)] = 1;
   int64_t changed = 0;
-  std::vector<float> app_got, app_ref;
   for (int which = 0; which < 2; ++which) {
     const auto& got = which == 0 ? r.k_pages : r.v_pages;
     const auto& before = which == 0 ? in.k_pages : in.v_pages;
-    const auto& want = which == 0 ? o.k_pages : o.v_pages;
-    for (size_t i = 0; i < got.size(); ++i) {
-      if (!appended[i]) {
-        changed += got[i] != before[i];
-      } else {
-        app_got.push_back(from_bits16<T>(got[i]));
-        app_ref.push_back(from_bits16<T>(want[i]));
+    for (size_t i = 0; i < got.size(); ++i)
+      if (!appended[i]) changed += got[i] != before[i];
+  }
+  if (changed) rep.fail(c.name + ": " + std::to_string(changed) + " cache elements outside the appended rows changed");
+  std::vector<float> app_got, app_naive;
+  double worst_ulps = 0.0, worst_vs_ref = 0.0;
+  for (int which = 0; which < 2; ++which) {
+    const auto& got = which == 0 ? r.k_pages : r.v_pages;
+    const auto& want_ref = which == 0 ? o.k_pages : o.v_pages;
+    const auto& naive = which == 0 ? o.k_naive : o.v_naive;
+    for (int b = 0; b < c.batch(); ++b) {
+      for (int e = 0; e < kv_dim; ++e) {
+        const size_t at = size_t(appended_slot[size_t(b)]) * kv_dim + size_t(e);
+        const float y = from_bits16<T>(got[at]), want = naive[size_t(b) * kv_dim + size_t(e)];
+        app_got.push_back(y);
+        app_naive.push_back(want);
+        worst_ulps = std::max(worst_ulps, std::fabs(double(y) - double(want)) / ulp_of<T>(want));
+        worst_vs_ref = std::max(worst_vs_ref, std::fabs(double(y) - double(from_bits16<T>(want_ref[at]))));
       }
     }
   }
-  if (changed) rep.fail(c.name + ": " + std::to_string(changed) + " cache elements outside the appended rows changed");
-  const ref::ToleranceReport ta = ref::check_tolerance<T>(app_got, app_ref);
-  if (!ta.ok) rep.fail(c.name + ": appended k/v: " + ta.message);
+  const ref::ToleranceReport ta = ref::check_tolerance<T>(app_got, app_naive);
+  if (!ta.ok) {
+    rep.fail(c.name + ": appended k/v vs the oracle rounded at the kernel's points: " + ta.message);
+  } else if (rep.ok) {
+    char note[200];
+    std::snprintf(note, sizeof note,
+                  "; appended k/v: max %.3g vs the oracle (%.2f ulp, atol %.3g), %.3g vs the fp32 reference",
+                  ta.max_abs_error, worst_ulps, ta.atol, worst_vs_ref);
+    rep.message += note;
+  }
   return rep;
 }
 

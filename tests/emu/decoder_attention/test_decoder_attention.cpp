@@ -124,6 +124,37 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
+    Case c;  // page size 1 with maps (boxes of one row), head_dim 128: the page window advances every tile
+    c.name = "LongPage1Hd128";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 128, c.kv_lens = {300, 77};
+    c.page_size = 1, c.cluster_size = 2, c.seed = 14;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // page size 2, head_dim 64: 32 boxes of 2 rows per tile, tiles straddling two page windows
+    c.name = "LongPage2Hd64Bf16";
+    c.dtype = dev::DType::BF16;
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 1, c.head_dim = 64, c.kv_lens = {700, 129};
+    c.page_size = 2, c.cluster_size = 2, c.seed = 15;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // odd page size through the tensor maps (boxes of one row), head_dim 64: two windows per tile
+    c.name = "Page7LongHd64";
+    c.hidden = 256, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64, c.kv_lens = {400, 9, 1};
+    c.page_size = 7, c.cluster_size = 2, c.seed = 16;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // 16 ragged tokens, head_dim 128, page 16 (the GPU's Llama-2 batch-16 case, scaled down)
+    c.name = "Batch16RaggedHd128";
+    c.hidden = 512, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 128, c.page_size = 16, c.cluster_size = 4;
+    c.kv_lens.clear();
+    for (int b = 0; b < 16; ++b) c.kv_lens.push_back(120 - 7 * b);
+    c.seed = 17;
+    cases.push_back(c);
+  }
+  {
     Case c;  // a non-portable cluster of 16 CTAs (one 32-column unit of hidden 512 per CTA)
     c.name = "Cluster16";
     c.hidden = 512, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64, c.kv_lens = {40, 7};
@@ -227,6 +258,37 @@ TEST(DecoderAttentionEmu, BadTokenIsPoisonedOthersUnaffected) {
     EXPECT_TRUE(std::isnan(from_bits16<half>(out[size_t(pair.hidden + i)]))) << "token 1 element " << i;
   }
   EXPECT_EQ(d.k_pages.download(), r_alone.k_pages);  // nothing appended for token 1
+}
+
+// The phase trace (PlanConfig::trace) changes nothing in the results and has one record per CTA; ring-depth and
+// early-stage knobs give the same bits as the defaults (they only change the schedule).
+TEST(DecoderAttentionEmu, TraceAndScheduleKnobsKeepTheBits) {
+  Case c = all_cases()[1];  // GQA, bf16, three tokens, cluster 4
+  c.name = "Knobs";
+  const HostInputs in = make_inputs<bfloat16>(c);
+  const RunResult base = run_case(c, in);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::PlanConfig cfg = plan_config(c, in, d);
+  cfg.trace = true;
+  cfg.max_stages = kda::kMinStages;  // the smallest ring
+  kda::Plan plan(cfg);
+  plan.run(step_args(c, in, d));
+  plan.check_status();
+  EXPECT_EQ(d.out.download(), base.out);
+  EXPECT_EQ(plan.info().stages, kda::kMinStages);
+  const std::vector<uint64_t> trace = plan.read_trace();
+  EXPECT_EQ(trace.size(), size_t(plan.info().clusters) * plan.info().cluster_size * kda::kTraceSlots);
+  kda::PlanConfig no_trace = plan_config(c, in, d);
+  kda::Plan plain(no_trace);
+  EXPECT_THROW(plain.read_trace(), InputError);
+}
+
+// A case whose sequence has no position is rejected by the harness (it used to crash the host reference).
+TEST(DecoderAttentionEmu, HarnessRejectsEmptySequences) {
+  Case c = all_cases()[0];
+  c.kv_lens = {17, 0};
+  EXPECT_THROW(make_inputs<half>(c), InputError);
 }
 
 TEST(DecoderAttentionEmu, PageIdOutOfRangeIsReported) {

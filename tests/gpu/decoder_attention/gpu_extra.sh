@@ -7,6 +7,9 @@
 # Steps (each time-boxed; the whole script stays under CF_DA_BUDGET seconds, default 240):
 #   sanitizers  compute-sanitizer memcheck / racecheck / synccheck on the small cases (DecoderAttentionGpuSanitizer.*)
 #   sass        instruction mix of the fused kernels (HMMA, UTMALDG, UBLKCP, LDS, local memory) from cuobjdump
+#   trace       per-phase times of every CTA (DecoderAttentionGpuTrace.PhaseTimes; also part of ctest -L gpu)
+#   ring        Llama-2-7B batch 1, KV 1K / 16K with rings of 6 / 9 stages (CF_DA_MAX_STAGES) and 0 / all early
+#               stages (CF_DA_EARLY_STAGES), fused only: is the depth or the start-up go barrier a factor?
 #   clusters    Llama-3-8B batch 1 with clusters of 8 and of 16 CTAs (CF_DA_CLUSTER_SIZE), fused only
 #   ncu         Nsight Compute on one fused call (Llama-2-7B, KV 1K, batch 1): DRAM throughput, occupancy, stalls
 # Output: $OUT/da_extra.txt (default OUT=build/gpu_check_out).
@@ -53,7 +56,14 @@ step() {  # name, seconds, command...
         END { for (k in n) print k, n[k] }' | sort | head -80
     done
   fi
+  if [ -x "$BIN" ]; then
+    step "phase trace" 60 "$BIN" --gtest_filter='DecoderAttentionGpuTrace.*'
+  fi
   if [ -x "$BENCH" ]; then
+    for knob in CF_DA_MAX_STAGES=6 CF_DA_MAX_STAGES=9 CF_DA_EARLY_STAGES=0 CF_DA_EARLY_STAGES=16; do
+      step "Llama-2-7B with $knob" 40 env "$knob" "$BENCH" --models llama2 --kv 1024,16384 --batch 1 --impl fused \
+        --no-breakdown --json "/tmp/da_${knob}.json"
+    done
     for n in 8 16; do
       step "Llama-3-8B with clusters of $n" 40 env CF_DA_CLUSTER_SIZE=$n "$BENCH" --models llama3 --kv 1024,16384 \
         --batch 1 --impl fused --no-breakdown --json "/tmp/da_cluster$n.json"
@@ -62,6 +72,7 @@ step() {  # name, seconds, command...
   if [ -x "$BENCH" ] && command -v ncu >/dev/null; then
     step "ncu (Llama-2-7B, KV 1K, batch 1)" 150 ncu --kernel-name regex:decoder_attention --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+      --section SchedulerStats \
       --section LaunchStats "$BENCH" --models llama2 --kv 1024 --batch 1 --impl fused --replays 1 --calls 1 \
       --no-breakdown --json /tmp/da_ncu_bench.json
   fi

@@ -4,16 +4,20 @@
 // Grid: n_kv_heads clusters of N CTAs (cluster = one KV head and its G query heads). Each CTA has 8 consumer warps
 // and one producer warp. The producer streams the CTA's whole load schedule into a ring of `stages` shared-memory
 // stages (full/empty mbarrier pairs); the consumers run the phases in the same order:
-//   1. norm       residual add + sum of squares of the CTA's K-slice; all-gather of the partial sums; x_s = x (T)
-//   2. QKV        partial q/k/v of the group for the K-slice (tensor cores); pull reduce-scatter by RoPE pair owner:
-//                 sum in rank order, bias, RoPE, KV append, push q/k/v to every rank
-//   3. attention  the CTA's share of every token's cached positions, warps take KV stages round-robin; states
-//                 merged over warps (fixed order), then per (token, head) owner: merge over ranks + the new token,
-//                 push the output to every rank
-//   4. O          the CTA's hidden/N output rows x the group's columns of Wo; partials to the global workspace; the
-//                 last of the n_kv_heads CTAs of a row block (u32 counter) sums the groups in order and writes out
-// Cross-CTA steps inside the cluster use DSMEM with mbarrier signalling (no cluster barrier after the first, so the
-// producer never has to join one mid-kernel); each exchange barrier and buffer is used once per launch.
+//   1. norm       residual add + sum of squares of the CTA's K-slice; all-gather of the partial sums
+//                 (ClusterReduceScatter::all_gather); x_s = x (T); then the "go" that lets the producer fill the ring
+//   2. QKV        partial q/k/v of the group for the K-slice (tensor cores); reduce-scatter by head (rank order,
+//                 ClusterReduceScatter), the owner adds the bias, rotates, appends k/v to the cache; all-gather of
+//                 the rounded q/k/v rows
+//   3. attention  the CTA's share of every token's cached positions in tiles of 32 (hd 128) / 64 (hd 64) positions,
+//                 one ring stage each (a few TMA boxes), warps take tiles round-robin; states merged over warps
+//                 (fixed order), reduce-scattered with prim::SoftmaxMerge by (token, head); the owner merges the new
+//                 token and normalises; all-gather of the outputs
+//   4. O          the CTA's hidden/N output rows x the group's columns of Wo; partials to the global workspace; then
+//                 one release fence and one u32 atomic per row block: the last of the n_kv_heads CTAs of a block
+//                 sums the groups in order and writes out
+// Cross-CTA steps inside the cluster are the collectives (DSMEM + mbarrier signalling, no cluster barrier after the
+// first), run by the consumer warps only, so the producer keeps streaming through every exchange.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -21,6 +25,8 @@
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/kernels/decoder_attention/kernel_params.hpp"
 #include "clusterfusion/kernels/decoder_attention/traits.hpp"
+#include "clusterfusion/primitives/cluster_reduce_scatter.hpp"
+#include "clusterfusion/primitives/softmax_state.hpp"
 
 namespace cf::kernels::decoder_attention {
 namespace dev = cf::dev;
@@ -144,7 +150,47 @@ CF_DEVICE void wait(dev::Mbarrier& bar, uint32_t parity, const KernelParams& p) 
 #endif
 }
 
+// Bounded waits for the collectives (the same poll limit and status word as detail::wait).
+CF_DEVICE prim::WaitLimit wait_limit(const KernelParams& p) {
+#if defined(CF_DEVICE_CUDA)
+  if (p.max_polls != 0) return {p.status + kStatusTimeout, p.max_polls};
+#else
+  (void)p;
+#endif
+  return {nullptr, 0};
+}
+
+// SM clock for the optional phase trace (0 on the emulator).
+CF_DEVICE uint64_t clock_now() {
+#if defined(CF_DEVICE_CUDA)
+  return uint64_t(clock64());
+#else
+  return 0;
+#endif
+}
+
+// Ownership for the collectives: rank q owns units split_range(units, parts, q), `per` elements each.
+struct UnitBounds {
+  int32_t units, parts;
+  uint32_t per;
+  CF_DEVICE uint32_t operator()(uint32_t q) const { return uint32_t(split_range(units, parts, int32_t(q)).begin) * per; }
+};
+// The same for (token, head) units of attn_s, whose token rows are padded: unit u starts at (u / G) row + (u % G) hd.
+struct HeadRowBounds {
+  int32_t units, parts, group;
+  uint32_t row_elems, head_elems;
+  CF_DEVICE uint32_t operator()(uint32_t q) const {
+    const int32_t u = split_range(units, parts, int32_t(q)).begin;
+    return uint32_t(u / group) * row_elems + uint32_t(u % group) * head_elems;
+  }
+};
+struct Stride {
+  uint32_t per;
+  CF_DEVICE uint32_t operator()(uint32_t q) const { return q * per; }
+};
+
 }  // namespace detail
+
 
 // ---- the kernel ---------------------------------------------------------------------------------------------------
 
@@ -154,6 +200,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   using Tr = Traits<kHeadDim>;
   using E = detail::Elem<T>;
   using detail::Range;
+  using Rs32 = prim::ClusterReduceScatter<0, float>;
+  using RsT = prim::ClusterReduceScatter<0, T>;
   constexpr int kHd = kHeadDim;
   constexpr int kW = Tr::kConsumerWarps;
   constexpr int kBatchCap = kBatchTiles * 8;
@@ -171,17 +219,12 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
 
   auto* full = reinterpret_cast<dev::Mbarrier*>(smem);
   auto* empty = full + kMaxStages;
-  auto* sumsq_bar = empty + kMaxStages;
-  auto* part_bar = sumsq_bar + 1;
-  auto* qkv_bar = sumsq_bar + 2;
-  auto* state_bar = sumsq_bar + 3;
-  auto* attn_bar = sumsq_bar + 4;
   auto* tokens = reinterpret_cast<TokenInfo*>(smem + p.off_tokens);
   auto* small = reinterpret_cast<SmallBuffers*>(smem + p.off_small);
+  auto* last_flags = reinterpret_cast<uint32_t*>(smem + p.off_flags);
+  auto* page_win = reinterpret_cast<int32_t*>(smem + p.off_pages);
   uint8_t* x_s = smem + p.off_x;
-  uint8_t* q_s = smem + p.off_q;
-  uint8_t* knew_s = smem + p.off_knew;
-  uint8_t* vnew_s = smem + p.off_vnew;
+  uint8_t* qkv_s = smem + p.off_qkv;  // [token][G + 2 rows: q heads, k, v][kQStride bytes]
   uint8_t* attn_s = smem + p.off_attn;
   float* part = reinterpret_cast<float*>(smem + p.off_part);
   float* scratch = reinterpret_cast<float*>(smem + p.off_scratch);
@@ -190,6 +233,14 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   uint8_t* ring = smem + p.off_ring;
   auto stage_ptr = [&](int32_t item) { return ring + uint32_t(item % S) * uint32_t(Tr::kStageBytes); };
   auto parity = [&](int32_t item) { return uint32_t((item / S) & 1); };
+  auto trace = [&](TracePoint point) {
+    if (p.trace) p.trace[dev::block_idx().x * uint32_t(kTraceSlots) + point] = detail::clock_now();
+  };
+
+  // The collectives run on the 8 consumer warps (named barrier kConsumerBarrier); the producer never joins them.
+  const prim::ThreadGroup consumer_group = prim::ThreadGroup::range(0, Tr::kConsumerThreads, kConsumerBarrier);
+  Rs32 rs32(smem + p.off_rs32, consumer_group, detail::wait_limit(p));  // fp32: sums of squares, partials, states
+  RsT rs16(smem + p.off_rs16, consumer_group, detail::wait_limit(p));   // T: q/k/v rows, attention outputs
 
   // The K-slice of hidden (QKV inputs) and the output-row slice (O rows) of this rank.
   const Range units = detail::split_range(p.units_total, n_ranks, rank);
@@ -200,7 +251,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   const int32_t qkv_stages_per_block = (units.size() + Tr::kUnitsPerStage - 1) / Tr::kUnitsPerStage;
   const int32_t wo_units = G * kHd / Tr::kUnitCols;
   const int32_t wo_stages_per_block = (wo_units + Tr::kUnitsPerStage - 1) / Tr::kUnitsPerStage;
-  const int32_t rows_qkv = (G + 2) * kHd;
+  const int32_t rows_qkv = G + 2;  // rows per token in qkv_s / head blocks of the QKV projection
   const bool neox = p.rope_neox != 0;
 
   // ---- setup: barriers, per-token facts ---------------------------------------------------------------------------
@@ -209,8 +260,11 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       full[s].init(1);
       empty[s].init(kW);
     }
-    for (int i = 0; i < kExchangeBarriers; ++i) sumsq_bar[i].init(uint32_t(n_ranks));
     dev::fence_mbarrier_init();
+  }
+  if (tid < uint32_t(Tr::kConsumerThreads)) {
+    rs32.init();
+    rs16.init();
   }
   if (int32_t(tid) < batch) {
     const int32_t b = int32_t(tid);
@@ -255,6 +309,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
     tokens[b] = info;
   }
   dev::cluster_sync();  // barriers initialised and token table visible; every CTA of the cluster started
+  if (tid == 0) trace(kTraceStart);
 
   T* const k_cache =
       static_cast<T*>(p.k_layer_table ? reinterpret_cast<void*>(p.k_layer_table[p.layer_id]) : p.k_pages);
@@ -264,7 +319,15 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   if (warp == uint32_t(Tr::kProducerWarp)) {
     // ==== producer: the whole load schedule, in consumption order ====================================================
     int32_t item = 0;
+    bool went = false;  // past the consumers' "go" (after the first p.early_stages items)
+    auto go = [&] {
+      if (!went) {
+        dev::named_barrier_sync(kGoBarrier, Tr::kThreads);
+        went = true;
+      }
+    };
     auto acquire = [&](int32_t it) {
+      if (it >= p.early_stages) go();
       if (it >= S) detail::wait(empty[it % S], uint32_t(((it / S) - 1) & 1), p);
     };
     auto load_weights = [&](const dev::TensorMap& map, int32_t x0, int32_t y, int32_t n_units) {
@@ -279,6 +342,25 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       dev::syncwarp();
       ++item;
     };
+
+    // Page indices come in windows of 32 (one per lane, handed to the issuing lanes by shuffles), loaded a window
+    // ahead, so no K/V tile waits for a dependent global load (under a full HBM pipe that latency is microseconds).
+    // The first window of every token is loaded now, before the weight tiles queue up.
+    const int32_t P = p.page_size, R = p.kv_box_rows;
+    auto page_entry = [&](const TokenInfo& info, int32_t rel_page) -> int32_t {  // kv_indices of a sequence page
+      if (info.tile_end <= info.tile_begin || rel_page > (info.old_len - 1) / P) return 0;
+      return p.kv_indices[info.page_base + rel_page];
+    };
+    int32_t first_window[kMaxBatch];
+    CF_UNROLL
+    for (int b = 0; b < kMaxBatch; ++b) {
+      first_window[b] = 0;
+      if (b < batch) {
+        const TokenInfo info = tokens[b];
+        first_window[b] = page_entry(info, info.tile_begin * Tr::kKvTile / P + int32_t(lane));
+      }
+    }
+
     // QKV: (G+2) row blocks x the K-slice.
     for (int32_t rb = 0; rb < G + 2; ++rb) {
       const int32_t row = detail::qkv_block_row(p, group_id, rb, kHd);
@@ -288,90 +370,69 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         load_weights(p.w_qkv_map, col0 + u0 * Tr::kUnitCols, row, nu);
       }
     }
-    // KV: this CTA's tiles of every token; one bulk copy per K row and V row. The page indices of the stage
-    // kKvLookahead items ahead are loaded while this one is issued (registers, shifted each item), so the index
-    // latency never serialises the copies.
-    constexpr int kCopiesPerLane = (2 * Tr::kKvTile) / 32;  // 1 (hd 128) or 2 (hd 64)
-    constexpr int kKvLookahead = 4;
-    struct KvCursor {
-      int32_t b, tile;  // b == batch: past the last item
-    };
-    auto first_kv = [&] {
-      KvCursor c{0, batch > 0 ? tokens[0].tile_begin : 0};
-      while (c.b < batch && c.tile >= tokens[c.b].tile_end) {
-        ++c.b;
-        if (c.b < batch) c.tile = tokens[c.b].tile_begin;
-      }
-      return c;
-    };
-    auto next_kv = [&](KvCursor c) {
-      ++c.tile;
-      while (c.b < batch && c.tile >= tokens[c.b].tile_end) {
-        ++c.b;
-        if (c.b < batch) c.tile = tokens[c.b].tile_begin;
-      }
-      return c;
-    };
-    // the cache position of copy c of this lane in tile `tile` of token b (rows past the end: a valid duplicate)
-    auto copy_pos = [&](const KvCursor& cur, int c) {
-      const int32_t row = (int32_t(lane) + 32 * c) % Tr::kKvTile;
-      const int32_t pos = cur.tile * Tr::kKvTile + row;
-      return pos < tokens[cur.b].old_len ? pos : cur.tile * Tr::kKvTile;
-    };
-    auto load_page = [&](const KvCursor& cur, int c) -> int32_t {
-      if (cur.b >= batch) return 0;
-      return p.kv_indices[tokens[cur.b].page_base + copy_pos(cur, c) / p.page_size];
-    };
-    KvCursor window[kKvLookahead];
-    int32_t pages[kKvLookahead][kCopiesPerLane];
-    window[0] = first_kv();
+    if (lane == 0) trace(kTraceProducerQkv);
     CF_UNROLL
-    for (int d = 0; d < kKvLookahead; ++d) {
-      if (d > 0) window[d] = next_kv(window[d - 1]);
-      CF_UNROLL
-      for (int c = 0; c < kCopiesPerLane; ++c) pages[d][c] = load_page(window[d], c);
-    }
-    while (window[0].b < batch) {
-      const KvCursor cur = window[0];
-      const void* src[kCopiesPerLane];
-      uint32_t dst_off[kCopiesPerLane];
-      CF_UNROLL
-      for (int c = 0; c < kCopiesPerLane; ++c) {
-        const int32_t copy = int32_t(lane) + 32 * c;  // 0..2*kKvTile-1: K rows, then V rows
-        const int32_t row = copy % Tr::kKvTile;
-        const int32_t pos = copy_pos(cur, c);
-        int32_t page = pages[0][c];
-        if (page < 0 || page >= p.n_pages) {
-          detail::set_status(p, kStatusBadPageId);
-          page = 0;
-        }
-        const int64_t slot = int64_t(page) * p.page_size + pos % p.page_size;
-        const int64_t elem = (slot * p.n_kv_heads + group_id) * kHd;
-        const bool is_k = copy < Tr::kKvTile;
-        src[c] = is_k ? static_cast<const void*>(k_cache + elem) : static_cast<const void*>(v_cache + elem);
-        dst_off[c] = is_k ? uint32_t(row * Tr::kKStride) : uint32_t(Tr::kKvTile * Tr::kKStride + row * Tr::kVStride);
-      }
-      // shift the window and start the index loads of the item kKvLookahead ahead
-      CF_UNROLL
-      for (int d = 0; d + 1 < kKvLookahead; ++d) {
-        window[d] = window[d + 1];
-        CF_UNROLL
-        for (int c = 0; c < kCopiesPerLane; ++c) pages[d][c] = pages[d + 1][c];
-      }
-      window[kKvLookahead - 1] = next_kv(window[kKvLookahead - 2]);
-      CF_UNROLL
-      for (int c = 0; c < kCopiesPerLane; ++c) pages[kKvLookahead - 1][c] = load_page(window[kKvLookahead - 1], c);
+    for (int b = 0; b < kMaxBatch; ++b)
+      if (b < batch) page_win[b * kPageWindow + int32_t(lane)] = first_window[b];
+    dev::syncwarp();
 
-      acquire(item);
-      uint8_t* dst = stage_ptr(item);
-      dev::Mbarrier& bar = full[item % S];
-      if (lane == 0) bar.arrive_expect_tx(uint32_t(Tr::kKvTxBytes));
-      dev::syncwarp();
-      CF_UNROLL
-      for (int c = 0; c < kCopiesPerLane; ++c) dev::bulk_copy_g2s(dst + dst_off[c], src[c], Tr::kRowBytes, bar);
-      dev::syncwarp();
-      ++item;
+    // KV: this CTA's tiles of every token. A tile is kKvTile positions; its K rows and V rows arrive as boxes of R
+    // rows (R divides the page size, so a box never crosses a page), all under one expect-tx of the stage. Boxes
+    // past the sequence's end are not issued (their rows are masked by the consumers).
+    for (int32_t b = 0; b < batch; ++b) {
+      const TokenInfo info = tokens[b];
+      if (info.tile_end <= info.tile_begin) continue;
+      int32_t window_base = info.tile_begin * Tr::kKvTile / P;  // sequence page of lane 0 of window_a
+      int32_t window_a = page_win[b * kPageWindow + int32_t(lane)];
+      int32_t window_b = page_entry(info, window_base + kPageWindow + int32_t(lane));
+      for (int32_t tile = info.tile_begin; tile < info.tile_end; ++tile) {
+        const int32_t pos_begin = tile * Tr::kKvTile;
+        const int32_t rows = info.old_len - pos_begin < Tr::kKvTile ? info.old_len - pos_begin : Tr::kKvTile;
+        const int32_t n_boxes = (rows + R - 1) / R;
+        // A tile spans at most 33 pages (page size >= 2), or exactly one or two whole windows (page size 1), so
+        // after this every page it needs is in window_a or window_b.
+        while (pos_begin / P - window_base >= kPageWindow) {
+          window_a = window_b;
+          window_base += kPageWindow;
+          window_b = page_entry(info, window_base + kPageWindow + int32_t(lane));
+        }
+        const bool need_b = (pos_begin + (n_boxes - 1) * R) / P - window_base >= kPageWindow;  // warp-uniform
+        acquire(item);
+        uint8_t* dst = stage_ptr(item);
+        dev::Mbarrier& bar = full[item % S];
+        if (lane == 0) bar.arrive_expect_tx(uint32_t(n_boxes * R * Tr::kRowBytes * 2));
+        dev::syncwarp();
+        CF_UNROLL
+        for (int c = 0; c < Tr::kMaxBoxesPerLane; ++c) {
+          const int32_t j = int32_t(lane) + 32 * c;
+          const int32_t pos0 = pos_begin + j * R;
+          const int32_t idx = j < n_boxes ? pos0 / P - window_base : 0;  // 0 .. 63
+          const int32_t from_a = dev::shfl_sync(dev::kFullMask, window_a, idx & (kPageWindow - 1));
+          const int32_t from_b = need_b ? dev::shfl_sync(dev::kFullMask, window_b, idx & (kPageWindow - 1)) : 0;
+          if (j < n_boxes) {
+            int32_t page = idx < kPageWindow ? from_a : from_b;
+            if (page < 0 || page >= p.n_pages) {
+              detail::set_status(p, kStatusBadPageId);
+              page = 0;
+            }
+            const int64_t slot = int64_t(page) * P + pos0 % P;
+            uint8_t* k_dst = dst + uint32_t(j * R * Tr::kRowBytes);
+            uint8_t* v_dst = k_dst + uint32_t(Tr::kKvTile * Tr::kRowBytes);
+            if (p.kv_use_maps) {
+              dev::tma_load_2d(k_dst, p.k_map, group_id * kHd, int32_t(slot), bar);
+              dev::tma_load_2d(v_dst, p.v_map, group_id * kHd, int32_t(slot), bar);
+            } else {
+              const int64_t elem = (slot * p.n_kv_heads + group_id) * kHd;
+              dev::bulk_copy_g2s(k_dst, k_cache + elem, Tr::kRowBytes, bar);
+              dev::bulk_copy_g2s(v_dst, v_cache + elem, Tr::kRowBytes, bar);
+            }
+          }
+        }
+        dev::syncwarp();
+        ++item;
+      }
     }
+    if (lane == 0) trace(kTraceProducerKv);
     // O: this rank's output rows in head_dim-row blocks (visited in an order rotated by the cluster index) x the
     // group's G*hd columns of Wo.
     for (int32_t i = 0; i < o_blocks; ++i) {
@@ -382,17 +443,12 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         load_weights(p.w_o_map, group_id * G * kHd + u0 * Tr::kUnitCols, o_begin + ob * kHd, nu);
       }
     }
+    go();  // (a schedule shorter than early_stages never waited; the consumers' arrival must be matched)
+    if (lane == 0) trace(kTraceProducerWo);
   } else {
     // ==== consumers ==================================================================================================
     const uint32_t ctid = tid;  // 0..255
-    auto consumers_sync = [&] { dev::named_barrier_sync(1, Tr::kConsumerThreads); };
-    // Signals `bar` in every CTA of the cluster (after this CTA's consumers wrote what the peers will read).
-    auto signal_all = [&](dev::Mbarrier* bar) {
-      dev::fence_cluster();
-      consumers_sync();
-      if (ctid == 0)
-        for (int32_t r = 0; r < n_ranks; ++r) bar->arrive_remote(uint32_t(r));
-    };
+    auto consumers_sync = [&] { dev::named_barrier_sync(kConsumerBarrier, Tr::kConsumerThreads); };
     const T* const hidden_in = static_cast<const T*>(p.hidden_in);
     const T* const residual = static_cast<const T*>(p.residual);
     const T* const norm_w = static_cast<const T*>(p.norm);
@@ -449,19 +505,16 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       float sq = 0.0f;
       const int parts = tpt >= 32 ? tpt / 32 : 1;
       for (int w = 0; w < parts; ++w) sq += small->norm_red[ctid][w];
-      small->sumsq_local[ctid] = sq;
+      small->sumsq[rank * batch + int32_t(ctid)] = sq;
     }
-    signal_all(sumsq_bar);
-    detail::wait(*sumsq_bar, 0, p);
+    // all-gather of the N partial sums per token; every rank adds them in rank order (same bits everywhere). Before
+    // each collective that publishes what this thread wrote, a cluster-scope fence (as the hand-written exchanges
+    // had; cheap insurance on top of the collective's barrier + release arrive).
+    dev::fence_cluster();
+    rs32.all_gather(small->sumsq, uint32_t(n_ranks * batch), detail::Stride{uint32_t(batch)});
     if (int32_t(ctid) < batch) {
-      float part_sums[kMaxClusterSize];
-      CF_UNROLL
-      for (int r = 0; r < kMaxClusterSize; ++r)
-        part_sums[r] = r < n_ranks ? dev::map_shared_rank(small->sumsq_local, uint32_t(r))[ctid] : 0.0f;
       float total = 0.0f;
-      CF_UNROLL
-      for (int r = 0; r < kMaxClusterSize; ++r)
-        if (r < n_ranks) total += part_sums[r];
+      for (int32_t r = 0; r < n_ranks; ++r) total += small->sumsq[r * batch + int32_t(ctid)];
       small->inv_rms[ctid] = 1.0f / std::sqrt(total / float(p.hidden) + p.eps);
     }
     consumers_sync();
@@ -499,6 +552,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       }
     }
     consumers_sync();
+    dev::named_barrier_arrive(kGoBarrier, Tr::kThreads);  // the producer may fill the whole ring now
+    if (ctid == 0) trace(kTraceNormDone);
 
     // ---- shared matrix step: acc[row tile][tokens] += W_tile (A, from a weight stage) x act^T (B) ---------------
     // One stage holds nu boxes of 32 columns x kHd rows. Warp: m tile = warp % kMTiles, units of its k-group.
@@ -535,6 +590,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
     };
 
     // ---- 2. QKV -----------------------------------------------------------------------------------------------------
+    // part[kg][token][row block][hd] (fp32): the unit (token, row block) is what the reduce-scatter distributes.
+    const int32_t qkv_units = batch * rows_qkv;
+    const int32_t qkv_count = qkv_units * kHd;
     int32_t item = 0;
     for (int32_t rb = 0; rb < G + 2; ++rb) {
       float acc[kBatchTiles][4] = {};
@@ -546,149 +604,150 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         release(item, 1);
         ++item;
       }
-      // part[kg][row][token] (fp32), row = rb*hd + mt*16 + g (+8), tokens 2t, 2t+1 of each n tile
       CF_UNROLL
       for (int nt = 0; nt < kBatchTiles; ++nt) {
         CF_UNROLL
         for (int h = 0; h < 2; ++h) {
-          const int32_t row = rb * kHd + mt * 16 + int32_t(g) + 8 * h;
+          const int32_t row = mt * 16 + int32_t(g) + 8 * h;
           CF_UNROLL
           for (int c = 0; c < 2; ++c) {
             const int32_t token = nt * 8 + 2 * int32_t(t) + c;
-            if (token < batch) part[(kg * rows_qkv + row) * batch + token] = acc[nt][2 * h + c];
+            if (token < batch) part[kg * qkv_count + (token * rows_qkv + rb) * kHd + row] = acc[nt][2 * h + c];
           }
         }
       }
     }
-    signal_all(part_bar);  // also orders this CTA's last reads of x_s before peers may overwrite region X
-
-    // Owner of RoPE pairs [pairs.begin, pairs.end): sum the partials of all ranks, bias, RoPE, append, push.
-    const int32_t pairs_per_head = kHd / 2;
-    const Range pairs = detail::split_range((G + 2) * pairs_per_head, n_ranks, rank);
-    detail::wait(*part_bar, 0, p);
-    {
-      const T* const bias = static_cast<const T*>(p.b_qkv);
-      for (int32_t i = int32_t(ctid); i < pairs.size() * batch; i += Tr::kConsumerThreads) {
-        const int32_t pair = pairs.begin + i / batch, b = i % batch;
-        const int32_t rb = pair / pairs_per_head;
-        const detail::RopePair rp = detail::rope_pair(pair % pairs_per_head, kHd, p.rot_dim, neox);
-        const int32_t r1 = rb * kHd + rp.d1, r2 = rb * kHd + rp.d2;
-        // all N x kKGroups loads in flight, then summed in rank order
-        float p1[kMaxClusterSize][Tr::kKGroups], p2[kMaxClusterSize][Tr::kKGroups];
-        CF_UNROLL
-        for (int r = 0; r < kMaxClusterSize; ++r) {
-          if (r < n_ranks) {
-            const float* peer = dev::map_shared_rank(part, uint32_t(r));
-            CF_UNROLL
-            for (int k = 0; k < Tr::kKGroups; ++k) {
-              p1[r][k] = peer[(k * rows_qkv + r1) * batch + b];
-              p2[r][k] = peer[(k * rows_qkv + r2) * batch + b];
-            }
-          }
-        }
-        float v1 = 0.0f, v2 = 0.0f;
-        CF_UNROLL
-        for (int r = 0; r < kMaxClusterSize; ++r) {
-          if (r < n_ranks) {
-            CF_UNROLL
-            for (int k = 0; k < Tr::kKGroups; ++k) {
-              v1 += p1[r][k];
-              v2 += p2[r][k];
-            }
-          }
-        }
-        if (bias) {
-          const int32_t row0 = detail::qkv_block_row(p, group_id, rb, kHd);
-          v1 += dev::to_float(bias[row0 + rp.d1]);
-          v2 += dev::to_float(bias[row0 + rp.d2]);
-        }
-        const TokenInfo info = tokens[b];
-        if (rb <= G && rp.rotate) {
-          const int32_t f = pair % pairs_per_head;  // frequency index (== pair index for rotated pairs)
-          float cs, sn;
-          if (p.cos_sin) {
-            const float* row = p.cos_sin + int64_t(info.position) * p.rot_dim;
-            cs = row[f];
-            sn = row[p.rot_dim / 2 + f];
-          } else {
-            const double angle =
-                double(info.position) * std::pow(double(p.rope_theta), -2.0 * double(f) / double(p.rot_dim));
-            cs = float(std::cos(angle));
-            sn = float(std::sin(angle));
-          }
-          const float a = v1, c = v2;
-          v1 = a * cs - c * sn;
-          v2 = a * sn + c * cs;
-        }
-        const uint16_t e1 = detail::float_to_elem<T>(v1), e2 = detail::float_to_elem<T>(v2);
-        uint8_t* dst;
-        if (rb < G) {
-          dst = q_s + uint32_t(b * G + rb) * Tr::kQStride;
+    if (ctid == 0) trace(kTraceQkvDone);
+    if constexpr (Tr::kKGroups > 1) {  // head_dim 64: two warps per m tile; their partials added in k-group order
+      static_assert(Tr::kKGroups == 2, "k-group fold written for two k-groups");
+      consumers_sync();
+      for (int32_t i = int32_t(ctid); i < qkv_count; i += Tr::kConsumerThreads) part[i] += part[qkv_count + i];
+    }
+    // Reduce-scatter by unit (rank order, in place): this rank owns whole heads of whole tokens, so both dimensions
+    // of every RoPE pair are here. The collective synchronises the consumer warps first (partials complete).
+    const Range own = detail::split_range(qkv_units, n_ranks, rank);
+    constexpr int32_t kPairs = kHd / 2;
+    const int32_t own_pairs = own.size() * kPairs;
+    // The owner's inputs from global memory (bias, cos/sin table), loaded before the reduce-scatter so their latency
+    // overlaps it: a thread's first kPrefetch pairs (all of them for Llama shapes up to batch 16).
+    struct PairInputs {
+      float b1, b2, cs, sn;
+    };
+    const T* const bias = static_cast<const T*>(p.b_qkv);
+    auto pair_inputs = [&](int32_t i) {
+      PairInputs in{0.0f, 0.0f, 1.0f, 0.0f};
+      const int32_t u = own.begin + i / kPairs, pair = i % kPairs;
+      const int32_t b = u / rows_qkv, rb = u % rows_qkv;
+      const detail::RopePair rp = detail::rope_pair(pair, kHd, p.rot_dim, neox);
+      if (bias) {
+        const int32_t row0 = detail::qkv_block_row(p, group_id, rb, kHd);
+        in.b1 = dev::to_float(bias[row0 + rp.d1]);
+        in.b2 = dev::to_float(bias[row0 + rp.d2]);
+      }
+      if (rb <= G && rp.rotate) {
+        const int32_t f = pair;  // frequency index (== pair index for rotated pairs)
+        const int32_t position = tokens[b].position;
+        if (p.cos_sin) {
+          const float* row = p.cos_sin + int64_t(position) * p.rot_dim;
+          in.cs = row[f];
+          in.sn = row[p.rot_dim / 2 + f];
         } else {
-          dst = (rb == G ? knew_s : vnew_s) + uint32_t(b) * kHd * 2;
-          if (info.new_page >= 0) {
-            T* cache = rb == G ? k_cache : v_cache;
-            const int64_t slot = int64_t(info.new_page) * p.page_size + info.new_offset;
-            const int64_t base = (slot * p.n_kv_heads + group_id) * kHd;
-            detail::st_u16(cache + base + rp.d1, e1);
-            detail::st_u16(cache + base + rp.d2, e2);
-          }
-        }
-        for (int32_t r = 0; r < n_ranks; ++r) {
-          uint8_t* peer = dev::map_shared_rank(dst, uint32_t(r));
-          detail::st_u16(peer + rp.d1 * 2, e1);
-          detail::st_u16(peer + rp.d2 * 2, e2);
+          const double angle =
+              double(position) * std::pow(double(p.rope_theta), -2.0 * double(f) / double(p.rot_dim));
+          in.cs = float(std::cos(angle));
+          in.sn = float(std::sin(angle));
         }
       }
+      return in;
+    };
+    constexpr int kPrefetch = 4;
+    PairInputs prefetched[kPrefetch];
+    CF_UNROLL
+    for (int k = 0; k < kPrefetch; ++k) {
+      const int32_t i = int32_t(ctid) + k * Tr::kConsumerThreads;
+      prefetched[k] = i < own_pairs ? pair_inputs(i) : PairInputs{0.0f, 0.0f, 1.0f, 0.0f};
     }
-    signal_all(qkv_bar);
-    // q, k_new, v_new of every token are here; peers are done reading this CTA's partials
-    detail::wait(*qkv_bar, 0, p);
+    dev::fence_cluster();
+    rs32.reduce_scatter(part, part + own.begin * kHd, uint32_t(qkv_count),
+                        detail::UnitBounds{qkv_units, n_ranks, uint32_t(kHd)}, prim::Sum{});
+    // Owner of units [own.begin, own.end): bias, RoPE (rotation with no effect on v and unrotated pairs: cs 1, sn 0),
+    // round, write the qkv_s row, append k / v to the cache.
+    auto finish_pair = [&](int32_t i, const PairInputs& in) {
+      const int32_t u = own.begin + i / kPairs, pair = i % kPairs;
+      const int32_t b = u / rows_qkv, rb = u % rows_qkv;
+      const detail::RopePair rp = detail::rope_pair(pair, kHd, p.rot_dim, neox);
+      const float a = part[u * kHd + rp.d1] + in.b1, c = part[u * kHd + rp.d2] + in.b2;
+      const float v1 = a * in.cs - c * in.sn, v2 = a * in.sn + c * in.cs;
+      const uint16_t e1 = detail::float_to_elem<T>(v1), e2 = detail::float_to_elem<T>(v2);
+      uint8_t* dst = qkv_s + uint32_t(u) * Tr::kQStride;
+      detail::st_u16(dst + rp.d1 * 2, e1);
+      detail::st_u16(dst + rp.d2 * 2, e2);
+      const TokenInfo& info = tokens[b];
+      if (rb >= G && info.new_page >= 0) {  // k or v: append to the cache (the values every rank attends with)
+        T* cache = rb == G ? k_cache : v_cache;
+        const int64_t slot = int64_t(info.new_page) * p.page_size + info.new_offset;
+        const int64_t base = (slot * p.n_kv_heads + group_id) * kHd;
+        detail::st_u16(cache + base + rp.d1, e1);
+        detail::st_u16(cache + base + rp.d2, e2);
+      }
+    };
+    CF_UNROLL
+    for (int k = 0; k < kPrefetch; ++k) {
+      const int32_t i = int32_t(ctid) + k * Tr::kConsumerThreads;
+      if (i < own_pairs) finish_pair(i, prefetched[k]);
+    }
+    for (int32_t i = int32_t(ctid) + kPrefetch * Tr::kConsumerThreads; i < own_pairs; i += Tr::kConsumerThreads)
+      finish_pair(i, pair_inputs(i));
+    // All-gather of the rounded q/k/v rows. Peers' arrivals here also prove they finished reading this CTA's
+    // partials (their reduce-scatter came first), so region P may be rewritten after it (softmax scratch).
+    dev::fence_cluster();
+    rs16.all_gather(reinterpret_cast<T*>(qkv_s), uint32_t(qkv_units * (Tr::kQStride / 2)),
+                    detail::UnitBounds{qkv_units, n_ranks, uint32_t(Tr::kQStride / 2)});
+    if (ctid == 0) trace(kTraceQkvGathered);
 
     // ---- 3. attention -----------------------------------------------------------------------------------------------
     {
-      constexpr int kDBlocks = kHd / 32;  // 16-byte loads of q / K cover 32 head dims (two k16 steps)
-      constexpr int kOTiles = kHd / 8;
-      const uint32_t scratch_ml = uint32_t(kW * G * kHd);  // scratch: O [w][h][d], then (m, l) [w][h]
-      const uint32_t state_stride = uint32_t(kHd + 2);     // state: [b][h] = (m, l, acc[hd])
+      constexpr int kDBlocks = kHd / 32;     // 16-byte loads of q / K cover 32 head dims (two k16 steps)
+      constexpr int kOTiles = kHd / 8;       // n8 tiles of the output (head dims, permuted: see below)
+      constexpr int kColBlocks = kHd / 64;   // 16-byte V loads of 8 lanes cover 64 head dims
+      constexpr int kSF = Tr::kStateFloats;  // SoftmaxState record: m, l, pad, pad, acc[hd]
       for (int32_t b = 0; b < batch; ++b) {
         const TokenInfo info = tokens[b];
         const int32_t n_items = info.tile_end - info.tile_begin;
-        // q fragments (A: m = query heads g, g+8; k = head dims, permuted like K's)
-        uint32_t qa[kDBlocks][2][4];
-        CF_UNROLL
-        for (int db = 0; db < kDBlocks; ++db) {
-          dev::U32x4 lo{0, 0, 0, 0}, hi{0, 0, 0, 0};
-          if (int32_t(g) < G) lo = dev::load16(q_s + uint32_t(b * G + int32_t(g)) * Tr::kQStride + db * 64 + t * 16);
-          if (int32_t(g) + 8 < G)
-            hi = dev::load16(q_s + uint32_t(b * G + int32_t(g) + 8) * Tr::kQStride + db * 64 + t * 16);
-          qa[db][0][0] = lo.x, qa[db][0][1] = hi.x, qa[db][0][2] = lo.y, qa[db][0][3] = hi.y;
-          qa[db][1][0] = lo.z, qa[db][1][1] = hi.z, qa[db][1][2] = lo.w, qa[db][1][3] = hi.w;
-        }
+        // q rows g, g+8 of the token (A fragments: m = query heads, k = head dims permuted like K's), read per
+        // 32-dim block inside every tile (8 live registers instead of 32)
+        const uint8_t* const q_lo = qkv_s + uint32_t(b * rows_qkv + int32_t(g)) * Tr::kQStride + t * 16;
+        const uint8_t* const q_hi = q_lo + 8 * Tr::kQStride;
+        const bool has_lo = int32_t(g) < G, has_hi = int32_t(g) + 8 < G;
         float m_run[2] = {detail::kNegInf, detail::kNegInf}, l_run[2] = {0.0f, 0.0f};
+        // o[cb * 8 + jj]: the P V accumulators; lane group g loads V columns cb*64 + 8g .. +7 (one 16-byte load per
+        // row), so n index g of n tile cb*8 + jj is head dim cb*64 + 8g + jj: accumulator (t, c) holds head dim
+        // cb*64 + 8(2t + c) + jj.
         float o[kOTiles][4] = {};
         for (int32_t j = int32_t(warp); j < n_items; j += kW) {
           const int32_t it = item + j;
           detail::wait(full[it % S], parity(it), p);
           const uint8_t* kst = stage_ptr(it);
-          const uint8_t* vst = kst + Tr::kKvTile * Tr::kKStride;
-          const int32_t valid = info.old_len - (info.tile_begin + j) * Tr::kKvTile;  // >= 1
+          const uint8_t* vst = kst + Tr::kKvTile * Tr::kRowBytes;
+          const int32_t valid = info.old_len - (info.tile_begin + j) * Tr::kKvTile;  // >= 1 rows hold data
           // S^T = q K^T: [heads, positions]
-          float sc[Tr::kSTiles][4];
+          float sc[Tr::kSTiles][4] = {};
           CF_UNROLL
-          for (int nt = 0; nt < Tr::kSTiles; ++nt) {
-            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-            const uint8_t* krow = kst + (nt * 8 + g) * Tr::kKStride + t * 16;
+          for (int db = 0; db < kDBlocks; ++db) {
+            const dev::U32x4 lo = has_lo ? dev::load16(q_lo + db * 64) : dev::U32x4{0, 0, 0, 0};
+            const dev::U32x4 hi = has_hi ? dev::load16(q_hi + db * 64) : dev::U32x4{0, 0, 0, 0};
+            const uint32_t qa0[4] = {lo.x, hi.x, lo.y, hi.y};
+            const uint32_t qa1[4] = {lo.z, hi.z, lo.w, hi.w};
             CF_UNROLL
-            for (int db = 0; db < kDBlocks; ++db) {
-              const dev::U32x4 kb = dev::load16(krow + db * 64);
+            for (int nt = 0; nt < Tr::kSTiles; ++nt) {
+              const dev::U32x4 kb = dev::load16(kst + (nt * 8 + g) * Tr::kRowBytes + db * 64 + t * 16);
               const uint32_t b0[2] = {kb.x, kb.y};
               const uint32_t b1[2] = {kb.z, kb.w};
-              E::mma(sc[nt], qa[db][0], b0);
-              E::mma(sc[nt], qa[db][1], b1);
+              E::mma(sc[nt], qa0, b0);
+              E::mma(sc[nt], qa1, b1);
             }
           }
-          // online softmax (log2 domain); rows g (c0, c1) and g+8 (c2, c3)
+          // online softmax over the tile (log2 domain); rows g (c0, c1) and g+8 (c2, c3)
           float row_max[2] = {detail::kNegInf, detail::kNegInf};
           CF_UNROLL
           for (int nt = 0; nt < Tr::kSTiles; ++nt) {
@@ -721,85 +780,99 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
           for (int n = 0; n < kOTiles; ++n) {
             o[n][0] *= corr[0], o[n][1] *= corr[0], o[n][2] *= corr[1], o[n][3] *= corr[1];
           }
-          // O += P V: A = P (the score accumulators of two n8 tiles), B = V (two head dims per 32-bit load)
+          // O += P V: A = P (the score accumulators of two n8 tiles), B = V rows 2t, 2t+1, 2t+8, 2t+9 of the k16
+          // step, 8 consecutive head dims per 16-byte load; rows past the valid ones are zero (never stale data).
           CF_UNROLL
           for (int ks = 0; ks < Tr::kPvSteps; ++ks) {
             const uint32_t pa[4] = {detail::pack2<T>(sc[2 * ks][0], sc[2 * ks][1]),
                                     detail::pack2<T>(sc[2 * ks][2], sc[2 * ks][3]),
                                     detail::pack2<T>(sc[2 * ks + 1][0], sc[2 * ks + 1][1]),
                                     detail::pack2<T>(sc[2 * ks + 1][2], sc[2 * ks + 1][3])};
-            const uint8_t* vrow = vst + (ks * 16 + 2 * t) * Tr::kVStride + g * 4;
+            const int32_t r0 = ks * 16 + 2 * int32_t(t);
+            const int32_t vrows[4] = {r0, r0 + 1, r0 + 8, r0 + 9};
             CF_UNROLL
-            for (int dp = 0; dp < kHd / 16; ++dp) {
-              const uint32_t v0 = detail::ld_u32(vrow + dp * 32);
-              const uint32_t v1 = detail::ld_u32(vrow + Tr::kVStride + dp * 32);
-              const uint32_t v2 = detail::ld_u32(vrow + 8 * Tr::kVStride + dp * 32);
-              const uint32_t v3 = detail::ld_u32(vrow + 9 * Tr::kVStride + dp * 32);
-              const uint32_t be[2] = {(v0 & 0xffffu) | (v1 << 16), (v2 & 0xffffu) | (v3 << 16)};
-              const uint32_t bo[2] = {(v0 >> 16) | (v1 & 0xffff0000u), (v2 >> 16) | (v3 & 0xffff0000u)};
-              E::mma(o[2 * dp], pa, be);
-              E::mma(o[2 * dp + 1], pa, bo);
+            for (int cb = 0; cb < kColBlocks; ++cb) {
+              dev::U32x4 vw[4];
+              CF_UNROLL
+              for (int k = 0; k < 4; ++k) {
+                vw[k] = dev::U32x4{0, 0, 0, 0};
+                if (vrows[k] < valid) vw[k] = dev::load16(vst + vrows[k] * Tr::kRowBytes + cb * 128 + g * 16);
+              }
+              const uint32_t w0[4] = {vw[0].x, vw[0].y, vw[0].z, vw[0].w};
+              const uint32_t w1[4] = {vw[1].x, vw[1].y, vw[1].z, vw[1].w};
+              const uint32_t w2[4] = {vw[2].x, vw[2].y, vw[2].z, vw[2].w};
+              const uint32_t w3[4] = {vw[3].x, vw[3].y, vw[3].z, vw[3].w};
+              CF_UNROLL
+              for (int k = 0; k < 4; ++k) {
+                const uint32_t be[2] = {(w0[k] & 0xffffu) | (w1[k] << 16), (w2[k] & 0xffffu) | (w3[k] << 16)};
+                const uint32_t bo[2] = {(w0[k] >> 16) | (w1[k] & 0xffff0000u), (w2[k] >> 16) | (w3[k] & 0xffff0000u)};
+                E::mma(o[cb * 8 + 2 * k], pa, be);
+                E::mma(o[cb * 8 + 2 * k + 1], pa, bo);
+              }
             }
           }
           release(it, kW);
         }
         item += n_items;
-        // warp state -> scratch (rows g and g+8 that are real heads)
+        // warp state -> scratch records [warp][head] (rows g and g+8 that are real heads), head dims un-permuted
         CF_UNROLL
         for (int h = 0; h < 2; ++h) {
           l_run[h] += dev::shfl_xor_sync(dev::kFullMask, l_run[h], 1);
           l_run[h] += dev::shfl_xor_sync(dev::kFullMask, l_run[h], 2);
           const int32_t head = int32_t(g) + 8 * h;
           if (head < G) {
-            float* od = scratch + (warp * uint32_t(G) + uint32_t(head)) * kHd;
+            float* rec = scratch + (warp * uint32_t(G) + uint32_t(head)) * kSF;
             CF_UNROLL
-            for (int dp = 0; dp < kHd / 16; ++dp) {
-              const int32_t d0 = dp * 16 + 4 * int32_t(t);
-              od[d0 + 0] = o[2 * dp][2 * h];
-              od[d0 + 1] = o[2 * dp + 1][2 * h];
-              od[d0 + 2] = o[2 * dp][2 * h + 1];
-              od[d0 + 3] = o[2 * dp + 1][2 * h + 1];
+            for (int n = 0; n < kOTiles; ++n) {
+              const int32_t d0 = (n / 8) * 64 + 16 * int32_t(t) + (n % 8);  // dims of (t, c = 0) and (t, c = 1)
+              rec[4 + d0] = o[n][2 * h];
+              rec[4 + d0 + 8] = o[n][2 * h + 1];
             }
             if (t == 0) {
-              scratch[scratch_ml + 2 * (warp * uint32_t(G) + uint32_t(head))] = m_run[h];
-              scratch[scratch_ml + 2 * (warp * uint32_t(G) + uint32_t(head)) + 1] = l_run[h];
+              rec[0] = m_run[h];
+              rec[1] = l_run[h];
             }
           }
         }
         consumers_sync();
-        // merge the warps' states in warp order -> state[b][h]
-        for (int32_t i = int32_t(ctid); i < G * (kHd + 2); i += Tr::kConsumerThreads) {
-          const int32_t head = i / (kHd + 2), e = i % (kHd + 2);  // e: 0 = m, 1 = l, 2.. = acc[d]
+        // merge the warps' states in warp order -> state[b][h] (a prim::SoftmaxState record)
+        for (int32_t i = int32_t(ctid); i < G * kSF; i += Tr::kConsumerThreads) {
+          const int32_t head = i / kSF, e = i % kSF;  // e: 0 = m, 1 = l, 2, 3 = pad, 4.. = acc[d]
           float m_all = detail::kNegInf;
-          for (int w = 0; w < kW; ++w) m_all = std::fmax(m_all, scratch[scratch_ml + 2 * (w * G + head)]);
+          for (int w = 0; w < kW; ++w) m_all = std::fmax(m_all, scratch[(w * G + head) * kSF]);
           float value = 0.0f;
           if (e == 0) {
             value = m_all;
-          } else if (m_all != detail::kNegInf) {
+          } else if (e != 2 && e != 3 && m_all != detail::kNegInf) {
             for (int w = 0; w < kW; ++w) {
-              const float mw = scratch[scratch_ml + 2 * (w * G + head)];
-              const float x = e == 1 ? scratch[scratch_ml + 2 * (w * G + head) + 1]
-                                     : scratch[(uint32_t(w) * G + uint32_t(head)) * kHd + uint32_t(e - 2)];
-              value += x * exp2f(mw - m_all);
+              const float* rec = scratch + (w * G + head) * kSF;
+              value += rec[e] * exp2f(rec[0] - m_all);
             }
           }
-          state[(uint32_t(b) * G + uint32_t(head)) * state_stride + uint32_t(e)] = value;
+          state[(b * G + head) * kSF + e] = value;
         }
         consumers_sync();  // scratch is rewritten for the next token
       }
-      signal_all(state_bar);
+      if (ctid == 0) trace(kTraceAttnDone);
 
-      // Owner of (token, head) units: merge the states of all ranks (rank order) and the new token; push to all.
-      const Range owned = detail::split_range(batch * G, n_ranks, rank);
-      detail::wait(*state_bar, 0, p);
+      // Reduce-scatter of the states with the softmax merge (rank order) into this rank's (token, head) units
+      // (scratch); the owner adds the new token's own score and value, normalises, rounds into attn_s, then the
+      // all-gather gives every rank the group's outputs.
+      const int32_t attn_units = batch * G;
+      const Range owned = detail::split_range(attn_units, n_ranks, rank);
+      float* merged = scratch;
+      dev::fence_cluster();
+      rs32.reduce_scatter(state, merged, uint32_t(attn_units * kSF), detail::UnitBounds{attn_units, n_ranks, uint32_t(kSF)},
+                          prim::SoftmaxMerge<uint32_t(kHd)>{});
       // new-token scores q . k_new, one warp per unit
       for (int32_t u = owned.begin + int32_t(warp); u < owned.end; u += kW) {
         const int32_t b = u / G, head = u % G;
+        const uint8_t* q_row = qkv_s + uint32_t(b * rows_qkv + head) * Tr::kQStride;
+        const uint8_t* k_row = qkv_s + uint32_t(b * rows_qkv + G) * Tr::kQStride;
         float dot = 0.0f;
         for (int32_t d = int32_t(lane) * 2; d < kHd; d += 64) {
-          const uint8_t* q_row = q_s + uint32_t(b * G + head) * Tr::kQStride;
           const dev::Float2 qv = detail::unpack2<T>(detail::ld_u32(q_row + d * 2));
-          const dev::Float2 kv = detail::unpack2<T>(detail::ld_u32(knew_s + uint32_t(b) * kHd * 2 + d * 2));
+          const dev::Float2 kv = detail::unpack2<T>(detail::ld_u32(k_row + d * 2));
           dot += qv.x * kv.x + qv.y * kv.y;
         }
         CF_UNROLL
@@ -810,49 +883,32 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       for (int32_t i = int32_t(ctid); i < owned.size() * kHd; i += Tr::kConsumerThreads) {
         const int32_t u = owned.begin + i / kHd, d = i % kHd;
         const int32_t b = u / G, head = u % G;
-        const uint32_t at = (uint32_t(b) * G + uint32_t(head)) * state_stride;
+        const float* rec = merged + (u - owned.begin) * kSF;
         const float s_new = small->new_score[u - owned.begin];
-        float mr[kMaxClusterSize], lr[kMaxClusterSize], ar[kMaxClusterSize];
-        CF_UNROLL
-        for (int r = 0; r < kMaxClusterSize; ++r) {
-          mr[r] = detail::kNegInf, lr[r] = 0.0f, ar[r] = 0.0f;
-          if (r < n_ranks) {
-            const float* peer = dev::map_shared_rank(state, uint32_t(r));
-            mr[r] = peer[at];
-            lr[r] = peer[at + 1];
-            ar[r] = peer[at + 2 + uint32_t(d)];
-          }
-        }
-        float m_all = s_new;
-        CF_UNROLL
-        for (int r = 0; r < kMaxClusterSize; ++r) m_all = std::fmax(m_all, mr[r]);
-        float l_all = 0.0f, acc = 0.0f;
-        CF_UNROLL
-        for (int r = 0; r < kMaxClusterSize; ++r) {
-          if (mr[r] == detail::kNegInf) continue;  // empty state (or no such rank)
-          const float w = exp2f(mr[r] - m_all);
-          l_all += lr[r] * w;
-          acc += ar[r] * w;
-        }
+        const float m_old = rec[0];
+        const float m_all = std::fmax(m_old, s_new);
+        const float w_old = m_old == detail::kNegInf ? 0.0f : exp2f(m_old - m_all);  // empty state: no cache
         const float w_new = exp2f(s_new - m_all);
-        l_all += w_new;
-        acc += w_new * detail::elem_to_float<T>(detail::ld_u16(vnew_s + uint32_t(b * kHd + d) * 2));
-        const uint16_t e = detail::float_to_elem<T>(acc / l_all);
-        for (int32_t r = 0; r < n_ranks; ++r)
-          detail::st_u16(dev::map_shared_rank(attn_s, uint32_t(r)) + uint32_t(b) * p.attn_stride +
-                             uint32_t(head * kHd + d) * 2,
-                         e);
+        const float v_new =
+            detail::elem_to_float<T>(detail::ld_u16(qkv_s + uint32_t(b * rows_qkv + G + 1) * Tr::kQStride + d * 2));
+        const float l_all = rec[1] * w_old + w_new;
+        const float acc = rec[4 + d] * w_old + w_new * v_new;
+        detail::st_u16(attn_s + uint32_t(b) * p.attn_stride + uint32_t(head * kHd + d) * 2,
+                       detail::float_to_elem<T>(acc / l_all));
       }
-      signal_all(attn_bar);
-      // the attention output of every (token, head) of the group is here; peers are done with `state`
-      detail::wait(*attn_bar, 0, p);
+      // Peers' arrivals here also prove they finished reading this CTA's states: region P is free afterwards.
+      dev::fence_cluster();
+      rs16.all_gather(reinterpret_cast<T*>(attn_s), uint32_t(batch) * (p.attn_stride / 2),
+                      detail::HeadRowBounds{attn_units, n_ranks, G, p.attn_stride / 2, uint32_t(kHd)});
     }
+    if (ctid == 0) trace(kTraceAttnGathered);
 
     // ---- 4. O projection + cross-group sum --------------------------------------------------------------------------
     {
       T* const out = static_cast<T*>(p.out);
       T* const residual_out = static_cast<T*>(p.residual_out);
       const uint32_t ws_group_stride = uint32_t(p.hidden) * uint32_t(batch);
+      float* const ws_group = p.o_partial + uint32_t(group_id) * ws_group_stride;
       // Sums block `ob` of this rank's rows over all groups and writes out / residual_out. Every thread loads a
       // float4 of kGroupsPerChunk groups (all loads in flight at once), the chunk sums are combined in chunk order.
       constexpr int kGroupsPerChunk = 8;
@@ -892,21 +948,11 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
           residual_out[at] = dev::from_float<T>(h + r);
           out[at] = dev::from_float<T>(tokens[b].bad ? NAN : total);
         }
+        consumers_sync();  // opart is rewritten by the next block
       };
-      // The counter of a block is incremented after its partials are stored; the answer (was this CTA the last of
-      // the n_kv_heads groups?) is looked at one block later, so the fence and the atomic's latency overlap the next
-      // block's MMAs; the CTA that arrived last sums the block.
-      uint32_t pending_old = 0;
-      int32_t pending_block = -1;
-      auto decide_last = [&] {  // thread 0: the block to finish now (~0u: none)
-        uint32_t flag = ~0u;
-        if (pending_block >= 0 && pending_old == uint32_t(p.n_kv_heads - 1)) {
-          flag = uint32_t(pending_block);
-          (void)dev::atomic_exch(p.o_counters + rank * p.o_blocks_max + pending_block, 0u);  // for the next launch
-          dev::threadfence();  // acquire: the other groups' partials of the block
-        }
-        small->last_flag = flag;
-      };
+      // Every block's partial goes to the workspace as soon as its MMAs are done (plain stores, nothing waits for
+      // them); the arrivals come after the last block: one release fence and one atomic per block, all blocks at
+      // once, instead of a fence round trip (microseconds under a full HBM pipe) per block.
       for (int32_t i = 0; i < o_blocks; ++i) {
         const int32_t ob = (i + group_id) % o_blocks;
         const int32_t block_rows = o_rows - ob * kHd < kHd ? o_rows - ob * kHd : kHd;
@@ -920,46 +966,65 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
           release(item, 1);
           ++item;
         }
-        // k-group partials -> opart[kg][row][token]; summed in k-group order -> the workspace
-        CF_UNROLL
-        for (int nt = 0; nt < kBatchTiles; ++nt) {
+        const int32_t r0 = o_begin + ob * kHd;
+        if constexpr (Tr::kKGroups == 1) {  // each warp holds complete sums of its m tile: store them directly
           CF_UNROLL
-          for (int h = 0; h < 2; ++h) {
-            const int32_t row = mt * 16 + int32_t(g) + 8 * h;
+          for (int nt = 0; nt < kBatchTiles; ++nt) {
             CF_UNROLL
-            for (int c = 0; c < 2; ++c) {
-              const int32_t token = nt * 8 + 2 * int32_t(t) + c;
-              if (token < batch) opart[(kg * kHd + row) * batch + token] = acc[nt][2 * h + c];
+            for (int h = 0; h < 2; ++h) {
+              const int32_t row = mt * 16 + int32_t(g) + 8 * h;
+              CF_UNROLL
+              for (int c = 0; c < 2; ++c) {
+                const int32_t token = nt * 8 + 2 * int32_t(t) + c;
+                if (token < batch && row < block_rows)
+                  ws_group[uint32_t(r0 + row) * uint32_t(batch) + uint32_t(token)] = acc[nt][2 * h + c];
+              }
             }
           }
-        }
-        consumers_sync();
-        const int32_t r0 = o_begin + ob * kHd;
-        for (int32_t e = int32_t(ctid); e < block_rows * batch; e += Tr::kConsumerThreads) {
-          float sum = 0.0f;
+        } else {  // k-group partials -> opart[kg][row][token]; summed in k-group order -> the workspace
           CF_UNROLL
-          for (int k = 0; k < Tr::kKGroups; ++k) sum += opart[k * kHd * batch + e];
-          p.o_partial[uint32_t(group_id) * ws_group_stride + uint32_t(r0) * uint32_t(batch) + uint32_t(e)] = sum;
-        }
-        consumers_sync();  // the block's partials are stored (and opart is free)
-        if (ctid == 0) decide_last();
-        consumers_sync();
-        if (ctid == 0) {
-          dev::threadfence();  // release: this CTA's partials before its arrival
-          pending_old = dev::atomic_add(p.o_counters + rank * p.o_blocks_max + ob, 1u);
-          pending_block = ob;
-        }
-        if (small->last_flag != ~0u) {
-          finish_block(int32_t(small->last_flag));
+          for (int nt = 0; nt < kBatchTiles; ++nt) {
+            CF_UNROLL
+            for (int h = 0; h < 2; ++h) {
+              const int32_t row = mt * 16 + int32_t(g) + 8 * h;
+              CF_UNROLL
+              for (int c = 0; c < 2; ++c) {
+                const int32_t token = nt * 8 + 2 * int32_t(t) + c;
+                if (token < batch) opart[(kg * kHd + row) * batch + token] = acc[nt][2 * h + c];
+              }
+            }
+          }
+          consumers_sync();
+          for (int32_t e = int32_t(ctid); e < block_rows * batch; e += Tr::kConsumerThreads) {
+            float sum = 0.0f;
+            CF_UNROLL
+            for (int k = 0; k < Tr::kKGroups; ++k) sum += opart[k * kHd * batch + e];
+            ws_group[uint32_t(r0) * uint32_t(batch) + uint32_t(e)] = sum;
+          }
           consumers_sync();  // opart is rewritten by the next block
         }
       }
-      consumers_sync();  // everyone has read the last block's flag
-      if (ctid == 0) decide_last();  // waits for the last atomic
+      consumers_sync();  // every partial of this CTA is stored (the fences below are cumulative over them)
+      if (ctid == 0) trace(kTraceOLoopDone);
+      for (int32_t ob = int32_t(ctid); ob < o_blocks; ob += Tr::kConsumerThreads) {
+        uint32_t* counter = p.o_counters + rank * p.o_blocks_max + ob;
+        dev::threadfence();  // release: this CTA's partials before its arrival
+        const uint32_t before = dev::atomic_add(counter, 1u);
+        const bool last = before == uint32_t(p.n_kv_heads - 1);
+        if (last) {
+          (void)dev::atomic_exch(counter, 0u);  // for the next launch
+          dev::threadfence();                   // acquire: the other groups' partials of the block
+        }
+        last_flags[ob] = last ? 1u : 0u;
+      }
       consumers_sync();
-      if (small->last_flag != ~0u) finish_block(int32_t(small->last_flag));
+      for (int32_t i = 0; i < o_blocks; ++i) {
+        const int32_t ob = (i + group_id) % o_blocks;
+        if (last_flags[ob]) finish_block(ob);
+      }
     }
   }
+  if (tid == 0) trace(kTraceEnd);
   dev::cluster_sync();  // no CTA exits while a peer may still read its shared memory
 }
 

@@ -13,6 +13,8 @@ namespace cf::kernels::decoder_attention {
 struct KernelParams {
   dev::TensorMap w_qkv_map;  // [qkv_rows, hidden], box {32, head_dim}
   dev::TensorMap w_o_map;    // [hidden, q_dim], box {32, head_dim}
+  dev::TensorMap k_map;      // the K page pool as [n_pages * page_size, kv_dim], box {head_dim, kv_box_rows}
+  dev::TensorMap v_map;      // (unset with per-layer tables: rows are then bulk-copied one by one)
 
   // shapes
   int32_t hidden, n_kv_heads, group, q_dim, kv_dim, rot_dim, batch;
@@ -37,6 +39,8 @@ struct KernelParams {
   const uint64_t* k_layer_table;
   const uint64_t* v_layer_table;
   int32_t layer_id, n_pages, page_size, n_indices;
+  int32_t kv_box_rows;  // rows per K/V box: a power of two dividing page_size and the KV tile (1: row copies)
+  int32_t kv_use_maps;  // 1: boxes through k_map / v_map; 0 (per-layer tables): one bulk copy per row
   const int32_t* kv_indptr;
   const int32_t* kv_indices;
   const int32_t* kv_last_page_len;
@@ -50,12 +54,14 @@ struct KernelParams {
   uint32_t* o_counters; // [cluster_size * o_blocks_max]
   uint32_t* status;     // [kStatusWords]
   uint32_t max_polls;   // GPU: polls before an mbarrier wait gives up (0: never)
+  uint64_t* trace;      // optional [grid][kTraceSlots] SM-clock timestamps (traits.hpp TracePoint)
 
   // shared-memory carve
   int32_t stages;
+  int32_t early_stages;  // ring items issued before the consumers' "go" (the norm is done)
   int32_t max_batch;
-  uint32_t off_tokens, off_small, off_x, off_q, off_knew, off_vnew, off_attn, off_part, off_scratch, off_state,
-      off_opart, off_ring;
+  uint32_t off_rs32, off_rs16, off_tokens, off_small, off_flags, off_pages, off_x, off_qkv, off_attn, off_part,
+      off_scratch, off_state, off_opart, off_ring;
   uint32_t x_stride, attn_stride;  // bytes per token row of x_s / attn_s
 };
 

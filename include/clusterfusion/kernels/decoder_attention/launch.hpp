@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "clusterfusion/kernels/decoder_attention/params.hpp"
 
@@ -24,6 +25,8 @@ struct LaunchInfo {
   int stages = 0;         // ring depth
   size_t smem_bytes = 0;  // dynamic shared memory per CTA
   size_t stage_bytes = 0;
+  int kv_box_rows = 0;    // K/V rows per TMA box (1: one copy per row)
+  int early_stages = 0;   // ring items issued before the norm is done
 };
 
 // The largest N of {8, 4, 2} with n_kv_heads * N <= sm_count whose K- and row-slices are non-empty (else 2). The
@@ -46,6 +49,10 @@ class Plan {
 
   // Synchronises `stream`, reads and clears the device status words; throws cf::InputError naming the problems.
   void check_status(void* stream = nullptr);
+
+  // With PlanConfig::trace: synchronises `stream` and returns the last run's phase timestamps, [CTA][kTraceSlots]
+  // SM clock cycles (traits.hpp TracePoint; 0 on the emulator).
+  std::vector<uint64_t> read_trace(void* stream = nullptr);
 
   const LaunchInfo& info() const;
   const PlanConfig& config() const;

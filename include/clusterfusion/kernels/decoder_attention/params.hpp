@@ -26,6 +26,7 @@ namespace cf::kernels::decoder_attention {
 
 inline constexpr int kMaxBatch = 16;
 inline constexpr int kMaxGroup = 16;  // query heads per KV head (one m16 tile of the attention MMAs)
+inline constexpr int kMinStages = 4;  // the smallest ring a plan accepts (PlanConfig::max_stages, $CF_DA_MAX_STAGES)
 
 struct Shape {
   int hidden = 0;
@@ -80,6 +81,7 @@ struct PlanConfig {
                          // SMs in one GPC per cluster)
   int sm_count = 0;      // 0: the device's
   int max_stages = 0;    // 0: as many ring stages as fit (up to kMaxStages)
+  bool trace = false;    // record per-CTA phase timestamps (Plan::read_trace), for performance work
 };
 
 struct StepArgs {
@@ -107,6 +109,22 @@ enum StatusBit : uint32_t {
   kStatusWords = 5,         // the status is one u32 word per bit (set to 1 by the device)
 };
 std::string describe_status(const uint32_t* words);
+
+// Phase timestamps (SM clock cycles) per CTA, recorded with PlanConfig::trace (Plan::read_trace).
+enum TracePoint : uint32_t {
+  kTraceStart = 0,       // after the start-up cluster barrier
+  kTraceNormDone,        // x_s written
+  kTraceQkvDone,         // this CTA's QKV partials stored
+  kTraceQkvGathered,     // q / k / v of every token here (attention starts)
+  kTraceAttnDone,        // this CTA's softmax states merged over its warps
+  kTraceAttnGathered,    // attention outputs of the group here (O starts)
+  kTraceOLoopDone,       // O partials of every row block stored
+  kTraceEnd,             // before the final cluster barrier
+  kTraceProducerQkv,     // producer: last QKV tile issued
+  kTraceProducerKv,      // producer: last K/V tile issued
+  kTraceProducerWo,      // producer: last Wo tile issued
+  kTraceSlots,
+};
 
 // ---- host validation --------------------------------------------------------------------------------------------
 

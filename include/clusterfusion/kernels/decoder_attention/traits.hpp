@@ -7,12 +7,21 @@
 
 #include "clusterfusion/device/types.hpp"
 #include "clusterfusion/kernels/decoder_attention/kernel_params.hpp"
+#include "clusterfusion/primitives/cluster_reduce_scatter.hpp"
 
 namespace cf::kernels::decoder_attention {
 
-inline constexpr int kMinStages = 4;
 inline constexpr int kMaxClusterSize = 16;  // cluster sizes 2, 4, 8, 16 (loops over ranks unroll to this bound)
 inline constexpr int kMaxStages = 16;
+// Ring stages the producer issues before the consumers' norm is done (the rest follow the "go" barrier): enough to
+// keep this SM's share of HBM busy during the norm, few enough that the norm's own loads do not queue behind a
+// GPU-wide flood of weight tiles. $CF_DA_EARLY_STAGES overrides it (experiments).
+inline constexpr int kDefaultEarlyStages = 4;
+inline constexpr int kPageWindow = 32;  // page indices the producer holds per window (one per lane)
+
+// Named barriers (id 0 is __syncthreads).
+inline constexpr uint32_t kConsumerBarrier = 1;  // the 8 consumer warps (also the collectives' thread group)
+inline constexpr uint32_t kGoBarrier = 2;        // consumers -> producer: the norm is done, stream at full depth
 
 template <int kHeadDim>
 struct Traits {
@@ -34,27 +43,27 @@ struct Traits {
   static constexpr int kUnitsPerKGroup = kUnitsPerStage / kKGroups;
   static_assert(kKGroups * kMTiles == kConsumerWarps && kUnitsPerKGroup * kKGroups == kUnitsPerStage);
 
-  // KV stages: kKvTile positions of one token, one bulk copy per row, rows padded so the fragment loads are
-  // conflict-free: K (16-byte loads by rows g, g+1 of a quarter warp) needs a stride = 64 mod 128 bytes; V (32-bit
-  // loads of rows 2t, 2t+1, 2t+8, 2t+9) needs a stride = 4 mod 16 words.
-  static constexpr int kKvTile = kHeadDim == 128 ? 16 : 32;
+  // KV stages: kKvTile positions of one token, K rows then V rows, dense (head_dim * 2 bytes per row, as the cache
+  // stores them), 16 KB: filled by a few TMA boxes of up to kKvTile rows (one box per page chunk) under one
+  // full-barrier phase. Dense rows cost 2-way bank conflicts on the K fragment loads (8 rows x 64 bytes per
+  // instruction) and none on V (16-byte loads of 8 consecutive columns; the n index of P V is permuted).
   static constexpr int kRowBytes = kHeadDim * 2;
-  static constexpr int kKStride = kRowBytes + 64;
-  static constexpr int kVStride = kRowBytes + 16;
-  static constexpr int kKvStageBytes = kKvTile * (kKStride + kVStride);
-  static constexpr int kKvTxBytes = 2 * kKvTile * kRowBytes;  // bytes the copies of one KV stage deliver
+  static constexpr int kKvTile = 8192 / kRowBytes;             // 32 (hd 128) or 64 (hd 64) positions
+  static constexpr int kKvStageBytes = 2 * kKvTile * kRowBytes;  // 16 KB
+  static constexpr int kMaxBoxesPerLane = kKvTile / 32;        // boxes of one row (page size 1): 1 or 2 per lane
   static constexpr int kSTiles = kKvTile / 8;                  // n8 tiles of scores per KV stage
   static constexpr int kPvSteps = kKvTile / 16;                // k16 steps of P V per KV stage
 
   static constexpr int kStageBytes = ((std::max(kWeightStageBytes, kKvStageBytes) + 127) / 128) * 128;
 
-  static constexpr int kQStride = kRowBytes + 64;  // q_s rows (one per query head): A fragments, conflict-free
+  static constexpr int kQStride = kRowBytes + 64;  // qkv_s rows (q heads, k, v of a token): conflict-free A loads
+  static constexpr int kStateFloats = kHeadDim + 4;  // prim::SoftmaxState<hd>: m, l, 2 pad, acc[hd]
 };
 
 // Byte offsets of every buffer in dynamic shared memory; identical in every CTA of the cluster.
 struct Layout {
-  uint32_t off_tokens, off_small, off_x, off_q, off_knew, off_vnew, off_attn, off_part, off_scratch, off_state,
-      off_opart, off_ring;
+  uint32_t off_rs32, off_rs16, off_tokens, off_small, off_flags, off_pages, off_x, off_qkv, off_attn, off_part,
+      off_scratch, off_state, off_opart, off_ring;
   uint32_t x_stride, attn_stride;
   uint32_t fixed_bytes;  // everything before the ring
   uint32_t stage_bytes;
@@ -74,20 +83,22 @@ struct TokenInfo {
 
 // Small per-CTA scalars.
 struct SmallBuffers {
-  float sumsq_local[kMaxBatch];            // this CTA's sum of squares per token (read by peers)
+  float sumsq[kMaxClusterSize * kMaxBatch];  // [rank][token] partial sums of squares (all-gathered)
   float inv_rms[kMaxBatch];
-  float norm_red[kMaxBatch][8];            // per warp partial sums of squares
-  float new_score[kMaxBatch * kMaxGroup];  // q . k_new (log2-scaled) per (token, head) this CTA owns
-  uint32_t last_flag;                      // the O-block this CTA summed last (broadcast)
-  uint32_t pad[3];
+  float norm_red[kMaxBatch][8];              // per warp partial sums of squares
+  float new_score[kMaxBatch * kMaxGroup];    // q . k_new (log2-scaled) per (token, head) this CTA owns
 };
-
-inline constexpr int kExchangeBarriers = 5;  // sumsq, partial, qkv, state, attn (each used once per launch)
 
 constexpr uint32_t align_up(uint64_t v, uint32_t a) { return uint32_t((v + a - 1) / a * a); }
 
 // Rows of x_s and attn_s are padded to 64 mod 128 bytes (conflict-free B-fragment loads of tokens g, g+1).
 constexpr uint32_t padded_row_stride(uint64_t bytes) { return align_up(bytes, 128) + 64; }
+
+// O row blocks of head_dim rows per rank: at most ceil(hidden / 16 / cluster) * 16 rows.
+inline int o_blocks_max(int hidden, int cluster_size, int head_dim) {
+  const int rows = (hidden / 16 + cluster_size - 1) / cluster_size * 16;
+  return (rows + head_dim - 1) / head_dim;
+}
 
 template <int kHeadDim>
 Layout make_layout(int max_batch, int group, int cluster_size, int hidden, int n_kv_heads) {
@@ -103,30 +114,35 @@ Layout make_layout(int max_batch, int group, int cluster_size, int hidden, int n
     off += uint32_t(bytes);
     return at;
   };
-  take(uint64_t(2 * kMaxStages + kExchangeBarriers) * 8);  // mbarriers at offset 0
+  take(uint64_t(2 * kMaxStages) * 8);  // full / empty mbarriers at offset 0
+  l.off_rs32 = take(prim::ClusterReduceScatter<0, float>::workspace_bytes(), 16);
+  l.off_rs16 = take(prim::ClusterReduceScatter<0, dev::f16>::workspace_bytes(), 16);
   l.off_tokens = take(sizeof(TokenInfo) * kMaxBatch);
   l.off_small = take(sizeof(SmallBuffers));
+  l.off_flags = take(uint64_t(o_blocks_max(hidden, cluster_size, kHeadDim)) * 4);  // per O row block: summed here?
+  l.off_pages = take(uint64_t(max_batch) * kPageWindow * 4);  // each token's first page window (producer)
 
-  // Region X: x_s during QKV; afterwards q_s, k_new, v_new, attn_s (peers write them only after this CTA's QKV).
+  // Region X: x_s during QKV; afterwards qkv_s (q heads, k, v per token, gathered) and attn_s (peers write them
+  // only after this CTA's QKV: the gathers start after every rank's reduce-scatter).
   l.x_stride = padded_row_stride(uint64_t(max_units_per_rank) * Tr::kUnitCols * 2);
   l.attn_stride = padded_row_stride(uint64_t(group) * kHeadDim * 2);
   const uint64_t x_bytes = uint64_t(max_batch) * l.x_stride;
-  const uint64_t q_bytes = align_up(uint64_t(max_batch) * group * Tr::kQStride, 128);
-  const uint64_t kv_new_bytes = align_up(uint64_t(max_batch) * kHeadDim * 2, 128);
+  const uint64_t qkv_bytes = align_up(uint64_t(max_batch) * (group + 2) * Tr::kQStride, 128);
   const uint64_t attn_bytes = uint64_t(max_batch) * l.attn_stride;
-  const uint32_t region_x = take(std::max(x_bytes, q_bytes + 2 * kv_new_bytes + attn_bytes));
+  const uint32_t region_x = take(std::max(x_bytes, qkv_bytes + attn_bytes));
   l.off_x = region_x;
-  l.off_q = region_x;
-  l.off_knew = uint32_t(region_x + q_bytes);
-  l.off_vnew = uint32_t(l.off_knew + kv_new_bytes);
-  l.off_attn = uint32_t(l.off_vnew + kv_new_bytes);
+  l.off_qkv = region_x;
+  l.off_attn = uint32_t(region_x + qkv_bytes);
 
-  // Region P: partial q/k/v (pulled by peers until they push q/k/v back); afterwards the per-warp softmax states,
-  // the CTA's states (pulled by peers until they push the attention output), then the O-block partials.
+  // Region P: the K-split partials of q/k/v (reduce-scattered in place); afterwards the per-warp softmax states
+  // (scratch; later the merged states a rank owns), the CTA's states (reduce-scattered), then the O partials.
   const uint64_t part_bytes = uint64_t(Tr::kKGroups) * rows * max_batch * 4;
-  const uint64_t scratch_bytes = align_up(uint64_t(Tr::kConsumerWarps) * group * (kHeadDim + 2) * 4, 128);
-  const uint64_t state_bytes = align_up(uint64_t(max_batch) * group * (kHeadDim + 2) * 4, 128);
-  // opart: the k-group partials of an O block, then the per-chunk sums of the last arriver (8 groups per chunk)
+  const uint64_t owned_units_max = (uint64_t(max_batch) * group + cluster_size - 1) / cluster_size;
+  const uint64_t scratch_bytes =
+      align_up(std::max<uint64_t>(uint64_t(Tr::kConsumerWarps) * group, owned_units_max) * Tr::kStateFloats * 4, 128);
+  const uint64_t state_bytes = align_up(uint64_t(max_batch) * group * Tr::kStateFloats * 4, 128);
+  // opart: the k-group partials of an O block (head_dim 64 only), then the per-chunk sums of the last arriver
+  // (8 groups per chunk)
   const uint64_t chunks = uint64_t(n_kv_heads + 7) / 8;
   const uint64_t opart_bytes = std::max<uint64_t>(Tr::kKGroups, chunks) * kHeadDim * max_batch * 4;
   const uint32_t region_p = take(std::max({part_bytes, scratch_bytes + state_bytes, opart_bytes}));
