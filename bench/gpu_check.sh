@@ -24,7 +24,8 @@
 # Files in $OUT (<= 8): gpu_check.txt (everything), build.log, bench.json, bench_ffn.json, peer.json, summary.txt.
 # Environment: OUT (default build/gpu_check_out), CF_GPU_CHECK_BUDGET, CF_GPU_TARGETS, CF_BENCH_ARGS,
 # CF_PEER_STAGES (default bw,attn), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16),
-# CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck).
+# CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck), CF_CTEST_ARGS (extra
+# ctest arguments, e.g. '-j 6 -R Attention').
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -167,7 +168,8 @@ step_resources() {
 
 step_ctest() {
   [ -x "$TEST_BIN" ] || { echo "SKIP: $TEST_BIN not built"; return 3; }
-  (cd "$BUILD_DIR" && ctest -L gpu -V --timeout 170 --output-on-failure)
+  # shellcheck disable=SC2086
+  (cd "$BUILD_DIR" && ctest -L gpu -V --timeout 170 --output-on-failure ${CF_CTEST_ARGS:-})
 }
 
 step_bench() {
