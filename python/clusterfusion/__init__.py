@@ -364,10 +364,14 @@ _TEXT, _DONE, _ERROR = 0, 1, 2
 def _resolve_backend(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"backend: expected a str, got {type(name).__name__}")
+    known = {b["name"]: b for b in _core.backend_list()}
     if name != "auto":
+        if name not in known:
+            raise ValueError(f"backend: unknown backend '{name}' (known: auto, {', '.join(known)})")
+        if not known[name]["built"]:
+            raise ValueError(f"backend '{name}' is not built in this package ({known[name]['description']})")
         return name
-    built = {b["name"] for b in _core.backend_list() if b["built"]}
-    if "cuda" in built and cuda_available():
+    if known.get("cuda", {}).get("built") and cuda_available():
         return "cuda"
     return "cpu"
 

@@ -6,7 +6,6 @@ import pytest
 
 import clusterfusion
 import oracle
-from conftest import Device
 
 
 def ffn_case(seed: int, dtype=np.float16, batch: int = 3, hidden: int = 256, ffn_hidden: int = 384,
@@ -81,3 +80,17 @@ def test_ffn_shape_rules_of_the_kernel():
                                       backend="emu")
     clusterfusion.llama_ffn_layer(out, res, c["hidden"], c["residual"], c["gate_up"], c["down"], c["norm"], 1e-5)
     assert np.isfinite(out.astype(np.float32)).all()  # the reference has no such limit
+
+
+def test_ffn_outputs_may_be_the_inputs(device):
+    """output over hidden_states and residual_output over residual, as a decode loop updates in place."""
+    c = ffn_case(14)
+    want_out, want_res = oracle.ffn_layer(c["hidden"], c["residual"], c["gate_up"], c["down"], c["norm"], 1e-5)
+    hidden, residual = device.put(c["hidden"]), device.put(c["residual"])
+    clusterfusion.llama_ffn_layer(hidden, residual, hidden, residual, device.put(c["gate_up"]), device.put(c["down"]),
+                                  device.put(c["norm"]), 1e-5, backend="auto" if device.cuda else device.backend)
+    out, res = device.get(hidden), device.get(residual)
+    tol = 2e-3 if device.backend == "reference" else 2e-2
+    np.testing.assert_allclose(out.astype(np.float32), want_out.astype(np.float32), rtol=tol,
+                               atol=tol * oracle.rms(want_out))
+    np.testing.assert_array_equal(res.view(np.uint16), want_res.view(np.uint16))
