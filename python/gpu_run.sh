@@ -39,5 +39,7 @@ python3 examples/torch_decoder_layer.py --steps 16 2>&1 | tee "$out/example.log"
 rc=$(( rc | ${PIPESTATUS[0]} ))
 python3 examples/torch_decoder_layer.py --steps 4 --cpu 2>&1 | tail -3
 python3 examples/torch_decoder_layer.py --steps 2 --layers 1 --backend emu 2>&1 | tail -3
+python3 examples/decoder_layer_timing.py 2>&1 | tee "$out/timing.log"
+rc=$(( rc | ${PIPESTATUS[0]} ))
 echo "gpu_run: exit $rc"
 exit "$rc"

@@ -177,3 +177,37 @@ def test_cuda_seed_pointer_tables_and_determinism():
         a["v_cache"].copy_(v_before)
     np.testing.assert_array_equal(outputs[0].view(np.uint16), outputs[1].view(np.uint16))
     assert not spare_k.any() and not spare_v.any()  # layer 0's pool untouched
+
+
+@pytest.mark.skipif(not gpu_ready(), reason=gpu_skip_reason())
+def test_cuda_graph_capture_replays_the_call():
+    """After a first (plan-building) call, the layer is captured into a torch CUDA graph; a replay gives the eager
+    call's bits. The call runs on torch's current stream, which is the capture stream inside torch.cuda.graph."""
+    torch = torch_module()
+    c = oracle.make_decoder_case(seed=9)
+    dev = Device("cuda")
+    a = {k: dev.put(v) for k, v in c.arrays.items()}
+    k_start, v_start = a["k_cache"].clone(), a["v_cache"].clone()
+
+    def layer():
+        clusterfusion.llama_decoder_layer(
+            a["output"], a["residual_output"], a["hidden_states"], a["residual"], a["qkv_weight"], a["o_weight"],
+            a["paged_kv_indptr"], a["paged_kv_indices"], a["k_cache"], a["v_cache"], 0, a["rms_weight"], c.eps,
+            a["positions"], a["cos_sin"], max_batch=16)
+
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        layer()  # builds the plan outside the capture
+    side.synchronize()
+    eager_out, eager_k = a["output"].clone(), a["k_cache"].clone()
+    a["k_cache"].copy_(k_start)
+    a["v_cache"].copy_(v_start)
+    a["output"].zero_()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        layer()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(a["output"], eager_out) and torch.equal(a["k_cache"], eager_k)
+    assert not torch.equal(eager_out, torch.zeros_like(eager_out))
