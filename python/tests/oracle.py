@@ -62,12 +62,6 @@ class DecoderCase:
     eps: float
     arrays: Dict[str, Optional[np.ndarray]] = field(default_factory=dict)
 
-    @property
-    def pool_shape(self):
-        # page size 1: the seed's token pool [slots, n_kv_heads, head_dim]
-        k = self.arrays["k_cache"]
-        return k.shape
-
 
 def make_decoder_case(
     seed: int = 0,
@@ -112,7 +106,8 @@ def make_decoder_case(
     a["o_weight"] = randn(hidden, q_dim, scale=q_dim**-0.5)
     a["rms_weight"] = (1.0 + 0.1 * rng.standard_normal(hidden)).astype(dtype)
     a["qkv_bias"] = randn(q_dim + 2 * kv_dim, scale=0.1) if bias else None
-    shape = (n_pages, kv_dim // head_dim, head_dim) if page_size == 1 else (n_pages, page_size, n_kv_heads, head_dim)
+    # page size 1: the seed's token pool [slots, n_kv_heads, head_dim]; else [n_pages, page_size, n_kv_heads, head_dim]
+    shape = (n_pages, n_kv_heads, head_dim) if page_size == 1 else (n_pages, page_size, n_kv_heads, head_dim)
     a["k_cache"] = randn(*shape)
     a["v_cache"] = randn(*shape)
     a["paged_kv_indptr"] = indptr

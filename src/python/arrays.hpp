@@ -81,7 +81,6 @@ struct Array {
   int64_t numel() const { return int64_t(nd.size()); }
   void* data() const { return const_cast<void*>(nd.data()); }
   size_t bytes() const { return size_t(nd.nbytes()); }
-  std::string where() const { return name; }
 
   [[noreturn]] void fail_value(const std::string& what) const { throw nb::value_error((name + ": " + what).c_str()); }
   [[noreturn]] void fail_type(const std::string& what) const { throw nb::type_error((name + ": " + what).c_str()); }

@@ -11,6 +11,8 @@
 //                       device pointers (the seed's k_data_ptrs) with kv_cache_shape giving the pool's shape
 //   positions int32 or int64 [B]    cos_sin float32 [max_positions, rot_dim] (cos of the pairs, then sin) or None
 #pragma once
+#include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <optional>
 #include <string>
