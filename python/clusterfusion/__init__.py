@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 import queue
+import sys
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -131,6 +132,23 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def _exporter() -> Tuple[Any, Any]:
+    """(torch.Tensor, torch's C DLPack exporter) once torch is imported, else (None, None). Exporting a tensor
+    through torch._C._to_dlpack skips the Python body of Tensor.__dlpack__, several microseconds per tensor."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None, None
+    return getattr(torch, "Tensor", None), getattr(getattr(torch, "_C", None), "_to_dlpack", None)
+
+
+def _arrays(*objects: Any) -> List[Any]:
+    """The array arguments as the extension takes them: torch tensors as DLPack capsules (detached), the rest as is."""
+    tensor_type, export = _exporter()
+    if export is None:
+        return [_plain(x) for x in objects]
+    return [export(_plain(x)) if isinstance(x, tensor_type) else _plain(x) for x in objects]
+
+
 def _stream_handle(x: Any, stream: Any) -> int:
     """The cudaStream_t (as int) to run on: the given one, else the framework's current stream for x's device."""
     if stream is not None:
@@ -146,8 +164,10 @@ def _stream_handle(x: Any, stream: Any) -> int:
         )
     module = type(x).__module__
     if module.startswith("torch"):
-        import torch
-
+        torch = sys.modules["torch"]
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # an int, without a Stream object
+        if raw is not None:
+            return int(raw(x.get_device()))
         return int(torch.cuda.current_stream(x.device).cuda_stream)
     if module.startswith("cupy"):
         import cupy  # type: ignore[import-not-found]
@@ -252,35 +272,18 @@ def llama_decoder_layer(
     workspace): make it before capturing a CUDA graph; later calls are one launch, graph-capturable.
     """
     layer_id = operator.index(layer_id)
-    k_cache = _plain(_layer_cache(k_cache, layer_id, "k_cache"))
-    v_cache = _plain(_layer_cache(v_cache, layer_id, "v_cache"))
-    args = (
-        _plain(output),
-        _plain(residual_output),
-        _plain(hidden_states),
-        _plain(residual),
-        _plain(qkv_weight),
-        _plain(o_weight),
-        paged_kv_indptr,
-        paged_kv_indices,
-        k_cache,
-        v_cache,
-        layer_id,
-        _plain(rms_weight),
-        eps,
-        positions,
-        _plain(cos_sin),
-        kv_last_page_len,
-        _plain(qkv_bias),
-        rope_style,
-        rope_theta,
-        _shape_tuple(kv_cache_shape),
-        backend,
-        cluster_size,
-        max_batch,
-    )
-    if _on_cuda(hidden_states):
-        _cuda_ext().llama_decoder_layer(*args, _stream_handle(hidden_states, stream), check_status)
+    cuda = _on_cuda(hidden_states)
+    stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
+    (output, residual_output, hidden_states, residual, qkv_weight, o_weight, paged_kv_indptr, paged_kv_indices,
+     k_cache, v_cache, rms_weight, positions, cos_sin, kv_last_page_len, qkv_bias) = _arrays(
+        output, residual_output, hidden_states, residual, qkv_weight, o_weight, paged_kv_indptr, paged_kv_indices,
+        _layer_cache(k_cache, layer_id, "k_cache"), _layer_cache(v_cache, layer_id, "v_cache"), rms_weight,
+        positions, cos_sin, kv_last_page_len, qkv_bias)
+    args = (output, residual_output, hidden_states, residual, qkv_weight, o_weight, paged_kv_indptr,
+            paged_kv_indices, k_cache, v_cache, layer_id, rms_weight, eps, positions, cos_sin, kv_last_page_len,
+            qkv_bias, rope_style, rope_theta, _shape_tuple(kv_cache_shape), backend, cluster_size, max_batch)
+    if cuda:
+        _cuda_ext().llama_decoder_layer(*args, stream_handle, check_status)
     else:
         _core.llama_decoder_layer(*args, emu_seed)
 
@@ -313,21 +316,12 @@ def llama_ffn_layer(
     down_weight [H, ffn_hidden]; rms_weight [H]. The fused kernel needs H % 32 == 0 and ffn_hidden % 16 == 0.
     Keywords as in llama_decoder_layer (backend "auto" | "cuda" | "reference" | "emu"; cluster_size 0, 2, 4, 8).
     """
-    args = (
-        _plain(output),
-        _plain(residual_output),
-        _plain(hidden_states),
-        _plain(residual),
-        _plain(gate_up_weight),
-        _plain(down_weight),
-        _plain(rms_weight),
-        eps,
-        backend,
-        cluster_size,
-        max_batch,
-    )
-    if _on_cuda(hidden_states):
-        _cuda_ext().llama_ffn_layer(*args, _stream_handle(hidden_states, stream), check_status)
+    cuda = _on_cuda(hidden_states)
+    stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
+    args = (*_arrays(output, residual_output, hidden_states, residual, gate_up_weight, down_weight, rms_weight),
+            eps, backend, cluster_size, max_batch)
+    if cuda:
+        _cuda_ext().llama_ffn_layer(*args, stream_handle, check_status)
     else:
         _core.llama_ffn_layer(*args, emu_seed)
 
@@ -349,9 +343,12 @@ def rms_norm(
     sum (SGLang's fused_add_rmsnorm). output may be input. CUDA tensors run cuda-unfused's kernel (n % 8 == 0), CPU
     arrays the fp32 reference.
     """
-    args = (_plain(output), _plain(input), _plain(weight), eps, _plain(residual), _plain(residual_output))
-    if _on_cuda(input):
-        _cuda_ext().rms_norm(*args, _stream_handle(input, stream))
+    cuda = _on_cuda(input)
+    stream_handle = _stream_handle(input, stream) if cuda else 0
+    out, x, w, res, res_out = _arrays(output, input, weight, residual, residual_output)
+    args = (out, x, w, eps, res, res_out)
+    if cuda:
+        _cuda_ext().rms_norm(*args, stream_handle)
     else:
         _core.rms_norm(*args)
 
