@@ -35,7 +35,7 @@ mkdir -p "$OUT"
 export BUDGET="${CF_GPU_CHECK_BUDGET:-420}"
 export JOBS="${CF_JOBS:-16}"
 export BUILD_DIR="$ROOT/build/default"
-export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention cf_bench_ffn"  # + discovered GPU tests (step_build)
+export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention cf_bench_cluster_collectives cf_bench_ffn"  # + discovered GPU tests (step_build)
 export TEST_BIN="$BUILD_DIR/tests/gpu/cuda_unfused/cf_test_gpu_cuda_unfused"
 export BENCH_BIN="$BUILD_DIR/bench/decoder_attention/cf_bench_decoder_attention"
 export FFN_BENCH_BIN="$BUILD_DIR/bench/ffn/cf_bench_ffn"
@@ -182,6 +182,12 @@ step_bench() {
   return $rc
 }
 
+step_collectives() {
+  local bin="$BUILD_DIR/bench/cluster_collectives/cf_bench_cluster_collectives"
+  [ -x "$bin" ] || { echo "SKIP: $bin not built"; return 3; }
+  "$bin" --json "$OUT/bench_collectives.json"
+}
+
 step_peer() {
   local peer="$ROOT/.peers/torch_decode_peer.py"
   [ -f "$peer" ] || { echo "SKIP: $peer missing (run scripts/prepare_gpu_run.sh and carry .peers)"; return 3; }
@@ -206,7 +212,7 @@ step_sanitizer() {  # $1 = tool, $2 = gtest filter
   return $rc
 }
 
-export -f step_info step_gtest step_configure step_build step_resources step_ctest step_bench step_peer \
+export -f step_info step_gtest step_configure step_build step_resources step_ctest step_bench step_collectives step_peer \
   step_sanitizer sanitizer_bin
 
 # ---- step runner ------------------------------------------------------------------------------------------------
@@ -317,6 +323,7 @@ main() {
   fi
   run_step ctest-gpu 200 bash -c step_ctest
   run_step bench 150 bash -c step_bench
+  run_step collectives 45 bash -c step_collectives
   local left=$(( BUDGET - $(elapsed) - RESERVE - 120 ))  # keep ~2 min for the sanitizers
   (( left > 110 )) && left=110
   (( left < 40 )) && left=40
