@@ -14,6 +14,7 @@ non-arrays and wrong dtypes.
 """
 from __future__ import annotations
 
+import importlib
 import operator
 import queue
 import sys
@@ -49,11 +50,7 @@ def _cuda_ext() -> Any:
     global _cuda_module, _cuda_import_error
     if _cuda_module is None and _cuda_import_error is None:
         try:
-            import importlib
-
-            module = importlib.import_module(__name__ + "._cuda")
-
-            _cuda_module = module
+            _cuda_module = importlib.import_module(__name__ + "._cuda")
         except ImportError as e:
             _cuda_import_error = str(e)
     if _cuda_module is None:
