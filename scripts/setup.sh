@@ -20,7 +20,8 @@ done
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # ---- system packages (Debian) ----------------------------------------------------------------------------------
-packages=(cmake ninja-build g++ make libgtest-dev libgmock-dev python3 python3-pip unzip ca-certificates)
+packages=(cmake ninja-build g++ make libgtest-dev libgmock-dev python3 python3-pip python3-venv python3-dev unzip
+          ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,525 @@
+"""clusterfusion: fused Llama decoder blocks built on thread-block clusters (NVIDIA Hopper), with a CPU reference,
+a CPU emulator of the cluster kernels, and a small generation engine.
+
+Kernels (the seed's ``llama_decoder_layer`` and friends) take arrays of any framework that speaks DLPack: numpy
+arrays on the CPU, torch or cupy tensors on the CPU or a CUDA GPU. CUDA tensors run the fused kernels; CPU arrays
+run the fp32 reference (or, with ``backend="emu"``, the fused kernels on the CPU emulator), so one test runs
+everywhere. Every argument is checked: ValueError for shapes, devices, strides and values, TypeError for
+non-arrays and wrong dtypes.
+
+    >>> import clusterfusion
+    >>> model = clusterfusion.Model()                      # the default model (scripts/setup.sh fetches it)
+    >>> for piece in model.generate("Why is the sky blue?", max_new_tokens=64):
+    ...     print(piece, end="", flush=True)
+"""
+from __future__ import annotations
+
+import importlib
+import operator
+import queue
+import sys
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from . import _core
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "llama_decoder_layer",
+    "llama_ffn_layer",
+    "rms_norm",
+    "Model",
+    "cuda_available",
+    "cuda_build_error",
+    "backends",
+    "default_model_path",
+    "clear_plans",
+]
+
+ArrayLike = Any  # numpy.ndarray, torch.Tensor, cupy.ndarray, or any object with __dlpack__
+
+# ---- the CUDA module ---------------------------------------------------------------------------------------------
+
+_cuda_module: Any = None
+_cuda_import_error: Optional[str] = None
+
+
+def _cuda_ext() -> Any:
+    """The CUDA extension module, imported on first use; RuntimeError saying why when it cannot be had."""
+    global _cuda_module, _cuda_import_error
+    if _cuda_module is None and _cuda_import_error is None:
+        try:
+            _cuda_module = importlib.import_module(__name__ + "._cuda")
+        except ImportError as e:
+            _cuda_import_error = str(e)
+    if _cuda_module is None:
+        raise RuntimeError(
+            "clusterfusion: CUDA tensors need the CUDA module, which could not be loaded ("
+            + cuda_build_error()
+            + ")"
+        )
+    return _cuda_module
+
+
+def cuda_build_error() -> str:
+    """Why the CUDA module is unavailable ('' when it loaded): e.g. the package was built without nvcc."""
+    if _cuda_module is not None:
+        return ""
+    if _cuda_import_error is None:
+        try:
+            _cuda_ext()
+        except RuntimeError:
+            pass
+    if _cuda_import_error is None:
+        return ""
+    if "No module named" in _cuda_import_error and "_cuda" in _cuda_import_error:
+        return "this build has no CUDA module: nvcc was not found when the package was built"
+    return _cuda_import_error
+
+
+def cuda_available() -> bool:
+    """True when the CUDA module is built and loads, and at least one CUDA device is visible."""
+    try:
+        return _cuda_ext().device_count() > 0
+    except RuntimeError:
+        return False
+
+
+def clear_plans() -> None:
+    """Frees the cached kernel plans of the CUDA module (one per layer and shape, built on a layer's first call)."""
+    if _cuda_module is not None:
+        _cuda_module.clear_plans()
+
+
+def default_model_path() -> str:
+    """Where Model() looks for the default model (SmolLM2-135M-Instruct Q4_1; scripts/setup.sh puts it there)."""
+    return _core.default_model_path()
+
+
+def backends() -> List[Dict[str, Any]]:
+    """The engine's backends for Model(backend=...): [{'name', 'built', 'description'}]."""
+    return list(_core.backend_list())
+
+
+# ---- array helpers -------------------------------------------------------------------------------------------------
+
+_DL_CUDA = 2
+_DL_CUDA_MANAGED = 13
+
+
+def _on_cuda(x: Any) -> bool:
+    is_cuda = getattr(x, "is_cuda", None)  # torch: an attribute, cheaper than __dlpack_device__
+    if isinstance(is_cuda, bool):
+        return is_cuda
+    device = getattr(x, "__dlpack_device__", None)
+    if device is None:
+        return False
+    try:
+        kind = device()[0]
+    except Exception:  # noqa: BLE001 - not an array we understand: the module reports it
+        return False
+    return kind in (_DL_CUDA, _DL_CUDA_MANAGED)
+
+
+def _plain(x: Any) -> Any:
+    """A torch tensor that requires grad cannot be exported through DLPack: use its detached view (same memory)."""
+    if getattr(x, "requires_grad", False):
+        return x.detach()
+    return x
+
+
+def _exporter() -> Tuple[Any, Any]:
+    """(torch.Tensor, torch's C DLPack exporter) once torch is imported, else (None, None). Exporting a tensor
+    through torch._C._to_dlpack skips the Python body of Tensor.__dlpack__, several microseconds per tensor."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None, None
+    return getattr(torch, "Tensor", None), getattr(getattr(torch, "_C", None), "_to_dlpack", None)
+
+
+def _arrays(*objects: Any) -> List[Any]:
+    """The array arguments as the extension takes them: torch tensors as DLPack capsules (detached), the rest as is."""
+    tensor_type, export = _exporter()
+    if export is None:
+        return [_plain(x) for x in objects]
+    return [export(_plain(x)) if isinstance(x, tensor_type) else _plain(x) for x in objects]
+
+
+def _stream_handle(x: Any, stream: Any) -> int:
+    """The cudaStream_t (as int) to run on: the given one, else the framework's current stream for x's device."""
+    if stream is not None:
+        if isinstance(stream, int):
+            return stream
+        for attribute in ("cuda_stream", "ptr", "handle"):  # torch.cuda.Stream, cupy Stream, generic
+            value = getattr(stream, attribute, None)
+            if isinstance(value, int):
+                return value
+        raise TypeError(
+            "stream: expected an int (cudaStream_t), a torch.cuda.Stream or a cupy Stream, got "
+            + type(stream).__name__
+        )
+    module = type(x).__module__
+    if module.startswith("torch"):
+        torch = sys.modules["torch"]
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # an int, without a Stream object
+        if raw is not None:
+            return int(raw(x.get_device()))
+        return int(torch.cuda.current_stream(x.device).cuda_stream)
+    if module.startswith("cupy"):
+        import cupy  # type: ignore[import-not-found]
+
+        return int(cupy.cuda.get_current_stream().ptr)
+    return 0
+
+
+def _layer_cache(cache: Any, layer_id: int, name: str) -> Any:
+    if isinstance(cache, (list, tuple)):
+        if not isinstance(layer_id, int) or not 0 <= layer_id < len(cache):
+            raise ValueError(f"layer_id: {layer_id} outside the {len(cache)} per-layer arrays of {name}")
+        return cache[layer_id]
+    return cache
+
+
+def _shape_tuple(shape: Optional[Sequence[int]]) -> Optional[List[int]]:
+    if shape is None:
+        return None
+    try:
+        return [int(d) for d in shape]
+    except TypeError:
+        raise TypeError("kv_cache_shape: expected a sequence of ints") from None
+
+
+# ---- kernels ----------------------------------------------------------------------------------------------------
+
+
+def llama_decoder_layer(
+    output: ArrayLike,
+    residual_output: ArrayLike,
+    hidden_states: ArrayLike,
+    residual: Optional[ArrayLike],
+    qkv_weight: ArrayLike,
+    o_weight: ArrayLike,
+    paged_kv_indptr: ArrayLike,
+    paged_kv_indices: ArrayLike,
+    k_cache: Union[ArrayLike, Sequence[ArrayLike]],
+    v_cache: Union[ArrayLike, Sequence[ArrayLike]],
+    layer_id: int,
+    rms_weight: ArrayLike,
+    eps: float,
+    positions: ArrayLike,
+    cos_sin: Optional[ArrayLike] = None,
+    *,
+    kv_last_page_len: Optional[ArrayLike] = None,
+    qkv_bias: Optional[ArrayLike] = None,
+    rope_style: str = "neox",
+    rope_theta: float = 10000.0,
+    kv_cache_shape: Optional[Sequence[int]] = None,
+    backend: str = "auto",
+    cluster_size: int = 0,
+    max_batch: int = 0,
+    stream: Any = None,
+    check_status: bool = False,
+    emu_seed: int = 0,
+) -> None:
+    """The attention half of a Llama decoder layer for a batch of decode tokens, in place (the seed's API).
+
+    With B tokens (one per sequence, 1 <= B <= 16) and H = hidden::
+
+        residual_output = hidden_states + residual        (residual None: residual_output = hidden_states)
+        x               = rmsnorm(residual_output) * rms_weight        (eps)
+        q, k, v         = x @ qkv_weight.T (+ qkv_bias)                rows of q, then k, then v
+        q, k            = RoPE at positions (cos_sin table, or computed from rope_theta)
+        k, v           -> the KV cache at each sequence's last position (the page table includes the new token)
+        output          = softmax(q K^T / sqrt(head_dim)) V @ o_weight.T    (GQA: query head h reads KV head h / G)
+
+    Arrays (C-contiguous; activations, weights and cache share one dtype: float16 or bfloat16, float32 on the CPU
+    reference too):
+        output, residual_output (written), hidden_states, residual: [B, H]. Outputs may be the input arrays.
+        qkv_weight [(n_heads + 2 n_kv_heads) * head_dim, H]; o_weight [H, n_heads * head_dim]; rms_weight [H].
+        paged_kv_indptr int32 [B + 1], paged_kv_indices int32 [n]: FlashInfer's page table AFTER this step's append
+            (sequence b owns pages paged_kv_indices[indptr[b]:indptr[b+1]], its new token in the last one).
+        k_cache, v_cache: this layer's pool, [slots, n_kv_heads, head_dim] (page size 1: the seed's token pool,
+            page id = slot) or [n_pages, page_size, n_kv_heads, head_dim]; or a list of per-layer pools indexed
+            by layer_id; or (CUDA only) the seed's uint64 [n_layers] tables of per-layer device pointers
+            (k_data_ptrs), with kv_cache_shape giving one layer's pool shape. n_kv_heads and head_dim come from
+            the cache, n_heads from o_weight.
+        positions int64 (the seed's) or int32 [B]; cos_sin float32 [max_positions, rot_dim] (cos of the
+            rot_dim/2 pairs, then their sin; rot_dim < head_dim rotates only the first rot_dim dimensions) or None.
+
+    Keyword arguments (beyond the seed's):
+        kv_last_page_len: int32 [B], entries in each sequence's last page (None: every last page is full, as with
+            page size 1).
+        qkv_bias: [(n_heads + 2 n_kv_heads) * head_dim] (Qwen2-style), or None.
+        rope_style: "neox" (pairs (i, i + rot_dim/2), the seed's) or "gptj" (pairs (2i, 2i+1), GGUF Llama files).
+        rope_theta: RoPE base when cos_sin is None.
+        backend: "auto" (CUDA tensors: the fused kernel; CPU arrays: the reference), "cuda", "reference" or "emu"
+            (the fused kernel on the CPU emulator: float16/bfloat16, slow, for tests).
+        cluster_size: CTAs per cluster of the fused kernel: 0 (automatic), 2, 4, 8 or 16.
+        max_batch: the largest batch the layer's cached plan serves (0: this call's batch). Pass 16 to share one
+            plan across batch sizes.
+        stream: CUDA stream (int handle, torch.cuda.Stream or cupy Stream); default: torch's / cupy's current
+            stream for torch / cupy tensors, else the legacy default stream.
+        check_status: CUDA: synchronise and raise ValueError if the kernel saw a bad page table or position
+            (otherwise such a token's output row is NaN and its k/v are not appended). The CPU path always checks
+            the page table on the host.
+        emu_seed: the emulator's schedule seed (backend "emu").
+
+    CUDA notes: the first call of a layer (per weights, cache and shape) builds its plan (tensor maps, a small
+    workspace): make it before capturing a CUDA graph; later calls are one launch, graph-capturable.
+    """
+    layer_id = operator.index(layer_id)
+    cuda = _on_cuda(hidden_states)
+    stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
+    (output, residual_output, hidden_states, residual, qkv_weight, o_weight, paged_kv_indptr, paged_kv_indices,
+     k_cache, v_cache, rms_weight, positions, cos_sin, kv_last_page_len, qkv_bias) = _arrays(
+        output, residual_output, hidden_states, residual, qkv_weight, o_weight, paged_kv_indptr, paged_kv_indices,
+        _layer_cache(k_cache, layer_id, "k_cache"), _layer_cache(v_cache, layer_id, "v_cache"), rms_weight,
+        positions, cos_sin, kv_last_page_len, qkv_bias)
+    args = (output, residual_output, hidden_states, residual, qkv_weight, o_weight, paged_kv_indptr,
+            paged_kv_indices, k_cache, v_cache, layer_id, rms_weight, eps, positions, cos_sin, kv_last_page_len,
+            qkv_bias, rope_style, rope_theta, _shape_tuple(kv_cache_shape), backend, cluster_size, max_batch)
+    if cuda:
+        _cuda_ext().llama_decoder_layer(*args, stream_handle, check_status)
+    else:
+        _core.llama_decoder_layer(*args, emu_seed)
+
+
+def llama_ffn_layer(
+    output: ArrayLike,
+    residual_output: ArrayLike,
+    hidden_states: ArrayLike,
+    residual: Optional[ArrayLike],
+    gate_up_weight: ArrayLike,
+    down_weight: ArrayLike,
+    rms_weight: ArrayLike,
+    eps: float,
+    *,
+    backend: str = "auto",
+    cluster_size: int = 0,
+    max_batch: int = 0,
+    stream: Any = None,
+    check_status: bool = False,
+    emu_seed: int = 0,
+) -> None:
+    """The FFN half of a Llama decoder layer (the fused FFN block), in place:
+
+        residual_output = hidden_states + residual        (residual None: residual_output = hidden_states)
+        x               = rmsnorm(residual_output) * rms_weight
+        output          = (silu(x @ W_gate.T) * (x @ W_up.T)) @ down_weight.T
+
+    Arrays (C-contiguous, one dtype): output, residual_output (written; distinct arrays), hidden_states, residual
+    [B, H] (1 <= B <= 16); gate_up_weight [2 * ffn_hidden, H] (gate rows, then up rows: a merged gate_up_proj);
+    down_weight [H, ffn_hidden]; rms_weight [H]. The fused kernel needs H % 32 == 0 and ffn_hidden % 16 == 0.
+    Keywords as in llama_decoder_layer (backend "auto" | "cuda" | "reference" | "emu"; cluster_size 0, 2, 4, 8).
+    """
+    cuda = _on_cuda(hidden_states)
+    stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
+    args = (*_arrays(output, residual_output, hidden_states, residual, gate_up_weight, down_weight, rms_weight),
+            eps, backend, cluster_size, max_batch)
+    if cuda:
+        _cuda_ext().llama_ffn_layer(*args, stream_handle, check_status)
+    else:
+        _core.llama_ffn_layer(*args, emu_seed)
+
+
+def rms_norm(
+    output: ArrayLike,
+    input: ArrayLike,  # noqa: A002 - the natural name
+    weight: ArrayLike,
+    eps: float = 1e-5,
+    *,
+    residual: Optional[ArrayLike] = None,
+    residual_output: Optional[ArrayLike] = None,
+    stream: Any = None,
+) -> None:
+    """RMSNorm over the last dimension, in place: output = (input [+ residual]) / rms * weight.
+
+    input, output, residual, residual_output: [n] or [rows, n]; weight [n]; one dtype (CUDA: float16 or bfloat16;
+    CPU: float32 too). With residual, the norm is taken of the fp32 sum and residual_output (optional) receives the
+    sum (SGLang's fused_add_rmsnorm). output may be input. CUDA tensors run cuda-unfused's kernel (n % 8 == 0), CPU
+    arrays the fp32 reference.
+    """
+    cuda = _on_cuda(input)
+    stream_handle = _stream_handle(input, stream) if cuda else 0
+    out, x, w, res, res_out = _arrays(output, input, weight, residual, residual_output)
+    args = (out, x, w, eps, res, res_out)
+    if cuda:
+        _cuda_ext().rms_norm(*args, stream_handle)
+    else:
+        _core.rms_norm(*args)
+
+
+# ---- engine ----------------------------------------------------------------------------------------------------
+
+_TEXT, _DONE, _ERROR = 0, 1, 2
+
+
+def _resolve_backend(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"backend: expected a str, got {type(name).__name__}")
+    known = {b["name"]: b for b in _core.backend_list()}
+    if name != "auto":
+        if name not in known:
+            raise ValueError(f"backend: unknown backend '{name}' (known: auto, {', '.join(known)})")
+        if not known[name]["built"]:
+            raise ValueError(f"backend '{name}' is not built in this package ({known[name]['description']})")
+        return name
+    if known.get("cuda", {}).get("built") and cuda_available():
+        return "cuda"
+    return "cpu"
+
+
+class Model:
+    """A model loaded for generation: weights, tokenizer, chat template, a backend and one sequence's KV cache.
+
+    Model(path=None, backend="auto", *, context=0, threads=0)
+        path: a .gguf file or a safetensors folder; None loads the default model (default_model_path()).
+        backend: an engine backend (see backends()): "cpu", and where built "emu", "cuda", "cuda-unfused";
+            "auto" picks "cuda" when built and a GPU is visible, else "cpu".
+        context: tokens of context (KV cache size); 0 = the model's own context length.
+        threads: CPU worker threads; 0 = all cores.
+
+    generate() continues one sequence; consecutive calls reuse the KV cache of their common prefix (a chat's earlier
+    turns). One generation at a time per Model.
+    """
+
+    def __init__(self, path: Optional[str] = None, backend: str = "auto", *, context: int = 0, threads: int = 0):
+        self.backend: str = _resolve_backend(backend)
+        self._engine = _core._EngineModel(None if path is None else str(path), self.backend, context, threads)
+        self._config: Dict[str, Any] = self._engine.config()
+        self._busy = threading.Lock()
+        self.last_stats: Optional[Dict[str, Any]] = None
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The model's configuration: n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn_hidden, vocab,
+        max_context, rope_theta, rope_dim, rope_style, rms_eps, chat_template, bos_id, eos_id, ... plus path,
+        format, backend and context."""
+        return dict(self._config)
+
+    def tokenize(self, text: str, add_bos: Optional[bool] = None, parse_special: bool = False) -> List[int]:
+        """Token ids of text. add_bos None: as the model's tokenizer says; parse_special: special-token text such as
+        '<|im_start|>' becomes its token."""
+        return list(self._engine.tokenize(text, add_bos, parse_special))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ids (invalid UTF-8 from byte tokens becomes U+FFFD)."""
+        return self._engine.detokenize([int(i) for i in ids])
+
+    @property
+    def history(self) -> List[int]:
+        """Token ids the KV cache holds (the last prompt and its generated tokens)."""
+        return list(self._engine.history())
+
+    def reset(self) -> None:
+        """Forgets the history (the next generate() runs its whole prompt)."""
+        with self._busy_or_raise():
+            self._engine.reset()
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 256,
+        *,
+        temperature: float = 0.2,
+        top_k: int = 0,
+        top_p: float = 0.9,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.1,
+        repeat_window: int = 64,
+        seed: int = 0,
+        chat: bool = True,
+        system: Optional[str] = None,
+    ) -> Iterator[str]:
+        """Streams the reply to prompt as pieces of text (an iterator; stop early by breaking out / close()).
+
+        chat=True renders prompt as one user turn of the model's chat template (the CLI's `generate`), chat=False
+        continues it as plain text (`generate --raw`); system overrides the template's default system prompt
+        ("" for none). Sampling: temperature <= 0 is greedy; top_k (0 = off), top_p (1 = off), min_p (0 = off),
+        repeat_penalty over the last repeat_window tokens (1 = off), seed. The defaults are the CLI's, so the same
+        arguments give the CLI's text. Stops at an end-of-generation token, max_new_tokens or a full context;
+        afterwards last_stats holds the token counts, speeds and stop reason.
+        """
+        options = (
+            int(max_new_tokens),
+            float(temperature),
+            int(top_k),
+            float(top_p),
+            float(min_p),
+            float(repeat_penalty),
+            int(repeat_window),
+            int(seed),
+            bool(chat),
+            system,
+        )
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
+        _core._check_generation_options(*options[:7])
+        return self._stream(prompt, options)
+
+    def generate_text(self, prompt: str, max_new_tokens: int = 256, **options: Any) -> str:
+        """generate() collected into one string (same arguments)."""
+        return "".join(self.generate(prompt, max_new_tokens, **options))
+
+    # The engine runs in a worker thread (the GIL released while it computes); its text callback puts pieces into
+    # a queue this generator yields from. Closing the generator makes the callback return False, which stops the
+    # engine after the current token.
+    def _stream(self, prompt: str, options: Tuple[Any, ...]) -> Iterator[str]:
+        with self._busy_or_raise():
+            pieces: "queue.Queue[Tuple[int, Any]]" = queue.Queue()
+            stop = threading.Event()
+
+            def on_text(piece: str) -> bool:
+                if stop.is_set():
+                    return False
+                pieces.put((_TEXT, piece))
+                return True
+
+            def run() -> None:
+                try:
+                    pieces.put((_DONE, self._engine.generate(prompt, *options, on_text)))
+                except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                    pieces.put((_ERROR, e))
+
+            worker = threading.Thread(target=run, name="clusterfusion-generate", daemon=True)
+            self.last_stats = None
+            worker.start()
+            try:
+                while True:
+                    kind, value = pieces.get()
+                    if kind == _TEXT:
+                        yield value
+                    elif kind == _DONE:
+                        self.last_stats = dict(value)
+                        return
+                    else:
+                        raise value
+            finally:
+                stop.set()
+                worker.join()
+                while not pieces.empty():  # a result that arrived after an early stop
+                    kind, value = pieces.get_nowait()
+                    if kind == _DONE:
+                        self.last_stats = dict(value)
+
+    def _busy_or_raise(self) -> "_Busy":
+        return _Busy(self._busy)
+
+    def __repr__(self) -> str:
+        c = self._config
+        return f"Model({c['path']!r}, backend={self.backend!r}, context={c['context']})"
+
+
+class _Busy:
+    def __init__(self, lock: threading.Lock):
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(
+                "this Model is generating already (one generation at a time: finish or close() the other stream)"
+            )
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()

@@ -1,0 +1,111 @@
+"""clusterfusion.Model on the default model (skipped when it is missing): tokenizer against llama.cpp's recorded
+tokens, generation against the command-line tool's output, streaming and its early stop, argument checks."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+import clusterfusion
+from conftest import REPO, cli_binary
+
+CONTEXT = 512  # a small KV cache keeps the tests light
+
+
+@pytest.fixture(scope="module")
+def model(default_model_path):
+    return clusterfusion.Model(default_model_path, backend="cpu", context=CONTEXT)
+
+
+def golden_prompts():
+    with open(REPO / "tests" / "data" / "golden" / "greedy.json", encoding="utf-8") as f:
+        return json.load(f)["prompts"]
+
+
+def run_cli(*args: str) -> str:
+    cli = cli_binary()
+    if cli is None:
+        pytest.skip("the command-line tool is not built (cmake --build --preset default; or set $CF_CLI)")
+    done = subprocess.run([cli, "generate", "-q", "--ctx", str(CONTEXT), *args], capture_output=True, text=True,
+                          timeout=300, check=True)
+    assert done.stdout.endswith("\n")
+    return done.stdout[:-1]  # the tool ends the reply with a newline
+
+
+def test_config(model, default_model_path):
+    c = model.config
+    assert c["path"] == default_model_path and c["backend"] == "cpu" and c["context"] == CONTEXT
+    assert (c["n_layers"], c["hidden"], c["n_heads"], c["n_kv_heads"], c["head_dim"]) == (30, 576, 9, 3, 64)
+    assert c["vocab"] == 49152 and c["chat_template"] == "chatml"
+
+
+def test_tokenizer_matches_llama_cpp(model):
+    """Token ids of the recorded prompts as llama.cpp produced them (tests/data/golden/greedy.json)."""
+    prompts = [p for p in golden_prompts() if p["kind"] == "text"]
+    assert prompts
+    for p in prompts:
+        assert model.tokenize(p["prompt"], add_bos=p["bos_added"], parse_special=p["parse_special"]) == \
+            p["prompt_tokens"], p["name"]
+        assert model.detokenize(p["prompt_tokens"]) == p["prompt"]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_greedy_generation_matches_the_cli(model, chat):
+    prompt = "The capital of France is" if not chat else "Name three colours."
+    pieces = list(model.generate(prompt, 24, temperature=0, chat=chat))
+    assert len(pieces) > 1  # streamed, not one block
+    text = "".join(pieces)
+    cli = run_cli("-p", prompt, "-n", "24", "--temp", "0", *([] if chat else ["--raw"]))
+    assert text == cli
+    assert model.last_stats["generated_tokens"] <= 24 and model.last_stats["stop"] in ("max tokens",
+                                                                                      "end of generation")
+
+
+def test_sampled_generation_matches_the_cli_defaults(model):
+    """The default sampling settings and seed are the CLI's: the same text."""
+    prompt = "Write a haiku about the sea."
+    assert model.generate_text(prompt, 20) == run_cli("-p", prompt, "-n", "20")
+    assert model.generate_text(prompt, 20, seed=7, temperature=0.9) == run_cli("-p", prompt, "-n", "20", "--seed", "7",
+                                                                            "--temp", "0.9")
+
+
+def test_stopping_a_stream_early(model):
+    stream = model.generate("Count from one to fifty in words:", 64, temperature=0, chat=False)
+    first = next(stream)
+    assert first
+    stream.close()  # the engine stops after the current token
+    assert model.last_stats["stop"] == "stopped"
+    assert model.last_stats["generated_tokens"] < 64
+    # The model is free again and continues from its history.
+    assert model.generate_text("One, two,", 4, temperature=0, chat=False)
+
+
+def test_one_generation_at_a_time(model):
+    stream = model.generate("Hello", 8, chat=False)
+    next(stream)
+    with pytest.raises(RuntimeError, match="generating already"):
+        next(model.generate("Hi", 2))
+    stream.close()
+
+
+def test_generation_argument_checks(model):
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate("hi", 4, top_p=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate("hi", 4, temperature=-1.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate("hi", -1)
+    with pytest.raises(TypeError, match="prompt"):
+        model.generate(42, 4)
+
+
+def test_bad_model_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        clusterfusion.Model(str(tmp_path / "missing.gguf"), backend="cpu")
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        clusterfusion.Model(backend="nope")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 60)
+    with pytest.raises(ValueError):
+        clusterfusion.Model(str(bad), backend="cpu")

@@ -1,0 +1,309 @@
+#include "cpu_blocks.hpp"
+
+#include <cstring>
+#include <vector>
+
+#include "clusterfusion/common/error.hpp"
+#include "clusterfusion/common/half.hpp"
+#include "clusterfusion/device/buffer.hpp"
+#include "clusterfusion/kernels/decoder_attention/launch.hpp"
+#include "clusterfusion/kernels/ffn/launch.hpp"
+#include "clusterfusion/reference/attention.hpp"
+#include "clusterfusion/reference/decoder.hpp"
+#include "clusterfusion/reference/ops.hpp"
+
+namespace cf::py {
+namespace {
+
+namespace da = cf::kernels::decoder_attention;
+namespace ffn = cf::kernels::ffn;
+
+template <typename F>
+void with_storage_type(Elem e, F&& f) {
+  switch (e) {
+    case Elem::F32: f(float{}); return;
+    case Elem::F16: f(cf::half{}); return;
+    case Elem::BF16: f(cf::bfloat16{}); return;
+    default: break;
+  }
+  throw InputError(std::string("dtype ") + elem_name(e) + " is not supported (float32, float16 or bfloat16)");
+}
+
+template <typename T>
+const T* cptr(const Array& a) {
+  return static_cast<const T*>(a.data());
+}
+template <typename T>
+T* mptr(const Array& a) {
+  return static_cast<T*>(a.data());
+}
+template <typename T>
+const T* cptr(const std::optional<Array>& a) {
+  return a ? static_cast<const T*>(a->data()) : nullptr;
+}
+
+// The host page table of a call: positions as int32, kv_last_page_len filled in (page_size where not given), and
+// every entry checked (cf::InputError naming the sequence and entry).
+struct HostPageTable {
+  std::vector<int32_t> positions, last_page_len;
+};
+
+HostPageTable check_page_table(const DecoderLayerArgs& a) {
+  HostPageTable t;
+  t.positions.resize(static_cast<size_t>(a.batch));
+  for (int b = 0; b < a.batch; ++b) {
+    const int64_t p = a.positions.elem == Elem::I64 ? cptr<int64_t>(a.positions)[b] : cptr<int32_t>(a.positions)[b];
+    if (p < 0 || p > int64_t(INT32_MAX) / 2)
+      throw InputError("positions[" + std::to_string(b) + "] = " + std::to_string(p) + " outside [0, 2^30)");
+    t.positions[size_t(b)] = int32_t(p);
+  }
+  if (a.kv_last_page_len) {
+    const int32_t* last = cptr<int32_t>(a.kv_last_page_len);
+    t.last_page_len.assign(last, last + a.batch);
+  } else {
+    t.last_page_len.assign(size_t(a.batch), a.page_size);
+  }
+  da::validate_page_table(a.batch, cptr<int32_t>(a.kv_indptr), cptr<int32_t>(a.kv_indices), a.n_indices,
+                          t.last_page_len.data(), a.n_pages, a.page_size, t.positions.data(), a.cos_sin_rows);
+  return t;
+}
+
+// ---- reference ------------------------------------------------------------------------------------------------
+
+// The attention block of cf::ref::attention_block (reference/decoder.hpp), with the seed's fused QKV matrix and
+// RoPE from a cos/sin table when one is given. fp32 inside; the KV cache and outputs are stored in T.
+template <typename T>
+void decoder_layer_reference(const DecoderLayerArgs& a, const HostPageTable& table) {
+  const int H = a.hidden_size, qd = a.q_dim(), kvd = a.kv_dim();
+  const T* w_qkv = cptr<T>(a.qkv_weight);
+  const T* bias = cptr<T>(a.qkv_bias);
+  ref::AttentionWeights<T> w;
+  w.norm = cptr<T>(a.rms_weight);
+  w.wq = w_qkv;
+  w.wk = w_qkv + int64_t(qd) * H;
+  w.wv = w_qkv + int64_t(qd + kvd) * H;
+  w.bq = bias;
+  w.bk = bias ? bias + qd : nullptr;
+  w.bv = bias ? bias + qd + kvd : nullptr;
+  w.wo = cptr<T>(a.o_weight);
+  T* k_pages = mptr<T>(a.k_cache);
+  T* v_pages = mptr<T>(a.v_cache);
+  const int32_t* indptr = cptr<int32_t>(a.kv_indptr);
+  const int32_t* indices = cptr<int32_t>(a.kv_indices);
+  const ref::AttentionShape shape{a.n_heads, a.n_kv_heads, a.head_dim};
+  const float scale = ref::default_attention_scale(a.head_dim);
+  const int half_rot = a.rot_dim / 2;
+
+  const size_t hidden_n = size_t(H), q_n = size_t(qd), kv_n = size_t(kvd);
+  std::vector<float> x(hidden_n), q(q_n), k(kv_n), v(kv_n), attn(q_n);
+  for (int b = 0; b < a.batch; ++b) {
+    const T* hb = cptr<T>(a.hidden) + int64_t(b) * H;
+    T* rb = mptr<T>(a.residual_output) + int64_t(b) * H;
+    if (a.residual) {
+      ref::add_rmsnorm(hb, cptr<T>(a.residual) + int64_t(b) * H, w.norm, rb, x.data(), H, a.eps);
+    } else {
+      ref::rmsnorm(hb, w.norm, x.data(), H, a.eps);
+      for (int i = 0; i < H; ++i) rb[i] = hb[i];  // after the norm: rb may alias hb
+    }
+    ref::matvec(w.wq, x.data(), q.data(), qd, H, w.bq);
+    ref::matvec(w.wk, x.data(), k.data(), kvd, H, w.bk);
+    ref::matvec(w.wv, x.data(), v.data(), kvd, H, w.bv);
+    const int pos = table.positions[size_t(b)];
+    if (a.cos_sin) {
+      const float* row = cptr<float>(a.cos_sin) + int64_t(pos) * a.rot_dim;
+      ref::rope_with_cache(q.data(), q.data(), a.n_heads, a.head_dim, a.rot_dim, row, row + half_rot, a.rope_style);
+      ref::rope_with_cache(k.data(), k.data(), a.n_kv_heads, a.head_dim, a.rot_dim, row, row + half_rot,
+                           a.rope_style);
+    } else {
+      ref::rope(q.data(), q.data(), a.n_heads, a.head_dim, a.rot_dim, pos, a.rope_theta, a.rope_style);
+      ref::rope(k.data(), k.data(), a.n_kv_heads, a.head_dim, a.rot_dim, pos, a.rope_theta, a.rope_style);
+    }
+    // Append k, v at the sequence's last position (the page table already counts the new token).
+    const int n_seq_pages = indptr[b + 1] - indptr[b];
+    const int32_t last = table.last_page_len[size_t(b)];
+    const int kv_len = ref::paged_kv_len(n_seq_pages, last, a.page_size);
+    const int32_t* page_ids = indices + indptr[b];
+    const int slot_pos = kv_len - 1;
+    const int64_t slot =
+        (int64_t(page_ids[slot_pos / a.page_size]) * a.page_size + slot_pos % a.page_size) * int64_t(kvd);
+    for (int i = 0; i < kvd; ++i) {
+      k_pages[slot + i] = from_float<T>(k[size_t(i)]);
+      v_pages[slot + i] = from_float<T>(v[size_t(i)]);
+    }
+    const int32_t one_seq[2] = {0, n_seq_pages};
+    ref::decode_attention_paged(q.data(), k_pages, v_pages, attn.data(), 1, one_seq, page_ids, &last, a.page_size,
+                                shape, scale);
+    ref::matvec(w.wo, attn.data(), mptr<T>(a.output) + int64_t(b) * H, H, qd);
+  }
+}
+
+template <typename T>
+void ffn_layer_reference(const FfnLayerArgs& a) {
+  ref::DecoderShape s;
+  s.hidden = a.hidden_size;
+  s.ffn_hidden = a.ffn_hidden;
+  s.eps = a.eps;
+  ref::FfnWeights<T> w;
+  w.norm = cptr<T>(a.rms_weight);
+  w.w_gate = cptr<T>(a.gate_up_weight);
+  w.w_up = w.w_gate + int64_t(a.ffn_hidden) * a.hidden_size;
+  w.w_down = cptr<T>(a.down_weight);
+  // Row by row so that outputs may alias the inputs of the same row (as the kernels allow).
+  for (int b = 0; b < a.batch; ++b) {
+    const int64_t off = int64_t(b) * a.hidden_size;
+    ref::ffn_block(cptr<T>(a.hidden) + off, a.residual ? cptr<T>(a.residual) + off : nullptr,
+                   mptr<T>(a.residual_output) + off, mptr<T>(a.output) + off, w, s, 1);
+  }
+}
+
+// ---- emulator ---------------------------------------------------------------------------------------------------
+
+// A copy of a host array in emulated device memory (guard page after its end: out-of-bounds accesses are reported).
+class EmuCopy {
+ public:
+  explicit EmuCopy(const void* src, size_t bytes) : buffer_(bytes) {
+    if (bytes) buffer_.upload(static_cast<const uint8_t*>(src), bytes);
+  }
+  explicit EmuCopy(const Array& a) : EmuCopy(a.data(), a.bytes()) {}
+  void* data() const { return buffer_.data(); }
+  void copy_to(const Array& a) const {
+    if (a.bytes()) buffer_.download(static_cast<uint8_t*>(a.data()), a.bytes());
+  }
+
+ private:
+  dev::DeviceBuffer<uint8_t> buffer_;
+};
+
+dev::DType kernel_dtype(Elem e, const char* what) {
+  if (e == Elem::F16) return dev::DType::F16;
+  if (e == Elem::BF16) return dev::DType::BF16;
+  throw nb::type_error((std::string(what) + ": backend 'emu' runs the fused kernel, which takes float16 or bfloat16 "
+                        "arrays (got " + elem_name(e) + "; the reference backend takes float32 too)").c_str());
+}
+
+void decoder_layer_emu(const DecoderLayerArgs& a, const HostPageTable& table, const KernelOptions& o) {
+  da::PlanConfig cfg;
+  cfg.dtype = kernel_dtype(a.dtype, "llama_decoder_layer");
+  const EmuCopy hidden(a.hidden), out(a.output), residual_out(a.residual_output), w_qkv(a.qkv_weight),
+      w_o(a.o_weight), norm(a.rms_weight), k_pages(a.k_cache), v_pages(a.v_cache), indptr(a.kv_indptr),
+      indices(a.kv_indices), last(table.last_page_len.data(), table.last_page_len.size() * sizeof(int32_t)),
+      positions(table.positions.data(), table.positions.size() * sizeof(int32_t));
+  std::optional<EmuCopy> residual, bias, cos_sin;
+  if (a.residual) residual.emplace(*a.residual);
+  if (a.qkv_bias) bias.emplace(*a.qkv_bias);
+  if (a.cos_sin) cos_sin.emplace(*a.cos_sin);
+
+  cfg.shape.hidden = a.hidden_size;
+  cfg.shape.n_heads = a.n_heads;
+  cfg.shape.n_kv_heads = a.n_kv_heads;
+  cfg.shape.head_dim = a.head_dim;
+  cfg.shape.rot_dim = a.rot_dim;
+  cfg.shape.rope_style = a.rope_style;
+  cfg.shape.rope_theta = a.rope_theta;
+  cfg.shape.eps = a.eps;
+  cfg.weights.norm = norm.data();
+  cfg.weights.w_qkv = w_qkv.data();
+  cfg.weights.b_qkv = bias ? bias->data() : nullptr;
+  cfg.weights.w_o = w_o.data();
+  cfg.cache.k_pages = k_pages.data();
+  cfg.cache.v_pages = v_pages.data();
+  cfg.cache.n_pages = a.n_pages;
+  cfg.cache.page_size = a.page_size;
+  if (cos_sin) {
+    cfg.rope.cos_sin = static_cast<const float*>(cos_sin->data());
+    cfg.rope.max_positions = a.cos_sin_rows;
+  }
+  cfg.max_batch = o.max_batch > 0 ? o.max_batch : a.batch;
+  cfg.cluster_size = o.cluster_size;
+  da::Plan plan(cfg);
+
+  da::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = hidden.data();
+  step.residual = residual ? residual->data() : nullptr;
+  step.residual_out = residual_out.data();
+  step.out = out.data();
+  step.positions = static_cast<const int32_t*>(positions.data());
+  step.kv_indptr = static_cast<const int32_t*>(indptr.data());
+  step.kv_indices = static_cast<const int32_t*>(indices.data());
+  step.kv_last_page_len = static_cast<const int32_t*>(last.data());
+  step.n_indices = a.n_indices;
+  plan.run(step, nullptr, o.emu_seed);
+  plan.check_status();
+  out.copy_to(a.output);
+  residual_out.copy_to(a.residual_output);
+  k_pages.copy_to(a.k_cache);
+  v_pages.copy_to(a.v_cache);
+}
+
+void ffn_layer_emu(const FfnLayerArgs& a, const KernelOptions& o) {
+  ffn::PlanConfig cfg;
+  cfg.dtype = kernel_dtype(a.dtype, "llama_ffn_layer");
+  const EmuCopy hidden(a.hidden), out(a.output), residual_out(a.residual_output), gate_up(a.gate_up_weight),
+      down(a.down_weight), norm(a.rms_weight);
+  std::optional<EmuCopy> residual;
+  if (a.residual) residual.emplace(*a.residual);
+  cfg.shape.hidden = a.hidden_size;
+  cfg.shape.ffn_hidden = a.ffn_hidden;
+  cfg.shape.eps = a.eps;
+  cfg.weights.norm = norm.data();
+  cfg.weights.set_fused_gate_up(gate_up.data(), cfg.shape, cfg.dtype);
+  cfg.weights.w_down = down.data();
+  cfg.max_batch = o.max_batch > 0 ? o.max_batch : a.batch;
+  cfg.cluster_size = o.cluster_size;
+  ffn::Plan plan(cfg);
+  ffn::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = hidden.data();
+  step.residual = residual ? residual->data() : nullptr;
+  step.residual_out = residual_out.data();
+  step.out = out.data();
+  plan.run(step, nullptr, o.emu_seed);
+  plan.check_status();
+  out.copy_to(a.output);
+  residual_out.copy_to(a.residual_output);
+}
+
+}  // namespace
+
+void decoder_layer_cpu(const DecoderLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
+  const HostPageTable table = check_page_table(a);
+  if (backend == CpuBackend::Emu) {
+    decoder_layer_emu(a, table, options);
+    return;
+  }
+  with_storage_type(a.dtype, [&](auto t) { decoder_layer_reference<decltype(t)>(a, table); });
+}
+
+void ffn_layer_cpu(const FfnLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
+  if (backend == CpuBackend::Emu) {
+    ffn_layer_emu(a, options);
+    return;
+  }
+  with_storage_type(a.dtype, [&](auto t) { ffn_layer_reference<decltype(t)>(a); });
+}
+
+void rms_norm_cpu(const RmsNormArgs& a) {
+  with_storage_type(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    for (int r = 0; r < a.rows; ++r) {
+      const int64_t off = int64_t(r) * a.n;
+      const T* x = cptr<T>(a.input) + off;
+      T* y = mptr<T>(a.output) + off;
+      if (a.residual) {
+        // residual_output (or a scratch row) receives input + residual; y may alias x.
+        std::vector<T> sum_row;
+        T* sum = a.residual_output ? mptr<T>(*a.residual_output) + off : (sum_row.resize(size_t(a.n)), sum_row.data());
+        std::vector<float> y32(static_cast<size_t>(a.n));
+        ref::add_rmsnorm(x, cptr<T>(a.residual) + off, cptr<T>(a.weight), sum, y32.data(), a.n, a.eps);
+        for (int i = 0; i < a.n; ++i) y[i] = from_float<T>(y32[size_t(i)]);
+      } else {
+        std::vector<float> y32(static_cast<size_t>(a.n));
+        ref::rmsnorm(x, cptr<T>(a.weight), y32.data(), a.n, a.eps);
+        for (int i = 0; i < a.n; ++i) y[i] = from_float<T>(y32[size_t(i)]);
+      }
+    }
+  });
+}
+
+}  // namespace cf::py

@@ -1,0 +1,212 @@
+// The engine behind clusterfusion.Model: load_model + create_backend + Runner + Generator, as the CLI's `generate`
+// does it (same chat template handling, same sampler), so the same settings give the same text.
+#include "engine.hpp"
+
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstring>
+#include <filesystem>
+#include <utility>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "clusterfusion/common/error.hpp"
+#include "clusterfusion/runtime/backend.hpp"
+#include "clusterfusion/runtime/chat_template.hpp"
+#include "clusterfusion/runtime/model.hpp"
+#include "clusterfusion/runtime/runner.hpp"
+#include "clusterfusion/runtime/session.hpp"
+
+namespace cf::py {
+namespace {
+
+constexpr int kMaxThreads = 256;
+
+const char* rope_style_name(RopeStyle s) { return s == RopeStyle::NeoX ? "neox" : "gptj"; }
+
+class EngineModel {
+ public:
+  EngineModel(const std::optional<std::string>& path, const std::string& backend, int context, int threads) {
+    CF_CHECK_INPUT(threads >= 0 && threads <= kMaxThreads,
+                   "threads: " + std::to_string(threads) + " outside [0, " + std::to_string(kMaxThreads) + "]");
+    CF_CHECK_INPUT(context >= 0, "context: must be >= 0 (0 = the model's context length)");
+    std::string file = path ? *path : default_model_path();
+    if (!path && !std::filesystem::exists(file))
+      throw InputError("no model path given and the default model is missing at " + file +
+                       ": run scripts/setup.sh to download it");
+    model_ = load_model(file);
+    const ModelConfig& c = model_.weights->config;
+    context_ = context > 0 ? std::min(context, c.max_context) : c.max_context;
+    BackendOptions options;
+    options.threads = threads;
+    options.max_seqs = 1;
+    options.kv_pages = (context_ + options.page_size - 1) / options.page_size;
+    backend_name_ = backend;
+    runner_ = std::make_unique<Runner>(create_backend(backend, model_.weights, options), 1, context_);
+    generator_ = std::make_unique<Generator>(*runner_, model_.tokenizer);
+    template_ = ChatTemplate::detect(model_.chat_template);
+  }
+
+  nb::dict config() const {
+    const ModelConfig& c = model_.weights->config;
+    nb::dict d;
+    d["path"] = model_.path;
+    d["format"] = model_.format;
+    d["backend"] = backend_name_;
+    d["context"] = context_;
+    d["arch"] = c.arch;
+    d["name"] = c.name;
+    d["n_layers"] = c.n_layers;
+    d["hidden"] = c.hidden;
+    d["n_heads"] = c.n_heads;
+    d["n_kv_heads"] = c.n_kv_heads;
+    d["head_dim"] = c.head_dim;
+    d["ffn_hidden"] = c.ffn_hidden;
+    d["vocab"] = c.vocab;
+    d["max_context"] = c.max_context;
+    d["rope_theta"] = c.rope_theta;
+    d["rope_dim"] = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
+    d["rope_style"] = rope_style_name(c.rope_style);
+    d["rms_eps"] = c.rms_eps;
+    d["tied_embeddings"] = c.tied_embeddings;
+    d["qkv_bias"] = c.qkv_bias;
+    d["chat_template"] = template_.name();
+    d["bos_id"] = model_.tokenizer->spec().bos;
+    d["eos_id"] = model_.tokenizer->spec().eos;
+    d["end_of_generation_ids"] = model_.tokenizer->spec().end_of_generation;
+    return d;
+  }
+
+  std::vector<int32_t> tokenize(const std::string& text, std::optional<bool> add_bos, bool parse_special) const {
+    const Tokenizer& tok = *model_.tokenizer;
+    return tok.encode(text, add_bos.value_or(tok.spec().add_bos), parse_special);
+  }
+
+  std::string detokenize(const std::vector<int32_t>& ids) const { return model_.tokenizer->decode(ids); }
+
+  // Generates, calling on_text(str) -> bool for each piece of text (False stops). Releases the GIL while the model
+  // runs; takes it back for each callback. Returns the statistics as a dict.
+  nb::dict generate(const std::string& prompt, int max_new_tokens, float temperature, int top_k, float top_p,
+                    float min_p, float repeat_penalty, int repeat_window, uint64_t seed, bool chat,
+                    const std::optional<std::string>& system, nb::callable on_text) {
+    GenerationOptions options;
+    options.max_new_tokens = max_new_tokens;
+    options.sampling.temperature = temperature;
+    options.sampling.top_k = top_k;
+    options.sampling.top_p = top_p;
+    options.sampling.min_p = min_p;
+    options.sampling.repeat_penalty = repeat_penalty;
+    options.sampling.repeat_window = repeat_window;
+    options.sampling.seed = seed;
+    options.sampling.validate();
+    CF_CHECK_INPUT(max_new_tokens >= 0, "max_new_tokens: must be >= 0");
+
+    const TextCallback callback = [&on_text](std::string_view text) -> bool {
+      nb::gil_scoped_acquire gil;
+      nb::object piece = nb::steal(PyUnicode_DecodeUTF8(text.data(), Py_ssize_t(text.size()), "replace"));
+      if (!piece.is_valid()) throw nb::python_error();
+      nb::object keep_going = on_text(piece);
+      return keep_going.is_none() || nb::cast<bool>(keep_going);
+    };
+    GenerationStats stats;
+    {
+      nb::gil_scoped_release no_gil;
+      if (!chat || template_.format() == ChatFormat::None) {
+        const auto tokens = model_.tokenizer->encode(prompt, model_.tokenizer->spec().add_bos, false);
+        CF_CHECK_INPUT(!tokens.empty(), "the prompt encodes to no tokens");
+        stats = generator_->generate(tokens, options, callback);
+      } else {
+        ChatSession session(*generator_, template_, system);
+        stats = session.send(prompt, options, callback);
+      }
+    }
+    nb::dict d;
+    d["prompt_tokens"] = stats.prompt_tokens;
+    d["prompt_seconds"] = stats.prompt_seconds;
+    d["generated_tokens"] = stats.generated_tokens;
+    d["generate_seconds"] = stats.generate_seconds;
+    d["prompt_tokens_per_second"] = stats.prompt_tokens_per_second();
+    d["generate_tokens_per_second"] = stats.generate_tokens_per_second();
+    d["stop"] = std::string(stop_reason_name(stats.stop));
+    d["message"] = stats.message;
+    return d;
+  }
+
+  // The ids of the conversation after generate(): the prompt and the sampled tokens the KV cache holds.
+  std::vector<int32_t> history() const { return generator_->history(); }
+  void reset() { generator_->reset(); }
+
+ private:
+  LoadedModel model_;
+  std::string backend_name_;
+  int context_ = 0;
+  std::unique_ptr<Runner> runner_;
+  std::unique_ptr<Generator> generator_;
+  ChatTemplate template_;
+};
+
+}  // namespace
+
+void bind_engine(nb::module_& m) {
+  nb::class_<EngineModel>(m, "_EngineModel",
+                          "The engine behind clusterfusion.Model (load, backend, runner, generator); use Model.")
+      .def(nb::init<const std::optional<std::string>&, const std::string&, int, int>(), nb::arg("path").none(),
+           nb::arg("backend"), nb::arg("context"), nb::arg("threads"),
+           nb::call_guard<nb::gil_scoped_release>())
+      .def("config", &EngineModel::config)
+      .def("tokenize", &EngineModel::tokenize, nb::arg("text"), nb::arg("add_bos").none(), nb::arg("parse_special"))
+      .def("detokenize", &EngineModel::detokenize, nb::arg("ids"))
+      .def("generate", &EngineModel::generate, nb::arg("prompt"), nb::arg("max_new_tokens"), nb::arg("temperature"),
+           nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_window"),
+           nb::arg("seed"), nb::arg("chat"), nb::arg("system").none(), nb::arg("on_text"))
+      .def("history", &EngineModel::history)
+      .def("reset", &EngineModel::reset);
+
+  m.def("backend_list", [] {
+    nb::list out;
+    for (const BackendInfo& b : backend_list()) {
+      nb::dict d;
+      d["name"] = b.name;
+      d["built"] = b.built;
+      d["description"] = b.description;
+      out.append(d);
+    }
+    return out;
+  }, "The engine's backends: [{'name', 'built', 'description'}] ('built': compiled into this build).");
+  m.def("_check_generation_options",
+        [](int max_new_tokens, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
+           int repeat_window) {
+          CF_CHECK_INPUT(max_new_tokens >= 0, "max_new_tokens: must be >= 0");
+          SamplerConfig c;
+          c.temperature = temperature;
+          c.top_k = top_k;
+          c.top_p = top_p;
+          c.min_p = min_p;
+          c.repeat_penalty = repeat_penalty;
+          c.repeat_window = repeat_window;
+          try {
+            c.validate();
+          } catch (const InputError& e) {
+            // The sampler names the CLI's flags; say the Python keyword instead.
+            static const std::pair<const char*, const char*> names[] = {
+                {"--temp", "temperature"}, {"--top-k", "top_k"}, {"--top-p", "top_p"}, {"--min-p", "min_p"},
+                {"--repeat-penalty", "repeat_penalty"}, {"--repeat-window", "repeat_window"}};
+            std::string message = e.what();
+            for (const auto& [flag, keyword] : names)
+              if (message.rfind(std::string(flag) + ":", 0) == 0) message = keyword + message.substr(std::strlen(flag));
+            throw InputError(message);
+          }
+        },
+        nb::arg("max_new_tokens"), nb::arg("temperature"), nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"),
+        nb::arg("repeat_penalty"), nb::arg("repeat_window"),
+        "Raises ValueError naming the first generation option out of range.");
+  m.def("default_model_path", &default_model_path,
+        "Where the default model is looked for: $CF_CACHE_DIR, $XDG_CACHE_HOME/clusterfusion or "
+        "~/.cache/clusterfusion, then models/SmolLM2-135M-Instruct.Q4_1.gguf.");
+}
+
+}  // namespace cf::py
