@@ -183,6 +183,61 @@ struct Row {
 
 double kv_bytes_per_position(const ModelConfig& c) { return 2.0 * c.n_layers * c.kv_dim() * 2.0; }  // K and V, fp16
 
+// Writes the JSON report of the rows so far (after every case: a crash later still leaves the results).
+void write_report(const Options& opt, const cuda::DeviceInfo& device, const Bandwidth& bw, const std::vector<Row>& rows,
+                  std::chrono::steady_clock::time_point t_start) {
+  Json j = Json::object();
+  j.set("benchmark", "e2e");
+  j.set("git_sha", git_sha());
+  j.set("time", utc_now());
+  j.set("device", device_json(device));
+  Json jbw = Json::object();
+  jbw.set("copy_gbps", bw.copy_gbps);
+  jbw.set("read_gbps", bw.read_gbps);
+  jbw.set("bytes", bw.bytes);
+  j.set("bandwidth", jbw);
+  Json anchors = Json::array();
+  for (const Anchor& a : kLlama2Anchors) {
+    Json ja = Json::object();
+    ja.set("model", "llama2-7b");
+    ja.set("batch", 1);
+    ja.set("ctx", a.ctx);
+    ja.set("goal_ms", a.goal);
+    ja.set("torch_compile_graph_ms", a.torch_compile);
+    ja.set("torch_graph_ms", a.torch_graph);
+    anchors.push(ja);
+  }
+  j.set("anchors", anchors);
+  Json jrows = Json::array();
+  for (const Row& r : rows) {
+    Json jr = Json::object();
+    jr.set("model", r.model);
+    jr.set("impl", r.impl);
+    jr.set("batch", r.batch);
+    jr.set("ctx", r.ctx);
+    jr.set("status", r.status);
+    if (!r.message.empty()) jr.set("message", r.message);
+    jr.set("bytes", r.bytes);
+    jr.set("floor_ms", r.floor_ms);
+    if (r.status == "ok") {
+      jr.set("ms_median", r.ms.median);
+      jr.set("ms_min", r.ms.min);
+      jr.set("ms_max", r.ms.max);
+      jr.set("forward_ms", r.forward_ms);
+      jr.set("tok_per_s", r.batch * 1e3 / r.ms.median);
+      jr.set("gbps", r.gbps);
+      jr.set("pct_read_bw", r.pct_read_bw);
+      if (!std::isnan(r.ratio_vs_unfused)) jr.set("ratio_vs_unfused", r.ratio_vs_unfused);
+      jr.set("graph_nodes", r.graph_nodes);
+      jr.set("launch", r.launch);
+    }
+    jrows.push(jr);
+  }
+  j.set("rows", jrows);
+  j.set("seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+  write_file(opt.json_path, j.dump());
+}
+
 int main_impl(int argc, char** argv) {
   const Options opt = parse_options(argc, argv);
   const auto t_start = std::chrono::steady_clock::now();
@@ -336,6 +391,7 @@ int main_impl(int argc, char** argv) {
                                      : (r.status + ": " + r.message).c_str());
         std::fflush(stdout);
         rows.push_back(r);
+        write_report(opt, device, bw, rows, t_start);
       }
     }
   }
@@ -368,56 +424,7 @@ int main_impl(int argc, char** argv) {
                 a.torch_graph, ours.c_str());
   }
 
-  Json j = Json::object();
-  j.set("benchmark", "e2e");
-  j.set("git_sha", git_sha());
-  j.set("time", utc_now());
-  j.set("device", device_json(device));
-  Json jbw = Json::object();
-  jbw.set("copy_gbps", bw.copy_gbps);
-  jbw.set("read_gbps", bw.read_gbps);
-  jbw.set("bytes", bw.bytes);
-  j.set("bandwidth", jbw);
-  Json anchors = Json::array();
-  for (const Anchor& a : kLlama2Anchors) {
-    Json ja = Json::object();
-    ja.set("model", "llama2-7b");
-    ja.set("batch", 1);
-    ja.set("ctx", a.ctx);
-    ja.set("goal_ms", a.goal);
-    ja.set("torch_compile_graph_ms", a.torch_compile);
-    ja.set("torch_graph_ms", a.torch_graph);
-    anchors.push(ja);
-  }
-  j.set("anchors", anchors);
-  Json jrows = Json::array();
-  for (const Row& r : rows) {
-    Json jr = Json::object();
-    jr.set("model", r.model);
-    jr.set("impl", r.impl);
-    jr.set("batch", r.batch);
-    jr.set("ctx", r.ctx);
-    jr.set("status", r.status);
-    if (!r.message.empty()) jr.set("message", r.message);
-    jr.set("bytes", r.bytes);
-    jr.set("floor_ms", r.floor_ms);
-    if (r.status == "ok") {
-      jr.set("ms_median", r.ms.median);
-      jr.set("ms_min", r.ms.min);
-      jr.set("ms_max", r.ms.max);
-      jr.set("forward_ms", r.forward_ms);
-      jr.set("tok_per_s", r.batch * 1e3 / r.ms.median);
-      jr.set("gbps", r.gbps);
-      jr.set("pct_read_bw", r.pct_read_bw);
-      if (!std::isnan(r.ratio_vs_unfused)) jr.set("ratio_vs_unfused", r.ratio_vs_unfused);
-      jr.set("graph_nodes", r.graph_nodes);
-      jr.set("launch", r.launch);
-    }
-    jrows.push(jr);
-  }
-  j.set("rows", jrows);
-  j.set("seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
-  write_file(opt.json_path, j.dump());
+  write_report(opt, device, bw, rows, t_start);
   std::printf("\nwrote %s (%.1f s)\n", opt.json_path.c_str(),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
   for (const Row& r : rows)

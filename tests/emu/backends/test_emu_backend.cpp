@@ -71,6 +71,12 @@ TEST(EmuBackend, QuantisedWeightsDequantisedAtLoad) {
                    cf::DType::Q4_1);
 }
 
+TEST(EmuBackend, Bf16ModelRunsTheBf16Kernels) {
+  // An all-bf16 model (e.g. a bf16 safetensors checkpoint) keeps bf16 on the device; the bf16 tolerance applies.
+  expect_agreement(cf::test::tiny_llama(), 15, /*batch=*/2, /*prompt=*/2, /*length=*/18, /*page_size=*/16,
+                   cf::DType::BF16);
+}
+
 TEST(EmuBackend, PrefillRunsTokenByTokenAndMatchesDecode) {
   // Runner::prefill hands the backend a multi-token batch of one sequence; the emu backend runs it token by token,
   // so its logits are bit-identical to lockstep decode of the same tokens.

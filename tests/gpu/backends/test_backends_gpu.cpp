@@ -1,20 +1,24 @@
 // The cuda (fused kernels + CUDA graphs) and cuda-unfused (cuBLAS + graphs) backends against the cpu backend, end
 // to end, under the rule of agreement.hpp: teacher-forced lockstep decode of 1 and 4 sequences, >= 32 generated
 // tokens each, logits within the end-to-end tolerance at every step, equal greedy tokens wherever the cpu's top-2
-// margin allows. Models: the default model (SmolLM2-135M-Instruct Q4_1) when it is in the cache, else a random
-// model of its shape; random models of the SmolLM2 shape (head_dim 64, GQA 9/3) and of a small Llama shape with
+// margin allows. Models: the default model (SmolLM2-135M-Instruct Q4_1) when it is in the cache, else the model
+// file $CF_GPU_TEST_MODEL (bench/gpu_check.sh points it at the default model cut to its first blocks by
+// scripts/truncate_gguf.py: real tokenizer and Q4_1 weights), else a random Q4_1 model of its shape; random models of the SmolLM2 shape (head_dim 64, GQA 9/3) and of a small Llama shape with
 // head_dim 128. Also: graph replay bit-identical to eager launches, batched prefill (cuda-unfused blocks) followed by
 // decode, and prefill through the decode graphs bit-identical to lockstep decode.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
 
 #include "agreement.hpp"
+#include "clusterfusion/runtime/chat_template.hpp"
 #include "clusterfusion/runtime/model.hpp"
+#include "clusterfusion/runtime/session.hpp"
 #include "cpu/cpu_backend.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda/gpu_backend.hpp"
@@ -24,7 +28,6 @@ namespace {
 using cf::CudaMode;
 using cf::device_layout::Storage;
 
-constexpr int kStreams = 4;     // sequences in the batch-4 cases (batch 1 uses the first)
 constexpr int kGenerated = 32;  // greedy tokens after the prompt
 
 bool skip_without_gpu() {
@@ -67,7 +70,8 @@ cf::Runner cpu_runner(std::shared_ptr<const cf::ModelWeights> w, int max_seqs, i
 }
 
 Subject make_subject(const std::string& name, std::shared_ptr<const cf::ModelWeights> device,
-                     std::vector<std::vector<int32_t>> prompts) {
+                     std::vector<std::vector<int32_t>> prompts, int n_streams) {
+  prompts.resize(size_t(n_streams));
   const auto t0 = std::chrono::steady_clock::now();
   Subject s;
   s.name = name;
@@ -76,7 +80,7 @@ Subject make_subject(const std::string& name, std::shared_ptr<const cf::ModelWei
       cf::device_layout::rounded_copy(*device, cf::device_layout::choose_storage(*device)));
   s.prompt = int(prompts[0].size());
   const int length = s.prompt + kGenerated;
-  cf::Runner cpu = cpu_runner(s.reference, kStreams, length + 8);
+  cf::Runner cpu = cpu_runner(s.reference, n_streams, length + 8);
   // Each stream: its prompt, then the cpu's greedy continuation.
   for (auto& p : prompts) {
     cpu.reset(0);
@@ -91,28 +95,39 @@ Subject make_subject(const std::string& name, std::shared_ptr<const cf::ModelWei
   cpu.reset(0);
   s.streams = std::move(prompts);
   s.reference_logits = cf::test::lockstep_logits(cpu, s.streams);
-  std::printf("[ ref  ] %s: %d streams x %d tokens on the cpu backend in %.1f s\n", name.c_str(), kStreams, length,
+  std::printf("[ ref  ] %s: %d stream(s) x %d tokens on the cpu backend in %.1f s\n", name.c_str(), n_streams, length,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return s;
 }
 
+constexpr int kMaxStreams = 4;
+
 std::vector<std::vector<int32_t>> random_prompts(int vocab, int length, uint64_t seed) {
   cf::Rng rng(seed);
-  std::vector<std::vector<int32_t>> p(kStreams);
+  std::vector<std::vector<int32_t>> p(kMaxStreams);
   for (auto& s : p)
     for (int i = 0; i < length; ++i) s.push_back(int32_t(rng.below(uint32_t(vocab))));
   return p;
 }
 
-// Subjects are built once per process (the cpu reference is the slow part).
-const Subject& subject(const std::string& which) {
-  static std::map<std::string, Subject> cache;
-  auto it = cache.find(which);
+// The model file of the "default" subject: the default model, else $CF_GPU_TEST_MODEL; empty when neither exists.
+std::string model_file() {
+  if (std::filesystem::exists(cf::default_model_path())) return cf::default_model_path();
+  const char* env = std::getenv("CF_GPU_TEST_MODEL");
+  if (env && *env && std::filesystem::exists(env)) return env;
+  return {};
+}
+
+// Subjects are built once per process and stream count (the cpu reference is the slow part; ctest runs every case
+// in its own process, so each builds only the streams it uses).
+const Subject& subject(const std::string& which, int n_streams) {
+  static std::map<std::pair<std::string, int>, Subject> cache;
+  auto it = cache.find({which, n_streams});
   if (it != cache.end()) return it->second;
   Subject s;
   if (which == "default") {
-    const std::string path = cf::default_model_path();
-    if (std::filesystem::exists(path)) {
+    const std::string path = model_file();
+    if (!path.empty()) {
       const cf::LoadedModel m = cf::load_model(path);
       std::vector<std::vector<int32_t>> prompts;
       for (const char* text : {"The capital of France is", "def fibonacci(n):", "Once upon a time, there was a",
@@ -123,22 +138,27 @@ const Subject& subject(const std::string& which) {
       for (const auto& p : prompts) longest = std::max(longest, p.size());
       for (auto& p : prompts)
         while (p.size() < longest) p.insert(p.begin(), p.front());
-      s = make_subject("default model (" + path + ")", m.weights, prompts);
+      s = make_subject("model file " + path, m.weights, prompts, n_streams);
     } else {
-      std::printf("[ note ] default model not found at %s: a random model of its shape instead\n", path.c_str());
+      std::printf("[ note ] no model file (default model not at %s, $CF_GPU_TEST_MODEL unset): a random Q4_1 model "
+                  "of its shape instead\n",
+                  cf::default_model_path().c_str());
       auto w = std::make_shared<cf::ModelWeights>(
           cf::ModelWeights::random(cf::model_preset("smollm2-135m"), 21, cf::DType::Q4_1));
-      s = make_subject("random Q4_1 model of the SmolLM2-135M shape", w, random_prompts(w->config.vocab, 4, 22));
+      s = make_subject("random Q4_1 model of the SmolLM2-135M shape", w, random_prompts(w->config.vocab, 4, 22),
+                       n_streams);
     }
   } else if (which == "smollm2") {
     auto w = std::make_shared<cf::ModelWeights>(
         cf::ModelWeights::random(cf::model_preset("smollm2-135m"), 31, cf::DType::F16));
-    s = make_subject("random fp16 model of the SmolLM2-135M shape", w, random_prompts(w->config.vocab, 4, 32));
+    s = make_subject("random fp16 model of the SmolLM2-135M shape", w, random_prompts(w->config.vocab, 4, 32),
+                     n_streams);
   } else {
     auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(llama_hd128(), 41, cf::DType::F16));
-    s = make_subject("random fp16 Llama-shaped model, head_dim 128", w, random_prompts(w->config.vocab, 4, 42));
+    s = make_subject("random fp16 Llama-shaped model, head_dim 128", w, random_prompts(w->config.vocab, 4, 42),
+                     n_streams);
   }
-  return cache.emplace(which, std::move(s)).first->second;
+  return cache.emplace(std::make_pair(which, n_streams), std::move(s)).first->second;
 }
 
 std::unique_ptr<cf::Backend> gpu_backend(CudaMode mode, std::shared_ptr<const cf::ModelWeights> w, int max_seqs,
@@ -171,11 +191,10 @@ class GpuAgreement : public testing::TestWithParam<AgreementCase> {};
 TEST_P(GpuAgreement, DecodeMatchesCpuGreedyAndLogits) {
   SKIP_WITHOUT_GPU();
   const AgreementCase& c = GetParam();
-  const Subject& s = subject(c.model);
+  const Subject& s = subject(c.model, c.batch);
   const int length = int(s.streams[0].size());
-  const std::vector<std::vector<int32_t>> streams(s.streams.begin(), s.streams.begin() + c.batch);
-  const std::vector<std::vector<std::vector<float>>> want(s.reference_logits.begin(),
-                                                          s.reference_logits.begin() + c.batch);
+  const std::vector<std::vector<int32_t>>& streams = s.streams;
+  const std::vector<std::vector<std::vector<float>>>& want = s.reference_logits;
   cf::Runner runner(gpu_backend(c.mode, s.device, c.batch), c.batch, length + 8);
   const auto t0 = std::chrono::steady_clock::now();
   const auto got = cf::test::lockstep_logits(runner, streams);
@@ -204,9 +223,9 @@ bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
 
 TEST(GpuBackend, GraphReplayIsBitIdenticalToEagerLaunches) {
   SKIP_WITHOUT_GPU();
-  const Subject& s = subject("hd128");
+  const Subject& s = subject("hd128", 3);
   for (CudaMode mode : {CudaMode::Fused, CudaMode::Unfused}) {
-    const std::vector<std::vector<int32_t>> streams(s.streams.begin(), s.streams.begin() + 3);
+    const std::vector<std::vector<int32_t>>& streams = s.streams;
     cf::Runner graphs(gpu_backend(mode, s.device, 3, /*use_graphs=*/true), 3);
     cf::Runner eager(gpu_backend(mode, s.device, 3, /*use_graphs=*/false), 3);
     const auto a = cf::test::lockstep_logits(graphs, streams);
@@ -222,14 +241,16 @@ TEST(GpuBackend, GraphReplayIsBitIdenticalToEagerLaunches) {
     const int layers = s.device->config.n_layers;
     std::printf("[ graph ] %s: %zu nodes for batch 3 (%d layers); %s\n", cf::gpu::mode_name(mode),
                 backend->graph_nodes(3), layers, backend->describe(3).c_str());
-    if (mode == CudaMode::Fused) EXPECT_GE(backend->graph_nodes(3), size_t(2 * layers + 2));
+    if (mode == CudaMode::Fused) {
+      EXPECT_GE(backend->graph_nodes(3), size_t(2 * layers + 2));
+    }
     backend->check_status();
   }
 }
 
 TEST(GpuBackend, BatchedPrefillThenDecodeMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  const Subject& s = subject("smollm2");
+  const Subject& s = subject("smollm2", 1);
   const std::vector<int32_t>& stream = s.streams[0];
   const int split = int(stream.size()) - 8;  // prefill all but the last 8 tokens in one batch, then decode them
   for (CudaMode mode : {CudaMode::Fused, CudaMode::Unfused}) {
@@ -256,7 +277,7 @@ TEST(GpuBackend, BatchedPrefillThenDecodeMatchesCpu) {
 
 TEST(GpuBackend, PrefillThroughDecodeGraphsEqualsLockstepDecode) {
   SKIP_WITHOUT_GPU();
-  const Subject& s = subject("hd128");
+  const Subject& s = subject("hd128", 2);
   cf::Runner runner(gpu_backend(CudaMode::Fused, s.device, 1, true, /*prefill_through_decode=*/true, /*page=*/8), 1);
   const std::vector<int32_t>& stream = s.streams[1];
   const std::vector<float> prefill = cf::teacher_forced_logits(runner, stream);
@@ -278,6 +299,34 @@ TEST(GpuBackend, FactoryRejectsUnsupportedShapesBeforeUploading) {
     FAIL() << "head_dim 32 should be rejected";
   } catch (const cf::InputError& e) {
     EXPECT_NE(std::string(e.what()).find("head_dim 32 is not supported"), std::string::npos) << e.what();
+  }
+}
+
+TEST(GpuBackend, ChatOnTheModelFile) {
+  SKIP_WITHOUT_GPU();
+  const std::string path = model_file();
+  if (path.empty()) GTEST_SKIP() << "no model file (default model or $CF_GPU_TEST_MODEL)";
+  const cf::LoadedModel m = cf::load_model(path);
+  const bool full_default_model = path == cf::default_model_path();
+  for (CudaMode mode : {CudaMode::Fused, CudaMode::Unfused}) {
+    cf::BackendOptions o;
+    o.kv_pages = 64;  // 1024 positions
+    cf::Runner runner(cf::make_cuda_backend(mode, m.weights, o), 1, 1024);
+    cf::Generator generator(runner, m.tokenizer);
+    cf::ChatSession chat(generator, cf::ChatTemplate::detect(m.chat_template));
+    cf::GenerationOptions options;
+    options.max_new_tokens = 20;  // greedy by default
+    std::string reply, second;
+    const auto stats = chat.send("What is the capital of France?", options, {}, &reply);
+    const auto stats2 = chat.send("And of Italy?", options, {}, &second);  // the second turn reuses the cache
+    std::printf("[ chat ] %s on %s: \"%s\" / \"%s\" (%d + %d tokens, %.0f tok/s)\n", cf::gpu::mode_name(mode),
+                path.c_str(), reply.c_str(), second.c_str(), stats.generated_tokens, stats2.generated_tokens,
+                stats2.generate_tokens_per_second());
+    EXPECT_GE(stats.generated_tokens, 1);
+    EXPECT_GE(stats2.generated_tokens, 1);
+    if (full_default_model) {
+      EXPECT_NE(reply.find("Paris"), std::string::npos) << reply;
+    }
   }
 }
 
