@@ -74,7 +74,8 @@ const char* mode_name(CudaMode mode) { return mode == CudaMode::Fused ? "cuda" :
 
 // ---- DeviceModel --------------------------------------------------------------------------------------------------
 
-std::shared_ptr<DeviceModel> DeviceModel::allocate(const ModelConfig& c, Storage storage, bool with_bias) {
+std::shared_ptr<DeviceModel> DeviceModel::allocate(const ModelConfig& c, Storage storage, bool with_bias,
+                                                   bool separate_output) {
   c.validate("DeviceModel");
   std::shared_ptr<DeviceModel> m(new DeviceModel());
   m->config_ = c;
@@ -94,14 +95,14 @@ std::shared_ptr<DeviceModel> DeviceModel::allocate(const ModelConfig& c, Storage
   }
   m->token_embd_ = Buffer(size_t(c.vocab) * hidden, "token_embd");
   m->output_norm_ = Buffer(hidden, "output_norm");
-  if (!c.tied_embeddings) m->output_ = Buffer(size_t(c.vocab) * hidden, "output (LM head)");
+  if (separate_output) m->output_ = Buffer(size_t(c.vocab) * hidden, "output (LM head)");
   return m;
 }
 
 std::shared_ptr<const DeviceModel> DeviceModel::upload(const ModelWeights& w) {
   const Storage s = layout::choose_storage(w);
   const ModelConfig& c = w.config;
-  auto m = allocate(c, s, c.qkv_bias);
+  auto m = allocate(c, s, c.qkv_bias, /*separate_output=*/!w.output.empty());
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& src = w.layers[size_t(l)];
     Layer& dst = m->layers_[size_t(l)];
@@ -115,12 +116,12 @@ std::shared_ptr<const DeviceModel> DeviceModel::upload(const ModelWeights& w) {
   }
   m->token_embd_.upload(layout::convert_stacked({&w.token_embd}, s));
   m->output_norm_.upload(layout::convert_vector(w.output_norm, s));
-  if (!c.tied_embeddings) m->output_.upload(layout::convert_stacked({&w.output}, s));
+  if (!w.output.empty()) m->output_.upload(layout::convert_stacked({&w.output}, s));
   return m;
 }
 
 std::shared_ptr<const DeviceModel> DeviceModel::random(const ModelConfig& c, Storage s, uint64_t seed) {
-  auto m = allocate(c, s, c.qkv_bias);
+  auto m = allocate(c, s, c.qkv_bias, /*separate_output=*/!c.tied_embeddings);
   uint64_t next = seed;
   auto fill = [&](cuda::DeviceBuffer<uint16_t>& b, float lo, float hi) {
     next += kSeedStride;
@@ -410,8 +411,12 @@ struct GpuBackend::Impl {
     } else {
       decode_workspace->cublas().set_stream(stream);  // bound before the capture: no cuBLAS setup inside it
     }
-    if (options.use_graphs)
+    if (options.use_graphs) {
+      // One eager run of the staged step first: every kernel and cuBLAS algorithm is loaded and chosen outside the
+      // capture. It computes exactly what the first replay recomputes (the same k, v to the same slots).
+      enqueue_decode(rows, g, stream);
       g.graph = cuda::Graph::capture(stream, [&](cudaStream_t s) { enqueue_decode(rows, g, s); });
+    }
     return graphs.emplace(rows, std::move(g)).first->second;
   }
 

@@ -64,7 +64,8 @@ class DeviceModel {
 
  private:
   DeviceModel() = default;
-  static std::shared_ptr<DeviceModel> allocate(const ModelConfig& config, Storage storage, bool with_bias);
+  static std::shared_ptr<DeviceModel> allocate(const ModelConfig& config, Storage storage, bool with_bias,
+                                               bool separate_output);
   ModelConfig config_;
   Storage storage_ = Storage::F16;
   std::vector<Layer> layers_;
