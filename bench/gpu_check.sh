@@ -18,13 +18,14 @@
 #   ctest-gpu   ctest -L gpu, verbose
 #   bench       cf_bench_decoder_attention --quick  -> $OUT/bench.json; cf_bench_ffn --quick -> $OUT/bench_ffn.json
 #   e2e         the CLI on the GPU (cuda, cuda-unfused, cpu; greedy) when a model file is at hand, then
-#               cf_bench_e2e --quick (whole-model decode TPOT, cuda vs cuda-unfused) -> $OUT/e2e.json + e2e.png
+#               cf_bench_e2e --quick (whole-model decode TPOT, cuda vs cuda-unfused) -> $OUT/e2e.json
+#               (+ e2e.png with CF_E2E_PLOT=1; else plot it afterwards: python3 bench/e2e/plot_e2e.py e2e.json)
 #   peer        torch peer (.peers/torch_decode_peer.py --stages $CF_PEER_STAGES) -> $OUT/peer.json
 #   memcheck / racecheck / synccheck   compute-sanitizer on a filter of the GPU tests
 #   summary     PASS/FAIL per step and the key numbers (also in $OUT/summary.txt)
 #
-# Files in $OUT (<= 8): gpu_check.txt (everything), build.log, bench.json, bench_ffn.json, e2e.json, e2e.png,
-# peer.json, summary.txt.
+# Files in $OUT (<= 8 come back): gpu_check.txt (everything), build.log, bench.json, bench_ffn.json,
+# bench_collectives.json, e2e.json, peer.json, summary.txt (e2e.png with CF_E2E_PLOT=1 would be a ninth).
 # Environment: OUT (default build/gpu_check_out), CF_GPU_CHECK_BUDGET, CF_GPU_TARGETS, CF_BENCH_ARGS, CF_E2E_ARGS
 # (default --quick), CF_PEER_STAGES (default bw,attn,llama2), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16),
 # CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck).
@@ -38,7 +39,7 @@ mkdir -p "$OUT"
 export BUDGET="${CF_GPU_CHECK_BUDGET:-420}"
 export JOBS="${CF_JOBS:-16}"
 export BUILD_DIR="$ROOT/build/default"
-export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention cf_bench_ffn cf_bench_e2e clusterfusion"  # + discovered GPU tests (step_build)
+export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention cf_bench_cluster_collectives cf_bench_ffn cf_bench_e2e clusterfusion"  # + discovered GPU tests (step_build)
 export TEST_BIN="$BUILD_DIR/tests/gpu/cuda_unfused/cf_test_gpu_cuda_unfused"
 export BENCH_BIN="$BUILD_DIR/bench/decoder_attention/cf_bench_decoder_attention"
 export FFN_BENCH_BIN="$BUILD_DIR/bench/ffn/cf_bench_ffn"
@@ -209,8 +210,17 @@ step_e2e() {
   # shellcheck disable=SC2086
   "$E2E_BIN" $E2E_ARGS --json "$OUT/e2e.json"
   local rc=$?
-  python3 "$ROOT/bench/e2e/plot_e2e.py" "$OUT/e2e.json" --out "$OUT/e2e.png" || echo "(no plot)"
+  # $OUT brings back at most 8 files: the PNG only when asked (else plot here: python3 bench/e2e/plot_e2e.py e2e.json).
+  if [ "${CF_E2E_PLOT:-0}" = 1 ]; then
+    python3 "$ROOT/bench/e2e/plot_e2e.py" "$OUT/e2e.json" --out "$OUT/e2e.png" || echo "(no plot)"
+  fi
   return $rc
+}
+
+step_collectives() {
+  local bin="$BUILD_DIR/bench/cluster_collectives/cf_bench_cluster_collectives"
+  [ -x "$bin" ] || { echo "SKIP: $bin not built"; return 3; }
+  "$bin" --json "$OUT/bench_collectives.json"
 }
 
 step_peer() {
@@ -237,7 +247,7 @@ step_sanitizer() {  # $1 = tool, $2 = gtest filter
   return $rc
 }
 
-export -f step_info step_gtest step_configure step_build step_resources step_ctest step_bench step_e2e step_peer \
+export -f step_info step_gtest step_configure step_build step_resources step_ctest step_bench step_e2e step_collectives step_peer \
   step_sanitizer sanitizer_bin
 
 # ---- step runner ------------------------------------------------------------------------------------------------
@@ -364,6 +374,7 @@ main() {
   run_step ctest-gpu 200 bash -c step_ctest
   run_step bench 150 bash -c step_bench
   run_step e2e 100 bash -c step_e2e
+  run_step collectives 45 bash -c step_collectives
   local left=$(( BUDGET - $(elapsed) - RESERVE - 120 ))  # keep ~2 min for the sanitizers
   (( left > 110 )) && left=110
   (( left < 40 )) && left=40

@@ -5,7 +5,7 @@
 // extra rows ("fused-u8"). Prints a table and writes JSON (--json).
 //
 //   cf_bench_ffn                    # --quick: Llama-2-7B / Llama-3-8B, FFN + LM head, batch 1 / 8 / 16, fp16,
-//                                   # and a stage-units sweep (2, 8, 16) at batch 1
+//                                   # and a stage-units sweep (2, 8) at batch 1
 //   cf_bench_ffn --blocks ffn --models llama2 --batch 1 --stage-units 2,4,8 --replays 50 --json out.json
 #include <cuda_runtime_api.h>
 
@@ -84,7 +84,7 @@ struct Options {
   std::vector<int> batches = {1, 8, 16};
   std::vector<cu::DType> dtypes = {cu::DType::F16};
   std::vector<int> stage_units = {};   // extra fused variants (all batches)
-  std::vector<int> sweep_units = {2, 8, 16};  // extra fused variants at batch 1 only (--quick)
+  std::vector<int> sweep_units = {2, 8};  // extra fused variants at batch 1 only (--quick)
   std::vector<std::string> impls;      // empty = all
   int calls_per_graph = 20;
   int replays = 15;
@@ -95,13 +95,13 @@ struct Options {
 
 const char* kUsage =
     "usage: cf_bench_ffn [options]\n"
-    "  --quick               default: ffn,lm_head x llama2,llama3 x batch 1,8,16, fp16; stage units 2,8,16 at batch 1\n"
+    "  --quick               default: ffn,lm_head x llama2,llama3 x batch 1,8,16, fp16; stage units 2,8 at batch 1\n"
     "  --full                40 replays, fp16 and bf16\n"
     "  --blocks LIST         ffn,lm_head\n"
     "  --models LIST         llama2,llama3,smollm2\n"
     "  --batch LIST          batch sizes (1..16)\n"
     "  --dtype LIST          fp16,bf16\n"
-    "  --stage-units LIST    extra fused variants (2,4,8,16 column units per ring stage) at every batch\n"
+    "  --stage-units LIST    extra fused variants (chunks of 2,4,8 32-column units) at every batch\n"
     "  --no-sweep            no stage-units sweep at batch 1\n"
     "  --impl LIST           cuda-unfused,fused (default both)\n"
     "  --calls N             calls per CUDA graph (default 20)\n"
@@ -161,7 +161,7 @@ Options parse_options(int argc, char** argv) {
       }
     } else if (arg == "--stage-units") {
       o.stage_units.clear();
-      for (const auto& v : split_list(value())) o.stage_units.push_back(parse_int(v, "--stage-units", 2, 16));
+      for (const auto& v : split_list(value())) o.stage_units.push_back(parse_int(v, "--stage-units", 2, 8));
     } else if (arg == "--no-sweep") {
       o.sweep_units.clear();
     } else if (arg == "--impl") {
@@ -354,8 +354,10 @@ class FusedImpl final : public Impl {
   std::string describe() const override {
     if (!ffn_.empty()) {
       const kffn::LaunchInfo& li = ffn_[0]->info();
-      return format("%d clusters x %d CTAs, U %d, %d stages, %zu B smem, busiest CTA %.2f MB", li.clusters,
-                    li.cluster_size, li.stage_units, li.stages, li.smem_bytes, double(li.max_cta_weight_bytes) / 1e6);
+      return format("%d clusters x %d CTAs, U %d, down %d cols x %d tiles, %d blocks of %d rows, %d stages, %zu B "
+                    "smem, busiest CTA %.2f MB",
+                    li.clusters, li.cluster_size, li.stage_units, li.down_cols, li.down_tiles, li.blocks,
+                    li.block_rows, li.stages, li.smem_bytes, double(li.max_cta_bytes) / 1e6);
     }
     if (!head_.empty()) {
       const klm::LaunchInfo& li = head_[0]->info();

@@ -363,6 +363,14 @@ void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* ba
   if (reinterpret_cast<uintptr_t>(dst) % kTmaSmemAlign != 0)
     fail(EmuErrorKind::Misaligned, t, loc, op,
          "destination " + hex(reinterpret_cast<uintptr_t>(dst)) + " must be 128-byte aligned");
+  // Hopper raises an illegal instruction when the box's first column is not at a 16-byte boundary of the row
+  // (checked on an H100: any x * element size not a multiple of 16, in or out of bounds, negative or not).
+  const int64_t column_bytes = int64_t(x) * dtype_bytes(map.dtype);
+  if (column_bytes % kTmaColumnAlign != 0)
+    fail(EmuErrorKind::Misaligned, t, loc, op,
+         "box column x = " + std::to_string(x) + " is " + std::to_string(column_bytes) +
+             " bytes into the row; x * element size (" + std::to_string(dtype_bytes(map.dtype)) +
+             " B) must be a multiple of 16 bytes (the GPU raises an illegal instruction)");
   const uint32_t bytes = map.box_bytes();
   const uint32_t dst_off = local_offset(t, dst, bytes, loc, op, "destination box");
   uint32_t bar_off = 0;

@@ -59,7 +59,9 @@
 //                                      barrier completes (the sender learns that only from the peer).
 //   tma_load_2d(dst_smem, map, x, y, bar)  cp.async.bulk.tensor.2d: box at column x, row y of `map`
 //                                      (tensor_map.hpp) into dst (128-byte aligned), out-of-bounds elements zero;
-//                                      always completes tma_box_bytes(...) bytes
+//                                      always completes tma_box_bytes(...) bytes. x * element size must be a
+//                                      multiple of 16 bytes (x may be negative or past the edge; y is free):
+//                                      otherwise the GPU raises cudaErrorIllegalInstruction
 //   fence_proxy_async()                fence.proxy.async.shared::cta: between generic stores to shared memory
 //                                      and a later bulk copy that reads (or overwrites) the same bytes
 //   Never read or write a destination before its barrier phase completes; never reuse it for the next copy before

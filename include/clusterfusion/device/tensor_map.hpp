@@ -5,6 +5,9 @@
 // width/box_width count elements along a row (the innermost, contiguous dimension, TMA coordinate x);
 // height/box_height count rows (coordinate y). A box lands in shared memory packed row-major:
 // box_height rows of box_width * dtype_bytes(dtype) bytes. Elements outside [0,width) x [0,height) read as zero.
+// The box's column x must start on a 16-byte boundary: x * element size a multiple of 16 (x may be negative or past
+// the right edge, y anything); a misaligned x is an illegal instruction on the GPU and a Misaligned report in the
+// emulator. Nothing here can check it: x is a device-side value given to tma_load_2d.
 // Create maps once on the host and pass them inside the kernel's Params (`const CF_GRID_CONSTANT Params p`,
 // then tma_load_2d(dst, p.map, x, y, bar)); never copy a TensorMap into shared or global memory yourself.
 // CUDA: encoded by cuTensorMapEncodeTiled, reached through cudaGetDriverEntryPointByVersion (no libcuda link),

@@ -44,6 +44,7 @@ inline constexpr size_t kDefaultSmemLimit = 48 * 1024;         // above this CUD
 inline constexpr size_t kDynamicSmemAlign = 128;               // dev::dynamic_smem() is at least this aligned
 inline constexpr uint32_t kBulkCopyAlign = 16;                 // cp.async.bulk: addresses and size
 inline constexpr uint32_t kTmaSmemAlign = 128;                 // cp.async.bulk.tensor destination
+inline constexpr uint32_t kTmaColumnAlign = 16;                // cp.async.bulk.tensor: box column x * element size
 inline constexpr uint32_t kMaxTmaBoxDim = 256;
 inline constexpr uint32_t kMaxMbarrierCount = (1u << 20) - 1;  // arrival count and tx-count range
 inline constexpr uint32_t kMaxNamedBarrier = 15;               // ids 1..15; 0 is block_sync()

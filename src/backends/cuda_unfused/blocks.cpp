@@ -52,13 +52,22 @@ void gemm_weight_rows(cublasHandle_t handle, DType dtype, const void* w, const v
 // ---- workspace -----------------------------------------------------------------------------------------------
 
 Workspace::Workspace(const ref::DecoderShape& shape, int max_batch) : shape_(shape), max_batch_(max_batch) {
-  validate_shape(shape, "Workspace");
+  // A shape without attention heads (n_heads = n_kv_heads = 0) makes a workspace for ffn_block / lm_head only: no
+  // attention buffers, and attention_block refuses it (require_fits).
+  const bool attention = shape.n_heads != 0 || shape.n_kv_heads != 0;
+  if (attention) {
+    validate_shape(shape, "Workspace");
+  } else if (shape.hidden <= 0 || shape.hidden % 8 != 0) {
+    throw InputError("cuda-unfused Workspace: shape.hidden " + std::to_string(shape.hidden) +
+                     " must be a positive multiple of 8");
+  }
   if (max_batch < 1 || max_batch > 65535)
     throw InputError("cuda-unfused Workspace: max_batch " + std::to_string(max_batch) + " out of range (1..65535)");
   if (shape.ffn_hidden < 0) throw InputError("cuda-unfused Workspace: shape.ffn_hidden must be >= 0");
   sm_count_ = current_sm_count();
-  split_capacity_ =
-      int(std::clamp<int64_t>(kPartialSlotBudget / (int64_t(max_batch) * shape.n_heads), 1, kMaxAttentionSplits));
+  if (attention)
+    split_capacity_ =
+        int(std::clamp<int64_t>(kPartialSlotBudget / (int64_t(max_batch) * shape.n_heads), 1, kMaxAttentionSplits));
   const size_t b = size_t(max_batch);
   x_ = cuda::DeviceBuffer<uint16_t>(b * shape.hidden, "cuda-unfused normed activations");
   qkv_ = cuda::DeviceBuffer<float>(b * (shape.q_dim() + 2 * shape.kv_dim()), "cuda-unfused qkv");

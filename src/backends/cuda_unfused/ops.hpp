@@ -174,7 +174,8 @@ inline constexpr int kMaxAttentionSplits = 64;  // per (token, head)
 inline constexpr int kMinRowsPerSplit = 32;     // a split reads at least this many cache rows
 
 // Scratch memory for the blocks (allocated once; sized for `max_batch` tokens of `shape`), the cuBLAS handle and
-// the device status word. One Workspace per stream; not thread-safe.
+// the device status word. One Workspace per stream; not thread-safe. A shape with n_heads = n_kv_heads = 0 gives a
+// workspace for ffn_block and lm_head only (no attention buffers).
 class Workspace {
  public:
   Workspace(const ref::DecoderShape& shape, int max_batch);

@@ -39,7 +39,7 @@ int active_clusters(KernelFn fn, int n) {
   dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), prep);
   cudaLaunchConfig_t lc{};
   lc.gridDim = dim3(uint32_t(n) * 64);
-  lc.blockDim = dim3(ws::kThreads);
+  lc.blockDim = dim3(kThreads);
   lc.dynamicSmemBytes = dev::kMaxSmemPerBlock;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -57,6 +57,10 @@ int active_clusters(KernelFn fn, int n) {
 
 }  // namespace
 
+int stage_units_of(const PlanConfig& config) {
+  return config.stage_units > 0 ? config.stage_units : ws::kDefaultStageUnits;
+}
+
 SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy) {
   const Shape& s = config.shape;
   const int hidden_units = s.hidden / ws::kUnitCols, ffn_tiles = s.ffn_hidden / ws::kTileRows;
@@ -67,13 +71,13 @@ SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy) {
     int clusters = std::min(occupancy.of(n), ffn_tiles);
     if (config.max_clusters > 0) clusters = std::min(clusters, config.max_clusters);
     if (clusters < 1) continue;
-    const Split split = make_split(s, n, clusters);
-    const SplitChoice option{n, clusters, max_cta_weight_bytes(s, split),
+    const Split split = make_split(s, n, clusters, stage_units_of(config), config.max_batch);
+    const SplitChoice option{n, clusters, max_cta_bytes(split, config.max_batch),
                              ring_stages(make_layout(config.max_batch, split), config.max_stages)};
     auto shallow = [](const SplitChoice& c) { return c.stages < kPreferredStages; };
     // candidates come in decreasing n: a tie keeps the larger one
     if (best.cluster_size == 0 || shallow(option) < shallow(best) ||
-        (shallow(option) == shallow(best) && option.max_cta_weight_bytes < best.max_cta_weight_bytes))
+        (shallow(option) == shallow(best) && option.max_cta_bytes < best.max_cta_bytes))
       best = option;
   }
   if (best.cluster_size == 0)
@@ -112,9 +116,8 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
 #endif
   const SplitChoice choice = choose_split(config, occupancy);
   const int n = choice.cluster_size;
-  const Split split = make_split(s, n, choice.clusters);
-  const int stage_units = config.stage_units > 0 ? config.stage_units : ws::kDefaultStageUnits;
-  const ws::StageShape ss = ws::stage_shape(stage_units);
+  const int stage_units = stage_units_of(config);
+  const Split split = make_split(s, n, choice.clusters, stage_units, config.max_batch);
 
   const Layout layout = make_layout(config.max_batch, split);
   const int stages = choice.stages;
@@ -126,17 +129,19 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
                      " ring stages; at least " + std::to_string(ws::kMinStages) +
                      " are needed (lower max_batch or use more clusters)");
 
-  const int groups_max = ws::ceil_div(split.hidden_units_max * 2, ss.tiles);
-
   LaunchInfo& li = im.info;
   li.cluster_size = n;
   li.clusters = choice.clusters;
-  li.threads = ws::kThreads;
+  li.threads = kThreads;
   li.stages = stages;
   li.stage_units = stage_units;
   li.stage_bytes = ws::kStageBytes;
   li.smem_bytes = size_t(layout.fixed_bytes) + size_t(stages) * ws::kStageBytes;
-  li.max_cta_weight_bytes = choice.max_cta_weight_bytes;
+  li.max_cta_bytes = choice.max_cta_bytes;
+  li.down_cols = split.down_cols;
+  li.down_tiles = split.down_tiles;
+  li.block_rows = split.block_rows;
+  li.blocks = split.blocks_max;
 
 #if defined(CF_DEVICE_CUDA)
   // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).
@@ -149,27 +154,27 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   }
 #endif
   im.partial = dev::DeviceBuffer<float>(size_t(choice.clusters) * s.hidden * config.max_batch);
-  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * groups_max);
+  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * split.blocks_max);
   im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
   li.workspace_bytes = im.partial.bytes() + im.counters.bytes() + im.status.bytes();
 
   KernelParams& p = im.base;
   const uint64_t H = uint64_t(s.hidden), F = uint64_t(s.ffn_hidden);
-  const uint32_t big_rows = uint32_t(ss.tiles * ws::kTileRows);
-  auto maps = [&](const void* w, uint64_t width, uint64_t height, dev::TensorMap& big, dev::TensorMap& small_map) {
-    big = dev::make_tensor_map_2d(w, dt, width, height, width * 2, ws::kUnitCols, big_rows);
-    small_map = dev::make_tensor_map_2d(w, dt, width, height, width * 2, ws::kUnitCols, ws::kTileRows);
-  };
-  maps(config.weights.w_gate, H, F, p.gate_big, p.gate_small);
-  maps(config.weights.w_up, H, F, p.up_big, p.up_small);
-  maps(config.weights.w_down, F, H, p.down_big, p.down_small);
+  const ws::ChunkWidths gu_widths = gate_up_widths(s, split), dn_widths = down_widths(s, split);
+  p.gate = ws::make_box_maps(config.weights.w_gate, dt, H, F, gu_widths);
+  p.up = ws::make_box_maps(config.weights.w_up, dt, H, F, gu_widths);
+  p.down = ws::make_box_maps(config.weights.w_down, dt, F, H, dn_widths);
   p.hidden = s.hidden;
   p.ffn_hidden = s.ffn_hidden;
   p.eps = s.eps;
   p.hidden_units = s.hidden / ws::kUnitCols;
   p.ffn_tiles = s.ffn_hidden / ws::kTileRows;
-  p.stage_units = stage_units;
-  p.groups_max = groups_max;
+  p.gu_cols = split.gu_cols;
+  p.gu_tiles = split.gu_tiles;
+  p.down_cols = split.down_cols;
+  p.down_tiles = split.down_tiles;
+  p.block_groups = split.block_groups;
+  p.blocks_max = split.blocks_max;
   p.norm = config.weights.norm;
   p.partial = im.partial.data();
   p.counters = im.counters.data();

@@ -53,7 +53,8 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   int ctas = std::min(config.sm_count > 0 ? config.sm_count : device_sm_count(), vocab_tiles);
   if (config.max_ctas > 0) ctas = std::min(ctas, config.max_ctas);
   const int stage_units = config.stage_units > 0 ? config.stage_units : ws::kDefaultStageUnits;
-  const ws::StageShape ss = ws::stage_shape(stage_units);
+  const int chunk_cols = std::min(stage_units * ws::kUnitCols, s.hidden);
+  const int tiles = ws::panel_tiles(chunk_cols);
 
   const Layout layout = make_layout(config.max_batch, s.hidden);
   const size_t budget = dev::kMaxSmemPerBlock;
@@ -90,15 +91,13 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
 
   KernelParams& p = im.base;
   const uint64_t H = uint64_t(s.hidden), V = uint64_t(s.vocab);
-  p.w_big = dev::make_tensor_map_2d(config.weights.w_out, dt, H, V, H * 2, ws::kUnitCols,
-                                    uint32_t(ss.tiles * ws::kTileRows));
-  p.w_small = dev::make_tensor_map_2d(config.weights.w_out, dt, H, V, H * 2, ws::kUnitCols, ws::kTileRows);
+  p.w = ws::make_box_maps(config.weights.w_out, dt, H, V, ws::chunk_widths(chunk_cols, s.hidden, s.hidden));
   p.hidden = s.hidden;
   p.vocab = s.vocab;
   p.eps = s.eps;
-  p.hidden_units = s.hidden / ws::kUnitCols;
+  p.chunk_cols = chunk_cols;
+  p.tiles = tiles;
   p.vocab_tiles = vocab_tiles;
-  p.stage_units = stage_units;
   p.norm = config.weights.norm;
   p.cand_value = im.cand_value.data();
   p.cand_index = im.cand_index.data();

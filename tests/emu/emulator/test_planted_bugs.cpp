@@ -61,6 +61,11 @@ std::vector<PlantedBug> planted_bugs() {
          return first_difference(run_tma_box_off_by_one<false>(s, tile_matrix()), expected_tile(), "out");
        },
        EmuErrorKind::SmemOutOfBounds, {"tma_load_2d", "destination box", "past the end"}},
+      {"TmaBoxColumnNotOn16Bytes", [](uint64_t s) { run_tma_unaligned_column<true>(s, tile_matrix()); },
+       [](uint64_t s) {
+         return first_difference(run_tma_unaligned_column<false>(s, tile_matrix()), expected_tile(), "out");
+       },
+       EmuErrorKind::Misaligned, {"tma_load_2d", "box column x = 4", "8 bytes into the row", "multiple of 16"}},
       {"DsmemWriteWhilePeerExits", [](uint64_t s) { run_dsmem_after_exit<true>(s); },
        [ramp](uint64_t s) { return first_difference(run_dsmem_after_exit<false>(s), ramp(42), "out"); },
        EmuErrorKind::DsmemInvalid, {"block rank 1", "exited"}},

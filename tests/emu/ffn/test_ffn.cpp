@@ -20,9 +20,11 @@ RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
   RunResult r = run_case(c, in, emu_seed, nullptr, &info);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto stats = dev::emu::last_launch_stats();
-  std::printf("%s: cluster %d x %d, U %d, %d stages, %zu B smem: %.2f s, %llu switches, %llu copies\n",
-              c.name.c_str(), info.cluster_size, info.clusters, info.stage_units, info.stages, info.smem_bytes, secs,
-              (unsigned long long)stats.switches, (unsigned long long)stats.copies);
+  std::printf("%s: cluster %d x %d, U %d, down %d cols x %d tiles, %d blocks of %d rows, %d stages, %zu B smem: "
+              "%.2f s, %llu switches, %llu copies\n",
+              c.name.c_str(), info.cluster_size, info.clusters, info.stage_units, info.down_cols, info.down_tiles,
+              info.blocks, info.block_rows, info.stages, info.smem_bytes, secs, (unsigned long long)stats.switches,
+              (unsigned long long)stats.copies);
   const CheckReport rep = check_result<T>(c, o, r);
   EXPECT_TRUE(rep.ok) << rep.message;
   if (rep.ok) std::printf("  %s\n", rep.message.c_str());
@@ -36,12 +38,14 @@ RunResult run_any(const Case& c, uint64_t emu_seed = 0) {
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   {
-    Case c;  // the smallest: 2 x 3 CTAs, default stage (U 4)
+    Case c;  // the smallest: 2 x 3 CTAs, default chunks (128 columns, 4 tiles per stage); F-slices of 10 / 11 tiles
+             // (down boxes 160 and 176 columns wide, as the Llama-2-7B split on the H100), one output block per rank
     c.name = "Hidden256Ffn512";
     cases.push_back(c);
   }
   {
-    Case c;  // bf16, three tokens, cluster 4, narrow stages (U 2: 8-tile groups, one box per unit)
+    Case c;  // bf16, three tokens, cluster 4, narrow chunks (U 2: 64 columns, 8 tiles per stage) and a 32-column
+             // tail of the 96-column K-slices; down: 192-column boxes, 3 output blocks per rank
     c.name = "Bf16Batch3Cluster4U2";
     c.dtype = dev::DType::BF16;
     c.hidden = 384, c.ffn_hidden = 768, c.batch = 3, c.cluster_size = 4, c.max_clusters = 4, c.stage_units = 2;
@@ -49,24 +53,26 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
-    Case c;  // the SmolLM2-135M layer shape, cluster size and count chosen by the launcher (132 SMs assumed)
+    Case c;  // the SmolLM2-135M layer shape, cluster size and count chosen by the launcher (132 SMs assumed:
+             // 33 clusters of 4, so the last arrivers add 5 chunks of 8 clusters)
     c.name = "SmolLM2Auto";
     c.hidden = 576, c.ffn_hidden = 1536, c.cluster_size = 0, c.max_clusters = 0, c.seed = 3;
     cases.push_back(c);
   }
   {
-    Case c;  // uneven everything: 9 units over 8 ranks, 33 tiles over 5 clusters (F-slices of 6 and 7 tiles, down
-             // K-tails of 16 columns), wide stages (U 8: 2-tile groups, 4 k-groups)
+    Case c;  // uneven everything: 9 units over 8 ranks (K-slices of 32 / 64 columns: chunk 64 and a 32 tail),
+             // 33 tiles over 5 clusters (F-slices of 6 and 7 tiles: down boxes 112 / 96, 4 tiles per stage), U 8
     c.name = "UnevenCluster8U8";
     c.hidden = 288, c.ffn_hidden = 528, c.batch = 3, c.cluster_size = 8, c.max_clusters = 5, c.stage_units = 8;
     c.seed = 4;
     cases.push_back(c);
   }
   {
-    Case c;  // 16 tokens (two batch tiles), U 16 (one tile per group, 8 k-groups), bf16
-    c.name = "Batch16U16Bf16";
+    Case c;  // 16 tokens (two batch tiles), bf16, U 8 (256-column chunks, 2 tiles per stage), F-slices of 576
+             // columns (down chunks 256 + 256 + 64), 8 output blocks per rank (the arrival warp takes several)
+    c.name = "Batch16U8WideDownBf16";
     c.dtype = dev::DType::BF16;
-    c.hidden = 256, c.ffn_hidden = 512, c.batch = 16, c.cluster_size = 2, c.max_clusters = 2, c.stage_units = 16;
+    c.hidden = 512, c.ffn_hidden = 1152, c.batch = 16, c.cluster_size = 2, c.max_clusters = 2, c.stage_units = 8;
     c.seed = 5;
     cases.push_back(c);
   }
@@ -165,30 +171,47 @@ kffn::PlanConfig shape_only(int hidden, int ffn_hidden) {
   return cfg;
 }
 
-TEST(FfnSplit, Llama2PicksEightCtaClustersOnAnH100) {
-  // H100 SXM: 66 clusters of 2, 32 of 4, 16 of 8 at one CTA per SM. 688 tiles: 43 per cluster of 8 (2.13 MB per
-  // CTA) beat 22 per cluster of 4 and 11 per cluster of 2 (2.16 MB each, the last K-unit of down half used).
-  const kffn::Occupancy h100{66, 32, 16};
-  const kffn::SplitChoice s = kffn::choose_split(shape_only(4096, 11008), h100);
-  EXPECT_EQ(s.cluster_size, 8);
-  EXPECT_EQ(s.clusters, 16);
-  EXPECT_EQ(s.max_cta_weight_bytes, 2 * (2 * 688 * 512 + 512 * 704));
+// Bytes the busiest CTA moves for f_tiles x k_units slices: gate + up + down weights, its fp32 partial.
+int64_t cta_bytes(int f_tiles, int k_units, int max_batch) {
+  return 2 * 3 * int64_t(f_tiles) * 16 * k_units * 32 + 4 * int64_t(k_units) * 32 * max_batch;
 }
 
-TEST(FfnSplit, Llama3TiesGoToTheLargerCluster) {
-  const kffn::Occupancy h100{66, 32, 16};
-  const kffn::SplitChoice s = kffn::choose_split(shape_only(4096, 14336), h100);
+TEST(FfnSplit, MeasuredH100PicksTwoCtaClusters) {
+  // The H100 of bench/results/2026-11-26-b4022ab-h100.txt runs 66 clusters of 2 and 30 of 4 at one CTA per SM
+  // (<= 15 of 8). 132 CTAs in clusters of 2 move the fewest bytes per CTA for both Llama shapes and batch sizes.
+  const kffn::Occupancy measured{66, 30, 14};
+  for (int max_batch : {1, 16}) {
+    kffn::PlanConfig cfg = shape_only(4096, 11008);
+    cfg.max_batch = max_batch;
+    const kffn::SplitChoice s = kffn::choose_split(cfg, measured);
+    EXPECT_EQ(s.cluster_size, 2) << "llama2, max_batch " << max_batch;
+    EXPECT_EQ(s.clusters, 66);
+    EXPECT_EQ(s.max_cta_bytes, cta_bytes(11, 64, max_batch));
+    EXPECT_GE(s.stages, 6);
+    cfg.shape = {4096, 14336, 1e-5f};
+    const kffn::SplitChoice t = kffn::choose_split(cfg, measured);
+    EXPECT_EQ(t.cluster_size, 2) << "llama3, max_batch " << max_batch;
+    EXPECT_EQ(t.max_cta_bytes, cta_bytes(14, 64, max_batch));
+  }
+}
+
+TEST(FfnSplit, FullGpcsPreferEightCtaClusters) {
+  // A device with every GPC full (66 / 32 / 16 clusters): 688 tiles are 43 per cluster of 8, fewer bytes per CTA
+  // than 22 per cluster of 4 or 11 per cluster of 2; one short GPC (15 clusters of 8) moves Llama-3-8B to clusters of 4.
+  const kffn::Occupancy full{66, 32, 16};
+  const kffn::SplitChoice s = kffn::choose_split(shape_only(4096, 11008), full);
   EXPECT_EQ(s.cluster_size, 8);
   EXPECT_EQ(s.clusters, 16);
-  // a device with one short GPC (15 clusters of 8) moves to clusters of 4
+  EXPECT_EQ(s.max_cta_bytes, cta_bytes(43, 16, 1));
+  EXPECT_EQ(kffn::choose_split(shape_only(4096, 14336), full).cluster_size, 8);
   const kffn::SplitChoice t = kffn::choose_split(shape_only(4096, 14336), kffn::Occupancy{66, 32, 15});
   EXPECT_EQ(t.cluster_size, 4);
   EXPECT_EQ(t.clusters, 32);
 }
 
 TEST(FfnSplit, Batch16KeepsTheRingDeep) {
-  // At max_batch 16 the gate/up partials of a cluster of 8 (2 x 896 x 16 x 4 B) leave 4 ring stages; clusters of 4
-  // stream the same bytes per CTA with half the partials and keep >= 6 stages.
+  // At max_batch 16 the gate/up partials of a cluster of 8 (2 x 896 x 16 x 4 B) leave 3 ring stages; clusters of 4
+  // keep >= 6 and move fewer bytes than clusters of 2 (half the fp32 partial per CTA).
   kffn::PlanConfig cfg = shape_only(4096, 14336);
   cfg.max_batch = 16;
   const kffn::SplitChoice s = kffn::choose_split(cfg, kffn::Occupancy{66, 32, 16});

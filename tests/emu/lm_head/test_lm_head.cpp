@@ -38,7 +38,7 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
-    Case c;  // bf16, three tokens, no residual, wide stages (U 8), vocabulary not a multiple of 16
+    Case c;  // bf16, three tokens, no residual, wide chunks (U 8: 256 + 128 columns), vocabulary not a multiple of 16
     c.name = "Bf16Batch3NoResidualU8";
     c.dtype = dev::DType::BF16;
     c.hidden = 384, c.vocab = 1001, c.batch = 3, c.max_ctas = 5, c.stage_units = 8, c.residual = false, c.seed = 2;
@@ -51,13 +51,14 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
-    Case c;  // 16 tokens (two batch tiles), U 16, 21 tiles over 3 CTAs, the last one partial
-    c.name = "Batch16U16";
-    c.hidden = 256, c.vocab = 333, c.batch = 16, c.max_ctas = 3, c.stage_units = 16, c.seed = 4;
+    Case c;  // 16 tokens (two batch tiles), U 8 with a 32-column tail chunk (288 = 256 + 32), 21 tiles over 3 CTAs,
+             // the last one partial
+    c.name = "Batch16U8TailChunk";
+    c.hidden = 288, c.vocab = 333, c.batch = 16, c.max_ctas = 3, c.stage_units = 8, c.seed = 4;
     cases.push_back(c);
   }
   {
-    Case c;  // U 2 (8-tile groups), tokens only
+    Case c;  // U 2 (64-column chunks, 8-tile groups), tokens only
     c.name = "TokensOnlyU2";
     c.hidden = 320, c.vocab = 700, c.batch = 2, c.stage_units = 2, c.logits = false, c.seed = 5;
     cases.push_back(c);

@@ -70,7 +70,9 @@ TEST(GpuApi, TmaLoad2dWithOutOfBoundsZeroFill) {
   REQUIRE_HOPPER();
   const uint32_t width = 50, height = 37, stride = 56;
   const auto m = tma_matrix(width, height, stride);
-  const std::vector<int32_t> coords = {0, 0, 16, 8, 40, 0, 0, 33, 44, 34, -5, -3, 48, -7, -20, 10, 60, 40};
+  // Boxes inside, over each edge, at negative coordinates and wholly outside; every x on a 16-byte boundary
+  // (a multiple of 8 fp16), which the hardware requires (the planted bug TmaBoxColumnNotOn16Bytes is the other case).
+  const std::vector<int32_t> coords = {0, 0, 16, 8, 40, 0, 0, 33, 40, 34, -8, -3, 48, -7, -24, 10, 64, 40};
   EXPECT_EQ(run_tma(m, width, height, stride, coords), expected_tma(m, width, height, stride, coords));
 }
 
@@ -108,6 +110,7 @@ TEST(GpuPlantedBugTwins, RunCleanWithTheRightResult) {
   EXPECT_EQ(first_difference(run_expect_tx_mismatch<0>(0, copy_input()), copy_input(), "expect_tx"), "");
   EXPECT_EQ(first_difference(run_tma_read_early<false>(0, tile_matrix()), expected_tile(), "tma"), "");
   EXPECT_EQ(first_difference(run_tma_box_off_by_one<false>(0, tile_matrix()), expected_tile(), "tma box"), "");
+  EXPECT_EQ(first_difference(run_tma_unaligned_column<false>(0, tile_matrix()), expected_tile(), "tma column"), "");
   std::vector<uint32_t> ramp42(kThreads), ramp1(kThreads), xor16(kThreads);
   for (uint32_t t = 0; t < kThreads; ++t) {
     ramp42[t] = 42 + t;

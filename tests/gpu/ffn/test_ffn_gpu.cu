@@ -66,8 +66,10 @@ void check_model_case(const Case& c, bool graph_check) {
   const CheckReport rep = check_result<T>(c, o, r);
   EXPECT_TRUE(rep.ok) << rep.message;
   const kffn::LaunchInfo& li = plan.info();
-  std::printf("%s: cluster %d x %d clusters, U %d, %d stages, %zu B smem; reference %.1f s; %s\n", c.name.c_str(),
-              li.cluster_size, li.clusters, li.stage_units, li.stages, li.smem_bytes, t_ref, rep.message.c_str());
+  std::printf("%s: cluster %d x %d clusters, U %d, down %d cols x %d tiles, %d blocks of %d rows, %d stages, %zu B "
+              "smem; reference %.1f s; %s\n",
+              c.name.c_str(), li.cluster_size, li.clusters, li.stage_units, li.down_cols, li.down_tiles, li.blocks,
+              li.block_rows, li.stages, li.smem_bytes, t_ref, rep.message.c_str());
 
   // A second run and CUDA-graph replays give the same bits (the counters reset themselves).
   d.out.fill_bytes(0xFF);

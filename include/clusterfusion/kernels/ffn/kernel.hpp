@@ -3,18 +3,25 @@
 //
 // Grid: C clusters of N CTAs. Cluster c owns a slice F_c of ffn_hidden (whole 16-row tiles); rank r of a cluster owns
 // a slice K_r of hidden (whole 32-column units), which is both its K-slice of gate/up and its output rows of down.
-// Each CTA has 8 consumer warps and one producer warp. The producer streams the CTA's whole load schedule into a ring
-// of `stages` 16 KB shared-memory stages (full/empty mbarrier pairs): gate rows F_c x K_r, up rows F_c x K_r, then
-// down rows K_r x F_c. The consumers run the phases in the same order:
+// Each CTA has 8 consumer warps, one producer warp and one arrival warp. The producer streams the CTA's whole load
+// schedule into a ring of `stages` 16 KB shared-memory stages (full/empty mbarrier pairs): gate rows F_c x K_r, up
+// rows F_c x K_r, then down rows K_r x F_c, as panels of whole tiles x column chunks (weight_stream.hpp). The
+// consumers run the phases in the same order:
 //   1. norm     residual add + sum of squares over K_r; all-gather of the partial sums over the cluster (DSMEM);
 //               x_s = x (T) over K_r
 //   2. gate/up  partial gate and up rows of F_c over K_r (tensor cores) -> part (fp32, shared memory)
 //   3. act      pull reduce-scatter: the owner of a pair of F_c rows sums the N partials in rank order, computes
 //               silu(gate) * up, rounds to T and pushes it into every rank's act_s
-//   4. down     out rows K_r x the F_c columns -> a partial [K_r rows, batch] per cluster in the global workspace;
-//               the last of the C CTAs that produce an output group (u32 counter) sums the clusters in order and
-//               writes out and residual_out
+//   4. down     out rows K_r x the F_c columns -> a partial [K_r rows, batch] per cluster in the global workspace,
+//               in output blocks. After a block is stored the arrival warp publishes it (release fence + u32
+//               counter atomic); the CTA whose arrival completes a block (the last of the C clusters) sums the
+//               block over the clusters in order and writes out and residual_out. Consumers pick up those
+//               decisions at their next block boundary (and wait for the remaining ones at the end), so neither the
+//               fence nor the atomic's round trip is ever on their path.
 // The down weights do not depend on the activations, so the ring fills with them during the exchange of phase 3.
+// Ranks visit their output blocks in an order rotated by the cluster index: every block is completed at the end by
+// one of the few clusters that visit it last, so the sums are spread over many CTAs (each sums one or two blocks)
+// instead of falling to whichever CTA is slowest, which the extra work would keep slowest (docs/ffn.md §2).
 // Cross-CTA steps inside the cluster use DSMEM with mbarrier signalling (no cluster barrier after the first, so the
 // producer never joins one mid-kernel); each exchange barrier is used once per launch.
 #pragma once
@@ -30,7 +37,7 @@ namespace cf::kernels::ffn {
 namespace dev = cf::dev;
 
 template <typename T, int kBatchTiles>
-CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT KernelParams p) {
+CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT KernelParams p) {
   using ws::Range;
   constexpr int kCt = ws::kConsumerThreads;
 
@@ -41,33 +48,38 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
   const int32_t cluster = int32_t(dev::cluster_idx().x);
   const int32_t n_clusters = int32_t(dev::cluster_grid_dim().x);
   const int32_t batch = p.batch;
-  const ws::StageShape ss = ws::stage_shape(p.stage_units);
-  const int32_t M = ss.tiles, U = ss.units;
 
   auto* full = reinterpret_cast<dev::Mbarrier*>(smem);
   auto* empty = full + ws::kMaxStages;
   auto* sumsq_bar = empty + ws::kMaxStages;
   auto* part_bar = sumsq_bar + 1;
   auto* act_bar = sumsq_bar + 2;
+  auto* stored_bar = sumsq_bar + kExchangeBarriers;  // [kMaxBlocks]: consumers stored the block's partials
+  auto* decided_bar = stored_bar + kMaxBlocks;       // [kMaxBlocks]: the arrival warp knows whether we were last
   auto* small = reinterpret_cast<SmallBuffers*>(smem + p.off_small);
   uint8_t* x_s = smem + p.off_x;
   uint8_t* act_s = smem + p.off_x;  // region X after gate/up
   float* part = reinterpret_cast<float*>(smem + p.off_part);
   float* fin = reinterpret_cast<float*>(smem + p.off_part);  // region P after the act exchange
   float* scratch = reinterpret_cast<float*>(smem + p.off_scratch);
-  const ws::Ring ring{full, empty, smem + p.off_ring, p.stages, p.status + kStatusTimeout};
+  uint32_t* const timeout_word = p.status + kStatusTimeout;
+  const ws::Ring ring{full, empty, smem + p.off_ring, p.stages, timeout_word};
 
   // The K-slice / output rows of this rank and the F-slice of this cluster.
   const Range k_units = ws::split_range(p.hidden_units, n_ranks, rank);
   const int32_t col0 = k_units.begin * ws::kUnitCols, n_cols = k_units.size() * ws::kUnitCols;
   const Range f_tiles = ws::split_range(p.ffn_tiles, n_clusters, cluster);
   const int32_t f0 = f_tiles.begin * ws::kTileRows, f_rows = f_tiles.size() * ws::kTileRows;
-  const int32_t f_units = ws::ceil_div(f_rows, ws::kUnitCols);  // down K-units (the last one may reach past F_c)
-  const int32_t gu_groups = ws::ceil_div(f_tiles.size(), M);
-  const int32_t gu_items = ws::ceil_div(k_units.size(), U);
+  const int32_t gu_m = p.gu_tiles, down_m = p.down_tiles;
+  const int32_t gu_groups = ws::ceil_div(f_tiles.size(), gu_m);
+  const int32_t gu_items = ws::ceil_div(n_cols, p.gu_cols);
   const int32_t o_tiles = n_cols / ws::kTileRows;
-  const int32_t down_groups = ws::ceil_div(o_tiles, M);
-  const int32_t down_items = ws::ceil_div(f_units, U);
+  const int32_t down_groups = ws::ceil_div(o_tiles, down_m);
+  const int32_t down_items = ws::ceil_div(f_rows, p.down_cols);
+  const int32_t n_blocks = ws::ceil_div(down_groups, p.block_groups);
+  const int32_t block_rows = p.block_groups * down_m * ws::kTileRows;
+  // the output block visited i-th (barriers and flags are indexed by visit position, counters by block)
+  auto block_at = [&](int32_t i) { return (i + cluster) % n_blocks; };
 
   // ---- setup ----------------------------------------------------------------------------------------------------
   if (tid == 0) {
@@ -76,6 +88,10 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
       empty[s].init(ws::kConsumerWarps);
     }
     for (int i = 0; i < kExchangeBarriers; ++i) sumsq_bar[i].init(uint32_t(n_ranks));
+    for (int32_t b = 0; b < n_blocks; ++b) {
+      stored_bar[b].init(1);
+      decided_bar[b].init(1);
+    }
     dev::fence_mbarrier_init();
   }
   dev::cluster_sync();  // barriers initialised; every CTA of the cluster started
@@ -84,26 +100,51 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
     // ==== producer: the whole load schedule, in consumption order ==================================================
     int32_t item = 0;
     for (int half = 0; half < 2; ++half) {
-      const dev::TensorMap& big = half == 0 ? p.gate_big : p.up_big;
-      const dev::TensorMap& small_map = half == 0 ? p.gate_small : p.up_small;
+      const ws::BoxMaps& maps = half == 0 ? p.gate : p.up;
       for (int32_t grp = 0; grp < gu_groups; ++grp) {
-        const int32_t t0 = grp * M, nt = f_tiles.size() - t0 < M ? f_tiles.size() - t0 : M;
-        for (int32_t s = 0; s < gu_items; ++s) {
-          const int32_t u0 = s * U, nu = k_units.size() - u0 < U ? k_units.size() - u0 : U;
-          ws::load_panel(ring, item++, big, small_map, ss, f0 + t0 * ws::kTileRows, nt, col0 + u0 * ws::kUnitCols,
-                         nu, lane);
-        }
+        const int32_t t0 = grp * gu_m, nt = f_tiles.size() - t0 < gu_m ? f_tiles.size() - t0 : gu_m;
+        for (int32_t s = 0; s < gu_items; ++s)
+          ws::load_panel(ring, item++, maps, ws::chunk_width(n_cols, p.gu_cols, s), f0 + t0 * ws::kTileRows, nt,
+                         col0 + s * p.gu_cols, lane);
       }
     }
-    // down: this rank's output groups, visited in an order rotated by the cluster index (spreads the last arrivals)
-    for (int32_t i = 0; i < down_groups; ++i) {
-      const int32_t og = (i + cluster) % down_groups;
-      const int32_t t0 = og * M, nt = o_tiles - t0 < M ? o_tiles - t0 : M;
-      for (int32_t s = 0; s < down_items; ++s) {
-        const int32_t u0 = s * U, nu = f_units - u0 < U ? f_units - u0 : U;
-        ws::load_panel(ring, item++, p.down_big, p.down_small, ss, col0 + t0 * ws::kTileRows, nt,
-                       f0 + u0 * ws::kUnitCols, nu, lane);
+    for (int32_t i = 0; i < n_blocks; ++i) {
+      const int32_t blk = block_at(i);
+      const int32_t g_end = (blk + 1) * p.block_groups < down_groups ? (blk + 1) * p.block_groups : down_groups;
+      for (int32_t grp = blk * p.block_groups; grp < g_end; ++grp) {
+        const int32_t t0 = grp * down_m, nt = o_tiles - t0 < down_m ? o_tiles - t0 : down_m;
+        for (int32_t s = 0; s < down_items; ++s)
+          ws::load_panel(ring, item++, p.down, ws::chunk_width(f_rows, p.down_cols, s), col0 + t0 * ws::kTileRows,
+                         nt, f0 + s * p.down_cols, lane);
       }
+    }
+  } else if (warp == uint32_t(kArrivalWarp)) {
+    // ==== arrival warp: publishes the output blocks in visit order, several at once when the consumers are ahead ===
+    // Lane j takes the block visited at position next + j if it is stored already: release fence (the consumers'
+    // partial stores, ordered before it through stored_bar), counter atomic, and when it completed the block the
+    // acquire fence (the other clusters' partials) and the counter reset for the next launch; then decided_bar
+    // tells the consumers.
+    uint32_t* const counters = p.counters + rank * p.blocks_max;
+    for (int32_t next = 0; next < n_blocks;) {
+      ws::wait(stored_bar[next], 0, timeout_word);
+      const int32_t i = next + int32_t(lane);
+      const bool ready = lane == 0 || (i < n_blocks && stored_bar[i].try_wait(0));
+      const uint32_t mask = dev::ballot_sync(dev::kFullMask, ready);
+      int32_t count = 0;
+      while (count < 32 && ((mask >> count) & 1u)) ++count;  // the stored positions next, next + 1, ...
+      if (int32_t(lane) < count) {
+        uint32_t* const counter = counters + block_at(i);
+        dev::threadfence();
+        const uint32_t old = dev::atomic_add(counter, 1u);
+        const bool last = old == uint32_t(n_clusters - 1);
+        if (last) {
+          (void)dev::atomic_exch(counter, 0u);
+          dev::threadfence();
+        }
+        small->block_last[i] = last ? 1 : 0;
+        decided_bar[i].arrive();
+      }
+      next += count;
     }
   } else {
     // ==== consumers ==================================================================================================
@@ -116,7 +157,6 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
       if (ctid == 0)
         for (int32_t r = 0; r < n_ranks; ++r) bar->arrive_remote(uint32_t(r));
     };
-    uint32_t* const timeout_word = p.status + kStatusTimeout;
     const T* const hidden_in = static_cast<const T*>(p.hidden_in);
     const T* const residual = static_cast<const T*>(p.residual);
     const T* const norm_w = static_cast<const T*>(p.norm);
@@ -228,22 +268,21 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
     int32_t item = 0, group_index = 0;
     for (int half = 0; half < 2; ++half) {
       for (int32_t grp = 0; grp < gu_groups; ++grp) {
-        const int32_t t0 = grp * M, nt = f_tiles.size() - t0 < M ? f_tiles.size() - t0 : M;
+        const int32_t t0 = grp * gu_m, nt = f_tiles.size() - t0 < gu_m ? f_tiles.size() - t0 : gu_m;
         float acc[kBatchTiles][4] = {};
         for (int32_t s = 0; s < gu_items; ++s) {
-          const int32_t u0 = s * U, nu = k_units.size() - u0 < U ? k_units.size() - u0 : U;
           ring.wait_full(item);
-          ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, x_s, p.x_stride, u0 * ws::kUnitCols, n_cols,
-                                        batch, warp, lane, acc);
+          ws::panel_mma<T, kBatchTiles>(ring.stage(item), gu_m, nt, ws::chunk_width(n_cols, p.gu_cols, s), x_s,
+                                        p.x_stride, s * p.gu_cols, n_cols, batch, warp, lane, acc);
           ring.release(item, lane);
           ++item;
         }
         float* sc = scratch + uint32_t(group_index & 1) * scratch_floats;
-        ws::store_group_partials<kBatchTiles>(sc, ss, nt, batch, warp, lane, acc);
+        ws::store_group_partials<kBatchTiles>(sc, gu_m, nt, batch, warp, lane, acc);
         consumers_sync();
         float* dst = part + (half * f_rows + t0 * ws::kTileRows) * batch;
         for (int32_t e = int32_t(ctid); e < nt * ws::kTileRows * batch; e += kCt)
-          dst[e] = ws::group_value(sc, ss, batch, e);
+          dst[e] = ws::group_value(sc, gu_m, batch, e);
         ++group_index;
       }
     }
@@ -298,13 +337,21 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
       T* const residual_out = static_cast<T*>(p.residual_out);
       const uint32_t ws_cluster_stride = uint32_t(p.hidden) * uint32_t(batch);
       const int32_t chunks = ws::ceil_div(n_clusters, kClustersPerChunk);
-      // Sums output group `og` of this rank over all clusters and writes out / residual_out. Every thread loads a
-      // float4 of kClustersPerChunk clusters (all loads in flight at once); the chunk sums are added in chunk order.
-      auto finish_group = [&](int32_t og) {
-        const int32_t t0 = og * M, nt = o_tiles - t0 < M ? o_tiles - t0 : M;
-        const int32_t r0 = col0 + t0 * ws::kTileRows, nr = nt * ws::kTileRows;
+      // Sums output block `blk` of this rank over all clusters and writes out / residual_out. Every thread loads a
+      // float4 of kClustersPerChunk clusters (all loads in flight at once, and the hidden / residual elements it
+      // writes later with them); the chunk sums are added in chunk order.
+      auto finish_block = [&](int32_t blk) {
+        const int32_t r0 = col0 + blk * block_rows;
+        const int32_t nr = n_cols - blk * block_rows < block_rows ? n_cols - blk * block_rows : block_rows;
         const int32_t n_vec = nr * batch / 4;  // nr is a multiple of 16
         const float* base = p.partial + uint32_t(r0) * uint32_t(batch);
+        // the first element this thread writes (the one element of most threads: blocks hold <= 512 elements)
+        float h0 = 0.0f, r0v = 0.0f;
+        if (int32_t(ctid) < nr * batch) {
+          const int64_t at = int64_t(int32_t(ctid) % batch) * p.hidden + r0 + int32_t(ctid) / batch;
+          h0 = dev::to_float(hidden_in[at]);
+          r0v = residual ? dev::to_float(residual[at]) : 0.0f;
+        }
         for (int32_t task = int32_t(ctid); task < n_vec * chunks; task += kCt) {
           const int32_t v = task % n_vec, c = task / n_vec;
           dev::U32x4 q[kClustersPerChunk];
@@ -331,63 +378,60 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) ffn_kernel(const CF_GRID_CONSTA
           for (int32_t c = 0; c < chunks; ++c) total += fin[uint32_t(c * nr * batch + i)];
           const int32_t row = r0 + i / batch, b = i % batch;
           const int64_t at = int64_t(b) * p.hidden + row;
-          const float h = dev::to_float(hidden_in[at]);
-          const float r = residual ? dev::to_float(residual[at]) : 0.0f;
+          const float h = i == int32_t(ctid) ? h0 : dev::to_float(hidden_in[at]);
+          const float r = i == int32_t(ctid) ? r0v : residual ? dev::to_float(residual[at]) : 0.0f;
           residual_out[at] = dev::from_float<T>(h + r);
           out[at] = dev::from_float<T>(total);
         }
+        consumers_sync();  // fin is rewritten by the next finish
       };
-      // The counter of a group is incremented after its partials are stored; the answer (was this CTA the last of
-      // the C clusters?) is looked at one group later, so the fence and the atomic's latency overlap the next
-      // group's MMAs; the CTA that arrived last sums the group.
-      uint32_t pending_old = 0;
-      int32_t pending_group = -1;
-      auto decide_last = [&] {  // thread 0: the group to finish now (~0u: none)
-        uint32_t flag = ~0u;
-        if (pending_group >= 0 && pending_old == uint32_t(n_clusters - 1)) {
-          flag = uint32_t(pending_group);
-          (void)dev::atomic_exch(p.counters + rank * p.groups_max + pending_group, 0u);  // for the next launch
-          dev::threadfence();  // acquire: the other clusters' partials of the group
-        }
-        small->last_flag = flag;
-      };
-      for (int32_t i = 0; i < down_groups; ++i) {
-        const int32_t og = (i + cluster) % down_groups;
-        const int32_t t0 = og * M, nt = o_tiles - t0 < M ? o_tiles - t0 : M;
-        float acc[kBatchTiles][4] = {};
-        for (int32_t s = 0; s < down_items; ++s) {
-          const int32_t u0 = s * U, nu = f_units - u0 < U ? f_units - u0 : U;
-          ring.wait_full(item);
-          ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, act_s, p.act_stride, u0 * ws::kUnitCols,
-                                        f_rows, batch, warp, lane, acc);
-          ring.release(item, lane);
-          ++item;
-        }
-        float* sc = scratch + uint32_t(group_index & 1) * scratch_floats;
-        ws::store_group_partials<kBatchTiles>(sc, ss, nt, batch, warp, lane, acc);
-        consumers_sync();
-        const int32_t r0 = col0 + t0 * ws::kTileRows;
-        float* dst = p.partial + uint32_t(cluster) * ws_cluster_stride + uint32_t(r0) * uint32_t(batch);
-        for (int32_t e = int32_t(ctid); e < nt * ws::kTileRows * batch; e += kCt)
-          dst[e] = ws::group_value(sc, ss, batch, e);
-        ++group_index;
-        consumers_sync();  // the group's partials are stored
-        if (ctid == 0) decide_last();
-        consumers_sync();
+      // Sums the blocks this CTA completed among those the arrival warp has decided: at a block boundary only the
+      // decisions already there (`wait_all` false), at the end all of them. Thread 0 looks, everyone reads its
+      // answer after the barrier (a barrier separates consecutive calls, so the answer is not overwritten early).
+      int32_t decided_upto = 0;
+      auto finish_decided = [&](int32_t stored_end, bool wait_all) {
         if (ctid == 0) {
-          dev::threadfence();  // release: this CTA's partials before its arrival
-          pending_old = dev::atomic_add(p.counters + rank * p.groups_max + og, 1u);
-          pending_group = og;
+          int32_t end = decided_upto;
+          for (; end < stored_end; ++end) {
+            if (wait_all) ws::wait(decided_bar[end], 0, timeout_word);
+            else if (!decided_bar[end].try_wait(0)) break;
+          }
+          small->decided_end = end;
         }
-        if (small->last_flag != ~0u) {
-          finish_group(int32_t(small->last_flag));
-          consumers_sync();  // fin is rewritten by the next finish
+        consumers_sync();
+        const int32_t end = small->decided_end;
+        for (int32_t i = decided_upto; i < end; ++i)
+          if (small->block_last[i]) finish_block(block_at(i));
+        decided_upto = end;
+      };
+      for (int32_t i = 0; i < n_blocks; ++i) {
+        const int32_t blk = block_at(i);
+        const int32_t g_end = (blk + 1) * p.block_groups < down_groups ? (blk + 1) * p.block_groups : down_groups;
+        for (int32_t grp = blk * p.block_groups; grp < g_end; ++grp) {
+          const int32_t t0 = grp * down_m, nt = o_tiles - t0 < down_m ? o_tiles - t0 : down_m;
+          float acc[kBatchTiles][4] = {};
+          for (int32_t s = 0; s < down_items; ++s) {
+            ring.wait_full(item);
+            ws::panel_mma<T, kBatchTiles>(ring.stage(item), down_m, nt, ws::chunk_width(f_rows, p.down_cols, s),
+                                          act_s, p.act_stride, s * p.down_cols, f_rows, batch, warp, lane, acc);
+            ring.release(item, lane);
+            ++item;
+          }
+          float* sc = scratch + uint32_t(group_index & 1) * scratch_floats;
+          ws::store_group_partials<kBatchTiles>(sc, down_m, nt, batch, warp, lane, acc);
+          consumers_sync();
+          const int32_t r0 = col0 + t0 * ws::kTileRows;
+          float* dst = p.partial + uint32_t(cluster) * ws_cluster_stride + uint32_t(r0) * uint32_t(batch);
+          for (int32_t e = int32_t(ctid); e < nt * ws::kTileRows * batch; e += kCt)
+            dst[e] = ws::group_value(sc, down_m, batch, e);
+          ++group_index;
         }
+        consumers_sync();  // every partial store of the block happens before the arrival (through stored_bar)
+        if (ctid == 0) stored_bar[i].arrive();
+        finish_decided(i, false);  // earlier positions: this one's atomic has only just been asked for
       }
-      consumers_sync();  // everyone has read the last group's flag
-      if (ctid == 0) decide_last();  // waits for the last atomic
-      consumers_sync();
-      if (small->last_flag != ~0u) finish_group(int32_t(small->last_flag));
+      consumers_sync();  // everyone has read the last answer before thread 0 writes the next
+      finish_decided(n_blocks, true);
     }
   }
   dev::cluster_sync();  // no CTA exits while a peer may still read its shared memory

@@ -6,23 +6,27 @@
 
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/ffn/params.hpp"
+#include "clusterfusion/kernels/ffn/weight_stream.hpp"
 
 namespace cf::kernels::ffn {
 
+namespace ws = cf::kernels::weight_stream;
+
 // The kernel's argument block. Offsets are bytes into dynamic shared memory (traits.hpp computes the carve).
 struct KernelParams {
-  // weights: big boxes {32, 16 M}, small boxes {32, 16} (kernels/ffn/weight_stream.hpp)
-  dev::TensorMap gate_big, gate_small;  // [ffn_hidden, hidden]
-  dev::TensorMap up_big, up_small;      // [ffn_hidden, hidden]
-  dev::TensorMap down_big, down_small;  // [hidden, ffn_hidden]
+  // weights: boxes {cols, 16} of the full chunk width and the tail widths (kernels/ffn/weight_stream.hpp)
+  ws::BoxMaps gate, up;  // [ffn_hidden, hidden]
+  ws::BoxMaps down;      // [hidden, ffn_hidden]
 
   // shapes and the work split
   int32_t hidden, ffn_hidden, batch;
   float eps;
   int32_t hidden_units;  // hidden / 32: K-slices of gate/up and output-row slices of down, split over the ranks
   int32_t ffn_tiles;     // ffn_hidden / 16: split over the clusters
-  int32_t stage_units;   // U (tiles per group M = 16 / U)
-  int32_t groups_max;    // down groups per rank slice, upper bound (counter stride)
+  int32_t gu_cols, gu_tiles;      // gate/up panels: chunk width, tiles per stage
+  int32_t down_cols, down_tiles;  // down panels: chunk width, tiles per stage
+  int32_t block_groups;  // down groups per output block (one arrival per block)
+  int32_t blocks_max;    // output blocks per rank slice, upper bound (counter stride)
 
   // activations and weights
   const void* hidden_in;
@@ -33,7 +37,7 @@ struct KernelParams {
 
   // workspace
   float* partial;      // [clusters, hidden, batch] fp32: each cluster's down-projection partial
-  uint32_t* counters;  // [cluster_size, groups_max]: arrivals per output group (reset by the last arriver)
+  uint32_t* counters;  // [cluster_size, blocks_max]: arrivals per output block (reset by the last arriver)
   uint32_t* status;    // [kStatusWords]
 
   // shared-memory carve

@@ -22,11 +22,15 @@ struct LaunchInfo {
   int clusters = 0;
   int threads = 0;         // per CTA
   int stages = 0;          // ring depth
-  int stage_units = 0;     // U (tiles per group M = 16 / U)
+  int stage_units = 0;     // U: gate/up chunks of 32 U columns (tiles per stage 16 / U)
+  int down_cols = 0;       // down chunks (the F-slice, at most 256 columns)
+  int down_tiles = 0;      // down tiles per stage
+  int block_rows = 0;      // output rows per arrival block of the cross-cluster sum
+  int blocks = 0;          // blocks of the largest rank slice
   size_t smem_bytes = 0;   // dynamic shared memory per CTA
   size_t stage_bytes = 0;
-  int64_t max_cta_weight_bytes = 0;  // weight bytes the busiest CTA streams (the launcher's cost)
-  size_t workspace_bytes = 0;        // global workspace (partials, counters, status)
+  int64_t max_cta_bytes = 0;   // bytes the busiest CTA moves (weights + its partials; the launcher's cost)
+  size_t workspace_bytes = 0;  // global workspace (partials, counters, status)
 };
 
 // Clusters that can run at once, one CTA per SM (the kernel uses nearly all shared memory), per cluster size.
@@ -42,14 +46,16 @@ struct Occupancy {
 struct SplitChoice {
   int cluster_size = 0;
   int clusters = 0;
-  int64_t max_cta_weight_bytes = 0;
+  int64_t max_cta_bytes = 0;
   int stages = 0;  // ring stages that fit beside the other buffers at config.max_batch
 };
 
 // The split the launcher picks (docs/ffn.md §2): the cluster size n in {8, 4, 2} (or the configured one), with as
 // many clusters as run at once (at most one per 16-row tile of ffn_hidden, at most config.max_clusters), whose ring
-// keeps >= 6 stages (96 KB) in flight if any does, then whose busiest CTA streams the fewest weight bytes, then the
-// larger n (fewer partials to add). Throws cf::InputError when no cluster size fits the shape (hidden / 32 < n).
+// keeps >= 6 stages (96 KB) in flight if any does, then whose busiest CTA moves the fewest bytes (weights + the fp32
+// partial of its output rows), then the larger n (fewer partials to add). On the H100 measured (66 / 30 / <= 15
+// clusters of 2 / 4 / 8) that is 66 clusters of 2 for the Llama shapes at every batch. Throws cf::InputError when
+// no cluster size fits the shape (hidden / 32 < n).
 SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy);
 
 class Plan {

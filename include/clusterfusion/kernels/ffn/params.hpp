@@ -49,7 +49,7 @@ struct PlanConfig {
   int max_clusters = 0;   // 0: as many clusters as run at once on the device; else at most this many
   int sm_count = 0;       // 0: the device's (the emulator assumes 132)
   int max_stages = 0;     // 0: as many ring stages as fit (up to kMaxStages)
-  int stage_units = 0;    // 0: default (4); else 2, 4, 8 or 16 column units of 32 per ring stage (docs/ffn.md §1)
+  int stage_units = 0;    // 0: default (4); else 2, 4 or 8: gate/up chunks of 32 x stage_units columns (docs/ffn.md §1)
 };
 
 struct StepArgs {
@@ -94,8 +94,8 @@ inline void validate_config(const PlanConfig& c) {
   if (c.max_clusters < 0) fail("max_clusters must be >= 0");
   if (c.sm_count < 0) fail("sm_count must be >= 0");
   if (c.max_stages < 0) fail("max_stages must be >= 0");
-  if (c.stage_units != 0 && c.stage_units != 2 && c.stage_units != 4 && c.stage_units != 8 && c.stage_units != 16)
-    fail("stage_units " + std::to_string(c.stage_units) + " is not supported (0 = default, 2, 4, 8 or 16)");
+  if (c.stage_units != 0 && c.stage_units != 2 && c.stage_units != 4 && c.stage_units != 8)
+    fail("stage_units " + std::to_string(c.stage_units) + " is not supported (0 = default, 2, 4 or 8)");
   const Weights& w = c.weights;
   if (!w.norm || !w.w_gate || !w.w_up || !w.w_down)
     fail("weights.norm, weights.w_gate, weights.w_up and weights.w_down must be set");

@@ -49,8 +49,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
   const uint32_t tid = dev::thread_rank(), warp = tid / 32, lane = tid % 32;
   const int32_t cta = int32_t(dev::block_idx().x), n_ctas = int32_t(dev::grid_dim().x);
   const int32_t batch = p.batch;
-  const ws::StageShape ss = ws::stage_shape(p.stage_units);
-  const int32_t M = ss.tiles, U = ss.units;
+  const int32_t M = p.tiles;
 
   auto* full = reinterpret_cast<dev::Mbarrier*>(smem);
   auto* empty = full + ws::kMaxStages;
@@ -61,7 +60,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
 
   const Range tiles = ws::split_range(p.vocab_tiles, n_ctas, cta);
   const int32_t groups = ws::ceil_div(tiles.size(), M);
-  const int32_t items = ws::ceil_div(p.hidden_units, U);
+  const int32_t items = ws::ceil_div(p.hidden, p.chunk_cols);
 
   if (tid == 0) {
     for (int32_t s = 0; s < p.stages; ++s) {
@@ -77,11 +76,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
     int32_t item = 0;
     for (int32_t grp = 0; grp < groups; ++grp) {
       const int32_t t0 = grp * M, nt = tiles.size() - t0 < M ? tiles.size() - t0 : M;
-      for (int32_t s = 0; s < items; ++s) {
-        const int32_t u0 = s * U, nu = p.hidden_units - u0 < U ? p.hidden_units - u0 : U;
-        ws::load_panel(ring, item++, p.w_big, p.w_small, ss, (tiles.begin + t0) * ws::kTileRows, nt,
-                       u0 * ws::kUnitCols, nu, lane);
-      }
+      for (int32_t s = 0; s < items; ++s)
+        ws::load_panel(ring, item++, p.w, ws::chunk_width(p.hidden, p.chunk_cols, s),
+                       (tiles.begin + t0) * ws::kTileRows, nt, s * p.chunk_cols, lane);
     }
   } else {
     // ==== consumers ================================================================================================
@@ -186,19 +183,18 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
       const int32_t t0 = grp * M, nt = tiles.size() - t0 < M ? tiles.size() - t0 : M;
       float acc[kBatchTiles][4] = {};
       for (int32_t s = 0; s < items; ++s) {
-        const int32_t u0 = s * U, nu = p.hidden_units - u0 < U ? p.hidden_units - u0 : U;
         ring.wait_full(item);
-        ws::panel_mma<T, kBatchTiles>(ring.stage(item), ss, nt, nu, x_s, p.x_stride, u0 * ws::kUnitCols, H, batch,
-                                      warp, lane, acc);
+        ws::panel_mma<T, kBatchTiles>(ring.stage(item), M, nt, ws::chunk_width(H, p.chunk_cols, s), x_s, p.x_stride,
+                                      s * p.chunk_cols, H, batch, warp, lane, acc);
         ring.release(item, lane);
         ++item;
       }
-      ws::store_group_partials<kBatchTiles>(scratch, ss, nt, batch, warp, lane, acc);
+      ws::store_group_partials<kBatchTiles>(scratch, M, nt, batch, warp, lane, acc);
       consumers_sync();
       const int32_t row0 = (tiles.begin + t0) * ws::kTileRows, n_rows = nt * ws::kTileRows;
       for (int32_t e = int32_t(ctid); e < n_rows * batch; e += kCt) {
         const int32_t r = e / batch, b = e % batch, row = row0 + r;
-        const float v = ws::group_value(scratch, ss, batch, e);
+        const float v = ws::group_value(scratch, M, batch, e);
         if (row < p.vocab && p.logits) p.logits[int64_t(b) * p.vocab + row] = v;
         // in place: no other thread reads element e's partials; rows past the vocabulary never win
         scratch[e] = row < p.vocab ? v : NAN;
@@ -243,10 +239,19 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
       for (int32_t b = int32_t(warp); b < batch; b += ws::kConsumerWarps) {
         float value = -INFINITY;
         int32_t index = -1;
-        for (int32_t c = int32_t(lane); c < n_ctas; c += 32) {
-          const float v = ws::load_volatile(p.cand_value + c * batch + b);
-          const int32_t i = ws::load_volatile(p.cand_index + c * batch + b);
-          if (detail::beats(v, i, value, index)) value = v, index = i;
+        // every lane's candidates loaded first (all in flight: this is the kernel's tail), then compared
+        for (int32_t c0 = 0; c0 < n_ctas; c0 += 32 * kCandidatesInFlight) {
+          float v[kCandidatesInFlight];
+          int32_t i[kCandidatesInFlight];
+          CF_UNROLL
+          for (int k = 0; k < kCandidatesInFlight; ++k) {
+            const int32_t c = c0 + k * 32 + int32_t(lane);
+            v[k] = c < n_ctas ? ws::load_volatile(p.cand_value + c * batch + b) : -INFINITY;
+            i[k] = c < n_ctas ? ws::load_volatile(p.cand_index + c * batch + b) : -1;
+          }
+          CF_UNROLL
+          for (int k = 0; k < kCandidatesInFlight; ++k)
+            if (detail::beats(v[k], i[k], value, index)) value = v[k], index = i[k];
         }
         detail::warp_best(value, index);
         if (lane == 0) p.tokens[b] = index < 0 ? 0 : index;

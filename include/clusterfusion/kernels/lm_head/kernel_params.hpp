@@ -5,18 +5,21 @@
 #include <cstdint>
 
 #include "clusterfusion/device/tensor_map.hpp"
+#include "clusterfusion/kernels/ffn/weight_stream.hpp"
 #include "clusterfusion/kernels/lm_head/params.hpp"
 
 namespace cf::kernels::lm_head {
 
+namespace ws = cf::kernels::weight_stream;
+
 struct KernelParams {
-  dev::TensorMap w_big, w_small;  // [vocab, hidden]: boxes {32, 16 M} and {32, 16} (kernels/ffn/weight_stream.hpp)
+  ws::BoxMaps w;  // [vocab, hidden]: boxes {chunk_cols, 16} and {hidden % chunk_cols, 16} (ffn/weight_stream.hpp)
 
   int32_t hidden, vocab, batch;
   float eps;
-  int32_t hidden_units;  // hidden / 32
-  int32_t vocab_tiles;   // ceil(vocab / 16): split over the CTAs
-  int32_t stage_units;   // U (tiles per group M = 16 / U)
+  int32_t chunk_cols;   // columns of a full chunk of hidden (32 U)
+  int32_t tiles;        // tiles per stage M
+  int32_t vocab_tiles;  // ceil(vocab / 16): split over the CTAs
 
   const void* hidden_in;
   const void* residual;

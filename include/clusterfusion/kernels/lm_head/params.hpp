@@ -38,7 +38,7 @@ struct PlanConfig {
   int max_ctas = 0;     // 0: one CTA per SM (at most one per 16 vocabulary rows); else at most this many
   int sm_count = 0;     // 0: the device's (the emulator assumes 132)
   int max_stages = 0;   // 0: as many ring stages as fit (up to 16)
-  int stage_units = 0;  // 0: default (4); else 2, 4, 8 or 16 column units of 32 per ring stage
+  int stage_units = 0;  // 0: default (4); else 2, 4 or 8: chunks of 32 x stage_units columns per ring stage
 };
 
 struct StepArgs {
@@ -76,8 +76,8 @@ inline void validate_config(const PlanConfig& c) {
   if (c.max_ctas < 0) fail("max_ctas must be >= 0");
   if (c.sm_count < 0) fail("sm_count must be >= 0");
   if (c.max_stages < 0) fail("max_stages must be >= 0");
-  if (c.stage_units != 0 && c.stage_units != 2 && c.stage_units != 4 && c.stage_units != 8 && c.stage_units != 16)
-    fail("stage_units " + std::to_string(c.stage_units) + " is not supported (0 = default, 2, 4, 8 or 16)");
+  if (c.stage_units != 0 && c.stage_units != 2 && c.stage_units != 4 && c.stage_units != 8)
+    fail("stage_units " + std::to_string(c.stage_units) + " is not supported (0 = default, 2, 4 or 8)");
   if (!c.weights.norm || !c.weights.w_out) fail("weights.norm and weights.w_out must be set");
   if (!detail::aligned16(c.weights.norm) || !detail::aligned16(c.weights.w_out))
     fail("weight pointers must be 16-byte aligned");

@@ -9,6 +9,8 @@ namespace cf::kernels::lm_head {
 
 namespace ws = cf::kernels::weight_stream;
 
+inline constexpr int kCandidatesInFlight = 8;  // per lane, in the last arriver's pick (132 CTAs: 5 loads a lane)
+
 struct SmallBuffers {
   float inv_rms[kMaxBatch];
   float norm_red[kMaxBatch][8];  // per warp partial sums of squares

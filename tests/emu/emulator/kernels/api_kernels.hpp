@@ -276,7 +276,8 @@ std::vector<uint32_t> run_bulk(uint32_t clusters, uint32_t cluster_size, uint32_
 }
 
 // ---- TMA 2D tile loads with out-of-bounds zero fill --------------------------------------------------------------
-// Each block loads box `block` at coords[block] into smem and copies it out. Boxes hang over every edge.
+// Each block loads box `block` at coords[block] into smem and copies it out. Boxes hang over every edge; each x
+// must be a multiple of 8 (16 bytes of fp16), as tma_load_2d requires.
 inline constexpr uint32_t kTmaBoxW = 16, kTmaBoxH = 8;
 struct TmaParams {
   dev::TensorMap map;

@@ -113,11 +113,15 @@ std::vector<uint32_t> run_expect_tx_mismatch(uint64_t seed, const std::vector<ui
 
 // 5. Reading a TMA tile without waiting on its mbarrier. 6. Off-by-one TMA box: the tensor map's box is one row
 //    taller than the buffer reserved for it (the last buffer of shared memory), so the copy overruns it.
-//    Twins: wait first / the right box. out[t] = tile[t] as bits of fp16 pairs.
+//    6b. A box column that is not on a 16-byte boundary (x = 4 fp16 = 8 bytes, as when a column offset is counted
+//    in the wrong unit): an illegal instruction on an H100.
+//    Twins: wait first / the right box / column 0. out[t] = tile[t] as bits of fp16 pairs.
 inline constexpr uint32_t kTileW = 32, kTileH = 4;  // fp16 elements
+inline constexpr int32_t kUnalignedColumn = 4;      // 8 bytes into the row
 struct TmaBugParams {
   dev::TensorMap map;
   uint32_t* out;
+  int32_t x;  // the box's column
 };
 template <bool kSkipWait>
 CF_GLOBAL void tma_read_early(const CF_GRID_CONSTANT TmaBugParams p) {
@@ -132,7 +136,7 @@ CF_GLOBAL void tma_read_early(const CF_GRID_CONSTANT TmaBugParams p) {
   dev::block_sync();
   if (t == 0) {
     bar->arrive_expect_tx(kTileW * kTileH * 2);
-    dev::tma_load_2d(tile, p.map, 0, 0, *bar);
+    dev::tma_load_2d(tile, p.map, p.x, 0, *bar);
   }
   if constexpr (!kSkipWait) bar->wait(0);
   p.out[t] = tile[t];
@@ -145,7 +149,7 @@ std::vector<uint32_t> run_tma_read_early(uint64_t seed, const std::vector<uint16
   dev::DeviceBuffer<uint32_t> out(kThreads);
   const TmaBugParams params{dev::make_tensor_map_2d(m.data(), dev::DType::F16, kTileW, kTileH, kTileW * 2, kTileW,
                                                     kTileH),
-                            out.data()};
+                            out.data(), 0};
   dev::launch(config("tma_read_early", 1, 1, kThreads, 128 + kTileW * kTileH * 2, seed), tma_read_early<kBug>,
               params);
   dev::synchronize();
@@ -159,8 +163,21 @@ std::vector<uint32_t> run_tma_box_off_by_one(uint64_t seed, const std::vector<ui
   const uint32_t box_rows = kBug ? kTileH + 1 : kTileH;  // the bug: one row too many
   const TmaBugParams params{dev::make_tensor_map_2d(m.data(), dev::DType::F16, kTileW, 2 * kTileH, kTileW * 2, kTileW,
                                                     box_rows),
-                            out.data()};
+                            out.data(), 0};
   dev::launch(config("tma_box_off_by_one", 1, 1, kThreads, 128 + kTileW * kTileH * 2, seed), tma_read_early<false>,
+              params);
+  dev::synchronize();
+  return out.download();
+}
+template <bool kBug>
+std::vector<uint32_t> run_tma_unaligned_column(uint64_t seed, const std::vector<uint16_t>& matrix) {
+  dev::DeviceBuffer<uint16_t> m(matrix.size());
+  m.upload(matrix);
+  dev::DeviceBuffer<uint32_t> out(kThreads);
+  const TmaBugParams params{dev::make_tensor_map_2d(m.data(), dev::DType::F16, kTileW, 2 * kTileH, kTileW * 2, kTileW,
+                                                    kTileH),
+                            out.data(), kBug ? kUnalignedColumn : 0};
+  dev::launch(config("tma_unaligned_column", 1, 1, kThreads, 128 + kTileW * kTileH * 2, seed), tma_read_early<false>,
               params);
   dev::synchronize();
   return out.download();

@@ -1,0 +1,243 @@
+// Shared pieces of the cluster collectives (cluster_reduce.hpp, cluster_gather.hpp): the strategy and transport
+// choices, the thread group that runs a collective, and the helpers both use (bounded mbarrier waits, group-strided
+// copies between shared-memory blocks). Kernels include cluster_reduce.hpp / cluster_gather.hpp, not this file.
+//
+// Contract shared by every collective object (ClusterReduce, ClusterGather):
+//   - Workspace: the caller carves `workspace_bytes(capacity)` bytes of dynamic shared memory, 16-byte aligned, at
+//     the SAME offset in every CTA of the cluster (peers address it through map_shared_rank / bulk_copy_s2peer).
+//     It holds the mbarriers and the send/receive blocks; the caller never touches it after construction.
+//   - Setup: construct the object in every thread of the group, call init() (the group's thread 0 initialises the
+//     mbarriers), then a cluster_sync() by the whole cluster before the first collective call (the kernel's usual
+//     start-up cluster_sync serves, if init() comes before it).
+//   - Calls: every thread of the group, in every CTA of the cluster, makes the same sequence of calls with the same
+//     counts (counts <= capacity). The object keeps the call counter (mbarrier phase parity) in registers, so keep
+//     one object per workspace and pass it by reference. Inputs must be complete and visible to the whole group at
+//     the call (a block_sync / group barrier after writing them); on return the group has synchronised.
+//   - Teardown: end the kernel (or reuse the workspace memory) only after a cluster_sync() that follows the last call
+//     in every CTA: peers may still read this CTA's blocks or signal its mbarriers until then.
+#pragma once
+#include <cstdint>
+
+#include "clusterfusion/device/api.hpp"
+
+namespace cf::prim {
+namespace dev = cf::dev;
+
+// Schedule of a collective over the cluster's N ranks.
+enum class Strategy : uint8_t {
+  Linear,  // one exchange: every rank sends its block to every other rank and combines all N in rank order.
+           // One signal round-trip per call; each rank reads (N-1) blocks.
+  Tree,    // recursive doubling (butterfly) over the largest power of two P <= N in log2(P) rounds; ranks >= P fold
+           // into rank - P first and get the result back last. Each rank reads one block per round.
+};
+
+// How a block moves between CTAs.
+enum class Transport : uint8_t {
+  Pull,  // the receiver loads the sender's block from the sender's shared memory (ld through map_shared_rank),
+         // after the sender signalled it ready with a remote mbarrier arrive
+  Push,  // the sender bulk-copies its block into the receiver's shared memory (cp.async.bulk shared::cluster),
+         // announced with arrive_expect_tx_remote and completing on the receiver's mbarrier
+};
+
+// The defaults (template arguments left out). Chosen by reasoning before a GPU measurement exists (see
+// docs/collectives.md): at the sizes a fused decode kernel reduces (<= 16 KB per CTA) latency is dominated by
+// signal round-trips, so one exchange (Linear) beats log2 N rounds; Pull needs no async-proxy fence and no extra
+// receive blocks.
+template <uint32_t N>
+inline constexpr Strategy kDefaultStrategy = Strategy::Linear;
+template <uint32_t N>
+inline constexpr Transport kDefaultTransport = Transport::Pull;
+
+inline constexpr uint32_t kMinClusterSize = 2;
+inline constexpr uint32_t kMaxClusterSize = dev::kMaxClusterSize;  // 16 needs LaunchConfig::allow_nonportable_cluster
+
+// The threads of one CTA that run a collective: the whole block (default) or a subset synchronised by a named
+// barrier, e.g. one warp group while other warps keep streaming weights. Every CTA of the cluster uses the same
+// group shape. size: a multiple of 32, at least 32; rank: this thread's index in [0, size).
+struct ThreadGroup {
+  uint32_t rank = 0;
+  uint32_t size = 0;
+  uint32_t barrier_id = 0;  // 0: the group is the whole block and syncs with block_sync(); else named barrier 1..15
+
+  CF_DEVICE static ThreadGroup block() { return {dev::thread_rank(), dev::num_threads(), 0}; }
+  // Threads [first, first + size) of the block (first and size multiples of 32), synchronised on named barrier id.
+  CF_DEVICE static ThreadGroup range(uint32_t first, uint32_t size, uint32_t barrier_id) {
+    return {dev::thread_rank() - first, size, barrier_id};
+  }
+  CF_DEVICE void sync() const {
+    if (barrier_id == 0) {
+      dev::block_sync();
+    } else {
+      dev::named_barrier_sync(barrier_id, size);
+    }
+  }
+};
+
+// Optional bounded waiting (benchmarks, GPU tests): with a non-null flag in global memory, a wait that polls more
+// than `max_polls` times sets *flag = 1 and gives up (results are then garbage, but the kernel ends). Null: wait
+// forever (the emulator reports a deadlock instead).
+struct WaitLimit {
+  uint32_t* flag = nullptr;
+  uint32_t max_polls = 1u << 20;
+};
+
+namespace detail {
+
+CF_HOST_DEVICE constexpr uint32_t round_up(uint32_t x, uint32_t to) { return (x + to - 1) / to * to; }
+CF_HOST_DEVICE constexpr uint32_t floor_pow2(uint32_t n) {
+  uint32_t p = 1;
+  while (p * 2 <= n) p *= 2;
+  return p;
+}
+CF_HOST_DEVICE constexpr uint32_t log2_floor(uint32_t n) {
+  uint32_t l = 0;
+  while ((2u << l) <= n) ++l;
+  return l;
+}
+
+inline constexpr uint32_t kVectorBytes = 16;     // one load16/store16
+inline constexpr uint32_t kBarrierArea = 128;    // mbarriers live in the first bytes of a workspace (padded)
+
+// Bytes of one block of `count` elements in a workspace: whole 16-byte vectors (bulk copies need multiples of 16).
+template <typename T>
+CF_HOST_DEVICE constexpr uint32_t block_bytes(uint32_t count) {
+  return round_up(count * uint32_t(sizeof(T)), kVectorBytes);
+}
+
+CF_DEVICE void wait_phase(dev::Mbarrier& bar, uint32_t parity, const WaitLimit& limit) {
+  if (limit.flag == nullptr) {
+    bar.wait(parity);
+    return;
+  }
+  for (uint32_t polls = 0; !bar.try_wait(parity); ++polls) {
+    if (polls >= limit.max_polls) {
+      *static_cast<volatile uint32_t*>(limit.flag) = 1u;
+      return;
+    }
+  }
+}
+
+CF_DEVICE bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// dst[i] = src[i] for i < count, spread over the group (16-byte vectors where both are aligned). Any spaces.
+template <typename T>
+CF_DEVICE void group_copy(T* dst, const T* src, uint32_t count, const ThreadGroup& g) {
+  constexpr uint32_t kVec = kVectorBytes / sizeof(T);
+  uint32_t done = 0;
+  if (aligned16(dst) && aligned16(src)) {
+    const uint32_t vectors = count / kVec;
+    for (uint32_t v = g.rank; v < vectors; v += g.size) dev::store16(dst + v * kVec, dev::load16(src + v * kVec));
+    done = vectors * kVec;
+  }
+  for (uint32_t i = done + g.rank; i < count; i += g.size) dst[i] = src[i];
+}
+
+
+// The Linear exchange, shared by ClusterReduce and ClusterGather: per call every rank publishes one block (its send
+// block) to every other rank, waits until all peers' blocks are there, and reads them.
+//
+// Workspace: [ready[2] mbarriers | blocks], blocks 16-byte padded, indexed by call parity p = call & 1:
+//   Pull: send[p]        (peers load it through map_shared_rank)
+//   Push: slot[p][N]     (slot[p][rank] is the send block; slot[p][q] receives rank q's push)
+// Call c (parity p, j = c >> 1 the use of parity p), per rank:
+//   begin:   write the send block of parity p.
+//   publish: group sync; Pull: one thread per peer q arrives on q's ready[p] (release, cluster scope). Push: one
+//            thread per peer q arrives with expect-tx on q's ready[p] and bulk-copies slot[p][rank] into q's
+//            slot[p][rank], completing on q's ready[p].
+//   wait:    ready[p] phase j: N-1 arrivals (and, Push, the pushed bytes).
+//   read the peers' blocks; finish: group sync.
+// Why no acknowledgement is needed: every call signals every peer. A rank publishes call c+1 only after its group
+// finished reading call c's blocks (group sync in between), and it starts call c+2 (rewriting parity p's blocks)
+// only after ready[1-p] of call c+1 completed, i.e. after every peer published call c+1, hence after every peer
+// finished reading (Pull) or receiving (Push: its ready[p] wait includes our bytes) everything of call c. For the
+// same reason no peer can arrive on ready[p] for call c+2 before this rank waited on ready[p] for call c, so no
+// mbarrier runs two phases ahead of its waiter (no parity aliasing). This holds for any mix of all_reduce,
+// reduce_to_root and all_gather calls, which all signal every peer.
+template <uint32_t N, typename T, Transport X>
+class LinearExchange {
+ public:
+  static_assert(N >= kMinClusterSize && N <= kMaxClusterSize, "cluster size must be 2..16");
+  static constexpr uint32_t kBlocksPerParity = X == Transport::Pull ? 1 : N;
+  static constexpr uint32_t kAllPeers = ~0u;
+
+  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) {
+    return kBarrierArea + 2 * kBlocksPerParity * block_bytes<T>(capacity);
+  }
+
+  CF_DEVICE LinearExchange(void* workspace, uint32_t capacity, const ThreadGroup& group, const WaitLimit& limit)
+      : bars_(static_cast<dev::Mbarrier*>(workspace)),
+        blocks_(static_cast<uint8_t*>(workspace) + kBarrierArea),
+        block_bytes_(block_bytes<T>(capacity)),
+        group_(group),
+        limit_(limit),
+        rank_(dev::block_rank_in_cluster()) {}
+
+  CF_DEVICE void init() {
+    if (group_.rank == 0) {
+      for (uint32_t i = 0; i < 2; ++i) bars_[i].init(N - 1);
+      dev::fence_mbarrier_init();
+    }
+  }
+
+  CF_DEVICE uint32_t rank() const { return rank_; }
+  CF_DEVICE const ThreadGroup& group() const { return group_; }
+
+  // This call's send block (free to write: see above).
+  CF_DEVICE T* begin() { return block(parity(), X == Transport::Pull ? 0 : rank_); }
+
+  // The send block holds `count` elements (written by any group threads): make it available to the peers.
+  // only_to != kAllPeers (Push): only that rank needs the data; the others get a bare arrival.
+  CF_DEVICE void publish(uint32_t count, uint32_t only_to = kAllPeers) {
+    if constexpr (X == Transport::Push) dev::fence_proxy_async();  // generic writes above, read by the bulk copy
+    group_.sync();
+    const uint32_t q = group_.rank;
+    if (q < N && q != rank_) {
+      dev::Mbarrier& ready = ready_bar();
+      if constexpr (X == Transport::Pull) {
+        ready.arrive_remote(q);
+      } else if ((only_to == kAllPeers || only_to == q) && count > 0) {
+        const uint32_t bytes = block_bytes<T>(count);
+        T* send = block(parity(), rank_);
+        ready.arrive_expect_tx_remote(bytes, q);
+        dev::bulk_copy_s2peer(send, send, bytes, ready, q);
+      } else {
+        ready.arrive_remote(q);
+      }
+    }
+  }
+
+  CF_DEVICE void wait_ready() { wait_phase(ready_bar(), (calls_ >> 1) & 1u, limit_); }
+
+  // Rank q's block of this call (after wait_ready, before finish); this rank's own send block for q == rank().
+  CF_DEVICE const T* block_of(uint32_t q) {
+    if constexpr (X == Transport::Pull) {
+      T* send = block(parity(), 0);
+      return q == rank_ ? send : dev::map_shared_rank(send, q);
+    } else {
+      return block(parity(), q);
+    }
+  }
+
+  CF_DEVICE void finish() {
+    group_.sync();
+    ++calls_;
+  }
+
+ private:
+  CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
+  CF_DEVICE dev::Mbarrier& ready_bar() { return bars_[parity()]; }
+  CF_DEVICE T* block(uint32_t p, uint32_t index) {
+    return reinterpret_cast<T*>(blocks_ + (p * kBlocksPerParity + index) * block_bytes_);
+  }
+
+  dev::Mbarrier* bars_;
+  uint8_t* blocks_;
+  uint32_t block_bytes_;
+  ThreadGroup group_;
+  WaitLimit limit_;
+  uint32_t rank_;
+  uint32_t calls_ = 0;
+};
+
+}  // namespace detail
+}  // namespace cf::prim

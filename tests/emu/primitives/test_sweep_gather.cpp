@@ -1,0 +1,19 @@
+// All-gather (fp32) on every cluster size 2..16, every strategy and transport, sizes 1 element .. 16 KB,
+// bit-exact, with sentinel guards after the gathered data.
+#include <gtest/gtest.h>
+
+#include "kernels/suite.hpp"
+
+namespace cf::test {
+namespace {
+
+TEST(ClusterGather, AllGatherEveryClusterSize2to8) {
+  EXPECT_EQ(join(sweep_cluster_sizes<2, 8, float, Kind::AllGather>(1)), "");
+}
+
+TEST(ClusterGather, AllGatherEveryClusterSize9to16) {
+  EXPECT_EQ(join(sweep_cluster_sizes<9, 16, float, Kind::AllGather>(2)), "");
+}
+
+}  // namespace
+}  // namespace cf::test
