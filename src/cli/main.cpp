@@ -69,8 +69,8 @@ struct CommonOptions {
       return backend;
     }
     std::string names;
-    for (const auto& b : backend_list()) names += (names.empty() ? "" : ", ") + b.name;
-    throw UsageError("--backend: unknown backend '" + backend + "' (expected one of " + names + ")");
+    for (const auto& b : backend_list()) names += b.name + ", ";
+    throw UsageError("--backend: unknown backend '" + backend + "' (expected one of " + names + "auto)");
   }
 };
 
