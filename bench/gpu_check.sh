@@ -17,15 +17,19 @@
 #   resources   ptxas registers / spills / shared memory of our kernels (from the build log and cuobjdump)
 #   ctest-gpu   ctest -L gpu, verbose
 #   bench       cf_bench_decoder_attention --quick  -> $OUT/bench.json; cf_bench_ffn --quick -> $OUT/bench_ffn.json
+#   e2e         the CLI on the GPU (cuda, cuda-unfused, cpu; greedy) when a model file is at hand, then
+#               cf_bench_e2e --quick (whole-model decode TPOT, cuda vs cuda-unfused) -> $OUT/e2e.json
+#               (+ e2e.png with CF_E2E_PLOT=1; else plot it afterwards: python3 bench/e2e/plot_e2e.py e2e.json)
 #   peer        torch peer (.peers/torch_decode_peer.py --stages $CF_PEER_STAGES) -> $OUT/peer.json
 #   memcheck / racecheck / synccheck   compute-sanitizer on a filter of the GPU tests
 #   summary     PASS/FAIL per step and the key numbers (also in $OUT/summary.txt)
 #
-# Files in $OUT (<= 8): gpu_check.txt (everything), build.log, bench.json, bench_ffn.json, peer.json, summary.txt.
-# Environment: OUT (default build/gpu_check_out), CF_GPU_CHECK_BUDGET, CF_GPU_TARGETS, CF_BENCH_ARGS,
-# CF_PEER_STAGES (default bw,attn), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16),
-# CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck), CF_CTEST_ARGS (extra
-# ctest arguments, e.g. '-j 6 -R Attention').
+# Files in $OUT (<= 8 come back): gpu_check.txt (everything), build.log, bench.json, bench_ffn.json,
+# bench_collectives.json, e2e.json, peer.json, summary.txt (e2e.png with CF_E2E_PLOT=1 would be a ninth).
+# Environment: OUT (default build/gpu_check_out), CF_GPU_CHECK_BUDGET, CF_GPU_TARGETS, CF_BENCH_ARGS, CF_E2E_ARGS
+# (default --quick), CF_PEER_STAGES (default bw,attn,llama2), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16),
+# CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck), CF_CTEST_ARGS
+# (extra ctest arguments, e.g. '-j 6 -R Attention').
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,12 +40,20 @@ mkdir -p "$OUT"
 export BUDGET="${CF_GPU_CHECK_BUDGET:-420}"
 export JOBS="${CF_JOBS:-16}"
 export BUILD_DIR="$ROOT/build/default"
-export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention cf_bench_cluster_collectives cf_bench_ffn"  # + discovered GPU tests (step_build)
+export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention cf_bench_cluster_collectives cf_bench_ffn cf_bench_e2e clusterfusion"  # + discovered GPU tests (step_build)
 export TEST_BIN="$BUILD_DIR/tests/gpu/cuda_unfused/cf_test_gpu_cuda_unfused"
 export BENCH_BIN="$BUILD_DIR/bench/decoder_attention/cf_bench_decoder_attention"
 export FFN_BENCH_BIN="$BUILD_DIR/bench/ffn/cf_bench_ffn"
+export E2E_BIN="$BUILD_DIR/bench/e2e/cf_bench_e2e"
+export CLI_BIN="$BUILD_DIR/clusterfusion"
+export E2E_ARGS="${CF_E2E_ARGS:---quick}"
+# A small real model for the GPU tests and the CLI when the default model (98 MB) is not on this machine:
+# scripts/prepare_gpu_run.sh writes the default model cut to its first blocks into .gpu_deps/models/.
+if [ -z "${CF_GPU_TEST_MODEL:-}" ]; then
+  for f in "$ROOT"/.gpu_deps/models/*.gguf; do [ -f "$f" ] && export CF_GPU_TEST_MODEL="$f" && break; done
+fi
 export BENCH_ARGS="${CF_BENCH_ARGS:---quick}"
-export PEER_STAGES="${CF_PEER_STAGES:-bw,attn}"
+export PEER_STAGES="${CF_PEER_STAGES:-bw,attn,llama2}"
 # Small, fast cases under the sanitizers (cuBLAS kernels included); racecheck is the slowest, so fewer.
 export SANITIZER_FILTER="${CF_SANITIZER_FILTER:-CudaUtils.BufferRoundTripAndMove:KernelAddRmsNorm.*:KernelArgmax.*:DeviceChecks.*:PrefillForm.*:SmallFfn.*:SmallLmHead.*:Shapes/SmallAttention.*/MhaHd64NeoxPage16:Shapes/SmallAttention.*/GqaHd128GptjPage1Bias:Shapes/SmallAttention.*/MqaGroup16Page7}"
 export RACECHECK_FILTER="${CF_RACECHECK_FILTER:-KernelAddRmsNorm.*:KernelArgmax.*:Shapes/SmallAttention.Fp16MatchesReference/MhaHd64NeoxPage16:Shapes/SmallAttention.Bf16MatchesReference/GqaHd128GptjPage1Bias}"
@@ -184,6 +196,29 @@ step_bench() {
   return $rc
 }
 
+step_e2e() {
+  [ -x "$E2E_BIN" ] || { echo "SKIP: $E2E_BIN not built"; return 3; }
+  local model="" default_model="${CF_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/clusterfusion}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  if [ -f "$default_model" ]; then model="$default_model"; elif [ -n "${CF_GPU_TEST_MODEL:-}" ]; then model="$CF_GPU_TEST_MODEL"; fi
+  if [ -x "$CLI_BIN" ] && [ -n "$model" ]; then
+    local b
+    for b in cuda cuda-unfused cpu; do
+      echo "-- clusterfusion generate --backend $b -m $(basename "$model") (greedy, 24 tokens)"
+      timeout 30 "$CLI_BIN" generate -m "$model" --backend "$b" --temp 0 -n 24 -p "What is the capital of France?" 2>&1 | tail -4
+    done
+  else
+    echo "(no model file for the CLI run: neither $default_model nor \$CF_GPU_TEST_MODEL)"
+  fi
+  # shellcheck disable=SC2086
+  "$E2E_BIN" $E2E_ARGS --json "$OUT/e2e.json"
+  local rc=$?
+  # $OUT brings back at most 8 files: the PNG only when asked (else plot here: python3 bench/e2e/plot_e2e.py e2e.json).
+  if [ "${CF_E2E_PLOT:-0}" = 1 ]; then
+    python3 "$ROOT/bench/e2e/plot_e2e.py" "$OUT/e2e.json" --out "$OUT/e2e.png" || echo "(no plot)"
+  fi
+  return $rc
+}
+
 step_collectives() {
   local bin="$BUILD_DIR/bench/cluster_collectives/cf_bench_cluster_collectives"
   [ -x "$bin" ] || { echo "SKIP: $bin not built"; return 3; }
@@ -214,7 +249,7 @@ step_sanitizer() {  # $1 = tool, $2 = gtest filter
   return $rc
 }
 
-export -f step_info step_gtest step_configure step_build step_resources step_ctest step_bench step_collectives step_peer \
+export -f step_info step_gtest step_configure step_build step_resources step_ctest step_bench step_e2e step_collectives step_peer \
   step_sanitizer sanitizer_bin
 
 # ---- step runner ------------------------------------------------------------------------------------------------
@@ -297,6 +332,21 @@ if f:
         ratio = r.get("ratio_vs_unfused")
         print(f"{case:34s} {r['impl']:13s} {r['us_median']:8.1f} {r['gbps']:6.0f} {r['pct_read_bw']:5.1f}% "
               f"{r['floor_us']:6.1f} {('%.2f' % ratio) if isinstance(ratio, (int, float)) else '-':>6s}")
+e = load("e2e.json")
+if e:
+    bw = e.get("bandwidth", {})
+    print(f"e2e TPOT (ms/step, CUDA graph replay), read bandwidth {bw.get('read_gbps', 0):.0f} GB/s")
+    print(f"{'model':10s} {'impl':13s} {'b':>3s} {'ctx':>6s} {'ms':>8s} {'tok/s':>7s} {'%bw':>6s} {'floor':>6s} {'x unf':>6s}")
+    for r in e.get("rows", []):
+        head = f"{r['model']:10s} {r['impl']:13s} {r['batch']:3d} {r['ctx']:6d}"
+        if r.get("status") != "ok":
+            print(f"{head} {r.get('status')}: {r.get('message', '')[:70]}")
+            continue
+        ratio = r.get("ratio_vs_unfused")
+        print(f"{head} {r['ms_median']:8.3f} {r['tok_per_s']:7.0f} {r['pct_read_bw']:5.1f}% {r['floor_ms']:6.2f} "
+              f"{('%.2f' % ratio) if isinstance(ratio, (int, float)) else '-':>6s}")
+    for a in e.get("anchors", []):
+        print(f"  goal {a['model']} b{a['batch']} ctx {a['ctx']}: {a['goal_ms']:.2f} ms (torch.compile+graph {a['torch_compile_graph_ms']:.2f}, torch graph {a['torch_graph_ms']:.2f})")
 p = load("peer.json")
 if p:
     bw = p.get("bandwidth", {})
@@ -325,6 +375,7 @@ main() {
   fi
   run_step ctest-gpu 200 bash -c step_ctest
   run_step bench 150 bash -c step_bench
+  run_step e2e 100 bash -c step_e2e
   run_step collectives 45 bash -c step_collectives
   local left=$(( BUDGET - $(elapsed) - RESERVE - 120 ))  # keep ~2 min for the sanitizers
   (( left > 110 )) && left=110

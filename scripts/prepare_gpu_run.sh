@@ -32,6 +32,18 @@ rm -rf .gpu_deps/googletest
 cp -r "$gtest_src" .gpu_deps/googletest
 chmod -R u+w .gpu_deps/googletest
 
+# The default model (98 MB) is too big to carry; its first blocks (~45 MB, real tokenizer and Q4_1 weights) let the
+# GPU tests and the CLI run on a real model file there ($CF_GPU_TEST_MODEL, set by bench/gpu_check.sh).
+# CF_GPU_TEST_MODEL_BLOCKS=0 skips it.
+model_blocks="${CF_GPU_TEST_MODEL_BLOCKS:-6}"
+default_model="${CF_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/clusterfusion}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+rm -rf .gpu_deps/models
+if [ "$model_blocks" != 0 ] && [ -f "$default_model" ] && python3 -c 'import gguf' 2>/dev/null; then
+  mkdir -p .gpu_deps/models
+  python3 scripts/truncate_gguf.py "$default_model" ".gpu_deps/models/smollm2-135m-${model_blocks}blocks.q4_1.gguf" \
+    --blocks "$model_blocks" >/dev/null || rm -rf .gpu_deps/models
+fi
+
 {
   git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown
   git log -1 --format='commit %H %s' 2>/dev/null || true

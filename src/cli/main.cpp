@@ -32,7 +32,7 @@ constexpr int kMaxContext = 1 << 20;
 
 struct CommonOptions {
   std::optional<std::string> model;
-  std::string backend = "cpu";
+  std::string backend = "auto";
   int threads = 0;
   int context = 0;
   bool quiet = false;
@@ -43,7 +43,8 @@ struct CommonOptions {
              &model);
     std::string names;
     for (const auto& b : backend_list()) names += (names.empty() ? "" : ", ") + b.name + (b.built ? "" : " (not built)");
-    p.option("backend", 0, "NAME", "compute backend: " + names + " [cpu]", &backend);
+    p.option("backend", 0, "NAME", "compute backend: " + names + "; auto = cuda when a usable GPU is present, else cpu [auto]",
+             &backend);
     p.option("threads", 't', "N", "worker threads [all cores]", &threads, 0, kMaxThreads);
     p.option("ctx", 'c', "N", "context length in tokens [the model's]", &context, 0, kMaxContext);
     p.flag("quiet", 'q', "no progress bar or summary on stderr", &quiet);
@@ -58,15 +59,18 @@ struct CommonOptions {
     return path;
   }
 
-  void check_backend() const {
+  // Resolves "auto" and checks the backend can run here (before the model is loaded).
+  std::string resolved_backend() const {
+    if (backend == "auto") return default_backend_name();
     for (const auto& b : backend_list()) {
       if (b.name != backend) continue;
-      if (!b.built) throw UsageError("--backend " + backend + ": not built yet (" + b.description + ")");
-      return;
+      const std::string why = backend_unavailable_reason(backend);
+      if (!why.empty()) throw UsageError("--backend " + backend + ": " + why);
+      return backend;
     }
     std::string names;
-    for (const auto& b : backend_list()) names += (names.empty() ? "" : ", ") + b.name;
-    throw UsageError("--backend: unknown backend '" + backend + "' (expected one of " + names + ")");
+    for (const auto& b : backend_list()) names += b.name + ", ";
+    throw UsageError("--backend: unknown backend '" + backend + "' (expected one of " + names + "auto)");
   }
 };
 
@@ -162,7 +166,7 @@ struct LoadedRunner {
 };
 
 LoadedRunner load(const CommonOptions& common) {
-  common.check_backend();
+  const std::string backend = common.resolved_backend();
   const auto start = std::chrono::steady_clock::now();
   const std::string path = common.model_path();
   Progress progress("loading " + std::filesystem::path(path).filename().string(), common.quiet);
@@ -176,13 +180,18 @@ LoadedRunner load(const CommonOptions& common) {
   options.max_seqs = 1;
   options.kv_pages = (context + options.page_size - 1) / options.page_size;
   const double mb = double(weights->matrix_bytes()) / 1e6;
-  m.runner = std::make_unique<Runner>(create_backend(common.backend, weights, options), 1, context);
+  m.runner = std::make_unique<Runner>(create_backend(backend, weights, options), 1, context);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char line[512];
-  std::snprintf(line, sizeof line, "loaded %s (%s, %d layers, %.0f MB of weights) in %.2f s; backend %s, %d thread(s), context %d",
+  const bool on_cpu = backend == "cpu" || backend == "emu";
+  const std::string threads =
+      on_cpu ? ", " + std::to_string(common.threads > 0 ? common.threads
+                                                        : int(std::max(1u, std::thread::hardware_concurrency()))) +
+                   " thread(s)"
+             : std::string();
+  std::snprintf(line, sizeof line, "loaded %s (%s, %d layers, %.0f MB of weights) in %.2f s; backend %s%s, context %d",
                 path.c_str(), c.name.empty() ? c.arch.c_str() : c.name.c_str(), c.n_layers, mb, seconds,
-                common.backend.c_str(), common.threads > 0 ? common.threads : int(std::max(1u, std::thread::hardware_concurrency())),
-                context);
+                backend.c_str(), threads.c_str(), context);
   progress.done(line);
   return m;
 }
@@ -343,10 +352,11 @@ std::string top_help() {
   std::string backends;
   for (const auto& b : backend_list())
     backends += "  " + b.name + std::string(14 - std::min<size_t>(13, b.name.size()), ' ') + b.description +
-                (b.built ? "" : " (not built yet)") + "\n";
+                (b.built ? "" : " (not in this build)") + "\n";
   return "usage: clusterfusion COMMAND [options]\n"
          "\n"
-         "LLM decoding: a CPU reference engine today, fused Hopper cluster kernels as they land.\n"
+         "LLM decoding with fused Hopper cluster kernels (cuda), a cuBLAS baseline (cuda-unfused), their CPU emulation\n"
+         "(emu) and a CPU reference (cpu).\n"
          "\n"
          "commands:\n"
          "  generate      generate a reply to one prompt (-p TEXT), streamed to stdout\n"

@@ -1,5 +1,5 @@
-// The interface every backend implements: cpu (now), emu (fused device kernels on the CPU emulator), cuda (fused
-// cluster kernels + CUDA graphs), cuda-unfused (cuBLAS baseline).
+// The interface every backend implements: cpu (reference), emu (fused device kernels on the CPU emulator), cuda
+// (fused cluster kernels + CUDA graphs), cuda-unfused (cuBLAS baseline + CUDA graphs).
 //
 // A backend owns the model's weights in its own memory and the KV cache storage; the runtime (Runner) owns the
 // page table and describes each forward step as a Batch. One Batch may mix sequences (lockstep decode of 1..16
@@ -66,8 +66,14 @@ struct BackendInfo {
 };
 std::vector<BackendInfo> backend_list();
 
+// Why a known backend cannot run here (empty when it can): "this build has no CUDA (nvcc not found at configure
+// time)", "no CUDA GPU found (...)", "needs a Hopper GPU (compute capability 9.x); found ...".
+std::string backend_unavailable_reason(std::string_view name);
+// "cuda" when this build has it and a usable GPU is present, else "cpu".
+std::string default_backend_name();
+
 // Creates a backend by name over the given weights (defined in src/backends, library cf_backends).
-// Throws cf::InputError for an unknown name or one not built in this build ("... not built yet").
+// Throws cf::InputError for an unknown name or one that cannot run here ("--backend cuda: <reason>").
 std::unique_ptr<Backend> create_backend(std::string_view name, std::shared_ptr<const ModelWeights> weights,
                                         const BackendOptions& options);
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "cli_runner.hpp"
+#include "clusterfusion/runtime/backend.hpp"
 
 namespace {
 
@@ -26,18 +27,22 @@ TEST(Cli, UsageErrorsExitWithCode2AndOneLine) {
   struct Case {
     std::string args, expected;
   };
-  for (const Case& c : {Case{"", "missing command"}, Case{"frobnicate", "unknown command 'frobnicate'"},
+  std::vector<Case> cases = {Case{"", "missing command"}, Case{"frobnicate", "unknown command 'frobnicate'"},
                         Case{"generate --bogus", "unknown option '--bogus'"},
                         Case{"generate -p hi -n", "-n: missing value N"},
                         Case{"generate -p hi -n many", "-n: expected an integer, got 'many'"},
                         Case{"generate -p hi --temp hot", "--temp: expected a number"},
                         Case{"generate -p hi --top-p 1.5", "--top-p: must be in (0, 1]"},
                         Case{"generate -p hi --template vicuna", "unknown chat template 'vicuna'"},
-                        Case{"generate -p hi --backend cuda", "--backend cuda: not built yet"},
                         Case{"generate -p hi --backend tpu", "unknown backend 'tpu'"},
                         Case{"generate", "missing -p TEXT"}, Case{"generate --raw=yes -p x", "--raw takes no value"},
                         Case{"generate -p hi -t -1", "-t: expected an integer in 0..256"},
-                        Case{"info a.gguf b.gguf", "unexpected argument 'b.gguf'"}}) {
+                        Case{"info a.gguf b.gguf", "unexpected argument 'b.gguf'"}};
+  // A GPU backend this build or machine cannot run is a usage error naming the reason (checked before loading).
+  for (const char* gpu : {"cuda", "cuda-unfused"})
+    if (const std::string why = cf::backend_unavailable_reason(gpu); !why.empty())
+      cases.push_back(Case{std::string("generate -p hi --backend ") + gpu, std::string("--backend ") + gpu + ": " + why});
+  for (const Case& c : cases) {
     const Result r = run_cli(c.args);
     EXPECT_EQ(r.exit_code, 2) << c.args << ": " << r.err;
     EXPECT_NE(r.err.find(c.expected), std::string::npos) << c.args << ": " << r.err;
