@@ -19,6 +19,20 @@ std::string fmt_float(double v) {
   return buf;
 }
 
+// The name as `clusterfusion info` may print it: a file's text must not carry terminal control sequences or
+// invalid UTF-8 to the terminal. Control bytes (and, in invalid UTF-8, every non-ASCII byte) become '?'; clipped.
+std::string printable_name(const std::string& name) {
+  constexpr size_t kMaxBytes = 120;
+  const bool utf8 = json::is_valid_utf8(name);
+  std::string out;
+  for (const char ch : name.substr(0, kMaxBytes)) {
+    const auto c = static_cast<unsigned char>(ch);
+    out += (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) ? '?' : ch;
+  }
+  while (!json::is_valid_utf8(out)) out.pop_back();  // the clip cut a multi-byte character
+  return name.size() > kMaxBytes ? out + "..." : out;
+}
+
 void check_range(const std::string& source, const char* field, int64_t v, int64_t lo, int64_t hi) {
   if (v < lo || v > hi)
     throw InputError(source + ": " + field + " = " + std::to_string(v) + ": expected " + std::to_string(lo) + ".." +
@@ -55,7 +69,7 @@ std::string ModelConfig::summary() const {
     std::snprintf(buf, sizeof buf, "%-13s", key);
     s += buf + value + "\n";
   };
-  line("architecture", arch + (name.empty() ? "" : " (" + name + ")"));
+  line("architecture", arch + (name.empty() ? "" : " (" + printable_name(name) + ")"));
   line("layers", std::to_string(n_layers));
   line("hidden", std::to_string(hidden));
   line("heads", std::to_string(n_heads) + " query, " + std::to_string(n_kv_heads) + " key/value, head_dim " +
