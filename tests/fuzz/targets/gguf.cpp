@@ -45,11 +45,28 @@ bool refused(F&& f) {
   }
 }
 
+// Typed getters that do not match a key's type throw; exceptions are slow, so only the first keys get every getter
+// (the mismatch path is the same for all keys), the rest the getters of their own type.
+constexpr size_t kKeysWithEveryGetter = 8;
+
 void read_metadata(const GgufFile& f) {
+  size_t index = 0;
   for (const auto& entry : f.metadata()) {
     const std::string& key = entry.first;  // a plain reference: clang 14 lambdas cannot capture structured bindings
-    (void)entry.second.display();
-    // Every typed getter on every key: a mismatch must be an InputError, never anything else.
+    const GgufValue& v = entry.second;
+    (void)v.display();
+    CF_FUZZ_ASSERT(f.find(key) != nullptr, "metadata key '" + show(key) + "' not found by find()");
+    if (index++ >= kKeysWithEveryGetter) {
+      if (v.is_integer()) (void)refused([&] { (void)f.get_int(key); });
+      if (v.is_float()) (void)f.get_float(key);
+      if (v.type() == GgufType::String) (void)f.get_string(key);
+      if (v.type() == GgufType::Bool) (void)f.get_bool(key);
+      if (v.is_array() && v.elem_type() == GgufType::String) (void)f.get_string_array(key);
+      if (v.is_array() && v.elem_type() != GgufType::String && v.elem_type() != GgufType::Array)
+        (void)refused([&] { (void)f.get_float_array(key); });
+      continue;
+    }
+    // Every typed getter: a mismatch must be an InputError, never anything else.
     (void)refused([&] { (void)f.get_string(key); });
     (void)refused([&] { (void)f.get_int(key); });
     (void)refused([&] { (void)f.get_float(key); });
@@ -57,7 +74,6 @@ void read_metadata(const GgufFile& f) {
     (void)refused([&] { (void)f.get_string_array(key); });
     (void)refused([&] { (void)f.get_int_array(key); });
     (void)refused([&] { (void)f.get_float_array(key); });
-    CF_FUZZ_ASSERT(f.find(key) != nullptr, "metadata key '" + show(key) + "' not found by find()");
   }
 }
 
