@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# The one script to run on a lent GPU machine (bare: CMake, ninja, nvcc, python3 + torch; maybe no GoogleTest),
+# from the repository root:
+#
+#     bash bench/gpu_check.sh
+#
+# Prepare first, on the machine the run is started from: `bash scripts/prepare_gpu_run.sh` fills the ignored
+# folders .gpu_deps/ (GoogleTest sources, git sha) and .peers/ (torch peer) and prints the `carry` list.
+#
+# Steps, each time-boxed (the whole script stays under CF_GPU_CHECK_BUDGET seconds, default 420) and each run even
+# when an earlier one failed (steps that need a missing binary are SKIPped):
+#   info        nvidia-smi, git sha, nvcc / cmake / compiler / torch versions
+#   gtest       GoogleTest built from .gpu_deps/googletest into /tmp when the system has none
+#   configure   cmake --preset default (Ninja, CUDA arch 90a)
+#   build       the GPU targets (every cf_test_gpu_* / cf_test_*_gpu target + the benchmark, or $CF_GPU_TARGETS),
+#               -j16, full log in $OUT/build.log
+#   resources   ptxas registers / spills / shared memory of our kernels (from the build log and cuobjdump)
+#   ctest-gpu   ctest -L gpu, verbose
+#   bench       cf_bench_decoder_attention --quick  -> $OUT/bench.json
+#   peer        torch peer (.peers/torch_decode_peer.py --stages $CF_PEER_STAGES) -> $OUT/peer.json
+#   memcheck / racecheck / synccheck   compute-sanitizer on a filter of the GPU tests
+#   summary     PASS/FAIL per step and the key numbers (also in $OUT/summary.txt)
+#
+# Files in $OUT (<= 8): gpu_check.txt (everything), build.log, bench.json, peer.json, summary.txt.
+# Environment: OUT (default build/gpu_check_out), CF_GPU_CHECK_BUDGET, CF_GPU_TARGETS, CF_BENCH_ARGS,
+# CF_PEER_STAGES (default bw,attn), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16).
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+export ROOT
+export OUT="${OUT:-$ROOT/build/gpu_check_out}"
+mkdir -p "$OUT"
+export BUDGET="${CF_GPU_CHECK_BUDGET:-420}"
+export JOBS="${CF_JOBS:-16}"
+export BUILD_DIR="$ROOT/build/default"
+export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention"  # + discovered GPU tests (step_build)
+export TEST_BIN="$BUILD_DIR/tests/gpu/cuda_unfused/cf_test_gpu_cuda_unfused"
+export BENCH_BIN="$BUILD_DIR/bench/decoder_attention/cf_bench_decoder_attention"
+export BENCH_ARGS="${CF_BENCH_ARGS:---quick}"
+export PEER_STAGES="${CF_PEER_STAGES:-bw,attn}"
+# Small, fast cases under the sanitizers (cuBLAS kernels included); racecheck is the slowest, so fewer.
+export SANITIZER_FILTER="${CF_SANITIZER_FILTER:-CudaUtils.BufferRoundTripAndMove:KernelAddRmsNorm.*:KernelArgmax.*:DeviceChecks.*:PrefillForm.*:SmallFfn.*:SmallLmHead.*:Shapes/SmallAttention.*/MhaHd64NeoxPage16:Shapes/SmallAttention.*/GqaHd128GptjPage1Bias:Shapes/SmallAttention.*/MqaGroup16Page7}"
+export RACECHECK_FILTER="${CF_RACECHECK_FILTER:-KernelAddRmsNorm.*:KernelArgmax.*:Shapes/SmallAttention.Fp16MatchesReference/MhaHd64NeoxPage16:Shapes/SmallAttention.Bf16MatchesReference/GqaHd128GptjPage1Bias}"
+export PYTHONUNBUFFERED=1
+export T0="$(date +%s)"
+RESERVE=15  # seconds kept for the summary
+
+export PATH="$PATH:/usr/local/cuda/bin"
+if [ -z "${CUDACXX:-}" ] && ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDACXX=/usr/local/cuda/bin/nvcc
+fi
+
+banner() { printf '\n==================== %s ====================\n' "$*"; }
+elapsed() { echo $(( $(date +%s) - T0 )); }
+
+git_sha() {
+  if git -C "$ROOT" rev-parse --short=12 HEAD >/dev/null 2>&1; then
+    git -C "$ROOT" describe --always --dirty --abbrev=12 2>/dev/null
+  elif [ -s "$ROOT/.gpu_deps/git_sha.txt" ]; then
+    head -1 "$ROOT/.gpu_deps/git_sha.txt"
+  else
+    echo unknown
+  fi
+}
+export CF_GIT_SHA="$(git_sha)"
+
+# ---- step bodies (run in a child bash under `timeout`) --------------------------------------------------------
+
+step_info() {
+  date -u
+  echo "host $(uname -n), $(nproc) cores, $(free -g 2>/dev/null | awk '/Mem:/{print $2 " GiB RAM"}')"
+  echo "git sha: $CF_GIT_SHA"
+  [ -s "$ROOT/.gpu_deps/git_sha.txt" ] && sed -n '2,$p' "$ROOT/.gpu_deps/git_sha.txt"
+  echo "budget ${BUDGET}s, OUT=$OUT"
+  nvidia-smi || echo "nvidia-smi failed"
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,temperature.gpu,power.draw,power.limit,memory.used,memory.total --format=csv || true
+  (nvcc --version || "${CUDACXX:-/usr/local/cuda/bin/nvcc}" --version) 2>&1 | tail -2
+  cmake --version | head -1
+  ninja --version 2>/dev/null | sed 's/^/ninja /' || echo "ninja: not found"
+  c++ --version 2>/dev/null | head -1 || echo "c++: not found"
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())' 2>&1 | tail -1
+  command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || echo "compute-sanitizer: not found"
+  return 0
+}
+
+step_gtest() {
+  if [ -f /tmp/cf_gtest/lib/cmake/GTest/GTestConfig.cmake ] || [ -f /tmp/cf_gtest/lib64/cmake/GTest/GTestConfig.cmake ]; then
+    echo "GoogleTest already built in /tmp/cf_gtest"; return 0
+  fi
+  if [ -d "$ROOT/.gpu_deps/googletest" ]; then
+    echo "building GoogleTest from .gpu_deps/googletest into /tmp/cf_gtest"
+    cmake -S "$ROOT/.gpu_deps/googletest" -B /tmp/cf_gtest_build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DBUILD_GMOCK=OFF -DINSTALL_GTEST=ON -DCMAKE_INSTALL_PREFIX=/tmp/cf_gtest -DCMAKE_POLICY_VERSION_MINIMUM=3.5 \
+      -DCMAKE_POSITION_INDEPENDENT_CODE=ON >/tmp/cf_gtest_configure.log 2>&1 \
+      || { tail -30 /tmp/cf_gtest_configure.log; return 1; }
+    cmake --build /tmp/cf_gtest_build -j "$JOBS" >/tmp/cf_gtest_build.log 2>&1 || { tail -30 /tmp/cf_gtest_build.log; return 1; }
+    cmake --install /tmp/cf_gtest_build >/dev/null || return 1
+    echo "GoogleTest installed in /tmp/cf_gtest"
+    return 0
+  fi
+  if ls /usr/lib/*/cmake/GTest/GTestConfig.cmake /usr/lib/cmake/GTest/GTestConfig.cmake /usr/local/lib/cmake/GTest/GTestConfig.cmake 2>/dev/null | head -1; then
+    echo "using the system GoogleTest"; return 0
+  fi
+  echo "no GoogleTest: neither .gpu_deps/googletest (run scripts/prepare_gpu_run.sh and carry .gpu_deps) nor a system install"
+  return 1
+}
+
+step_configure() {
+  local prefix=()
+  [ -d /tmp/cf_gtest ] && prefix=(-DCMAKE_PREFIX_PATH=/tmp/cf_gtest)
+  cmake --preset default -DCF_CUDA=ON "${prefix[@]}" >/tmp/cf_configure.log 2>&1
+  local rc=$?
+  tail -25 /tmp/cf_configure.log
+  return $rc
+}
+
+step_build() {
+  # The GPU targets: $CF_GPU_TARGETS if set, else every GPU test target this checkout defines (cf_test_gpu_* and
+  # cf_test_*_gpu) plus the benchmarks. Unknown names are dropped (ninja would refuse the whole build).
+  local known wanted t targets=""
+  known="$(ninja -C "$BUILD_DIR" -t targets all 2>/dev/null | sed -n 's/^\([A-Za-z0-9_]*\): .*/\1/p' | sort -u)"
+  if [ -n "${CF_GPU_TARGETS:-}" ]; then
+    wanted="$CF_GPU_TARGETS"
+  else
+    wanted="$GPU_TARGETS $(echo "$known" | grep -E '^cf_test_(gpu_[A-Za-z0-9_]+|[A-Za-z0-9_]+_gpu)$' | tr '\n' ' ')"
+  fi
+  for t in $wanted; do
+    if echo "$known" | grep -qx "$t"; then
+      case " $targets " in *" $t "*) ;; *) targets="$targets $t" ;; esac
+    else
+      echo "  note: no target '$t' in this checkout"
+    fi
+  done
+  echo "targets:$targets (full log: build.log)"
+  [ -n "$targets" ] || return 1
+  # -k 0: build every target that can be built even if one fails.
+  # shellcheck disable=SC2086
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target $targets -- -k 0 >"$OUT/build.log" 2>&1
+  local rc=$?
+  grep -E "error|Error|FAILED" "$OUT/build.log" | head -40
+  [ $rc -ne 0 ] && tail -40 "$OUT/build.log"
+  for t in $targets; do
+    f=$(find "$BUILD_DIR" -type f -name "$t" -perm -u+x 2>/dev/null | head -1)
+    echo "  $t: ${f:-NOT BUILT}"
+  done
+  return $rc
+}
+
+step_resources() {
+  echo "ptxas (from the build log): registers, spills, shared memory per kernel"
+  grep -E "ptxas info    : (Compiling entry|Used)|spill" "$OUT/build.log" \
+    | sed -E "s/ptxas info    : Compiling entry function '([^']+)' for '([^']+)'/\1 [\2]/" \
+    | (command -v c++filt >/dev/null && c++filt || cat) \
+    | sed -E 's/cf::(cuda_unfused|bench)::\(anonymous namespace\):://g; s/ptxas info    : //; s/^ +//' \
+    | paste - - - 2>/dev/null | head -120
+  local lib="$BUILD_DIR/src/backends/cuda_unfused/libcf_cuda_unfused.a"
+  if command -v cuobjdump >/dev/null && [ -f "$lib" ]; then
+    echo; echo "cuobjdump --dump-resource-usage $lib"
+    cuobjdump --dump-resource-usage "$lib" 2>&1 | (command -v c++filt >/dev/null && c++filt || cat) \
+      | grep -E "Function|REG|STACK" | head -60
+  fi
+  return 0
+}
+
+step_ctest() {
+  [ -x "$TEST_BIN" ] || { echo "SKIP: $TEST_BIN not built"; return 3; }
+  (cd "$BUILD_DIR" && ctest -L gpu -V --timeout 170 --output-on-failure)
+}
+
+step_bench() {
+  [ -x "$BENCH_BIN" ] || { echo "SKIP: $BENCH_BIN not built"; return 3; }
+  # shellcheck disable=SC2086
+  "$BENCH_BIN" $BENCH_ARGS --json "$OUT/bench.json"
+  local rc=$?
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>/dev/null
+  return $rc
+}
+
+step_peer() {
+  local peer="$ROOT/.peers/torch_decode_peer.py"
+  [ -f "$peer" ] || { echo "SKIP: $peer missing (run scripts/prepare_gpu_run.sh and carry .peers)"; return 3; }
+  python3 "$peer" --out "$OUT" --budget "$PEER_BUDGET" --stages "$PEER_STAGES"
+}
+
+sanitizer_bin() {
+  command -v compute-sanitizer 2>/dev/null || { [ -x /usr/local/cuda/bin/compute-sanitizer ] && echo /usr/local/cuda/bin/compute-sanitizer; }
+}
+
+step_sanitizer() {  # $1 = tool, $2 = gtest filter
+  [ -x "$TEST_BIN" ] || { echo "SKIP: $TEST_BIN not built"; return 3; }
+  local san; san="$(sanitizer_bin)"
+  [ -n "$san" ] || { echo "SKIP: compute-sanitizer not found"; return 3; }
+  echo "$san --tool $1 on: $2"
+  # API errors are checked by our own code (and one test provokes one on purpose): report device errors only.
+  "$san" --tool "$1" --error-exitcode 99 --print-limit 20 --report-api-errors no "$TEST_BIN" --gtest_filter="$2" --gtest_brief=1 \
+    >/tmp/cf_sanitizer_"$1".log 2>&1
+  local rc=$?
+  grep -vE "^\[ (case|ffn|head|gpu|note) \]" /tmp/cf_sanitizer_"$1".log | tail -60
+  echo "compute-sanitizer $1 exit code $rc (0 = clean, 99 = errors found)"
+  return $rc
+}
+
+export -f step_info step_gtest step_configure step_build step_resources step_ctest step_bench step_peer \
+  step_sanitizer sanitizer_bin
+
+# ---- step runner ------------------------------------------------------------------------------------------------
+
+NAMES=() STATUS=() SECS=() NOTES=()
+record() { NAMES+=("$1"); STATUS+=("$2"); SECS+=("$3"); NOTES+=("$4"); }
+
+# run_step NAME DEFAULT_TIMEOUT COMMAND...
+run_step() {
+  local name=$1 limit=$2; shift 2
+  local left=$(( BUDGET - $(elapsed) - RESERVE ))
+  if (( left < 10 )); then
+    banner "$name: SKIPPED (time budget spent: $(elapsed)s of ${BUDGET}s)"
+    record "$name" SKIP 0 "time budget spent"
+    return 1
+  fi
+  (( limit > left )) && limit=$left
+  banner "$name (timeout ${limit}s, t=$(elapsed)s)"
+  local t=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$? dt=$(( $(date +%s) - t ))
+  local st note=""
+  case $rc in
+    0) st=PASS ;;
+    3) st=SKIP; note="prerequisite missing" ;;
+    124|137) st=TIMEOUT; note="killed after ${limit}s" ;;
+    *) st=FAIL; note="exit $rc" ;;
+  esac
+  echo "---- $name: $st ($dt s) $note"
+  record "$name" "$st" "$dt" "$note"
+  return $rc
+}
+
+summary() {
+  banner "SUMMARY (total $(elapsed)s)"
+  {
+    printf '%-12s %-8s %6s  %s\n' step status seconds note
+    for i in "${!NAMES[@]}"; do printf '%-12s %-8s %6s  %s\n' "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${NOTES[$i]}"; done
+    echo
+    echo "git $CF_GIT_SHA; GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+    grep -E "tests passed|tests failed" "$OUT/gpu_check.txt" 2>/dev/null | tail -1 | sed 's/^/ctest -L gpu: /'
+    echo "ctest -L gpu: $(grep -cE '^[[:space:]]+[0-9]+ - .*\(Skipped\)$' "$OUT/gpu_check.txt" 2>/dev/null) tests skipped (no usable GPU?)"
+    python3 - "$OUT" <<'PY' 2>&1
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    p = os.path.join(out, name)
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except Exception as e:
+        print(f"{name}: not available ({type(e).__name__})")
+        return None
+b = load("bench.json")
+if b:
+    bw = b.get("bandwidth", {})
+    print(f"bench: {b['device']['name']}, copy {bw.get('copy_gbps', 0):.0f} GB/s, read {bw.get('read_gbps', 0):.0f} GB/s")
+    print(f"{'case':34s} {'impl':13s} {'us':>8s} {'GB/s':>6s} {'%bw':>6s} {'floor':>6s} {'x unf':>6s}")
+    for r in b.get("rows", []):
+        case = f"{r['model']} {r['dtype']} b{r['batch']} kv{r['kv_len']}"
+        if r.get("status") != "ok":
+            print(f"{case:34s} {r['impl']:13s} {r.get('status')}: {r.get('message', '')[:80]}")
+            continue
+        ratio = r.get("ratio_vs_unfused")
+        print(f"{case:34s} {r['impl']:13s} {r['us_median']:8.1f} {r['gbps']:6.0f} {r['pct_read_bw']:5.1f}% "
+              f"{r['floor_us']:6.1f} {('%.2f' % ratio) if isinstance(ratio, (int, float)) else '-':>6s}")
+p = load("peer.json")
+if p:
+    bw = p.get("bandwidth", {})
+    if bw:
+        print(f"peer (torch): copy {bw.get('copy_2GiB_rw_GBps', 0):.0f} GB/s, read {bw.get('read_sum_4GiB_GBps', 0):.0f} GB/s")
+    for r in p.get("attn_block", []):
+        if r.get("backend") == "default":
+            print(f"peer attention block llama2-7b fp16 b1 L={r['L']} (+1 new) {r['layout']}: {r['us']:.1f} us ({r['GBps']:.0f} GB/s)")
+    for r in p.get("tpot", []):
+        print(f"peer TPOT {r.get('model')} L={r.get('L')}: {r.get('graph_ms_median', 0):.3f} ms")
+    for e in p.get("errors", []):
+        print(f"peer error: {e}")
+PY
+  } | tee "$OUT/summary.txt"
+}
+
+main() {
+  echo "bench/gpu_check.sh: git $CF_GIT_SHA, budget ${BUDGET}s, OUT=$OUT"
+  run_step info 30 bash -c step_info
+  run_step gtest 120 bash -c step_gtest
+  if run_step configure 120 bash -c step_configure; then
+    run_step build 300 bash -c step_build
+    run_step resources 30 bash -c step_resources
+  else
+    record build SKIP 0 "configure failed"
+  fi
+  run_step ctest-gpu 200 bash -c step_ctest
+  run_step bench 150 bash -c step_bench
+  local left=$(( BUDGET - $(elapsed) - RESERVE - 120 ))  # keep ~2 min for the sanitizers
+  (( left > 110 )) && left=110
+  (( left < 40 )) && left=40
+  export PEER_BUDGET=$(( left - 15 ))
+  run_step peer "$left" bash -c step_peer
+  run_step memcheck 90 bash -c 'step_sanitizer memcheck "$SANITIZER_FILTER"'
+  run_step racecheck 90 bash -c 'step_sanitizer racecheck "$RACECHECK_FILTER"'
+  run_step synccheck 60 bash -c 'step_sanitizer synccheck "$SANITIZER_FILTER"'
+  summary
+  local failed=0
+  for s in "${STATUS[@]}"; do [ "$s" = PASS ] || [ "$s" = SKIP ] || failed=1; done
+  return $failed
+}
+
+main "$@" 2>&1 | tee "$OUT/gpu_check.txt"
+exit "${PIPESTATUS[0]}"

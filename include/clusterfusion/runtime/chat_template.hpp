@@ -1,0 +1,46 @@
+// Chat templates of the known model families, rendered in C++ (no Jinja engine): ChatML (SmolLM2, Qwen),
+// Llama-2 ([INST] with <<SYS>>) and Llama-3 (header ids). The family is detected from the model's Jinja template
+// string by its markers and can be overridden by name. The rendered text contains the special tokens as text;
+// tokenize it with parse_special = true and without adding BOS (the template writes BOS where the family wants it).
+#pragma once
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cf {
+
+struct ChatMessage {
+  std::string role;  // "system", "user", "assistant"
+  std::string content;
+};
+
+enum class ChatFormat { None, ChatML, Llama2, Llama3 };
+
+class ChatTemplate {
+ public:
+  // Detects the family from a Jinja template string (markers <|im_start|>, <|start_header_id|>, [INST]); the
+  // default system prompt, when the template inserts one (as SmolLM2's and Qwen's do), is taken from it.
+  // No template or no known marker gives ChatFormat::None.
+  static ChatTemplate detect(const std::optional<std::string>& jinja);
+  // "chatml", "llama2", "llama3", "none"; throws cf::InputError for anything else.
+  static ChatTemplate by_name(std::string_view name);
+  static std::vector<std::string> names() { return {"chatml", "llama2", "llama3", "none"}; }
+
+  ChatFormat format() const { return format_; }
+  std::string name() const;
+  const std::optional<std::string>& default_system() const { return default_system_; }
+  void set_default_system(std::optional<std::string> text) { default_system_ = std::move(text); }
+
+  // The conversation as the model saw it in training; with add_generation_prompt, ends with the opening of an
+  // assistant turn. Format None concatenates the contents (a plain-text continuation).
+  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // Special token text that closes an assistant turn ("<|im_end|>", "<|eot_id|>", "</s>"), empty for None.
+  std::string end_of_turn() const;
+
+ private:
+  ChatFormat format_ = ChatFormat::None;
+  std::optional<std::string> default_system_;
+};
+
+}  // namespace cf

@@ -1,0 +1,42 @@
+// Loading a model for inference in one call: file -> weights (copied into memory) + tokenizer + chat template, and
+// where the default model lives. Used by the CLI, the golden-data tests and benchmarks:
+//   auto model = cf::load_model(cf::default_model_path());
+//   cf::Runner runner(cf::create_backend("cpu", model.weights, {}), 1, 2048);
+//   auto logits = cf::teacher_forced_logits(runner, model.tokenizer->encode(text, false, true));
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/runtime/weights.hpp"
+
+namespace cf {
+
+struct LoadedModel {
+  std::string path;
+  std::string format;  // "gguf", "safetensors"
+  std::shared_ptr<const ModelWeights> weights;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  std::optional<std::string> chat_template;  // the file's Jinja template, if any
+};
+
+// Opens the file, builds the tokenizer and copies the weights (progress reported while copying). The file is closed
+// again before returning. Errors are cf::InputError naming the file.
+LoadedModel load_model(const std::string& path, const WeightLoadOptions& options = {},
+                       const LoadProgress& progress = {});
+
+// Shapes of known models, for random-weight tests and benchmarks (ModelWeights::random(model_preset(name), seed)):
+// "smollm2-135m", "llama2-7b", "llama3-8b". RoPE pairing as in their GGUF files (GPT-J). cf::InputError for an
+// unknown name, listing the known ones.
+ModelConfig model_preset(std::string_view name);
+std::vector<std::string> model_preset_names();
+
+// The cache folder: $CF_CACHE_DIR, else $XDG_CACHE_HOME/clusterfusion, else ~/.cache/clusterfusion.
+std::string cache_dir();
+// <cache_dir>/models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/setup.sh puts it there).
+std::string default_model_path();
+
+}  // namespace cf

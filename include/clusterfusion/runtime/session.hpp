@@ -1,0 +1,84 @@
+// Text generation on one sequence of a Runner: history, streaming through StreamDecoder, stop at an
+// end-of-generation token, at max tokens or when the context is full; and a chat session (history of messages
+// rendered with a ChatTemplate) on top of it.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/runtime/chat_template.hpp"
+#include "clusterfusion/runtime/runner.hpp"
+#include "clusterfusion/runtime/sampler.hpp"
+
+namespace cf {
+
+struct GenerationOptions {
+  int max_new_tokens = 256;
+  SamplerConfig sampling;
+};
+
+enum class StopReason { EndOfGeneration, MaxTokens, ContextFull, Stopped };
+std::string_view stop_reason_name(StopReason r);
+
+struct GenerationStats {
+  int prompt_tokens = 0;  // tokens actually run through the model for the prompt (history reuse excluded)
+  double prompt_seconds = 0;
+  int generated_tokens = 0;
+  double generate_seconds = 0;  // from the first sampled token to the end
+  StopReason stop = StopReason::MaxTokens;
+  std::string message;  // why it stopped, one line (e.g. the context-full explanation)
+
+  double prompt_tokens_per_second() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
+  double generate_tokens_per_second() const { return generate_seconds > 0 ? generated_tokens / generate_seconds : 0; }
+};
+
+// Receives each newly decoded piece of text; return false to stop generating.
+using TextCallback = std::function<bool(std::string_view text)>;
+
+class Generator {
+ public:
+  Generator(Runner& runner, std::shared_ptr<const Tokenizer> tokenizer, int seq = 0);
+
+  const std::vector<int32_t>& history() const { return history_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  Runner& runner() { return runner_; }
+  void reset();
+
+  // Makes the sequence hold `prompt` (reusing the longest common prefix with the history, so a chat only runs its
+  // new tokens), then samples up to max_new_tokens, streaming text to on_text. The sampled tokens, the end token
+  // included, join the history. A prompt that does not fit the context stops with StopReason::ContextFull.
+  GenerationStats generate(const std::vector<int32_t>& prompt, const GenerationOptions& options,
+                           const TextCallback& on_text);
+
+ private:
+  Runner& runner_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  int seq_;
+  std::vector<int32_t> history_;
+};
+
+class ChatSession {
+ public:
+  // system: overrides the template's default system prompt (an empty string means none).
+  ChatSession(Generator& generator, ChatTemplate chat_template, std::optional<std::string> system = std::nullopt);
+
+  const std::vector<ChatMessage>& messages() const { return messages_; }
+  const ChatTemplate& chat_template() const { return template_; }
+  // Adds a user turn, generates the assistant's reply (streamed) and adds it to the messages.
+  GenerationStats send(const std::string& user_text, const GenerationOptions& options, const TextCallback& on_text,
+                       std::string* reply = nullptr);
+  // The token ids of the conversation so far, rendered (what generate() is given).
+  std::vector<int32_t> render_tokens(bool add_generation_prompt) const;
+
+ private:
+  Generator& generator_;
+  ChatTemplate template_;
+  std::vector<ChatMessage> messages_;
+};
+
+}  // namespace cf

@@ -1,0 +1,96 @@
+// Model weights in host memory, in the layout every backend reads: one WeightMatrix per projection, [out, in]
+// row-major, each row stored in one of the tensor storage types (plain or ggml block-quantised), norms and biases as
+// fp32. Built from a loaded ModelFile (copied out of the mapping, optionally converted) or filled with seeded random
+// values for tests and benchmarks.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "clusterfusion/common/error.hpp"
+#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/engine/tensor.hpp"
+
+namespace cf {
+
+class ModelFile;
+
+// Heap storage aligned to a cache line (kernels use unaligned loads, but rows then never straddle needlessly).
+class AlignedBytes {
+ public:
+  AlignedBytes() = default;
+  explicit AlignedBytes(size_t n);
+  uint8_t* data() { return ptr_.get(); }
+  const uint8_t* data() const { return ptr_.get(); }
+  size_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const;
+  };
+  std::unique_ptr<uint8_t[], Free> ptr_;
+  size_t size_ = 0;
+};
+
+struct WeightMatrix {
+  std::string name;  // canonical tensor name, for messages
+  DType dtype = DType::F32;
+  int64_t rows = 0;  // output features
+  int64_t cols = 0;  // input features (a multiple of the block size for quantised types)
+  int64_t row_bytes = 0;
+  AlignedBytes bytes;
+
+  bool empty() const { return rows == 0; }
+  const uint8_t* row(int64_t r) const { return bytes.data() + r * row_bytes; }
+  // Dequantises rows [first, first + count) into out ([count, cols]).
+  void dequantize_rows(int64_t first, int64_t count, float* out) const;
+  std::vector<float> dequantized() const;
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm;  // [hidden]
+  WeightMatrix attn_q, attn_k, attn_v, attn_output;
+  std::vector<float> q_bias, k_bias, v_bias;  // empty unless config.qkv_bias
+  std::vector<float> ffn_norm;                // [hidden]
+  WeightMatrix ffn_gate, ffn_up, ffn_down;
+};
+
+// Called while loading: bytes done so far and the total.
+using LoadProgress = std::function<void(size_t done_bytes, size_t total_bytes)>;
+
+struct WeightLoadOptions {
+  // Convert every matrix to this type at load (e.g. DType::F32 to dequantise once); unset keeps the file's types.
+  std::optional<DType> convert_to;
+};
+
+struct ModelWeights {
+  ModelConfig config;
+  WeightMatrix token_embd;  // [vocab, hidden]
+  std::vector<float> output_norm;
+  WeightMatrix output;  // [vocab, hidden]; empty when the embeddings are tied
+  std::vector<LayerWeights> layers;
+
+  const WeightMatrix& lm_head() const { return output.empty() ? token_embd : output; }
+  size_t matrix_bytes() const;  // sum over all matrices
+
+  // Copies (and converts if asked) the weights of a loaded model; every shape is checked against the config and a
+  // mismatch throws cf::InputError naming the file and tensor.
+  static ModelWeights load(const ModelFile& file, const WeightLoadOptions& options = {},
+                           const LoadProgress& progress = {});
+  // Random weights of the config's exact shapes, all matrices of type `dtype` (F32, F16, BF16, Q8_0, Q4_0, Q4_1):
+  // uniform in about +-1/sqrt(in) (activations stay O(1) through the layers), norms near 1. Same seed, same bits.
+  static ModelWeights random(const ModelConfig& config, uint64_t seed, DType dtype = DType::F32);
+};
+
+// Converts a matrix to another storage type (through fp32; quantising to a block type uses the usual
+// max-abs (Q8_0, Q4_0) or min/max (Q4_1) scales).
+WeightMatrix convert_matrix(const WeightMatrix& m, DType to);
+
+// Quantises one row of n floats (n a multiple of the block size) into `dst` in type t.
+void quantize_row(DType t, const float* src, uint8_t* dst, int64_t n);
+
+}  // namespace cf

@@ -1,0 +1,289 @@
+// The Plan of launch.hpp, compiled twice: by nvcc into cf_kernels (plan.cu) and by the host compiler into
+// cf_kernels_emu (instantiations_emu.cpp). Only those files include it, so the device-API types (DeviceBuffer,
+// TensorMap, streams) never leak into launch.hpp. The kernels themselves are instantiated per element type by
+// CF_DA_DEFINE_KERNEL_SELECTOR (instantiations_f16.cu / _bf16.cu, or the emulator file).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "clusterfusion/device/buffer.hpp"
+#include "clusterfusion/device/launch.hpp"
+#include "clusterfusion/device/tensor_map.hpp"
+#include "clusterfusion/kernels/decoder_attention/launch.hpp"
+#include "clusterfusion/kernels/decoder_attention/traits.hpp"
+#include "kernel_select.hpp"
+
+namespace cf::kernels::decoder_attention {
+
+
+namespace {
+
+int device_sm_count() {
+#if defined(CF_DEVICE_CUDA)
+  int device = 0, count = 0;
+  dev::check_cuda(cudaGetDevice(&device), "decoder_attention: cudaGetDevice");
+  dev::check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
+                  "decoder_attention: cudaDeviceGetAttribute(MultiProcessorCount)");
+  return count;
+#else
+  return 132;  // an H100 SXM, so emulated plans split work as they would on the GPU
+#endif
+}
+
+Layout layout_for(int head_dim, int max_batch, int group, int cluster_size, int hidden, int n_kv_heads) {
+  return head_dim == 128 ? make_layout<128>(max_batch, group, cluster_size, hidden, n_kv_heads)
+                         : make_layout<64>(max_batch, group, cluster_size, hidden, n_kv_heads);
+}
+
+}  // namespace
+
+int choose_cluster_size(const Shape& shape, int sm_count) {
+  const int units = shape.hidden / 32, row_units = shape.hidden / 16;
+  for (int n : {8, 4, 2})
+    if (shape.n_kv_heads * n <= sm_count && units >= n && row_units >= n) return n;
+  return 2;
+}
+
+struct Plan::Impl {
+  PlanConfig config;
+  LaunchInfo info;
+  KernelParams base{};
+  KernelFn kernels[2] = {nullptr, nullptr};
+  dev::DeviceBuffer<float> o_partial;
+  dev::DeviceBuffer<uint32_t> counters;
+  dev::DeviceBuffer<uint32_t> status;
+};
+
+namespace {
+
+// Ring stages that fit beside the fixed buffers (0 when fewer than kMinStages fit).
+int stages_for(const Layout& layout, int max_stages) {
+  const size_t budget = dev::kMaxSmemPerBlock;
+  const int fit = layout.fixed_bytes < budget ? int((budget - layout.fixed_bytes) / layout.stage_bytes) : 0;
+  int stages = std::min(fit, kMaxStages);
+  if (max_stages > 0) stages = std::min(stages, max_stages);
+  return stages >= kMinStages ? stages : 0;
+}
+
+#if defined(CF_DEVICE_CUDA)
+// How many clusters of `cluster` CTAs of this kernel the device can run at once (0 if the query fails).
+int max_active_clusters(KernelFn fn, int cluster, size_t smem, int threads) {
+  dev::LaunchConfig cfg;
+  cfg.grid = {uint32_t(cluster)};
+  cfg.cluster = {uint32_t(cluster)};
+  cfg.block = {uint32_t(threads)};
+  cfg.smem_bytes = smem;
+  cfg.allow_nonportable_cluster = cluster > int(dev::kMaxPortableClusterSize);
+  cfg.name = "decoder_attention";
+  dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), cfg);
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = dim3(uint32_t(cluster));
+  lc.blockDim = dim3(uint32_t(threads));
+  lc.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = uint32_t(cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  lc.attrs = attr;
+  lc.numAttrs = 1;
+  int count = 0;
+  if (cudaOccupancyMaxActiveClusters(&count, fn, &lc) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+#endif
+
+}  // namespace
+
+Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
+  validate_config(config);
+  Impl& im = *impl_;
+  im.config = config;
+  const Shape& s = config.shape;
+  const int sm_count = config.sm_count > 0 ? config.sm_count : device_sm_count();
+  const int units_total = s.hidden / 32, row_units = s.hidden / 16;
+  const int threads = s.head_dim == 128 ? Traits<128>::kThreads : Traits<64>::kThreads;
+
+  const dev::DType dt = config.dtype;
+  for (int tiles = 1; tiles <= 2; ++tiles)
+    im.kernels[tiles - 1] =
+        dt == dev::DType::F16 ? select_kernel_f16(s.head_dim, tiles) : select_kernel_bf16(s.head_dim, tiles);
+
+  // Cluster size: the config's, else $CF_DA_CLUSTER_SIZE (for experiments), else the launcher's choice; on the GPU a
+  // group count that fills at most half the SMs with clusters of 8 gets clusters of 16 (non-portable) when the
+  // device can run all of them at once.
+  int n = config.cluster_size;
+  if (n == 0) {
+    if (const char* env = std::getenv("CF_DA_CLUSTER_SIZE")) {
+      n = std::atoi(env);
+      if (n != 2 && n != 4 && n != 8 && n != 16)
+        throw InputError(std::string("decoder_attention: $CF_DA_CLUSTER_SIZE='") + env + "' is not 2, 4, 8 or 16");
+    }
+  }
+  if (n == 0) {
+    n = choose_cluster_size(s, sm_count);
+#if defined(CF_DEVICE_CUDA)
+    if (n == 8 && s.n_kv_heads * 16 <= sm_count && units_total >= 16) {
+      const Layout l16 = layout_for(s.head_dim, config.max_batch, s.group(), 16, s.hidden, s.n_kv_heads);
+      const int st16 = stages_for(l16, config.max_stages);
+      const size_t smem16 = size_t(l16.fixed_bytes) + size_t(st16) * l16.stage_bytes;
+      if (st16 > 0 && max_active_clusters(im.kernels[config.max_batch <= 8 ? 0 : 1], 16, smem16, threads) >=
+                          s.n_kv_heads)
+        n = 16;
+    }
+#endif
+  }
+  if (units_total < n)
+    throw InputError("decoder_attention: hidden " + std::to_string(s.hidden) + " has " + std::to_string(units_total) +
+                     " 32-column units, fewer than the cluster size " + std::to_string(n));
+
+  const Layout layout = layout_for(s.head_dim, config.max_batch, s.group(), n, s.hidden, s.n_kv_heads);
+  const int stages = stages_for(layout, config.max_stages);
+  if (stages == 0)
+    throw InputError("decoder_attention: shared memory: " + std::to_string(layout.fixed_bytes) +
+                     " bytes of buffers (max_batch " + std::to_string(config.max_batch) + ", group " +
+                     std::to_string(s.group()) + ", cluster " + std::to_string(n) + ") leave room for fewer than " +
+                     std::to_string(kMinStages) + " ring stages (lower max_batch or raise the cluster size)");
+
+  const int head_dim = s.head_dim;
+  const int rows_per_rank_max = (row_units + n - 1) / n * 16;
+  const int o_blocks_max = (rows_per_rank_max + head_dim - 1) / head_dim;
+
+  LaunchInfo& li = im.info;
+  li.cluster_size = n;
+  li.clusters = s.n_kv_heads;
+  li.threads = threads;
+  li.stages = stages;
+  li.stage_bytes = layout.stage_bytes;
+  li.smem_bytes = size_t(layout.fixed_bytes) + size_t(stages) * layout.stage_bytes;
+
+#if defined(CF_DEVICE_CUDA)
+  // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).
+  for (KernelFn fn : im.kernels) {
+    dev::LaunchConfig cfg;
+    cfg.smem_bytes = li.smem_bytes;
+    cfg.cluster = {uint32_t(n)};
+    cfg.allow_nonportable_cluster = n > int(dev::kMaxPortableClusterSize);
+    cfg.name = "decoder_attention";
+    dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), cfg);
+  }
+#endif
+  im.o_partial = dev::DeviceBuffer<float>(size_t(s.n_kv_heads) * s.hidden * config.max_batch);
+  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * o_blocks_max);
+  im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
+
+  KernelParams& p = im.base;
+  p.w_qkv_map = dev::make_tensor_map_2d(config.weights.w_qkv, dt, uint64_t(s.hidden), uint64_t(s.qkv_rows()),
+                                        uint64_t(s.hidden) * 2, 32, uint32_t(head_dim));
+  p.w_o_map = dev::make_tensor_map_2d(config.weights.w_o, dt, uint64_t(s.q_dim()), uint64_t(s.hidden),
+                                      uint64_t(s.q_dim()) * 2, 32, uint32_t(head_dim));
+  p.hidden = s.hidden;
+  p.n_kv_heads = s.n_kv_heads;
+  p.group = s.group();
+  p.q_dim = s.q_dim();
+  p.kv_dim = s.kv_dim();
+  p.rot_dim = s.rotary_dim();
+  p.rope_neox = s.rope_style == RopeStyle::NeoX ? 1 : 0;
+  p.eps = s.eps;
+  p.rope_theta = s.rope_theta;
+  p.scale_log2 = float(1.4426950408889634 / std::sqrt(double(head_dim)));
+  p.units_total = units_total;
+  p.out_row_units = row_units;
+  p.o_blocks_max = o_blocks_max;
+  p.norm = config.weights.norm;
+  p.b_qkv = config.weights.b_qkv;
+  p.k_pages = config.cache.k_pages;
+  p.v_pages = config.cache.v_pages;
+  p.k_layer_table = config.cache.k_layer_table;
+  p.v_layer_table = config.cache.v_layer_table;
+  p.layer_id = config.cache.layer_id;
+  p.n_pages = config.cache.n_pages;
+  p.page_size = config.cache.page_size;
+  p.cos_sin = config.rope.cos_sin;
+  p.cos_sin_rows = config.rope.max_positions;
+  p.o_partial = im.o_partial.data();
+  p.o_counters = im.counters.data();
+  p.status = im.status.data();
+  // Bounded waits (GPU): $CF_DA_MAX_POLLS overrides, e.g. 0 (never give up) under compute-sanitizer's slow tools.
+  p.max_polls = 1u << 26;
+  if (const char* env = std::getenv("CF_DA_MAX_POLLS")) p.max_polls = uint32_t(std::strtoul(env, nullptr, 10));
+  p.stages = stages;
+  p.max_batch = config.max_batch;
+  p.off_tokens = layout.off_tokens;
+  p.off_small = layout.off_small;
+  p.off_x = layout.off_x;
+  p.off_q = layout.off_q;
+  p.off_knew = layout.off_knew;
+  p.off_vnew = layout.off_vnew;
+  p.off_attn = layout.off_attn;
+  p.off_part = layout.off_part;
+  p.off_scratch = layout.off_scratch;
+  p.off_state = layout.off_state;
+  p.off_opart = layout.off_opart;
+  p.off_ring = layout.off_ring;
+  p.x_stride = layout.x_stride;
+  p.attn_stride = layout.attn_stride;
+}
+
+Plan::~Plan() = default;
+Plan::Plan(Plan&&) noexcept = default;
+Plan& Plan::operator=(Plan&&) noexcept = default;
+
+const LaunchInfo& Plan::info() const { return impl_->info; }
+const PlanConfig& Plan::config() const { return impl_->config; }
+
+void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
+  const Impl& im = *impl_;
+  validate_step(step, im.config.max_batch, im.config.shape.hidden);
+  KernelParams p = im.base;
+  p.batch = step.batch;
+  p.hidden_in = step.hidden;
+  p.residual = step.residual;
+  p.residual_out = step.residual_out;
+  p.out = step.out;
+  p.positions = step.positions;
+  p.positions64 = step.positions64;
+  p.kv_indptr = step.kv_indptr;
+  p.kv_indices = step.kv_indices;
+  p.kv_last_page_len = step.kv_last_page_len;
+  p.n_indices = step.n_indices;
+
+  dev::LaunchConfig cfg;
+  cfg.grid = {uint32_t(im.info.clusters * im.info.cluster_size)};
+  cfg.cluster = {uint32_t(im.info.cluster_size)};
+  cfg.block = {uint32_t(im.info.threads)};
+  cfg.smem_bytes = im.info.smem_bytes;
+  cfg.allow_nonportable_cluster = im.info.cluster_size > int(dev::kMaxPortableClusterSize);
+  cfg.name = "decoder_attention";
+  cfg.emu_seed = emu_seed;
+#if defined(CF_DEVICE_CUDA)
+  cfg.stream = static_cast<cudaStream_t>(stream);
+#else
+  (void)stream;
+#endif
+  dev::launch(cfg, im.kernels[step.batch <= 8 ? 0 : 1], p);
+}
+
+void Plan::check_status(void* stream) {
+#if defined(CF_DEVICE_CUDA)
+  dev::check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "decoder_attention: cudaStreamSynchronize");
+#else
+  (void)stream;
+#endif
+  uint32_t words[kStatusWords] = {};
+  impl_->status.download(words, kStatusWords);
+  bool any = false;
+  for (uint32_t w : words) any = any || w != 0;
+  if (!any) return;
+  impl_->status.fill_bytes(0);
+  throw InputError("decoder_attention: device-side input check failed: " + describe_status(words));
+}
+
+}  // namespace cf::kernels::decoder_attention
+

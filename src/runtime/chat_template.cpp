@@ -1,0 +1,140 @@
+#include "clusterfusion/runtime/chat_template.hpp"
+
+#include "clusterfusion/common/error.hpp"
+
+namespace cf {
+
+namespace {
+
+// Strips leading and trailing whitespace, as Jinja's str.strip() does in the Llama templates.
+std::string strip(const std::string& s) {
+  const char* ws = " \t\n\r\f\v";
+  const size_t b = s.find_first_not_of(ws);
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+// A ChatML template that inserts a system turn when the conversation has none writes it as a literal:
+//   '<|im_start|>system\nYou are ...<|im_end|>\n'
+// where \n may be a real newline or the two characters of a Jinja escape. Returns the text between.
+std::optional<std::string> chatml_default_system(const std::string& jinja) {
+  for (const std::string opener : {"<|im_start|>system\n", "<|im_start|>system\\n"}) {
+    size_t at = 0;
+    while ((at = jinja.find(opener, at)) != std::string::npos) {
+      const size_t begin = at + opener.size();
+      const size_t end = jinja.find("<|im_end|>", begin);
+      if (end == std::string::npos) break;
+      const std::string text = jinja.substr(begin, end - begin);
+      // A literal, not an expression that prints the user's system message.
+      if (!text.empty() && text.find_first_of("{}'\"+") == std::string::npos) return text;
+      at = begin;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+ChatTemplate ChatTemplate::detect(const std::optional<std::string>& jinja) {
+  ChatTemplate t;
+  if (!jinja) return t;
+  const std::string& s = *jinja;
+  if (s.find("<|im_start|>") != std::string::npos) {
+    t.format_ = ChatFormat::ChatML;
+    t.default_system_ = chatml_default_system(s);
+  } else if (s.find("<|start_header_id|>") != std::string::npos) {
+    t.format_ = ChatFormat::Llama3;
+  } else if (s.find("[INST]") != std::string::npos) {
+    t.format_ = ChatFormat::Llama2;
+  }
+  return t;
+}
+
+ChatTemplate ChatTemplate::by_name(std::string_view name) {
+  ChatTemplate t;
+  if (name == "chatml") {
+    t.format_ = ChatFormat::ChatML;
+  } else if (name == "llama2") {
+    t.format_ = ChatFormat::Llama2;
+  } else if (name == "llama3") {
+    t.format_ = ChatFormat::Llama3;
+  } else if (name == "none") {
+    t.format_ = ChatFormat::None;
+  } else {
+    throw InputError("--template: unknown chat template '" + std::string(name) +
+                     "' (expected chatml, llama2, llama3 or none)");
+  }
+  return t;
+}
+
+std::string ChatTemplate::name() const {
+  switch (format_) {
+    case ChatFormat::ChatML: return "chatml";
+    case ChatFormat::Llama2: return "llama2";
+    case ChatFormat::Llama3: return "llama3";
+    case ChatFormat::None: break;
+  }
+  return "none";
+}
+
+std::string ChatTemplate::end_of_turn() const {
+  switch (format_) {
+    case ChatFormat::ChatML: return "<|im_end|>";
+    case ChatFormat::Llama2: return "</s>";
+    case ChatFormat::Llama3: return "<|eot_id|>";
+    case ChatFormat::None: break;
+  }
+  return "";
+}
+
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  const bool has_system = !messages.empty() && messages.front().role == "system";
+  std::string out;
+  switch (format_) {
+    case ChatFormat::None:
+      for (const auto& m : messages) out += m.content;
+      return out;
+
+    case ChatFormat::ChatML:
+      // <|im_start|>{role}\n{content}<|im_end|>\n per message; the default system turn first when there is none.
+      if (!messages.empty() && !has_system && default_system_)
+        out += "<|im_start|>system\n" + *default_system_ + "<|im_end|>\n";
+      for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+      if (add_generation_prompt) out += "<|im_start|>assistant\n";
+      return out;
+
+    case ChatFormat::Llama2: {
+      // <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] {user} [/INST]
+      // The system prompt joins the first user turn; contents are stripped. The prompt already ends where the
+      // assistant starts, so add_generation_prompt adds nothing.
+      std::optional<std::string> system = has_system ? std::optional(messages.front().content) : default_system_;
+      bool first = true;
+      for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
+        const auto& m = messages[i];
+        std::string content = m.content;
+        if (first && system) content = "<<SYS>>\n" + *system + "\n<</SYS>>\n\n" + content;
+        first = false;
+        if (m.role == "user") {
+          out += "<s>[INST] " + strip(content) + " [/INST]";
+        } else if (m.role == "assistant") {
+          out += " " + strip(content) + " </s>";
+        }
+      }
+      return out;
+    }
+
+    case ChatFormat::Llama3: {
+      // <|begin_of_text|> then <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|> per message.
+      out += "<|begin_of_text|>";
+      if (!has_system && default_system_)
+        out += "<|start_header_id|>system<|end_header_id|>\n\n" + strip(*default_system_) + "<|eot_id|>";
+      for (const auto& m : messages)
+        out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + strip(m.content) + "<|eot_id|>";
+      if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      return out;
+    }
+  }
+  return out;
+}
+
+}  // namespace cf

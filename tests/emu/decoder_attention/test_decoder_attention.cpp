@@ -1,0 +1,468 @@
+// The fused decoder attention block on the emulator against cf::ref::attention_block (docs/tolerance.md): every
+// option of issue 6 on small shapes plus the SmolLM2-135M layer shape, determinism across schedules, validation.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+
+#include "clusterfusion/device/launch.hpp"
+#include "clusterfusion/kernels/decoder_attention/seed_api.hpp"
+#include "harness.hpp"
+
+namespace cf::test::da {
+namespace {
+
+template <typename T>
+RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
+  const HostInputs in = make_inputs<T>(c);
+  const Oracle o = make_oracle<T>(c, in);
+  const auto t0 = std::chrono::steady_clock::now();
+  RunResult r = run_case(c, in, emu_seed);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto stats = dev::emu::last_launch_stats();
+  std::printf("%s: %.2f s, %llu switches, %llu copies\n", c.name.c_str(), secs, (unsigned long long)stats.switches,
+              (unsigned long long)stats.copies);
+  const CheckReport rep = check_result<T>(c, in, o, r);
+  EXPECT_TRUE(rep.ok) << rep.message;
+  if (rep.ok) std::printf("  %s\n", rep.message.c_str());
+  return r;
+}
+
+RunResult run_any(const Case& c, uint64_t emu_seed = 0) {
+  return c.dtype == dev::DType::F16 ? run_and_check<half>(c, emu_seed) : run_and_check<bfloat16>(c, emu_seed);
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  {
+    Case c;  // MHA, head_dim 64, NeoX, computed RoPE, page 16
+    c.name = "MhaHd64Page16";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 64, c.kv_lens = {17}, c.cluster_size = 2;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // GQA group 4, head_dim 128, bf16, GPT-J, bias, three tokens with lengths 1 / 17 / 300
+    c.name = "GqaHd128Bf16GptjBias";
+    c.dtype = dev::DType::BF16;
+    c.hidden = 256, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 128, c.kv_lens = {1, 17, 300};
+    c.rope_style = RopeStyle::GPTJ, c.bias = true, c.cluster_size = 4, c.page_size = 16, c.seed = 2;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // one KV head (group 8), page size 1, cos/sin table, cluster 8
+    c.name = "MqaGroup8Page1Table";
+    c.hidden = 320, c.n_heads = 8, c.n_kv_heads = 1, c.head_dim = 64, c.kv_lens = {1, 17, 40};
+    c.page_size = 1, c.cos_sin_table = true, c.cluster_size = 8, c.seed = 3;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // SmolLM2-135M's layer: hidden 576, 9 / 3 heads, head_dim 64, theta 1e5
+    c.name = "SmolLM2Layer";
+    c.hidden = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.rope_theta = 100000.0f;
+    c.kv_lens = {300}, c.cluster_size = 4, c.seed = 4;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // MHA with 3 heads of 128, odd page size, int64 positions, the seed's per-layer cache tables
+    c.name = "Mha3Hd128Page7Int64LayerTable";
+    c.dtype = dev::DType::BF16;
+    c.hidden = 384, c.n_heads = 3, c.n_kv_heads = 3, c.head_dim = 128, c.kv_lens = {33, 18};
+    c.page_size = 7, c.positions64 = true, c.layer_table = true, c.cluster_size = 2, c.seed = 5;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // 11 tokens: two batch tiles of the tensor-core steps
+    c.name = "Batch11TwoTiles";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64;
+    c.kv_lens = {1, 2, 5, 9, 16, 17, 3, 33, 8, 1, 24}, c.page_size = 4, c.cluster_size = 2, c.seed = 6;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // first layer (no residual), partial rotary (rot_dim 32 of 64), cluster 4
+    c.name = "NoResidualPartialRotary";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 64, c.rot_dim = 32, c.residual = false;
+    c.kv_lens = {21}, c.cluster_size = 4, c.seed = 7;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // the largest group (16 query heads per KV head), GPT-J partial rotary, bf16, bias
+    c.name = "Group16Bf16";
+    c.dtype = dev::DType::BF16;
+    c.hidden = 256, c.n_heads = 16, c.n_kv_heads = 1, c.head_dim = 64, c.rot_dim = 48;
+    c.rope_style = RopeStyle::GPTJ, c.bias = true, c.kv_lens = {50}, c.cluster_size = 2, c.seed = 8;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // page size 1 without kv_last_page_len (the seed's token pool)
+    c.name = "Page1NoLastPageLen";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 128, c.kv_lens = {9, 30};
+    c.page_size = 1, c.null_last_page_len = true, c.cluster_size = 2, c.seed = 9;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // contiguous cache: one page per sequence of capacity 64
+    c.name = "ContiguousCache";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 128, c.kv_lens = {50, 64};
+    c.page_size = 64, c.extra_pages = 1, c.cluster_size = 4, c.seed = 10;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // hidden 576 over 8 CTAs: uneven K-slices (18 units) and row slices (36 units)
+    c.name = "UnevenSlicesCluster8";
+    c.dtype = dev::DType::BF16;
+    c.hidden = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.kv_lens = {70, 5};
+    c.cluster_size = 8, c.cos_sin_table = true, c.seed = 11;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // 16 tokens (two full batch tiles), outputs written over the inputs (out = hidden, residual_out =
+             // residual), cluster 8 with hidden 256: one 32-column unit per CTA
+    c.name = "Batch16InPlace";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 1, c.head_dim = 64, c.page_size = 8, c.cluster_size = 8;
+    c.kv_lens = {3, 1, 9, 30, 2, 17, 8, 1, 5, 12, 4, 6, 7, 16, 10, 11};
+    c.in_place = true, c.seed = 12;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // a non-portable cluster of 16 CTAs (one 32-column unit of hidden 512 per CTA)
+    c.name = "Cluster16";
+    c.hidden = 512, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64, c.kv_lens = {40, 7};
+    c.cluster_size = 16, c.seed = 13;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+class Shapes : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Shapes, MatchesReference) { run_any(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(DecoderAttentionEmu, Shapes, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace cf::test::da
+
+namespace cf::test::da {
+namespace {
+
+Case determinism_case() {
+  Case c = all_cases()[1];  // GQA, bf16, three tokens, cluster 4
+  c.name = "Determinism";
+  return c;
+}
+
+TEST(DecoderAttentionEmu, SameBitsUnderEverySchedule) {
+  const Case c = determinism_case();
+  const HostInputs in = make_inputs<bfloat16>(c);
+  const RunResult first = run_case(c, in, 1);
+  for (uint64_t seed : {7ull, 12345ull, 99991ull}) {
+    const RunResult r = run_case(c, in, seed);
+    EXPECT_EQ(r.out, first.out) << "emulator seed " << seed;
+    EXPECT_EQ(r.residual_out, first.residual_out) << "emulator seed " << seed;
+    EXPECT_EQ(r.k_pages, first.k_pages) << "emulator seed " << seed;
+    EXPECT_EQ(r.v_pages, first.v_pages) << "emulator seed " << seed;
+  }
+}
+
+// A plan reused (as in CUDA-graph replays): the O-block counters must be reset by the last arrivers.
+TEST(DecoderAttentionEmu, RepeatedRunsOfOnePlanGiveTheSameBits) {
+  Case c = all_cases()[0];
+  c.kv_lens = {40, 3};
+  const HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::Plan plan(plan_config(c, in, d));
+  const kda::StepArgs step = step_args(c, in, d);
+  std::vector<uint16_t> first;
+  for (int run = 0; run < 3; ++run) {
+    d.out.fill_bytes(0xFF);
+    plan.run(step, nullptr, uint64_t(run + 1));
+    plan.check_status();
+    const std::vector<uint16_t> out = d.out.download();
+    if (run == 0) first = out;
+    else EXPECT_EQ(out, first) << "run " << run;
+  }
+}
+
+// Tokens are independent: token 0 of a batch gives the same bits as alone; a token with a broken page table gets a
+// NaN row, the status says why, and the others are unaffected.
+TEST(DecoderAttentionEmu, BadTokenIsPoisonedOthersUnaffected) {
+  Case alone = all_cases()[0];
+  alone.kv_lens = {29};
+  const HostInputs in_alone = make_inputs<half>(alone);
+  const RunResult r_alone = run_case(alone, in_alone);
+
+  Case pair = alone;
+  pair.kv_lens = {29, 12};
+  HostInputs in = make_inputs<half>(pair);
+  // same data for token 0 as the single-token case
+  in.hidden = in_alone.hidden, in.residual = in_alone.residual;
+  in.hidden.resize(size_t(2) * pair.hidden, in.hidden[0]);
+  in.residual.resize(size_t(2) * pair.hidden, in.residual[0]);
+  in.norm = in_alone.norm, in.w_qkv = in_alone.w_qkv, in.w_o = in_alone.w_o, in.b_qkv = in_alone.b_qkv;
+  in.k_pages = in_alone.k_pages, in.v_pages = in_alone.v_pages, in.n_pages = in_alone.n_pages;
+  in.kv_indices = in_alone.kv_indices;
+  in.kv_indices.push_back(0);  // token 1: one page (page 0, shared: it is never written since token 1 is bad)
+  in.kv_indptr = {0, int32_t(in_alone.kv_indices.size()), int32_t(in.kv_indices.size())};
+  in.kv_last_page_len = {in_alone.kv_last_page_len[0], 0};  // 0: invalid
+  in.positions = {in_alone.positions[0], 11};
+  in.positions64 = {in_alone.positions64[0], 11};
+
+  DeviceInputs d;
+  upload_inputs(pair, in, d);
+  d.out.fill_bytes(0xFF);
+  kda::Plan plan(plan_config(pair, in, d));
+  plan.run(step_args(pair, in, d));
+  try {
+    plan.check_status();
+    ADD_FAILURE() << "check_status did not throw";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_last_page_len"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(plan.check_status());  // cleared
+  const std::vector<uint16_t> out = d.out.download();
+  for (int i = 0; i < pair.hidden; ++i) {
+    EXPECT_EQ(out[size_t(i)], r_alone.out[size_t(i)]) << "token 0 element " << i;
+    EXPECT_TRUE(std::isnan(from_bits16<half>(out[size_t(pair.hidden + i)]))) << "token 1 element " << i;
+  }
+  EXPECT_EQ(d.k_pages.download(), r_alone.k_pages);  // nothing appended for token 1
+}
+
+TEST(DecoderAttentionEmu, PageIdOutOfRangeIsReported) {
+  Case c = all_cases()[0];
+  c.kv_lens = {40};
+  HostInputs in = make_inputs<half>(c);
+  in.kv_indices[0] = in.n_pages + 7;  // an old position's page
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::Plan plan(plan_config(c, in, d));
+  plan.run(step_args(c, in, d));
+  try {
+    plan.check_status();
+    ADD_FAILURE() << "check_status did not throw";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_indices entry is outside"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DecoderAttentionEmu, PositionPastTheRopeTableIsReported) {
+  Case c = all_cases()[0];
+  c.cos_sin_table = true;
+  HostInputs in = make_inputs<half>(c);
+  in.positions[0] = in.rope_rows;
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  d.out.fill_bytes(0);
+  kda::Plan plan(plan_config(c, in, d));
+  plan.run(step_args(c, in, d));
+  EXPECT_THROW(plan.check_status(), InputError);
+  EXPECT_TRUE(std::isnan(from_bits16<half>(d.out.download()[0])));
+}
+
+// ---- host-side validation ----------------------------------------------------------------------------------------
+
+struct ValidationFixture : ::testing::Test {
+  Case c = all_cases()[0];
+  HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  void SetUp() override { upload_inputs(c, in, d); }
+  kda::PlanConfig config() { return plan_config(c, in, d); }
+  static std::string error_of(const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "(no error)";
+  }
+};
+
+TEST_F(ValidationFixture, PlanConfigErrorsNameTheProblem) {
+  auto expect = [&](kda::PlanConfig cfg, const char* needle) {
+    const std::string msg = error_of([&] { kda::Plan plan(cfg); });
+    EXPECT_NE(msg.find(needle), std::string::npos) << "wanted '" << needle << "' in: " << msg;
+  };
+  kda::PlanConfig cfg = config();
+  {
+    auto x = cfg;
+    x.shape.head_dim = 96;
+    expect(x, "head_dim 96 is not supported");
+  }
+  {
+    auto x = cfg;
+    x.shape.n_kv_heads = 3;
+    expect(x, "multiple of n_kv_heads");
+  }
+  {
+    auto x = cfg;
+    x.shape.n_heads = 68, x.shape.n_kv_heads = 2;
+    expect(x, "at most 16 are supported");
+  }
+  {
+    auto x = cfg;
+    x.shape.hidden = 250;
+    expect(x, "multiple of 32");
+  }
+  {
+    auto x = cfg;
+    x.shape.rot_dim = 65;
+    expect(x, "rot_dim 65");
+  }
+  {
+    auto x = cfg;
+    x.max_batch = 17;
+    expect(x, "max_batch 17 outside [1, 16]");
+  }
+  {
+    auto x = cfg;
+    x.cluster_size = 3;
+    expect(x, "cluster_size 3 is not supported");
+  }
+  {
+    auto x = cfg;
+    x.weights.w_qkv = static_cast<const uint8_t*>(x.weights.w_qkv) + 2;
+    expect(x, "16-byte aligned");
+  }
+  {
+    auto x = cfg;
+    x.cache.k_layer_table = d.k_table.data();
+    expect(x, "either k_pages and v_pages");
+  }
+  {
+    auto x = cfg;
+    x.cache.page_size = 0;
+    expect(x, "page_size 0");
+  }
+  {
+    auto x = cfg;
+    x.dtype = dev::DType::F32;
+    expect(x, "dtype must be F16 or BF16");
+  }
+  {
+    auto x = cfg;  // buffers too large for shared memory
+    x.shape.hidden = 8192, x.shape.n_heads = 16, x.shape.n_kv_heads = 1, x.shape.head_dim = 128;
+    x.max_batch = 16, x.cluster_size = 2;
+    expect(x, "shared memory");
+  }
+}
+
+TEST_F(ValidationFixture, StepErrorsNameTheProblem) {
+  kda::Plan plan(config());
+  auto expect = [&](kda::StepArgs a, const char* needle) {
+    const std::string msg = error_of([&] { plan.run(a); });
+    EXPECT_NE(msg.find(needle), std::string::npos) << "wanted '" << needle << "' in: " << msg;
+  };
+  const kda::StepArgs ok = step_args(c, in, d);
+  {
+    auto a = ok;
+    a.batch = 2;
+    expect(a, "batch 2 outside [1, 1]");
+  }
+  {
+    auto a = ok;
+    a.out = nullptr;
+    expect(a, "must be set");
+  }
+  {
+    auto a = ok;
+    a.hidden = static_cast<const uint8_t*>(a.hidden) + 4;
+    expect(a, "16-byte aligned");
+  }
+  {
+    auto a = ok;
+    a.positions64 = d.positions64.data();
+    expect(a, "exactly one of positions, positions64");
+  }
+  {
+    auto a = ok;
+    a.n_indices = 0;
+    expect(a, "n_indices 0");
+  }
+}
+
+}  // namespace
+}  // namespace cf::test::da
+
+namespace cf::test::da {
+namespace {
+
+// The seed's argument list: page size 1 token pool, per-layer pointer tables, int64 positions, cos/sin table.
+TEST(DecoderAttentionEmu, SeedEntryPointMatchesReference) {
+  Case c;
+  c.name = "Seed";
+  c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 64, c.kv_lens = {23, 6};
+  c.page_size = 1, c.layer_table = true, c.positions64 = true, c.null_last_page_len = true, c.cos_sin_table = true;
+  c.cluster_size = 2;
+  const HostInputs in = make_inputs<half>(c);
+  const Oracle o = make_oracle<half>(c, in);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  d.out.fill_bytes(0xFF);
+  d.residual_out.fill_bytes(0xFF);
+  kda::SeedShape shape;
+  shape.batch = c.batch(), shape.hidden = c.hidden, shape.n_heads = c.n_heads, shape.n_kv_heads = c.n_kv_heads;
+  shape.head_dim = c.head_dim, shape.cache_slots = in.n_pages, shape.n_indices = int(in.kv_indices.size());
+  shape.cos_sin_rows = in.rope_rows, shape.cluster_size = c.cluster_size;
+  kda::SeedRunner runner;
+  for (int call = 0; call < 2; ++call)  // the second call reuses the plan
+    runner.llama_decoder_layer(d.out.data(), d.residual_out.data(), d.hidden.data(), d.residual.data(),
+                               d.w_qkv.data(), d.w_o.data(), d.kv_indptr.data(), d.kv_indices.data(),
+                               d.k_table.data(), d.v_table.data(), /*layer_id=*/1, d.norm.data(), 1e-5f,
+                               d.positions64.data(), d.cos_sin.data(), shape);
+  EXPECT_EQ(runner.plan_count(), 1u);
+  ASSERT_NE(runner.find(d.w_qkv.data(), 1), nullptr);
+  runner.find(d.w_qkv.data(), 1)->check_status();
+  RunResult r;
+  r.out = d.out.download();
+  r.residual_out = d.residual_out.download();
+  r.k_pages = d.k_pages.download();
+  r.v_pages = d.v_pages.download();
+  const CheckReport rep = check_result<half>(c, in, o, r);
+  EXPECT_TRUE(rep.ok) << rep.message;
+}
+
+}  // namespace
+}  // namespace cf::test::da
+
+namespace cf::test::da {
+namespace {
+
+TEST(DecoderAttentionHost, PageTableValidationNamesTheEntry) {
+  const std::vector<int32_t> indptr = {0, 2, 5}, indices = {3, 1, 0, 2, 4}, last = {16, 9}, pos = {31, 40};
+  EXPECT_NO_THROW(kda::validate_page_table(2, indptr.data(), indices.data(), 5, last.data(), 5, 16, pos.data(), 64));
+  auto message = [&](auto&& call) {
+    try {
+      call();
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  std::vector<int32_t> bad = indices;
+  bad[3] = 9;
+  EXPECT_NE(message([&] { kda::validate_page_table(2, indptr.data(), bad.data(), 5, last.data(), 5, 16); })
+                .find("sequence 1: kv_indices[3] = 9 outside [0, 5)"),
+            std::string::npos);
+  const std::vector<int32_t> long_seq = {0, 2, 9}, many = {0, 1, 2, 3, 4, 0, 1, 2, 3};
+  EXPECT_NE(message([&] { kda::validate_page_table(2, long_seq.data(), many.data(), 9, last.data(), 5, 16); })
+                .find("KV length over capacity"),
+            std::string::npos);
+  const std::vector<int32_t> zero_last = {16, 0};
+  EXPECT_NE(message([&] { kda::validate_page_table(2, indptr.data(), indices.data(), 5, zero_last.data(), 5, 16); })
+                .find("kv_last_page_len 0 outside [1, 16]"),
+            std::string::npos);
+  EXPECT_NE(message([&] { kda::validate_page_table(2, indptr.data(), indices.data(), 4, last.data(), 5, 16); })
+                .find("n_indices"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              kda::validate_page_table(2, indptr.data(), indices.data(), 5, last.data(), 5, 16, pos.data(), 40);
+            }).find("position 40 outside [0, 40)"),
+            std::string::npos);
+  EXPECT_NE(message([&] { kda::validate_page_table(17, indptr.data(), indices.data(), 5, last.data(), 5, 16); })
+                .find("batch 17"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace cf::test::da

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Extra GPU checks of the fused decoder attention block, to run on a lent GPU machine AFTER bench/gpu_check.sh has
+# configured and built (build/default), from the repository root:
+#
+#     bash tests/gpu/decoder_attention/gpu_extra.sh
+#
+# Steps (each time-boxed; the whole script stays under CF_DA_BUDGET seconds, default 240):
+#   sanitizers  compute-sanitizer memcheck / racecheck / synccheck on the small cases (DecoderAttentionGpuSanitizer.*)
+#   sass        instruction mix of the fused kernels (HMMA, UTMALDG, UBLKCP, LDS, local memory) from cuobjdump
+#   clusters    Llama-3-8B batch 1 with clusters of 8 and of 16 CTAs (CF_DA_CLUSTER_SIZE), fused only
+#   ncu         Nsight Compute on one fused call (Llama-2-7B, KV 1K, batch 1): DRAM throughput, occupancy, stalls
+# Output: $OUT/da_extra.txt (default OUT=build/gpu_check_out).
+set -u -o pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+cd "$ROOT" || exit 1
+OUT="${OUT:-$ROOT/build/gpu_check_out}"
+mkdir -p "$OUT"
+LOG="$OUT/da_extra.txt"
+BUDGET="${CF_DA_BUDGET:-240}"
+T0=$(date +%s)
+BIN="$ROOT/build/default/tests/gpu/decoder_attention/cf_test_decoder_attention_gpu"
+BENCH="$ROOT/build/default/bench/decoder_attention/cf_bench_decoder_attention"
+LIB_OBJS="$ROOT/build/default/src/kernels/CMakeFiles/cf_kernels.dir/decoder_attention"
+export PATH="$PATH:/usr/local/cuda/bin"
+
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+step() {  # name, seconds, command...
+  local name="$1" secs="$2"; shift 2
+  local l; l=$(left)
+  [ "$l" -le 5 ] && { echo "== $name: SKIP (budget spent)"; return; }
+  [ "$secs" -gt "$l" ] && secs=$l
+  echo "== $name (limit ${secs}s)"
+  timeout "$secs" "$@" 2>&1 | tail -40
+  echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+{
+  echo "git: $(git describe --always --dirty 2>/dev/null)"
+  [ -x "$BIN" ] || echo "NOTE: $BIN not built (cmake --build --preset default --target cf_test_decoder_attention_gpu)"
+  if [ -x "$BIN" ] && command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck synccheck; do
+      step "compute-sanitizer $tool" 90 env CF_DA_MAX_POLLS=0 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+        "$BIN" --gtest_filter='DecoderAttentionGpuSanitizer.*' --gtest_brief=1
+    done
+  fi
+  if command -v cuobjdump >/dev/null && [ -d "$LIB_OBJS" ]; then
+    for obj in "$LIB_OBJS"/instantiations_f16.cu.o; do
+      echo "== sass instruction mix per kernel: $obj"
+      cuobjdump -sass "$obj" | awk '
+        /Function :/ { name = $3 }
+        /^ +\/\*[0-9a-f]+\*\// { op = $2; if (op ~ /^@/) op = $3; sub(/\..*/, "", op); sub(/;$/, "", op);
+                                 if (op ~ /^(HMMA|UTMALDG|UBLKCP|LDS|STS|LDG|STG|LDL|STL|SYNCS|BAR|MUFU|SHFL)$/) n[name " " op]++ }
+        END { for (k in n) print k, n[k] }' | sort | head -80
+    done
+  fi
+  if [ -x "$BENCH" ]; then
+    for n in 8 16; do
+      step "Llama-3-8B with clusters of $n" 40 env CF_DA_CLUSTER_SIZE=$n "$BENCH" --models llama3 --kv 1024,16384 \
+        --batch 1 --impl fused --no-breakdown --json "/tmp/da_cluster$n.json"
+    done
+  fi
+  if [ -x "$BENCH" ] && command -v ncu >/dev/null; then
+    step "ncu (Llama-2-7B, KV 1K, batch 1)" 150 ncu --kernel-name regex:decoder_attention --launch-count 1 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+      --section LaunchStats "$BENCH" --models llama2 --kv 1024 --batch 1 --impl fused --replays 1 --calls 1 \
+      --no-breakdown --json /tmp/da_ncu_bench.json
+  fi
+} 2>&1 | tee "$LOG"

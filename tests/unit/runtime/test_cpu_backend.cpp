@@ -1,0 +1,262 @@
+// The cpu backend against the reference forward pass on tiny random models, and its guarantees: bit-identical
+// logits for any thread count, for prefill vs token-by-token decoding, for lockstep batches vs single sequences,
+// and for any KV page size.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "clusterfusion/reference/ops.hpp"
+#include "clusterfusion/reference/tolerance.hpp"
+#include "clusterfusion/runtime/backend.hpp"
+#include "clusterfusion/runtime/rng.hpp"
+#include "clusterfusion/runtime/runner.hpp"
+#include "kernels.hpp"
+#include "test_models.hpp"
+
+namespace {
+
+using cf::DType;
+
+std::vector<int32_t> some_tokens(int n, int vocab, uint64_t seed) {
+  cf::Rng rng(seed);
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back(int32_t(rng.below(uint32_t(vocab))));
+  return t;
+}
+
+cf::Runner make_runner(std::shared_ptr<const cf::ModelWeights> w, int threads, int max_seqs = 1, int page_size = 16,
+                       int max_batch_tokens = 256) {
+  cf::BackendOptions o;
+  o.threads = threads;
+  o.max_seqs = max_seqs;
+  o.page_size = page_size;
+  o.max_batch_tokens = max_batch_tokens;
+  return cf::Runner(cf::create_backend("cpu", std::move(w), o), max_seqs);
+}
+
+bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// ---- kernels ----------------------------------------------------------------------------------------------------
+
+class Kernels : public ::testing::TestWithParam<std::tuple<DType, cf::cpu::Isa>> {};
+
+TEST_P(Kernels, MatmulRowsMatchesReferenceMatvecOnDequantisedWeights) {
+  const auto [dtype, isa] = GetParam();
+  if (isa == cf::cpu::Isa::Avx2 && cf::cpu::best_isa() != cf::cpu::Isa::Avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  cf::cpu::force_isa(isa);
+  const int64_t rows = 40, cols = 96, n_tokens = 5;
+  cf::Rng rng(3);
+  // A random fp32 matrix converted to the type under test; the reference reads the same (dequantised) values.
+  std::vector<float> values(size_t(rows * cols));
+  for (auto& v : values) v = rng.uniform(-1.0f, 1.0f);
+  cf::WeightMatrix w;
+  w.name = "test";
+  w.dtype = DType::F32;
+  w.rows = rows;
+  w.cols = cols;
+  w.row_bytes = cols * 4;
+  w.bytes = cf::AlignedBytes(size_t(rows * cols * 4));
+  std::memcpy(w.bytes.data(), values.data(), values.size() * 4);
+  const cf::WeightMatrix typed = cf::convert_matrix(w, dtype);
+  const std::vector<float> dequant = typed.dequantized();
+  std::vector<float> x(size_t(n_tokens * cols));
+  for (auto& v : x) v = rng.uniform(-2.0f, 2.0f);
+  std::vector<float> y(size_t(n_tokens * rows), 100.0f), scratch(static_cast<size_t>(cols));
+  // In two row ranges, accumulating onto 100.
+  cf::cpu::matmul_rows(typed, 0, 17, x.data(), int(n_tokens), cols, y.data(), rows, true, scratch.data());
+  cf::cpu::matmul_rows(typed, 17, rows, x.data(), int(n_tokens), cols, y.data(), rows, true, scratch.data());
+  std::vector<float> want(y.size());
+  cf::ref::matmul(dequant.data(), x.data(), want.data(), int(n_tokens), int(rows), int(cols));
+  for (auto& v : want) v += 100.0f;
+  const auto report = cf::ref::check_tolerance<float>(y, want);
+  EXPECT_TRUE(report.ok) << report.message;
+  cf::cpu::force_isa(cf::cpu::best_isa());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, Kernels,
+                         ::testing::Combine(::testing::Values(DType::F32, DType::F16, DType::BF16, DType::Q8_0,
+                                                              DType::Q4_0, DType::Q4_1),
+                                            ::testing::Values(cf::cpu::Isa::Portable, cf::cpu::Isa::Avx2)));
+
+TEST(KernelsDot, TailAndOrderIndependentOfTileSize) {
+  cf::Rng rng(4);
+  const int cols = 70;  // 2 full steps of 32 and a tail of 6
+  std::vector<float> w(cols), x(size_t(3 * cols));
+  for (auto& v : w) v = rng.uniform(-1, 1);
+  for (auto& v : x) v = rng.uniform(-1, 1);
+  cf::WeightMatrix m;
+  m.dtype = DType::F32;
+  m.rows = 1;
+  m.cols = cols;
+  m.row_bytes = cols * 4;
+  m.bytes = cf::AlignedBytes(size_t(cols * 4));
+  std::memcpy(m.bytes.data(), w.data(), size_t(cols * 4));
+  std::vector<float> together(3), scratch(cols);
+  cf::cpu::matmul_rows(m, 0, 1, x.data(), 3, cols, together.data(), 1, false, scratch.data());
+  for (int t = 0; t < 3; ++t) {
+    float alone;
+    cf::cpu::matmul_rows(m, 0, 1, x.data() + t * cols, 1, cols, &alone, 1, false, scratch.data());
+    EXPECT_EQ(std::memcmp(&alone, &together[size_t(t)], 4), 0) << t;
+    EXPECT_EQ(std::memcmp(&alone, &together[size_t(t)], 4), 0);
+    const float via_dot = cf::cpu::dot(w.data(), x.data() + t * cols, cols);
+    EXPECT_EQ(std::memcmp(&alone, &via_dot, 4), 0) << t;
+    double want = 0;
+    for (int i = 0; i < cols; ++i) want += double(w[size_t(i)]) * x[size_t(t * cols + i)];
+    EXPECT_NEAR(alone, want, 1e-5);
+  }
+}
+
+// ---- full forward ---------------------------------------------------------------------------------------------
+
+struct ModelCase {
+  cf::RopeStyle style;
+  bool tied;
+  bool bias;
+  DType dtype;
+};
+
+class CpuForward : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(CpuForward, LogitsMatchReferenceForward) {
+  const ModelCase mc = GetParam();
+  auto w = std::make_shared<cf::ModelWeights>(
+      cf::ModelWeights::random(cf::test::tiny_config(mc.style, mc.tied, mc.bias), 11, mc.dtype));
+  const auto tokens = some_tokens(20, w->config.vocab, 5);
+  auto runner = make_runner(w, 2, 1, 4);
+  const std::vector<float> got = cf::teacher_forced_logits(runner, tokens);
+  const std::vector<float> want = cf::test::reference_logits(*w, tokens);
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const size_t v = size_t(w->config.vocab);
+    const auto report = cf::ref::check_tolerance<float>(std::span(got).subspan(t * v, v), std::span(want).subspan(t * v, v));
+    EXPECT_TRUE(report.ok) << "token " << t << ": " << report.message;
+  }
+  // The logits are not degenerate (random models can collapse to constants if the scales are off).
+  EXPECT_GT(cf::ref::rms(want), 0.1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, CpuForward,
+                         ::testing::Values(ModelCase{cf::RopeStyle::GPTJ, true, false, DType::F32},
+                                           ModelCase{cf::RopeStyle::NeoX, false, true, DType::F32},
+                                           ModelCase{cf::RopeStyle::GPTJ, true, false, DType::Q4_1},
+                                           ModelCase{cf::RopeStyle::NeoX, true, true, DType::Q8_0},
+                                           ModelCase{cf::RopeStyle::GPTJ, false, false, DType::F16}));
+
+TEST(CpuForwardDeterminism, BitIdenticalAcrossThreadCounts) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 12, DType::Q4_1));
+  const auto tokens = some_tokens(24, w->config.vocab, 6);
+  auto one = make_runner(w, 1);
+  const auto logits_1 = cf::teacher_forced_logits(one, tokens);
+  for (int threads : {2, 3, 5}) {
+    auto many = make_runner(w, threads);
+    EXPECT_TRUE(bit_equal(logits_1, cf::teacher_forced_logits(many, tokens))) << threads << " threads";
+  }
+}
+
+TEST(CpuForwardDeterminism, PrefillEqualsTokenByTokenDecodeAndAnyChunking) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 13, DType::Q4_1));
+  const auto tokens = some_tokens(19, w->config.vocab, 7);
+  const size_t v = size_t(w->config.vocab);
+  auto prefill_runner = make_runner(w, 2);
+  const auto prefilled = cf::teacher_forced_logits(prefill_runner, tokens);
+  auto step_runner = make_runner(w, 2);
+  std::vector<float> stepped;
+  for (int32_t token : tokens) {
+    const int32_t seq = 0;
+    const auto& l = step_runner.decode(std::span(&seq, 1), std::span(&token, 1));
+    stepped.insert(stepped.end(), l.begin(), l.end());
+  }
+  EXPECT_TRUE(bit_equal(prefilled, stepped));
+  // Prefill chunked into batches of 4 tokens (the runner splits at the backend's limit).
+  auto chunked_runner = make_runner(w, 2, 1, 16, /*max_batch_tokens=*/4);
+  EXPECT_TRUE(bit_equal(prefilled, cf::teacher_forced_logits(chunked_runner, tokens)));
+  // The last-token-only prefill returns the last row.
+  auto last_runner = make_runner(w, 1);
+  const auto& last = last_runner.prefill(0, tokens);
+  EXPECT_TRUE(bit_equal(last, std::vector<float>(prefilled.end() - long(v), prefilled.end())));
+}
+
+TEST(CpuForwardDeterminism, AnyPageSizeGivesTheSameLogits) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 14, DType::F32));
+  const auto tokens = some_tokens(21, w->config.vocab, 8);
+  auto page16 = make_runner(w, 2, 1, 16);
+  const auto logits_16 = cf::teacher_forced_logits(page16, tokens);
+  for (int page_size : {1, 3, 64}) {
+    auto other = make_runner(w, 2, 1, page_size);
+    EXPECT_TRUE(bit_equal(logits_16, cf::teacher_forced_logits(other, tokens))) << "page size " << page_size;
+  }
+}
+
+TEST(CpuForwardBatch, LockstepDecodeOfThreeSequencesEqualsEachAlone) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 15, DType::Q8_0));
+  const size_t v = size_t(w->config.vocab);
+  const std::vector<std::vector<int32_t>> prompts = {some_tokens(5, int(v), 1), some_tokens(9, int(v), 2),
+                                                     some_tokens(2, int(v), 3)};
+  const std::vector<int32_t> next = {7, 100, 299};
+  auto batched = make_runner(w, 2, 3, 4);
+  for (int s = 0; s < 3; ++s) batched.prefill(s, prompts[size_t(s)]);
+  const std::vector<int32_t> seqs = {2, 0, 1};  // in any order
+  const std::vector<int32_t> tokens = {next[2], next[0], next[1]};
+  const std::vector<float> together = batched.decode(seqs, tokens);
+  for (int i = 0; i < 3; ++i) {
+    const int s = seqs[size_t(i)];
+    auto alone = make_runner(w, 1, 1, 4);
+    std::vector<int32_t> all = prompts[size_t(s)];
+    all.push_back(next[size_t(s)]);
+    const auto& l = alone.prefill(0, all);
+    EXPECT_TRUE(bit_equal(l, std::vector<float>(together.begin() + long(i * v), together.begin() + long((i + 1) * v))))
+        << "sequence " << s;
+  }
+  EXPECT_EQ(batched.length(0), 6);
+  EXPECT_EQ(batched.length(1), 10);
+  EXPECT_EQ(batched.length(2), 3);
+}
+
+TEST(CpuForwardContext, FullContextThrowsAndLeavesTheSequenceUsable) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 16, DType::F32));
+  auto runner = make_runner(w, 1);
+  const auto tokens = some_tokens(64, w->config.vocab, 9);
+  runner.prefill(0, std::span(tokens).first(60));
+  EXPECT_THROW(runner.prefill(0, std::span(tokens).subspan(60, 5)), cf::ContextFullError);
+  EXPECT_EQ(runner.length(0), 60);
+  runner.prefill(0, std::span(tokens).subspan(60, 4));
+  EXPECT_EQ(runner.length(0), 64);
+  const int32_t seq = 0, token = 1;
+  EXPECT_THROW(runner.decode(std::span(&seq, 1), std::span(&token, 1)), cf::ContextFullError);
+}
+
+TEST(CpuForwardBackends, UnknownAndUnbuiltBackendsAreClearErrors) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 17, DType::F32));
+  try {
+    cf::create_backend("cuda", w, {});
+    FAIL() << "cuda should not be built";
+  } catch (const cf::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("not built yet"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(cf::create_backend("tpu", w, {}), cf::InputError);
+}
+
+TEST(CpuForwardBatch, InvalidBatchIsRejected) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 18, DType::F32));
+  auto backend = cf::create_backend("cpu", w, {});
+  cf::Batch b;
+  b.tokens = {5};
+  b.positions = {0};
+  b.token_seq = {0};
+  b.kv_slot = {0};
+  b.kv_len = {1};
+  b.kv_indptr = {0, 1};
+  b.kv_indices = {0};
+  b.kv_last_page_len = {1};
+  b.logit_tokens = {0};
+  std::vector<float> logits(size_t(w->config.vocab));
+  backend->forward(b, logits.data());
+  b.tokens = {w->config.vocab};  // out of vocabulary
+  EXPECT_THROW(backend->forward(b, logits.data()), cf::Error);
+  b.tokens = {5};
+  b.kv_len = {2};  // attends past the cached entries
+  EXPECT_THROW(backend->forward(b, logits.data()), cf::Error);
+}
+
+}  // namespace

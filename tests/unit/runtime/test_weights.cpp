@@ -1,0 +1,116 @@
+// Model weights: random weights are reproducible and of the config's shapes; quantisation round trips stay within
+// each format's step; conversion between types.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "clusterfusion/runtime/rng.hpp"
+#include "clusterfusion/runtime/model.hpp"
+#include "clusterfusion/runtime/weights.hpp"
+#include "test_models.hpp"
+
+namespace {
+
+TEST(Weights, RandomIsReproducibleAndShaped) {
+  const auto c = cf::test::tiny_config(cf::RopeStyle::NeoX, false, true);
+  const auto a = cf::ModelWeights::random(c, 1, cf::DType::Q4_1), b = cf::ModelWeights::random(c, 1, cf::DType::Q4_1);
+  const auto other = cf::ModelWeights::random(c, 2, cf::DType::Q4_1);
+  ASSERT_EQ(a.layers.size(), 2u);
+  EXPECT_EQ(a.layers[1].attn_k.rows, c.kv_dim());
+  EXPECT_EQ(a.layers[1].ffn_down.cols, c.ffn_hidden);
+  EXPECT_EQ(a.layers[0].q_bias.size(), size_t(c.q_dim()));
+  EXPECT_FALSE(a.output.empty());
+  EXPECT_EQ(&a.lm_head(), &a.output);
+  EXPECT_EQ(std::memcmp(a.layers[1].ffn_up.bytes.data(), b.layers[1].ffn_up.bytes.data(), a.layers[1].ffn_up.bytes.size()), 0);
+  EXPECT_NE(std::memcmp(a.layers[1].ffn_up.bytes.data(), other.layers[1].ffn_up.bytes.data(), a.layers[1].ffn_up.bytes.size()), 0);
+  const auto tied = cf::ModelWeights::random(cf::test::tiny_config(), 1, cf::DType::F32);
+  EXPECT_TRUE(tied.output.empty());
+  EXPECT_EQ(&tied.lm_head(), &tied.token_embd);
+}
+
+TEST(Weights, QuantisationRoundTripWithinOneStep) {
+  cf::Rng rng(3);
+  const int n = 256;
+  std::vector<float> x(n);
+  for (auto& v : x) v = rng.uniform(-3.0f, 3.0f);
+  for (cf::DType t : {cf::DType::F16, cf::DType::BF16, cf::DType::Q8_0, cf::DType::Q4_0, cf::DType::Q4_1}) {
+    std::vector<uint8_t> q(size_t(cf::dtype_row_bytes(t, n)));
+    cf::quantize_row(t, x.data(), q.data(), n);
+    std::vector<float> back(n);
+    cf::dequantize(t, q.data(), back.data(), n);
+    for (int b = 0; b < n / 32; ++b) {
+      float lo = x[size_t(b * 32)], hi = lo, max_abs = 0;
+      for (int i = 0; i < 32; ++i) {
+        lo = std::min(lo, x[size_t(b * 32 + i)]);
+        hi = std::max(hi, x[size_t(b * 32 + i)]);
+        max_abs = std::max(max_abs, std::fabs(x[size_t(b * 32 + i)]));
+      }
+      // Half a quantisation step (plus fp16 rounding of the scales).
+      float step = 0;
+      if (t == cf::DType::Q8_0) step = max_abs / 127;
+      if (t == cf::DType::Q4_0) step = 2 * max_abs / 8;  // asymmetric: the far side's extreme clamps to +7
+      if (t == cf::DType::Q4_1) step = (hi - lo) / 15;
+      if (t == cf::DType::F16) step = max_abs * 1e-3f;
+      if (t == cf::DType::BF16) step = max_abs * 8e-3f;
+      for (int i = 0; i < 32; ++i)
+        EXPECT_LE(std::fabs(back[size_t(b * 32 + i)] - x[size_t(b * 32 + i)]), 0.51f * step + 2e-3f * max_abs)
+            << cf::dtype_name(t) << " element " << b * 32 + i;
+    }
+  }
+}
+
+TEST(Weights, ConvertMatrixKeepsValues) {
+  const auto w = cf::ModelWeights::random(cf::test::tiny_config(), 4, cf::DType::Q4_1);
+  const cf::WeightMatrix& m = w.layers[0].ffn_gate;
+  const cf::WeightMatrix f32 = cf::convert_matrix(m, cf::DType::F32);
+  EXPECT_EQ(f32.dtype, cf::DType::F32);
+  EXPECT_EQ(f32.dequantized(), m.dequantized());  // Q4_1 -> F32 is exact
+  // Block types need whole blocks per row.
+  cf::WeightMatrix odd;
+  odd.name = "odd";
+  odd.rows = 2;
+  odd.cols = 40;
+  odd.row_bytes = 160;
+  odd.bytes = cf::AlignedBytes(320);
+  std::memset(odd.bytes.data(), 0, 320);
+  EXPECT_THROW(cf::convert_matrix(odd, cf::DType::Q4_1), cf::InputError);
+  EXPECT_NO_THROW(cf::convert_matrix(odd, cf::DType::F16));
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Weights, PresetsHaveTheKnownShapes) {
+  const auto smol = cf::model_preset("smollm2-135m");
+  EXPECT_EQ(smol.n_layers, 30);
+  EXPECT_EQ(smol.kv_dim(), 192);
+  const auto llama3 = cf::model_preset("llama3-8b");
+  EXPECT_EQ(llama3.n_kv_heads, 8);
+  EXPECT_EQ(llama3.head_dim, 128);
+  for (const auto& name : cf::model_preset_names()) EXPECT_NO_THROW(cf::model_preset(name).validate(name));
+  EXPECT_THROW(cf::model_preset("gpt-5"), cf::InputError);
+}
+
+TEST(Weights, RandomBitsDoNotDependOnTheMachinesThreadCount) {
+  // Big enough (>= 64 MB) to be filled by several threads: two runs agree, and a row recomputed from its chunk's own
+  // generator alone has the same value.
+  auto c = cf::model_preset("smollm2-135m");
+  c.n_layers = 1;
+  c.vocab = 32768;  // token_embd F32 [32768, 576] = 75 MB: the parallel path
+  const auto a = cf::ModelWeights::random(c, 9, cf::DType::F32), b = cf::ModelWeights::random(c, 9, cf::DType::F32);
+  ASSERT_GE(a.token_embd.bytes.size(), size_t(64) << 20);
+  EXPECT_EQ(std::memcmp(a.token_embd.bytes.data(), b.token_embd.bytes.data(), a.token_embd.bytes.size()), 0);
+  // token_embd's seed is the model generator's first draw; row 1000 lies in chunk 1000 / 64, after 40 rows of it.
+  cf::Rng master(9);
+  const uint64_t matrix_seed = master.next_u64();
+  cf::Rng chunk(matrix_seed ^ (0x9e3779b97f4a7c15ull * uint64_t(1000 / 64 + 1)));
+  float expected = 0;
+  for (int i = 0; i < (1000 % 64) * 576 + 1; ++i) expected = chunk.uniform(-1.0f, 1.0f);
+  float got;
+  std::memcpy(&got, a.token_embd.row(1000), 4);
+  EXPECT_EQ(got, expected);
+}
+
+}  // namespace
