@@ -44,7 +44,7 @@ done
 bin=build/fuzz/tests/fuzz
 if [[ $build == 1 ]]; then
   cmake --preset fuzz >/dev/null
-  cmake --build --preset fuzz -j 1
+  cmake --build --preset fuzz --target cf_fuzz_all -j 1
 fi
 if [[ $list == 1 ]]; then "$bin/cf_fuzz_seeds" --list; exit 0; fi
 mapfile -t targets_all < <("$bin/cf_fuzz_seeds" --list | awk '{print $1}')

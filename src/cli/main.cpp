@@ -235,6 +235,8 @@ int cmd_generate(const std::vector<std::string>& args) {
     ChatSession chat(generator, chat_template, sampling.system);
     stats = chat.send(*prompt, options, print_text);
   }
+  // A prompt that does not fit the context is an input error (one line, exit 1), not a finished generation.
+  if (stats.stop == StopReason::ContextFull && stats.generated_tokens == 0) throw InputError(stats.message);
   std::fputs("\n", stdout);
   std::fflush(stdout);
   print_stats(stats, common.quiet);

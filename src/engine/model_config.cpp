@@ -19,8 +19,8 @@ std::string fmt_float(double v) {
   return buf;
 }
 
-// The name as `clusterfusion info` may print it: a file's text must not carry terminal control sequences or
-// invalid UTF-8 to the terminal. Control bytes (and, in invalid UTF-8, every non-ASCII byte) become '?'; clipped.
+// The model's name as the CLI prints it: a file's text must not carry terminal control sequences or invalid UTF-8
+// to the terminal. Control bytes (and, in invalid UTF-8, every non-ASCII byte) become '?'; clipped.
 std::string printable_name(const std::string& name) {
   constexpr size_t kMaxBytes = 120;
   const bool utf8 = json::is_valid_utf8(name);
@@ -69,7 +69,7 @@ std::string ModelConfig::summary() const {
     std::snprintf(buf, sizeof buf, "%-13s", key);
     s += buf + value + "\n";
   };
-  line("architecture", arch + (name.empty() ? "" : " (" + printable_name(name) + ")"));
+  line("architecture", arch + (name.empty() ? "" : " (" + name + ")"));
   line("layers", std::to_string(n_layers));
   line("hidden", std::to_string(hidden));
   line("heads", std::to_string(n_heads) + " query, " + std::to_string(n_kv_heads) + " key/value, head_dim " +
@@ -103,7 +103,7 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   c.arch = f.require_string("general.architecture");
   if (c.arch != "llama" && c.arch != "qwen2")
     throw InputError(f.path() + ": unsupported architecture " + quote_text(c.arch) + " (supported: llama, qwen2)");
-  c.name = f.get_string("general.name").value_or("");
+  c.name = printable_name(f.get_string("general.name").value_or(""));
   const std::string p = c.arch + ".";
   if (f.get_int(p + "expert_count").value_or(0) > 0)
     throw InputError(f.path() + ": mixture-of-experts models are not supported (" + p + "expert_count > 0)");
@@ -193,7 +193,7 @@ ModelConfig config_from_hf_json(const json::Value& cfg, const std::string& sourc
   if (model_type == "llama" || model_type == "mistral") c.arch = "llama";
   else if (model_type == "qwen2") c.arch = "qwen2";
   else throw InputError(source + ": unsupported model_type " + quote_text(model_type) + " (supported: llama, mistral, qwen2)");
-  if (const auto* n = present(cfg, "_name_or_path"); n && n->is_string()) c.name = n->as_string();
+  if (const auto* n = present(cfg, "_name_or_path"); n && n->is_string()) c.name = printable_name(n->as_string());
 
   if (const auto* act = present(cfg, "hidden_act"); act && !(act->is_string() && act->as_string() == "silu"))
     throw InputError(source + ": hidden_act must be \"silu\" (SwiGLU)");

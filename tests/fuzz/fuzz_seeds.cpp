@@ -330,6 +330,46 @@ std::vector<Seed> make_seeds() {
       bytes_of(R"({"a": [1, -2.5e-3, 1E+2, 0, -0, true, false, null], "s": "x\u00e9\ud83d\ude00\n\"\\\/\b\f\r\t",)"
                R"( "o": {"": {}, "k": [[], [[]], {}]}, "big": 12345678901234567890, "dup": 1, "dup": 2})"));
   add("json", "tokenize_golden.json", bytes_of(read_file(data_dir() + "golden/tokenize.json")));
+
+  // chat_template: byte 0 = mode (0-3 detect, 4-7 by name) | add_generation_prompt << 3; then NUL-separated:
+  // the Jinja text, then messages (first byte: role 0 system, 1 user, 2 assistant, 3 tool).
+  std::vector<std::string> templates = {
+      "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+      "{% if messages[0].role != 'system' %}<|im_start|>system\nBe brief.<|im_end|>\n{% endif %}"
+      "{% for m in messages %}<|im_start|>{{ m.role + '\n' + m.content }}<|im_end|>{% endfor %}",
+      "<|im_start|>system\n{{ system }}<|im_end|><|im_start|>system\nA literal default.<|im_end|>",
+      "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+      "{{ m.content | trim }}<|eot_id|>{% endfor %}",
+      "{% for m in messages %}{% if m.role == 'user' %}{{ '<s>[INST] ' + m.content + ' [/INST]' }}{% endif %}{% endfor %}",
+      "no markers at all",
+  };
+  if (const auto meta = default_model_metadata_gguf(16); !meta.empty()) {
+    const auto f = GgufFile::from_memory("default", meta.data(), meta.size());
+    if (auto t = f.get_string("tokenizer.chat_template")) templates.push_back(*t);
+  }
+  auto conversation = [](const std::vector<std::pair<char, std::string>>& turns) {
+    std::string out;
+    for (size_t k = 0; k < turns.size(); ++k) out += (k ? std::string(1, '\0') : std::string()) + turns[k].first + turns[k].second;
+    return out;
+  };
+  const std::vector<std::string> conversations = {
+      conversation({{1, "Hello there!"}}),
+      conversation({{0, "You are terse."}, {1, "What is 2+2?"}, {2, "4"}, {1, "And 3+3?"}}),
+      conversation({{1, "  padded  \n"}, {2, "<|im_end|> inside \xff\xfe bytes"}, {3, "tool output"}}),
+  };
+  for (size_t i = 0; i < templates.size(); ++i)
+    for (size_t c = 0; c < conversations.size(); ++c) {
+      const std::string body = templates[i] + std::string(1, '\0') + conversations[c];
+      std::vector<uint8_t> b(body.size() + 1, uint8_t(1 + (c % 3) + ((i % 2) << 3)));
+      std::copy(body.begin(), body.end(), b.begin() + 1);
+      add("chat_template", "t" + std::to_string(i) + "_c" + std::to_string(c), std::move(b));
+    }
+  for (uint8_t mode = 4; mode < 8; ++mode) {
+    const std::string body = std::string(1, '\0') + conversations[1];
+    std::vector<uint8_t> b(body.size() + 1, uint8_t(mode | 8));
+    std::copy(body.begin(), body.end(), b.begin() + 1);
+    add("chat_template", "by_name_" + std::to_string(mode), std::move(b));
+  }
   return seeds;
 }
 

@@ -13,6 +13,7 @@ constexpr std::array kTargets = {
     Target{"sentencepiece", sentencepiece, "tokenizer.model (protobuf): spec, tokenizer build, encode/decode"},
     Target{"tokenize", tokenize, "text through fixed small vocabularies: pre-token tiling, round trips, streaming"},
     Target{"json", json, "JSON parser: limits, accessors, serialise + re-parse equality"},
+    Target{"chat_template", chat_template, "chat template detection and rendering, the rendering tokenized and decoded"},
 };
 }  // namespace
 

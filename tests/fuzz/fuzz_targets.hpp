@@ -34,6 +34,8 @@ void sentencepiece(const uint8_t* data, size_t size);
 void tokenize(const uint8_t* data, size_t size);
 // JSON text: parse, walk, serialise, re-parse and compare.
 void json(const uint8_t* data, size_t size);
+// Chat templates: detection from Jinja text or by name, rendering of fuzzed conversations, tokenizing the result.
+void chat_template(const uint8_t* data, size_t size);
 
 std::span<const Target> targets();
 const Target* find_target(std::string_view name);

@@ -9,6 +9,7 @@
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/model_file.hpp"
 #include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/runtime/chat_template.hpp"
 #include "gguf_writer.hpp"
 #include "test_util.hpp"
 
@@ -116,6 +117,22 @@ TEST(Limits, ManyTensorsLoadInLinearTime) {
   std::printf("[ info ] %zu tensors: parse %.3f s, open_model_file %.3f s\n", model->tensors().size(), parse_s, open_s);
   // open = parse + a TensorRef per tensor + indexed lookups: a few parses' worth. The linear scans took ~10x.
   EXPECT_LT(open_s, 5 * parse_s + 0.05);
+}
+
+// The chat template comes from the model file. Detecting ChatML's default system prompt searched for the end of
+// every "<|im_start|>system" opener from scratch: quadratic, ~8 s for this 1 MB, hours for a 16 MB template.
+TEST(Limits, HugeChatTemplateIsDetectedInLinearTime) {
+  std::string jinja;
+  while (jinja.size() < (size_t(1) << 20)) jinja += "<|im_start|>system\n{";
+  jinja += "<|im_end|><|im_start|>system\nThe literal.<|im_end|>";
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto t = cf::ChatTemplate::detect(jinja);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(t.format(), cf::ChatFormat::ChatML);
+  ASSERT_TRUE(t.default_system());
+  EXPECT_EQ(*t.default_system(), "The literal.");
+  std::printf("[ info ] 1 MB template detected in %.3f s\n", s);
+  EXPECT_LT(s, 2.0);  // linear: ~1 ms (~10 ms under ASan)
 }
 
 }  // namespace
