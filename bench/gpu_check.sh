@@ -16,14 +16,15 @@
 #               -j16, full log in $OUT/build.log
 #   resources   ptxas registers / spills / shared memory of our kernels (from the build log and cuobjdump)
 #   ctest-gpu   ctest -L gpu, verbose
-#   bench       cf_bench_decoder_attention --quick  -> $OUT/bench.json
+#   bench       cf_bench_decoder_attention --quick  -> $OUT/bench.json; cf_bench_ffn --quick -> $OUT/bench_ffn.json
 #   peer        torch peer (.peers/torch_decode_peer.py --stages $CF_PEER_STAGES) -> $OUT/peer.json
 #   memcheck / racecheck / synccheck   compute-sanitizer on a filter of the GPU tests
 #   summary     PASS/FAIL per step and the key numbers (also in $OUT/summary.txt)
 #
-# Files in $OUT (<= 8): gpu_check.txt (everything), build.log, bench.json, peer.json, summary.txt.
+# Files in $OUT (<= 8): gpu_check.txt (everything), build.log, bench.json, bench_ffn.json, peer.json, summary.txt.
 # Environment: OUT (default build/gpu_check_out), CF_GPU_CHECK_BUDGET, CF_GPU_TARGETS, CF_BENCH_ARGS,
-# CF_PEER_STAGES (default bw,attn), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16).
+# CF_PEER_STAGES (default bw,attn), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16),
+# CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck).
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,9 +35,10 @@ mkdir -p "$OUT"
 export BUDGET="${CF_GPU_CHECK_BUDGET:-420}"
 export JOBS="${CF_JOBS:-16}"
 export BUILD_DIR="$ROOT/build/default"
-export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention"  # + discovered GPU tests (step_build)
+export GPU_TARGETS="cf_test_gpu_cuda_unfused cf_bench_decoder_attention cf_bench_ffn"  # + discovered GPU tests (step_build)
 export TEST_BIN="$BUILD_DIR/tests/gpu/cuda_unfused/cf_test_gpu_cuda_unfused"
 export BENCH_BIN="$BUILD_DIR/bench/decoder_attention/cf_bench_decoder_attention"
+export FFN_BENCH_BIN="$BUILD_DIR/bench/ffn/cf_bench_ffn"
 export BENCH_ARGS="${CF_BENCH_ARGS:---quick}"
 export PEER_STAGES="${CF_PEER_STAGES:-bw,attn}"
 # Small, fast cases under the sanitizers (cuBLAS kernels included); racecheck is the slowest, so fewer.
@@ -173,6 +175,9 @@ step_bench() {
   # shellcheck disable=SC2086
   "$BENCH_BIN" $BENCH_ARGS --json "$OUT/bench.json"
   local rc=$?
+  if [ -x "$FFN_BENCH_BIN" ]; then
+    "$FFN_BENCH_BIN" --quick --json "$OUT/bench_ffn.json" || rc=$?
+  fi
   nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>/dev/null
   return $rc
 }
@@ -212,6 +217,11 @@ record() { NAMES+=("$1"); STATUS+=("$2"); SECS+=("$3"); NOTES+=("$4"); }
 # run_step NAME DEFAULT_TIMEOUT COMMAND...
 run_step() {
   local name=$1 limit=$2; shift 2
+  if [[ ",${CF_SKIP_STEPS:-}," == *",$name,"* ]]; then
+    banner "$name: SKIPPED (CF_SKIP_STEPS)"
+    record "$name" SKIP 0 "CF_SKIP_STEPS"
+    return 3
+  fi
   local left=$(( BUDGET - $(elapsed) - RESERVE ))
   if (( left < 10 )); then
     banner "$name: SKIPPED (time budget spent: $(elapsed)s of ${BUDGET}s)"
@@ -262,6 +272,17 @@ if b:
     print(f"{'case':34s} {'impl':13s} {'us':>8s} {'GB/s':>6s} {'%bw':>6s} {'floor':>6s} {'x unf':>6s}")
     for r in b.get("rows", []):
         case = f"{r['model']} {r['dtype']} b{r['batch']} kv{r['kv_len']}"
+        if r.get("status") != "ok":
+            print(f"{case:34s} {r['impl']:13s} {r.get('status')}: {r.get('message', '')[:80]}")
+            continue
+        ratio = r.get("ratio_vs_unfused")
+        print(f"{case:34s} {r['impl']:13s} {r['us_median']:8.1f} {r['gbps']:6.0f} {r['pct_read_bw']:5.1f}% "
+              f"{r['floor_us']:6.1f} {('%.2f' % ratio) if isinstance(ratio, (int, float)) else '-':>6s}")
+f = load("bench_ffn.json")
+if f:
+    print(f"{'ffn / lm_head case':34s} {'impl':13s} {'us':>8s} {'GB/s':>6s} {'%bw':>6s} {'floor':>6s} {'x unf':>6s}")
+    for r in f.get("rows", []):
+        case = f"{r['block']} {r['model']} {r['dtype']} b{r['batch']}"
         if r.get("status") != "ok":
             print(f"{case:34s} {r['impl']:13s} {r.get('status')}: {r.get('message', '')[:80]}")
             continue

@@ -1,6 +1,7 @@
 // Prompt and generation throughput of the cpu backend on a random-weight model of SmolLM2-135M's shapes (or another
 // preset of cf::model_preset), per weight type and thread count:
 //   cf_bench_cpu_forward [--dtype q4_1|q8_0|f16|f32] [--threads N] [--prompt N] [--gen N] [--preset smollm2-135m|llama2-7b|llama3-8b]
+//                       [--isa portable|avx2]
 #include <time.h>
 
 #include <chrono>
@@ -20,7 +21,7 @@
 int main(int argc, char** argv) {
   std::string dtype_arg = "q4_1", preset = "smollm2-135m";
   int threads = 0, prompt = 64, gen = 64;
-  bool portable = false;
+  std::string isa;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -28,7 +29,7 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::stoi(next());
     else if (a == "--prompt") prompt = std::stoi(next());
     else if (a == "--gen") gen = std::stoi(next());
-    else if (a == "--portable") portable = true;
+    else if (a == "--isa") isa = next();
     else if (a == "--preset") preset = next();
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
@@ -37,7 +38,8 @@ int main(int argc, char** argv) {
   else if (dtype_arg == "f16") dtype = cf::DType::F16;
   else if (dtype_arg == "f32") dtype = cf::DType::F32;
   else if (dtype_arg == "q4_0") dtype = cf::DType::Q4_0;
-  if (portable) cf::cpu::force_isa(cf::cpu::Isa::Portable);
+  if (isa == "portable") cf::cpu::force_isa(cf::cpu::Isa::Portable);
+  if (isa == "avx2") cf::cpu::force_isa(cf::cpu::Isa::Avx2);
 
   cf::ModelConfig c = cf::model_preset(preset);
   c.max_context = std::min(c.max_context, prompt + gen + 16);

@@ -19,5 +19,7 @@ echo "## random weights of SmolLM2-135M shapes: weight type x threads (64-token 
 for d in q4_1 q8_0 f16 f32; do
   for t in 1 2; do "$build/bench/cpu_forward/cf_bench_cpu_forward" --dtype "$d" --threads "$t" --prompt 64 --gen 128; done
 done
-echo "## portable kernels (no AVX2), q4_1"
-"$build/bench/cpu_forward/cf_bench_cpu_forward" --dtype q4_1 --threads 1 --portable --prompt 32 --gen 32
+echo "## q4_1 per instruction set, 1 thread"
+for isa in avx2 portable; do
+  "$build/bench/cpu_forward/cf_bench_cpu_forward" --dtype q4_1 --threads 1 --isa "$isa" --prompt 32 --gen 32
+done

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "clusterfusion/common/half.hpp"
 #include "clusterfusion/engine/model_config.hpp"  // cf::RopeStyle
@@ -123,10 +124,9 @@ void rope_with_cache(const T* x, Out* y, int n_heads, int head_dim, int rot_dim,
 // The same rotation with cos/sin computed from theta and the position.
 template <typename T, typename Out>
 void rope(const T* x, Out* y, int n_heads, int head_dim, int rot_dim, int position, float theta, RopeStyle style) {
-  constexpr int kMaxPairs = 512;  // head_dim <= 1024
-  float cos_row[kMaxPairs], sin_row[kMaxPairs];
-  rope_cos_sin(position, rot_dim, theta, cos_row, sin_row);
-  rope_with_cache(x, y, n_heads, head_dim, rot_dim, cos_row, sin_row, style);
+  std::vector<float> cos_row(size_t(rot_dim / 2)), sin_row(size_t(rot_dim / 2));
+  rope_cos_sin(position, rot_dim, theta, cos_row.data(), sin_row.data());
+  rope_with_cache(x, y, n_heads, head_dim, rot_dim, cos_row.data(), sin_row.data(), style);
 }
 
 // ---- activations, softmax, argmax -----------------------------------------------------------------------------

@@ -63,7 +63,8 @@ class CpuBackend final : public Backend {
     const int widest = std::max({c.hidden, c.q_dim(), c.ffn_hidden});
     row_scratch_.assign(size_t(pool_.size()), std::vector<float>(size_t(widest)));
     // A sequence can hold at most every slot of the pool (whatever the model's nominal context).
-    score_scratch_.assign(size_t(pool_.size()), std::vector<float>(size_t(kv_.n_pages) * size_t(kv_.page_size)));
+    score_scratch_.assign(size_t(pool_.size()),
+                          std::vector<float>(size_t(c.n_heads / c.n_kv_heads) * size_t(kv_.n_pages) * size_t(kv_.page_size)));
     rope_inv_freq_.resize(size_t(rot_dim_ / 2));
     for (int i = 0; i < rot_dim_ / 2; ++i)
       rope_inv_freq_[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * i / double(rot_dim_));
@@ -97,6 +98,7 @@ class CpuBackend final : public Backend {
   std::unique_ptr<float[]> k_cache_, v_cache_;
   Activations act_;
   std::vector<std::vector<float>> row_scratch_, score_scratch_;
+  std::vector<std::vector<int64_t>> seq_slots_;  // per batch sequence: the physical slot of each cached position
   std::vector<double> rope_inv_freq_;
 };
 
@@ -132,41 +134,29 @@ void CpuBackend::rope_rows(float* x, int n_tokens, int n_heads) const {
 
 void CpuBackend::attention(const Batch& batch, int layer) {
   const ModelConfig& c = weights_->config;
-  const int hd = c.head_dim, group = c.n_heads / c.n_kv_heads, page_size = kv_.page_size;
+  const int hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   const int64_t kv_row = c.kv_dim();
   const float* k_layer = k_cache_.get() + size_t(layer) * size_t(kv_.elements_per_layer());
   const float* v_layer = v_cache_.get() + size_t(layer) * size_t(kv_.elements_per_layer());
   const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t items = int64_t(batch.n_tokens()) * c.n_heads;  // one (token, head) pair each
+  const int64_t items = int64_t(batch.n_tokens()) * c.n_kv_heads;  // one (token, KV head) pair each
   pool_.run([&](int worker) {
     const int64_t begin = items * worker / pool_.size(), end = items * (worker + 1) / pool_.size();
-    float* scores = score_scratch_[size_t(worker)].data();
     for (int64_t item = begin; item < end; ++item) {
-      const int t = int(item / c.n_heads), h = int(item % c.n_heads);
-      const int kv_head = h / group;
-      const int seq = batch.token_seq[size_t(t)];
-      const int32_t* pages = batch.kv_indices.data() + batch.kv_indptr[size_t(seq)];
-      const int len = batch.kv_len[size_t(t)];
-      const float* q = act_.q.data() + (int64_t(t) * c.n_heads + h) * hd;
-      float max_score = -INFINITY;
-      for (int p = 0; p < len; ++p) {
-        const int64_t slot = int64_t(pages[p / page_size]) * page_size + p % page_size;
-        scores[p] = cpu::dot(q, k_layer + slot * kv_row + int64_t(kv_head) * hd, hd) * scale;
-        max_score = std::max(max_score, scores[p]);
-      }
-      float sum = 0.0f;
-      for (int p = 0; p < len; ++p) {
-        scores[p] = std::exp(scores[p] - max_score);
-        sum += scores[p];
-      }
-      float* out = act_.attn.data() + (int64_t(t) * c.n_heads + h) * hd;
-      std::fill(out, out + hd, 0.0f);
-      for (int p = 0; p < len; ++p) {
-        const int64_t slot = int64_t(pages[p / page_size]) * page_size + p % page_size;
-        cpu::axpy(scores[p], v_layer + slot * kv_row + int64_t(kv_head) * hd, out, hd);
-      }
-      const float inv_sum = 1.0f / sum;
-      for (int d = 0; d < hd; ++d) out[d] *= inv_sum;
+      const int t = int(item / c.n_kv_heads), kv_head = int(item % c.n_kv_heads);
+      cpu::AttentionArgs a;
+      a.q = act_.q.data() + (int64_t(t) * c.n_heads + int64_t(kv_head) * group) * hd;
+      a.out = act_.attn.data() + (int64_t(t) * c.n_heads + int64_t(kv_head) * group) * hd;
+      a.k = k_layer + int64_t(kv_head) * hd;
+      a.v = v_layer + int64_t(kv_head) * hd;
+      a.slots = seq_slots_[size_t(batch.token_seq[size_t(t)])].data();
+      a.row = kv_row;
+      a.len = batch.kv_len[size_t(t)];
+      a.group = group;
+      a.head_dim = hd;
+      a.scale = scale;
+      a.scores = score_scratch_[size_t(worker)].data();
+      cpu::attend(a);
     }
   });
 }
@@ -254,6 +244,18 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
       act_.rope_cos[size_t(t * pairs + i)] = float(std::cos(angle));
       act_.rope_sin[size_t(t * pairs + i)] = float(std::sin(angle));
     }
+  }
+
+  // Physical slot of every cached position of every sequence of the batch (the same for all layers).
+  seq_slots_.resize(size_t(batch.n_seqs()));
+  for (int s = 0; s < batch.n_seqs(); ++s) {
+    const int n_pages = batch.kv_indptr[size_t(s) + 1] - batch.kv_indptr[size_t(s)];
+    const int len = n_pages == 0 ? 0 : (n_pages - 1) * kv_.page_size + batch.kv_last_page_len[size_t(s)];
+    auto& slots = seq_slots_[size_t(s)];
+    slots.resize(size_t(len));
+    for (int p = 0; p < len; ++p)
+      slots[size_t(p)] = int64_t(batch.kv_indices[size_t(batch.kv_indptr[size_t(s)] + p / kv_.page_size)]) * kv_.page_size +
+                         p % kv_.page_size;
   }
 
   for (int layer = 0; layer < c.n_layers; ++layer) layer_forward(batch, layer);

@@ -1,7 +1,9 @@
 // Portable kernels and the run-time choice of instruction set.
 #include "kernels.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
@@ -85,6 +87,32 @@ void matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, cons
 
 float dot(const float* a, const float* b, int n) {
   return active_isa() == Isa::Avx2 ? avx2::dot(a, b, n) : portable_dot(a, b, n);
+}
+
+void attend(const AttentionArgs& a) {
+  if (active_isa() == Isa::Avx2 && avx2::can_attend(a.group, a.head_dim)) return avx2::attend(a);
+  const int hd = a.head_dim;
+  for (int g = 0; g < a.group; ++g) {
+    const float* q = a.q + g * hd;
+    float* scores = a.scores + int64_t(g) * a.len;
+    float max_score = -INFINITY;
+    for (int p = 0; p < a.len; ++p) {
+      const float* k = a.k + a.slots[p] * a.row;
+      float s = 0.0f;
+      for (int d = 0; d < hd; ++d) s += q[d] * k[d];
+      scores[p] = s * a.scale;
+      max_score = std::max(max_score, scores[p]);
+    }
+    float sum = 0.0f;
+    for (int p = 0; p < a.len; ++p) sum += (scores[p] = std::exp(scores[p] - max_score));
+    float* out = a.out + g * hd;
+    std::fill(out, out + hd, 0.0f);
+    for (int p = 0; p < a.len; ++p) {
+      const float* v = a.v + a.slots[p] * a.row;
+      for (int d = 0; d < hd; ++d) out[d] += scores[p] * v[d];
+    }
+    for (int d = 0; d < hd; ++d) out[d] /= sum;
+  }
 }
 
 void axpy(float a, const float* x, float* y, int n) {

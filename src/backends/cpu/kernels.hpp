@@ -26,12 +26,33 @@ const char* isa_name(Isa isa);
 void matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, const float* x, int n_tokens,
                  int64_t x_stride, float* y, int64_t y_stride, bool accumulate, float* scratch);
 
-// Dot product in the order described above (used for attention scores: n = head_dim).
+// Dot product in the order described above (used for RMSNorm).
 float dot(const float* a, const float* b, int n);
 // y += a * x
 void axpy(float a, const float* x, float* y, int n);
 
+// Decode attention of the `group` query heads that share one KV head, for one token:
+//   q, out: [group, head_dim] (contiguous);  cached position p of the sequence has its key at k + slots[p] * row and
+//   its value at v + slots[p] * row;  the token attends to positions 0 .. len-1;  scores: group * len floats scratch.
+// Computed in a fixed order per (token, KV head), whatever the thread that runs it.
+struct AttentionArgs {
+  const float* q;
+  float* out;
+  const float* k;
+  const float* v;
+  const int64_t* slots;
+  int64_t row;
+  int len;
+  int group;
+  int head_dim;
+  float scale;
+  float* scores;
+};
+void attend(const AttentionArgs& a);
+
 namespace avx2 {
+bool can_attend(int group, int head_dim);  // shapes the AVX2 attention handles (head_dim % 8 == 0, group <= 8)
+void attend(const AttentionArgs& a);
 void matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, const float* x, int n_tokens,
                  int64_t x_stride, float* y, int64_t y_stride, bool accumulate, float* scratch);
 float dot(const float* a, const float* b, int n);

@@ -2,6 +2,8 @@
 // when the CPU has them). Same summation order as the portable kernels (see kernels.hpp).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels.hpp"
@@ -229,6 +231,110 @@ float dot(const float* a, const float* b, int n) {
   float result;
   dot_tile<1>(a, b, 0, n, &result);
   return result;
+}
+
+namespace {
+
+constexpr int kMaxGroup = 8;  // query heads per KV head handled with register accumulators
+
+// e^x for 8 lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial (relative error ~2e-7),
+// 2^n through the exponent bits. Inputs below -87 give 0 (the scores are <= 0 after subtracting the max).
+inline __m256 exp256(__m256 x) {
+  const __m256 min_x = _mm256_set1_ps(-87.0f);
+  const __m256 underflow = _mm256_cmp_ps(x, min_x, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, min_x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - n ln2, with ln2 split in two parts for accuracy.
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 result = _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
+  return _mm256_andnot_ps(underflow, result);
+}
+
+inline float hsum(__m256 v) {
+  const __m128 four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+  return _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)));
+}
+
+template <int G>
+void attend_group(const AttentionArgs& a) {
+  const int hd = a.head_dim, len = a.len;
+  // Scores: each key row is loaded once for the G query heads.
+  for (int p = 0; p < len; ++p) {
+    const float* k = a.k + a.slots[p] * a.row;
+    __m256 acc[G];
+    for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+    for (int d = 0; d < hd; d += 8) {
+      const __m256 kv = _mm256_loadu_ps(k + d);
+      for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + g * hd + d), kv, acc[g]);
+    }
+    for (int g = 0; g < G; ++g) a.scores[int64_t(g) * len + p] = hsum(acc[g]) * a.scale;
+  }
+  // Softmax numerators in place; the sums normalise the outputs at the end.
+  float inv_sum[G];
+  for (int g = 0; g < G; ++g) {
+    float* scores = a.scores + int64_t(g) * len;
+    __m256 max8 = _mm256_set1_ps(-INFINITY);
+    int p = 0;
+    for (; p + 8 <= len; p += 8) max8 = _mm256_max_ps(max8, _mm256_loadu_ps(scores + p));
+    float max_score = -INFINITY;
+    for (int i = 0; i < 8; ++i) max_score = std::max(max_score, reinterpret_cast<const float*>(&max8)[i]);
+    for (int i = p; i < len; ++i) max_score = std::max(max_score, scores[i]);
+    const __m256 max_v = _mm256_set1_ps(max_score);
+    __m256 sum8 = _mm256_setzero_ps();
+    p = 0;
+    for (; p + 8 <= len; p += 8) {
+      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + p), max_v));
+      _mm256_storeu_ps(scores + p, e);
+      sum8 = _mm256_add_ps(sum8, e);
+    }
+    float sum = hsum(sum8);
+    for (; p < len; ++p) {
+      // The tail through the same vector exp, one lane used.
+      const float e = _mm256_cvtss_f32(exp256(_mm256_set1_ps(scores[p] - max_score)));
+      scores[p] = e;
+      sum += e;
+    }
+    inv_sum[g] = 1.0f / sum;
+  }
+  // Weighted sum of values, 8 output dimensions per pass over the positions.
+  for (int d = 0; d < hd; d += 8) {
+    __m256 acc[G];
+    for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+    for (int p = 0; p < len; ++p) {
+      const __m256 vv = _mm256_loadu_ps(a.v + a.slots[p] * a.row + d);
+      for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(a.scores[int64_t(g) * len + p]), vv, acc[g]);
+    }
+    for (int g = 0; g < G; ++g) _mm256_storeu_ps(a.out + g * hd + d, _mm256_mul_ps(acc[g], _mm256_set1_ps(inv_sum[g])));
+  }
+}
+
+}  // namespace
+
+bool can_attend(int group, int head_dim) { return group >= 1 && group <= kMaxGroup && head_dim % 8 == 0; }
+
+void attend(const AttentionArgs& a) {
+  switch (a.group) {
+    case 1: return attend_group<1>(a);
+    case 2: return attend_group<2>(a);
+    case 3: return attend_group<3>(a);
+    case 4: return attend_group<4>(a);
+    case 5: return attend_group<5>(a);
+    case 6: return attend_group<6>(a);
+    case 7: return attend_group<7>(a);
+    case 8: return attend_group<8>(a);
+    default: break;
+  }
 }
 
 void axpy(float a, const float* x, float* y, int n) {

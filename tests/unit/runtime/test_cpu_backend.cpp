@@ -78,7 +78,11 @@ TEST_P(Kernels, MatmulRowsMatchesReferenceMatvecOnDequantisedWeights) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, Kernels,
                          ::testing::Combine(::testing::Values(DType::F32, DType::F16, DType::BF16, DType::Q8_0,
                                                               DType::Q4_0, DType::Q4_1),
-                                            ::testing::Values(cf::cpu::Isa::Portable, cf::cpu::Isa::Avx2)));
+                                            ::testing::Values(cf::cpu::Isa::Portable, cf::cpu::Isa::Avx2)),
+                         [](const auto& info) {
+                           return std::string(cf::dtype_name(std::get<0>(info.param))) + "_" +
+                                  cf::cpu::isa_name(std::get<1>(info.param));
+                         });
 
 TEST(KernelsDot, TailAndOrderIndependentOfTileSize) {
   cf::Rng rng(4);
@@ -141,7 +145,26 @@ INSTANTIATE_TEST_SUITE_P(Variants, CpuForward,
                                            ModelCase{cf::RopeStyle::NeoX, false, true, DType::F32},
                                            ModelCase{cf::RopeStyle::GPTJ, true, false, DType::Q4_1},
                                            ModelCase{cf::RopeStyle::NeoX, true, true, DType::Q8_0},
-                                           ModelCase{cf::RopeStyle::GPTJ, false, false, DType::F16}));
+                                           ModelCase{cf::RopeStyle::GPTJ, false, false, DType::F16}),
+                         [](const auto& info) {
+                           const ModelCase& m = info.param;
+                           return std::string(m.style == cf::RopeStyle::NeoX ? "NeoX" : "GPTJ") +
+                                  (m.tied ? "_tied" : "_untied") + (m.bias ? "_bias" : "") + "_" +
+                                  std::string(cf::dtype_name(m.dtype));
+                         });
+
+TEST(CpuForwardPortable, PortableKernelsMatchReferenceForwardToo) {
+  // GQA group 2 and head_dim 16 run the vector attention on AVX2 machines; here everything runs the portable code.
+  cf::cpu::force_isa(cf::cpu::Isa::Portable);
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 19, DType::Q4_1));
+  const auto tokens = some_tokens(12, w->config.vocab, 10);
+  auto runner = make_runner(w, 2);
+  const auto got = cf::teacher_forced_logits(runner, tokens);
+  cf::cpu::force_isa(cf::cpu::best_isa());
+  const auto want = cf::test::reference_logits(*w, tokens);
+  const auto report = cf::ref::check_tolerance<float>(got, want);
+  EXPECT_TRUE(report.ok) << report.message;
+}
 
 TEST(CpuForwardDeterminism, BitIdenticalAcrossThreadCounts) {
   auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 12, DType::Q4_1));

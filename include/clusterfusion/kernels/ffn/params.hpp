@@ -1,0 +1,126 @@
+// Parameters of the fused FFN block (docs/ffn.md; semantics of cf::ref::ffn_block).
+//
+//   PlanConfig  what stays fixed for a layer: shapes, dtype, weights, the largest batch, optionally the cluster size,
+//               the cluster count and the stage geometry. validate_config() throws cf::InputError naming the field.
+//   StepArgs    what changes every call: activations and the batch size. validate_step() checks them on the host.
+// The kernel's own argument block (tensor maps, derived sizes, the shared-memory carve) is KernelParams in
+// kernel_params.hpp; it differs between the CUDA and emulator builds, so host code includes only this header and
+// launch.hpp.
+//
+// Layouts (row-major, outermost first): activations [batch, hidden]; w_gate, w_up [ffn_hidden, hidden]; w_down
+// [hidden, ffn_hidden]; norm [hidden]. A fused gate/up matrix [2 ffn_hidden, hidden] (gate rows, then up rows, the
+// cuda-unfused layout) is w_gate = p, w_up = p + ffn_hidden * hidden elements (set_fused_gate_up).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "clusterfusion/common/error.hpp"
+#include "clusterfusion/device/types.hpp"
+
+namespace cf::kernels::ffn {
+
+inline constexpr int kMaxBatch = 16;
+
+struct Shape {
+  int hidden = 0;      // multiple of 32
+  int ffn_hidden = 0;  // multiple of 16
+  float eps = 1e-5f;
+};
+
+struct Weights {
+  const void* norm = nullptr;    // [hidden]
+  const void* w_gate = nullptr;  // [ffn_hidden, hidden]
+  const void* w_up = nullptr;    // [ffn_hidden, hidden]
+  const void* w_down = nullptr;  // [hidden, ffn_hidden]
+
+  // The fused [2 ffn_hidden, hidden] form: gate rows, then up rows.
+  void set_fused_gate_up(const void* w_gate_up, const Shape& s, dev::DType dtype) {
+    w_gate = w_gate_up;
+    w_up = static_cast<const uint8_t*>(w_gate_up) + int64_t(s.ffn_hidden) * s.hidden * dev::dtype_bytes(dtype);
+  }
+};
+
+struct PlanConfig {
+  dev::DType dtype = dev::DType::F16;  // F16 or BF16: activations, weights, outputs
+  Shape shape;
+  Weights weights;
+  int max_batch = 1;      // 1..16
+  int cluster_size = 0;   // 0: the launcher picks (docs/ffn.md §2); else 2, 4 or 8
+  int max_clusters = 0;   // 0: as many clusters as run at once on the device; else at most this many
+  int sm_count = 0;       // 0: the device's (the emulator assumes 132)
+  int max_stages = 0;     // 0: as many ring stages as fit (up to kMaxStages)
+  int stage_units = 0;    // 0: default (4); else 2, 4, 8 or 16 column units of 32 per ring stage (docs/ffn.md §1)
+};
+
+struct StepArgs {
+  int batch = 0;                   // 1..max_batch
+  const void* hidden = nullptr;    // [batch, hidden]
+  const void* residual = nullptr;  // optional [batch, hidden]; null: residual_out = hidden
+  void* residual_out = nullptr;    // [batch, hidden]; may alias hidden or residual
+  void* out = nullptr;             // [batch, hidden]; may alias hidden or residual
+};
+
+// Problems the kernel reports through the device status words (Plan::check_status()).
+enum StatusBit : uint32_t {
+  kStatusTimeout = 0,  // GPU only: an mbarrier wait gave up (a hang; outputs are garbage)
+  kStatusWords = 1,
+};
+
+// ---- host validation --------------------------------------------------------------------------------------------
+
+namespace detail {
+inline std::string where(const char* what) { return std::string("ffn: ") + what; }
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+}  // namespace detail
+
+inline void validate_shape(const Shape& s) {
+  auto fail = [](const std::string& m) { throw InputError(detail::where("shape: ") + m); };
+  if (s.hidden < 32 || s.hidden % 32 != 0)
+    fail("hidden " + std::to_string(s.hidden) + " must be a positive multiple of 32");
+  if (s.ffn_hidden < 16 || s.ffn_hidden % 16 != 0)
+    fail("ffn_hidden " + std::to_string(s.ffn_hidden) + " must be a positive multiple of 16");
+  if (int64_t(s.hidden) * s.ffn_hidden >= (int64_t(1) << 40)) fail("hidden * ffn_hidden must be < 2^40");
+  if (!(s.eps > 0.0f)) fail("eps must be > 0");
+}
+
+inline void validate_config(const PlanConfig& c) {
+  auto fail = [](const std::string& m) { throw InputError(detail::where("config: ") + m); };
+  if (c.dtype != dev::DType::F16 && c.dtype != dev::DType::BF16) fail("dtype must be F16 or BF16");
+  validate_shape(c.shape);
+  if (c.max_batch < 1 || c.max_batch > kMaxBatch)
+    fail("max_batch " + std::to_string(c.max_batch) + " outside [1, " + std::to_string(kMaxBatch) + "]");
+  if (c.cluster_size != 0 && c.cluster_size != 2 && c.cluster_size != 4 && c.cluster_size != 8)
+    fail("cluster_size " + std::to_string(c.cluster_size) + " is not supported (0 = automatic, 2, 4 or 8)");
+  if (c.max_clusters < 0) fail("max_clusters must be >= 0");
+  if (c.sm_count < 0) fail("sm_count must be >= 0");
+  if (c.max_stages < 0) fail("max_stages must be >= 0");
+  if (c.stage_units != 0 && c.stage_units != 2 && c.stage_units != 4 && c.stage_units != 8 && c.stage_units != 16)
+    fail("stage_units " + std::to_string(c.stage_units) + " is not supported (0 = default, 2, 4, 8 or 16)");
+  const Weights& w = c.weights;
+  if (!w.norm || !w.w_gate || !w.w_up || !w.w_down)
+    fail("weights.norm, weights.w_gate, weights.w_up and weights.w_down must be set");
+  if (!detail::aligned16(w.norm) || !detail::aligned16(w.w_gate) || !detail::aligned16(w.w_up) ||
+      !detail::aligned16(w.w_down))
+    fail("weight pointers must be 16-byte aligned");
+}
+
+inline void validate_step(const StepArgs& a, int max_batch) {
+  auto fail = [](const std::string& m) { throw InputError(detail::where("step: ") + m); };
+  if (a.batch < 1 || a.batch > max_batch)
+    fail("batch " + std::to_string(a.batch) + " outside [1, " + std::to_string(max_batch) + "] (the plan's max_batch)");
+  if (!a.hidden || !a.residual_out || !a.out) fail("hidden, residual_out and out must be set");
+  if (a.out == a.residual_out) fail("out and residual_out must be different buffers");
+  if (!detail::aligned16(a.hidden) || !detail::aligned16(a.residual) || !detail::aligned16(a.residual_out) ||
+      !detail::aligned16(a.out))
+    fail("activation pointers must be 16-byte aligned");
+}
+
+inline std::string describe_status(const uint32_t* words) {
+  static const char* const names[kStatusWords] = {"a wait inside the kernel timed out (a hang: a bug, please report)"};
+  std::string out;
+  for (int i = 0; i < int(kStatusWords); ++i)
+    if (words[i] != 0) out += (out.empty() ? "" : "; ") + std::string(names[i]);
+  return out;
+}
+
+}  // namespace cf::kernels::ffn

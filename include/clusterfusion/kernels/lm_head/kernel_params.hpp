@@ -1,0 +1,39 @@
+// The argument block of the LM head kernel, built by the plan (src/kernels/lm_head) and passed by value as a
+// __grid_constant__. Contains dev::TensorMap (build-specific layout): include it only from code compiled for one
+// build (kernel.hpp, the plan, the instantiations).
+#pragma once
+#include <cstdint>
+
+#include "clusterfusion/device/tensor_map.hpp"
+#include "clusterfusion/kernels/lm_head/params.hpp"
+
+namespace cf::kernels::lm_head {
+
+struct KernelParams {
+  dev::TensorMap w_big, w_small;  // [vocab, hidden]: boxes {32, 16 M} and {32, 16} (kernels/ffn/weight_stream.hpp)
+
+  int32_t hidden, vocab, batch;
+  float eps;
+  int32_t hidden_units;  // hidden / 32
+  int32_t vocab_tiles;   // ceil(vocab / 16): split over the CTAs
+  int32_t stage_units;   // U (tiles per group M = 16 / U)
+
+  const void* hidden_in;
+  const void* residual;
+  const void* norm;
+  float* logits;
+  int32_t* tokens;
+
+  // workspace
+  float* cand_value;    // [ctas, batch]: each CTA's best logit per token
+  int32_t* cand_index;  // [ctas, batch]: its vocabulary id (-1: none)
+  uint32_t* counter;    // arrivals (reset by the last arriver)
+  uint32_t* status;     // [kStatusWords]
+
+  // shared-memory carve
+  int32_t stages;
+  uint32_t off_small, off_x, off_scratch, off_ring;
+  uint32_t x_stride;
+};
+
+}  // namespace cf::kernels::lm_head

@@ -1,0 +1,6 @@
+// The FFN kernels and plan for the CPU emulator (library cf_kernels_emu).
+#include "clusterfusion/kernels/ffn/kernel.hpp"
+#include "plan_impl.hpp"
+
+CF_FFN_DEFINE_KERNEL_SELECTOR(f16, cf::dev::f16)
+CF_FFN_DEFINE_KERNEL_SELECTOR(bf16, cf::dev::bf16)

@@ -1,0 +1,234 @@
+// The FFN Plan of launch.hpp, compiled twice: by nvcc into cf_kernels (plan.cu) and by the host compiler into
+// cf_kernels_emu (instantiations_emu.cpp). Only those files include it, so the device-API types (DeviceBuffer,
+// TensorMap, streams) never leak into launch.hpp. The kernels themselves are instantiated per element type by
+// CF_FFN_DEFINE_KERNEL_SELECTOR (instantiations_f16.cu / _bf16.cu, or the emulator file).
+#pragma once
+#include <algorithm>
+#include <string>
+
+#include "clusterfusion/device/buffer.hpp"
+#include "clusterfusion/device/launch.hpp"
+#include "clusterfusion/device/tensor_map.hpp"
+#include "clusterfusion/kernels/ffn/launch.hpp"
+#include "clusterfusion/kernels/ffn/traits.hpp"
+#include "kernel_select.hpp"
+
+namespace cf::kernels::ffn {
+
+namespace {
+
+int device_sm_count() {
+#if defined(CF_DEVICE_CUDA)
+  int device = 0, count = 0;
+  dev::check_cuda(cudaGetDevice(&device), "ffn: cudaGetDevice");
+  dev::check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
+                  "ffn: cudaDeviceGetAttribute(MultiProcessorCount)");
+  return count;
+#else
+  return 132;  // an H100 SXM, so emulated plans split work as they would on the GPU
+#endif
+}
+
+#if defined(CF_DEVICE_CUDA)
+// Clusters of n CTAs (one per SM: the kernel takes nearly all shared memory) the device runs at once.
+int active_clusters(KernelFn fn, int n) {
+  dev::LaunchConfig prep;
+  prep.smem_bytes = dev::kMaxSmemPerBlock;
+  prep.cluster = {uint32_t(n)};
+  prep.name = "ffn";
+  dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), prep);
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = dim3(uint32_t(n) * 64);
+  lc.blockDim = dim3(ws::kThreads);
+  lc.dynamicSmemBytes = dev::kMaxSmemPerBlock;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = uint32_t(n);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  lc.attrs = attr;
+  lc.numAttrs = 1;
+  int clusters = 0;
+  dev::check_cuda(cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(fn), &lc),
+                  "ffn: cudaOccupancyMaxActiveClusters(cluster " + std::to_string(n) + ")");
+  return clusters;
+}
+#endif
+
+}  // namespace
+
+SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy) {
+  const Shape& s = config.shape;
+  const int hidden_units = s.hidden / ws::kUnitCols, ffn_tiles = s.ffn_hidden / ws::kTileRows;
+  SplitChoice best;
+  for (int n : {8, 4, 2}) {
+    if (config.cluster_size != 0 && n != config.cluster_size) continue;
+    if (hidden_units < n) continue;  // every rank needs a K-slice
+    int clusters = std::min(occupancy.of(n), ffn_tiles);
+    if (config.max_clusters > 0) clusters = std::min(clusters, config.max_clusters);
+    if (clusters < 1) continue;
+    const Split split = make_split(s, n, clusters);
+    const SplitChoice option{n, clusters, max_cta_weight_bytes(s, split),
+                             ring_stages(make_layout(config.max_batch, split), config.max_stages)};
+    auto shallow = [](const SplitChoice& c) { return c.stages < kPreferredStages; };
+    // candidates come in decreasing n: a tie keeps the larger one
+    if (best.cluster_size == 0 || shallow(option) < shallow(best) ||
+        (shallow(option) == shallow(best) && option.max_cta_weight_bytes < best.max_cta_weight_bytes))
+      best = option;
+  }
+  if (best.cluster_size == 0)
+    throw InputError("ffn: no cluster size fits: hidden " + std::to_string(s.hidden) + " has " +
+                     std::to_string(hidden_units) + " 32-column units, fewer than the cluster size " +
+                     (config.cluster_size ? std::to_string(config.cluster_size) : std::string("2")) +
+                     ", or the device runs no cluster of that size");
+  return best;
+}
+
+struct Plan::Impl {
+  PlanConfig config;
+  LaunchInfo info;
+  KernelParams base{};
+  KernelFn kernels[2] = {nullptr, nullptr};
+  dev::DeviceBuffer<float> partial;
+  dev::DeviceBuffer<uint32_t> counters;
+  dev::DeviceBuffer<uint32_t> status;
+};
+
+Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
+  validate_config(config);
+  Impl& im = *impl_;
+  im.config = config;
+  const Shape& s = config.shape;
+  const dev::DType dt = config.dtype;
+  for (int tiles = 1; tiles <= 2; ++tiles)
+    im.kernels[tiles - 1] = dt == dev::DType::F16 ? select_kernel_f16(tiles) : select_kernel_bf16(tiles);
+
+  const int sm_count = config.sm_count > 0 ? config.sm_count : device_sm_count();
+  Occupancy occupancy = Occupancy::assumed(sm_count);
+#if defined(CF_DEVICE_CUDA)
+  if (config.sm_count == 0)
+    occupancy = {active_clusters(im.kernels[0], 2), active_clusters(im.kernels[0], 4),
+                 active_clusters(im.kernels[0], 8)};
+#endif
+  const SplitChoice choice = choose_split(config, occupancy);
+  const int n = choice.cluster_size;
+  const Split split = make_split(s, n, choice.clusters);
+  const int stage_units = config.stage_units > 0 ? config.stage_units : ws::kDefaultStageUnits;
+  const ws::StageShape ss = ws::stage_shape(stage_units);
+
+  const Layout layout = make_layout(config.max_batch, split);
+  const int stages = choice.stages;
+  static_assert(dev::kMaxSmemPerBlock == 227 * 1024, "ring_stages() assumes Hopper's 227 KB");
+  if (stages < ws::kMinStages)
+    throw InputError("ffn: shared memory: " + std::to_string(layout.fixed_bytes) + " bytes of buffers (max_batch " +
+                     std::to_string(config.max_batch) + ", cluster " + std::to_string(n) + " x " +
+                     std::to_string(choice.clusters) + ") leave room for " + std::to_string(stages) +
+                     " ring stages; at least " + std::to_string(ws::kMinStages) +
+                     " are needed (lower max_batch or use more clusters)");
+
+  const int groups_max = ws::ceil_div(split.hidden_units_max * 2, ss.tiles);
+
+  LaunchInfo& li = im.info;
+  li.cluster_size = n;
+  li.clusters = choice.clusters;
+  li.threads = ws::kThreads;
+  li.stages = stages;
+  li.stage_units = stage_units;
+  li.stage_bytes = ws::kStageBytes;
+  li.smem_bytes = size_t(layout.fixed_bytes) + size_t(stages) * ws::kStageBytes;
+  li.max_cta_weight_bytes = choice.max_cta_weight_bytes;
+
+#if defined(CF_DEVICE_CUDA)
+  // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).
+  for (KernelFn fn : im.kernels) {
+    dev::LaunchConfig cfg;
+    cfg.smem_bytes = li.smem_bytes;
+    cfg.cluster = {uint32_t(n)};
+    cfg.name = "ffn";
+    dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), cfg);
+  }
+#endif
+  im.partial = dev::DeviceBuffer<float>(size_t(choice.clusters) * s.hidden * config.max_batch);
+  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * groups_max);
+  im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
+  li.workspace_bytes = im.partial.bytes() + im.counters.bytes() + im.status.bytes();
+
+  KernelParams& p = im.base;
+  const uint64_t H = uint64_t(s.hidden), F = uint64_t(s.ffn_hidden);
+  const uint32_t big_rows = uint32_t(ss.tiles * ws::kTileRows);
+  auto maps = [&](const void* w, uint64_t width, uint64_t height, dev::TensorMap& big, dev::TensorMap& small_map) {
+    big = dev::make_tensor_map_2d(w, dt, width, height, width * 2, ws::kUnitCols, big_rows);
+    small_map = dev::make_tensor_map_2d(w, dt, width, height, width * 2, ws::kUnitCols, ws::kTileRows);
+  };
+  maps(config.weights.w_gate, H, F, p.gate_big, p.gate_small);
+  maps(config.weights.w_up, H, F, p.up_big, p.up_small);
+  maps(config.weights.w_down, F, H, p.down_big, p.down_small);
+  p.hidden = s.hidden;
+  p.ffn_hidden = s.ffn_hidden;
+  p.eps = s.eps;
+  p.hidden_units = s.hidden / ws::kUnitCols;
+  p.ffn_tiles = s.ffn_hidden / ws::kTileRows;
+  p.stage_units = stage_units;
+  p.groups_max = groups_max;
+  p.norm = config.weights.norm;
+  p.partial = im.partial.data();
+  p.counters = im.counters.data();
+  p.status = im.status.data();
+  p.stages = stages;
+  p.off_small = layout.off_small;
+  p.off_x = layout.off_x;
+  p.off_part = layout.off_part;
+  p.off_scratch = layout.off_scratch;
+  p.off_ring = layout.off_ring;
+  p.x_stride = layout.x_stride;
+  p.act_stride = layout.act_stride;
+}
+
+Plan::~Plan() = default;
+Plan::Plan(Plan&&) noexcept = default;
+Plan& Plan::operator=(Plan&&) noexcept = default;
+
+const LaunchInfo& Plan::info() const { return impl_->info; }
+const PlanConfig& Plan::config() const { return impl_->config; }
+
+void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
+  const Impl& im = *impl_;
+  validate_step(step, im.config.max_batch);
+  KernelParams p = im.base;
+  p.batch = step.batch;
+  p.hidden_in = step.hidden;
+  p.residual = step.residual;
+  p.residual_out = step.residual_out;
+  p.out = step.out;
+
+  dev::LaunchConfig cfg;
+  cfg.grid = {uint32_t(im.info.clusters * im.info.cluster_size)};
+  cfg.cluster = {uint32_t(im.info.cluster_size)};
+  cfg.block = {uint32_t(im.info.threads)};
+  cfg.smem_bytes = im.info.smem_bytes;
+  cfg.name = "ffn";
+  cfg.emu_seed = emu_seed;
+#if defined(CF_DEVICE_CUDA)
+  cfg.stream = static_cast<cudaStream_t>(stream);
+#else
+  (void)stream;
+#endif
+  dev::launch(cfg, im.kernels[step.batch <= 8 ? 0 : 1], p);
+}
+
+void Plan::check_status(void* stream) {
+#if defined(CF_DEVICE_CUDA)
+  dev::check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "ffn: cudaStreamSynchronize");
+#else
+  (void)stream;
+#endif
+  uint32_t words[kStatusWords] = {};
+  impl_->status.download(words, kStatusWords);
+  bool any = false;
+  for (uint32_t w : words) any = any || w != 0;
+  if (!any) return;
+  impl_->status.fill_bytes(0);
+  throw Error("ffn: device-side check failed: " + describe_status(words));
+}
+
+}  // namespace cf::kernels::ffn

@@ -1,0 +1,276 @@
+// The fused FFN block on the emulator against cf::ref::ffn_block (docs/tolerance.md): shapes and options of issue 7
+// on small matrices plus the SmolLM2-135M layer shape, determinism across schedules and plan reuse, the launcher's
+// split choice, host validation.
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "clusterfusion/device/launch.hpp"
+#include "harness.hpp"
+
+namespace cf::test::ffn {
+namespace {
+
+template <typename T>
+RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
+  const HostInputs in = make_inputs<T>(c);
+  const Oracle o = make_oracle<T>(c, in);
+  const auto t0 = std::chrono::steady_clock::now();
+  kffn::LaunchInfo info;
+  RunResult r = run_case(c, in, emu_seed, nullptr, &info);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto stats = dev::emu::last_launch_stats();
+  std::printf("%s: cluster %d x %d, U %d, %d stages, %zu B smem: %.2f s, %llu switches, %llu copies\n",
+              c.name.c_str(), info.cluster_size, info.clusters, info.stage_units, info.stages, info.smem_bytes, secs,
+              (unsigned long long)stats.switches, (unsigned long long)stats.copies);
+  const CheckReport rep = check_result<T>(c, o, r);
+  EXPECT_TRUE(rep.ok) << rep.message;
+  if (rep.ok) std::printf("  %s\n", rep.message.c_str());
+  return r;
+}
+
+RunResult run_any(const Case& c, uint64_t emu_seed = 0) {
+  return c.dtype == dev::DType::F16 ? run_and_check<half>(c, emu_seed) : run_and_check<bfloat16>(c, emu_seed);
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  {
+    Case c;  // the smallest: 2 x 3 CTAs, default stage (U 4)
+    c.name = "Hidden256Ffn512";
+    cases.push_back(c);
+  }
+  {
+    Case c;  // bf16, three tokens, cluster 4, narrow stages (U 2: 8-tile groups, one box per unit)
+    c.name = "Bf16Batch3Cluster4U2";
+    c.dtype = dev::DType::BF16;
+    c.hidden = 384, c.ffn_hidden = 768, c.batch = 3, c.cluster_size = 4, c.max_clusters = 4, c.stage_units = 2;
+    c.seed = 2;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // the SmolLM2-135M layer shape, cluster size and count chosen by the launcher (132 SMs assumed)
+    c.name = "SmolLM2Auto";
+    c.hidden = 576, c.ffn_hidden = 1536, c.cluster_size = 0, c.max_clusters = 0, c.seed = 3;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // uneven everything: 9 units over 8 ranks, 33 tiles over 5 clusters (F-slices of 6 and 7 tiles, down
+             // K-tails of 16 columns), wide stages (U 8: 2-tile groups, 4 k-groups)
+    c.name = "UnevenCluster8U8";
+    c.hidden = 288, c.ffn_hidden = 528, c.batch = 3, c.cluster_size = 8, c.max_clusters = 5, c.stage_units = 8;
+    c.seed = 4;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // 16 tokens (two batch tiles), U 16 (one tile per group, 8 k-groups), bf16
+    c.name = "Batch16U16Bf16";
+    c.dtype = dev::DType::BF16;
+    c.hidden = 256, c.ffn_hidden = 512, c.batch = 16, c.cluster_size = 2, c.max_clusters = 2, c.stage_units = 16;
+    c.seed = 5;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // nine tokens, outputs written over the inputs (out = hidden, residual_out = residual)
+    c.name = "Batch9InPlace";
+    c.hidden = 320, c.ffn_hidden = 640, c.batch = 9, c.cluster_size = 2, c.max_clusters = 3, c.in_place = true;
+    c.seed = 6;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // first layer: no residual (residual_out = hidden, written over hidden)
+    c.name = "NoResidualInPlace";
+    c.hidden = 256, c.ffn_hidden = 768, c.batch = 2, c.cluster_size = 4, c.max_clusters = 2, c.residual = false;
+    c.in_place = true, c.eps = 1e-6f, c.seed = 7;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // the smallest ring (4 stages) lapped many times; 35 tiles over 3 clusters (11 / 12 / 12)
+    c.name = "FourStagesOddTiles";
+    c.hidden = 448, c.ffn_hidden = 560, c.batch = 1, c.cluster_size = 2, c.max_clusters = 3, c.max_stages = 4;
+    c.seed = 8;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // batch 3 of a plan made for 16 (the activation strides of max_batch)
+    c.name = "Batch3OfMax16";
+    c.dtype = dev::DType::BF16;
+    c.hidden = 576, c.ffn_hidden = 1536, c.batch = 3, c.max_batch = 16, c.cluster_size = 4, c.max_clusters = 3;
+    c.seed = 9;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+class Shapes : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Shapes, MatchesReference) { run_any(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(FfnEmu, Shapes, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+TEST(FfnEmu, SameBitsUnderEverySchedule) {
+  Case c = all_cases()[3];  // cluster 8, uneven, 4 k-groups
+  const HostInputs in = make_inputs<half>(c);
+  const RunResult first = run_case(c, in, 11);
+  for (uint64_t seed : {12, 13, 14}) {
+    const RunResult again = run_case(c, in, seed);
+    EXPECT_EQ(again.out, first.out) << "schedule seed " << seed;
+    EXPECT_EQ(again.residual_out, first.residual_out) << "schedule seed " << seed;
+  }
+}
+
+TEST(FfnEmu, PlanReuseGivesSameBits) {
+  // One plan, several calls: the arrival counters reset themselves (as for CUDA-graph replays).
+  Case c = all_cases()[1];
+  const HostInputs in = make_inputs<bfloat16>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kffn::Plan plan(plan_config(c, d));
+  std::vector<uint16_t> first;
+  for (int call = 0; call < 3; ++call) {
+    d.out.fill_bytes(0xFF);
+    plan.run(step_args(c, d), nullptr, 20 + call);
+    plan.check_status();
+    const std::vector<uint16_t> out = d.out.download();
+    if (call == 0) first = out;
+    EXPECT_EQ(out, first) << "call " << call;
+  }
+  const Oracle o = make_oracle<bfloat16>(c, in);
+  const CheckReport rep = check_result<bfloat16>(c, o, download_result(c, d));
+  EXPECT_TRUE(rep.ok) << rep.message;
+}
+
+TEST(FfnEmu, BatchOneAloneEqualsBatchRow) {
+  // Tokens are independent: token 1 of a batch of 3 has the bits of the same token run alone (same plan shape).
+  Case c = all_cases()[1];
+  const HostInputs in = make_inputs<bfloat16>(c);
+  const RunResult all = run_case(c, in);
+  Case one = c;
+  one.batch = 1;
+  HostInputs in1;
+  const size_t H = size_t(c.hidden);
+  in1 = in;
+  in1.hidden.assign(in.hidden.begin() + H, in.hidden.begin() + 2 * H);
+  in1.residual.assign(in.residual.begin() + H, in.residual.begin() + 2 * H);
+  const RunResult alone = run_case(one, in1);
+  EXPECT_TRUE(std::equal(alone.out.begin(), alone.out.end(), all.out.begin() + H));
+}
+
+// ---- the launcher's split -------------------------------------------------------------------------------------------
+
+kffn::PlanConfig shape_only(int hidden, int ffn_hidden) {
+  kffn::PlanConfig cfg;
+  cfg.shape = {hidden, ffn_hidden, 1e-5f};
+  return cfg;
+}
+
+TEST(FfnSplit, Llama2PicksEightCtaClustersOnAnH100) {
+  // H100 SXM: 66 clusters of 2, 32 of 4, 16 of 8 at one CTA per SM. 688 tiles: 43 per cluster of 8 (2.13 MB per
+  // CTA) beat 22 per cluster of 4 and 11 per cluster of 2 (2.16 MB each, the last K-unit of down half used).
+  const kffn::Occupancy h100{66, 32, 16};
+  const kffn::SplitChoice s = kffn::choose_split(shape_only(4096, 11008), h100);
+  EXPECT_EQ(s.cluster_size, 8);
+  EXPECT_EQ(s.clusters, 16);
+  EXPECT_EQ(s.max_cta_weight_bytes, 2 * (2 * 688 * 512 + 512 * 704));
+}
+
+TEST(FfnSplit, Llama3TiesGoToTheLargerCluster) {
+  const kffn::Occupancy h100{66, 32, 16};
+  const kffn::SplitChoice s = kffn::choose_split(shape_only(4096, 14336), h100);
+  EXPECT_EQ(s.cluster_size, 8);
+  EXPECT_EQ(s.clusters, 16);
+  // a device with one short GPC (15 clusters of 8) moves to clusters of 4
+  const kffn::SplitChoice t = kffn::choose_split(shape_only(4096, 14336), kffn::Occupancy{66, 32, 15});
+  EXPECT_EQ(t.cluster_size, 4);
+  EXPECT_EQ(t.clusters, 32);
+}
+
+TEST(FfnSplit, Batch16KeepsTheRingDeep) {
+  // At max_batch 16 the gate/up partials of a cluster of 8 (2 x 896 x 16 x 4 B) leave 4 ring stages; clusters of 4
+  // stream the same bytes per CTA with half the partials and keep >= 6 stages.
+  kffn::PlanConfig cfg = shape_only(4096, 14336);
+  cfg.max_batch = 16;
+  const kffn::SplitChoice s = kffn::choose_split(cfg, kffn::Occupancy{66, 32, 16});
+  EXPECT_EQ(s.cluster_size, 4);
+  EXPECT_GE(s.stages, 6);
+  cfg.max_batch = 1;
+  EXPECT_EQ(kffn::choose_split(cfg, kffn::Occupancy{66, 32, 16}).cluster_size, 8);
+}
+
+TEST(FfnSplit, SmallShapesAndLimits) {
+  kffn::PlanConfig cfg = shape_only(64, 32);  // 2 units, 2 tiles: only clusters of 2, at most 2 clusters
+  const kffn::SplitChoice s = kffn::choose_split(cfg, kffn::Occupancy::assumed(132));
+  EXPECT_EQ(s.cluster_size, 2);
+  EXPECT_EQ(s.clusters, 2);
+  cfg.cluster_size = 4;
+  EXPECT_THROW(kffn::choose_split(cfg, kffn::Occupancy::assumed(132)), InputError);
+  cfg = shape_only(4096, 11008);
+  cfg.cluster_size = 2;
+  cfg.max_clusters = 5;
+  const kffn::SplitChoice f = kffn::choose_split(cfg, kffn::Occupancy::assumed(132));
+  EXPECT_EQ(f.cluster_size, 2);
+  EXPECT_EQ(f.clusters, 5);
+}
+
+// ---- host validation ------------------------------------------------------------------------------------------------
+
+template <typename F>
+void expect_input_error(F&& f, const std::string& fragment) {
+  try {
+    f();
+    ADD_FAILURE() << "no cf::InputError (expected one mentioning '" << fragment << "')";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(FfnValidation, ConfigErrorsNameTheField) {
+  Case c = all_cases()[0];
+  const HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  auto with = [&](auto edit) {
+    kffn::PlanConfig cfg = plan_config(c, d);
+    edit(cfg);
+    return [cfg] { kffn::Plan plan(cfg); };
+  };
+  expect_input_error(with([](kffn::PlanConfig& k) { k.shape.hidden = 100; }), "hidden 100");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.shape.ffn_hidden = 520 + 4; }), "ffn_hidden 524");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.shape.eps = 0.0f; }), "eps");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.dtype = dev::DType::F32; }), "dtype");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.max_batch = 17; }), "max_batch 17");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.cluster_size = 16; }), "cluster_size 16");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.stage_units = 3; }), "stage_units 3");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.weights.w_down = nullptr; }), "w_down");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.weights.w_up = static_cast<const char*>(k.weights.w_up) + 2; }),
+                     "16-byte aligned");
+  expect_input_error(
+      with([](kffn::PlanConfig& k) {
+        k.shape.hidden = 224;  // 7 units for 8 ranks
+        k.cluster_size = 8;
+      }),
+      "fewer than the cluster size 8");
+}
+
+TEST(FfnValidation, StepErrorsNameTheArgument) {
+  Case c = all_cases()[0];
+  const HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kffn::Plan plan(plan_config(c, d));
+  auto with = [&](auto edit) {
+    kffn::StepArgs a = step_args(c, d);
+    edit(a);
+    return [&plan, a] { plan.run(a); };
+  };
+  expect_input_error(with([](kffn::StepArgs& a) { a.batch = 2; }), "batch 2 outside [1, 1]");
+  expect_input_error(with([](kffn::StepArgs& a) { a.batch = 0; }), "batch 0");
+  expect_input_error(with([](kffn::StepArgs& a) { a.out = nullptr; }), "out must be set");
+  expect_input_error(with([](kffn::StepArgs& a) { a.residual_out = a.out; }), "out and residual_out");
+  expect_input_error(with([](kffn::StepArgs& a) { a.hidden = static_cast<const char*>(a.hidden) + 8; }),
+                     "16-byte aligned");
+}
+
+}  // namespace
+}  // namespace cf::test::ffn

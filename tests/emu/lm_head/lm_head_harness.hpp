@@ -1,0 +1,225 @@
+// Test harness of the LM head (final norm + logits + greedy argmax), shared by the emulator tests (cf_kernels_emu)
+// and the GPU tests (cf_kernels): random inputs of a Case, the run through a Plan, the CPU reference and the checks.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "clusterfusion/common/half.hpp"
+#include "clusterfusion/device/buffer.hpp"
+#include "clusterfusion/kernels/lm_head/launch.hpp"
+#include "clusterfusion/reference/ops.hpp"
+#include "clusterfusion/reference/tolerance.hpp"
+#include "harness.hpp"  // tests/emu/ffn/harness.hpp: random_bits, to_bits16, from_bits16, CheckReport
+
+namespace cf::test::lm_head {
+
+namespace klm = cf::kernels::lm_head;
+using ffn::CheckReport;
+using ffn::from_bits16;
+using ffn::random_bits;
+using ffn::to_bits16;
+
+struct Case {
+  std::string name;
+  dev::DType dtype = dev::DType::F16;
+  int hidden = 256, vocab = 500, batch = 1;
+  int max_ctas = 4;     // 0: one per SM (132 assumed by the emulator)
+  int stage_units = 0;  // 0: default
+  int max_batch = 0;    // 0: batch
+  bool residual = true;
+  bool logits = true, tokens = true;
+  std::vector<int> tied_rows;  // rows made identical and the largest logit of every token (lowest must win)
+  int nan_token = -1;          // this token's hidden row gets a NaN: every logit NaN, token 0
+  uint64_t seed = 1;
+};
+
+inline std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
+
+struct HostInputs {
+  std::vector<uint16_t> hidden, residual, norm, w_out;
+};
+
+// x = rmsnorm(hidden + residual) * norm in fp32 for token b (the reference's first step).
+template <typename T>
+std::vector<float> normed(const Case& c, const HostInputs& in, int b) {
+  const size_t H = size_t(c.hidden), row0 = size_t(b) * H;
+  auto as_t = [](const std::vector<uint16_t>& v) { return reinterpret_cast<const T*>(v.data()); };
+  std::vector<float> x(H), sum(H);
+  if (c.residual)
+    ref::add_rmsnorm(as_t(in.hidden) + row0, as_t(in.residual) + row0, as_t(in.norm), sum.data(), x.data(),
+                     c.hidden, 1e-5f);
+  else
+    ref::rmsnorm(as_t(in.hidden) + row0, as_t(in.norm), x.data(), c.hidden, 1e-5f);
+  return x;
+}
+
+template <typename T>
+HostInputs make_inputs(const Case& c) {
+  HostInputs in;
+  const size_t B = size_t(c.batch), H = size_t(c.hidden), V = size_t(c.vocab);
+  in.hidden = random_bits<T>(B * H, 2.0f, c.seed * 8 + 1);
+  in.residual = random_bits<T>(B * H, 2.0f, c.seed * 8 + 2);
+  in.norm = random_bits<T>(H, 0.25f, c.seed * 8 + 3);
+  for (auto& x : in.norm) x = to_bits16<T>(1.0f + from_bits16<T>(x));
+  in.w_out = random_bits<T>(V * H, 1.7f / std::sqrt(float(H)), c.seed * 8 + 4);
+  if (!c.tied_rows.empty()) {
+    // the tied rows: 0.2 * sign(sum of the tokens' x) per column, so they score far above the random rows
+    std::vector<float> xsum(H, 0.0f);
+    for (int b = 0; b < c.batch; ++b) {
+      const std::vector<float> x = normed<T>(c, in, b);
+      for (size_t i = 0; i < H; ++i) xsum[i] += x[i];
+    }
+    for (int r : c.tied_rows)
+      for (size_t i = 0; i < H; ++i) in.w_out[size_t(r) * H + i] = to_bits16<T>(xsum[i] >= 0.0f ? 0.2f : -0.2f);
+  }
+  if (c.nan_token >= 0) in.hidden[size_t(c.nan_token) * H + 7] = to_bits16<T>(NAN);
+  return in;
+}
+
+struct Oracle {
+  std::vector<float> logits_ref;    // fp32 reference [batch, vocab]
+  std::vector<float> logits_naive;  // x rounded to T
+  std::vector<int32_t> tokens_ref;  // cf::ref::argmax of logits_ref
+};
+
+template <typename T>
+Oracle make_oracle(const Case& c, const HostInputs& in) {
+  const int B = c.batch, H = c.hidden, V = c.vocab;
+  const T* w = reinterpret_cast<const T*>(in.w_out.data());
+  Oracle o;
+  o.logits_ref.resize(size_t(B) * V);
+  o.logits_naive.resize(size_t(B) * V);
+  o.tokens_ref.resize(size_t(B));
+  auto one_token = [&](int b) {
+    std::vector<float> x = normed<T>(c, in, b);
+    float* lr = o.logits_ref.data() + size_t(b) * V;
+    ref::matvec(w, x.data(), lr, V, H);
+    o.tokens_ref[size_t(b)] = ref::argmax(lr, V);
+    for (auto& e : x) e = round_through<T>(e);
+    ref::matvec(w, x.data(), o.logits_naive.data() + size_t(b) * V, V, H);
+  };
+  if (B > 1 && int64_t(H) * V > (int64_t(1) << 22)) {
+    std::vector<std::thread> threads;
+    for (int b = 0; b < B; ++b) threads.emplace_back(one_token, b);
+    for (auto& t : threads) t.join();
+  } else {
+    for (int b = 0; b < B; ++b) one_token(b);
+  }
+  return o;
+}
+
+struct DeviceInputs {
+  dev::DeviceBuffer<uint16_t> hidden, residual, norm, w_out;
+  dev::DeviceBuffer<float> logits;
+  dev::DeviceBuffer<int32_t> tokens;
+};
+
+inline void upload_inputs(const Case& c, const HostInputs& in, DeviceInputs& d) {
+  auto up = [](auto& buf, const auto& host) {
+    buf = std::decay_t<decltype(buf)>(host.size());
+    buf.upload(host);
+  };
+  up(d.hidden, in.hidden);
+  up(d.residual, in.residual);
+  up(d.norm, in.norm);
+  up(d.w_out, in.w_out);
+  d.logits = dev::DeviceBuffer<float>(size_t(c.batch) * c.vocab);
+  d.tokens = dev::DeviceBuffer<int32_t>(size_t(c.batch));
+}
+
+inline klm::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
+  klm::PlanConfig cfg;
+  cfg.dtype = c.dtype;
+  cfg.shape = {c.hidden, c.vocab, 1e-5f};
+  cfg.weights.norm = d.norm.data();
+  cfg.weights.w_out = d.w_out.data();
+  cfg.max_batch = c.max_batch > 0 ? c.max_batch : c.batch;
+  cfg.max_ctas = c.max_ctas;
+  cfg.stage_units = c.stage_units;
+  return cfg;
+}
+
+inline klm::StepArgs step_args(const Case& c, DeviceInputs& d) {
+  klm::StepArgs a;
+  a.batch = c.batch;
+  a.hidden = d.hidden.data();
+  a.residual = c.residual ? d.residual.data() : nullptr;
+  a.logits = c.logits ? d.logits.data() : nullptr;
+  a.tokens = c.tokens ? d.tokens.data() : nullptr;
+  return a;
+}
+
+struct RunResult {
+  std::vector<float> logits;
+  std::vector<int32_t> tokens;
+};
+
+inline RunResult download_result(DeviceInputs& d) { return {d.logits.download(), d.tokens.download()}; }
+
+// Uploads fresh inputs, poisons the outputs (logits NaN, tokens -1), runs once, downloads.
+inline RunResult run_case(const Case& c, const HostInputs& in, uint64_t emu_seed = 0, void* stream = nullptr,
+                          klm::LaunchInfo* info = nullptr) {
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  d.logits.fill_bytes(0xFF);
+  d.tokens.fill_bytes(0xFF);
+  klm::Plan plan(plan_config(c, d));
+  if (info) *info = plan.info();
+  plan.run(step_args(c, d), stream, emu_seed);
+  plan.check_status(stream);
+  return download_result(d);
+}
+
+// logits within tolerance of the reference (per token, the NaN token excluded), tokens = the argmax of the kernel's
+// own logits (exact: lowest id on ties), and = the reference's argmax wherever its top-2 margin exceeds the tolerance.
+template <typename T>
+CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
+  CheckReport rep;
+  const size_t V = size_t(c.vocab);
+  for (int b = 0; b < c.batch; ++b) {
+    const size_t at = size_t(b) * V;
+    if (c.logits && b != c.nan_token) {
+      const std::vector<float> got(r.logits.begin() + ptrdiff_t(at), r.logits.begin() + ptrdiff_t(at + V));
+      const std::vector<float> want(o.logits_ref.begin() + ptrdiff_t(at), o.logits_ref.begin() + ptrdiff_t(at + V));
+      const std::vector<float> naive(o.logits_naive.begin() + ptrdiff_t(at),
+                                     o.logits_naive.begin() + ptrdiff_t(at + V));
+      const CheckReport t = ffn::check_floats<T>(c.name + ": logits of token " + std::to_string(b), got, want, naive);
+      if (!t.ok) rep.fail(t.message);
+      else if (b == 0 && rep.ok) rep.message = t.message;
+    }
+    if (c.logits && b == c.nan_token) {
+      const size_t nans = size_t(std::count_if(r.logits.begin() + ptrdiff_t(at), r.logits.begin() + ptrdiff_t(at + V),
+                                               [](float v) { return std::isnan(v); }));
+      if (nans != V) rep.fail(c.name + ": token with a NaN input has " + std::to_string(nans) + " NaN logits of " +
+                              std::to_string(V));
+    }
+    if (!c.tokens) continue;
+    const int32_t got = r.tokens[size_t(b)];
+    if (c.logits) {
+      const int32_t own = ref::argmax(r.logits.data() + at, c.vocab);
+      if (got != own)
+        rep.fail(c.name + ": token " + std::to_string(b) + ": argmax " + std::to_string(got) +
+                 " is not the argmax of its own logits (" + std::to_string(own) + ")");
+    }
+    // the reference's choice wherever it is clear
+    const float* lr = o.logits_ref.data() + at;
+    const int32_t want = o.tokens_ref[size_t(b)];
+    float second = -INFINITY;
+    for (size_t v = 0; v < V; ++v)
+      if (int32_t(v) != want && lr[v] > second) second = lr[v];
+    const double margin = double(lr[want]) - double(second);
+    const ref::Tolerance tol = ref::tolerance_for<T>();
+    const double rms = ref::rms(std::span<const float>(lr, V));
+    const double bound = 2.0 * (tol.atol_rms * rms + tol.rtol * std::fabs(lr[want]));
+    if ((margin > bound || b == c.nan_token) && got != want)
+      rep.fail(c.name + ": token " + std::to_string(b) + ": argmax " + std::to_string(got) + ", reference " +
+               std::to_string(want) + " (margin " + std::to_string(margin) + ")");
+  }
+  return rep;
+}
+
+}  // namespace cf::test::lm_head

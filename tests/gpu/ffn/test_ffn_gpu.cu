@@ -1,0 +1,213 @@
+// The fused FFN block on a Hopper GPU against cf::ref::ffn_block (tolerance policy) and against cuda-unfused: the
+// model shapes of issue 7 (Llama-2-7B 4096 x 11008, Llama-3-8B 4096 x 14336, batch 1 and 8), bit-identical reruns
+// and CUDA-graph replays, and small cases meant for compute-sanitizer (--gtest_filter=*Sanitizer*). Outputs are
+// poisoned (NaN) before every run; every wait inside the kernel is bounded (a hang ends as a "timed out" status error
+// instead). Skips without a GPU of compute capability 9.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "harness.hpp"
+
+namespace cf::test::ffn {
+namespace {
+
+bool hopper_available() {
+  if (!dev::device_available()) return false;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return false;
+  static bool printed = false;
+  if (!printed) {
+    std::printf("device: %s, compute capability %d.%d, %d SMs\n", prop.name, prop.major, prop.minor,
+                prop.multiProcessorCount);
+    printed = true;
+  }
+  return prop.major >= 9;
+}
+
+#define REQUIRE_HOPPER() \
+  if (!hopper_available()) GTEST_SKIP() << "no CUDA device of compute capability >= 9.0"
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+Case model_case(const std::string& model, int batch, dev::DType dtype = dev::DType::F16) {
+  Case c;
+  c.name = model + "_b" + std::to_string(batch) + (dtype == dev::DType::BF16 ? "_bf16" : "");
+  c.dtype = dtype;
+  c.hidden = 4096;
+  c.ffn_hidden = model == "llama2" ? 11008 : 14336;
+  c.batch = batch;
+  c.cluster_size = 0;  // the launcher's choice (docs/ffn.md §2)
+  c.max_clusters = 0;
+  c.seed = uint64_t(batch) * 17 + (model == "llama2" ? 1 : 2);
+  return c;
+}
+
+template <typename T>
+void check_model_case(const Case& c, bool graph_check) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const HostInputs in = make_inputs<T>(c);
+  const Oracle o = make_oracle<T>(c, in);
+  const double t_ref = seconds_since(t0);
+
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  d.out.fill_bytes(0xFF);
+  d.residual_out.fill_bytes(0xFF);
+  kffn::Plan plan(plan_config(c, d));
+  const kffn::StepArgs step = step_args(c, d);
+  plan.run(step);
+  plan.check_status();
+  const RunResult r = download_result(c, d);
+  const CheckReport rep = check_result<T>(c, o, r);
+  EXPECT_TRUE(rep.ok) << rep.message;
+  const kffn::LaunchInfo& li = plan.info();
+  std::printf("%s: cluster %d x %d clusters, U %d, %d stages, %zu B smem; reference %.1f s; %s\n", c.name.c_str(),
+              li.cluster_size, li.clusters, li.stage_units, li.stages, li.smem_bytes, t_ref, rep.message.c_str());
+
+  // A second run and CUDA-graph replays give the same bits (the counters reset themselves).
+  d.out.fill_bytes(0xFF);
+  plan.run(step);
+  plan.check_status();
+  EXPECT_EQ(d.out.download(), r.out) << "second run differs";
+  if (graph_check) {
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    plan.run(step, stream);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    d.out.fill_bytes(0xFF);
+    dev::synchronize();  // the memset runs on the legacy stream; `stream` does not wait for it
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    plan.check_status(stream);
+    EXPECT_EQ(d.out.download(), r.out) << "CUDA-graph replay differs";
+    (void)cudaGraphExecDestroy(exec);
+    (void)cudaGraphDestroy(graph);
+    (void)cudaStreamDestroy(stream);
+  }
+}
+
+void check_any(const Case& c, bool graph_check = false) {
+  if (c.dtype == dev::DType::F16) check_model_case<half>(c, graph_check);
+  else check_model_case<bfloat16>(c, graph_check);
+}
+
+TEST(FfnGpu, Llama2Batch1) {
+  REQUIRE_HOPPER();
+  check_any(model_case("llama2", 1), /*graph_check=*/true);
+}
+TEST(FfnGpu, Llama2Batch8) {
+  REQUIRE_HOPPER();
+  check_any(model_case("llama2", 8));
+}
+TEST(FfnGpu, Llama3Batch1) {
+  REQUIRE_HOPPER();
+  check_any(model_case("llama3", 1), /*graph_check=*/true);
+}
+TEST(FfnGpu, Llama3Batch8Bf16) {
+  REQUIRE_HOPPER();
+  check_any(model_case("llama3", 8, dev::DType::BF16));
+}
+TEST(FfnGpu, Llama2Batch16) {
+  REQUIRE_HOPPER();
+  check_any(model_case("llama2", 16));
+}
+
+// ---- small cases, fast under compute-sanitizer (memcheck, racecheck, synccheck) ------------------------------------
+
+TEST(FfnGpuSanitizer, SmolLM2Batch3) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.name = "SanitizerSmolLM2";
+  c.hidden = 576, c.ffn_hidden = 1536, c.batch = 3, c.cluster_size = 4, c.max_clusters = 6;
+  check_any(c, /*graph_check=*/true);
+}
+TEST(FfnGpuSanitizer, UnevenCluster8Bf16Batch11InPlace) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.name = "SanitizerUneven";
+  c.dtype = dev::DType::BF16;
+  c.hidden = 288, c.ffn_hidden = 528, c.batch = 11, c.cluster_size = 8, c.max_clusters = 5, c.stage_units = 8;
+  c.in_place = true;
+  const HostInputs in = make_inputs<bfloat16>(c);
+  const Oracle o = make_oracle<bfloat16>(c, in);
+  const CheckReport rep = check_result<bfloat16>(c, o, run_case(c, in));
+  EXPECT_TRUE(rep.ok) << rep.message;
+}
+
+}  // namespace
+}  // namespace cf::test::ffn
+
+// ---- against the cuda-unfused baseline (when it is built) ------------------------------------------------------
+#if defined(CF_HAVE_CUDA_UNFUSED)
+#include "cuda_unfused/ops.hpp"
+
+namespace cf::test::ffn {
+namespace {
+
+// Both implementations on the same device inputs: both within the policy of the fp32 reference, residual_out
+// bit-identical, the fused error not above twice the baseline's; the largest difference between the two printed.
+template <typename T>
+void compare_with_unfused(const Case& c) {
+  namespace cu = cf::cuda_unfused;
+  const HostInputs in = make_inputs<T>(c);
+  const Oracle o = make_oracle<T>(c, in);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  d.out.fill_bytes(0xFF);
+  kffn::Plan plan(plan_config(c, d));
+  plan.run(step_args(c, d));
+  plan.check_status();
+  const std::vector<uint16_t> fused_out = d.out.download(), fused_res = d.residual_out.download();
+
+  cu::Workspace ws(c.ref_shape(), c.batch);
+  cu::FfnBlockParams up;
+  up.dtype = c.dtype == dev::DType::F16 ? cu::DType::F16 : cu::DType::BF16;
+  up.shape = c.ref_shape();
+  up.batch = c.batch;
+  up.hidden = d.hidden.data();
+  up.residual = c.residual ? d.residual.data() : nullptr;
+  up.residual_out = d.residual_out.data();
+  up.out = d.out.data();
+  up.norm = d.norm.data();
+  up.w_gate_up = d.w_gate_up.data();
+  up.w_down = d.w_down.data();
+  d.out.fill_bytes(0xFF);
+  d.residual_out.fill_bytes(0xFF);
+  cu::ffn_block(up, ws, nullptr);
+  ws.check_status(nullptr);
+  const std::vector<uint16_t> unfused_out = d.out.download(), unfused_res = d.residual_out.download();
+
+  EXPECT_EQ(fused_res, unfused_res) << "residual_out differs between fused and cuda-unfused";
+  std::vector<float> yf(fused_out.size()), yu(unfused_out.size());
+  double max_diff = 0.0;
+  for (size_t i = 0; i < yf.size(); ++i) {
+    yf[i] = from_bits16<T>(fused_out[i]);
+    yu[i] = from_bits16<T>(unfused_out[i]);
+    max_diff = std::max(max_diff, double(std::fabs(yf[i] - yu[i])));
+  }
+  const ref::ToleranceReport tf = ref::check_tolerance<T>(yf, o.out_ref), tu = ref::check_tolerance<T>(yu, o.out_ref);
+  std::printf("%s: fused vs cuda-unfused max |diff| %.3g; fused max error %.3g (%lld out of bound), unfused %.3g "
+              "(%lld out of bound)\n",
+              c.name.c_str(), max_diff, tf.max_abs_error, (long long)tf.n_out_of_bound, tu.max_abs_error,
+              (long long)tu.n_out_of_bound);
+  EXPECT_LE(tf.max_abs_error, std::max(2.0 * tu.max_abs_error, tf.atol)) << "fused error vs cuda-unfused error";
+}
+
+TEST(FfnGpu, MatchesUnfusedBaseline) {
+  REQUIRE_HOPPER();
+  compare_with_unfused<half>(model_case("llama2", 1));
+  compare_with_unfused<half>(model_case("llama3", 8));
+  compare_with_unfused<bfloat16>(model_case("llama2", 3, dev::DType::BF16));
+}
+
+}  // namespace
+}  // namespace cf::test::ffn
+#endif
