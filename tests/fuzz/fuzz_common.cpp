@@ -14,6 +14,12 @@ void property_violated(const char* file, int line, const char* condition, std::s
   std::abort();
 }
 
+bool printable(std::string_view s) {
+  for (const char c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
+  return json::is_valid_utf8(s);
+}
+
 std::string show(std::string_view s, size_t max_chars) {
   static const char* hex = "0123456789abcdef";
   std::string out;

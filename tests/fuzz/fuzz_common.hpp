@@ -26,6 +26,9 @@ void exercise_tokenizer(const Tokenizer& tok, std::string_view ids_source);
 // Ids from bytes (little-endian int32, up to max_ids), for decode-only fuzzing.
 std::vector<int32_t> ids_from_bytes(std::string_view bytes, size_t max_ids);
 
+// True when s is valid UTF-8 without control characters (what may reach a terminal from a file).
+bool printable(std::string_view s);
+
 // Short printable form of bytes for property messages.
 std::string show(std::string_view s, size_t max_chars = 200);
 

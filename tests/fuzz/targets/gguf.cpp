@@ -116,6 +116,7 @@ void gguf(const uint8_t* data, size_t size) {
 
   std::optional<ModelConfig> config;
   (void)refused([&] { config = config_from_gguf(f); });
+  if (config) CF_FUZZ_ASSERT(printable(config->name), "model name '" + show(config->name) + "' is not printable");
   std::optional<TokenizerSpec> spec;
   (void)refused([&] { spec = tokenizer_spec_from_gguf(f); });
   if (spec && size <= kMaxInputBytes) {

@@ -17,6 +17,7 @@ void hf_config(const uint8_t* data, size_t size) {
     CF_FUZZ_ASSERT(int64_t(c.q_dim()) == int64_t(c.n_heads) * c.head_dim, "q_dim overflow");
     CF_FUZZ_ASSERT(int64_t(c.kv_dim()) == int64_t(c.n_kv_heads) * c.head_dim, "kv_dim overflow");
     CF_FUZZ_ASSERT(c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0, "heads not divisible");
+    CF_FUZZ_ASSERT(printable(c.name), "model name '" + show(c.name) + "' is not printable");
     (void)c.summary();
   } catch (const InputError&) {
   }
