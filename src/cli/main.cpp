@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "clusterfusion/common/json.hpp"
 #include "clusterfusion/engine/model_file.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/chat_template.hpp"
@@ -197,10 +198,11 @@ LoadedRunner load(const CommonOptions& common) {
 }
 
 void print_stats(const GenerationStats& s, bool quiet) {
-  if (quiet) return;
-  std::fprintf(stderr, "[prompt: %d tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | stop: %s]\n",
-               s.prompt_tokens, s.prompt_tokens_per_second(), s.generated_tokens, s.generate_tokens_per_second(),
-               std::string(stop_reason_name(s.stop)).c_str());
+  if (!quiet)
+    std::fprintf(stderr, "[prompt: %d tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | stop: %s]\n",
+                 s.prompt_tokens, s.prompt_tokens_per_second(), s.generated_tokens, s.generate_tokens_per_second(),
+                 std::string(stop_reason_name(s.stop)).c_str());
+  // Not a summary but a problem (a chat turn that did not fit): reported even with -q.
   if (s.stop == StopReason::ContextFull) std::fprintf(stderr, "clusterfusion: %s\n", s.message.c_str());
 }
 
@@ -244,6 +246,8 @@ int cmd_generate(const std::vector<std::string>& args) {
     ChatSession chat(generator, chat_template, sampling.system);
     stats = chat.send(*prompt, options, print_text);
   }
+  // A prompt that does not fit the context is an input error (one line, exit 1), not a finished generation.
+  if (stats.stop == StopReason::ContextFull && stats.generated_tokens == 0) throw InputError(stats.message);
   std::fputs("\n", stdout);
   std::fflush(stdout);
   print_stats(stats, common.quiet);
@@ -408,21 +412,45 @@ int run(const std::vector<std::string>& args) {
 
 }  // namespace cf::cli
 
+namespace {
+// Error messages echo arguments and paths as given; the line printed stays one line of valid UTF-8 without control
+// characters (a newline or an escape sequence in an argument is shown as \xNN, as are bytes of invalid UTF-8).
+std::string one_line(std::string_view message) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < message.size();) {
+    const auto c = static_cast<unsigned char>(message[i]);
+    size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    if (len > 1 && (i + len > message.size() || !cf::json::is_valid_utf8(message.substr(i, len)))) len = 0;
+    if (len == 0 || c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+      ++i;
+    } else {
+      out.append(message.substr(i, len));
+      i += len;
+    }
+  }
+  return out;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
     return cf::cli::run(args);
   } catch (const cf::cli::UsageError& e) {
-    std::fprintf(stderr, "clusterfusion: %s\n", e.what());
+    std::fprintf(stderr, "clusterfusion: %s\n", one_line(e.what()).c_str());
     return 2;
   } catch (const cf::Error& e) {
-    std::fprintf(stderr, "clusterfusion: error: %s\n", e.what());
+    std::fprintf(stderr, "clusterfusion: error: %s\n", one_line(e.what()).c_str());
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "clusterfusion: error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "clusterfusion: internal error: %s\n", e.what());
+    std::fprintf(stderr, "clusterfusion: internal error: %s\n", one_line(e.what()).c_str());
     return 1;
   }
 }

@@ -1,5 +1,6 @@
 #include "clusterfusion/common/json.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
@@ -150,6 +151,36 @@ bool is_valid_utf8(std::string_view s) {
 
 namespace {
 
+// Position of the first significant digit of a JSON number token relative to the decimal point (1 for "5", -2 for
+// "0.005", 309 for "1e308"), saturating. It tells an overflow (> 0) from an underflow (<= 0) when from_chars reports
+// a number out of range.
+int64_t decimal_magnitude(std::string_view tok) {
+  auto digit = [&](size_t i) { return i < tok.size() && tok[i] >= '0' && tok[i] <= '9'; };
+  size_t i = (!tok.empty() && tok[0] == '-') ? 1 : 0;
+  int64_t magnitude = 0;
+  bool significant = false;
+  for (; digit(i); ++i)
+    if (significant || tok[i] != '0') {
+      significant = true;
+      ++magnitude;
+    }
+  if (i < tok.size() && tok[i] == '.')
+    for (++i; digit(i); ++i)
+      if (!significant) {
+        if (tok[i] != '0') significant = true;
+        else --magnitude;
+      }
+  if (i < tok.size() && (tok[i] == 'e' || tok[i] == 'E')) {
+    ++i;
+    const bool negative = i < tok.size() && tok[i] == '-';
+    if (i < tok.size() && (tok[i] == '-' || tok[i] == '+')) ++i;
+    int64_t exponent = 0;
+    for (; digit(i); ++i) exponent = std::min<int64_t>(exponent * 10 + (tok[i] - '0'), int64_t(1) << 40);
+    magnitude += negative ? -exponent : exponent;
+  }
+  return magnitude;
+}
+
 class Parser {
  public:
   Parser(std::string_view text, const ParseLimits& limits) : s_(text), limits_(limits) {}
@@ -186,6 +217,7 @@ class Parser {
 
   Value value(int depth) {
     if (depth > limits_.max_depth) fail("nesting deeper than " + std::to_string(limits_.max_depth));
+    if (++values_ > limits_.max_values) fail("more than " + std::to_string(limits_.max_values) + " values");
     if (pos_ >= s_.size()) fail("unexpected end of input");
     switch (s_[pos_]) {
       case '{': return object(depth);
@@ -329,7 +361,13 @@ class Parser {
     }
     const std::string_view tok = s_.substr(start, pos_ - start);
     double d = 0;
-    std::from_chars(tok.data(), tok.data() + tok.size(), d);  // locale-independent; overflow leaves d = 0
+    // Locale-independent. Out of range leaves d = 0: right for an underflow, an error for an overflow (1e999 must
+    // not quietly read as 0).
+    if (std::from_chars(tok.data(), tok.data() + tok.size(), d).ec == std::errc::result_out_of_range &&
+        decimal_magnitude(tok) > 0) {
+      pos_ = start;
+      fail("number out of range");
+    }
     int64_t i = 0;
     if (integral) {
       auto [p, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), i);
@@ -341,6 +379,7 @@ class Parser {
   std::string_view s_;
   ParseLimits limits_;
   size_t pos_ = 0;
+  size_t values_ = 0;
 };
 
 }  // namespace

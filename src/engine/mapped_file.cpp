@@ -71,7 +71,10 @@ json::Value parse_json_file(const std::string& path, size_t max_bytes) {
   const std::string text = read_text_file(path, max_bytes);
   if (json_value_bound(text) > text.size() / 3 + 64) throw InputError(path + ": too many JSON values for the file size");
   try {
-    return json::parse(text);
+    json::ParseLimits limits;
+    limits.max_bytes = max_bytes;
+    limits.max_values = kMaxConfigJsonValues;
+    return json::parse(text, limits);
   } catch (const InputError& e) {
     throw InputError(path + ": " + e.what());
   }

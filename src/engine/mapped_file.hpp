@@ -35,8 +35,12 @@ std::string read_text_file(const std::string& path, size_t max_bytes);
 // tree costs ~100 bytes per value, so callers refuse texts with more than one value per few bytes before parsing.
 size_t json_value_bound(std::string_view text);
 
+// Values allowed in a config-style JSON file: real ones hold at most ~10^5 (a 90k-tensor weight_map); the cap keeps
+// a hostile file's tree under ~150 MB.
+inline constexpr size_t kMaxConfigJsonValues = size_t(1) << 20;
+
 // Reads and parses a small JSON file (config.json, tokenizer_config.json, ...): at most max_bytes, at most one value
-// per 3 bytes; errors are cf::InputError("<path>: ...").
+// per 3 bytes and kMaxConfigJsonValues in all; errors are cf::InputError("<path>: ...").
 json::Value parse_json_file(const std::string& path, size_t max_bytes);
 
 // Error-message helper: s quoted, with control and non-ASCII bytes escaped and long text clipped.

@@ -19,6 +19,20 @@ std::string fmt_float(double v) {
   return buf;
 }
 
+// The model's name as the CLI prints it: a file's text must not carry terminal control sequences or invalid UTF-8
+// to the terminal. Control bytes (and, in invalid UTF-8, every non-ASCII byte) become '?'; clipped.
+std::string printable_name(const std::string& name) {
+  constexpr size_t kMaxBytes = 120;
+  const bool utf8 = json::is_valid_utf8(name);
+  std::string out;
+  for (const char ch : name.substr(0, kMaxBytes)) {
+    const auto c = static_cast<unsigned char>(ch);
+    out += (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) ? '?' : ch;
+  }
+  while (!json::is_valid_utf8(out)) out.pop_back();  // the clip cut a multi-byte character
+  return name.size() > kMaxBytes ? out + "..." : out;
+}
+
 void check_range(const std::string& source, const char* field, int64_t v, int64_t lo, int64_t hi) {
   if (v < lo || v > hi)
     throw InputError(source + ": " + field + " = " + std::to_string(v) + ": expected " + std::to_string(lo) + ".." +
@@ -89,7 +103,7 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   c.arch = f.require_string("general.architecture");
   if (c.arch != "llama" && c.arch != "qwen2")
     throw InputError(f.path() + ": unsupported architecture " + quote_text(c.arch) + " (supported: llama, qwen2)");
-  c.name = f.get_string("general.name").value_or("");
+  c.name = printable_name(f.get_string("general.name").value_or(""));
   const std::string p = c.arch + ".";
   if (f.get_int(p + "expert_count").value_or(0) > 0)
     throw InputError(f.path() + ": mixture-of-experts models are not supported (" + p + "expert_count > 0)");
@@ -179,7 +193,7 @@ ModelConfig config_from_hf_json(const json::Value& cfg, const std::string& sourc
   if (model_type == "llama" || model_type == "mistral") c.arch = "llama";
   else if (model_type == "qwen2") c.arch = "qwen2";
   else throw InputError(source + ": unsupported model_type " + quote_text(model_type) + " (supported: llama, mistral, qwen2)");
-  if (const auto* n = present(cfg, "_name_or_path"); n && n->is_string()) c.name = n->as_string();
+  if (const auto* n = present(cfg, "_name_or_path"); n && n->is_string()) c.name = printable_name(n->as_string());
 
   if (const auto* act = present(cfg, "hidden_act"); act && !(act->is_string() && act->as_string() == "silu"))
     throw InputError(source + ": hidden_act must be \"silu\" (SwiGLU)");

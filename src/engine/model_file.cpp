@@ -28,9 +28,13 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 }  // namespace
 
 const TensorRef* ModelFile::find(const std::string& name) const {
-  for (const auto& t : tensors())
-    if (t.name == name) return &t;
-  return nullptr;
+  std::call_once(index_once_, [&] {
+    const auto& all = tensors();
+    index_.reserve(all.size());
+    for (size_t i = 0; i < all.size(); ++i) index_.emplace(all[i].name, i);
+  });
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors()[it->second];
 }
 
 const TensorRef& ModelFile::require(const std::string& name, const std::vector<int64_t>& expected_shape) const {
@@ -124,9 +128,11 @@ std::vector<int32_t> ids_from(const json::Value* v) {
   return out;
 }
 
+// A file name in the same folder, printable (names come from the index file and end up in error messages).
 bool plain_file_name(const std::string& name) {
   return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
-         name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
+         name.find('\\') == std::string::npos &&
+         std::none_of(name.begin(), name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
 }
 
 class SafetensorsModel final : public ModelFile {

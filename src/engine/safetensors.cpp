@@ -77,6 +77,7 @@ void SafetensorsFile::parse() {
   try {
     json::ParseLimits limits;
     limits.max_depth = 16;
+    limits.max_values = kMaxHeaderValues;
     doc = json::parse(text, limits);
   } catch (const InputError& e) {
     fail(std::string("bad JSON header: ") + e.what(), "header");

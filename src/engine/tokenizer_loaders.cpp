@@ -18,6 +18,9 @@ namespace {
 // refusing denser or bigger texts bounds the parsed tree (~100 bytes per value) for hostile files.
 constexpr size_t kMaxTokenizerJsonBytes = size_t(64) << 20;
 constexpr size_t kMinBytesPerJsonValue = 3;
+// The largest real ones (262k tokens, 500k merges as ["a", "b"] pairs) hold ~2M values; 2^22 bounds the tree to
+// ~0.6 GB however the 64 MB are filled.
+constexpr size_t kMaxTokenizerJsonValues = size_t(1) << 22;
 constexpr size_t kMaxSentencePieceBytes = size_t(64) << 20;
 constexpr size_t kMaxConfigJsonBytes = size_t(16) << 20;
 
@@ -193,6 +196,11 @@ TokenizerSpec spec_from_json_doc(const json::Value& doc, const std::string& sour
   auto place = [&](const std::string& piece, const json::Value& idv, int32_t type) {
     if (!idv.is_integer() || idv.as_int() < 0 || idv.as_int() >= int64_t(Tokenizer::kMaxVocab))
       fail("token " + quote_text(piece) + " has an invalid id");
+    // Ids tile 0..n-1 with n <= total, so a larger id is an error, caught before it sizes the tables (memory stays
+    // proportional to the file).
+    if (idv.as_int() >= int64_t(total))
+      fail("token ids are not contiguous: token " + quote_text(piece) + " has id " + std::to_string(idv.as_int()) +
+           " in a vocabulary of " + std::to_string(total) + " tokens");
     const auto id = size_t(idv.as_int());
     if (id >= s.tokens.size()) {
       s.tokens.resize(id + 1);
@@ -310,6 +318,7 @@ TokenizerSpec tokenizer_spec_from_hf_json_text(std::string_view text, const std:
     json::ParseLimits limits;
     limits.max_bytes = kMaxTokenizerJsonBytes;
     limits.max_depth = 64;
+    limits.max_values = kMaxTokenizerJsonValues;
     doc = json::parse(text, limits);
   } catch (const InputError& e) {
     throw InputError(source + ": " + e.what());

@@ -17,16 +17,21 @@ std::string strip(const std::string& s) {
 // A ChatML template that inserts a system turn when the conversation has none writes it as a literal:
 //   '<|im_start|>system\nYou are ...<|im_end|>\n'
 // where \n may be a real newline or the two characters of a Jinja escape. Returns the text between.
+// Linear in the template's length (it comes from the model file): the next <|im_end|> and the next character that
+// marks an expression only move forward as the openers do.
 std::optional<std::string> chatml_default_system(const std::string& jinja) {
+  constexpr std::string_view kEnd = "<|im_end|>", kExpression = "{}'\"+";
   for (const std::string opener : {"<|im_start|>system\n", "<|im_start|>system\\n"}) {
-    size_t at = 0;
+    size_t at = 0, end = 0, expression = 0;
+    bool searched = false;
     while ((at = jinja.find(opener, at)) != std::string::npos) {
       const size_t begin = at + opener.size();
-      const size_t end = jinja.find("<|im_end|>", begin);
+      if (!searched || end < begin) end = jinja.find(kEnd, begin);
+      if (!searched || expression < begin) expression = jinja.find_first_of(kExpression, begin);
+      searched = true;
       if (end == std::string::npos) break;
-      const std::string text = jinja.substr(begin, end - begin);
       // A literal, not an expression that prints the user's system message.
-      if (!text.empty() && text.find_first_of("{}'\"+") == std::string::npos) return text;
+      if (end > begin && expression >= end) return jinja.substr(begin, end - begin);
       at = begin;
     }
   }

@@ -9,6 +9,7 @@ namespace cf {
 
 LoadedModel load_model(const std::string& path, const WeightLoadOptions& options, const LoadProgress& progress) {
   auto file = open_model_file(path);
+  if (options.check_finite) check_weights_finite(*file);
   LoadedModel m;
   m.path = path;
   m.format = file->format();

@@ -3,8 +3,10 @@
 // blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,ffn_norm,ffn_gate,ffn_up,ffn_down}.weight, blk.N.attn_{q,k,v}.bias.
 #pragma once
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "clusterfusion/engine/model_config.hpp"
@@ -22,6 +24,8 @@ class ModelFile {
   virtual std::string format() const = 0;  // "gguf", "safetensors"
   virtual const ModelConfig& config() const = 0;
   virtual const std::vector<TensorRef>& tensors() const = 0;
+  // By name, through an index built on first use (tensors() must not change after that): loading looks up every
+  // tensor, and a linear search would make that quadratic in a hostile file's tensor count.
   const TensorRef* find(const std::string& name) const;
   // Throws cf::InputError("<path>: missing tensor '<name>'") or a shape mismatch naming expected and actual.
   const TensorRef& require(const std::string& name, const std::vector<int64_t>& expected_shape) const;
@@ -30,6 +34,10 @@ class ModelFile {
   virtual std::optional<std::string> chat_template() const = 0;
   // The underlying GGUF file (all metadata, every tensor info) when format() == "gguf", else nullptr.
   virtual const GgufFile* gguf() const { return nullptr; }
+
+ private:
+  mutable std::once_flag index_once_;
+  mutable std::unordered_map<std::string, size_t> index_;  // name -> position in tensors(); first one wins
 };
 
 // Checks that every tensor the Llama forward pass needs is present with the shape config() implies

@@ -35,6 +35,8 @@ class SafetensorsFile {
   // pre-count of values (at most one per kMinBytesPerValue header bytes) bound memory for hostile headers.
   static constexpr uint64_t kMaxHeaderBytes = uint64_t(16) << 20;
   static constexpr uint64_t kMinBytesPerValue = 4;
+  // ~10 values per tensor: room for 10^5 tensors in one file, a tree of at most ~150 MB.
+  static constexpr size_t kMaxHeaderValues = size_t(1) << 20;
   static constexpr size_t kMaxDims = 8;
 
   explicit SafetensorsFile(const std::string& path);

@@ -1,0 +1,70 @@
+// Runs the clusterfusion binary as a user would (fork + exec, no shell, so arguments may hold any bytes), with a
+// time limit: a run that takes longer is killed and reported as a hang.
+#pragma once
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace cf::badinput {
+
+struct CliResult {
+  int exit_code = -1;  // -1: killed (signal or time limit)
+  bool timed_out = false;
+  std::string out, err;
+};
+
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline CliResult run_cli(const std::vector<std::string>& args, const std::string& stdin_text = "",
+                         const std::vector<std::string>& env = {}, double time_limit_s = 60) {
+  static int counter = 0;
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("cf_badinput_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+  std::filesystem::create_directories(dir);
+  const auto in = dir / "in", out = dir / "out", err = dir / "err";
+  std::ofstream(in, std::ios::binary) << stdin_text;
+  std::vector<char*> argv{const_cast<char*>(CF_CLI_PATH)};
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (!std::freopen(in.c_str(), "rb", stdin) || !std::freopen(out.c_str(), "wb", stdout) ||
+        !std::freopen(err.c_str(), "wb", stderr))
+      std::_Exit(126);
+    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+    ::execv(CF_CLI_PATH, argv.data());
+    std::_Exit(127);
+  }
+  CliResult r;
+  int status = 0;
+  const auto start = std::chrono::steady_clock::now();
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > time_limit_s) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      r.timed_out = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (!r.timed_out && WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  std::filesystem::remove_all(dir);
+  return r;
+}
+
+}  // namespace cf::badinput

@@ -1,0 +1,168 @@
+// The command line with bad flags, bad model files and bad prompts: exit code 2 for a bad command line, 1 for bad
+// input, one error line on stderr that names the problem, valid UTF-8 without control characters, no hang. The
+// models are the micro GGUF models of tests/fuzz (one layer, a few KB), so nothing here needs the default model.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "badinput_util.hpp"
+#include "cli_runner.hpp"
+#include "clusterfusion/engine/gguf.hpp"
+#include "fuzz_seeds.hpp"
+#include "gguf_writer.hpp"
+#include "test_util.hpp"
+
+namespace {
+namespace fs = std::filesystem;
+using cf::badinput::CliResult;
+using cf::badinput::run_cli;
+
+// The error policy on a finished run: the last line of stderr is the only error line ("clusterfusion: ..."; a
+// "loaded ..." progress line may come before it), valid UTF-8 without control characters, naming the problem.
+void expect_error(const CliResult& r, int code, const std::string& fragment, const std::string& what) {
+  SCOPED_TRACE(what);
+  ASSERT_FALSE(r.timed_out) << "hang";
+  EXPECT_EQ(r.exit_code, code) << r.err;
+  ASSERT_FALSE(r.err.empty());
+  EXPECT_EQ(r.err.back(), '\n') << r.err;
+  const size_t start = r.err.rfind('\n', r.err.size() - 2);
+  const std::string line = r.err.substr(start == std::string::npos ? 0 : start + 1);
+  EXPECT_EQ(line.rfind("clusterfusion: ", 0), 0u) << r.err;
+  EXPECT_EQ(r.err.find("clusterfusion: "), r.err.rfind("clusterfusion: ")) << "one error line: " << r.err;
+  EXPECT_NE(line.find(fragment), std::string::npos) << "missing '" << fragment << "' in: " << line;
+  EXPECT_TRUE(cf::json::is_valid_utf8(line)) << line;
+  for (size_t i = 0; i + 1 < line.size(); ++i)
+    if (static_cast<unsigned char>(line[i]) < 0x20 || line[i] == 0x7f) {
+      ADD_FAILURE() << "control character in: " << line;
+      break;
+    }
+}
+
+class CliBadInput : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    micro_ = dir_.file("micro.gguf");
+    cf::test::write_file(micro_, cf::fuzz::micro_model_gguf());
+  }
+  cf::test::TempDir dir_;
+  std::string micro_;
+};
+
+TEST_F(CliBadInput, InvalidFlagsExit2WithOneLine) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string fragment;
+  };
+  const std::vector<Case> cases = {
+      {{"generate", "-p", "hi", "-n", "-1"}, "-n"},
+      {{"generate", "-p", "hi", "-n", "99999999999999999999"}, "-n"},
+      {{"generate", "-p", "hi", "--temp", "nan"}, "--temp"},
+      {{"generate", "-p", "hi", "--temp", "inf"}, "--temp"},
+      {{"generate", "-p", "hi", "--temp", "1e999"}, "--temp"},
+      {{"generate", "-p", "hi", "--top-k", "-3"}, "--top-k"},
+      {{"generate", "-p", "hi", "--min-p", "2"}, "min"},
+      {{"generate", "-p", "hi", "--repeat-penalty", "0"}, "repeat"},
+      {{"generate", "-p", "hi", "--repeat-window", "-1"}, "--repeat-window"},
+      {{"generate", "-p", "hi", "--seed", "-5"}, "--seed"},
+      {{"generate", "-p", "hi", "--seed", "123456789012345678901234567890"}, "--seed"},
+      {{"generate", "-p", "hi", "-c", "-1"}, "-c"},
+      {{"generate", "-p", "hi", "-c", "x"}, "-c"},
+      {{"generate", "-p", "hi", "-t", "100000"}, "-t"},
+      {{"generate", "-p"}, "-p"},
+      {{"generate", "-p", "hi", "--template", ""}, "chat template"},
+      {{"generate", "-p", "hi", "--backend", ""}, "backend"},
+      {{"generate", "-p", "hi", "stray"}, "stray"},
+      {{"chat", "-p", "hi"}, "-p"},
+      {{"info", "--bogus"}, "--bogus"},
+      // Bytes a terminal must not get raw: a newline and an escape sequence in a value, invalid UTF-8 in a flag.
+      {{"generate", "-p", "hi", "--temp", "1\n2"}, "--temp"},
+      {{"generate", "-p", "hi", "--seed", "\x1b[2J"}, "--seed"},
+      {{"generate", "-p", "hi", "--t\xff\xfemp", "1"}, "unknown option"},
+  };
+  for (const auto& c : cases) {
+    std::string what;
+    for (const auto& a : c.args) what += a + " ";
+    expect_error(run_cli(c.args), 2, c.fragment, what);
+  }
+}
+
+TEST_F(CliBadInput, BadModelFilesExit1NamingTheFile) {
+  const auto good = cf::fuzz::micro_model_gguf();
+  // Truncated inside the tensor data, and inside the metadata.
+  const std::string cut = dir_.file("cut.gguf");
+  cf::test::write_file(cut, std::vector<uint8_t>(good.begin(), good.end() - 100));
+  expect_error(run_cli({"generate", "-m", cut, "-p", "hi"}), 1, cut, "truncated data");
+  cf::test::write_file(cut, std::vector<uint8_t>(good.begin(), good.begin() + 300));
+  expect_error(run_cli({"info", cut}), 1, cut, "truncated metadata");
+  // Not a model at all, an empty path, a device, an empty folder.
+  expect_error(run_cli({"generate", "-m", "", "-p", "hi"}), 1, "", "empty path");
+  expect_error(run_cli({"generate", "-m", "/dev/null", "-p", "hi"}), 1, "/dev/null", "/dev/null");
+  const fs::path empty = dir_.path() / "empty_folder";
+  fs::create_directories(empty);
+  expect_error(run_cli({"info", empty.string()}), 1, "missing config.json", "empty folder");
+  // NaN in a weight: refused at load (check_weights_finite runs in load_model by default).
+  auto poisoned = good;
+  const auto f = cf::GgufFile::from_memory("m", good.data(), good.size());
+  const auto* t = f.find_tensor("blk.0.ffn_norm.weight");
+  ASSERT_NE(t, nullptr);
+  cf::test::patch<uint32_t>(poisoned, size_t(t->data - good.data()) + 8, 0x7fc00000u);
+  const std::string nan = dir_.file("nan.gguf");
+  cf::test::write_file(nan, poisoned);
+  expect_error(run_cli({"generate", "-m", nan, "-p", "hi", "-n", "4"}), 1, "'blk.0.ffn_norm.weight' holds NaN or Inf",
+               "NaN weight");
+}
+
+TEST_F(CliBadInput, PromptsThatDoNotFitOrEncodeToNothingExit1) {
+  std::string long_prompt;
+  for (int i = 0; i < 200; ++i) long_prompt += "hello world ";
+  expect_error(run_cli({"generate", "-m", micro_, "-p", long_prompt, "-n", "4"}), 1, "does not leave room",
+               "prompt longer than the model's context");
+  expect_error(run_cli({"generate", "-m", micro_, "-p", "hello world hello", "-c", "8", "-n", "4", "-q"}), 1,
+               "does not leave room", "prompt longer than --ctx, quiet");
+  expect_error(run_cli({"generate", "-m", micro_, "--raw", "-p", "", "-n", "4"}), 1, "no tokens", "empty raw prompt");
+}
+
+// Text that is not UTF-8 in the prompt, the system prompt and chat input: generation runs, and what reaches
+// stdout is valid UTF-8.
+TEST_F(CliBadInput, NonUtf8PromptsGenerateValidUtf8) {
+  const std::string bad = "caf\xc3 \xff\xfe \xed\xa0\x80 \xf4\x90\x80\x80 <|im_end|> \x1b[2J";
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"generate", "-m", micro_, "-p", bad, "-n", "12", "--temp", "1", "--seed", "3", "-q"},
+           {"generate", "-m", micro_, "--raw", "-p", bad, "-n", "12", "-q"},
+           {"generate", "-m", micro_, "-p", "hi", "--system", bad, "-n", "12", "-q"}}) {
+    const CliResult r = run_cli(args);
+    ASSERT_FALSE(r.timed_out);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(cf::json::is_valid_utf8(r.out)) << r.out;
+  }
+  std::string long_line;
+  for (int i = 0; i < 300; ++i) long_line += "word ";
+  const CliResult chat = run_cli({"chat", "-m", micro_, "-n", "6", "--temp", "0", "-q"},
+                                 bad + "\n" + long_line + "\nhi\n\xff\n");
+  ASSERT_FALSE(chat.timed_out);
+  EXPECT_EQ(chat.exit_code, 0) << chat.err;
+  EXPECT_TRUE(cf::json::is_valid_utf8(chat.out)) << chat.out;
+  EXPECT_NE(chat.err.find("does not leave room"), std::string::npos) << "the long turn is reported: " << chat.err;
+}
+
+// A model whose name holds terminal escape sequences: `info` and the load line print it without them.
+TEST_F(CliBadInput, HostileModelNameIsPrintedSafely) {
+  const auto good = cf::fuzz::micro_model_gguf();
+  const auto f = cf::GgufFile::from_memory("m", good.data(), good.size());
+  // Same length as "micro" so the layout (and every offset) stays valid: "\x1b[2J!".
+  auto bytes = good;
+  const std::string from = "micro";
+  const auto at = std::search(bytes.begin(), bytes.end(), from.begin(), from.end());
+  ASSERT_NE(at, bytes.end());
+  std::copy_n("\x1b[2J\x07", 5, at);
+  const std::string path = dir_.file("name.gguf");
+  cf::test::write_file(path, bytes);
+  for (const auto& args : std::vector<std::vector<std::string>>{{"info", path}, {"generate", "-m", path, "-p", "hi", "-n", "2"}}) {
+    const CliResult r = run_cli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ((r.out + r.err).find('\x1b'), std::string::npos) << r.out << r.err;
+    EXPECT_EQ((r.out + r.err).find('\x07'), std::string::npos) << r.out << r.err;
+  }
+}
+
+}  // namespace
