@@ -21,6 +21,7 @@
 #include "clusterfusion/cuda/buffer.hpp"
 #include "clusterfusion/cuda/device.hpp"
 #include "clusterfusion/cuda/stream.hpp"
+#include "common/args.hpp"
 #include "common/gpu_timing.hpp"
 #include "common/report.hpp"
 #include "decoder_attention/impl.hpp"
@@ -74,13 +75,6 @@ ref::DecoderShape model_shape(const std::string& model) {
   return s;
 }
 
-std::string canonical_model(const std::string& name) {
-  if (name == "llama2" || name == "llama2-7b") return "llama2-7b";
-  if (name == "llama3" || name == "llama3-8b") return "llama3-8b";
-  if (name == "smollm2" || name == "smollm2-135m") return "smollm2-135m";
-  throw InputError("--models: unknown model '" + name + "' (known: llama2, llama3, smollm2)");
-}
-
 // ---- command line ----------------------------------------------------------------------------------------------
 
 struct Options {
@@ -113,24 +107,6 @@ const char* kUsage =
     "  --no-breakdown        skip the per-stage timing\n"
     "  --bandwidth-mib N     buffer size of the bandwidth measurement (default 1024)\n"
     "  --json PATH           where to write the JSON results (default bench_decoder_attention.json)\n";
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-int parse_int(const std::string& s, const char* flag, int lo, int hi) {
-  char* end = nullptr;
-  const long v = std::strtol(s.c_str(), &end, 10);
-  if (s.empty() || *end != '\0' || v < lo || v > hi)
-    throw InputError(std::string(flag) + ": '" + s + "' is not an integer in [" + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "]");
-  return int(v);
-}
 
 Options parse_options(int argc, char** argv) {
   Options o;

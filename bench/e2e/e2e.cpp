@@ -29,6 +29,7 @@
 #include "clusterfusion/cuda/device.hpp"
 #include "clusterfusion/cuda/stream.hpp"
 #include "clusterfusion/runtime/model.hpp"
+#include "common/args.hpp"
 #include "common/gpu_timing.hpp"
 #include "common/report.hpp"
 #include "cuda/gpu_backend.hpp"
@@ -76,31 +77,6 @@ const char* kUsage =
     "  --replays N         timed graph replays per case (default 20)\n"
     "  --json PATH         where to write the JSON results (default e2e.json)\n";
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-int parse_int(const std::string& s, const char* flag, int lo, int hi) {
-  char* end = nullptr;
-  const long v = std::strtol(s.c_str(), &end, 10);
-  if (s.empty() || *end != '\0' || v < lo || v > hi)
-    throw InputError(std::string(flag) + ": '" + s + "' is not an integer in [" + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "]");
-  return int(v);
-}
-
-std::string preset_name(const std::string& m) {
-  if (m == "llama2" || m == "llama2-7b") return "llama2-7b";
-  if (m == "llama3" || m == "llama3-8b") return "llama3-8b";
-  if (m == "smollm2" || m == "smollm2-135m") return "smollm2-135m";
-  throw InputError("--models: unknown model '" + m + "' (known: llama2, llama3, smollm2)");
-}
-
 Options parse_options(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -118,7 +94,7 @@ Options parse_options(int argc, char** argv) {
       o.forward_reps = 3;
     } else if (arg == "--models") {
       o.models.clear();
-      for (const auto& m : split_list(value())) o.models.push_back(preset_name(m));
+      for (const auto& m : split_list(value())) o.models.push_back(canonical_model(m));
     } else if (arg == "--ctx") {
       o.ctxs.clear();
       for (const auto& v : split_list(value())) o.ctxs.push_back(parse_int(v, "--ctx", 1, 1 << 20));

@@ -27,6 +27,7 @@
 #include "clusterfusion/cuda/stream.hpp"
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/kernels/lm_head/launch.hpp"
+#include "common/args.hpp"
 #include "common/gpu_timing.hpp"
 #include "common/report.hpp"
 #include "cuda_unfused/ops.hpp"
@@ -46,10 +47,10 @@ struct ModelShape {
 };
 
 ModelShape model_shape(const std::string& name) {
-  if (name == "llama2" || name == "llama2-7b") return {"llama2-7b", 4096, 11008, 32000};
-  if (name == "llama3" || name == "llama3-8b") return {"llama3-8b", 4096, 14336, 128256};
-  if (name == "smollm2" || name == "smollm2-135m") return {"smollm2-135m", 576, 1536, 49152};
-  throw InputError("--models: unknown model '" + name + "' (known: llama2, llama3, smollm2)");
+  const std::string model = canonical_model(name);
+  if (model == "llama2-7b") return {model, 4096, 11008, 32000};
+  if (model == "llama3-8b") return {model, 4096, 14336, 128256};
+  return {model, 576, 1536, 49152};  // smollm2-135m
 }
 
 struct BenchCase {
@@ -108,24 +109,6 @@ const char* kUsage =
     "  --replays N           timed graph replays (default 15)\n"
     "  --bandwidth-mib N     buffer size of the bandwidth measurement (default 1024)\n"
     "  --json PATH           where to write the JSON results (default bench_ffn.json)\n";
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-int parse_int(const std::string& s, const char* flag, int lo, int hi) {
-  char* end = nullptr;
-  const long v = std::strtol(s.c_str(), &end, 10);
-  if (s.empty() || *end != '\0' || v < lo || v > hi)
-    throw InputError(std::string(flag) + ": '" + s + "' is not an integer in [" + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "]");
-  return int(v);
-}
 
 Options parse_options(int argc, char** argv) {
   Options o;

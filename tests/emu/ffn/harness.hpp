@@ -257,27 +257,16 @@ struct CheckReport {
   }
 };
 
-// y against the oracle under the tolerance policy: rules 1 and 2, with the project-wide fallback where the naive
-// oracle itself breaks rule 1 (then rule 2 and at most 2x (+2) the naive's out-of-bound count, logged as NOTE).
+// y against the oracle under the tolerance policy (rules 1 and 2 with the rounding-noise fallback: ref::check_policy).
 template <typename T>
 CheckReport check_floats(const std::string& what, const std::vector<float>& y, const std::vector<float>& ref,
                          const std::vector<float>& naive) {
   CheckReport rep;
-  const ref::ToleranceReport t = ref::check_tolerance<T>(y, ref, naive);
-  const ref::ToleranceReport tn = ref::check_tolerance<T>(naive, ref);
-  if (t.ok) {
-    rep.message = what + " " + t.message;
-  } else if (tn.n_out_of_bound > 0 && t.n_out_of_bound > 0) {
-    const double limit = std::max(2.0 * tn.max_abs_error, t.atol);
-    if (t.max_abs_error <= limit && t.n_out_of_bound <= 2 * tn.n_out_of_bound + 2)
-      rep.message = what + " NOTE policy: rule 1 unreachable (naive has " + std::to_string(tn.n_out_of_bound) +
-                    " elements out of bound); kernel " + std::to_string(t.n_out_of_bound) + " out, max error " +
-                    std::to_string(t.max_abs_error) + " <= " + std::to_string(limit);
-    else
-      rep.fail(what + ": " + t.message + " (naive alone: " + tn.message + ")");
-  } else {
-    rep.fail(what + ": " + t.message + " (naive alone: " + tn.message + ")");
-  }
+  const ref::PolicyCheck p = ref::check_policy<T>(y, ref, naive);
+  if (p.ok)
+    rep.message = what + " " + p.message;
+  else
+    rep.fail(what + ": " + p.message);
   return rep;
 }
 

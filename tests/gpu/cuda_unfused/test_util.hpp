@@ -133,40 +133,10 @@ struct DevicePageTable {
         last_page_len(cuda::to_device(t.last_page_len, "kv_last_page_len")) {}
 };
 
-// ---- the tolerance policy, with a fallback where it is unreachable -----------------------------------------------
+// ---- the tolerance policy (rules 1 and 2 with the rounding-noise fallback, docs/tolerance.md) -------------------
 
-// The policy's checker (rule 1: elementwise bound; rule 2: at most 2x the naive low-precision error). For bf16 the
-// rule-1 atol (4e-3 x rms) is below the rounding noise a K-long reduction over rounded inputs produces (about
-// 1.6e-3 x rms per rounding, so ~1.5-2 sigma): the naive implementation itself then has elements out of bound.
-// Where that happens the kernel is held to rule 2 and to at most 2x (+2) the naive's out-of-bound count, and the
-// message says so ("NOTE policy") so the log shows where docs/tolerance.md needs revisiting.
-struct PolicyCheck {
-  bool ok = false;
-  std::string message;
-};
-
-template <typename T>
-PolicyCheck check_policy(std::span<const float> y, std::span<const float> y_ref, std::span<const float> y_naive) {
-  const ref::ToleranceReport r = ref::check_tolerance<T>(y, y_ref, y_naive);
-  if (r.ok) return {true, r.message};
-  const ref::ToleranceReport naive = ref::check_tolerance<T>(y_naive, y_ref);
-  if (naive.n_out_of_bound == 0 || r.n_out_of_bound == 0) return {false, r.message};  // a real failure
-  const double limit = std::max(2.0 * naive.max_abs_error, r.atol);
-  const bool ok = r.max_abs_error <= limit && r.n_out_of_bound <= 2 * naive.n_out_of_bound + 2;
-  char line[512];
-  std::snprintf(line, sizeof line,
-                "NOTE policy: rule 1 is unreachable here (the naive implementation has %lld of %lld elements out of "
-                "bound, max error %.3g, atol %.3g); kernel: %lld out of bound, max error %.3g (limit %.3g) -> %s",
-                (long long)naive.n_out_of_bound, (long long)r.count, naive.max_abs_error, r.atol,
-                (long long)r.n_out_of_bound, r.max_abs_error, limit, ok ? "accepted" : "REJECTED");
-  return {ok, line};
-}
-
-template <typename T>
-PolicyCheck check_policy(const std::vector<float>& y, const std::vector<float>& y_ref,
-                         const std::vector<float>& y_naive) {
-  return check_policy<T>(std::span<const float>(y), std::span<const float>(y_ref), std::span<const float>(y_naive));
-}
+using ref::check_policy;
+using ref::PolicyCheck;
 
 // ---- naive low-precision references ----------------------------------------------------------------------------
 

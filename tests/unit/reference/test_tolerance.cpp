@@ -73,4 +73,50 @@ TEST(Tolerance, NanFailsAndSizeMismatchFails) {
   EXPECT_NE(r.message.find("size mismatch"), std::string::npos);
 }
 
+// The rounding-noise fallback (check_policy): only where the naive implementation uses more than half of the rule-1
+// bound, and then with rule 2 and at most 2x (+2) the naive's out-of-bound count. fp16, ref = 1: bound 0.011.
+TEST(TolerancePolicy, PassingKernelNeedsNoFallback) {
+  const std::vector<float> ref(100, 1.0f), naive(100, 1.004f), y(100, 1.006f);
+  const auto p = cf::ref::check_policy<cf::half>(y, ref, naive);
+  EXPECT_TRUE(p.ok) << p.message;
+  EXPECT_FALSE(p.fallback);
+}
+
+TEST(TolerancePolicy, NoisyNaiveExcusesAFewOutOfBoundElements) {
+  const std::vector<float> ref(100, 1.0f), naive(100, 1.008f);  // naive uses 0.73 of the bound
+  std::vector<float> y(100, 1.008f);
+  y[3] = y[40] = 1.012f;  // 2 out of bound, within 2x the naive error
+  auto p = cf::ref::check_policy<cf::half>(y, ref, naive);
+  EXPECT_TRUE(p.ok) << p.message;
+  EXPECT_TRUE(p.fallback);
+  EXPECT_EQ(p.message.rfind("NOTE policy", 0), 0u) << p.message;
+  y[77] = 1.012f;  // 3 > 2 x 0 + 2
+  p = cf::ref::check_policy<cf::half>(y, ref, naive);
+  EXPECT_FALSE(p.ok) << p.message;
+  EXPECT_NE(p.message.find("REJECTED"), std::string::npos) << p.message;
+}
+
+TEST(TolerancePolicy, OutOfBoundNaiveAllowsTwiceItsCount) {
+  const std::vector<float> ref(100, 1.0f);
+  std::vector<float> naive(100, 1.0f), y(100, 1.0f);
+  for (int i = 0; i < 5; ++i) naive[size_t(i)] = 1.012f;    // the naive breaks rule 1 on 5 elements
+  for (int i = 0; i < 12; ++i) y[size_t(i) * 8] = 1.02f;    // 12 = 2 x 5 + 2, max error 0.02 <= 2 x 0.012
+  EXPECT_TRUE(cf::ref::check_policy<cf::half>(y, ref, naive).ok);
+  y[97] = 1.02f;  // 13
+  EXPECT_FALSE(cf::ref::check_policy<cf::half>(y, ref, naive).ok);
+  y[97] = 1.0f;
+  y[1] = 1.03f;  // over 2x the naive error: rule 2 fails
+  EXPECT_FALSE(cf::ref::check_policy<cf::half>(y, ref, naive).ok);
+}
+
+TEST(TolerancePolicy, QuietNaiveExcusesNothing) {
+  const std::vector<float> ref(100, 1.0f), naive(100, 1.004f);  // naive uses 0.36 of the bound
+  std::vector<float> y(100, 1.004f);
+  y[5] = 1.0115f;  // out of bound (and over 2x naive)
+  auto p = cf::ref::check_policy<cf::half>(y, ref, naive);
+  EXPECT_FALSE(p.ok);
+  EXPECT_FALSE(p.fallback);
+  EXPECT_NE(p.message.find("naive alone"), std::string::npos) << p.message;
+}
+
 }  // namespace

@@ -1,0 +1,35 @@
+#include "common/args.hpp"
+
+#include <cstdlib>
+#include <sstream>
+
+#include "clusterfusion/common/error.hpp"
+
+namespace cf::bench {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+int parse_int(const std::string& s, const char* flag, int lo, int hi) {
+  char* end = nullptr;
+  const long v = std::strtol(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || v < lo || v > hi)
+    throw InputError(std::string(flag) + ": '" + s + "' is not an integer in [" + std::to_string(lo) + ", " +
+                     std::to_string(hi) + "]");
+  return int(v);
+}
+
+std::string canonical_model(const std::string& name) {
+  if (name == "llama2" || name == "llama2-7b") return "llama2-7b";
+  if (name == "llama3" || name == "llama3-8b") return "llama3-8b";
+  if (name == "smollm2" || name == "smollm2-135m") return "smollm2-135m";
+  throw InputError("--models: unknown model '" + name + "' (known: llama2, llama3, smollm2)");
+}
+
+}  // namespace cf::bench

@@ -1,0 +1,19 @@
+// Command-line helpers shared by the bench programs: comma lists, bounded integers, model names. Bad values throw
+// cf::InputError with the flag named, so every benchmark refuses bad arguments the same way.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace cf::bench {
+
+// "a,b,,c" -> {"a", "b", "c"} (empty items dropped).
+std::vector<std::string> split_list(const std::string& s);
+
+// A decimal integer in [lo, hi], else InputError "<flag>: '<s>' is not an integer in [lo, hi]".
+int parse_int(const std::string& s, const char* flag, int lo, int hi);
+
+// The benchmark model presets by short or full name: llama2 / llama2-7b, llama3 / llama3-8b, smollm2 /
+// smollm2-135m -> the full name; anything else is an InputError naming --models and the known names.
+std::string canonical_model(const std::string& name);
+
+}  // namespace cf::bench
