@@ -17,7 +17,8 @@
 #   resources   ptxas registers / spills / shared memory of our kernels (from the build log and cuobjdump)
 #   ctest-gpu   ctest -L gpu, verbose
 #   bench       cf_bench_decoder_attention --quick  -> $OUT/bench.json; cf_bench_ffn --quick -> $OUT/bench_ffn.json
-#   e2e         the CLI on the GPU (cuda, cuda-unfused, cpu; greedy) when a model file is at hand, then
+#   e2e         the CLI on the GPU (cuda, cuda-unfused, cpu; greedy) and scripts/gpu_determinism.sh when a model
+#               file is at hand, then
 #               cf_bench_e2e --quick (whole-model decode TPOT, cuda vs cuda-unfused) -> $OUT/e2e.json
 #               (+ e2e.png with CF_E2E_PLOT=1; else plot it afterwards: python3 bench/e2e/plot_e2e.py e2e.json)
 #   peer        torch peer (.peers/torch_decode_peer.py --stages $CF_PEER_STAGES) -> $OUT/peer.json
@@ -206,6 +207,8 @@ step_e2e() {
       echo "-- clusterfusion generate --backend $b -m $(basename "$model") (greedy, 24 tokens)"
       timeout 30 "$CLI_BIN" generate -m "$model" --backend "$b" --temp 0 -n 24 -p "What is the capital of France?" 2>&1 | tail -4
     done
+    # Repeated greedy and seeded sampled runs per GPU backend must print the same bytes (docs/reliability.md).
+    CF_CLI="$CLI_BIN" CF_DET_MODEL="$model" CF_DET_RUNS=2 CF_DET_TOKENS=32 timeout 60 bash "$ROOT/scripts/gpu_determinism.sh"
   else
     echo "(no model file for the CLI run: neither $default_model nor \$CF_GPU_TEST_MODEL)"
   fi
@@ -375,7 +378,7 @@ main() {
   fi
   run_step ctest-gpu 200 bash -c step_ctest
   run_step bench 150 bash -c step_bench
-  run_step e2e 100 bash -c step_e2e
+  run_step e2e 120 bash -c step_e2e
   run_step collectives 45 bash -c step_collectives
   local left=$(( BUDGET - $(elapsed) - RESERVE - 120 ))  # keep ~2 min for the sanitizers
   (( left > 110 )) && left=110
