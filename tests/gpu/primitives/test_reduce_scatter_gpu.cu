@@ -9,7 +9,7 @@
 namespace cf::test {
 namespace {
 
-TEST(ClusterReduceScatter, OwnershipClusterSizesTypesSoftmaxAndReuse) {
+TEST(ClusterReduceScatterGpu, OwnershipClusterSizesTypesSoftmaxAndReuse) {
   REQUIRE_HOPPER();
   EXPECT_EQ(join(reduce_scatter_cases()), "");
 }

@@ -8,7 +8,7 @@
 namespace cf::test {
 namespace {
 
-TEST(ClusterCollectives, ReuseSeedsGroupsAndInPlace) {
+TEST(ClusterCollectivesGpu, ReuseSeedsGroupsAndInPlace) {
   REQUIRE_HOPPER();
   EXPECT_EQ(join(reuse_and_groups()), "");
 }

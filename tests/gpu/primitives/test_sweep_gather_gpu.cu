@@ -9,12 +9,12 @@
 namespace cf::test {
 namespace {
 
-TEST(ClusterGather, AllGatherEveryClusterSize2to8) {
+TEST(ClusterGatherGpu, AllGatherEveryClusterSize2to8) {
   REQUIRE_HOPPER();
   EXPECT_EQ(join(sweep_cluster_sizes<2, 8, float, Kind::AllGather>(1)), "");
 }
 
-TEST(ClusterGather, AllGatherEveryClusterSize9to16) {
+TEST(ClusterGatherGpu, AllGatherEveryClusterSize9to16) {
   REQUIRE_HOPPER();
   EXPECT_EQ(join(sweep_cluster_sizes<9, 16, float, Kind::AllGather>(2)), "");
 }

@@ -8,12 +8,12 @@
 namespace cf::test {
 namespace {
 
-TEST(ClusterReduce, AllReduceEveryClusterSize2to8) {
+TEST(ClusterReduceGpu, AllReduceEveryClusterSize2to8) {
   REQUIRE_HOPPER();
   EXPECT_EQ(join(sweep_cluster_sizes<2, 8, float, Kind::AllReduce>(1)), "");
 }
 
-TEST(ClusterReduce, AllReduceEveryClusterSize9to16) {
+TEST(ClusterReduceGpu, AllReduceEveryClusterSize9to16) {
   REQUIRE_HOPPER();
   EXPECT_EQ(join(sweep_cluster_sizes<9, 16, float, Kind::AllReduce>(2)), "");
 }

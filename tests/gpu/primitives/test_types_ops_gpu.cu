@@ -8,12 +8,12 @@
 namespace cf::test {
 namespace {
 
-TEST(ClusterReduce, HalfTypesMaxMinAndUserOp) {
+TEST(ClusterReduceGpu, HalfTypesMaxMinAndUserOp) {
   REQUIRE_HOPPER();
   EXPECT_EQ(join(types_and_ops()), "");
 }
 
-TEST(ClusterReduce, ReduceToRootAndSoftmaxMerge) {
+TEST(ClusterReduceGpu, ReduceToRootAndSoftmaxMerge) {
   REQUIRE_HOPPER();
   EXPECT_EQ(join(root_and_softmax()), "");
 }
