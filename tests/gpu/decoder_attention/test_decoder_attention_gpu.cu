@@ -123,6 +123,10 @@ TEST(DecoderAttentionGpu, Llama2Kv16kBatch1) {
   REQUIRE_HOPPER();
   check_any(model_case("llama2", 16384, 1));
 }
+TEST(DecoderAttentionGpu, Llama2Kv16kBatch8) {  // 2.1 GB of KV: the slowest case (host inputs and reference)
+  REQUIRE_HOPPER();
+  check_any(model_case("llama2", 16384, 8));
+}
 TEST(DecoderAttentionGpu, Llama3Kv1kBatch1) {
   REQUIRE_HOPPER();
   check_any(model_case("llama3", 1024, 1), /*graph_check=*/true);
