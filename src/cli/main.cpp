@@ -184,16 +184,20 @@ LoadedRunner load(const CommonOptions& common) {
   m.runner = std::make_unique<Runner>(create_backend(backend, weights, options), 1, context);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char line[512];
-  const bool on_cpu = backend == "cpu" || backend == "emu";
+  const bool threaded = backend == "cpu";  // emu runs every device thread as a fiber of one host thread
   const std::string threads =
-      on_cpu ? ", " + std::to_string(common.threads > 0 ? common.threads
+      threaded ? ", " + std::to_string(common.threads > 0 ? common.threads
                                                         : int(std::max(1u, std::thread::hardware_concurrency()))) +
                    " thread(s)"
-             : std::string();
+               : std::string();
   std::snprintf(line, sizeof line, "loaded %s (%s, %d layers, %.0f MB of weights) in %.2f s; backend %s%s, context %d",
                 path.c_str(), c.name.empty() ? c.arch.c_str() : c.name.c_str(), c.n_layers, mb, seconds,
                 backend.c_str(), threads.c_str(), context);
   progress.done(line);
+  if (backend == "emu" && mb > 10.0 && !common.quiet)
+    std::fprintf(stderr,
+                 "note: --backend emu runs the GPU kernels on the CPU emulator, seconds per token for a model this "
+                 "size (it checks the kernels; --backend cpu is the fast CPU path)\n");
   return m;
 }
 
