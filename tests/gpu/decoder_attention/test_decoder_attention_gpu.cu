@@ -10,30 +10,11 @@
 #include <cstdio>
 #include <string>
 
+#include "gpu_test.hpp"
 #include "harness.hpp"
 
 namespace cf::test::da {
 namespace {
-
-bool hopper_available() {
-  if (!dev::device_available()) return false;
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return false;
-  static bool printed = false;
-  if (!printed) {
-    std::printf("device: %s, compute capability %d.%d, %d SMs\n", prop.name, prop.major, prop.minor,
-                prop.multiProcessorCount);
-    printed = true;
-  }
-  return prop.major >= 9;
-}
-
-#define REQUIRE_HOPPER() \
-  if (!hopper_available()) GTEST_SKIP() << "no CUDA device of compute capability >= 9.0"
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 Case model_case(const std::string& model, int kv_len, int batch, dev::DType dtype = dev::DType::F16) {
   Case c;
@@ -87,22 +68,10 @@ void check_model_case(const Case& c, bool graph_check) {
   plan.check_status();
   EXPECT_EQ(d.out.download(), r.out) << "second run differs";
   if (graph_check) {
-    cudaStream_t stream = nullptr;
-    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    plan.run(step, stream);
-    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-    d.out.fill_bytes(0xFF);
-    dev::synchronize();  // the memset runs on the legacy stream; `stream` does not wait for it
-    for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-    plan.check_status(stream);
+    replay_in_graph([&](cudaStream_t stream) { plan.run(step, stream); }, [&] { d.out.fill_bytes(0xFF); },
+                    [&](cudaStream_t stream) { plan.check_status(stream); });
+    if (::testing::Test::HasFatalFailure()) return;
     EXPECT_EQ(d.out.download(), r.out) << "CUDA-graph replay differs";
-    (void)cudaGraphExecDestroy(exec);
-    (void)cudaGraphDestroy(graph);
-    (void)cudaStreamDestroy(stream);
   }
 }
 

@@ -9,24 +9,11 @@
 #include <cstring>
 #include <string>
 
+#include "gpu_test.hpp"
 #include "lm_head_harness.hpp"
 
 namespace cf::test::lm_head {
 namespace {
-
-bool hopper_available() {
-  if (!dev::device_available()) return false;
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return false;
-  return prop.major >= 9;
-}
-
-#define REQUIRE_HOPPER() \
-  if (!hopper_available()) GTEST_SKIP() << "no CUDA device of compute capability >= 9.0"
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 Case model_case(const std::string& model, int batch, dev::DType dtype = dev::DType::F16) {
   Case c;
@@ -70,25 +57,16 @@ void check_model_case(const Case& c, bool graph_check) {
   EXPECT_EQ(again.tokens, r.tokens) << "second run differs";
   EXPECT_EQ(0, std::memcmp(again.logits.data(), r.logits.data(), r.logits.size() * 4)) << "second run differs";
   if (graph_check) {
-    cudaStream_t stream = nullptr;
-    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    plan.run(step, stream);
-    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-    d.logits.fill_bytes(0xFF);
-    d.tokens.fill_bytes(0xFF);
-    dev::synchronize();
-    for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-    plan.check_status(stream);
+    replay_in_graph([&](cudaStream_t stream) { plan.run(step, stream); },
+                    [&] {
+                      d.logits.fill_bytes(0xFF);
+                      d.tokens.fill_bytes(0xFF);
+                    },
+                    [&](cudaStream_t stream) { plan.check_status(stream); });
+    if (::testing::Test::HasFatalFailure()) return;
     const RunResult replay = download_result(d);
     EXPECT_EQ(replay.tokens, r.tokens) << "CUDA-graph replay differs";
     EXPECT_EQ(0, std::memcmp(replay.logits.data(), r.logits.data(), r.logits.size() * 4)) << "graph replay differs";
-    (void)cudaGraphExecDestroy(exec);
-    (void)cudaGraphDestroy(graph);
-    (void)cudaStreamDestroy(stream);
   }
 }
 

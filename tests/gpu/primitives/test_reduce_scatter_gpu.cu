@@ -3,7 +3,7 @@
 // run-time cluster sizes.
 #include <gtest/gtest.h>
 
-#include "hopper.hpp"
+#include "gpu_test.hpp"
 #include "kernels/reduce_scatter_suite.hpp"
 
 namespace cf::test {

@@ -2,7 +2,7 @@
 // Back-to-back calls (the reuse handshake), ten schedule seeds, thread groups, two clusters, in-place gather.
 #include <gtest/gtest.h>
 
-#include "hopper.hpp"
+#include "gpu_test.hpp"
 #include "kernels/suite.hpp"
 
 namespace cf::test {

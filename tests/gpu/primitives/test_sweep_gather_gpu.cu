@@ -3,7 +3,7 @@
 // bit-exact, with sentinel guards after the gathered data.
 #include <gtest/gtest.h>
 
-#include "hopper.hpp"
+#include "gpu_test.hpp"
 #include "kernels/suite.hpp"
 
 namespace cf::test {

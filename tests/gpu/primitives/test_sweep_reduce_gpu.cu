@@ -2,7 +2,7 @@
 // All-reduce (fp32 sum) on every cluster size 2..16, every strategy and transport, sizes 1 element .. 16 KB.
 #include <gtest/gtest.h>
 
-#include "hopper.hpp"
+#include "gpu_test.hpp"
 #include "kernels/suite.hpp"
 
 namespace cf::test {

@@ -2,7 +2,7 @@
 // fp16/bf16, max/min, an order-sensitive user op, reduce-to-root and the softmax-state merge.
 #include <gtest/gtest.h>
 
-#include "hopper.hpp"
+#include "gpu_test.hpp"
 #include "kernels/suite.hpp"
 
 namespace cf::test {
