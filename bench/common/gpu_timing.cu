@@ -183,6 +183,20 @@ Json device_json(const cuda::DeviceInfo& info) {
   return j;
 }
 
+Json report_header(const char* program, const cuda::DeviceInfo& device, const Bandwidth& bw) {
+  Json root = Json::object();
+  root.set("program", program);
+  root.set("git_sha", git_sha());
+  root.set("time_utc", utc_now());
+  root.set("device", device_json(device));
+  Json bandwidth = Json::object();
+  bandwidth.set("copy_gbps", bw.copy_gbps);
+  bandwidth.set("read_gbps", bw.read_gbps);
+  bandwidth.set("buffer_bytes", bw.bytes);
+  root.set("bandwidth", bandwidth);
+  return root;
+}
+
 void print_device(const cuda::DeviceInfo& info, std::FILE* out) {
   std::fprintf(out, "device: %s (cc %s, %d SMs, %.1f GiB, L2 %d MiB), peak clocks SM %d MHz / memory %d MHz, bus %d bit\n",
                info.name.c_str(), info.compute_capability().c_str(), info.sm_count,

@@ -47,6 +47,9 @@ size_t count_non_finite(const void* data, size_t n, FillType type);
 
 // Device + run metadata for the JSON report.
 Json device_json(const cuda::DeviceInfo& info);
+// The head of a kernel benchmark's JSON report: program, git_sha, time_utc, device, bandwidth (copy_gbps,
+// read_gbps, buffer_bytes); the caller adds settings and rows.
+Json report_header(const char* program, const cuda::DeviceInfo& device, const Bandwidth& bw);
 void print_device(const cuda::DeviceInfo& info, std::FILE* out = stdout);
 
 }  // namespace cf::bench

@@ -553,16 +553,7 @@ int main_impl(int argc, char** argv) {
   table.print();
 
   // ---- JSON ----
-  Json root = Json::object();
-  root.set("program", "cf_bench_ffn");
-  root.set("git_sha", git_sha());
-  root.set("time_utc", utc_now());
-  root.set("device", device_json(device));
-  Json bwj = Json::object();
-  bwj.set("copy_gbps", bw.copy_gbps);
-  bwj.set("read_gbps", bw.read_gbps);
-  bwj.set("buffer_bytes", bw.bytes);
-  root.set("bandwidth", bwj);
+  Json root = report_header("cf_bench_ffn", device, bw);
   Json settings = Json::object();
   settings.set("calls_per_graph", opt.calls_per_graph);
   settings.set("replays", opt.replays);
