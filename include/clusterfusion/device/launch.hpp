@@ -96,6 +96,15 @@ inline bool device_available() {
   return count > 0;
 }
 
+// SMs of the current device (plans split work per SM); `who` names the caller in the error.
+inline int sm_count(const std::string& who) {
+  int device = 0, count = 0;
+  check_cuda(cudaGetDevice(&device), who + ": cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
+             who + ": cudaDeviceGetAttribute(MultiProcessorCount)");
+  return count;
+}
+
 namespace detail {
 // Once per kernel: reject static shared memory, raise the dynamic smem limit and allow big clusters as needed.
 inline void prepare_kernel(const void* fn, const LaunchConfig& cfg) {
@@ -172,6 +181,9 @@ LaunchStats last_launch_stats();
 }  // namespace emu
 
 inline bool device_available() { return true; }
+
+// An H100 SXM's SM count, so emulated plans split work as they would on the GPU.
+inline int sm_count(const std::string& /*who*/) { return 132; }
 
 template <typename Params>
 void launch(const LaunchConfig& cfg, void (*kernel)(Params), const std::type_identity_t<Params>& params) {

@@ -21,18 +21,6 @@ namespace cf::kernels::decoder_attention {
 
 namespace {
 
-int device_sm_count() {
-#if defined(CF_DEVICE_CUDA)
-  int device = 0, count = 0;
-  dev::check_cuda(cudaGetDevice(&device), "decoder_attention: cudaGetDevice");
-  dev::check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
-                  "decoder_attention: cudaDeviceGetAttribute(MultiProcessorCount)");
-  return count;
-#else
-  return 132;  // an H100 SXM, so emulated plans split work as they would on the GPU
-#endif
-}
-
 Layout layout_for(int head_dim, int max_batch, int group, int cluster_size, int hidden, int n_kv_heads) {
   return head_dim == 128 ? make_layout<128>(max_batch, group, cluster_size, hidden, n_kv_heads)
                          : make_layout<64>(max_batch, group, cluster_size, hidden, n_kv_heads);
@@ -107,7 +95,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   Impl& im = *impl_;
   im.config = config;
   const Shape& s = config.shape;
-  const int sm_count = config.sm_count > 0 ? config.sm_count : device_sm_count();
+  const int sm_count = config.sm_count > 0 ? config.sm_count : dev::sm_count("decoder_attention");
   const int units_total = s.hidden / 32, row_units = s.hidden / 16;
   const int threads = s.head_dim == 128 ? Traits<128>::kThreads : Traits<64>::kThreads;
 

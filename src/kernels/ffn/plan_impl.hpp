@@ -17,18 +17,6 @@ namespace cf::kernels::ffn {
 
 namespace {
 
-int device_sm_count() {
-#if defined(CF_DEVICE_CUDA)
-  int device = 0, count = 0;
-  dev::check_cuda(cudaGetDevice(&device), "ffn: cudaGetDevice");
-  dev::check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
-                  "ffn: cudaDeviceGetAttribute(MultiProcessorCount)");
-  return count;
-#else
-  return 132;  // an H100 SXM, so emulated plans split work as they would on the GPU
-#endif
-}
-
 #if defined(CF_DEVICE_CUDA)
 // Clusters of n CTAs (one per SM: the kernel takes nearly all shared memory) the device runs at once.
 int active_clusters(KernelFn fn, int n) {
@@ -107,7 +95,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   for (int tiles = 1; tiles <= 2; ++tiles)
     im.kernels[tiles - 1] = dt == dev::DType::F16 ? select_kernel_f16(tiles) : select_kernel_bf16(tiles);
 
-  const int sm_count = config.sm_count > 0 ? config.sm_count : device_sm_count();
+  const int sm_count = config.sm_count > 0 ? config.sm_count : dev::sm_count("ffn");
   Occupancy occupancy = Occupancy::assumed(sm_count);
 #if defined(CF_DEVICE_CUDA)
   if (config.sm_count == 0)

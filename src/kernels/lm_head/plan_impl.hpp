@@ -13,22 +13,6 @@
 
 namespace cf::kernels::lm_head {
 
-namespace {
-
-int device_sm_count() {
-#if defined(CF_DEVICE_CUDA)
-  int device = 0, count = 0;
-  dev::check_cuda(cudaGetDevice(&device), "lm_head: cudaGetDevice");
-  dev::check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
-                  "lm_head: cudaDeviceGetAttribute(MultiProcessorCount)");
-  return count;
-#else
-  return 132;  // an H100 SXM, so emulated plans split work as they would on the GPU
-#endif
-}
-
-}  // namespace
-
 struct Plan::Impl {
   PlanConfig config;
   LaunchInfo info;
@@ -50,7 +34,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
     im.kernels[tiles - 1] = dt == dev::DType::F16 ? select_kernel_f16(tiles) : select_kernel_bf16(tiles);
 
   const int vocab_tiles = ws::ceil_div(s.vocab, ws::kTileRows);
-  int ctas = std::min(config.sm_count > 0 ? config.sm_count : device_sm_count(), vocab_tiles);
+  int ctas = std::min(config.sm_count > 0 ? config.sm_count : dev::sm_count("lm_head"), vocab_tiles);
   if (config.max_ctas > 0) ctas = std::min(ctas, config.max_ctas);
   const int stage_units = config.stage_units > 0 ? config.stage_units : ws::kDefaultStageUnits;
   const int chunk_cols = std::min(stage_units * ws::kUnitCols, s.hidden);
