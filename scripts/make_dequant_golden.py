@@ -2,10 +2,10 @@
 """Records dequantisation goldens from the python `gguf` package (an implementation independent of ours).
 
 Writes tests/data/dequant/golden.json:
-  cases:         small tensors of every type we dequantise (F32, F16, BF16, Q8_0, Q4_0, Q4_1): the raw bytes
+  cases:         small tensors of every type we dequantise (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K): the raw bytes
                  (hex) and the expected fp32 results as uint32 bit patterns, from gguf.quants.dequantize.
                  Bytes come both from gguf.quants.quantize of random floats and from random block bytes (with
-                 random fp16 scales, including subnormal and negative ones).
+                 random fp16 scales, including subnormal and negative ones; k-quants: random bytes only).
   model_samples: a few rows of tensors of the default model (SmolLM2-135M-Instruct Q4_1 GGUF), dequantised by
                  gguf.GGUFReader + gguf.quants.dequantize, for the real-model test.
 
@@ -47,9 +47,10 @@ def random_blocks(rng, qtype, n_blocks):
     """Random block bytes with finite fp16 scales of varied magnitude (normal, subnormal, negative)."""
     block_elems, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
-    n_scales = 2 if qtype == T.Q4_1 else 1
+    # Byte offsets of the fp16 scales in a block (Q6_K keeps its d at the end).
+    offsets = {T.Q4_1: [0, 2], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}.get(qtype, [0])
     for b in range(n_blocks):
-        for s in range(n_scales):
+        for off in offsets:
             kind = b % 4
             if kind == 0:
                 v = np.float16(rng.normal() * 0.05)
@@ -59,7 +60,7 @@ def random_blocks(rng, qtype, n_blocks):
                 v = np.uint16(rng.integers(1, 0x400)).view(np.float16)  # subnormal
             else:
                 v = np.float16(-abs(rng.normal()) * 1e-3)
-            raw[b, 2 * s:2 * s + 2] = np.frombuffer(np.float16(v).tobytes(), dtype=np.uint8)
+            raw[b, off:off + 2] = np.frombuffer(np.float16(v).tobytes(), dtype=np.uint8)
     return raw, n_blocks * block_elems
 
 
@@ -88,6 +89,11 @@ def main():
         q = quantize(values, qtype)
         cases.append(case(f"{qtype.name.lower()}_quantized", qtype, q, 128))
         raw, n = random_blocks(rng, qtype, 8)
+        cases.append(case(f"{qtype.name.lower()}_random_blocks", qtype, raw, n))
+
+    # k-quants (appended last so the cases above keep their random draws): random super-blocks.
+    for qtype in (T.Q4_K, T.Q5_K, T.Q6_K):
+        raw, n = random_blocks(rng, qtype, 6)
         cases.append(case(f"{qtype.name.lower()}_random_blocks", qtype, raw, n))
 
     samples = []

@@ -76,6 +76,78 @@ void dequant_q4_1(const uint8_t* src, float* dst, int64_t blocks) {
     }
   }
 }
+
+// ---- k-quants (ggml's dequantize_row_q{4,5,6}_K; super-blocks of 256) ----
+constexpr int kKBlock = 256;
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K super-block, packed in 12 bytes.
+inline void k_scale_min(int j, const uint8_t* packed, int& scale, int& min) {
+  if (j < 4) {
+    scale = packed[j] & 63;
+    min = packed[j + 4] & 63;
+  } else {
+    scale = (packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4);
+    min = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
+  }
+}
+
+// Q4_K: x = d * scale_j * q - dmin * min_j, q the low nibbles of 32 bytes then their high nibbles, per 64 values.
+// Q5_K: the same with a fifth bit from qh (bit 2k for the low half of chunk k, bit 2k+1 for the high half).
+template <bool kFifthBit>
+void dequant_q45_k(const uint8_t* src, float* dst, int64_t blocks) {
+  constexpr int kBlockBytes = kFifthBit ? 176 : 144;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* block = src + b * kBlockBytes;
+    const float d = f16_to_f32(load_u16(block));
+    const float dmin = f16_to_f32(load_u16(block + 2));
+    const uint8_t* packed = block + 4;
+    const uint8_t* qh = block + 16;
+    const uint8_t* q = block + (kFifthBit ? 48 : 16);
+    float* y = dst + b * kKBlock;
+    for (int chunk = 0; chunk < 4; ++chunk, q += 32, y += 64) {
+      int sc = 0, m = 0;
+      k_scale_min(2 * chunk, packed, sc, m);
+      const float d1 = d * float(sc), m1 = dmin * float(m);
+      k_scale_min(2 * chunk + 1, packed, sc, m);
+      const float d2 = d * float(sc), m2 = dmin * float(m);
+      for (int l = 0; l < 32; ++l) {
+        int lo = q[l] & 0x0f, hi = q[l] >> 4;
+        if constexpr (kFifthBit) {
+          lo += (qh[l] >> (2 * chunk)) & 1 ? 16 : 0;
+          hi += (qh[l] >> (2 * chunk + 1)) & 1 ? 16 : 0;
+        }
+        y[l] = d1 * float(lo) - m1;
+        y[l + 32] = d2 * float(hi) - m2;
+      }
+    }
+  }
+}
+
+// Q6_K: ql[128], qh[64], int8 scales[16], f16 d; per 128 values, value l + 32 i takes nibble (i / 2 ? high : low)
+// of ql[l + 32 (i % 2)] and bits 2i..2i+1 of qh[l]; x = d * scale * (q - 32), one scale per 16 values.
+void dequant_q6_k(const uint8_t* src, float* dst, int64_t blocks) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* block = src + b * 210;
+    const float d = f16_to_f32(load_u16(block + 208));
+    const uint8_t* ql = block;
+    const uint8_t* qh = block + 128;
+    const auto* scales = reinterpret_cast<const int8_t*>(block + 192);
+    float* y = dst + b * kKBlock;
+    for (int half = 0; half < 2; ++half, ql += 64, qh += 32, scales += 8, y += 128) {
+      for (int l = 0; l < 32; ++l) {
+        const int is = l / 16;
+        const int q1 = int((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = int((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        y[l] = d * float(scales[is]) * float(q1);
+        y[l + 32] = d * float(scales[is + 2]) * float(q2);
+        y[l + 64] = d * float(scales[is + 4]) * float(q3);
+        y[l + 96] = d * float(scales[is + 6]) * float(q4);
+      }
+    }
+  }
+}
 }  // namespace
 
 void dequantize(DType t, const void* src, float* dst, int64_t n) {
@@ -91,6 +163,9 @@ void dequantize(DType t, const void* src, float* dst, int64_t n) {
     case DType::Q8_0: dequant_q8_0(bytes, dst, n / kQBlock); return;
     case DType::Q4_0: dequant_q4_0(bytes, dst, n / kQBlock); return;
     case DType::Q4_1: dequant_q4_1(bytes, dst, n / kQBlock); return;
+    case DType::Q4_K: dequant_q45_k<false>(bytes, dst, n / kKBlock); return;
+    case DType::Q5_K: dequant_q45_k<true>(bytes, dst, n / kKBlock); return;
+    case DType::Q6_K: dequant_q6_k(bytes, dst, n / kKBlock); return;
   }
   CF_CHECK(false, "dequantize: unknown DType " + std::to_string(int(t)));
 }
@@ -128,6 +203,19 @@ bool row_finite(DType t, const uint8_t* row, int64_t cols) {
       for (int64_t b = 0; b < cols / kQBlock; ++b)
         for (int s = 0; s < scales; ++s)
           if (f16_non_finite(load_u16(row + b * block_bytes + 2 * s))) return false;
+      return true;
+    }
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K: {
+      // d and dmin lead a Q4_K / Q5_K super-block; Q6_K's d ends it.
+      const int64_t block_bytes = dtype_block_bytes(t);
+      for (int64_t b = 0; b < cols / 256; ++b) {
+        const uint8_t* block = row + b * block_bytes;
+        if (t == DType::Q6_K ? f16_non_finite(load_u16(block + 208))
+                             : f16_non_finite(load_u16(block)) || f16_non_finite(load_u16(block + 2)))
+          return false;
+      }
       return true;
     }
   }

@@ -99,6 +99,9 @@ std::optional<DType> dtype_from_ggml(uint32_t id) {
     case 8: return DType::Q8_0;
     case 2: return DType::Q4_0;
     case 3: return DType::Q4_1;
+    case 12: return DType::Q4_K;
+    case 13: return DType::Q5_K;
+    case 14: return DType::Q6_K;
     default: return std::nullopt;
   }
 }
@@ -111,6 +114,9 @@ uint32_t ggml_type_of(DType t) {
     case DType::Q8_0: return 8;
     case DType::Q4_0: return 2;
     case DType::Q4_1: return 3;
+    case DType::Q4_K: return 12;
+    case DType::Q5_K: return 13;
+    case DType::Q6_K: return 14;
   }
   CF_CHECK(false, "ggml_type_of: unknown DType");
   return 0;
@@ -573,7 +579,7 @@ TensorRef GgufFile::tensor_ref(const GgufTensorInfo& info) const {
   const auto dtype = dtype_from_ggml(info.ggml_type);
   if (!dtype)
     throw InputError(path_ + ": tensor " + quote_text(info.name) + " has type " + ggml_type_name(info.ggml_type) +
-                     ", which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+                     ", which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)");
   TensorRef t;
   t.name = info.name;
   t.dtype = *dtype;

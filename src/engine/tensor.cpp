@@ -22,6 +22,9 @@ constexpr std::array<DTypeInfo, kDTypeCount> kDTypes = {{
     {DType::Q8_0, "Q8_0", 32, 34},
     {DType::Q4_0, "Q4_0", 32, 18},
     {DType::Q4_1, "Q4_1", 32, 20},
+    {DType::Q4_K, "Q4_K", 256, 144},
+    {DType::Q5_K, "Q5_K", 256, 176},
+    {DType::Q6_K, "Q6_K", 256, 210},
 }};
 
 const DTypeInfo& info(DType t) {

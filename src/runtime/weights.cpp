@@ -60,6 +60,8 @@ std::vector<float> WeightMatrix::dequantized() const {
 }
 
 void quantize_row(DType t, const float* src, uint8_t* dst, int64_t n) {
+  CF_CHECK(!dtype_is_k_quant(t), "quantize_row: no quantiser for " + std::string(dtype_name(t)) +
+                                     " (k-quants are read from files, not produced)");
   switch (t) {
     case DType::F32:
       std::memcpy(dst, src, size_t(n) * 4);
@@ -153,7 +155,10 @@ class FileReader {
     WeightMatrix m = empty_matrix(name, t.dtype, rows, cols);
     std::memcpy(m.bytes.data(), t.data, t.nbytes);
     advance(t.nbytes);
-    if (options_.convert_to && *options_.convert_to != m.dtype) m = convert_matrix(m, *options_.convert_to);
+    if (options_.convert_to && *options_.convert_to != m.dtype)
+      m = convert_matrix(m, *options_.convert_to);
+    else if (dtype_is_k_quant(m.dtype))
+      m = convert_matrix(m, options_.k_quant_as);
     return m;
   }
 
@@ -185,6 +190,8 @@ ModelWeights ModelWeights::load(const ModelFile& file, const WeightLoadOptions& 
   w.config = file.config();
   const ModelConfig& c = w.config;
   c.validate(file.path());
+  CF_CHECK(!dtype_is_k_quant(options.k_quant_as) && !(options.convert_to && dtype_is_k_quant(*options.convert_to)),
+           "WeightLoadOptions: k-quants are file types, not a type to convert to");
   FileReader reader(file, options, progress);
   w.token_embd = reader.matrix("token_embd.weight", c.vocab, c.hidden);
   w.output_norm = reader.vector("output_norm.weight", c.hidden);
@@ -262,6 +269,10 @@ void fill_random_rows(WeightMatrix& m, int64_t row_begin, int64_t row_end, float
         }
         break;
       }
+      case DType::Q4_K:
+      case DType::Q5_K:
+      case DType::Q6_K:
+        CF_CHECK(false, "random weights: " + std::string(dtype_name(m.dtype)) + " is a file type only");
     }
   }
 }

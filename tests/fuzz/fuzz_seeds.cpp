@@ -125,7 +125,8 @@ std::vector<uint8_t> rich_gguf() {
     w.add_tensor("plain." + std::to_string(type), type, {8, 2}, plain_values(type, 16, rng));
   for (const uint32_t type : {test::kGgmlQ8_0, test::kGgmlQ4_0, test::kGgmlQ4_1})
     w.add_tensor("quant." + std::to_string(type), type, {64, 2}, random_blocks(type, 128, rng));
-  w.add_tensor("q6k", 14, {256}, std::vector<uint8_t>(210, 1));  // listed, not computable
+  w.add_tensor("q6k", 14, {256}, std::vector<uint8_t>(210, 1));
+  w.add_tensor("q3k", 11, {256}, std::vector<uint8_t>(110, 1));  // listed, not computable
   return w.build();
 }
 }  // namespace

@@ -65,6 +65,11 @@ using LoadProgress = std::function<void(size_t done_bytes, size_t total_bytes)>;
 struct WeightLoadOptions {
   // Convert every matrix to this type at load (e.g. DType::F32 to dequantise once); unset keeps the file's types.
   std::optional<DType> convert_to;
+  // Matrices stored as k-quants (Q4_K, Q5_K, Q6_K: most published GGUF files) are converted to this type at load,
+  // since the backends compute on F32 / F16 / BF16 / Q8_0 / Q4_0 / Q4_1. Q8_0 (the default) keeps a 7B model near
+  // 7 GB and adds ~1/250 of each 32-block's largest value of rounding; F16 is exact up to fp16 rounding (the GPU
+  // backends, which convert to fp16 anyway, ask for it).
+  DType k_quant_as = DType::Q8_0;
   // load_model() refuses weights holding NaN or Inf (check_weights_finite: one read of the values, or only the
   // block scales of quantised types). Default model: ~12 ms on top of a ~100 ms load (docs/reliability.md).
   bool check_finite = true;

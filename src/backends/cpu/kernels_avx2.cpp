@@ -118,6 +118,11 @@ void dequantize_row(DType t, const uint8_t* row, float* out, int n) {
     case DType::Q4_1:
       dequantize_blocks<Q4_1Block>(row, out, n);
       return;
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:  // normally converted at load (WeightLoadOptions::k_quant_as); the engine's scalar path
+      ::cf::dequantize(t, row, out, n);
+      return;
   }
 }
 

@@ -45,10 +45,10 @@ TEST(Messages, GgufTextIsQuotedAndClipped) {
   }
   {
     GgufWriter w;
-    w.add_tensor(kHostile.substr(0, 1000), 14 /* Q6_K */, {256}, std::vector<uint8_t>(210));
+    w.add_tensor(kHostile.substr(0, 1000), 11 /* Q3_K */, {256}, std::vector<uint8_t>(110));
     const auto b = w.build();
     const auto f = parse(b);
-    expect_clean_refusal([&] { (void)f.tensor_ref(f.tensors()[0]); }, "Q6_K");
+    expect_clean_refusal([&] { (void)f.tensor_ref(f.tensors()[0]); }, "Q3_K");
     GgufWriter dup;
     dup.add_f32_tensor(kHostile.substr(0, 1000), {2}, {1, 2});
     dup.add_f32_tensor(kHostile.substr(0, 1000), {2}, {1, 2});

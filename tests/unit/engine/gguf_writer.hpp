@@ -21,6 +21,7 @@ enum class GgufTypeCode : uint32_t {
 
 // ggml tensor type codes used by tests.
 inline constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_0 = 2, kGgmlQ4_1 = 3, kGgmlQ8_0 = 8, kGgmlBF16 = 30;
+inline constexpr uint32_t kGgmlQ4_K = 12, kGgmlQ5_K = 13, kGgmlQ6_K = 14;
 
 inline void put_bytes(std::vector<uint8_t>& out, const void* p, size_t n) {
   const auto* b = static_cast<const uint8_t*>(p);

@@ -54,14 +54,16 @@ TEST(Dequant, BlockGeometry) {
     EXPECT_EQ(info->block_bytes, cf::dtype_block_bytes(t));
     EXPECT_EQ(info->block_elems, cf::dtype_block_elems(t));
   }
-  EXPECT_EQ(cf::dtype_from_name("Q6_K"), std::nullopt);
+  EXPECT_EQ(cf::dtype_from_name("Q3_K"), std::nullopt);
+  EXPECT_EQ(cf::dtype_row_bytes(cf::DType::Q6_K, 512), 2 * 210);
+  EXPECT_THROW(cf::dtype_row_bytes(cf::DType::Q4_K, 288), cf::Error);  // not a whole super-block
 }
 
 // Bit-exact against the python gguf package (scripts/make_dequant_golden.py).
 TEST(Dequant, MatchesGgufPackageGoldens) {
   const auto doc = load_golden();
   const auto& cases = doc.at("cases").as_array();
-  ASSERT_GE(cases.size(), 9u);
+  ASSERT_GE(cases.size(), 12u);
   for (const auto& c : cases) {
     const auto name = c.at("name").as_string();
     const auto type = cf::dtype_from_name(c.at("type").as_string());

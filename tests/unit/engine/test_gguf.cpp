@@ -292,11 +292,11 @@ TEST(Gguf, RejectsDuplicateTensorNamesAndUnsupportedTypes) {
   expect_input_error([&] { parse(bytes); }, {"duplicate tensor name", "'t'"});
 
   GgufWriter q;
-  q.add_tensor("k", 14 /* Q6_K */, {256}, std::vector<uint8_t>(210));
+  q.add_tensor("k", 11 /* Q3_K */, {256}, std::vector<uint8_t>(110));
   bytes = q.build();
   const GgufFile f = parse(bytes);  // lists fine
-  EXPECT_EQ(cf::ggml_type_name(f.tensors()[0].ggml_type), "Q6_K");
-  expect_input_error([&] { (void)f.tensor_ref(f.tensors()[0]); }, {"'k'", "Q6_K", "not supported"});
+  EXPECT_EQ(cf::ggml_type_name(f.tensors()[0].ggml_type), "Q3_K");
+  expect_input_error([&] { (void)f.tensor_ref(f.tensors()[0]); }, {"'k'", "Q3_K", "not supported"});
 }
 
 TEST(Gguf, SurvivesRandomCorruption) {

@@ -1,6 +1,7 @@
 // A tiny but complete Llama GGUF (2 layers, hidden 64, byte-level BPE vocab) built in memory, for model-file tests
 // and fuzz seeds. Options let tests drop or break one piece at a time.
 #pragma once
+#include <cstring>
 #include <random>
 #include <set>
 #include <string>
@@ -17,9 +18,11 @@ struct TinyModelOptions {
   bool qkv_bias = false;
   std::string skip_tensor;  // leave this tensor out
   std::string skip_key;     // leave this metadata key out
+  uint64_t hidden = 64, ffn = 128;  // k_quants needs multiples of 256
+  bool k_quants = false;  // attn_q / ffn_gate Q4_K, attn_k / ffn_up Q5_K, attn_v / ffn_down Q6_K (random super-blocks)
 };
 
-inline constexpr int kTinyLayers = 2, kTinyHidden = 64, kTinyHeads = 4, kTinyKvHeads = 2, kTinyFfn = 128;
+inline constexpr int kTinyLayers = 2, kTinyHeads = 4, kTinyKvHeads = 2;
 
 // GPT-2 byte alphabet tokens ("!".."~", then U+0100.. for the rest), a few merges, and ChatML specials.
 inline void tiny_vocab(std::vector<std::string>& tokens, std::vector<int32_t>& types, std::vector<std::string>& merges) {
@@ -55,8 +58,8 @@ inline std::vector<uint8_t> tiny_model_gguf(const TinyModelOptions& o = {}, Gguf
   w.add_string("general.name", "tiny test model");
   if (key(a + "block_count")) w.add_u32(a + "block_count", kTinyLayers);
   if (key(a + "context_length")) w.add_u32(a + "context_length", 256);
-  if (key(a + "embedding_length")) w.add_u32(a + "embedding_length", kTinyHidden);
-  if (key(a + "feed_forward_length")) w.add_u32(a + "feed_forward_length", kTinyFfn);
+  if (key(a + "embedding_length")) w.add_u32(a + "embedding_length", uint32_t(o.hidden));
+  if (key(a + "feed_forward_length")) w.add_u32(a + "feed_forward_length", uint32_t(o.ffn));
   if (key(a + "attention.head_count")) w.add_u32(a + "attention.head_count", kTinyHeads);
   if (key(a + "attention.head_count_kv")) w.add_u32(a + "attention.head_count_kv", kTinyKvHeads);
   if (key(a + "rope.freq_base")) w.add_f32(a + "rope.freq_base", 10000.0f);
@@ -74,8 +77,8 @@ inline std::vector<uint8_t> tiny_model_gguf(const TinyModelOptions& o = {}, Gguf
     w.add_u32("tokenizer.ggml.eos_token_id", 2);
     w.add_string("tokenizer.chat_template", "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}");
   }
-  const uint64_t vocab = tokens.size(), hidden = kTinyHidden, q = kTinyHeads * 16, kv = kTinyKvHeads * 16,
-                 ffn = kTinyFfn;
+  const uint64_t vocab = tokens.size(), hidden = o.hidden, head_dim = hidden / kTinyHeads, q = hidden,
+                 kv = kTinyKvHeads * head_dim, ffn = o.ffn;
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 0.05f);
   auto f32 = [&](const std::string& name, std::vector<uint64_t> ne) {
@@ -98,15 +101,38 @@ inline std::vector<uint8_t> tiny_model_gguf(const TinyModelOptions& o = {}, Gguf
     }
     w.add_tensor(name, kGgmlQ8_0, std::move(ne), std::move(b));
   };
+  // k-quant super-blocks of random bytes with small finite scales (d, dmin lead Q4_K / Q5_K; Q6_K's d ends it).
+  auto kq = [&](const std::string& name, uint32_t type, std::vector<uint64_t> ne) {
+    if (name == o.skip_tensor) return;
+    const uint64_t block_bytes = type == kGgmlQ4_K ? 144 : type == kGgmlQ5_K ? 176 : 210;
+    const uint64_t blocks = ne[0] * ne[1] / 256;
+    std::vector<uint8_t> b(blocks * block_bytes);
+    for (auto& x : b) x = uint8_t(rng());
+    for (uint64_t i = 0; i < blocks; ++i) {
+      uint8_t* block = b.data() + i * block_bytes;
+      const uint16_t d = 0x1800, dmin = 0x1400;  // f16 1/512, 1/1024
+      if (type == kGgmlQ6_K) {
+        std::memcpy(block + 208, &d, 2);
+      } else {
+        std::memcpy(block, &d, 2);
+        std::memcpy(block + 2, &dmin, 2);
+      }
+    }
+    w.add_tensor(name, type, std::move(ne), std::move(b));
+  };
+  auto matrix = [&](const std::string& name, uint32_t k_type, std::vector<uint64_t> ne) {
+    if (o.k_quants) kq(name, k_type, std::move(ne));
+    else q8(name, std::move(ne));
+  };
   f32("token_embd.weight", {hidden, vocab});
   f32("output_norm.weight", {hidden});
   if (!o.tied) f32("output.weight", {hidden, vocab});
   for (int l = 0; l < kTinyLayers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     f32(p + "attn_norm.weight", {hidden});
-    q8(p + "attn_q.weight", {hidden, q});
-    q8(p + "attn_k.weight", {hidden, kv});
-    q8(p + "attn_v.weight", {hidden, kv});
+    matrix(p + "attn_q.weight", kGgmlQ4_K, {hidden, q});
+    matrix(p + "attn_k.weight", kGgmlQ5_K, {hidden, kv});
+    matrix(p + "attn_v.weight", kGgmlQ6_K, {hidden, kv});
     if (o.qkv_bias) {
       f32(p + "attn_q.bias", {q});
       f32(p + "attn_k.bias", {kv});
@@ -114,9 +140,10 @@ inline std::vector<uint8_t> tiny_model_gguf(const TinyModelOptions& o = {}, Gguf
     }
     f32(p + "attn_output.weight", {q, hidden});
     f32(p + "ffn_norm.weight", {hidden});
-    q8(p + "ffn_gate.weight", {hidden, ffn});
-    q8(p + "ffn_up.weight", {hidden, ffn});
-    f32(p + "ffn_down.weight", {ffn, hidden});
+    matrix(p + "ffn_gate.weight", kGgmlQ4_K, {hidden, ffn});
+    matrix(p + "ffn_up.weight", kGgmlQ5_K, {hidden, ffn});
+    if (o.k_quants) kq(p + "ffn_down.weight", kGgmlQ6_K, {ffn, hidden});
+    else f32(p + "ffn_down.weight", {ffn, hidden});
   }
   auto bytes = w.build();
   if (writer_out) *writer_out = w;

@@ -2,13 +2,20 @@
 // each format's step; conversion between types.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "clusterfusion/runtime/rng.hpp"
 #include "clusterfusion/runtime/model.hpp"
 #include "clusterfusion/runtime/weights.hpp"
+#include "clusterfusion/common/half.hpp"
+#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/runtime/backend.hpp"
+#include "clusterfusion/runtime/runner.hpp"
 #include "test_models.hpp"
+#include "test_util.hpp"
+#include "tiny_model.hpp"
 
 namespace {
 
@@ -114,3 +121,65 @@ TEST(Weights, RandomBitsDoNotDependOnTheMachinesThreadCount) {
 }
 
 }  // namespace
+
+// Published GGUF files are mostly k-quants (Q4_K_M = Q4_K + Q6_K, Q5_K_M = Q5_K + Q6_K, ...). They load: each such
+// matrix is converted at load to the type the backends compute on (Q8_0 by default, F16 on request), within that
+// type's rounding of the file's own dequantisation.
+TEST(Weights, KQuantMatricesAreConvertedAtLoad) {
+  cf::test::TempDir dir;
+  cf::test::TinyModelOptions o;
+  o.hidden = 256;
+  o.ffn = 256;
+  o.k_quants = true;
+  const std::string path = dir.file("kquant.gguf");
+  cf::test::write_file(path, cf::test::tiny_model_gguf(o));
+  const auto file = cf::open_model_file(path);
+  const cf::ModelWeights as_q8 = cf::ModelWeights::load(*file);
+  cf::WeightLoadOptions f16_options;
+  f16_options.k_quant_as = cf::DType::F16;
+  const cf::ModelWeights as_f16 = cf::ModelWeights::load(*file, f16_options);
+
+  const struct {
+    const char* name;
+    const cf::WeightMatrix& q8;
+    const cf::WeightMatrix& f16;
+  } cases[] = {{"blk.0.attn_q.weight", as_q8.layers[0].attn_q, as_f16.layers[0].attn_q},      // Q4_K
+               {"blk.0.attn_k.weight", as_q8.layers[0].attn_k, as_f16.layers[0].attn_k},      // Q5_K
+               {"blk.1.ffn_down.weight", as_q8.layers[1].ffn_down, as_f16.layers[1].ffn_down}};  // Q6_K
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const cf::TensorRef* t = file->find(c.name);
+    ASSERT_NE(t, nullptr);
+    EXPECT_TRUE(cf::dtype_is_k_quant(t->dtype)) << cf::dtype_name(t->dtype);
+    const std::vector<float> want = cf::dequantize_all(*t);
+    ASSERT_EQ(c.q8.dtype, cf::DType::Q8_0);
+    ASSERT_EQ(c.f16.dtype, cf::DType::F16);
+    const std::vector<float> q8 = c.q8.dequantized(), f16 = c.f16.dequantized();
+    ASSERT_EQ(q8.size(), want.size());
+    ASSERT_EQ(f16.size(), want.size());
+    double spread = 0;
+    for (size_t b = 0; b < want.size(); b += 32) {
+      float max_abs = 0;
+      for (size_t i = b; i < b + 32; ++i) max_abs = std::max(max_abs, std::fabs(want[i]));
+      spread = std::max(spread, double(max_abs));
+      // Q8_0: step d = max / 127 (stored as fp16), error <= d / 2 plus the fp16 rounding of d over |q| <= 127.
+      const float bound = 0.57f * max_abs / 127.0f + 1e-12f;
+      for (size_t i = b; i < b + 32; ++i) {
+        ASSERT_LE(std::fabs(q8[i] - want[i]), bound) << "element " << i;
+        ASSERT_EQ(f16[i], cf::f16_bits_to_float(cf::float_to_f16_bits(want[i]))) << "element " << i;
+      }
+    }
+    EXPECT_GT(spread, 0.0);  // not all zeros: the comparison above meant something
+  }
+
+  // The cpu backend runs the converted model.
+  auto weights = std::make_shared<const cf::ModelWeights>(cf::ModelWeights::load(*file));
+  cf::Runner runner(cf::create_backend("cpu", weights, {}), 1);
+  const std::vector<float> logits = runner.prefill(0, std::vector<int32_t>{5, 17, 42});
+  ASSERT_EQ(logits.size(), size_t(weights->config.vocab));
+  for (const float v : logits) ASSERT_TRUE(std::isfinite(v));
+
+  cf::WeightLoadOptions bad;
+  bad.k_quant_as = cf::DType::Q4_K;
+  EXPECT_THROW(cf::ModelWeights::load(*file, bad), cf::Error);
+}
