@@ -22,14 +22,15 @@
 #               cf_bench_e2e --quick (whole-model decode TPOT, cuda vs cuda-unfused) -> $OUT/e2e.json
 #               (+ e2e.png with CF_E2E_PLOT=1; else plot it afterwards: python3 bench/e2e/plot_e2e.py e2e.json)
 #   peer        torch peer (.peers/torch_decode_peer.py --stages $CF_PEER_STAGES) -> $OUT/peer.json
-#   memcheck / racecheck / synccheck   compute-sanitizer on a filter of the GPU tests
+#   memcheck / racecheck / synccheck   compute-sanitizer on the fused kernels' *Sanitizer* cases (attention, FFN,
+#               LM head) and on a filter of the cuda-unfused tests
 #   summary     PASS/FAIL per step and the key numbers (also in $OUT/summary.txt)
 #
 # Files in $OUT (<= 8 come back): gpu_check.txt (everything), build.log, bench.json, bench_ffn.json,
 # bench_collectives.json, e2e.json, peer.json, summary.txt (e2e.png with CF_E2E_PLOT=1 would be a ninth).
 # Environment: OUT (default build/gpu_check_out), CF_GPU_CHECK_BUDGET, CF_GPU_TARGETS, CF_BENCH_ARGS, CF_E2E_ARGS
 # (default --quick), CF_PEER_STAGES (default bw,attn,llama2), CF_SANITIZER_FILTER, CF_RACECHECK_FILTER, CF_JOBS (default 16),
-# CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck), CF_CTEST_ARGS
+# CF_FUSED_SANITIZER_BINS, CF_SKIP_STEPS (comma-separated step names to skip, e.g. memcheck,racecheck,synccheck), CF_CTEST_ARGS
 # (extra ctest arguments, e.g. '-j 6 -R Attention').
 set -u -o pipefail
 
@@ -58,6 +59,8 @@ export PEER_STAGES="${CF_PEER_STAGES:-bw,attn,llama2}"
 # Small, fast cases under the sanitizers (cuBLAS kernels included); racecheck is the slowest, so fewer.
 export SANITIZER_FILTER="${CF_SANITIZER_FILTER:-CudaUtils.BufferRoundTripAndMove:KernelAddRmsNorm.*:KernelArgmax.*:DeviceChecks.*:PrefillForm.*:SmallFfn.*:SmallLmHead.*:Shapes/SmallAttention.*/MhaHd64NeoxPage16:Shapes/SmallAttention.*/GqaHd128GptjPage1Bias:Shapes/SmallAttention.*/MqaGroup16Page7}"
 export RACECHECK_FILTER="${CF_RACECHECK_FILTER:-KernelAddRmsNorm.*:KernelArgmax.*:Shapes/SmallAttention.Fp16MatchesReference/MhaHd64NeoxPage16:Shapes/SmallAttention.Bf16MatchesReference/GqaHd128GptjPage1Bias}"
+# The fused kernels' small sanitizer cases (*Sanitizer* in each suite), run first in every sanitizer step.
+export FUSED_SANITIZER_BINS="${CF_FUSED_SANITIZER_BINS:-$BUILD_DIR/tests/gpu/decoder_attention/cf_test_decoder_attention_gpu $BUILD_DIR/tests/gpu/ffn/cf_test_ffn_gpu $BUILD_DIR/tests/gpu/lm_head/cf_test_lm_head_gpu}"
 export PYTHONUNBUFFERED=1
 export T0="$(date +%s)"
 RESERVE=15  # seconds kept for the summary
@@ -238,18 +241,27 @@ sanitizer_bin() {
   command -v compute-sanitizer 2>/dev/null || { [ -x /usr/local/cuda/bin/compute-sanitizer ] && echo /usr/local/cuda/bin/compute-sanitizer; }
 }
 
-step_sanitizer() {  # $1 = tool, $2 = gtest filter
-  [ -x "$TEST_BIN" ] || { echo "SKIP: $TEST_BIN not built"; return 3; }
+step_sanitizer() {  # $1 = tool, $2 = gtest filter for the cuda-unfused tests
   local san; san="$(sanitizer_bin)"
   [ -n "$san" ] || { echo "SKIP: compute-sanitizer not found"; return 3; }
-  echo "$san --tool $1 on: $2"
-  # API errors are checked by our own code (and one test provokes one on purpose): report device errors only.
-  "$san" --tool "$1" --error-exitcode 99 --print-limit 20 --report-api-errors no "$TEST_BIN" --gtest_filter="$2" --gtest_brief=1 \
-    >/tmp/cf_sanitizer_"$1".log 2>&1
-  local rc=$?
-  grep -vE "^\[ (case|ffn|head|gpu|note) \]" /tmp/cf_sanitizer_"$1".log | tail -60
-  echo "compute-sanitizer $1 exit code $rc (0 = clean, 99 = errors found)"
-  return $rc
+  local status=0 ran=0 bin filter rc
+  # The fused kernels' *Sanitizer* cases first, then the cuda-unfused baseline's filter.
+  for bin in $FUSED_SANITIZER_BINS "$TEST_BIN"; do
+    [ -x "$bin" ] || { echo "skip: $bin not built"; continue; }
+    filter="*Sanitizer*"
+    [ "$bin" = "$TEST_BIN" ] && filter="$2"
+    echo "-- $san --tool $1 $(basename "$bin") --gtest_filter=$filter"
+    # API errors are checked by our own code (and some tests provoke one on purpose): report device errors only.
+    "$san" --tool "$1" --error-exitcode 99 --print-limit 20 --report-api-errors no "$bin" --gtest_filter="$filter" \
+      --gtest_brief=1 >/tmp/cf_sanitizer_"$1".log 2>&1
+    rc=$?
+    grep -vE "^\[ (case|ffn|head|gpu|note) \]" /tmp/cf_sanitizer_"$1".log | tail -30
+    echo "compute-sanitizer $1 $(basename "$bin"): exit code $rc (0 = clean, 99 = errors found)"
+    ran=1
+    [ $rc -ne 0 ] && status=$rc
+  done
+  [ $ran = 1 ] || { echo "SKIP: no test binary built"; return 3; }
+  return $status
 }
 
 export -f step_info step_gtest step_configure step_build step_resources step_ctest step_bench step_e2e step_collectives step_peer \
@@ -385,9 +397,9 @@ main() {
   (( left < 40 )) && left=40
   export PEER_BUDGET=$(( left - 15 ))
   run_step peer "$left" bash -c step_peer
-  run_step memcheck 90 bash -c 'step_sanitizer memcheck "$SANITIZER_FILTER"'
-  run_step racecheck 90 bash -c 'step_sanitizer racecheck "$RACECHECK_FILTER"'
-  run_step synccheck 60 bash -c 'step_sanitizer synccheck "$SANITIZER_FILTER"'
+  run_step memcheck 120 bash -c 'step_sanitizer memcheck "$SANITIZER_FILTER"'
+  run_step racecheck 120 bash -c 'step_sanitizer racecheck "$RACECHECK_FILTER"'
+  run_step synccheck 80 bash -c 'step_sanitizer synccheck "$SANITIZER_FILTER"'
   summary
   local failed=0
   for s in "${STATUS[@]}"; do [ "$s" = PASS ] || [ "$s" = SKIP ] || failed=1; done
