@@ -1,14 +1,21 @@
-// Shared by the GPU test suites (label gpu): skipping cleanly without a Hopper GPU, timing the host reference, and
-// checking that a plan's launch replays from a CUDA graph.
+// Shared by the GPU test suites (label gpu): skipping cleanly without a Hopper GPU, timing the host reference,
+// checking that a plan's launch replays from a CUDA graph, and comparing a fused kernel with cuda-unfused.
 #pragma once
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <string>
+#include <vector>
 
+#include "clusterfusion/common/half.hpp"
 #include "clusterfusion/device/launch.hpp"
+#include "clusterfusion/reference/tolerance.hpp"
 
 namespace cf::test {
 
@@ -54,6 +61,31 @@ inline void replay_in_graph(const std::function<void(cudaStream_t)>& launch, con
   cf::dev::synchronize();  // poison() may run on the legacy stream; `stream` does not wait for it
   for (int i = 0; i < replays; ++i) ASSERT_EQ(cudaGraphLaunch(r.exec, r.stream), cudaSuccess);
   check_status(r.stream);
+}
+
+// A fused kernel against cuda-unfused on the same inputs (T = cf::half or cf::bfloat16 storage bits): residual_out
+// bit-identical, and the fused output's max error against the fp32 reference not above the policy's factor times the
+// baseline's (or atol); prints both errors and the largest difference between the two.
+template <typename T>
+void expect_not_worse_than_unfused(const std::string& name, const std::vector<uint16_t>& fused_out,
+                                   const std::vector<uint16_t>& fused_res, const std::vector<uint16_t>& unfused_out,
+                                   const std::vector<uint16_t>& unfused_res, const std::vector<float>& out_ref) {
+  EXPECT_EQ(fused_res, unfused_res) << "residual_out differs between fused and cuda-unfused";
+  ASSERT_EQ(fused_out.size(), unfused_out.size());
+  std::vector<float> yf(fused_out.size()), yu(unfused_out.size());
+  double max_diff = 0.0;
+  for (size_t i = 0; i < yf.size(); ++i) {
+    yf[i] = to_float(T::from_bits(fused_out[i]));
+    yu[i] = to_float(T::from_bits(unfused_out[i]));
+    max_diff = std::max(max_diff, double(std::fabs(yf[i] - yu[i])));
+  }
+  const ref::ToleranceReport tf = ref::check_tolerance<T>(yf, out_ref), tu = ref::check_tolerance<T>(yu, out_ref);
+  std::printf("%s: fused vs cuda-unfused max |diff| %.3g; fused max error %.3g (%lld out of bound), unfused %.3g "
+              "(%lld out of bound)\n",
+              name.c_str(), max_diff, tf.max_abs_error, (long long)tf.n_out_of_bound, tu.max_abs_error,
+              (long long)tu.n_out_of_bound);
+  EXPECT_LE(tf.max_abs_error, std::max(ref::kNaiveErrorFactor * tu.max_abs_error, tf.atol))
+      << "fused error vs cuda-unfused error";
 }
 
 }  // namespace cf::test

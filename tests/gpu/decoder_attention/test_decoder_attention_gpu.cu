@@ -294,21 +294,7 @@ void compare_with_unfused(const Case& c) {
   ws.check_status(nullptr);
   const std::vector<uint16_t> unfused_out = d.out.download(), unfused_res = d.residual_out.download();
 
-  EXPECT_EQ(fused_res, unfused_res) << "residual_out differs between fused and cuda-unfused";
-  std::vector<float> yf(fused_out.size()), yu(unfused_out.size());
-  double max_diff = 0.0;
-  for (size_t i = 0; i < yf.size(); ++i) {
-    yf[i] = from_bits16<T>(fused_out[i]);
-    yu[i] = from_bits16<T>(unfused_out[i]);
-    max_diff = std::max(max_diff, double(std::fabs(yf[i] - yu[i])));
-  }
-  const ref::ToleranceReport tf = ref::check_tolerance<T>(yf, o.out_ref), tu = ref::check_tolerance<T>(yu, o.out_ref);
-  std::printf("%s: fused vs cuda-unfused max |diff| %.3g; fused max error %.3g (%lld out of bound), unfused %.3g "
-              "(%lld out of bound)\n",
-              c.name.c_str(), max_diff, tf.max_abs_error, (long long)tf.n_out_of_bound, tu.max_abs_error,
-              (long long)tu.n_out_of_bound);
-  // the fused kernel is not worse than the baseline by more than the policy's factor
-  EXPECT_LE(tf.max_abs_error, std::max(2.0 * tu.max_abs_error, tf.atol)) << "fused error vs cuda-unfused error";
+  expect_not_worse_than_unfused<T>(c.name, fused_out, fused_res, unfused_out, unfused_res, o.out_ref);
 }
 
 TEST(DecoderAttentionGpu, MatchesUnfusedBaseline) {
