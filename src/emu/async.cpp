@@ -25,21 +25,13 @@ std::string range_str(uint32_t off, uint32_t bytes) {
   return "[" + std::to_string(off) + ", " + std::to_string(off + bytes) + ")";
 }
 
-// The pages of [off, off+bytes) of c's smem, as data-page indices of its window.
-void page_range(const Cta& c, uint32_t off, uint32_t bytes, uint32_t* lo, uint32_t* hi) {
-  const SmemArena& arena = SmemArena::instance();
-  const size_t abs = arena.base_offset(c.rank) + size_t(off);
-  *lo = uint32_t(abs / arena.page());
-  *hi = uint32_t((abs + bytes + arena.page() - 1) / arena.page());
-}
-
 void complete_phase(MbarState& m) {
   ++m.phase;
   m.pending = m.count;
   m.tx = 0;
   m.completed_seq = next_seq();
-  m.completed_remote_seq = m.remote_seq;
-  m.remote_seq.fill(0);
+  m.sync.raise(m.agent, Clock(m.phase));  // the copies of this phase have completed
+  m.completed = m.sync.freeze();
   for (Thread* w : m.waiters) wake(w);
   m.waiters.clear();
 }
@@ -106,15 +98,32 @@ void arrive_one(Thread* t, Cta& owner, uint32_t off, MbarState& m, SrcLoc loc, c
          "arrival beyond the expected count " + std::to_string(m.count) + " in phase " + std::to_string(m.phase) +
              " of the mbarrier at block rank " + std::to_string(owner.rank) + " offset " + std::to_string(off) +
              " (the phase still waits for " + std::to_string(m.tx) + " tx bytes)");
+  release_to(t, m.sync);
   --m.pending;
   next_seq();
   if (!settle(owner, off, m, describe(t) + ": " + op + " at " + where(loc))) throw KernelAbort{};
 }
 
-void pass_wait(Thread* t, const MbarState& m) {
+// A wait passed: the thread acquires the phase, and a second pass at the same call for the same completed phase is
+// reported: a thread that comes back to a wait expects a later phase, but the parity of the phase it already saw
+// repeats every second phase (a ring whose users wait with a stale parity).
+void pass_wait(Thread* t, MbarState& m, uint32_t off, uint32_t parity, SrcLoc loc, const char* op) {
   t->last_sync_seq = std::max(t->last_sync_seq, m.completed_seq);
-  Cta& c = *t->cta;
-  for (uint32_t r = 0; r < kMaxSlots; ++r) c.ordered_seq[r] = std::max(c.ordered_seq[r], m.completed_remote_seq[r]);
+  if (m.completed) m.completed->acquire(t->clock);
+  const uint32_t i = t->ids.thread_rank;
+  if (m.passes.size() <= i) m.passes.resize(t->cta->num_threads);
+  MbarState::Pass& pass = m.passes[i];
+  if (pass.phase == m.phase && pass.line == loc.line() && pass.file != nullptr &&
+      std::strcmp(pass.file, loc.file_name()) == 0 && note(EmuErrorKind::PhaseAliasing, loc.line(), off)) {
+    report_first(EmuErrorKind::PhaseAliasing,
+                 describe(t) + ": " + op + "(parity " + std::to_string(parity) + ") at " + where(loc) +
+                     " returned for phase " + std::to_string(int64_t(m.phase) - 1) + " of " +
+                     describe_mbar(*t->cta, off, m) +
+                     ", which this thread already waited for at this call: the phase it comes back for (" +
+                     std::to_string(m.phase + 1) + ") has not completed, and the parity of a phase repeats every "
+                     "second phase (a ring whose users wait with a stale parity? keep the phase count per stage)");
+  }
+  pass = {m.phase, loc.line(), loc.file_name()};
 }
 
 void check_copy_shape(Thread* t, const void* dst, const void* src, uint32_t bytes, SrcLoc loc, const char* op) {
@@ -158,16 +167,12 @@ void issue(Thread* t, Copy&& cp, MbarState& m, SrcLoc loc, const char* op) {
       fail(EmuErrorKind::AsyncCopyMisuse, t, loc, op,
            "destination " + range_str(cp.dst_off, cp.bytes) + " covers the mbarrier at offset " + std::to_string(off));
   }
-  uint32_t lo = 0, hi = 0;
-  page_range(d, cp.dst_off, cp.bytes, &lo, &hi);
-  for (uint32_t p = lo; p < hi; ++p) ++d.inflight_pages[p];
   raw_fill(d, cp.dst_off, 0xff, cp.bytes);  // poison until it lands
-  refresh_pages(d, View::Local, lo, hi);
-  refresh_pages(d, View::Dsmem, lo, hi);
   ++m.inflight;
   cp.issuer = t->index;
   cp.loc = loc;
   cp.issue_iter = g_launch->iter;
+  checks_copy_issue(t, cp, m);
   cl.pending.push_back(std::move(cp));
   next_seq();
   yield(t);
@@ -206,6 +211,7 @@ void mbar_init(void* bar, uint32_t count, SrcLoc loc) {
   m.valid = true;
   m.count = count;
   m.pending = count;
+  m.agent = g_launch->cluster.agents++;
   m.initializer = t->index;
   m.init_loc = loc;
   m.init_seq = next_seq();
@@ -241,7 +247,6 @@ void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_t
   Cta& target = g_launch->cluster.ctas[rank];
   const bool remote = rank != t->cta->rank;
   MbarState& m = barrier_at(t, target, off, loc, op, remote);
-  if (remote) m.remote_seq[t->cta->rank] = next_seq();
   if (with_tx) add_tx(t, m, tx_bytes, loc, op);
   arrive_one(t, target, off, m, loc, op);
   yield(t);
@@ -255,7 +260,7 @@ bool mbar_try_wait(void* bar, uint32_t parity, bool until_done, SrcLoc loc) {
   if (parity > 1) fail(EmuErrorKind::InvalidUse, t, loc, op, "parity " + std::to_string(parity) + " must be 0 or 1");
   auto done = [&] { return (m.phase & 1u) != parity; };
   if (done()) {
-    pass_wait(t, m);
+    pass_wait(t, m, off, parity, loc, op);
     yield(t);
     return true;
   }
@@ -264,7 +269,7 @@ bool mbar_try_wait(void* bar, uint32_t parity, bool until_done, SrcLoc loc) {
     m.waiters.push_back(t);
     const bool woke = block(t, WaitKind::Mbarrier, &m, off, loc, !until_done);
     if (done()) {
-      pass_wait(t, m);
+      pass_wait(t, m, off, parity, loc, op);
       return true;
     }
     if (!woke) {
@@ -441,15 +446,11 @@ void deliver(size_t index) {
       break;
     }
   }
-  uint32_t lo = 0, hi = 0;
-  page_range(d, cp.dst_off, cp.bytes, &lo, &hi);
-  for (uint32_t p = lo; p < hi; ++p) --d.inflight_pages[p];
   raw_write(d, cp.dst_off, data.data(), cp.bytes);
-  refresh_pages(d, View::Local, lo, hi);
-  refresh_pages(d, View::Dsmem, lo, hi);
   ++L.stats.copies;
 
   MbarState& m = d.mbars[cp.bar_off];
+  checks_copy_land(cp, m);
   --m.inflight;
   m.tx -= cp.bytes;
   next_seq();
@@ -467,15 +468,6 @@ void on_cta_exit(Cta& c) {
                  " its shared memory was still in flight (wait on its mbarrier before exiting)");
       return;
     }
-  }
-  for (uint32_t a = 0; a < cl.size; ++a) {
-    if (c.access_seq[a] == 0 || c.access_seq[a] <= c.ordered_seq[a] || cl.cbar_phase > c.access_phase[a]) continue;
-    report(EmuErrorKind::DsmemInvalid,
-           "block rank " + std::to_string(c.rank) + " exited while its shared memory was still in use by block rank " +
-               std::to_string(a) + ": " + describe(&cl.threads[c.accessor[a]]) + " accessed it (after " +
-               where(c.accessor_loc[a]) + ") with no cluster barrier or mbarrier handshake between that access and "
-               "this exit (end the kernel with cluster_sync())");
-    return;
   }
 }
 

@@ -7,12 +7,15 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/device/launch.hpp"
 #include "fiber.hpp"
+#include "hb.hpp"
 #include "memory.hpp"
+#include "shadow.hpp"
 
 namespace cf::dev::emu {
 
@@ -54,7 +57,11 @@ struct Thread {
   uint64_t last_cluster_sync_seq = 0;  // same, cluster barriers only
   bool cluster_arrived = false;
   uint64_t cluster_arrive_phase = 0;
+  uint32_t cluster_waits = 0;          // completed cluster_wait calls (DSMEM needs one: the peers started)
   uint64_t collective_result = 0;
+
+  ThreadClock clock;  // happens-before state (hb.hpp)
+  FrozenRef pending;  // what the barrier / collective this thread waited in published; acquired when it resumes
 };
 
 struct BlockBarrier {  // block_sync (id 0) and named barriers 1..15
@@ -63,8 +70,10 @@ struct BlockBarrier {  // block_sync (id 0) and named barriers 1..15
   uint64_t generation = 0;
   std::vector<Thread*> waiters;
   SrcLoc loc;                          // first arrival of this generation
-  std::vector<SrcLoc> warp_loc;        // block_sync: per warp, where its first lane arrived this generation
-  std::vector<uint64_t> warp_loc_gen;  // generation + 1 when warp_loc is set
+  std::vector<SrcLoc> warp_loc;         // per warp, where its first lane arrived this generation
+  std::vector<uint64_t> warp_loc_gen;   // generation + 1 when warp_loc is set
+  std::vector<uint32_t> warp_arrived;   // per warp, lanes arrived this generation (named barriers)
+  SyncClock sync;                       // this generation's releases
 };
 
 struct MbarState {
@@ -79,8 +88,15 @@ struct MbarState {
   uint64_t init_seq = 0;
   SrcLoc init_loc;
   uint64_t completed_seq = 0;  // seq of the last phase completion
-  std::array<uint64_t, kMaxSlots> remote_seq{};            // last remote arrival per CTA rank, current phase
-  std::array<uint64_t, kMaxSlots> completed_remote_seq{};  // same, as of the last completed phase
+  uint32_t agent = 0;          // the async unit of the copies completing on this barrier (hb.hpp)
+  SyncClock sync;              // arrivals (releases) so far, all phases
+  FrozenRef completed;         // the releases as of the last phase completion (what a passing wait acquires)
+  struct Pass {                // per thread of the owner CTA: the completions when it last passed a wait, and where
+    uint64_t phase = ~0ull;
+    uint32_t line = 0;
+    const char* file = nullptr;
+  };
+  std::vector<Pass> passes;
 };
 
 struct WarpGroup {  // lanes meeting at one warp collective (same mask)
@@ -92,6 +108,7 @@ struct WarpGroup {  // lanes meeting at one warp collective (same mask)
   std::array<uint64_t, 32> values{};
   std::array<int32_t, 32> args{};
   std::array<Thread*, 32> lanes{};
+  SyncClock sync;
 };
 
 struct Warp {
@@ -114,6 +131,18 @@ struct Copy {
   uint32_t issuer = 0;  // thread index
   SrcLoc loc;
   uint64_t issue_iter = 0;
+  uint32_t site = 0;   // API site of the access checks
+  uint32_t agent = 0;  // the completing mbarrier's async unit
+  Clock clock = 0;     // the completion count of the phase it completes
+};
+
+// A copy into or out of a block's shared memory that the block must see completed before it exits (latest per
+// async unit).
+struct Unconfirmed {
+  uint32_t agent = 0;
+  Clock clock = 0;
+  uint32_t site = 0;
+  bool source = false;  // the block's memory is the copy's source (a DSMEM push), else its destination
 };
 
 struct Cta {
@@ -129,12 +158,7 @@ struct Cta {
   std::array<BlockBarrier, kMaxNamedBarrier + 1> named;
   std::unordered_map<uint32_t, MbarState> mbars;  // by smem offset
   std::vector<Warp> warps;
-  std::vector<uint16_t> inflight_pages;  // in-flight copy destinations per data page
-  std::vector<uint8_t> armed;            // Dsmem view pages opened since the last cluster barrier
-  // DSMEM accesses to this CTA by each peer rank (observed at the first touch of a page per cluster phase).
-  std::array<uint64_t, kMaxSlots> access_seq{}, access_phase{}, ordered_seq{};
-  std::array<uint32_t, kMaxSlots> accessor{};
-  std::array<SrcLoc, kMaxSlots> accessor_loc{};
+  std::vector<Unconfirmed> unconfirmed;
 };
 
 struct Cluster {
@@ -150,6 +174,16 @@ struct Cluster {
   uint64_t cbar_phase = 0;           // completed phases
   std::vector<Thread*> cbar_waiters;
   uint64_t cbar_completed_seq = 0;
+  SyncClock cbar_sync;      // this phase's releases
+  FrozenRef cbar_frozen;    // the last completed phase's
+  struct WarpSite {         // per warp of the cluster: where its lanes arrive / wait in a phase (.aligned)
+    uint64_t phase = ~0ull;
+    SrcLoc loc;
+    bool relaxed = false;
+  };
+  std::vector<WarpSite> cbar_arrive_site, cbar_wait_site;
+  uint32_t serial = 0;      // clusters run before this one in the launch
+  uint32_t agents = 0;      // agents so far: the threads, then one async unit per mbarrier init
   bool window_open = false;
   std::vector<Thread*> runnable;
   std::vector<Copy> pending;
@@ -176,6 +210,24 @@ struct Rng {
   bool one_in(uint32_t n) { return below(n) == 0; }
 };
 
+// API sites of the access checks (copies): what a shadow word names as its writer or reader.
+struct SiteInfo {
+  const char* op = nullptr;
+  SrcLoc loc;
+  uint32_t cluster = 0, thread = 0;  // the issuer
+  uint32_t cta = 0, off = 0, bytes = 0;  // the destination range
+};
+
+// What a launch found: the first report in full, then a count of distinct report sites per kind.
+struct Reports {
+  bool any = false;
+  EmuErrorKind first_kind = EmuErrorKind::InvalidUse;
+  std::string first;
+  std::array<uint32_t, 32> distinct{};
+  uint64_t total = 0;
+  std::unordered_set<uint64_t> keys;  // kind and sites of each distinct report
+};
+
 struct Launch {
   LaunchConfig cfg;
   std::string name;
@@ -196,11 +248,18 @@ struct Launch {
   std::atomic<uint64_t> progress{0};  // read by the watchdog thread
   LaunchStats stats;
   std::vector<TempOpen> temp_open;
+  Reports reports;
+  bool checks = true;               // access checks of this launch (docs/emulator.md)
+  std::vector<SiteInfo> sites;
+  std::unordered_map<uintptr_t, ForeignRef> atomics;  // releases through each atomic location (cluster -> clock)
+  GlobalSnapshot globals;
+  uint64_t generation = 0;
 };
 
 // ---- state shared by the emulator's translation units ------------------------------------------------------------
-extern Launch* g_launch;           // the launch running on this process (launches are serialised)
-extern __thread Thread* g_current;  // the thread whose fiber is running; null in the hub
+extern Launch* g_launch;  // the launch running on this process (launches are serialised)
+// the thread whose fiber is running; null in the hub (initial-exec: read by every instrumented access)
+extern __thread Thread* g_current __attribute__((tls_model("initial-exec")));
 
 // ---- scheduler services (scheduler.cpp) --------------------------------------------------------------------------
 Thread* enter(SrcLoc loc, const char* op);  // every API call starts here: current thread, abort check
@@ -212,11 +271,18 @@ void wake(Thread* t);
 uint64_t next_seq();
 void note_poll();  // a call that does not count as progress (nanosleep, failed try_wait)
 
-// Records the first error of the launch (later ones are dropped).
+// Records an error that ends the launch: the fibers are unwound at their next API call. The first report of a launch
+// is kept in full, later ones are counted.
 void report(EmuErrorKind kind, const std::string& what);
+// Records a finding after which the kernel can go on (the access checks): the launch runs to its end and then fails.
+// `a` and `b` identify the report's sites: a repeat of the same kind and sites is only counted. Returns true when the
+// message is wanted (the launch's first report); then call report_first().
+bool note(EmuErrorKind kind, uint32_t a, uint32_t b);
+void report_first(EmuErrorKind kind, const std::string& what);
 // report() + unwind the calling fiber.
 [[noreturn]] void fail(EmuErrorKind kind, const Thread* t, SrcLoc loc, const char* op, const std::string& detail);
 std::string describe(const Thread* t);  // "block (1,0,0) rank 1, thread 5 (warp 0 lane 5)"
+std::string describe_agent(uint32_t cluster_serial, uint32_t tid);  // the same for a thread of any cluster
 std::string where(SrcLoc loc);           // "dir/file.hpp:42"
 std::string hex(uint64_t v);
 

@@ -22,7 +22,7 @@ namespace cf::dev::emu {
 
 __thread const ThreadIds* tls_ids = nullptr;
 Launch* g_launch = nullptr;
-__thread Thread* g_current = nullptr;
+__thread Thread* g_current __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
 
@@ -141,12 +141,6 @@ std::string pc_string(uintptr_t pc) {
   return " [pc " + hex(pc) + "]";
 }
 
-const Copy* find_inflight(const Cta& c, uint32_t off) {
-  for (const Copy& cp : g_launch->cluster.pending)
-    if (cp.dst == &c && off >= cp.dst_off && off < cp.dst_off + cp.bytes) return &cp;
-  return nullptr;
-}
-
 const char* copy_name(CopyKind k) {
   switch (k) {
     case CopyKind::G2S: return "bulk_copy_g2s";
@@ -170,14 +164,6 @@ void open_temporarily(uint32_t slot, View view, int64_t page) {
     mprotect(reinterpret_cast<void*>(e.addr), arena.page(), PROT_READ | PROT_WRITE);
   }
   g_launch->temp_open.push_back(e);
-}
-
-void record_dsmem_access(Cta& target, const Thread* t) {
-  const uint32_t a = t->cta->rank;
-  target.access_seq[a] = next_seq();
-  target.access_phase[a] = g_launch->cluster.cbar_phase + (t->cluster_arrived ? 1 : 0);
-  target.accessor[a] = t->index;
-  target.accessor_loc[a] = t->last_loc;
 }
 
 bool handle_fault(uintptr_t addr, bool is_write, uintptr_t pc) {
@@ -230,30 +216,7 @@ bool handle_fault(uintptr_t addr, bool is_write, uintptr_t pc) {
       open_temporarily(w.slot, w.view, w.page);
       return true;
     }
-    const uint32_t page = uint32_t(w.page);
-    if (c.inflight_pages[page] > 0) {
-      if (const Copy* cp = find_inflight(c, off)) {
-        report(EmuErrorKind::InFlightAccess,
-               describe(t) + ": " + rw + " of " + whose + " at offset " + std::to_string(off) +
-                   ", inside the destination [" + std::to_string(cp->dst_off) + ", " +
-                   std::to_string(cp->dst_off + cp->bytes) + ") of an in-flight " + copy_name(cp->kind) +
-                   " issued by " + describe(&cl.threads[cp->issuer]) + " at " + where(cp->loc) +
-                   ": wait on its mbarrier first (and do not reuse a buffer before its consumers are done)" + after);
-        open_temporarily(w.slot, w.view, w.page);
-        return true;
-      }
-      // A neighbour of an in-flight destination on the same page: let this fiber through until it switches.
-      ++L.stats.protection_faults;
-      if (dsmem) record_dsmem_access(c, t);
-      open_temporarily(w.slot, w.view, w.page);
-      return true;
-    }
-    if (dsmem) {  // first touch of this page since the last cluster barrier: note who accessed the peer
-      record_dsmem_access(c, t);
-      c.armed[page] = 1;
-      refresh_pages(c, View::Dsmem, page, page + 1);
-      return true;
-    }
+    ++L.stats.protection_faults;  // a page closed for another reason: let this fiber through until it switches
     open_temporarily(w.slot, w.view, w.page);
     return true;
   }
@@ -430,6 +393,7 @@ void run_thread(Launch& L, Thread* t) {
     --c.live;
     on_thread_exit(t);
     if (c.live == 0 && !L.failed) {
+      checks_cta_exit(c);
       on_cta_exit(c);
       c.exited = true;
       refresh_cta(c);
@@ -481,6 +445,9 @@ void setup_cluster(Launch& L, const Dim3& cidx) {
   cl.cbar_waiters.clear();
   cl.cbar_completed_seq = 0;
   cl.window_open = false;
+  cl.cbar_sync.clear();
+  cl.cbar_arrive_site.assign(size_t(n_cta) * n_warps, Cluster::WarpSite{});
+  cl.cbar_wait_site.assign(size_t(n_cta) * n_warps, Cluster::WarpSite{});
   cl.runnable.clear();
   cl.pending.clear();
 
@@ -502,8 +469,12 @@ void setup_cluster(Launch& L, const Dim3& cidx) {
     c.bar0.warp_loc_gen.assign(n_warps, 0);
     c.warps.resize(n_warps);
     if (n_thr % kWarpSize != 0) c.warps.back().exited = ~((1u << (n_thr % kWarpSize)) - 1u);
-    c.inflight_pages.assign(arena.data_pages(), 0);
-    c.armed.assign(arena.data_pages(), 0);
+    c.unconfirmed.clear();
+    for (BlockBarrier& nb : c.named) {
+      nb.warp_loc.assign(n_warps, SrcLoc{});
+      nb.warp_loc_gen.assign(n_warps, 0);
+      nb.warp_arrived.assign(n_warps, 0);
+    }
     // Fresh shared memory holds garbage on a GPU: fill it with 0xFF (NaN in fp16/bf16/fp32).
     arena.protect(r, View::Local, arena.first_page(r), arena.data_pages(), true);
     std::memset(c.smem, 0xff, c.smem_bytes);
@@ -540,9 +511,11 @@ void setup_cluster(Launch& L, const Dim3& cidx) {
   L.stats.threads += cl.threads.size();
 }
 
-void run_cluster(Launch& L, const Dim3& cidx) {
+void run_cluster(Launch& L, const Dim3& cidx, uint32_t serial) {
   setup_cluster(L, cidx);
   Cluster& cl = L.cluster;
+  cl.serial = serial;
+  checks_begin_cluster(L);
   for (;;) {
     restore_temp_open(L);
     if (L.failed || cl.live == 0) break;
@@ -614,6 +587,10 @@ const char* to_string(EmuErrorKind kind) {
     case EmuErrorKind::WarpCollective: return "warp collective misuse";
     case EmuErrorKind::KernelException: return "kernel exception";
     case EmuErrorKind::InvalidUse: return "invalid use";
+    case EmuErrorKind::DataRace: return "data race";
+    case EmuErrorKind::AsyncProxy: return "missing async-proxy fence";
+    case EmuErrorKind::UninitializedRead: return "uninitialised read";
+    case EmuErrorKind::PhaseAliasing: return "mbarrier phase aliasing";
   }
   return "error";
 }
@@ -650,14 +627,73 @@ std::string describe(const Thread* t) {
          std::to_string(ids.lane) + ")";
 }
 
+std::string describe_agent(uint32_t cluster_serial, uint32_t tid) {
+  const LaunchConfig& cfg = g_launch->cfg;
+  const Dim3 cdim = cfg.cluster;
+  const Dim3 cgrid{cfg.grid.x / cdim.x, cfg.grid.y / cdim.y, cfg.grid.z / cdim.z};
+  const uint32_t n_thr = uint32_t(cfg.block.volume()), n_cta = uint32_t(cdim.volume());
+  if (tid >= n_thr * n_cta) return "an async copy";
+  const Dim3 cidx{cluster_serial % cgrid.x, (cluster_serial / cgrid.x) % cgrid.y, cluster_serial / (cgrid.x * cgrid.y)};
+  const uint32_t r = tid / n_thr, i = tid % n_thr;
+  const Dim3 in{r % cdim.x, (r / cdim.x) % cdim.y, r / (cdim.x * cdim.y)};
+  const Dim3 block{cidx.x * cdim.x + in.x, cidx.y * cdim.y + in.y, cidx.z * cdim.z + in.z};
+  const Dim3 thread{i % cfg.block.x, (i / cfg.block.x) % cfg.block.y, i / (cfg.block.x * cfg.block.y)};
+  return "block " + dim_str(block, cfg.grid) + " (cluster rank " + std::to_string(r) + "), thread " +
+         dim_str(thread, cfg.block) + " (warp " + std::to_string(i / kWarpSize) + " lane " +
+         std::to_string(i % kWarpSize) + ")";
+}
+
+namespace {
+void keep_first(Launch& L, EmuErrorKind kind, const std::string& what) {
+  L.reports.any = true;
+  L.reports.first_kind = kind;
+  L.reports.first = "cf_emu: kernel '" + L.name + "' (seed " + std::to_string(L.seed) + "): " +
+                    cf::dev::to_string(kind) + ": " + what;
+}
+
+// The launch's verdict: the first report in full, then how many other distinct findings of each kind.
+std::string verdict(const Launch& L) {
+  std::string out = symbolise_sites(L.reports.first);
+  std::string more;
+  uint32_t distinct = 0;
+  for (uint32_t k = 0; k < L.reports.distinct.size(); ++k) {
+    if (L.reports.distinct[k] == 0) continue;
+    distinct += L.reports.distinct[k];
+    if (!more.empty()) more += ", ";
+    more += std::to_string(L.reports.distinct[k]) + " " + cf::dev::to_string(EmuErrorKind(k));
+  }
+  if (distinct > 0)
+    out += " [and " + std::to_string(distinct) + " more at other sites: " + more + "; " +
+           std::to_string(L.reports.total) + " findings in all]";
+  return out;
+}
+}  // namespace
+
 void report(EmuErrorKind kind, const std::string& what) {
   Launch& L = *g_launch;
   if (L.failed) return;
   L.failed = true;
-  L.error_kind = kind;
-  L.error = "cf_emu: kernel '" + L.name + "' (seed " + std::to_string(L.seed) + "): " + cf::dev::to_string(kind) +
-            ": " + what;
+  checks_off();
+  ++L.reports.total;
+  if (!L.reports.any) {
+    keep_first(L, kind, what);
+  } else {
+    ++L.reports.distinct[size_t(kind)];
+  }
 }
+
+bool note(EmuErrorKind kind, uint32_t a, uint32_t b) {
+  Launch& L = *g_launch;
+  if (L.failed) return false;
+  ++L.reports.total;
+  const uint64_t key = (uint64_t(kind) << 58) ^ (uint64_t(a) << 26) ^ uint64_t(b) ^ (uint64_t(b) << 40);
+  if (!L.reports.keys.insert(key).second) return false;
+  if (!L.reports.any) return true;
+  ++L.reports.distinct[size_t(kind)];
+  return false;
+}
+
+void report_first(EmuErrorKind kind, const std::string& what) { keep_first(*g_launch, kind, what); }
 
 void fail(EmuErrorKind kind, const Thread* t, SrcLoc loc, const char* op, const std::string& detail) {
   report(kind, describe(t) + ": " + op + " at " + where(loc) + ": " + detail);
@@ -724,8 +760,8 @@ void refresh_pages(Cta& c, View v, uint32_t page_lo, uint32_t page_hi) {
   const Cluster& cl = g_launch->cluster;
   const uint32_t first = arena.first_page(c.rank);
   auto open = [&](uint32_t p) {
-    if (c.exited || p < first || c.inflight_pages[p] > 0) return false;
-    if (v == View::Dsmem) return cl.window_open && c.armed[p] != 0;
+    if (c.exited || p < first) return false;
+    if (v == View::Dsmem) return cl.window_open;
     return true;
   };
   uint32_t run_start = page_lo;
@@ -808,6 +844,7 @@ void run_launch(const LaunchConfig& cfg, KernelInvoker invoke, const void* bound
   L->rng.state = L->seed * 0x2545f4914f6cdd1dull;
   L->stacks = stacks;
   L->stats.seed = L->seed;
+  L->checks = access_checks_enabled();
 
   // The fault handler runs on its own stack: fiber stacks are small and a stack overflow must be reportable.
   static thread_local std::vector<uint8_t> alt_stack(kAltStackBytes);
@@ -825,18 +862,23 @@ void run_launch(const LaunchConfig& cfg, KernelInvoker invoke, const void* bound
   const auto t0 = std::chrono::steady_clock::now();
   const Dim3 cdim = cfg.cluster;
   const Dim3 cgrid{cfg.grid.x / cdim.x, cfg.grid.y / cdim.y, cfg.grid.z / cdim.z};
+  checks_begin_launch(*L);
   try {
     for (uint32_t cz = 0; cz < cgrid.z && !L->failed; ++cz)
       for (uint32_t cy = 0; cy < cgrid.y && !L->failed; ++cy)
-        for (uint32_t cx = 0; cx < cgrid.x && !L->failed; ++cx) run_cluster(*L, Dim3{cx, cy, cz});
+        for (uint32_t cx = 0; cx < cgrid.x && !L->failed; ++cx)
+          run_cluster(*L, Dim3{cx, cy, cz}, cx + cgrid.x * (cy + cgrid.y * cz));
   } catch (...) {
+    checks_end_launch(*L);
     g_launch = nullptr;
     sigaltstack(&old_alt, nullptr);
     const std::lock_guard<std::mutex> watch(watch_state().mutex);
     watch_state().launch = nullptr;
     throw;
   }
+  checks_end_launch(*L);
   L->stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  L->stats.reports = L->reports.total;
   g_last_stats = L->stats;
   g_launch = nullptr;
   sigaltstack(&old_alt, nullptr);
@@ -844,7 +886,7 @@ void run_launch(const LaunchConfig& cfg, KernelInvoker invoke, const void* bound
     const std::lock_guard<std::mutex> watch(watch_state().mutex);
     watch_state().launch = nullptr;
   }
-  if (L->failed) throw EmuError(L->error_kind, L->error);
+  if (L->reports.any) throw EmuError(L->reports.first_kind, verdict(*L));
 }
 
 LaunchStats last_launch_stats() {

@@ -25,16 +25,63 @@ const Thread* first_exited(const Cluster& cl) {
   return nullptr;
 }
 
+// .aligned barriers: the lanes of a warp that arrive in one generation must all be at the same call (and, named
+// barriers, the whole warp arrives in the same generation).
+void check_aligned(BlockBarrier& b, Thread* t, SrcLoc loc, const char* op, const std::string& what) {
+  const uint64_t tag = b.generation + 1;
+  if (b.warp_loc_gen[t->warp] != tag) {
+    b.warp_loc_gen[t->warp] = tag;
+    b.warp_loc[t->warp] = loc;
+    if (!b.warp_arrived.empty()) b.warp_arrived[t->warp] = 0;
+  } else if (!same_loc(b.warp_loc[t->warp], loc)) {
+    fail(EmuErrorKind::BarrierDivergence, t, loc, op,
+         "lanes of warp " + std::to_string(t->warp) + " reached different " + what + " calls in the same barrier phase " +
+             "(another lane is at " + where(b.warp_loc[t->warp]) + "); " + op +
+             " is .aligned: the whole warp must execute the same call");
+  }
+  if (!b.warp_arrived.empty()) ++b.warp_arrived[t->warp];
+}
+
+// Named barrier generation complete: every warp that took part arrived with all its live lanes.
+void check_whole_warps(const Cta& c, const BlockBarrier& b, uint32_t id) {
+  const uint64_t tag = b.generation + 1;
+  for (uint32_t w = 0; w < uint32_t(b.warp_arrived.size()); ++w) {
+    if (b.warp_loc_gen[w] != tag || b.warp_arrived[w] == 0) continue;
+    // lanes may have exited since they arrived; a live lane that did not arrive is elsewhere
+    const uint32_t live = 32 - uint32_t(__builtin_popcount(c.warps[w].exited));
+    if (b.warp_arrived[w] >= live) continue;
+    report(EmuErrorKind::BarrierDivergence,
+           describe(&c.threads[w * kWarpSize]) + ": named barrier " + std::to_string(id) + " at " +
+               where(b.warp_loc[w]) + " completed a phase with " + std::to_string(b.warp_arrived[w]) + " of the " +
+               std::to_string(live) + " live lanes of warp " + std::to_string(w) +
+               " (bar.sync/bar.arrive are .aligned: the whole warp executes them together)");
+    return;
+  }
+}
+
 void complete_barrier(BlockBarrier& b, Thread* self) {
   b.arrived = 0;
   ++b.generation;
   const uint64_t s = next_seq();
+  const FrozenRef published = b.sync.freeze();
   for (Thread* w : b.waiters) {
     w->last_sync_seq = s;
+    w->pending = published;
     wake(w);
   }
   b.waiters.clear();
-  if (self != nullptr) self->last_sync_seq = s;
+  if (self != nullptr) {
+    self->last_sync_seq = s;
+    published->acquire(self->clock);
+  }
+  b.sync.clear();
+}
+
+// The thread resumes after a wait that published something: it learns it.
+void acquire_pending(Thread* t) {
+  if (!t->pending) return;
+  t->pending->acquire(t->clock);
+  t->pending.reset();
 }
 
 void complete_cluster_phase(Cluster& cl) {
@@ -43,9 +90,28 @@ void complete_cluster_phase(Cluster& cl) {
   ++cl.cbar_phase;
   const uint64_t s = next_seq();
   cl.cbar_completed_seq = s;
+  cl.cbar_frozen = cl.cbar_sync.freeze();
+  cl.cbar_sync.clear();
   on_cluster_phase_complete(cl);
   for (Thread* w : cl.cbar_waiters) wake(w);
   cl.cbar_waiters.clear();
+}
+
+// barrier.cluster.arrive/wait are .aligned: the lanes of a warp use the same call in a phase.
+void check_cluster_site(std::vector<Cluster::WarpSite>& sites, Thread* t, uint64_t phase, SrcLoc loc, bool relaxed,
+                        const char* op) {
+  Cluster::WarpSite& ws = sites[size_t(t->cta->rank) * t->cta->warps.size() + t->warp];
+  if (ws.phase != phase) {
+    ws.phase = phase;
+    ws.loc = loc;
+    ws.relaxed = relaxed;
+    return;
+  }
+  if (!same_loc(ws.loc, loc) || ws.relaxed != relaxed)
+    fail(EmuErrorKind::BarrierDivergence, t, loc, op,
+         "lanes of warp " + std::to_string(t->warp) + " reached different cluster barrier calls in the same phase " +
+             "(another lane is at " + where(ws.loc) + (ws.relaxed != relaxed ? ", with the other arrive variant" : "") +
+             "); barrier.cluster is .aligned: the whole warp must execute the same call");
 }
 
 const char* warp_op_name(WarpOp op) {
@@ -158,8 +224,13 @@ void complete_group(Warp& w, WarpGroup* g) {
     t->collective_result = result;
   }
   next_seq();
-  for (uint32_t lane = 0; lane < 32; ++lane)
-    if (((g->arrived >> lane) & 1u) != 0) wake(g->lanes[lane]);
+  const FrozenRef published = g->sync.freeze();
+  g->sync.clear();
+  for (uint32_t lane = 0; lane < 32; ++lane) {
+    if (((g->arrived >> lane) & 1u) == 0) continue;
+    g->lanes[lane]->pending = published;
+    wake(g->lanes[lane]);
+  }
   // return the group to the pool
   Cluster& cl = g_launch->cluster;
   for (auto it = w.groups.begin(); it != w.groups.end(); ++it) {
@@ -183,18 +254,10 @@ void block_sync(SrcLoc loc) {
          describe(first_exited(c)) + " already exited, so this block_sync can never complete (bar.sync waits for "
                                      "every thread of the block; exit only after the last block_sync)");
   }
-  const uint64_t tag = b.generation + 1;
-  if (b.warp_loc_gen[t->warp] != tag) {
-    b.warp_loc_gen[t->warp] = tag;
-    b.warp_loc[t->warp] = loc;
-  } else if (!same_loc(b.warp_loc[t->warp], loc)) {
-    fail(EmuErrorKind::BarrierDivergence, t, loc, "block_sync",
-         "lanes of warp " + std::to_string(t->warp) + " reached different block_sync calls in the same barrier phase " +
-             "(another lane is at " + where(b.warp_loc[t->warp]) +
-             "); bar.sync is .aligned: the whole warp must execute the same block_sync");
-  }
+  check_aligned(b, t, loc, "block_sync", "block_sync");
   if (b.arrived == 0) b.loc = loc;
   ++b.arrived;
+  release_to(t, b.sync);
   next_seq();
   if (b.arrived == b.expected) {
     complete_barrier(b, t);
@@ -204,6 +267,7 @@ void block_sync(SrcLoc loc) {
   const uint64_t gen = b.generation;
   b.waiters.push_back(t);
   while (b.generation == gen) block(t, WaitKind::BlockSync, &b, 0, loc);
+  acquire_pending(t);
 }
 
 void named_barrier(uint32_t id, uint32_t thread_count, bool wait, SrcLoc loc) {
@@ -226,10 +290,14 @@ void named_barrier(uint32_t id, uint32_t thread_count, bool wait, SrcLoc loc) {
          "barrier " + std::to_string(id) + " is in use with thread count " + std::to_string(b.expected) +
              " (first arrival at " + where(b.loc) + "), this call says " + std::to_string(thread_count));
   }
+  check_aligned(b, t, loc, op, "named barrier " + std::to_string(id));
   ++b.arrived;
+  release_to(t, b.sync);
   next_seq();
   if (b.arrived == b.expected) {
+    check_whole_warps(c, b, id);
     complete_barrier(b, wait ? t : nullptr);
+    check_abort(t);
     yield(t);
     return;
   }
@@ -240,6 +308,7 @@ void named_barrier(uint32_t id, uint32_t thread_count, bool wait, SrcLoc loc) {
   const uint64_t gen = b.generation;
   b.waiters.push_back(t);
   while (b.generation == gen) block(t, WaitKind::NamedBarrier, &b, id, loc);
+  acquire_pending(t);
 }
 
 // ---- cluster barrier ---------------------------------------------------------------------------------------------
@@ -255,9 +324,11 @@ void cluster_arrive(bool relaxed, SrcLoc loc) {
     fail(EmuErrorKind::BarrierExit, t, loc, op,
          describe(first_exited(cl)) + " exited without arriving, so this cluster barrier phase can never complete "
                                       "(it waits for every thread of every block of the cluster)");
+  check_cluster_site(cl.cbar_arrive_site, t, cl.cbar_phase, loc, relaxed, op);
   t->cluster_arrived = true;
   t->cluster_arrive_phase = cl.cbar_phase;
   ++cl.cbar_arrived;
+  if (!relaxed) release_to(t, cl.cbar_sync);  // .release; .relaxed orders nothing
   next_seq();
   if (cl.cbar_arrived == cl.threads.size()) complete_cluster_phase(cl);
   yield(t);
@@ -269,12 +340,16 @@ void cluster_wait(SrcLoc loc) {
   if (!t->cluster_arrived)
     fail(EmuErrorKind::InvalidUse, t, loc, "cluster_wait",
          "cluster_wait without a preceding cluster_arrive by this thread");
+  check_cluster_site(cl.cbar_wait_site, t, t->cluster_arrive_phase, loc, false, "cluster_wait");
   bool switched = false;
   while (cl.cbar_phase <= t->cluster_arrive_phase) {
     cl.cbar_waiters.push_back(t);
     block(t, WaitKind::ClusterWait, &cl, 0, loc);
     switched = true;
   }
+  // the phase this thread arrived at is the last one completed (the next needs this thread's arrival)
+  cl.cbar_frozen->acquire(t->clock);
+  ++t->cluster_waits;
   t->cluster_arrived = false;
   t->last_cluster_sync_seq = std::max(t->last_cluster_sync_seq, cl.cbar_completed_seq);
   t->last_sync_seq = std::max(t->last_sync_seq, cl.cbar_completed_seq);
@@ -282,12 +357,10 @@ void cluster_wait(SrcLoc loc) {
 }
 
 void on_cluster_phase_complete(Cluster& cl) {
-  cl.window_open = true;
-  for (Cta& c : cl.ctas) {
-    if (c.exited || std::none_of(c.armed.begin(), c.armed.end(), [](uint8_t a) { return a != 0; })) continue;
-    std::fill(c.armed.begin(), c.armed.end(), 0);
-    refresh_pages(c, View::Dsmem, 0, uint32_t(c.armed.size()));
-  }
+  if (cl.window_open) return;
+  cl.window_open = true;  // every block started: open the DSMEM views
+  for (Cta& c : cl.ctas)
+    if (!c.exited) refresh_pages(c, View::Dsmem, 0, SmemArena::instance().data_pages());
 }
 
 // ---- warp collectives --------------------------------------------------------------------------------------------
@@ -323,6 +396,7 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, 
       fresh = std::make_unique<WarpGroup>();
     }
     fresh->op = op;
+    fresh->sync.clear();
     fresh->mask = mask;
     fresh->arrived = 0;
     fresh->width = width;
@@ -339,13 +413,16 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, 
   g->args[lane] = arg;
   g->lanes[lane] = t;
   g->arrived |= bit;
+  release_to(t, g->sync);
   if (((g->arrived | w.exited) & mask) == mask) {
     complete_group(w, g);
+    acquire_pending(t);
     check_abort(t);
     yield(t);
     return t->collective_result;
   }
   block(t, WaitKind::Warp, g, mask, loc);
+  acquire_pending(t);
   return t->collective_result;
 }
 
@@ -381,6 +458,11 @@ void* map_shared_rank(const void* p, uint32_t rank, SrcLoc loc) {
 // ---- small scheduling points -------------------------------------------------------------------------------------
 void fence(const char* what, SrcLoc loc) {
   Thread* t = enter(loc, what);
+  if (std::strcmp(what, "fence_proxy_async") == 0) {
+    fence_proxy(t);
+  } else if (std::strcmp(what, "fence_mbarrier_init") != 0) {
+    fence_memory(t);
+  }
   yield(t);
 }
 
@@ -390,9 +472,30 @@ void nanosleep(uint32_t /*ns*/, SrcLoc loc) {
   yield(t);
 }
 
-void atomic_point(const void* /*p*/, SrcLoc loc) {
-  Thread* t = enter(loc, "atomic");
-  yield(t);
+uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, SrcLoc loc) {
+  static const char* const kNames[] = {"atomic_add", "atomic_max", "atomic_max", "atomic_min",
+                                       "atomic_min", "atomic_exch", "atomic_cas"};
+  const char* name = kNames[int(op)];
+  Thread* t = enter(loc, name);
+  yield(t);  // a scheduling point before the operation; the read-modify-write itself is atomic among fibers
+  if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
+    fail(EmuErrorKind::Misaligned, t, loc, name,
+         "address " + hex(reinterpret_cast<uintptr_t>(p)) + " is not " + std::to_string(bytes) + "-byte aligned");
+  atomic_sync(t, p);
+  uint64_t old = 0;
+  std::memcpy(&old, p, bytes);
+  uint64_t next = old;
+  switch (op) {
+    case AtomicOp::Add: next = old + v; break;
+    case AtomicOp::MaxU32: next = std::max(uint32_t(old), uint32_t(v)); break;
+    case AtomicOp::MinU32: next = std::min(uint32_t(old), uint32_t(v)); break;
+    case AtomicOp::MaxI32: next = uint32_t(std::max(int32_t(old), int32_t(v))); break;
+    case AtomicOp::MinI32: next = uint32_t(std::min(int32_t(old), int32_t(v))); break;
+    case AtomicOp::Exch: next = v; break;
+    case AtomicOp::Cas: next = uint32_t(old) == uint32_t(compare) ? v : old; break;
+  }
+  std::memcpy(p, &next, bytes);
+  return old;
 }
 
 void vector_access(const void* p, uint32_t bytes, bool global_nc, SrcLoc loc) {

@@ -24,8 +24,23 @@ namespace cf::dev {
 namespace emu {
 void* alloc_global(size_t bytes);  // zero-filled, 16-byte aligned, guard page right after the last byte
 void free_global(void* p);
+void declare_scratch_range(const void* p, size_t bytes);
 }  // namespace emu
 #endif
+
+// Declares bytes [p, p + bytes) of one DeviceBuffer per-launch scratch: every launch writes them before it reads them
+// (partial results handed between CTAs, for instance), so their contents never carry over from one launch to the
+// next. CUDA: nothing. Emulator: each launch starts with these bytes undefined, and a kernel read of a byte that
+// this launch has not written is reported (EmuErrorKind::UninitializedRead). Throws cf::InputError when the range
+// is not inside one live DeviceBuffer (emulator).
+inline void declare_scratch(const void* p, size_t bytes) {
+#if defined(CF_DEVICE_CUDA)
+  (void)p;
+  (void)bytes;
+#else
+  emu::declare_scratch_range(p, bytes);
+#endif
+}
 
 template <typename T>
 class DeviceBuffer {

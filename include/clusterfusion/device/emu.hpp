@@ -37,6 +37,11 @@ enum class EmuErrorKind : uint8_t {
   WarpCollective,      // shuffle/vote misuse (mask without self, reading an exited or non-member lane, ...)
   KernelException,     // the kernel threw a C++ exception
   InvalidUse,          // any other API misuse (bad id, bad rank, ...)
+  // the access checks (plain loads/stores seen through compiler instrumentation; the launch runs on after them)
+  DataRace,            // two accesses to the same bytes, one a write, by different threads, neither ordered first
+  AsyncProxy,          // a bulk copy reads shared memory a thread wrote with no fence_proxy_async in between
+  UninitializedRead,   // shared memory (or declared scratch) read before anything wrote it in this launch
+  PhaseAliasing,       // an mbarrier wait returned for a phase this thread had already waited for there
 };
 const char* to_string(EmuErrorKind kind);
 
@@ -98,7 +103,9 @@ void bulk_copy_s2peer(void* dst, const void* src, uint32_t bytes, void* bar, uin
 void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* bar, SrcLoc loc);
 
 void nanosleep(uint32_t ns, SrcLoc loc);
-void atomic_point(const void* p, SrcLoc loc);  // a scheduling point before each atomic
+enum class AtomicOp : uint8_t { Add, MaxU32, MaxI32, MinU32, MinI32, Exch, Cas };
+// the whole read-modify-write of `bytes` (4 or 8) at p, in the emulator: returns the old value
+uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, SrcLoc loc);
 void vector_access(const void* p, uint32_t bytes, bool global_nc, SrcLoc loc);  // alignment / space checks
 }  // namespace emu
 
@@ -204,40 +211,44 @@ inline void fence_cluster(emu::SrcLoc loc = emu::SrcLoc::current()) { emu::fence
 inline void nanosleep(uint32_t ns, emu::SrcLoc loc = emu::SrcLoc::current()) { emu::nanosleep(ns, loc); }
 
 namespace detail {
-template <typename T, typename Update>
-inline T atomic_rmw(T* p, Update update, emu::SrcLoc loc) {
-  emu::atomic_point(p, loc);  // the read-modify-write below runs without a switch: atomic among fibers
-  const T old = *p;
-  *p = update(old);
-  return old;
+template <typename T>
+inline T atomic_op(T* p, emu::AtomicOp op, T v, T compare, emu::SrcLoc loc) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8);
+  uint64_t bits = 0, cmp = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  std::memcpy(&cmp, &compare, sizeof(T));
+  const uint64_t old = emu::atomic_rmw(p, op, uint32_t(sizeof(T)), bits, cmp, loc);
+  T out;
+  std::memcpy(&out, &old, sizeof(T));
+  return out;
 }
 }  // namespace detail
 inline uint32_t atomic_add(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [v](uint32_t o) { return o + v; }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::Add, v, 0u, loc);
 }
 inline int32_t atomic_add(int32_t* p, int32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [v](int32_t o) { return int32_t(uint32_t(o) + uint32_t(v)); }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::Add, v, 0, loc);
 }
 inline uint64_t atomic_add(uint64_t* p, uint64_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [v](uint64_t o) { return o + v; }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::Add, v, uint64_t(0), loc);
 }
 inline uint32_t atomic_max(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [v](uint32_t o) { return o > v ? o : v; }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::MaxU32, v, 0u, loc);
 }
 inline int32_t atomic_max(int32_t* p, int32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [v](int32_t o) { return o > v ? o : v; }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::MaxI32, v, 0, loc);
 }
 inline uint32_t atomic_min(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [v](uint32_t o) { return o < v ? o : v; }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::MinU32, v, 0u, loc);
 }
 inline int32_t atomic_min(int32_t* p, int32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [v](int32_t o) { return o < v ? o : v; }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::MinI32, v, 0, loc);
 }
 inline uint32_t atomic_exch(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [v](uint32_t) { return v; }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::Exch, v, 0u, loc);
 }
 inline uint32_t atomic_cas(uint32_t* p, uint32_t compare, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
-  return detail::atomic_rmw(p, [compare, v](uint32_t o) { return o == compare ? v : o; }, loc);
+  return detail::atomic_op(p, emu::AtomicOp::Cas, v, compare, loc);
 }
 
 // ---- warp shuffles and votes -------------------------------------------------------------------------------------

@@ -174,10 +174,16 @@ struct LaunchStats {
   uint64_t threads = 0;           // fibers run, all clusters
   uint64_t switches = 0;          // fiber switches
   uint64_t copies = 0;            // bulk/TMA copies delivered
-  uint64_t protection_faults = 0; // page faults taken on in-flight destinations that were not errors
+  uint64_t protection_faults = 0; // page faults taken on closed pages that were not errors
+  uint64_t checked_accesses = 0;  // plain loads/stores of shared and DeviceBuffer memory the access checks saw
+  uint64_t reports = 0;           // findings (every occurrence, before grouping by site)
   double seconds = 0;
 };
 LaunchStats last_launch_stats();
+
+// The access checks (data races, uninitialised reads, async-proxy fences, exact bounds; docs/emulator.md) are on
+// unless $CF_EMU_CHECKS is 0/off; this overrides both ways for the launches that follow, process-wide.
+void set_access_checks(bool on);
 }  // namespace emu
 
 inline bool device_available() { return true; }

@@ -107,7 +107,7 @@ std::vector<PlantedBug> planted_bugs() {
          const MatvecData d = matvec_data();
          return check_matvec(run_matvec<MatvecBug::None>(d.w, d.x, s), d);
        },
-       EmuErrorKind::InFlightAccess, {"in-flight tma_load_2d"}},
+       EmuErrorKind::InFlightAccess, {"the tma_load_2d issued at", "overwrites", "without that access being ordered"}},
       {"PipelineWaitWithWrongParity",
        [](uint64_t s) {
          const MatvecData d = matvec_data();

@@ -138,6 +138,7 @@ CF_GLOBAL void tma_read_early(const CF_GRID_CONSTANT TmaBugParams p) {
     bar->arrive_expect_tx(kTileW * kTileH * 2);
     dev::tma_load_2d(tile, p.map, p.x, 0, *bar);
   }
+  dev::block_sync();  // the copy is issued (but it need not have landed)
   if constexpr (!kSkipWait) bar->wait(0);
   p.out[t] = tile[t];
   if constexpr (kSkipWait) bar->wait(0);  // too late: the tile was read before

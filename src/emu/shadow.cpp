@@ -1,0 +1,774 @@
+// The access checks: shadow memory, the per-access algorithm (FastTrack-style epochs with read sets and per-byte
+// splitting), copies, the exit rule, the atomics model. See shadow.hpp.
+#include "shadow.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "emulator.hpp"
+
+namespace cf::dev::emu {
+
+namespace {
+
+// ---- what every instrumented access reads first (one cache line) ------------------------------------------------
+struct HookState {
+  uintptr_t arena_lo = 0, arena_span = 0;    // shared-memory windows
+  uintptr_t global_lo = 0, global_span = 0;  // the DeviceBuffer region
+  uint32_t span_shift = 0;
+  bool on = false;  // a launch with checks is running and has not failed for good
+};
+HookState g_hook;
+
+constexpr uint32_t kChunkShift = 16;  // global shadow: 64 KB of memory per chunk
+constexpr uint32_t kChunkWords = (1u << kChunkShift) / 4;
+constexpr uint32_t kTouchShift = 8;   // smem: blocks of 256 bytes noted when a peer thread touches them
+
+// ---- shadow storage ---------------------------------------------------------------------------------------------
+Word* map_words(size_t words) {
+  void* mem = mmap(nullptr, words * sizeof(Word), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+  if (mem == MAP_FAILED) throw std::bad_alloc();
+  return static_cast<Word*>(mem);
+}
+
+struct SmemShadow {
+  Word* words = nullptr;  // kMaxSmemPerBlock / 4
+  CellPool pool;
+  std::vector<uint8_t> touched;  // per 256-byte block: accessed by a thread of another block
+};
+SmemShadow g_smem[kMaxSlots];
+
+struct Chunk {
+  Word* words = nullptr;
+  uint64_t generation = 0;
+};
+std::vector<Chunk> g_chunks;  // over the DeviceBuffer region
+CellPool g_global_pool;
+
+// ---- sites ------------------------------------------------------------------------------------------------------
+const uintptr_t g_anchor = reinterpret_cast<uintptr_t>(&on_access);
+constexpr int64_t kPcRange = 0x40000000;
+
+}  // namespace
+
+uint32_t pc_site(const void* pc) {
+  const int64_t delta = int64_t(reinterpret_cast<uintptr_t>(pc)) - int64_t(g_anchor);
+  if (delta <= -kPcRange || delta >= kPcRange) return 0;
+  return uint32_t(delta + kPcRange);
+}
+
+namespace {
+
+uintptr_t site_pc(uint32_t site) { return uintptr_t(int64_t(g_anchor) + int64_t(site) - kPcRange); }
+
+// ---- CellPool -------------------------------------------------------------------------------------------------------
+}  // namespace
+
+uint32_t CellPool::new_set() {
+  if (!free_sets_.empty()) {
+    const uint32_t i = free_sets_.back();
+    free_sets_.pop_back();
+    return i;
+  }
+  sets_.emplace_back();
+  return uint32_t(sets_.size() - 1);
+}
+void CellPool::free_set(uint32_t i) {
+  sets_[i].clear();
+  free_sets_.push_back(i);
+}
+uint32_t CellPool::new_split() {
+  if (!free_splits_.empty()) {
+    const uint32_t i = free_splits_.back();
+    free_splits_.pop_back();
+    return i;
+  }
+  splits_.emplace_back();
+  return uint32_t(splits_.size() - 1);
+}
+void CellPool::free_split(uint32_t i) { free_splits_.push_back(i); }
+void CellPool::clear() {
+  for (auto& s : sets_) s.clear();
+  free_sets_.clear();
+  for (uint32_t i = uint32_t(sets_.size()); i > 0; --i) free_sets_.push_back(i - 1);
+  free_splits_.clear();
+  for (uint32_t i = uint32_t(splits_.size()); i > 0; --i) free_splits_.push_back(i - 1);
+}
+
+namespace {
+
+// ---- the access being checked -----------------------------------------------------------------------------------
+enum class Space : uint8_t { Smem, Dsmem, Global };
+
+struct Access {
+  Thread* t;
+  uint32_t me;  // agent in this space
+  Clock own;
+  uint32_t site;
+  bool write;
+  Space space;
+  uint32_t cta;                       // shared memory: the owner's rank
+  const GlobalBlock* block;           // global: the buffer
+  uintptr_t base;                     // address of byte 0 of the space (for offsets)
+  CellPool* pool;
+  uint32_t threads;                   // cluster threads (agents at or above: async units)
+  bool copy = false;                  // the access is a copy's, at its issue (site: the copy)
+};
+
+// The cell holds no read, or only reads by `me`.
+bool reads_only_by(const Cell& c, uint32_t me) { return c.r_agent != kReadSet && (c.r_clock == 0 || c.r_agent == me); }
+
+bool hb(const Access& x, uint32_t agent, Clock c) {
+  if (c == 0 || agent == x.me) return true;
+  if (x.space != Space::Global) return x.t->clock.at(agent) >= c;
+  const uint32_t cluster = agent >> 16, tid = agent & 0xffffu;
+  if (cluster == g_launch->cluster.serial) return x.t->clock.at(tid) >= c;
+  return x.t->clock.foreign && x.t->clock.foreign->at(cluster, tid) >= c;
+}
+
+bool is_async(const Access& x, uint32_t agent) { return x.space != Space::Global && agent >= x.threads; }
+
+std::string site_text(uint32_t site) {
+  if (site == 0) return "?";
+  if (site >= kApiSite) {
+    const SiteInfo& s = g_launch->sites[site - kApiSite];
+    return where(s.loc);
+  }
+  return "\x01" + hex(site_pc(site)) + "\x02";  // resolved by symbolise_sites()
+}
+
+std::string space_text(const Access& x) {
+  switch (x.space) {
+    case Space::Smem: return "this block's shared memory";
+    case Space::Dsmem: return "block rank " + std::to_string(x.cta) + "'s shared memory (DSMEM)";
+    case Space::Global: return "a " + std::to_string(x.block->bytes) + "-byte DeviceBuffer";
+  }
+  return "memory";
+}
+
+std::string agent_text(const Access& x, uint32_t agent) {
+  if (x.space == Space::Global) return describe_agent(agent >> 16, agent & 0xffffu);
+  return describe(&g_launch->cluster.threads[agent]);
+}
+
+const SiteInfo& api_site(uint32_t site) { return g_launch->sites[site - kApiSite]; }
+
+std::string copy_text(const SiteInfo& s) {
+  return std::string(s.op) + " issued by " + describe_agent(s.cluster, s.thread) + " at " + where(s.loc);
+}
+
+std::string range_text(uint32_t off, uint32_t bytes) {
+  return "[" + std::to_string(off) + ", " + std::to_string(off + bytes) + ")";
+}
+
+// A conflict between the access x (at byte offset `off`) and an earlier access of `agent`.
+void conflict(const Access& x, uint64_t off, uint32_t agent, uint32_t site, bool prev_write) {
+  const bool async = is_async(x, agent);
+  const EmuErrorKind kind =
+      async || (x.copy && x.write) ? EmuErrorKind::InFlightAccess : EmuErrorKind::DataRace;
+  if (!note(kind, x.site, site)) return;
+  const char* rw = x.write ? "write" : "read";
+  std::string msg = describe(x.t) + ": " + rw + " of " + space_text(x) + " at offset " + std::to_string(off) +
+                    " at " + site_text(x.site);
+  if (x.copy) {
+    const SiteInfo& s = api_site(x.site);
+    msg = describe(x.t) + ": the " + s.op + " issued at " + where(s.loc) + (x.write ? " overwrites " : " reads ") +
+          space_text(x) + " at offset " + std::to_string(off) + ", which " + agent_text(x, agent) + " " +
+          (prev_write ? "wrote" : "read") + " at " + site_text(site) + " without that access being ordered before "
+          "the copy's issue" +
+          (x.write ? " (a buffer refilled before its consumers are done: wait on its \"empty\" mbarrier first)"
+                   : " (a missing barrier between writing the data and issuing the copy)");
+  } else if (async && site >= kApiSite) {
+    const SiteInfo& s = api_site(site);
+    if (prev_write) {
+      msg += ", inside the destination " + range_text(s.off, s.bytes) + " of an in-flight " + copy_text(s) +
+             " that this thread is not ordered after: wait on its mbarrier first (and do not reuse a buffer before "
+             "its consumers are done)";
+    } else {
+      msg += ": these bytes are the source of the " + copy_text(s) +
+             ", which was modified before the copy completed as far as this thread knows (the sender may reuse it "
+             "only after the receiver signals that its mbarrier completed)";
+    }
+  } else {
+    msg += " races with the " + std::string(prev_write ? "write" : "read") + " by " + agent_text(x, agent) + " at " +
+           site_text(site) + ": no barrier, mbarrier wait, cluster barrier or warp collective orders the two";
+  }
+  report_first(kind, msg);
+}
+
+void uninitialised(const Access& x, uint64_t off) {
+  if (!note(EmuErrorKind::UninitializedRead, x.site, 0)) return;
+  std::string what = x.space == Space::Global ? "it is declared scratch and this launch has not written it"
+                                              : "nothing wrote it in this launch (shared memory starts undefined)";
+  report_first(EmuErrorKind::UninitializedRead, describe(x.t) + ": read of " + space_text(x) + " at " +
+                                                    site_text(x.site) + ": byte " + std::to_string(off) +
+                                                    " is uninitialised: " + what);
+}
+
+// ---- one cell -------------------------------------------------------------------------------------------------------
+void read_cell(const Access& x, Cell& c, uint64_t off) {
+  if (c.r_agent == x.me && c.r_clock == x.own) return;
+  if (!hb(x, c.w_agent, c.w_clock)) conflict(x, off, c.w_agent, c.w_site, true);
+  if (c.r_agent == kReadSet) {
+    std::vector<ReadEntry>& set = x.pool->set(c.r_clock);
+    bool present = false;
+    size_t keep = 0;
+    for (size_t i = 0; i < set.size(); ++i) {
+      ReadEntry& e = set[i];
+      if (e.agent == x.me) {
+        e.clock = x.own;
+        e.site = x.site;
+        present = true;
+      } else if (hb(x, e.agent, e.clock)) {
+        continue;  // ordered before this read: this read stands for it
+      }
+      set[keep++] = e;
+    }
+    set.resize(keep);
+    if (!present) set.push_back({x.me, x.own, x.site});
+    if (set.size() == 1) {
+      x.pool->free_set(c.r_clock);
+      c.r_agent = x.me;
+      c.r_clock = x.own;
+      c.r_site = x.site;
+    }
+    return;
+  }
+  if (c.r_clock == 0 || c.r_agent == x.me || hb(x, c.r_agent, c.r_clock)) {
+    c.r_agent = x.me;
+    c.r_clock = x.own;
+    c.r_site = x.site;
+    return;
+  }
+  const uint32_t i = x.pool->new_set();
+  x.pool->set(i).assign({{c.r_agent, c.r_clock, c.r_site}, {x.me, x.own, x.site}});
+  c.r_agent = kReadSet;
+  c.r_clock = i;
+}
+
+void write_cell(const Access& x, Cell& c, uint64_t off) {
+  if (c.w_agent == x.me && c.w_clock == x.own && reads_only_by(c, x.me)) return;
+  if (!hb(x, c.w_agent, c.w_clock)) conflict(x, off, c.w_agent, c.w_site, true);
+  if (c.r_agent == kReadSet) {
+    for (const ReadEntry& e : x.pool->set(c.r_clock))
+      if (!hb(x, e.agent, e.clock)) conflict(x, off, e.agent, e.site, false);
+    x.pool->free_set(c.r_clock);
+  } else if (!hb(x, c.r_agent, c.r_clock)) {
+    conflict(x, off, c.r_agent, c.r_site, false);
+  }
+  c = Cell{x.me, x.own, 0, 0, x.site, 0};
+}
+
+// ---- one word ---------------------------------------------------------------------------------------------------
+Cell* split_word(CellPool& pool, Word& w) {
+  const uint32_t i = pool.new_split();
+  Cell* b = pool.split(i);
+  for (int k = 0; k < 4; ++k) {
+    b[k] = w.cell;
+    if (w.cell.r_agent == kReadSet) {
+      const uint32_t s = pool.new_set();
+      pool.set(s) = pool.set(w.cell.r_clock);
+      b[k].r_clock = s;
+    }
+  }
+  if (w.cell.r_agent == kReadSet) pool.free_set(w.cell.r_clock);
+  w.split = i;
+  w.flags |= kSplit;
+  return b;
+}
+
+void free_cell(CellPool& pool, const Cell& c) {
+  if (c.r_agent == kReadSet) pool.free_set(c.r_clock);
+}
+
+// A part of a word accessed without changing its history (an access this thread already made in this epoch).
+bool partial_is_noop(const Access& x, const Cell& c) {
+  if (x.write) return c.w_agent == x.me && c.w_clock == x.own && reads_only_by(c, x.me);
+  return c.r_agent == x.me && c.r_clock == x.own;
+}
+
+// Bytes `mask` of the word at byte offset `off` of its space.
+void access_word(const Access& x, Word& w, uint32_t mask, uint64_t off) {
+  if ((w.flags & kInFlight) != 0) {
+    // the writer is the copy (its async unit): the cell already says so; make sure it is reported even when this
+    // thread is ordered after the copy's completion phase but the copy has not landed (a wrong phase count)
+    if (hb(x, w.cell.w_agent, w.cell.w_clock)) conflict(x, off, w.cell.w_agent, w.cell.w_site, true);
+  }
+  if (!x.write && (w.init & mask) != mask) uninitialised(x, off + uint32_t(__builtin_ctz(~w.init & mask)));
+  if ((w.flags & kSplit) == 0) {
+    if (mask == 0xfu || partial_is_noop(x, w.cell)) {
+      if (x.write) {
+        write_cell(x, w.cell, off);
+        w.init |= uint8_t(mask);
+      } else {
+        read_cell(x, w.cell, off);
+      }
+      return;
+    }
+    split_word(*x.pool, w);
+  }
+  Cell* b = x.pool->split(w.split);
+  for (uint32_t k = 0; k < 4; ++k) {
+    if (((mask >> k) & 1u) == 0) continue;
+    if (x.write) {
+      write_cell(x, b[k], off + k);
+    } else {
+      read_cell(x, b[k], off + k);
+    }
+  }
+  if (x.write) {
+    w.init |= uint8_t(mask);
+    if (mask == 0xfu) {  // the four cells are the same write again: back to one cell
+      for (int k = 0; k < 4; ++k) free_cell(*x.pool, b[k]);
+      w.cell = b[0];
+      x.pool->free_split(w.split);
+      w.flags &= uint8_t(~kSplit);
+    }
+  }
+}
+
+// Bytes [off, off + bytes) of a space whose words start at `words` (off relative to the space's byte 0).
+void access_range(const Access& x, Word* words, uint64_t off, uint32_t bytes) {
+  const uint64_t end = off + bytes;
+  for (uint64_t w = off >> 2; w < (end + 3) >> 2; ++w) {
+    const uint64_t lo = std::max(off, w * 4), hi = std::min(end, w * 4 + 4);
+    const uint32_t mask = ((1u << (hi - lo)) - 1u) << (lo - w * 4);
+    access_word(x, words[w], mask, w * 4);
+  }
+}
+
+// ---- shared memory ------------------------------------------------------------------------------------------------
+void bounds_smem(Thread* t, const Cta& c, bool dsmem, int64_t off, size_t bytes, bool write, uint32_t site) {
+  if (!note(dsmem ? EmuErrorKind::DsmemInvalid : EmuErrorKind::SmemOutOfBounds, site, 0)) return;
+  const std::string whose = dsmem ? "block rank " + std::to_string(c.rank) + "'s shared memory (DSMEM)"
+                                  : "this block's shared memory";
+  const std::string pos =
+      off < 0 ? std::to_string(-off) + " bytes before the start"
+              : "offset " + std::to_string(std::max<int64_t>(off, c.smem_bytes)) + ", " +
+                    std::to_string(std::max<int64_t>(off - int64_t(c.smem_bytes), 0)) + " bytes past the end";
+  report_first(dsmem ? EmuErrorKind::DsmemInvalid : EmuErrorKind::SmemOutOfBounds,
+               describe(t) + ": " + (write ? "write" : "read") + " out of bounds of " + whose + " (" +
+                   std::to_string(c.smem_bytes) + " bytes): " + pos + " (a " + std::to_string(bytes) +
+                   "-byte access at " + site_text(site) + ")");
+}
+
+void smem_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void* pc) {
+  const uintptr_t rel = a - g_hook.arena_lo;
+  const uint32_t span_index = uint32_t(rel >> g_hook.span_shift);
+  const uint32_t slot = span_index >> 1;
+  const bool dsmem = (span_index & 1u) != 0;
+  Cluster& cl = g_launch->cluster;
+  if (slot >= cl.size) return;  // no block there: the page is closed, the fault handler reports it
+  Cta& c = cl.ctas[slot];
+  if (c.exited) return;  // closed as well
+  const uintptr_t base = reinterpret_cast<uintptr_t>(dsmem ? c.dsmem : c.smem);
+  const int64_t off = int64_t(a) - int64_t(base);
+  const uint32_t site = pc_site(pc);
+  if (off < 0 || off + int64_t(bytes) > int64_t(c.smem_bytes)) {
+    bounds_smem(t, c, dsmem, off, bytes, write, site);
+    if (off < 0 || off >= int64_t(c.smem_bytes)) return;
+    bytes = size_t(int64_t(c.smem_bytes) - off);
+  }
+  SmemShadow& sh = g_smem[slot];
+  if (dsmem) {
+    if (t->cluster_waits == 0 && note(EmuErrorKind::DsmemInvalid, site, 0))
+      report_first(EmuErrorKind::DsmemInvalid,
+                   describe(t) + ": " + (write ? "write" : "read") + " of block rank " + std::to_string(c.rank) +
+                       "'s shared memory (DSMEM) at offset " + std::to_string(off) + " at " + site_text(site) +
+                       " before any cluster barrier completed (for this thread), so the peer may not have started; "
+                       "call cluster_sync() (or cluster_arrive() + cluster_wait()) first");
+    for (uint64_t b = uint64_t(off) >> kTouchShift; b <= (uint64_t(off) + bytes - 1) >> kTouchShift; ++b)
+      sh.touched[b] = 1;
+  }
+  ++g_launch->stats.checked_accesses;
+  const Access x{t, t->clock.tid, t->clock.own, site, write, dsmem ? Space::Dsmem : Space::Smem, c.rank, nullptr,
+                 base, &sh.pool, uint32_t(cl.threads.size())};
+  access_range(x, sh.words, uint64_t(off), uint32_t(bytes));
+}
+
+// ---- global memory --------------------------------------------------------------------------------------------------
+Word* chunk_words(uint64_t chunk) {
+  Chunk& ch = g_chunks[chunk];
+  Launch& L = *g_launch;
+  if (ch.generation == L.generation) return ch.words;
+  if (ch.words == nullptr) ch.words = map_words(kChunkWords);
+  ch.generation = L.generation;
+  std::memset(static_cast<void*>(ch.words), 0, kChunkWords * sizeof(Word));
+  for (uint32_t i = 0; i < kChunkWords; ++i) ch.words[i].init = 0xf;
+  // declared scratch starts undefined in every launch
+  const uintptr_t lo = g_hook.global_lo + (uintptr_t(chunk) << kChunkShift), hi = lo + (uintptr_t(1) << kChunkShift);
+  for (const auto& [s_lo, s_hi] : L.globals.scratch) {
+    if (s_hi <= lo || s_lo >= hi) continue;
+    for (uintptr_t b = std::max(lo, s_lo); b < std::min(hi, s_hi); ++b)
+      ch.words[(b - lo) >> 2].init &= uint8_t(~(1u << ((b - lo) & 3)));
+  }
+  return ch.words;
+}
+
+const GlobalBlock* find_block(uintptr_t a) {
+  const std::vector<GlobalBlock>& blocks = g_launch->globals.blocks;
+  auto it = std::upper_bound(blocks.begin(), blocks.end(), a,
+                             [](uintptr_t v, const GlobalBlock& b) { return v < b.data; });
+  if (it == blocks.begin()) return nullptr;
+  return &*(it - 1);
+}
+
+void bounds_global(Thread* t, const GlobalBlock* b, uintptr_t a, size_t bytes, bool write, uint32_t site) {
+  if (!note(EmuErrorKind::GlobalOutOfBounds, site, 0)) return;
+  std::string what;
+  if (b != nullptr && a < b->data + b->bytes + 4096) {
+    what = std::to_string(std::max(a, b->data + b->bytes) - b->data - b->bytes) + " bytes past the end of a " +
+           std::to_string(b->bytes) + "-byte DeviceBuffer";
+  } else {
+    what = "at " + hex(a) + ", outside every DeviceBuffer";
+  }
+  report_first(EmuErrorKind::GlobalOutOfBounds, describe(t) + ": global-memory " + (write ? "write" : "read") + " " +
+                                                    what + " (a " + std::to_string(bytes) + "-byte access at " +
+                                                    site_text(site) + ")");
+}
+
+void global_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void* pc) {
+  const GlobalBlock* b = find_block(a);
+  const uint32_t site = pc_site(pc);
+  if (b == nullptr || a + bytes > b->data + b->bytes) {
+    bounds_global(t, b, a, bytes, write, site);
+    if (b == nullptr || a >= b->data + b->bytes) return;
+    bytes = size_t(b->data + b->bytes - a);
+  }
+  ++g_launch->stats.checked_accesses;
+  const uint32_t me = (g_launch->cluster.serial << 16) | t->clock.tid;
+  const Access x{t, me, t->clock.own, site, write, Space::Global, 0, b, b->data, &g_global_pool,
+                 uint32_t(g_launch->cluster.threads.size())};
+  // word by word: a word's chunk comes from its address in the region
+  const uintptr_t end = a + bytes;
+  for (uintptr_t w = a & ~uintptr_t(3); w < end; w += 4) {
+    const uintptr_t lo = std::max(a, w), hi = std::min(end, w + 4);
+    const uint32_t mask = ((1u << (hi - lo)) - 1u) << (lo - w);
+    const uintptr_t rel = w - g_hook.global_lo;
+    Word* words = chunk_words(rel >> kChunkShift);
+    access_word(x, words[(rel & ((uintptr_t(1) << kChunkShift) - 1)) >> 2], mask, w - b->data);
+  }
+}
+
+}  // namespace
+
+// ---- the instrumentation entry point ------------------------------------------------------------------------------
+void on_access(const void* p, size_t bytes, bool write, const void* pc) {
+  Thread* t = g_current;
+  if (t == nullptr || !g_hook.on || bytes == 0) return;
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  if (a - g_hook.arena_lo < g_hook.arena_span) {
+    smem_access(t, a, bytes, write, pc);
+  } else if (a - g_hook.global_lo < g_hook.global_span) {
+    global_access(t, a, bytes, write, pc);
+  }
+}
+
+// ---- launch lifetime ----------------------------------------------------------------------------------------------
+namespace {
+std::atomic<int> g_checks_setting{-1};  // -1: not set, use $CF_EMU_CHECKS (default on)
+}  // namespace
+
+void set_access_checks(bool on) { g_checks_setting.store(on ? 1 : 0); }
+
+bool access_checks_enabled() {
+  const int set = g_checks_setting.load();
+  if (set >= 0) return set != 0;
+  const char* env = std::getenv("CF_EMU_CHECKS");
+  return env == nullptr || (std::strcmp(env, "0") != 0 && std::strcmp(env, "off") != 0);
+}
+
+void checks_begin_launch(Launch& L) {
+  static uint64_t generations = 0;
+  L.generation = ++generations;
+  SmemArena& arena = SmemArena::instance();
+  g_hook.arena_lo = arena.lo();
+  g_hook.arena_span = arena.span();
+  g_hook.span_shift = arena.span_shift();
+  const GlobalRegion region = global_region();
+  g_hook.global_lo = region.lo;
+  g_hook.global_span = region.span;
+  if (g_chunks.empty() && region.span > 0) g_chunks.resize(region.span >> kChunkShift);
+  if (g_smem[0].words == nullptr) {
+    for (SmemShadow& s : g_smem) {
+      s.words = map_words(kMaxSmemPerBlock / 4);
+      s.touched.assign((kMaxSmemPerBlock >> kTouchShift) + 1, 0);
+    }
+  }
+  snapshot_globals(&L.globals);
+  g_global_pool.clear();
+  g_hook.on = L.checks;
+}
+
+void checks_end_launch(Launch& /*L*/) { g_hook.on = false; }
+
+void checks_begin_cluster(Launch& L) {
+  Cluster& cl = L.cluster;
+  cl.agents = uint32_t(cl.threads.size());
+  for (uint32_t r = 0; r < cl.size; ++r) {
+    SmemShadow& s = g_smem[r];
+    std::memset(static_cast<void*>(s.words), 0, size_t((cl.ctas[r].smem_bytes + 3) / 4) * sizeof(Word));
+    std::fill(s.touched.begin(), s.touched.end(), uint8_t(0));
+    s.pool.clear();
+  }
+  for (Thread& t : cl.threads) t.clock.reset(t.index);
+  if (L.checks && !L.failed) g_hook.on = true;
+}
+
+void checks_off() { g_hook.on = false; }
+
+// ---- synchronisation --------------------------------------------------------------------------------------------
+void release_to(Thread* t, SyncClock& s) {
+  s.release(t->clock);
+  ++t->clock.own;
+}
+
+void fence_proxy(Thread* t) {
+  t->clock.proxy = vc_join(t->clock.proxy, t->clock.snapshot());
+  ++t->clock.own;
+}
+
+namespace {
+// t's knowledge at its last release fence, cluster by cluster
+ForeignRef release_side(const ThreadClock& c) {
+  auto* f = new Foreign{1, {}};
+  f->entries.emplace_back(g_launch->cluster.serial, vc_with(c.rel_base, c.tid, c.rel_own));
+  ForeignRef own(f);
+  return foreign_join(own, c.rel_foreign);
+}
+}  // namespace
+
+void fence_memory(Thread* t) {
+  ThreadClock& c = t->clock;
+  if (c.acquired) {  // acquire: what the atomics since the last fence read
+    const uint32_t serial = g_launch->cluster.serial;
+    auto* rest = new Foreign{1, {}};
+    for (const auto& [cluster, vc] : c.acquired->entries) {
+      if (cluster == serial)
+        c.base = vc_join(c.base, vc);
+      else
+        rest->entries.emplace_back(cluster, vc);
+    }
+    ForeignRef others(rest);
+    if (!others->entries.empty()) c.foreign = foreign_join(c.foreign, others);
+    c.acquired.reset();
+  }
+  c.has_release = true;  // release: remembered cheaply, built at the next atomic
+  c.rel_base = c.base;
+  c.rel_own = c.own;
+  c.rel_foreign = c.foreign;
+  ++c.own;
+}
+
+void atomic_sync(Thread* t, const void* p) {
+  if (!g_hook.on) return;
+  ThreadClock& c = t->clock;
+  ForeignRef& loc = g_launch->atomics[reinterpret_cast<uintptr_t>(p)];
+  if (loc) c.acquired = foreign_join(c.acquired, loc);
+  if (c.has_release) loc = foreign_join(loc, release_side(c));
+}
+
+// ---- copies ---------------------------------------------------------------------------------------------------------
+namespace {
+
+void note_unconfirmed(Cta& c, uint32_t agent, Clock clock, uint32_t site, bool source) {
+  for (Unconfirmed& u : c.unconfirmed) {
+    if (u.agent == agent && u.source == source) {
+      if (clock >= u.clock) u = {agent, clock, site, source};
+      return;
+    }
+  }
+  c.unconfirmed.push_back({agent, clock, site, source});
+}
+
+// The issuing thread's view of one word of the copy's destination (earlier accesses must happen before the issue).
+void issue_dst_word(const Access& x, Word& w, uint64_t off, uint8_t init) {
+  auto check = [&](const Cell& cell) {
+    if (!hb(x, cell.w_agent, cell.w_clock)) conflict(x, off, cell.w_agent, cell.w_site, true);
+    if (cell.r_agent == kReadSet) {
+      for (const ReadEntry& e : x.pool->set(cell.r_clock))
+        if (!hb(x, e.agent, e.clock)) conflict(x, off, e.agent, e.site, false);
+    } else if (!hb(x, cell.r_agent, cell.r_clock)) {
+      conflict(x, off, cell.r_agent, cell.r_site, false);
+    }
+  };
+  if ((w.flags & kSplit) != 0) {
+    Cell* b = x.pool->split(w.split);
+    for (int k = 0; k < 4; ++k) {
+      check(b[k]);
+      free_cell(*x.pool, b[k]);
+    }
+    x.pool->free_split(w.split);
+  } else {
+    check(w.cell);
+    free_cell(*x.pool, w.cell);
+  }
+  w.cell = Cell{x.me, x.own, 0, 0, x.site, 0};
+  w.flags = kInFlight;
+  w.init = init;
+}
+
+// The source word of a DSMEM push, read by the copy: its writes must happen before the issue and, when a thread wrote
+// it (generic proxy), before a fence_proxy_async that happens before the issue.
+uint8_t issue_src_word(const Access& x, Word& w, uint64_t off, uint32_t reader, Clock clock) {
+  auto check = [&](Cell& cell, uint64_t at) {
+    if (!hb(x, cell.w_agent, cell.w_clock)) {
+      conflict(x, at, cell.w_agent, cell.w_site, true);
+    } else if (cell.w_clock != 0 && cell.w_agent < x.threads) {
+      const VcRef& proxy = x.t->clock.proxy;
+      const Clock fenced = proxy ? proxy->at(cell.w_agent) : 0;
+      if (fenced < cell.w_clock && note(EmuErrorKind::AsyncProxy, x.site, cell.w_site))
+        report_first(EmuErrorKind::AsyncProxy,
+                     describe(x.t) + ": " + copy_text(api_site(x.site)) + " reads this block's shared memory at offset " +
+                         std::to_string(at) + ", which " + agent_text(x, cell.w_agent) + " wrote at " +
+                         site_text(cell.w_site) + " through the generic proxy with no fence_proxy_async ordered "
+                         "between that write and the copy (the copy may read stale bytes: fence after writing, then "
+                         "synchronise, then issue)");
+    }
+    // the copy reads until its completion: a later write must be ordered after that
+    if (cell.r_agent == kReadSet) {
+      x.pool->set(cell.r_clock).push_back({reader, clock, x.site});
+    } else if (cell.r_clock == 0) {
+      cell.r_agent = reader;
+      cell.r_clock = clock;
+      cell.r_site = x.site;
+    } else {
+      const uint32_t i = x.pool->new_set();
+      x.pool->set(i).assign({{cell.r_agent, cell.r_clock, cell.r_site}, {reader, clock, x.site}});
+      cell.r_agent = kReadSet;
+      cell.r_clock = i;
+    }
+  };
+  if ((w.flags & kSplit) != 0) {
+    Cell* b = x.pool->split(w.split);
+    for (int k = 0; k < 4; ++k) check(b[k], off + k);
+  } else {
+    check(w.cell, off);
+  }
+  return w.init;
+}
+
+}  // namespace
+
+void checks_copy_issue(Thread* t, Copy& cp, MbarState& m) {
+  Launch& L = *g_launch;
+  Cluster& cl = L.cluster;
+  static const char* const kNames[] = {"bulk_copy_g2s", "bulk_copy_s2peer", "tma_load_2d"};
+  SiteInfo s;
+  s.op = kNames[int(cp.kind)];
+  s.loc = cp.loc;
+  s.cluster = cl.serial;
+  s.thread = cp.issuer;
+  s.cta = cp.dst->rank;
+  s.off = cp.dst_off;
+  s.bytes = cp.bytes;
+  L.sites.push_back(s);
+  cp.site = kApiSite + uint32_t(L.sites.size() - 1);
+  cp.agent = m.agent;
+  cp.clock = Clock(m.phase + 1);
+  if (!g_hook.on) return;
+  const uint32_t threads = uint32_t(cl.threads.size());
+  std::vector<uint8_t> init(cp.bytes / 4, 0xf);
+  if (cp.kind == CopyKind::S2Peer) {
+    Cta& src = *cp.src_cta;
+    SmemShadow& sh = g_smem[src.rank];
+    const Access x{t, t->clock.tid, t->clock.own, cp.site, false, Space::Smem, src.rank, nullptr,
+                   reinterpret_cast<uintptr_t>(src.smem), &sh.pool, threads, true};
+    for (uint32_t i = 0; i < cp.bytes / 4; ++i)
+      init[i] = issue_src_word(x, sh.words[cp.src_off / 4 + i], cp.src_off + 4 * i, cp.agent, cp.clock);
+    note_unconfirmed(src, cp.agent, cp.clock, cp.site, true);
+  }
+  Cta& dst = *cp.dst;
+  SmemShadow& sh = g_smem[dst.rank];
+  const bool peer = &dst != t->cta;
+  const Access x{t, t->clock.tid, t->clock.own, cp.site, true, peer ? Space::Dsmem : Space::Smem, dst.rank, nullptr,
+                 reinterpret_cast<uintptr_t>(dst.smem), &sh.pool, threads, true};
+  for (uint32_t i = 0; i < cp.bytes / 4; ++i) {
+    Word& w = sh.words[cp.dst_off / 4 + i];
+    issue_dst_word(x, w, cp.dst_off + 4 * i, init[i]);
+    w.cell.w_agent = cp.agent;  // written by the copy's async unit, at the phase it completes
+    w.cell.w_clock = cp.clock;
+  }
+  if (peer)
+    for (uint64_t b = cp.dst_off >> kTouchShift; b <= (uint64_t(cp.dst_off) + cp.bytes - 1) >> kTouchShift; ++b)
+      sh.touched[b] = 1;
+  note_unconfirmed(dst, cp.agent, cp.clock, cp.site, false);
+}
+
+void checks_copy_land(const Copy& cp, const MbarState& m) {
+  if (!g_hook.on) return;
+  SmemShadow& sh = g_smem[cp.dst->rank];
+  const Clock clock = Clock(m.phase + 1);  // the phase its bytes complete (later than planned on a tx mistake)
+  for (uint32_t i = 0; i < cp.bytes / 4; ++i) {
+    Word& w = sh.words[cp.dst_off / 4 + i];
+    if ((w.flags & kInFlight) == 0) continue;
+    w.flags &= uint8_t(~kInFlight);
+    if (w.cell.w_agent == cp.agent && w.cell.w_clock < clock) w.cell.w_clock = clock;
+  }
+}
+
+// ---- the exit rule ----------------------------------------------------------------------------------------------
+void checks_cta_exit(Cta& c) {
+  if (!g_hook.on) return;
+  Cluster& cl = g_launch->cluster;
+  SyncClock all;
+  for (uint32_t i = 0; i < c.num_threads; ++i) all.release(c.threads[i].clock);
+  const FrozenRef exit = all.freeze();
+  auto known = [&](uint32_t agent) { return exit->vc ? exit->vc->at(agent) : Clock(0); };
+  for (const Unconfirmed& u : c.unconfirmed) {
+    if (known(u.agent) >= u.clock) continue;
+    if (!note(EmuErrorKind::AsyncCopyMisuse, u.site, 0)) continue;
+    const SiteInfo& s = api_site(u.site);
+    report_first(EmuErrorKind::AsyncCopyMisuse,
+                 "block rank " + std::to_string(c.rank) + " exited while the " + copy_text(s) +
+                     (u.source ? " from" : " into") + " its shared memory was still in flight as far as its threads "
+                     "know: " +
+                     (u.source ? "none of them learned that the receiver's mbarrier phase completed (wait for the "
+                                 "receiver's acknowledgement before exiting)"
+                               : "none of them waited for its mbarrier phase (wait on its mbarrier before exiting)"));
+  }
+  const uint32_t tpb = c.num_threads, threads = uint32_t(cl.threads.size());
+  SmemShadow& sh = g_smem[c.rank];
+  auto peer_unordered = [&](uint32_t agent, Clock clock) {
+    return clock != 0 && agent < threads && agent / tpb != c.rank && known(agent) < clock;
+  };
+  auto exit_report = [&](uint32_t agent, uint32_t site, bool write, uint64_t off) {
+    if (!note(EmuErrorKind::DsmemInvalid, site, 0)) return;
+    report_first(EmuErrorKind::DsmemInvalid,
+                 "block rank " + std::to_string(c.rank) + " exited while its shared memory was still in use by block "
+                 "rank " + std::to_string(agent / tpb) + ": " + describe(&cl.threads[agent]) + " " +
+                     (write ? "wrote" : "read") + " offset " + std::to_string(off) + " at " + site_text(site) +
+                     " with no cluster barrier or mbarrier handshake between that access and this exit (end the "
+                     "kernel with cluster_sync())");
+  };
+  auto check_cell = [&](const Cell& cell, uint64_t off) {
+    if (peer_unordered(cell.w_agent, cell.w_clock)) exit_report(cell.w_agent, cell.w_site, true, off);
+    if (cell.r_agent == kReadSet) {
+      for (const ReadEntry& e : sh.pool.set(cell.r_clock))
+        if (peer_unordered(e.agent, e.clock)) exit_report(e.agent, e.site, false, off);
+    } else if (peer_unordered(cell.r_agent, cell.r_clock)) {
+      exit_report(cell.r_agent, cell.r_site, false, off);
+    }
+  };
+  const uint32_t words = (c.smem_bytes + 3) / 4;
+  for (uint32_t b = 0; b < sh.touched.size(); ++b) {
+    if (sh.touched[b] == 0) continue;
+    const uint32_t w_end = std::min(words, (b + 1) << (kTouchShift - 2));
+    for (uint32_t w = b << (kTouchShift - 2); w < w_end; ++w) {
+      const Word& word = sh.words[w];
+      if ((word.flags & kSplit) != 0) {
+        const Cell* cells = sh.pool.split(word.split);
+        for (int k = 0; k < 4; ++k) check_cell(cells[k], 4 * w + k);
+      } else {
+        check_cell(word.cell, 4 * w);
+      }
+    }
+  }
+}
+
+}  // namespace cf::dev::emu
