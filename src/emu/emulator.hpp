@@ -61,6 +61,7 @@ struct Thread {
   uint64_t collective_result = 0;
 
   ThreadClock clock;  // happens-before state (hb.hpp)
+  UninitRead uninit;  // an uninitialised read not reported yet (shadow.hpp)
   FrozenRef pending;  // what the barrier / collective this thread waited in published; acquired when it resumes
 };
 

@@ -362,6 +362,7 @@ void fiber_main(void* arg) {
   try {
     check_abort(t);
     L.invoke(L.bound);
+    settle_uninit(t);
   } catch (const KernelAbort&) {
   } catch (const std::exception& e) {
     report(EmuErrorKind::KernelException, describe(t) + ": the kernel threw '" + e.what() + "' (after " +
@@ -703,6 +704,7 @@ void fail(EmuErrorKind kind, const Thread* t, SrcLoc loc, const char* op, const 
 Thread* enter(SrcLoc loc, const char* op) {
   Thread* t = g_current;
   if (t == nullptr) outside_kernel();
+  settle_uninit(t);
   t->last_loc = loc;
   t->last_op = op;
   check_abort(t);

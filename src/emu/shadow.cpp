@@ -118,6 +118,12 @@ struct Access {
   CellPool* pool;
   uint32_t threads;                   // cluster threads (agents at or above: async units)
   bool copy = false;                  // the access is a copy's, at its issue (site: the copy)
+  struct Undefined {                  // a read's undefined bytes
+    uint64_t start = 0;               // offset of the access
+    uint16_t mask = 0;                // bytes [start, start + 16)
+    bool beyond = false;              // undefined bytes past those
+    uint64_t first = ~0ull;
+  }* undefined = nullptr;
 };
 
 // The cell holds no read, or only reads by `me`.
@@ -201,13 +207,37 @@ void conflict(const Access& x, uint64_t off, uint32_t agent, uint32_t site, bool
   report_first(kind, msg);
 }
 
-void uninitialised(const Access& x, uint64_t off) {
-  if (!note(EmuErrorKind::UninitializedRead, x.site, 0)) return;
-  std::string what = x.space == Space::Global ? "it is declared scratch and this launch has not written it"
-                                              : "nothing wrote it in this launch (shared memory starts undefined)";
-  report_first(EmuErrorKind::UninitializedRead, describe(x.t) + ": read of " + space_text(x) + " at " +
-                                                    site_text(x.site) + ": byte " + std::to_string(off) +
+void report_uninit(Thread* t, const UninitRead& u) {
+  if (!note(EmuErrorKind::UninitializedRead, u.site, 0)) return;
+  Access x{};
+  x.t = t;
+  x.space = Space(u.space);
+  x.cta = u.cta;
+  x.block = u.block;
+  const std::string what = x.space == Space::Global ? "it is declared scratch and this launch has not written it"
+                                                    : "nothing wrote it in this launch (shared memory starts undefined)";
+  report_first(EmuErrorKind::UninitializedRead, describe(t) + ": read of " + space_text(x) + " at " +
+                                                    site_text(u.site) + ": byte " + std::to_string(u.first) +
                                                     " is uninitialised: " + what);
+}
+
+// A read found undefined bytes: reported now, or (up to 16 bytes) held to see whether the thread only copies them.
+void pend_uninit(const Access& x, uintptr_t a, size_t bytes, const Access::Undefined& undefined) {
+  UninitRead& u = x.t->uninit;
+  u = UninitRead{};
+  u.size = uint8_t(bytes);
+  u.space = uint8_t(x.space);
+  u.undefined = undefined.mask;
+  u.cta = x.cta;
+  u.site = x.site;
+  u.block = x.block;
+  u.first = undefined.first;
+  if (bytes > 16 || undefined.beyond) {
+    report_uninit(x.t, u);
+    return;
+  }
+  u.state = 1;
+  std::memcpy(u.bytes, reinterpret_cast<const void*>(a), bytes);
 }
 
 // ---- one cell -------------------------------------------------------------------------------------------------------
@@ -299,7 +329,18 @@ void access_word(const Access& x, Word& w, uint32_t mask, uint64_t off) {
     // thread is ordered after the copy's completion phase but the copy has not landed (a wrong phase count)
     if (hb(x, w.cell.w_agent, w.cell.w_clock)) conflict(x, off, w.cell.w_agent, w.cell.w_site, true);
   }
-  if (!x.write && (w.init & mask) != mask) uninitialised(x, off + uint32_t(__builtin_ctz(~w.init & mask)));
+  if (!x.write && (w.init & mask) != mask && x.undefined != nullptr) {
+    for (uint32_t k = 0; k < 4; ++k) {
+      if ((((~w.init & mask) >> k) & 1u) == 0) continue;
+      const uint64_t rel = off + k - x.undefined->start;
+      if (rel < 16) {
+        x.undefined->mask = uint16_t(x.undefined->mask | (1u << rel));
+      } else {
+        x.undefined->beyond = true;
+      }
+      x.undefined->first = std::min(x.undefined->first, off + k);
+    }
+  }
   if ((w.flags & kSplit) == 0) {
     if (mask == 0xfu || partial_is_noop(x, w.cell)) {
       if (x.write) {
@@ -386,9 +427,12 @@ void smem_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void* p
       sh.touched[b] = 1;
   }
   ++g_launch->stats.checked_accesses;
-  const Access x{t, t->clock.tid, t->clock.own, site, write, dsmem ? Space::Dsmem : Space::Smem, c.rank, nullptr,
-                 base, &sh.pool, uint32_t(cl.threads.size())};
+  Access::Undefined undefined{uint64_t(off)};
+  Access x{t, t->clock.tid, t->clock.own, site, write, dsmem ? Space::Dsmem : Space::Smem, c.rank, nullptr,
+           base, &sh.pool, uint32_t(cl.threads.size())};
+  x.undefined = &undefined;
   access_range(x, sh.words, uint64_t(off), uint32_t(bytes));
+  if (undefined.mask != 0 || undefined.beyond) pend_uninit(x, a, bytes, undefined);
 }
 
 // ---- global memory --------------------------------------------------------------------------------------------------
@@ -442,8 +486,10 @@ void global_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void*
   }
   ++g_launch->stats.checked_accesses;
   const uint32_t me = (g_launch->cluster.serial << 16) | t->clock.tid;
-  const Access x{t, me, t->clock.own, site, write, Space::Global, 0, b, b->data, &g_global_pool,
-                 uint32_t(g_launch->cluster.threads.size())};
+  Access::Undefined undefined{a - b->data};
+  Access x{t, me, t->clock.own, site, write, Space::Global, 0, b, b->data, &g_global_pool,
+           uint32_t(g_launch->cluster.threads.size())};
+  x.undefined = &undefined;
   // word by word: a word's chunk comes from its address in the region
   const uintptr_t end = a + bytes;
   for (uintptr_t w = a & ~uintptr_t(3); w < end; w += 4) {
@@ -453,19 +499,80 @@ void global_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void*
     Word* words = chunk_words(rel >> kChunkShift);
     access_word(x, words[(rel & ((uintptr_t(1) << kChunkShift) - 1)) >> 2], mask, w - b->data);
   }
+  if (undefined.mask != 0 || undefined.beyond) pend_uninit(x, a, bytes, undefined);
+}
+
+// The shadow word of byte a (shared or DeviceBuffer memory in bounds), else null.
+Word* shadow_word(uintptr_t a) {
+  if (a - g_hook.arena_lo < g_hook.arena_span) {
+    const uint32_t span_index = uint32_t((a - g_hook.arena_lo) >> g_hook.span_shift);
+    Cluster& cl = g_launch->cluster;
+    const uint32_t slot = span_index >> 1;
+    if (slot >= cl.size || cl.ctas[slot].exited) return nullptr;
+    const Cta& c = cl.ctas[slot];
+    const int64_t off = int64_t(a) - int64_t(reinterpret_cast<uintptr_t>((span_index & 1u) ? c.dsmem : c.smem));
+    if (off < 0 || off >= int64_t(c.smem_bytes)) return nullptr;
+    return &g_smem[slot].words[off >> 2];
+  }
+  if (a - g_hook.global_lo < g_hook.global_span) {
+    const GlobalBlock* b = find_block(a);
+    if (b == nullptr || a >= b->data + b->bytes) return nullptr;
+    const uintptr_t rel = a - g_hook.global_lo;
+    return &chunk_words(rel >> kChunkShift)[(rel & ((uintptr_t(1) << kChunkShift) - 1)) >> 2];
+  }
+  return nullptr;
+}
+
+// The store after an uninitialised read: a copy of the bytes read (the destination inherits their undefined bytes)
+// or a use of them (reported).
+void finish_copy(Thread* t) {
+  UninitRead& u = t->uninit;
+  u.state = 0;
+  const bool in_bounds = shadow_word(u.dst) != nullptr && shadow_word(u.dst + u.size - 1) != nullptr;
+  if (!in_bounds || std::memcmp(reinterpret_cast<const void*>(u.dst), u.bytes, u.size) != 0) {
+    report_uninit(t, u);
+    return;
+  }
+  for (uint32_t i = 0; i < u.size; ++i) {
+    if (((u.undefined >> i) & 1u) == 0) continue;
+    Word* w = shadow_word(u.dst + i);
+    w->init = uint8_t(w->init & ~(1u << ((u.dst + i) & 3u)));
+  }
 }
 
 }  // namespace
+
+void settle_uninit(Thread* t) {
+  if (t->uninit.state == 0) return;
+  if (t->uninit.state == 2) {
+    finish_copy(t);
+  } else {
+    t->uninit.state = 0;
+    if (g_hook.on) report_uninit(t, t->uninit);
+  }
+}
 
 // ---- the instrumentation entry point ------------------------------------------------------------------------------
 void on_access(const void* p, size_t bytes, bool write, const void* pc) {
   Thread* t = g_current;
   if (t == nullptr || !g_hook.on || bytes == 0) return;
   const auto a = reinterpret_cast<uintptr_t>(p);
-  if (a - g_hook.arena_lo < g_hook.arena_span) {
+  const bool smem = a - g_hook.arena_lo < g_hook.arena_span;
+  if (!smem && a - g_hook.global_lo >= g_hook.global_span) return;
+  bool copy_store = false;
+  if (t->uninit.state == 1 && write && bytes == t->uninit.size) {
+    copy_store = true;  // decided after the store, at the thread's next access or API call
+  } else if (t->uninit.state != 0) {
+    settle_uninit(t);
+  }
+  if (smem) {
     smem_access(t, a, bytes, write, pc);
-  } else if (a - g_hook.global_lo < g_hook.global_span) {
+  } else {
     global_access(t, a, bytes, write, pc);
+  }
+  if (copy_store) {
+    t->uninit.state = 2;
+    t->uninit.dst = a;
   }
 }
 

@@ -72,6 +72,24 @@ class CellPool {
   std::vector<uint32_t> free_splits_;
 };
 
+// An uninitialised read not reported yet. Copying undefined bytes is not a use of them (padding moved with the data
+// it pads): when the thread's next access stores the same number of bytes and they turn out to be the bytes it read,
+// the destination inherits the undefined bytes instead of a report. Anything else first reports the read.
+struct GlobalBlock;
+struct UninitRead {
+  uint8_t state = 0;  // 0: none; 1: read; 2: stored right after (at dst), to be compared with `bytes`
+  uint8_t size = 0;
+  uint8_t space = 0;
+  uint16_t undefined = 0;  // per byte of the read
+  uint32_t cta = 0;
+  uint32_t site = 0;
+  const GlobalBlock* block = nullptr;
+  uint64_t first = 0;  // offset of the first undefined byte (the report)
+  uintptr_t dst = 0;
+  uint8_t bytes[16] = {};
+};
+void settle_uninit(Thread* t);  // at every API call and at the thread's exit
+
 // Site encodings: 0 unknown; below kApiSite a code address (relative to an anchor in this binary); from kApiSite an
 // index into the launch's table of API sites (copies).
 inline constexpr uint32_t kApiSite = 0x80000000u;

@@ -58,7 +58,7 @@ class LinearReduce {
     using C = Combiner<Op, T>;
     const ThreadGroup& g = ex_.group();
     T* send = ex_.begin();
-    group_copy(send, buf, count, g);
+    group_copy_padded(send, buf, count, g);
     ex_.publish(count, root);
     ex_.wait_ready();
     if (root == Exchange::kAllPeers || root == ex_.rank()) {
@@ -135,7 +135,7 @@ class TreeReduce {
     const bool store_result = root == LinearExchange<N, T, X>::kAllPeers || root == rank_;
     const uint32_t use = calls_ >> 1;
     const uint32_t vectors = (count + C::kElems - 1) / C::kElems;
-    group_copy(value(0), buf, count, group_);
+    group_copy_padded(value(0), buf, count, group_);
     fence_for_push();
     group_.sync();
 

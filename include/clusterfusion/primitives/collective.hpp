@@ -132,6 +132,16 @@ CF_DEVICE void group_copy(T* dst, const T* src, uint32_t count, const ThreadGrou
   for (uint32_t i = done + g.rank; i < count; i += g.size) dst[i] = src[i];
 }
 
+// group_copy into a workspace block, then zeros up to the block's next 16-byte boundary: the combining loops read
+// whole vectors, so the lanes past `count` (whose results are dropped) must hold defined values.
+template <typename T>
+CF_DEVICE void group_copy_padded(T* dst, const T* src, uint32_t count, const ThreadGroup& g) {
+  group_copy(dst, src, count, g);
+  constexpr uint32_t kVec = kVectorBytes / sizeof(T);
+  const uint32_t end = (count + kVec - 1) / kVec * kVec;
+  for (uint32_t i = count + g.rank; i < end; i += g.size) dst[i] = dev::from_float<T>(0.0f);
+}
+
 
 // The Linear exchange, shared by ClusterReduce and ClusterGather: per call every rank publishes one block (its send
 // block) to every other rank, waits until all peers' blocks are there, and reads them.

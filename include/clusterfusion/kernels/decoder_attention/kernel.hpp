@@ -740,7 +740,10 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
             const uint32_t qa1[4] = {lo.z, hi.z, lo.w, hi.w};
             CF_UNROLL
             for (int nt = 0; nt < Tr::kSTiles; ++nt) {
-              const dev::U32x4 kb = dev::load16(kst + (nt * 8 + g) * Tr::kRowBytes + db * 64 + t * 16);
+              // rows past the valid ones were not loaded (their scores are masked below): zero, not stale data
+              const dev::U32x4 kb = nt * 8 + int32_t(g) < valid
+                                        ? dev::load16(kst + (nt * 8 + g) * Tr::kRowBytes + db * 64 + t * 16)
+                                        : dev::U32x4{0, 0, 0, 0};
               const uint32_t b0[2] = {kb.x, kb.y};
               const uint32_t b1[2] = {kb.z, kb.w};
               E::mma(sc[nt], qa0, b0);
