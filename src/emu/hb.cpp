@@ -90,7 +90,6 @@ void SyncClock::release(const ThreadClock& t) {
   }
   if (c_.size() <= t.tid) c_.resize(t.tid + 1, 0);
   c_[t.tid] = std::max(c_[t.tid], t.own);
-  if (t.proxy) proxy_ = vc_join(proxy_, t.proxy);
   if (t.foreign) foreign_ = foreign_join(foreign_, t.foreign);
   frozen_.reset();
 }
@@ -110,8 +109,8 @@ FrozenRef SyncClock::freeze() {
       std::memcpy(v->c, c_.data(), sizeof(Clock) * c_.size());
       f->vc = VcRef(v);
     }
-    f->proxy = proxy_;
     f->foreign = foreign_;
+    for (int i = 0; i < 4; ++i) f->covered[i] = seen_[i];
     frozen_ = FrozenRef(f);
   }
   return frozen_;
@@ -119,16 +118,27 @@ FrozenRef SyncClock::freeze() {
 
 void Frozen::acquire(ThreadClock& t) {
   if (vc && t.base != vc) {
-    if (memo_src && memo_src == t.base) {
-      t.base = memo_result;
+    const Vc* b = t.base.get();
+    bool done = b == nullptr;
+    for (int i = 0; i < 4 && !done; ++i) done = covered[i].get() == b;
+    if (done) {
+      t.base = vc;
     } else {
-      VcRef joined = vc_join(t.base, vc);
-      memo_src = t.base;
-      memo_result = joined;
-      t.base = std::move(joined);
+      for (int i = 0; i < 4 && !done; ++i) {
+        if (memo_src[i].get() == b) {
+          t.base = memo_result[i];
+          done = true;
+        }
+      }
+      if (!done) {
+        VcRef joined = vc_join(t.base, vc);
+        memo_src[memo_next] = t.base;
+        memo_result[memo_next] = joined;
+        memo_next = (memo_next + 1) % 4;
+        t.base = std::move(joined);
+      }
     }
   }
-  if (proxy) t.proxy = vc_join(t.proxy, proxy);
   if (foreign) t.foreign = foreign_join(t.foreign, foreign);
 }
 

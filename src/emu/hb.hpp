@@ -10,8 +10,9 @@
 // thread of the block holds the same base, and 256 consumers acquiring one mbarrier phase compute one join.
 //
 // Beside the clock, a thread knows
-//   proxy:   the join of the clocks at every fence_proxy_async that happens before it (a generic write is published
-//            to the async proxy iff it happened before such a fence)
+//   proxy fences: its own clock at each fence_proxy_async, and its whole clock at the last one (a generic write is
+//            published to the async proxy by a fence of the writing thread after it, or of the copy's issuing thread
+//            ordered after it, that happens before the copy)
 //   foreign: what it learned about earlier clusters of the launch, cluster by cluster (only atomics + fences order
 //            accesses across clusters; clusters run one after another)
 //   released / acquired: the release side of its last fence and what its atomics read since its last fence (the
@@ -98,8 +99,10 @@ struct ThreadClock {
   uint32_t tid = 0;  // agent index in the cluster
   Clock own = 1;
   VcRef base;
-  VcRef proxy;
   ForeignRef foreign;
+  std::vector<Clock> proxy_fences;  // own clock at each fence_proxy_async (increasing)
+  VcRef proxy_base;                 // base and own at the last one
+  Clock proxy_own = 0;
   // the release side of the last fence (materialised at the next atomic): base, own and foreign at that fence
   bool has_release = false;
   VcRef rel_base;
@@ -124,9 +127,10 @@ struct ThreadClock {
 struct Frozen {
   uint32_t refs = 1;
   VcRef vc;
-  VcRef proxy;
   ForeignRef foreign;
-  VcRef memo_src, memo_result;  // join(memo_src, vc) == memo_result
+  VcRef covered[4];             // bases joined into vc in full: an acquirer holding one of them just takes vc
+  VcRef memo_src[4], memo_result[4];  // join(memo_src[i], vc) == memo_result[i]
+  uint32_t memo_next = 0;
 
   void acquire(ThreadClock& t);  // t learns everything released before the freeze
   static void destroy(Frozen* f) { delete f; }
@@ -145,7 +149,6 @@ class SyncClock {
   std::vector<Clock> c_;
   VcRef seen_[4];  // bases joined into c_ in full (a release with one of them only adds its own component)
   uint32_t next_seen_ = 0;
-  VcRef proxy_;
   ForeignRef foreign_;
   FrozenRef frozen_;
 };

@@ -104,7 +104,7 @@ struct Region {
 Region& region() {  // under g_blocks_mutex
   static Region* r = [] {
     auto* reg = new Region();
-    for (size_t gib : {64, 16, 4, 1}) {
+    for (size_t gib : {16, 4, 1}) {
       const size_t bytes = gib << 30;
       void* mem = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (mem == MAP_FAILED) continue;

@@ -13,45 +13,66 @@
 
 namespace cf::dev::emu {
 
-namespace {
-
-// ---- what every instrumented access reads first (one cache line) ------------------------------------------------
-struct HookState {
-  uintptr_t arena_lo = 0, arena_span = 0;    // shared-memory windows
-  uintptr_t global_lo = 0, global_span = 0;  // the DeviceBuffer region
-  uint32_t span_shift = 0;
-  bool on = false;  // a launch with checks is running and has not failed for good
-};
 HookState g_hook;
 
-constexpr uint32_t kChunkShift = 16;  // global shadow: 64 KB of memory per chunk
+namespace {
+
+
+constexpr uint32_t kChunkShift = 12;  // global shadow: 4 KB of memory per chunk, made on first touch
 constexpr uint32_t kChunkWords = (1u << kChunkShift) / 4;
 constexpr uint32_t kTouchShift = 8;   // smem: blocks of 256 bytes noted when a peer thread touches them
 
 // ---- shadow storage ---------------------------------------------------------------------------------------------
-Word* map_words(size_t words) {
-  void* mem = mmap(nullptr, words * sizeof(Word), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+void* map_zeroed(size_t bytes) {
+  void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) throw std::bad_alloc();
-  return static_cast<Word*>(mem);
+  return mem;
 }
 
 struct SmemShadow {
   Word* words = nullptr;  // kMaxSmemPerBlock / 4
+  uint32_t gen = 0;       // the cluster using the slot
   CellPool pool;
   std::vector<uint8_t> touched;  // per 256-byte block: accessed by a thread of another block
 };
 SmemShadow g_smem[kMaxSlots];
+uint32_t g_smem_gen = 0;
 
-struct Chunk {
-  Word* words = nullptr;
-  uint64_t generation = 0;
-};
-std::vector<Chunk> g_chunks;  // over the DeviceBuffer region
+Word** g_chunks = nullptr;  // over the DeviceBuffer region, one pointer per 4 KB (address space, touched sparsely)
+uint32_t g_global_gen = 0;
 CellPool g_global_pool;
 
+// A fresh word of shared memory (undefined) or of a DeviceBuffer (defined unless declared scratch).
+inline Word& smem_word(SmemShadow& sh, uint64_t i) {
+  Word& w = sh.words[i];
+  if (w.gen != sh.gen) w = Word{{}, sh.gen, 0, 0, 0};
+  return w;
+}
+
+uint8_t scratch_bytes(uintptr_t word_addr) {  // bytes of the word inside declared scratch ranges
+  const auto& ranges = g_launch->globals.scratch;
+  if (ranges.empty()) return 0;
+  uint8_t mask = 0;
+  for (int k = 0; k < 4; ++k) {
+    const uintptr_t b = word_addr + uintptr_t(k);
+    auto r = std::upper_bound(ranges.begin(), ranges.end(), b,
+                              [](uintptr_t a, const std::pair<uintptr_t, uintptr_t>& x) { return a < x.first; });
+    if (r != ranges.begin() && b < (r - 1)->second) mask = uint8_t(mask | (1u << k));
+  }
+  return mask;
+}
+
+inline Word& global_word(uintptr_t a) {  // a: inside the region
+  const uintptr_t rel = a - g_hook.global_lo;
+  Word*& chunk = g_chunks[rel >> kChunkShift];
+  if (chunk == nullptr) chunk = static_cast<Word*>(map_zeroed(kChunkWords * sizeof(Word)));
+  Word& w = chunk[(rel & ((uintptr_t(1) << kChunkShift) - 1)) >> 2];
+  if (w.gen != g_global_gen) w = Word{{}, g_global_gen, uint8_t(0xfu & ~scratch_bytes(a & ~uintptr_t(3))), 0, 0};
+  return w;
+}
+
 // ---- sites ------------------------------------------------------------------------------------------------------
-const uintptr_t g_anchor = reinterpret_cast<uintptr_t>(&on_access);
+const uintptr_t g_anchor = reinterpret_cast<uintptr_t>(&checked_access);
 constexpr int64_t kPcRange = 0x40000000;
 
 }  // namespace
@@ -129,7 +150,9 @@ struct Access {
 // The cell holds no read, or only reads by `me`.
 bool reads_only_by(const Cell& c, uint32_t me) { return c.r_agent != kReadSet && (c.r_clock == 0 || c.r_agent == me); }
 
-bool hb(const Access& x, uint32_t agent, Clock c) {
+constexpr size_t kPruneReadSet = 8;  // a read set this large drops the reads ordered before a new one
+
+[[gnu::always_inline]] inline bool hb(const Access& x, uint32_t agent, Clock c) {
   if (c == 0 || agent == x.me) return true;
   if (x.space != Space::Global) return x.t->clock.at(agent) >= c;
   const uint32_t cluster = agent >> 16, tid = agent & 0xffffu;
@@ -246,27 +269,24 @@ void read_cell(const Access& x, Cell& c, uint64_t off) {
   if (!hb(x, c.w_agent, c.w_clock)) conflict(x, off, c.w_agent, c.w_site, true);
   if (c.r_agent == kReadSet) {
     std::vector<ReadEntry>& set = x.pool->set(c.r_clock);
-    bool present = false;
-    size_t keep = 0;
-    for (size_t i = 0; i < set.size(); ++i) {
-      ReadEntry& e = set[i];
+    for (ReadEntry& e : set) {
       if (e.agent == x.me) {
         e.clock = x.own;
         e.site = x.site;
-        present = true;
-      } else if (hb(x, e.agent, e.clock)) {
-        continue;  // ordered before this read: this read stands for it
+        return;
       }
-      set[keep++] = e;
     }
-    set.resize(keep);
-    if (!present) set.push_back({x.me, x.own, x.site});
-    if (set.size() == 1) {
-      x.pool->free_set(c.r_clock);
-      c.r_agent = x.me;
-      c.r_clock = x.own;
-      c.r_site = x.site;
+    if (set.size() >= kPruneReadSet) {  // drop the reads ordered before this one (this read stands for them)
+      std::erase_if(set, [&](const ReadEntry& e) { return hb(x, e.agent, e.clock); });
+      if (set.empty()) {
+        x.pool->free_set(c.r_clock);
+        c.r_agent = x.me;
+        c.r_clock = x.own;
+        c.r_site = x.site;
+        return;
+      }
     }
+    set.push_back({x.me, x.own, x.site});
     return;
   }
   if (c.r_clock == 0 || c.r_agent == x.me || hb(x, c.r_agent, c.r_clock)) {
@@ -307,7 +327,7 @@ Cell* split_word(CellPool& pool, Word& w) {
     }
   }
   if (w.cell.r_agent == kReadSet) pool.free_set(w.cell.r_clock);
-  w.split = i;
+  w.cell.w_agent = i;
   w.flags |= kSplit;
   return b;
 }
@@ -353,7 +373,8 @@ void access_word(const Access& x, Word& w, uint32_t mask, uint64_t off) {
     }
     split_word(*x.pool, w);
   }
-  Cell* b = x.pool->split(w.split);
+  const uint32_t split = w.cell.w_agent;
+  Cell* b = x.pool->split(split);
   for (uint32_t k = 0; k < 4; ++k) {
     if (((mask >> k) & 1u) == 0) continue;
     if (x.write) {
@@ -367,19 +388,19 @@ void access_word(const Access& x, Word& w, uint32_t mask, uint64_t off) {
     if (mask == 0xfu) {  // the four cells are the same write again: back to one cell
       for (int k = 0; k < 4; ++k) free_cell(*x.pool, b[k]);
       w.cell = b[0];
-      x.pool->free_split(w.split);
+      x.pool->free_split(split);
       w.flags &= uint8_t(~kSplit);
     }
   }
 }
 
-// Bytes [off, off + bytes) of a space whose words start at `words` (off relative to the space's byte 0).
-void access_range(const Access& x, Word* words, uint64_t off, uint32_t bytes) {
+// Bytes [off, off + bytes) of a block's shared memory.
+void access_range(const Access& x, SmemShadow& sh, uint64_t off, uint32_t bytes) {
   const uint64_t end = off + bytes;
   for (uint64_t w = off >> 2; w < (end + 3) >> 2; ++w) {
     const uint64_t lo = std::max(off, w * 4), hi = std::min(end, w * 4 + 4);
     const uint32_t mask = ((1u << (hi - lo)) - 1u) << (lo - w * 4);
-    access_word(x, words[w], mask, w * 4);
+    access_word(x, smem_word(sh, w), mask, w * 4);
   }
 }
 
@@ -431,29 +452,11 @@ void smem_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void* p
   Access x{t, t->clock.tid, t->clock.own, site, write, dsmem ? Space::Dsmem : Space::Smem, c.rank, nullptr,
            base, &sh.pool, uint32_t(cl.threads.size())};
   x.undefined = &undefined;
-  access_range(x, sh.words, uint64_t(off), uint32_t(bytes));
+  access_range(x, sh, uint64_t(off), uint32_t(bytes));
   if (undefined.mask != 0 || undefined.beyond) pend_uninit(x, a, bytes, undefined);
 }
 
 // ---- global memory --------------------------------------------------------------------------------------------------
-Word* chunk_words(uint64_t chunk) {
-  Chunk& ch = g_chunks[chunk];
-  Launch& L = *g_launch;
-  if (ch.generation == L.generation) return ch.words;
-  if (ch.words == nullptr) ch.words = map_words(kChunkWords);
-  ch.generation = L.generation;
-  std::memset(static_cast<void*>(ch.words), 0, kChunkWords * sizeof(Word));
-  for (uint32_t i = 0; i < kChunkWords; ++i) ch.words[i].init = 0xf;
-  // declared scratch starts undefined in every launch
-  const uintptr_t lo = g_hook.global_lo + (uintptr_t(chunk) << kChunkShift), hi = lo + (uintptr_t(1) << kChunkShift);
-  for (const auto& [s_lo, s_hi] : L.globals.scratch) {
-    if (s_hi <= lo || s_lo >= hi) continue;
-    for (uintptr_t b = std::max(lo, s_lo); b < std::min(hi, s_hi); ++b)
-      ch.words[(b - lo) >> 2].init &= uint8_t(~(1u << ((b - lo) & 3)));
-  }
-  return ch.words;
-}
-
 const GlobalBlock* find_block(uintptr_t a) {
   const std::vector<GlobalBlock>& blocks = g_launch->globals.blocks;
   auto it = std::upper_bound(blocks.begin(), blocks.end(), a,
@@ -495,9 +498,7 @@ void global_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void*
   for (uintptr_t w = a & ~uintptr_t(3); w < end; w += 4) {
     const uintptr_t lo = std::max(a, w), hi = std::min(end, w + 4);
     const uint32_t mask = ((1u << (hi - lo)) - 1u) << (lo - w);
-    const uintptr_t rel = w - g_hook.global_lo;
-    Word* words = chunk_words(rel >> kChunkShift);
-    access_word(x, words[(rel & ((uintptr_t(1) << kChunkShift) - 1)) >> 2], mask, w - b->data);
+    access_word(x, global_word(w), mask, w - b->data);
   }
   if (undefined.mask != 0 || undefined.beyond) pend_uninit(x, a, bytes, undefined);
 }
@@ -512,13 +513,12 @@ Word* shadow_word(uintptr_t a) {
     const Cta& c = cl.ctas[slot];
     const int64_t off = int64_t(a) - int64_t(reinterpret_cast<uintptr_t>((span_index & 1u) ? c.dsmem : c.smem));
     if (off < 0 || off >= int64_t(c.smem_bytes)) return nullptr;
-    return &g_smem[slot].words[off >> 2];
+    return &smem_word(g_smem[slot], uint64_t(off) >> 2);
   }
   if (a - g_hook.global_lo < g_hook.global_span) {
     const GlobalBlock* b = find_block(a);
     if (b == nullptr || a >= b->data + b->bytes) return nullptr;
-    const uintptr_t rel = a - g_hook.global_lo;
-    return &chunk_words(rel >> kChunkShift)[(rel & ((uintptr_t(1) << kChunkShift) - 1)) >> 2];
+    return &global_word(a);
   }
   return nullptr;
 }
@@ -553,12 +553,8 @@ void settle_uninit(Thread* t) {
 }
 
 // ---- the instrumentation entry point ------------------------------------------------------------------------------
-void on_access(const void* p, size_t bytes, bool write, const void* pc) {
-  Thread* t = g_current;
-  if (t == nullptr || !g_hook.on || bytes == 0) return;
-  const auto a = reinterpret_cast<uintptr_t>(p);
-  const bool smem = a - g_hook.arena_lo < g_hook.arena_span;
-  if (!smem && a - g_hook.global_lo >= g_hook.global_span) return;
+void checked_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void* pc, bool smem) {
+  if (bytes == 0) return;
   bool copy_store = false;
   if (t->uninit.state == 1 && write && bytes == t->uninit.size) {
     copy_store = true;  // decided after the store, at the thread's next access or API call
@@ -600,14 +596,16 @@ void checks_begin_launch(Launch& L) {
   const GlobalRegion region = global_region();
   g_hook.global_lo = region.lo;
   g_hook.global_span = region.span;
-  if (g_chunks.empty() && region.span > 0) g_chunks.resize(region.span >> kChunkShift);
+  if (g_chunks == nullptr && region.span > 0)
+    g_chunks = static_cast<Word**>(map_zeroed((region.span >> kChunkShift) * sizeof(Word*)));
   if (g_smem[0].words == nullptr) {
     for (SmemShadow& s : g_smem) {
-      s.words = map_words(kMaxSmemPerBlock / 4);
+      s.words = static_cast<Word*>(map_zeroed(kMaxSmemPerBlock / 4 * sizeof(Word)));
       s.touched.assign((kMaxSmemPerBlock >> kTouchShift) + 1, 0);
     }
   }
   snapshot_globals(&L.globals);
+  ++g_global_gen;
   g_global_pool.clear();
   g_hook.on = L.checks;
 }
@@ -617,9 +615,10 @@ void checks_end_launch(Launch& /*L*/) { g_hook.on = false; }
 void checks_begin_cluster(Launch& L) {
   Cluster& cl = L.cluster;
   cl.agents = uint32_t(cl.threads.size());
+  ++g_smem_gen;
   for (uint32_t r = 0; r < cl.size; ++r) {
     SmemShadow& s = g_smem[r];
-    std::memset(static_cast<void*>(s.words), 0, size_t((cl.ctas[r].smem_bytes + 3) / 4) * sizeof(Word));
+    s.gen = g_smem_gen;  // every word of the slot is fresh (undefined, no accesses)
     std::fill(s.touched.begin(), s.touched.end(), uint8_t(0));
     s.pool.clear();
   }
@@ -636,8 +635,11 @@ void release_to(Thread* t, SyncClock& s) {
 }
 
 void fence_proxy(Thread* t) {
-  t->clock.proxy = vc_join(t->clock.proxy, t->clock.snapshot());
-  ++t->clock.own;
+  ThreadClock& c = t->clock;
+  c.proxy_fences.push_back(c.own);
+  c.proxy_base = c.base;
+  c.proxy_own = c.own;
+  ++c.own;
 }
 
 namespace {
@@ -705,12 +707,13 @@ void issue_dst_word(const Access& x, Word& w, uint64_t off, uint8_t init) {
     }
   };
   if ((w.flags & kSplit) != 0) {
-    Cell* b = x.pool->split(w.split);
+    const uint32_t split = w.cell.w_agent;
+    Cell* b = x.pool->split(split);
     for (int k = 0; k < 4; ++k) {
       check(b[k]);
       free_cell(*x.pool, b[k]);
     }
-    x.pool->free_split(w.split);
+    x.pool->free_split(split);
   } else {
     check(w.cell);
     free_cell(*x.pool, w.cell);
@@ -720,6 +723,16 @@ void issue_dst_word(const Access& x, Word& w, uint64_t off, uint8_t init) {
   w.init = init;
 }
 
+// A generic write (agent, clock) is published to the async proxy for a copy `issuer` issues now: a fence_proxy_async of
+// the writer after the write that happens before the issue, or one of the issuer after which the write happened.
+bool published(Thread* issuer, uint32_t agent, Clock clock) {
+  const ThreadClock& ic = issuer->clock;
+  if (agent == ic.tid ? clock <= ic.proxy_own : (ic.proxy_base && ic.proxy_base->at(agent) >= clock)) return true;
+  const std::vector<Clock>& fences = g_launch->cluster.threads[agent].clock.proxy_fences;
+  const auto f = std::lower_bound(fences.begin(), fences.end(), clock);
+  return f != fences.end() && *f <= ic.at(agent);
+}
+
 // The source word of a DSMEM push, read by the copy: its writes must happen before the issue and, when a thread wrote
 // it (generic proxy), before a fence_proxy_async that happens before the issue.
 uint8_t issue_src_word(const Access& x, Word& w, uint64_t off, uint32_t reader, Clock clock) {
@@ -727,9 +740,7 @@ uint8_t issue_src_word(const Access& x, Word& w, uint64_t off, uint32_t reader, 
     if (!hb(x, cell.w_agent, cell.w_clock)) {
       conflict(x, at, cell.w_agent, cell.w_site, true);
     } else if (cell.w_clock != 0 && cell.w_agent < x.threads) {
-      const VcRef& proxy = x.t->clock.proxy;
-      const Clock fenced = proxy ? proxy->at(cell.w_agent) : 0;
-      if (fenced < cell.w_clock && note(EmuErrorKind::AsyncProxy, x.site, cell.w_site))
+      if (!published(x.t, cell.w_agent, cell.w_clock) && note(EmuErrorKind::AsyncProxy, x.site, cell.w_site))
         report_first(EmuErrorKind::AsyncProxy,
                      describe(x.t) + ": " + copy_text(api_site(x.site)) + " reads this block's shared memory at offset " +
                          std::to_string(at) + ", which " + agent_text(x, cell.w_agent) + " wrote at " +
@@ -752,7 +763,7 @@ uint8_t issue_src_word(const Access& x, Word& w, uint64_t off, uint32_t reader, 
     }
   };
   if ((w.flags & kSplit) != 0) {
-    Cell* b = x.pool->split(w.split);
+    Cell* b = x.pool->split(w.cell.w_agent);
     for (int k = 0; k < 4; ++k) check(b[k], off + k);
   } else {
     check(w.cell, off);
@@ -787,7 +798,7 @@ void checks_copy_issue(Thread* t, Copy& cp, MbarState& m) {
     const Access x{t, t->clock.tid, t->clock.own, cp.site, false, Space::Smem, src.rank, nullptr,
                    reinterpret_cast<uintptr_t>(src.smem), &sh.pool, threads, true};
     for (uint32_t i = 0; i < cp.bytes / 4; ++i)
-      init[i] = issue_src_word(x, sh.words[cp.src_off / 4 + i], cp.src_off + 4 * i, cp.agent, cp.clock);
+      init[i] = issue_src_word(x, smem_word(sh, cp.src_off / 4 + i), cp.src_off + 4 * i, cp.agent, cp.clock);
     note_unconfirmed(src, cp.agent, cp.clock, cp.site, true);
   }
   Cta& dst = *cp.dst;
@@ -796,7 +807,7 @@ void checks_copy_issue(Thread* t, Copy& cp, MbarState& m) {
   const Access x{t, t->clock.tid, t->clock.own, cp.site, true, peer ? Space::Dsmem : Space::Smem, dst.rank, nullptr,
                  reinterpret_cast<uintptr_t>(dst.smem), &sh.pool, threads, true};
   for (uint32_t i = 0; i < cp.bytes / 4; ++i) {
-    Word& w = sh.words[cp.dst_off / 4 + i];
+    Word& w = smem_word(sh, cp.dst_off / 4 + i);
     issue_dst_word(x, w, cp.dst_off + 4 * i, init[i]);
     w.cell.w_agent = cp.agent;  // written by the copy's async unit, at the phase it completes
     w.cell.w_clock = cp.clock;
@@ -812,7 +823,7 @@ void checks_copy_land(const Copy& cp, const MbarState& m) {
   SmemShadow& sh = g_smem[cp.dst->rank];
   const Clock clock = Clock(m.phase + 1);  // the phase its bytes complete (later than planned on a tx mistake)
   for (uint32_t i = 0; i < cp.bytes / 4; ++i) {
-    Word& w = sh.words[cp.dst_off / 4 + i];
+    Word& w = smem_word(sh, cp.dst_off / 4 + i);
     if ((w.flags & kInFlight) == 0) continue;
     w.flags &= uint8_t(~kInFlight);
     if (w.cell.w_agent == cp.agent && w.cell.w_clock < clock) w.cell.w_clock = clock;
@@ -868,8 +879,9 @@ void checks_cta_exit(Cta& c) {
     const uint32_t w_end = std::min(words, (b + 1) << (kTouchShift - 2));
     for (uint32_t w = b << (kTouchShift - 2); w < w_end; ++w) {
       const Word& word = sh.words[w];
+      if (word.gen != sh.gen) continue;
       if ((word.flags & kSplit) != 0) {
-        const Cell* cells = sh.pool.split(word.split);
+        const Cell* cells = sh.pool.split(word.cell.w_agent);
         for (int k = 0; k < 4; ++k) check_cell(cells[k], 4 * w + k);
       } else {
         check_cell(word.cell, 4 * w);

@@ -8,6 +8,7 @@
 //     API call for copies); concurrent reads from several agents go to a read set; accesses to parts of a word by
 //     different agents split it into per-byte cells (4 cells), merged again by the next whole-word write
 //   - init bits (one per byte: written in this launch, or defined before it: global memory not declared scratch)
+//   - a generation: words of an earlier cluster or launch read as fresh, so nothing is cleared between launches
 //   - in-flight: an async copy will write these bytes (issued, not landed)
 // A conflicting pair (at least one write, different agents) neither of which happens before the other is a data race;
 // a read whose write was a copy not ordered before it is an access to an in-flight copy (the copy may not have landed
@@ -38,11 +39,11 @@ struct Cell {
 };
 
 struct Word {
-  Cell cell;  // valid for all 4 bytes unless split
+  Cell cell;      // valid for all 4 bytes unless split (then cell.w_agent is the index of the 4 per-byte cells)
+  uint32_t gen;   // the cluster (shared memory) or launch (global) that last touched it: older words are fresh
   uint8_t init;
   uint8_t flags;
   uint16_t unused;
-  uint32_t split;  // kSplit: index of the 4 per-byte cells
 };
 inline constexpr uint8_t kInFlight = 1;
 inline constexpr uint8_t kSplit = 2;
@@ -118,7 +119,26 @@ void checks_copy_land(const Copy& cp, const MbarState& m);  // clears in-flight
 // Resolves the code addresses embedded in a report message (symbolised at the end of the launch, off the fibers).
 std::string symbolise_sites(const std::string& message);
 
-// The instrumentation entry point (access_hooks.cpp).
-void on_access(const void* p, size_t bytes, bool write, const void* pc);
+// ---- the instrumentation entry point (access_hooks.cpp) ---------------------------------------------------------
+// What every instrumented access reads first: most accesses (host code, the fiber's stack, kernel parameters) are
+// neither shared nor DeviceBuffer memory and return after two compares.
+struct HookState {
+  uintptr_t arena_lo = 0, arena_span = 0;    // shared-memory windows
+  uintptr_t global_lo = 0, global_span = 0;  // the DeviceBuffer region
+  uint32_t span_shift = 0;
+  bool on = false;  // a launch with checks is running and has not failed for good
+};
+extern HookState g_hook;
+extern __thread Thread* g_current __attribute__((tls_model("initial-exec")));
+void checked_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void* pc, bool smem);
+
+inline void on_access(const void* p, size_t bytes, bool write, const void* pc) {
+  Thread* t = g_current;
+  if (t == nullptr || !g_hook.on) return;
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  const bool smem = a - g_hook.arena_lo < g_hook.arena_span;
+  if (!smem && a - g_hook.global_lo >= g_hook.global_span) return;
+  checked_access(t, a, bytes, write, pc, smem);
+}
 
 }  // namespace cf::dev::emu
