@@ -119,9 +119,10 @@ void pass_wait(Thread* t, MbarState& m, uint32_t off, uint32_t parity, SrcLoc lo
                  describe(t) + ": " + op + "(parity " + std::to_string(parity) + ") at " + where(loc) +
                      " returned for phase " + std::to_string(int64_t(m.phase) - 1) + " of " +
                      describe_mbar(*t->cta, off, m) +
-                     ", which this thread already waited for at this call: the phase it comes back for (" +
-                     std::to_string(m.phase + 1) + ") has not completed, and the parity of a phase repeats every "
-                     "second phase (a ring whose users wait with a stale parity? keep the phase count per stage)");
+                     ", which this thread already waited for at this call: a thread that comes back to a wait wants "
+                     "a later phase, and the next one with parity " + std::to_string(parity) + " (phase " +
+                     std::to_string(m.phase + 1) + ") has not completed (a ring whose users wait with a stale "
+                     "parity? keep the phase count per stage)");
   }
   pass = {m.phase, loc.line(), loc.file_name()};
 }

@@ -529,7 +529,16 @@ void finish_copy(Thread* t) {
   UninitRead& u = t->uninit;
   u.state = 0;
   const bool in_bounds = shadow_word(u.dst) != nullptr && shadow_word(u.dst + u.size - 1) != nullptr;
-  if (!in_bounds || std::memcmp(reinterpret_cast<const void*>(u.dst), u.bytes, u.size) != 0) {
+  // only into shared memory or declared scratch: anything else is the kernel's output (the bytes leave it)
+  bool kept_inside = u.dst - g_hook.arena_lo < g_hook.arena_span;
+  if (!kept_inside && in_bounds) {
+    kept_inside = true;
+    for (uint32_t i = 0; i < u.size && kept_inside; ++i) {
+      const uintptr_t b = u.dst + i;
+      kept_inside = ((scratch_bytes(b & ~uintptr_t(3)) >> (b & 3u)) & 1u) != 0;
+    }
+  }
+  if (!in_bounds || !kept_inside || std::memcmp(reinterpret_cast<const void*>(u.dst), u.bytes, u.size) != 0) {
     report_uninit(t, u);
     return;
   }
@@ -742,7 +751,8 @@ uint8_t issue_src_word(const Access& x, Word& w, uint64_t off, uint32_t reader, 
     } else if (cell.w_clock != 0 && cell.w_agent < x.threads) {
       if (!published(x.t, cell.w_agent, cell.w_clock) && note(EmuErrorKind::AsyncProxy, x.site, cell.w_site))
         report_first(EmuErrorKind::AsyncProxy,
-                     describe(x.t) + ": " + copy_text(api_site(x.site)) + " reads this block's shared memory at offset " +
+                     describe(x.t) + ": the " + api_site(x.site).op + " issued at " + where(api_site(x.site).loc) +
+                         " reads this block's shared memory at offset " +
                          std::to_string(at) + ", which " + agent_text(x, cell.w_agent) + " wrote at " +
                          site_text(cell.w_site) + " through the generic proxy with no fence_proxy_async ordered "
                          "between that write and the copy (the copy may read stale bytes: fence after writing, then "

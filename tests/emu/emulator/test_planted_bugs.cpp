@@ -1,12 +1,17 @@
 // The planted-bug suite: every classic bug is reported (kind and message checked) under several schedule seeds,
-// and its fixed twin runs clean and computes the right result under the same seeds.
+// and its fixed twin runs clean and computes the right result under the same seeds. PlantedBugTest: the protocol
+// checks of the device API; AccessCheckTest: the access checks (races, async-proxy fences, uninitialised reads,
+// exact bounds, .aligned barriers, the exit rule, phase aliasing: kernels/planted_races.hpp).
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "kernels/checks.hpp"
+#include "kernels/planted_races.hpp"
 
 namespace cf::test {
 namespace {
@@ -121,6 +126,65 @@ std::vector<PlantedBug> planted_bugs() {
   };
 }
 
+std::vector<PlantedBug> planted_access_bugs() {
+  using namespace races;
+  auto same = [](auto run, std::vector<uint32_t> want) {
+    return [run, want](uint64_t s) { return first_difference(run(s), want, "out"); };
+  };
+  return {
+      {"SharedMemoryRaceWithoutBlockSync", [](uint64_t s) { run_smem_race<true>(s); },
+       same(run_smem_race<false>, expected_smem_race()), EmuErrorKind::DataRace,
+       {"this block's shared memory", "races with the", "planted_races.hpp:"}},
+      {"DsmemBufferOverwrittenWhilePeerReads", [](uint64_t s) { run_dsmem_overwrite<true>(s); },
+       same(run_dsmem_overwrite<false>, ramp0(kThreads)),
+       EmuErrorKind::DataRace, {"shared memory", "races with the", "cluster rank 0", "cluster rank 1"}},
+      {"TwoCtasWriteOnePeerSlot", [](uint64_t s) { run_dsmem_same_slot<true>(s); },
+       same(run_dsmem_same_slot<false>, expected_same_slot()), EmuErrorKind::DataRace,
+       {"write of block rank 0's shared memory (DSMEM)", "races with the write by"}},
+      {"TwoClustersWriteOneGlobalElement", [](uint64_t s) { run_global_race<true>(s); },
+       same(run_global_race<false>, expected_global_race()), EmuErrorKind::DataRace,
+       {"write of a 512-byte DeviceBuffer", "races with the write by block 0"}},
+      {"RemoteArriveBeforeTheData", [](uint64_t s) { run_remote_arrive_early<true>(s); },
+       same(run_remote_arrive_early<false>, expected_remote_arrive()),
+       EmuErrorKind::DataRace, {"shared memory", "races with the", "cluster rank 0", "cluster rank 1"}},
+      {"WarpReadsWithoutSyncwarp", [](uint64_t s) { run_warp_race<true>(s); },
+       same(run_warp_race<false>, expected_warp_race()), EmuErrorKind::DataRace, {"races with the"}},
+      {"LastBlockWithoutFences", [](uint64_t s) { run_last_block<true>(s); },
+       same(run_last_block<false>, std::vector<uint32_t>{10}), EmuErrorKind::DataRace,
+       {"read of a 16-byte DeviceBuffer", "races with the write by block"}},
+      {"PushWithoutProxyFence", [](uint64_t s) { run_push_unfenced<true>(s); },
+       same(run_push_unfenced<false>, expected_push_unfenced()), EmuErrorKind::AsyncProxy,
+       {"bulk_copy_s2peer", "no fence_proxy_async"}},
+      {"GatherDropsTheTail", [](uint64_t s) { run_gather_tail<true>(s); },
+       same(run_gather_tail<false>, expected_gather()), EmuErrorKind::UninitializedRead,
+       {"read of this block's shared memory at kernels/planted_races.hpp:", "is uninitialised"}},
+      {"ScratchReadBeforeWritten", [](uint64_t s) { run_scratch_unwritten<true>(s); },
+       same(run_scratch_unwritten<false>, std::vector<uint32_t>{10}), EmuErrorKind::UninitializedRead,
+       {"byte 12 is uninitialised", "declared scratch"}},
+      {"SharedMemoryPastItsExactEnd", [](uint64_t s) { run_smem_exact_end<true>(s); },
+       same(run_smem_exact_end<false>, ramp1(kOddSmemWords)), EmuErrorKind::SmemOutOfBounds,
+       {"thread 50", "write out of bounds", "(200 bytes)", "0 bytes past the end"}},
+      {"DeviceBufferPastItsExactEnd", [](uint64_t s) { run_buffer_exact_end<true>(s); },
+       same(run_buffer_exact_end<false>, ramp1(kOddBufferWords)), EmuErrorKind::GlobalOutOfBounds,
+       {"thread 3", "0 bytes past the end of a 12-byte DeviceBuffer"}},
+      {"ClusterSyncDivergentInAWarp", [](uint64_t s) { run_cluster_sync_divergent<true>(s); },
+       same(run_cluster_sync_divergent<false>, ramp1(kThreads)), EmuErrorKind::BarrierDivergence,
+       {"different cluster barrier calls", ".aligned"}},
+      {"NamedBarrierDivergentInAWarp", [](uint64_t s) { run_named_barrier_divergent<true>(s); },
+       same(run_named_barrier_divergent<false>, ramp1(kThreads)), EmuErrorKind::BarrierDivergence,
+       {"different named barrier 1 calls", ".aligned"}},
+      {"ExitBeforePushConfirmed", [](uint64_t s) { run_push_exit_unconfirmed<true>(s); },
+       same(run_push_exit_unconfirmed<false>, expected_pushed()), EmuErrorKind::AsyncCopyMisuse,
+       {"block rank 0 exited while the bulk_copy_s2peer", "from its shared memory"}},
+      {"DsmemReadBetweenArriveAndWaitThenExit", [](uint64_t s) { run_read_between_arrive_and_wait<true>(s); },
+       same(run_read_between_arrive_and_wait<false>, expected_arrive_wait()), EmuErrorKind::DsmemInvalid,
+       {"exited"}},
+      {"RingWaitWithStaleParity", [](uint64_t s) { run_stale_parity<true>(s); },
+       same(run_stale_parity<false>, ring_input()), EmuErrorKind::PhaseAliasing,
+       {"Mbarrier::wait(parity 0)", "returned for phase 0", "already waited for"}},
+  };
+}
+
 void PrintTo(const PlantedBug& bug, std::ostream* os) { *os << bug.name; }
 
 class PlantedBugTest : public testing::TestWithParam<PlantedBug> {};
@@ -134,6 +198,7 @@ TEST_P(PlantedBugTest, BugIsReportedAndTwinRunsClean) {
       ADD_FAILURE() << bug.name << ": the planted bug was not reported";
     } catch (const EmuError& e) {
       const std::string msg = e.what();
+      if (seed == kSeeds[0] && std::getenv("CF_PRINT_REPORTS") != nullptr) std::printf("%s\n", msg.c_str());
       EXPECT_EQ(e.kind(), bug.kind) << msg;
       EXPECT_NE(msg.find("seed " + std::to_string(seed)), std::string::npos) << msg;
       for (const std::string& part : bug.message_parts) EXPECT_NE(msg.find(part), std::string::npos) << msg;
@@ -148,6 +213,8 @@ TEST_P(PlantedBugTest, BugIsReportedAndTwinRunsClean) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Emulator, PlantedBugTest, testing::ValuesIn(planted_bugs()),
+                         [](const testing::TestParamInfo<PlantedBug>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(AccessChecks, PlantedBugTest, testing::ValuesIn(planted_access_bugs()),
                          [](const testing::TestParamInfo<PlantedBug>& info) { return std::string(info.param.name); });
 
 }  // namespace
