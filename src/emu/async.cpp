@@ -32,6 +32,7 @@ void complete_phase(MbarState& m) {
   m.completed_seq = next_seq();
   m.sync.raise(m.agent, Clock(m.phase));  // the copies of this phase have completed
   m.completed = m.sync.freeze();
+  g_launch->stats.max_phases = std::max<uint64_t>(g_launch->stats.max_phases, m.phase);
   for (Thread* w : m.waiters) wake(w);
   m.waiters.clear();
 }

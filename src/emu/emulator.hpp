@@ -57,7 +57,6 @@ struct Thread {
   uint64_t last_cluster_sync_seq = 0;  // same, cluster barriers only
   bool cluster_arrived = false;
   uint64_t cluster_arrive_phase = 0;
-  uint32_t cluster_waits = 0;          // completed cluster_wait calls (DSMEM needs one: the peers started)
   uint64_t collective_result = 0;
 
   ThreadClock clock;  // happens-before state (hb.hpp)
@@ -184,7 +183,8 @@ struct Cluster {
   };
   std::vector<WarpSite> cbar_arrive_site, cbar_wait_site;
   uint32_t serial = 0;      // clusters run before this one in the launch
-  uint32_t agents = 0;      // agents so far: the threads, then one async unit per mbarrier init
+  uint32_t agents = 0;      // agents so far: the threads, the cluster barrier, then one async unit per mbarrier init
+  uint32_t cbar_agent = 0;  // the cluster barrier's phase completions (what a thread knows: the peers started)
   bool window_open = false;
   std::vector<Thread*> runnable;
   std::vector<Copy> pending;

@@ -438,12 +438,12 @@ void smem_access(Thread* t, uintptr_t a, size_t bytes, bool write, const void* p
   }
   SmemShadow& sh = g_smem[slot];
   if (dsmem) {
-    if (t->cluster_waits == 0 && note(EmuErrorKind::DsmemInvalid, site, 0))
+    if (t->clock.at(cl.cbar_agent) == 0 && note(EmuErrorKind::DsmemInvalid, site, 0))
       report_first(EmuErrorKind::DsmemInvalid,
                    describe(t) + ": " + (write ? "write" : "read") + " of block rank " + std::to_string(c.rank) +
                        "'s shared memory (DSMEM) at offset " + std::to_string(off) + " at " + site_text(site) +
-                       " before any cluster barrier completed (for this thread), so the peer may not have started; "
-                       "call cluster_sync() (or cluster_arrive() + cluster_wait()) first");
+                       " before any cluster barrier completed as far as this thread knows, so the peer may not have "
+                       "started; call cluster_sync() (or cluster_arrive() + cluster_wait()) first");
     for (uint64_t b = uint64_t(off) >> kTouchShift; b <= (uint64_t(off) + bytes - 1) >> kTouchShift; ++b)
       sh.touched[b] = 1;
   }
@@ -624,6 +624,7 @@ void checks_end_launch(Launch& /*L*/) { g_hook.on = false; }
 void checks_begin_cluster(Launch& L) {
   Cluster& cl = L.cluster;
   cl.agents = uint32_t(cl.threads.size());
+  cl.cbar_agent = cl.agents++;
   ++g_smem_gen;
   for (uint32_t r = 0; r < cl.size; ++r) {
     SmemShadow& s = g_smem[r];

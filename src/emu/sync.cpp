@@ -90,6 +90,7 @@ void complete_cluster_phase(Cluster& cl) {
   ++cl.cbar_phase;
   const uint64_t s = next_seq();
   cl.cbar_completed_seq = s;
+  cl.cbar_sync.raise(cl.cbar_agent, Clock(cl.cbar_phase));
   cl.cbar_frozen = cl.cbar_sync.freeze();
   cl.cbar_sync.clear();
   on_cluster_phase_complete(cl);
@@ -349,7 +350,6 @@ void cluster_wait(SrcLoc loc) {
   }
   // the phase this thread arrived at is the last one completed (the next needs this thread's arrival)
   cl.cbar_frozen->acquire(t->clock);
-  ++t->cluster_waits;
   t->cluster_arrived = false;
   t->last_cluster_sync_seq = std::max(t->last_cluster_sync_seq, cl.cbar_completed_seq);
   t->last_sync_seq = std::max(t->last_sync_seq, cl.cbar_completed_seq);

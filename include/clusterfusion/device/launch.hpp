@@ -177,6 +177,7 @@ struct LaunchStats {
   uint64_t protection_faults = 0; // page faults taken on closed pages that were not errors
   uint64_t checked_accesses = 0;  // plain loads/stores of shared and DeviceBuffer memory the access checks saw
   uint64_t reports = 0;           // findings (every occurrence, before grouping by site)
+  uint64_t max_phases = 0;        // most phases any one mbarrier completed (>= 3: a ring wrapped, parities reused)
   double seconds = 0;
 };
 LaunchStats last_launch_stats();

@@ -172,6 +172,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   }
 #endif
   im.o_partial = dev::DeviceBuffer<float>(size_t(s.n_kv_heads) * s.hidden * config.max_batch);
+  dev::declare_scratch(im.o_partial.data(), im.o_partial.bytes());  // each launch writes the partials it reads
   im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * o_blocks);
   im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
   if (config.trace) {

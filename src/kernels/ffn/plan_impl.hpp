@@ -142,6 +142,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   }
 #endif
   im.partial = dev::DeviceBuffer<float>(size_t(choice.clusters) * s.hidden * config.max_batch);
+  dev::declare_scratch(im.partial.data(), im.partial.bytes());  // each launch writes the partials it reads
   im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * split.blocks_max);
   im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
   li.workspace_bytes = im.partial.bytes() + im.counters.bytes() + im.status.bytes();

@@ -70,6 +70,8 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
 #endif
   im.cand_value = dev::DeviceBuffer<float>(size_t(ctas) * config.max_batch);
   im.cand_index = dev::DeviceBuffer<int32_t>(size_t(ctas) * config.max_batch);
+  dev::declare_scratch(im.cand_value.data(), im.cand_value.bytes());  // each launch writes the candidates it reads
+  dev::declare_scratch(im.cand_index.data(), im.cand_index.bytes());
   im.counter = dev::DeviceBuffer<uint32_t>(1);
   im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
 

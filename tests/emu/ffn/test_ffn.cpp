@@ -3,13 +3,18 @@
 // split choice, host validation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "clusterfusion/device/launch.hpp"
+#include "clusterfusion/kernels/ffn/weight_stream.hpp"
 #include "harness.hpp"
 
 namespace cf::test::ffn {
 namespace {
+
+namespace ws = cf::kernels::weight_stream;
 
 template <typename T>
 RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
@@ -28,6 +33,10 @@ RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
   const CheckReport rep = check_result<T>(c, o, r);
   EXPECT_TRUE(rep.ok) << rep.message;
   if (rep.ok) std::printf("  %s\n", rep.message.c_str());
+  // the smallest ring must lap: parities reused, where stale-parity bugs live
+  if (info.stages == ws::kMinStages) {
+    EXPECT_GE(stats.max_phases, 3u) << c.name << ": the ring did not wrap around";
+  }
   return r;
 }
 
@@ -106,6 +115,26 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   return cases;
+}
+
+// The grid exercises what hardware bugs hid behind before: the smallest ring lapped (more items per CTA than stages),
+// every cluster size the launcher picks and the largest batch.
+TEST(FfnEmu, GridCoversRingWrapEveryClusterSizeAndTheLargestBatch) {
+  std::set<int> sizes;
+  int largest_batch = 0;
+  bool smallest_ring = false;
+  for (const Case& c : all_cases()) {
+    const HostInputs in = c.dtype == dev::DType::F16 ? make_inputs<half>(c) : make_inputs<bfloat16>(c);
+    DeviceInputs d;
+    upload_inputs(c, in, d);
+    const kffn::Plan plan(plan_config(c, d));
+    sizes.insert(plan.info().cluster_size);
+    largest_batch = std::max(largest_batch, c.batch);
+    smallest_ring = smallest_ring || plan.info().stages == ws::kMinStages;
+  }
+  EXPECT_EQ(sizes, (std::set<int>{2, 4, 8}));
+  EXPECT_EQ(largest_batch, kffn::kMaxBatch);
+  EXPECT_TRUE(smallest_ring);
 }
 
 class Shapes : public ::testing::TestWithParam<Case> {};

@@ -29,6 +29,7 @@ struct Case {
   int hidden = 256, vocab = 500, batch = 1;
   int max_ctas = 4;     // 0: one per SM (132 assumed by the emulator)
   int stage_units = 0;  // 0: default
+  int max_stages = 0;   // 0: as many as fit
   int max_batch = 0;    // 0: batch
   bool residual = true;
   bool logits = true, tokens = true;
@@ -140,6 +141,7 @@ inline klm::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
   cfg.max_batch = c.max_batch > 0 ? c.max_batch : c.batch;
   cfg.max_ctas = c.max_ctas;
   cfg.stage_units = c.stage_units;
+  cfg.max_stages = c.max_stages;
   return cfg;
 }
 

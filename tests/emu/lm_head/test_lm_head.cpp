@@ -5,10 +5,13 @@
 #include <chrono>
 
 #include "clusterfusion/device/launch.hpp"
+#include "clusterfusion/kernels/ffn/weight_stream.hpp"
 #include "lm_head_harness.hpp"
 
 namespace cf::test::lm_head {
 namespace {
+
+namespace ws = cf::kernels::weight_stream;
 
 template <typename T>
 RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
@@ -23,6 +26,10 @@ RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
   const CheckReport rep = check_result<T>(c, o, r);
   EXPECT_TRUE(rep.ok) << rep.message;
   if (rep.ok) std::printf("  %s\n", rep.message.c_str());
+  // the smallest ring must lap: parities reused, where stale-parity bugs live
+  if (info.stages == ws::kMinStages) {
+    EXPECT_GE(dev::emu::last_launch_stats().max_phases, 3u) << c.name << ": the ring did not wrap around";
+  }
   return r;
 }
 
@@ -77,12 +84,35 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
+    Case c;  // the smallest ring (4 stages) lapped many times: 2 CTAs of 63 tiles, 16 groups of 4 chunks each
+    c.name = "FourStagesLapped";
+    c.hidden = 512, c.vocab = 2000, c.batch = 2, c.max_ctas = 2, c.max_stages = 4, c.seed = 9;
+    cases.push_back(c);
+  }
+  {
     Case c;  // a NaN in one token's input: all its logits NaN, token 0; the other tokens unaffected
     c.name = "NanToken";
     c.hidden = 256, c.vocab = 500, c.batch = 3, c.nan_token = 1, c.seed = 8;
     cases.push_back(c);
   }
   return cases;
+}
+
+// The grid exercises the smallest ring lapped (more items per CTA than stages) and the largest batch (the LM head has
+// no clusters).
+TEST(LmHeadEmu, GridCoversRingWrapAndTheLargestBatch) {
+  int largest_batch = 0;
+  bool smallest_ring = false;
+  for (const Case& c : all_cases()) {
+    const HostInputs in = c.dtype == dev::DType::F16 ? make_inputs<half>(c) : make_inputs<bfloat16>(c);
+    DeviceInputs d;
+    upload_inputs(c, in, d);
+    const klm::Plan plan(plan_config(c, d));
+    largest_batch = std::max(largest_batch, c.batch);
+    smallest_ring = smallest_ring || plan.info().stages == ws::kMinStages;
+  }
+  EXPECT_EQ(largest_batch, klm::kMaxBatch);
+  EXPECT_TRUE(smallest_ring);
 }
 
 class Shapes : public ::testing::TestWithParam<Case> {};
