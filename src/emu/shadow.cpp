@@ -267,14 +267,14 @@ void pend_uninit(const Access& x, uintptr_t a, size_t bytes, const Access::Undef
 void read_cell(const Access& x, Cell& c, uint64_t off) {
   if (c.r_agent == x.me && c.r_clock == x.own) return;
   if (!hb(x, c.w_agent, c.w_clock)) conflict(x, off, c.w_agent, c.w_site, true);
-  if (c.r_agent == kReadSet) {
+  if (c.r_agent == kReadSet) {  // sorted by agent
     std::vector<ReadEntry>& set = x.pool->set(c.r_clock);
-    for (ReadEntry& e : set) {
-      if (e.agent == x.me) {
-        e.clock = x.own;
-        e.site = x.site;
-        return;
-      }
+    auto at = std::lower_bound(set.begin(), set.end(), x.me,
+                               [](const ReadEntry& e, uint32_t agent) { return e.agent < agent; });
+    if (at != set.end() && at->agent == x.me) {
+      at->clock = x.own;
+      at->site = x.site;
+      return;
     }
     if (set.size() >= kPruneReadSet) {  // drop the reads ordered before this one (this read stands for them)
       std::erase_if(set, [&](const ReadEntry& e) { return hb(x, e.agent, e.clock); });
@@ -285,8 +285,10 @@ void read_cell(const Access& x, Cell& c, uint64_t off) {
         c.r_site = x.site;
         return;
       }
+      at = std::lower_bound(set.begin(), set.end(), x.me,
+                            [](const ReadEntry& e, uint32_t agent) { return e.agent < agent; });
     }
-    set.push_back({x.me, x.own, x.site});
+    set.insert(at, {x.me, x.own, x.site});
     return;
   }
   if (c.r_clock == 0 || c.r_agent == x.me || hb(x, c.r_agent, c.r_clock)) {
@@ -296,7 +298,12 @@ void read_cell(const Access& x, Cell& c, uint64_t off) {
     return;
   }
   const uint32_t i = x.pool->new_set();
-  x.pool->set(i).assign({{c.r_agent, c.r_clock, c.r_site}, {x.me, x.own, x.site}});
+  const ReadEntry earlier{c.r_agent, c.r_clock, c.r_site}, now{x.me, x.own, x.site};
+  if (earlier.agent < now.agent) {
+    x.pool->set(i).assign({earlier, now});
+  } else {
+    x.pool->set(i).assign({now, earlier});
+  }
   c.r_agent = kReadSet;
   c.r_clock = i;
 }
@@ -733,6 +740,34 @@ void issue_dst_word(const Access& x, Word& w, uint64_t off, uint8_t init) {
   w.init = init;
 }
 
+// Records a read in a cell regardless of the order (the copy's read, which no access needs checking against).
+void add_read(CellPool& pool, Cell& cell, const ReadEntry& r) {
+  if (cell.r_agent == kReadSet) {
+    std::vector<ReadEntry>& set = pool.set(cell.r_clock);
+    auto at = std::lower_bound(set.begin(), set.end(), r.agent,
+                               [](const ReadEntry& e, uint32_t agent) { return e.agent < agent; });
+    if (at != set.end() && at->agent == r.agent) {
+      *at = r;
+    } else {
+      set.insert(at, r);
+    }
+  } else if (cell.r_clock == 0 || cell.r_agent == r.agent) {
+    cell.r_agent = r.agent;
+    cell.r_clock = r.clock;
+    cell.r_site = r.site;
+  } else {
+    const uint32_t i = pool.new_set();
+    const ReadEntry earlier{cell.r_agent, cell.r_clock, cell.r_site};
+    if (earlier.agent < r.agent) {
+      pool.set(i).assign({earlier, r});
+    } else {
+      pool.set(i).assign({r, earlier});
+    }
+    cell.r_agent = kReadSet;
+    cell.r_clock = i;
+  }
+}
+
 // A generic write (agent, clock) is published to the async proxy for a copy `issuer` issues now: a fence_proxy_async of
 // the writer after the write that happens before the issue, or one of the issuer after which the write happened.
 bool published(Thread* issuer, uint32_t agent, Clock clock) {
@@ -760,18 +795,7 @@ uint8_t issue_src_word(const Access& x, Word& w, uint64_t off, uint32_t reader, 
                          "synchronise, then issue)");
     }
     // the copy reads until its completion: a later write must be ordered after that
-    if (cell.r_agent == kReadSet) {
-      x.pool->set(cell.r_clock).push_back({reader, clock, x.site});
-    } else if (cell.r_clock == 0) {
-      cell.r_agent = reader;
-      cell.r_clock = clock;
-      cell.r_site = x.site;
-    } else {
-      const uint32_t i = x.pool->new_set();
-      x.pool->set(i).assign({{cell.r_agent, cell.r_clock, cell.r_site}, {reader, clock, x.site}});
-      cell.r_agent = kReadSet;
-      cell.r_clock = i;
-    }
+    add_read(*x.pool, cell, {reader, clock, x.site});
   };
   if ((w.flags & kSplit) != 0) {
     Cell* b = x.pool->split(w.cell.w_agent);
