@@ -101,6 +101,14 @@ void SyncClock::raise(uint32_t agent, Clock value) {
   frozen_.reset();
 }
 
+void SyncClock::clear() {
+  c_.clear();
+  for (VcRef& v : seen_) v.reset();
+  next_seen_ = 0;
+  foreign_.reset();
+  frozen_.reset();
+}
+
 FrozenRef SyncClock::freeze() {
   if (!frozen_) {
     auto* f = new Frozen();

@@ -143,7 +143,7 @@ class SyncClock {
   void release(const ThreadClock& t);       // join t's knowledge (the caller advances t.own afterwards)
   void raise(uint32_t agent, Clock value);  // an async unit's completion count
   FrozenRef freeze();                       // the releases so far, immutable (the same object until a release)
-  void clear() { *this = SyncClock{}; }
+  void clear();  // keeps the vector's capacity
 
  private:
   std::vector<Clock> c_;
