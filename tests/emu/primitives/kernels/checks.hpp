@@ -23,6 +23,13 @@
 
 namespace cf::test {
 
+// Host-only code of these tests (inputs, references, comparisons) shares its files with kernels the emulator's access
+// checks instrument (cmake/CFEmuChecks.cmake); it has nothing to check, so it opts out of the instrumentation.
+#if defined(__SANITIZE_THREAD__)
+#define CF_TEST_HOST_ONLY __attribute__((no_sanitize("thread")))
+#else
+#define CF_TEST_HOST_ONLY
+#endif
 template <typename T>
 float bits_to_float(BitsOf<T> b) {
   if constexpr (sizeof(T) == 4) {
@@ -79,7 +86,7 @@ std::pair<uint32_t, std::vector<uint32_t>> fitting_counts(const std::vector<uint
 
 // Random element values in [-2, 2) rounded to T, with some signed zeros and repeats (ties for max/min).
 template <typename T>
-std::vector<BitsOf<T>> random_input(size_t n, uint32_t seed) {
+CF_TEST_HOST_ONLY std::vector<BitsOf<T>> random_input(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
   std::vector<BitsOf<T>> out(n);
@@ -94,7 +101,7 @@ std::vector<BitsOf<T>> random_input(size_t n, uint32_t seed) {
 
 // The reduction of x[0..N) (one element from each rank) in the device's order, rounded where the device rounds.
 template <typename T, typename Op>
-BitsOf<T> reference_reduce(prim::Strategy s, uint32_t n, const std::vector<float>& x) {
+CF_TEST_HOST_ONLY BitsOf<T> reference_reduce(prim::Strategy s, uint32_t n, const std::vector<float>& x) {
   auto round_t = [](float v) { return bits_to_float<T>(float_to_bits<T>(v)); };
   if (s == prim::Strategy::Linear) {
     float acc = x[0];
@@ -123,8 +130,8 @@ std::string bits_string(Bits b) {
 }
 
 template <uint32_t N, typename T, prim::Strategy S, prim::Transport X, Kind K, typename Op = prim::Sum>
-std::string check_collective(const std::vector<uint32_t>& counts, uint32_t capacity, const CollectiveRun& run,
-                             uint32_t data_seed) {
+CF_TEST_HOST_ONLY std::string check_collective(const std::vector<uint32_t>& counts, uint32_t capacity,
+                                               const CollectiveRun& run, uint32_t data_seed) {
   using Tr = CollectiveTraits<N, T, S, X, K, Op>;
   using Bits = BitsOf<T>;
   const uint32_t calls = uint32_t(counts.size()), stride = Tr::out_stride(capacity);
@@ -209,7 +216,7 @@ struct SoftmaxCase {
 };
 
 // Each rank gets a KV chunk of a random length (some empty) per head; scores in log2 units (exp2 merge).
-inline SoftmaxCase softmax_case(uint32_t n, uint32_t calls, uint32_t seed) {
+CF_TEST_HOST_ONLY inline SoftmaxCase softmax_case(uint32_t n, uint32_t calls, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> score(-6.0f, 6.0f), value(-1.0f, 1.0f);
   SoftmaxCase c;
@@ -269,7 +276,7 @@ inline SoftmaxCase softmax_case(uint32_t n, uint32_t calls, uint32_t seed) {
 }
 
 template <uint32_t N, prim::Strategy S, prim::Transport X>
-std::string check_softmax_merge(uint32_t calls, const CollectiveRun& run, uint32_t data_seed) {
+CF_TEST_HOST_ONLY std::string check_softmax_merge(uint32_t calls, const CollectiveRun& run, uint32_t data_seed) {
   using Merge = prim::SoftmaxMerge<kSoftmaxDim>;
   const SoftmaxCase c = softmax_case(N, calls, data_seed);
   const std::vector<uint32_t> counts(calls, kSoftmaxCount);
