@@ -94,31 +94,29 @@ uint32_t CellPool::new_set() {
   if (!free_sets_.empty()) {
     const uint32_t i = free_sets_.back();
     free_sets_.pop_back();
+    sets_[i].clear();
     return i;
   }
-  sets_.emplace_back();
-  return uint32_t(sets_.size() - 1);
+  if (used_sets_ == sets_.size()) sets_.emplace_back();
+  sets_[used_sets_].clear();
+  return used_sets_++;
 }
-void CellPool::free_set(uint32_t i) {
-  sets_[i].clear();
-  free_sets_.push_back(i);
-}
+void CellPool::free_set(uint32_t i) { free_sets_.push_back(i); }
 uint32_t CellPool::new_split() {
   if (!free_splits_.empty()) {
     const uint32_t i = free_splits_.back();
     free_splits_.pop_back();
     return i;
   }
-  splits_.emplace_back();
-  return uint32_t(splits_.size() - 1);
+  if (used_splits_ == splits_.size()) splits_.emplace_back();
+  return used_splits_++;
 }
 void CellPool::free_split(uint32_t i) { free_splits_.push_back(i); }
-void CellPool::clear() {
-  for (auto& s : sets_) s.clear();
+void CellPool::clear() {  // everything free again, the vectors' memory kept
+  used_sets_ = 0;
+  used_splits_ = 0;
   free_sets_.clear();
-  for (uint32_t i = uint32_t(sets_.size()); i > 0; --i) free_sets_.push_back(i - 1);
   free_splits_.clear();
-  for (uint32_t i = uint32_t(splits_.size()); i > 0; --i) free_splits_.push_back(i - 1);
 }
 
 namespace {

@@ -67,10 +67,12 @@ class CellPool {
   struct Four {
     Cell b[4];
   };
-  std::vector<std::vector<ReadEntry>> sets_;
+  std::vector<std::vector<ReadEntry>> sets_;  // [0, used_sets_) handed out since clear()
   std::vector<uint32_t> free_sets_;
+  uint32_t used_sets_ = 0;
   std::vector<Four> splits_;
   std::vector<uint32_t> free_splits_;
+  uint32_t used_splits_ = 0;
 };
 
 // An uninitialised read not reported yet. Copying undefined bytes is not a use of them (padding moved with the data
