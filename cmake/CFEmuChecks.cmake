@@ -8,9 +8,11 @@
 function(cf_emu_checked target)
   if(CF_SANITIZE)
     if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
-      target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:--param=asan-instrumentation-with-call-threshold=0>)
+      target_compile_options(${target} PRIVATE
+        $<$<COMPILE_LANGUAGE:CXX>:--param=asan-instrumentation-with-call-threshold=0>)
     else()
-      target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-mllvm -asan-instrumentation-with-call-threshold=0>)
+      target_compile_options(${target} PRIVATE
+        $<$<COMPILE_LANGUAGE:CXX>:-mllvm -asan-instrumentation-with-call-threshold=0>)
     endif()
   else()
     if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")

@@ -190,7 +190,7 @@ std::string describe_mbar(const Cta& c, uint32_t off, const MbarState& m) {
 }
 
 // ---- mbarrier ----------------------------------------------------------------------------------------------------
-void mbar_init(void* bar, uint32_t count, SrcLoc loc) {
+void mbar_init(void* bar, uint32_t count, const SrcLoc& loc) {
   const char* op = "Mbarrier::init";
   Thread* t = enter(loc, op);
   Cta& c = *t->cta;
@@ -220,7 +220,7 @@ void mbar_init(void* bar, uint32_t count, SrcLoc loc) {
   yield(t);
 }
 
-void mbar_arrive(void* bar, uint32_t tx_bytes, bool with_tx, SrcLoc loc) {
+void mbar_arrive(void* bar, uint32_t tx_bytes, bool with_tx, const SrcLoc& loc) {
   const char* op = with_tx ? "Mbarrier::arrive_expect_tx" : "Mbarrier::arrive";
   Thread* t = enter(loc, op);
   uint32_t off = 0;
@@ -230,7 +230,7 @@ void mbar_arrive(void* bar, uint32_t tx_bytes, bool with_tx, SrcLoc loc) {
   yield(t);
 }
 
-void mbar_expect_tx(void* bar, uint32_t tx_bytes, SrcLoc loc) {
+void mbar_expect_tx(void* bar, uint32_t tx_bytes, const SrcLoc& loc) {
   const char* op = "Mbarrier::expect_tx";
   Thread* t = enter(loc, op);
   uint32_t off = 0;
@@ -241,7 +241,7 @@ void mbar_expect_tx(void* bar, uint32_t tx_bytes, SrcLoc loc) {
   yield(t);
 }
 
-void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_tx, SrcLoc loc) {
+void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_tx, const SrcLoc& loc) {
   const char* op = with_tx ? "Mbarrier::arrive_expect_tx_remote" : "Mbarrier::arrive_remote";
   Thread* t = enter(loc, op);
   const uint32_t off = local_offset(t, bar, 8, loc, op, "mbarrier (this block's address of the peer's barrier)");
@@ -254,7 +254,7 @@ void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_t
   yield(t);
 }
 
-bool mbar_try_wait(void* bar, uint32_t parity, bool until_done, SrcLoc loc) {
+bool mbar_try_wait(void* bar, uint32_t parity, bool until_done, const SrcLoc& loc) {
   const char* op = until_done ? "Mbarrier::wait" : "Mbarrier::try_wait";
   Thread* t = enter(loc, op);
   uint32_t off = 0;
@@ -281,7 +281,7 @@ bool mbar_try_wait(void* bar, uint32_t parity, bool until_done, SrcLoc loc) {
   }
 }
 
-void mbar_inval(void* bar, SrcLoc loc) {
+void mbar_inval(void* bar, const SrcLoc& loc) {
   const char* op = "Mbarrier::inval";
   Thread* t = enter(loc, op);
   uint32_t off = 0;
@@ -299,7 +299,7 @@ void mbar_inval(void* bar, SrcLoc loc) {
 }
 
 // ---- copies ------------------------------------------------------------------------------------------------------
-void bulk_copy_g2s(void* dst, const void* src, uint32_t bytes, void* bar, SrcLoc loc) {
+void bulk_copy_g2s(void* dst, const void* src, uint32_t bytes, void* bar, const SrcLoc& loc) {
   const char* op = "bulk_copy_g2s";
   Thread* t = enter(loc, op);
   check_copy_shape(t, dst, src, bytes, loc, op);
@@ -327,7 +327,7 @@ void bulk_copy_g2s(void* dst, const void* src, uint32_t bytes, void* bar, SrcLoc
   issue(t, std::move(cp), m, loc, op);
 }
 
-void bulk_copy_s2peer(void* dst, const void* src, uint32_t bytes, void* bar, uint32_t rank, SrcLoc loc) {
+void bulk_copy_s2peer(void* dst, const void* src, uint32_t bytes, void* bar, uint32_t rank, const SrcLoc& loc) {
   const char* op = "bulk_copy_s2peer";
   Thread* t = enter(loc, op);
   check_copy_shape(t, dst, src, bytes, loc, op);
@@ -362,7 +362,7 @@ void bulk_copy_s2peer(void* dst, const void* src, uint32_t bytes, void* bar, uin
   issue(t, std::move(cp), m, loc, op);
 }
 
-void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* bar, SrcLoc loc) {
+void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* bar, const SrcLoc& loc) {
   const char* op = "tma_load_2d";
   Thread* t = enter(loc, op);
   if (map.magic != TensorMap::kMagic)

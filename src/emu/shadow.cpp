@@ -235,8 +235,9 @@ void report_uninit(Thread* t, const UninitRead& u) {
   x.space = Space(u.space);
   x.cta = u.cta;
   x.block = u.block;
-  const std::string what = x.space == Space::Global ? "it is declared scratch and this launch has not written it"
-                                                    : "nothing wrote it in this launch (shared memory starts undefined)";
+  const std::string what = x.space == Space::Global
+                               ? "it is declared scratch and this launch has not written it"
+                               : "nothing wrote it in this launch (shared memory starts undefined)";
   report_first(EmuErrorKind::UninitializedRead, describe(t) + ": read of " + space_text(x) + " at " +
                                                     site_text(u.site) + ": byte " + std::to_string(u.first) +
                                                     " is uninitialised: " + what);

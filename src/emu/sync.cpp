@@ -35,8 +35,8 @@ void check_aligned(BlockBarrier& b, Thread* t, SrcLoc loc, const char* op, const
     if (!b.warp_arrived.empty()) b.warp_arrived[t->warp] = 0;
   } else if (!same_loc(b.warp_loc[t->warp], loc)) {
     fail(EmuErrorKind::BarrierDivergence, t, loc, op,
-         "lanes of warp " + std::to_string(t->warp) + " reached different " + what + " calls in the same barrier phase " +
-             "(another lane is at " + where(b.warp_loc[t->warp]) + "); " + op +
+         "lanes of warp " + std::to_string(t->warp) + " reached different " + what +
+             " calls in the same barrier phase (another lane is at " + where(b.warp_loc[t->warp]) + "); " + op +
              " is .aligned: the whole warp must execute the same call");
   }
   if (!b.warp_arrived.empty()) ++b.warp_arrived[t->warp];
@@ -246,7 +246,7 @@ void complete_group(Warp& w, WarpGroup* g) {
 }  // namespace
 
 // ---- block barriers ----------------------------------------------------------------------------------------------
-void block_sync(SrcLoc loc) {
+void block_sync(const SrcLoc& loc) {
   Thread* t = enter(loc, "block_sync");
   Cta& c = *t->cta;
   BlockBarrier& b = c.bar0;
@@ -271,7 +271,7 @@ void block_sync(SrcLoc loc) {
   acquire_pending(t);
 }
 
-void named_barrier(uint32_t id, uint32_t thread_count, bool wait, SrcLoc loc) {
+void named_barrier(uint32_t id, uint32_t thread_count, bool wait, const SrcLoc& loc) {
   const char* op = wait ? "named_barrier_sync" : "named_barrier_arrive";
   Thread* t = enter(loc, op);
   Cta& c = *t->cta;
@@ -313,7 +313,7 @@ void named_barrier(uint32_t id, uint32_t thread_count, bool wait, SrcLoc loc) {
 }
 
 // ---- cluster barrier ---------------------------------------------------------------------------------------------
-void cluster_arrive(bool relaxed, SrcLoc loc) {
+void cluster_arrive(bool relaxed, const SrcLoc& loc) {
   const char* op = relaxed ? "cluster_arrive_relaxed" : "cluster_arrive";
   Thread* t = enter(loc, op);
   Cluster& cl = g_launch->cluster;
@@ -335,7 +335,7 @@ void cluster_arrive(bool relaxed, SrcLoc loc) {
   yield(t);
 }
 
-void cluster_wait(SrcLoc loc) {
+void cluster_wait(const SrcLoc& loc) {
   Thread* t = enter(loc, "cluster_wait");
   Cluster& cl = g_launch->cluster;
   if (!t->cluster_arrived)
@@ -364,7 +364,8 @@ void on_cluster_phase_complete(Cluster& cl) {
 }
 
 // ---- warp collectives --------------------------------------------------------------------------------------------
-uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, int32_t width, SrcLoc loc) {
+uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, int32_t width,
+                         const SrcLoc& loc) {
   const char* name = warp_op_name(op);
   Thread* t = enter(loc, name);
   const uint32_t lane = t->ids.lane;
@@ -427,7 +428,7 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, 
 }
 
 // ---- DSMEM mapping -----------------------------------------------------------------------------------------------
-void* map_shared_rank(const void* p, uint32_t rank, SrcLoc loc) {
+void* map_shared_rank(const void* p, uint32_t rank, const SrcLoc& loc) {
   Thread* t = enter(loc, "map_shared_rank");
   Cluster& cl = g_launch->cluster;
   const Cta& own = *t->cta;
@@ -456,7 +457,7 @@ void* map_shared_rank(const void* p, uint32_t rank, SrcLoc loc) {
 }
 
 // ---- small scheduling points -------------------------------------------------------------------------------------
-void fence(const char* what, SrcLoc loc) {
+void fence(const char* what, const SrcLoc& loc) {
   Thread* t = enter(loc, what);
   if (std::strcmp(what, "fence_proxy_async") == 0) {
     fence_proxy(t);
@@ -466,13 +467,13 @@ void fence(const char* what, SrcLoc loc) {
   yield(t);
 }
 
-void nanosleep(uint32_t /*ns*/, SrcLoc loc) {
+void nanosleep(uint32_t /*ns*/, const SrcLoc& loc) {
   Thread* t = enter(loc, "nanosleep");
   note_poll();
   yield(t);
 }
 
-uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, SrcLoc loc) {
+uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, const SrcLoc& loc) {
   static const char* const kNames[] = {"atomic_add", "atomic_max", "atomic_max", "atomic_min",
                                        "atomic_min", "atomic_exch", "atomic_cas"};
   const char* name = kNames[int(op)];
@@ -498,7 +499,7 @@ uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t c
   return old;
 }
 
-void vector_access(const void* p, uint32_t bytes, bool global_nc, SrcLoc loc) {
+void vector_access(const void* p, uint32_t bytes, bool global_nc, const SrcLoc& loc) {
   const char* op = global_nc ? "load16_global_nc" : "load16/store16";
   Thread* t = enter(loc, op);
   const auto a = reinterpret_cast<uintptr_t>(p);

@@ -1,7 +1,9 @@
 // Host (emulator) implementation of the device API: every operation calls into the CPU emulator (src/emu, target
 // cf_emu), which runs one fiber per CUDA thread and checks each operation. Include api.hpp, not this file.
 // Each function takes a trailing std::source_location defaulted to the call site, so reports name the kernel line;
-// kernels never pass it. Signatures otherwise equal cuda.hpp's.
+// kernels never pass it. Signatures otherwise equal cuda.hpp's. The emulator's entry points take it by reference:
+// AddressSanitizer's call-mode checks (the access checks' sanitizer builds) are not re-issued after a call that gets
+// an aggregate by value, which would hide the second of two accesses to one address around a barrier.
 #pragma once
 #if !defined(CF_DEVICE_API_INSIDE)
 #error "include clusterfusion/device/api.hpp instead of emu.hpp"
@@ -83,30 +85,30 @@ struct MmaOperands {
   bool bf16;
 };
 
-void block_sync(SrcLoc loc);
-void named_barrier(uint32_t id, uint32_t thread_count, bool wait, SrcLoc loc);
-void cluster_arrive(bool relaxed, SrcLoc loc);
-void cluster_wait(SrcLoc loc);
-void* map_shared_rank(const void* p, uint32_t rank, SrcLoc loc);
-uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, int32_t width, SrcLoc loc);
+void block_sync(const SrcLoc& loc);
+void named_barrier(uint32_t id, uint32_t thread_count, bool wait, const SrcLoc& loc);
+void cluster_arrive(bool relaxed, const SrcLoc& loc);
+void cluster_wait(const SrcLoc& loc);
+void* map_shared_rank(const void* p, uint32_t rank, const SrcLoc& loc);
+uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, int32_t width, const SrcLoc& loc);
 
-void mbar_init(void* bar, uint32_t count, SrcLoc loc);
-void mbar_arrive(void* bar, uint32_t tx_bytes, bool with_tx, SrcLoc loc);
-void mbar_expect_tx(void* bar, uint32_t tx_bytes, SrcLoc loc);
-void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_tx, SrcLoc loc);
-bool mbar_try_wait(void* bar, uint32_t parity, bool until_done, SrcLoc loc);
-void mbar_inval(void* bar, SrcLoc loc);
-void fence(const char* what, SrcLoc loc);
+void mbar_init(void* bar, uint32_t count, const SrcLoc& loc);
+void mbar_arrive(void* bar, uint32_t tx_bytes, bool with_tx, const SrcLoc& loc);
+void mbar_expect_tx(void* bar, uint32_t tx_bytes, const SrcLoc& loc);
+void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_tx, const SrcLoc& loc);
+bool mbar_try_wait(void* bar, uint32_t parity, bool until_done, const SrcLoc& loc);
+void mbar_inval(void* bar, const SrcLoc& loc);
+void fence(const char* what, const SrcLoc& loc);
 
-void bulk_copy_g2s(void* dst, const void* src, uint32_t bytes, void* bar, SrcLoc loc);
-void bulk_copy_s2peer(void* dst, const void* src, uint32_t bytes, void* bar, uint32_t rank, SrcLoc loc);
-void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* bar, SrcLoc loc);
+void bulk_copy_g2s(void* dst, const void* src, uint32_t bytes, void* bar, const SrcLoc& loc);
+void bulk_copy_s2peer(void* dst, const void* src, uint32_t bytes, void* bar, uint32_t rank, const SrcLoc& loc);
+void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* bar, const SrcLoc& loc);
 
-void nanosleep(uint32_t ns, SrcLoc loc);
+void nanosleep(uint32_t ns, const SrcLoc& loc);
 enum class AtomicOp : uint8_t { Add, MaxU32, MaxI32, MinU32, MinI32, Exch, Cas };
 // the whole read-modify-write of `bytes` (4 or 8) at p, in the emulator: returns the old value
-uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, SrcLoc loc);
-void vector_access(const void* p, uint32_t bytes, bool global_nc, SrcLoc loc);  // alignment / space checks
+uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, const SrcLoc& loc);
+void vector_access(const void* p, uint32_t bytes, bool global_nc, const SrcLoc& loc);  // alignment / space checks
 }  // namespace emu
 
 // ---- element types -----------------------------------------------------------------------------------------------
