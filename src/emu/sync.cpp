@@ -225,7 +225,8 @@ void complete_group(Warp& w, WarpGroup* g) {
     t->collective_result = result;
   }
   next_seq();
-  const FrozenRef published = g->sync.freeze();
+  // syncwarp, shuffles and votes order the lanes' memory accesses; mma.sync touches no memory and orders nothing
+  const FrozenRef published = g->op == WarpOp::Mma ? FrozenRef() : g->sync.freeze();
   g->sync.clear();
   for (uint32_t lane = 0; lane < 32; ++lane) {
     if (((g->arrived >> lane) & 1u) == 0) continue;
@@ -414,7 +415,7 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int32_t arg, 
   g->args[lane] = arg;
   g->lanes[lane] = t;
   g->arrived |= bit;
-  release_to(t, g->sync);
+  if (op != WarpOp::Mma) release_to(t, g->sync);
   if (((g->arrived | w.exited) & mask) == mask) {
     complete_group(w, g);
     acquire_pending(t);
