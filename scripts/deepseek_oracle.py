@@ -110,9 +110,10 @@ class Rope:
 class DeepseekV2:
     """The model of an HF folder (config.json + model.safetensors), every computation in float64."""
 
-    def __init__(self, folder: Path):
-        folder = Path(folder)
-        c = json.loads((folder / "config.json").read_text())
+
+    def __init__(self, config: dict, weights: dict):
+        """config: config.json's fields; weights: HF tensor name -> float64 array."""
+        c = config
         self.config = c
         if c.get("model_type") != "deepseek_v2":
             raise UnsupportedConfig(f"model_type {c.get('model_type')!r}")
@@ -143,8 +144,13 @@ class DeepseekV2:
         if scaling is not None and scaling.get("mscale_all_dim"):
             m = yarn_get_mscale(float(scaling["factor"]), float(scaling["mscale_all_dim"]))
             self.scale *= m * m
-        self.w = read_safetensors(folder / "model.safetensors")
-        self.lm_head = self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
+        self.w = weights
+        self.lm_head = self.w.get("lm_head.weight", self.w.get("model.embed_tokens.weight"))
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "DeepseekV2":
+        folder = Path(folder)
+        return cls(json.loads((folder / "config.json").read_text()), read_safetensors(folder / "model.safetensors"))
 
     # ---- pieces ----
     def rmsnorm(self, x, weight):
@@ -213,7 +219,8 @@ class DeepseekV2:
         return (gate / (1.0 + np.exp(-gate)) * up) @ self.w[prefix + "down_proj.weight"].T
 
     def route(self, layer: int, x):
-        """(expert ids [T, top_k] by score descending, their weights [T, top_k], softmax scores [T, n_experts])."""
+        """(expert ids [T, top_k] by score descending, their weights [T, top_k], the smallest gap between the last chosen
+        and the first unchosen score, softmax scores [T, n_experts])."""
         logits = x @ self.w[f"model.layers.{layer}.mlp.gate.weight"].T
         scores = np.exp(logits - logits.max(axis=-1, keepdims=True))
         scores /= scores.sum(axis=-1, keepdims=True)
@@ -222,8 +229,9 @@ class DeepseekV2:
 
     def moe(self, layer: int, x):
         p = f"model.layers.{layer}.mlp."
-        ids, weights, _ = self.route(layer, x)
-        out = self.mlp(p + "shared_experts.", x)
+        ids, weights, _, _ = self.route(layer, x)
+        shared = self.config.get("n_shared_experts")
+        out = self.mlp(p + "shared_experts.", x) if shared else np.zeros_like(x)
         for t in range(len(x)):
             for e, w in zip(ids[t], weights[t]):
                 out[t] += w * self.mlp(p + f"experts.{e}.", x[t:t + 1])[0]
@@ -279,10 +287,13 @@ def select_experts(scores, top_k: int, method: str, n_group: int, topk_group: in
         eligible = np.where(np.repeat(mask, n_experts // n_group, axis=-1), scores, 0.0)
     elif method != "greedy":
         raise UnsupportedConfig(f"topk_method {method!r}")
-    ids = np.argsort(-eligible, axis=-1, kind="stable")[:, :top_k]
+    order = np.argsort(-eligible, axis=-1, kind="stable")
+    ids = order[:, :top_k]
+    ranked = np.take_along_axis(eligible, order, axis=-1)
+    margin = float(np.min(ranked[:, top_k - 1] - ranked[:, top_k])) if top_k < n_experts else math.inf
     weights = np.take_along_axis(eligible, ids, axis=-1)
     if top_k > 1 and norm_topk:
         weights = weights / (weights.sum(axis=-1, keepdims=True) + 1e-20)
     else:
         weights = weights * routed_scale
-    return ids, weights
+    return ids, weights, margin

@@ -105,8 +105,8 @@ def cache_dir() -> Path:
     return Path(base) / "clusterfusion"
 
 
-def ensure_llama_cpp() -> None:
-    """Re-executes with the private environment's python when llama_cpp is not importable here."""
+def ensure_llama_cpp(script: str = __file__) -> None:
+    """Re-executes `script` with the private environment's python when llama_cpp is not importable here."""
     try:
         import llama_cpp  # noqa: F401
         import gguf  # noqa: F401
@@ -117,8 +117,8 @@ def ensure_llama_cpp() -> None:
     # (the venv's python is a symlink to the base interpreter, so compare by the guard variable, not by path)
     if venv_python.exists() and not os.environ.get("CF_RECORD_GOLDEN_REEXEC"):
         os.environ["CF_RECORD_GOLDEN_REEXEC"] = "1"
-        os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
-    sys.exit("record_golden.py: llama_cpp/gguf not importable; run scripts/build_llama_cpp_python.sh first")
+        os.execv(str(venv_python), [str(venv_python), script, *sys.argv[1:]])
+    sys.exit(f"{Path(script).name}: llama_cpp/gguf not importable; run scripts/build_llama_cpp_python.sh first")
 
 
 def sha256_of(path: Path) -> str:
