@@ -24,10 +24,8 @@ When run by a python without llama_cpp it re-executes itself with the private en
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -147,7 +145,7 @@ def llama_cpp_copies(name: str, model, tmp: Path) -> tuple[Path, Path]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def record_model(name: str, args, llama_cpp, deepseek_oracle):
+def record_model(name: str, args, deepseek_oracle):
     import numpy as np
     model = deepseek_oracle.DeepseekV2.from_folder(MODEL_DIR / name)
     check_same_model(name, model)
@@ -247,31 +245,11 @@ def print_summary(model: str, summary: list) -> None:
         print(f"  generated steps with BF16 top-2 margin > {x}: {int(np.sum(margins > x))}/{len(margins)}")
 
 
-def producer_info(llama_cpp, np) -> dict:
-    return {
-        "script": "scripts/record_deepseek_golden.py",
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "llama_cpp_python": llama_cpp.__version__,
-        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
-        "gguf_python": __import__("importlib.metadata").metadata.version("gguf"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "llama_cpp_settings": {"n_threads": 1, "n_threads_batch": 1, "n_ctx": rg.N_CTX, "n_batch": rg.N_CTX,
-                               "seed": rg.SEED, "logits_all": True, "flash_attn": False, "n_gpu_layers": 0,
-                               "bf16_run_kv_cache_type": "f16", "f32_run_kv_cache_type": "f32",
-                               "sampling": "greedy argmax of raw logits", "prompt": "evaluated in one batch",
-                               "continuation": "one token per eval"},
-    }
-
-
 def record(args) -> None:
-    import numpy as np
-    import llama_cpp
     import deepseek_oracle
     out_dir = Path(args.out_dir)
     for name in MODELS:
-        prompts_out, summary, model_info = record_model(name, args, llama_cpp, deepseek_oracle)
+        prompts_out, summary, model_info = record_model(name, args, deepseek_oracle)
         print_summary(name, summary)
         if args.compare_only:
             continue
@@ -281,7 +259,8 @@ def record(args) -> None:
                            "this folder. Row r of every per-row table is the prediction after token r of "
                            "prompt_tokens + generated_tokens; llama_cpp_f32 and numpy_fp64 are given at "
                            "llama_cpp_bf16.top_ids.",
-            "producer": producer_info(llama_cpp, np),
+            "producer": rg.producer_info("scripts/record_deepseek_golden.py",
+                                         {"bf16_run_kv_cache_type": "f16", "f32_run_kv_cache_type": "f32"}),
             "model": model_info,
             "top_k": TOP_K,
             "n_predict": args.n_predict,

@@ -463,20 +463,7 @@ def record(args) -> None:
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    producer = {
-        "script": "scripts/record_golden.py",
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "llama_cpp_python": llama_cpp.__version__,
-        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
-        "gguf_python": __import__("importlib.metadata").metadata.version("gguf"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "llama_cpp_settings": {"n_threads": 1, "n_threads_batch": 1, "n_ctx": N_CTX, "n_batch": N_CTX,
-                               "seed": SEED, "logits_all": True, "flash_attn": False, "n_gpu_layers": 0,
-                               "kv_cache_type": "f16", "sampling": "greedy argmax of raw logits",
-                               "prompt": "evaluated in one batch", "continuation": "one token per eval"},
-    }
+    producer = producer_info("scripts/record_golden.py", {"kv_cache_type": "f16"})
     model_info = {"file": MODEL_FILE, "sha256": MODEL_SHA256, "add_bos_token": False,
                   "bos_id": int(bos), "eos_id": int(eos), "n_vocab": int(llm.n_vocab())}
     greedy = {
@@ -504,6 +491,26 @@ def record(args) -> None:
         "model": model_info,
         "strings": tokenize_out,
     })
+
+
+def producer_info(script: str, cache_settings: dict) -> dict:
+    """Versions and llama.cpp settings of a recording (cache_settings: the KV cache types used)."""
+    import numpy as np
+    import llama_cpp
+    return {
+        "script": script,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "llama_cpp_python": llama_cpp.__version__,
+        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
+        "gguf_python": __import__("importlib.metadata").metadata.version("gguf"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "llama_cpp_settings": {"n_threads": 1, "n_threads_batch": 1, "n_ctx": N_CTX, "n_batch": N_CTX,
+                               "seed": SEED, "logits_all": True, "flash_attn": False, "n_gpu_layers": 0,
+                               **cache_settings, "sampling": "greedy argmax of raw logits",
+                               "prompt": "evaluated in one batch", "continuation": "one token per eval"},
+    }
 
 
 def write_json(path: Path, obj) -> None:

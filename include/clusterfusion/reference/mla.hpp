@@ -217,19 +217,16 @@ void mla_attention_latent(const Q* q_latent, const KV* cache, int kv_len, const 
   for (int h = 0; h < s.n_heads; ++h) {
     const Q* qh = q_latent + int64_t(h) * row;
     Out* oh = o_latent + int64_t(h) * s.kv_lora_rank;
-    float max_score = -std::numeric_limits<float>::infinity();
     for (int t = 0; t < kv_len; ++t) {
       float dot = 0.0f;
       for (int i = 0; i < row; ++i) dot += to_float(qh[i]) * to_float(cache[int64_t(t) * row + i]);
       scores[size_t(t)] = dot * scale;
-      max_score = std::fmax(max_score, scores[size_t(t)]);
     }
-    float sum = 0.0f;
-    for (int t = 0; t < kv_len; ++t) sum += (scores[size_t(t)] = std::exp(scores[size_t(t)] - max_score));
+    softmax(scores.data(), scores.data(), kv_len);
     for (int c = 0; c < s.kv_lora_rank; ++c) {
       float acc = 0.0f;
       for (int t = 0; t < kv_len; ++t) acc += scores[size_t(t)] * to_float(cache[int64_t(t) * row + c]);
-      oh[c] = from_float<Out>(kv_len > 0 ? acc / sum : 0.0f);
+      oh[c] = from_float<Out>(acc);
     }
   }
 }
@@ -313,7 +310,6 @@ void mla_prefill_expanded(const T* x, const MlaWeights<W>& w, const MlaShape& s,
     const int visible = kv_len_before + i + 1;  // causal: rows 0 .. own row
     for (int h = 0; h < s.n_heads; ++h) {
       const float* qh = q.data() + (size_t(i) * s.n_heads + h) * s.q_head();
-      float max_score = -std::numeric_limits<float>::infinity();
       for (int t = 0; t < visible; ++t) {
         const float* kn = k_nope.data() + (size_t(t) * s.n_heads + h) * nope;
         const KV* k_pe = cache + int64_t(t) * row + s.kv_lora_rank;
@@ -321,14 +317,12 @@ void mla_prefill_expanded(const T* x, const MlaWeights<W>& w, const MlaShape& s,
         for (int n = 0; n < nope; ++n) dot += qh[n] * kn[n];
         for (int r = 0; r < rope_dim; ++r) dot += qh[nope + r] * to_float(k_pe[r]);
         scores[size_t(t)] = dot * scale;
-        max_score = std::fmax(max_score, scores[size_t(t)]);
       }
-      float sum = 0.0f;
-      for (int t = 0; t < visible; ++t) sum += (scores[size_t(t)] = std::exp(scores[size_t(t)] - max_score));
+      softmax(scores.data(), scores.data(), visible);
       for (int j = 0; j < s.v_head; ++j) {
         float acc = 0.0f;
         for (int t = 0; t < visible; ++t) acc += scores[size_t(t)] * v[(size_t(t) * s.n_heads + h) * s.v_head + j];
-        o[size_t(h) * s.v_head + j] = acc / sum;
+        o[size_t(h) * s.v_head + j] = acc;
       }
     }
     matvec(w.wo, o.data(), out + int64_t(i) * s.hidden, s.hidden, s.n_heads * s.v_head);

@@ -92,12 +92,18 @@ TEST(RefMoe, ReadsOnlyTheChosenExperts) {
   }
 }
 
-TEST(RefMoe, SelectionRules) {
+// Six experts, two chosen: enough to see ties, renormalisation and groups.
+cf::ref::MoeShape six_experts_top2() {
   cf::ref::MoeShape s;
   s.hidden = 1;
   s.n_experts = 6;
   s.expert_ffn = 1;
   s.top_k = 2;
+  return s;
+}
+
+TEST(RefMoe, SelectionRules) {
+  auto s = six_experts_top2();
   const float p[6] = {0.1f, 0.3f, 0.05f, 0.3f, 0.2f, 0.05f};
   auto r = cf::ref::select_experts(p, s);
   EXPECT_EQ(r.ids, (std::vector<int>{1, 3}));  // tie: the lower id first
@@ -108,11 +114,7 @@ TEST(RefMoe, SelectionRules) {
   EXPECT_FLOAT_EQ(r.weights[0], 1.0f);
   EXPECT_FLOAT_EQ(r.weights[1], 1.0f);
   // groups {0,1,2} (best 0.3) and {3,4,5} (best 0.3): topk_group 1 keeps the first (stable order on ties)
-  s = {};
-  s.hidden = 1;
-  s.n_experts = 6;
-  s.expert_ffn = 1;
-  s.top_k = 2;
+  s = six_experts_top2();
   s.method = cf::ref::TopkMethod::GroupLimitedGreedy;
   s.n_group = 2;
   s.topk_group = 1;
