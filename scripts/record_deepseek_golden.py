@@ -125,8 +125,7 @@ def rewrite_gguf(src: Path, dst: Path, to_f32: bool, extra: dict) -> None:
             values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
             writer.add_tensor(t.name, values.reshape([int(n) for n in reversed(t.shape)]))
         else:
-            writer.add_tensor(t.name, np.asarray(t.data), raw_shape=[int(n) for n in reversed(t.shape)],
-                              raw_dtype=t.tensor_type)
+            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)  # bytes, shape from them
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -225,7 +224,8 @@ def differences(name: str, n_prompt: int, bf16, f32, fp64) -> dict:
               "margin_bf16": ordered[:, -1] - ordered[:, -2]}
     for a, b in (("bf16", "fp64"), ("f32", "fp64"), ("bf16", "f32")):
         diff = np.abs(tables[a][rows[:, None], top] - tables[b][rows[:, None], top])
-        result[f"{a}-{b}"] = {"max_top": float(diff.max()), "max_all": float(np.max(np.abs(tables[a] - tables[b]))),
+        result[f"{a}-{b}"] = {"diff_top": diff, "max_top": float(diff.max()),
+                              "max_all": float(np.max(np.abs(tables[a] - tables[b]))),
                               "disagree": np.nonzero(np.argmax(tables[a], 1) != np.argmax(tables[b], 1))[0]}
     return result
 
@@ -237,7 +237,9 @@ def print_summary(model: str, summary: list) -> None:
         rows = sum(s["rows"] for s in summary)
         disagree = [(round(float(s["margin_bf16"][r]), 4), s["name"], int(r)) for s in summary
                     for r in s[pair]["disagree"]]
-        print(f"  {pair:10} top max {max(s[pair]['max_top'] for s in summary):.3e} (all "
+        diffs = np.concatenate([s[pair]["diff_top"].ravel() for s in summary])
+        print(f"  {pair:10} top max {diffs.max():.3e} p99 {np.percentile(diffs, 99):.3e} median "
+              f"{np.median(diffs):.3e} (all "
               f"{max(s[pair]['max_all'] for s in summary):.3e}); argmax differs on {len(disagree)}/{rows} rows "
               f"{sorted(disagree, reverse=True)[:8]}")
     margins = np.concatenate([s["margin_bf16"][s["gen_rows"]] for s in summary])

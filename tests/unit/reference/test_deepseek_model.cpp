@@ -198,24 +198,38 @@ std::vector<float> lm_head(const TinyDeepseek& m, const float* x) {
   return logits;
 }
 
-// Logits after every token: one token at a time, absorbed MLA over per-layer latent caches.
-std::vector<std::vector<float>> decode(const TinyDeepseek& m, const std::vector<int>& tokens) {
-  const int row = m.mla.latent_row();
-  std::vector<std::vector<float>> caches(size_t(m.n_layers), std::vector<float>(tokens.size() * size_t(row)));
-  std::vector<std::vector<float>> logits;
-  std::vector<float> x(size_t(m.hidden)), h(x.size()), y(x.size());
-  for (size_t t = 0; t < tokens.size(); ++t) {
-    std::copy_n(m.embed + size_t(tokens[t]) * m.hidden, m.hidden, x.begin());
-    for (int i = 0; i < m.n_layers; ++i) {
-      const auto& l = m.layers[size_t(i)];
-      cf::ref::rmsnorm(x.data(), l.attn_norm, h.data(), m.hidden, m.eps);
-      cf::ref::mla_decode(h.data(), l.attention, m.mla, int(t), caches[size_t(i)].data(), int(t), y.data());
-      for (int k = 0; k < m.hidden; ++k) x[size_t(k)] += y[size_t(k)];
-      ffn(m, l, i, x.data(), y.data());
-      for (int k = 0; k < m.hidden; ++k) x[size_t(k)] += y[size_t(k)];
+// Decode one token at a time: absorbed MLA over per-layer latent caches.
+class Decoder {
+ public:
+  Decoder(const TinyDeepseek& m, int capacity)
+      : m_(m), caches_(size_t(m.n_layers), std::vector<float>(size_t(capacity) * size_t(m.mla.latent_row()))) {}
+
+  std::vector<float> step(int token) {
+    const size_t d = size_t(m_.hidden);
+    std::vector<float> x(m_.embed + size_t(token) * d, m_.embed + size_t(token) * d + d), h(d), y(d);
+    for (int i = 0; i < m_.n_layers; ++i) {
+      const auto& l = m_.layers[size_t(i)];
+      cf::ref::rmsnorm(x.data(), l.attn_norm, h.data(), m_.hidden, m_.eps);
+      cf::ref::mla_decode(h.data(), l.attention, m_.mla, position_, caches_[size_t(i)].data(), position_, y.data());
+      for (size_t k = 0; k < d; ++k) x[k] += y[k];
+      ffn(m_, l, i, x.data(), y.data());
+      for (size_t k = 0; k < d; ++k) x[k] += y[k];
     }
-    logits.push_back(lm_head(m, x.data()));
+    ++position_;
+    return lm_head(m_, x.data());
   }
+
+ private:
+  const TinyDeepseek& m_;
+  std::vector<std::vector<float>> caches_;
+  int position_ = 0;
+};
+
+// Logits after every token of `tokens`.
+std::vector<std::vector<float>> decode(const TinyDeepseek& m, const std::vector<int>& tokens) {
+  Decoder decoder(m, int(tokens.size()));
+  std::vector<std::vector<float>> logits;
+  for (int t : tokens) logits.push_back(decoder.step(t));
   return logits;
 }
 
@@ -270,9 +284,11 @@ TEST_P(TinyDeepseekModel, BothFilesMatchTheOracle) {
       for (size_t k = 0; k < logits.size(); ++k)
         ASSERT_NEAR(prefilled[r][k], logits[k], 1e-4) << prompt << " row " << r << ": prefill != decode";
       const auto& want = oracle.at("logits_at_top_ids").as_array()[r].as_array();
+      const auto& llama_f32 = p.at("llama_cpp_f32").at("logits_at_top_ids").as_array()[r].as_array();
       for (size_t k = 0; k < want.size(); ++k) {
         const int id = int(top_ids[r].as_array()[k].as_int());
         EXPECT_NEAR(logits[size_t(id)], want[k].as_number(), 1e-3) << prompt << " row " << r << " id " << id;
+        EXPECT_NEAR(logits[size_t(id)], llama_f32[k].as_number(), 1e-3) << prompt << " row " << r << " id " << id;
       }
       double max_logit = -1e30, sum = 0.0;
       for (float v : logits) max_logit = std::fmax(max_logit, double(v));
@@ -287,6 +303,28 @@ TEST_P(TinyDeepseekModel, BothFilesMatchTheOracle) {
   }
   EXPECT_GT(rows, 200);
   EXPECT_GT(argmax_checked, rows * 9 / 10);
+}
+
+// Free-running greedy decoding from the prompt equals llama.cpp F32's own continuation up to the first near tie.
+TEST_P(TinyDeepseekModel, GreedyContinuationMatchesLlamaCppF32) {
+  const std::string name = GetParam();
+  const auto golden = read_json(data_path("golden/deepseek/" + name + ".json"));
+  const TinyDeepseek gguf = from_gguf(data_path("deepseek/" + name + ".gguf"));
+  int compared = 0;
+  for (const auto& p : golden.at("prompts").as_array()) {
+    const auto& want = p.at("f32_greedy").at("generated_tokens").as_array();
+    const auto& margins = p.at("f32_greedy").at("top2_margin_fp64").as_array();
+    const auto& prompt = p.at("prompt_tokens").as_array();
+    Decoder decoder(gguf, int(prompt.size() + want.size()));
+    std::vector<float> logits;
+    for (const auto& t : prompt) logits = decoder.step(int(t.as_int()));
+    for (size_t k = 0; k < want.size() && margins[k].as_number() >= 2e-3; ++k, ++compared) {
+      const int token = cf::ref::argmax(logits.data(), int(logits.size()));
+      ASSERT_EQ(token, want[k].as_int()) << p.at("name").as_string() << " step " << k;
+      logits = decoder.step(token);
+    }
+  }
+  EXPECT_GT(compared, 150);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, TinyDeepseekModel, ::testing::Values("tiny_mla", "tiny_mla_qlora"));
