@@ -8,6 +8,9 @@ Each model is written twice:
   <name>.gguf    that folder converted by llama.cpp's own convert_hf_to_gguf.py at the goldens' pin
                  (scripts/build_gguf_converter.sh), --outtype bf16, so both files hold the same values
 
+Also tiny_mla_legacy_kv_b.gguf: tiny_mla converted by the converter of an older pin (llama-cpp-python 0.3.8,
+llama.cpp 7841fc7), which writes the single attn_kv_b tensor and the pre-MLA metadata (docs/mla.md §4).
+
 Models (3 layers, the first dense, YaRN RoPE as DeepSeek-V2-Lite's config, shapes in MODELS below):
   tiny_mla        q_lora_rank null (q_proj, as V2-Lite), norm_topk_prob true, routed_scaling_factor 1.0
   tiny_mla_qlora  q_lora_rank set (q_a_proj -> RMSNorm -> q_b_proj, as V2), norm_topk_prob false, scaling 2.5
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import hashlib
 import json
 import os
 import shutil
@@ -52,6 +54,7 @@ COMMON = {
     "topk_method": "greedy", "n_group": 1, "topk_group": 1, "scoring_func": "softmax",
     "rms_norm_eps": 1e-6, "rope_theta": 10000, "max_position_embeddings": 163840,
 }
+LEGACY_GGUF = {"tiny_mla": "tiny_mla_legacy_kv_b.gguf"}  # model -> file made by the legacy converter
 MODELS = {
     "tiny_mla": dict(COMMON, q_lora_rank=None, norm_topk_prob=True, routed_scaling_factor=1.0, seed=1001),
     "tiny_mla_qlora": dict(COMMON, q_lora_rank=56, norm_topk_prob=False, routed_scaling_factor=2.5, seed=1002),
@@ -171,18 +174,21 @@ def write_hf_folder(folder: Path, name: str, spec: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def converter_paths() -> tuple[str, Path]:
+def converter_paths() -> tuple[str, Path, Path]:
+    """(python of the converter environment, the pinned converter's folder, the legacy converter's folder)"""
     out = subprocess.run([str(REPO / "scripts" / "build_gguf_converter.sh"), "--print"], capture_output=True,
                          text=True)
     if out.returncode != 0:
         sys.exit("make_tiny_deepseek.py: the pinned converter is not prepared; run scripts/build_gguf_converter.sh")
-    python, folder = out.stdout.split()
-    return python, Path(folder)
+    python, folder, legacy = out.stdout.split()
+    return python, Path(folder), Path(legacy)
 
 
-def convert(hf_folder: Path, gguf_path: Path, outtype: str = "bf16") -> None:
-    """Runs the pinned convert_hf_to_gguf.py on hf_folder (through run_converter below, in the converter's python)."""
-    python, folder = converter_paths()
+def convert(hf_folder: Path, gguf_path: Path, legacy: bool = False, outtype: str = "bf16") -> None:
+    """Runs the pinned (or the legacy) convert_hf_to_gguf.py on hf_folder (through run_converter below, in the
+    converter environment's python)."""
+    python, current, old = converter_paths()
+    folder = old if legacy else current
     cmd = [python, str(Path(__file__).resolve()), "--run-converter", str(folder), TOKENIZER_PRE, "--",
            "--outtype", outtype, "--outfile", str(gguf_path), str(hf_folder)]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -198,9 +204,11 @@ def run_converter(folder: str, pre: str, argv: list[str]) -> None:
     sys.path.insert(0, folder)
     sys.argv = [str(Path(folder) / "convert_hf_to_gguf.py"), *argv]
     import convert_hf_to_gguf  # noqa: E402  (inserts its own gguf-py into sys.path)
-    from conversion.base import TextModel
-
-    known = TextModel.get_vocab_base_pre
+    try:
+        from conversion.base import TextModel as base  # the pinned converter: a package of model classes
+    except ImportError:
+        base = convert_hf_to_gguf.Model  # the legacy converter: one file
+    known = base.get_vocab_base_pre
 
     def get_vocab_base_pre(self, tokenizer):
         try:
@@ -208,7 +216,7 @@ def run_converter(folder: str, pre: str, argv: list[str]) -> None:
         except NotImplementedError:
             return pre
 
-    TextModel.get_vocab_base_pre = get_vocab_base_pre
+    base.get_vocab_base_pre = get_vocab_base_pre
     convert_hf_to_gguf.main()
 
 
@@ -219,15 +227,11 @@ def ensure_numpy() -> None:
         return
     except ImportError:
         pass
-    python, _ = converter_paths()
+    python = converter_paths()[0]
     if os.environ.get("CF_MAKE_TINY_DEEPSEEK_REEXEC"):
         sys.exit("make_tiny_deepseek.py: numpy not importable in the converter environment")
     os.environ["CF_MAKE_TINY_DEEPSEEK_REEXEC"] = "1"
     os.execv(python, [python, __file__, *sys.argv[1:]])
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def make_all(out_dir: Path) -> None:
@@ -235,6 +239,8 @@ def make_all(out_dir: Path) -> None:
     for name, spec in MODELS.items():
         write_hf_folder(out_dir / name, name, spec)
         convert(out_dir / name, out_dir / f"{name}.gguf")
+        if name in LEGACY_GGUF:
+            convert(out_dir / name, out_dir / LEGACY_GGUF[name], legacy=True)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "tests" / "data" / "deepseek"
 DEFAULT_OUT = REPO / "tests" / "data" / "golden" / "deepseek"
 MODELS = ["tiny_mla", "tiny_mla_qlora"]
+LEGACY_GGUF = {"tiny_mla": "tiny_mla_legacy_kv_b.gguf"}  # scripts/make_tiny_deepseek.py
 N_PREDICT = 32
 TOP_K = 10
 ORACLE_FORMS_TOLERANCE = 1e-9
@@ -53,10 +54,10 @@ PROMPTS = [
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def hf_to_gguf(hf: dict, config: dict) -> dict:
+def hf_to_gguf(hf: dict, config: dict, legacy: bool = False) -> dict:
     """The GGUF tensors (name -> array in the GGUF's numpy order, outermost first) that llama.cpp's converter makes
     from the HF tensors: docs/mla.md's table. Experts are stacked, kv_b_proj is split per head into attn_k_b
-    (transposed: [head, kv_lora, nope]) and attn_v_b ([head, v, kv_lora])."""
+    (transposed: [head, kv_lora, nope]) and attn_v_b ([head, v, kv_lora]), or kept whole as attn_kv_b (legacy)."""
     import numpy as np
     n_head, nope, v_dim = config["num_attention_heads"], config["qk_nope_head_dim"], config["v_head_dim"]
     kv_lora = config["kv_lora_rank"]
@@ -75,8 +76,11 @@ def hf_to_gguf(hf: dict, config: dict) -> dict:
             if p + src + ".weight" in hf:
                 out[f"blk.{layer}.{dst}.weight"] = hf[p + src + ".weight"]
         kv_b = hf[p + "self_attn.kv_b_proj.weight"].reshape(n_head, nope + v_dim, kv_lora)
-        out[f"blk.{layer}.attn_k_b.weight"] = kv_b[:, :nope, :].transpose(0, 2, 1)
-        out[f"blk.{layer}.attn_v_b.weight"] = kv_b[:, nope:, :]
+        if legacy:
+            out[f"blk.{layer}.attn_kv_b.weight"] = hf[p + "self_attn.kv_b_proj.weight"]
+        else:
+            out[f"blk.{layer}.attn_k_b.weight"] = kv_b[:, :nope, :].transpose(0, 2, 1)
+            out[f"blk.{layer}.attn_v_b.weight"] = kv_b[:, nope:, :]
         if p + "mlp.experts.0.gate_proj.weight" in hf:
             for w, name in (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")):
                 out[f"blk.{layer}.{name}.weight"] = np.stack(
@@ -92,11 +96,12 @@ def gguf_tensors(path: Path) -> dict:
         [int(n) for n in reversed(t.shape)]) for t in reader.tensors}
 
 
-def check_same_model(name: str, model) -> None:
+def check_same_model(gguf_file: str, model, legacy: bool = False) -> None:
     """The GGUF must hold the HF folder's values exactly, under hf_to_gguf's mapping."""
     import numpy as np
-    want = hf_to_gguf(model.w, model.config)
-    got = gguf_tensors(MODEL_DIR / f"{name}.gguf")
+    name = gguf_file
+    want = hf_to_gguf(model.w, model.config, legacy)
+    got = gguf_tensors(MODEL_DIR / gguf_file)
     assert set(want) == set(got), f"{name}: tensor names differ: {sorted(set(want) ^ set(got))}"
     for key in want:
         assert want[key].shape == got[key].shape, f"{name}: {key} shape {got[key].shape}, expected {want[key].shape}"
@@ -132,14 +137,14 @@ def rewrite_gguf(src: Path, dst: Path, to_f32: bool, extra: dict) -> None:
     writer.close()
 
 
-def llama_cpp_copies(name: str, model, tmp: Path) -> tuple[Path, Path]:
+def llama_cpp_copies(gguf_file: str, model, tmp: Path) -> tuple[Path, Path]:
     """The BF16 file llama.cpp is run on, and its F32 copy. llama.cpp's deepseek2 loader requires the key
     attention.q_lora_rank unless the layer count is one of the real "Lite" models' (26, 27, 48): a model without
     q_lora gets q_lora_rank = 0 (what llama.cpp itself assumes for those), nothing else changes."""
     extra = {} if model.q_lora_rank is not None else {"deepseek2.attention.q_lora_rank": 0}
-    bf16, f32 = tmp / f"{name}-bf16.gguf", tmp / f"{name}-f32.gguf"
-    rewrite_gguf(MODEL_DIR / f"{name}.gguf", bf16, to_f32=False, extra=extra)
-    rewrite_gguf(MODEL_DIR / f"{name}.gguf", f32, to_f32=True, extra=extra)
+    bf16, f32 = tmp / f"bf16-{gguf_file}", tmp / f"f32-{gguf_file}"
+    rewrite_gguf(MODEL_DIR / gguf_file, bf16, to_f32=False, extra=extra)
+    rewrite_gguf(MODEL_DIR / gguf_file, f32, to_f32=True, extra=extra)
     return bf16, f32
 
 
@@ -147,11 +152,16 @@ def llama_cpp_copies(name: str, model, tmp: Path) -> tuple[Path, Path]:
 def record_model(name: str, args, deepseek_oracle):
     import numpy as np
     model = deepseek_oracle.DeepseekV2.from_folder(MODEL_DIR / name)
-    check_same_model(name, model)
+    check_same_model(f"{name}.gguf", model)
     tmp_dir = tempfile.TemporaryDirectory(prefix="cf-deepseek-golden-")
-    bf16_path, f32_path = llama_cpp_copies(name, model, Path(tmp_dir.name))
+    bf16_path, f32_path = llama_cpp_copies(f"{name}.gguf", model, Path(tmp_dir.name))
     llm = rg.load_llama_cpp(bf16_path)
     llm_f32 = rg.load_llama_cpp_f32(f32_path)
+    legacy_file = LEGACY_GGUF.get(name)
+    llm_legacy, legacy_max = None, 0.0
+    if legacy_file:  # the same model in the pre-split format, which llama.cpp runs in its expanded (non-MLA) path
+        check_same_model(legacy_file, model, legacy=True)
+        llm_legacy = rg.load_llama_cpp_f32(llama_cpp_copies(legacy_file, model, Path(tmp_dir.name))[1])
     bos, eos = llm.token_bos(), llm.token_eos()
     prompts_out, summary = [], []
     for prompt_name, text in PROMPTS:
@@ -172,6 +182,11 @@ def record_model(name: str, args, deepseek_oracle):
             top_logits.append(rg.rounded(row_llama[t]))
             f32_at_top.append(rg.rounded(row_f32[t]))
             ref64_at_top.append(rg.rounded(row64[t]))
+
+        if llm_legacy is not None:
+            legacy_diff = float(np.max(np.abs(rg.llama_cpp_teacher_forced(llm_legacy, sequence) - ref64)))
+            assert legacy_diff < 1e-4, f"{legacy_file}/{prompt_name}: llama.cpp F32 vs fp64 {legacy_diff:.2e}"
+            legacy_max = max(legacy_max, legacy_diff)
 
         generated_f32, _ = rg.llama_cpp_run(llm_f32, ids, args.n_predict)
         ref64_f32 = model.forward_expanded((ids + generated_f32)[:-1])[len(ids) - 1:]
@@ -204,12 +219,20 @@ def record_model(name: str, args, deepseek_oracle):
               f"f32cpp-fp64 {np.max(np.abs(f32 - ref64)):.2e}, bf16cpp-fp64 {np.max(np.abs(logits - ref64)):.2e}")
     llm.close()
     llm_f32.close()
+    if llm_legacy is not None:
+        llm_legacy.close()
+        print(f"{legacy_file}: llama.cpp F32 (expanded path) vs fp64 max |dlogit| {legacy_max:.2e} over all rows")
     tmp_dir.cleanup()
     model_info = {"gguf": f"tests/data/deepseek/{name}.gguf", "hf_folder": f"tests/data/deepseek/{name}/",
                   "gguf_sha256": rg.sha256_of(MODEL_DIR / f"{name}.gguf"),
                   "safetensors_sha256": rg.sha256_of(MODEL_DIR / name / "model.safetensors"),
                   "add_bos_token": True, "bos_id": int(bos), "eos_id": int(eos), "n_vocab": int(llm.n_vocab()),
                   "q_lora_rank": model.q_lora_rank}
+    if legacy_file:
+        model_info["legacy_kv_b_gguf"] = {
+            "file": f"tests/data/deepseek/{legacy_file}", "sha256": rg.sha256_of(MODEL_DIR / legacy_file),
+            "converter": "llama-cpp-python 0.3.8 (llama.cpp 7841fc7): attn_kv_b, no *_mla keys",
+            "llama_cpp_f32_vs_numpy_fp64_max": float(f"{legacy_max:.3g}")}
     return prompts_out, summary, model_info
 
 

@@ -1,14 +1,16 @@
 // The tiny DeepSeek-V2 models (tests/data/deepseek/) run through the float reference (reference/mla.hpp, moe.hpp,
-// chained here layer by layer) from both files: the GGUF (split attn_k_b / attn_v_b, stacked experts) and the HF folder
-// (kv_b_proj, one tensor per expert) must give bit-identical logits, the absorbed decode and the expanded prefill must
-// agree, and both must match the float64 numpy oracle recorded in tests/data/golden/deepseek/<model>.json (and the
-// greedy choices of llama.cpp's F32 run). The file reading here is the raw GGUF / safetensors readers only: wiring
-// DeepSeek into the loaders and backends is issue 17's next step.
+// chained here layer by layer) from every file: the GGUF (split attn_k_b / attn_v_b, stacked experts), the HF folder
+// (kv_b_proj, one tensor per expert) and, for tiny_mla, the legacy GGUF (attn_kv_b) must give bit-identical logits;
+// the absorbed decode and the expanded prefill must agree; both must match the float64 numpy oracle and llama.cpp's
+// F32 run recorded in tests/data/golden/deepseek/<model>.json, and free greedy decoding must reproduce llama.cpp F32's.
+// The file reading here is the raw GGUF / safetensors readers only: wiring DeepSeek into the loaders and backends is
+// issue 17's next step (docs/mla.md §5).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -71,14 +73,17 @@ TinyDeepseek from_gguf(const std::string& path) {
   a.q_lora_rank = int(f.get_int(key("attention.q_lora_rank")).value_or(0));
   a.kv_lora_rank = int(f.require_int(key("attention.kv_lora_rank")));
   a.rope.dim = int(f.require_int(key("rope.dimension_count")));
-  a.qk_nope = int(f.require_int(key("attention.key_length_mla"))) - a.rope.dim;
-  a.v_head = int(f.require_int(key("attention.value_length_mla")));
+  // current files describe the MQA view in key/value_length and the heads in *_mla; legacy files (attn_kv_b) the
+  // heads in key/value_length (docs/mla.md §4)
+  const bool legacy = !f.find(key("attention.key_length_mla"));
+  a.qk_nope = int(f.require_int(key(legacy ? "attention.key_length" : "attention.key_length_mla"))) - a.rope.dim;
+  a.v_head = int(f.require_int(key(legacy ? "attention.value_length" : "attention.value_length_mla")));
   a.eps = m.eps;
   a.rope.theta = float(*f.get_float(key("rope.freq_base")));
   a.rope.factor = float(*f.get_float(key("rope.scaling.factor")));
   a.rope.original_context = int(f.require_int(key("rope.scaling.original_context_length")));
-  a.rope.beta_fast = float(*f.get_float(key("rope.scaling.yarn_beta_fast")));
-  a.rope.beta_slow = float(*f.get_float(key("rope.scaling.yarn_beta_slow")));
+  a.rope.beta_fast = float(f.get_float(key("rope.scaling.yarn_beta_fast")).value_or(32.0));  // llama.cpp's defaults
+  a.rope.beta_slow = float(f.get_float(key("rope.scaling.yarn_beta_slow")).value_or(1.0));
   // the converter writes 0.1 * mscale_all_dim and no mscale (llama.cpp takes mscale = mscale_all_dim): docs/mla.md
   a.rope.mscale_all_dim = float(*f.get_float(key("rope.scaling.yarn_log_multiplier")) / 0.1);
   a.rope.mscale = a.rope.mscale_all_dim;
@@ -261,6 +266,10 @@ TEST_P(TinyDeepseekModel, BothFilesMatchTheOracle) {
   const auto golden = read_json(data_path("golden/deepseek/" + name + ".json"));
   const TinyDeepseek gguf = from_gguf(data_path("deepseek/" + name + ".gguf"));
   const TinyDeepseek hf = from_hf(data_path("deepseek/" + name));
+  // the same model converted before llama.cpp split attn_kv_b (tiny_mla only)
+  std::optional<TinyDeepseek> legacy;
+  if (const auto* file = golden.at("model").find("legacy_kv_b_gguf"))
+    legacy = from_gguf(std::string(CF_SOURCE_DIR) + "/" + file->at("file").as_string());
   ASSERT_EQ(gguf.mla.check(), "");
   ASSERT_EQ(gguf.moe.check(), "");
   EXPECT_EQ(gguf.mla.q_lora_rank, hf.mla.q_lora_rank);
@@ -273,6 +282,9 @@ TEST_P(TinyDeepseekModel, BothFilesMatchTheOracle) {
     tokens.pop_back();  // row r predicts token r + 1
     const auto from_gguf_file = decode(gguf, tokens);
     const auto from_hf_folder = decode(hf, tokens);
+    if (legacy) {
+      EXPECT_EQ(decode(*legacy, tokens), from_gguf_file) << "the legacy attn_kv_b file differs";
+    }
     const auto prefilled = prefill(hf, tokens);
     const auto& top_ids = p.at("llama_cpp_bf16").at("top_ids").as_array();
     const auto& oracle = p.at("numpy_fp64");
