@@ -171,6 +171,53 @@ TEST_P(Shapes, MatchesReference) { run_any(GetParam()); }
 INSTANTIATE_TEST_SUITE_P(DecoderAttentionEmu, Shapes, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
+// Rings of S = 4..13 stages (every depth a plan picks for the Llama shapes, batch 1..16) with more K/V items per CTA
+// and token than stages, so stages are reused inside the attention phase: the warp waiting for item i must not see
+// the phase of item i - S (the parity of an mbarrier wait tells only adjacent phases apart). One long token (2S + 1
+// items per CTA), one just past a lap (S + 2) and short ragged ones: 16 tokens (the largest batch, two batch tiles)
+// where the ring of S stages fits beside batch-16 buffers (S <= 8), else 2; cluster sizes 2 / 4 / 8 and head_dim
+// 64 / 128 (tiles of 64 / 32 positions) in turn. (Against round-robin consumption, S = 4..7 fail on every seed
+// tried: a read of an in-flight copy; S = 9..13 need a copy to land after one issued S - 8 items later, which the
+// emulator's delivery order makes rare.)
+std::vector<Case> ring_cases() {
+  std::vector<Case> cases;
+  for (int stages = kda::kMinStages; stages <= 13; ++stages) {
+    Case c;
+    c.name = "Stages" + std::to_string(stages);
+    c.dtype = stages % 4 == 1 ? dev::DType::BF16 : dev::DType::F16;
+    c.head_dim = stages % 2 == 0 || stages > 11 ? 64 : 128;  // (13 stages of 16 KB leave too little for hd 128)
+    c.cluster_size = stages % 3 == 0 ? 2 : stages % 3 == 1 ? 4 : 8;
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 1, c.page_size = 16, c.max_stages = stages;
+    const int tile = c.head_dim == 128 ? 32 : 64, per_item = tile * c.cluster_size;
+    c.kv_lens.clear();
+    const int batch = stages <= 8 ? kda::kMaxBatch : 2;
+    for (int b = 0; b < batch; ++b) c.kv_lens.push_back(1 + (b * 37) % 90);
+    c.kv_lens.front() = per_item * (2 * stages + 1) - tile / 2;  // the last item of each CTA is partial
+    c.kv_lens.back() = per_item * (stages + 2);
+    c.seed = uint64_t(100 + stages);
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+class RingDepth : public ::testing::TestWithParam<Case> {};
+
+TEST_P(RingDepth, StagesReusedWithinAToken) {
+  const Case& c = GetParam();
+  {  // the plan really has S stages (the shape leaves room for more)
+    const HostInputs in = make_inputs<half>(c);
+    DeviceInputs d;
+    upload_inputs(c, in, d);
+    const kda::Plan plan(plan_config(c, in, d));
+    ASSERT_EQ(plan.info().stages, c.max_stages);
+    ASSERT_EQ(plan.info().cluster_size, c.cluster_size);
+  }
+  run_any(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(DecoderAttentionEmu, RingDepth, ::testing::ValuesIn(ring_cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
 }  // namespace
 }  // namespace cf::test::da
 

@@ -10,9 +10,9 @@
 //                 ClusterReduceScatter), the owner adds the bias, rotates, appends k/v to the cache; all-gather of
 //                 the rounded q/k/v rows
 //   3. attention  the CTA's share of every token's cached positions in tiles of 32 (hd 128) / 64 (hd 64) positions,
-//                 one ring stage each (a few TMA boxes), warps take tiles round-robin; states merged over warps
-//                 (fixed order), reduce-scattered with prim::SoftmaxMerge by (token, head); the owner merges the new
-//                 token and normalises; all-gather of the outputs
+//                 one ring stage each (a few TMA boxes), each read by the warp that owns its ring stage; states
+//                 merged over warps (fixed order), reduce-scattered with prim::SoftmaxMerge by (token, head); the
+//                 owner merges the new token and normalises; all-gather of the outputs
 //   4. O          the CTA's hidden/N output rows x the group's columns of Wo; partials to the global workspace; then
 //                 one release fence and one u32 atomic per row block: the last of the n_kv_heads CTAs of a block
 //                 sums the groups in order and writes out
@@ -206,6 +206,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   constexpr int kW = Tr::kConsumerWarps;
   constexpr int kBatchCap = kBatchTiles * 8;
   (void)kBatchCap;
+  static_assert(kMaxStages <= 2 * kW, "K/V stage ownership: at most two ring stages per consumer warp");
 
   uint8_t* smem = dev::dynamic_smem();
   const uint32_t tid = dev::thread_rank(), warp = tid / 32, lane = tid % 32;
@@ -724,7 +725,20 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         // row), so n index g of n tile cb*8 + jj is head dim cb*64 + 8g + jj: accumulator (t, c) holds head dim
         // cb*64 + 8(2t + c) + jj.
         float o[kOTiles][4] = {};
-        for (int32_t j = int32_t(warp); j < n_items; j += kW) {
+        // Stage ownership: every K/V item of ring stage s is consumed by warp s % kW (warps w < S - kW own two
+        // stages), in item order. The previous use of a stage (item it - S) was then waited for and released by this
+        // same warp, so its full barrier is one phase behind or complete and the parity wait cannot pass on a stale
+        // phase (round-robin over the warps gave item it - S to another warp whenever S % kW != 0: a wait two phases
+        // early, a read of an in-flight tile). No barrier per item; a stage is refilled as soon as its owner is done,
+        // so S - 1 stages stay in flight while one is read, as before.
+        const int32_t stage0 = item % S, w = int32_t(warp);
+        int32_t next_a = w < S ? (w - stage0 + S) % S : n_items;                // this token's items in stage w
+        int32_t next_b = w + kW < S ? (w + kW - stage0 + S) % S : n_items;      // ... in stage w + kW
+        for (;;) {
+          const int32_t j = next_a < next_b ? next_a : next_b;
+          if (j >= n_items) break;
+          if (j == next_a) next_a += S;
+          else next_b += S;
           const int32_t it = item + j;
           detail::wait(full[it % S], parity(it), p);
           const uint8_t* kst = stage_ptr(it);
