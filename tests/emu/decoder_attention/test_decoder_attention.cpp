@@ -369,6 +369,65 @@ TEST(DecoderAttentionEmu, PositionPastTheRopeTableIsReported) {
   EXPECT_TRUE(std::isnan(from_bits16<half>(d.out.download()[0])));
 }
 
+// ---- hangs end as a status, not a hang ------------------------------------------------------------------------------
+// A peer that never arrives (the emulator drops the nth remote arrival of the launch): the waiting CTA's wait expires
+// (the emulator's clock advances only while nothing can progress), the CTA runs to its end without waiting, its
+// producer drains the copies it issued (the emulator would report a copy into the shared memory of an exited block),
+// and check_status() names the kernel, the wait and the block; the plan refuses further launches.
+void expect_timeout(uint64_t lost_arrival, const char* site) {
+  Case c = all_cases()[1];  // GQA, bf16, three tokens, cluster 4: 5 collectives, 3 arrivals each per CTA
+  const HostInputs in = make_inputs<bfloat16>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::PlanConfig cfg = plan_config(c, in, d);
+  cfg.wait_budget_us = 5000;
+  kda::Plan plan(cfg);
+  dev::emu::lose_remote_arrival(lost_arrival);
+  plan.run(step_args(c, in, d));
+  try {
+    plan.check_status();
+    ADD_FAILURE() << "check_status did not throw";
+  } catch (const InputError& e) {
+    ADD_FAILURE() << "an input error instead of the timeout: " << e.what();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("decoder_attention: a wait inside the kernel timed out after 5 ms in block "), std::string::npos)
+        << m;
+    EXPECT_NE(m.find(site), std::string::npos) << "wanted '" << site << "' in: " << m;
+    EXPECT_EQ(m.find("still in flight"), std::string::npos) << m;
+  }
+  try {
+    plan.run(step_args(c, in, d));
+    ADD_FAILURE() << "run() after a timeout did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("earlier launch failed"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DecoderAttentionEmu, LostArrivalInTheNormExchangeTimesOut) {
+  expect_timeout(1, "norm: all-gather of the sums of squares");
+}
+TEST(DecoderAttentionEmu, LostArrivalInTheSoftmaxExchangeTimesOut) {
+  // 4 CTAs x 3 peers x 3 collectives before it (norm, QKV reduce-scatter, QKV all-gather): arrival 37 is in the
+  // softmax-state reduce-scatter, when the K/V ring is busy
+  expect_timeout(4 * 3 * 3 + 1, "attention: reduce-scatter of the softmax states");
+}
+
+// The same launch without a lost arrival: the budget changes nothing (a wait that completes never expires).
+TEST(DecoderAttentionEmu, ShortWaitBudgetKeepsTheBits) {
+  Case c = all_cases()[1];
+  const HostInputs in = make_inputs<bfloat16>(c);
+  const RunResult base = run_case(c, in);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::PlanConfig cfg = plan_config(c, in, d);
+  cfg.wait_budget_us = 1;
+  kda::Plan plan(cfg);
+  plan.run(step_args(c, in, d));
+  EXPECT_NO_THROW(plan.check_status());
+  EXPECT_EQ(d.out.download(), base.out);
+}
+
 // ---- host-side validation ----------------------------------------------------------------------------------------
 
 struct ValidationFixture : ::testing::Test {
