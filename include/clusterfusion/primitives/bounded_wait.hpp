@@ -1,6 +1,6 @@
 // Bounded mbarrier waits: no wait inside a fused kernel can hang the GPU (docs/reliability.md, "Hangs").
 //
-//   const prim::WaitLimit limit{p.status + kStatusTimeout, p.wait_budget_ns, kWaitQkvTile, &small->abort};
+//   const prim::WaitLimit limit{timeout_word, p.wait_budget_ns, kWaitQkvTile, &small->abort};
 //   if (prim::bounded_wait(bar, parity, limit)) { ... the phase completed: read what it guards ... }
 //
 // A wait that has not completed after `budget_ns` of wall time (dev::globaltimer_ns: %globaltimer on the GPU; on the
@@ -8,12 +8,12 @@
 // complete never expires there) gives up: it records where (`code` and the block) in the launch's 64-bit status word,
 // raises the CTA's abort flag and returns false. Of several expired waits the word keeps the likeliest cause: one
 // that waits for something outside its CTA's own threads (a copy, a peer) rather than a `consequence` wait (a
-// producer waiting for its consumers to release a stage), and of those the one that started first. With the flag up every bounded wait of the CTA returns false at
-// once, so the CTA runs to its end without waiting: the same barriers and arrivals in the same order (peers are not
-// left waiting), garbage results, done within microseconds. What a failed wait guarded must not be read (an async
-// copy may still be writing it; the emulator reports such a read), and before the CTA exits its producer drains the
-// copies it issued (drain_ring). The host turns the status word into an error naming the kernel and the wait
-// (Plan::check_status()).
+// producer waiting for its consumers to release a stage), and of those the one that started first
+// (wait_status.hpp). With the flag up every bounded wait of the CTA returns false at once, so the CTA runs to its end
+// without waiting: the same barriers and arrivals in the same order (peers are not left waiting), garbage results,
+// done within microseconds. What a failed wait guarded must not be read (an async copy may still be writing it; the
+// emulator reports such a read), and before the CTA exits its producer drains the copies it issued (drain_ring). The
+// host turns the status word into an error naming the kernel and the wait (Plan::check_status()).
 //
 // status == nullptr: an unbounded wait (tests on the emulator, which reports a deadlock itself); budget_ns == 0: no
 // time limit, but the abort flag is still honoured.

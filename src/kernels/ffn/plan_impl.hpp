@@ -99,10 +99,13 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
 
   const int sm_count = config.sm_count > 0 ? config.sm_count : dev::sm_count("ffn");
   Occupancy occupancy = Occupancy::assumed(sm_count);
+  bool queried = false;
 #if defined(CF_DEVICE_CUDA)
-  if (config.sm_count == 0)
+  if (config.sm_count == 0) {
     occupancy = {active_clusters(im.kernels[0], 2), active_clusters(im.kernels[0], 4),
                  active_clusters(im.kernels[0], 8)};
+    queried = true;
+  }
 #endif
   const SplitChoice choice = choose_split(config, occupancy);
   const int n = choice.cluster_size;
@@ -122,6 +125,8 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   LaunchInfo& li = im.info;
   li.cluster_size = n;
   li.clusters = choice.clusters;
+  li.max_active_clusters = occupancy.of(n);
+  li.occupancy_queried = queried;
   li.threads = kThreads;
   li.stages = stages;
   li.stage_units = stage_units;
@@ -225,8 +230,8 @@ void Plan::check_status(void* stream) {
   for (uint32_t w : words) any = any || w != 0;
   if (!any) return;
   impl_->status.fill_bytes(0);
-  impl_->failed = prim::timeout_error("ffn", words, kStatusTimeout, kStatusDrainTimeout, impl_->config.wait_budget_us,
-                                      describe_wait_site);
+  impl_->failed = prim::timeout_error("ffn", words, kStatusTimeout, kStatusDrainTimeout,
+                                      impl_->config.wait_budget_us, describe_wait_site);
   throw Error(impl_->failed);
 }
 

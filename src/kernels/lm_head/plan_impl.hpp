@@ -143,8 +143,8 @@ void Plan::check_status(void* stream) {
   for (uint32_t w : words) any = any || w != 0;
   if (!any) return;
   impl_->status.fill_bytes(0);
-  impl_->failed = prim::timeout_error("lm_head", words, kStatusTimeout, kStatusDrainTimeout, impl_->config.wait_budget_us,
-                                      describe_wait_site);
+  impl_->failed = prim::timeout_error("lm_head", words, kStatusTimeout, kStatusDrainTimeout,
+                                      impl_->config.wait_budget_us, describe_wait_site);
   throw Error(impl_->failed);
 }
 

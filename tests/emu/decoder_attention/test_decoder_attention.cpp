@@ -596,6 +596,72 @@ TEST(DecoderAttentionEmu, SeedEntryPointMatchesReference) {
 namespace cf::test::da {
 namespace {
 
+// ---- one wave: the cluster size from the device's occupancy (injected here) -------------------------------------
+
+kda::PlanConfig llama_config(int n_kv_heads, int max_batch = 1) {
+  kda::PlanConfig cfg;
+  cfg.shape.hidden = 4096, cfg.shape.n_heads = 32, cfg.shape.n_kv_heads = n_kv_heads, cfg.shape.head_dim = 128;
+  cfg.max_batch = max_batch;
+  return cfg;
+}
+
+TEST(DecoderAttentionPlan, MeasuredH100RunsLlama2InOneWaveOfPairs) {
+  // cudaOccupancyMaxActiveClusters on the H100 of the first runs (FFN plan): 66 / 30 / 15 clusters of 2 / 4 / 8;
+  // 16 is a guess. 32 clusters of 4 would leave 2 for a second wave.
+  const kda::Occupancy h100{66, 30, 15, 7};
+  for (int max_batch : {1, 8, 16}) {
+    const kda::ClusterChoice c = kda::choose_cluster_size(llama_config(32, max_batch), h100);
+    EXPECT_EQ(c.cluster_size, 2) << "max_batch " << max_batch;
+    EXPECT_EQ(c.max_active_clusters, 66);
+    EXPECT_EQ(c.waves, 1);
+  }
+  const kda::ClusterChoice l3 = kda::choose_cluster_size(llama_config(8), h100);  // 8 clusters of 8 fit, of 16 not
+  EXPECT_EQ(l3.cluster_size, 8);
+  EXPECT_EQ(l3.waves, 1);
+}
+
+TEST(DecoderAttentionPlan, LargestClusterThatFitsOneWave) {
+  const kda::Occupancy full_gpcs{66, 33, 16, 8};  // whole GPCs: 32 clusters of 4 fit at once
+  EXPECT_EQ(kda::choose_cluster_size(llama_config(32), full_gpcs).cluster_size, 4);
+  EXPECT_EQ(kda::choose_cluster_size(llama_config(8), full_gpcs).cluster_size, 16);  // non-portable, all resident
+  // the emulator's assumption (132 SMs, no clusters of 16): the cluster sizes the emulator tests were written for
+  const kda::Occupancy assumed = kda::Occupancy::assumed(132);
+  EXPECT_EQ(kda::choose_cluster_size(llama_config(32), assumed).cluster_size, 4);
+  EXPECT_EQ(kda::choose_cluster_size(llama_config(8), assumed).cluster_size, 8);
+}
+
+TEST(DecoderAttentionPlan, FewestWavesWhenNoneFitsOneAndTheCallersSize) {
+  kda::PlanConfig many = llama_config(32);
+  many.shape.hidden = 12800, many.shape.n_heads = 100, many.shape.n_kv_heads = 100;
+  const kda::ClusterChoice c = kda::choose_cluster_size(many, kda::Occupancy{66, 30, 15, 7});
+  EXPECT_EQ(c.cluster_size, 2);  // 2 waves (4: 4, 8: 7, 16: 15)
+  EXPECT_EQ(c.waves, 2);
+  kda::PlanConfig fixed = llama_config(32);
+  fixed.cluster_size = 4;  // the caller's size is kept; the waves say what it costs
+  const kda::ClusterChoice f = kda::choose_cluster_size(fixed, kda::Occupancy{66, 30, 15, 7});
+  EXPECT_EQ(f.cluster_size, 4);
+  EXPECT_EQ(f.waves, 2);
+  kda::PlanConfig narrow = llama_config(2);
+  narrow.shape.hidden = 64, narrow.shape.n_heads = 2, narrow.shape.head_dim = 64;  // 2 units: clusters of 2 only
+  EXPECT_EQ(kda::choose_cluster_size(narrow, kda::Occupancy{66, 30, 15, 7}).cluster_size, 2);
+  EXPECT_THROW(kda::choose_cluster_size(llama_config(32), kda::Occupancy{}), InputError);  // the device runs none
+}
+
+TEST(DecoderAttentionPlan, PlanReportsItsChoice) {
+  Case c = all_cases()[1];
+  c.cluster_size = 0;
+  const HostInputs in = make_inputs<bfloat16>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  const kda::Plan plan(plan_config(c, in, d));
+  const kda::LaunchInfo& li = plan.info();
+  EXPECT_EQ(li.cluster_size, 8);  // hidden 256: 8 units; 2 clusters of 8 fit the assumed 16 at once
+  EXPECT_EQ(li.max_active_clusters, 16);
+  EXPECT_EQ(li.waves, 1);
+  EXPECT_FALSE(li.occupancy_queried);
+  EXPECT_EQ(li.wait_budget_us, 20000);
+}
+
 TEST(DecoderAttentionHost, PageTableValidationNamesTheEntry) {
   const std::vector<int32_t> indptr = {0, 2, 5}, indices = {3, 1, 0, 2, 4}, last = {16, 9}, pos = {31, 40};
   EXPECT_NO_THROW(kda::validate_page_table(2, indptr.data(), indices.data(), 5, last.data(), 5, 16, pos.data(), 64));
