@@ -590,7 +590,7 @@ int main_impl(int argc, char** argv) {
     j.set("model", r.c.model.name);
     j.set("dtype", cu::dtype_name(r.c.dtype));
     j.set("batch", r.c.batch);
-    j.set("kv_len", 0);  // (the row format of bench/decoder_attention, which gpu_check.sh's summary reads)
+    j.set("kv_len", 0);  // (the row format of bench/decoder_attention, which bench/gpu_summary.py reads)
     j.set("impl", r.impl);
     j.set("status", r.status);
     j.set("message", r.message);
