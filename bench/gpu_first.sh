@@ -9,8 +9,8 @@
 # skipped with a line saying so when it is spent):
 #   facts           nvidia-smi, clocks, driver, nvcc / cmake / torch versions, git sha                          15
 #   configure       build/gpu-bench (no tests: needs no GoogleTest)                                               90
-#   build           cf_bench_decoder_attention only (the rest builds in the background from here on: benchmarks,
-#                   then GoogleTest + build/gpu-tests with every GPU test; logs in extras)                       300
+#   build           cf_bench_decoder_attention only (the rest builds in the background from here on, at lower CPU
+#                   priorities: the other benchmarks, and GoogleTest + build/gpu-tests with every GPU test)    300
 #   smoke           the fused attention block, Llama-2-7B b1 KV 1K, against cuda-unfused, 20 ms wait budget:
 #                   if it fails or hangs, every later step leaves the fused kernels out and says so               45
 #   attention       attention block Llama-2-7B b1 / b16 x KV 1K / 4K / 16K, fused vs cuda-unfused -> attention.json 150
@@ -112,7 +112,7 @@ step() {
       echo
       log "==== $name (limit ${limit} s)"
       t=$(date +%s)
-      STEP_LIMIT=$limit timeout --kill-after=5 "$limit" bash -c "$fn" 2>&1
+      STEP_LIMIT=$limit timeout --kill-after=5 "$limit" bash -o pipefail -c "$fn" 2>&1
       rc=$?
       case $rc in
         0) st=ok ;;
@@ -165,24 +165,27 @@ step_configure() {
   return $rc
 }
 
-# The background builds: the other benchmarks and the CLI, then GoogleTest and every GPU test (build/gpu-tests).
+# The background builds, side by side at lower CPU priorities (the benchmarks and the CLI first: the e2e step needs
+# them next): GoogleTest and every GPU test target in build/gpu-tests.
 background_builds() {
   {
-    nice -n 10 cmake --build "$BENCH_DIR" -j "$JOBS" --target cf_bench_e2e cf_bench_ffn cf_bench_cluster_collectives \
+    nice -n 5 cmake --build "$BENCH_DIR" -j "$JOBS" --target cf_bench_e2e cf_bench_ffn cf_bench_cluster_collectives \
       clusterfusion >"$W/extras/build_others.log" 2>&1
     echo $? >"$W/others.rc"
+  } &
+  {
     {
       if [ -d "$ROOT/.gpu_deps/googletest" ] && [ ! -f /tmp/cf_gtest/lib/cmake/GTest/GTestConfig.cmake ] &&
          [ ! -f /tmp/cf_gtest/lib64/cmake/GTest/GTestConfig.cmake ]; then
         cmake -S "$ROOT/.gpu_deps/googletest" -B /tmp/cf_gtest_build -G Ninja -DCMAKE_BUILD_TYPE=Release \
           -DBUILD_GMOCK=OFF -DINSTALL_GTEST=ON -DCMAKE_INSTALL_PREFIX=/tmp/cf_gtest -DCMAKE_POLICY_VERSION_MINIMUM=3.5 &&
-          nice -n 10 cmake --build /tmp/cf_gtest_build -j "$JOBS" && cmake --install /tmp/cf_gtest_build
+          nice -n 15 cmake --build /tmp/cf_gtest_build -j "$JOBS" && cmake --install /tmp/cf_gtest_build
       fi &&
       cmake -S "$ROOT" -B "$TEST_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCF_CUDA=ON -DCF_BUILD_BENCH=OFF \
         -DCMAKE_PREFIX_PATH=/tmp/cf_gtest -DCF_GPU_TEST_TIMEOUT="$CF_GPU_TEST_TIMEOUT" &&
       targets="$(ninja -C "$TEST_DIR" -t targets all | sed -n 's/^\(cf_test_[A-Za-z0-9_]*gpu[A-Za-z0-9_]*\): .*/\1/p' | sort -u | tr '\n' ' ')" &&
       echo "GPU test targets: $targets" &&
-      nice -n 10 cmake --build "$TEST_DIR" -j "$JOBS" --target $targets -- -k 0  # (word splitting wanted)
+      nice -n 15 cmake --build "$TEST_DIR" -j "$JOBS" --target $targets -- -k 0  # (word splitting wanted)
     } >"$W/extras/build_tests.log" 2>&1
     echo $? >"$W/tests.rc"
   } &
@@ -280,16 +283,20 @@ step_sanitizer() {  # tool
 }
 
 step_rest_attention() {
+  [ -x "$BENCH_DA" ] || { echo "no $BENCH_DA"; return 3; }
+  local rc=0
   # shellcheck disable=SC2046
   "$BENCH_DA" --models llama3 --batch 1,4,16 --kv 1024,4096,16384 --no-breakdown $(impl_args) \
-    --json "$W/attention_rest_llama3.json" | tail -24
+    --json "$W/attention_rest_llama3.json" | tail -24 || rc=1
   # shellcheck disable=SC2046
   "$BENCH_DA" --models llama2 --batch 4 --kv 1024,4096,16384 --no-breakdown $(impl_args) \
-    --json "$W/attention_rest_b4.json" | tail -12
-  [ "$FUSED" = 1 ] || return 0
-  echo "-- clusters of 4 (Llama-2-7B: 32 clusters, two waves where 30 fit) against the plan's one-wave choice"
-  "$BENCH_DA" --models llama2 --batch 1 --kv 1024,16384 --impl fused --cluster-size 4 --no-breakdown \
-    --json "$W/extras/attention_cluster4.json" | grep -E "fused|\[ok\]|\[failed\]"
+    --json "$W/attention_rest_b4.json" | tail -12 || rc=1
+  if [ "$FUSED" = 1 ]; then
+    echo "-- clusters of 4 (Llama-2-7B: 32 clusters, two waves where 30 fit) beside the plan's one-wave choice above"
+    "$BENCH_DA" --models llama2 --batch 1,16 --kv 1024,16384 --impl fused --cluster-size 4 --no-breakdown \
+      --json "$W/extras/attention_cluster4.json" | grep -E "fused|\[ok\]|\[failed\]" || rc=1
+  fi
+  return $rc
 }
 
 step_rest_e2e() {
@@ -308,6 +315,7 @@ step_rest_ffn() {
 step_rest_cli() {
   wait_job others || return 1
   [ -n "${CF_GPU_TEST_MODEL:-}" ] || { echo "no model file (.gpu_deps/models not carried)"; return 3; }
+  [ -x "$CLI" ] || { echo "no $CLI (its build failed: extras/build_others.log)"; return 3; }
   local b
   for b in cuda cuda-unfused cpu; do
     [ "$b" = cuda ] && [ "$FUSED" = 0 ] && continue
@@ -321,6 +329,7 @@ step_rest_peer() { peer llama3 peer_rest $(( STEP_LIMIT - 8 )); }
 
 step_rest_collectives() {
   wait_job others || return 1
+  [ -x "$BENCH_COLL" ] || { echo "no $BENCH_COLL"; return 3; }
   "$BENCH_COLL" --json "$W/extras/collectives.json" | tail -20
 }
 
