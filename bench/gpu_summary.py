@@ -215,26 +215,23 @@ def print_summary(s):
           f"{'on' if s['fused']['enabled'] else 'OFF: ' + str(s['fused']['reason'])}")
     print(f"read bandwidth: ours {s['read_gb_s']} GB/s, peer {s['peer']['read_gb_s']} GB/s")
     fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-    print(f"{'attention us':22s} {'ours':>9s} {'unfused':>9s} {'peer':>9s}   plan (cluster x max active, waves)")
-    for m in MODELS:
-        for b in BATCHES:
-            for kv in KVS:
-                a = s["attention_us"][m][f"b{b}"][str(kv)]
-                pr = s["peer"]["attention_us"][m][f"b{b}"][str(kv)]
-                if a["ours"] is None and a["cuda-unfused"] is None and pr is None:
-                    continue
-                plan = s["plans"]["attention"][m][f"b{b}"] or {}
-                p = f"{plan.get('cluster_size')} x {plan.get('max_active_clusters')}, {plan.get('waves')}" if plan else ""
-                print(f"{m} b{b} kv{kv:<6d}  {fmt(a['ours']):>9s} {fmt(a['cuda-unfused']):>9s} {fmt(pr):>9s}   {p}")
-    print(f"{'TPOT ms':22s} {'ours':>9s} {'unfused':>9s} {'peer':>9s}")
-    for m in MODELS:
-        for b in BATCHES:
-            for kv in KVS:
-                t = s["tpot_ms"][m][f"b{b}"][str(kv)]
-                pr = s["peer"]["tpot_ms"][m][f"b{b}"][str(kv)]
-                if t["ours"] is None and t["cuda-unfused"] is None and pr is None:
-                    continue
-                print(f"{m} b{b} kv{kv:<6d}  {fmt(t['ours']):>9s} {fmt(t['cuda-unfused']):>9s} {fmt(pr):>9s}")
+
+    def table(title, ours, peer, plan_of=None):
+        print(f"{title:22s} {'ours':>9s} {'unfused':>9s} {'peer':>9s}" + ("   plan (cluster x max active, waves)"
+                                                                       if plan_of else ""))
+        for m in MODELS:
+            for b in BATCHES:
+                for kv in KVS:
+                    a, pr = ours[m][f"b{b}"][str(kv)], peer[m][f"b{b}"][str(kv)]
+                    if a["ours"] is None and a["cuda-unfused"] is None and pr is None:
+                        continue
+                    plan = (plan_of[m][f"b{b}"] or {}) if plan_of else {}
+                    p = f"   {plan.get('cluster_size')} x {plan.get('max_active_clusters')}, {plan.get('waves')}" \
+                        if plan else ""
+                    print(f"{m} b{b} kv{kv:<6d}  {fmt(a['ours']):>9s} {fmt(a['cuda-unfused']):>9s} {fmt(pr):>9s}{p}")
+
+    table("attention us", s["attention_us"], s["peer"]["attention_us"], s["plans"]["attention"])
+    table("TPOT ms", s["tpot_ms"], s["peer"]["tpot_ms"])
     t = s["tests"]
     print(f"GPU tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
           + (f" ({', '.join(t['failed_names'][:8])})" if t["failed_names"] else ""))
