@@ -255,8 +255,10 @@ step_tests() {
   wait_job tests || return 1
   local exclude=()
   [ "$FUSED" = 1 ] || exclude=(-E "$FUSED_TEST_REGEX")
-  (cd "$TEST_DIR" && ctest -L gpu -j 4 --output-on-failure --output-junit "$W/ctest_junit.xml" "${exclude[@]}") \
-    >"$W/extras/ctest.log" 2>&1
+  # ctest ends its tests before the step's limit (cutting the running ones short), so it still writes its report
+  local stop; stop="$(date -d "+$(( STEP_LIMIT - 10 )) seconds" +%H:%M:%S)"
+  (cd "$TEST_DIR" && ctest -L gpu -j 4 --output-on-failure --stop-time "$stop" --output-junit "$W/ctest_junit.xml" \
+    "${exclude[@]}") >"$W/extras/ctest.log" 2>&1
   local rc=$?
   grep -E "tests passed|tests failed|\*\*\*|Failed|Timeout|Passed .*sec" "$W/extras/ctest.log" | grep -vE " Passed " | tail -30
   grep -E "tests passed|tests failed" "$W/extras/ctest.log" | tail -1
@@ -336,7 +338,7 @@ step_rest_collectives() {
 export -f step_facts step_configure step_build smoke_check step_smoke impl_args step_attention peer step_peer_attention \
   step_peer_tpot step_e2e step_tests step_sanitizer step_rest_attention step_rest_e2e step_rest_ffn step_rest_cli \
   step_rest_peer step_rest_collectives wait_job log elapsed
-export ROOT OUT W BUDGET JOBS BENCH_DIR TEST_DIR T0 SHA GPU_NAME GPU_REASON DEVICE SANITIZER BENCH_DA BENCH_E2E BENCH_FFN BENCH_COLL \
+export ROOT OUT W BUDGET JOBS BENCH_DIR TEST_DIR T0 SHA GPU_NAME GPU_REASON DEVICE SANITIZER CF_GPU_TEST_TIMEOUT BENCH_DA BENCH_E2E BENCH_FFN BENCH_COLL \
   CLI FUSED_TESTS FUSED_TEST_REGEX PEER
 
 main() {
