@@ -12,7 +12,7 @@
 #   build           cf_bench_decoder_attention only (the rest builds in the background from here on, at lower CPU
 #                   priorities: the other benchmarks, and GoogleTest + build/gpu-tests with every GPU test)    300
 #   smoke           the fused attention block, Llama-2-7B b1 KV 1K, against cuda-unfused, 20 ms wait budget:
-#                   if it fails or hangs, every later step leaves the fused kernels out and says so               45
+#                   if it fails or hangs, every later step leaves the fused kernels out and says so               40
 #   attention       attention block Llama-2-7B b1 / b16 x KV 1K / 4K / 16K, fused vs cuda-unfused -> attention.json 150
 #   peer-attention  torch peer: bandwidth + attention block (b1, KV 1K / 4K / 16K)                                75
 #   e2e             decode TPOT Llama-2-7B b1 x KV 1K / 4K / 16K, batch-1 plans, cuda vs cuda-unfused -> e2e.json 150
@@ -350,7 +350,7 @@ main() {
   step configure 90 gpu step_configure
   step build 300 gpu step_build
   [ "$LAST_STATUS" = ok ] && background_builds
-  step smoke 45 gpu step_smoke
+  step smoke 40 gpu step_smoke
   if [ "$LAST_STATUS" != ok ] && [ -n "$GPU_NAME" ]; then
     FUSED=0 FUSED_REASON="the smoke test did not pass ($LAST_STATUS): see the smoke step in gpu_first.txt"
     export FUSED FUSED_REASON
