@@ -18,13 +18,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Run {
+struct CommandResult {
   int status = -1;
   std::string output;
 };
 
-Run run(const std::string& command) {
-  Run r;
+CommandResult run_command(const std::string& command) {
+  CommandResult r;
   FILE* pipe = popen((command + " 2>&1").c_str(), "r");
   if (pipe == nullptr) return r;
   char buf[4096];
@@ -69,9 +69,9 @@ TEST(GpuFirst, DryRunFailsEveryStepAtOnceAndWritesTheSummary) {
     smi << "#!/bin/sh\nexit 9\n";
   }
   fs::permissions(t.path / "bin" / "nvidia-smi", fs::perms::owner_all);
-  const Run r = run("cd '" + kRoot.string() + "' && PATH='" + (t.path / "bin").string() + ":'\"$PATH\" OUT='" +
-                    (t.path / "out").string() + "' CF_GPU_WORK='" + (t.path / "work").string() +
-                    "' timeout 120 bash bench/gpu_first.sh");
+  const std::string env = "PATH='" + (t.path / "bin").string() + ":'\"$PATH\" OUT='" + (t.path / "out").string() +
+                          "' CF_GPU_WORK='" + (t.path / "work").string() + "'";
+  const CommandResult r = run_command("cd '" + kRoot.string() + "' && " + env + " timeout 120 bash bench/gpu_first.sh");
   EXPECT_EQ(r.status, 1) << r.output;  // steps failed
   EXPECT_NE(r.output.find("---- facts: ok"), std::string::npos) << r.output;
   for (const char* step : {"configure", "build", "smoke", "attention", "e2e", "tests", "memcheck", "rest-ffn"})
@@ -112,8 +112,8 @@ TEST(GpuSummary, ReadsTheFirstRunsLogs) {
     std::ofstream steps(work / "steps.tsv");
     steps << "memcheck\tfailed\t12\texit 99; 12 s\nracecheck\tok\t30\t30 s\nsynccheck\ttimeout\t90\tkilled after 90 s\n";
   }
-  const Run r = run("python3 '" + (kRoot / "bench" / "gpu_summary.py").string() + "' --work '" + work.string() +
-                    "' --out '" + out.string() + "' --name s.json");
+  const CommandResult r = run_command("python3 '" + (kRoot / "bench" / "gpu_summary.py").string() + "' --work '" +
+                                      work.string() + "' --out '" + out.string() + "' --name s.json");
   ASSERT_EQ(r.status, 0) << r.output;
   const json::Value s = json::parse(read_file(out / "s.json"));
   const json::Value& a = cell(s.at("attention_us"), "llama2-7b", "b1", "1024");
