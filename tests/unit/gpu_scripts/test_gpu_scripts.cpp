@@ -110,7 +110,9 @@ TEST(GpuSummary, ReadsTheFirstRunsLogs) {
   fs::copy_file(results / "2026-11-26-b4022ab-h100-bench_ffn.json", work / "ffn.json");
   {
     std::ofstream steps(work / "steps.tsv");
-    steps << "memcheck\tfailed\t12\texit 99; 12 s\nracecheck\tok\t30\t30 s\nsynccheck\ttimeout\t90\tkilled after 90 s\n";
+    steps << "memcheck\tfailed\t12\texit 99; 12 s\n"
+          << "racecheck\tok\t30\t30 s\n"
+          << "synccheck\ttimeout\t90\tkilled after 90 s\n";
   }
   const CommandResult r = run_command("python3 '" + (kRoot / "bench" / "gpu_summary.py").string() + "' --work '" +
                                       work.string() + "' --out '" + out.string() + "' --name s.json");
