@@ -53,6 +53,9 @@ log() { echo "[gpu_first $(elapsed)s] $*"; }
 # ---- facts that decide the rest ----------------------------------------------------------------------------------
 SHA="$(git -C "$ROOT" rev-parse --short=7 HEAD 2>/dev/null || head -1 "$ROOT/.gpu_deps/git_sha.txt" 2>/dev/null | cut -c1-7)"
 SHA="${SHA:-unknown}"
+# the benchmarks' JSON carry it (bench/common/report.cpp); the GPU machine gets no .git, prepare_gpu_run.sh wrote it
+CF_GIT_SHA="$(git -C "$ROOT" describe --always --dirty --abbrev=12 2>/dev/null || head -1 "$ROOT/.gpu_deps/git_sha.txt" 2>/dev/null)"
+export CF_GIT_SHA="${CF_GIT_SHA:-$SHA}"
 GPU_NAME="" GPU_REASON=""
 if ! command -v nvidia-smi >/dev/null; then
   GPU_REASON="nvidia-smi not found"
@@ -72,7 +75,8 @@ BENCH_E2E="$BENCH_DIR/bench/e2e/cf_bench_e2e"
 BENCH_FFN="$BENCH_DIR/bench/ffn/cf_bench_ffn"
 BENCH_COLL="$BENCH_DIR/bench/cluster_collectives/cf_bench_cluster_collectives"
 CLI="$BENCH_DIR/clusterfusion"
-FUSED_TESTS="$TEST_DIR/tests/gpu/decoder_attention/cf_test_decoder_attention_gpu $TEST_DIR/tests/gpu/ffn/cf_test_ffn_gpu $TEST_DIR/tests/gpu/lm_head/cf_test_lm_head_gpu"
+FUSED_TESTS="$TEST_DIR/tests/gpu/decoder_attention/cf_test_decoder_attention_gpu"
+FUSED_TESTS="$FUSED_TESTS $TEST_DIR/tests/gpu/ffn/cf_test_ffn_gpu $TEST_DIR/tests/gpu/lm_head/cf_test_lm_head_gpu"
 FUSED_TEST_REGEX='DecoderAttentionGpu|FfnGpu|LmHeadGpu|GpuAgreement|GpuBackend'
 PEER="$ROOT/.peers/torch_decode_peer.py"
 
@@ -135,7 +139,7 @@ wait_job() {
   [ -f "$W/background.started" ] || { echo "no background build (the first build failed)"; return 3; }
   while [ ! -f "$W/$job.rc" ]; do sleep 2; done
   local rc; rc=$(cat "$W/$job.rc")
-  [ "$rc" = 0 ] || { echo "background $job failed (exit $rc): see extras/$job.log"; tail -20 "$W/extras/$job.log"; return 1; }
+  [ "$rc" = 0 ] || { echo "the background build of $job failed (exit $rc):"; tail -20 "$W/extras/build_$job.log"; return 1; }
 }
 
 # ---- steps -------------------------------------------------------------------------------------------------------
@@ -144,7 +148,8 @@ step_facts() {
   echo "git $SHA; host $(uname -n), $(nproc) cores, $(free -g 2>/dev/null | awk '/Mem:/{print $2 " GiB RAM"}'), budget ${BUDGET} s"
   [ -s "$ROOT/.gpu_deps/git_sha.txt" ] && sed 's/^/  prepared: /' "$ROOT/.gpu_deps/git_sha.txt" | head -6
   if [ -n "$GPU_NAME" ]; then
-    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,temperature.gpu,power.draw,power.limit,memory.used,memory.total --format=csv
+    local q=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,temperature.gpu,power.draw,power.limit
+    nvidia-smi --query-gpu="$q",memory.used,memory.total --format=csv
   else
     echo "no CUDA GPU: $GPU_REASON (a dry run: every later step fails at once)"
   fi
@@ -183,7 +188,8 @@ background_builds() {
       fi &&
       cmake -S "$ROOT" -B "$TEST_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCF_CUDA=ON -DCF_BUILD_BENCH=OFF \
         -DCMAKE_PREFIX_PATH=/tmp/cf_gtest -DCF_GPU_TEST_TIMEOUT="$CF_GPU_TEST_TIMEOUT" &&
-      targets="$(ninja -C "$TEST_DIR" -t targets all | sed -n 's/^\(cf_test_[A-Za-z0-9_]*gpu[A-Za-z0-9_]*\): .*/\1/p' | sort -u | tr '\n' ' ')" &&
+      targets="$(ninja -C "$TEST_DIR" -t targets all | sed -n 's/^\(cf_test_[A-Za-z0-9_]*gpu[A-Za-z0-9_]*\): .*/\1/p' |
+        sort -u | tr '\n' ' ')" &&
       echo "GPU test targets: $targets" &&
       nice -n 15 cmake --build "$TEST_DIR" -j "$JOBS" --target $targets -- -k 0  # (word splitting wanted)
     } >"$W/extras/build_tests.log" 2>&1
@@ -269,13 +275,14 @@ step_tests() {
 step_sanitizer() {  # tool
   [ -n "$SANITIZER" ] || { echo "compute-sanitizer not found"; return 3; }
   [ -f "$W/tests.rc" ] || { echo "the GPU tests are not built (yet)"; return 3; }
-  local status=0 ran=0 bin rc
+  local status=0 ran=0 bin rc verdict
   for bin in $FUSED_TESTS; do
     [ -x "$bin" ] || { echo "not built: $bin"; continue; }
     "$SANITIZER" --tool "$1" --error-exitcode 99 --print-limit 20 --report-api-errors no "$bin" \
       --gtest_filter='*Sanitizer*' --gtest_brief=1 >"$W/extras/$1_$(basename "$bin").log" 2>&1
     rc=$?
-    echo "$1 $(basename "$bin"): exit $rc ($( [ $rc = 0 ] && echo clean || { [ $rc = 99 ] && echo 'errors found' || echo 'did not run'; }))"
+    case $rc in 0) verdict=clean ;; 99) verdict="errors found" ;; *) verdict="did not run" ;; esac
+    echo "$1 $(basename "$bin"): exit $rc ($verdict)"
     [ $rc = 0 ] || tail -8 "$W/extras/$1_$(basename "$bin").log"
     ran=1
     [ $rc = 0 ] || [ $status = 99 ] || status=$rc
@@ -338,8 +345,8 @@ step_rest_collectives() {
 export -f step_facts step_configure step_build smoke_check step_smoke impl_args step_attention peer step_peer_attention \
   step_peer_tpot step_e2e step_tests step_sanitizer step_rest_attention step_rest_e2e step_rest_ffn step_rest_cli \
   step_rest_peer step_rest_collectives wait_job log elapsed
-export ROOT OUT W BUDGET JOBS BENCH_DIR TEST_DIR T0 SHA GPU_NAME GPU_REASON DEVICE SANITIZER CF_GPU_TEST_TIMEOUT BENCH_DA BENCH_E2E BENCH_FFN BENCH_COLL \
-  CLI FUSED_TESTS FUSED_TEST_REGEX PEER
+export ROOT OUT W BUDGET JOBS BENCH_DIR TEST_DIR T0 SHA GPU_NAME GPU_REASON DEVICE SANITIZER CF_GPU_TEST_TIMEOUT
+export BENCH_DA BENCH_E2E BENCH_FFN BENCH_COLL CLI FUSED_TESTS FUSED_TEST_REGEX PEER
 
 main() {
   log "bench/gpu_first.sh: git $SHA, device ${GPU_NAME:-none}, budget ${BUDGET} s, OUT=$OUT"
