@@ -3,7 +3,7 @@
 # same unit and emulator tests built with AddressSanitizer + UndefinedBehaviorSanitizer (preset `asan`; labels
 # gpu and slow excluded; docs/reliability.md); then the Python package (pip install . into build/python-venv,
 # pytest: python/run_tests.sh). CF_SKIP_ASAN=1 / CF_SKIP_PYTHON=1 skip those parts (quick local checks).
-# GPU tests are labelled 'gpu' and are not part of this run (bench/gpu_check.sh runs them on a GPU machine).
+# GPU tests are labelled 'gpu' and are not part of this run (bench/gpu_first.sh runs them on a GPU machine).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
