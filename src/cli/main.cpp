@@ -31,6 +31,11 @@ constexpr int kMaxContext = 1 << 20;
 
 // ---- defaults and shared options --------------------------------------------------------------------------------
 
+std::string default_model_text() {
+  const std::string path = default_model_path();
+  return path.empty() ? "none: HOME is not set (set CF_CACHE_DIR)" : path;
+}
+
 struct CommonOptions {
   std::optional<std::string> model;
   std::string backend = "auto";
@@ -40,7 +45,7 @@ struct CommonOptions {
 
   void add_to(ArgParser& p) {
     p.section("model and backend");
-    p.option("model", 'm', "PATH", "model file (.gguf) or safetensors folder [default: " + default_model_path() + "]",
+    p.option("model", 'm', "PATH", "model file (.gguf) or safetensors folder [default: " + default_model_text() + "]",
              &model);
     std::string names;
     for (const auto& b : backend_list()) names += (names.empty() ? "" : ", ") + b.name + (b.built ? "" : " (not built)");
@@ -51,14 +56,7 @@ struct CommonOptions {
     p.flag("quiet", 'q', "no progress bar or summary on stderr", &quiet);
   }
 
-  std::string model_path() const {
-    if (model) return *model;
-    const std::string path = default_model_path();
-    if (!std::filesystem::exists(path))
-      throw InputError("no model given (-m PATH) and the default model is missing at " + path +
-                       ": run scripts/setup.sh to download it");
-    return path;
-  }
+  std::string model_path() const { return model ? *model : require_default_model("-m PATH"); }
 
   // Resolves "auto" and checks the backend can run here (before the model is loaded).
   std::string resolved_backend() const {
@@ -378,7 +376,7 @@ std::string top_help() {
          "backends (--backend NAME):\n" +
          backends +
          "\n"
-         "The default model is " + default_model_path() + "\n"
+         "The default model is " + default_model_text() + "\n"
          "(scripts/setup.sh downloads it; -m PATH picks another). 'clusterfusion COMMAND --help' for options.\n";
 }
 

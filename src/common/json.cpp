@@ -85,8 +85,9 @@ const Value::Object& Value::as_object(std::string_view what) const {
 }
 const Value* Value::find(std::string_view key) const {
   if (kind_ != Kind::Object) return nullptr;
-  for (const auto& [k, v] : *object_)
-    if (k == key) return &v;
+  // The last of duplicate keys, as Python's json (what the Hugging Face stack reads these files with) keeps.
+  for (auto it = object_->rbegin(); it != object_->rend(); ++it)
+    if (it->first == key) return &it->second;
   return nullptr;
 }
 const Value& Value::at(std::string_view key) const {

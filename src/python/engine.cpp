@@ -34,10 +34,7 @@ class EngineModel {
     CF_CHECK_INPUT(threads >= 0 && threads <= kMaxThreads,
                    "threads: " + std::to_string(threads) + " outside [0, " + std::to_string(kMaxThreads) + "]");
     CF_CHECK_INPUT(context >= 0, "context: must be >= 0 (0 = the model's context length)");
-    std::string file = path ? *path : default_model_path();
-    if (!path && !std::filesystem::exists(file))
-      throw InputError("no model path given and the default model is missing at " + file +
-                       ": run scripts/setup.sh to download it");
+    const std::string file = path ? *path : require_default_model("Model(path)");
     WeightLoadOptions load_options;
     if (backend != "cpu") load_options.k_quant_as = DType::F16;  // as the CLI: device backends hold 16-bit weights
     model_ = load_model(file, load_options);

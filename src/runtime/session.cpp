@@ -1,12 +1,22 @@
 #include "clusterfusion/runtime/session.hpp"
 
 #include <chrono>
+#include <cmath>
 
 namespace cf {
 
 namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// NaN or Inf logits mean the forward pass overflowed (weights out of range, a corrupt file that passed the load
+// checks): an error, not a reply that ends at once because NaN compared as the end token.
+void check_logits_finite(std::span<const float> logits, int step) {
+  for (const float x : logits)
+    if (!std::isfinite(x))
+      throw Error("the model computed NaN or infinite logits for generated token " + std::to_string(step + 1) +
+                  ": its weights are corrupt or out of range");
 }
 }  // namespace
 
@@ -67,7 +77,9 @@ GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const Ge
   bool stopped_by_callback = false;
   stats.stop = StopReason::MaxTokens;
   while (stats.generated_tokens < options.max_new_tokens) {
-    const int32_t token = sampler.sample(std::span<const float>(logits->data(), vocab), history_);
+    const std::span<const float> row(logits->data(), vocab);
+    check_logits_finite(row, stats.generated_tokens);
+    const int32_t token = sampler.sample(row, history_);
     ++stats.generated_tokens;
     if (tokenizer_->is_end_of_generation(token)) {
       stats.stop = StopReason::EndOfGeneration;

@@ -1,6 +1,7 @@
 // Runs the clusterfusion binary as a user would (fork + exec, no shell, so arguments may hold any bytes), with a
 // time limit: a run that takes longer is killed and reported as a hang.
 #pragma once
+#include <grp.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,8 +29,10 @@ inline std::string slurp(const std::filesystem::path& p) {
   return ss.str();
 }
 
+// env: "NAME=value" sets a variable, "NAME" alone removes it. unprivileged: when running as root, the child becomes user and group 65534 (nobody) first, so that permission
+// checks apply to it.
 inline CliResult run_cli(const std::vector<std::string>& args, const std::string& stdin_text = "",
-                         const std::vector<std::string>& env = {}, double time_limit_s = 60) {
+                         const std::vector<std::string>& env = {}, double time_limit_s = 60, bool unprivileged = false) {
   static int counter = 0;
   const auto dir = std::filesystem::temp_directory_path() /
                    ("cf_badinput_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
@@ -44,7 +47,12 @@ inline CliResult run_cli(const std::vector<std::string>& args, const std::string
     if (!std::freopen(in.c_str(), "rb", stdin) || !std::freopen(out.c_str(), "wb", stdout) ||
         !std::freopen(err.c_str(), "wb", stderr))
       std::_Exit(126);
-    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+    if (unprivileged && ::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0))
+      std::_Exit(125);
+    for (const auto& e : env) {  // "NAME=value" sets, a bare "NAME" unsets
+      if (e.find('=') == std::string::npos) ::unsetenv(e.c_str());
+      else ::putenv(const_cast<char*>(e.c_str()));
+    }
     ::execv(CF_CLI_PATH, argv.data());
     std::_Exit(127);
   }
