@@ -1,5 +1,6 @@
 #include "clusterfusion/runtime/session.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -30,6 +31,28 @@ std::string_view stop_reason_name(StopReason r) {
   return "?";
 }
 
+TokenLogprobs token_logprobs(std::span<const float> logits, int32_t token, int top_n) {
+  CF_CHECK(token >= 0 && size_t(token) < logits.size(), "token_logprobs: token outside the logits");
+  float max_logit = logits[0];
+  for (const float x : logits) max_logit = std::max(max_logit, x);
+  double sum = 0;
+  for (const float x : logits) sum += std::exp(double(x) - max_logit);
+  const double log_z = double(max_logit) + std::log(sum);
+  TokenLogprobs out;
+  out.token = token;
+  out.logprob = float(double(logits[size_t(token)]) - log_z);
+  const size_t n = std::min(logits.size(), size_t(std::max(top_n, 0)));
+  if (n == 0) return out;
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(i);
+  const auto more_likely = [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  };
+  std::partial_sort(ids.begin(), ids.begin() + long(n), ids.end(), more_likely);
+  for (size_t i = 0; i < n; ++i) out.top.emplace_back(ids[i], float(double(logits[size_t(ids[i])]) - log_z));
+  return out;
+}
+
 Generator::Generator(Runner& runner, std::shared_ptr<const Tokenizer> tokenizer, int seq)
     : runner_(runner), tokenizer_(std::move(tokenizer)), seq_(seq) {
   CF_CHECK(tokenizer_ != nullptr, "Generator: no tokenizer");
@@ -48,6 +71,8 @@ GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const Ge
                                     const TextCallback& on_text) {
   CF_CHECK_INPUT(!prompt.empty(), "empty prompt: nothing to generate from");
   CF_CHECK_INPUT(options.max_new_tokens >= 0, "max new tokens must not be negative");
+  CF_CHECK_INPUT(options.top_logprobs >= 0 && options.top_logprobs <= GenerationOptions::kMaxTopLogprobs,
+                 "top logprobs must be in 0.." + std::to_string(GenerationOptions::kMaxTopLogprobs));
   GenerationStats stats;
   const int context = runner_.context_limit();
   if (int(prompt.size()) >= context) {
@@ -81,6 +106,7 @@ GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const Ge
     check_logits_finite(row, stats.generated_tokens);
     const int32_t token = sampler.sample(row, history_);
     ++stats.generated_tokens;
+    if (options.on_token) options.on_token(token_logprobs(row, token, options.top_logprobs));
     if (tokenizer_->is_end_of_generation(token)) {
       stats.stop = StopReason::EndOfGeneration;
       break;

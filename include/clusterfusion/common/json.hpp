@@ -73,6 +73,11 @@ struct ParseLimits {
 // Parses a whole document; trailing non-whitespace is an error.
 Value parse(std::string_view text, const ParseLimits& limits = {});
 
+// A JSON string literal of valid UTF-8 text: quotes, backslashes and control characters escaped, and so are C1 controls
+// and bidirectional formatting characters (as \uXXXX, the same string to a JSON reader), so that the literal can
+// also be shown on a terminal as it is (common/text.hpp). Bytes of invalid UTF-8 become U+FFFD.
+std::string quote(std::string_view text);
+
 // Appends the UTF-8 encoding of a code point (used by escapes and by the tokenizers).
 void append_utf8(std::string& out, uint32_t code_point);
 // True when s is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF).

@@ -6,6 +6,8 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
+#include <utility>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,10 +19,26 @@
 
 namespace cf {
 
+// The model's distribution at one generated position, as log-probabilities (log-softmax of the logits: before the
+// repetition penalty, temperature and filters, so independent of the sampling settings): the sampled token's and
+// those of the most likely tokens.
+struct TokenLogprobs {
+  int32_t token = -1;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // most likely first; ties by smaller id
+};
+using TokenCallback = std::function<void(const TokenLogprobs& step)>;
+
 struct GenerationOptions {
+  static constexpr int kMaxTopLogprobs = 20;
   int max_new_tokens = 256;
   SamplerConfig sampling;
+  TokenCallback on_token;  // called for every sampled token (an end token included), before its text is streamed
+  int top_logprobs = 0;    // with on_token: the most likely tokens reported per step, 0..kMaxTopLogprobs
 };
+
+// Log-softmax of one row of logits: the given token's log-probability and the top_n most likely tokens'.
+TokenLogprobs token_logprobs(std::span<const float> logits, int32_t token, int top_n);
 
 enum class StopReason { EndOfGeneration, MaxTokens, ContextFull, Stopped };
 std::string_view stop_reason_name(StopReason r);
