@@ -3,6 +3,7 @@
 #pragma once
 #include <grp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@ struct CliResult {
   int exit_code = -1;  // -1: killed (signal or time limit)
   bool timed_out = false;
   std::string out, err;
+  long max_rss_kb = 0;  // the run's peak resident memory
 };
 
 inline std::string slurp(const std::filesystem::path& p) {
@@ -69,15 +71,17 @@ inline CliResult run_cli(const std::vector<std::string>& args, const std::string
   CliResult r;
   int status = 0;
   const auto start = std::chrono::steady_clock::now();
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
+  rusage usage {};
+  while (::wait4(pid, &status, WNOHANG, &usage) == 0) {
     if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > o.time_limit_s) {
       ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
+      ::wait4(pid, &status, 0, &usage);
       r.timed_out = true;
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  r.max_rss_kb = usage.ru_maxrss;
   if (!r.timed_out && WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
   if (o.stdout_path.empty()) r.out = slurp(out);
   r.err = slurp(err);
