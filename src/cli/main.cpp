@@ -289,6 +289,13 @@ bool read_line(std::string& line) {
 // Each command's options live in a struct whose parser() binds them; run() also asks the parsers which options come
 // before a command name (clusterfusion -m model.gguf generate -p hi).
 
+// Parses a command's arguments into what the parser binds; false after printing the help when --help was given.
+bool parse_or_help(ArgParser parser, const std::vector<std::string>& args) {
+  if (parser.parse(args)) return true;
+  write_out(parser.help());
+  return false;
+}
+
 struct GenerateArgs {
   CommonOptions common;
   SamplingOptions sampling;
@@ -314,11 +321,7 @@ struct GenerateArgs {
 
 int cmd_generate(const std::vector<std::string>& args) {
   GenerateArgs a;
-  ArgParser p = a.parser();
-  if (!p.parse(args)) {
-    write_out(p.help());
-    return 0;
-  }
+  if (!parse_or_help(a.parser(), args)) return 0;
   if (!a.prompt) throw UsageError("generate: missing -p TEXT (see --help)");
   GenerationOptions options = a.sampling.generation();
   ChatTemplate chat_template = a.sampling.chat_template(std::nullopt);  // validates --template before loading
@@ -366,11 +369,7 @@ struct ChatArgs {
 
 int cmd_chat(const std::vector<std::string>& args) {
   ChatArgs a;
-  ArgParser p = a.parser();
-  if (!p.parse(args)) {
-    write_out(p.help());
-    return 0;
-  }
+  if (!parse_or_help(a.parser(), args)) return 0;
   const GenerationOptions options = a.sampling.generation();
   (void)a.sampling.chat_template(std::nullopt);
   LoadedRunner m = load(a.common);
@@ -426,11 +425,7 @@ struct InfoArgs {
 // system prompt can hold escape sequences and bidirectional overrides.
 int cmd_info(const std::vector<std::string>& args) {
   InfoArgs a;
-  ArgParser p = a.parser();
-  if (!p.parse(args)) {
-    write_out(p.help());
-    return 0;
-  }
+  if (!parse_or_help(a.parser(), args)) return 0;
   if (a.positional_model) a.common.model = a.positional_model;
   const std::string path = a.common.model_path();
   const auto file = open_model_file(path);
@@ -523,11 +518,7 @@ std::string read_all_stdin() {
 
 int cmd_tokenize(const std::vector<std::string>& args) {
   TokenizeArgs a;
-  ArgParser p = a.parser();
-  if (!p.parse(args)) {
-    write_out(p.help());
-    return 0;
-  }
+  if (!parse_or_help(a.parser(), args)) return 0;
   if (a.bos && a.no_bos) throw UsageError("--bos and --no-bos contradict each other");
   if (a.chat && (a.special || a.bos || a.no_bos))
     throw UsageError("--chat tokenizes as the chat template does: --special, --bos and --no-bos do not apply");

@@ -457,12 +457,7 @@ GgufFile::GgufFile(const std::string& path) {
   mapping_ = MappedFile::open(path);
   base_ = mapping_->data();
   size_ = mapping_->size();
-  try {
-    parse();
-  } catch (const InputError&) {
-    check_unchanged();  // a file that changed under the parser: say that, not what the parser tripped over
-    throw;
-  }
+  parse_mapped(*mapping_, [&] { parse(); });
 }
 
 void GgufFile::check_unchanged() const {

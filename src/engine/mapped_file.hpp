@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/json.hpp"
 
 namespace cf {
@@ -84,6 +85,18 @@ class MappedFile {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// Runs a parser over a mapped file; when it refuses the bytes and the file changed meanwhile, the change is the
+// error (zeros or a half-written file made the parser trip), not what the parser tripped over.
+template <class Parse>
+void parse_mapped(const MappedFile& file, Parse&& parse) {
+  try {
+    parse();
+  } catch (const InputError&) {
+    file.check_unchanged();
+    throw;
+  }
+}
 
 // Reads a whole (small) text file, refusing files over max_bytes. cf::InputError naming the path on failure.
 std::string read_text_file(const std::string& path, size_t max_bytes);

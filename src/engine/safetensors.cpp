@@ -36,12 +36,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) {
   mapping_ = MappedFile::open(path);
   base_ = mapping_->data();
   size_ = mapping_->size();
-  try {
-    parse();
-  } catch (const InputError&) {
-    check_unchanged();  // a file that changed under the parser: say that, not what the parser tripped over
-    throw;
-  }
+  parse_mapped(*mapping_, [&] { parse(); });
 }
 
 void SafetensorsFile::check_unchanged() const {

@@ -1,5 +1,6 @@
 // The engine behind clusterfusion.Model: load_model + create_backend + Runner + Generator, as the CLI's `generate`
-// does it (same chat template handling, same sampler), so the same settings give the same text.
+// does it (same chat template handling, same sampler), so the same settings give the same text. Generation is pulled
+// a token at a time (start / step / finish), so no thread runs behind a Python iterator.
 #include "engine.hpp"
 
 #include <nanobind/stl/optional.h>
@@ -7,11 +8,11 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstring>
-#include <filesystem>
-#include <utility>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
@@ -87,11 +88,11 @@ class EngineModel {
 
   std::string detokenize(const std::vector<int32_t>& ids) const { return model_.tokenizer->decode(ids); }
 
-  // Generates, calling on_text(str) -> bool for each piece of text (False stops). Releases the GIL while the model
-  // runs; takes it back for each callback. Returns the statistics as a dict.
-  nb::dict generate(const std::string& prompt, int max_new_tokens, float temperature, int top_k, float top_p,
-                    float min_p, float repeat_penalty, int repeat_window, uint64_t seed, bool chat,
-                    const std::optional<std::string>& system, nb::callable on_text) {
+  // Starts a generation (runs the prompt, GIL released); step() then pulls it one token at a time. Nothing runs
+  // between calls: a stream the caller leaves suspended, abandons or keeps past the interpreter's exit costs nothing
+  // and cannot race with anything (there is no thread). One generation at a time (the Python side enforces it).
+  void start(const std::string& prompt, int max_new_tokens, float temperature, int top_k, float top_p, float min_p,
+             float repeat_penalty, int repeat_window, uint64_t seed, bool chat, const std::optional<std::string>& system) {
     GenerationOptions options;
     options.max_new_tokens = max_new_tokens;
     options.sampling.temperature = temperature;
@@ -103,24 +104,43 @@ class EngineModel {
     options.sampling.seed = seed;
     options.sampling.validate();
     CF_CHECK_INPUT(max_new_tokens >= 0, "max_new_tokens: must be >= 0");
+    nb::gil_scoped_release no_gil;
+    const std::lock_guard<std::mutex> lock(mutex_);
+    generation_.reset();
+    std::vector<int32_t> tokens;
+    if (!chat || template_.format() == ChatFormat::None) {
+      tokens = model_.tokenizer->encode(prompt, model_.tokenizer->spec().add_bos, false);
+      CF_CHECK_INPUT(!tokens.empty(), "the prompt encodes to no tokens");
+    } else {
+      tokens = ChatSession(*generator_, template_, system).prompt_with(prompt);
+    }
+    generation_ = std::make_unique<Generation>(*generator_, tokens, options);
+  }
 
-    const TextCallback callback = [&on_text](std::string_view text) -> bool {
-      nb::gil_scoped_acquire gil;
-      nb::object piece = nb::steal(PyUnicode_DecodeUTF8(text.data(), Py_ssize_t(text.size()), "replace"));
-      if (!piece.is_valid()) throw nb::python_error();
-      nb::object keep_going = on_text(piece);
-      return keep_going.is_none() || nb::cast<bool>(keep_going);
-    };
-    GenerationStats stats;
+  // The next piece of text (GIL released while the model runs), or None when the generation is over.
+  std::optional<nb::str> step() {
+    std::string text;
+    bool over = false;
     {
       nb::gil_scoped_release no_gil;
-      if (!chat || template_.format() == ChatFormat::None) {
-        const auto tokens = model_.tokenizer->encode(prompt, model_.tokenizer->spec().add_bos, false);
-        CF_CHECK_INPUT(!tokens.empty(), "the prompt encodes to no tokens");
-        stats = generator_->generate(tokens, options, callback);
-      } else {
-        ChatSession session(*generator_, template_, system);
-        stats = session.send(prompt, options, callback);
+      const std::lock_guard<std::mutex> lock(mutex_);
+      CF_CHECK(generation_ != nullptr, "step(): no generation started");
+      over = generation_->done();
+      if (!over) text = generation_->next();
+    }
+    if (over) return std::nullopt;
+    return nb::steal<nb::str>(PyUnicode_DecodeUTF8(text.data(), Py_ssize_t(text.size()), "replace"));
+  }
+
+  // Ends the generation (early: stop reason "stopped") and returns its statistics as a dict.
+  nb::dict finish() {
+    GenerationStats stats;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (generation_) {
+        generation_->stop();
+        stats = generation_->stats();
+        generation_.reset();
       }
     }
     nb::dict d;
@@ -136,8 +156,15 @@ class EngineModel {
   }
 
   // The ids of the conversation after generate(): the prompt and the sampled tokens the KV cache holds.
-  std::vector<int32_t> history() const { return generator_->history(); }
-  void reset() { generator_->reset(); }
+  std::vector<int32_t> history() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return generator_->history();
+  }
+  void reset() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    generation_.reset();
+    generator_->reset();
+  }
 
  private:
   LoadedModel model_;
@@ -146,6 +173,8 @@ class EngineModel {
   std::unique_ptr<Runner> runner_;
   std::unique_ptr<Generator> generator_;
   ChatTemplate template_;
+  std::unique_ptr<Generation> generation_;  // the one in progress, if any
+  std::mutex mutex_;                        // step() runs without the GIL: history() and reset() wait for it
 };
 
 }  // namespace
@@ -159,9 +188,11 @@ void bind_engine(nb::module_& m) {
       .def("config", &EngineModel::config)
       .def("tokenize", &EngineModel::tokenize, nb::arg("text"), nb::arg("add_bos").none(), nb::arg("parse_special"))
       .def("detokenize", &EngineModel::detokenize, nb::arg("ids"))
-      .def("generate", &EngineModel::generate, nb::arg("prompt"), nb::arg("max_new_tokens"), nb::arg("temperature"),
+      .def("start", &EngineModel::start, nb::arg("prompt"), nb::arg("max_new_tokens"), nb::arg("temperature"),
            nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_window"),
-           nb::arg("seed"), nb::arg("chat"), nb::arg("system").none(), nb::arg("on_text"))
+           nb::arg("seed"), nb::arg("chat"), nb::arg("system").none())
+      .def("step", &EngineModel::step)
+      .def("finish", &EngineModel::finish)
       .def("history", &EngineModel::history)
       .def("reset", &EngineModel::reset);
 

@@ -69,73 +69,97 @@ void Generator::reset() {
 
 GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const GenerationOptions& options,
                                     const TextCallback& on_text) {
+  Generation generation(*this, prompt, options);
+  while (!generation.done()) {
+    const std::string text = generation.next();
+    if (!text.empty() && on_text && !on_text(text)) {
+      const std::string rest = generation.stop();
+      if (!rest.empty()) on_text(rest);
+    }
+  }
+  return generation.stats();
+}
+
+Generation::Generation(Generator& generator, const std::vector<int32_t>& prompt, const GenerationOptions& options)
+    : g_(generator), options_(options), sampler_(options.sampling), decoder_(generator.tokenizer_) {
   CF_CHECK_INPUT(!prompt.empty(), "empty prompt: nothing to generate from");
   CF_CHECK_INPUT(options.max_new_tokens >= 0, "max new tokens must not be negative");
   CF_CHECK_INPUT(options.top_logprobs >= 0 && options.top_logprobs <= GenerationOptions::kMaxTopLogprobs,
                  "top logprobs must be in 0.." + std::to_string(GenerationOptions::kMaxTopLogprobs));
-  GenerationStats stats;
-  const int context = runner_.context_limit();
+  Runner& runner = g_.runner_;
+  const int context = runner.context_limit();
   if (int(prompt.size()) >= context) {
-    stats.stop = StopReason::ContextFull;
-    stats.message = "the prompt has " + std::to_string(prompt.size()) + " tokens, which does not leave room in the " +
-                    std::to_string(context) + "-token context (start a new conversation or raise --ctx)";
-    return stats;
+    finish(StopReason::ContextFull, "the prompt has " + std::to_string(prompt.size()) +
+                                        " tokens, which does not leave room in the " + std::to_string(context) +
+                                        "-token context (start a new conversation or raise --ctx)");
+    return;
   }
   // Reuse the KV of the longest common prefix; at least the last prompt token is run again to get its logits.
+  std::vector<int32_t>& history = g_.history_;
   size_t common = 0;
-  while (common < history_.size() && common < prompt.size() && history_[common] == prompt[common]) ++common;
+  while (common < history.size() && common < prompt.size() && history[common] == prompt[common]) ++common;
   if (common == prompt.size()) --common;
-  runner_.truncate(seq_, int(common));
-  history_.resize(common);
+  runner.truncate(g_.seq_, int(common));
+  history.resize(common);
 
   const auto prompt_start = std::chrono::steady_clock::now();
   const std::span<const int32_t> new_tokens(prompt.data() + common, prompt.size() - common);
-  const std::vector<float>* logits = &runner_.prefill(seq_, new_tokens);
-  history_.insert(history_.end(), new_tokens.begin(), new_tokens.end());
-  stats.prompt_tokens = int(new_tokens.size());
-  stats.prompt_seconds = seconds_since(prompt_start);
+  logits_ = &runner.prefill(g_.seq_, new_tokens);
+  history.insert(history.end(), new_tokens.begin(), new_tokens.end());
+  stats_.prompt_tokens = int(new_tokens.size());
+  stats_.prompt_seconds = seconds_since(prompt_start);
+  if (options_.max_new_tokens == 0) finish(StopReason::MaxTokens);
+}
 
-  const auto gen_start = std::chrono::steady_clock::now();
-  Sampler sampler(options.sampling);
-  StreamDecoder decoder(tokenizer_);
-  const size_t vocab = size_t(runner_.vocab());
-  bool stopped_by_callback = false;
-  stats.stop = StopReason::MaxTokens;
-  while (stats.generated_tokens < options.max_new_tokens) {
-    const std::span<const float> row(logits->data(), vocab);
-    check_logits_finite(row, stats.generated_tokens);
-    const int32_t token = sampler.sample(row, history_);
-    ++stats.generated_tokens;
-    if (options.on_token) options.on_token(token_logprobs(row, token, options.top_logprobs));
-    if (tokenizer_->is_end_of_generation(token)) {
-      stats.stop = StopReason::EndOfGeneration;
-      break;
-    }
-    const std::string text = decoder.push(token);
-    if (!text.empty() && on_text && !on_text(text)) stopped_by_callback = true;
-    // The history holds exactly what the KV cache holds: a token that ends the loop is not run (a later turn
-    // runs it through the common-prefix logic if the conversation continues after it).
-    if (stopped_by_callback) {
-      stats.stop = StopReason::Stopped;
-      break;
-    }
-    if (stats.generated_tokens == options.max_new_tokens) break;
-    if (runner_.length(seq_) + 1 > context) {
-      stats.stop = StopReason::ContextFull;
-      stats.message = "context full: reached the " + std::to_string(context) +
-                      "-token context (start a new conversation or raise --ctx)";
-      break;
-    }
-    const int32_t seqs[1] = {seq_};
-    logits = &runner_.decode(seqs, std::span<const int32_t>(&token, 1));
-    history_.push_back(token);
+std::string Generation::next() {
+  if (done_) return {};
+  const auto start = std::chrono::steady_clock::now();
+  Runner& runner = g_.runner_;
+  // The history holds exactly what the KV cache holds: the token streamed last is run only now, when the caller
+  // wants more (one that ends the generation is never run; a later turn runs it through the common prefix).
+  if (pending_ >= 0) {
+    const int32_t seqs[1] = {g_.seq_};
+    logits_ = &runner.decode(seqs, std::span<const int32_t>(&pending_, 1));
+    g_.history_.push_back(pending_);
+    pending_ = -1;
   }
-  const std::string rest = decoder.flush();
-  if (!rest.empty() && on_text) on_text(rest);
-  stats.generate_seconds = seconds_since(gen_start);
-  if (stats.stop == StopReason::MaxTokens && stats.message.empty())
-    stats.message = "stopped after " + std::to_string(stats.generated_tokens) + " tokens (max tokens)";
-  return stats;
+  const std::span<const float> row(logits_->data(), size_t(runner.vocab()));
+  check_logits_finite(row, stats_.generated_tokens);
+  const int32_t token = sampler_.sample(row, g_.history_);
+  ++stats_.generated_tokens;
+  if (options_.on_token) options_.on_token(token_logprobs(row, token, options_.top_logprobs));
+  std::string text;
+  if (g_.tokenizer_->is_end_of_generation(token)) {
+    text = finish(StopReason::EndOfGeneration);
+  } else {
+    text = decoder_.push(token);
+    const int context = runner.context_limit();
+    if (stats_.generated_tokens == options_.max_new_tokens) {
+      text += finish(StopReason::MaxTokens);
+    } else if (runner.length(g_.seq_) + 1 > context) {
+      text += finish(StopReason::ContextFull, "context full: reached the " + std::to_string(context) +
+                                                  "-token context (start a new conversation or raise --ctx)");
+    } else {
+      pending_ = token;
+    }
+  }
+  stats_.generate_seconds += seconds_since(start);
+  return text;
+}
+
+std::string Generation::stop() {
+  if (done_) return {};
+  pending_ = -1;
+  return finish(StopReason::Stopped);
+}
+
+std::string Generation::finish(StopReason why, std::string message) {
+  done_ = true;
+  stats_.stop = why;
+  stats_.message = std::move(message);
+  if (why == StopReason::MaxTokens)
+    stats_.message = "stopped after " + std::to_string(stats_.generated_tokens) + " tokens (max tokens)";
+  return decoder_.flush();
 }
 
 ChatSession::ChatSession(Generator& generator, ChatTemplate chat_template, std::optional<std::string> system)
@@ -153,11 +177,18 @@ std::vector<int32_t> ChatSession::render_tokens(bool add_generation_prompt) cons
   return template_.tokenize(generator_.tokenizer(), messages_, add_generation_prompt);
 }
 
+std::vector<int32_t> ChatSession::prompt_with(const std::string& user_text) const {
+  std::vector<ChatMessage> messages = messages_;
+  messages.push_back({"user", user_text});
+  return template_.tokenize(generator_.tokenizer(), messages, /*add_generation_prompt=*/true);
+}
+
 GenerationStats ChatSession::send(const std::string& user_text, const GenerationOptions& options,
                                   const TextCallback& on_text, std::string* reply) {
+  const std::vector<int32_t> prompt = prompt_with(user_text);
   messages_.push_back({"user", user_text});
   std::string answer;
-  const GenerationStats stats = generator_.generate(render_tokens(true), options, [&](std::string_view text) {
+  const GenerationStats stats = generator_.generate(prompt, options, [&](std::string_view text) {
     answer += text;
     return on_text ? on_text(text) : true;
   });
