@@ -427,6 +427,7 @@ class Model:
         self._config: Dict[str, Any] = self._engine.config()
         self._busy = threading.Lock()
         self.last_stats: Optional[Dict[str, Any]] = None
+        self.last_logprobs: Optional[List[Dict[str, Any]]] = None
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -470,6 +471,7 @@ class Model:
         seed: int = 0,
         chat: bool = True,
         system: Optional[str] = None,
+        logprobs: Optional[int] = None,
     ) -> Iterator[str]:
         """Streams the reply to prompt as pieces of text (an iterator; stop early by breaking out / close()).
 
@@ -479,6 +481,11 @@ class Model:
         repeat_penalty over the last repeat_window tokens (1 = off, 0.01..100), seed. The defaults are the CLI's, so
         the same arguments give the CLI's text. Stops at an end-of-generation token, max_new_tokens or a full
         context; afterwards last_stats holds the token counts, speeds and stop reason.
+
+        logprobs=N (0..20) records, for every sampled token (an end token included), its log-probability and the N
+        most likely tokens' (the CLI's --logprobs): afterwards last_logprobs is a list of {"id", "token", "bytes",
+        "logprob", "top_logprobs": [{"id", "token", "bytes", "logprob"}, ...]}, the model's distribution before the
+        penalty, temperature and filters.
 
         The model runs only while the iterator is asked for the next piece (no thread runs behind it), so a stream
         left open costs nothing; while one is open, generate() and reset() on the same Model raise RuntimeError.
@@ -498,6 +505,7 @@ class Model:
             _int_arg(seed, "seed", 0, _UINT64_MAX),
             bool(chat),
             system,
+            -1 if logprobs is None else _int_arg(logprobs, "logprobs", 0, 20),
         )
         _core._check_generation_options(*options[:7])
         return self._stream(prompt, options)
@@ -511,6 +519,7 @@ class Model:
     def _stream(self, prompt: str, options: Tuple[Any, ...]) -> Iterator[str]:
         with self._busy_or_raise():
             self.last_stats = None
+            self.last_logprobs = None
             self._engine.start(prompt, *options)
             try:
                 while True:
@@ -520,7 +529,9 @@ class Model:
                     if piece:
                         yield piece
             finally:
-                self.last_stats = dict(self._engine.finish())
+                stats = dict(self._engine.finish())
+                self.last_logprobs = stats.pop("logprobs", None)
+                self.last_stats = stats
 
     def _busy_or_raise(self) -> "_Busy":
         return _Busy(self._busy)

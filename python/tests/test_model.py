@@ -172,3 +172,23 @@ def test_bad_model_arguments(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 60)
     with pytest.raises(ValueError):
         clusterfusion.Model(str(bad), backend="cpu")
+
+
+def test_logprobs_match_the_cli(model):
+    """logprobs=N records what the CLI's --logprobs N prints: the same ids and log-probabilities."""
+    model.generate_text("The capital of France is", 6, temperature=0, chat=False, logprobs=3)
+    steps = model.last_logprobs
+    assert steps and len(steps) <= 6
+    cli = [json.loads(line) for line in run_cli("--raw", "-p", "The capital of France is", "-n", "6", "--temp", "0",
+                                                "--logprobs", "3").splitlines() if line]
+    assert [s["id"] for s in steps] == [c["id"] for c in cli]
+    for ours, theirs in zip(steps, cli):
+        assert ours["id"] == ours["top_logprobs"][0]["id"]  # greedy
+        assert isinstance(ours["bytes"], bytes) and ours["token"] == ours["bytes"].decode("utf-8", "replace")
+        assert [t["id"] for t in ours["top_logprobs"]] == [t["id"] for t in theirs["top_logprobs"]]
+        assert abs(ours["logprob"] - theirs["logprob"]) < 1e-4
+    model.generate_text("Hi", 2)
+    assert model.last_logprobs is None
+    with pytest.raises(ValueError, match="logprobs: 21 outside"):
+        model.generate("Hi", 2, logprobs=21)
+

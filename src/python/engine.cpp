@@ -91,8 +91,10 @@ class EngineModel {
   // Starts a generation (runs the prompt, GIL released); step() then pulls it one token at a time. Nothing runs
   // between calls: a stream the caller leaves suspended, abandons or keeps past the interpreter's exit costs nothing
   // and cannot race with anything (there is no thread). One generation at a time (the Python side enforces it).
+  // logprobs >= 0: record each sampled token's log-probability and the logprobs most likely tokens' (finish()).
   void start(const std::string& prompt, int max_new_tokens, float temperature, int top_k, float top_p, float min_p,
-             float repeat_penalty, int repeat_window, uint64_t seed, bool chat, const std::optional<std::string>& system) {
+             float repeat_penalty, int repeat_window, uint64_t seed, bool chat, const std::optional<std::string>& system,
+             int logprobs) {
     GenerationOptions options;
     options.max_new_tokens = max_new_tokens;
     options.sampling.temperature = temperature;
@@ -104,6 +106,14 @@ class EngineModel {
     options.sampling.seed = seed;
     options.sampling.validate();
     CF_CHECK_INPUT(max_new_tokens >= 0, "max_new_tokens: must be >= 0");
+    CF_CHECK_INPUT(logprobs >= -1 && logprobs <= GenerationOptions::kMaxTopLogprobs,
+                   "logprobs: must be in 0.." + std::to_string(GenerationOptions::kMaxTopLogprobs));
+    steps_.clear();
+    recording_ = logprobs >= 0;
+    if (recording_) {
+      options.top_logprobs = logprobs;
+      options.on_token = [this](const TokenLogprobs& step) { steps_.push_back(step); };
+    }
     nb::gil_scoped_release no_gil;
     const std::lock_guard<std::mutex> lock(mutex_);
     generation_.reset();
@@ -152,6 +162,29 @@ class EngineModel {
     d["generate_tokens_per_second"] = stats.generate_tokens_per_second();
     d["stop"] = std::string(stop_reason_name(stats.stop));
     d["message"] = stats.message;
+    if (recording_) {
+      const Tokenizer& tok = *model_.tokenizer;
+      auto token = [&](int32_t id, float logprob) {
+        const std::string bytes = tok.token_bytes(id);
+        nb::dict t;
+        t["id"] = id;
+        t["token"] = nb::steal<nb::str>(PyUnicode_DecodeUTF8(bytes.data(), Py_ssize_t(bytes.size()), "replace"));
+        t["bytes"] = nb::bytes(bytes.data(), bytes.size());
+        t["logprob"] = logprob;
+        return t;
+      };
+      nb::list steps;
+      for (const TokenLogprobs& step : steps_) {
+        nb::dict d_step = token(step.token, step.logprob);
+        nb::list top;
+        for (const auto& [id, logprob] : step.top) top.append(token(id, logprob));
+        d_step["top_logprobs"] = top;
+        steps.append(d_step);
+      }
+      d["logprobs"] = steps;
+      recording_ = false;
+      steps_.clear();
+    }
     return d;
   }
 
@@ -174,6 +207,8 @@ class EngineModel {
   std::unique_ptr<Generator> generator_;
   ChatTemplate template_;
   std::unique_ptr<Generation> generation_;  // the one in progress, if any
+  bool recording_ = false;                  // logprobs asked for
+  std::vector<TokenLogprobs> steps_;
   std::mutex mutex_;                        // step() runs without the GIL: history() and reset() wait for it
 };
 
@@ -190,7 +225,7 @@ void bind_engine(nb::module_& m) {
       .def("detokenize", &EngineModel::detokenize, nb::arg("ids"))
       .def("start", &EngineModel::start, nb::arg("prompt"), nb::arg("max_new_tokens"), nb::arg("temperature"),
            nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_window"),
-           nb::arg("seed"), nb::arg("chat"), nb::arg("system").none())
+           nb::arg("seed"), nb::arg("chat"), nb::arg("system").none(), nb::arg("logprobs"))
       .def("step", &EngineModel::step)
       .def("finish", &EngineModel::finish)
       .def("history", &EngineModel::history)
