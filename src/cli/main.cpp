@@ -250,7 +250,7 @@ std::string json_bytes(std::string_view bytes) {
 }
 
 std::string json_number(double x) {
-  if (!std::isfinite(x)) return x < 0 ? "-1e999" : "null";  // -inf: a token the model rules out
+  if (!std::isfinite(x)) return "null";  // cannot happen: the logits are checked finite
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.6g", x);
   return buf;
