@@ -309,9 +309,7 @@ struct GenerateArgs {
                 "and streams it to stdout; a summary with tokens/s goes to stderr.");
     p.option("prompt", 'p', "TEXT", "the prompt (required)", &prompt);
     p.flag("raw", 0, "no chat template: continue TEXT as plain text", &raw);
-    p.option("logprobs", 0, "N",
-             "instead of the text, one JSON line per generated token: its id, text, bytes and log-probability, and\n"
-             "                            the N most likely tokens' (0..20; the model's distribution before sampling)",
+    p.option("logprobs", 0, "N", "print a JSON line per token instead of text: its log-probability, the N most likely (0..20)",
              &logprobs, 0, GenerationOptions::kMaxTopLogprobs);
     sampling.add_to(p);
     common.add_to(p);
