@@ -1,6 +1,7 @@
-// A small strict JSON reader (RFC 8259) for safetensors headers, config.json and tokenizer.json.
-// Bounded: input size, nesting depth and the number of values are limited, strings must be valid UTF-8, duplicate
-// keys are kept in order (find() returns the first). Errors throw cf::InputError naming the byte offset.
+// A small strict JSON reader (RFC 8259) for safetensors headers, config.json, tokenizer.json and the server's
+// requests, and a writer for the server's responses.
+// Reader: bounded (input size, nesting depth and the number of values are limited), strings must be valid UTF-8,
+// duplicate keys are kept in order (find() returns the first). Errors throw cf::InputError naming the byte offset.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -71,6 +72,41 @@ struct ParseLimits {
 
 // Parses a whole document; trailing non-whitespace is an error.
 Value parse(std::string_view text, const ParseLimits& limits = {});
+
+// Writes one JSON document front to back; commas and nesting are tracked, so a caller only says what comes next:
+//   Writer w; w.begin_object().key("n").value(1).key("s").value("x").end_object(); w.str() == {"n":1,"s":"x"}
+// Strings are escaped per RFC 8259; bytes that are not valid UTF-8 are written as U+FFFD, so the output is always
+// valid JSON. Misuse (a value where a key is due, unbalanced ends) throws cf::Error.
+class Writer {
+ public:
+  Writer& begin_object();
+  Writer& end_object();
+  Writer& begin_array();
+  Writer& end_array();
+  Writer& key(std::string_view k);
+  Writer& value(std::string_view s);
+  Writer& value(const char* s) { return value(std::string_view(s)); }
+  Writer& value(int64_t i);
+  Writer& value(int i) { return value(int64_t(i)); }
+  Writer& value(double d);  // finite numbers only (non-finite ones are written as null)
+  Writer& value(bool b);
+  Writer& null();
+  // The document so far; complete once every begin has its end.
+  const std::string& str() const { return out_; }
+
+ private:
+  void before_value();
+  std::string out_;
+  struct Level {
+    bool object;
+    bool empty = true;
+    bool key_written = false;
+  };
+  std::vector<Level> levels_;
+};
+
+// s as a quoted JSON string (the escaping Writer uses).
+std::string quote(std::string_view s);
 
 // Appends the UTF-8 encoding of a code point (used by escapes and by the tokenizers).
 void append_utf8(std::string& out, uint32_t code_point);
