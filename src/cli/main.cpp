@@ -1,5 +1,5 @@
-// clusterfusion: the command-line front end (generate, chat, info). Errors are one line on stderr; exit code 2 for
-// a bad command line, 1 for anything else that went wrong.
+// clusterfusion: the command-line front end (generate, chat, info; serve in serve.cpp). Errors are one line on
+// stderr; exit code 2 for a bad command line, 1 for anything else that went wrong.
 #include <unistd.h>
 
 #include <chrono>
@@ -14,6 +14,7 @@
 
 #include "args.hpp"
 #include "options.hpp"
+#include "serve.hpp"
 #include "clusterfusion/common/json.hpp"
 #include "clusterfusion/engine/model_file.hpp"
 #include "clusterfusion/runtime/backend.hpp"
@@ -196,6 +197,7 @@ std::string top_help() {
          "  generate      generate a reply to one prompt (-p TEXT), streamed to stdout\n"
          "  chat          interactive chat with history (one user turn per stdin line)\n"
          "  info [MODEL]  show a model's configuration, tokenizer and tensors\n"
+         "  serve         OpenAI-compatible HTTP server with continuous batching and a chat page\n"
          "\n"
          "backends (--backend NAME):\n" +
          backends +
@@ -209,7 +211,7 @@ std::string top_help() {
 int run(const std::vector<std::string>& args) {
   if (args.empty()) {
     std::fputs(top_help().c_str(), stderr);
-    throw UsageError("missing command (generate, chat or info)");
+    throw UsageError("missing command (generate, chat, info or serve)");
   }
   // Options given before the command are passed on to it (e.g. clusterfusion -m model.gguf generate -p hi).
   size_t command_at = 0;
@@ -226,18 +228,19 @@ int run(const std::vector<std::string>& args) {
                            args[command_at] != "--quiet";
     command_at += has_value ? 2 : 1;
   }
-  if (command_at >= args.size()) throw UsageError("missing command (generate, chat or info)");
+  if (command_at >= args.size()) throw UsageError("missing command (generate, chat, info or serve)");
   const std::string command = args[command_at];
   std::vector<std::string> rest(args.begin() + long(command_at) + 1, args.end());
   rest.insert(rest.begin(), args.begin(), args.begin() + long(command_at));
   if (command == "generate") return cmd_generate(rest);
   if (command == "chat") return cmd_chat(rest);
   if (command == "info") return cmd_info(rest);
+  if (command == "serve") return cmd_serve(rest);
   if (command == "help") {
     std::fputs(top_help().c_str(), stdout);
     return 0;
   }
-  throw UsageError("unknown command '" + command + "' (expected generate, chat or info)");
+  throw UsageError("unknown command '" + command + "' (expected generate, chat, info or serve)");
 }
 
 }  // namespace cf::cli

@@ -235,6 +235,7 @@ void Scheduler::admit_locked() {
       o.prompt_tokens = int(q.request.prompt.size());
       o.finish = q.stream->cancelled() ? FinishReason::Cancelled : FinishReason::Error;
       if (!q.stream->cancelled()) o.error = *abort_message_;
+      if (options_.on_finish) options_.on_finish(o);
       q.stream->finish(std::move(o));
       it = queue_.erase(it);
       continue;
@@ -357,6 +358,7 @@ void Scheduler::finish(Active& a, FinishReason reason, std::string error) {
     o.decode_seconds = seconds_between(a.first_token, now);
   }
   o.error = std::move(error);
+  if (options_.on_finish) options_.on_finish(o);
   a.stream->finish(std::move(o));
 }
 

@@ -107,6 +107,8 @@ class QueueFullError : public Error {
 struct SchedulerOptions {
   int max_queue = 32;       // requests waiting for a sequence slot; one more is refused with QueueFullError
   int prefill_chunk = 128;  // prompt tokens per step while other sequences decode
+  // Called on the engine thread with every request's outcome, once, as it ends (e.g. to count it in metrics).
+  std::function<void(const GenerationOutcome&)> on_finish;
 };
 
 struct SchedulerStats {
