@@ -112,10 +112,7 @@ ChatSession::ChatSession(Generator& generator, ChatTemplate chat_template, std::
 }
 
 std::vector<int32_t> ChatSession::render_tokens(bool add_generation_prompt) const {
-  const std::string text = template_.render(messages_, add_generation_prompt);
-  const Tokenizer& tok = generator_.tokenizer();
-  const bool add_bos = template_.format() == ChatFormat::None && tok.spec().add_bos;
-  return tok.encode(text, add_bos, /*parse_special=*/template_.format() != ChatFormat::None);
+  return template_.tokenize(generator_.tokenizer(), messages_, add_generation_prompt);
 }
 
 GenerationStats ChatSession::send(const std::string& user_text, const GenerationOptions& options,
