@@ -414,10 +414,9 @@ void Server::shutdown(std::chrono::milliseconds grace) {
 }
 
 std::vector<int32_t> Server::chat_prompt(const std::vector<ChatMessage>& messages) const {
-  const Tokenizer& tok = *impl_->model.tokenizer;
-  const ChatTemplate& t = impl_->model.chat_template;
-  const bool add_bos = t.format() == ChatFormat::None && tok.spec().add_bos;
-  return tok.encode(t.render(messages, /*add_generation_prompt=*/true), add_bos, t.format() != ChatFormat::None);
+  // The template's markup becomes special tokens; the messages are content only ("<|im_start|>" typed by a user
+  // stays text).
+  return impl_->model.chat_template.tokenize(*impl_->model.tokenizer, messages, /*add_generation_prompt=*/true);
 }
 
 }  // namespace cf::server

@@ -3,6 +3,7 @@
 // cancelled requests free their sequence and KV pages, the queue is bounded, stop strings and OpenAI's penalties.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -29,6 +30,13 @@ std::shared_ptr<cf::ModelWeights> tiny_weights(int vocab) {
 cf::BackendOptions backend_options(int max_seqs) {
   cf::BackendOptions o;
   o.max_seqs = max_seqs;
+  return o;
+}
+
+cf::SchedulerOptions options(int max_queue, int prefill_chunk) {
+  cf::SchedulerOptions o;
+  o.max_queue = max_queue;
+  o.prefill_chunk = prefill_chunk;
   return o;
 }
 
@@ -82,7 +90,10 @@ TEST(Scheduler, ConcurrentRequestsGiveWhatEachGivesAlone) {
   auto tok = std::make_shared<cf::test::ByteTokenizer>();
   auto weights = tiny_weights(tok->vocab_size());
   cf::Runner runner(cf::create_backend("cpu", weights, backend_options(3)), 3, kContext);
-  cf::Scheduler scheduler(runner, tok, {.max_queue = 8, .prefill_chunk = 5});  // small chunks: prefill interleaves
+  auto o = options(8, 5);  // small chunks: prefill interleaves with decoding
+  std::atomic<int> finished_count{0};
+  o.on_finish = [&](const cf::GenerationOutcome&) { ++finished_count; };
+  cf::Scheduler scheduler(runner, tok, o);
   std::vector<cf::GenerationRequest> requests;
   const char* prompts[] = {"Hello there", "a", "The quick brown fox jumps over", "xyz", "0123456789abcdef", "Hi"};
   for (int i = 0; i < 6; ++i)
@@ -97,6 +108,7 @@ TEST(Scheduler, ConcurrentRequestsGiveWhatEachGivesAlone) {
     EXPECT_EQ(got.outcome.finish, want.outcome.finish) << "request " << i;
     EXPECT_EQ(got.outcome.prompt_tokens, int(requests[i].prompt.size()));
   }
+  EXPECT_EQ(finished_count, 6);
   const auto stats = scheduler.stats();
   EXPECT_GT(stats.decode_rows, stats.decode_steps) << "no decode step ever had more than one sequence";
   EXPECT_EQ(stats.running, 0);
@@ -157,7 +169,7 @@ TEST(Scheduler, LongPromptIsPrefilledInChunksBetweenDecodeSteps) {
   auto recording = std::make_unique<RecordingBackend>(cf::create_backend("cpu", weights, backend_options(2)));
   RecordingBackend& rec = *recording;
   cf::Runner runner(std::move(recording), 2, kContext);
-  cf::Scheduler scheduler(runner, tok, {.max_queue = 4, .prefill_chunk = 8});
+  cf::Scheduler scheduler(runner, tok, options(4, 8));
   rec.allow(0);
   auto running = scheduler.submit(request(tok->encode("go", false, false), 30));
   rec.wait_started(1);  // "go" is being prefilled; the long prompt arrives meanwhile
@@ -187,7 +199,7 @@ TEST(Scheduler, CancelFreesTheSequenceAndItsPages) {
   auto recording = std::make_unique<RecordingBackend>(cf::create_backend("cpu", weights, backend_options(1)));
   RecordingBackend& rec = *recording;
   cf::Runner runner(std::move(recording), 1, kContext);
-  cf::Scheduler scheduler(runner, tok, {.max_queue = 4, .prefill_chunk = 16});
+  cf::Scheduler scheduler(runner, tok, options(4, 16));
   rec.allow(3);
   auto first = scheduler.submit(request(tok->encode("running", false, false), 50));
   auto waiting = scheduler.submit(request(tok->encode("queued", false, false), 50));
@@ -219,7 +231,7 @@ TEST(Scheduler, QueueIsBoundedAndAbortEndsEverything) {
   auto recording = std::make_unique<RecordingBackend>(cf::create_backend("cpu", weights, backend_options(1)));
   RecordingBackend& rec = *recording;
   cf::Runner runner(std::move(recording), 1, kContext);
-  cf::Scheduler scheduler(runner, tok, {.max_queue = 2, .prefill_chunk = 16});
+  cf::Scheduler scheduler(runner, tok, options(2, 16));
   rec.allow(0);
   const auto prompt = tok->encode("abc", false, false);
   std::vector<std::shared_ptr<cf::GenerationStream>> accepted;
