@@ -261,17 +261,17 @@ void fit_to_context(ParsedRequest& r, std::vector<int32_t> prompt_tokens, const 
   if (prompt == 0) throw ApiError(400, "the prompt is empty (it encodes to no tokens)", param);
   const int64_t cap = policy.max_tokens_cap > 0 ? policy.max_tokens_cap : policy.context;
   const std::string& asked_name = r.max_tokens_param;
-  if (r.max_tokens && *r.max_tokens > cap)
-    throw ApiError(400, "max_tokens is " + std::to_string(*r.max_tokens) + " but this server allows at most " +
-                            std::to_string(cap) + " per request",
-                   asked_name);
   if (prompt >= policy.context || (r.max_tokens && prompt + *r.max_tokens > policy.context))
     throw ApiError(400,
                    "this model's context is " + std::to_string(policy.context) + " tokens, but the request has " +
                        std::to_string(prompt) + " prompt tokens" +
                        (r.max_tokens ? " and asks for " + std::to_string(*r.max_tokens) + " more" : std::string()) +
-                       "; shorten the prompt or lower max_tokens",
+                       "; shorten the prompt or lower " + asked_name,
                    r.max_tokens && prompt < policy.context ? asked_name : param, "context_length_exceeded");
+  if (r.max_tokens && *r.max_tokens > cap)
+    throw ApiError(400, asked_name + " is " + std::to_string(*r.max_tokens) + " but this server allows at most " +
+                            std::to_string(cap) + " per request (its --max-tokens)",
+                   asked_name);
   r.generation.max_new_tokens = int(r.max_tokens ? *r.max_tokens : std::min(cap, policy.context - prompt));
   r.generation.prompt = std::move(prompt_tokens);
 }
