@@ -163,13 +163,27 @@ class RecordingBackend final : public cf::Backend {
   int permits_ = 1 << 30;
 };
 
+// A scheduler over a RecordingBackend on the tiny model, with `slots` sequences.
+struct Recorded {
+  Recorded(int slots, cf::SchedulerOptions o)
+      : weights(tiny_weights(tok->vocab_size())),
+        recording(new RecordingBackend(cf::create_backend("cpu", weights, backend_options(slots)))),
+        rec(*recording),
+        runner(std::move(recording), slots, kContext),
+        scheduler(runner, tok, std::move(o)) {}
+  std::shared_ptr<cf::test::ByteTokenizer> tok = std::make_shared<cf::test::ByteTokenizer>();
+  std::shared_ptr<cf::ModelWeights> weights;
+  std::unique_ptr<RecordingBackend> recording;  // moved into the runner
+  RecordingBackend& rec;
+  cf::Runner runner;
+  cf::Scheduler scheduler;
+};
+
 TEST(Scheduler, LongPromptIsPrefilledInChunksBetweenDecodeSteps) {
-  auto tok = std::make_shared<cf::test::ByteTokenizer>();
-  auto weights = tiny_weights(tok->vocab_size());
-  auto recording = std::make_unique<RecordingBackend>(cf::create_backend("cpu", weights, backend_options(2)));
-  RecordingBackend& rec = *recording;
-  cf::Runner runner(std::move(recording), 2, kContext);
-  cf::Scheduler scheduler(runner, tok, options(4, 8));
+  Recorded r(2, options(4, 8));
+  auto& tok = r.tok;
+  auto& scheduler = r.scheduler;
+  auto& rec = r.rec;
   rec.allow(0);
   auto running = scheduler.submit(request(tok->encode("go", false, false), 30));
   rec.wait_started(1);  // "go" is being prefilled; the long prompt arrives meanwhile
@@ -194,12 +208,11 @@ TEST(Scheduler, LongPromptIsPrefilledInChunksBetweenDecodeSteps) {
 }
 
 TEST(Scheduler, CancelFreesTheSequenceAndItsPages) {
-  auto tok = std::make_shared<cf::test::ByteTokenizer>();
-  auto weights = tiny_weights(tok->vocab_size());
-  auto recording = std::make_unique<RecordingBackend>(cf::create_backend("cpu", weights, backend_options(1)));
-  RecordingBackend& rec = *recording;
-  cf::Runner runner(std::move(recording), 1, kContext);
-  cf::Scheduler scheduler(runner, tok, options(4, 16));
+  Recorded r(1, options(4, 16));
+  auto& tok = r.tok;
+  auto& scheduler = r.scheduler;
+  auto& rec = r.rec;
+  auto& runner = r.runner;
   rec.allow(3);
   auto first = scheduler.submit(request(tok->encode("running", false, false), 50));
   auto waiting = scheduler.submit(request(tok->encode("queued", false, false), 50));
@@ -226,12 +239,11 @@ TEST(Scheduler, CancelFreesTheSequenceAndItsPages) {
 }
 
 TEST(Scheduler, QueueIsBoundedAndAbortEndsEverything) {
-  auto tok = std::make_shared<cf::test::ByteTokenizer>();
-  auto weights = tiny_weights(tok->vocab_size());
-  auto recording = std::make_unique<RecordingBackend>(cf::create_backend("cpu", weights, backend_options(1)));
-  RecordingBackend& rec = *recording;
-  cf::Runner runner(std::move(recording), 1, kContext);
-  cf::Scheduler scheduler(runner, tok, options(2, 16));
+  Recorded r(1, options(2, 16));
+  auto& tok = r.tok;
+  auto& scheduler = r.scheduler;
+  auto& rec = r.rec;
+  auto& runner = r.runner;
   rec.allow(0);
   const auto prompt = tok->encode("abc", false, false);
   std::vector<std::shared_ptr<cf::GenerationStream>> accepted;
