@@ -59,6 +59,12 @@ Finished drain(cf::GenerationStream& stream) {
   return f;
 }
 
+// Waits until the engine has released every slot (outcomes reach their streams just before that).
+void wait_idle(const cf::Scheduler& scheduler) {
+  for (int i = 0; i < 2000 && !scheduler.idle(); ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_TRUE(scheduler.idle());
+}
+
 cf::GenerationRequest request(const std::vector<int32_t>& prompt, int max_tokens, float temperature = 0.0f,
                               uint64_t seed = 0) {
   cf::GenerationRequest r;
@@ -109,6 +115,7 @@ TEST(Scheduler, ConcurrentRequestsGiveWhatEachGivesAlone) {
     EXPECT_EQ(got.outcome.prompt_tokens, int(requests[i].prompt.size()));
   }
   EXPECT_EQ(finished_count, 6);
+  wait_idle(scheduler);
   const auto stats = scheduler.stats();
   EXPECT_GT(stats.decode_rows, stats.decode_steps) << "no decode step ever had more than one sequence";
   EXPECT_EQ(stats.running, 0);
@@ -212,14 +219,13 @@ TEST(Scheduler, CancelFreesTheSequenceAndItsPages) {
   auto& tok = r.tok;
   auto& scheduler = r.scheduler;
   auto& rec = r.rec;
-  auto& runner = r.runner;
   rec.allow(3);
   auto first = scheduler.submit(request(tok->encode("running", false, false), 50));
   auto waiting = scheduler.submit(request(tok->encode("queued", false, false), 50));
   rec.wait_started(4);  // prefill and 2 decode steps of the first ran, the 3rd waits; the second request waits
                         // for the only slot
   EXPECT_EQ(scheduler.stats().queued, 1);
-  EXPECT_GT(runner.kv_pages_in_use(), 0);
+  EXPECT_GT(scheduler.stats().kv_pages_in_use, 0);
   waiting->cancel();
   first->cancel();
   rec.open();
@@ -228,12 +234,10 @@ TEST(Scheduler, CancelFreesTheSequenceAndItsPages) {
   EXPECT_LT(a.outcome.completion_tokens, 50);
   EXPECT_EQ(b.outcome.finish, cf::FinishReason::Cancelled);
   EXPECT_EQ(b.outcome.completion_tokens, 0);
-  for (int i = 0; i < 200 && !scheduler.idle(); ++i) std::this_thread::sleep_for(5ms);
-  EXPECT_TRUE(scheduler.idle());
+  wait_idle(scheduler);
   const auto stats = scheduler.stats();
   EXPECT_EQ(stats.running, 0);
   EXPECT_EQ(stats.kv_pages_in_use, 0);
-  EXPECT_EQ(runner.kv_pages_in_use(), 0);
   // The slot is usable again.
   EXPECT_EQ(drain(*scheduler.submit(request(tok->encode("next", false, false), 3))).outcome.completion_tokens, 3);
 }
@@ -243,7 +247,6 @@ TEST(Scheduler, QueueIsBoundedAndAbortEndsEverything) {
   auto& tok = r.tok;
   auto& scheduler = r.scheduler;
   auto& rec = r.rec;
-  auto& runner = r.runner;
   rec.allow(0);
   const auto prompt = tok->encode("abc", false, false);
   std::vector<std::shared_ptr<cf::GenerationStream>> accepted;
@@ -257,7 +260,8 @@ TEST(Scheduler, QueueIsBoundedAndAbortEndsEverything) {
     EXPECT_EQ(f.outcome.error, "shutting down");
   }
   EXPECT_THROW(scheduler.submit(request(prompt, 20)), cf::Error);
-  EXPECT_EQ(runner.kv_pages_in_use(), 0);
+  wait_idle(scheduler);
+  EXPECT_EQ(scheduler.stats().kv_pages_in_use, 0);
 }
 
 TEST(Scheduler, RejectsPromptsThatDoNotFitAndStopsAtTheContext) {
@@ -373,6 +377,46 @@ TEST(Scheduler, PresenceAndFrequencyPenaltiesFollowOpenAIsFormula) {
   EXPECT_EQ(greedy_text(0, 0.3f), expected(0, 0.3f));
   EXPECT_EQ(greedy_text(0.25f, 0.15f), expected(0.25f, 0.15f));
   EXPECT_NE(expected(0, 0.3f), "AAAAAAAA");
+}
+
+}  // namespace
+
+namespace {
+
+// Fails one forward call (the n-th) as a broken device would.
+class FailingBackend final : public cf::Backend {
+ public:
+  FailingBackend(std::unique_ptr<cf::Backend> inner, int fail_call) : inner_(std::move(inner)), fail_call_(fail_call) {}
+  std::string name() const override { return "failing"; }
+  const cf::ModelConfig& config() const override { return inner_->config(); }
+  const cf::KvCacheShape& kv_shape() const override { return inner_->kv_shape(); }
+  int max_batch_tokens() const override { return inner_->max_batch_tokens(); }
+  void forward(const cf::Batch& batch, float* logits) override {
+    if (++calls_ == fail_call_) throw cf::Error("device lost");
+    inner_->forward(batch, logits);
+  }
+
+ private:
+  std::unique_ptr<cf::Backend> inner_;
+  int fail_call_, calls_ = 0;
+};
+
+TEST(Scheduler, AnEngineErrorEndsTheRequestsInThatStepAndNothingElse) {
+  auto tok = std::make_shared<cf::test::ByteTokenizer>();
+  auto weights = tiny_weights(tok->vocab_size());
+  // Call 1 prefills the request, call 2 is its first decode step: that one fails.
+  cf::Runner runner(std::make_unique<FailingBackend>(cf::create_backend("cpu", weights, backend_options(2)), 2), 2,
+                    kContext);
+  cf::Scheduler scheduler(runner, tok, options(4, 16));
+  const Finished failed = drain(*scheduler.submit(request(tok->encode("abc", false, false), 10)));
+  EXPECT_EQ(failed.outcome.finish, cf::FinishReason::Error);
+  EXPECT_NE(failed.outcome.error.find("device lost"), std::string::npos);
+  EXPECT_EQ(failed.outcome.completion_tokens, 1);  // the token sampled after the prefill
+  wait_idle(scheduler);
+  EXPECT_EQ(scheduler.stats().kv_pages_in_use, 0);
+  const Finished next = drain(*scheduler.submit(request(tok->encode("abc", false, false), 10)));
+  EXPECT_EQ(next.outcome.finish, cf::FinishReason::Length);
+  EXPECT_EQ(next.outcome.completion_tokens, 10);
 }
 
 }  // namespace
