@@ -3,7 +3,7 @@
 # a 32-client load test with disconnects, shutdown, and the chat page in headless Chromium (its screenshot goes to
 # build/test-artifacts/chat_page.png). Called by scripts/test.sh after the C++ tests; runnable on its own.
 #
-#   tests/server/run_tests.sh [BUILD_DIR] [pytest arguments]      (BUILD_DIR default: build/default)
+#   tests/server/run_tests.sh [BUILD_DIR] [pytest arguments, e.g. -k load]    (BUILD_DIR default: build/default)
 #
 # Needs the default model and headless Chromium (scripts/setup.sh --test installs both); the Python packages
 # (tests/server/requirements.txt) go into a virtual environment, build/server-venv.
@@ -24,7 +24,8 @@ fi
 start=$(date +%s)
 cd "$root/tests/server"
 set +e
-"$venv/bin/python" -m pytest -q -p no:cacheprovider --cli "$build/clusterfusion" --artifacts "$root/build/test-artifacts" "$@"
+"$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/tests/server" --cli "$build/clusterfusion" \
+  --artifacts "$root/build/test-artifacts" "$@"
 rc=$?
 set -e
 log "took $(( $(date +%s) - start )) s"
