@@ -3,11 +3,16 @@
 #include "serve.hpp"
 
 #ifdef CF_HAVE_SERVER
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -72,6 +77,35 @@ struct ServeOptions {
   }
 };
 
+// Fails before the model is loaded when HOST:PORT cannot be listened on (a busy port, an address this machine does
+// not have), so the mistake costs no load time; the server binds for real once the model is loaded.
+void check_can_listen(const std::string& host, int port) {
+  const std::string where = host + ":" + std::to_string(port);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (const int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found); rc != 0)
+    throw InputError("cannot listen on " + where + ": " + gai_strerror(rc));
+  std::string why = "no usable address";
+  bool ok = false;
+  for (const addrinfo* a = found; a && !ok; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) {
+      why = std::strerror(errno);
+      continue;
+    }
+    const int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);  // as the server does
+    ok = bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1) == 0;
+    if (!ok) why = std::strerror(errno) + std::string(errno == EADDRINUSE ? " (--port picks another)" : "");
+    close(fd);
+  }
+  freeaddrinfo(found);
+  if (!ok) throw InputError("cannot listen on " + where + ": " + why);
+}
+
 std::string model_id(const std::string& path) {
   std::filesystem::path p(path);
   if (p.filename().empty()) p = p.parent_path();  // a safetensors folder given with a trailing slash
@@ -87,8 +121,11 @@ int cmd_serve(const std::vector<std::string>& args) {
   ArgParser p("clusterfusion serve [options]",
               "Serves the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,\n"
               "/v1/models, /health, /metrics) with continuous batching, and a chat page at http://HOST:PORT/.\n"
-              "The sampling options below are the defaults for requests that leave those fields out.\n"
+              "The sampling options below are the defaults for requests that leave those fields out; a request\n"
+              "without a seed gets a random one unless --seed is given.\n"
               "SIGINT / SIGTERM (Ctrl-C) stop it gracefully; a second one stops it at once.");
+  constexpr uint64_t kNoSeed = ~uint64_t(0);  // --seed not given
+  sampling.sampler.seed = kNoSeed;
   serve.add_to(p);
   sampling.add_to(p, /*with_max_tokens=*/false);
   common.add_to(p);
@@ -96,9 +133,13 @@ int cmd_serve(const std::vector<std::string>& args) {
     std::cout << p.help();
     return 0;
   }
+  std::optional<uint64_t> default_seed;
+  if (sampling.sampler.seed != kNoSeed) default_seed = sampling.sampler.seed;
+  sampling.sampler.seed = 0;
   const GenerationOptions defaults = sampling.generation();
   (void)sampling.chat_template(std::nullopt);  // checks --template before loading
   const std::optional<std::string> api_key = serve.key();
+  if (serve.port != 0) check_can_listen(serve.host, serve.port);
 
   // Signals are taken by sigtimedwait() below, so every thread started from here on has them blocked.
   sigset_t stop_signals;
@@ -127,6 +168,7 @@ int cmd_serve(const std::vector<std::string>& args) {
   options.policy.default_sampling = defaults.sampling;
   options.policy.context = m.runner->context_limit();
   options.policy.max_tokens_cap = serve.max_tokens;
+  options.policy.default_seed = default_seed;
   const std::string id = serve.alias ? *serve.alias : model_id(m.model.path);
   server::Server server(scheduler, metrics, {id, m.model.tokenizer, chat_template}, options);
   server.bind();

@@ -7,7 +7,9 @@ namespace cf {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double seconds_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 }  // namespace
 
 std::string_view finish_reason_name(FinishReason r) {
@@ -163,9 +165,10 @@ std::shared_ptr<GenerationStream> Scheduler::submit(GenerationRequest request) {
                      " tokens, which leaves no room in the context of " + std::to_string(runner_.context_limit()) +
                      " tokens");
   CF_CHECK_INPUT(request.max_new_tokens >= 1, "max tokens must be at least 1");
+  const int vocab = runner_.vocab();
   for (int32_t t : request.prompt)
-    CF_CHECK_INPUT(t >= 0 && t < runner_.vocab(), "prompt token " + std::to_string(t) + " is outside the vocabulary of " +
-                                                      std::to_string(runner_.vocab()));
+    CF_CHECK_INPUT(t >= 0 && t < vocab, "prompt token " + std::to_string(t) + " is outside the vocabulary of " +
+                                            std::to_string(vocab));
   request.sampling.validate();
   auto q = std::make_unique<Queued>();
   q->request = std::move(request);

@@ -60,7 +60,9 @@ std::optional<int64_t> integer(const Value& object, std::string_view key, int64_
   const Value* v = field(object, key);
   if (!v) return std::nullopt;
   const std::string name(key);
-  if (!v->is_integer()) bad(name, "'" + name + "' must be an integer, got " + (v->is_number() ? "a fraction or an out-of-range number" : kind_of(*v)));
+  if (!v->is_integer())
+    bad(name, "'" + name + "' must be an integer, got " +
+                  (v->is_number() ? std::string("a fraction or an out-of-range number") : kind_of(*v)));
   const int64_t i = v->as_int();
   if (i < lo || i > hi)
     bad(name, "'" + name + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi) + ", got " +
@@ -79,7 +81,8 @@ bool boolean(const Value& object, std::string_view key, bool fallback) {
 // Message content: a string, or an array of {"type": "text", "text": ...} parts (joined).
 std::string message_content(const Value& content, const std::string& param) {
   if (content.is_string()) return content.as_string();
-  if (!content.is_array()) bad(param, "'" + param + "' must be a string or an array of text parts, got " + kind_of(content));
+  if (!content.is_array())
+    bad(param, "'" + param + "' must be a string or an array of text parts, got " + kind_of(content));
   std::string text;
   const auto& parts = content.as_array();
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -139,7 +142,8 @@ std::variant<std::string, std::vector<int32_t>> parse_prompt(const Value& body) 
   const Value* prompt = field(body, "prompt");
   if (!prompt) bad("prompt", "'prompt' is required");
   if (prompt->is_string()) return prompt->as_string();
-  if (!prompt->is_array()) bad("prompt", "'prompt' must be a string, an array of token ids or an array with one string");
+  if (!prompt->is_array())
+    bad("prompt", "'prompt' must be a string, an array of token ids or an array with one string");
   const auto& items = prompt->as_array();
   if (items.empty()) bad("prompt", "'prompt' must not be empty");
   if (!items[0].is_string() && !items[0].is_array()) return token_ids(items);
@@ -173,7 +177,8 @@ std::vector<std::string> parse_stop(const Value& body, size_t max_count) {
 void reject_unsupported(const Value& body, Endpoint endpoint) {
   if (auto n = integer(body, "n", 1, 128); n && *n != 1) bad("n", "'n' must be 1 (one choice per request)");
   if (endpoint == Endpoint::Completions) {
-    if (auto best_of = integer(body, "best_of", 1, 128); best_of && *best_of != 1) bad("best_of", "'best_of' must be 1");
+    if (auto best_of = integer(body, "best_of", 1, 128); best_of && *best_of != 1)
+      bad("best_of", "'best_of' must be 1");
     if (boolean(body, "echo", false)) bad("echo", "'echo' is not supported");
     if (field(body, "suffix")) bad("suffix", "'suffix' is not supported");
     if (field(body, "logprobs")) bad("logprobs", "'logprobs' is not supported");

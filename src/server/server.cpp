@@ -195,7 +195,8 @@ void Server::Impl::generate(Server& server, Endpoint endpoint, const httplib::Re
                        "prompt");
   }
   fit_to_context(p, std::move(prompt), options.policy);
-  if (!p.seed_given) p.generation.sampling.seed = random_u64();
+  if (!p.seed_given)
+    p.generation.sampling.seed = options.policy.default_seed ? *options.policy.default_seed : random_u64();
   std::shared_ptr<GenerationStream> stream;
   try {
     stream = scheduler.submit(std::move(p.generation));

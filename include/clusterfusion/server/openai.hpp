@@ -42,6 +42,7 @@ struct RequestPolicy {
   int context = 0;         // tokens per sequence (prompt + completion)
   int max_tokens_cap = 0;  // largest max_tokens a request may ask for (0: the context)
   size_t max_stop_strings = 4;
+  std::optional<uint64_t> default_seed;  // for requests without a seed; none: a random seed each
 };
 
 struct ParsedRequest {
@@ -50,7 +51,7 @@ struct ParsedRequest {
   std::variant<std::string, std::vector<int32_t>> prompt;      // completions: text, or token ids
   std::optional<int> max_tokens;                              // as asked (max_completion_tokens or max_tokens)
   std::string max_tokens_param = "max_tokens";                // which of the two names gave it
-  bool seed_given = false;                                    // else the server picks a random seed
+  bool seed_given = false;                                    // else the policy's default seed or a random one
   bool stream = false;
   bool include_usage = false;                                 // stream_options.include_usage
   GenerationRequest generation;  // sampling, penalties and stop strings; prompt and max_new_tokens come later

@@ -206,7 +206,7 @@ TEST(Scheduler, LongPromptIsPrefilledInChunksBetweenDecodeSteps) {
     if (calls[i].tokens != 8) continue;
     ++chunks;
     ASSERT_LT(i + 1, calls.size());
-    EXPECT_EQ(calls[i + 1].tokens, calls[i + 1].seqs) << "call " << i + 1 << " after a prefill chunk is not a decode step";
+    EXPECT_EQ(calls[i + 1].tokens, calls[i + 1].seqs) << "call " << i + 1 << " after a chunk is not a decode step";
   }
   EXPECT_EQ(chunks, 5);
   bool batched = false;
@@ -327,7 +327,8 @@ TEST(StopStringFilter, HoldsBackPossibleStartsAndCutsAtTheFirstMatch) {
 // Returns fixed logits for every row: token A 1.0, token B 0.5, everything else far below.
 class FixedLogitsBackend final : public cf::Backend {
  public:
-  FixedLogitsBackend(std::unique_ptr<cf::Backend> inner, int32_t a, int32_t b) : inner_(std::move(inner)), a_(a), b_(b) {}
+  FixedLogitsBackend(std::unique_ptr<cf::Backend> inner, int32_t a, int32_t b)
+      : inner_(std::move(inner)), a_(a), b_(b) {}
   std::string name() const override { return "fixed"; }
   const cf::ModelConfig& config() const override { return inner_->config(); }
   const cf::KvCacheShape& kv_shape() const override { return inner_->kv_shape(); }
@@ -350,7 +351,8 @@ class FixedLogitsBackend final : public cf::Backend {
 TEST(Scheduler, PresenceAndFrequencyPenaltiesFollowOpenAIsFormula) {
   auto tok = std::make_shared<cf::test::ByteTokenizer>();
   auto weights = tiny_weights(tok->vocab_size());
-  cf::Runner runner(std::make_unique<FixedLogitsBackend>(cf::create_backend("cpu", weights, {}), 'A', 'B'), 1, kContext);
+  cf::Runner runner(std::make_unique<FixedLogitsBackend>(cf::create_backend("cpu", weights, {}), 'A', 'B'), 1,
+                    kContext);
   cf::Scheduler scheduler(runner, tok, {});
   auto greedy_text = [&](float presence, float frequency) {
     auto r = request({'x'}, 8);

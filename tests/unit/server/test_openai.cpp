@@ -34,9 +34,10 @@ ApiError rejection(std::string_view body, Endpoint e = Endpoint::ChatCompletions
 
 TEST(OpenAiRequest, ChatFieldsAndDefaults) {
   const auto r = cf::server::parse_request(Endpoint::ChatCompletions, R"({
-      "model": "m", "messages": [{"role": "developer", "content": "Be brief."},
-                                 {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
-                                 {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "?", "name": "x"}],
+      "model": "m", "messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "?", "name": "x"}],
       "temperature": 0.5, "max_tokens": 7, "stop": "END", "seed": -3, "stream": true,
       "stream_options": {"include_usage": true}, "presence_penalty": 0.5, "user": "ignored", "top_p": null})",
                                            policy());
