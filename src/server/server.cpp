@@ -142,7 +142,7 @@ struct Server::Impl {
     return id;
   }
 
-  void install_routes(Server& server);
+  void install_routes();
   void send_error(httplib::Response& res, const ApiError& e) {
     res.status = e.status();
     if (e.status() == 401) res.set_header("WWW-Authenticate", "Bearer");
@@ -150,11 +150,25 @@ struct Server::Impl {
     res.set_content(error_body(e), "application/json");
   }
   void authorize(const httplib::Request& req) const;
-  void generate(Server& server, Endpoint endpoint, const httplib::Request& req, httplib::Response& res);
+  void generate(Endpoint endpoint, const httplib::Request& req, httplib::Response& res);
+  // The template's markup becomes special tokens; the messages are content only ("<|im_start|>" typed by a user
+  // stays text).
+  std::vector<int32_t> chat_prompt(const std::vector<ChatMessage>& messages) const {
+    return model.chat_template.tokenize(*model.tokenizer, messages, /*add_generation_prompt=*/true);
+  }
   void respond_whole(const httplib::Request& req, httplib::Response& res, Endpoint endpoint, const ResponseIds& ids,
                      const std::shared_ptr<GenerationStream>& stream);
+  struct StreamState {
+    std::shared_ptr<GenerationStream> stream;
+    Endpoint endpoint;
+    ResponseIds ids;
+    bool include_usage;
+    bool first = true;   // no event written yet
+    bool ended = false;  // the outcome has been taken
+  };
   void respond_streamed(httplib::Response& res, Endpoint endpoint, const ResponseIds& ids,
                         std::shared_ptr<GenerationStream> stream, bool include_usage);
+  bool stream_step(StreamState& s, httplib::DataSink& sink) noexcept;
   ApiError ended_with_error(const GenerationOutcome& o) const {
     return draining ? ApiError(503, o.error.empty() ? "the server is shutting down" : o.error)
                     : ApiError(500, "generation failed: " + o.error);
@@ -174,7 +188,7 @@ void Server::Impl::authorize(const httplib::Request& req) const {
                    "", "invalid_api_key");
 }
 
-void Server::Impl::generate(Server& server, Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
+void Server::Impl::generate(Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
   authorize(req);
   if (draining) throw ApiError(503, "the server is shutting down");
   if (!is_json_content_type(req.get_header_value("Content-Type")))
@@ -182,7 +196,7 @@ void Server::Impl::generate(Server& server, Endpoint endpoint, const httplib::Re
   ParsedRequest p = parse_request(endpoint, req.body, options.policy);
   std::vector<int32_t> prompt;
   if (endpoint == Endpoint::ChatCompletions) {
-    prompt = server.chat_prompt(p.messages);
+    prompt = chat_prompt(p.messages);
   } else if (const auto* text = std::get_if<std::string>(&p.prompt)) {
     // Plain text is content: special-token text in it stays text.
     prompt = model.tokenizer->encode(*text, model.tokenizer->spec().add_bos, /*parse_special=*/false);
@@ -241,50 +255,52 @@ void Server::Impl::respond_whole(const httplib::Request& req, httplib::Response&
 
 void Server::Impl::respond_streamed(httplib::Response& res, Endpoint endpoint, const ResponseIds& ids,
                                     std::shared_ptr<GenerationStream> stream, bool include_usage) {
-  struct State {
-    std::shared_ptr<GenerationStream> stream;
-    bool first = true;
-    bool ended = false;
-  };
-  auto state = std::make_shared<State>(State{std::move(stream)});
+  auto state = std::make_shared<StreamState>(StreamState{std::move(stream), endpoint, ids, include_usage});
   ++in_flight;
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
   res.set_chunked_content_provider(
       "text/event-stream",
-      // Called again and again by the connection's thread until sink.done(); each call waits up to 0.1 s for text.
-      [this, state, endpoint, ids, include_usage](size_t, httplib::DataSink& sink) {
-        if (!sink.is_writable()) return false;  // the client left: the releaser cancels the request
-        auto u = state->stream->next(100ms);
-        std::string out;
-        if (state->first && endpoint == Endpoint::ChatCompletions) {  // the assistant role comes first
-          out += sse_event(chunk_body(endpoint, ids, "", true, std::nullopt, include_usage));
-        }
-        state->first = false;
-        if (!u.text.empty()) out += sse_event(chunk_body(endpoint, ids, u.text, false, std::nullopt, include_usage));
-        if (u.outcome) {
-          state->ended = true;
-          const GenerationOutcome& o = *u.outcome;
-          if (o.finish == FinishReason::Cancelled) return false;
-          if (o.finish == FinishReason::Error) {
-            out += sse_event(error_body(ended_with_error(o)));
-          } else {
-            out += sse_event(chunk_body(endpoint, ids, "", false, o.finish, include_usage));
-            if (include_usage) out += sse_event(usage_chunk_body(endpoint, ids, o));
-            out += "data: [DONE]\n\n";
-          }
-        }
-        if (!out.empty() && !sink.write(out.data(), out.size())) return false;
-        if (state->ended) sink.done();
-        return true;
-      },
+      // Called again and again by the connection's thread until sink.done() or false (the connection is dropped).
+      [this, state](size_t, httplib::DataSink& sink) { return stream_step(*state, sink); },
       [this, state](bool) {
-        if (!state->ended) state->stream->cancel();
+        if (!state->ended) state->stream->cancel();  // the client left, or writing failed
         --in_flight;
       });
 }
 
-void Server::Impl::install_routes(Server& server) {
+// One call of a stream's content provider: waits up to 0.1 s for text, writes the events it has. Nothing may throw
+// from here (httplib calls it outside its handler's try block).
+bool Server::Impl::stream_step(StreamState& s, httplib::DataSink& sink) noexcept {
+  try {
+    if (!sink.is_writable()) return false;  // the client left
+    auto u = s.stream->next(100ms);
+    std::string out;
+    if (s.first && s.endpoint == Endpoint::ChatCompletions)  // the assistant role comes first
+      out += sse_event(chunk_body(s.endpoint, s.ids, "", true, std::nullopt, s.include_usage));
+    s.first = false;
+    if (!u.text.empty()) out += sse_event(chunk_body(s.endpoint, s.ids, u.text, false, std::nullopt, s.include_usage));
+    if (u.outcome) {
+      s.ended = true;
+      const GenerationOutcome& o = *u.outcome;
+      if (o.finish == FinishReason::Cancelled) return false;
+      if (o.finish == FinishReason::Error) {
+        out += sse_event(error_body(ended_with_error(o)));
+      } else {
+        out += sse_event(chunk_body(s.endpoint, s.ids, "", false, o.finish, s.include_usage));
+        if (s.include_usage) out += sse_event(usage_chunk_body(s.endpoint, s.ids, o));
+        out += "data: [DONE]\n\n";
+      }
+    }
+    if (!out.empty() && !sink.write(out.data(), out.size())) return false;
+    if (s.ended) sink.done();
+    return true;
+  } catch (...) {
+    return false;  // out of memory: drop the connection; the releaser cancels the request
+  }
+}
+
+void Server::Impl::install_routes() {
   // Every API handler answers its errors as OpenAI error objects.
   auto api = [this](auto handler) {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
@@ -299,11 +315,11 @@ void Server::Impl::install_routes(Server& server) {
       }
     };
   };
-  http.Post("/v1/chat/completions", api([this, &server](const httplib::Request& req, httplib::Response& res) {
-              generate(server, Endpoint::ChatCompletions, req, res);
+  http.Post("/v1/chat/completions", api([this](const httplib::Request& req, httplib::Response& res) {
+              generate(Endpoint::ChatCompletions, req, res);
             }));
-  http.Post("/v1/completions", api([this, &server](const httplib::Request& req, httplib::Response& res) {
-              generate(server, Endpoint::Completions, req, res);
+  http.Post("/v1/completions", api([this](const httplib::Request& req, httplib::Response& res) {
+              generate(Endpoint::Completions, req, res);
             }));
   for (const char* route : {"/v1/chat/completions", "/v1/completions"}) {
     http.Get(route, api([](const httplib::Request&, httplib::Response& res) {
@@ -373,7 +389,7 @@ Server::Server(Scheduler& scheduler, Metrics& metrics, ServedModel model, Server
   http.set_read_timeout(30);
   http.set_write_timeout(30);
   http.set_tcp_nodelay(true);
-  impl_->install_routes(*this);
+  impl_->install_routes();
 }
 
 Server::~Server() = default;
@@ -412,12 +428,6 @@ void Server::shutdown(std::chrono::milliseconds grace) {
   const auto write_deadline = std::chrono::steady_clock::now() + 5s;
   while (s.in_flight > 0 && std::chrono::steady_clock::now() < write_deadline) std::this_thread::sleep_for(10ms);
   s.http.stop();
-}
-
-std::vector<int32_t> Server::chat_prompt(const std::vector<ChatMessage>& messages) const {
-  // The template's markup becomes special tokens; the messages are content only ("<|im_start|>" typed by a user
-  // stays text).
-  return impl_->model.chat_template.tokenize(*impl_->model.tokenizer, messages, /*add_generation_prompt=*/true);
 }
 
 }  // namespace cf::server

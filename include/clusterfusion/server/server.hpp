@@ -58,9 +58,6 @@ class Server {
   // makes run() return. Blocks until done; a second call (e.g. a second Ctrl-C) cuts the grace period short.
   void shutdown(std::chrono::milliseconds grace);
 
-  // The prompt tokens of a chat request: the messages rendered with the model's chat template.
-  std::vector<int32_t> chat_prompt(const std::vector<ChatMessage>& messages) const;
-
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
