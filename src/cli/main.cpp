@@ -1,5 +1,5 @@
-// clusterfusion: the command-line front end (generate, chat, info; serve in serve.cpp). Errors are one line on
-// stderr; exit code 2 for a bad command line, 1 for anything else that went wrong.
+// clusterfusion: the command-line front end (generate, chat, info). Errors are one line on stderr; exit code 2 for
+// a bad command line, 1 for anything else that went wrong.
 #include <unistd.h>
 
 #include <chrono>
@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "args.hpp"
-#include "options.hpp"
 #include "serve.hpp"
 #include "clusterfusion/common/json.hpp"
 #include "clusterfusion/engine/model_file.hpp"
@@ -27,6 +26,186 @@
 namespace cf::cli {
 
 namespace {
+
+constexpr int kMaxThreads = 256;
+constexpr int kMaxContext = 1 << 20;
+
+// ---- defaults and shared options --------------------------------------------------------------------------------
+
+struct CommonOptions {
+  std::optional<std::string> model;
+  std::string backend = "auto";
+  int threads = 0;
+  int context = 0;
+  bool quiet = false;
+
+  void add_to(ArgParser& p) {
+    p.section("model and backend");
+    p.option("model", 'm', "PATH", "model file (.gguf) or safetensors folder [default: " + default_model_path() + "]",
+             &model);
+    std::string names;
+    for (const auto& b : backend_list()) names += (names.empty() ? "" : ", ") + b.name + (b.built ? "" : " (not built)");
+    p.option("backend", 0, "NAME", "compute backend: " + names + "; auto = cuda when a usable GPU is present, else cpu [auto]",
+             &backend);
+    p.option("threads", 't', "N", "worker threads [all cores]", &threads, 0, kMaxThreads);
+    p.option("ctx", 'c', "N", "context length in tokens [the model's]", &context, 0, kMaxContext);
+    p.flag("quiet", 'q', "no progress bar or summary on stderr", &quiet);
+  }
+
+  std::string model_path() const {
+    if (model) return *model;
+    const std::string path = default_model_path();
+    if (!std::filesystem::exists(path))
+      throw InputError("no model given (-m PATH) and the default model is missing at " + path +
+                       ": run scripts/setup.sh to download it");
+    return path;
+  }
+
+  // Resolves "auto" and checks the backend can run here (before the model is loaded).
+  std::string resolved_backend() const {
+    if (backend == "auto") return default_backend_name();
+    for (const auto& b : backend_list()) {
+      if (b.name != backend) continue;
+      const std::string why = backend_unavailable_reason(backend);
+      if (!why.empty()) throw UsageError("--backend " + backend + ": " + why);
+      return backend;
+    }
+    std::string names;
+    for (const auto& b : backend_list()) names += b.name + ", ";
+    throw UsageError("--backend: unknown backend '" + backend + "' (expected one of " + names + "auto)");
+  }
+};
+
+struct SamplingOptions {
+  int max_new_tokens = 256;
+  SamplerConfig sampler;
+  std::optional<std::string> system;
+  std::optional<std::string> template_name;
+
+  SamplingOptions() {
+    // SmolLM2's recommended settings (low temperature, nucleus 0.9), a light repetition penalty; seed 0 so that a
+    // command run twice prints the same text.
+    sampler.temperature = 0.2f;
+    sampler.top_p = 0.9f;
+    sampler.min_p = 0.05f;
+    sampler.repeat_penalty = 1.1f;
+    sampler.repeat_window = 64;
+    sampler.seed = 0;
+  }
+
+  void add_to(ArgParser& p, bool with_max_tokens = true) {
+    p.section("generation");
+    if (with_max_tokens) p.option("max-tokens", 'n', "N", "tokens to generate at most [256]", &max_new_tokens, 0, kMaxContext);
+    p.option("temp", 0, "T", "temperature; 0 = greedy [0.2]", &sampler.temperature);
+    p.option("top-k", 0, "K", "sample from the K most likely tokens; 0 = off [0]", &sampler.top_k, 0, 1 << 24);
+    p.option("top-p", 0, "P", "nucleus sampling: smallest set with probability P; 1 = off [0.9]", &sampler.top_p);
+    p.option("min-p", 0, "P", "drop tokens below P x the most likely one's probability; 0 = off [0.05]", &sampler.min_p);
+    p.option("repeat-penalty", 0, "R", "penalise tokens seen in the last --repeat-window tokens; 1 = off [1.1]",
+             &sampler.repeat_penalty);
+    p.option("repeat-window", 0, "N", "tokens the repetition penalty looks back over [64]", &sampler.repeat_window, 0,
+             kMaxContext);
+    p.option("seed", 0, "S", "random seed [0]", &sampler.seed);
+    p.section("chat format");
+    p.option("system", 0, "TEXT", "system prompt (\"\" for none) [the template's default]", &system);
+    p.option("template", 0, "NAME", "chat template: chatml, llama2, llama3, none [from the model]", &template_name);
+  }
+
+  GenerationOptions generation() const {
+    try {
+      sampler.validate();
+    } catch (const InputError& e) {
+      throw UsageError(e.what());
+    }
+    return {max_new_tokens, sampler};
+  }
+
+  ChatTemplate chat_template(const std::optional<std::string>& model_template) const {
+    if (!template_name) return ChatTemplate::detect(model_template);
+    try {
+      ChatTemplate t = ChatTemplate::by_name(*template_name);
+      // Keep the model's default system prompt when the override is the model's own family.
+      const ChatTemplate detected = ChatTemplate::detect(model_template);
+      if (detected.format() == t.format()) t.set_default_system(detected.default_system());
+      return t;
+    } catch (const InputError& e) {
+      throw UsageError(e.what());
+    }
+  }
+};
+
+// ---- loading ------------------------------------------------------------------------------------------------------
+
+// A progress bar on stderr when it is a terminal; otherwise one line when done.
+class Progress {
+ public:
+  Progress(std::string what, bool quiet) : what_(std::move(what)), quiet_(quiet), tty_(isatty(2) == 1) {}
+  void update(size_t done, size_t total) {
+    if (quiet_ || !tty_ || total == 0) return;
+    const int percent = int(100.0 * double(done) / double(total));
+    if (percent == last_percent_) return;
+    last_percent_ = percent;
+    constexpr int kWidth = 30;
+    const int filled = percent * kWidth / 100;
+    std::fprintf(stderr, "\r%s [%s%s] %3d%% %.0f/%.0f MB", what_.c_str(), std::string(size_t(filled), '#').c_str(),
+                 std::string(size_t(kWidth - filled), ' ').c_str(), percent, double(done) / 1e6, double(total) / 1e6);
+    std::fflush(stderr);
+  }
+  void done(const std::string& summary) {
+    if (quiet_) return;
+    if (tty_ && last_percent_ >= 0) std::fprintf(stderr, "\r\033[K");
+    std::fprintf(stderr, "%s\n", summary.c_str());
+  }
+
+ private:
+  std::string what_;
+  bool quiet_, tty_;
+  int last_percent_ = -1;
+};
+
+struct LoadedRunner {
+  LoadedModel model;
+  std::unique_ptr<Runner> runner;
+};
+
+// max_seqs: sequences decoded in lockstep (serve's batch); the KV pool holds all of them at full context.
+LoadedRunner load(const CommonOptions& common, int max_seqs = 1) {
+  const std::string backend = common.resolved_backend();
+  const auto start = std::chrono::steady_clock::now();
+  const std::string path = common.model_path();
+  Progress progress("loading " + std::filesystem::path(path).filename().string(), common.quiet);
+  LoadedRunner m;
+  WeightLoadOptions load_options;
+  // k-quant files: the device backends convert every matrix to 16 bits anyway, so take them to F16 exactly rather
+  // than through the cpu backend's Q8_0.
+  if (backend != "cpu") load_options.k_quant_as = DType::F16;
+  m.model = load_model(path, load_options, [&](size_t done, size_t total) { progress.update(done, total); });
+  const auto& weights = m.model.weights;
+  const ModelConfig& c = weights->config;
+  const int context = common.context > 0 ? std::min(common.context, c.max_context) : c.max_context;
+  BackendOptions options;
+  options.threads = common.threads;
+  options.max_seqs = max_seqs;
+  options.kv_pages = max_seqs * ((context + options.page_size - 1) / options.page_size);
+  const double mb = double(weights->matrix_bytes()) / 1e6;
+  m.runner = std::make_unique<Runner>(create_backend(backend, weights, options), max_seqs, context);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  char line[512];
+  const bool threaded = backend == "cpu";  // emu runs every device thread as a fiber of one host thread
+  const std::string threads =
+      threaded ? ", " + std::to_string(common.threads > 0 ? common.threads
+                                                        : int(std::max(1u, std::thread::hardware_concurrency()))) +
+                   " thread(s)"
+               : std::string();
+  std::snprintf(line, sizeof line, "loaded %s (%s, %d layers, %.0f MB of weights) in %.2f s; backend %s%s, context %d",
+                path.c_str(), c.name.empty() ? c.arch.c_str() : c.name.c_str(), c.n_layers, mb, seconds,
+                backend.c_str(), threads.c_str(), context);
+  progress.done(line);
+  if (backend == "emu" && mb > 10.0 && !common.quiet)
+    std::fprintf(stderr,
+                 "note: --backend emu runs the GPU kernels on the CPU emulator, seconds per token for a model this "
+                 "size (it checks the kernels; --backend cpu is the fast CPU path)\n");
+  return m;
+}
 
 void print_stats(const GenerationStats& s, bool quiet) {
   if (!quiet)
@@ -183,6 +362,43 @@ int cmd_info(const std::vector<std::string>& args) {
   return 0;
 }
 
+// `serve`: the model, backend and sampling options here, the server's own and all the rest in serve.cpp.
+struct ServeArgs {
+  CommonOptions common;
+  SamplingOptions sampling;
+  ServeOptions serve;
+
+  ArgParser parser() {
+    ArgParser p("clusterfusion serve [options]", kServeDescription);
+    serve.add_to(p);
+    sampling.add_to(p, /*with_max_tokens=*/false);
+    common.add_to(p);
+    return p;
+  }
+};
+
+int cmd_serve(const std::vector<std::string>& args) {
+  constexpr uint64_t kNoSeed = ~uint64_t(0);  // tells whether --seed was given
+  ServeArgs a;
+  a.sampling.sampler.seed = kNoSeed;
+  ArgParser p = a.parser();
+  if (!p.parse(args)) {
+    std::cout << p.help();
+    return 0;
+  }
+  ServeDefaults defaults;
+  if (a.sampling.sampler.seed != kNoSeed) defaults.seed = a.sampling.sampler.seed;
+  a.sampling.sampler.seed = 0;
+  defaults.sampling = a.sampling.generation().sampling;
+  (void)a.sampling.chat_template(std::nullopt);  // validates --template before loading
+  const std::optional<std::string> api_key = prepare_serve(a.serve);
+  LoadedRunner m = load(a.common, a.serve.max_batch);
+  ChatTemplate chat_template = a.sampling.chat_template(m.model.chat_template);
+  if (a.sampling.system)
+    chat_template.set_default_system(a.sampling.system->empty() ? std::nullopt : a.sampling.system);
+  return serve(a.serve, api_key, *m.runner, m.model, chat_template, defaults);
+}
+
 std::string top_help() {
   std::string backends;
   for (const auto& b : backend_list())
@@ -211,7 +427,7 @@ std::string top_help() {
 int run(const std::vector<std::string>& args) {
   if (args.empty()) {
     std::fputs(top_help().c_str(), stderr);
-    throw UsageError("missing command (generate, chat, info or serve)");
+    throw UsageError("missing command (generate, chat or info)");
   }
   // Options given before the command are passed on to it (e.g. clusterfusion -m model.gguf generate -p hi).
   size_t command_at = 0;
@@ -228,7 +444,7 @@ int run(const std::vector<std::string>& args) {
                            args[command_at] != "--quiet";
     command_at += has_value ? 2 : 1;
   }
-  if (command_at >= args.size()) throw UsageError("missing command (generate, chat, info or serve)");
+  if (command_at >= args.size()) throw UsageError("missing command (generate, chat or info)");
   const std::string command = args[command_at];
   std::vector<std::string> rest(args.begin() + long(command_at) + 1, args.end());
   rest.insert(rest.begin(), args.begin(), args.begin() + long(command_at));
@@ -240,7 +456,7 @@ int run(const std::vector<std::string>& args) {
     std::fputs(top_help().c_str(), stdout);
     return 0;
   }
-  throw UsageError("unknown command '" + command + "' (expected generate, chat, info or serve)");
+  throw UsageError("unknown command '" + command + "' (expected generate, chat or info)");
 }
 
 }  // namespace cf::cli
