@@ -392,10 +392,10 @@ Value parse(std::string_view text, const ParseLimits& limits) { return Parser(te
 
 // ---- writer --------------------------------------------------------------------------------------------------
 
-std::string quote(std::string_view s) {
+namespace {
+// Appends s as a JSON string literal.
+void append_quoted(std::string& out, std::string_view s) {
   static const char* hex = "0123456789abcdef";
-  std::string out;
-  out.reserve(s.size() + 2);
   out.push_back('"');
   for (size_t i = 0; i < s.size();) {
     const auto c = uint8_t(s[i]);
@@ -426,8 +426,8 @@ std::string quote(std::string_view s) {
     i += len;
   }
   out.push_back('"');
-  return out;
 }
+}  // namespace
 
 void Writer::before_value() {
   if (levels_.empty()) {
@@ -480,14 +480,14 @@ Writer& Writer::key(std::string_view k) {
   if (!level.empty) out_.push_back(',');
   level.empty = false;
   level.key_written = true;
-  out_ += quote(k);
+  append_quoted(out_, k);
   out_.push_back(':');
   return *this;
 }
 
 Writer& Writer::value(std::string_view s) {
   before_value();
-  out_ += quote(s);
+  append_quoted(out_, s);
   return *this;
 }
 

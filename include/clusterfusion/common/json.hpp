@@ -73,6 +73,11 @@ struct ParseLimits {
 // Parses a whole document; trailing non-whitespace is an error.
 Value parse(std::string_view text, const ParseLimits& limits = {});
 
+// Appends the UTF-8 encoding of a code point (used by escapes and by the tokenizers).
+void append_utf8(std::string& out, uint32_t code_point);
+// True when s is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
+bool is_valid_utf8(std::string_view s);
+
 // Writes one JSON document front to back; commas and nesting are tracked, so a caller only says what comes next:
 //   Writer w; w.begin_object().key("n").value(1).key("s").value("x").end_object(); w.str() == {"n":1,"s":"x"}
 // Strings are escaped per RFC 8259; bytes that are not valid UTF-8 are written as U+FFFD, so the output is always
@@ -104,13 +109,5 @@ class Writer {
   };
   std::vector<Level> levels_;
 };
-
-// s as a quoted JSON string (the escaping Writer uses).
-std::string quote(std::string_view s);
-
-// Appends the UTF-8 encoding of a code point (used by escapes and by the tokenizers).
-void append_utf8(std::string& out, uint32_t code_point);
-// True when s is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
-bool is_valid_utf8(std::string_view s);
 
 }  // namespace cf::json

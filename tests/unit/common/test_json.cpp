@@ -90,12 +90,12 @@ TEST(JsonWriter, OutputParsesBackToTheSameValues) {
   EXPECT_EQ(v.at("big").as_int(), int64_t(1) << 53);
   EXPECT_EQ(v.at("small").as_number(), 1e-300);
   EXPECT_TRUE(v.at("inf").is_null());
-  EXPECT_EQ(cf::json::quote("a\x01"), "\"a\\u0001\"");
+  EXPECT_EQ(cf::json::Writer().value("a\x01").str(), "\"a\\u0001\"");
 }
 
 TEST(JsonWriter, InvalidUtf8BecomesReplacementCharacters) {
   const std::string bad = std::string("ok\xff") + "\xc3" + "\xe6\x97" + "\xed\xa0\x80" + "end";
-  const auto v = cf::json::parse(cf::json::quote(bad));
+  const auto v = cf::json::parse(cf::json::Writer().value(bad).str());
   EXPECT_EQ(v.as_string(), "ok\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
                            "end");
 }
