@@ -1,7 +1,6 @@
-// A small strict JSON reader (RFC 8259) for safetensors headers, config.json, tokenizer.json and the server's
-// requests, and a writer for the server's responses.
-// Reader: bounded (input size, nesting depth and the number of values are limited), strings must be valid UTF-8,
-// duplicate keys are kept in order (find() returns the first). Errors throw cf::InputError naming the byte offset.
+// A small strict JSON reader (RFC 8259) for safetensors headers, config.json and tokenizer.json.
+// Bounded: input size, nesting depth and the number of values are limited, strings must be valid UTF-8, duplicate
+// keys are kept in order (find() returns the first). Errors throw cf::InputError naming the byte offset.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -78,7 +77,7 @@ void append_utf8(std::string& out, uint32_t code_point);
 // True when s is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
 bool is_valid_utf8(std::string_view s);
 
-// Writes one JSON document front to back; commas and nesting are tracked, so a caller only says what comes next:
+// The server's responses: a writer of one JSON document front to back; commas and nesting are tracked, so a caller only says what comes next:
 //   Writer w; w.begin_object().key("n").value(1).key("s").value("x").end_object(); w.str() == {"n":1,"s":"x"}
 // Strings are escaped per RFC 8259; bytes that are not valid UTF-8 are written as U+FFFD, so the output is always
 // valid JSON. Misuse (a value where a key is due, unbalanced ends) throws cf::Error.

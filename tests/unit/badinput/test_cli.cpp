@@ -3,12 +3,12 @@
 // models are the micro GGUF models of tests/fuzz (one layer, a few KB), so nothing here needs the default model.
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
+#include <filesystem>
+
+#include <arpa/inet.h>  // serve's test occupies a port
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <filesystem>
 
 #include "badinput_util.hpp"
 #include "cli_runner.hpp"
