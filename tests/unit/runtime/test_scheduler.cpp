@@ -188,19 +188,16 @@ struct Recorded {
 
 TEST(Scheduler, LongPromptIsPrefilledInChunksBetweenDecodeSteps) {
   Recorded r(2, options(4, 8));
-  auto& tok = r.tok;
-  auto& scheduler = r.scheduler;
-  auto& rec = r.rec;
-  rec.allow(0);
-  auto running = scheduler.submit(request(tok->encode("go", false, false), 30));
-  rec.wait_started(1);  // "go" is being prefilled; the long prompt arrives meanwhile
-  std::vector<int32_t> long_prompt = tok->encode(std::string(40, 'x'), false, false);
-  auto late = scheduler.submit(request(long_prompt, 5));
-  rec.open();
+  r.rec.allow(0);
+  auto running = r.scheduler.submit(request(r.tok->encode("go", false, false), 30));
+  r.rec.wait_started(1);  // "go" is being prefilled; the long prompt arrives meanwhile
+  std::vector<int32_t> long_prompt = r.tok->encode(std::string(40, 'x'), false, false);
+  auto late = r.scheduler.submit(request(long_prompt, 5));
+  r.rec.open();
   drain(*running);
   drain(*late);
   // The 40-token prompt goes in 5 chunks of 8; each chunk is followed by a decode step of the running request.
-  const auto calls = rec.calls();
+  const auto calls = r.rec.calls();
   int chunks = 0;
   for (size_t i = 0; i < calls.size(); ++i) {
     if (calls[i].tokens != 8) continue;
@@ -216,52 +213,46 @@ TEST(Scheduler, LongPromptIsPrefilledInChunksBetweenDecodeSteps) {
 
 TEST(Scheduler, CancelFreesTheSequenceAndItsPages) {
   Recorded r(1, options(4, 16));
-  auto& tok = r.tok;
-  auto& scheduler = r.scheduler;
-  auto& rec = r.rec;
-  rec.allow(3);
-  auto first = scheduler.submit(request(tok->encode("running", false, false), 50));
-  auto waiting = scheduler.submit(request(tok->encode("queued", false, false), 50));
-  rec.wait_started(4);  // prefill and 2 decode steps of the first ran, the 3rd waits; the second request waits
+  r.rec.allow(3);
+  auto first = r.scheduler.submit(request(r.tok->encode("running", false, false), 50));
+  auto waiting = r.scheduler.submit(request(r.tok->encode("queued", false, false), 50));
+  r.rec.wait_started(4);  // prefill and 2 decode steps of the first ran, the 3rd waits; the second request waits
                         // for the only slot
-  EXPECT_EQ(scheduler.stats().queued, 1);
-  EXPECT_GT(scheduler.stats().kv_pages_in_use, 0);
+  EXPECT_EQ(r.scheduler.stats().queued, 1);
+  EXPECT_GT(r.scheduler.stats().kv_pages_in_use, 0);
   waiting->cancel();
   first->cancel();
-  rec.open();
+  r.rec.open();
   const Finished a = drain(*first), b = drain(*waiting);
   EXPECT_EQ(a.outcome.finish, cf::FinishReason::Cancelled);
   EXPECT_LT(a.outcome.completion_tokens, 50);
   EXPECT_EQ(b.outcome.finish, cf::FinishReason::Cancelled);
   EXPECT_EQ(b.outcome.completion_tokens, 0);
-  wait_idle(scheduler);
-  const auto stats = scheduler.stats();
+  wait_idle(r.scheduler);
+  const auto stats = r.scheduler.stats();
   EXPECT_EQ(stats.running, 0);
   EXPECT_EQ(stats.kv_pages_in_use, 0);
   // The slot is usable again.
-  EXPECT_EQ(drain(*scheduler.submit(request(tok->encode("next", false, false), 3))).outcome.completion_tokens, 3);
+  EXPECT_EQ(drain(*r.scheduler.submit(request(r.tok->encode("next", false, false), 3))).outcome.completion_tokens, 3);
 }
 
 TEST(Scheduler, QueueIsBoundedAndAbortEndsEverything) {
   Recorded r(1, options(2, 16));
-  auto& tok = r.tok;
-  auto& scheduler = r.scheduler;
-  auto& rec = r.rec;
-  rec.allow(0);
-  const auto prompt = tok->encode("abc", false, false);
+  r.rec.allow(0);
+  const auto prompt = r.tok->encode("abc", false, false);
   std::vector<std::shared_ptr<cf::GenerationStream>> accepted;
-  for (int i = 0; i < 3; ++i) accepted.push_back(scheduler.submit(request(prompt, 20)));  // 1 slot + 2 queued
-  EXPECT_THROW(scheduler.submit(request(prompt, 20)), cf::QueueFullError);
-  scheduler.abort_all("shutting down");
-  rec.open();
+  for (int i = 0; i < 3; ++i) accepted.push_back(r.scheduler.submit(request(prompt, 20)));  // 1 slot + 2 queued
+  EXPECT_THROW(r.scheduler.submit(request(prompt, 20)), cf::QueueFullError);
+  r.scheduler.abort_all("shutting down");
+  r.rec.open();
   for (auto& s : accepted) {
     const Finished f = drain(*s);
     EXPECT_EQ(f.outcome.finish, cf::FinishReason::Error);
     EXPECT_EQ(f.outcome.error, "shutting down");
   }
-  EXPECT_THROW(scheduler.submit(request(prompt, 20)), cf::Error);
-  wait_idle(scheduler);
-  EXPECT_EQ(scheduler.stats().kv_pages_in_use, 0);
+  EXPECT_THROW(r.scheduler.submit(request(prompt, 20)), cf::Error);
+  wait_idle(r.scheduler);
+  EXPECT_EQ(r.scheduler.stats().kv_pages_in_use, 0);
 }
 
 TEST(Scheduler, RejectsPromptsThatDoNotFitAndStopsAtTheContext) {
