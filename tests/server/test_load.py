@@ -6,7 +6,7 @@ import threading
 import openai
 
 CLIENTS = 32
-ROUNDS = 2
+ROUNDS = 3
 PROMPTS = ["Count to three.", "Name a color.", "Say hello.", "What is 2+2?"]
 
 
