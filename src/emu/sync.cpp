@@ -475,8 +475,8 @@ void nanosleep(uint32_t /*ns*/, const SrcLoc& loc) {
 }
 
 uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, const SrcLoc& loc) {
-  static const char* const kNames[] = {"atomic_add", "atomic_max", "atomic_max", "atomic_min",
-                                       "atomic_min", "atomic_exch", "atomic_cas"};
+  static const char* const kNames[] = {"atomic_add", "atomic_max", "atomic_max", "atomic_max",
+                                       "atomic_min", "atomic_min", "atomic_exch", "atomic_cas"};
   const char* name = kNames[int(op)];
   Thread* t = enter(loc, name);
   yield(t);  // a scheduling point before the operation; the read-modify-write itself is atomic among fibers
@@ -492,12 +492,18 @@ uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t c
     case AtomicOp::MaxU32: next = std::max(uint32_t(old), uint32_t(v)); break;
     case AtomicOp::MinU32: next = std::min(uint32_t(old), uint32_t(v)); break;
     case AtomicOp::MaxI32: next = uint32_t(std::max(int32_t(old), int32_t(v))); break;
+    case AtomicOp::MaxU64: next = std::max(old, v); break;
     case AtomicOp::MinI32: next = uint32_t(std::min(int32_t(old), int32_t(v))); break;
     case AtomicOp::Exch: next = v; break;
     case AtomicOp::Cas: next = uint32_t(old) == uint32_t(compare) ? v : old; break;
   }
   std::memcpy(p, &next, bytes);
   return old;
+}
+
+uint64_t globaltimer_ns(const SrcLoc& loc) {
+  (void)enter(loc, "globaltimer_ns");  // a read, not a scheduling point: reading the clock changes no schedule
+  return g_launch->iter + g_launch->stall_ns;
 }
 
 void vector_access(const void* p, uint32_t bytes, bool global_nc, const SrcLoc& loc) {

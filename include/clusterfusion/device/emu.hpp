@@ -105,7 +105,8 @@ void bulk_copy_s2peer(void* dst, const void* src, uint32_t bytes, void* bar, uin
 void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* bar, const SrcLoc& loc);
 
 void nanosleep(uint32_t ns, const SrcLoc& loc);
-enum class AtomicOp : uint8_t { Add, MaxU32, MaxI32, MinU32, MinI32, Exch, Cas };
+uint64_t globaltimer_ns(const SrcLoc& loc);
+enum class AtomicOp : uint8_t { Add, MaxU32, MaxI32, MaxU64, MinU32, MinI32, Exch, Cas };
 // the whole read-modify-write of `bytes` (4 or 8) at p, in the emulator: returns the old value
 uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, const SrcLoc& loc);
 void vector_access(const void* p, uint32_t bytes, bool global_nc, const SrcLoc& loc);  // alignment / space checks
@@ -211,6 +212,7 @@ inline void threadfence_block(emu::SrcLoc loc = emu::SrcLoc::current()) { emu::f
 inline void threadfence(emu::SrcLoc loc = emu::SrcLoc::current()) { emu::fence("threadfence", loc); }
 inline void fence_cluster(emu::SrcLoc loc = emu::SrcLoc::current()) { emu::fence("fence_cluster", loc); }
 inline void nanosleep(uint32_t ns, emu::SrcLoc loc = emu::SrcLoc::current()) { emu::nanosleep(ns, loc); }
+inline uint64_t globaltimer_ns(emu::SrcLoc loc = emu::SrcLoc::current()) { return emu::globaltimer_ns(loc); }
 
 namespace detail {
 template <typename T>
@@ -239,6 +241,9 @@ inline uint32_t atomic_max(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLo
 }
 inline int32_t atomic_max(int32_t* p, int32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
   return detail::atomic_op(p, emu::AtomicOp::MaxI32, v, 0, loc);
+}
+inline uint64_t atomic_max(uint64_t* p, uint64_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
+  return detail::atomic_op(p, emu::AtomicOp::MaxU64, v, uint64_t(0), loc);
 }
 inline uint32_t atomic_min(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
   return detail::atomic_op(p, emu::AtomicOp::MinU32, v, 0u, loc);

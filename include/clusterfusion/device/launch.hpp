@@ -185,6 +185,11 @@ LaunchStats last_launch_stats();
 // The access checks (data races, uninitialised reads, async-proxy fences, exact bounds; docs/emulator.md) are on
 // unless $CF_EMU_CHECKS is 0/off; this overrides both ways for the launches that follow, process-wide.
 void set_access_checks(bool on);
+
+// Fault injection for tests of the hang paths: the next emulated launch drops its nth remote mbarrier arrival
+// (arrive_remote / arrive_expect_tx_remote, counted from 1 across the launch), as if that peer never arrived.
+// 0 clears it. The setting is consumed by the next launch.
+void lose_remote_arrival(uint64_t nth);
 }  // namespace emu
 
 inline bool device_available() { return true; }
