@@ -475,8 +475,8 @@ void nanosleep(uint32_t /*ns*/, const SrcLoc& loc) {
 }
 
 uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, const SrcLoc& loc) {
-  static const char* const kNames[] = {"atomic_add", "atomic_max", "atomic_max", "atomic_max",
-                                       "atomic_min", "atomic_min", "atomic_exch", "atomic_cas"};
+  static const char* const kNames[] = {"atomic_add", "atomic_max",  "atomic_max", "atomic_max", "atomic_min",
+                                       "atomic_min", "atomic_exch", "atomic_cas", "load_flag",  "store_flag"};
   const char* name = kNames[int(op)];
   Thread* t = enter(loc, name);
   yield(t);  // a scheduling point before the operation; the read-modify-write itself is atomic among fibers
@@ -494,7 +494,9 @@ uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t c
     case AtomicOp::MaxI32: next = uint32_t(std::max(int32_t(old), int32_t(v))); break;
     case AtomicOp::MaxU64: next = std::max(old, v); break;
     case AtomicOp::MinI32: next = uint32_t(std::min(int32_t(old), int32_t(v))); break;
-    case AtomicOp::Exch: next = v; break;
+    case AtomicOp::Exch:
+    case AtomicOp::FlagStore: next = v; break;
+    case AtomicOp::FlagLoad: break;
     case AtomicOp::Cas: next = uint32_t(old) == uint32_t(compare) ? v : old; break;
   }
   std::memcpy(p, &next, bytes);

@@ -73,6 +73,8 @@
 //                                      (docs/emulator.md), so a wait that would complete never sees time pass
 //   atomic_add (u32, i32, u64), atomic_max (u32, i32, u64), atomic_min (u32, i32), atomic_exch (u32), atomic_cas
 //   (u32): return old value
+//   load_flag(p) / store_flag(p, v) (u32)  ld.volatile / st.volatile of a flag polled without synchronisation (an
+//                                      abort flag): relaxed, they order nothing; the emulator checks them as atomics
 // warp (width a power of two <= 32; every non-exited lane named in mask must call with the same mask):
 //   shfl_sync(mask, v, src_lane, width) shfl_xor_sync(mask, v, lane_mask, width)
 //   shfl_down_sync(mask, v, delta, width) shfl_up_sync(mask, v, delta, width)   any trivially copyable v <= 8 bytes

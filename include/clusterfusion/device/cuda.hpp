@@ -230,6 +230,8 @@ CF_DEVICE uint32_t atomic_min(uint32_t* p, uint32_t v) { return atomicMin(p, v);
 CF_DEVICE int32_t atomic_min(int32_t* p, int32_t v) { return atomicMin(p, v); }
 CF_DEVICE uint32_t atomic_exch(uint32_t* p, uint32_t v) { return atomicExch(p, v); }
 CF_DEVICE uint32_t atomic_cas(uint32_t* p, uint32_t compare, uint32_t v) { return atomicCAS(p, compare, v); }
+CF_DEVICE uint32_t load_flag(const uint32_t* p) { return *static_cast<const volatile uint32_t*>(p); }
+CF_DEVICE void store_flag(uint32_t* p, uint32_t v) { *static_cast<volatile uint32_t*>(p) = v; }
 
 // ---- warp shuffles and votes -------------------------------------------------------------------------------------
 namespace detail {

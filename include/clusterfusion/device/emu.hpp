@@ -106,7 +106,7 @@ void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* ba
 
 void nanosleep(uint32_t ns, const SrcLoc& loc);
 uint64_t globaltimer_ns(const SrcLoc& loc);
-enum class AtomicOp : uint8_t { Add, MaxU32, MaxI32, MaxU64, MinU32, MinI32, Exch, Cas };
+enum class AtomicOp : uint8_t { Add, MaxU32, MaxI32, MaxU64, MinU32, MinI32, Exch, Cas, FlagLoad, FlagStore };
 // the whole read-modify-write of `bytes` (4 or 8) at p, in the emulator: returns the old value
 uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, const SrcLoc& loc);
 void vector_access(const void* p, uint32_t bytes, bool global_nc, const SrcLoc& loc);  // alignment / space checks
@@ -256,6 +256,13 @@ inline uint32_t atomic_exch(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcL
 }
 inline uint32_t atomic_cas(uint32_t* p, uint32_t compare, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
   return detail::atomic_op(p, emu::AtomicOp::Cas, v, compare, loc);
+}
+// volatile flag accesses are relaxed atomics here: they race with nothing and order nothing (no fence)
+inline uint32_t load_flag(const uint32_t* p, emu::SrcLoc loc = emu::SrcLoc::current()) {
+  return detail::atomic_op(const_cast<uint32_t*>(p), emu::AtomicOp::FlagLoad, 0u, 0u, loc);
+}
+inline void store_flag(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
+  (void)detail::atomic_op(p, emu::AtomicOp::FlagStore, v, 0u, loc);
 }
 
 // ---- warp shuffles and votes -------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ struct WaitLimit {
 };
 
 CF_DEVICE bool abort_raised(const WaitLimit& limit) {
-  return limit.abort != nullptr && *static_cast<volatile uint32_t*>(limit.abort) != 0;
+  return limit.abort != nullptr && dev::load_flag(limit.abort) != 0;
 }
 
 // Waits for the phase of `bar` with this parity; false if the wait expired or the CTA is aborting. code_offset is
@@ -60,7 +60,7 @@ CF_DEVICE bool bounded_wait(dev::Mbarrier& bar, uint32_t parity, const WaitLimit
     if (abort_raised(limit)) return false;
     if (bar.try_wait(parity)) return true;
     if (limit.budget_ns != 0 && dev::globaltimer_ns() - start > limit.budget_ns) {
-      if (limit.abort != nullptr) *static_cast<volatile uint32_t*>(limit.abort) = 1u;
+      if (limit.abort != nullptr) dev::store_flag(limit.abort, 1u);
       (void)dev::atomic_max(limit.status, timeout_status(limit.consequence, start, limit.code + code_offset,
                                                                dev::block_idx().x));
       return false;
