@@ -182,6 +182,9 @@ std::vector<PlantedBug> planted_access_bugs() {
       {"RingWaitWithStaleParity", [](uint64_t s) { run_stale_parity<true>(s); },
        same(run_stale_parity<false>, ring_input()), EmuErrorKind::PhaseAliasing,
        {"Mbarrier::wait(parity 0)", "returned for phase 0", "already waited for"}},
+      {"FlagPolledWithPlainLoads", [](uint64_t s) { run_polled_flag<true>(s); },
+       same(run_polled_flag<false>, std::vector<uint32_t>(kThreads, 1)), EmuErrorKind::DataRace,
+       {"this block's shared memory at offset 0", "races with the"}},
   };
 }
 

@@ -152,6 +152,7 @@ TEST(GpuPlantedBugTwins, AccessCheckTwinsRunCleanWithTheRightResult) {
   EXPECT_EQ(first_difference(run_push_exit_unconfirmed<false>(0), expected_pushed(), "push exit"), "");
   EXPECT_EQ(first_difference(run_read_between_arrive_and_wait<false>(0), expected_arrive_wait(), "arrive/wait"), "");
   EXPECT_EQ(first_difference(run_stale_parity<false>(0), ring_input(), "ring"), "");
+  EXPECT_EQ(first_difference(run_polled_flag<false>(0), std::vector<uint32_t>(kThreads, 1), "flag"), "");
 }
 
 struct StaticSmemParams {

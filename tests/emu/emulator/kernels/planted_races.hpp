@@ -1,7 +1,7 @@
 // Planted bugs for the emulator's access checks (docs/emulator.md): data races on shared, distributed shared and
 // global memory, a missing async-proxy fence, uninitialised reads, accesses one byte past the exact end, divergent
 // .aligned barriers, a block exiting before its push is confirmed, a DSMEM read between cluster_arrive and
-// cluster_wait, and a stale mbarrier parity. Each kernel carries the bug when kBug is true and is its fixed twin when
+// cluster_wait, a stale mbarrier parity, and a flag polled with plain loads. Each kernel carries the bug when kBug is true and is its fixed twin when
 // false; the emulator must report every bug under every schedule seed (tests/emu/emulator/test_planted_bugs.cpp)
 // and the twins must run clean and compute what the expected_* functions say, in both builds (the GPU binary runs
 // the twins only). Runners return what the kernel wrote.
@@ -495,6 +495,32 @@ std::vector<uint32_t> run_stale_parity(uint64_t seed) {
   in.upload(ring_input());
   return launch_out("stale_parity", 1, 1, 64, 128 + 32 * 4, seed, stale_parity<kBug>, OutParams{out.data(), in.data()},
                     out);
+}
+
+// 18. An abort flag raised by one thread and polled by the others without synchronisation (bounded waits): with
+//     plain (volatile) loads and stores a race; load_flag / store_flag are relaxed atomics and race with nothing.
+//     After a block_sync every thread sees it raised: out[t] = 1.
+template <bool kBug>
+CF_GLOBAL void polled_flag(const CF_GRID_CONSTANT OutParams p) {
+  auto* flag = reinterpret_cast<uint32_t*>(dev::dynamic_smem());
+  const uint32_t t = dev::thread_rank();
+  if (t == 0) *flag = 0;
+  dev::block_sync();
+  uint32_t seen = 0;
+  if constexpr (kBug) {
+    if (t == 5) *static_cast<volatile uint32_t*>(flag) = 1;
+    seen = *static_cast<volatile uint32_t*>(flag);
+  } else {
+    if (t == 5) dev::store_flag(flag, 1);
+    seen = dev::load_flag(flag);
+  }
+  dev::block_sync();
+  p.out[t] = seen | dev::load_flag(flag);
+}
+template <bool kBug>
+std::vector<uint32_t> run_polled_flag(uint64_t seed) {
+  dev::DeviceBuffer<uint32_t> out(kThreads);
+  return launch_out("polled_flag", 1, 1, kThreads, 128, seed, polled_flag<kBug>, OutParams{out.data(), nullptr}, out);
 }
 
 }  // namespace cf::test::races
