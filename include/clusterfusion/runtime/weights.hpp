@@ -14,6 +14,7 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/model/weight_table.hpp"
 
 namespace cf {
 
@@ -51,6 +52,8 @@ struct WeightMatrix {
   std::vector<float> dequantized() const;
 };
 
+// A layer's tensors under the names the backends compute with; which of them a layer holds, and their shapes, come
+// from the weight table (layer_slots of its LayerSpec). Unheld ones stay empty.
 struct LayerWeights {
   std::vector<float> attn_norm;  // [hidden]
   WeightMatrix attn_q, attn_k, attn_v, attn_output;
@@ -84,6 +87,19 @@ struct ModelWeights {
 
   const WeightMatrix& lm_head() const { return output.empty() ? token_embd : output; }
   size_t matrix_bytes() const;  // sum over all matrices
+
+  // The storage of a weight-table entry (model/weight_table.hpp): matrix() for WeightForm::Matrix entries, vector()
+  // for WeightForm::Vector ones (a form mismatch is a programming error: cf::Error).
+  WeightMatrix& matrix(const WeightEntry& e);
+  const WeightMatrix& matrix(const WeightEntry& e) const;
+  std::vector<float>& vector(const WeightEntry& e);
+  const std::vector<float>& vector(const WeightEntry& e) const;
+  // Calls f(entry, matrix) for every matrix the model holds (weight_table order; a tied output is skipped).
+  template <typename F>
+  void for_each_matrix(F&& f) const {
+    for (const WeightEntry& e : weight_table(config))
+      if (e.form == WeightForm::Matrix && !matrix(e).empty()) f(e, matrix(e));
+  }
 
   // Copies (and converts if asked) the weights of a loaded model; every shape is checked against the config and a
   // mismatch throws cf::InputError naming the file and tensor.

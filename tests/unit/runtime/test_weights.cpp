@@ -5,12 +5,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <set>
+#include <string>
 
 #include "clusterfusion/runtime/rng.hpp"
 #include "clusterfusion/runtime/model.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 #include "clusterfusion/common/half.hpp"
 #include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/engine/safetensors.hpp"
+#include "clusterfusion/model/weight_table.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "test_models.hpp"
@@ -183,3 +188,64 @@ TEST(Weights, KQuantMatricesAreConvertedAtLoad) {
   bad.k_quant_as = cf::DType::Q4_K;
   EXPECT_THROW(cf::ModelWeights::load(*file, bad), cf::Error);
 }
+
+namespace {
+
+// The weight table against a file written by llama.cpp's converter (the default model, skipped when absent): the
+// table names exactly the tensors the file holds, with their shapes.
+TEST(WeightTable, NamesTheDefaultModelsTensors) {
+  if (!std::filesystem::exists(cf::default_model_path())) GTEST_SKIP() << "default model absent: run scripts/setup.sh";
+  const auto file = cf::open_model_file(cf::default_model_path());
+  std::set<std::string> in_file, in_table;
+  for (const auto& t : file->tensors()) in_file.insert(t.name);
+  for (const auto& e : cf::weight_table(file->config())) {
+    if (e.optional && !file->find(e.name)) continue;
+    in_table.insert(e.name);
+    EXPECT_EQ(file->find(e.name)->shape, e.shape) << e.name;
+  }
+  EXPECT_EQ(in_file, in_table);
+}
+
+// Every slot a layer holds appears once per layer, the bias slots exactly when the config asks for them, and every
+// Hugging Face name maps onto its canonical name.
+TEST(WeightTable, SlotsPerLayerAndHuggingFaceNames) {
+  for (bool bias : {false, true}) {
+    const auto c = cf::test::tiny_config(cf::RopeStyle::NeoX, true, bias);
+    const auto table = cf::weight_table(c);
+    std::set<std::string> names;
+    for (const auto& e : table) EXPECT_TRUE(names.insert(e.name).second) << "twice: " << e.name;
+    const size_t per_layer = cf::layer_slots(c.layer_spec(0), bias).size();
+    EXPECT_EQ(per_layer, bias ? 12u : 9u);
+    EXPECT_EQ(table.size(), 3 + per_layer * size_t(c.n_layers));
+    EXPECT_EQ(names.count("blk.1.attn_k.bias"), bias ? 1u : 0u);
+  }
+  for (const auto& slot : cf::weight_slots()) {
+    const std::string hf = slot.per_layer ? "model.layers.7." + std::string(slot.hf_name) : std::string(slot.hf_name);
+    const std::string gguf = slot.per_layer ? "blk.7." + std::string(slot.gguf_name) : std::string(slot.gguf_name);
+    EXPECT_EQ(cf::canonical_tensor_name(hf), gguf);
+  }
+}
+
+// Loading goes through the table: a model written with every tensor loads into the same values, and the matrices
+// the table names are the ones matrix_bytes() counts.
+TEST(WeightTable, MatrixAccessMatchesTheNamedFields) {
+  const auto c = cf::test::tiny_config(cf::RopeStyle::NeoX, false, true);
+  const auto w = cf::ModelWeights::random(c, 5, cf::DType::Q8_0);
+  size_t bytes = 0, matrices = 0;
+  w.for_each_matrix([&](const cf::WeightEntry& e, const cf::WeightMatrix& m) {
+    EXPECT_EQ(m.name, e.name);
+    EXPECT_EQ(m.rows, e.shape[0]);
+    EXPECT_EQ(m.cols, e.shape[1]);
+    bytes += m.bytes.size();
+    ++matrices;
+  });
+  EXPECT_EQ(matrices, 2 + 7 * size_t(c.n_layers));
+  EXPECT_EQ(bytes, w.matrix_bytes());
+  for (const auto& e : cf::weight_table(c)) {
+    if (e.slot == cf::WeightSlot::AttnKBias && e.layer == 1) {
+      EXPECT_EQ(&w.vector(e), &w.layers[1].k_bias);
+    }
+  }
+}
+
+}  // namespace
