@@ -38,80 +38,6 @@ bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-// ---- kernels ----------------------------------------------------------------------------------------------------
-
-class Kernels : public ::testing::TestWithParam<std::tuple<DType, cf::cpu::Isa>> {};
-
-TEST_P(Kernels, MatmulRowsMatchesReferenceMatvecOnDequantisedWeights) {
-  const auto [dtype, isa] = GetParam();
-  if (isa == cf::cpu::Isa::Avx2 && cf::cpu::best_isa() != cf::cpu::Isa::Avx2) GTEST_SKIP() << "no AVX2 on this CPU";
-  cf::cpu::force_isa(isa);
-  const int64_t rows = 40, cols = 96, n_tokens = 5;
-  cf::Rng rng(3);
-  // A random fp32 matrix converted to the type under test; the reference reads the same (dequantised) values.
-  std::vector<float> values(size_t(rows * cols));
-  for (auto& v : values) v = rng.uniform(-1.0f, 1.0f);
-  cf::WeightMatrix w;
-  w.name = "test";
-  w.dtype = DType::F32;
-  w.rows = rows;
-  w.cols = cols;
-  w.row_bytes = cols * 4;
-  w.bytes = cf::AlignedBytes(size_t(rows * cols * 4));
-  std::memcpy(w.bytes.data(), values.data(), values.size() * 4);
-  const cf::WeightMatrix typed = cf::convert_matrix(w, dtype);
-  const std::vector<float> dequant = typed.dequantized();
-  std::vector<float> x(size_t(n_tokens * cols));
-  for (auto& v : x) v = rng.uniform(-2.0f, 2.0f);
-  std::vector<float> y(size_t(n_tokens * rows), 100.0f), scratch(static_cast<size_t>(cols));
-  // In two row ranges, accumulating onto 100.
-  cf::cpu::matmul_rows(typed, 0, 17, x.data(), int(n_tokens), cols, y.data(), rows, true, scratch.data());
-  cf::cpu::matmul_rows(typed, 17, rows, x.data(), int(n_tokens), cols, y.data(), rows, true, scratch.data());
-  std::vector<float> want(y.size());
-  cf::ref::matmul(dequant.data(), x.data(), want.data(), int(n_tokens), int(rows), int(cols));
-  for (auto& v : want) v += 100.0f;
-  const auto report = cf::ref::check_tolerance<float>(y, want);
-  EXPECT_TRUE(report.ok) << report.message;
-  cf::cpu::force_isa(cf::cpu::best_isa());
-}
-
-INSTANTIATE_TEST_SUITE_P(AllTypes, Kernels,
-                         ::testing::Combine(::testing::Values(DType::F32, DType::F16, DType::BF16, DType::Q8_0,
-                                                              DType::Q4_0, DType::Q4_1),
-                                            ::testing::Values(cf::cpu::Isa::Portable, cf::cpu::Isa::Avx2)),
-                         [](const auto& info) {
-                           return std::string(cf::dtype_name(std::get<0>(info.param))) + "_" +
-                                  cf::cpu::isa_name(std::get<1>(info.param));
-                         });
-
-TEST(KernelsDot, TailAndOrderIndependentOfTileSize) {
-  cf::Rng rng(4);
-  const int cols = 70;  // 2 full steps of 32 and a tail of 6
-  std::vector<float> w(cols), x(size_t(3 * cols));
-  for (auto& v : w) v = rng.uniform(-1, 1);
-  for (auto& v : x) v = rng.uniform(-1, 1);
-  cf::WeightMatrix m;
-  m.dtype = DType::F32;
-  m.rows = 1;
-  m.cols = cols;
-  m.row_bytes = cols * 4;
-  m.bytes = cf::AlignedBytes(size_t(cols * 4));
-  std::memcpy(m.bytes.data(), w.data(), size_t(cols * 4));
-  std::vector<float> together(3), scratch(cols);
-  cf::cpu::matmul_rows(m, 0, 1, x.data(), 3, cols, together.data(), 1, false, scratch.data());
-  for (int t = 0; t < 3; ++t) {
-    float alone;
-    cf::cpu::matmul_rows(m, 0, 1, x.data() + t * cols, 1, cols, &alone, 1, false, scratch.data());
-    EXPECT_EQ(std::memcmp(&alone, &together[size_t(t)], 4), 0) << t;
-    EXPECT_EQ(std::memcmp(&alone, &together[size_t(t)], 4), 0);
-    const float via_dot = cf::cpu::dot(w.data(), x.data() + t * cols, cols);
-    EXPECT_EQ(std::memcmp(&alone, &via_dot, 4), 0) << t;
-    double want = 0;
-    for (int i = 0; i < cols; ++i) want += double(w[size_t(i)]) * x[size_t(t * cols + i)];
-    EXPECT_NEAR(alone, want, 1e-5);
-  }
-}
-
 // ---- full forward ---------------------------------------------------------------------------------------------
 
 struct ModelCase {
@@ -152,19 +78,6 @@ INSTANTIATE_TEST_SUITE_P(Variants, CpuForward,
                                   (m.tied ? "_tied" : "_untied") + (m.bias ? "_bias" : "") + "_" +
                                   std::string(cf::dtype_name(m.dtype));
                          });
-
-TEST(CpuForwardPortable, PortableKernelsMatchReferenceForwardToo) {
-  // GQA group 2 and head_dim 16 run the vector attention on AVX2 machines; here everything runs the portable code.
-  cf::cpu::force_isa(cf::cpu::Isa::Portable);
-  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 19, DType::Q4_1));
-  const auto tokens = some_tokens(12, w->config.vocab, 10);
-  auto runner = make_runner(w, 2);
-  const auto got = cf::teacher_forced_logits(runner, tokens);
-  cf::cpu::force_isa(cf::cpu::best_isa());
-  const auto want = cf::test::reference_logits(*w, tokens);
-  const auto report = cf::ref::check_tolerance<float>(got, want);
-  EXPECT_TRUE(report.ok) << report.message;
-}
 
 TEST(CpuForwardDeterminism, BitIdenticalAcrossThreadCounts) {
   auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 12, DType::Q4_1));

@@ -1,0 +1,104 @@
+// The vector vocabulary of kernels_impl.hpp on AVX2 + FMA + F16C: 8 lanes of fp32 / int32. Included only by
+// kernels_avx2.cpp, which alone is compiled with these instructions enabled.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace cf::cpu {
+namespace {
+
+struct Avx2 {
+  static constexpr int kLanes = 8;
+  // Tokens per tile product (accumulators held in registers).
+  static constexpr int kTileTokensInt8 = 4, kTileTokensF32 = 2;
+  // maddubs saturates 16-bit pair sums: idot is exact only for unsigned bytes <= 127 (see idot_signed).
+  static constexpr bool kExactByteDot = false;
+  using F = __m256;
+  using I = __m256i;
+
+  // ---- fp32 ----
+  static F fzero() { return _mm256_setzero_ps(); }
+  static F fset(float v) { return _mm256_set1_ps(v); }
+  static F fload(const float* p) { return _mm256_loadu_ps(p); }
+  static void fstore(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F fadd(F a, F b) { return _mm256_add_ps(a, b); }
+  static F fsub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F fmul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F fdiv(F a, F b) { return _mm256_div_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F fmax(F a, F b) { return _mm256_max_ps(a, b); }
+  static F fround(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F from_int(I a) { return _mm256_cvtepi32_ps(a); }
+  static I to_int(F a) { return _mm256_cvtps_epi32(a); }
+  static F as_float(I a) { return _mm256_castsi256_ps(a); }
+  static I as_int(F a) { return _mm256_castps_si256(a); }
+  static F select_less(F a, F b, F yes, F no) { return _mm256_blendv_ps(no, yes, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+  static F half_low(I a) {
+    // Keep the low 16 bits of each lane, pack to 8 halves (packus is exact on values < 65536).
+    const I low = _mm256_and_si256(a, _mm256_set1_epi32(0xffff));
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(low), _mm256_extracti128_si256(low, 1));
+    return _mm256_cvtph_ps(packed);
+  }
+  static F half_high(I a) { return half_low(_mm256_srli_epi32(a, 16)); }
+  static F load_halves(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static void store_halves(uint16_t* p, F v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static float reduce_add(F v) {
+    const __m128 four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+  }
+  static float reduce_max(F v) {
+    const __m128 four = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 two = _mm_max_ps(four, _mm_movehl_ps(four, four));
+    return _mm_cvtss_f32(_mm_max_ss(two, _mm_movehdup_ps(two)));
+  }
+
+  // ---- int32 lanes (also 4 bytes each) ----
+  static I izero() { return _mm256_setzero_si256(); }
+  static I iset(int32_t v) { return _mm256_set1_epi32(v); }
+  static I iload(const void* p) { return _mm256_loadu_si256(static_cast<const I*>(p)); }
+  static void istore(void* p, I v) { _mm256_storeu_si256(static_cast<I*>(p), v); }
+  static I iadd(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I isub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static I iand(I a, I b) { return _mm256_and_si256(a, b); }
+  static I ior(I a, I b) { return _mm256_or_si256(a, b); }
+  static I ixor(I a, I b) { return _mm256_xor_si256(a, b); }
+  template <int n> static I srl(I a) { return _mm256_srli_epi32(a, n); }
+  template <int n> static I sll(I a) { return _mm256_slli_epi32(a, n); }
+  template <int n> static I sra(I a) { return _mm256_srai_epi32(a, n); }
+  static I srl(I a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
+  static I sll(I a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  // acc + sum over each lane's 4 byte pairs of u (unsigned, <= 127 for exactness) times s (signed).
+  static I idot(I acc, I u, I s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  }
+  // acc + sum of (signed byte of a) * (signed byte of b), exact for a, b in [-127, 127] and a = -128.
+  static I idot_signed(I acc, I a, I b) {
+    return idot(acc, _mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+  }
+
+  static void load_columns(const uint8_t* const* rows, int64_t offset, I out[4]) {
+    I z[4];
+    for (int j = 0; j < 4; ++j) {
+      z[j] = _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[j] + offset)));
+      z[j] = _mm256_inserti128_si256(z[j], _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[4 + j] + offset)), 1);
+    }
+    const I t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+    const I t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+    out[0] = _mm256_unpacklo_epi64(t0, t2);
+    out[1] = _mm256_unpackhi_epi64(t0, t2);
+    out[2] = _mm256_unpacklo_epi64(t1, t3);
+    out[3] = _mm256_unpackhi_epi64(t1, t3);
+  }
+  static I gather(const uint8_t* base, I row_offsets, int64_t offset) {
+    return _mm256_i32gather_epi32(reinterpret_cast<const int*>(base + offset), row_offsets, 1);
+  }
+};
+
+}  // namespace
+}  // namespace cf::cpu
