@@ -14,6 +14,12 @@ namespace cf {
 namespace {
 
 using cpu::kRowGroup;
+using cpu::PackedMatrix;
+
+// Every matrix of a layer in the kernels' layout.
+struct PackedLayer {
+  PackedMatrix q, k, v, o, gate, up, down;
+};
 
 struct Activations {
   // Per token rows, [max_tokens, width].
@@ -76,8 +82,12 @@ class CpuBackend final : public Backend {
       act_.attn_padded.resize(t * size_t(c.n_heads) * size_t(head_stride_));
     }
     input_.reserve(max_batch_tokens_, std::max({c.hidden, c.q_dim(), c.ffn_hidden}));
-    scratch_.resize(size_t(pool_.size()));
-    for (auto& s : scratch_) s.acc.resize(t * kRowGroup);
+    for (const LayerWeights& l : weights_->layers) {
+      layers_.push_back({cpu::pack_matrix(l.attn_q), cpu::pack_matrix(l.attn_k), cpu::pack_matrix(l.attn_v),
+                         cpu::pack_matrix(l.attn_output), cpu::pack_matrix(l.ffn_gate), cpu::pack_matrix(l.ffn_up),
+                         cpu::pack_matrix(l.ffn_down)});
+    }
+    lm_head_ = cpu::pack_matrix(weights_->lm_head());
     rope_inv_freq_.resize(size_t(rot_dim_ / 2));
     for (int i = 0; i < rot_dim_ / 2; ++i)
       rope_inv_freq_[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * i / double(rot_dim_));
@@ -95,8 +105,8 @@ class CpuBackend final : public Backend {
   uint8_t* kv_layer(const std::unique_ptr<uint8_t[]>& cache, int layer) const {
     return cache.get() + size_t(layer) * size_t(kv_.n_pages) * size_t(kv_.page_size) * size_t(kv_row_) * kv_element_bytes();
   }
-  cpu::MatmulArgs matmul_args(const WeightMatrix& w, const cpu::PreparedInput& in, float* y, int64_t y_stride,
-                              bool accumulate, int worker) {
+  cpu::MatmulArgs matmul_args(const PackedMatrix& w, const cpu::PreparedInput& in, float* y, int64_t y_stride,
+                              bool accumulate) const {
     cpu::MatmulArgs a;
     a.w = &w;
     a.in = &in;
@@ -104,13 +114,12 @@ class CpuBackend final : public Backend {
     a.y_stride = y_stride;
     a.accumulate = accumulate;
     a.arithmetic = arithmetic_;
-    a.scratch = &scratch_[size_t(worker)];
     return a;
   }
   // y[t] (+)= W x[t] for all tokens of `in`, row groups split among the workers.
-  void matmul(const WeightMatrix& w, const cpu::PreparedInput& in, float* y, int64_t y_stride, bool accumulate) {
-    pool_.parallel_for(row_groups(w.rows), 1, [&](int64_t begin, int64_t end, int worker) {
-      cpu::MatmulArgs a = matmul_args(w, in, y, y_stride, accumulate, worker);
+  void matmul(const PackedMatrix& w, const cpu::PreparedInput& in, float* y, int64_t y_stride, bool accumulate) {
+    pool_.parallel_for(row_groups(w.rows), 1, [&](int64_t begin, int64_t end, int) {
+      cpu::MatmulArgs a = matmul_args(w, in, y, y_stride, accumulate);
       a.row_begin = begin * kRowGroup;
       a.row_end = std::min(w.rows, end * kRowGroup);
       kernels_.matmul(a);
@@ -134,7 +143,8 @@ class CpuBackend final : public Backend {
   std::unique_ptr<uint8_t[]> k_cache_, v_cache_;
   Activations act_;
   cpu::InputBuffer input_;
-  std::vector<cpu::MatmulScratch> scratch_;  // per worker
+  std::vector<PackedLayer> layers_;
+  PackedMatrix lm_head_;
   std::vector<std::vector<int64_t>> seq_slots_;  // per batch sequence: the physical slot of each cached position
   std::vector<double> rope_inv_freq_;
 };
@@ -206,6 +216,7 @@ void CpuBackend::attention(const Batch& batch, int layer) {
 void CpuBackend::layer_forward(const Batch& batch, int layer) {
   const ModelConfig& c = weights_->config;
   const LayerWeights& lw = weights_->layers[size_t(layer)];
+  const PackedLayer& pw = layers_[size_t(layer)];
   const int n = batch.n_tokens();
   const int64_t hidden = c.hidden, q_dim = c.q_dim(), kv_dim = c.kv_dim(), ffn = c.ffn_hidden;
 
@@ -214,19 +225,19 @@ void CpuBackend::layer_forward(const Batch& batch, int layer) {
   const cpu::PreparedInput* in = &input_.prepare(act_.normed.data(), n, c.hidden, hidden, arithmetic_);
   // One range of row groups over q, then k, then v.
   struct Part {
-    const WeightMatrix* w;
+    const PackedMatrix* w;
     int64_t first_group;
     float* y;
     int64_t width;
   };
-  const Part parts[3] = {{&lw.attn_q, 0, act_.q.data(), q_dim},
-                         {&lw.attn_k, row_groups(q_dim), act_.k.data(), kv_dim},
-                         {&lw.attn_v, row_groups(q_dim) + row_groups(kv_dim), act_.v.data(), kv_dim}};
-  pool_.parallel_for(row_groups(q_dim) + 2 * row_groups(kv_dim), 1, [&](int64_t begin, int64_t end, int worker) {
+  const Part parts[3] = {{&pw.q, 0, act_.q.data(), q_dim},
+                         {&pw.k, row_groups(q_dim), act_.k.data(), kv_dim},
+                         {&pw.v, row_groups(q_dim) + row_groups(kv_dim), act_.v.data(), kv_dim}};
+  pool_.parallel_for(row_groups(q_dim) + 2 * row_groups(kv_dim), 1, [&](int64_t begin, int64_t end, int) {
     for (const Part& part : parts) {
       const int64_t lo = std::max(begin, part.first_group), hi = std::min(end, part.first_group + row_groups(part.width));
       if (lo >= hi) continue;
-      cpu::MatmulArgs a = matmul_args(*part.w, *in, part.y, part.width, false, worker);
+      cpu::MatmulArgs a = matmul_args(*part.w, *in, part.y, part.width, false);
       a.row_begin = (lo - part.first_group) * kRowGroup;
       a.row_end = std::min(part.width, (hi - part.first_group) * kRowGroup);
       kernels_.matmul(a);
@@ -258,16 +269,16 @@ void CpuBackend::layer_forward(const Batch& batch, int layer) {
   }
   attention(batch, layer);
   in = &input_.prepare(act_.attn.data(), n, int(q_dim), q_dim, arithmetic_);
-  matmul(lw.attn_output, *in, act_.residual.data(), hidden, /*accumulate=*/true);
+  matmul(pw.o, *in, act_.residual.data(), hidden, /*accumulate=*/true);
 
   // FFN block: x = rmsnorm(residual); residual += down(silu(gate x) * up x). Each worker owns a range of the
   // intermediate features and computes gate, up and the activation for it.
   rmsnorm_rows(act_.residual.data(), lw.ffn_norm, act_.normed.data(), n, c.hidden);
   in = &input_.prepare(act_.normed.data(), n, c.hidden, hidden, arithmetic_);
-  pool_.parallel_for(row_groups(ffn), 1, [&](int64_t begin, int64_t end, int worker) {
+  pool_.parallel_for(row_groups(ffn), 1, [&](int64_t begin, int64_t end, int) {
     const int64_t lo = begin * kRowGroup, hi = std::min(ffn, end * kRowGroup);
-    for (auto [w, y] : {std::pair{&lw.ffn_gate, act_.gate.data()}, std::pair{&lw.ffn_up, act_.up.data()}}) {
-      cpu::MatmulArgs a = matmul_args(*w, *in, y, ffn, false, worker);
+    for (auto [w, y] : {std::pair{&pw.gate, act_.gate.data()}, std::pair{&pw.up, act_.up.data()}}) {
+      cpu::MatmulArgs a = matmul_args(*w, *in, y, ffn, false);
       a.row_begin = lo;
       a.row_end = hi;
       kernels_.matmul(a);
@@ -275,7 +286,7 @@ void CpuBackend::layer_forward(const Batch& batch, int layer) {
     for (int t = 0; t < n; ++t) kernels_.swiglu(act_.gate.data() + t * ffn + lo, act_.up.data() + t * ffn + lo, int(hi - lo));
   });
   in = &input_.prepare(act_.gate.data(), n, int(ffn), ffn, arithmetic_);
-  matmul(lw.ffn_down, *in, act_.residual.data(), hidden, /*accumulate=*/true);
+  matmul(pw.down, *in, act_.residual.data(), hidden, /*accumulate=*/true);
 }
 
 void CpuBackend::forward(const Batch& batch, float* logits) {
@@ -319,7 +330,7 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
     rmsnorm_rows(act_.residual.data() + int64_t(batch.logit_tokens[size_t(i)]) * c.hidden, weights_->output_norm,
                  act_.normed.data() + int64_t(i) * c.hidden, 1, c.hidden);
   const cpu::PreparedInput& in = input_.prepare(act_.normed.data(), n_out, c.hidden, c.hidden, arithmetic_);
-  matmul(weights_->lm_head(), in, logits, c.vocab, /*accumulate=*/false);
+  matmul(lm_head_, in, logits, c.vocab, /*accumulate=*/false);
 }
 
 }  // namespace

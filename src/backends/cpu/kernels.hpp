@@ -1,9 +1,8 @@
 // Compute kernels of the cpu backend, one table per instruction-set level (isa.hpp): weight-matrix products over
 // every weight type, decode attention over the KV cache, and the element-wise pieces of a layer.
 //
-// Weight-matrix products (matmul) work on groups of kRowGroup = 16 output rows. A group's weights are decoded, a
-// 256-column chunk at a time, into a tile in the kernels' layout (each row's values of 4 consecutive columns side by
-// side for the 16 rows), and the tile is then used for every token of the batch. Two arithmetics:
+// Weight-matrix products (matmul) read weights repacked at load (packed_weights.hpp) in groups of kRowGroup = 16
+// output rows, each row in a vector lane; a few tokens at a time share every loaded sub-block. Two arithmetics:
 //  - fp32 ("exact"): activations stay fp32. Per row and sub-block (32 columns; 16 for Q6_K) of integer weights q with
 //    scale a (and min b): s_j = sum over the sub-block's columns c = j (mod 4) of q_c * x_c (fused multiply-adds in
 //    column order), block = (s_0 + s_1) + (s_2 + s_3), acc = fma(a, block, acc), then acc = fma(b, sum(x), acc).
@@ -20,12 +19,11 @@
 
 #include "clusterfusion/runtime/weights.hpp"
 #include "isa.hpp"
+#include "packed_weights.hpp"
 
 namespace cf::cpu {
 
-inline constexpr int kRowGroup = 16;     // output rows per tile
-inline constexpr int kChunkCols = 256;   // columns per tile (one k-quant super-block)
-inline constexpr int kActBlock = 32;     // columns per activation quantisation block
+inline constexpr int kActBlock = 32;  // columns per activation quantisation block
 
 // How activations enter the weight-matrix products.
 enum class Arithmetic : uint8_t { F32, Int8 };
@@ -65,24 +63,16 @@ class InputBuffer {
   std::vector<int32_t> sum32_, sum16_;
 };
 
-// Per-thread scratch of matmul: one tile and the accumulators of every token of a row group.
-struct MatmulScratch {
-  static constexpr size_t kTileBytes = size_t(kChunkCols) * kRowGroup * 4 + 2 * 16 * kRowGroup * 4;
-  alignas(64) uint8_t tile[kTileBytes];
-  std::vector<float> acc;  // [n_tokens][kRowGroup]
-};
-
 // y[t * y_stride + r] (+)= dot(row r of w, token t of in) for rows [row_begin, row_end) (row_begin a multiple of
 // kRowGroup), every token of `in`.
 struct MatmulArgs {
-  const WeightMatrix* w = nullptr;
+  const PackedMatrix* w = nullptr;
   int64_t row_begin = 0, row_end = 0;
   const PreparedInput* in = nullptr;
   float* y = nullptr;
   int64_t y_stride = 0;
   bool accumulate = false;
   Arithmetic arithmetic = Arithmetic::F32;
-  MatmulScratch* scratch = nullptr;
 };
 
 // Decode attention of the `group` query heads sharing one KV head, for one token, over positions 0 .. len-1 of its

@@ -62,453 +62,270 @@ float sum16(const typename V::F* v) {
   }
 }
 
-// ---- tiles --------------------------------------------------------------------------------------------------------
+// ---- weight types: reading a packed block (packed_weights.hpp) for one lane group ---------------------------------
+// kSub: columns per sub-block; kOffset: a value is (unsigned byte - kOffset); kHasMin: a per-sub-block min b.
+// scales(): a (and b) of sub-block `sub` of the block for lanes h*kLanes ..; values(): the bytes of its columns
+// 4v .. 4v+3 for those lanes.
 
-// The kLanes rows of one lane group of a row group (rows past the matrix repeat its last row; their results are
-// dropped).
 template <class V>
-struct LaneRows {
-  const uint8_t* ptr[V::kLanes];
-  typename V::I offsets;  // ptr[l] - ptr[0], for gathers
-  void init(const WeightMatrix& w, int64_t first) {
-    int32_t off[V::kLanes];
-    for (int l = 0; l < V::kLanes; ++l) {
-      const int64_t r = first + l < w.rows ? first + l : w.rows - 1;
-      ptr[l] = w.row(r);
-      off[l] = int32_t((r - first) * w.row_bytes);
-    }
-    offsets = V::iload(off);
-  }
-};
-
-// Layout of one sub-block in a tile: a[16] and b[16] (fp32, when the type has them), then the values of the 16 rows:
-// bytes [sub / 4][16 rows][4 columns] (int8 tiles) or fp32 [sub][16 rows] (fp32 tiles).
-template <class Fmt>
-struct TileLayout {
-  static constexpr int kScaleBytes = (Fmt::kHasScale ? 64 : 0) + (Fmt::kHasMin ? 64 : 0);
-  static constexpr int kByteStride = kScaleBytes + Fmt::kSub * kRowGroup;
-  static constexpr int kFloatStride = kScaleBytes + Fmt::kSub * kRowGroup * 4;
-};
-
-// Writes decoded sub-blocks of one lane group into an int8 tile: values as unsigned bytes (true value = byte -
-// Fmt::kOffset).
-template <class V, class Fmt>
-struct ByteSink {
-  uint8_t* tile;
-  int lane_group;
-  uint8_t* sub_block(int sub) const { return tile + int64_t(sub) * TileLayout<Fmt>::kByteStride; }
-  void scales(int sub, typename V::F a, typename V::F b) const {
-    float* s = reinterpret_cast<float*>(sub_block(sub)) + lane_group * V::kLanes;
-    if constexpr (Fmt::kHasScale) V::fstore(s, a);
-    if constexpr (Fmt::kHasMin) V::fstore(s + kRowGroup, b);
-  }
-  // Columns 4v .. 4v+3 of the sub-block.
-  void values(int sub, int v, typename V::I q) const {
-    V::istore(sub_block(sub) + TileLayout<Fmt>::kScaleBytes + (v * kRowGroup + lane_group * V::kLanes) * 4, q);
-  }
-};
-
-// The same into an fp32 tile: each byte becomes the float (byte - offset).
-template <class V, class Fmt>
-struct FloatSink {
-  uint8_t* tile;
-  int lane_group;
-  float* sub_block(int sub) const {
-    return reinterpret_cast<float*>(tile + int64_t(sub) * TileLayout<Fmt>::kFloatStride);
-  }
-  void scales(int sub, typename V::F a, typename V::F b) const {
-    float* s = sub_block(sub) + lane_group * V::kLanes;
-    if constexpr (Fmt::kHasScale) V::fstore(s, a);
-    if constexpr (Fmt::kHasMin) V::fstore(s + kRowGroup, b);
-  }
-  void values(int sub, int v, typename V::I q) const {
-    const typename V::I byte = V::iset(0xff), offset = V::iset(Fmt::kOffset);
-    for (int j = 0; j < 4; ++j)
-      column(sub, 4 * v + j, V::from_int(V::isub(V::iand(V::srl(q, 8 * j), byte), offset)));
-  }
-  void column(int sub, int c, typename V::F w) const {
-    V::fstore(sub_block(sub) + TileLayout<Fmt>::kScaleBytes / 4 + c * kRowGroup + lane_group * V::kLanes, w);
-  }
-};
-
-// ---- weight types: decoding one storage block of a lane group's rows into sub-blocks ----------------------------
-// kSub: columns per sub-block; kOffset: value offset of the unsigned bytes; kHasScale / kHasMin: per-sub-block a, b.
+const uint8_t* lanes(const uint8_t* vector, int h) {
+  return vector + h * V::kLanes * 4;
+}
+template <class V>
+typename V::F halves(const uint8_t* p, int h) {
+  return V::load_halves(reinterpret_cast<const uint16_t*>(p) + h * V::kLanes);
+}
+template <class V>
+typename V::I low_nibbles(typename V::I raw) {
+  return V::iand(raw, V::iset(0x0f0f0f0f));
+}
+template <class V>
+typename V::I high_nibbles(typename V::I raw) {
+  return V::iand(V::template srl<4>(raw), V::iset(0x0f0f0f0f));
+}
 
 struct Q4_0Fmt {
-  static constexpr bool kPlain = false;
-  static constexpr int kSub = 32, kBlockCols = 32, kBlockBytes = 18, kOffset = 8;
-  static constexpr bool kHasScale = true, kHasMin = false;
-  template <class V, class Sink>
-  static void decode(const LaneRows<V>& r, int64_t blk, int sub, const Sink& s) {
-    const int64_t at = blk * kBlockBytes;
-    s.scales(sub, V::half_low(V::gather(r.ptr[0], r.offsets, at)), V::fzero());
-    typename V::I q[4];
-    V::load_columns(r.ptr, at + 2, q);
-    const typename V::I mask = V::iset(0x0f0f0f0f);
-    for (int k = 0; k < 4; ++k) {
-      s.values(sub, k, V::iand(q[k], mask));
-      s.values(sub, k + 4, V::iand(V::template srl<4>(q[k]), mask));
-    }
+  static constexpr int kSub = 32, kBlockCols = 32, kOffset = 8;
+  static constexpr bool kHasMin = false, kPlain = false;
+  template <class V>
+  static void scales(const uint8_t* blk, int, int h, typename V::F& a, typename V::F&) {
+    a = halves<V>(blk, h);
+  }
+  template <class V>
+  static typename V::I values(const uint8_t* blk, int, int h, int v) {
+    const typename V::I raw = V::iload(lanes<V>(blk + 32 + (v % 4) * 64, h));
+    return v < 4 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
   }
 };
 
 struct Q4_1Fmt {
-  static constexpr bool kPlain = false;
-  static constexpr int kSub = 32, kBlockCols = 32, kBlockBytes = 20, kOffset = 0;
-  static constexpr bool kHasScale = true, kHasMin = true;
-  template <class V, class Sink>
-  static void decode(const LaneRows<V>& r, int64_t blk, int sub, const Sink& s) {
-    const int64_t at = blk * kBlockBytes;
-    const typename V::I dm = V::gather(r.ptr[0], r.offsets, at);
-    s.scales(sub, V::half_low(dm), V::half_high(dm));
-    typename V::I q[4];
-    V::load_columns(r.ptr, at + 4, q);
-    const typename V::I mask = V::iset(0x0f0f0f0f);
-    for (int k = 0; k < 4; ++k) {
-      s.values(sub, k, V::iand(q[k], mask));
-      s.values(sub, k + 4, V::iand(V::template srl<4>(q[k]), mask));
-    }
+  static constexpr int kSub = 32, kBlockCols = 32, kOffset = 0;
+  static constexpr bool kHasMin = true, kPlain = false;
+  template <class V>
+  static void scales(const uint8_t* blk, int, int h, typename V::F& a, typename V::F& b) {
+    a = halves<V>(blk, h);
+    b = halves<V>(blk + 32, h);
+  }
+  template <class V>
+  static typename V::I values(const uint8_t* blk, int, int h, int v) {
+    const typename V::I raw = V::iload(lanes<V>(blk + 64 + (v % 4) * 64, h));
+    return v < 4 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
   }
 };
 
+// Q8_0's signed bytes are offset to unsigned ones (x + 128).
 struct Q8_0Fmt {
-  static constexpr bool kPlain = false;
-  static constexpr int kSub = 32, kBlockCols = 32, kBlockBytes = 34, kOffset = 128;
-  static constexpr bool kHasScale = true, kHasMin = false;
-  template <class V, class Sink>
-  static void decode(const LaneRows<V>& r, int64_t blk, int sub, const Sink& s) {
-    const int64_t at = blk * kBlockBytes;
-    s.scales(sub, V::half_low(V::gather(r.ptr[0], r.offsets, at)), V::fzero());
-    typename V::I q[8];
-    V::load_columns(r.ptr, at + 2, q);
-    V::load_columns(r.ptr, at + 18, q + 4);
-    for (int v = 0; v < 8; ++v) s.values(sub, v, V::ixor(q[v], V::iset(int32_t(0x80808080u))));
+  static constexpr int kSub = 32, kBlockCols = 32, kOffset = 128;
+  static constexpr bool kHasMin = false, kPlain = false;
+  template <class V>
+  static void scales(const uint8_t* blk, int, int h, typename V::F& a, typename V::F&) {
+    a = halves<V>(blk, h);
+  }
+  template <class V>
+  static typename V::I values(const uint8_t* blk, int, int h, int v) {
+    return V::ixor(V::iload(lanes<V>(blk + 32 + v * 64, h)), V::iset(int32_t(0x80808080u)));
   }
 };
 
-// Byte i (0..11) of the Q4_K / Q5_K scale bytes, given as three gathered words.
+// a = d * scale_j, b = -(dmin * min_j) of sub-block j of a Q4_K / Q5_K super-block.
 template <class V>
-typename V::I scale_byte(const typename V::I* words, int i) {
-  return V::iand(V::srl(words[i / 4], 8 * (i % 4)), V::iset(0xff));
+void k_quant_scales(const uint8_t* blk, int j, int h, typename V::F& a, typename V::F& b) {
+  a = V::fmul(halves<V>(blk, h), V::from_int(V::load_u8(blk + 64 + 16 * j + h * V::kLanes)));
+  b = fneg<V>(V::fmul(halves<V>(blk + 32, h), V::from_int(V::load_u8(blk + 192 + 16 * j + h * V::kLanes))));
 }
 
-// a = d * scale_j and b = -dmin * min_j of the 8 sub-blocks of a Q4_K / Q5_K super-block (6-bit scales and mins
-// packed in 12 bytes, as ggml's get_scale_min_k4).
-template <class V, class Sink>
-void k_quant_scales(const LaneRows<V>& r, int64_t at, int sub, const Sink& s) {
-  using I = typename V::I;
-  const I dm = V::gather(r.ptr[0], r.offsets, at);
-  const typename V::F d = V::half_low(dm), dmin = V::half_high(dm);
-  const I words[3] = {V::gather(r.ptr[0], r.offsets, at + 4), V::gather(r.ptr[0], r.offsets, at + 8),
-                      V::gather(r.ptr[0], r.offsets, at + 12)};
-  const I six = V::iset(63), four = V::iset(15);
-  for (int j = 0; j < 8; ++j) {
-    I scale, min;
-    if (j < 4) {
-      scale = V::iand(scale_byte<V>(words, j), six);
-      min = V::iand(scale_byte<V>(words, j + 4), six);
-    } else {
-      scale = V::ior(V::iand(scale_byte<V>(words, j + 4), four),
-                     V::template sll<4>(V::template srl<6>(scale_byte<V>(words, j - 4))));
-      min = V::ior(V::template srl<4>(scale_byte<V>(words, j + 4)),
-                   V::template sll<4>(V::template srl<6>(scale_byte<V>(words, j))));
-    }
-    s.scales(sub + j, V::fmul(d, V::from_int(scale)), fneg<V>(V::fmul(dmin, V::from_int(min))));
-  }
-}
-
-// Q4_K: per 64 columns, 32 bytes whose low nibbles are sub-block 2c and high nibbles sub-block 2c + 1.
 struct Q4_KFmt {
-  static constexpr bool kPlain = false;
-  static constexpr int kSub = 32, kBlockCols = 256, kBlockBytes = 144, kOffset = 0;
-  static constexpr bool kHasScale = true, kHasMin = true;
-  template <class V, class Sink>
-  static void decode(const LaneRows<V>& r, int64_t blk, int sub, const Sink& s) {
-    const int64_t at = blk * kBlockBytes;
-    k_quant_scales(r, at, sub, s);
-    const typename V::I mask = V::iset(0x0f0f0f0f);
-    for (int c = 0; c < 4; ++c) {
-      typename V::I q[8];
-      V::load_columns(r.ptr, at + 16 + 32 * c, q);
-      V::load_columns(r.ptr, at + 32 + 32 * c, q + 4);
-      for (int v = 0; v < 8; ++v) {
-        s.values(sub + 2 * c, v, V::iand(q[v], mask));
-        s.values(sub + 2 * c + 1, v, V::iand(V::template srl<4>(q[v]), mask));
-      }
-    }
+  static constexpr int kSub = 32, kBlockCols = 256, kOffset = 0;
+  static constexpr bool kHasMin = true, kPlain = false;
+  template <class V>
+  static void scales(const uint8_t* blk, int j, int h, typename V::F& a, typename V::F& b) {
+    k_quant_scales<V>(blk, j, h, a, b);
+  }
+  template <class V>
+  static typename V::I values(const uint8_t* blk, int j, int h, int v) {
+    const typename V::I raw = V::iload(lanes<V>(blk + 320 + (8 * (j / 2) + v) * 64, h));
+    return j % 2 == 0 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
   }
 };
 
-// Q5_K: as Q4_K, plus 32 bytes of fifth bits: bit j of byte i belongs to column i of sub-block j.
+// Q5_K: bit j of a column's fifth-bit byte belongs to sub-block j.
 struct Q5_KFmt {
-  static constexpr bool kPlain = false;
-  static constexpr int kSub = 32, kBlockCols = 256, kBlockBytes = 176, kOffset = 0;
-  static constexpr bool kHasScale = true, kHasMin = true;
-  template <class V, class Sink>
-  static void decode(const LaneRows<V>& r, int64_t blk, int sub, const Sink& s) {
-    using I = typename V::I;
-    const int64_t at = blk * kBlockBytes;
-    k_quant_scales(r, at, sub, s);
-    I high[8];
-    V::load_columns(r.ptr, at + 16, high);
-    V::load_columns(r.ptr, at + 32, high + 4);
-    const I mask = V::iset(0x0f0f0f0f), bit = V::iset(0x01010101);
-    for (int c = 0; c < 4; ++c) {
-      I q[8];
-      V::load_columns(r.ptr, at + 48 + 32 * c, q);
-      V::load_columns(r.ptr, at + 64 + 32 * c, q + 4);
-      for (int v = 0; v < 8; ++v) {
-        const I low_fifth = V::template sll<4>(V::iand(V::srl(high[v], 2 * c), bit));
-        const I high_fifth = V::template sll<4>(V::iand(V::srl(high[v], 2 * c + 1), bit));
-        s.values(sub + 2 * c, v, V::ior(V::iand(q[v], mask), low_fifth));
-        s.values(sub + 2 * c + 1, v, V::ior(V::iand(V::template srl<4>(q[v]), mask), high_fifth));
-      }
-    }
+  static constexpr int kSub = 32, kBlockCols = 256, kOffset = 0;
+  static constexpr bool kHasMin = true, kPlain = false;
+  template <class V>
+  static void scales(const uint8_t* blk, int j, int h, typename V::F& a, typename V::F& b) {
+    k_quant_scales<V>(blk, j, h, a, b);
+  }
+  template <class V>
+  static typename V::I values(const uint8_t* blk, int j, int h, int v) {
+    const typename V::I raw = V::iload(lanes<V>(blk + 832 + (8 * (j / 2) + v) * 64, h));
+    const typename V::I fifth = V::iand(V::srl(V::iload(lanes<V>(blk + 320 + v * 64, h)), j), V::iset(0x01010101));
+    return V::ior(j % 2 == 0 ? low_nibbles<V>(raw) : high_nibbles<V>(raw), V::template sll<4>(fifth));
   }
 };
 
-// Q6_K: 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 signed 8-bit scales (sub-blocks of 16), f16 d.
-// Columns 128n + 32p + l (p = 0..3): low nibble of ql[64n + 32 (p % 2) + l] (high nibble for p >= 2), high part
-// bits 2p of qh[32n + l].
+// Q6_K: sub-blocks of 16 columns; 32-column group g = 4n + p takes low (p < 2) or high nibbles of ql bytes
+// 64n + 32 (p % 2) .. and bits 2p, 2p+1 of qh bytes 32n ...
 struct Q6_KFmt {
-  static constexpr bool kPlain = false;
-  static constexpr int kSub = 16, kBlockCols = 256, kBlockBytes = 210, kOffset = 32;
-  static constexpr bool kHasScale = true, kHasMin = false;
-  template <class V, class Sink>
-  static void decode(const LaneRows<V>& r, int64_t blk, int sub, const Sink& s) {
-    using I = typename V::I;
-    const int64_t at = blk * kBlockBytes;
-    const typename V::F d = V::half_high(V::gather(r.ptr[0], r.offsets, at + 206));
-    for (int w = 0; w < 4; ++w) {
-      const I word = V::gather(r.ptr[0], r.offsets, at + 192 + 4 * w);
-      for (int b = 0; b < 4; ++b) {
-        const I scale = V::template sra<24>(V::sll(word, 24 - 8 * b));
-        s.scales(sub + 4 * w + b, V::fmul(d, V::from_int(scale)), V::fzero());
-      }
-    }
-    const I mask = V::iset(0x0f0f0f0f), two_bits = V::iset(0x03030303);
-    for (int n = 0; n < 2; ++n) {
-      I high[8];
-      V::load_columns(r.ptr, at + 128 + 32 * n, high);
-      V::load_columns(r.ptr, at + 144 + 32 * n, high + 4);
-      for (int half = 0; half < 2; ++half) {
-        I low[8];
-        V::load_columns(r.ptr, at + 64 * n + 32 * half, low);
-        V::load_columns(r.ptr, at + 64 * n + 32 * half + 16, low + 4);
-        for (int nibble = 0; nibble < 2; ++nibble) {
-          const int p = half + 2 * nibble, group = 4 * n + p;
-          for (int v = 0; v < 8; ++v) {
-            const I value = V::ior(V::iand(V::srl(low[v], 4 * nibble), mask),
-                                   V::template sll<4>(V::iand(V::srl(high[v], 2 * p), two_bits)));
-            s.values(sub + 2 * group + v / 4, v % 4, value);
-          }
-        }
-      }
-    }
+  static constexpr int kSub = 16, kBlockCols = 256, kOffset = 32;
+  static constexpr bool kHasMin = false, kPlain = false;
+  template <class V>
+  static void scales(const uint8_t* blk, int k, int h, typename V::F& a, typename V::F&) {
+    a = V::fmul(halves<V>(blk, h), V::from_int(V::load_i8(blk + 32 + 16 * k + h * V::kLanes)));
+  }
+  template <class V>
+  static typename V::I values(const uint8_t* blk, int k, int h, int v) {
+    const int g = k / 2, n = g / 4, p = g % 4, vec = 4 * (k % 2) + v;
+    const typename V::I low = V::iload(lanes<V>(blk + 288 + (8 * (2 * n + p % 2) + vec) * 64, h));
+    const typename V::I high = V::iload(lanes<V>(blk + 2336 + (8 * n + vec) * 64, h));
+    const typename V::I nibble = p < 2 ? low_nibbles<V>(low) : high_nibbles<V>(low);
+    return V::ior(nibble, V::template sll<4>(V::iand(V::srl(high, 2 * p), V::iset(0x03030303))));
   }
 };
 
-// Plain types: a block is 32 columns of fp32 / fp16 / bf16 (the last one of a row may be partial).
+// Plain types: packed blocks of [32 columns][16 rows].
 template <DType kType>
 struct PlainFmt {
-  static constexpr bool kPlain = true;
   static constexpr int kSub = 32, kBlockCols = 32, kOffset = 0;
-  static constexpr bool kHasScale = false, kHasMin = false;
-  static constexpr int kElemBytes = kType == DType::F32 ? 4 : 2;
-
-  static float element(const uint8_t* row, int64_t c) {
-    uint32_t bits = 0;
-    std::memcpy(&bits, row + c * kElemBytes, kElemBytes);
-    if constexpr (kType == DType::F32) return std::bit_cast<float>(bits);
-    if constexpr (kType == DType::BF16) return std::bit_cast<float>(bits << 16);
-    return f16_to_float(bits);
-  }
-  static float f16_to_float(uint32_t h) {  // exact, as the hardware conversion
-    const uint32_t magnitude = (h & 0x7fffu) << 13;
-    uint32_t bits = std::bit_cast<uint32_t>(std::bit_cast<float>(magnitude) * 0x1p112f);
-    if ((h & 0x7c00u) == 0x7c00u) bits = 0x7f800000u | magnitude | ((h & 0x3ffu) ? 0x400000u : 0u);
-    return std::bit_cast<float>(bits | ((h & 0x8000u) << 16));
-  }
-
+  static constexpr bool kHasMin = false, kPlain = true;
   template <class V>
-  static void decode(const LaneRows<V>& r, int64_t blk, int sub, const FloatSink<V, PlainFmt>& s, int64_t cols) {
-    using I = typename V::I;
-    const int64_t first = blk * kBlockCols;
-    if (first + kBlockCols > cols) return decode_partial(r, first, sub, s, cols);
-    const int64_t at = first * kElemBytes;
-    const int loads = kBlockCols * kElemBytes / 16;  // 16 bytes per row and load
-    for (int g = 0; g < loads; ++g) {
-      I q[4];
-      V::load_columns(r.ptr, at + 16 * g, q);
-      for (int k = 0; k < 4; ++k) {
-        if constexpr (kType == DType::F32) {
-          s.column(sub, 4 * g + k, V::as_float(q[k]));
-        } else if constexpr (kType == DType::BF16) {
-          s.column(sub, 8 * g + 2 * k, V::as_float(V::template sll<16>(q[k])));
-          s.column(sub, 8 * g + 2 * k + 1, V::as_float(V::iand(q[k], V::iset(int32_t(0xffff0000u)))));
-        } else {
-          s.column(sub, 8 * g + 2 * k, V::half_low(q[k]));
-          s.column(sub, 8 * g + 2 * k + 1, V::half_high(q[k]));
-        }
-      }
-    }
-  }
-  template <class V>
-  static void decode_partial(const LaneRows<V>& r, int64_t first, int sub, const FloatSink<V, PlainFmt>& s,
-                             int64_t cols) {
-    for (int c = 0; c < kBlockCols; ++c) {
-      float lanes[V::kLanes];
-      for (int l = 0; l < V::kLanes; ++l) lanes[l] = first + c < cols ? element(r.ptr[l], first + c) : 0.0f;
-      s.column(sub, c, V::fload(lanes));
-    }
+  static typename V::F column(const uint8_t* blk, int c, int h) {
+    const int at = c * kRowGroup + h * V::kLanes;
+    if constexpr (kType == DType::F32) return V::fload(reinterpret_cast<const float*>(blk) + at);
+    if constexpr (kType == DType::F16) return V::load_halves(reinterpret_cast<const uint16_t*>(blk) + at);
+    return V::load_bf16(reinterpret_cast<const uint16_t*>(blk) + at);
   }
 };
 
-// ---- products of a tile with a tile of tokens ---------------------------------------------------------------------
+// ---- products of a 16-row group with a few tokens -----------------------------------------------------------------
 
-// int8: T tokens t0 .. t0+T-1 times the tile's n_sub sub-blocks (the input's sub-blocks sub0 ..), accumulated into
-// acc[token][16].
+template <class Fmt>
+constexpr int subs_per_block() {
+  return Fmt::kBlockCols / Fmt::kSub;
+}
+
+// int8: rows of `group` times tokens t0 .. t0+T-1 into out[t][16].
 template <class V, class Fmt, int T>
-void int8_tile_product(const uint8_t* tile, int n_sub, const PreparedInput& in, int sub0, int t0, float* acc) {
+void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* out) {
   using F = typename V::F;
   using I = typename V::I;
-  using L = TileLayout<Fmt>;
   // AVX2's byte product saturates above 127: Q8_0 (bytes up to 255) goes through its signed form there.
   constexpr bool kSigned = Fmt::kOffset == 128 && !V::kExactByteDot;
   const int blocks_per_row = in.cols / kActBlock;
   for (int h = 0; h < kRowGroup / V::kLanes; ++h) {
     F sum[T];
-    for (int t = 0; t < T; ++t) sum[t] = V::fload(acc + (t0 + t) * kRowGroup + h * V::kLanes);
-    for (int s = 0; s < n_sub; ++s) {
-      const uint8_t* sub_block = tile + s * L::kByteStride;
-      const int col = (sub0 + s) * Fmt::kSub;
-      I dot[T];
-      for (int t = 0; t < T; ++t) dot[t] = V::izero();
-      for (int v = 0; v < Fmt::kSub / 4; ++v) {
-        I w = V::iload(sub_block + L::kScaleBytes + (v * kRowGroup + h * V::kLanes) * 4);
-        if constexpr (kSigned) w = V::ixor(w, V::iset(int32_t(0x80808080u)));
-        for (int t = 0; t < T; ++t) {
-          const I x = V::iset(load_i32(in.q + int64_t(t0 + t) * in.cols + col + 4 * v));
-          if constexpr (kSigned) {
-            dot[t] = V::idot_signed(dot[t], w, x);
-          } else {
-            dot[t] = V::idot(dot[t], w, x);
+    for (int t = 0; t < T; ++t) sum[t] = V::fzero();
+    for (int64_t b = 0; b < w.blocks; ++b) {
+      const uint8_t* blk = w.block(group, b);
+      for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
+        const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
+        I dot[T];
+        for (int t = 0; t < T; ++t) dot[t] = V::izero();
+        for (int v = 0; v < Fmt::kSub / 4; ++v) {
+          I q = Fmt::template values<V>(blk, s, h, v);
+          if constexpr (kSigned) q = V::ixor(q, V::iset(int32_t(0x80808080u)));
+          for (int t = 0; t < T; ++t) {
+            const I x = V::iset(load_i32(in.q + int64_t(t0 + t) * in.cols + col + 4 * v));
+            if constexpr (kSigned) {
+              dot[t] = V::idot_signed(dot[t], q, x);
+            } else {
+              dot[t] = V::idot(dot[t], q, x);
+            }
           }
         }
-      }
-      const float* scales = reinterpret_cast<const float*>(sub_block) + h * V::kLanes;
-      const F a = V::fload(scales);
-      for (int t = 0; t < T; ++t) {
-        const int64_t block = int64_t(t0 + t) * blocks_per_row + col / kActBlock;
-        I d = dot[t];
-        if constexpr (Fmt::kOffset != 0 && !kSigned) {
-          const int32_t x_sum = Fmt::kSub == 16 ? in.sum16[int64_t(t0 + t) * (in.cols / 16) + col / 16] : in.sum32[block];
-          d = V::isub(d, V::iset(Fmt::kOffset * x_sum));
+        F a, m;
+        Fmt::template scales<V>(blk, s, h, a, m);
+        for (int t = 0; t < T; ++t) {
+          const int64_t block = int64_t(t0 + t) * blocks_per_row + col / kActBlock;
+          I d = dot[t];
+          if constexpr (Fmt::kOffset != 0 && !kSigned) {
+            const int32_t x_sum = Fmt::kSub == 16 ? in.sum16[int64_t(t0 + t) * (in.cols / 16) + col / 16] : in.sum32[block];
+            d = V::isub(d, V::iset(Fmt::kOffset * x_sum));
+          }
+          sum[t] = V::fma(a, V::fmul(V::from_int(d), V::fset(in.scale[block])), sum[t]);
+          if constexpr (Fmt::kHasMin) sum[t] = V::fma(m, V::fset(in.scaled_sum[block]), sum[t]);
         }
-        sum[t] = V::fma(a, V::fmul(V::from_int(d), V::fset(in.scale[block])), sum[t]);
-        if constexpr (Fmt::kHasMin) sum[t] = V::fma(V::fload(scales + kRowGroup), V::fset(in.scaled_sum[block]), sum[t]);
       }
     }
-    for (int t = 0; t < T; ++t) V::fstore(acc + (t0 + t) * kRowGroup + h * V::kLanes, sum[t]);
+    for (int t = 0; t < T; ++t) V::fstore(out + t * kRowGroup + h * V::kLanes, sum[t]);
   }
 }
 
-// fp32: the same with fp32 activations and an fp32 tile.
+// fp32: the same with fp32 activations.
 template <class V, class Fmt, int T>
-void f32_tile_product(const uint8_t* tile, int n_sub, const PreparedInput& in, int sub0, int t0, float* acc) {
+void f32_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* out) {
   using F = typename V::F;
-  using L = TileLayout<Fmt>;
   const int blocks_per_row = in.cols / kActBlock;
   for (int h = 0; h < kRowGroup / V::kLanes; ++h) {
     F sum[T];
-    for (int t = 0; t < T; ++t) sum[t] = V::fload(acc + (t0 + t) * kRowGroup + h * V::kLanes);
-    for (int s = 0; s < n_sub; ++s) {
-      const float* sub_block = reinterpret_cast<const float*>(tile + s * L::kFloatStride);
-      const float* w = sub_block + L::kScaleBytes / 4 + h * V::kLanes;
-      const int col = (sub0 + s) * Fmt::kSub;
-      F part[T][4];
-      for (int j = 0; j < 4; ++j) {
-        const F wj = V::fload(w + j * kRowGroup);
-        for (int t = 0; t < T; ++t) part[t][j] = V::fmul(wj, V::fset(in.x[int64_t(t0 + t) * in.cols + col + j]));
-      }
-      for (int c = 4; c < Fmt::kSub; ++c) {
-        const F wc = V::fload(w + c * kRowGroup);
-        for (int t = 0; t < T; ++t)
-          part[t][c % 4] = V::fma(wc, V::fset(in.x[int64_t(t0 + t) * in.cols + col + c]), part[t][c % 4]);
-      }
-      for (int t = 0; t < T; ++t) {
-        const F block = V::fadd(V::fadd(part[t][0], part[t][1]), V::fadd(part[t][2], part[t][3]));
-        if constexpr (Fmt::kHasScale) {
-          sum[t] = V::fma(V::fload(sub_block + h * V::kLanes), block, sum[t]);
+    for (int t = 0; t < T; ++t) sum[t] = V::fzero();
+    for (int64_t b = 0; b < w.blocks; ++b) {
+      const uint8_t* blk = w.block(group, b);
+      for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
+        const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
+        const float* x = in.x + int64_t(t0) * in.cols + col;
+        F part[T][4];
+        auto accumulate = [&](int c, F wc) {
+          for (int t = 0; t < T; ++t) {
+            const F xc = V::fset(x[int64_t(t) * in.cols + c]);
+            part[t][c % 4] = c < 4 ? V::fmul(wc, xc) : V::fma(wc, xc, part[t][c % 4]);
+          }
+        };
+        if constexpr (Fmt::kPlain) {
+          for (int c = 0; c < Fmt::kSub; ++c) accumulate(c, Fmt::template column<V>(blk, c, h));
         } else {
-          sum[t] = V::fadd(sum[t], block);
+          const typename V::I byte = V::iset(0xff), offset = V::iset(Fmt::kOffset);
+          for (int v = 0; v < Fmt::kSub / 4; ++v) {
+            const typename V::I q = Fmt::template values<V>(blk, s, h, v);
+            for (int j = 0; j < 4; ++j) accumulate(4 * v + j, V::from_int(V::isub(V::iand(V::srl(q, 8 * j), byte), offset)));
+          }
         }
-        if constexpr (Fmt::kHasMin) {
-          const float x_sum = in.block_sum[int64_t(t0 + t) * blocks_per_row + col / kActBlock];
-          sum[t] = V::fma(V::fload(sub_block + kRowGroup + h * V::kLanes), V::fset(x_sum), sum[t]);
+        F a, m;
+        if constexpr (!Fmt::kPlain) Fmt::template scales<V>(blk, s, h, a, m);
+        for (int t = 0; t < T; ++t) {
+          const F block = V::fadd(V::fadd(part[t][0], part[t][1]), V::fadd(part[t][2], part[t][3]));
+          if constexpr (Fmt::kPlain) {
+            sum[t] = V::fadd(sum[t], block);
+          } else {
+            sum[t] = V::fma(a, block, sum[t]);
+          }
+          if constexpr (Fmt::kHasMin)
+            sum[t] = V::fma(m, V::fset(in.block_sum[int64_t(t0 + t) * blocks_per_row + col / kActBlock]), sum[t]);
         }
       }
     }
-    for (int t = 0; t < T; ++t) V::fstore(acc + (t0 + t) * kRowGroup + h * V::kLanes, sum[t]);
-  }
-}
-
-// All tokens [t0, t0 + count) in tiles of T (then smaller tiles for the rest).
-template <class V, class Fmt, bool kInt8, int T>
-void tile_times_tokens(const uint8_t* tile, int n_sub, const PreparedInput& in, int sub0, int t0, int count,
-                       float* acc) {
-  for (; count >= T; count -= T, t0 += T) {
-    if constexpr (kInt8) {
-      int8_tile_product<V, Fmt, T>(tile, n_sub, in, sub0, t0, acc);
-    } else {
-      f32_tile_product<V, Fmt, T>(tile, n_sub, in, sub0, t0, acc);
-    }
-  }
-  if constexpr (T > 1) {
-    if (count > 0) tile_times_tokens<V, Fmt, kInt8, T - 1>(tile, n_sub, in, sub0, t0, count, acc);
+    for (int t = 0; t < T; ++t) V::fstore(out + t * kRowGroup + h * V::kLanes, sum[t]);
   }
 }
 
 // ---- matmul -------------------------------------------------------------------------------------------------------
 
-template <class V, class Fmt, bool kInt8>
-void matmul_rows(const MatmulArgs& m) {
-  const WeightMatrix& w = *m.w;
-  const PreparedInput& in = *m.in;
-  const int64_t cols = w.cols;
-  const int n_tokens = in.n_tokens;
-  float* acc = m.scratch->acc.data();
-  uint8_t* tile = m.scratch->tile;
-  constexpr int kLaneGroups = kRowGroup / V::kLanes;
-  constexpr int kTokens = kInt8 ? V::kTileTokensInt8 : V::kTileTokensF32;
-  for (int64_t group = m.row_begin; group < m.row_end; group += kRowGroup) {
-    LaneRows<V> lanes[kLaneGroups];
-    for (int h = 0; h < kLaneGroups; ++h) lanes[h].init(w, group + h * V::kLanes);
-    std::memset(acc, 0, sizeof(float) * size_t(n_tokens) * kRowGroup);
-    for (int64_t c0 = 0; c0 < cols; c0 += kChunkCols) {
-      const int64_t c1 = c0 + kChunkCols < cols ? c0 + kChunkCols : cols;
-      const int n_sub = int((c1 - c0 + Fmt::kSub - 1) / Fmt::kSub);
-      for (int h = 0; h < kLaneGroups; ++h) {
-        for (int64_t blk = c0 / Fmt::kBlockCols; blk * Fmt::kBlockCols < c1; ++blk) {
-          const int sub = int((blk * Fmt::kBlockCols - c0) / Fmt::kSub);
-          if constexpr (kInt8) {
-            Fmt::decode(lanes[h], blk, sub, ByteSink<V, Fmt>{tile, h});
-          } else if constexpr (Fmt::kPlain) {
-            Fmt::decode(lanes[h], blk, sub, FloatSink<V, Fmt>{tile, h}, cols);
-          } else {
-            Fmt::decode(lanes[h], blk, sub, FloatSink<V, Fmt>{tile, h});
-          }
-        }
-      }
-      tile_times_tokens<V, Fmt, kInt8, kTokens>(tile, n_sub, in, int(c0 / Fmt::kSub), 0, n_tokens, acc);
+template <class V, class Fmt, bool kInt8, int T>
+void group_times_tokens(const MatmulArgs& m, int64_t group, int t0, int count) {
+  alignas(64) float out[T * kRowGroup];
+  for (; count >= T; count -= T, t0 += T) {
+    if constexpr (kInt8) {
+      int8_group_product<V, Fmt, T>(*m.w, group, *m.in, t0, out);
+    } else {
+      f32_group_product<V, Fmt, T>(*m.w, group, *m.in, t0, out);
     }
-    const int rows = int(m.row_end - group < kRowGroup ? m.row_end - group : kRowGroup);
-    for (int t = 0; t < n_tokens; ++t) {
-      float* y = m.y + int64_t(t) * m.y_stride + group;
-      const float* a = acc + t * kRowGroup;
-      for (int r = 0; r < rows; ++r) y[r] = m.accumulate ? y[r] + a[r] : a[r];
+    const int64_t first = group * kRowGroup;
+    const int rows = int(m.row_end - first < kRowGroup ? m.row_end - first : kRowGroup);
+    for (int t = 0; t < T; ++t) {
+      float* y = m.y + int64_t(t0 + t) * m.y_stride + first;
+      for (int r = 0; r < rows; ++r) y[r] = m.accumulate ? y[r] + out[t * kRowGroup + r] : out[t * kRowGroup + r];
     }
   }
+  if constexpr (T > 1) {
+    if (count > 0) group_times_tokens<V, Fmt, kInt8, T - 1>(m, group, t0, count);
+  }
+}
+
+template <class V, class Fmt, bool kInt8>
+void matmul_rows(const MatmulArgs& m) {
+  constexpr int kTokens = kInt8 ? V::kTileTokensInt8 : V::kTileTokensF32;
+  for (int64_t group = m.row_begin / kRowGroup; group * kRowGroup < m.row_end; ++group)
+    group_times_tokens<V, Fmt, kInt8, kTokens>(m, group, 0, m.in->n_tokens);
 }
 
 template <class V>

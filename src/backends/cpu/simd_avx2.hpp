@@ -47,6 +47,9 @@ struct Avx2 {
   static void store_halves(uint16_t* p, F v) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
+  static F load_bf16(const uint16_t* p) {
+    return as_float(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  }
   static float reduce_add(F v) {
     const __m128 four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
@@ -73,6 +76,8 @@ struct Avx2 {
   template <int n> static I sra(I a) { return _mm256_srai_epi32(a, n); }
   static I srl(I a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
   static I sll(I a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  static I load_u8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+  static I load_i8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
   // acc + sum over each lane's 4 byte pairs of u (unsigned, <= 127 for exactness) times s (signed).
   static I idot(I acc, I u, I s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
@@ -80,23 +85,6 @@ struct Avx2 {
   // acc + sum of (signed byte of a) * (signed byte of b), exact for a, b in [-127, 127] and a = -128.
   static I idot_signed(I acc, I a, I b) {
     return idot(acc, _mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
-  }
-
-  static void load_columns(const uint8_t* const* rows, int64_t offset, I out[4]) {
-    I z[4];
-    for (int j = 0; j < 4; ++j) {
-      z[j] = _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[j] + offset)));
-      z[j] = _mm256_inserti128_si256(z[j], _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[4 + j] + offset)), 1);
-    }
-    const I t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
-    const I t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
-    out[0] = _mm256_unpacklo_epi64(t0, t2);
-    out[1] = _mm256_unpackhi_epi64(t0, t2);
-    out[2] = _mm256_unpacklo_epi64(t1, t3);
-    out[3] = _mm256_unpackhi_epi64(t1, t3);
-  }
-  static I gather(const uint8_t* base, I row_offsets, int64_t offset) {
-    return _mm256_i32gather_epi32(reinterpret_cast<const int*>(base + offset), row_offsets, 1);
   }
 };
 

@@ -45,6 +45,9 @@ struct Avx512 {
   static void store_halves(uint16_t* p, F v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
+  static F load_bf16(const uint16_t* p) {
+    return as_float(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
   // Sum / max of the lanes by halving: lane i += lane i + n/2 for n = 16, 8, 4, 2.
   static float reduce_add(F v) {
     const __m256 eight = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
@@ -69,28 +72,11 @@ struct Avx512 {
   template <int n> static I sra(I a) { return _mm512_srai_epi32(a, n); }
   static I srl(I a, int n) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(n)); }
   static I sll(I a, int n) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  // kLanes bytes, zero- / sign-extended to the lanes.
+  static I load_u8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static I load_i8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   // acc + sum over the 4 byte pairs of each lane of (unsigned byte of u) * (signed byte of s).
   static I idot(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
-  // out[k] lane l = the 4 bytes at rows[l] + offset + 4k (k = 0..3): 16 rows x 16 bytes transposed.
-  static void load_columns(const uint8_t* const* rows, int64_t offset, I out[4]) {
-    I z[4];
-    for (int j = 0; j < 4; ++j) {
-      z[j] = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[j] + offset)));
-      z[j] = _mm512_inserti32x4(z[j], _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[4 + j] + offset)), 1);
-      z[j] = _mm512_inserti32x4(z[j], _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[8 + j] + offset)), 2);
-      z[j] = _mm512_inserti32x4(z[j], _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[12 + j] + offset)), 3);
-    }
-    const I t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
-    const I t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
-    out[0] = _mm512_unpacklo_epi64(t0, t2);
-    out[1] = _mm512_unpackhi_epi64(t0, t2);
-    out[2] = _mm512_unpacklo_epi64(t1, t3);
-    out[3] = _mm512_unpackhi_epi64(t1, t3);
-  }
-  // Lane l = the 4 bytes at base + row_offsets[l] + offset.
-  static I gather(const uint8_t* base, I row_offsets, int64_t offset) {
-    return _mm512_i32gather_epi32(row_offsets, base + offset, 1);
-  }
 };
 
 }  // namespace

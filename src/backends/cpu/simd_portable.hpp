@@ -73,6 +73,7 @@ struct Portable {
   static F half_low(I a) { return fmap([&](int l) { return half_to_float(uint32_t(a.v[l]) & 0xffffu); }); }
   static F half_high(I a) { return fmap([&](int l) { return half_to_float(uint32_t(a.v[l]) >> 16); }); }
   static F load_halves(const uint16_t* p) { return fmap([&](int l) { return half_to_float(p[l]); }); }
+  static F load_bf16(const uint16_t* p) { return fmap([&](int l) { return std::bit_cast<float>(uint32_t(p[l]) << 16); }); }
   static void store_halves(uint16_t* p, F a);
   static float reduce_add(F a) {
     for (int n = kLanes / 2; n >= 1; n /= 2)
@@ -105,23 +106,13 @@ struct Portable {
   template <int n> static I sra(I a) { return imap([&](int l) { return a.v[l] >> n; }); }
   static I srl(I a, int n) { return imap([&](int l) { return int32_t(uint32_t(a.v[l]) >> n); }); }
   static I sll(I a, int n) { return imap([&](int l) { return int32_t(uint32_t(a.v[l]) << n); }); }
+  static I load_u8(const uint8_t* p) { return imap([&](int l) { return int32_t(p[l]); }); }
+  static I load_i8(const uint8_t* p) { return imap([&](int l) { return int32_t(int8_t(p[l])); }); }
   static I idot(I acc, I u, I s) {
     return imap([&](int l) {
       int32_t sum = acc.v[l];
       for (int b = 0; b < 4; ++b) sum += int32_t((uint32_t(u.v[l]) >> (8 * b)) & 0xffu) * int32_t(int8_t(uint32_t(s.v[l]) >> (8 * b)));
       return sum;
-    });
-  }
-
-  static void load_columns(const uint8_t* const* rows, int64_t offset, I out[4]) {
-    for (int k = 0; k < 4; ++k)
-      for (int l = 0; l < kLanes; ++l) std::memcpy(&out[k].v[l], rows[l] + offset + 4 * k, 4);
-  }
-  static I gather(const uint8_t* base, I row_offsets, int64_t offset) {
-    return imap([&](int l) {
-      int32_t x;
-      std::memcpy(&x, base + row_offsets.v[l] + offset, 4);
-      return x;
     });
   }
 };

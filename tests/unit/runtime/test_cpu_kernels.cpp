@@ -99,11 +99,10 @@ std::vector<float> run_matmul(const cf::WeightMatrix& w, const std::vector<float
   cf::cpu::InputBuffer buffer;
   buffer.reserve(n_tokens, int(w.cols));
   const cf::cpu::PreparedInput& in = buffer.prepare(x.data(), n_tokens, int(w.cols), w.cols, arithmetic);
-  cf::cpu::MatmulScratch scratch;
-  scratch.acc.resize(size_t(n_tokens) * cf::cpu::kRowGroup);
+  const cf::cpu::PackedMatrix packed = cf::cpu::pack_matrix(w);
   std::vector<float> y(size_t(n_tokens * w.rows), 0.5f);
   cf::cpu::MatmulArgs a;
-  a.w = &w;
+  a.w = &packed;
   a.row_begin = row_begin;
   a.row_end = row_end;
   a.in = &in;
@@ -111,7 +110,6 @@ std::vector<float> run_matmul(const cf::WeightMatrix& w, const std::vector<float
   a.y_stride = w.rows;
   a.accumulate = true;
   a.arithmetic = arithmetic;
-  a.scratch = &scratch;
   cf::cpu::kernel_table(isa).matmul(a);
   return y;
 }
@@ -195,6 +193,16 @@ TEST_P(CpuMatmul, EveryLevelAndBatchSizeAndRowSplitGivesTheSameBits) {
       EXPECT_EQ(split, reference);
     }
   }
+}
+
+TEST_P(CpuMatmul, PackedMatrixDequantisesToTheSameBits) {
+  const DType t = GetParam();
+  const cf::WeightMatrix w = random_matrix(t, kRows, test_cols(t), 14);
+  const cf::cpu::PackedMatrix packed = cf::cpu::pack_matrix(w);
+  std::vector<float> from_packed(size_t(kRows * w.cols));
+  packed.dequantize_rows(0, kRows, from_packed.data());
+  EXPECT_EQ(from_packed, w.dequantized());
+  EXPECT_EQ(packed.groups(), 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, CpuMatmul, ::testing::ValuesIn(kAllTypes),
