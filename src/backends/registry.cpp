@@ -42,6 +42,16 @@ std::string backend_unavailable_reason(std::string_view name) {
 
 std::string default_backend_name() { return backend_unavailable_reason("cuda").empty() ? "cuda" : "cpu"; }
 
+WeightLoadOptions weight_load_options(std::string_view backend) {
+  WeightLoadOptions o;
+  if (backend == "cpu") {
+    o.repack = repack_for_cpu;
+  } else {
+    o.k_quant_as = DType::F16;
+  }
+  return o;
+}
+
 std::unique_ptr<Backend> create_backend(std::string_view name, std::shared_ptr<const ModelWeights> weights,
                                         const BackendOptions& options) {
   if (name == "cpu") return make_cpu_backend(std::move(weights), options);

@@ -172,10 +172,8 @@ LoadedRunner load(const CommonOptions& common) {
   const std::string path = common.model_path();
   Progress progress("loading " + std::filesystem::path(path).filename().string(), common.quiet);
   LoadedRunner m;
-  WeightLoadOptions load_options;
-  // k-quant files: the device backends convert every matrix to 16 bits anyway, so take them to F16 exactly rather
-  // than through the cpu backend's Q8_0.
-  if (backend != "cpu") load_options.k_quant_as = DType::F16;
+  // k-quants to F16 for the device backends; weights repacked while loading for the cpu backend.
+  const WeightLoadOptions load_options = weight_load_options(backend);
   m.model = load_model(path, load_options, [&](size_t done, size_t total) { progress.update(done, total); });
   const auto& weights = m.model.weights;
   const ModelConfig& c = weights->config;

@@ -38,8 +38,7 @@ class EngineModel {
     if (!path && !std::filesystem::exists(file))
       throw InputError("no model path given and the default model is missing at " + file +
                        ": run scripts/setup.sh to download it");
-    WeightLoadOptions load_options;
-    if (backend != "cpu") load_options.k_quant_as = DType::F16;  // as the CLI: device backends hold 16-bit weights
+    const WeightLoadOptions load_options = weight_load_options(backend);  // as the CLI
     model_ = load_model(file, load_options);
     const ModelConfig& c = model_.weights->config;
     context_ = context > 0 ? std::min(context, c.max_context) : c.max_context;

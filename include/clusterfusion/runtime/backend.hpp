@@ -15,6 +15,7 @@
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/tensor.hpp"
 #include "clusterfusion/runtime/kv_cache.hpp"
+#include "clusterfusion/runtime/weights.hpp"
 
 namespace cf {
 
@@ -82,6 +83,11 @@ std::vector<BackendInfo> backend_list();
 std::string backend_unavailable_reason(std::string_view name);
 // "cuda" when this build has it and a usable GPU is present, else "cpu".
 std::string default_backend_name();
+
+// How to load a model's weights for a backend (pass to load_model): the device backends take k-quant matrices as
+// F16; the cpu backend keeps them and repacks every matrix into its kernels' layout while loading (one copy in
+// memory). Any backend also runs on weights loaded with default options (the cpu backend then repacks a copy).
+WeightLoadOptions weight_load_options(std::string_view backend);
 
 // Creates a backend by name over the given weights (defined in src/backends, library cf_backends).
 // Throws cf::InputError for an unknown name or one that cannot run here ("--backend cuda: <reason>").

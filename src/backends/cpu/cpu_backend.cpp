@@ -88,6 +88,7 @@ class CpuBackend final : public Backend {
                          cpu::pack_matrix(l.ffn_down)});
     }
     lm_head_ = cpu::pack_matrix(weights_->lm_head());
+    if (weights_->token_embd.layout == WeightLayout::CpuPacked) packed_embd_ = cpu::pack_matrix(weights_->token_embd);
     rope_inv_freq_.resize(size_t(rot_dim_ / 2));
     for (int i = 0; i < rot_dim_ / 2; ++i)
       rope_inv_freq_[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * i / double(rot_dim_));
@@ -145,6 +146,7 @@ class CpuBackend final : public Backend {
   cpu::InputBuffer input_;
   std::vector<PackedLayer> layers_;
   PackedMatrix lm_head_;
+  PackedMatrix packed_embd_;  // a view, when the embeddings were repacked at load
   std::vector<std::vector<int64_t>> seq_slots_;  // per batch sequence: the physical slot of each cached position
   std::vector<double> rope_inv_freq_;
 };
@@ -298,8 +300,14 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
   const int n = batch.n_tokens();
 
   // Embeddings, and the RoPE rotation of every token's position (shared by all layers).
-  for (int t = 0; t < n; ++t)
-    weights_->token_embd.dequantize_rows(batch.tokens[size_t(t)], 1, act_.residual.data() + int64_t(t) * c.hidden);
+  for (int t = 0; t < n; ++t) {
+    float* row = act_.residual.data() + int64_t(t) * c.hidden;
+    if (packed_embd_.data) {
+      packed_embd_.dequantize_rows(batch.tokens[size_t(t)], 1, row);
+    } else {
+      weights_->token_embd.dequantize_rows(batch.tokens[size_t(t)], 1, row);
+    }
+  }
   const int pairs = rot_dim_ / 2;
   for (int t = 0; t < n; ++t) {
     for (int i = 0; i < pairs; ++i) {
@@ -334,6 +342,8 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
 }
 
 }  // namespace
+
+void repack_for_cpu(WeightMatrix& m) { cpu::repack_in_place(m); }
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<const ModelWeights> weights, const BackendOptions& options) {
   return std::make_unique<CpuBackend>(std::move(weights), options);

@@ -133,8 +133,15 @@ PackedMatrix pack_matrix(const WeightMatrix& w) {
   p.block_cols = g.block_cols;
   p.block_bytes = g.block_bytes;
   p.blocks = (w.cols + g.block_cols - 1) / g.block_cols;
-  p.bytes = AlignedBytes(size_t(p.groups() * p.group_bytes()));
-  std::memset(p.bytes.data(), 0, p.bytes.size());
+  if (w.layout == WeightLayout::CpuPacked) {
+    CF_CHECK(w.bytes.size() == size_t(p.groups() * p.group_bytes()), w.name + ": packed size does not match its shape");
+    p.data = w.bytes.data();
+    return p;
+  }
+  p.storage = AlignedBytes(size_t(p.groups() * p.group_bytes()));
+  uint8_t* out = p.storage.data();
+  p.data = out;
+  std::memset(out, 0, p.storage.size());
   const bool plain = w.dtype == DType::F32 || w.dtype == DType::F16 || w.dtype == DType::BF16;
   const int64_t src_block_bytes = plain ? 0 : dtype_block_bytes(w.dtype);
   const int elem = w.dtype == DType::F32 ? 4 : 2;
@@ -142,7 +149,7 @@ PackedMatrix pack_matrix(const WeightMatrix& w) {
     const int64_t group = r / kRowGroup;
     const int row = int(r % kRowGroup);
     for (int64_t b = 0; b < p.blocks; ++b) {
-      uint8_t* dst = p.bytes.data() + (group * p.blocks + b) * p.block_bytes;
+      uint8_t* dst = out + (group * p.blocks + b) * p.block_bytes;
       if (plain) {
         for (int64_t c = 0; c < 32 && b * 32 + c < w.cols; ++c)
           std::memcpy(dst + (c * kRowGroup + row) * elem, w.row(r) + (b * 32 + c) * elem, size_t(elem));
@@ -152,6 +159,14 @@ PackedMatrix pack_matrix(const WeightMatrix& w) {
     }
   }
   return p;
+}
+
+void repack_in_place(WeightMatrix& w) {
+  if (w.layout == WeightLayout::CpuPacked || w.empty()) return;
+  PackedMatrix p = pack_matrix(w);
+  w.bytes = std::move(p.storage);
+  w.layout = WeightLayout::CpuPacked;
+  w.row_bytes = 0;
 }
 
 void PackedMatrix::dequantize_rows(int64_t first, int64_t count, float* out) const {

@@ -31,16 +31,21 @@ struct PackedMatrix {
   int64_t block_cols = 0;   // columns per packed block
   int64_t block_bytes = 0;  // bytes per packed block of a 16-row group
   int64_t blocks = 0;       // packed blocks per row (plain types: ceil(cols / 32))
-  AlignedBytes bytes;
+  const uint8_t* data = nullptr;  // the groups, one after the other
+  AlignedBytes storage;           // data's owner when packed here (else data is a CpuPacked WeightMatrix's bytes)
 
   int64_t groups() const { return (rows + kRowGroup - 1) / kRowGroup; }
   int64_t group_bytes() const { return blocks * block_bytes; }
-  const uint8_t* block(int64_t group, int64_t b) const { return bytes.data() + (group * blocks + b) * block_bytes; }
+  const uint8_t* block(int64_t group, int64_t b) const { return data + (group * blocks + b) * block_bytes; }
   // Dequantises rows [first, first + count) into out ([count, cols]), bit-identical to WeightMatrix::dequantize_rows.
   void dequantize_rows(int64_t first, int64_t count, float* out) const;
 };
 
-// The packed copy of a matrix (rows past the last one of the last group are zero).
+// The packed form of a matrix: a repacked copy of a Rows matrix (rows past the last one of the last group are zero),
+// or a view of a CpuPacked one (which must outlive the view).
 PackedMatrix pack_matrix(const WeightMatrix& w);
+
+// Rows -> CpuPacked in place (the row bytes are freed).
+void repack_in_place(WeightMatrix& w);
 
 }  // namespace cf::cpu
