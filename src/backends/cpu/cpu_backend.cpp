@@ -224,7 +224,7 @@ void CpuBackend::layer_forward(const Batch& batch, int layer) {
 
   // Attention block: x = rmsnorm(residual); q, k, v; RoPE; append k, v; attention; residual += o(attn).
   rmsnorm_rows(act_.residual.data(), lw.attn_norm, act_.normed.data(), n, c.hidden);
-  const cpu::PreparedInput* in = &input_.prepare(act_.normed.data(), n, c.hidden, hidden, arithmetic_);
+  const cpu::PreparedInput* in = &input_.prepare(act_.normed.data(), n, c.hidden, hidden, arithmetic_, kernels_);
   // One range of row groups over q, then k, then v.
   struct Part {
     const PackedMatrix* w;
@@ -270,13 +270,13 @@ void CpuBackend::layer_forward(const Batch& batch, int layer) {
     }
   }
   attention(batch, layer);
-  in = &input_.prepare(act_.attn.data(), n, int(q_dim), q_dim, arithmetic_);
+  in = &input_.prepare(act_.attn.data(), n, int(q_dim), q_dim, arithmetic_, kernels_);
   matmul(pw.o, *in, act_.residual.data(), hidden, /*accumulate=*/true);
 
   // FFN block: x = rmsnorm(residual); residual += down(silu(gate x) * up x). Each worker owns a range of the
   // intermediate features and computes gate, up and the activation for it.
   rmsnorm_rows(act_.residual.data(), lw.ffn_norm, act_.normed.data(), n, c.hidden);
-  in = &input_.prepare(act_.normed.data(), n, c.hidden, hidden, arithmetic_);
+  in = &input_.prepare(act_.normed.data(), n, c.hidden, hidden, arithmetic_, kernels_);
   pool_.parallel_for(row_groups(ffn), 1, [&](int64_t begin, int64_t end, int) {
     const int64_t lo = begin * kRowGroup, hi = std::min(ffn, end * kRowGroup);
     for (auto [w, y] : {std::pair{&pw.gate, act_.gate.data()}, std::pair{&pw.up, act_.up.data()}}) {
@@ -287,7 +287,7 @@ void CpuBackend::layer_forward(const Batch& batch, int layer) {
     }
     for (int t = 0; t < n; ++t) kernels_.swiglu(act_.gate.data() + t * ffn + lo, act_.up.data() + t * ffn + lo, int(hi - lo));
   });
-  in = &input_.prepare(act_.gate.data(), n, int(ffn), ffn, arithmetic_);
+  in = &input_.prepare(act_.gate.data(), n, int(ffn), ffn, arithmetic_, kernels_);
   matmul(pw.down, *in, act_.residual.data(), hidden, /*accumulate=*/true);
 }
 
@@ -337,7 +337,7 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
   for (int i = 0; i < n_out; ++i)
     rmsnorm_rows(act_.residual.data() + int64_t(batch.logit_tokens[size_t(i)]) * c.hidden, weights_->output_norm,
                  act_.normed.data() + int64_t(i) * c.hidden, 1, c.hidden);
-  const cpu::PreparedInput& in = input_.prepare(act_.normed.data(), n_out, c.hidden, c.hidden, arithmetic_);
+  const cpu::PreparedInput& in = input_.prepare(act_.normed.data(), n_out, c.hidden, c.hidden, arithmetic_, kernels_);
   matmul(lm_head_, in, logits, c.vocab, /*accumulate=*/false);
 }
 

@@ -48,58 +48,36 @@ void InputBuffer::reserve(int max_tokens, int max_cols) {
   sum16_.assign(2 * blocks, 0);
 }
 
-namespace {
-
-// Sum of 32 values: four column-ordered partial sums (columns j mod 4), combined as (s0 + s1) + (s2 + s3).
-float block_sum(const float* x) {
-  float part[4] = {x[0], x[1], x[2], x[3]};
-  for (int c = 4; c < kActBlock; ++c) part[c % 4] += x[c];
-  return (part[0] + part[1]) + (part[2] + part[3]);
-}
-
-// ggml's Q8_0 rounding with an fp32 scale: d = amax / 127, q = round_to_nearest_even(x * (127 / amax)).
-void quantise_block(const float* x, int8_t* q, float& scale, int32_t& sum32, int32_t* sum16) {
-  float amax = 0.0f;
-  for (int c = 0; c < kActBlock; ++c) amax = std::fabs(x[c]) > amax ? std::fabs(x[c]) : amax;
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-  scale = amax / 127.0f;
-  sum16[0] = sum16[1] = 0;
-  for (int c = 0; c < kActBlock; ++c) {
-    const float r = std::nearbyint(x[c] * inv);
-    const int v = r >= -127.0f && r <= 127.0f ? int(r) : 0;  // nan (and only nan) falls outside
-    q[c] = int8_t(v);
-    sum16[c / 16] += v;
-  }
-  sum32 = sum16[0] + sum16[1];
-}
-
-}  // namespace
-
 const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols, int64_t x_stride,
-                                          Arithmetic arithmetic) {
+                                          Arithmetic arithmetic, const KernelTable& kernels) {
   const int padded = (cols + kActBlock - 1) / kActBlock * kActBlock;
   CF_CHECK(n_tokens <= max_tokens_ && padded <= max_cols_, "cpu kernels: input larger than its buffer");
   const int blocks = padded / kActBlock;
   in_ = PreparedInput{};
   in_.n_tokens = n_tokens;
   in_.cols = padded;
+  const bool int8 = arithmetic == Arithmetic::Int8;
   for (int t = 0; t < n_tokens; ++t) {
-    float* row = x_.data() + int64_t(t) * padded;
-    std::memcpy(row, x + t * x_stride, sizeof(float) * size_t(cols));
-    std::memset(row + cols, 0, sizeof(float) * size_t(padded - cols));
-    for (int b = 0; b < blocks; ++b) {
-      const int64_t i = int64_t(t) * blocks + b;
-      block_sum_[size_t(i)] = block_sum(row + b * kActBlock);
-      if (arithmetic == Arithmetic::Int8) {
-        quantise_block(row + b * kActBlock, q_.data() + i * kActBlock, scale_[size_t(i)], sum32_[size_t(i)],
-                       sum16_.data() + 2 * i);
-        scaled_sum_[size_t(i)] = scale_[size_t(i)] * float(sum32_[size_t(i)]);
-      }
+    float* values = x_.data() + int64_t(t) * padded;
+    std::memcpy(values, x + t * x_stride, sizeof(float) * size_t(cols));
+    std::memset(values + cols, 0, sizeof(float) * size_t(padded - cols));
+    const int64_t b = int64_t(t) * blocks;
+    PreparedRow row;
+    row.x = values;
+    row.cols = padded;
+    row.block_sum = block_sum_.data() + b;
+    if (int8) {
+      row.q = q_.data() + b * kActBlock;
+      row.scale = scale_.data() + b;
+      row.scaled_sum = scaled_sum_.data() + b;
+      row.sum32 = sum32_.data() + b;
+      row.sum16 = sum16_.data() + 2 * b;
     }
+    kernels.prepare_row(row, arithmetic);
   }
   in_.x = x_.data();
   in_.block_sum = block_sum_.data();
-  if (arithmetic == Arithmetic::Int8) {
+  if (int8) {
     in_.q = q_.data();
     in_.scale = scale_.data();
     in_.scaled_sum = scaled_sum_.data();

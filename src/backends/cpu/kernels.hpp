@@ -5,7 +5,8 @@
 // output rows, each row in a vector lane; a few tokens at a time share every loaded sub-block. Two arithmetics:
 //  - fp32 ("exact"): activations stay fp32. Per row and sub-block (32 columns; 16 for Q6_K) of integer weights q with
 //    scale a (and min b): s_j = sum over the sub-block's columns c = j (mod 4) of q_c * x_c (fused multiply-adds in
-//    column order), block = (s_0 + s_1) + (s_2 + s_3), acc = fma(a, block, acc), then acc = fma(b, sum(x), acc).
+//    column order), block = (s_0 + s_1) + (s_2 + s_3), acc = fma(a, block, acc), then acc = fma(b, sum(x), acc)
+//    (sum(x): prepare_row's block sum).
 //    Plain weights (F32 / F16 / BF16) are the same with a = 1 (acc += block) and no min.
 //  - int8: each token's activations are quantised per block of 32 to int8 with an fp32 scale (amax / 127, round to
 //    nearest even), like ggml's Q8_0; a sub-block's integer dot product is exact, and
@@ -36,7 +37,7 @@ bool has_int8_kernel(DType t);
 struct PreparedInput {
   int n_tokens = 0;
   int cols = 0;
-  // fp32: the values, and their sums per 32-column block in the order of the fp32 block sums above.
+  // fp32: the values, and their sums per 32-column block (KernelTable::prepare_row).
   const float* x = nullptr;  // [n_tokens][cols]
   const float* block_sum = nullptr;  // [n_tokens][cols / 32]
   // int8 (present when prepared for Int8):
@@ -47,13 +48,28 @@ struct PreparedInput {
   const int32_t* sum16 = nullptr;     // [n_tokens][cols / 16]
 };
 
+// One token's row of a PreparedInput, filled by KernelTable::prepare_row from the (padded) values x.
+struct PreparedRow {
+  const float* x = nullptr;
+  int cols = 0;  // a multiple of 32
+  float* block_sum = nullptr;  // fp32 arithmetic
+  int8_t* q = nullptr;         // int8 arithmetic: q, scale, scaled_sum, sum32, sum16
+  float* scale = nullptr;
+  float* scaled_sum = nullptr;
+  int32_t* sum32 = nullptr;
+  int32_t* sum16 = nullptr;
+};
+
+struct KernelTable;
+
 // Storage for a PreparedInput of up to max_tokens x max_cols.
 class InputBuffer {
  public:
   void reserve(int max_tokens, int max_cols);
   // Copies (zero-padding to a multiple of 32 columns) and prepares n_tokens rows of `cols` values at x (row stride
-  // x_stride) for `arithmetic`. Plain scalar code: the same on every level.
-  const PreparedInput& prepare(const float* x, int n_tokens, int cols, int64_t x_stride, Arithmetic arithmetic);
+  // x_stride) for `arithmetic`.
+  const PreparedInput& prepare(const float* x, int n_tokens, int cols, int64_t x_stride, Arithmetic arithmetic,
+                               const KernelTable& kernels);
 
  private:
   PreparedInput in_;
@@ -95,6 +111,9 @@ struct AttentionArgs {
 
 struct KernelTable {
   Isa isa;
+  // fp32 arithmetic: the sums of each 32-column block (16 lanes x[c] + x[c + 16], then halving); int8: the
+  // quantisation of each block (non-numbers count as 0).
+  void (*prepare_row)(const PreparedRow& row, Arithmetic arithmetic);
   void (*matmul)(const MatmulArgs& args);
   void (*attend)(const AttentionArgs& args);
   // y[i] = x[i] * inv_rms * weight[i], inv_rms = 1 / sqrt(mean(x^2) + eps) (sum of squares in 16 lanes, halving).

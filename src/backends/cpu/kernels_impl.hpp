@@ -9,6 +9,16 @@
 
 #include "kernels.hpp"
 
+// Full unrolling of the short fixed loops of the tile products (their accumulators must stay in registers).
+#if defined(__clang__)
+#define CF_UNROLL(n) _Pragma("unroll")
+#elif defined(__GNUC__)
+#define CF_PRAGMA(x) _Pragma(#x)
+#define CF_UNROLL(n) CF_PRAGMA(GCC unroll n)
+#else
+#define CF_UNROLL(n)
+#endif
+
 namespace cf::cpu {
 namespace {
 
@@ -220,10 +230,13 @@ void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInpu
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
         I dot[T];
+        CF_UNROLL(16)
         for (int t = 0; t < T; ++t) dot[t] = V::izero();
+        CF_UNROLL(8)
         for (int v = 0; v < Fmt::kSub / 4; ++v) {
           I q = Fmt::template values<V>(blk, s, h, v);
           if constexpr (kSigned) q = V::ixor(q, V::iset(int32_t(0x80808080u)));
+          CF_UNROLL(16)
           for (int t = 0; t < T; ++t) {
             const I x = V::iset(load_i32(in.q + int64_t(t0 + t) * in.cols + col + 4 * v));
             if constexpr (kSigned) {
@@ -235,6 +248,7 @@ void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInpu
         }
         F a, m;
         Fmt::template scales<V>(blk, s, h, a, m);
+        CF_UNROLL(16)
         for (int t = 0; t < T; ++t) {
           const int64_t block = int64_t(t0 + t) * blocks_per_row + col / kActBlock;
           I d = dot[t];
@@ -251,6 +265,21 @@ void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInpu
   }
 }
 
+// The fp32 weights of columns 4v .. 4v+3 of sub-block s (integer values minus the offset for block types).
+template <class V, class Fmt>
+void column_quad(const uint8_t* blk, int s, int h, int v, typename V::F w[4]) {
+  if constexpr (Fmt::kPlain) {
+    CF_UNROLL(4)
+    for (int j = 0; j < 4; ++j) w[j] = Fmt::template column<V>(blk, 4 * v + j, h);
+  } else {
+    const typename V::I q = Fmt::template values<V>(blk, s, h, v), byte = V::iset(0xff), offset = V::iset(Fmt::kOffset);
+    w[0] = V::from_int(V::isub(V::iand(q, byte), offset));
+    w[1] = V::from_int(V::isub(V::iand(V::template srl<8>(q), byte), offset));
+    w[2] = V::from_int(V::isub(V::iand(V::template srl<16>(q), byte), offset));
+    w[3] = V::from_int(V::isub(V::template srl<24>(q), offset));
+  }
+}
+
 // fp32: the same with fp32 activations.
 template <class V, class Fmt, int T>
 void f32_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* out) {
@@ -258,30 +287,33 @@ void f32_group_product(const PackedMatrix& w, int64_t group, const PreparedInput
   const int blocks_per_row = in.cols / kActBlock;
   for (int h = 0; h < kRowGroup / V::kLanes; ++h) {
     F sum[T];
+    CF_UNROLL(16)
     for (int t = 0; t < T; ++t) sum[t] = V::fzero();
     for (int64_t b = 0; b < w.blocks; ++b) {
       const uint8_t* blk = w.block(group, b);
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
         const float* x = in.x + int64_t(t0) * in.cols + col;
-        F part[T][4];
-        auto accumulate = [&](int c, F wc) {
-          for (int t = 0; t < T; ++t) {
-            const F xc = V::fset(x[int64_t(t) * in.cols + c]);
-            part[t][c % 4] = c < 4 ? V::fmul(wc, xc) : V::fma(wc, xc, part[t][c % 4]);
-          }
-        };
-        if constexpr (Fmt::kPlain) {
-          for (int c = 0; c < Fmt::kSub; ++c) accumulate(c, Fmt::template column<V>(blk, c, h));
-        } else {
-          const typename V::I byte = V::iset(0xff), offset = V::iset(Fmt::kOffset);
-          for (int v = 0; v < Fmt::kSub / 4; ++v) {
-            const typename V::I q = Fmt::template values<V>(blk, s, h, v);
-            for (int j = 0; j < 4; ++j) accumulate(4 * v + j, V::from_int(V::isub(V::iand(V::srl(q, 8 * j), byte), offset)));
+        F part[T][4], wq[4];
+        column_quad<V, Fmt>(blk, s, h, 0, wq);
+        CF_UNROLL(4)
+        for (int j = 0; j < 4; ++j) {
+          CF_UNROLL(16)
+          for (int t = 0; t < T; ++t) part[t][j] = V::fmul(wq[j], V::fset(x[int64_t(t) * in.cols + j]));
+        }
+        CF_UNROLL(8)
+        for (int v = 1; v < Fmt::kSub / 4; ++v) {
+          column_quad<V, Fmt>(blk, s, h, v, wq);
+          CF_UNROLL(4)
+          for (int j = 0; j < 4; ++j) {
+            CF_UNROLL(16)
+            for (int t = 0; t < T; ++t)
+              part[t][j] = V::fma(wq[j], V::fset(x[int64_t(t) * in.cols + 4 * v + j]), part[t][j]);
           }
         }
         F a, m;
         if constexpr (!Fmt::kPlain) Fmt::template scales<V>(blk, s, h, a, m);
+        CF_UNROLL(16)
         for (int t = 0; t < T; ++t) {
           const F block = V::fadd(V::fadd(part[t][0], part[t][1]), V::fadd(part[t][2], part[t][3]));
           if constexpr (Fmt::kPlain) {
@@ -341,6 +373,51 @@ void matmul(const MatmulArgs& m) {
     case DType::Q4_K: return int8 ? matmul_rows<V, Q4_KFmt, true>(m) : matmul_rows<V, Q4_KFmt, false>(m);
     case DType::Q5_K: return int8 ? matmul_rows<V, Q5_KFmt, true>(m) : matmul_rows<V, Q5_KFmt, false>(m);
     case DType::Q6_K: return int8 ? matmul_rows<V, Q6_KFmt, true>(m) : matmul_rows<V, Q6_KFmt, false>(m);
+  }
+}
+
+// ---- activation preparation --------------------------------------------------------------------------------------
+
+// ggml's Q8_0 rounding with an fp32 scale: scale = amax / 127, q = round_to_nearest_even(x * (127 / amax)).
+template <class V>
+void quantise_block(const float* x, int8_t* q, float& scale, int32_t& sum32, int32_t* sum16) {
+  using F = typename V::F;
+  constexpr int kVecs = kActBlock / V::kLanes;
+  F v[kVecs];
+  F amax = V::fzero();
+  CF_UNROLL(4)
+  for (int i = 0; i < kVecs; ++i) {
+    v[i] = V::zero_nan(V::fload(x + i * V::kLanes));
+    amax = V::fmax(V::fabs(v[i]), amax);
+  }
+  const float max_abs = V::reduce_max(amax);
+  const F inv = V::fset(max_abs > 0.0f ? 127.0f / max_abs : 0.0f);
+  scale = max_abs / 127.0f;
+  int32_t half[2] = {0, 0};
+  CF_UNROLL(4)
+  for (int i = 0; i < kVecs; ++i) {
+    const typename V::I r = V::to_int(V::fmul(v[i], inv));
+    V::store_low_bytes(q + i * V::kLanes, r);
+    half[i * V::kLanes / 16] += V::ireduce_add(r);
+  }
+  sum16[0] = half[0];
+  sum16[1] = half[1];
+  sum32 = half[0] + half[1];
+}
+
+template <class V>
+void prepare_row(const PreparedRow& row, Arithmetic arithmetic) {
+  constexpr int kHalf = 16 / V::kLanes;
+  for (int b = 0; b < row.cols / kActBlock; ++b) {
+    const float* x = row.x + b * kActBlock;
+    if (arithmetic == Arithmetic::Int8) {
+      quantise_block<V>(x, row.q + b * kActBlock, row.scale[b], row.sum32[b], row.sum16 + 2 * b);
+      row.scaled_sum[b] = row.scale[b] * float(row.sum32[b]);
+    } else {
+      typename V::F pairs[kHalf];
+      for (int h = 0; h < kHalf; ++h) pairs[h] = V::fadd(V::fload(x + h * V::kLanes), V::fload(x + 16 + h * V::kLanes));
+      row.block_sum[b] = sum16<V>(pairs);
+    }
   }
 }
 
@@ -491,7 +568,7 @@ void attend(const AttentionArgs& a) {
 // The table of one level.
 template <class V>
 KernelTable make_table(Isa isa) {
-  return KernelTable{isa, &matmul<V>, &attend<V>, &rmsnorm<V>, &swiglu<V>, &store_kv<V>};
+  return KernelTable{isa, &prepare_row<V>, &matmul<V>, &attend<V>, &rmsnorm<V>, &swiglu<V>, &store_kv<V>};
 }
 
 }  // namespace

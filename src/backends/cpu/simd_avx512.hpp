@@ -48,6 +48,8 @@ struct Avx512 {
   static F load_bf16(const uint16_t* p) {
     return as_float(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
   }
+  static F fabs(F a) { return _mm512_abs_ps(a); }
+  static F zero_nan(F a) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, a, _CMP_ORD_Q), a); }
   // Sum / max of the lanes by halving: lane i += lane i + n/2 for n = 16, 8, 4, 2.
   static float reduce_add(F v) {
     const __m256 eight = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
@@ -72,6 +74,9 @@ struct Avx512 {
   template <int n> static I sra(I a) { return _mm512_srai_epi32(a, n); }
   static I srl(I a, int n) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(n)); }
   static I sll(I a, int n) { return _mm512_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  // The low byte of each lane to kLanes bytes at p.
+  static void store_low_bytes(int8_t* p, I a) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(a)); }
+  static int32_t ireduce_add(I a) { return _mm512_reduce_add_epi32(a); }
   // kLanes bytes, zero- / sign-extended to the lanes.
   static I load_u8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static I load_i8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }

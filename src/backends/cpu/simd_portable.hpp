@@ -74,6 +74,8 @@ struct Portable {
   static F half_high(I a) { return fmap([&](int l) { return half_to_float(uint32_t(a.v[l]) >> 16); }); }
   static F load_halves(const uint16_t* p) { return fmap([&](int l) { return half_to_float(p[l]); }); }
   static F load_bf16(const uint16_t* p) { return fmap([&](int l) { return std::bit_cast<float>(uint32_t(p[l]) << 16); }); }
+  static F fabs(F a) { return fmap([&](int l) { return std::fabs(a.v[l]); }); }
+  static F zero_nan(F a) { return fmap([&](int l) { return a.v[l] == a.v[l] ? a.v[l] : 0.0f; }); }
   static void store_halves(uint16_t* p, F a);
   static float reduce_add(F a) {
     for (int n = kLanes / 2; n >= 1; n /= 2)
@@ -108,6 +110,14 @@ struct Portable {
   static I sll(I a, int n) { return imap([&](int l) { return int32_t(uint32_t(a.v[l]) << n); }); }
   static I load_u8(const uint8_t* p) { return imap([&](int l) { return int32_t(p[l]); }); }
   static I load_i8(const uint8_t* p) { return imap([&](int l) { return int32_t(int8_t(p[l])); }); }
+  static void store_low_bytes(int8_t* p, I a) {
+    for (int l = 0; l < kLanes; ++l) p[l] = int8_t(a.v[l]);
+  }
+  static int32_t ireduce_add(I a) {
+    uint32_t sum = 0;
+    for (int l = 0; l < kLanes; ++l) sum += uint32_t(a.v[l]);
+    return int32_t(sum);
+  }
   static I idot(I acc, I u, I s) {
     return imap([&](int l) {
       int32_t sum = acc.v[l];

@@ -98,7 +98,8 @@ std::vector<float> run_matmul(const cf::WeightMatrix& w, const std::vector<float
                               Arithmetic arithmetic, int64_t row_begin = 0, int64_t row_end = kRows) {
   cf::cpu::InputBuffer buffer;
   buffer.reserve(n_tokens, int(w.cols));
-  const cf::cpu::PreparedInput& in = buffer.prepare(x.data(), n_tokens, int(w.cols), w.cols, arithmetic);
+  const cf::cpu::PreparedInput& in =
+      buffer.prepare(x.data(), n_tokens, int(w.cols), w.cols, arithmetic, cf::cpu::kernel_table(isa));
   const cf::cpu::PackedMatrix packed = cf::cpu::pack_matrix(w);
   std::vector<float> y(size_t(n_tokens * w.rows), 0.5f);
   cf::cpu::MatmulArgs a;
@@ -151,7 +152,8 @@ TEST_P(CpuMatmul, Int8ArithmeticMatchesFloat64OnQuantisedActivations) {
   const std::vector<float> x = uniform(size_t(kTokens * cols), -2.0f, 2.0f, 4);
   cf::cpu::InputBuffer buffer;
   buffer.reserve(kTokens, int(cols));
-  const cf::cpu::PreparedInput& in = buffer.prepare(x.data(), kTokens, int(cols), cols, Arithmetic::Int8);
+  const cf::cpu::PreparedInput& in =
+      buffer.prepare(x.data(), kTokens, int(cols), cols, Arithmetic::Int8, cf::cpu::portable_kernels());
   for (Isa isa : supported_levels()) {
     const std::vector<float> y = run_matmul(w, x, kTokens, isa, Arithmetic::Int8);
     for (int t_ = 0; t_ < kTokens; ++t_) {
@@ -208,36 +210,54 @@ TEST_P(CpuMatmul, PackedMatrixDequantisesToTheSameBits) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, CpuMatmul, ::testing::ValuesIn(kAllTypes),
                          [](const auto& info) { return std::string(cf::dtype_name(info.param)); });
 
-TEST(CpuKernels, InputQuantisationFollowsTheDefinition) {
+TEST(CpuKernels, InputPreparationFollowsTheDefinitionOnEveryLevel) {
   std::vector<float> x = uniform(96, -3.0f, 3.0f, 7);
   std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block
-  x[70] = NAN;                                       // a nan becomes 0, not a crash
-  cf::cpu::InputBuffer buffer;
-  buffer.reserve(1, 96);
-  const cf::cpu::PreparedInput& in = buffer.prepare(x.data(), 1, 90, 96, Arithmetic::Int8);  // 90: zero padded
-  ASSERT_EQ(in.cols, 96);
-  for (int b = 0; b < 3; ++b) {
-    float amax = 0;
-    int sum = 0, sum16[2] = {0, 0};
-    for (int c = 0; c < 32; ++c) {
-      const int i = 32 * b + c;
-      const float v = i < 90 && !std::isnan(x[size_t(i)]) ? x[size_t(i)] : 0.0f;
-      amax = std::max(amax, std::fabs(v));
-      EXPECT_GE(in.q[i], -127);
-      sum += in.q[i];
-      sum16[c / 16] += in.q[i];
-      if (i != 70) {
-        EXPECT_LE(std::fabs(v - in.q[i] * in.scale[b]), in.scale[b] * 0.5f * 1.0001f) << i;
+  x[70] = NAN;                                       // a nan counts as 0
+  for (Isa isa : supported_levels()) {
+    SCOPED_TRACE(cf::cpu::isa_name(isa));
+    cf::cpu::InputBuffer buffer;
+    buffer.reserve(1, 96);
+    // 90 columns: zero padded to 96.
+    const cf::cpu::PreparedInput& in = buffer.prepare(x.data(), 1, 90, 96, Arithmetic::Int8, cf::cpu::kernel_table(isa));
+    ASSERT_EQ(in.cols, 96);
+    for (int b = 0; b < 3; ++b) {
+      float amax = 0;
+      int sum = 0, sum16[2] = {0, 0};
+      for (int c = 0; c < 32; ++c) {
+        const int i = 32 * b + c;
+        const float v = i < 90 && !std::isnan(x[size_t(i)]) ? x[size_t(i)] : 0.0f;
+        amax = std::max(amax, std::fabs(v));
+        EXPECT_GE(in.q[i], -127);
+        sum += in.q[i];
+        sum16[c / 16] += in.q[i];
+      }
+      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      for (int c = 0; c < 32; ++c) {
+        const int i = 32 * b + c;
+        const float v = i < 90 && !std::isnan(x[size_t(i)]) ? x[size_t(i)] : 0.0f;
+        EXPECT_EQ(in.q[i], int(std::nearbyint(v * inv))) << i;  // round to nearest even of x * 127 / amax
+      }
+      EXPECT_EQ(in.scale[b], amax / 127.0f) << b;
+      EXPECT_EQ(in.sum32[b], sum);
+      EXPECT_EQ(in.sum16[2 * b], sum16[0]);
+      EXPECT_EQ(in.sum16[2 * b + 1], sum16[1]);
+      EXPECT_EQ(in.scaled_sum[b], in.scale[b] * float(sum));
+    }
+    EXPECT_EQ(in.scale[1], 0.0f);
+    EXPECT_EQ(in.q[70], 0);
+    // fp32: block sums by the 16-lane halving of kernels.hpp.
+    const cf::cpu::PreparedInput& f = buffer.prepare(x.data(), 1, 90, 96, Arithmetic::F32, cf::cpu::kernel_table(isa));
+    for (int b = 0; b < 3; ++b) {
+      float lanes[16];
+      for (int j = 0; j < 16; ++j) lanes[j] = f.x[32 * b + j] + f.x[32 * b + 16 + j];
+      for (int n = 8; n >= 1; n /= 2)
+        for (int j = 0; j < n; ++j) lanes[j] += lanes[j + n];
+      if (b != 2) {
+        EXPECT_EQ(f.block_sum[b], lanes[0]) << b;  // (block 2 holds the nan)
       }
     }
-    EXPECT_EQ(in.scale[b], amax / 127.0f) << b;
-    EXPECT_EQ(in.sum32[b], sum);
-    EXPECT_EQ(in.sum16[2 * b], sum16[0]);
-    EXPECT_EQ(in.sum16[2 * b + 1], sum16[1]);
-    EXPECT_EQ(in.scaled_sum[b], in.scale[b] * float(sum));
   }
-  EXPECT_EQ(in.scale[1], 0.0f);
-  EXPECT_EQ(in.q[70], 0);
 }
 
 // Decode attention against a float64 softmax, keys and values at scattered slots, F32 and F16 caches.
