@@ -216,7 +216,7 @@ constexpr int subs_per_block() {
 
 // int8: rows of `group` times tokens t0 .. t0+T-1 into out[t][16].
 template <class V, class Fmt, int T>
-void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* out) {
+void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* acc) {
   using F = typename V::F;
   using I = typename V::I;
   // AVX2's byte product saturates above 127: Q8_0 (bytes up to 255) goes through its signed form there.
@@ -224,25 +224,28 @@ void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInpu
   const int blocks_per_row = in.cols / kActBlock;
   for (int h = 0; h < kRowGroup / V::kLanes; ++h) {
     F sum[T];
-    for (int t = 0; t < T; ++t) sum[t] = V::fzero();
+    for (int t = 0; t < T; ++t) sum[t] = V::fload(acc + t * kRowGroup + h * V::kLanes);
     for (int64_t b = 0; b < w.blocks; ++b) {
       const uint8_t* blk = w.block(group, b);
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
         I dot[T];
+        const int8_t* x[T];
         CF_UNROLL(16)
-        for (int t = 0; t < T; ++t) dot[t] = V::izero();
+        for (int t = 0; t < T; ++t) {
+          dot[t] = V::izero();
+          x[t] = in.q + int64_t(t0 + t) * in.cols + col;
+        }
         CF_UNROLL(8)
         for (int v = 0; v < Fmt::kSub / 4; ++v) {
           I q = Fmt::template values<V>(blk, s, h, v);
           if constexpr (kSigned) q = V::ixor(q, V::iset(int32_t(0x80808080u)));
           CF_UNROLL(16)
           for (int t = 0; t < T; ++t) {
-            const I x = V::iset(load_i32(in.q + int64_t(t0 + t) * in.cols + col + 4 * v));
             if constexpr (kSigned) {
-              dot[t] = V::idot_signed(dot[t], q, x);
+              dot[t] = V::idot_signed(dot[t], q, V::iset(load_i32(x[t] + 4 * v)));
             } else {
-              dot[t] = V::idot(dot[t], q, x);
+              dot[t] = V::idot_broadcast(dot[t], q, x[t] + 4 * v);
             }
           }
         }
@@ -261,7 +264,7 @@ void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInpu
         }
       }
     }
-    for (int t = 0; t < T; ++t) V::fstore(out + t * kRowGroup + h * V::kLanes, sum[t]);
+    for (int t = 0; t < T; ++t) V::fstore(acc + t * kRowGroup + h * V::kLanes, sum[t]);
   }
 }
 
@@ -280,39 +283,94 @@ void column_quad(const uint8_t* blk, int s, int h, int v, typename V::F w[4]) {
   }
 }
 
-// fp32: the same with fp32 activations.
-template <class V, class Fmt, int T>
-void f32_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* out) {
+// Where the fp32 path reads a row group's weights: the packed blocks (converting as it goes: decode batches), or an
+// fp32 tile converted once and shared by every tile of tokens (larger batches). Both give the same values.
+template <class V, class Fmt>
+struct PackedSource {
+  const PackedMatrix* w;
+  int64_t group;
+  void quad(int64_t b, int s, int h, int v, typename V::F out[4]) const {
+    column_quad<V, Fmt>(w->block(group, b), s, h, v, out);
+  }
+  void scales(int64_t b, int s, int h, typename V::F& a, typename V::F& m) const {
+    Fmt::template scales<V>(w->block(group, b), s, h, a, m);
+  }
+};
+
+// A tile of blocks [first, first + n) of a row group: per sub-block a[16], m[16], then [kSub columns][16 rows].
+template <class Fmt>
+constexpr int kTileSubFloats = 2 * kRowGroup + Fmt::kSub * kRowGroup;
+constexpr int kTileCols = 256;  // columns per tile: 16 KB of weights
+
+template <class V, class Fmt>
+struct TileSource {
+  float* tile;
+  int64_t first;
+  float* sub_block(int64_t b, int s) const {
+    return tile + ((b - first) * subs_per_block<Fmt>() + s) * kTileSubFloats<Fmt>;
+  }
+  void quad(int64_t b, int s, int h, int v, typename V::F out[4]) const {
+    const float* cols = sub_block(b, s) + 2 * kRowGroup + h * V::kLanes;
+    CF_UNROLL(4)
+    for (int j = 0; j < 4; ++j) out[j] = V::fload(cols + (4 * v + j) * kRowGroup);
+  }
+  void scales(int64_t b, int s, int h, typename V::F& a, typename V::F& m) const {
+    a = V::fload(sub_block(b, s) + h * V::kLanes);
+    m = V::fload(sub_block(b, s) + kRowGroup + h * V::kLanes);
+  }
+  // Converts blocks [first, first + n) of a row group into the tile.
+  void fill(const PackedMatrix& w, int64_t group, int64_t n) const {
+    for (int64_t b = first; b < first + n; ++b) {
+      for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
+        float* sub = sub_block(b, s);
+        for (int h = 0; h < kRowGroup / V::kLanes; ++h) {
+          typename V::F a = V::fset(1.0f), m = V::fzero(), quad[4];
+          if constexpr (!Fmt::kPlain) Fmt::template scales<V>(w.block(group, b), s, h, a, m);
+          V::fstore(sub + h * V::kLanes, a);
+          V::fstore(sub + kRowGroup + h * V::kLanes, m);
+          for (int v = 0; v < Fmt::kSub / 4; ++v) {
+            column_quad<V, Fmt>(w.block(group, b), s, h, v, quad);
+            for (int j = 0; j < 4; ++j) V::fstore(sub + 2 * kRowGroup + (4 * v + j) * kRowGroup + h * V::kLanes, quad[j]);
+          }
+        }
+      }
+    }
+  }
+};
+
+// fp32: blocks [b0, b1) of a row group times tokens t0 .. t0+T-1, accumulated into acc[t][16].
+template <class V, class Fmt, int T, class Source>
+void f32_group_product(const Source& src, int64_t b0, int64_t b1, const PreparedInput& in, int t0, float* acc) {
   using F = typename V::F;
   const int blocks_per_row = in.cols / kActBlock;
   for (int h = 0; h < kRowGroup / V::kLanes; ++h) {
     F sum[T];
     CF_UNROLL(16)
-    for (int t = 0; t < T; ++t) sum[t] = V::fzero();
-    for (int64_t b = 0; b < w.blocks; ++b) {
-      const uint8_t* blk = w.block(group, b);
+    for (int t = 0; t < T; ++t) sum[t] = V::fload(acc + t * kRowGroup + h * V::kLanes);
+    for (int64_t b = b0; b < b1; ++b) {
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
-        const float* x = in.x + int64_t(t0) * in.cols + col;
+        const float* x[T];
+        CF_UNROLL(16)
+        for (int t = 0; t < T; ++t) x[t] = in.x + int64_t(t0 + t) * in.cols + col;
         F part[T][4], wq[4];
-        column_quad<V, Fmt>(blk, s, h, 0, wq);
+        src.quad(b, s, h, 0, wq);
         CF_UNROLL(4)
         for (int j = 0; j < 4; ++j) {
           CF_UNROLL(16)
-          for (int t = 0; t < T; ++t) part[t][j] = V::fmul(wq[j], V::fset(x[int64_t(t) * in.cols + j]));
+          for (int t = 0; t < T; ++t) part[t][j] = V::fmul(wq[j], V::fset(x[t][j]));
         }
         CF_UNROLL(8)
         for (int v = 1; v < Fmt::kSub / 4; ++v) {
-          column_quad<V, Fmt>(blk, s, h, v, wq);
+          src.quad(b, s, h, v, wq);
           CF_UNROLL(4)
           for (int j = 0; j < 4; ++j) {
             CF_UNROLL(16)
-            for (int t = 0; t < T; ++t)
-              part[t][j] = V::fma(wq[j], V::fset(x[int64_t(t) * in.cols + 4 * v + j]), part[t][j]);
+            for (int t = 0; t < T; ++t) part[t][j] = V::fma(wq[j], V::fset(x[t][4 * v + j]), part[t][j]);
           }
         }
         F a, m;
-        if constexpr (!Fmt::kPlain) Fmt::template scales<V>(blk, s, h, a, m);
+        if constexpr (!Fmt::kPlain) src.scales(b, s, h, a, m);
         CF_UNROLL(16)
         for (int t = 0; t < T; ++t) {
           const F block = V::fadd(V::fadd(part[t][0], part[t][1]), V::fadd(part[t][2], part[t][3]));
@@ -326,38 +384,62 @@ void f32_group_product(const PackedMatrix& w, int64_t group, const PreparedInput
         }
       }
     }
-    for (int t = 0; t < T; ++t) V::fstore(out + t * kRowGroup + h * V::kLanes, sum[t]);
+    CF_UNROLL(16)
+    for (int t = 0; t < T; ++t) V::fstore(acc + t * kRowGroup + h * V::kLanes, sum[t]);
   }
 }
 
 // ---- matmul -------------------------------------------------------------------------------------------------------
 
-template <class V, class Fmt, bool kInt8, int T>
-void group_times_tokens(const MatmulArgs& m, int64_t group, int t0, int count) {
-  alignas(64) float out[T * kRowGroup];
-  for (; count >= T; count -= T, t0 += T) {
+constexpr int kTokenBlock = 64;  // tokens whose accumulators a row group keeps at once
+
+// Tokens [t0, t0 + count) in tiles of T, then smaller ones; acc[t - t0][16] accumulates blocks [b0, b1).
+template <class V, class Fmt, bool kInt8, int T, class Source>
+void tokens_in_tiles(const Source& src, const MatmulArgs& m, int64_t group, int64_t b0, int64_t b1, int t0, int count,
+                     float* acc) {
+  for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup) {
     if constexpr (kInt8) {
-      int8_group_product<V, Fmt, T>(*m.w, group, *m.in, t0, out);
+      int8_group_product<V, Fmt, T>(*m.w, group, *m.in, t0, acc);
     } else {
-      f32_group_product<V, Fmt, T>(*m.w, group, *m.in, t0, out);
-    }
-    const int64_t first = group * kRowGroup;
-    const int rows = int(m.row_end - first < kRowGroup ? m.row_end - first : kRowGroup);
-    for (int t = 0; t < T; ++t) {
-      float* y = m.y + int64_t(t0 + t) * m.y_stride + first;
-      for (int r = 0; r < rows; ++r) y[r] = m.accumulate ? y[r] + out[t * kRowGroup + r] : out[t * kRowGroup + r];
+      f32_group_product<V, Fmt, T>(src, b0, b1, *m.in, t0, acc);
     }
   }
   if constexpr (T > 1) {
-    if (count > 0) group_times_tokens<V, Fmt, kInt8, T - 1>(m, group, t0, count);
+    if (count > 0) tokens_in_tiles<V, Fmt, kInt8, T - 1>(src, m, group, b0, b1, t0, count, acc);
   }
 }
 
 template <class V, class Fmt, bool kInt8>
 void matmul_rows(const MatmulArgs& m) {
   constexpr int kTokens = kInt8 ? V::kTileTokensInt8 : V::kTileTokensF32;
-  for (int64_t group = m.row_begin / kRowGroup; group * kRowGroup < m.row_end; ++group)
-    group_times_tokens<V, Fmt, kInt8, kTokens>(m, group, 0, m.in->n_tokens);
+  constexpr int64_t kTileBlocks = kTileCols / Fmt::kBlockCols > 0 ? kTileCols / Fmt::kBlockCols : 1;
+  const PackedMatrix& w = *m.w;
+  alignas(64) float acc[kTokenBlock * kRowGroup];
+  alignas(64) float tile[kTileBlocks * subs_per_block<Fmt>() * kTileSubFloats<Fmt>];
+  for (int64_t group = m.row_begin / kRowGroup; group * kRowGroup < m.row_end; ++group) {
+    for (int t0 = 0; t0 < m.in->n_tokens; t0 += kTokenBlock) {
+      const int count = m.in->n_tokens - t0 < kTokenBlock ? m.in->n_tokens - t0 : kTokenBlock;
+      std::memset(acc, 0, sizeof(float) * size_t(count) * kRowGroup);
+      if (kInt8 || count < 2 * kTokens) {
+        tokens_in_tiles<V, Fmt, kInt8, kTokens>(PackedSource<V, Fmt>{&w, group}, m, group, 0, w.blocks, t0, count, acc);
+      } else {
+        // Each tile of weights converted to fp32 once, then read by every tile of tokens.
+        for (int64_t b0 = 0; b0 < w.blocks; b0 += kTileBlocks) {
+          const int64_t b1 = b0 + kTileBlocks < w.blocks ? b0 + kTileBlocks : w.blocks;
+          const TileSource<V, Fmt> source{tile, b0};
+          source.fill(w, group, b1 - b0);
+          tokens_in_tiles<V, Fmt, false, kTokens>(source, m, group, b0, b1, t0, count, acc);
+        }
+      }
+      const int64_t first = group * kRowGroup;
+      const int rows = int(m.row_end - first < kRowGroup ? m.row_end - first : kRowGroup);
+      for (int t = 0; t < count; ++t) {
+        float* y = m.y + int64_t(t0 + t) * m.y_stride + first;
+        const float* a = acc + t * kRowGroup;
+        for (int r = 0; r < rows; ++r) y[r] = m.accumulate ? y[r] + a[r] : a[r];
+      }
+    }
+  }
 }
 
 template <class V>

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace cf::cpu {
 namespace {
@@ -94,6 +95,11 @@ struct Avx2 {
   // acc + sum over each lane's 4 byte pairs of u (unsigned, <= 127 for exactness) times s (signed).
   static I idot(I acc, I u, I s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  }
+  static I idot_broadcast(I acc, I u, const void* x4) {
+    int32_t x;
+    std::memcpy(&x, x4, 4);
+    return idot(acc, u, _mm256_set1_epi32(x));
   }
   // acc + sum of (signed byte of a) * (signed byte of b), exact for a, b in [-127, 127] and a = -128.
   static I idot_signed(I acc, I a, I b) {

@@ -82,6 +82,12 @@ struct Avx512 {
   static I load_i8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   // acc + sum over the 4 byte pairs of each lane of (unsigned byte of u) * (signed byte of s).
   static I idot(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  // The same with s = the 4 bytes at x4 in every lane, as one instruction (an embedded broadcast, which compilers do
+  // not form for vpdpbusd on their own).
+  static I idot_broadcast(I acc, I u, const void* x4) {
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*static_cast<const int32_t*>(x4)));
+    return acc;
+  }
 };
 
 }  // namespace

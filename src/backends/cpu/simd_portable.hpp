@@ -118,6 +118,11 @@ struct Portable {
     for (int l = 0; l < kLanes; ++l) sum += uint32_t(a.v[l]);
     return int32_t(sum);
   }
+  static I idot_broadcast(I acc, I u, const void* x4) {
+    int32_t x;
+    std::memcpy(&x, x4, 4);
+    return idot(acc, u, iset(x));
+  }
   static I idot(I acc, I u, I s) {
     return imap([&](int l) {
       int32_t sum = acc.v[l];
