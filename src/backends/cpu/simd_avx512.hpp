@@ -11,7 +11,7 @@ namespace {
 struct Avx512 {
   static constexpr int kLanes = 16;
   // Tokens per tile product (accumulators held in registers).
-  static constexpr int kTileTokensInt8 = 8, kTileTokensF32 = 4;
+  static constexpr int kTileTokensInt8 = 12, kTileTokensF32 = 5;
   static constexpr bool kExactByteDot = true;  // idot is exact for every unsigned byte (VNNI)
   using F = __m512;
   using I = __m512i;
