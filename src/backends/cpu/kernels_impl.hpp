@@ -275,11 +275,11 @@ void column_quad(const uint8_t* blk, int s, int h, int v, typename V::F w[4]) {
     CF_UNROLL(4)
     for (int j = 0; j < 4; ++j) w[j] = Fmt::template column<V>(blk, 4 * v + j, h);
   } else {
-    const typename V::I q = Fmt::template values<V>(blk, s, h, v), byte = V::iset(0xff), offset = V::iset(Fmt::kOffset);
-    w[0] = V::from_int(V::isub(V::iand(q, byte), offset));
-    w[1] = V::from_int(V::isub(V::iand(V::template srl<8>(q), byte), offset));
-    w[2] = V::from_int(V::isub(V::iand(V::template srl<16>(q), byte), offset));
-    w[3] = V::from_int(V::isub(V::template srl<24>(q), offset));
+    const typename V::I q = Fmt::template values<V>(blk, s, h, v), offset = V::iset(Fmt::kOffset);
+    w[0] = V::from_int(V::isub(V::template byte<0>(q), offset));
+    w[1] = V::from_int(V::isub(V::template byte<1>(q), offset));
+    w[2] = V::from_int(V::isub(V::template byte<2>(q), offset));
+    w[3] = V::from_int(V::isub(V::template byte<3>(q), offset));
   }
 }
 

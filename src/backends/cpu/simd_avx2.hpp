@@ -79,6 +79,10 @@ struct Avx2 {
   template <int n> static I sra(I a) { return _mm256_srai_epi32(a, n); }
   static I srl(I a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
   static I sll(I a, int n) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(n)); }
+  template <int j> static I byte(I a) {
+    if constexpr (j == 3) return _mm256_srli_epi32(a, 24);
+    return _mm256_and_si256(_mm256_srli_epi32(a, 8 * j), _mm256_set1_epi32(0xff));
+  }
   static I load_u8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
   static I load_i8(const uint8_t* p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
   // The low byte of each lane (values in [-128, 127]) to kLanes bytes at p.

@@ -77,6 +77,9 @@ struct Avx512 {
   // The low byte of each lane to kLanes bytes at p.
   static void store_low_bytes(int8_t* p, I a) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(a)); }
   static int32_t ireduce_add(I a) { return _mm512_reduce_add_epi32(a); }
+  // Byte j of each lane, zero-extended: one dot product with the unit vector e_j (one instruction, where shift and
+  // mask take two).
+  template <int j> static I byte(I a) { return _mm512_dpbusd_epi32(_mm512_setzero_si512(), a, _mm512_set1_epi32(1 << (8 * j))); }
   // kLanes bytes, zero- / sign-extended to the lanes.
   static I load_u8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static I load_i8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }

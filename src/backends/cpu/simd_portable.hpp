@@ -108,6 +108,7 @@ struct Portable {
   template <int n> static I sra(I a) { return imap([&](int l) { return a.v[l] >> n; }); }
   static I srl(I a, int n) { return imap([&](int l) { return int32_t(uint32_t(a.v[l]) >> n); }); }
   static I sll(I a, int n) { return imap([&](int l) { return int32_t(uint32_t(a.v[l]) << n); }); }
+  template <int j> static I byte(I a) { return imap([&](int l) { return int32_t((uint32_t(a.v[l]) >> (8 * j)) & 0xffu); }); }
   static I load_u8(const uint8_t* p) { return imap([&](int l) { return int32_t(p[l]); }); }
   static I load_i8(const uint8_t* p) { return imap([&](int l) { return int32_t(int8_t(p[l])); }); }
   static void store_low_bytes(int8_t* p, I a) {
