@@ -23,7 +23,7 @@ bool is_gpu_backend(std::string_view name) { return name == "cuda" || name == "c
 
 std::vector<BackendInfo> backend_list() {
   return {
-      {"cpu", true, "reference forward pass on the CPU (threads + AVX2)"},
+      {"cpu", true, "reference forward pass on the CPU (threads; AVX-512, AVX2 or portable kernels)"},
       {"emu", true, "fused device kernels run on the CPU emulator (slow: tiny models)"},
       {"cuda", kCudaBuilt, "fused cluster kernels with CUDA graphs (Hopper)"},
       {"cuda-unfused", kCudaBuilt, "cuBLAS + simple kernels with CUDA graphs: the GPU baseline"},
