@@ -94,34 +94,26 @@ typename V::I high_nibbles(typename V::I raw) {
   return V::iand(V::template srl<4>(raw), V::iset(0x0f0f0f0f));
 }
 
-struct Q4_0Fmt {
-  static constexpr int kSub = 32, kBlockCols = 32, kOffset = 8;
-  static constexpr bool kHasMin = false, kPlain = false;
-  template <class V>
-  static void scales(const uint8_t* blk, int, int h, typename V::F& a, typename V::F&) {
-    a = halves<V>(blk, h);
-  }
-  template <class V>
-  static typename V::I values(const uint8_t* blk, int, int h, int v) {
-    const typename V::I raw = V::iload(lanes<V>(blk + 32 + (v % 4) * 64, h));
-    return v < 4 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
-  }
-};
-
-struct Q4_1Fmt {
-  static constexpr int kSub = 32, kBlockCols = 32, kOffset = 0;
-  static constexpr bool kHasMin = true, kPlain = false;
+// Q4_0 (values q - 8) and Q4_1 (values d q + m): d[16] (and m[16]), then the nibble vectors; vector k holds columns
+// 4k .. 4k+3 in its low nibbles and 16 + 4k .. in its high ones.
+template <bool kWithMin>
+struct Q4Fmt {
+  static constexpr int kSub = 32, kBlockCols = 32, kOffset = kWithMin ? 0 : 8;
+  static constexpr bool kHasMin = kWithMin, kPlain = false;
+  static constexpr int kValues = kWithMin ? 64 : 32;  // byte offset of the nibbles
   template <class V>
   static void scales(const uint8_t* blk, int, int h, typename V::F& a, typename V::F& b) {
     a = halves<V>(blk, h);
-    b = halves<V>(blk + 32, h);
+    if constexpr (kWithMin) b = halves<V>(blk + 32, h);
   }
   template <class V>
   static typename V::I values(const uint8_t* blk, int, int h, int v) {
-    const typename V::I raw = V::iload(lanes<V>(blk + 64 + (v % 4) * 64, h));
+    const typename V::I raw = V::iload(lanes<V>(blk + kValues + (v % 4) * 64, h));
     return v < 4 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
   }
 };
+using Q4_0Fmt = Q4Fmt<false>;
+using Q4_1Fmt = Q4Fmt<true>;
 
 // Q8_0's signed bytes are offset to unsigned ones (x + 128).
 struct Q8_0Fmt {
