@@ -554,89 +554,129 @@ void store_kv(const float* src, void* dst, DType kv_dtype, int n) {
 
 // ---- attention ----------------------------------------------------------------------------------------------------
 
-// One key or value row (head_dim a multiple of 16) as fp32 lanes.
-template <class V>
-typename V::F load_kv(const void* base, DType kv_dtype, int64_t at) {
-  if (kv_dtype == DType::F32) return V::fload(static_cast<const float*>(base) + at);
+// One key or value row of the cache (F32 or F16, head_dim a multiple of 16) as fp32 lanes.
+template <class V, DType kKv>
+typename V::F load_kv(const void* base, int64_t at) {
+  if constexpr (kKv == DType::F32) return V::fload(static_cast<const float*>(base) + at);
   return V::load_halves(static_cast<const uint16_t*>(base) + at);
 }
 
-// q . k over head_dim: 16 lanes of column-ordered fused multiply-adds, then halving (as rmsnorm).
-template <class V>
-float dot_head(const float* q, const void* k, DType kv_dtype, int64_t at, int head_dim) {
-  constexpr int kVecs = 16 / V::kLanes;
-  typename V::F acc[kVecs];
-  for (int h = 0; h < kVecs; ++h)
-    acc[h] = V::fmul(V::fload(q + h * V::kLanes), load_kv<V>(k, kv_dtype, at + h * V::kLanes));
-  for (int d = 16; d < head_dim; d += 16)
-    for (int h = 0; h < kVecs; ++h)
-      acc[h] = V::fma(V::fload(q + d + h * V::kLanes), load_kv<V>(k, kv_dtype, at + d + h * V::kLanes), acc[h]);
-  return sum16<V>(acc);
-}
-
-// Up to kAttendHeads query heads of a group: an online softmax over blocks of 16 positions. Per head: m (running
-// max), l (running sum of e^(s - m)), out (running weighted sum of values). Per block: m' = max(m, scores),
-// rescale = e^(m - m'), p_i = e^(s_i - m'), l = l * rescale + sum(p) (halving), out = out * rescale, then
-// out += p_i * v_i in position order; finally out /= l.
-constexpr int kAttendHeads = 8;
+// One query head over blocks of 16 positions, an online softmax: m (running max), l (running sum of e^(s - m)), out
+// (running weighted sum of values). Per block: m' = max(m, scores), rescale = e^(m - m'), p_i = e^(s_i - m'),
+// l = l * rescale + sum(p) (halving), out = out * rescale, then out += p_i * v_i in position order; finally out /= l.
 constexpr int kAttendBlock = 16;
+constexpr int kOutVecs = 4;  // output vectors kept in registers while a block's values are added
 
-template <class V>
-void attend_heads(const AttentionArgs& a, int g0, int heads) {
+struct HeadState {
+  float m = -INFINITY, l = 0.0f;
+};
+
+// p[i] = scale * q . k_i for the block's n positions, kLanes at a time: per position, q . k over head_dim in 16
+// virtual lanes of column-ordered fused multiply-adds (folded to kLanes: the first halving of rmsnorm's sum), the
+// rest of the halving for all kLanes positions in one transposing network (sums_of). Positions past n compute
+// anything (a repeated row); their scores are discarded.
+template <class V, DType kKv>
+void block_scores(const AttentionArgs& a, const float* q, int p0, int n, float* p) {
   using F = typename V::F;
-  constexpr int kVecs = kAttendBlock / V::kLanes;
-  const int hd = a.head_dim;
-  float m[kAttendHeads], l[kAttendHeads];
-  for (int g = 0; g < heads; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
-    std::memset(a.out + int64_t(g0 + g) * hd, 0, sizeof(float) * size_t(hd));
-  }
-  for (int p0 = 0; p0 < a.len; p0 += kAttendBlock) {
-    const int n = a.len - p0 < kAttendBlock ? a.len - p0 : kAttendBlock;
-    alignas(64) float p[kAttendHeads][kAttendBlock];
-    for (int i = 0; i < n; ++i) {
-      const int64_t at = a.slots[p0 + i] * a.row;
-      for (int g = 0; g < heads; ++g) p[g][i] = dot_head<V>(a.q + int64_t(g0 + g) * hd, a.k, a.kv_dtype, at, hd) * a.scale;
+  constexpr int kVecs = 16 / V::kLanes;
+  for (int i0 = 0; i0 < n; i0 += V::kLanes) {
+    int64_t at[V::kLanes];
+    for (int i = 0; i < V::kLanes; ++i) at[i] = a.slots[p0 + (i0 + i < n ? i0 + i : n - 1)] * a.row;
+    F acc[V::kLanes][kVecs];
+    CF_UNROLL(2)
+    for (int h = 0; h < kVecs; ++h) {
+      const F qh = V::fload(q + h * V::kLanes);
+      CF_UNROLL(16)
+      for (int i = 0; i < V::kLanes; ++i) acc[i][h] = V::fmul(qh, load_kv<V, kKv>(a.k, at[i] + h * V::kLanes));
     }
-    for (int g = 0; g < heads; ++g) {
-      float block_max = p[g][0];
-      for (int i = 1; i < n; ++i) block_max = p[g][i] > block_max ? p[g][i] : block_max;
-      const float m_new = block_max > m[g] ? block_max : m[g];
-      for (int i = n; i < kAttendBlock; ++i) p[g][i] = -INFINITY;  // e^-inf = 0
-      F e[kVecs];
-      for (int h = 0; h < kVecs; ++h)
-        e[h] = exp_approx<V>(V::fsub(V::fload(p[g] + h * V::kLanes), V::fset(m_new)));
-      float rescale_lanes[V::kLanes];
-      V::fstore(rescale_lanes, exp_approx<V>(V::fset(m[g] - m_new)));
-      const float rescale = rescale_lanes[0];
-      l[g] = l[g] * rescale + sum16<V>(e);
-      m[g] = m_new;
-      for (int h = 0; h < kVecs; ++h) V::fstore(p[g] + h * V::kLanes, e[h]);
-      float* out = a.out + int64_t(g0 + g) * hd;
-      for (int d = 0; d < hd; d += V::kLanes) V::fstore(out + d, V::fmul(V::fload(out + d), V::fset(rescale)));
-    }
-    for (int i = 0; i < n; ++i) {
-      const int64_t at = a.slots[p0 + i] * a.row;
-      for (int g = 0; g < heads; ++g) {
-        float* out = a.out + int64_t(g0 + g) * hd;
-        const F weight = V::fset(p[g][i]);
-        for (int d = 0; d < hd; d += V::kLanes)
-          V::fstore(out + d, V::fma(weight, load_kv<V>(a.v, a.kv_dtype, at + d), V::fload(out + d)));
+    for (int d = 16; d < a.head_dim; d += 16) {
+      CF_UNROLL(2)
+      for (int h = 0; h < kVecs; ++h) {
+        const F qh = V::fload(q + d + h * V::kLanes);
+        CF_UNROLL(16)
+        for (int i = 0; i < V::kLanes; ++i) acc[i][h] = V::fma(qh, load_kv<V, kKv>(a.k, at[i] + d + h * V::kLanes), acc[i][h]);
       }
     }
+    F lanes[V::kLanes];
+    CF_UNROLL(16)
+    for (int i = 0; i < V::kLanes; ++i) lanes[i] = kVecs == 2 ? V::fadd(acc[i][0], acc[i][kVecs - 1]) : acc[i][0];
+    V::fstore(p + i0, V::fmul(V::sums_of(lanes), V::fset(a.scale)));
   }
-  for (int g = 0; g < heads; ++g) {
-    float* out = a.out + int64_t(g0 + g) * hd;
-    const F inv = V::fset(1.0f / l[g]);
-    for (int d = 0; d < hd; d += V::kLanes) V::fstore(out + d, V::fmul(V::fload(out + d), inv));
+}
+
+// Turns the block's scores into weights p_i and returns the factor the previous output is rescaled by.
+template <class V>
+float softmax_update(HeadState& state, float* p, int n) {
+  constexpr int kVecs = kAttendBlock / V::kLanes;
+  float block_max = p[0];
+  for (int i = 1; i < n; ++i) block_max = p[i] > block_max ? p[i] : block_max;
+  const float m_new = block_max > state.m ? block_max : state.m;
+  for (int i = n; i < kAttendBlock; ++i) p[i] = -INFINITY;  // e^-inf = 0
+  typename V::F e[kVecs];
+  for (int h = 0; h < kVecs; ++h) e[h] = exp_approx<V>(V::fsub(V::fload(p + h * V::kLanes), V::fset(m_new)));
+  float rescale[V::kLanes] = {1.0f};  // e^0 = 1 exactly: only a moved maximum needs the exponential
+  if (m_new != state.m) V::fstore(rescale, exp_approx<V>(V::fset(state.m - m_new)));
+  state.l = state.l * rescale[0] + sum16<V>(e);
+  state.m = m_new;
+  for (int h = 0; h < kVecs; ++h) V::fstore(p + h * V::kLanes, e[h]);
+  return rescale[0];
+}
+
+// out[d0 .. d0 + kVecs lanes) = out * rescale + sum over the block's positions of p_i v_i (held in registers).
+template <class V, DType kKv, int kVecs>
+void add_values_part(const AttentionArgs& a, const float* p, int p0, int n, float rescale, float* out, int d0) {
+  using F = typename V::F;
+  F o[kVecs];
+  CF_UNROLL(8)
+  for (int j = 0; j < kVecs; ++j) o[j] = V::fmul(V::fload(out + d0 + j * V::kLanes), V::fset(rescale));
+  for (int i = 0; i < n; ++i) {
+    const F weight = V::fset(p[i]);
+    const int64_t at = a.slots[p0 + i] * a.row + d0;
+    CF_UNROLL(8)
+    for (int j = 0; j < kVecs; ++j) o[j] = V::fma(weight, load_kv<V, kKv>(a.v, at + j * V::kLanes), o[j]);
+  }
+  CF_UNROLL(8)
+  for (int j = 0; j < kVecs; ++j) V::fstore(out + d0 + j * V::kLanes, o[j]);
+}
+
+template <class V, DType kKv>
+void add_values(const AttentionArgs& a, const float* p, int p0, int n, float rescale, float* out) {
+  int d0 = 0;
+  for (; d0 + kOutVecs * V::kLanes <= a.head_dim; d0 += kOutVecs * V::kLanes)
+    add_values_part<V, kKv, kOutVecs>(a, p, p0, n, rescale, out, d0);
+  for (; d0 < a.head_dim; d0 += V::kLanes) add_values_part<V, kKv, 1>(a, p, p0, n, rescale, out, d0);
+}
+
+// The query heads of one KV head share the cache rows they read (L1-resident for a block).
+template <class V, DType kKv>
+void attend_typed(const AttentionArgs& a) {
+  const int hd = a.head_dim;
+  for (int g = 0; g < a.group; ++g) std::memset(a.out + int64_t(g) * hd, 0, sizeof(float) * size_t(hd));
+  HeadState states[8];
+  for (int g0 = 0; g0 < a.group; g0 += 8) {
+    const int heads = a.group - g0 < 8 ? a.group - g0 : 8;
+    for (int g = 0; g < heads; ++g) states[g] = HeadState{};
+    for (int p0 = 0; p0 < a.len; p0 += kAttendBlock) {
+      const int n = a.len - p0 < kAttendBlock ? a.len - p0 : kAttendBlock;
+      for (int g = 0; g < heads; ++g) {
+        alignas(64) float p[kAttendBlock];
+        block_scores<V, kKv>(a, a.q + int64_t(g0 + g) * hd, p0, n, p);
+        const float rescale = softmax_update<V>(states[g], p, n);
+        add_values<V, kKv>(a, p, p0, n, rescale, a.out + int64_t(g0 + g) * hd);
+      }
+    }
+    for (int g = 0; g < heads; ++g) {
+      float* out = a.out + int64_t(g0 + g) * hd;
+      const typename V::F inv = V::fset(1.0f / states[g].l);
+      for (int d = 0; d < hd; d += V::kLanes) V::fstore(out + d, V::fmul(V::fload(out + d), inv));
+    }
   }
 }
 
 template <class V>
 void attend(const AttentionArgs& a) {
-  for (int g0 = 0; g0 < a.group; g0 += kAttendHeads)
-    attend_heads<V>(a, g0, a.group - g0 < kAttendHeads ? a.group - g0 : kAttendHeads);
+  if (a.kv_dtype == DType::F16) return attend_typed<V, DType::F16>(a);
+  attend_typed<V, DType::F32>(a);
 }
 
 // The table of one level.

@@ -82,6 +82,7 @@ struct Portable {
       for (int l = 0; l < n; ++l) a.v[l] = a.v[l] + a.v[l + n];
     return a.v[0];
   }
+  static F sums_of(const F* v) { return fmap([&](int l) { return reduce_add(v[l]); }); }
   static float reduce_max(F a) {
     float m = a.v[0];
     for (int l = 1; l < kLanes; ++l) m = a.v[l] > m ? a.v[l] : m;
