@@ -269,9 +269,9 @@ TEST(CpuKernels, InputPreparationFollowsTheDefinitionOnEveryLevel) {
 // Decode attention against a float64 softmax, keys and values at scattered slots, F32 and F16 caches.
 TEST(CpuKernels, AttentionMatchesFloat64SoftmaxOnEveryLevel) {
   for (const DType kv_type : {DType::F32, DType::F16}) {
-    for (const int head_dim : {16, 64}) {
+    for (const auto& [head_dim, group] : {std::pair{16, 3}, std::pair{64, 3}, std::pair{32, 9}}) {  // 9: two passes of 8
       for (const int len : {1, 16, 37}) {
-        const int group = 3, slots_total = 50;
+        const int slots_total = 50;
         const int64_t row = 2 * head_dim;  // two KV heads per slot; this test reads the second
         const std::vector<float> q = uniform(size_t(group * head_dim), -1.0f, 1.0f, 8);
         std::vector<float> kv_values = uniform(size_t(2 * slots_total * row), -1.5f, 1.5f, 9);
@@ -305,7 +305,7 @@ TEST(CpuKernels, AttentionMatchesFloat64SoftmaxOnEveryLevel) {
         std::vector<float> first;
         for (Isa isa : supported_levels()) {
           SCOPED_TRACE(std::string(cf::cpu::isa_name(isa)) + " " + std::string(cf::dtype_name(kv_type)) + " head_dim " +
-                       std::to_string(head_dim) + " len " + std::to_string(len));
+                       std::to_string(head_dim) + " group " + std::to_string(group) + " len " + std::to_string(len));
           std::vector<float> out(size_t(group * head_dim), NAN);
           cf::cpu::AttentionArgs a;
           a.q = q.data();
