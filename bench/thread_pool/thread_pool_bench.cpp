@@ -1,6 +1,7 @@
 // Cost of one parallel_for of the thread pool (the barrier the cpu backend pays ~5 times per layer): median
-// microseconds per call of an empty job, and of a job of `work` microseconds of arithmetic split over the threads
-// (its overhead over work / threads). With --stress N, N busy processes share the cores meanwhile.
+// microseconds per call of an empty job, and of a job of `work` microseconds of arithmetic (measured on one core
+// first) split over the threads, with its overhead over work / threads. With --stress N, N busy processes share the
+// cores meanwhile.
 //   cf_bench_thread_pool [--threads 1,2] [--calls 20000] [--work 20] [--stress N]
 #include <signal.h>
 #include <sys/wait.h>
@@ -22,13 +23,23 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// About `us` microseconds of dependent arithmetic.
-double busy(double us, double seed) {
-  const auto end = Clock::now() + std::chrono::nanoseconds(int64_t(us * 1000));
+// A fixed amount of dependent arithmetic (`steps` steps): the same work whatever the schedule.
+double busy(int64_t steps, double seed) {
   double x = seed;
-  while (Clock::now() < end)
-    for (int i = 0; i < 64; ++i) x = x * 1.0000001 + 1e-9;
+  for (int64_t i = 0; i < steps; ++i) x = x * 1.0000001 + 1e-9;
   return x;
+}
+
+// Steps of busy() per microsecond on this core (best of a few tries).
+double steps_per_us() {
+  double best = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = Clock::now();
+    volatile double sink = busy(1000000, 1.0);
+    (void)sink;
+    best = std::max(best, 1e6 / std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  return best;
 }
 
 double median(std::vector<double> v) {
@@ -70,7 +81,9 @@ int main(int argc, char** argv) try {
     }
     busy_children.push_back(pid);
   }
-  std::printf("# thread pool: %d calls per measurement, %d busy processes alongside\n", calls, stress);
+  const double rate = steps_per_us();
+  std::printf("# thread pool: %d calls per measurement, %d busy processes alongside; the work is a fixed amount of "
+              "arithmetic that takes %.0f us on one idle core\n", calls, stress, work);
   std::printf("| threads | empty job us | %.0f us of work: us per call | overhead us |\n|---:|---:|---:|---:|\n", work);
   for (const int threads : threads_list) {
     cf::ThreadPool pool(threads);
@@ -85,7 +98,7 @@ int main(int argc, char** argv) try {
     for (int c = 0; c < calls / 10; ++c) {
       const auto t0 = Clock::now();
       pool.parallel_for(chunks, 1, [&](int64_t begin, int64_t end, int) {
-        const double x = busy(work * double(end - begin) / chunks, 1.0) * 1e-30;
+        const double x = busy(int64_t(work * rate * double(end - begin) / chunks), 1.0) * 1e-30;
         if (x > 1.0) sink += x;  // never: keeps the work from being optimised away
       });
       loaded.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
