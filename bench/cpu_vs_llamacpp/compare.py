@@ -19,6 +19,9 @@ import sys
 import time
 
 
+LEVELS = set()  # our kernel levels seen (the best this CPU has)
+
+
 def run(cmd, timeout):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
@@ -49,6 +52,7 @@ def ours(binary, model, threads, prompt, gen, reps, extra, timeout):
         if "test" in fields:
             rates[fields["test"]] = float(fields["tok_s"])
             weight_bytes = int(fields["weight_bytes_per_token"])
+            LEVELS.add(fields.get("isa", "?"))
     return rates, weight_bytes
 
 
@@ -150,7 +154,7 @@ def main():
         stop_stress(stress)
     print(f"# copy bandwidth (GB/s, read + write): " + ", ".join(f"{t} thread(s) {copy_bw[t] / 1e9:.1f}"
                                                                  for t in threads_list))
-    print(f"# load average after: {load_average()}")
+    print(f"# our kernel level: {', '.join(sorted(LEVELS))}; load average after: {load_average()}")
     ratios = [r["ours"] / r["llama.cpp"] for r in results]
     print(f"# ours / llama.cpp: min {min(ratios):.2f}, median {statistics.median(ratios):.2f}, "
           f"max {max(ratios):.2f}")

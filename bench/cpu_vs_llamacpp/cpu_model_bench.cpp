@@ -3,7 +3,7 @@
 //   ppN: a prompt of N random tokens in one batch, from an empty cache (logits of its last token);
 //   tgN: N decode steps of one random token each, from an empty cache (logits every step).
 // One warm-up of each test, then --reps timed repetitions; one line per test:
-//   test=pp64 threads=2 arithmetic=f32 kv=f32 reps=3 tok_s=123.4 sd=1.2 weight_bytes_per_token=96600000
+//   test=pp64 threads=2 arithmetic=f32 kv=f32 isa=avx512 reps=3 tok_s=123.4 sd=1.2 weight_bytes_per_token=96600000
 // and with --bandwidth the machine's copy bandwidth (a 256 MB memcpy, best of 5, `threads` copies in parallel):
 //   copy_bandwidth_gb_s=20.1
 //
@@ -24,6 +24,7 @@
 #include "clusterfusion/runtime/model.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "common/args.hpp"
+#include "isa.hpp"
 
 namespace {
 
@@ -105,6 +106,7 @@ int main(int argc, char** argv) try {
   options.max_batch_tokens = std::max(o.prompt, 1);
   cf::Runner runner(cf::create_backend("cpu", model.weights, options), 1, context);
   const int threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  const char* isa = cf::cpu::isa_name(cf::cpu::resolve_isa(o.isa));
 
   std::mt19937 rng(1234);
   auto random_token = [&] { return int32_t(rng() % uint32_t(c.vocab)); };
@@ -133,8 +135,8 @@ int main(int argc, char** argv) try {
     double mean = 0, var = 0;
     for (double x : rates) mean += x / double(rates.size());
     for (double x : rates) var += (x - mean) * (x - mean) / double(std::max<size_t>(1, rates.size() - 1));
-    std::printf("test=%s%d threads=%d arithmetic=%s kv=%s reps=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%zu\n", test,
-                n, threads, o.int8 ? "int8" : "f32", o.kv_f16 ? "f16" : "f32", o.reps, mean, std::sqrt(var),
+    std::printf("test=%s%d threads=%d arithmetic=%s kv=%s isa=%s reps=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%zu\n",
+                test, n, threads, o.int8 ? "int8" : "f32", o.kv_f16 ? "f16" : "f32", isa, o.reps, mean, std::sqrt(var),
                 weight_bytes_per_token(*model.weights));
     std::fflush(stdout);
   };
