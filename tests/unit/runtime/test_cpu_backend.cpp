@@ -114,8 +114,10 @@ TEST_P(CpuDeterminism, BitIdenticalAcrossThreadCounts) {
 }
 
 TEST_P(CpuDeterminism, PrefillEqualsTokenByTokenDecodeAndAnyChunking) {
-  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 13, DType::Q4_1));
-  const auto tokens = some_tokens(19, w->config.vocab, 7);
+  cf::ModelConfig c = cf::test::tiny_config();
+  c.max_context = 96;  // a prompt longer than the kernels' 64-token blocks
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(c, 13, DType::Q4_1));
+  const auto tokens = some_tokens(70, w->config.vocab, 7);
   const size_t v = size_t(w->config.vocab);
   auto prefill_runner = make_runner(w, 2, 1, 16, 256, GetParam());
   const auto prefilled = cf::teacher_forced_logits(prefill_runner, tokens);
