@@ -136,35 +136,29 @@ void k_quant_scales(const uint8_t* blk, int j, int h, typename V::F& a, typename
   b = fneg<V>(V::fmul(halves<V>(blk + 32, h), V::from_int(V::load_u8(blk + 192 + 16 * j + h * V::kLanes))));
 }
 
-struct Q4_KFmt {
+// Q4_K and Q5_K: sub-block j's nibbles are the low (j even) or high (j odd) halves of the 32 bytes for sub-blocks
+// j / 2 * 2 ..; Q5_K adds bit j of each column's fifth-bit byte.
+template <bool kFifthBit>
+struct KQuantFmt {
   static constexpr int kSub = 32, kBlockCols = 256, kOffset = 0;
   static constexpr bool kHasMin = true, kPlain = false;
+  static constexpr int kNibbles = kFifthBit ? 832 : 320;  // byte offsets in the packed block
+  static constexpr int kFifthBits = 320;
   template <class V>
   static void scales(const uint8_t* blk, int j, int h, typename V::F& a, typename V::F& b) {
     k_quant_scales<V>(blk, j, h, a, b);
   }
   template <class V>
   static typename V::I values(const uint8_t* blk, int j, int h, int v) {
-    const typename V::I raw = V::iload(lanes<V>(blk + 320 + (8 * (j / 2) + v) * 64, h));
-    return j % 2 == 0 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
+    const typename V::I raw = V::iload(lanes<V>(blk + kNibbles + (8 * (j / 2) + v) * 64, h));
+    const typename V::I nibbles = j % 2 == 0 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
+    if constexpr (!kFifthBit) return nibbles;
+    const typename V::I bits = V::iload(lanes<V>(blk + kFifthBits + v * 64, h));
+    return V::ior(nibbles, V::template sll<4>(V::iand(V::srl(bits, j), V::iset(0x01010101))));
   }
 };
-
-// Q5_K: bit j of a column's fifth-bit byte belongs to sub-block j.
-struct Q5_KFmt {
-  static constexpr int kSub = 32, kBlockCols = 256, kOffset = 0;
-  static constexpr bool kHasMin = true, kPlain = false;
-  template <class V>
-  static void scales(const uint8_t* blk, int j, int h, typename V::F& a, typename V::F& b) {
-    k_quant_scales<V>(blk, j, h, a, b);
-  }
-  template <class V>
-  static typename V::I values(const uint8_t* blk, int j, int h, int v) {
-    const typename V::I raw = V::iload(lanes<V>(blk + 832 + (8 * (j / 2) + v) * 64, h));
-    const typename V::I fifth = V::iand(V::srl(V::iload(lanes<V>(blk + 320 + v * 64, h)), j), V::iset(0x01010101));
-    return V::ior(j % 2 == 0 ? low_nibbles<V>(raw) : high_nibbles<V>(raw), V::template sll<4>(fifth));
-  }
-};
+using Q4_KFmt = KQuantFmt<false>;
+using Q5_KFmt = KQuantFmt<true>;
 
 // Q6_K: sub-blocks of 16 columns; 32-column group g = 4n + p takes low (p < 2) or high nibbles of ql bytes
 // 64n + 32 (p % 2) .. and bits 2p, 2p+1 of qh bytes 32n ...
