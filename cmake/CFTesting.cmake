@@ -1,9 +1,18 @@
 # cf_add_gtest(<name> LABELS <label>... SOURCES <file>... LIBS <target>... [TIMEOUT <s>])
 # One GoogleTest binary; its cases are discovered at test time (nothing runs during the build) and carry LABELS
-# (unit, emu, gpu, slow) so presets can select them.
+# (unit, emu, gpu, slow) so presets can select them. Every case of a `gpu` binary gets CF_GPU_TEST_TIMEOUT: one
+# number for a GPU session whose minutes are counted (a hang must not eat them; the kernels' own waits give up
+# after PlanConfig::wait_budget_us), raised on the command line for slow runs (-DCF_GPU_TEST_TIMEOUT=600).
+set(CF_GPU_TEST_TIMEOUT 60 CACHE STRING "Seconds each GPU test case may run (ctest TIMEOUT of label gpu)")
+
 function(cf_add_gtest name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "LABELS;SOURCES;LIBS" ${ARGN})
-  if(NOT ARG_TIMEOUT)
+  if("gpu" IN_LIST ARG_LABELS)
+    if(ARG_TIMEOUT)
+      message(FATAL_ERROR "cf_add_gtest(${name}): GPU tests take CF_GPU_TEST_TIMEOUT, not a TIMEOUT of their own")
+    endif()
+    set(ARG_TIMEOUT ${CF_GPU_TEST_TIMEOUT})
+  elseif(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 600)
   endif()
   add_executable(${name} ${ARG_SOURCES})

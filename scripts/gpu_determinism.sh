@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU determinism check, meant as a step of bench/gpu_check.sh (docs/reliability.md): for every GPU backend of the
+# GPU determinism check, meant as a step of bench/gpu_first.sh (docs/reliability.md): for every GPU backend of the
 # build, the same `clusterfusion generate` command (greedy, and sampled with a seed) gives byte-identical output on
 # repeated runs. Backends that are not built, or that cannot run here, are SKIPped. Prints one line per check:
 #

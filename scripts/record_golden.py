@@ -105,8 +105,8 @@ def cache_dir() -> Path:
     return Path(base) / "clusterfusion"
 
 
-def ensure_llama_cpp() -> None:
-    """Re-executes with the private environment's python when llama_cpp is not importable here."""
+def ensure_llama_cpp(script: str = __file__) -> None:
+    """Re-executes `script` with the private environment's python when llama_cpp is not importable here."""
     try:
         import llama_cpp  # noqa: F401
         import gguf  # noqa: F401
@@ -117,8 +117,8 @@ def ensure_llama_cpp() -> None:
     # (the venv's python is a symlink to the base interpreter, so compare by the guard variable, not by path)
     if venv_python.exists() and not os.environ.get("CF_RECORD_GOLDEN_REEXEC"):
         os.environ["CF_RECORD_GOLDEN_REEXEC"] = "1"
-        os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
-    sys.exit("record_golden.py: llama_cpp/gguf not importable; run scripts/build_llama_cpp_python.sh first")
+        os.execv(str(venv_python), [str(venv_python), script, *sys.argv[1:]])
+    sys.exit(f"{Path(script).name}: llama_cpp/gguf not importable; run scripts/build_llama_cpp_python.sh first")
 
 
 def sha256_of(path: Path) -> str:
@@ -463,20 +463,7 @@ def record(args) -> None:
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    producer = {
-        "script": "scripts/record_golden.py",
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "llama_cpp_python": llama_cpp.__version__,
-        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
-        "gguf_python": __import__("importlib.metadata").metadata.version("gguf"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "llama_cpp_settings": {"n_threads": 1, "n_threads_batch": 1, "n_ctx": N_CTX, "n_batch": N_CTX,
-                               "seed": SEED, "logits_all": True, "flash_attn": False, "n_gpu_layers": 0,
-                               "kv_cache_type": "f16", "sampling": "greedy argmax of raw logits",
-                               "prompt": "evaluated in one batch", "continuation": "one token per eval"},
-    }
+    producer = producer_info("scripts/record_golden.py", {"kv_cache_type": "f16"})
     model_info = {"file": MODEL_FILE, "sha256": MODEL_SHA256, "add_bos_token": False,
                   "bos_id": int(bos), "eos_id": int(eos), "n_vocab": int(llm.n_vocab())}
     greedy = {
@@ -504,6 +491,26 @@ def record(args) -> None:
         "model": model_info,
         "strings": tokenize_out,
     })
+
+
+def producer_info(script: str, cache_settings: dict) -> dict:
+    """Versions and llama.cpp settings of a recording (cache_settings: the KV cache types used)."""
+    import numpy as np
+    import llama_cpp
+    return {
+        "script": script,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "llama_cpp_python": llama_cpp.__version__,
+        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
+        "gguf_python": __import__("importlib.metadata").metadata.version("gguf"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "llama_cpp_settings": {"n_threads": 1, "n_threads_batch": 1, "n_ctx": N_CTX, "n_batch": N_CTX,
+                               "seed": SEED, "logits_all": True, "flash_attn": False, "n_gpu_layers": 0,
+                               **cache_settings, "sampling": "greedy argmax of raw logits",
+                               "prompt": "evaluated in one batch", "continuation": "one token per eval"},
+    }
 
 
 def write_json(path: Path, obj) -> None:

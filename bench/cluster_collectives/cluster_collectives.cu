@@ -47,6 +47,7 @@ namespace prim = cf::prim;
 constexpr uint32_t kThreads = 128;
 constexpr uint32_t kWarmupCalls = 50;
 constexpr uint32_t kMaxPolls = 1u << 20;  // a healthy wait takes a few polls; this gives up well inside 10 s
+constexpr uint64_t kWaitBudgetNs = 1'000'000'000;  // an mbarrier wait of a collective gives up after 1 s
 constexpr double kLaunchTimeoutS = 10.0;
 constexpr uint32_t kRepeats = 3;  // launches per configuration; the median is reported
 
@@ -70,7 +71,7 @@ struct BenchParams {
   uint32_t calls;            // timed calls (after kWarmupCalls)
   float* out;                // [N][count]: every rank's buffer after the last call
   unsigned long long* elapsed_ns;
-  uint32_t* timeout;         // set when a bounded wait gave up
+  uint64_t* timeout;         // set when a bounded wait gave up
   float* global_slots;       // Global: [2][N][count]
   uint32_t* counters;        // Global: [2], zero at launch
 };
@@ -97,7 +98,7 @@ struct Bench {
 
 template <uint32_t N, Method M>
 CF_DEVICE typename Bench<N, M>::Reduce Bench<N, M>::make(uint8_t* smem, const BenchParams& p) {
-  const prim::WaitLimit limit{p.timeout, kMaxPolls};
+  const prim::WaitLimit limit{p.timeout, kWaitBudgetNs};
   if constexpr (M == Method::ReduceScatter) {
     return Reduce(smem, prim::ThreadGroup::block(), limit);
   } else {
@@ -105,11 +106,6 @@ CF_DEVICE typename Bench<N, M>::Reduce Bench<N, M>::make(uint8_t* smem, const Be
   }
 }
 
-__device__ __forceinline__ uint64_t global_timer_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 __device__ __forceinline__ uint32_t load_acquire_gpu(const uint32_t* p) {
   uint32_t v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -134,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1) bench_kernel(const __grid_constan
   uint64_t start = 0;
   const uint32_t total = kWarmupCalls + p.calls;
   for (uint32_t call = 0; call < total; ++call) {
-    if (call == kWarmupCalls && t == 0) start = global_timer_ns();
+    if (call == kWarmupCalls && t == 0) start = dev::globaltimer_ns();
     for (uint32_t v = t; v < vectors; v += kThreads) {
       const uint32_t e = 4 * v;
       reinterpret_cast<float4*>(buf)[v] = make_float4(input_value(rank, e, call), input_value(rank, e + 1, call),
@@ -155,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, 1) bench_kernel(const __grid_constan
         uint32_t polls = 0;
         while (load_acquire_gpu(p.counters + parity) < N * (use + 1)) {
           if (++polls > kMaxPolls) {
-            *static_cast<volatile uint32_t*>(p.timeout) = 1u;
+            *static_cast<volatile uint64_t*>(p.timeout) = 1u;
             break;
           }
         }
@@ -176,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 1) bench_kernel(const __grid_constan
       dev::block_sync();
     }
   }
-  if (t == 0 && rank == 0) *p.elapsed_ns = global_timer_ns() - start;
+  if (t == 0 && rank == 0) *p.elapsed_ns = dev::globaltimer_ns() - start;
   for (uint32_t e = t; e < p.count; e += kThreads) p.out[size_t(rank) * p.count + e] = buf[e];
   dev::cluster_sync();
 }
@@ -226,7 +222,8 @@ Result run_one(uint32_t bytes, uint32_t calls) {
   }
   dev::DeviceBuffer<float> out(size_t(N) * count), slots(M == Method::Global ? size_t(2) * N * count : 1);
   dev::DeviceBuffer<unsigned long long> elapsed(1);
-  dev::DeviceBuffer<uint32_t> timeout(1), counters(2);
+  dev::DeviceBuffer<uint64_t> timeout(1);
+  dev::DeviceBuffer<uint32_t> counters(2);
   BenchParams p{count, calls, out.data(), elapsed.data(), timeout.data(), slots.data(), counters.data()};
   dev::LaunchConfig cfg;
   cfg.grid = {N};

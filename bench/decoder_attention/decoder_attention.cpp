@@ -90,6 +90,7 @@ struct Options {
   bool breakdown = true;
   size_t bandwidth_bytes = size_t(1) << 30;
   std::string json_path = "bench_decoder_attention.json";
+  FusedOptions fused;
 };
 
 const char* kUsage =
@@ -106,7 +107,12 @@ const char* kUsage =
     "  --replays N           timed graph replays (default 15)\n"
     "  --no-breakdown        skip the per-stage timing\n"
     "  --bandwidth-mib N     buffer size of the bandwidth measurement (default 1024)\n"
-    "  --json PATH           where to write the JSON results (default bench_decoder_attention.json)\n";
+    "  --json PATH           where to write the JSON results (default bench_decoder_attention.json)\n"
+    "fused kernel (PlanConfig fields; the defaults are the plan's own choices):\n"
+    "  --cluster-size N      2, 4, 8 or 16 CTAs per cluster (default: the one-wave choice, device occupancy)\n"
+    "  --max-stages N        ring depth cap, 4..16 (default: as many as fit)\n"
+    "  --early-stages N      ring items issued before the norm is done (default 4)\n"
+    "  --wait-budget-us N    a wait inside the kernel gives up after N us (default 20000; 0 = never)\n";
 
 Options parse_options(int argc, char** argv) {
   Options o;
@@ -154,6 +160,16 @@ Options parse_options(int argc, char** argv) {
       o.bandwidth_bytes = size_t(parse_int(value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
     } else if (arg == "--json") {
       o.json_path = value();
+    } else if (arg == "--cluster-size") {
+      o.fused.cluster_size = parse_int(value(), "--cluster-size", 2, 16);
+      if (o.fused.cluster_size & (o.fused.cluster_size - 1))
+        throw InputError("--cluster-size: " + std::to_string(o.fused.cluster_size) + " is not 2, 4, 8 or 16");
+    } else if (arg == "--max-stages") {
+      o.fused.max_stages = parse_int(value(), "--max-stages", 4, 16);
+    } else if (arg == "--early-stages") {
+      o.fused.early_stages = parse_int(value(), "--early-stages", 0, 1 << 20);
+    } else if (arg == "--wait-budget-us") {
+      o.fused.wait_budget_us = parse_int(value(), "--wait-budget-us", 0, 1 << 30);
     } else {
       throw InputError("unknown option '" + arg + "'\n" + kUsage);
     }
@@ -257,6 +273,7 @@ struct Row {
   double ratio_vs_unfused = NAN;
   double max_diff_vs_unfused = NAN;
   double out_rms = NAN;
+  Json plan;  // what the implementation's plan decided (fused: cluster size, max active clusters, ...)
 };
 
 double rms_of(const std::vector<float>& v) {
@@ -289,6 +306,7 @@ void run_impl(AttentionBlockImpl& impl, CaseData& data, const Options& opt, cuda
     }
     impl.check(stream);
   }
+  row.plan = impl.plan_json();
   impl.release();
 }
 
@@ -311,7 +329,7 @@ int main_impl(int argc, char** argv) {
 
   std::vector<std::unique_ptr<AttentionBlockImpl>> impls;
   impls.push_back(make_unfused_impl());
-  if (auto fused = make_fused_impl()) impls.push_back(std::move(fused));
+  impls.push_back(make_fused_impl(opt.fused));
   if (!opt.impls.empty()) {
     std::vector<std::unique_ptr<AttentionBlockImpl>> chosen;
     for (auto& impl : impls)
@@ -374,6 +392,7 @@ int main_impl(int argc, char** argv) {
               } catch (const std::exception& e) {
                 row.status = "failed";
                 row.message = e.what();
+                row.plan = impl->plan_json();
                 try {
                   impl->release();
                 } catch (...) {
@@ -483,6 +502,7 @@ int main_impl(int argc, char** argv) {
       for (const auto& [name, us_stage] : r.stages) st.set(name, us_stage);
       j.set("stages_us", st);
     }
+    if (!r.plan.is_null()) j.set("plan", r.plan);
     jrows.push(j);
   }
   root.set("rows", jrows);

@@ -30,6 +30,7 @@ kda::Shape fused_shape(const ref::DecoderShape& s) {
 
 class FusedImpl final : public AttentionBlockImpl {
  public:
+  explicit FusedImpl(const FusedOptions& options) : options_(options) {}
   std::string name() const override { return "fused"; }
 
   std::string unsupported_reason(const AttentionBenchCase& c) const override {
@@ -58,13 +59,36 @@ class FusedImpl final : public AttentionBlockImpl {
       cfg.rope.cos_sin = in.rope_cos_sin;
       cfg.rope.max_positions = in.rope_max_positions;
       cfg.max_batch = in.c.batch;
+      cfg.cluster_size = options_.cluster_size;
+      cfg.max_stages = options_.max_stages;
+      cfg.early_stages = options_.early_stages;
+      cfg.wait_budget_us = options_.wait_budget_us;
       plans_.push_back(std::make_unique<kda::Plan>(cfg));
     }
     if (!plans_.empty()) {
       const kda::LaunchInfo& li = plans_[0]->info();
-      std::printf("  fused: %d clusters x %d CTAs x %d threads, %d ring stages of %zu B, %zu B shared memory\n",
-                  li.clusters, li.cluster_size, li.threads, li.stages, li.stage_bytes, li.smem_bytes);
+      std::printf("  fused: %d clusters x %d CTAs x %d threads (max active clusters of %d: %d%s, %d wave%s), %d ring "
+                  "stages of %zu B (%d early), %zu B shared memory\n",
+                  li.clusters, li.cluster_size, li.threads, li.cluster_size, li.max_active_clusters,
+                  li.occupancy_queried ? "" : " assumed", li.waves, li.waves == 1 ? "" : "s", li.stages,
+                  li.stage_bytes, li.early_stages, li.smem_bytes);
     }
+  }
+
+  Json plan_json() const override {
+    if (plans_.empty()) return Json();
+    const kda::LaunchInfo& li = plans_[0]->info();
+    Json j = Json::object();
+    j.set("cluster_size", li.cluster_size);
+    j.set("clusters", li.clusters);
+    j.set("max_active_clusters", li.max_active_clusters);
+    j.set("occupancy_queried", li.occupancy_queried);
+    j.set("waves", li.waves);
+    j.set("stages", li.stages);
+    j.set("early_stages", li.early_stages);
+    j.set("smem_bytes", li.smem_bytes);
+    j.set("wait_budget_us", li.wait_budget_us);
+    return j;
   }
 
   void enqueue(const AttentionBenchInputs& in, int set, cudaStream_t stream) override {
@@ -90,11 +114,14 @@ class FusedImpl final : public AttentionBlockImpl {
   void release() override { plans_.clear(); }
 
  private:
+  FusedOptions options_;
   std::vector<std::unique_ptr<kda::Plan>> plans_;
 };
 
 }  // namespace
 
-std::unique_ptr<AttentionBlockImpl> make_fused_impl() { return std::make_unique<FusedImpl>(); }
+std::unique_ptr<AttentionBlockImpl> make_fused_impl(const FusedOptions& options) {
+  return std::make_unique<FusedImpl>(options);
+}
 
 }  // namespace cf::bench

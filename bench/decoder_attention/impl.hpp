@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "clusterfusion/reference/decoder.hpp"
+#include "common/report.hpp"
 #include "cuda_unfused/ops.hpp"
 
 namespace cf::bench {
@@ -85,10 +86,20 @@ class AttentionBlockImpl {
   virtual std::vector<Stage> stages(const AttentionBenchInputs& in) { (void)in; return {}; }
   // Frees what prepare() allocated.
   virtual void release() {}
+  // What the implementation's plan decided for the last prepare() (JSON object; null when there is nothing to say).
+  virtual Json plan_json() const { return Json(); }
+};
+
+// The fused plan's knobs (kernels/decoder_attention PlanConfig fields), from the command line.
+struct FusedOptions {
+  int cluster_size = 0;          // 0: the plan's one-wave choice
+  int max_stages = 0;            // 0: as many as fit
+  int early_stages = -1;         // -1: the kernel's default
+  int64_t wait_budget_us = 20000;
 };
 
 std::unique_ptr<AttentionBlockImpl> make_unfused_impl();
-// HOOK: defined in fused_impl.cpp; nullptr until the fused kernel exists.
-std::unique_ptr<AttentionBlockImpl> make_fused_impl();
+// Defined in fused_impl.cpp (the fused kernel of kernels/decoder_attention).
+std::unique_ptr<AttentionBlockImpl> make_fused_impl(const FusedOptions& options);
 
 }  // namespace cf::bench

@@ -4,7 +4,9 @@
 //
 // What is timed is the backend's decode step as the runtime replays it: the step's CUDA graph (embedding gather,
 // every layer, final norm + LM head), captured once per batch size and replayed with the page table of each
-// context; CUDA events around each replay, median over the replays. "forward ms" is the same step through
+// context. Each batch size gets its own backend whose plans are made for that batch (max_seqs = the batch: a
+// batch-1 row is timed with batch-1 plans, as the CLI decodes; --shared-plans sizes one backend for the largest).
+// CUDA events around each replay, median over the replays. "forward ms" is the same step through
 // Backend::forward() (staging the inputs, replay, logits back to the host, synchronisation): what a user waits per
 // token. Bytes per step: every weight matrix and norm + the LM head, the KV cache read (batch x context positions)
 // and written (the new token), the embedding rows; % of the read bandwidth measured in the same process.
@@ -65,6 +67,7 @@ struct Options {
   int forward_reps = 5;
   size_t bandwidth_bytes = size_t(1) << 30;
   std::string json_path = "e2e.json";
+  bool shared_plans = false;  // one backend for every batch size (plans for the largest), as a server would
 };
 
 const char* kUsage =
@@ -75,6 +78,7 @@ const char* kUsage =
     "  --batch LIST        batch sizes 1..16 (default 1,4,16); cases whose KV cache does not fit are skipped\n"
     "  --impl LIST         cuda,cuda-unfused (default both)\n"
     "  --replays N         timed graph replays per case (default 20)\n"
+    "  --shared-plans      one backend sized for the largest batch (default: one per batch size, plans for it)\n"
     "  --json PATH         where to write the JSON results (default e2e.json)\n";
 
 Options parse_options(int argc, char** argv) {
@@ -114,6 +118,8 @@ Options parse_options(int argc, char** argv) {
       o.replays = parse_int(value(), "--replays", 1, 100000);
     } else if (arg == "--json") {
       o.json_path = value();
+    } else if (arg == "--shared-plans") {
+      o.shared_plans = true;
     } else {
       throw InputError("unknown option '" + arg + "'\n" + kUsage);
     }
@@ -294,80 +300,92 @@ int main_impl(int argc, char** argv) {
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_model).count());
 
     std::map<std::pair<int, int>, double> unfused_ms;
+    // The backends: one per batch size (its plans made for that batch), or one for all (--shared-plans).
+    std::vector<int> plan_batches;
+    for (const Case& c : fitting)
+      if (std::find(plan_batches.begin(), plan_batches.end(), c.batch) == plan_batches.end())
+        plan_batches.push_back(c.batch);
+    if (opt.shared_plans) plan_batches = {max_batch};
     for (CudaMode mode : opt.modes) {
-      std::unique_ptr<gpu::GpuBackend> backend;
-      std::string setup_error;
-      try {
-        backend = std::make_unique<gpu::GpuBackend>(mode, model, kv, g);
-      } catch (const std::exception& e) {
-        setup_error = e.what();
-      }
-      for (const Case& c : fitting) {
-        Row r;
-        r.model = model_name;
-        r.impl = gpu::mode_name(mode);
-        r.batch = c.batch;
-        r.ctx = c.ctx;
-        const double kv_read = double(c.batch) * c.ctx * kv_bytes_per_position(config);
-        const double kv_write = double(c.batch) * kv_bytes_per_position(config);
-        r.bytes = double(model->step_weight_bytes()) + kv_read + kv_write + 2.0 * c.batch * config.hidden;
-        r.floor_ms = r.bytes / (bw.read_gbps * 1e9) * 1e3;
-        if (!backend) {
-          r.status = "failed";
-          r.message = "setup: " + setup_error;
-          rows.push_back(r);
-          continue;
-        }
-        const int pps = int(pool_pages / c.batch) >= pages_per_seq ? pages_per_seq : pages_for(c.ctx + 1);
+      for (int plan_batch : plan_batches) {
+        std::unique_ptr<gpu::GpuBackend> backend;
+        std::string setup_error;
+        gpu::GpuOptions gb = g;
+        gb.max_seqs = plan_batch;
+        gb.max_batch_tokens = plan_batch;
         try {
-          const Batch batch = decode_batch(c.batch, c.ctx, pps, config.vocab);
-          backend->stage_decode(batch);
-          for (int i = 0; i < opt.warmup; ++i) backend->replay_decode(c.batch);
-          backend->check_status();
-          std::vector<cuda::Event> start(size_t(opt.replays)), stop(size_t(opt.replays));
-          for (int i = 0; i < opt.replays; ++i) {
-            start[size_t(i)].record(backend->stream());
-            backend->replay_decode(c.batch);
-            stop[size_t(i)].record(backend->stream());
-          }
-          CF_CUDA_CHECK(cudaStreamSynchronize(backend->stream()));
-          std::vector<double> ms;
-          for (int i = 0; i < opt.replays; ++i) ms.push_back(stop[size_t(i)].elapsed_ms_since(start[size_t(i)]));
-          r.ms = summarize(ms);
-          backend->check_status();
-          // The same step through forward(): staging, replay, logits to the host.
-          std::vector<float> logits(size_t(c.batch) * size_t(config.vocab));
-          std::vector<double> fwd;
-          for (int i = 0; i < opt.forward_reps; ++i) {
-            const auto t0 = std::chrono::steady_clock::now();
-            backend->forward(batch, logits.data());
-            fwd.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-          }
-          r.forward_ms = summarize(fwd).median;
-          size_t non_finite = 0;
-          for (float x : logits) non_finite += std::isfinite(x) ? 0 : 1;
-          if (non_finite > 0) {
-            r.status = "failed";
-            r.message = format("%zu non-finite logits", non_finite);
-          }
-          r.gbps = r.bytes / (r.ms.median * 1e-3) / 1e9;
-          r.pct_read_bw = 100.0 * r.gbps / bw.read_gbps;
-          r.graph_nodes = backend->graph_nodes(c.batch);
-          r.launch = backend->describe(c.batch);
-          if (mode == CudaMode::Unfused) unfused_ms[{c.batch, c.ctx}] = r.ms.median;
-          auto it = unfused_ms.find({c.batch, c.ctx});
-          if (mode == CudaMode::Fused && it != unfused_ms.end()) r.ratio_vs_unfused = it->second / r.ms.median;
+          backend = std::make_unique<gpu::GpuBackend>(mode, model, kv, gb);
         } catch (const std::exception& e) {
-          r.status = "failed";
-          r.message = e.what();
+          setup_error = e.what();
         }
-        std::printf("  %-10s %-13s b%-2d ctx %-6d %s\n", model_name.c_str(), r.impl.c_str(), c.batch, c.ctx,
-                    r.status == "ok" ? format("%8.3f ms/step (forward %.3f ms), %5.1f%% of read bandwidth",
-                                              r.ms.median, r.forward_ms, r.pct_read_bw).c_str()
-                                     : (r.status + ": " + r.message).c_str());
-        std::fflush(stdout);
-        rows.push_back(r);
-        write_report(opt, device, bw, rows, t_start);
+        for (const Case& c : fitting) {
+          if (!opt.shared_plans && c.batch != plan_batch) continue;
+          Row r;
+          r.model = model_name;
+          r.impl = gpu::mode_name(mode);
+          r.batch = c.batch;
+          r.ctx = c.ctx;
+          const double kv_read = double(c.batch) * c.ctx * kv_bytes_per_position(config);
+          const double kv_write = double(c.batch) * kv_bytes_per_position(config);
+          r.bytes = double(model->step_weight_bytes()) + kv_read + kv_write + 2.0 * c.batch * config.hidden;
+          r.floor_ms = r.bytes / (bw.read_gbps * 1e9) * 1e3;
+          if (!backend) {
+            r.status = "failed";
+            r.message = "setup: " + setup_error;
+            rows.push_back(r);
+            continue;
+          }
+          const int pps = int(pool_pages / c.batch) >= pages_per_seq ? pages_per_seq : pages_for(c.ctx + 1);
+          try {
+            const Batch batch = decode_batch(c.batch, c.ctx, pps, config.vocab);
+            backend->stage_decode(batch);
+            for (int i = 0; i < opt.warmup; ++i) backend->replay_decode(c.batch);
+            backend->check_status();
+            std::vector<cuda::Event> start(size_t(opt.replays)), stop(size_t(opt.replays));
+            for (int i = 0; i < opt.replays; ++i) {
+              start[size_t(i)].record(backend->stream());
+              backend->replay_decode(c.batch);
+              stop[size_t(i)].record(backend->stream());
+            }
+            CF_CUDA_CHECK(cudaStreamSynchronize(backend->stream()));
+            std::vector<double> ms;
+            for (int i = 0; i < opt.replays; ++i) ms.push_back(stop[size_t(i)].elapsed_ms_since(start[size_t(i)]));
+            r.ms = summarize(ms);
+            backend->check_status();
+            // The same step through forward(): staging, replay, logits to the host.
+            std::vector<float> logits(size_t(c.batch) * size_t(config.vocab));
+            std::vector<double> fwd;
+            for (int i = 0; i < opt.forward_reps; ++i) {
+              const auto t0 = std::chrono::steady_clock::now();
+              backend->forward(batch, logits.data());
+              fwd.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+            }
+            r.forward_ms = summarize(fwd).median;
+            size_t non_finite = 0;
+            for (float x : logits) non_finite += std::isfinite(x) ? 0 : 1;
+            if (non_finite > 0) {
+              r.status = "failed";
+              r.message = format("%zu non-finite logits", non_finite);
+            }
+            r.gbps = r.bytes / (r.ms.median * 1e-3) / 1e9;
+            r.pct_read_bw = 100.0 * r.gbps / bw.read_gbps;
+            r.graph_nodes = backend->graph_nodes(c.batch);
+            r.launch = backend->describe(c.batch);
+            if (mode == CudaMode::Unfused) unfused_ms[{c.batch, c.ctx}] = r.ms.median;
+            auto it = unfused_ms.find({c.batch, c.ctx});
+            if (mode == CudaMode::Fused && it != unfused_ms.end()) r.ratio_vs_unfused = it->second / r.ms.median;
+          } catch (const std::exception& e) {
+            r.status = "failed";
+            r.message = e.what();
+          }
+          std::printf("  %-10s %-13s b%-2d ctx %-6d %s\n", model_name.c_str(), r.impl.c_str(), c.batch, c.ctx,
+                      r.status == "ok" ? format("%8.3f ms/step (forward %.3f ms), %5.1f%% of read bandwidth",
+                                                r.ms.median, r.forward_ms, r.pct_read_bw).c_str()
+                                       : (r.status + ": " + r.message).c_str());
+          std::fflush(stdout);
+          rows.push_back(r);
+          write_report(opt, device, bw, rows, t_start);
+        }
       }
     }
   }

@@ -244,6 +244,7 @@ class Impl {
   virtual void enqueue(const CaseData& d, int set, cudaStream_t stream) = 0;  // graph-capturable
   virtual void check(cudaStream_t stream) = 0;           // synchronises; throws on a device-side problem
   virtual std::string describe() const { return {}; }
+  virtual Json plan_json() const { return Json(); }  // what the plan decided (cluster size, max active clusters)
 };
 
 class UnfusedImpl final : public Impl {
@@ -337,9 +338,10 @@ class FusedImpl final : public Impl {
   std::string describe() const override {
     if (!ffn_.empty()) {
       const kffn::LaunchInfo& li = ffn_[0]->info();
-      return format("%d clusters x %d CTAs, U %d, down %d cols x %d tiles, %d blocks of %d rows, %d stages, %zu B "
-                    "smem, busiest CTA %.2f MB",
-                    li.clusters, li.cluster_size, li.stage_units, li.down_cols, li.down_tiles, li.blocks,
+      return format("%d clusters x %d CTAs (max active clusters of %d: %d%s), U %d, down %d cols x %d tiles, %d "
+                    "blocks of %d rows, %d stages, %zu B smem, busiest CTA %.2f MB",
+                    li.clusters, li.cluster_size, li.cluster_size, li.max_active_clusters,
+                    li.occupancy_queried ? "" : " assumed", li.stage_units, li.down_cols, li.down_tiles, li.blocks,
                     li.block_rows, li.stages, li.smem_bytes, double(li.max_cta_bytes) / 1e6);
     }
     if (!head_.empty()) {
@@ -348,6 +350,25 @@ class FusedImpl final : public Impl {
                     li.smem_bytes, double(li.max_cta_weight_bytes) / 1e6);
     }
     return {};
+  }
+  Json plan_json() const override {
+    Json j = Json::object();
+    if (!ffn_.empty()) {
+      const kffn::LaunchInfo& li = ffn_[0]->info();
+      j.set("cluster_size", li.cluster_size);
+      j.set("clusters", li.clusters);
+      j.set("max_active_clusters", li.max_active_clusters);
+      j.set("occupancy_queried", li.occupancy_queried);
+      j.set("stages", li.stages);
+    } else if (!head_.empty()) {
+      const klm::LaunchInfo& li = head_[0]->info();
+      j.set("cluster_size", 1);
+      j.set("clusters", li.ctas);
+      j.set("stages", li.stages);
+    } else {
+      return Json();
+    }
+    return j;
   }
 
  private:
@@ -389,6 +410,7 @@ struct Row {
   std::string status = "ok";
   std::string message;
   std::string config;
+  Json plan;
   GraphTiming timing;
   double ratio_vs_unfused = NAN;
   double max_diff_vs_unfused = NAN;
@@ -398,6 +420,7 @@ struct Row {
 void run_impl(Impl& impl, CaseData& data, const Options& opt, cudaStream_t stream, Row& row, Output& out) {
   impl.prepare(data);
   row.config = impl.describe();
+  row.plan = impl.plan_json();
   // One eager call on set 0 with poisoned outputs: proves every output is written and finite.
   const DeviceSet& s0 = data.sets[0];
   if (data.c.block == "ffn") {
@@ -567,11 +590,12 @@ int main_impl(int argc, char** argv) {
     j.set("model", r.c.model.name);
     j.set("dtype", cu::dtype_name(r.c.dtype));
     j.set("batch", r.c.batch);
-    j.set("kv_len", 0);  // (the row format of bench/decoder_attention, which gpu_check.sh's summary reads)
+    j.set("kv_len", 0);  // (the row format of bench/decoder_attention, which bench/gpu_summary.py reads)
     j.set("impl", r.impl);
     j.set("status", r.status);
     j.set("message", r.message);
     j.set("config", r.config);
+    if (!r.plan.is_null()) j.set("plan", r.plan);
     j.set("bytes", r.c.total_bytes());
     j.set("weight_bytes", r.c.weight_bytes());
     j.set("floor_us", double(r.c.total_bytes()) / (bw.read_gbps * 1e3));

@@ -241,6 +241,11 @@ void mbar_arrive_remote(void* bar, uint32_t rank, uint32_t tx_bytes, bool with_t
   Cta& target = g_launch->cluster.ctas[rank];
   const bool remote = rank != t->cta->rank;
   MbarState& m = barrier_at(t, target, off, loc, op, remote);
+  Launch& L = *g_launch;
+  if (remote && ++L.remote_arrivals == L.lose_remote_arrival) {  // fault injection: this peer never arrives
+    yield(t);
+    return;
+  }
   if (remote) m.remote_seq[t->cta->rank] = next_seq();
   if (with_tx) add_tx(t, m, tx_bytes, loc, op);
   arrive_one(t, target, off, m, loc, op);

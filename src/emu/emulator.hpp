@@ -193,6 +193,15 @@ struct Launch {
   uint64_t iter = 0;   // hub iterations
   uint64_t poll_streak = 0;
   uint64_t timeout_progress = ~0ull;  // seq when timed waiters were last woken without progress
+  // Virtual wall clock (dev::globaltimer_ns) = hub iterations (1 ns each: time passes with work, so waits that start
+  // later read a later clock) + stall_ns. When the timed waiters were woken and nothing happened since (a stall), the
+  // clock jumps by a step that doubles per consecutive stalled round: a bounded wait that can never complete
+  // expires after a few rounds. A stall longer than kMaxStallNs is reported as a deadlock.
+  uint64_t stall_ns = 0;
+  uint64_t stall_step_ns = 0;   // 0: no stalled round since the last progress
+  uint64_t stalled_ns = 0;      // virtual time spent in the current stall
+  uint64_t lose_remote_arrival = 0;  // fault injection: the nth remote arrival of the launch is dropped (0: none)
+  uint64_t remote_arrivals = 0;
   std::atomic<uint64_t> progress{0};  // read by the watchdog thread
   LaunchStats stats;
   std::vector<TempOpen> temp_open;

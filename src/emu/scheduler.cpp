@@ -35,6 +35,7 @@ constexpr uint64_t kLivelockPolls = 1u << 20;  // consecutive polls (nanosleep, 
 std::mutex g_launch_mutex;  // launches are serialised process-wide
 pthread_t g_launch_thread;
 LaunchStats g_last_stats;
+uint64_t g_lose_remote_arrival = 0;  // for the next launch (lose_remote_arrival)
 
 // ---- watchdog: a spin loop that never reaches a device-API call cannot be detected by the scheduler ----------------
 // Never destroyed: the detached watchdog thread waits on them until the process ends (glibc's condition-variable
@@ -343,8 +344,21 @@ void restore_temp_open(Launch& L) {
   L.temp_open.clear();
 }
 
+// Virtual time one stall may last before it is reported as a deadlock (far past any wait budget).
+constexpr uint64_t kMaxStallNs = uint64_t(60) * 1000 * 1000 * 1000;
+constexpr uint64_t kFirstStallStepNs = 1000;
+
 bool wake_timed_waiters(Launch& L) {
-  if (L.seq == L.timeout_progress) return false;  // nothing changed since the last round: a real deadlock
+  if (L.seq == L.timeout_progress) {
+    // Nothing changed since the last round: only the passing of time can end the stall (a bounded wait expiring).
+    if (L.stalled_ns >= kMaxStallNs) return false;  // a real deadlock
+    L.stall_step_ns = L.stall_step_ns == 0 ? kFirstStallStepNs : 2 * L.stall_step_ns;
+    L.stall_ns += L.stall_step_ns;
+    L.stalled_ns += L.stall_step_ns;
+  } else {
+    L.stall_step_ns = 0;
+    L.stalled_ns = 0;
+  }
   L.timeout_progress = L.seq;
   bool any = false;
   for (Thread& t : L.cluster.threads) {
@@ -808,6 +822,8 @@ void run_launch(const LaunchConfig& cfg, KernelInvoker invoke, const void* bound
   L->rng.state = L->seed * 0x2545f4914f6cdd1dull;
   L->stacks = stacks;
   L->stats.seed = L->seed;
+  L->lose_remote_arrival = g_lose_remote_arrival;
+  g_lose_remote_arrival = 0;
 
   // The fault handler runs on its own stack: fiber stacks are small and a stack overflow must be reportable.
   static thread_local std::vector<uint8_t> alt_stack(kAltStackBytes);
@@ -845,6 +861,11 @@ void run_launch(const LaunchConfig& cfg, KernelInvoker invoke, const void* bound
     watch_state().launch = nullptr;
   }
   if (L->failed) throw EmuError(L->error_kind, L->error);
+}
+
+void lose_remote_arrival(uint64_t nth) {
+  const std::lock_guard<std::mutex> lock(g_launch_mutex);
+  g_lose_remote_arrival = nth;
 }
 
 LaunchStats last_launch_stats() {

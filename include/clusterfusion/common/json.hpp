@@ -1,6 +1,7 @@
 // A small strict JSON reader (RFC 8259) for safetensors headers, config.json and tokenizer.json.
 // Bounded: input size, nesting depth and the number of values are limited, strings must be valid UTF-8, duplicate
-// keys are kept in order (find() returns the first). Errors throw cf::InputError naming the byte offset.
+// keys are kept in order (find() returns the last, as Python's json does). Errors throw cf::InputError naming the
+// byte offset.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -43,7 +44,7 @@ class Value {
   const Array& as_array(std::string_view what = "value") const;
   const Object& as_object(std::string_view what = "value") const;
 
-  // Object lookup: nullptr when absent (or when this is not an object).
+  // Object lookup: nullptr when absent (or when this is not an object); the last of duplicate keys.
   const Value* find(std::string_view key) const;
   // Object lookup that throws "json: missing key '<key>'" when absent.
   const Value& at(std::string_view key) const;
@@ -72,9 +73,46 @@ struct ParseLimits {
 // Parses a whole document; trailing non-whitespace is an error.
 Value parse(std::string_view text, const ParseLimits& limits = {});
 
+// A JSON string literal of valid UTF-8 text: quotes, backslashes and control characters escaped, and so are C1 controls
+// and bidirectional formatting characters (as \uXXXX, the same string to a JSON reader), so that the literal can
+// also be shown on a terminal as it is (common/text.hpp). Bytes of invalid UTF-8 become U+FFFD.
+std::string quote(std::string_view text);
+
 // Appends the UTF-8 encoding of a code point (used by escapes and by the tokenizers).
 void append_utf8(std::string& out, uint32_t code_point);
 // True when s is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
 bool is_valid_utf8(std::string_view s);
+
+// The server's responses: a writer of one JSON document front to back; commas and nesting are tracked, so a caller only says what comes next:
+//   Writer w; w.begin_object().key("n").value(1).key("s").value("x").end_object(); w.str() == {"n":1,"s":"x"}
+// Strings are escaped per RFC 8259; bytes that are not valid UTF-8 are written as U+FFFD, so the output is always
+// valid JSON. Misuse (a value where a key is due, unbalanced ends) throws cf::Error.
+class Writer {
+ public:
+  Writer& begin_object();
+  Writer& end_object();
+  Writer& begin_array();
+  Writer& end_array();
+  Writer& key(std::string_view k);
+  Writer& value(std::string_view s);
+  Writer& value(const char* s) { return value(std::string_view(s)); }
+  Writer& value(int64_t i);
+  Writer& value(int i) { return value(int64_t(i)); }
+  Writer& value(double d);  // finite numbers only (non-finite ones are written as null)
+  Writer& value(bool b);
+  Writer& null();
+  // The document so far; complete once every begin has its end.
+  const std::string& str() const { return out_; }
+
+ private:
+  void before_value();
+  std::string out_;
+  struct Level {
+    bool object;
+    bool empty = true;
+    bool key_written = false;
+  };
+  std::vector<Level> levels_;
+};
 
 }  // namespace cf::json

@@ -68,7 +68,11 @@
 //   every consumer is done (use an "empty" mbarrier per stage).
 // fences, atomics, misc:
 //   threadfence_block() threadfence() fence_cluster() (fence.acq_rel.cluster)   nanosleep(ns)
-//   atomic_add (u32, i32, u64), atomic_max/min (u32, i32), atomic_exch (u32), atomic_cas (u32): return old value
+//   globaltimer_ns()                   %globaltimer: wall time in ns (bounded waits). The emulator's is a virtual
+//                                      clock that advances only while no thread of the cluster can make progress
+//                                      (docs/emulator.md), so a wait that would complete never sees time pass
+//   atomic_add (u32, i32, u64), atomic_max (u32, i32, u64), atomic_min (u32, i32), atomic_exch (u32), atomic_cas
+//   (u32): return old value
 // warp (width a power of two <= 32; every non-exited lane named in mask must call with the same mask):
 //   shfl_sync(mask, v, src_lane, width) shfl_xor_sync(mask, v, lane_mask, width)
 //   shfl_down_sync(mask, v, delta, width) shfl_up_sync(mask, v, delta, width)   any trivially copyable v <= 8 bytes

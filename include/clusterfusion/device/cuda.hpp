@@ -210,6 +210,11 @@ CF_DEVICE void threadfence_block() { __threadfence_block(); }
 CF_DEVICE void threadfence() { __threadfence(); }
 CF_DEVICE void fence_cluster() { asm volatile("fence.acq_rel.cluster;" ::: "memory"); }
 CF_DEVICE void nanosleep(uint32_t ns) { __nanosleep(ns); }
+CF_DEVICE uint64_t globaltimer_ns() {
+  uint64_t ns;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+  return ns;
+}
 
 CF_DEVICE uint32_t atomic_add(uint32_t* p, uint32_t v) { return atomicAdd(p, v); }
 CF_DEVICE int32_t atomic_add(int32_t* p, int32_t v) { return atomicAdd(p, v); }
@@ -218,6 +223,9 @@ CF_DEVICE uint64_t atomic_add(uint64_t* p, uint64_t v) {
 }
 CF_DEVICE uint32_t atomic_max(uint32_t* p, uint32_t v) { return atomicMax(p, v); }
 CF_DEVICE int32_t atomic_max(int32_t* p, int32_t v) { return atomicMax(p, v); }
+CF_DEVICE uint64_t atomic_max(uint64_t* p, uint64_t v) {
+  return atomicMax(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));
+}
 CF_DEVICE uint32_t atomic_min(uint32_t* p, uint32_t v) { return atomicMin(p, v); }
 CF_DEVICE int32_t atomic_min(int32_t* p, int32_t v) { return atomicMin(p, v); }
 CF_DEVICE uint32_t atomic_exch(uint32_t* p, uint32_t v) { return atomicExch(p, v); }

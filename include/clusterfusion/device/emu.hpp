@@ -98,6 +98,7 @@ void bulk_copy_s2peer(void* dst, const void* src, uint32_t bytes, void* bar, uin
 void tma_load_2d(void* dst, const TensorMap& map, int32_t x, int32_t y, void* bar, SrcLoc loc);
 
 void nanosleep(uint32_t ns, SrcLoc loc);
+uint64_t globaltimer_ns(SrcLoc loc);
 void atomic_point(const void* p, SrcLoc loc);  // a scheduling point before each atomic
 void vector_access(const void* p, uint32_t bytes, bool global_nc, SrcLoc loc);  // alignment / space checks
 }  // namespace emu
@@ -202,6 +203,7 @@ inline void threadfence_block(emu::SrcLoc loc = emu::SrcLoc::current()) { emu::f
 inline void threadfence(emu::SrcLoc loc = emu::SrcLoc::current()) { emu::fence("threadfence", loc); }
 inline void fence_cluster(emu::SrcLoc loc = emu::SrcLoc::current()) { emu::fence("fence_cluster", loc); }
 inline void nanosleep(uint32_t ns, emu::SrcLoc loc = emu::SrcLoc::current()) { emu::nanosleep(ns, loc); }
+inline uint64_t globaltimer_ns(emu::SrcLoc loc = emu::SrcLoc::current()) { return emu::globaltimer_ns(loc); }
 
 namespace detail {
 template <typename T, typename Update>
@@ -226,6 +228,9 @@ inline uint32_t atomic_max(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLo
 }
 inline int32_t atomic_max(int32_t* p, int32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
   return detail::atomic_rmw(p, [v](int32_t o) { return o > v ? o : v; }, loc);
+}
+inline uint64_t atomic_max(uint64_t* p, uint64_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
+  return detail::atomic_rmw(p, [v](uint64_t o) { return o > v ? o : v; }, loc);
 }
 inline uint32_t atomic_min(uint32_t* p, uint32_t v, emu::SrcLoc loc = emu::SrcLoc::current()) {
   return detail::atomic_rmw(p, [v](uint32_t o) { return o < v ? o : v; }, loc);

@@ -178,6 +178,11 @@ struct LaunchStats {
   double seconds = 0;
 };
 LaunchStats last_launch_stats();
+
+// Fault injection for tests of the hang paths: the next emulated launch drops its nth remote mbarrier arrival
+// (arrive_remote / arrive_expect_tx_remote, counted from 1 across the launch), as if that peer never arrived.
+// 0 clears it. The setting is consumed by the next launch.
+void lose_remote_arrival(uint64_t nth);
 }  // namespace emu
 
 inline bool device_available() { return true; }

@@ -162,7 +162,7 @@ class ClusterReduceScatter {
     group_.sync();
     const uint32_t q = group_.rank;
     if (q < size() && q != rank_) bars_[calls_ & 1u].arrive_remote(q);
-    detail::wait_phase(bars_[calls_ & 1u], (calls_ >> 1) & 1u, limit_);
+    detail::wait_phase(bars_[calls_ & 1u], (calls_ >> 1) & 1u, limit_, calls_);
   }
   CF_DEVICE void exchange_end() {
     group_.sync();

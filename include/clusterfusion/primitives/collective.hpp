@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "clusterfusion/device/api.hpp"
+#include "clusterfusion/primitives/bounded_wait.hpp"
 
 namespace cf::prim {
 namespace dev = cf::dev;
@@ -73,13 +74,9 @@ struct ThreadGroup {
   }
 };
 
-// Optional bounded waiting (benchmarks, GPU tests): with a non-null flag in global memory, a wait that polls more
-// than `max_polls` times sets *flag = 1 and gives up (results are then garbage, but the kernel ends). Null: wait
-// forever (the emulator reports a deadlock instead).
-struct WaitLimit {
-  uint32_t* flag = nullptr;
-  uint32_t max_polls = 1u << 20;
-};
+// Optional bounded waiting (fused kernels, benchmarks, GPU tests): prim::WaitLimit (bounded_wait.hpp). With a
+// status word, a wait that exceeds the budget records `code` + the call index there and gives up (results are then
+// garbage, but the kernel ends); null: wait forever (the emulator reports a deadlock instead).
 
 namespace detail {
 
@@ -104,17 +101,10 @@ CF_HOST_DEVICE constexpr uint32_t block_bytes(uint32_t count) {
   return round_up(count * uint32_t(sizeof(T)), kVectorBytes);
 }
 
-CF_DEVICE void wait_phase(dev::Mbarrier& bar, uint32_t parity, const WaitLimit& limit) {
-  if (limit.flag == nullptr) {
-    bar.wait(parity);
-    return;
-  }
-  for (uint32_t polls = 0; !bar.try_wait(parity); ++polls) {
-    if (polls >= limit.max_polls) {
-      *static_cast<volatile uint32_t*>(limit.flag) = 1u;
-      return;
-    }
-  }
+// The handshake wait of call `call` of a collective (code offset: the call index, capped, so each call of a kernel's
+// collective object names its own wait).
+CF_DEVICE void wait_phase(dev::Mbarrier& bar, uint32_t parity, const WaitLimit& limit, uint32_t call = 0) {
+  (void)bounded_wait(bar, parity, limit, call < 15 ? call : 15);
 }
 
 CF_DEVICE bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -206,7 +196,7 @@ class LinearExchange {
     }
   }
 
-  CF_DEVICE void wait_ready() { wait_phase(ready_bar(), (calls_ >> 1) & 1u, limit_); }
+  CF_DEVICE void wait_ready() { wait_phase(ready_bar(), (calls_ >> 1) & 1u, limit_, calls_); }
 
   // Rank q's block of this call (after wait_ready, before finish); this rank's own send block for q == rank().
   CF_DEVICE const T* block_of(uint32_t q) {

@@ -138,9 +138,11 @@ std::string FusedDecoder::describe() const {
   if (!plans_->attention.empty()) {
     const da::LaunchInfo& a = plans_->attention[0].info();
     const kffn::LaunchInfo& f = plans_->ffn[0].info();
-    s += "attention " + std::to_string(a.clusters) + "x" + std::to_string(a.cluster_size) + " CTAs, " +
-         std::to_string(a.stages) + " stages; ffn " + std::to_string(f.clusters) + "x" +
-         std::to_string(f.cluster_size) + " CTAs, " + std::to_string(f.stages) + " stages; ";
+    s += "attention " + std::to_string(a.clusters) + "x" + std::to_string(a.cluster_size) + " CTAs (max active " +
+         std::to_string(a.max_active_clusters) + (a.occupancy_queried ? "" : " assumed") + ", " +
+         std::to_string(a.waves) + (a.waves == 1 ? " wave), " : " waves), ") + std::to_string(a.stages) +
+         " stages; ffn " + std::to_string(f.clusters) + "x" + std::to_string(f.cluster_size) + " CTAs (max active " +
+         std::to_string(f.max_active_clusters) + "), " + std::to_string(f.stages) + " stages; ";
   }
   const klm::LaunchInfo& h = plans_->lm_head->info();
   s += "lm_head " + std::to_string(h.ctas) + " CTAs, " + std::to_string(h.stages) + " stages";

@@ -5,7 +5,6 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -14,6 +13,7 @@
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/decoder_attention/launch.hpp"
 #include "clusterfusion/kernels/decoder_attention/traits.hpp"
+#include "clusterfusion/primitives/wait_status.hpp"
 #include "kernel_select.hpp"
 
 namespace cf::kernels::decoder_attention {
@@ -21,32 +21,10 @@ namespace cf::kernels::decoder_attention {
 
 namespace {
 
-Layout layout_for(int head_dim, int max_batch, int group, int cluster_size, int hidden, int n_kv_heads) {
-  return head_dim == 128 ? make_layout<128>(max_batch, group, cluster_size, hidden, n_kv_heads)
-                         : make_layout<64>(max_batch, group, cluster_size, hidden, n_kv_heads);
+Layout layout_for(int head_dim, int max_batch, int group, int cluster_size, int hidden) {
+  return head_dim == 128 ? make_layout<128>(max_batch, group, cluster_size, hidden)
+                         : make_layout<64>(max_batch, group, cluster_size, hidden);
 }
-
-}  // namespace
-
-int choose_cluster_size(const Shape& shape, int sm_count) {
-  const int units = shape.hidden / 32, row_units = shape.hidden / 16;
-  for (int n : {8, 4, 2})
-    if (shape.n_kv_heads * n <= sm_count && units >= n && row_units >= n) return n;
-  return 2;
-}
-
-struct Plan::Impl {
-  PlanConfig config;
-  LaunchInfo info;
-  KernelParams base{};
-  KernelFn kernels[2] = {nullptr, nullptr};
-  dev::DeviceBuffer<float> o_partial;
-  dev::DeviceBuffer<uint32_t> counters;
-  dev::DeviceBuffer<uint32_t> status;
-  dev::DeviceBuffer<uint64_t> trace;  // [grid][kTraceSlots] when config.trace
-};
-
-namespace {
 
 // Ring stages that fit beside the fixed buffers (0 when fewer than kMinStages fit).
 int stages_for(const Layout& layout, int max_stages) {
@@ -56,6 +34,23 @@ int stages_for(const Layout& layout, int max_stages) {
   if (max_stages > 0) stages = std::min(stages, max_stages);
   return stages >= kMinStages ? stages : 0;
 }
+
+// The layout, ring depth and shared memory of cluster size n (stages 0: the buffers leave too little room).
+struct SizeFit {
+  Layout layout;
+  int stages = 0;
+  size_t smem_bytes = 0;
+};
+SizeFit fit_for(const PlanConfig& config, int n) {
+  const Shape& s = config.shape;
+  SizeFit f;
+  f.layout = layout_for(s.head_dim, config.max_batch, s.group(), n, s.hidden);
+  f.stages = stages_for(f.layout, config.max_stages);
+  f.smem_bytes = size_t(f.layout.fixed_bytes) + size_t(f.stages) * f.layout.stage_bytes;
+  return f;
+}
+
+bool slices_fit(const Shape& s, int n) { return s.hidden / 32 >= n && s.hidden / 16 >= n; }
 
 #if defined(CF_DEVICE_CUDA)
 // How many clusters of `cluster` CTAs of this kernel the device can run at once (0 if the query fails).
@@ -90,6 +85,52 @@ int max_active_clusters(KernelFn fn, int cluster, size_t smem, int threads) {
 
 }  // namespace
 
+ClusterChoice choose_cluster_size(const PlanConfig& config, const Occupancy& occupancy) {
+  const Shape& s = config.shape;
+  auto check_fits = [&](int n) {
+    if (!slices_fit(s, n))
+      throw InputError("decoder_attention: hidden " + std::to_string(s.hidden) + " has " +
+                       std::to_string(s.hidden / 32) + " 32-column units, fewer than the cluster size " +
+                       std::to_string(n));
+    const SizeFit f = fit_for(config, n);
+    if (f.stages == 0)
+      throw InputError("decoder_attention: shared memory: " + std::to_string(f.layout.fixed_bytes) +
+                       " bytes of buffers (max_batch " + std::to_string(config.max_batch) + ", group " +
+                       std::to_string(s.group()) + ", cluster " + std::to_string(n) + ") leave room for fewer than " +
+                       std::to_string(kMinStages) + " ring stages (lower max_batch or raise the cluster size)");
+  };
+  auto waves_of = [&](int active) { return active > 0 ? (s.n_kv_heads + active - 1) / active : 0; };
+  if (config.cluster_size != 0) {  // the caller's size (waves 0: the device's occupancy says it cannot run it)
+    check_fits(config.cluster_size);
+    const int active = occupancy.of(config.cluster_size);
+    return {config.cluster_size, active, waves_of(active)};
+  }
+  ClusterChoice best;
+  for (int n : {16, 8, 4, 2}) {
+    const int active = occupancy.of(n);
+    if (!slices_fit(s, n) || active < 1 || fit_for(config, n).stages == 0) continue;
+    const int waves = waves_of(active);
+    if (best.cluster_size == 0 || waves < best.waves) best = {n, active, waves};  // ties keep the larger n
+  }
+  if (best.cluster_size == 0) {
+    check_fits(2);
+    throw InputError("decoder_attention: the device runs no cluster of 2, 4, 8 or 16 CTAs of this kernel");
+  }
+  return best;
+}
+
+struct Plan::Impl {
+  PlanConfig config;
+  LaunchInfo info;
+  KernelParams base{};
+  KernelFn kernels[2] = {nullptr, nullptr};
+  dev::DeviceBuffer<float> o_partial;
+  dev::DeviceBuffer<uint32_t> counters;
+  dev::DeviceBuffer<uint32_t> status;
+  dev::DeviceBuffer<uint64_t> trace;  // [grid][kTraceSlots] when config.trace
+  std::string failed;                 // the timeout of an earlier launch (run() refuses)
+};
+
 Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   validate_config(config);
   Impl& im = *impl_;
@@ -104,50 +145,28 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
     im.kernels[tiles - 1] =
         dt == dev::DType::F16 ? select_kernel_f16(s.head_dim, tiles) : select_kernel_bf16(s.head_dim, tiles);
 
-  // Cluster size: the config's, else $CF_DA_CLUSTER_SIZE (for experiments), else the launcher's choice; on the GPU a
-  // group count that fills at most half the SMs with clusters of 8 gets clusters of 16 (non-portable) when the
-  // device can run all of them at once.
-  int n = config.cluster_size;
-  if (n == 0) {
-    if (const char* env = std::getenv("CF_DA_CLUSTER_SIZE")) {
-      n = std::atoi(env);
-      if (n != 2 && n != 4 && n != 8 && n != 16)
-        throw InputError(std::string("decoder_attention: $CF_DA_CLUSTER_SIZE='") + env + "' is not 2, 4, 8 or 16");
-    }
-  }
-  if (n == 0) {
-    n = choose_cluster_size(s, sm_count);
+  // One wave: the cluster size whose n_kv_heads clusters the device runs at once (choose_cluster_size).
+  Occupancy occupancy = Occupancy::assumed(sm_count);
+  bool queried = false;
 #if defined(CF_DEVICE_CUDA)
-    if (n == 8 && s.n_kv_heads * 16 <= sm_count && units_total >= 16) {
-      const Layout l16 = layout_for(s.head_dim, config.max_batch, s.group(), 16, s.hidden, s.n_kv_heads);
-      const int st16 = stages_for(l16, config.max_stages);
-      const size_t smem16 = size_t(l16.fixed_bytes) + size_t(st16) * l16.stage_bytes;
-      if (st16 > 0 && max_active_clusters(im.kernels[config.max_batch <= 8 ? 0 : 1], 16, smem16, threads) >=
-                          s.n_kv_heads)
-        n = 16;
+  if (config.sm_count == 0) {
+    KernelFn fn = im.kernels[config.max_batch <= 8 ? 0 : 1];
+    int* counts[] = {&occupancy.clusters_of_2, &occupancy.clusters_of_4, &occupancy.clusters_of_8,
+                     &occupancy.clusters_of_16};
+    const int sizes[] = {2, 4, 8, 16};
+    for (int k = 0; k < 4; ++k) {
+      const SizeFit f = fit_for(config, sizes[k]);
+      *counts[k] = slices_fit(s, sizes[k]) && f.stages > 0 ? max_active_clusters(fn, sizes[k], f.smem_bytes, threads)
+                                                            : 0;
     }
+    queried = true;
+  }
 #endif
-  }
-  if (units_total < n)
-    throw InputError("decoder_attention: hidden " + std::to_string(s.hidden) + " has " + std::to_string(units_total) +
-                     " 32-column units, fewer than the cluster size " + std::to_string(n));
-
-  const Layout layout = layout_for(s.head_dim, config.max_batch, s.group(), n, s.hidden, s.n_kv_heads);
-  int max_stages = config.max_stages;  // $CF_DA_MAX_STAGES caps the ring for experiments (ring-depth sweeps)
-  if (max_stages == 0) {
-    if (const char* env = std::getenv("CF_DA_MAX_STAGES")) {
-      max_stages = std::atoi(env);
-      if (max_stages < kMinStages)
-        throw InputError(std::string("decoder_attention: $CF_DA_MAX_STAGES='") + env + "' is below " +
-                         std::to_string(kMinStages));
-    }
-  }
-  const int stages = stages_for(layout, max_stages);
-  if (stages == 0)
-    throw InputError("decoder_attention: shared memory: " + std::to_string(layout.fixed_bytes) +
-                     " bytes of buffers (max_batch " + std::to_string(config.max_batch) + ", group " +
-                     std::to_string(s.group()) + ", cluster " + std::to_string(n) + ") leave room for fewer than " +
-                     std::to_string(kMinStages) + " ring stages (lower max_batch or raise the cluster size)");
+  const ClusterChoice choice = choose_cluster_size(config, occupancy);
+  const int n = choice.cluster_size;
+  const SizeFit fit = fit_for(config, n);
+  const Layout& layout = fit.layout;
+  const int stages = fit.stages;
 
   const int head_dim = s.head_dim;
   const int o_blocks = o_blocks_max(s.hidden, n, head_dim);
@@ -155,10 +174,14 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   LaunchInfo& li = im.info;
   li.cluster_size = n;
   li.clusters = s.n_kv_heads;
+  li.max_active_clusters = choice.max_active_clusters;
+  li.waves = choice.waves;
+  li.occupancy_queried = queried;
   li.threads = threads;
   li.stages = stages;
   li.stage_bytes = layout.stage_bytes;
-  li.smem_bytes = size_t(layout.fixed_bytes) + size_t(stages) * layout.stage_bytes;
+  li.smem_bytes = fit.smem_bytes;
+  li.wait_budget_us = config.wait_budget_us;
 
 #if defined(CF_DEVICE_CUDA)
   // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).
@@ -229,18 +252,11 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   p.o_partial = im.o_partial.data();
   p.o_counters = im.counters.data();
   p.status = im.status.data();
-  // Bounded waits (GPU): $CF_DA_MAX_POLLS overrides, e.g. 0 (never give up) under compute-sanitizer's slow tools.
-  p.max_polls = 1u << 26;
-  if (const char* env = std::getenv("CF_DA_MAX_POLLS")) p.max_polls = uint32_t(std::strtoul(env, nullptr, 10));
+  p.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
   p.trace = config.trace ? im.trace.data() : nullptr;
   p.stages = stages;
-  // Ring items issued before the norm is done ($CF_DA_EARLY_STAGES for experiments; at most the ring).
-  int early = kDefaultEarlyStages;
-  if (const char* env = std::getenv("CF_DA_EARLY_STAGES")) {
-    early = std::atoi(env);
-    if (early < 0) throw InputError(std::string("decoder_attention: $CF_DA_EARLY_STAGES='") + env + "' is negative");
-  }
-  p.early_stages = std::min(early, stages);
+  // Ring items issued before the norm is done (at most the ring).
+  p.early_stages = std::min(config.early_stages >= 0 ? config.early_stages : kDefaultEarlyStages, stages);
   li.early_stages = p.early_stages;
   p.max_batch = config.max_batch;
   p.off_rs32 = layout.off_rs32;
@@ -270,6 +286,7 @@ const PlanConfig& Plan::config() const { return impl_->config; }
 
 void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   const Impl& im = *impl_;
+  if (!im.failed.empty()) throw Error("decoder_attention: the plan's earlier launch failed; " + im.failed);
   validate_step(step, im.config.max_batch, im.config.shape.hidden);
   KernelParams p = im.base;
   p.batch = step.batch;
@@ -322,6 +339,12 @@ void Plan::check_status(void* stream) {
   for (uint32_t w : words) any = any || w != 0;
   if (!any) return;
   impl_->status.fill_bytes(0);
+  const std::string timeout = prim::timeout_error("decoder_attention", words, kStatusTimeout, kStatusDrainTimeout,
+                                                  impl_->config.wait_budget_us, describe_wait_site);
+  if (!timeout.empty()) {  // a hang (a bug): fatal for this plan
+    impl_->failed = timeout;
+    throw Error(timeout);
+  }
   throw InputError("decoder_attention: device-side input check failed: " + describe_status(words));
 }
 

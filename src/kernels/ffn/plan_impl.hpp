@@ -11,6 +11,7 @@
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/kernels/ffn/traits.hpp"
+#include "clusterfusion/primitives/wait_status.hpp"
 #include "kernel_select.hpp"
 
 namespace cf::kernels::ffn {
@@ -84,6 +85,7 @@ struct Plan::Impl {
   dev::DeviceBuffer<float> partial;
   dev::DeviceBuffer<uint32_t> counters;
   dev::DeviceBuffer<uint32_t> status;
+  std::string failed;  // the timeout of an earlier launch (run() refuses)
 };
 
 Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
@@ -97,10 +99,13 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
 
   const int sm_count = config.sm_count > 0 ? config.sm_count : dev::sm_count("ffn");
   Occupancy occupancy = Occupancy::assumed(sm_count);
+  bool queried = false;
 #if defined(CF_DEVICE_CUDA)
-  if (config.sm_count == 0)
+  if (config.sm_count == 0) {
     occupancy = {active_clusters(im.kernels[0], 2), active_clusters(im.kernels[0], 4),
                  active_clusters(im.kernels[0], 8)};
+    queried = true;
+  }
 #endif
   const SplitChoice choice = choose_split(config, occupancy);
   const int n = choice.cluster_size;
@@ -120,6 +125,8 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   LaunchInfo& li = im.info;
   li.cluster_size = n;
   li.clusters = choice.clusters;
+  li.max_active_clusters = occupancy.of(n);
+  li.occupancy_queried = queried;
   li.threads = kThreads;
   li.stages = stages;
   li.stage_units = stage_units;
@@ -167,6 +174,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   p.partial = im.partial.data();
   p.counters = im.counters.data();
   p.status = im.status.data();
+  p.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
   p.stages = stages;
   p.off_small = layout.off_small;
   p.off_x = layout.off_x;
@@ -186,6 +194,7 @@ const PlanConfig& Plan::config() const { return impl_->config; }
 
 void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   const Impl& im = *impl_;
+  if (!im.failed.empty()) throw Error("ffn: the plan's earlier launch failed; " + im.failed);
   validate_step(step, im.config.max_batch);
   KernelParams p = im.base;
   p.batch = step.batch;
@@ -221,7 +230,9 @@ void Plan::check_status(void* stream) {
   for (uint32_t w : words) any = any || w != 0;
   if (!any) return;
   impl_->status.fill_bytes(0);
-  throw Error("ffn: device-side check failed: " + describe_status(words));
+  impl_->failed = prim::timeout_error("ffn", words, kStatusTimeout, kStatusDrainTimeout,
+                                      impl_->config.wait_budget_us, describe_wait_site);
+  throw Error(impl_->failed);
 }
 
 }  // namespace cf::kernels::ffn

@@ -9,6 +9,7 @@
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/lm_head/launch.hpp"
 #include "clusterfusion/kernels/lm_head/traits.hpp"
+#include "clusterfusion/primitives/wait_status.hpp"
 #include "kernel_select.hpp"
 
 namespace cf::kernels::lm_head {
@@ -22,6 +23,7 @@ struct Plan::Impl {
   dev::DeviceBuffer<int32_t> cand_index;
   dev::DeviceBuffer<uint32_t> counter;
   dev::DeviceBuffer<uint32_t> status;
+  std::string failed;  // the timeout of an earlier launch (run() refuses)
 };
 
 Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
@@ -87,6 +89,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   p.cand_index = im.cand_index.data();
   p.counter = im.counter.data();
   p.status = im.status.data();
+  p.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
   p.stages = stages;
   p.off_small = layout.off_small;
   p.off_x = layout.off_x;
@@ -104,6 +107,7 @@ const PlanConfig& Plan::config() const { return impl_->config; }
 
 void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   const Impl& im = *impl_;
+  if (!im.failed.empty()) throw Error("lm_head: the plan's earlier launch failed; " + im.failed);
   validate_step(step, im.config.max_batch);
   KernelParams p = im.base;
   p.batch = step.batch;
@@ -139,7 +143,9 @@ void Plan::check_status(void* stream) {
   for (uint32_t w : words) any = any || w != 0;
   if (!any) return;
   impl_->status.fill_bytes(0);
-  throw Error("lm_head: device-side check failed: " + describe_status(words));
+  impl_->failed = prim::timeout_error("lm_head", words, kStatusTimeout, kStatusDrainTimeout,
+                                      impl_->config.wait_budget_us, describe_wait_site);
+  throw Error(impl_->failed);
 }
 
 }  // namespace cf::kernels::lm_head

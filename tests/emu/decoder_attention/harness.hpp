@@ -40,6 +40,8 @@ struct Case {
   bool positions64 = false;
   bool null_last_page_len = false;  // only with page_size 1
   int max_batch = 0;                // 0: batch
+  int max_stages = 0;               // 0: as many ring stages as fit (PlanConfig::max_stages)
+  int64_t wait_budget_us = -1;      // -1: PlanConfig's default (the sanitizer cases raise it: tools run slower)
   int extra_pages = 3;              // unused pages in the pool
   bool in_place = false;            // residual_out aliases residual, out aliases hidden (the seed's in-place use)
   uint64_t seed = 1;
@@ -337,6 +339,8 @@ inline kda::PlanConfig plan_config(const Case& c, const HostInputs& in, DeviceIn
   }
   cfg.max_batch = c.max_batch > 0 ? c.max_batch : c.batch();
   cfg.cluster_size = c.cluster_size;
+  cfg.max_stages = c.max_stages;
+  if (c.wait_budget_us >= 0) cfg.wait_budget_us = c.wait_budget_us;
   return cfg;
 }
 

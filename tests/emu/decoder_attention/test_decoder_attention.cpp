@@ -171,6 +171,53 @@ TEST_P(Shapes, MatchesReference) { run_any(GetParam()); }
 INSTANTIATE_TEST_SUITE_P(DecoderAttentionEmu, Shapes, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
+// Rings of S = 4..13 stages (every depth a plan picks for the Llama shapes, batch 1..16) with more K/V items per CTA
+// and token than stages, so stages are reused inside the attention phase: the warp waiting for item i must not see
+// the phase of item i - S (the parity of an mbarrier wait tells only adjacent phases apart). One long token (2S + 1
+// items per CTA), one just past a lap (S + 2) and short ragged ones: 16 tokens (the largest batch, two batch tiles)
+// where the ring of S stages fits beside batch-16 buffers (S <= 8), else 2; cluster sizes 2 / 4 / 8 and head_dim
+// 64 / 128 (tiles of 64 / 32 positions) in turn. (Against round-robin consumption, S = 4..7 fail on every seed
+// tried: a read of an in-flight copy; S = 9..13 need a copy to land after one issued S - 8 items later, which the
+// emulator's delivery order makes rare.)
+std::vector<Case> ring_cases() {
+  std::vector<Case> cases;
+  for (int stages = kda::kMinStages; stages <= 13; ++stages) {
+    Case c;
+    c.name = "Stages" + std::to_string(stages);
+    c.dtype = stages % 4 == 1 ? dev::DType::BF16 : dev::DType::F16;
+    c.head_dim = stages % 2 == 0 || stages > 11 ? 64 : 128;  // (13 stages of 16 KB leave too little for hd 128)
+    c.cluster_size = stages % 3 == 0 ? 2 : stages % 3 == 1 ? 4 : 8;
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 1, c.page_size = 16, c.max_stages = stages;
+    const int tile = c.head_dim == 128 ? 32 : 64, per_item = tile * c.cluster_size;
+    c.kv_lens.clear();
+    const int batch = stages <= 8 ? kda::kMaxBatch : 2;
+    for (int b = 0; b < batch; ++b) c.kv_lens.push_back(1 + (b * 37) % 90);
+    c.kv_lens.front() = per_item * (2 * stages + 1) - tile / 2;  // the last item of each CTA is partial
+    c.kv_lens.back() = per_item * (stages + 2);
+    c.seed = uint64_t(100 + stages);
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+class RingDepth : public ::testing::TestWithParam<Case> {};
+
+TEST_P(RingDepth, StagesReusedWithinAToken) {
+  const Case& c = GetParam();
+  {  // the plan really has S stages (the shape leaves room for more)
+    const HostInputs in = make_inputs<half>(c);
+    DeviceInputs d;
+    upload_inputs(c, in, d);
+    const kda::Plan plan(plan_config(c, in, d));
+    ASSERT_EQ(plan.info().stages, c.max_stages);
+    ASSERT_EQ(plan.info().cluster_size, c.cluster_size);
+  }
+  run_any(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(DecoderAttentionEmu, RingDepth, ::testing::ValuesIn(ring_cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
 }  // namespace
 }  // namespace cf::test::da
 
@@ -320,6 +367,65 @@ TEST(DecoderAttentionEmu, PositionPastTheRopeTableIsReported) {
   plan.run(step_args(c, in, d));
   EXPECT_THROW(plan.check_status(), InputError);
   EXPECT_TRUE(std::isnan(from_bits16<half>(d.out.download()[0])));
+}
+
+// ---- hangs end as a status, not a hang ------------------------------------------------------------------------------
+// A peer that never arrives (the emulator drops the nth remote arrival of the launch): the waiting CTA's wait expires
+// (the emulator's clock advances only while nothing can progress), the CTA runs to its end without waiting, its
+// producer drains the copies it issued (the emulator would report a copy into the shared memory of an exited block),
+// and check_status() names the kernel, the wait and the block; the plan refuses further launches.
+void expect_timeout(uint64_t lost_arrival, const char* site) {
+  Case c = all_cases()[1];  // GQA, bf16, three tokens, cluster 4: 5 collectives, 3 arrivals each per CTA
+  const HostInputs in = make_inputs<bfloat16>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::PlanConfig cfg = plan_config(c, in, d);
+  cfg.wait_budget_us = 5000;
+  kda::Plan plan(cfg);
+  dev::emu::lose_remote_arrival(lost_arrival);
+  plan.run(step_args(c, in, d));
+  try {
+    plan.check_status();
+    ADD_FAILURE() << "check_status did not throw";
+  } catch (const InputError& e) {
+    ADD_FAILURE() << "an input error instead of the timeout: " << e.what();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("decoder_attention: a wait inside the kernel timed out after 5 ms in block "), std::string::npos)
+        << m;
+    EXPECT_NE(m.find(site), std::string::npos) << "wanted '" << site << "' in: " << m;
+    EXPECT_EQ(m.find("still in flight"), std::string::npos) << m;
+  }
+  try {
+    plan.run(step_args(c, in, d));
+    ADD_FAILURE() << "run() after a timeout did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("earlier launch failed"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DecoderAttentionEmu, LostArrivalInTheNormExchangeTimesOut) {
+  expect_timeout(1, "norm: all-gather of the sums of squares");
+}
+TEST(DecoderAttentionEmu, LostArrivalInTheSoftmaxExchangeTimesOut) {
+  // 4 CTAs x 3 peers x 3 collectives before it (norm, QKV reduce-scatter, QKV all-gather): arrival 37 is in the
+  // softmax-state reduce-scatter, when the K/V ring is busy
+  expect_timeout(4 * 3 * 3 + 1, "attention: reduce-scatter of the softmax states");
+}
+
+// The same launch without a lost arrival: the budget changes nothing (a wait that completes never expires).
+TEST(DecoderAttentionEmu, ShortWaitBudgetKeepsTheBits) {
+  Case c = all_cases()[1];
+  const HostInputs in = make_inputs<bfloat16>(c);
+  const RunResult base = run_case(c, in);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::PlanConfig cfg = plan_config(c, in, d);
+  cfg.wait_budget_us = 1;
+  kda::Plan plan(cfg);
+  plan.run(step_args(c, in, d));
+  EXPECT_NO_THROW(plan.check_status());
+  EXPECT_EQ(d.out.download(), base.out);
 }
 
 // ---- host-side validation ----------------------------------------------------------------------------------------
@@ -489,6 +595,72 @@ TEST(DecoderAttentionEmu, SeedEntryPointMatchesReference) {
 
 namespace cf::test::da {
 namespace {
+
+// ---- one wave: the cluster size from the device's occupancy (injected here) -------------------------------------
+
+kda::PlanConfig llama_config(int n_kv_heads, int max_batch = 1) {
+  kda::PlanConfig cfg;
+  cfg.shape.hidden = 4096, cfg.shape.n_heads = 32, cfg.shape.n_kv_heads = n_kv_heads, cfg.shape.head_dim = 128;
+  cfg.max_batch = max_batch;
+  return cfg;
+}
+
+TEST(DecoderAttentionPlan, MeasuredH100RunsLlama2InOneWaveOfPairs) {
+  // cudaOccupancyMaxActiveClusters on the H100 of the first runs (FFN plan): 66 / 30 / 15 clusters of 2 / 4 / 8;
+  // 16 is a guess. 32 clusters of 4 would leave 2 for a second wave.
+  const kda::Occupancy h100{66, 30, 15, 7};
+  for (int max_batch : {1, 8, 16}) {
+    const kda::ClusterChoice c = kda::choose_cluster_size(llama_config(32, max_batch), h100);
+    EXPECT_EQ(c.cluster_size, 2) << "max_batch " << max_batch;
+    EXPECT_EQ(c.max_active_clusters, 66);
+    EXPECT_EQ(c.waves, 1);
+  }
+  const kda::ClusterChoice l3 = kda::choose_cluster_size(llama_config(8), h100);  // 8 clusters of 8 fit, of 16 not
+  EXPECT_EQ(l3.cluster_size, 8);
+  EXPECT_EQ(l3.waves, 1);
+}
+
+TEST(DecoderAttentionPlan, LargestClusterThatFitsOneWave) {
+  const kda::Occupancy full_gpcs{66, 33, 16, 8};  // whole GPCs: 32 clusters of 4 fit at once
+  EXPECT_EQ(kda::choose_cluster_size(llama_config(32), full_gpcs).cluster_size, 4);
+  EXPECT_EQ(kda::choose_cluster_size(llama_config(8), full_gpcs).cluster_size, 16);  // non-portable, all resident
+  // the emulator's assumption (132 SMs, no clusters of 16): the cluster sizes the emulator tests were written for
+  const kda::Occupancy assumed = kda::Occupancy::assumed(132);
+  EXPECT_EQ(kda::choose_cluster_size(llama_config(32), assumed).cluster_size, 4);
+  EXPECT_EQ(kda::choose_cluster_size(llama_config(8), assumed).cluster_size, 8);
+}
+
+TEST(DecoderAttentionPlan, FewestWavesWhenNoneFitsOneAndTheCallersSize) {
+  kda::PlanConfig many = llama_config(32);
+  many.shape.hidden = 12800, many.shape.n_heads = 100, many.shape.n_kv_heads = 100;
+  const kda::ClusterChoice c = kda::choose_cluster_size(many, kda::Occupancy{66, 30, 15, 7});
+  EXPECT_EQ(c.cluster_size, 2);  // 2 waves (4: 4, 8: 7, 16: 15)
+  EXPECT_EQ(c.waves, 2);
+  kda::PlanConfig fixed = llama_config(32);
+  fixed.cluster_size = 4;  // the caller's size is kept; the waves say what it costs
+  const kda::ClusterChoice f = kda::choose_cluster_size(fixed, kda::Occupancy{66, 30, 15, 7});
+  EXPECT_EQ(f.cluster_size, 4);
+  EXPECT_EQ(f.waves, 2);
+  kda::PlanConfig narrow = llama_config(2);
+  narrow.shape.hidden = 64, narrow.shape.n_heads = 2, narrow.shape.head_dim = 64;  // 2 units: clusters of 2 only
+  EXPECT_EQ(kda::choose_cluster_size(narrow, kda::Occupancy{66, 30, 15, 7}).cluster_size, 2);
+  EXPECT_THROW(kda::choose_cluster_size(llama_config(32), kda::Occupancy{}), InputError);  // the device runs none
+}
+
+TEST(DecoderAttentionPlan, PlanReportsItsChoice) {
+  Case c = all_cases()[1];
+  c.cluster_size = 0;
+  const HostInputs in = make_inputs<bfloat16>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  const kda::Plan plan(plan_config(c, in, d));
+  const kda::LaunchInfo& li = plan.info();
+  EXPECT_EQ(li.cluster_size, 8);  // hidden 256: 8 units; 2 clusters of 8 fit the assumed 16 at once
+  EXPECT_EQ(li.max_active_clusters, 16);
+  EXPECT_EQ(li.waves, 1);
+  EXPECT_FALSE(li.occupancy_queried);
+  EXPECT_EQ(li.wait_budget_us, 20000);
+}
 
 TEST(DecoderAttentionHost, PageTableValidationNamesTheEntry) {
   const std::vector<int32_t> indptr = {0, 2, 5}, indices = {3, 1, 0, 2, 4}, last = {16, 9}, pos = {31, 40};

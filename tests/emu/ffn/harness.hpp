@@ -27,6 +27,7 @@ struct Case {
   int cluster_size = 2;  // 0: automatic
   int max_clusters = 3;  // 0: as many as the (assumed) device runs
   int stage_units = 0;   // 0: default
+  int64_t wait_budget_us = -1;  // -1: PlanConfig's default (the sanitizer cases raise it: tools run 10-100x slower)
   int max_stages = 0;
   int max_batch = 0;     // 0: batch
   bool residual = true;
@@ -188,6 +189,7 @@ inline kffn::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
   cfg.cluster_size = c.cluster_size;
   cfg.max_clusters = c.max_clusters;
   cfg.stage_units = c.stage_units;
+  if (c.wait_budget_us >= 0) cfg.wait_budget_us = c.wait_budget_us;
   cfg.max_stages = c.max_stages;
   return cfg;
 }

@@ -163,6 +163,31 @@ TEST(FfnEmu, BatchOneAloneEqualsBatchRow) {
   EXPECT_TRUE(std::equal(alone.out.begin(), alone.out.end(), all.out.begin() + H));
 }
 
+// A peer that never arrives (the emulator drops the first remote arrival: the sums of squares of the norm): the wait
+// expires, the CTA runs to its end without waiting, its producer drains its copies (the emulator would report a copy
+// landing in an exited block), and check_status() names the kernel and the wait; the plan refuses further launches.
+TEST(FfnEmu, LostArrivalTimesOut) {
+  Case c = all_cases()[1];
+  const HostInputs in = make_inputs<bfloat16>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kffn::PlanConfig cfg = plan_config(c, d);
+  cfg.wait_budget_us = 3000;
+  kffn::Plan plan(cfg);
+  dev::emu::lose_remote_arrival(1);
+  plan.run(step_args(c, d));
+  try {
+    plan.check_status();
+    ADD_FAILURE() << "check_status did not throw";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("ffn: a wait inside the kernel timed out after 3 ms in block "), std::string::npos) << m;
+    EXPECT_NE(m.find("norm: waiting for the cluster peers' sums of squares"), std::string::npos) << m;
+    EXPECT_EQ(m.find("still in flight"), std::string::npos) << m;
+  }
+  EXPECT_THROW(plan.run(step_args(c, d)), Error);
+}
+
 // ---- the launcher's split -------------------------------------------------------------------------------------------
 
 kffn::PlanConfig shape_only(int hidden, int ffn_hidden) {

@@ -30,6 +30,7 @@ struct Case {
   int max_ctas = 4;     // 0: one per SM (132 assumed by the emulator)
   int stage_units = 0;  // 0: default
   int max_batch = 0;    // 0: batch
+  int64_t wait_budget_us = -1;  // -1: PlanConfig's default (the sanitizer cases raise it: tools run 10-100x slower)
   bool residual = true;
   bool logits = true, tokens = true;
   std::vector<int> tied_rows;  // rows made identical and the largest logit of every token (lowest must win)
@@ -140,6 +141,7 @@ inline klm::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
   cfg.max_batch = c.max_batch > 0 ? c.max_batch : c.batch;
   cfg.max_ctas = c.max_ctas;
   cfg.stage_units = c.stage_units;
+  if (c.wait_budget_us >= 0) cfg.wait_budget_us = c.wait_budget_us;
   return cfg;
 }
 

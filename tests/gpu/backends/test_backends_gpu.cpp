@@ -2,7 +2,7 @@
 // to end, under the rule of agreement.hpp: teacher-forced lockstep decode of 1 and 4 sequences, >= 32 generated
 // tokens each, logits within the end-to-end tolerance at every step, equal greedy tokens wherever the cpu's top-2
 // margin allows. Models: the default model (SmolLM2-135M-Instruct Q4_1) when it is in the cache, else the model
-// file $CF_GPU_TEST_MODEL (bench/gpu_check.sh points it at the default model cut to its first blocks by
+// file $CF_GPU_TEST_MODEL (bench/gpu_first.sh points it at the default model cut to its first blocks by
 // scripts/truncate_gguf.py: real tokenizer and Q4_1 weights), else a random Q4_1 model of its shape; random models of the SmolLM2 shape (head_dim 64, GQA 9/3) and of a small Llama shape with
 // head_dim 128. Also: graph replay bit-identical to eager launches, batched prefill (cuda-unfused blocks) followed by
 // decode, and prefill through the decode graphs bit-identical to lockstep decode.

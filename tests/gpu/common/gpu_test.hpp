@@ -19,6 +19,34 @@
 
 namespace cf::test {
 
+// The fused kernels' wait budget in the *Sanitizer* cases: compute-sanitizer's tools slow a kernel 10-1000x, so the
+// default (20 ms, PlanConfig::wait_budget_us) would cut legitimate waits short there.
+inline constexpr int64_t kSanitizerWaitBudgetUs = 30'000'000;
+
+// The hang path on the hardware: `run` launches a plan whose wait budget is 1 us, so real waits expire (a weight
+// tile takes longer to land) and the abort path runs for real: the launch must end promptly, `check` (the plan's
+// check_status) name a timed-out wait of `kernel` with no copy left in flight (the drain), and `run` be refused
+// afterwards. (If no wait happened to expire, only the promptness is checked.)
+inline void expect_prompt_timeout(const std::string& kernel, const std::function<void()>& run,
+                                  const std::function<void()>& check) {
+  const auto t0 = std::chrono::steady_clock::now();
+  run();
+  std::string message;
+  try {
+    check();
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("%s with a 1 us wait budget: %.3f s, %s\n", kernel.c_str(), secs,
+              message.empty() ? "(no wait expired)" : message.c_str());
+  EXPECT_LT(secs, 1.0);
+  if (message.empty()) return;
+  EXPECT_NE(message.find(kernel + ": a wait inside the kernel timed out after 1 us"), std::string::npos) << message;
+  EXPECT_EQ(message.find("still in flight"), std::string::npos) << message;
+  EXPECT_ANY_THROW(run());
+}
+
 // True when a CUDA device of compute capability >= 9.0 is present; prints the device once.
 inline bool hopper_available() {
   if (!cf::dev::device_available()) return false;

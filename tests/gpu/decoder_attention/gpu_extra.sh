@@ -1,29 +1,30 @@
 #!/usr/bin/env bash
-# Extra GPU checks of the fused decoder attention block, to run on a lent GPU machine AFTER bench/gpu_check.sh has
-# configured and built (build/default), from the repository root:
+# Extra GPU checks of the fused decoder attention block, to run on a lent GPU machine AFTER bench/gpu_first.sh has
+# configured and built (build/gpu-tests, build/gpu-bench), from the repository root:
 #
 #     bash tests/gpu/decoder_attention/gpu_extra.sh
 #
-# Steps (each time-boxed; the whole script stays under CF_DA_BUDGET seconds, default 240):
+# Steps (each time-boxed; the whole script stays under CF_GPU_EXTRA_BUDGET seconds, default 240):
 #   sanitizers  compute-sanitizer memcheck / racecheck / synccheck on the small cases (DecoderAttentionGpuSanitizer.*)
 #   sass        instruction mix of the fused kernels (HMMA, UTMALDG, UBLKCP, LDS, local memory) from cuobjdump
 #   trace       per-phase times of every CTA (DecoderAttentionGpuTrace.PhaseTimes; also part of ctest -L gpu)
-#   ring        Llama-2-7B batch 1, KV 1K / 16K with rings of 6 / 9 stages (CF_DA_MAX_STAGES) and 0 / all early
-#               stages (CF_DA_EARLY_STAGES), fused only: is the depth or the start-up go barrier a factor?
-#   clusters    Llama-3-8B batch 1 with clusters of 8 and of 16 CTAs (CF_DA_CLUSTER_SIZE), fused only
+#   ring        Llama-2-7B batch 1, KV 1K / 16K with rings of 6 / 9 stages (--max-stages) and 0 / all early
+#               stages (--early-stages), fused only: is the depth or the start-up go barrier a factor?
+#   clusters    Llama-2-7B batch 1 with clusters of 2 / 4 (one wave / two where 30 clusters of 4 fit) and Llama-3-8B
+#               with clusters of 8 / 16 (--cluster-size), fused only
 #   ncu         Nsight Compute on one fused call (Llama-2-7B, KV 1K, batch 1): DRAM throughput, occupancy, stalls
-# Output: $OUT/da_extra.txt (default OUT=build/gpu_check_out).
+# Output: $OUT/da_extra.txt (default OUT=build/gpu_first_out).
 set -u -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$ROOT" || exit 1
-OUT="${OUT:-$ROOT/build/gpu_check_out}"
+OUT="${OUT:-$ROOT/build/gpu_first_out}"
 mkdir -p "$OUT"
 LOG="$OUT/da_extra.txt"
-BUDGET="${CF_DA_BUDGET:-240}"
+BUDGET="${CF_GPU_EXTRA_BUDGET:-240}"
 T0=$(date +%s)
-BIN="$ROOT/build/default/tests/gpu/decoder_attention/cf_test_decoder_attention_gpu"
-BENCH="$ROOT/build/default/bench/decoder_attention/cf_bench_decoder_attention"
-LIB_OBJS="$ROOT/build/default/src/kernels/CMakeFiles/cf_kernels.dir/decoder_attention"
+BIN="$ROOT/build/gpu-tests/tests/gpu/decoder_attention/cf_test_decoder_attention_gpu"
+BENCH="$ROOT/build/gpu-bench/bench/decoder_attention/cf_bench_decoder_attention"
+LIB_OBJS="$ROOT/build/gpu-bench/src/kernels/CMakeFiles/cf_kernels.dir/decoder_attention"
 export PATH="$PATH:/usr/local/cuda/bin"
 
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -42,7 +43,7 @@ step() {  # name, seconds, command...
   [ -x "$BIN" ] || echo "NOTE: $BIN not built (cmake --build --preset default --target cf_test_decoder_attention_gpu)"
   if [ -x "$BIN" ] && command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck synccheck; do
-      step "compute-sanitizer $tool" 90 env CF_DA_MAX_POLLS=0 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      step "compute-sanitizer $tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
         "$BIN" --gtest_filter='DecoderAttentionGpuSanitizer.*' --gtest_brief=1
     done
   fi
@@ -60,13 +61,18 @@ step() {  # name, seconds, command...
     step "phase trace" 60 "$BIN" --gtest_filter='DecoderAttentionGpuTrace.*'
   fi
   if [ -x "$BENCH" ]; then
-    for knob in CF_DA_MAX_STAGES=6 CF_DA_MAX_STAGES=9 CF_DA_EARLY_STAGES=0 CF_DA_EARLY_STAGES=16; do
-      step "Llama-2-7B with $knob" 40 env "$knob" "$BENCH" --models llama2 --kv 1024,16384 --batch 1 --impl fused \
-        --no-breakdown --json "/tmp/da_${knob}.json"
+    for knob in "--max-stages 6" "--max-stages 9" "--early-stages 0" "--early-stages 16"; do
+      # shellcheck disable=SC2086
+      step "Llama-2-7B with $knob" 40 "$BENCH" --models llama2 --kv 1024,16384 --batch 1 --impl fused $knob \
+        --no-breakdown --json "/tmp/da_${knob// /_}.json"
+    done
+    for n in 2 4; do
+      step "Llama-2-7B with clusters of $n" 40 "$BENCH" --models llama2 --kv 1024,16384 --batch 1 --impl fused \
+        --cluster-size $n --no-breakdown --json "/tmp/da_llama2_cluster$n.json"
     done
     for n in 8 16; do
-      step "Llama-3-8B with clusters of $n" 40 env CF_DA_CLUSTER_SIZE=$n "$BENCH" --models llama3 --kv 1024,16384 \
-        --batch 1 --impl fused --no-breakdown --json "/tmp/da_cluster$n.json"
+      step "Llama-3-8B with clusters of $n" 40 "$BENCH" --models llama3 --kv 1024,16384 --batch 1 --impl fused \
+        --cluster-size $n --no-breakdown --json "/tmp/da_cluster$n.json"
     done
   fi
   if [ -x "$BENCH" ] && command -v ncu >/dev/null; then

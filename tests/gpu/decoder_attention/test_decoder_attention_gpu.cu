@@ -117,6 +117,20 @@ TEST(DecoderAttentionGpu, Llama2Batch16) {
   check_any(model_case("llama2", 512, 16));
 }
 
+// ---- the hang path on the hardware (expect_prompt_timeout), then a fresh plan on the same context: the right answer
+TEST(DecoderAttentionGpu, TinyWaitBudgetEndsPromptlyWithATimeout) {
+  REQUIRE_HOPPER();
+  const Case c = model_case("llama2", 1024, 1);
+  const HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kda::PlanConfig cfg = plan_config(c, in, d);
+  cfg.wait_budget_us = 1;
+  kda::Plan plan(cfg);
+  expect_prompt_timeout("decoder_attention", [&] { plan.run(step_args(c, in, d)); }, [&] { plan.check_status(); });
+  check_any(c);  // a fresh plan (default budget) on the same context: the right answer
+}
+
 // ---- where the time goes: per-phase SM-clock timestamps of every CTA (PlanConfig::trace) ------------------------
 // Prints, per case, the median and the slowest CTA of each phase interval (no reference, no assertion on time: the
 // numbers are for docs/attention.md; the test fails only if the trace is missing or out of order).
@@ -214,6 +228,7 @@ Case small_case(int which) {
     c.rope_style = RopeStyle::GPTJ, c.bias = true, c.page_size = 1, c.cluster_size = 8, c.layer_table = true;
     c.cos_sin_table = true, c.positions64 = true;
   }
+  c.wait_budget_us = kSanitizerWaitBudgetUs;
   return c;
 }
 

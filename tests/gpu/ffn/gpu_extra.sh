@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# Extra GPU checks of the fused FFN block and the LM head, to run on a lent GPU machine AFTER bench/gpu_check.sh has
-# configured and built (build/default), from the repository root:
+# Extra GPU checks of the fused FFN block and the LM head, to run on a lent GPU machine AFTER bench/gpu_first.sh has
+# configured and built (build/gpu-tests, build/gpu-bench), from the repository root:
 #
 #     bash tests/gpu/ffn/gpu_extra.sh
 #
-# Steps (each time-boxed; the whole script stays under CF_FFN_BUDGET seconds, default 240):
+# Steps (each time-boxed; the whole script stays under CF_GPU_EXTRA_BUDGET seconds, default 240):
 #   sanitizers  compute-sanitizer memcheck / racecheck / synccheck on the small cases (*GpuSanitizer.*)
 #   sweep       cf_bench_ffn: the stage-units variants 2 / 4 / 8 at batch 1, 8, 16 (FFN and LM head, Llama-2-7B)
 #   ncu         Nsight Compute on one fused FFN call (Llama-2-7B, batch 1): DRAM throughput, occupancy, stalls
-# Output: $OUT/ffn_extra.txt (default OUT=build/gpu_check_out).
+# Output: $OUT/ffn_extra.txt (default OUT=build/gpu_first_out).
 set -u -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$ROOT" || exit 1
-OUT="${OUT:-$ROOT/build/gpu_check_out}"
+OUT="${OUT:-$ROOT/build/gpu_first_out}"
 mkdir -p "$OUT"
 LOG="$OUT/ffn_extra.txt"
-BUDGET="${CF_FFN_BUDGET:-240}"
+BUDGET="${CF_GPU_EXTRA_BUDGET:-240}"
 T0=$(date +%s)
-FFN_BIN="$ROOT/build/default/tests/gpu/ffn/cf_test_ffn_gpu"
-HEAD_BIN="$ROOT/build/default/tests/gpu/lm_head/cf_test_lm_head_gpu"
-BENCH="$ROOT/build/default/bench/ffn/cf_bench_ffn"
+FFN_BIN="$ROOT/build/gpu-tests/tests/gpu/ffn/cf_test_ffn_gpu"
+HEAD_BIN="$ROOT/build/gpu-tests/tests/gpu/lm_head/cf_test_lm_head_gpu"
+BENCH="$ROOT/build/gpu-bench/bench/ffn/cf_bench_ffn"
 export PATH="$PATH:/usr/local/cuda/bin"
 
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }

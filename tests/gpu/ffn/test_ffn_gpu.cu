@@ -91,6 +91,20 @@ TEST(FfnGpu, Llama2Batch16) {
   check_any(model_case("llama2", 16));
 }
 
+// The hang path on the hardware (expect_prompt_timeout), then a fresh plan on the same context: the right answer.
+TEST(FfnGpu, TinyWaitBudgetEndsPromptlyWithATimeout) {
+  REQUIRE_HOPPER();
+  const Case c = model_case("llama2", 1);
+  const HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  kffn::PlanConfig cfg = plan_config(c, d);
+  cfg.wait_budget_us = 1;
+  kffn::Plan plan(cfg);
+  expect_prompt_timeout("ffn", [&] { plan.run(step_args(c, d)); }, [&] { plan.check_status(); });
+  check_any(c);
+}
+
 // ---- small cases, fast under compute-sanitizer (memcheck, racecheck, synccheck) ------------------------------------
 
 TEST(FfnGpuSanitizer, SmolLM2Batch3) {
@@ -98,6 +112,7 @@ TEST(FfnGpuSanitizer, SmolLM2Batch3) {
   Case c;
   c.name = "SanitizerSmolLM2";
   c.hidden = 576, c.ffn_hidden = 1536, c.batch = 3, c.cluster_size = 4, c.max_clusters = 6;
+  c.wait_budget_us = kSanitizerWaitBudgetUs;
   check_any(c, /*graph_check=*/true);
 }
 TEST(FfnGpuSanitizer, UnevenCluster8Bf16Batch11InPlace) {
@@ -107,6 +122,7 @@ TEST(FfnGpuSanitizer, UnevenCluster8Bf16Batch11InPlace) {
   c.dtype = dev::DType::BF16;
   c.hidden = 288, c.ffn_hidden = 528, c.batch = 11, c.cluster_size = 8, c.max_clusters = 5, c.stage_units = 8;
   c.in_place = true;
+  c.wait_budget_us = kSanitizerWaitBudgetUs;
   const HostInputs in = make_inputs<bfloat16>(c);
   const Oracle o = make_oracle<bfloat16>(c, in);
   const CheckReport rep = check_result<bfloat16>(c, o, run_case(c, in));

@@ -92,6 +92,20 @@ TEST(LmHeadGpu, Llama3Batch8Bf16) {
   check_any(model_case("llama3", 8, dev::DType::BF16));
 }
 
+// The hang path on the hardware (expect_prompt_timeout), then a fresh plan on the same context: the right answer.
+TEST(LmHeadGpu, TinyWaitBudgetEndsPromptlyWithATimeout) {
+  REQUIRE_HOPPER();
+  const Case c = model_case("llama3", 1);
+  const HostInputs in = make_inputs<half>(c);
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  klm::PlanConfig cfg = plan_config(c, d);
+  cfg.wait_budget_us = 1;
+  klm::Plan plan(cfg);
+  expect_prompt_timeout("lm_head", [&] { plan.run(step_args(c, d)); }, [&] { plan.check_status(); });
+  check_any(c);
+}
+
 TEST(LmHeadGpuSanitizer, TiesAndNanBatch16) {
   REQUIRE_HOPPER();
   Case c;
@@ -99,6 +113,7 @@ TEST(LmHeadGpuSanitizer, TiesAndNanBatch16) {
   c.hidden = 576, c.vocab = 4000, c.batch = 16, c.max_ctas = 12, c.stage_units = 8;
   c.tied_rows = {3000, 700, 701, 2100};
   c.nan_token = 5;
+  c.wait_budget_us = kSanitizerWaitBudgetUs;
   check_any(c, /*graph_check=*/true);
   const HostInputs in = make_inputs<half>(c);
   const RunResult r = run_case(c, in);

@@ -10,9 +10,9 @@
 //                 ClusterReduceScatter), the owner adds the bias, rotates, appends k/v to the cache; all-gather of
 //                 the rounded q/k/v rows
 //   3. attention  the CTA's share of every token's cached positions in tiles of 32 (hd 128) / 64 (hd 64) positions,
-//                 one ring stage each (a few TMA boxes), warps take tiles round-robin; states merged over warps
-//                 (fixed order), reduce-scattered with prim::SoftmaxMerge by (token, head); the owner merges the new
-//                 token and normalises; all-gather of the outputs
+//                 one ring stage each (a few TMA boxes), each read by the warp that owns its ring stage; states
+//                 merged over warps (fixed order), reduce-scattered with prim::SoftmaxMerge by (token, head); the
+//                 owner merges the new token and normalises; all-gather of the outputs
 //   4. O          the CTA's hidden/N output rows x the group's columns of Wo; partials to the global workspace; then
 //                 one release fence and one u32 atomic per row block: the last of the n_kv_heads CTAs of a block
 //                 sums the groups in order and writes out
@@ -133,31 +133,12 @@ CF_DEVICE void set_status(const KernelParams& p, uint32_t bit) {
   if (p.status[bit] == 0) (void)dev::atomic_exch(&p.status[bit], 1u);
 }
 
-// Every mbarrier wait is bounded on the GPU: after p.max_polls failed polls (default 2^26: seconds, where a
-// legitimate wait is microseconds; 0 = unbounded) the wait gives up and sets kStatusTimeout, so a bug ends the kernel
-// with a message instead of hanging the machine. The emulator reports a deadlock itself.
-CF_DEVICE void wait(dev::Mbarrier& bar, uint32_t parity, const KernelParams& p) {
-#if defined(CF_DEVICE_CUDA)
-  for (uint32_t polls = 0; !bar.try_wait(parity);) {
-    if (++polls == p.max_polls) {
-      set_status(p, kStatusTimeout);
-      return;
-    }
-  }
-#else
-  (void)p;
-  bar.wait(parity);
-#endif
-}
-
-// Bounded waits for the collectives (the same poll limit and status word as detail::wait).
-CF_DEVICE prim::WaitLimit wait_limit(const KernelParams& p) {
-#if defined(CF_DEVICE_CUDA)
-  if (p.max_polls != 0) return {p.status + kStatusTimeout, p.max_polls};
-#else
-  (void)p;
-#endif
-  return {nullptr, 0};
+// Every wait is bounded (prim::bounded_wait): after p.wait_budget_ns it records its WaitSite (base + the wait's
+// offset) in the timeout status word and raises the CTA's abort flag, after which no wait of the CTA blocks: the
+// kernel ends with a status instead of hanging the machine.
+CF_DEVICE prim::WaitLimit wait_limit(const KernelParams& p, uint32_t* abort, uint32_t site_base,
+                                     uint32_t word = kStatusTimeout) {
+  return {reinterpret_cast<uint64_t*>(p.status + word), p.wait_budget_ns, site_base, abort};
 }
 
 // SM clock for the optional phase trace (0 on the emulator).
@@ -206,6 +187,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   constexpr int kW = Tr::kConsumerWarps;
   constexpr int kBatchCap = kBatchTiles * 8;
   (void)kBatchCap;
+  static_assert(kMaxStages <= 2 * kW, "K/V stage ownership: at most two ring stages per consumer warp");
 
   uint8_t* smem = dev::dynamic_smem();
   const uint32_t tid = dev::thread_rank(), warp = tid / 32, lane = tid % 32;
@@ -237,10 +219,21 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
     if (p.trace) p.trace[dev::block_idx().x * uint32_t(kTraceSlots) + point] = detail::clock_now();
   };
 
+  // Bounded waits: the ring's (site given per call) and the collectives' (their call index added to the base).
+  const prim::WaitLimit ring_limit = detail::wait_limit(p, &small->abort, 0);
+  auto wait = [&](dev::Mbarrier& bar, uint32_t par, WaitSite site) {
+    return prim::bounded_wait(bar, par, ring_limit, site);
+  };
+  // Consumer warps read a stage only if every lane's wait succeeded (the mma fragments take all 32 lanes).
+  auto wait_warp = [&](dev::Mbarrier& bar, uint32_t par, WaitSite site) {
+    return dev::all_sync(dev::kFullMask, wait(bar, par, site));
+  };
+
   // The collectives run on the 8 consumer warps (named barrier kConsumerBarrier); the producer never joins them.
   const prim::ThreadGroup consumer_group = prim::ThreadGroup::range(0, Tr::kConsumerThreads, kConsumerBarrier);
-  Rs32 rs32(smem + p.off_rs32, consumer_group, detail::wait_limit(p));  // fp32: sums of squares, partials, states
-  RsT rs16(smem + p.off_rs16, consumer_group, detail::wait_limit(p));   // T: q/k/v rows, attention outputs
+  // fp32: sums of squares, partials, states; T: q/k/v rows, attention outputs
+  Rs32 rs32(smem + p.off_rs32, consumer_group, detail::wait_limit(p, &small->abort, kWaitRs32));
+  RsT rs16(smem + p.off_rs16, consumer_group, detail::wait_limit(p, &small->abort, kWaitRs16));
 
   // The K-slice of hidden (QKV inputs) and the output-row slice (O rows) of this rank.
   const Range units = detail::split_range(p.units_total, n_ranks, rank);
@@ -261,6 +254,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       empty[s].init(kW);
     }
     dev::fence_mbarrier_init();
+    small->abort = 0;
   }
   if (tid < uint32_t(Tr::kConsumerThreads)) {
     rs32.init();
@@ -316,6 +310,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   T* const v_cache =
       static_cast<T*>(p.v_layer_table ? reinterpret_cast<void*>(p.v_layer_table[p.layer_id]) : p.v_pages);
 
+  int32_t issued_end = 0;  // producer: ring items [0, issued_end) were issued (none after an abort)
   if (warp == uint32_t(Tr::kProducerWarp)) {
     // ==== producer: the whole load schedule, in consumption order ====================================================
     int32_t item = 0;
@@ -326,13 +321,18 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         went = true;
       }
     };
+    // Waits until item `it`'s stage is free; true (warp-uniform) if it is to be issued: not after an abort.
+    prim::WaitLimit release_limit = detail::wait_limit(p, &small->abort, kWaitRingStage);
+    release_limit.consequence = true;  // the consumers are late because something else is
     auto acquire = [&](int32_t it) {
       if (it >= p.early_stages) go();
-      if (it >= S) detail::wait(empty[it % S], uint32_t(((it / S) - 1) & 1), p);
+      if (it >= S) (void)prim::bounded_wait(empty[it % S], uint32_t(((it / S) - 1) & 1), release_limit);
+      const bool issue = dev::all_sync(dev::kFullMask, !prim::abort_raised(ring_limit));
+      if (issue) issued_end = it + 1;
+      return issue;
     };
     auto load_weights = [&](const dev::TensorMap& map, int32_t x0, int32_t y, int32_t n_units) {
-      acquire(item);
-      if (lane == 0) {
+      if (acquire(item) && lane == 0) {
         uint8_t* dst = stage_ptr(item);
         dev::Mbarrier& bar = full[item % S];
         bar.arrive_expect_tx(uint32_t(n_units * Tr::kUnitBytes));
@@ -397,34 +397,35 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
           window_b = page_entry(info, window_base + kPageWindow + int32_t(lane));
         }
         const bool need_b = (pos_begin + (n_boxes - 1) * R) / P - window_base >= kPageWindow;  // warp-uniform
-        acquire(item);
-        uint8_t* dst = stage_ptr(item);
-        dev::Mbarrier& bar = full[item % S];
-        if (lane == 0) bar.arrive_expect_tx(uint32_t(n_boxes * R * Tr::kRowBytes * 2));
-        dev::syncwarp();
-        CF_UNROLL
-        for (int c = 0; c < Tr::kMaxBoxesPerLane; ++c) {
-          const int32_t j = int32_t(lane) + 32 * c;
-          const int32_t pos0 = pos_begin + j * R;
-          const int32_t idx = j < n_boxes ? pos0 / P - window_base : 0;  // 0 .. 63
-          const int32_t from_a = dev::shfl_sync(dev::kFullMask, window_a, idx & (kPageWindow - 1));
-          const int32_t from_b = need_b ? dev::shfl_sync(dev::kFullMask, window_b, idx & (kPageWindow - 1)) : 0;
-          if (j < n_boxes) {
-            int32_t page = idx < kPageWindow ? from_a : from_b;
-            if (page < 0 || page >= p.n_pages) {
-              detail::set_status(p, kStatusBadPageId);
-              page = 0;
-            }
-            const int64_t slot = int64_t(page) * P + pos0 % P;
-            uint8_t* k_dst = dst + uint32_t(j * R * Tr::kRowBytes);
-            uint8_t* v_dst = k_dst + uint32_t(Tr::kKvTile * Tr::kRowBytes);
-            if (p.kv_use_maps) {
-              dev::tma_load_2d(k_dst, p.k_map, group_id * kHd, int32_t(slot), bar);
-              dev::tma_load_2d(v_dst, p.v_map, group_id * kHd, int32_t(slot), bar);
-            } else {
-              const int64_t elem = (slot * p.n_kv_heads + group_id) * kHd;
-              dev::bulk_copy_g2s(k_dst, k_cache + elem, Tr::kRowBytes, bar);
-              dev::bulk_copy_g2s(v_dst, v_cache + elem, Tr::kRowBytes, bar);
+        if (acquire(item)) {
+          uint8_t* dst = stage_ptr(item);
+          dev::Mbarrier& bar = full[item % S];
+          if (lane == 0) bar.arrive_expect_tx(uint32_t(n_boxes * R * Tr::kRowBytes * 2));
+          dev::syncwarp();
+          CF_UNROLL
+          for (int c = 0; c < Tr::kMaxBoxesPerLane; ++c) {
+            const int32_t j = int32_t(lane) + 32 * c;
+            const int32_t pos0 = pos_begin + j * R;
+            const int32_t idx = j < n_boxes ? pos0 / P - window_base : 0;  // 0 .. 63
+            const int32_t from_a = dev::shfl_sync(dev::kFullMask, window_a, idx & (kPageWindow - 1));
+            const int32_t from_b = need_b ? dev::shfl_sync(dev::kFullMask, window_b, idx & (kPageWindow - 1)) : 0;
+            if (j < n_boxes) {
+              int32_t page = idx < kPageWindow ? from_a : from_b;
+              if (page < 0 || page >= p.n_pages) {
+                detail::set_status(p, kStatusBadPageId);
+                page = 0;
+              }
+              const int64_t slot = int64_t(page) * P + pos0 % P;
+              uint8_t* k_dst = dst + uint32_t(j * R * Tr::kRowBytes);
+              uint8_t* v_dst = k_dst + uint32_t(Tr::kKvTile * Tr::kRowBytes);
+              if (p.kv_use_maps) {
+                dev::tma_load_2d(k_dst, p.k_map, group_id * kHd, int32_t(slot), bar);
+                dev::tma_load_2d(v_dst, p.v_map, group_id * kHd, int32_t(slot), bar);
+              } else {
+                const int64_t elem = (slot * p.n_kv_heads + group_id) * kHd;
+                dev::bulk_copy_g2s(k_dst, k_cache + elem, Tr::kRowBytes, bar);
+                dev::bulk_copy_g2s(v_dst, v_cache + elem, Tr::kRowBytes, bar);
+              }
             }
           }
         }
@@ -599,8 +600,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       for (int32_t s = 0; s < qkv_stages_per_block; ++s) {
         const int32_t u0 = s * Tr::kUnitsPerStage;
         const int32_t nu = units.size() - u0 < Tr::kUnitsPerStage ? units.size() - u0 : Tr::kUnitsPerStage;
-        detail::wait(full[item % S], parity(item), p);
-        weight_stage_mma(stage_ptr(item), nu, x_s, p.x_stride, u0 * Tr::kUnitCols, acc);
+        if (wait_warp(full[item % S], parity(item), kWaitQkvTile))
+          weight_stage_mma(stage_ptr(item), nu, x_s, p.x_stride, u0 * Tr::kUnitCols, acc);
         release(item, 1);
         ++item;
       }
@@ -724,9 +725,25 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         // row), so n index g of n tile cb*8 + jj is head dim cb*64 + 8g + jj: accumulator (t, c) holds head dim
         // cb*64 + 8(2t + c) + jj.
         float o[kOTiles][4] = {};
-        for (int32_t j = int32_t(warp); j < n_items; j += kW) {
+        // Stage ownership: every K/V item of ring stage s is consumed by warp s % kW (warps w < S - kW own two
+        // stages), in item order. The previous use of a stage (item it - S) was then waited for and released by this
+        // same warp, so its full barrier is one phase behind or complete and the parity wait cannot pass on a stale
+        // phase (round-robin over the warps gave item it - S to another warp whenever S % kW != 0: a wait two phases
+        // early, a read of an in-flight tile). No barrier per item; a stage is refilled as soon as its owner is done,
+        // so S - 1 stages stay in flight while one is read, as before.
+        const int32_t stage0 = item % S, w = int32_t(warp);
+        int32_t next_a = w < S ? (w - stage0 + S) % S : n_items;                // this token's items in stage w
+        int32_t next_b = w + kW < S ? (w + kW - stage0 + S) % S : n_items;      // ... in stage w + kW
+        for (;;) {
+          const int32_t j = next_a < next_b ? next_a : next_b;
+          if (j >= n_items) break;
+          if (j == next_a) next_a += S;
+          else next_b += S;
           const int32_t it = item + j;
-          detail::wait(full[it % S], parity(it), p);
+          if (!wait_warp(full[it % S], parity(it), kWaitKvTile)) {  // aborting: the tile may never have landed
+            release(it, kW);
+            continue;
+          }
           const uint8_t* kst = stage_ptr(it);
           const uint8_t* vst = kst + Tr::kKvTile * Tr::kRowBytes;
           const int32_t valid = info.old_len - (info.tile_begin + j) * Tr::kKvTile;  // >= 1 rows hold data
@@ -909,22 +926,31 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
       T* const residual_out = static_cast<T*>(p.residual_out);
       const uint32_t ws_group_stride = uint32_t(p.hidden) * uint32_t(batch);
       float* const ws_group = p.o_partial + uint32_t(group_id) * ws_group_stride;
-      // Sums block `ob` of this rank's rows over all groups and writes out / residual_out. Every thread loads a
-      // float4 of kGroupsPerChunk groups (all loads in flight at once), the chunk sums are combined in chunk order.
+      // Sums every block this CTA completed (last_flags) over all groups and writes out / residual_out, all blocks in
+      // one pass with no barrier: a task is one float4 of a block's [rows][batch] partials; its thread loads the
+      // hidden / residual elements it will write, then per chunk the float4s of kGroupsPerChunk groups (all in
+      // flight), and adds the chunk sums in chunk order (fixed order: the same bits whoever finishes the block).
+      // Tasks are dealt to the consumer threads in turn across the blocks, so the latency is a few round trips
+      // (chunks, and the tasks per thread) for all flagged blocks together, not two per block.
       constexpr int kGroupsPerChunk = 8;
       const int32_t chunks = (p.n_kv_heads + kGroupsPerChunk - 1) / kGroupsPerChunk;
-      auto finish_block = [&](int32_t ob) {
-        const int32_t r0 = o_begin + ob * kHd;
-        const int32_t nr = o_rows - ob * kHd < kHd ? o_rows - ob * kHd : kHd;
-        const int32_t n_vec = nr * batch / 4;  // nr is a multiple of 16
-        const float* base = p.o_partial + uint32_t(r0) * uint32_t(batch);
-        for (int32_t task = int32_t(ctid); task < n_vec * chunks; task += Tr::kConsumerThreads) {
-          const int32_t v = task % n_vec, c = task / n_vec;
+      auto finish_task = [&](int32_t r0, int32_t v) {
+        const float* part_v = p.o_partial + uint32_t(r0) * uint32_t(batch) + uint32_t(v) * 4;
+        int64_t at[4];
+        float h[4], r[4], total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        CF_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int32_t i = 4 * v + e, b = i % batch;
+          at[e] = int64_t(b) * p.hidden + r0 + i / batch;
+          h[e] = dev::to_float(hidden_in[at[e]]);
+          r[e] = residual ? dev::to_float(residual[at[e]]) : 0.0f;
+        }
+        for (int32_t c = 0; c < chunks; ++c) {
           dev::U32x4 q[kGroupsPerChunk];
           CF_UNROLL
           for (int k = 0; k < kGroupsPerChunk; ++k) {
             const int32_t grp = c * kGroupsPerChunk + k;
-            if (grp < p.n_kv_heads) q[k] = dev::load16(base + uint32_t(grp) * ws_group_stride + uint32_t(v) * 4);
+            if (grp < p.n_kv_heads) q[k] = dev::load16(part_v + uint32_t(grp) * ws_group_stride);
           }
           float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           CF_UNROLL
@@ -934,21 +960,26 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
               sum[2] += detail::as_float(q[k].z), sum[3] += detail::as_float(q[k].w);
             }
           }
-          dev::store16(opart + uint32_t(c * n_vec + v) * 4, {detail::as_bits(sum[0]), detail::as_bits(sum[1]),
-                                                             detail::as_bits(sum[2]), detail::as_bits(sum[3])});
+          CF_UNROLL
+          for (int e = 0; e < 4; ++e) total[e] += sum[e];
         }
-        consumers_sync();
-        for (int32_t i = int32_t(ctid); i < nr * batch; i += Tr::kConsumerThreads) {
-          float total = 0.0f;
-          for (int32_t c = 0; c < chunks; ++c) total += opart[uint32_t(c * nr * batch + i)];
-          const int32_t row = r0 + i / batch, b = i % batch;
-          const int64_t at = int64_t(b) * p.hidden + row;
-          const float h = dev::to_float(hidden_in[at]);
-          const float r = residual ? dev::to_float(residual[at]) : 0.0f;
-          residual_out[at] = dev::from_float<T>(h + r);
-          out[at] = dev::from_float<T>(tokens[b].bad ? NAN : total);
+        CF_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          residual_out[at[e]] = dev::from_float<T>(h[e] + r[e]);
+          out[at[e]] = dev::from_float<T>(tokens[(4 * v + e) % batch].bad ? NAN : total[e]);
         }
-        consumers_sync();  // opart is rewritten by the next block
+      };
+      auto finish_flagged_blocks = [&] {
+        int32_t first = 0;  // task index of the block's first float4, counted over the flagged blocks
+        for (int32_t ob = 0; ob < o_blocks; ++ob) {
+          if (!last_flags[ob]) continue;
+          const int32_t nr = o_rows - ob * kHd < kHd ? o_rows - ob * kHd : kHd;
+          const int32_t n_vec = nr * batch / 4;  // nr is a multiple of 16
+          const int32_t start = ((int32_t(ctid) - first) % Tr::kConsumerThreads + Tr::kConsumerThreads) %
+                                Tr::kConsumerThreads;
+          for (int32_t v = start; v < n_vec; v += Tr::kConsumerThreads) finish_task(o_begin + ob * kHd, v);
+          first += n_vec;
+        }
       };
       // Every block's partial goes to the workspace as soon as its MMAs are done (plain stores, nothing waits for
       // them); the arrivals come after the last block: one release fence and one atomic per block, all blocks at
@@ -961,8 +992,8 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         for (int32_t s = 0; s < wo_stages_per_block; ++s) {
           const int32_t u0 = s * Tr::kUnitsPerStage;
           const int32_t nu = wo_units - u0 < Tr::kUnitsPerStage ? wo_units - u0 : Tr::kUnitsPerStage;
-          detail::wait(full[item % S], parity(item), p);
-          if (active) weight_stage_mma(stage_ptr(item), nu, attn_s, p.attn_stride, u0 * Tr::kUnitCols, acc);
+          if (wait_warp(full[item % S], parity(item), kWaitWoTile) && active)
+            weight_stage_mma(stage_ptr(item), nu, attn_s, p.attn_stride, u0 * Tr::kUnitCols, acc);
           release(item, 1);
           ++item;
         }
@@ -1018,13 +1049,17 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
         last_flags[ob] = last ? 1u : 0u;
       }
       consumers_sync();
-      for (int32_t i = 0; i < o_blocks; ++i) {
-        const int32_t ob = (i + group_id) % o_blocks;
-        if (last_flags[ob]) finish_block(ob);
-      }
+      finish_flagged_blocks();
     }
   }
   if (tid == 0) trace(kTraceEnd);
+  // After an expired wait: every thread is past its last wait (nothing more is issued); the producer waits until the
+  // copies it issued have landed, so none writes into this CTA's shared memory after it ends (a drain that expires
+  // too is reported on its own status word, fatal on the host). One block barrier per launch otherwise.
+  dev::block_sync();
+  if (warp == uint32_t(Tr::kProducerWarp) && lane == 0 && prim::abort_raised(ring_limit)) {
+    (void)prim::drain_ring(full, S, issued_end, detail::wait_limit(p, nullptr, kWaitDrain, kStatusDrainTimeout));
+  }
   dev::cluster_sync();  // no CTA exits while a peer may still read its shared memory
 }
 

@@ -53,7 +53,7 @@ struct KernelParams {
   float* o_partial;     // [n_kv_heads, hidden, max_batch] fp32
   uint32_t* o_counters; // [cluster_size * o_blocks_max]
   uint32_t* status;     // [kStatusWords]
-  uint32_t max_polls;   // GPU: polls before an mbarrier wait gives up (0: never)
+  uint64_t wait_budget_ns;  // a wait that takes longer gives up (prim::bounded_wait; 0: never)
   uint64_t* trace;      // optional [grid][kTraceSlots] SM-clock timestamps (traits.hpp TracePoint)
 
   // shared-memory carve

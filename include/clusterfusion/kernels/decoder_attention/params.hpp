@@ -26,7 +26,8 @@ namespace cf::kernels::decoder_attention {
 
 inline constexpr int kMaxBatch = 16;
 inline constexpr int kMaxGroup = 16;  // query heads per KV head (one m16 tile of the attention MMAs)
-inline constexpr int kMinStages = 4;  // the smallest ring a plan accepts (PlanConfig::max_stages, $CF_DA_MAX_STAGES)
+inline constexpr int kMinStages = 4;         // the smallest ring a plan accepts (PlanConfig::max_stages)
+inline constexpr int kMaxStagesConfig = 16;  // the deepest (traits.hpp kMaxStages)
 
 struct Shape {
   int hidden = 0;
@@ -81,6 +82,9 @@ struct PlanConfig {
                          // SMs in one GPC per cluster)
   int sm_count = 0;      // 0: the device's
   int max_stages = 0;    // 0: as many ring stages as fit (up to kMaxStages)
+  int early_stages = -1; // ring items issued before the norm is done (-1: kDefaultEarlyStages; at most the ring)
+  int64_t wait_budget_us = 20000;  // wall time any wait inside the kernel may take before the launch gives up with
+                                   // a timeout status (a hang; check_status() names the wait); 0: no limit
   bool trace = false;    // record per-CTA phase timestamps (Plan::read_trace), for performance work
 };
 
@@ -105,10 +109,23 @@ enum StatusBit : uint32_t {
   kStatusBadPageTable = 1,  // kv_indptr decreasing or outside [0, n_indices], or kv_last_page_len outside [1, P]
   kStatusBadPageId = 2,     // a kv_indices entry outside [0, n_pages)
   kStatusBadKvLen = 3,      // a sequence with no page (kv_len < 1)
-  kStatusTimeout = 4,       // GPU only: an mbarrier wait gave up (a hang; outputs are garbage)
-  kStatusWords = 5,         // the status is one u32 word per bit (set to 1 by the device)
+  kStatusTimeout = 4,       // words 4-5: a wait gave up after PlanConfig::wait_budget_us (a hang): the 64-bit
+                            // prim::timeout_status of its WaitSite and block
+  kStatusDrainTimeout = 6,  // words 6-7: after that, a copy into shared memory did not land either (fatal)
+  kStatusWords = 8,         // u32 words (input checks: set to 1 by the device)
+};
+// The bounded waits of the kernel (prim::bounded_wait), named by Plan::check_status() when one expires.
+enum WaitSite : uint32_t {
+  kWaitRingStage = 1,  // producer: a ring stage the consumers never released
+  kWaitQkvTile,        // consumers: a Wqkv tile that never landed
+  kWaitKvTile,         // consumers: a K/V tile that never landed
+  kWaitWoTile,         // consumers: a Wo tile that never landed
+  kWaitDrain,          // producer, after an expiry: a copy it issued that never landed
+  kWaitRs32 = 8,       // fp32 collective, + call: 0 norm all-gather, 1 QKV reduce-scatter, 2 softmax reduce-scatter
+  kWaitRs16 = 24,      // T collective, + call: 0 q/k/v all-gather, 1 attention-output all-gather
 };
 std::string describe_status(const uint32_t* words);
+std::string describe_wait_site(uint32_t code);
 
 // Phase timestamps (SM clock cycles) per CTA, recorded with PlanConfig::trace (Plan::read_trace).
 enum TracePoint : uint32_t {
@@ -180,7 +197,11 @@ inline void validate_config(const PlanConfig& c) {
     fail("cache: the page pool is larger than 2^40 elements");
   if (c.rope.cos_sin && c.rope.max_positions < 1) fail("rope: max_positions must be >= 1 with a cos/sin table");
   if (c.sm_count < 0) fail("sm_count must be >= 0");
-  if (c.max_stages < 0) fail("max_stages must be >= 0");
+  if (c.max_stages != 0 && (c.max_stages < kMinStages || c.max_stages > kMaxStagesConfig))
+    fail("max_stages " + std::to_string(c.max_stages) + " outside [" + std::to_string(kMinStages) + ", " +
+         std::to_string(kMaxStagesConfig) + "] (0 = as many as fit)");
+  if (c.early_stages < -1) fail("early_stages " + std::to_string(c.early_stages) + " must be >= 0 (-1 = default)");
+  if (c.wait_budget_us < 0) fail("wait_budget_us must be >= 0 (0 = no limit)");
 }
 
 inline void validate_step(const StepArgs& a, int max_batch, int hidden) {
@@ -230,13 +251,29 @@ inline void validate_page_table(int batch, const int32_t* kv_indptr, const int32
   }
 }
 
+inline std::string describe_wait_site(uint32_t code) {
+  switch (code) {
+    case kWaitRingStage: return "producer: waiting for the consumers to release a ring stage";
+    case kWaitQkvTile: return "QKV projection: waiting for a Wqkv tile";
+    case kWaitKvTile: return "attention: waiting for a K/V tile";
+    case kWaitWoTile: return "O projection: waiting for a Wo tile";
+    case kWaitDrain: return "producer: draining its copies after the timeout";
+    case kWaitRs32 + 0: return "norm: all-gather of the sums of squares (cluster peers)";
+    case kWaitRs32 + 1: return "QKV: reduce-scatter of the partial q/k/v (cluster peers)";
+    case kWaitRs32 + 2: return "attention: reduce-scatter of the softmax states (cluster peers)";
+    case kWaitRs16 + 0: return "QKV: all-gather of the q/k/v rows (cluster peers)";
+    case kWaitRs16 + 1: return "attention: all-gather of the outputs (cluster peers)";
+    default: return "wait " + std::to_string(code);
+  }
+}
+
+// The input problems of the status words (the timeout words are reported by Plan::check_status()).
 inline std::string describe_status(const uint32_t* words) {
-  static const char* const names[kStatusWords] = {
+  static const char* const names[kStatusTimeout] = {
       "a position is negative or past the cos/sin table", "kv_indptr / kv_last_page_len is inconsistent",
-      "a kv_indices entry is outside [0, n_pages)", "a sequence has no KV page",
-      "a wait inside the kernel timed out (a hang: a bug, please report)"};
+      "a kv_indices entry is outside [0, n_pages)", "a sequence has no KV page"};
   std::string out;
-  for (int i = 0; i < int(kStatusWords); ++i)
+  for (int i = 0; i < int(kStatusTimeout); ++i)
     if (words[i] != 0) out += (out.empty() ? "" : "; ") + std::string(names[i]);
   return out;
 }

@@ -15,7 +15,7 @@ inline constexpr int kMaxClusterSize = 16;  // cluster sizes 2, 4, 8, 16 (loops 
 inline constexpr int kMaxStages = 16;
 // Ring stages the producer issues before the consumers' norm is done (the rest follow the "go" barrier): enough to
 // keep this SM's share of HBM busy during the norm, few enough that the norm's own loads do not queue behind a
-// GPU-wide flood of weight tiles. $CF_DA_EARLY_STAGES overrides it (experiments).
+// GPU-wide flood of weight tiles. PlanConfig::early_stages overrides it (experiments).
 inline constexpr int kDefaultEarlyStages = 4;
 inline constexpr int kPageWindow = 32;  // page indices the producer holds per window (one per lane)
 
@@ -87,6 +87,7 @@ struct SmallBuffers {
   float inv_rms[kMaxBatch];
   float norm_red[kMaxBatch][8];              // per warp partial sums of squares
   float new_score[kMaxBatch * kMaxGroup];    // q . k_new (log2-scaled) per (token, head) this CTA owns
+  uint32_t abort;                            // a wait of this CTA expired: the others return at once
 };
 
 constexpr uint32_t align_up(uint64_t v, uint32_t a) { return uint32_t((v + a - 1) / a * a); }
@@ -101,7 +102,7 @@ inline int o_blocks_max(int hidden, int cluster_size, int head_dim) {
 }
 
 template <int kHeadDim>
-Layout make_layout(int max_batch, int group, int cluster_size, int hidden, int n_kv_heads) {
+Layout make_layout(int max_batch, int group, int cluster_size, int hidden) {
   using Tr = Traits<kHeadDim>;
   const int units_total = hidden / Tr::kUnitCols;
   const int max_units_per_rank = (units_total + cluster_size - 1) / cluster_size;
@@ -141,10 +142,8 @@ Layout make_layout(int max_batch, int group, int cluster_size, int hidden, int n
   const uint64_t scratch_bytes =
       align_up(std::max<uint64_t>(uint64_t(Tr::kConsumerWarps) * group, owned_units_max) * Tr::kStateFloats * 4, 128);
   const uint64_t state_bytes = align_up(uint64_t(max_batch) * group * Tr::kStateFloats * 4, 128);
-  // opart: the k-group partials of an O block (head_dim 64 only), then the per-chunk sums of the last arriver
-  // (8 groups per chunk)
-  const uint64_t chunks = uint64_t(n_kv_heads + 7) / 8;
-  const uint64_t opart_bytes = std::max<uint64_t>(Tr::kKGroups, chunks) * kHeadDim * max_batch * 4;
+  // opart: the k-group partials of an O block (head_dim 64 only; the cross-group sum needs no shared memory)
+  const uint64_t opart_bytes = Tr::kKGroups > 1 ? uint64_t(Tr::kKGroups) * kHeadDim * max_batch * 4 : 0;
   const uint32_t region_p = take(std::max({part_bytes, scratch_bytes + state_bytes, opart_bytes}));
   l.off_part = region_p;
   l.off_scratch = region_p;

@@ -62,8 +62,15 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
   float* part = reinterpret_cast<float*>(smem + p.off_part);
   float* fin = reinterpret_cast<float*>(smem + p.off_part);  // region P after the act exchange
   float* scratch = reinterpret_cast<float*>(smem + p.off_scratch);
-  uint32_t* const timeout_word = p.status + kStatusTimeout;
-  const ws::Ring ring{full, empty, smem + p.off_ring, p.stages, timeout_word};
+  // Bounded waits (prim::bounded_wait): the site is given per wait; `consequence` waits are on this CTA's own warps.
+  const prim::WaitLimit limit{reinterpret_cast<uint64_t*>(p.status + kStatusTimeout), p.wait_budget_ns, 0,
+                              &small->abort};
+  auto wait = [&](dev::Mbarrier& bar, WaitSite site, bool consequence = false) {
+    prim::WaitLimit l = limit;
+    l.consequence = consequence;
+    return prim::bounded_wait(bar, 0, l, site);
+  };
+  const ws::Ring ring{full, empty, smem + p.off_ring, p.stages, limit};
 
   // The K-slice / output rows of this rank and the F-slice of this cluster.
   const Range k_units = ws::split_range(p.hidden_units, n_ranks, rank);
@@ -93,8 +100,10 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
       decided_bar[b].init(1);
     }
     dev::fence_mbarrier_init();
+    small->abort = 0;
   }
   dev::cluster_sync();  // barriers initialised; every CTA of the cluster started
+  int32_t issued_end = 0;  // producer: ring items [0, issued_end) were issued (none after an abort)
 
   if (warp == uint32_t(ws::kProducerWarp)) {
     // ==== producer: the whole load schedule, in consumption order ==================================================
@@ -104,8 +113,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
       for (int32_t grp = 0; grp < gu_groups; ++grp) {
         const int32_t t0 = grp * gu_m, nt = f_tiles.size() - t0 < gu_m ? f_tiles.size() - t0 : gu_m;
         for (int32_t s = 0; s < gu_items; ++s)
-          ws::load_panel(ring, item++, maps, ws::chunk_width(n_cols, p.gu_cols, s), f0 + t0 * ws::kTileRows, nt,
-                         col0 + s * p.gu_cols, lane);
+          if (ws::load_panel(ring, item++, kWaitRingStage, maps, ws::chunk_width(n_cols, p.gu_cols, s),
+                             f0 + t0 * ws::kTileRows, nt, col0 + s * p.gu_cols, lane))
+            issued_end = item;
       }
     }
     for (int32_t i = 0; i < n_blocks; ++i) {
@@ -114,8 +124,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
       for (int32_t grp = blk * p.block_groups; grp < g_end; ++grp) {
         const int32_t t0 = grp * down_m, nt = o_tiles - t0 < down_m ? o_tiles - t0 : down_m;
         for (int32_t s = 0; s < down_items; ++s)
-          ws::load_panel(ring, item++, p.down, ws::chunk_width(f_rows, p.down_cols, s), col0 + t0 * ws::kTileRows,
-                         nt, f0 + s * p.down_cols, lane);
+          if (ws::load_panel(ring, item++, kWaitRingStage, p.down, ws::chunk_width(f_rows, p.down_cols, s),
+                             col0 + t0 * ws::kTileRows, nt, f0 + s * p.down_cols, lane))
+            issued_end = item;
       }
     }
   } else if (warp == uint32_t(kArrivalWarp)) {
@@ -126,7 +137,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
     // tells the consumers.
     uint32_t* const counters = p.counters + rank * p.blocks_max;
     for (int32_t next = 0; next < n_blocks;) {
-      ws::wait(stored_bar[next], 0, timeout_word);
+      (void)wait(stored_bar[next], kWaitStored, /*consequence=*/true);
       const int32_t i = next + int32_t(lane);
       const bool ready = lane == 0 || (i < n_blocks && stored_bar[i].try_wait(0));
       const uint32_t mask = dev::ballot_sync(dev::kFullMask, ready);
@@ -215,7 +226,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
       small->sumsq_local[ctid] = sq;
     }
     signal_all(sumsq_bar);
-    ws::wait(*sumsq_bar, 0, timeout_word);
+    (void)wait(*sumsq_bar, kWaitNormSums);
     if (int32_t(ctid) < batch) {
       float part_sums[kMaxClusterSize];
       CF_UNROLL
@@ -271,9 +282,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
         const int32_t t0 = grp * gu_m, nt = f_tiles.size() - t0 < gu_m ? f_tiles.size() - t0 : gu_m;
         float acc[kBatchTiles][4] = {};
         for (int32_t s = 0; s < gu_items; ++s) {
-          ring.wait_full(item);
-          ws::panel_mma<T, kBatchTiles>(ring.stage(item), gu_m, nt, ws::chunk_width(n_cols, p.gu_cols, s), x_s,
-                                        p.x_stride, s * p.gu_cols, n_cols, batch, warp, lane, acc);
+          if (ring.wait_full(item, kWaitGateUpTile))
+            ws::panel_mma<T, kBatchTiles>(ring.stage(item), gu_m, nt, ws::chunk_width(n_cols, p.gu_cols, s), x_s,
+                                          p.x_stride, s * p.gu_cols, n_cols, batch, warp, lane, acc);
           ring.release(item, lane);
           ++item;
         }
@@ -289,7 +300,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
     signal_all(part_bar);
 
     // ---- 3. act: owner of row pairs [pairs.begin, pairs.end) sums the ranks' partials, activates, pushes -----------
-    ws::wait(*part_bar, 0, timeout_word);
+    (void)wait(*part_bar, kWaitPartials);
     {
       const Range pairs = ws::split_range(f_rows / 2, n_ranks, rank);
       for (int32_t i = int32_t(ctid); i < pairs.size() * batch; i += kCt) {
@@ -329,7 +340,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
     }
     signal_all(act_bar);
     // the activations of the cluster's whole F-slice are here; peers are done with `part`
-    ws::wait(*act_bar, 0, timeout_word);
+    (void)wait(*act_bar, kWaitActivations);
 
     // ---- 4. down + cross-cluster sum ------------------------------------------------------------------------------
     {
@@ -393,7 +404,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
         if (ctid == 0) {
           int32_t end = decided_upto;
           for (; end < stored_end; ++end) {
-            if (wait_all) ws::wait(decided_bar[end], 0, timeout_word);
+            if (wait_all) (void)wait(decided_bar[end], kWaitDecided, /*consequence=*/true);
             else if (!decided_bar[end].try_wait(0)) break;
           }
           small->decided_end = end;
@@ -411,9 +422,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
           const int32_t t0 = grp * down_m, nt = o_tiles - t0 < down_m ? o_tiles - t0 : down_m;
           float acc[kBatchTiles][4] = {};
           for (int32_t s = 0; s < down_items; ++s) {
-            ring.wait_full(item);
-            ws::panel_mma<T, kBatchTiles>(ring.stage(item), down_m, nt, ws::chunk_width(f_rows, p.down_cols, s),
-                                          act_s, p.act_stride, s * p.down_cols, f_rows, batch, warp, lane, acc);
+            if (ring.wait_full(item, kWaitDownTile))
+              ws::panel_mma<T, kBatchTiles>(ring.stage(item), down_m, nt, ws::chunk_width(f_rows, p.down_cols, s),
+                                            act_s, p.act_stride, s * p.down_cols, f_rows, batch, warp, lane, acc);
             ring.release(item, lane);
             ++item;
           }
@@ -434,6 +445,12 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
       finish_decided(n_blocks, true);
     }
   }
+  // After an expired wait: every thread is past its last wait; the producer waits until the copies it issued have
+  // landed, so none writes into this CTA's shared memory after it ends (one block barrier per launch otherwise).
+  dev::block_sync();
+  if (warp == uint32_t(ws::kProducerWarp) && lane == 0 && prim::abort_raised(limit))
+    ring.drain(issued_end, {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout), p.wait_budget_ns, kWaitDrain,
+                            nullptr});
   dev::cluster_sync();  // no CTA exits while a peer may still read its shared memory
 }
 

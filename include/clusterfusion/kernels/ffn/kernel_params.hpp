@@ -39,6 +39,7 @@ struct KernelParams {
   float* partial;      // [clusters, hidden, batch] fp32: each cluster's down-projection partial
   uint32_t* counters;  // [cluster_size, blocks_max]: arrivals per output block (reset by the last arriver)
   uint32_t* status;    // [kStatusWords]
+  uint64_t wait_budget_ns;  // a wait that takes longer gives up (prim::bounded_wait; 0: never)
 
   // shared-memory carve
   int32_t stages;

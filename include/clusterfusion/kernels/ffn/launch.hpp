@@ -20,6 +20,8 @@ namespace cf::kernels::ffn {
 struct LaunchInfo {
   int cluster_size = 0;
   int clusters = 0;
+  int max_active_clusters = 0;     // clusters of cluster_size the device runs at once (Occupancy; clusters <= it)
+  bool occupancy_queried = false;  // asked of the device (else assumed: sm_count / cluster_size)
   int threads = 0;         // per CTA
   int stages = 0;          // ring depth
   int stage_units = 0;     // U: gate/up chunks of 32 U columns (tiles per stage 16 / U)

@@ -50,6 +50,8 @@ struct PlanConfig {
   int sm_count = 0;       // 0: the device's (the emulator assumes 132)
   int max_stages = 0;     // 0: as many ring stages as fit (up to kMaxStages)
   int stage_units = 0;    // 0: default (4); else 2, 4 or 8: gate/up chunks of 32 x stage_units columns (docs/ffn.md §1)
+  int64_t wait_budget_us = 20000;  // wall time any wait inside the kernel may take before the launch gives up with
+                                   // a timeout status (a hang; check_status() names the wait); 0: no limit
 };
 
 struct StepArgs {
@@ -62,9 +64,37 @@ struct StepArgs {
 
 // Problems the kernel reports through the device status words (Plan::check_status()).
 enum StatusBit : uint32_t {
-  kStatusTimeout = 0,  // GPU only: an mbarrier wait gave up (a hang; outputs are garbage)
-  kStatusWords = 1,
+  kStatusTimeout = 0,       // words 0-1: a wait gave up after PlanConfig::wait_budget_us (a hang): the 64-bit
+                            // prim::timeout_status of its WaitSite and block
+  kStatusDrainTimeout = 2,  // words 2-3: after that, a copy into shared memory did not land either (fatal)
+  kStatusWords = 4,
 };
+// The bounded waits of the kernel (prim::bounded_wait), named by Plan::check_status() when one expires.
+enum WaitSite : uint32_t {
+  kWaitRingStage = 1,  // producer: a ring stage the consumers never released
+  kWaitGateUpTile,     // consumers: a gate/up tile that never landed
+  kWaitDownTile,       // consumers: a down tile that never landed
+  kWaitDrain,          // producer, after an expiry: a copy it issued that never landed
+  kWaitNormSums,       // consumers: the cluster peers' sums of squares
+  kWaitPartials,       // consumers: the cluster peers' gate/up partials
+  kWaitActivations,    // consumers: the activations the cluster peers push
+  kWaitStored,         // arrival warp: the consumers' partials of an output block
+  kWaitDecided,        // consumers: the arrival warp's decision on an output block
+};
+inline std::string describe_wait_site(uint32_t code) {
+  switch (code) {
+    case kWaitRingStage: return "producer: waiting for the consumers to release a ring stage";
+    case kWaitGateUpTile: return "gate/up: waiting for a weight tile";
+    case kWaitDownTile: return "down: waiting for a weight tile";
+    case kWaitDrain: return "producer: draining its copies after the timeout";
+    case kWaitNormSums: return "norm: waiting for the cluster peers' sums of squares";
+    case kWaitPartials: return "act: waiting for the cluster peers' gate/up partials";
+    case kWaitActivations: return "down: waiting for the activations of the cluster peers";
+    case kWaitStored: return "arrival warp: waiting for the consumers' partials of an output block";
+    case kWaitDecided: return "down: waiting for the arrival warp's decision on an output block";
+    default: return "wait " + std::to_string(code);
+  }
+}
 
 // ---- host validation --------------------------------------------------------------------------------------------
 
@@ -96,6 +126,7 @@ inline void validate_config(const PlanConfig& c) {
   if (c.max_stages < 0) fail("max_stages must be >= 0");
   if (c.stage_units != 0 && c.stage_units != 2 && c.stage_units != 4 && c.stage_units != 8)
     fail("stage_units " + std::to_string(c.stage_units) + " is not supported (0 = default, 2, 4 or 8)");
+  if (c.wait_budget_us < 0) fail("wait_budget_us must be >= 0 (0 = no limit)");
   const Weights& w = c.weights;
   if (!w.norm || !w.w_gate || !w.w_up || !w.w_down)
     fail("weights.norm, weights.w_gate, weights.w_up and weights.w_down must be set");
@@ -115,12 +146,5 @@ inline void validate_step(const StepArgs& a, int max_batch) {
     fail("activation pointers must be 16-byte aligned");
 }
 
-inline std::string describe_status(const uint32_t* words) {
-  static const char* const names[kStatusWords] = {"a wait inside the kernel timed out (a hang: a bug, please report)"};
-  std::string out;
-  for (int i = 0; i < int(kStatusWords); ++i)
-    if (words[i] != 0) out += (out.empty() ? "" : "; ") + std::string(names[i]);
-  return out;
-}
 
 }  // namespace cf::kernels::ffn

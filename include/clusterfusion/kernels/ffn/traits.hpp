@@ -35,7 +35,8 @@ struct SmallBuffers {
   float norm_red[kMaxBatch][8];     // per warp partial sums of squares
   uint8_t block_last[kMaxBlocks];   // written by the arrival warp: this CTA arrived last at the block
   int32_t decided_end;              // blocks [0, decided_end) have a decision (consumer thread 0 broadcasts)
-  uint32_t pad[3];
+  uint32_t abort;                   // a wait of this CTA expired: the others return at once (prim::WaitLimit)
+  uint32_t pad[2];
 };
 
 // Byte offsets of every buffer in dynamic shared memory; identical in every CTA of the cluster.

@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "clusterfusion/device/api.hpp"
+#include "clusterfusion/primitives/bounded_wait.hpp"
 
 namespace cf::kernels::weight_stream {
 namespace dev = cf::dev;
@@ -123,26 +124,6 @@ CF_HOST_DEVICE Range split_range(int32_t total, int32_t parts, int32_t i) {
   return {int32_t(int64_t(total) * i / parts), int32_t(int64_t(total) * (i + 1) / parts)};
 }
 
-// ---- bounded waits ----------------------------------------------------------------------------------------------
-
-// Every mbarrier wait is bounded on the GPU: after kMaxPolls failed polls (seconds; a legitimate wait is
-// microseconds) it gives up and sets *timeout_word, so a bug ends the kernel with a message instead of hanging the
-// machine. The emulator reports a deadlock itself.
-inline constexpr uint32_t kMaxPolls = 1u << 24;
-CF_DEVICE void wait(dev::Mbarrier& bar, uint32_t parity, uint32_t* timeout_word) {
-#if defined(CF_DEVICE_CUDA)
-  for (uint32_t polls = 0; !bar.try_wait(parity);) {
-    if (++polls == kMaxPolls) {
-      if (*timeout_word == 0) (void)dev::atomic_exch(timeout_word, 1u);
-      return;
-    }
-  }
-#else
-  (void)timeout_word;
-  bar.wait(parity);
-#endif
-}
-
 // ---- tensor maps ----------------------------------------------------------------------------------------------------
 
 // The boxes {cols[i], 16} of one weight matrix: [0] the full chunk width, [1] and [2] the last (narrower) chunk of
@@ -163,35 +144,52 @@ CF_HOST_DEVICE int32_t chunk_width(int32_t slice_cols, int32_t chunk_cols, int32
 
 // ---- the ring -----------------------------------------------------------------------------------------------------
 
-// Item `it` of the load schedule lives in stage it % stages; its full/empty barriers complete once per lap.
+// Item `it` of the load schedule lives in stage it % stages; its full/empty barriers complete once per lap. Every
+// consumer warp reads every item, so the previous use of a stage was waited for by the same warp (the parity wait
+// cannot pass on a stale phase). Waits are bounded (prim::bounded_wait): `limit` names the kernel's waits (its
+// status word, budget and abort flag; code 0: the callers give the site).
 struct Ring {
   dev::Mbarrier* full;   // [stages], count 1 (the producer's arrive_expect_tx)
   dev::Mbarrier* empty;  // [stages], count kConsumerWarps
   uint8_t* stages_base;
   int32_t stages;
-  uint32_t* timeout_word;
+  prim::WaitLimit limit;
 
   CF_DEVICE uint8_t* stage(int32_t it) const { return stages_base + uint32_t(it % stages) * uint32_t(kStageBytes); }
   CF_DEVICE uint32_t parity(int32_t it) const { return uint32_t((it / stages) & 1); }
-  // Producer: wait until the consumers released the previous lap's item in this stage.
-  CF_DEVICE void acquire(int32_t it) const {
-    if (it >= stages) wait(empty[it % stages], uint32_t(((it / stages) - 1) & 1), timeout_word);
+  // Producer: waits until the consumers released the previous lap's item in this stage (`site`: a consequence wait,
+  // the consumers are late because something else is); true if item `it` is to be issued: not after an abort.
+  CF_DEVICE bool acquire(int32_t it, uint32_t site) const {
+    if (it >= stages) {
+      prim::WaitLimit release_limit = limit;
+      release_limit.consequence = true;
+      (void)prim::bounded_wait(empty[it % stages], uint32_t(((it / stages) - 1) & 1), release_limit, site);
+    }
+    return !prim::abort_raised(limit);
   }
-  // Consumer: wait until item `it` has landed.
-  CF_DEVICE void wait_full(int32_t it) const { wait(full[it % stages], parity(it), timeout_word); }
-  // Consumer warp: done reading item `it` (every consumer warp calls this once per item, after wait_full).
+  // Consumer warp: waits until item `it` has landed; false (every lane) if it must not be read (an abort).
+  CF_DEVICE bool wait_full(int32_t it, uint32_t site) const {
+    return dev::all_sync(dev::kFullMask, prim::bounded_wait(full[it % stages], parity(it), limit, site));
+  }
+  // Consumer warp: done with item `it` (every consumer warp calls this once per item, after wait_full).
   CF_DEVICE void release(int32_t it, uint32_t lane) const {
     dev::syncwarp();
     if (lane == 0) empty[it % stages].arrive();
   }
+  // Producer lane, at the end of a CTA that aborted: waits until items [0, issued_end) have landed (drain_limit: its
+  // own status word, no abort flag).
+  CF_DEVICE void drain(int32_t issued_end, const prim::WaitLimit& drain_limit) const {
+    (void)prim::drain_ring(full, stages, issued_end, drain_limit);
+  }
 };
 
 // Producer warp: loads tiles [row0, row0 + 16 n_tiles) x columns [col0, col0 + cols) of a matrix into the stage of
-// item `it`, one box {cols, 16} per tile. All lanes call it.
-CF_DEVICE void load_panel(const Ring& ring, int32_t it, const BoxMaps& maps, int32_t cols, int32_t row0,
-                          int32_t n_tiles, int32_t col0, uint32_t lane) {
-  ring.acquire(it);
-  if (lane == 0) {
+// item `it`, one box {cols, 16} per tile. All lanes call it; returns lane 0's answer: whether it issued the item (not
+// after an abort). `site`: the producer's wait site.
+CF_DEVICE bool load_panel(const Ring& ring, int32_t it, uint32_t site, const BoxMaps& maps, int32_t cols,
+                          int32_t row0, int32_t n_tiles, int32_t col0, uint32_t lane) {
+  const bool issue = ring.acquire(it, site);
+  if (issue && lane == 0) {
     uint8_t* dst = ring.stage(it);
     dev::Mbarrier& bar = ring.full[it % ring.stages];
     const uint32_t box_bytes = panel_bytes(1, cols);
@@ -200,6 +198,7 @@ CF_DEVICE void load_panel(const Ring& ring, int32_t it, const BoxMaps& maps, int
     for (int32_t t = 0; t < n_tiles; ++t) dev::tma_load_2d(dst + uint32_t(t) * box_bytes, map, col0, row0 + t * kTileRows, bar);
   }
   dev::syncwarp();
+  return issue;
 }
 
 // Consumer warp: acc[token tile] += this warp's tile x its units of the stage (a panel of `n_tiles` valid tiles of

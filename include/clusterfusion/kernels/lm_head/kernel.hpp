@@ -56,7 +56,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
   auto* small = reinterpret_cast<SmallBuffers*>(smem + p.off_small);
   uint8_t* x_s = smem + p.off_x;
   float* scratch = reinterpret_cast<float*>(smem + p.off_scratch);
-  const ws::Ring ring{full, empty, smem + p.off_ring, p.stages, p.status + kStatusTimeout};
+  const prim::WaitLimit limit{reinterpret_cast<uint64_t*>(p.status + kStatusTimeout), p.wait_budget_ns, 0,
+                              &small->abort};
+  const ws::Ring ring{full, empty, smem + p.off_ring, p.stages, limit};
 
   const Range tiles = ws::split_range(p.vocab_tiles, n_ctas, cta);
   const int32_t groups = ws::ceil_div(tiles.size(), M);
@@ -68,8 +70,10 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
       empty[s].init(ws::kConsumerWarps);
     }
     dev::fence_mbarrier_init();
+    small->abort = 0;
   }
   dev::block_sync();
+  int32_t issued_end = 0;  // producer: ring items [0, issued_end) were issued (none after an abort)
 
   if (warp == uint32_t(ws::kProducerWarp)) {
     // ==== producer: this CTA's vocabulary rows x the whole of hidden, group after group ===========================
@@ -77,8 +81,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
     for (int32_t grp = 0; grp < groups; ++grp) {
       const int32_t t0 = grp * M, nt = tiles.size() - t0 < M ? tiles.size() - t0 : M;
       for (int32_t s = 0; s < items; ++s)
-        ws::load_panel(ring, item++, p.w, ws::chunk_width(p.hidden, p.chunk_cols, s),
-                       (tiles.begin + t0) * ws::kTileRows, nt, s * p.chunk_cols, lane);
+        if (ws::load_panel(ring, item++, kWaitRingStage, p.w, ws::chunk_width(p.hidden, p.chunk_cols, s),
+                           (tiles.begin + t0) * ws::kTileRows, nt, s * p.chunk_cols, lane))
+          issued_end = item;
     }
   } else {
     // ==== consumers ================================================================================================
@@ -183,9 +188,9 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
       const int32_t t0 = grp * M, nt = tiles.size() - t0 < M ? tiles.size() - t0 : M;
       float acc[kBatchTiles][4] = {};
       for (int32_t s = 0; s < items; ++s) {
-        ring.wait_full(item);
-        ws::panel_mma<T, kBatchTiles>(ring.stage(item), M, nt, ws::chunk_width(H, p.chunk_cols, s), x_s, p.x_stride,
-                                      s * p.chunk_cols, H, batch, warp, lane, acc);
+        if (ring.wait_full(item, kWaitTile))
+          ws::panel_mma<T, kBatchTiles>(ring.stage(item), M, nt, ws::chunk_width(H, p.chunk_cols, s), x_s, p.x_stride,
+                                        s * p.chunk_cols, H, batch, warp, lane, acc);
         ring.release(item, lane);
         ++item;
       }
@@ -258,6 +263,12 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(ws::kThreads, 1) lm_head_kernel(const CF_GRID_CO
       }
     }
   }
+  // After an expired wait: every thread is past its last wait; the producer waits until the copies it issued have
+  // landed, so none writes into this CTA's shared memory after it ends (one block barrier per launch otherwise).
+  dev::block_sync();
+  if (warp == uint32_t(ws::kProducerWarp) && lane == 0 && prim::abort_raised(limit))
+    ring.drain(issued_end, {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout), p.wait_budget_ns, kWaitDrain,
+                            nullptr});
 }
 
 }  // namespace cf::kernels::lm_head

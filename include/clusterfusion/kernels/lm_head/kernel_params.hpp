@@ -32,6 +32,7 @@ struct KernelParams {
   int32_t* cand_index;  // [ctas, batch]: its vocabulary id (-1: none)
   uint32_t* counter;    // arrivals (reset by the last arriver)
   uint32_t* status;     // [kStatusWords]
+  uint64_t wait_budget_ns;  // a wait that takes longer gives up (prim::bounded_wait; 0: never)
 
   // shared-memory carve
   int32_t stages;

@@ -39,6 +39,8 @@ struct PlanConfig {
   int sm_count = 0;     // 0: the device's (the emulator assumes 132)
   int max_stages = 0;   // 0: as many ring stages as fit (up to 16)
   int stage_units = 0;  // 0: default (4); else 2, 4 or 8: chunks of 32 x stage_units columns per ring stage
+  int64_t wait_budget_us = 20000;  // wall time any wait inside the kernel may take before the launch gives up with
+                                   // a timeout status (a hang; check_status() names the wait); 0: no limit
 };
 
 struct StepArgs {
@@ -50,9 +52,25 @@ struct StepArgs {
 };
 
 enum StatusBit : uint32_t {
-  kStatusTimeout = 0,  // GPU only: an mbarrier wait gave up (a hang; outputs are garbage)
-  kStatusWords = 1,
+  kStatusTimeout = 0,       // words 0-1: a wait gave up after PlanConfig::wait_budget_us (a hang): the 64-bit
+                            // prim::timeout_status of its WaitSite and block
+  kStatusDrainTimeout = 2,  // words 2-3: after that, a copy into shared memory did not land either (fatal)
+  kStatusWords = 4,
 };
+// The bounded waits of the kernel (prim::bounded_wait), named by Plan::check_status() when one expires.
+enum WaitSite : uint32_t {
+  kWaitRingStage = 1,  // producer: a ring stage the consumers never released
+  kWaitTile,           // consumers: a weight tile that never landed
+  kWaitDrain,          // producer, after an expiry: a copy it issued that never landed
+};
+inline std::string describe_wait_site(uint32_t code) {
+  switch (code) {
+    case kWaitRingStage: return "producer: waiting for the consumers to release a ring stage";
+    case kWaitTile: return "logits: waiting for a weight tile";
+    case kWaitDrain: return "producer: draining its copies after the timeout";
+    default: return "wait " + std::to_string(code);
+  }
+}
 
 namespace detail {
 inline std::string where(const char* what) { return std::string("lm_head: ") + what; }
@@ -78,6 +96,7 @@ inline void validate_config(const PlanConfig& c) {
   if (c.max_stages < 0) fail("max_stages must be >= 0");
   if (c.stage_units != 0 && c.stage_units != 2 && c.stage_units != 4 && c.stage_units != 8)
     fail("stage_units " + std::to_string(c.stage_units) + " is not supported (0 = default, 2, 4 or 8)");
+  if (c.wait_budget_us < 0) fail("wait_budget_us must be >= 0 (0 = no limit)");
   if (!c.weights.norm || !c.weights.w_out) fail("weights.norm and weights.w_out must be set");
   if (!detail::aligned16(c.weights.norm) || !detail::aligned16(c.weights.w_out))
     fail("weight pointers must be 16-byte aligned");
@@ -95,12 +114,5 @@ inline void validate_step(const StepArgs& a, int max_batch) {
     fail("logits and tokens must be 4-byte aligned");
 }
 
-inline std::string describe_status(const uint32_t* words) {
-  static const char* const names[kStatusWords] = {"a wait inside the kernel timed out (a hang: a bug, please report)"};
-  std::string out;
-  for (int i = 0; i < int(kStatusWords); ++i)
-    if (words[i] != 0) out += (out.empty() ? "" : "; ") + std::string(names[i]);
-  return out;
-}
 
 }  // namespace cf::kernels::lm_head

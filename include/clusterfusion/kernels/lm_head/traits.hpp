@@ -17,7 +17,8 @@ struct SmallBuffers {
   float best_value[kMaxBatch];   // this CTA's best logit so far per token
   int32_t best_index[kMaxBatch]; // its id (-1: none yet)
   uint32_t last_flag;            // 1: this CTA arrived last and picks the tokens
-  uint32_t pad[3];
+  uint32_t abort;                // a wait of this CTA expired: the others return at once (prim::WaitLimit)
+  uint32_t pad[2];
 };
 
 struct Layout {

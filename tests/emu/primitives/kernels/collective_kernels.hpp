@@ -26,7 +26,7 @@ struct CollectiveParams {
   const void* in;            // [clusters][calls][N][capacity] elements
   void* out;                 // [clusters][calls][N][out_stride] elements
   const uint32_t* counts;    // [calls]
-  uint32_t* timeout_flag;    // null on the emulator
+  uint64_t* timeout_flag;    // null on the emulator
   uint32_t calls, capacity, out_stride;
   uint32_t group_first, group_size;  // group_size 0: the whole block; else threads [first, first+size), barrier 1
   uint32_t in_place;         // gather: src is dst + rank * count
@@ -125,10 +125,10 @@ std::vector<BitsOf<T>> run_collective(const std::vector<BitsOf<T>>& in, const st
   dev::DeviceBuffer<uint32_t> counts_dev(counts.size());
   counts_dev.upload(counts);
 #if defined(CF_DEVICE_CUDA)
-  dev::DeviceBuffer<uint32_t> timeout(1);  // bounded waits on the GPU: a protocol bug fails instead of hanging
-  uint32_t* timeout_flag = timeout.data();
+  dev::DeviceBuffer<uint64_t> timeout(1);  // bounded waits on the GPU: a protocol bug fails instead of hanging
+  uint64_t* timeout_flag = timeout.data();
 #else
-  uint32_t* timeout_flag = nullptr;  // the emulator reports deadlocks itself
+  uint64_t* timeout_flag = nullptr;  // the emulator reports deadlocks itself
 #endif
   CollectiveParams p{};
   p.in = in_dev.data();

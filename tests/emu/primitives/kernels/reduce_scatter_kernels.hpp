@@ -33,7 +33,7 @@ struct RsParams {
   const void* in;   // [calls][n][capacity]
   void* out;        // [calls][n][capacity]
   const uint32_t* counts;
-  uint32_t* timeout_flag;
+  uint64_t* timeout_flag;
   uint32_t calls, capacity, mode, align;
 };
 
@@ -81,10 +81,10 @@ std::vector<BitsOf<T>> run_reduce_scatter(uint32_t n, const std::vector<BitsOf<T
   dev::DeviceBuffer<uint32_t> counts_dev(counts.size());
   counts_dev.upload(counts);
 #if defined(CF_DEVICE_CUDA)
-  dev::DeviceBuffer<uint32_t> timeout(1);
-  uint32_t* timeout_flag = timeout.data();
+  dev::DeviceBuffer<uint64_t> timeout(1);
+  uint64_t* timeout_flag = timeout.data();
 #else
-  uint32_t* timeout_flag = nullptr;
+  uint64_t* timeout_flag = nullptr;
 #endif
   const RsParams p{in_dev.data(), out_dev.data(), counts_dev.data(), timeout_flag, uint32_t(counts.size()), capacity,
                    uint32_t(mode), align};
