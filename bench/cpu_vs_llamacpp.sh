@@ -23,6 +23,7 @@
 # Run it on a quiet machine: both programs are timed by the wall clock.
 set -euo pipefail
 
+invocation="bench/cpu_vs_llamacpp.sh $*"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 build="$repo/build/cpu"
 rounds=3 reps=3 threads=1,2 models=default,f16,q8_0,q4_0,q4_1,q4_k stress=0 log=""
@@ -68,12 +69,10 @@ if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-quantize" ]; then
   cmake --build "$work/build-$version" -j "$jobs" --target llama-bench llama-quantize >/dev/null
 fi
 
-# 2. Our benchmark program.
-if [ ! -x "$build/bench/cpu_vs_llamacpp/cf_bench_cpu_model" ]; then
-  [ -d "$build" ] || cmake --preset cpu -S "$repo" >/dev/null
-  say "building cf_bench_cpu_model in $build"
-  cmake --build "$build" --target cf_bench_cpu_model >/dev/null
-fi
+# 2. Our benchmark program, brought up to date with the sources (an old binary would measure old code).
+[ -d "$build" ] || (cd "$repo" && cmake --preset cpu >/dev/null)
+say "building cf_bench_cpu_model in $build"
+cmake --build "$build" --target cf_bench_cpu_model >/dev/null
 
 # 3. Random-weight models of the default model's shapes.
 python="$work/venv/bin/python"
@@ -116,8 +115,10 @@ done
 args=(--llama-bench "$bin/llama-bench" --ours "$build/bench/cpu_vs_llamacpp/cf_bench_cpu_model" "${model_args[@]}"
       --threads "$threads" --rounds "$rounds" --reps "$reps" --stress "$stress")
 {
-  echo "# git $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown), llama.cpp from llama-cpp-python $version"
-  echo "# command: bench/cpu_vs_llamacpp.sh --rounds $rounds --reps $reps --threads $threads --models $models --stress $stress"
+  dirty="$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (uncommitted changes)' || true)"
+  echo "# git $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty, llama.cpp from llama-cpp-python $version"
+  echo "# command: $invocation"
+  echo "# settings: --rounds $rounds --reps $reps --threads $threads --models $models --stress $stress"
   if [ -n "$log" ]; then
     python3 "$repo/bench/cpu_vs_llamacpp/compare.py" "${args[@]}" --json "$log.json"
   else
