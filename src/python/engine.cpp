@@ -36,8 +36,7 @@ class EngineModel {
                    "threads: " + std::to_string(threads) + " outside [0, " + std::to_string(kMaxThreads) + "]");
     CF_CHECK_INPUT(context >= 0, "context: must be >= 0 (0 = the model's context length)");
     const std::string file = path ? *path : require_default_model("Model(path)");
-    WeightLoadOptions load_options;
-    if (backend != "cpu") load_options.k_quant_as = DType::F16;  // as the CLI: device backends hold 16-bit weights
+    const WeightLoadOptions load_options = weight_load_options(backend);  // as the CLI
     model_ = load_model(file, load_options);
     const ModelConfig& c = model_.weights->config;
     context_ = context > 0 ? std::min(context, c.max_context) : c.max_context;

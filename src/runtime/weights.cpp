@@ -50,6 +50,7 @@ AlignedBytes::AlignedBytes(size_t n) : size_(n) {
 void AlignedBytes::Free::operator()(uint8_t* p) const { std::free(p); }
 
 void WeightMatrix::dequantize_rows(int64_t first, int64_t count, float* out) const {
+  CF_CHECK(layout == WeightLayout::Rows, name + ": repacked for the cpu backend, rows cannot be read here");
   CF_CHECK(first >= 0 && count >= 0 && first + count <= rows, name + ": row range out of bounds");
   for (int64_t r = 0; r < count; ++r) dequantize(dtype, row(first + r), out + r * cols, cols);
 }
@@ -221,8 +222,9 @@ class FileReader {
     advance(t.nbytes);
     if (options_.convert_to && *options_.convert_to != m.dtype)
       m = convert_matrix(m, *options_.convert_to);
-    else if (dtype_is_k_quant(m.dtype))
-      m = convert_matrix(m, options_.k_quant_as);
+    else if (dtype_is_k_quant(m.dtype) && options_.k_quant_as)
+      m = convert_matrix(m, *options_.k_quant_as);
+    if (options_.repack) options_.repack(m);
     return m;
   }
 
@@ -254,7 +256,8 @@ ModelWeights ModelWeights::load(const ModelFile& file, const WeightLoadOptions& 
   w.config = file.config();
   const ModelConfig& c = w.config;
   c.validate(file.path());
-  CF_CHECK(!dtype_is_k_quant(options.k_quant_as) && !(options.convert_to && dtype_is_k_quant(*options.convert_to)),
+  CF_CHECK(!(options.k_quant_as && dtype_is_k_quant(*options.k_quant_as)) &&
+               !(options.convert_to && dtype_is_k_quant(*options.convert_to)),
            "WeightLoadOptions: k-quants are file types, not a type to convert to");
   FileReader reader(file, options, progress);
   w.layers.resize(size_t(c.n_layers));
