@@ -187,31 +187,23 @@ class Progress {
   int last_percent_ = -1;
 };
 
-struct LoadedRunner {
-  LoadedModel model;
-  std::unique_ptr<Runner> runner;
-};
-
-// max_seqs: sequences decoded in lockstep (serve's batch); the KV pool holds all of them at full context.
-LoadedRunner load(const CommonOptions& common, int max_seqs = 1) {
-  BackendOptions options;
-  common.apply_cpu_options(options);  // bad values are refused before the model is loaded
-  const std::string backend = common.resolved_backend();
+// max_seqs: sequences decoded in lockstep (serve's batch).
+OpenedModel load(const CommonOptions& common, int max_seqs = 1) {
+  OpenModelOptions options;
+  common.apply_cpu_options(options.backend_options);  // bad values are refused before the model is loaded
+  options.backend_options.threads = common.threads;
+  options.backend = common.resolved_backend();
+  options.context = common.context;
+  options.max_seqs = max_seqs;
+  const std::string& backend = options.backend;
   const auto start = std::chrono::steady_clock::now();
   const std::string path = common.model_path();
   Progress progress("loading " + terminal_safe(std::filesystem::path(path).filename().string(), 60), common.quiet);
-  LoadedRunner m;
-  // k-quants to F16 for the device backends; weights repacked while loading for the cpu backend.
-  const WeightLoadOptions load_options = weight_load_options(backend);
-  m.model = load_model(path, load_options, [&](size_t done, size_t total) { progress.update(done, total); });
-  const auto& weights = m.model.weights;
-  const ModelConfig& c = weights->config;
-  const int context = common.context > 0 ? std::min(common.context, c.max_context) : c.max_context;
-  options.threads = common.threads;
-  options.max_seqs = max_seqs;
-  options.kv_pages = max_seqs * ((context + options.page_size - 1) / options.page_size);
-  const double mb = double(weights->matrix_bytes()) / 1e6;
-  m.runner = std::make_unique<Runner>(create_backend(backend, weights, options), max_seqs, context);
+  options.progress = [&](size_t done, size_t total) { progress.update(done, total); };
+  OpenedModel m = open_model(path, options);
+  const ModelConfig& c = m.model.weights->config;
+  const int context = m.context;
+  const double mb = double(m.model.weights->matrix_bytes()) / 1e6;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char line[512];
   const bool threaded = backend == "cpu";  // emu runs every device thread as a fiber of one host thread
@@ -343,7 +335,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (!a.prompt) throw UsageError("generate: missing -p TEXT (see --help)");
   GenerationOptions options = a.sampling.generation();
   ChatTemplate chat_template = a.sampling.chat_template(std::nullopt);  // validates --template before loading
-  LoadedRunner m = load(a.common);
+  OpenedModel m = load(a.common);
   chat_template = a.sampling.chat_template(m.model.chat_template);
   const Tokenizer& tokenizer = *m.model.tokenizer;
   TextCallback on_text = print_text;
@@ -390,7 +382,7 @@ int cmd_chat(const std::vector<std::string>& args) {
   if (!parse_or_help(a.parser(), args)) return 0;
   const GenerationOptions options = a.sampling.generation();
   (void)a.sampling.chat_template(std::nullopt);
-  LoadedRunner m = load(a.common);
+  OpenedModel m = load(a.common);
   const ChatTemplate chat_template = a.sampling.chat_template(m.model.chat_template);
   if (chat_template.format() == ChatFormat::None && !a.common.quiet)
     std::fprintf(stderr, "(the model has no known chat template: turns are joined as plain text; see --template)\n");
@@ -606,7 +598,7 @@ int cmd_serve(const std::vector<std::string>& args) {
   defaults.sampling = a.sampling.generation().sampling;
   (void)a.sampling.chat_template(std::nullopt);  // validates --template before loading
   const std::optional<std::string> api_key = prepare_serve(a.serve);
-  LoadedRunner m = load(a.common, a.serve.max_batch);
+  OpenedModel m = load(a.common, a.serve.max_batch);
   ChatTemplate chat_template = a.sampling.chat_template(m.model.chat_template);
   if (a.sampling.system)
     chat_template.set_default_system(a.sampling.system->empty() ? std::nullopt : a.sampling.system);
