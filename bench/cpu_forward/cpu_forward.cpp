@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   std::string dtype_arg = "q4_1", preset = "smollm2-135m";
   int threads = 0, prompt = 64, gen = 64;
   std::string isa;
+  bool int8 = false, kv_f16 = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -31,6 +32,8 @@ int main(int argc, char** argv) {
     else if (a == "--gen") gen = std::stoi(next());
     else if (a == "--isa") isa = next();
     else if (a == "--preset") preset = next();
+    else if (a == "--int8") int8 = true;
+    else if (a == "--kv-f16") kv_f16 = true;
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   cf::DType dtype = cf::DType::Q4_1;
@@ -38,14 +41,15 @@ int main(int argc, char** argv) {
   else if (dtype_arg == "f16") dtype = cf::DType::F16;
   else if (dtype_arg == "f32") dtype = cf::DType::F32;
   else if (dtype_arg == "q4_0") dtype = cf::DType::Q4_0;
-  if (isa == "portable") cf::cpu::force_isa(cf::cpu::Isa::Portable);
-  if (isa == "avx2") cf::cpu::force_isa(cf::cpu::Isa::Avx2);
 
   cf::ModelConfig c = cf::model_preset(preset);
   c.max_context = std::min(c.max_context, prompt + gen + 16);
   auto weights = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(c, 1, dtype));
   cf::BackendOptions options;
   options.threads = threads;
+  options.cpu_isa = isa;
+  if (int8) options.cpu_arithmetic = cf::CpuArithmetic::Int8;
+  if (kv_f16) options.cpu_kv_type = cf::DType::F16;
   cf::Runner runner(cf::create_backend("cpu", weights, options));
 
   std::vector<int32_t> tokens(static_cast<size_t>(prompt));
@@ -71,8 +75,8 @@ int main(int argc, char** argv) {
   }
   const double gen_s = std::chrono::duration<double>(clock::now() - t0).count();
   const double cpu2 = cpu_seconds();
-  std::printf("dtype %s isa %s threads %d weights %.1f MB: prompt %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok); generation %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok)\n",
-              dtype_arg.c_str(), cf::cpu::isa_name(cf::cpu::active_isa()), threads,
+  std::printf("dtype %s isa %s%s threads %d weights %.1f MB: prompt %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok); generation %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok)\n",
+              dtype_arg.c_str(), int8 ? " int8" : "", cf::cpu::isa_name(cf::cpu::resolve_isa(isa)), threads,
               double(weights->matrix_bytes()) / 1e6, prompt, prompt_s, prompt / prompt_s, 1e3 * (cpu1 - cpu0) / prompt, gen, gen_s,
               gen / gen_s, 1e3 * (cpu2 - cpu1) / gen);
 }

@@ -23,7 +23,7 @@ bool is_gpu_backend(std::string_view name) { return name == "cuda" || name == "c
 
 std::vector<BackendInfo> backend_list() {
   return {
-      {"cpu", true, "reference forward pass on the CPU (threads + AVX2)"},
+      {"cpu", true, "reference forward pass on the CPU (threads; AVX-512, AVX2 or portable kernels)"},
       {"emu", true, "fused device kernels run on the CPU emulator (slow: tiny models)"},
       {"cuda", kCudaBuilt, "fused cluster kernels with CUDA graphs (Hopper)"},
       {"cuda-unfused", kCudaBuilt, "cuBLAS + simple kernels with CUDA graphs: the GPU baseline"},
@@ -41,6 +41,16 @@ std::string backend_unavailable_reason(std::string_view name) {
 }
 
 std::string default_backend_name() { return backend_unavailable_reason("cuda").empty() ? "cuda" : "cpu"; }
+
+WeightLoadOptions weight_load_options(std::string_view backend) {
+  WeightLoadOptions o;
+  if (backend == "cpu") {
+    o.repack = repack_for_cpu;
+  } else {
+    o.k_quant_as = DType::F16;
+  }
+  return o;
+}
 
 std::unique_ptr<Backend> create_backend(std::string_view name, std::shared_ptr<const ModelWeights> weights,
                                         const BackendOptions& options) {

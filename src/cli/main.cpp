@@ -47,6 +47,7 @@ struct CommonOptions {
   int threads = 0;
   int context = 0;
   bool quiet = false;
+  std::string cpu_arithmetic = "f32", kv_type = "f32", cpu_isa = "auto";
 
   void add_to(ArgParser& p) {
     p.section("model and backend");
@@ -59,6 +60,24 @@ struct CommonOptions {
     p.option("threads", 't', "N", "worker threads [all cores]", &threads, 0, kMaxThreads);
     p.option("ctx", 'c', "N", "context length in tokens [the model's]", &context, 0, kMaxContext);
     p.flag("quiet", 'q', "no progress bar or summary on stderr", &quiet);
+    p.section("cpu backend");
+    p.option("cpu-arithmetic", 0, "f32|int8",
+             "activations in the products with quantised weights: f32 (agrees with fp32 references) or int8 (blocks "
+             "of 32 as llama.cpp: faster prompts, logits within ~1 of f32 on 4-bit models) [f32]",
+             &cpu_arithmetic);
+    p.option("kv-type", 0, "f32|f16", "KV cache elements (f16: half the memory) [f32]", &kv_type);
+    p.option("cpu-isa", 0, "NAME", "kernel instruction set: auto, avx512, avx2, portable (same results) [auto]",
+             &cpu_isa);
+  }
+
+  // The cpu backend's settings of BackendOptions, checked.
+  void apply_cpu_options(BackendOptions& o) const {
+    if (cpu_arithmetic != "f32" && cpu_arithmetic != "int8")
+      throw UsageError("--cpu-arithmetic: '" + cpu_arithmetic + "' (expected f32 or int8)");
+    if (kv_type != "f32" && kv_type != "f16") throw UsageError("--kv-type: '" + kv_type + "' (expected f32 or f16)");
+    o.cpu_arithmetic = cpu_arithmetic == "int8" ? CpuArithmetic::Int8 : CpuArithmetic::F32;
+    o.cpu_kv_type = kv_type == "f16" ? DType::F16 : DType::F32;
+    o.cpu_isa = cpu_isa;
   }
 
   std::string model_path() const { return model ? *model : require_default_model("-m PATH"); }
@@ -168,32 +187,23 @@ class Progress {
   int last_percent_ = -1;
 };
 
-struct LoadedRunner {
-  LoadedModel model;
-  std::unique_ptr<Runner> runner;
-};
-
-// max_seqs: sequences decoded in lockstep (serve's batch); the KV pool holds all of them at full context.
-LoadedRunner load(const CommonOptions& common, int max_seqs = 1) {
-  const std::string backend = common.resolved_backend();
+// max_seqs: sequences decoded in lockstep (serve's batch).
+OpenedModel load(const CommonOptions& common, int max_seqs = 1) {
+  OpenModelOptions options;
+  common.apply_cpu_options(options.backend_options);  // bad values are refused before the model is loaded
+  options.backend_options.threads = common.threads;
+  options.backend = common.resolved_backend();
+  options.context = common.context;
+  options.max_seqs = max_seqs;
+  const std::string& backend = options.backend;
   const auto start = std::chrono::steady_clock::now();
   const std::string path = common.model_path();
   Progress progress("loading " + terminal_safe(std::filesystem::path(path).filename().string(), 60), common.quiet);
-  LoadedRunner m;
-  WeightLoadOptions load_options;
-  // k-quant files: the device backends convert every matrix to 16 bits anyway, so take them to F16 exactly rather
-  // than through the cpu backend's Q8_0.
-  if (backend != "cpu") load_options.k_quant_as = DType::F16;
-  m.model = load_model(path, load_options, [&](size_t done, size_t total) { progress.update(done, total); });
-  const auto& weights = m.model.weights;
-  const ModelConfig& c = weights->config;
-  const int context = common.context > 0 ? std::min(common.context, c.max_context) : c.max_context;
-  BackendOptions options;
-  options.threads = common.threads;
-  options.max_seqs = max_seqs;
-  options.kv_pages = max_seqs * ((context + options.page_size - 1) / options.page_size);
-  const double mb = double(weights->matrix_bytes()) / 1e6;
-  m.runner = std::make_unique<Runner>(create_backend(backend, weights, options), max_seqs, context);
+  options.progress = [&](size_t done, size_t total) { progress.update(done, total); };
+  OpenedModel m = open_model(path, options);
+  const ModelConfig& c = m.model.weights->config;
+  const int context = m.context;
+  const double mb = double(m.model.weights->matrix_bytes()) / 1e6;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char line[512];
   const bool threaded = backend == "cpu";  // emu runs every device thread as a fiber of one host thread
@@ -325,7 +335,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (!a.prompt) throw UsageError("generate: missing -p TEXT (see --help)");
   GenerationOptions options = a.sampling.generation();
   ChatTemplate chat_template = a.sampling.chat_template(std::nullopt);  // validates --template before loading
-  LoadedRunner m = load(a.common);
+  OpenedModel m = load(a.common);
   chat_template = a.sampling.chat_template(m.model.chat_template);
   const Tokenizer& tokenizer = *m.model.tokenizer;
   TextCallback on_text = print_text;
@@ -372,7 +382,7 @@ int cmd_chat(const std::vector<std::string>& args) {
   if (!parse_or_help(a.parser(), args)) return 0;
   const GenerationOptions options = a.sampling.generation();
   (void)a.sampling.chat_template(std::nullopt);
-  LoadedRunner m = load(a.common);
+  OpenedModel m = load(a.common);
   const ChatTemplate chat_template = a.sampling.chat_template(m.model.chat_template);
   if (chat_template.format() == ChatFormat::None && !a.common.quiet)
     std::fprintf(stderr, "(the model has no known chat template: turns are joined as plain text; see --template)\n");
@@ -588,7 +598,7 @@ int cmd_serve(const std::vector<std::string>& args) {
   defaults.sampling = a.sampling.generation().sampling;
   (void)a.sampling.chat_template(std::nullopt);  // validates --template before loading
   const std::optional<std::string> api_key = prepare_serve(a.serve);
-  LoadedRunner m = load(a.common, a.serve.max_batch);
+  OpenedModel m = load(a.common, a.serve.max_batch);
   ChatTemplate chat_template = a.sampling.chat_template(m.model.chat_template);
   if (a.sampling.system)
     chat_template.set_default_system(a.sampling.system->empty() ? std::nullopt : a.sampling.system);

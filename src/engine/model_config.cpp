@@ -31,6 +31,22 @@ void check_range(const std::string& source, const char* field, int64_t v, int64_
 }
 }  // namespace
 
+const char* attention_kind_name(AttentionKind kind) {
+  switch (kind) {
+    case AttentionKind::Gqa:
+      return "GQA";
+  }
+  return "?";
+}
+
+const char* ffn_kind_name(FfnKind kind) {
+  switch (kind) {
+    case FfnKind::SwiGlu:
+      return "SwiGLU";
+  }
+  return "?";
+}
+
 void ModelConfig::validate(const std::string& source) const {
   check_range(source, "n_layers", n_layers, 1, kMaxLayers);
   check_range(source, "hidden", hidden, 1, kMaxHidden);
@@ -61,7 +77,9 @@ std::string ModelConfig::summary() const {
     s += buf + value + "\n";
   };
   line("architecture", arch + (name.empty() ? "" : " (" + name + ")"));
-  line("layers", std::to_string(n_layers));
+  const LayerSpec first = layer_spec(0);
+  line("layers", std::to_string(n_layers) + " (" + attention_kind_name(first.attention) + " attention, " +
+                     ffn_kind_name(first.ffn) + " FFN, RMSNorm)");
   line("hidden", std::to_string(hidden));
   line("heads", std::to_string(n_heads) + " query, " + std::to_string(n_kv_heads) + " key/value, head_dim " +
                     std::to_string(head_dim));

@@ -10,6 +10,7 @@
 #include "clusterfusion/common/json.hpp"
 #include "clusterfusion/engine/gguf.hpp"
 #include "clusterfusion/engine/safetensors.hpp"
+#include "clusterfusion/model/weight_table.hpp"
 #include "mapped_file.hpp"
 
 namespace fs = std::filesystem;
@@ -48,27 +49,9 @@ const TensorRef& ModelFile::require(const std::string& name, const std::vector<i
 
 void check_model_tensors(const ModelFile& m) {
   const ModelConfig& c = m.config();
-  const int64_t hidden = c.hidden, q = c.q_dim(), kv = c.kv_dim(), ffn = c.ffn_hidden, vocab = c.vocab;
-  m.require("token_embd.weight", {vocab, hidden});
-  m.require("output_norm.weight", {hidden});
-  if (!c.tied_embeddings) m.require("output.weight", {vocab, hidden});
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    m.require(p + "attn_norm.weight", {hidden});
-    m.require(p + "attn_q.weight", {q, hidden});
-    m.require(p + "attn_k.weight", {kv, hidden});
-    m.require(p + "attn_v.weight", {kv, hidden});
-    m.require(p + "attn_output.weight", {hidden, q});
-    m.require(p + "ffn_norm.weight", {hidden});
-    m.require(p + "ffn_gate.weight", {ffn, hidden});
-    m.require(p + "ffn_up.weight", {ffn, hidden});
-    m.require(p + "ffn_down.weight", {hidden, ffn});
-    if (c.qkv_bias) {
-      m.require(p + "attn_q.bias", {q});
-      m.require(p + "attn_k.bias", {kv});
-      m.require(p + "attn_v.bias", {kv});
-    }
-  }
+  for (const WeightEntry& e : weight_table(c))
+    if (!e.optional || m.find(e.name)) m.require(e.name, e.shape);
+  const int64_t vocab = c.vocab;
   const auto n_tokens = int64_t(m.tokenizer_spec().tokens.size());
   if (n_tokens > vocab)
     throw InputError(m.path() + ": the tokenizer has " + std::to_string(n_tokens) + " tokens but the embedding only " +

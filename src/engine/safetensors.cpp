@@ -8,6 +8,7 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/json.hpp"
+#include "clusterfusion/model/weight_table.hpp"
 #include "mapped_file.hpp"
 
 namespace cf {
@@ -170,9 +171,8 @@ TensorRef SafetensorsFile::tensor_ref(const SafetensorsTensor& t, std::string ca
 }
 
 std::optional<std::string> canonical_tensor_name(std::string_view n) {
-  if (n == "model.embed_tokens.weight") return "token_embd.weight";
-  if (n == "model.norm.weight") return "output_norm.weight";
-  if (n == "lm_head.weight") return "output.weight";
+  for (const WeightSlotInfo& slot : weight_slots())
+    if (!slot.per_layer && n == slot.hf_name) return std::string(slot.gguf_name);
   constexpr std::string_view layers = "model.layers.";
   if (n.substr(0, layers.size()) != layers) return std::nullopt;
   n.remove_prefix(layers.size());
@@ -182,22 +182,8 @@ std::optional<std::string> canonical_tensor_name(std::string_view n) {
   const auto [end, ec] = std::from_chars(n.data(), n.data() + dot, layer);
   if (ec != std::errc() || end != n.data() + dot || (dot > 1 && n[0] == '0')) return std::nullopt;
   const std::string_view rest = n.substr(dot + 1);
-  static constexpr std::pair<std::string_view, std::string_view> kMap[] = {
-      {"input_layernorm.weight", "attn_norm.weight"},
-      {"self_attn.q_proj.weight", "attn_q.weight"},
-      {"self_attn.k_proj.weight", "attn_k.weight"},
-      {"self_attn.v_proj.weight", "attn_v.weight"},
-      {"self_attn.q_proj.bias", "attn_q.bias"},
-      {"self_attn.k_proj.bias", "attn_k.bias"},
-      {"self_attn.v_proj.bias", "attn_v.bias"},
-      {"self_attn.o_proj.weight", "attn_output.weight"},
-      {"post_attention_layernorm.weight", "ffn_norm.weight"},
-      {"mlp.gate_proj.weight", "ffn_gate.weight"},
-      {"mlp.up_proj.weight", "ffn_up.weight"},
-      {"mlp.down_proj.weight", "ffn_down.weight"},
-  };
-  for (const auto& [hf, gguf] : kMap)
-    if (rest == hf) return "blk." + std::to_string(layer) + "." + std::string(gguf);
+  for (const WeightSlotInfo& slot : weight_slots())
+    if (slot.per_layer && rest == slot.hf_name) return "blk." + std::to_string(layer) + "." + std::string(slot.gguf_name);
   return std::nullopt;
 }
 

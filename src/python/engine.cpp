@@ -36,17 +36,15 @@ class EngineModel {
                    "threads: " + std::to_string(threads) + " outside [0, " + std::to_string(kMaxThreads) + "]");
     CF_CHECK_INPUT(context >= 0, "context: must be >= 0 (0 = the model's context length)");
     const std::string file = path ? *path : require_default_model("Model(path)");
-    WeightLoadOptions load_options;
-    if (backend != "cpu") load_options.k_quant_as = DType::F16;  // as the CLI: device backends hold 16-bit weights
-    model_ = load_model(file, load_options);
-    const ModelConfig& c = model_.weights->config;
-    context_ = context > 0 ? std::min(context, c.max_context) : c.max_context;
-    BackendOptions options;
-    options.threads = threads;
-    options.max_seqs = 1;
-    options.kv_pages = (context_ + options.page_size - 1) / options.page_size;
+    OpenModelOptions options;  // as the CLI
+    options.backend = backend;
+    options.backend_options.threads = threads;
+    options.context = context;
+    OpenedModel opened = open_model(file, options);
+    model_ = std::move(opened.model);
+    context_ = opened.context;
+    runner_ = std::move(opened.runner);
     backend_name_ = backend;
-    runner_ = std::make_unique<Runner>(create_backend(backend, model_.weights, options), 1, context_);
     generator_ = std::make_unique<Generator>(*runner_, model_.tokenizer);
     template_ = ChatTemplate::detect(model_.chat_template);
   }

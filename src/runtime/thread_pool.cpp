@@ -1,5 +1,6 @@
 #include "clusterfusion/runtime/thread_pool.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -12,21 +13,25 @@
 namespace cf {
 
 namespace {
-// How long an idle worker spins before sleeping: long enough to bridge the gaps between the jobs of one forward
-// pass, short enough not to burn a shared core between tokens.
+// How long an idle thread spins before sleeping: long enough to bridge the gaps between the jobs of one forward pass
+// and between tokens, short enough not to keep a shared core busy for nothing.
 constexpr auto kSpinTime = std::chrono::microseconds(200);
-// Busy-wait iterations before yielding the core: when other processes share the cores, a thread waiting for a
-// preempted peer must give it the core rather than spin through its time slice.
-constexpr int kPauseSpins = 256;
+// Busy-wait iterations between yields: when other processes share the cores, a waiting thread hands the core over
+// rather than spinning through its time slice (the thread it waits for may be the one that needs it).
+constexpr int kPausesPerYield = 64;
 
-template <typename Sleep>
-void pause_or_sleep(int spins, std::chrono::steady_clock::time_point spin_until, Sleep&& sleep) {
-  if (spins < kPauseSpins) {
-    CF_CPU_RELAX();
-  } else if (std::chrono::steady_clock::now() < spin_until) {
-    std::this_thread::yield();
-  } else {
-    sleep();
+// Spins (pausing, yielding every kPausesPerYield) until done() or kSpinTime has passed; true if done().
+template <typename Done>
+bool spin_until(Done&& done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
+  for (int spins = 1;; ++spins) {
+    if (done()) return true;
+    if (spins % kPausesPerYield != 0) {
+      CF_CPU_RELAX();
+    } else {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      std::this_thread::yield();
+    }
   }
 }
 }  // namespace
@@ -44,50 +49,57 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::worker_loop(int worker) {
-  uint32_t seen = 0;
-  while (true) {
-    // Wait for a new generation: spin for a while, then sleep on the atomic.
-    const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
-    int spins = 0;
-    while (generation_.load(std::memory_order_acquire) == seen) {
-      pause_or_sleep(++spins, spin_until, [&] { generation_.wait(seen, std::memory_order_acquire); });
-    }
-    seen = generation_.load(std::memory_order_acquire);
-    if (stop_.load()) return;
+void ThreadPool::run_chunks(uint32_t generation, int worker) {
+  for (uint64_t c = claim_.load(std::memory_order_acquire);;) {
+    const uint32_t next = uint32_t(c & 0xffffu), chunks = uint32_t((c >> 16) & 0xffffu);
+    if (uint32_t(c >> 32) != generation || next >= chunks) return;
+    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // Claimed: job_ stays this generation's job until every claimed chunk is done.
+    const int64_t begin = int64_t(next) * job_.chunk;
+    const int64_t end = std::min(job_.n, begin + job_.chunk);
     try {
-      (*job_)(worker);
+      job_.call(job_.context, begin, end, worker);
     } catch (...) {
       if (!has_error_.exchange(true)) error_ = std::current_exception();
     }
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    // After the last chunk's increment the caller may start the next job: only `chunks` (a local) is read here.
+    if (done_.fetch_add(1) + 1 == int(chunks) && caller_sleeping_.load()) done_.notify_one();
+    c = claim_.load(std::memory_order_acquire);
   }
 }
 
-void ThreadPool::run(const std::function<void(int)>& job) {
-  if (n_threads_ == 1) {
-    job(0);
-    return;
+void ThreadPool::worker_loop(int worker) {
+  uint32_t seen = 0;
+  while (true) {
+    if (!spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
+      // Sequentially consistent with execute(): either it sees this sleeper and notifies, or the wait sees the new
+      // generation.
+      sleepers_.fetch_add(1);
+      generation_.wait(seen);
+      sleepers_.fetch_sub(1);
+    }
+    seen = generation_.load(std::memory_order_acquire);
+    if (stop_.load()) return;
+    run_chunks(seen, worker);
   }
-  job_ = &job;
+}
+
+void ThreadPool::execute(const Job& job) {
+  job_ = job;
   has_error_.store(false);
   error_ = nullptr;
-  pending_.store(uint32_t(n_threads_ - 1), std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
-  generation_.notify_all();
-  std::exception_ptr own_error;
-  try {
-    job(0);
-  } catch (...) {
-    own_error = std::current_exception();
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
+  claim_.store((uint64_t(generation) << 32) | (uint64_t(job.chunks) << 16), std::memory_order_release);
+  generation_.store(generation);
+  if (sleepers_.load() > 0) generation_.notify_all();
+  run_chunks(generation, 0);
+  const int chunks = int(job.chunks);
+  if (!spin_until([&] { return done_.load(std::memory_order_acquire) == chunks; })) {
+    caller_sleeping_.store(true);
+    for (int d; (d = done_.load()) != chunks;) done_.wait(d);
+    caller_sleeping_.store(false);
   }
-  const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
-  int spins = 0;
-  for (uint32_t left; (left = pending_.load(std::memory_order_acquire)) != 0;) {
-    pause_or_sleep(++spins, spin_until, [&] { pending_.wait(left, std::memory_order_acquire); });
-  }
-  job_ = nullptr;
-  if (own_error) std::rethrow_exception(own_error);
   if (has_error_.load()) std::rethrow_exception(error_);
 }
 

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/half.hpp"
@@ -49,6 +50,7 @@ AlignedBytes::AlignedBytes(size_t n) : size_(n) {
 void AlignedBytes::Free::operator()(uint8_t* p) const { std::free(p); }
 
 void WeightMatrix::dequantize_rows(int64_t first, int64_t count, float* out) const {
+  CF_CHECK(layout == WeightLayout::Rows, name + ": repacked for the cpu backend, rows cannot be read here");
   CF_CHECK(first >= 0 && count >= 0 && first + count <= rows, name + ": row range out of bounds");
   for (int64_t r = 0; r < count; ++r) dequantize(dtype, row(first + r), out + r * cols, cols);
 }
@@ -129,11 +131,74 @@ WeightMatrix convert_matrix(const WeightMatrix& m, DType to) {
 }
 
 size_t ModelWeights::matrix_bytes() const {
-  size_t total = token_embd.bytes.size() + output.bytes.size();
-  for (const auto& l : layers)
-    for (const WeightMatrix* m : {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down})
-      total += m->bytes.size();
+  size_t total = 0;
+  for_each_matrix([&](const WeightEntry&, const WeightMatrix& m) { total += m.bytes.size(); });
   return total;
+}
+
+namespace {
+
+WeightMatrix LayerWeights::*layer_matrix(WeightSlot slot) {
+  switch (slot) {
+    case WeightSlot::AttnQ:
+      return &LayerWeights::attn_q;
+    case WeightSlot::AttnK:
+      return &LayerWeights::attn_k;
+    case WeightSlot::AttnV:
+      return &LayerWeights::attn_v;
+    case WeightSlot::AttnOutput:
+      return &LayerWeights::attn_output;
+    case WeightSlot::FfnGate:
+      return &LayerWeights::ffn_gate;
+    case WeightSlot::FfnUp:
+      return &LayerWeights::ffn_up;
+    case WeightSlot::FfnDown:
+      return &LayerWeights::ffn_down;
+    default:
+      CF_CHECK(false, "weight slot " + std::string(slot_info(slot).gguf_name) + " is not a layer matrix");
+      return nullptr;
+  }
+}
+
+std::vector<float> LayerWeights::*layer_vector(WeightSlot slot) {
+  switch (slot) {
+    case WeightSlot::AttnNorm:
+      return &LayerWeights::attn_norm;
+    case WeightSlot::AttnQBias:
+      return &LayerWeights::q_bias;
+    case WeightSlot::AttnKBias:
+      return &LayerWeights::k_bias;
+    case WeightSlot::AttnVBias:
+      return &LayerWeights::v_bias;
+    case WeightSlot::FfnNorm:
+      return &LayerWeights::ffn_norm;
+    default:
+      CF_CHECK(false, "weight slot " + std::string(slot_info(slot).gguf_name) + " is not a layer vector");
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+const WeightMatrix& ModelWeights::matrix(const WeightEntry& e) const {
+  if (e.slot == WeightSlot::TokenEmbd) return token_embd;
+  if (e.slot == WeightSlot::Output) return output;
+  CF_CHECK(e.layer >= 0 && size_t(e.layer) < layers.size(), e.name + ": no such layer in these weights");
+  return layers[size_t(e.layer)].*layer_matrix(e.slot);
+}
+
+WeightMatrix& ModelWeights::matrix(const WeightEntry& e) {
+  return const_cast<WeightMatrix&>(std::as_const(*this).matrix(e));
+}
+
+const std::vector<float>& ModelWeights::vector(const WeightEntry& e) const {
+  if (e.slot == WeightSlot::OutputNorm) return output_norm;
+  CF_CHECK(e.layer >= 0 && size_t(e.layer) < layers.size(), e.name + ": no such layer in these weights");
+  return layers[size_t(e.layer)].*layer_vector(e.slot);
+}
+
+std::vector<float>& ModelWeights::vector(const WeightEntry& e) {
+  return const_cast<std::vector<float>&>(std::as_const(*this).vector(e));
 }
 
 // ---- loading from a model file ------------------------------------------------------------------------------------
@@ -157,8 +222,9 @@ class FileReader {
     advance(t.nbytes);
     if (options_.convert_to && *options_.convert_to != m.dtype)
       m = convert_matrix(m, *options_.convert_to);
-    else if (dtype_is_k_quant(m.dtype))
-      m = convert_matrix(m, options_.k_quant_as);
+    else if (dtype_is_k_quant(m.dtype) && options_.k_quant_as)
+      m = convert_matrix(m, *options_.k_quant_as);
+    if (options_.repack) options_.repack(m);
     return m;
   }
 
@@ -190,30 +256,17 @@ ModelWeights ModelWeights::load(const ModelFile& file, const WeightLoadOptions& 
   w.config = file.config();
   const ModelConfig& c = w.config;
   c.validate(file.path());
-  CF_CHECK(!dtype_is_k_quant(options.k_quant_as) && !(options.convert_to && dtype_is_k_quant(*options.convert_to)),
+  CF_CHECK(!(options.k_quant_as && dtype_is_k_quant(*options.k_quant_as)) &&
+               !(options.convert_to && dtype_is_k_quant(*options.convert_to)),
            "WeightLoadOptions: k-quants are file types, not a type to convert to");
   FileReader reader(file, options, progress);
-  w.token_embd = reader.matrix("token_embd.weight", c.vocab, c.hidden);
-  w.output_norm = reader.vector("output_norm.weight", c.hidden);
-  if (!c.tied_embeddings || reader.has("output.weight")) w.output = reader.matrix("output.weight", c.vocab, c.hidden);
   w.layers.resize(size_t(c.n_layers));
-  for (int i = 0; i < c.n_layers; ++i) {
-    const std::string p = "blk." + std::to_string(i) + ".";
-    LayerWeights& l = w.layers[size_t(i)];
-    l.attn_norm = reader.vector(p + "attn_norm.weight", c.hidden);
-    l.attn_q = reader.matrix(p + "attn_q.weight", c.q_dim(), c.hidden);
-    l.attn_k = reader.matrix(p + "attn_k.weight", c.kv_dim(), c.hidden);
-    l.attn_v = reader.matrix(p + "attn_v.weight", c.kv_dim(), c.hidden);
-    if (c.qkv_bias) {
-      l.q_bias = reader.vector(p + "attn_q.bias", c.q_dim());
-      l.k_bias = reader.vector(p + "attn_k.bias", c.kv_dim());
-      l.v_bias = reader.vector(p + "attn_v.bias", c.kv_dim());
-    }
-    l.attn_output = reader.matrix(p + "attn_output.weight", c.hidden, c.q_dim());
-    l.ffn_norm = reader.vector(p + "ffn_norm.weight", c.hidden);
-    l.ffn_gate = reader.matrix(p + "ffn_gate.weight", c.ffn_hidden, c.hidden);
-    l.ffn_up = reader.matrix(p + "ffn_up.weight", c.ffn_hidden, c.hidden);
-    l.ffn_down = reader.matrix(p + "ffn_down.weight", c.hidden, c.ffn_hidden);
+  for (const WeightEntry& e : weight_table(c)) {
+    if (e.optional && !reader.has(e.name)) continue;
+    if (e.form == WeightForm::Matrix)
+      w.matrix(e) = reader.matrix(e.name, e.shape[0], e.shape[1]);
+    else
+      w.vector(e) = reader.vector(e.name, e.shape[0]);
   }
   return w;
 }
@@ -304,6 +357,27 @@ std::vector<float> random_vector(int64_t n, float center, float spread, Rng& rng
   return v;
 }
 
+// Uniform(-a, a) has standard deviation a / sqrt(3): a = sqrt(3 / in) keeps each output's variance near its input's.
+// The embeddings are O(1); residual branches (o_proj, down) are scaled down so the stream does not grow with depth.
+float random_scale(const WeightEntry& e) {
+  const float fan_in = std::sqrt(3.0f / float(e.shape[1]));
+  switch (e.slot) {
+    case WeightSlot::TokenEmbd:
+      return 1.0f;
+    case WeightSlot::AttnOutput:
+    case WeightSlot::FfnDown:
+      return 0.5f * fan_in;
+    default:
+      return fan_in;
+  }
+}
+
+// Norm weights near 1, biases near 0.
+float random_center(WeightSlot slot) {
+  const bool bias = slot == WeightSlot::AttnQBias || slot == WeightSlot::AttnKBias || slot == WeightSlot::AttnVBias;
+  return bias ? 0.0f : 1.0f;
+}
+
 }  // namespace
 
 ModelWeights ModelWeights::random(const ModelConfig& config, uint64_t seed, DType dtype) {
@@ -312,30 +386,13 @@ ModelWeights ModelWeights::random(const ModelConfig& config, uint64_t seed, DTyp
   w.config = config;
   const ModelConfig& c = w.config;
   Rng rng(seed);
-  // Uniform(-a, a) has standard deviation a / sqrt(3): a = sqrt(3 / in) keeps each output's variance near its input's.
-  auto scale_for = [](int64_t in) { return std::sqrt(3.0f / float(in)); };
-  w.token_embd = random_matrix("token_embd.weight", dtype, c.vocab, c.hidden, 1.0f, rng.next_u64());
-  w.output_norm = random_vector(c.hidden, 1.0f, 0.1f, rng);
-  if (!c.tied_embeddings) w.output = random_matrix("output.weight", dtype, c.vocab, c.hidden, scale_for(c.hidden), rng.next_u64());
   w.layers.resize(size_t(c.n_layers));
-  for (int i = 0; i < c.n_layers; ++i) {
-    const std::string p = "blk." + std::to_string(i) + ".";
-    LayerWeights& l = w.layers[size_t(i)];
-    l.attn_norm = random_vector(c.hidden, 1.0f, 0.1f, rng);
-    l.attn_q = random_matrix(p + "attn_q.weight", dtype, c.q_dim(), c.hidden, scale_for(c.hidden), rng.next_u64());
-    l.attn_k = random_matrix(p + "attn_k.weight", dtype, c.kv_dim(), c.hidden, scale_for(c.hidden), rng.next_u64());
-    l.attn_v = random_matrix(p + "attn_v.weight", dtype, c.kv_dim(), c.hidden, scale_for(c.hidden), rng.next_u64());
-    if (c.qkv_bias) {
-      l.q_bias = random_vector(c.q_dim(), 0.0f, 0.1f, rng);
-      l.k_bias = random_vector(c.kv_dim(), 0.0f, 0.1f, rng);
-      l.v_bias = random_vector(c.kv_dim(), 0.0f, 0.1f, rng);
-    }
-    // Residual branches are scaled down so the residual stream does not grow with depth.
-    l.attn_output = random_matrix(p + "attn_output.weight", dtype, c.hidden, c.q_dim(), 0.5f * scale_for(c.q_dim()), rng.next_u64());
-    l.ffn_norm = random_vector(c.hidden, 1.0f, 0.1f, rng);
-    l.ffn_gate = random_matrix(p + "ffn_gate.weight", dtype, c.ffn_hidden, c.hidden, scale_for(c.hidden), rng.next_u64());
-    l.ffn_up = random_matrix(p + "ffn_up.weight", dtype, c.ffn_hidden, c.hidden, scale_for(c.hidden), rng.next_u64());
-    l.ffn_down = random_matrix(p + "ffn_down.weight", dtype, c.hidden, c.ffn_hidden, 0.5f * scale_for(c.ffn_hidden), rng.next_u64());
+  for (const WeightEntry& e : weight_table(c)) {
+    if (e.optional) continue;  // a tied output
+    if (e.form == WeightForm::Matrix)
+      w.matrix(e) = random_matrix(e.name, dtype, e.shape[0], e.shape[1], random_scale(e), rng.next_u64());
+    else
+      w.vector(e) = random_vector(e.shape[0], random_center(e.slot), 0.1f, rng);
   }
   return w;
 }

@@ -16,6 +16,22 @@ class Value;
 // GGUF llama files hold q/k weights permuted for GPTJ pairing; HF safetensors hold them for NeoX pairing.
 enum class RopeStyle : uint8_t { NeoX, GPTJ };
 
+// What a layer computes: the model description's kinds. Llama-family models have one of each (MHA is GQA with
+// n_kv_heads == n_heads); DeepSeek-V2's multi-head latent attention and mixture-of-experts FFN arrive as new kinds
+// (docs/mla.md), with their slots in the weight table (model/weight_table.hpp).
+enum class AttentionKind : uint8_t { Gqa };  // RoPE on q/k, softmax attention over a KV cache of n_kv_heads heads
+enum class FfnKind : uint8_t { SwiGlu };     // down(silu(gate(x)) * up(x))
+enum class NormKind : uint8_t { RmsNorm };   // x / rms(x) * weight, before attention, before the FFN, at the end
+
+struct LayerSpec {
+  AttentionKind attention = AttentionKind::Gqa;
+  FfnKind ffn = FfnKind::SwiGlu;
+  NormKind norm = NormKind::RmsNorm;
+};
+
+const char* attention_kind_name(AttentionKind kind);
+const char* ffn_kind_name(FfnKind kind);
+
 struct ModelConfig {
   std::string arch = "llama";  // "llama", "qwen2", ...
   std::string name;            // human-readable, from metadata when present (terminal_safe: control characters,
@@ -35,6 +51,11 @@ struct ModelConfig {
   bool tied_embeddings = false;  // lm_head shares token_embd
   bool qkv_bias = false;         // Qwen2-style biases on q/k/v projections
 
+  // Every layer of a Llama-family model has the same kinds.
+  LayerSpec layer_spec(int layer) const {
+    (void)layer;
+    return {};
+  }
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
   // Throws cf::InputError("<source>: <field> = <value>: <why>") when a field is missing, absurd or inconsistent

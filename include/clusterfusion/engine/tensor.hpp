@@ -17,8 +17,8 @@ enum class DType : uint8_t {
   Q8_0,  // blocks of 32: f16 scale + 32 x int8
   Q4_0,  // blocks of 32: f16 scale + 16 bytes of 4-bit values (offset 8)
   Q4_1,  // blocks of 32: f16 scale + f16 min + 16 bytes of 4-bit values
-  // ggml's k-quants, super-blocks of 256. File types only: ModelWeights::load converts them to a type the backends
-  // compute on (WeightLoadOptions::k_quant_as).
+  // ggml's k-quants, super-blocks of 256. The cpu backend computes on them; the device backends have them converted
+  // to F16 at load (WeightLoadOptions::k_quant_as).
   Q4_K,  // f16 d, f16 dmin, 12 bytes of 6-bit scales and mins (8 sub-blocks of 32), 128 bytes of 4-bit values
   Q5_K,  // as Q4_K, plus 32 bytes holding the fifth bit of every value
   Q6_K,  // 128 bytes of low 4 bits, 64 bytes of high 2 bits, 16 int8 scales (sub-blocks of 16), f16 d

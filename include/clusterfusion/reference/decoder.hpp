@@ -1,5 +1,5 @@
 // Reference Llama decoder blocks, composed from the ops in ops.hpp and attention.hpp. These are the oracles of the
-// fused kernels (DESIGN.md §4) and, chained, of the backends' full forward pass.
+// fused kernels (docs/architecture.md) and, chained, of the backends' full forward pass.
 //
 // Semantics follow SGLang / ClusterFusion: each block takes the previous block's output and the running residual,
 //   residual_out = hidden + residual          (residual == nullptr means residual_out = hidden: the first layer)

@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/engine/tensor.hpp"
 #include "clusterfusion/runtime/kv_cache.hpp"
+#include "clusterfusion/runtime/weights.hpp"
 
 namespace cf {
 
@@ -38,12 +40,22 @@ struct Batch {
   void validate(const KvCacheShape& kv, int vocab) const;
 };
 
+// cpu backend: how activations meet block-quantised weights (Q8_0, Q4_0, Q4_1, k-quants) in matrix products.
+enum class CpuArithmetic : uint8_t {
+  F32,   // activations stay fp32: agrees with fp32 references to ~1e-4 (the reference for the other backends)
+  Int8,  // activations quantised per block of 32 to int8, integer dot products (as llama.cpp does): faster;
+         // logits differ from fp32 by up to ~1.4 on 4-bit models, like llama.cpp's (tests/data/golden/README.md)
+};
+
 struct BackendOptions {
   int threads = 0;            // cpu: worker threads, 0 = all hardware threads
   int page_size = 16;         // KV positions per page
   int kv_pages = 0;           // pages in the pool; 0 = enough for max_seqs sequences of the model's full context
   int max_seqs = 1;           // sequences decoded in lockstep (1..16)
   int max_batch_tokens = 256; // largest Batch a forward() accepts (prefill is chunked to this)
+  CpuArithmetic cpu_arithmetic = CpuArithmetic::F32;
+  DType cpu_kv_type = DType::F32;  // cpu: KV cache elements, F32 or F16 (half the memory, fp16 rounding)
+  std::string cpu_isa;             // cpu: kernel level "avx512" / "avx2" / "portable" (same results); "" = best
 };
 
 class Backend {
@@ -71,6 +83,11 @@ std::vector<BackendInfo> backend_list();
 std::string backend_unavailable_reason(std::string_view name);
 // "cuda" when this build has it and a usable GPU is present, else "cpu".
 std::string default_backend_name();
+
+// How to load a model's weights for a backend (pass to load_model): the device backends take k-quant matrices as
+// F16; the cpu backend keeps them and repacks every matrix into its kernels' layout while loading (one copy in
+// memory). Any backend also runs on weights loaded with default options (the cpu backend then repacks a copy).
+WeightLoadOptions weight_load_options(std::string_view backend);
 
 // Creates a backend by name over the given weights (defined in src/backends, library cf_backends).
 // Throws cf::InputError for an unknown name or one that cannot run here ("--backend cuda: <reason>").

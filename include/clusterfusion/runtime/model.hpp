@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/runtime/backend.hpp"
+#include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 
 namespace cf {
@@ -27,6 +29,28 @@ struct LoadedModel {
 // again before returning. Errors are cf::InputError naming the file.
 LoadedModel load_model(const std::string& path, const WeightLoadOptions& options = {},
                        const LoadProgress& progress = {});
+
+// How open_model() sets up a model for decoding.
+struct OpenModelOptions {
+  std::string backend = "cpu";  // a name create_backend() knows ("auto" resolved by the caller)
+  // threads and the cpu backend's options; max_seqs and kv_pages are set by open_model from the two fields below
+  BackendOptions backend_options;
+  int context = 0;   // positions per sequence; 0 or more than the model's: the model's context length
+  int max_seqs = 1;  // sequences decoded in lockstep (serve's batch); the KV pool holds all of them at full context
+  LoadProgress progress;
+};
+
+struct OpenedModel {
+  LoadedModel model;
+  int context = 0;  // the context in use
+  std::unique_ptr<Runner> runner;
+};
+
+// The one way from a path to a runner, used by the CLI (generate, chat, serve) and Python's Model: load_model with
+// the backend's weight_load_options, the context clamped to the model's, a KV pool for max_seqs sequences, the
+// backend and its Runner. Errors are cf::InputError naming the file or the backend's problem. Defined in
+// src/backends (it creates a backend).
+OpenedModel open_model(const std::string& path, const OpenModelOptions& options);
 
 // Shapes of known models, for random-weight tests and benchmarks (ModelWeights::random(model_preset(name), seed)):
 // "smollm2-135m", "llama2-7b", "llama3-8b". RoPE pairing as in their GGUF files (GPT-J). cf::InputError for an

@@ -14,6 +14,7 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/model/weight_table.hpp"
 
 namespace cf {
 
@@ -36,21 +37,31 @@ class AlignedBytes {
   size_t size_ = 0;
 };
 
+// How a matrix's bytes are arranged.
+enum class WeightLayout : uint8_t {
+  Rows,       // row after row, each row_bytes long: what every reader understands
+  CpuPacked,  // repacked at load for the cpu backend (groups of 16 rows; src/backends/cpu/packed_weights.hpp):
+              // only that backend reads it (weight_load_options("cpu") asks for it to keep one copy in memory)
+};
+
 struct WeightMatrix {
   std::string name;  // canonical tensor name, for messages
   DType dtype = DType::F32;
+  WeightLayout layout = WeightLayout::Rows;
   int64_t rows = 0;  // output features
   int64_t cols = 0;  // input features (a multiple of the block size for quantised types)
-  int64_t row_bytes = 0;
+  int64_t row_bytes = 0;  // (Rows layout)
   AlignedBytes bytes;
 
   bool empty() const { return rows == 0; }
   const uint8_t* row(int64_t r) const { return bytes.data() + r * row_bytes; }
-  // Dequantises rows [first, first + count) into out ([count, cols]).
+  // Dequantises rows [first, first + count) into out ([count, cols]); Rows layout only (cf::Error otherwise).
   void dequantize_rows(int64_t first, int64_t count, float* out) const;
   std::vector<float> dequantized() const;
 };
 
+// A layer's tensors under the names the backends compute with; which of them a layer holds, and their shapes, come
+// from the weight table (layer_slots of its LayerSpec). Unheld ones stay empty.
 struct LayerWeights {
   std::vector<float> attn_norm;  // [hidden]
   WeightMatrix attn_q, attn_k, attn_v, attn_output;
@@ -65,14 +76,16 @@ using LoadProgress = std::function<void(size_t done_bytes, size_t total_bytes)>;
 struct WeightLoadOptions {
   // Convert every matrix to this type at load (e.g. DType::F32 to dequantise once); unset keeps the file's types.
   std::optional<DType> convert_to;
-  // Matrices stored as k-quants (Q4_K, Q5_K, Q6_K: most published GGUF files) are converted to this type at load,
-  // since the backends compute on F32 / F16 / BF16 / Q8_0 / Q4_0 / Q4_1. Q8_0 (the default) keeps a 7B model near
-  // 7 GB and adds ~1/250 of each 32-block's largest value of rounding; F16 is exact up to fp16 rounding (the GPU
-  // backends, which convert to fp16 anyway, ask for it).
-  DType k_quant_as = DType::Q8_0;
+  // Matrices stored as k-quants (Q4_K, Q5_K, Q6_K: most published GGUF files) are converted to this type at load
+  // when set: the device backends, which hold 16-bit weights anyway, ask for F16 (exact up to fp16 rounding). Unset,
+  // they stay k-quants (the cpu backend computes on them directly).
+  std::optional<DType> k_quant_as;
   // load_model() refuses weights holding NaN or Inf (check_weights_finite: one read of the values, or only the
   // block scales of quantised types). Default model: ~12 ms on top of a ~100 ms load (docs/reliability.md).
   bool check_finite = true;
+  // Called on every matrix right after it is loaded (and converted), e.g. to repack it into a backend's layout in
+  // place: one matrix at a time, so a repacked model never needs a second copy in memory.
+  std::function<void(WeightMatrix&)> repack;
 };
 
 struct ModelWeights {
@@ -84,6 +97,19 @@ struct ModelWeights {
 
   const WeightMatrix& lm_head() const { return output.empty() ? token_embd : output; }
   size_t matrix_bytes() const;  // sum over all matrices
+
+  // The storage of a weight-table entry (model/weight_table.hpp): matrix() for WeightForm::Matrix entries, vector()
+  // for WeightForm::Vector ones (a form mismatch is a programming error: cf::Error).
+  WeightMatrix& matrix(const WeightEntry& e);
+  const WeightMatrix& matrix(const WeightEntry& e) const;
+  std::vector<float>& vector(const WeightEntry& e);
+  const std::vector<float>& vector(const WeightEntry& e) const;
+  // Calls f(entry, matrix) for every matrix the model holds (weight_table order; a tied output is skipped).
+  template <typename F>
+  void for_each_matrix(F&& f) const {
+    for (const WeightEntry& e : weight_table(config))
+      if (e.form == WeightForm::Matrix && !matrix(e).empty()) f(e, matrix(e));
+  }
 
   // Copies (and converts if asked) the weights of a loaded model; every shape is checked against the config and a
   // mismatch throws cf::InputError naming the file and tensor.

@@ -16,10 +16,8 @@ constexpr int64_t kMinRowsPerThread = 64;
 }  // namespace
 
 Storage choose_storage(const ModelWeights& w) {
-  bool all_bf16 = w.token_embd.dtype == DType::BF16 && (w.output.empty() || w.output.dtype == DType::BF16);
-  for (const LayerWeights& l : w.layers)
-    for (const WeightMatrix* m : {&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down})
-      all_bf16 = all_bf16 && m->dtype == DType::BF16;
+  bool all_bf16 = true;
+  w.for_each_matrix([&](const WeightEntry&, const WeightMatrix& m) { all_bf16 = all_bf16 && m.dtype == DType::BF16; });
   return all_bf16 ? Storage::BF16 : Storage::F16;
 }
 
@@ -91,24 +89,12 @@ ModelWeights rounded_copy(const ModelWeights& w, Storage s) {
   };
   ModelWeights r;
   r.config = w.config;
-  r.token_embd = convert_matrix(w.token_embd, t);
-  r.output_norm = round_vector(w.output_norm);
-  if (!w.output.empty()) r.output = convert_matrix(w.output, t);
-  for (const LayerWeights& l : w.layers) {
-    LayerWeights o;
-    o.attn_norm = round_vector(l.attn_norm);
-    o.attn_q = convert_matrix(l.attn_q, t);
-    o.attn_k = convert_matrix(l.attn_k, t);
-    o.attn_v = convert_matrix(l.attn_v, t);
-    o.attn_output = convert_matrix(l.attn_output, t);
-    o.q_bias = round_vector(l.q_bias);
-    o.k_bias = round_vector(l.k_bias);
-    o.v_bias = round_vector(l.v_bias);
-    o.ffn_norm = round_vector(l.ffn_norm);
-    o.ffn_gate = convert_matrix(l.ffn_gate, t);
-    o.ffn_up = convert_matrix(l.ffn_up, t);
-    o.ffn_down = convert_matrix(l.ffn_down, t);
-    r.layers.push_back(std::move(o));
+  r.layers.resize(w.layers.size());
+  for (const WeightEntry& e : weight_table(w.config)) {
+    if (e.form == WeightForm::Vector)
+      r.vector(e) = round_vector(w.vector(e));
+    else if (!w.matrix(e).empty())
+      r.matrix(e) = convert_matrix(w.matrix(e), t);
   }
   return r;
 }

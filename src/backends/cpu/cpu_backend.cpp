@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
@@ -12,9 +13,13 @@ namespace cf {
 
 namespace {
 
-// Rows per unit of work when a matrix product is split among threads: small enough to balance 2..16 threads over a
-// 192-row projection, large enough that each unit amortises its dispatch.
-constexpr int64_t kRowGrain = 16;
+using cpu::kRowGroup;
+using cpu::PackedMatrix;
+
+// Every matrix of a layer in the kernels' layout.
+struct PackedLayer {
+  PackedMatrix q, k, v, o, gate, up, down;
+};
 
 struct Activations {
   // Per token rows, [max_tokens, width].
@@ -24,16 +29,27 @@ struct Activations {
   std::vector<float> attn;      // q_dim
   std::vector<float> gate, up;  // ffn_hidden
   std::vector<float> rope_cos, rope_sin;  // rot_dim / 2 per token
+  // Query and attention rows with each head padded to a multiple of 16 (only when head_dim is not).
+  std::vector<float> q_padded, attn_padded;
 };
+
+int64_t row_groups(int64_t rows) { return (rows + kRowGroup - 1) / kRowGroup; }
 
 class CpuBackend final : public Backend {
  public:
   CpuBackend(std::shared_ptr<const ModelWeights> weights, const BackendOptions& options)
-      : weights_(std::move(weights)), pool_(options.threads), max_batch_tokens_(options.max_batch_tokens) {
+      : weights_(std::move(weights)),
+        kernels_(cpu::kernel_table(cpu::resolve_isa(options.cpu_isa))),
+        arithmetic_(options.cpu_arithmetic == CpuArithmetic::Int8 ? cpu::Arithmetic::Int8 : cpu::Arithmetic::F32),
+        kv_type_(options.cpu_kv_type),
+        pool_(options.threads),
+        max_batch_tokens_(options.max_batch_tokens) {
     CF_CHECK(weights_ != nullptr, "cpu backend: no weights");
     const ModelConfig& c = weights_->config;
     CF_CHECK_INPUT(max_batch_tokens_ >= 1, "cpu backend: max batch tokens must be >= 1");
     CF_CHECK_INPUT(options.max_seqs >= 1 && options.max_seqs <= 64, "cpu backend: max_seqs must be in 1..64");
+    CF_CHECK_INPUT(kv_type_ == DType::F32 || kv_type_ == DType::F16,
+                   "cpu backend: KV cache type " + std::string(dtype_name(kv_type_)) + " (supported: F32, F16)");
     kv_.n_layers = c.n_layers;
     kv_.n_kv_heads = c.n_kv_heads;
     kv_.head_dim = c.head_dim;
@@ -42,11 +58,13 @@ class CpuBackend final : public Backend {
     const int pages_per_seq = (c.max_context + kv_.page_size - 1) / kv_.page_size;
     kv_.n_pages = options.kv_pages > 0 ? options.kv_pages : pages_per_seq * options.max_seqs;
     rot_dim_ = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
+    head_stride_ = (c.head_dim + 15) / 16 * 16;
     // The cache is allocated uninitialised: the operating system only commits the pages that get written, so a
-    // pool sized for the full context costs memory only as far as it is used.
-    const size_t layer_elems = size_t(kv_.elements_per_layer());
-    k_cache_.reset(new float[layer_elems * size_t(c.n_layers)]);
-    v_cache_.reset(new float[layer_elems * size_t(c.n_layers)]);
+    // pool sized for the full context costs memory only as far as it is used. Rows: [slot][kv head][head_stride].
+    kv_row_ = int64_t(c.n_kv_heads) * head_stride_;
+    const size_t layer_bytes = size_t(kv_.n_pages) * size_t(kv_.page_size) * size_t(kv_row_) * kv_element_bytes();
+    k_cache_.reset(new uint8_t[layer_bytes * size_t(c.n_layers)]);
+    v_cache_.reset(new uint8_t[layer_bytes * size_t(c.n_layers)]);
 
     const size_t t = size_t(max_batch_tokens_);
     act_.residual.resize(t * size_t(c.hidden));
@@ -59,11 +77,18 @@ class CpuBackend final : public Backend {
     act_.up.resize(t * size_t(c.ffn_hidden));
     act_.rope_cos.resize(t * size_t(rot_dim_ / 2));
     act_.rope_sin.resize(t * size_t(rot_dim_ / 2));
-    // Per-worker scratch: one dequantised row of the widest matrix, and attention scores over a full context.
-    const int widest = std::max({c.hidden, c.q_dim(), c.ffn_hidden});
-    row_scratch_.assign(size_t(pool_.size()), std::vector<float>(size_t(widest)));
-    // Attention scores: sized in forward() for the longest sequence of the batch.
-    score_scratch_.resize(size_t(pool_.size()));
+    if (head_stride_ != c.head_dim) {
+      act_.q_padded.assign(t * size_t(c.n_heads) * size_t(head_stride_), 0.0f);
+      act_.attn_padded.resize(t * size_t(c.n_heads) * size_t(head_stride_));
+    }
+    input_.reserve(max_batch_tokens_, std::max({c.hidden, c.q_dim(), c.ffn_hidden}));
+    for (const LayerWeights& l : weights_->layers) {
+      layers_.push_back({cpu::pack_matrix(l.attn_q), cpu::pack_matrix(l.attn_k), cpu::pack_matrix(l.attn_v),
+                         cpu::pack_matrix(l.attn_output), cpu::pack_matrix(l.ffn_gate), cpu::pack_matrix(l.ffn_up),
+                         cpu::pack_matrix(l.ffn_down)});
+    }
+    lm_head_ = cpu::pack_matrix(weights_->lm_head());
+    if (weights_->token_embd.layout == WeightLayout::CpuPacked) packed_embd_ = cpu::pack_matrix(weights_->token_embd);
     rope_inv_freq_.resize(size_t(rot_dim_ / 2));
     for (int i = 0; i < rot_dim_ / 2; ++i)
       rope_inv_freq_[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * i / double(rot_dim_));
@@ -77,11 +102,28 @@ class CpuBackend final : public Backend {
   void forward(const Batch& batch, float* logits) override;
 
  private:
-  // y[t] (+)= W x[t] for all tokens, rows split among the workers.
-  void matmul(const WeightMatrix& w, const float* x, int n_tokens, int64_t x_stride, float* y, int64_t y_stride,
-              bool accumulate) {
-    pool_.parallel_for(w.rows, kRowGrain, [&](int64_t begin, int64_t end, int worker) {
-      cpu::matmul_rows(w, begin, end, x, n_tokens, x_stride, y, y_stride, accumulate, row_scratch_[size_t(worker)].data());
+  size_t kv_element_bytes() const { return kv_type_ == DType::F16 ? 2 : 4; }
+  uint8_t* kv_layer(const std::unique_ptr<uint8_t[]>& cache, int layer) const {
+    return cache.get() + size_t(layer) * size_t(kv_.n_pages) * size_t(kv_.page_size) * size_t(kv_row_) * kv_element_bytes();
+  }
+  cpu::MatmulArgs matmul_args(const PackedMatrix& w, const cpu::PreparedInput& in, float* y, int64_t y_stride,
+                              bool accumulate) const {
+    cpu::MatmulArgs a;
+    a.w = &w;
+    a.in = &in;
+    a.y = y;
+    a.y_stride = y_stride;
+    a.accumulate = accumulate;
+    a.arithmetic = arithmetic_;
+    return a;
+  }
+  // y[t] (+)= W x[t] for all tokens of `in`, row groups split among the workers.
+  void matmul(const PackedMatrix& w, const cpu::PreparedInput& in, float* y, int64_t y_stride, bool accumulate) {
+    pool_.parallel_for(row_groups(w.rows), 1, [&](int64_t begin, int64_t end, int) {
+      cpu::MatmulArgs a = matmul_args(w, in, y, y_stride, accumulate);
+      a.row_begin = begin * kRowGroup;
+      a.row_end = std::min(w.rows, end * kRowGroup);
+      kernels_.matmul(a);
     });
   }
   void rmsnorm_rows(const float* x, const std::vector<float>& weight, float* y, int n_tokens, int width) const;
@@ -90,26 +132,29 @@ class CpuBackend final : public Backend {
   void layer_forward(const Batch& batch, int layer);
 
   std::shared_ptr<const ModelWeights> weights_;
+  const cpu::KernelTable& kernels_;
+  cpu::Arithmetic arithmetic_;
+  DType kv_type_;
   ThreadPool pool_;
   int max_batch_tokens_;
   KvCacheShape kv_;
   int rot_dim_ = 0;
-  std::unique_ptr<float[]> k_cache_, v_cache_;
+  int head_stride_ = 0;  // head_dim rounded up to 16: the attention kernel's unit
+  int64_t kv_row_ = 0;   // cache elements per slot
+  std::unique_ptr<uint8_t[]> k_cache_, v_cache_;
   Activations act_;
-  std::vector<std::vector<float>> row_scratch_, score_scratch_;
+  cpu::InputBuffer input_;
+  std::vector<PackedLayer> layers_;
+  PackedMatrix lm_head_;
+  PackedMatrix packed_embd_;  // a view, when the embeddings were repacked at load
   std::vector<std::vector<int64_t>> seq_slots_;  // per batch sequence: the physical slot of each cached position
   std::vector<double> rope_inv_freq_;
 };
 
 void CpuBackend::rmsnorm_rows(const float* x, const std::vector<float>& weight, float* y, int n_tokens,
                               int width) const {
-  const float eps = weights_->config.rms_eps;
-  for (int t = 0; t < n_tokens; ++t) {
-    const float* xt = x + int64_t(t) * width;
-    float* yt = y + int64_t(t) * width;
-    const float inv_rms = 1.0f / std::sqrt(cpu::dot(xt, xt, width) / float(width) + eps);
-    for (int i = 0; i < width; ++i) yt[i] = xt[i] * inv_rms * weight[size_t(i)];
-  }
+  for (int t = 0; t < n_tokens; ++t)
+    kernels_.rmsnorm(x + int64_t(t) * width, weight.data(), weights_->config.rms_eps, y + int64_t(t) * width, width);
 }
 
 void CpuBackend::rope_rows(float* x, int n_tokens, int n_heads) const {
@@ -134,58 +179,70 @@ void CpuBackend::rope_rows(float* x, int n_tokens, int n_heads) const {
 void CpuBackend::attention(const Batch& batch, int layer) {
   const ModelConfig& c = weights_->config;
   const int hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
-  const int64_t kv_row = c.kv_dim();
-  const float* k_layer = k_cache_.get() + size_t(layer) * size_t(kv_.elements_per_layer());
-  const float* v_layer = v_cache_.get() + size_t(layer) * size_t(kv_.elements_per_layer());
-  const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t items = int64_t(batch.n_tokens()) * c.n_kv_heads;  // one (token, KV head) pair each
-  pool_.run([&](int worker) {
-    const int64_t begin = items * worker / pool_.size(), end = items * (worker + 1) / pool_.size();
+  const bool padded = head_stride_ != hd;
+  const int n = batch.n_tokens();
+  if (padded) {
+    for (int64_t r = 0; r < int64_t(n) * c.n_heads; ++r)
+      std::copy_n(act_.q.data() + r * hd, hd, act_.q_padded.data() + r * head_stride_);
+  }
+  const float* q = padded ? act_.q_padded.data() : act_.q.data();
+  float* out = padded ? act_.attn_padded.data() : act_.attn.data();
+  const uint8_t* k_layer = kv_layer(k_cache_, layer);
+  const uint8_t* v_layer = kv_layer(v_cache_, layer);
+  const int64_t items = int64_t(n) * c.n_kv_heads;  // one (token, KV head) pair each
+  pool_.parallel_for(items, 1, [&](int64_t begin, int64_t end, int) {
     for (int64_t item = begin; item < end; ++item) {
       const int t = int(item / c.n_kv_heads), kv_head = int(item % c.n_kv_heads);
+      const int64_t first_head = int64_t(t) * c.n_heads + int64_t(kv_head) * group;
       cpu::AttentionArgs a;
-      a.q = act_.q.data() + (int64_t(t) * c.n_heads + int64_t(kv_head) * group) * hd;
-      a.out = act_.attn.data() + (int64_t(t) * c.n_heads + int64_t(kv_head) * group) * hd;
-      a.k = k_layer + int64_t(kv_head) * hd;
-      a.v = v_layer + int64_t(kv_head) * hd;
+      a.q = q + first_head * head_stride_;
+      a.out = out + first_head * head_stride_;
+      a.k = k_layer + size_t(kv_head) * size_t(head_stride_) * kv_element_bytes();
+      a.v = v_layer + size_t(kv_head) * size_t(head_stride_) * kv_element_bytes();
+      a.kv_dtype = kv_type_;
       a.slots = seq_slots_[size_t(batch.token_seq[size_t(t)])].data();
-      a.row = kv_row;
+      a.row = kv_row_;
       a.len = batch.kv_len[size_t(t)];
       a.group = group;
-      a.head_dim = hd;
-      a.scale = scale;
-      a.scores = score_scratch_[size_t(worker)].data();
-      cpu::attend(a);
+      a.head_dim = head_stride_;
+      a.scale = 1.0f / std::sqrt(float(hd));
+      kernels_.attend(a);
     }
   });
+  if (padded) {
+    for (int64_t r = 0; r < int64_t(n) * c.n_heads; ++r)
+      std::copy_n(act_.attn_padded.data() + r * head_stride_, hd, act_.attn.data() + r * hd);
+  }
 }
 
 void CpuBackend::layer_forward(const Batch& batch, int layer) {
   const ModelConfig& c = weights_->config;
   const LayerWeights& lw = weights_->layers[size_t(layer)];
+  const PackedLayer& pw = layers_[size_t(layer)];
   const int n = batch.n_tokens();
   const int64_t hidden = c.hidden, q_dim = c.q_dim(), kv_dim = c.kv_dim(), ffn = c.ffn_hidden;
 
   // Attention block: x = rmsnorm(residual); q, k, v; RoPE; append k, v; attention; residual += o(attn).
   rmsnorm_rows(act_.residual.data(), lw.attn_norm, act_.normed.data(), n, c.hidden);
-  const int64_t qkv_rows = q_dim + 2 * kv_dim;
-  pool_.parallel_for(qkv_rows, kRowGrain, [&](int64_t begin, int64_t end, int worker) {
-    float* scratch = row_scratch_[size_t(worker)].data();
-    // The combined row range covers q, then k, then v.
-    struct Part {
-      const WeightMatrix* w;
-      int64_t first;
-      float* y;
-      int64_t width;
-    };
-    const Part parts[3] = {{&lw.attn_q, 0, act_.q.data(), q_dim},
-                           {&lw.attn_k, q_dim, act_.k.data(), kv_dim},
-                           {&lw.attn_v, q_dim + kv_dim, act_.v.data(), kv_dim}};
+  const cpu::PreparedInput* in = &input_.prepare(act_.normed.data(), n, c.hidden, hidden, arithmetic_, kernels_);
+  // One range of row groups over q, then k, then v.
+  struct Part {
+    const PackedMatrix* w;
+    int64_t first_group;
+    float* y;
+    int64_t width;
+  };
+  const Part parts[3] = {{&pw.q, 0, act_.q.data(), q_dim},
+                         {&pw.k, row_groups(q_dim), act_.k.data(), kv_dim},
+                         {&pw.v, row_groups(q_dim) + row_groups(kv_dim), act_.v.data(), kv_dim}};
+  pool_.parallel_for(row_groups(q_dim) + 2 * row_groups(kv_dim), 1, [&](int64_t begin, int64_t end, int) {
     for (const Part& part : parts) {
-      const int64_t lo = std::max(begin, part.first), hi = std::min(end, part.first + part.width);
-      if (lo < hi)
-        cpu::matmul_rows(*part.w, lo - part.first, hi - part.first, act_.normed.data(), n, hidden, part.y, part.width,
-                         false, scratch);
+      const int64_t lo = std::max(begin, part.first_group), hi = std::min(end, part.first_group + row_groups(part.width));
+      if (lo >= hi) continue;
+      cpu::MatmulArgs a = matmul_args(*part.w, *in, part.y, part.width, false);
+      a.row_begin = (lo - part.first_group) * kRowGroup;
+      a.row_end = std::min(part.width, (hi - part.first_group) * kRowGroup);
+      kernels_.matmul(a);
     }
   });
   if (c.qkv_bias) {
@@ -199,30 +256,39 @@ void CpuBackend::layer_forward(const Batch& batch, int layer) {
   }
   rope_rows(act_.q.data(), n, c.n_heads);
   rope_rows(act_.k.data(), n, c.n_kv_heads);
-  float* k_layer = k_cache_.get() + size_t(layer) * size_t(kv_.elements_per_layer());
-  float* v_layer = v_cache_.get() + size_t(layer) * size_t(kv_.elements_per_layer());
+  uint8_t* k_layer = kv_layer(k_cache_, layer);
+  uint8_t* v_layer = kv_layer(v_cache_, layer);
+  std::vector<float> padded_head(size_t(head_stride_), 0.0f);
   for (int t = 0; t < n; ++t) {
     const int64_t slot = batch.kv_slot[size_t(t)];
-    std::copy_n(act_.k.data() + t * kv_dim, kv_dim, k_layer + slot * kv_dim);
-    std::copy_n(act_.v.data() + t * kv_dim, kv_dim, v_layer + slot * kv_dim);
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      const size_t at = (size_t(slot) * size_t(kv_row_) + size_t(h) * size_t(head_stride_)) * kv_element_bytes();
+      for (auto [src, dst] : {std::pair{act_.k.data(), k_layer}, std::pair{act_.v.data(), v_layer}}) {
+        std::copy_n(src + t * kv_dim + h * c.head_dim, c.head_dim, padded_head.data());
+        kernels_.store_kv(padded_head.data(), dst + at, kv_type_, head_stride_);
+      }
+    }
   }
   attention(batch, layer);
-  matmul(lw.attn_output, act_.attn.data(), n, q_dim, act_.residual.data(), hidden, /*accumulate=*/true);
+  in = &input_.prepare(act_.attn.data(), n, int(q_dim), q_dim, arithmetic_, kernels_);
+  matmul(pw.o, *in, act_.residual.data(), hidden, /*accumulate=*/true);
 
   // FFN block: x = rmsnorm(residual); residual += down(silu(gate x) * up x). Each worker owns a range of the
   // intermediate features and computes gate, up and the activation for it.
   rmsnorm_rows(act_.residual.data(), lw.ffn_norm, act_.normed.data(), n, c.hidden);
-  pool_.parallel_for(ffn, kRowGrain, [&](int64_t begin, int64_t end, int worker) {
-    float* scratch = row_scratch_[size_t(worker)].data();
-    cpu::matmul_rows(lw.ffn_gate, begin, end, act_.normed.data(), n, hidden, act_.gate.data(), ffn, false, scratch);
-    cpu::matmul_rows(lw.ffn_up, begin, end, act_.normed.data(), n, hidden, act_.up.data(), ffn, false, scratch);
-    for (int t = 0; t < n; ++t) {
-      float* g = act_.gate.data() + t * ffn;
-      const float* u = act_.up.data() + t * ffn;
-      for (int64_t i = begin; i < end; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  in = &input_.prepare(act_.normed.data(), n, c.hidden, hidden, arithmetic_, kernels_);
+  pool_.parallel_for(row_groups(ffn), 1, [&](int64_t begin, int64_t end, int) {
+    const int64_t lo = begin * kRowGroup, hi = std::min(ffn, end * kRowGroup);
+    for (auto [w, y] : {std::pair{&pw.gate, act_.gate.data()}, std::pair{&pw.up, act_.up.data()}}) {
+      cpu::MatmulArgs a = matmul_args(*w, *in, y, ffn, false);
+      a.row_begin = lo;
+      a.row_end = hi;
+      kernels_.matmul(a);
     }
+    for (int t = 0; t < n; ++t) kernels_.swiglu(act_.gate.data() + t * ffn + lo, act_.up.data() + t * ffn + lo, int(hi - lo));
   });
-  matmul(lw.ffn_down, act_.gate.data(), n, ffn, act_.residual.data(), hidden, /*accumulate=*/true);
+  in = &input_.prepare(act_.gate.data(), n, int(ffn), ffn, arithmetic_, kernels_);
+  matmul(pw.down, *in, act_.residual.data(), hidden, /*accumulate=*/true);
 }
 
 void CpuBackend::forward(const Batch& batch, float* logits) {
@@ -234,8 +300,14 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
   const int n = batch.n_tokens();
 
   // Embeddings, and the RoPE rotation of every token's position (shared by all layers).
-  for (int t = 0; t < n; ++t)
-    weights_->token_embd.dequantize_rows(batch.tokens[size_t(t)], 1, act_.residual.data() + int64_t(t) * c.hidden);
+  for (int t = 0; t < n; ++t) {
+    float* row = act_.residual.data() + int64_t(t) * c.hidden;
+    if (packed_embd_.data) {
+      packed_embd_.dequantize_rows(batch.tokens[size_t(t)], 1, row);
+    } else {
+      weights_->token_embd.dequantize_rows(batch.tokens[size_t(t)], 1, row);
+    }
+  }
   const int pairs = rot_dim_ / 2;
   for (int t = 0; t < n; ++t) {
     for (int i = 0; i < pairs; ++i) {
@@ -257,12 +329,6 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
                          p % kv_.page_size;
   }
 
-  // Memory follows the context in use, not the context the model claims (a file claiming 16M positions made every
-  // worker hold scores for all of them): each worker's scores grow to the longest sequence seen so far.
-  size_t longest = 0;
-  for (const auto& slots : seq_slots_) longest = std::max(longest, slots.size());
-  for (auto& scores : score_scratch_) scores.resize(std::max(scores.size(), size_t(c.n_heads / c.n_kv_heads) * longest));
-
   for (int layer = 0; layer < c.n_layers; ++layer) layer_forward(batch, layer);
 
   // Final norm and LM head for the tokens that want logits.
@@ -271,10 +337,13 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
   for (int i = 0; i < n_out; ++i)
     rmsnorm_rows(act_.residual.data() + int64_t(batch.logit_tokens[size_t(i)]) * c.hidden, weights_->output_norm,
                  act_.normed.data() + int64_t(i) * c.hidden, 1, c.hidden);
-  matmul(weights_->lm_head(), act_.normed.data(), n_out, c.hidden, logits, c.vocab, /*accumulate=*/false);
+  const cpu::PreparedInput& in = input_.prepare(act_.normed.data(), n_out, c.hidden, c.hidden, arithmetic_, kernels_);
+  matmul(lm_head_, in, logits, c.vocab, /*accumulate=*/false);
 }
 
 }  // namespace
+
+void repack_for_cpu(WeightMatrix& m) { cpu::repack_in_place(m); }
 
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<const ModelWeights> weights, const BackendOptions& options) {
   return std::make_unique<CpuBackend>(std::move(weights), options);

@@ -8,6 +8,9 @@
 
 namespace cf {
 
+// Repacks a matrix in place into the cpu kernels' layout (WeightLayout::CpuPacked), for WeightLoadOptions::repack.
+void repack_for_cpu(WeightMatrix& m);
+
 std::unique_ptr<Backend> make_cpu_backend(std::shared_ptr<const ModelWeights> weights, const BackendOptions& options);
 
 }  // namespace cf

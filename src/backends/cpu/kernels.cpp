@@ -1,123 +1,90 @@
-// Portable kernels and the run-time choice of instruction set.
+// What the kernel levels share: the choice of table and the activation preparation (plain scalar code, so every
+// level reads the same prepared values).
 #include "kernels.hpp"
 
-#include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <vector>
+#include <cstring>
 
 #include "clusterfusion/common/error.hpp"
 
 namespace cf::cpu {
 
-namespace {
+bool has_int8_kernel(DType t) {
+  switch (t) {
+    case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
+      return true;
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16:
+      return false;
+  }
+  return false;
+}
 
-constexpr int kLanes = 32;  // partial sums per dot product (see kernels.hpp)
-
-Isa detect_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return Isa::Avx2;
+const KernelTable& kernel_table(Isa isa) {
+  CF_CHECK(isa_supported(isa), std::string("cpu kernels: this CPU has no ") + isa_name(isa));
+#if defined(CF_CPU_X86_KERNELS)
+  if (isa == Isa::Avx512) return avx512_kernels();
+  if (isa == Isa::Avx2) return avx2_kernels();
 #endif
-  return Isa::Portable;
+  return portable_kernels();
 }
 
-std::atomic<Isa>& active() {
-  static std::atomic<Isa> isa{detect_isa()};
-  return isa;
+void InputBuffer::reserve(int max_tokens, int max_cols) {
+  max_tokens_ = max_tokens;
+  max_cols_ = (max_cols + kActBlock - 1) / kActBlock * kActBlock;
+  const size_t values = size_t(max_tokens_) * size_t(max_cols_), blocks = values / kActBlock;
+  x_.assign(values, 0.0f);
+  q_.assign(values, 0);
+  block_sum_.assign(blocks, 0.0f);
+  scale_.assign(blocks, 0.0f);
+  scaled_sum_.assign(blocks, 0.0f);
+  sum32_.assign(blocks, 0);
+  sum16_.assign(2 * blocks, 0);
 }
 
-float combine_lanes(const float* lanes) {
-  float eight[8];
-  for (int i = 0; i < 8; ++i) eight[i] = (lanes[i] + lanes[8 + i]) + (lanes[16 + i] + lanes[24 + i]);
-  float four[4];
-  for (int i = 0; i < 4; ++i) four[i] = eight[i] + eight[4 + i];
-  return (four[0] + four[2]) + (four[1] + four[3]);
-}
-
-float portable_dot(const float* a, const float* b, int n) {
-  float lanes[kLanes] = {};
-  const int full = n / kLanes * kLanes;
-  for (int i = 0; i < full; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += a[i + l] * b[i + l];
-  float tail = 0.0f;
-  for (int i = full; i < n; ++i) tail += a[i] * b[i];
-  return combine_lanes(lanes) + tail;
-}
-
-void portable_matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, const float* x, int n_tokens,
-                          int64_t x_stride, float* y, int64_t y_stride, bool accumulate, float* scratch) {
-  const int n = int(w.cols);
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const float* row = reinterpret_cast<const float*>(w.row(r));
-    if (w.dtype != DType::F32) {
-      dequantize(w.dtype, w.row(r), scratch, n);
-      row = scratch;
+const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols, int64_t x_stride,
+                                          Arithmetic arithmetic, const KernelTable& kernels) {
+  const int padded = (cols + kActBlock - 1) / kActBlock * kActBlock;
+  CF_CHECK(n_tokens <= max_tokens_ && padded <= max_cols_, "cpu kernels: input larger than its buffer");
+  const int blocks = padded / kActBlock;
+  in_ = PreparedInput{};
+  in_.n_tokens = n_tokens;
+  in_.cols = padded;
+  const bool int8 = arithmetic == Arithmetic::Int8;
+  for (int t = 0; t < n_tokens; ++t) {
+    float* values = x_.data() + int64_t(t) * padded;
+    std::memcpy(values, x + t * x_stride, sizeof(float) * size_t(cols));
+    std::memset(values + cols, 0, sizeof(float) * size_t(padded - cols));
+    const int64_t b = int64_t(t) * blocks;
+    PreparedRow row;
+    row.x = values;
+    row.cols = padded;
+    row.block_sum = block_sum_.data() + b;
+    if (int8) {
+      row.q = q_.data() + b * kActBlock;
+      row.scale = scale_.data() + b;
+      row.scaled_sum = scaled_sum_.data() + b;
+      row.sum32 = sum32_.data() + b;
+      row.sum16 = sum16_.data() + 2 * b;
     }
-    for (int t = 0; t < n_tokens; ++t) {
-      const float v = portable_dot(row, x + t * x_stride, n);
-      float& out = y[t * y_stride + r];
-      out = accumulate ? out + v : v;
-    }
+    kernels.prepare_row(row, arithmetic);
   }
-}
-
-}  // namespace
-
-Isa best_isa() {
-  static const Isa isa = detect_isa();
-  return isa;
-}
-Isa active_isa() { return active().load(std::memory_order_relaxed); }
-void force_isa(Isa isa) {
-  CF_CHECK(isa == Isa::Portable || best_isa() == Isa::Avx2, "this CPU has no AVX2 + FMA + F16C");
-  active().store(isa);
-}
-const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "portable"; }
-
-void matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, const float* x, int n_tokens,
-                 int64_t x_stride, float* y, int64_t y_stride, bool accumulate, float* scratch) {
-  if (active_isa() == Isa::Avx2) {
-    avx2::matmul_rows(w, row_begin, row_end, x, n_tokens, x_stride, y, y_stride, accumulate, scratch);
-  } else {
-    portable_matmul_rows(w, row_begin, row_end, x, n_tokens, x_stride, y, y_stride, accumulate, scratch);
+  in_.x = x_.data();
+  in_.block_sum = block_sum_.data();
+  if (int8) {
+    in_.q = q_.data();
+    in_.scale = scale_.data();
+    in_.scaled_sum = scaled_sum_.data();
+    in_.sum32 = sum32_.data();
+    in_.sum16 = sum16_.data();
   }
-}
-
-float dot(const float* a, const float* b, int n) {
-  return active_isa() == Isa::Avx2 ? avx2::dot(a, b, n) : portable_dot(a, b, n);
-}
-
-void attend(const AttentionArgs& a) {
-  if (active_isa() == Isa::Avx2 && avx2::can_attend(a.group, a.head_dim)) return avx2::attend(a);
-  const int hd = a.head_dim;
-  for (int g = 0; g < a.group; ++g) {
-    const float* q = a.q + g * hd;
-    float* scores = a.scores + int64_t(g) * a.len;
-    float max_score = -INFINITY;
-    for (int p = 0; p < a.len; ++p) {
-      const float* k = a.k + a.slots[p] * a.row;
-      float s = 0.0f;
-      for (int d = 0; d < hd; ++d) s += q[d] * k[d];
-      scores[p] = s * a.scale;
-      max_score = std::max(max_score, scores[p]);
-    }
-    float sum = 0.0f;
-    for (int p = 0; p < a.len; ++p) sum += (scores[p] = std::exp(scores[p] - max_score));
-    float* out = a.out + g * hd;
-    std::fill(out, out + hd, 0.0f);
-    for (int p = 0; p < a.len; ++p) {
-      const float* v = a.v + a.slots[p] * a.row;
-      for (int d = 0; d < hd; ++d) out[d] += scores[p] * v[d];
-    }
-    for (int d = 0; d < hd; ++d) out[d] /= sum;
-  }
-}
-
-void axpy(float a, const float* x, float* y, int n) {
-  if (active_isa() == Isa::Avx2) return avx2::axpy(a, x, y, n);
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+  return in_;
 }
 
 }  // namespace cf::cpu

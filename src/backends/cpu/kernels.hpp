@@ -1,62 +1,134 @@
-// Compute kernels of the cpu backend: weight-matrix products over rows stored in any weight type, and the small
-// vector helpers of attention. Each has a portable version and, where the machine has AVX2 + FMA + F16C, an AVX2
-// version chosen once at run time.
+// Compute kernels of the cpu backend, one table per instruction-set level (isa.hpp): weight-matrix products over
+// every weight type, decode attention over the KV cache, and the element-wise pieces of a layer.
 //
-// Every dot product of a weight row with an activation vector follows one fixed order (the same for any number of
-// tokens and any split of rows among threads), so results are bit-identical across thread counts and batch sizes:
-// row elements are dequantised to fp32 (quantised: d * q + m with one fused multiply-add, or q * d), element i is
-// accumulated into lane i % 32 of 32 partial sums, the lanes are combined pairwise ((0-7 + 8-15) + (16-23 + 24-31),
-// then halves), and a tail of cols % 32 elements is added last.
+// Weight-matrix products (matmul) read weights repacked at load (packed_weights.hpp) in groups of kRowGroup = 16
+// output rows, each row in a vector lane; a few tokens at a time share every loaded sub-block. Two arithmetics:
+//  - fp32 ("exact"): activations stay fp32. Per row and sub-block (32 columns; 16 for Q6_K) of integer weights q with
+//    scale a (and min b): s_j = sum over the sub-block's columns c = j (mod 4) of q_c * x_c (fused multiply-adds in
+//    column order), block = (s_0 + s_1) + (s_2 + s_3), acc = fma(a, block, acc), then acc = fma(b, sum(x), acc)
+//    (sum(x): prepare_row's block sum).
+//    Plain weights (F32 / F16 / BF16) are the same with a = 1 (acc += block) and no min.
+//  - int8: each token's activations are quantised per block of 32 to int8 with an fp32 scale (amax / 127, round to
+//    nearest even), like ggml's Q8_0; a sub-block's integer dot product is exact, and
+//    acc = fma(a, float(dot) * scale, acc), then acc = fma(b, scale * sum(q), acc) for types with a min.
+// Sub-blocks are summed in column order. Every level and every batch size follows this order exactly, so results are
+// bit-identical across instruction sets, thread counts (rows are split among threads by whole groups) and batch
+// sizes (a token's result does not depend on the other tokens of the batch).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "clusterfusion/runtime/weights.hpp"
+#include "isa.hpp"
+#include "packed_weights.hpp"
 
 namespace cf::cpu {
 
-enum class Isa { Portable, Avx2 };
-Isa best_isa();          // what this machine supports
-Isa active_isa();        // what the kernels use (best_isa() unless forced)
-void force_isa(Isa isa);  // for tests and benchmarks; Avx2 on a machine without it throws
-const char* isa_name(Isa isa);
+inline constexpr int kActBlock = 32;  // columns per activation quantisation block
 
-// For rows [row_begin, row_end) of w and tokens t < n_tokens:
-//   y[t * y_stride + r] (+)= dot(w row r, x + t * x_stride)        (+= when accumulate)
-// `scratch` holds at least w.cols floats (one dequantised row).
-void matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, const float* x, int n_tokens,
-                 int64_t x_stride, float* y, int64_t y_stride, bool accumulate, float* scratch);
+// How activations enter the weight-matrix products.
+enum class Arithmetic : uint8_t { F32, Int8 };
 
-// Dot product in the order described above (used for RMSNorm).
-float dot(const float* a, const float* b, int n);
-// y += a * x
-void axpy(float a, const float* x, float* y, int n);
+// Whether the int8 arithmetic applies to a weight type (the block-quantised ones); plain types always use fp32.
+bool has_int8_kernel(DType t);
 
-// Decode attention of the `group` query heads that share one KV head, for one token:
-//   q, out: [group, head_dim] (contiguous);  cached position p of the sequence has its key at k + slots[p] * row and
-//   its value at v + slots[p] * row;  the token attends to positions 0 .. len-1;  scores: group * len floats scratch.
-// Computed in a fixed order per (token, KV head), whatever the thread that runs it.
-struct AttentionArgs {
-  const float* q;
-  float* out;
-  const float* k;
-  const float* v;
-  const int64_t* slots;
-  int64_t row;
-  int len;
-  int group;
-  int head_dim;
-  float scale;
-  float* scores;
+// Activations of one matrix product, prepared once and read by every row group (prepare_input below):
+// n_tokens rows of `cols` values (cols a multiple of kActBlock; the source is zero-padded).
+struct PreparedInput {
+  int n_tokens = 0;
+  int cols = 0;
+  // fp32: the values, and their sums per 32-column block (KernelTable::prepare_row).
+  const float* x = nullptr;  // [n_tokens][cols]
+  const float* block_sum = nullptr;  // [n_tokens][cols / 32]
+  // int8 (present when prepared for Int8):
+  const int8_t* q = nullptr;          // [n_tokens][cols]
+  const float* scale = nullptr;       // [n_tokens][cols / 32]
+  const float* scaled_sum = nullptr;  // [n_tokens][cols / 32]: scale * sum(q)
+  const int32_t* sum32 = nullptr;     // [n_tokens][cols / 32]: sum(q)
+  const int32_t* sum16 = nullptr;     // [n_tokens][cols / 16]
 };
-void attend(const AttentionArgs& a);
 
-namespace avx2 {
-bool can_attend(int group, int head_dim);  // shapes the AVX2 attention handles (head_dim % 8 == 0, group <= 8)
-void attend(const AttentionArgs& a);
-void matmul_rows(const WeightMatrix& w, int64_t row_begin, int64_t row_end, const float* x, int n_tokens,
-                 int64_t x_stride, float* y, int64_t y_stride, bool accumulate, float* scratch);
-float dot(const float* a, const float* b, int n);
-void axpy(float a, const float* x, float* y, int n);
-}  // namespace avx2
+// One token's row of a PreparedInput, filled by KernelTable::prepare_row from the (padded) values x.
+struct PreparedRow {
+  const float* x = nullptr;
+  int cols = 0;  // a multiple of 32
+  float* block_sum = nullptr;  // fp32 arithmetic
+  int8_t* q = nullptr;         // int8 arithmetic: q, scale, scaled_sum, sum32, sum16
+  float* scale = nullptr;
+  float* scaled_sum = nullptr;
+  int32_t* sum32 = nullptr;
+  int32_t* sum16 = nullptr;
+};
+
+struct KernelTable;
+
+// Storage for a PreparedInput of up to max_tokens x max_cols.
+class InputBuffer {
+ public:
+  void reserve(int max_tokens, int max_cols);
+  // Copies (zero-padding to a multiple of 32 columns) and prepares n_tokens rows of `cols` values at x (row stride
+  // x_stride) for `arithmetic`.
+  const PreparedInput& prepare(const float* x, int n_tokens, int cols, int64_t x_stride, Arithmetic arithmetic,
+                               const KernelTable& kernels);
+
+ private:
+  PreparedInput in_;
+  int max_tokens_ = 0, max_cols_ = 0;
+  std::vector<float> x_, block_sum_, scale_, scaled_sum_;
+  std::vector<int8_t> q_;
+  std::vector<int32_t> sum32_, sum16_;
+};
+
+// y[t * y_stride + r] (+)= dot(row r of w, token t of in) for rows [row_begin, row_end) (row_begin a multiple of
+// kRowGroup), every token of `in`.
+struct MatmulArgs {
+  const PackedMatrix* w = nullptr;
+  int64_t row_begin = 0, row_end = 0;
+  const PreparedInput* in = nullptr;
+  float* y = nullptr;
+  int64_t y_stride = 0;
+  bool accumulate = false;
+  Arithmetic arithmetic = Arithmetic::F32;
+};
+
+// Decode attention of the `group` query heads sharing one KV head, for one token, over positions 0 .. len-1 of its
+// sequence: cached position p has its key at k + slots[p] * row (elements) and its value likewise in v; keys and
+// values are F32 or F16 (kv_dtype), head_dim a multiple of 16. q, out: [group][head_dim]. One online softmax over
+// blocks of 16 positions (in position order, whatever the pages), the same on every level.
+struct AttentionArgs {
+  const float* q = nullptr;
+  float* out = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  DType kv_dtype = DType::F32;
+  const int64_t* slots = nullptr;
+  int64_t row = 0;
+  int len = 0;
+  int group = 0;
+  int head_dim = 0;
+  float scale = 0.0f;
+};
+
+struct KernelTable {
+  Isa isa;
+  // fp32 arithmetic: the sums of each 32-column block (16 lanes x[c] + x[c + 16], then halving); int8: the
+  // quantisation of each block (non-numbers count as 0).
+  void (*prepare_row)(const PreparedRow& row, Arithmetic arithmetic);
+  void (*matmul)(const MatmulArgs& args);
+  void (*attend)(const AttentionArgs& args);
+  // y[i] = x[i] * inv_rms * weight[i], inv_rms = 1 / sqrt(mean(x^2) + eps) (sum of squares in 16 lanes, halving).
+  void (*rmsnorm)(const float* x, const float* weight, float eps, float* y, int n);
+  // gate[i] = silu(gate[i]) * up[i]
+  void (*swiglu)(float* gate, const float* up, int n);
+  // KV append: dst (F32 or F16) = src, n a multiple of 16.
+  void (*store_kv)(const float* src, void* dst, DType kv_dtype, int n);
+};
+
+const KernelTable& kernel_table(Isa isa);
+
+// The per-level tables (defined in kernels_<level>.cpp; avx2/avx512 only on x86-64).
+const KernelTable& portable_kernels();
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
 
 }  // namespace cf::cpu

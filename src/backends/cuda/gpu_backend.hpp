@@ -1,4 +1,4 @@
-// The GPU backends (DESIGN.md §1): `cuda` (the fused cluster kernels: decoder attention, FFN, LM head) and
+// The GPU backends (docs/architecture.md): `cuda` (the fused cluster kernels: decoder attention, FFN, LM head) and
 // `cuda-unfused` (cuBLAS + simple kernels: the baseline), one class with two decode paths.
 //
 //   weights   uploaded once (DeviceModel): every matrix converted to fp16 (bf16 for all-bf16 models; GGUF block

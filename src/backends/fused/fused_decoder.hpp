@@ -1,4 +1,4 @@
-// The decode step of a Llama model from the fused kernels (DESIGN.md §4): per layer the decoder attention block and
+// The decode step of a Llama model from the fused kernels (docs/architecture.md): per layer the decoder attention block and
 // the FFN block, then the final norm + LM head (+ greedy argmax). Compiled twice from one source: into
 // cf_fused_decoder_emu against cf_kernels_emu (the emu backend) and, in CUDA builds, into cf_fused_decoder against
 // cf_kernels (the cuda backend). Only the build-agnostic plan headers are used, so pointers are device pointers of

@@ -1,8 +1,11 @@
-// The cpu backend against the reference forward pass on tiny random models, and its guarantees: bit-identical
-// logits for any thread count, for prefill vs token-by-token decoding, for lockstep batches vs single sequences,
-// and for any KV page size.
+// The cpu backend against the reference forward pass on tiny random models, and its guarantees, for every
+// arithmetic (fp32, int8) and KV cache type (F32, F16): bit-identical logits for any thread count, for prefill vs
+// token-by-token decoding, for lockstep batches vs single sequences, for any KV page size, and on every kernel
+// level (portable, AVX2, AVX-512) this CPU has.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "clusterfusion/reference/ops.hpp"
@@ -24,92 +27,36 @@ std::vector<int32_t> some_tokens(int n, int vocab, uint64_t seed) {
   return t;
 }
 
+// The backend options under test besides the batch shape.
+struct Variant {
+  cf::CpuArithmetic arithmetic = cf::CpuArithmetic::F32;
+  DType kv = DType::F32;
+  std::string isa;
+  std::string name() const {
+    return std::string(arithmetic == cf::CpuArithmetic::Int8 ? "int8" : "f32") + "_kv" + std::string(cf::dtype_name(kv)) +
+           (isa.empty() ? "" : "_" + isa);
+  }
+};
+const Variant kVariants[] = {{cf::CpuArithmetic::F32, DType::F32, ""},
+                             {cf::CpuArithmetic::F32, DType::F16, ""},
+                             {cf::CpuArithmetic::Int8, DType::F32, ""},
+                             {cf::CpuArithmetic::Int8, DType::F16, ""}};
+
 cf::Runner make_runner(std::shared_ptr<const cf::ModelWeights> w, int threads, int max_seqs = 1, int page_size = 16,
-                       int max_batch_tokens = 256) {
+                       int max_batch_tokens = 256, const Variant& variant = {}) {
   cf::BackendOptions o;
   o.threads = threads;
   o.max_seqs = max_seqs;
   o.page_size = page_size;
   o.max_batch_tokens = max_batch_tokens;
+  o.cpu_arithmetic = variant.arithmetic;
+  o.cpu_kv_type = variant.kv;
+  o.cpu_isa = variant.isa;
   return cf::Runner(cf::create_backend("cpu", std::move(w), o), max_seqs);
 }
 
 bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-// ---- kernels ----------------------------------------------------------------------------------------------------
-
-class Kernels : public ::testing::TestWithParam<std::tuple<DType, cf::cpu::Isa>> {};
-
-TEST_P(Kernels, MatmulRowsMatchesReferenceMatvecOnDequantisedWeights) {
-  const auto [dtype, isa] = GetParam();
-  if (isa == cf::cpu::Isa::Avx2 && cf::cpu::best_isa() != cf::cpu::Isa::Avx2) GTEST_SKIP() << "no AVX2 on this CPU";
-  cf::cpu::force_isa(isa);
-  const int64_t rows = 40, cols = 96, n_tokens = 5;
-  cf::Rng rng(3);
-  // A random fp32 matrix converted to the type under test; the reference reads the same (dequantised) values.
-  std::vector<float> values(size_t(rows * cols));
-  for (auto& v : values) v = rng.uniform(-1.0f, 1.0f);
-  cf::WeightMatrix w;
-  w.name = "test";
-  w.dtype = DType::F32;
-  w.rows = rows;
-  w.cols = cols;
-  w.row_bytes = cols * 4;
-  w.bytes = cf::AlignedBytes(size_t(rows * cols * 4));
-  std::memcpy(w.bytes.data(), values.data(), values.size() * 4);
-  const cf::WeightMatrix typed = cf::convert_matrix(w, dtype);
-  const std::vector<float> dequant = typed.dequantized();
-  std::vector<float> x(size_t(n_tokens * cols));
-  for (auto& v : x) v = rng.uniform(-2.0f, 2.0f);
-  std::vector<float> y(size_t(n_tokens * rows), 100.0f), scratch(static_cast<size_t>(cols));
-  // In two row ranges, accumulating onto 100.
-  cf::cpu::matmul_rows(typed, 0, 17, x.data(), int(n_tokens), cols, y.data(), rows, true, scratch.data());
-  cf::cpu::matmul_rows(typed, 17, rows, x.data(), int(n_tokens), cols, y.data(), rows, true, scratch.data());
-  std::vector<float> want(y.size());
-  cf::ref::matmul(dequant.data(), x.data(), want.data(), int(n_tokens), int(rows), int(cols));
-  for (auto& v : want) v += 100.0f;
-  const auto report = cf::ref::check_tolerance<float>(y, want);
-  EXPECT_TRUE(report.ok) << report.message;
-  cf::cpu::force_isa(cf::cpu::best_isa());
-}
-
-INSTANTIATE_TEST_SUITE_P(AllTypes, Kernels,
-                         ::testing::Combine(::testing::Values(DType::F32, DType::F16, DType::BF16, DType::Q8_0,
-                                                              DType::Q4_0, DType::Q4_1),
-                                            ::testing::Values(cf::cpu::Isa::Portable, cf::cpu::Isa::Avx2)),
-                         [](const auto& info) {
-                           return std::string(cf::dtype_name(std::get<0>(info.param))) + "_" +
-                                  cf::cpu::isa_name(std::get<1>(info.param));
-                         });
-
-TEST(KernelsDot, TailAndOrderIndependentOfTileSize) {
-  cf::Rng rng(4);
-  const int cols = 70;  // 2 full steps of 32 and a tail of 6
-  std::vector<float> w(cols), x(size_t(3 * cols));
-  for (auto& v : w) v = rng.uniform(-1, 1);
-  for (auto& v : x) v = rng.uniform(-1, 1);
-  cf::WeightMatrix m;
-  m.dtype = DType::F32;
-  m.rows = 1;
-  m.cols = cols;
-  m.row_bytes = cols * 4;
-  m.bytes = cf::AlignedBytes(size_t(cols * 4));
-  std::memcpy(m.bytes.data(), w.data(), size_t(cols * 4));
-  std::vector<float> together(3), scratch(cols);
-  cf::cpu::matmul_rows(m, 0, 1, x.data(), 3, cols, together.data(), 1, false, scratch.data());
-  for (int t = 0; t < 3; ++t) {
-    float alone;
-    cf::cpu::matmul_rows(m, 0, 1, x.data() + t * cols, 1, cols, &alone, 1, false, scratch.data());
-    EXPECT_EQ(std::memcmp(&alone, &together[size_t(t)], 4), 0) << t;
-    EXPECT_EQ(std::memcmp(&alone, &together[size_t(t)], 4), 0);
-    const float via_dot = cf::cpu::dot(w.data(), x.data() + t * cols, cols);
-    EXPECT_EQ(std::memcmp(&alone, &via_dot, 4), 0) << t;
-    double want = 0;
-    for (int i = 0; i < cols; ++i) want += double(w[size_t(i)]) * x[size_t(t * cols + i)];
-    EXPECT_NEAR(alone, want, 1e-5);
-  }
 }
 
 // ---- full forward ---------------------------------------------------------------------------------------------
@@ -153,37 +100,28 @@ INSTANTIATE_TEST_SUITE_P(Variants, CpuForward,
                                   std::string(cf::dtype_name(m.dtype));
                          });
 
-TEST(CpuForwardPortable, PortableKernelsMatchReferenceForwardToo) {
-  // GQA group 2 and head_dim 16 run the vector attention on AVX2 machines; here everything runs the portable code.
-  cf::cpu::force_isa(cf::cpu::Isa::Portable);
-  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 19, DType::Q4_1));
-  const auto tokens = some_tokens(12, w->config.vocab, 10);
-  auto runner = make_runner(w, 2);
-  const auto got = cf::teacher_forced_logits(runner, tokens);
-  cf::cpu::force_isa(cf::cpu::best_isa());
-  const auto want = cf::test::reference_logits(*w, tokens);
-  const auto report = cf::ref::check_tolerance<float>(got, want);
-  EXPECT_TRUE(report.ok) << report.message;
-}
+class CpuDeterminism : public ::testing::TestWithParam<Variant> {};
 
-TEST(CpuForwardDeterminism, BitIdenticalAcrossThreadCounts) {
+TEST_P(CpuDeterminism, BitIdenticalAcrossThreadCounts) {
   auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 12, DType::Q4_1));
   const auto tokens = some_tokens(24, w->config.vocab, 6);
-  auto one = make_runner(w, 1);
+  auto one = make_runner(w, 1, 1, 16, 256, GetParam());
   const auto logits_1 = cf::teacher_forced_logits(one, tokens);
   for (int threads : {2, 3, 5}) {
-    auto many = make_runner(w, threads);
+    auto many = make_runner(w, threads, 1, 16, 256, GetParam());
     EXPECT_TRUE(bit_equal(logits_1, cf::teacher_forced_logits(many, tokens))) << threads << " threads";
   }
 }
 
-TEST(CpuForwardDeterminism, PrefillEqualsTokenByTokenDecodeAndAnyChunking) {
-  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 13, DType::Q4_1));
-  const auto tokens = some_tokens(19, w->config.vocab, 7);
+TEST_P(CpuDeterminism, PrefillEqualsTokenByTokenDecodeAndAnyChunking) {
+  cf::ModelConfig c = cf::test::tiny_config();
+  c.max_context = 96;  // a prompt longer than the kernels' 64-token blocks
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(c, 13, DType::Q4_1));
+  const auto tokens = some_tokens(70, w->config.vocab, 7);
   const size_t v = size_t(w->config.vocab);
-  auto prefill_runner = make_runner(w, 2);
+  auto prefill_runner = make_runner(w, 2, 1, 16, 256, GetParam());
   const auto prefilled = cf::teacher_forced_logits(prefill_runner, tokens);
-  auto step_runner = make_runner(w, 2);
+  auto step_runner = make_runner(w, 2, 1, 16, 256, GetParam());
   std::vector<float> stepped;
   for (int32_t token : tokens) {
     const int32_t seq = 0;
@@ -192,39 +130,39 @@ TEST(CpuForwardDeterminism, PrefillEqualsTokenByTokenDecodeAndAnyChunking) {
   }
   EXPECT_TRUE(bit_equal(prefilled, stepped));
   // Prefill chunked into batches of 4 tokens (the runner splits at the backend's limit).
-  auto chunked_runner = make_runner(w, 2, 1, 16, /*max_batch_tokens=*/4);
+  auto chunked_runner = make_runner(w, 2, 1, 16, /*max_batch_tokens=*/4, GetParam());
   EXPECT_TRUE(bit_equal(prefilled, cf::teacher_forced_logits(chunked_runner, tokens)));
   // The last-token-only prefill returns the last row.
-  auto last_runner = make_runner(w, 1);
+  auto last_runner = make_runner(w, 1, 1, 16, 256, GetParam());
   const auto& last = last_runner.prefill(0, tokens);
   EXPECT_TRUE(bit_equal(last, std::vector<float>(prefilled.end() - long(v), prefilled.end())));
 }
 
-TEST(CpuForwardDeterminism, AnyPageSizeGivesTheSameLogits) {
-  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 14, DType::F32));
+TEST_P(CpuDeterminism, AnyPageSizeGivesTheSameLogits) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 14, DType::Q8_0));
   const auto tokens = some_tokens(21, w->config.vocab, 8);
-  auto page16 = make_runner(w, 2, 1, 16);
+  auto page16 = make_runner(w, 2, 1, 16, 256, GetParam());
   const auto logits_16 = cf::teacher_forced_logits(page16, tokens);
   for (int page_size : {1, 3, 64}) {
-    auto other = make_runner(w, 2, 1, page_size);
+    auto other = make_runner(w, 2, 1, page_size, 256, GetParam());
     EXPECT_TRUE(bit_equal(logits_16, cf::teacher_forced_logits(other, tokens))) << "page size " << page_size;
   }
 }
 
-TEST(CpuForwardBatch, LockstepDecodeOfThreeSequencesEqualsEachAlone) {
+TEST_P(CpuDeterminism, LockstepDecodeOfThreeSequencesEqualsEachAlone) {
   auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 15, DType::Q8_0));
   const size_t v = size_t(w->config.vocab);
   const std::vector<std::vector<int32_t>> prompts = {some_tokens(5, int(v), 1), some_tokens(9, int(v), 2),
                                                      some_tokens(2, int(v), 3)};
   const std::vector<int32_t> next = {7, 100, 299};
-  auto batched = make_runner(w, 2, 3, 4);
+  auto batched = make_runner(w, 2, 3, 4, 256, GetParam());
   for (int s = 0; s < 3; ++s) batched.prefill(s, prompts[size_t(s)]);
   const std::vector<int32_t> seqs = {2, 0, 1};  // in any order
   const std::vector<int32_t> tokens = {next[2], next[0], next[1]};
   const std::vector<float> together = batched.decode(seqs, tokens);
   for (int i = 0; i < 3; ++i) {
     const int s = seqs[size_t(i)];
-    auto alone = make_runner(w, 1, 1, 4);
+    auto alone = make_runner(w, 1, 1, 4, 256, GetParam());
     std::vector<int32_t> all = prompts[size_t(s)];
     all.push_back(next[size_t(s)]);
     const auto& l = alone.prefill(0, all);
@@ -234,6 +172,72 @@ TEST(CpuForwardBatch, LockstepDecodeOfThreeSequencesEqualsEachAlone) {
   EXPECT_EQ(batched.length(0), 6);
   EXPECT_EQ(batched.length(1), 10);
   EXPECT_EQ(batched.length(2), 3);
+}
+
+// Every kernel level this CPU has gives the same logits (the forced levels are what other CPUs pick on their own).
+TEST_P(CpuDeterminism, EveryKernelLevelGivesTheSameLogits) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 16, DType::Q4_1));
+  const auto tokens = some_tokens(9, w->config.vocab, 9);
+  Variant variant = GetParam();
+  variant.isa = "portable";
+  auto portable = make_runner(w, 2, 1, 16, 256, variant);
+  const auto reference = cf::teacher_forced_logits(portable, tokens);
+  for (const cf::cpu::Isa isa : {cf::cpu::Isa::Avx2, cf::cpu::Isa::Avx512}) {
+    if (!cf::cpu::isa_supported(isa)) continue;
+    variant.isa = cf::cpu::isa_name(isa);
+    auto runner = make_runner(w, 2, 1, 16, 256, variant);
+    EXPECT_TRUE(bit_equal(reference, cf::teacher_forced_logits(runner, tokens))) << variant.isa;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, CpuDeterminism, ::testing::ValuesIn(kVariants),
+                         [](const auto& info) { return info.param.name(); });
+
+// The int8 arithmetic and the F16 cache change the logits by their rounding only: against the fp32 reference
+// forward, within a bound a few times the observed error (a wrong scale, offset or sub-block would be off by far
+// more: the logits' rms is ~1).
+TEST(CpuForwardVariants, Int8AndF16CacheStayCloseToTheReference) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 21, DType::Q4_1));
+  const auto tokens = some_tokens(20, w->config.vocab, 11);
+  const std::vector<float> want = cf::test::reference_logits(*w, tokens);
+  const double scale = cf::ref::rms(want);
+  for (const Variant& variant : kVariants) {
+    auto runner = make_runner(w, 2, 1, 16, 256, variant);
+    const std::vector<float> got = cf::teacher_forced_logits(runner, tokens);
+    double max_err = 0;
+    for (size_t i = 0; i < want.size(); ++i) max_err = std::max(max_err, double(std::fabs(got[i] - want[i])));
+    const double bound = variant.arithmetic == cf::CpuArithmetic::Int8 ? 0.1 : variant.kv == DType::F16 ? 2e-3 : 1e-5;
+    EXPECT_LE(max_err, bound * scale) << variant.name();
+    std::printf("%s: max |logit error| / rms = %.2e\n", variant.name().c_str(), max_err / scale);
+  }
+}
+
+// A head size that is not a multiple of 16 (the attention kernel's unit): the backend pads it.
+TEST(CpuForwardVariants, OddHeadSizeMatchesReference) {
+  cf::ModelConfig c = cf::test::tiny_config();
+  c.head_dim = 24;
+  c.rope_dim = 24;
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(c, 22, DType::F32));
+  const auto tokens = some_tokens(12, w->config.vocab, 12);
+  for (const Variant& variant : kVariants) {
+    auto runner = make_runner(w, 2, 1, 16, 256, variant);
+    const auto got = cf::teacher_forced_logits(runner, tokens);
+    const auto want = cf::test::reference_logits(*w, tokens);
+    if (variant.kv == DType::F32) {
+      const auto report = cf::ref::check_tolerance<float>(got, want);
+      EXPECT_TRUE(report.ok) << variant.name() << ": " << report.message;
+    }
+  }
+}
+
+TEST(CpuForwardVariants, BadOptionsAreClearErrors) {
+  auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 23, DType::F32));
+  cf::BackendOptions o;
+  o.cpu_kv_type = DType::Q4_1;
+  EXPECT_THROW(cf::create_backend("cpu", w, o), cf::InputError);
+  o = {};
+  o.cpu_isa = "sse9";
+  EXPECT_THROW(cf::create_backend("cpu", w, o), cf::InputError);
 }
 
 TEST(CpuForwardContext, FullContextThrowsAndLeavesTheSequenceUsable) {

@@ -1,0 +1,68 @@
+// The model description's weight table: every tensor a model of a given ModelConfig holds, with its canonical
+// (GGUF) name, Hugging Face name, shape and role, in one place. The loaders (check_model_tensors,
+// canonical_tensor_name, ModelWeights::load / random) and the backends' weight conversions iterate it instead of
+// naming the Llama layer's fields themselves; a new attention or FFN kind (MLA, MoE) adds its slots here.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "clusterfusion/engine/model_config.hpp"
+
+namespace cf {
+
+// One kind of tensor, model-level or per layer.
+enum class WeightSlot : uint8_t {
+  TokenEmbd,
+  OutputNorm,
+  Output,
+  AttnNorm,
+  AttnQ,
+  AttnK,
+  AttnV,
+  AttnQBias,
+  AttnKBias,
+  AttnVBias,
+  AttnOutput,
+  FfnNorm,
+  FfnGate,
+  FfnUp,
+  FfnDown,
+};
+
+// Matrix: [rows, cols] in any storage type (plain or block-quantised), read by the matmul kernels.
+// Vector: a norm weight or bias, held as fp32.
+enum class WeightForm : uint8_t { Matrix, Vector };
+
+struct WeightSlotInfo {
+  WeightSlot slot;
+  WeightForm form;
+  bool per_layer;
+  std::string_view gguf_name;  // canonical name, without "blk.N." for per-layer slots
+  std::string_view hf_name;    // Hugging Face name, without "model.layers.N." for per-layer slots
+};
+
+// Every slot of every kind, in load order (model-level first, then a layer's).
+std::span<const WeightSlotInfo> weight_slots();
+const WeightSlotInfo& slot_info(WeightSlot slot);
+
+// One tensor of a concrete model.
+struct WeightEntry {
+  WeightSlot slot;
+  WeightForm form;
+  int layer;                   // -1 for model-level tensors
+  std::string name;            // canonical: "token_embd.weight", "blk.3.attn_q.weight"
+  std::vector<int64_t> shape;  // {rows, cols} for matrices, {n} for vectors
+  bool optional;               // may be absent from a file (output.weight when the embeddings are tied)
+};
+
+// The tensors a model of config `c` holds, in load order: token_embd, output_norm, output (unless tied), then per
+// layer the slots of its attention and FFN kinds (c.layer_spec(i)).
+std::vector<WeightEntry> weight_table(const ModelConfig& c);
+
+// The slots a layer of these kinds holds, in order; per-layer slots only. qkv_bias adds the q/k/v bias slots.
+std::vector<WeightSlot> layer_slots(const LayerSpec& spec, bool qkv_bias);
+
+}  // namespace cf
