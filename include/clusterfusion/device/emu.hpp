@@ -102,6 +102,10 @@ uint64_t globaltimer_ns(SrcLoc loc);
 void atomic_point(const void* p, SrcLoc loc);  // a scheduling point before each atomic
 void vector_access(const void* p, uint32_t bytes, bool global_nc, SrcLoc loc);  // alignment / space checks
 }  // namespace emu
+}  // namespace cf::dev
+
+// The device API of the emulator build (its own namespace: types.hpp).
+namespace cf::dev::inline CF_BUILD_NAMESPACE {
 
 // ---- element types -----------------------------------------------------------------------------------------------
 using f16 = cf::half;
@@ -355,4 +359,4 @@ inline T from_bits(uint32_t b) {
   return pair;
 }
 
-}  // namespace cf::dev
+}  // namespace cf::dev::inline CF_BUILD_NAMESPACE

@@ -16,7 +16,7 @@
 #include "clusterfusion/primitives/wait_status.hpp"
 #include "kernel_select.hpp"
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
 
 namespace {

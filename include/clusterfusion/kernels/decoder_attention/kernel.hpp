@@ -28,7 +28,7 @@
 #include "clusterfusion/primitives/cluster_reduce_scatter.hpp"
 #include "clusterfusion/primitives/softmax_state.hpp"
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 namespace dev = cf::dev;
 
 namespace detail {

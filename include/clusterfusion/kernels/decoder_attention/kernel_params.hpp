@@ -7,7 +7,7 @@
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/decoder_attention/params.hpp"
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
 // The kernel's argument block. Offsets are bytes into dynamic shared memory (traits.hpp computes the carve).
 struct KernelParams {

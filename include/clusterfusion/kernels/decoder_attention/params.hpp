@@ -20,9 +20,9 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/types.hpp"
-#include "clusterfusion/engine/model_config.hpp"  // cf::RopeStyle
+#include "clusterfusion/model/types.hpp"  // cf::RopeStyle, AttentionBlockShape
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
 inline constexpr int kMaxBatch = 16;
 inline constexpr int kMaxGroup = 16;  // query heads per KV head (one m16 tile of the attention MMAs)

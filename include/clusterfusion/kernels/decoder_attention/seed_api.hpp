@@ -18,7 +18,7 @@
 
 #include "clusterfusion/kernels/decoder_attention/launch.hpp"
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
 struct SeedShape {
   dev::DType dtype = dev::DType::F16;

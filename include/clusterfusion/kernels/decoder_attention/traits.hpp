@@ -9,7 +9,7 @@
 #include "clusterfusion/kernels/decoder_attention/kernel_params.hpp"
 #include "clusterfusion/primitives/cluster_reduce_scatter.hpp"
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
 inline constexpr int kMaxClusterSize = 16;  // cluster sizes 2, 4, 8, 16 (loops over ranks unroll to this bound)
 inline constexpr int kMaxStages = 16;
