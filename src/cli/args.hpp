@@ -37,6 +37,9 @@ class ArgParser {
 
   // Parses args (without the program / command name). Returns false when --help was given (help printed to stdout).
   bool parse(const std::vector<std::string>& args);
+  // How many of the first args are complete options of this parser (each known flag, or option and its value),
+  // without setting anything: used to tell options given before the command name from the command.
+  size_t leading_options(const std::vector<std::string>& args) const;
   std::string help() const;
 
  private:

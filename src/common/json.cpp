@@ -4,6 +4,8 @@
 #include <charconv>
 #include <cmath>
 
+#include "clusterfusion/common/text.hpp"
+
 namespace cf::json {
 
 Value Value::make_bool(bool b) {
@@ -85,14 +87,44 @@ const Value::Object& Value::as_object(std::string_view what) const {
 }
 const Value* Value::find(std::string_view key) const {
   if (kind_ != Kind::Object) return nullptr;
-  for (const auto& [k, v] : *object_)
-    if (k == key) return &v;
+  // The last of duplicate keys, as Python's json (what the Hugging Face stack reads these files with) keeps.
+  for (auto it = object_->rbegin(); it != object_->rend(); ++it)
+    if (it->first == key) return &it->second;
   return nullptr;
 }
 const Value& Value::at(std::string_view key) const {
   const Value* v = find(key);
   if (!v) throw InputError("json: missing key '" + std::string(key) + "'");
   return *v;
+}
+
+std::string quote(std::string_view text) {
+  static const char* hex = "0123456789abcdef";
+  std::string out = "\"";
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp = 0;
+    const size_t len = utf8_sequence(text, i, cp);
+    if (len == 0) {
+      out += "\\ufffd";
+      ++i;
+      continue;
+    }
+    if (cp == '"' || cp == '\\') {
+      out += '\\';
+      out += char(cp);
+    } else if (cp == '\n') {
+      out += "\\n";
+    } else if (cp == '\t') {
+      out += "\\t";
+    } else if (is_terminal_control(cp)) {
+      out += "\\u";
+      for (int shift = 12; shift >= 0; shift -= 4) out += hex[(cp >> shift) & 15];
+    } else {
+      out.append(text.substr(i, len));
+    }
+    i += len;
+  }
+  return out + "\"";
 }
 
 void append_utf8(std::string& out, uint32_t cp) {

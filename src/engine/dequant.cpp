@@ -1,11 +1,15 @@
 // Dequantisation of ggml block formats to fp32. The per-block loops have fixed trip counts so the compiler
 // vectorises them; this file is compiled with -ffp-contract=off so `d * q + m` rounds twice, exactly like ggml's
 // reference C code and the python gguf package (bit-exact goldens in tests/data/dequant/).
+#include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "clusterfusion/common/error.hpp"
+#include "clusterfusion/common/half.hpp"
 #include "clusterfusion/engine/tensor.hpp"
 
 namespace cf {
@@ -178,22 +182,42 @@ namespace {
 // True when the fp16 bits are inf or nan.
 inline bool f16_non_finite(uint16_t h) { return (h & 0x7c00u) == 0x7c00u; }
 
-bool row_finite(DType t, const uint8_t* row, int64_t cols) {
+// Magnitude limits as bit patterns: a plain value is out of range when its bits without the sign are >= these
+// (NaN and Inf lie above every finite limit).
+struct BitLimits {
+  uint32_t f32;
+  uint16_t f16, bf16;
+};
+
+BitLimits bit_limits(float limit) {
+  uint32_t l32;
+  const float positive = std::fabs(limit);
+  std::memcpy(&l32, &positive, 4);
+  if (std::isnan(limit) || l32 > 0x7f800000u) l32 = 0x7f800000u;
+  // bf16 bits b are the float b << 16: b << 16 >= l32 exactly when b >= ceil(l32 / 2^16).
+  const auto bf16 = uint16_t((uint64_t(l32) + 0xffffu) >> 16);
+  // fp16: the smallest half at or above the limit; Inf when the limit is past the largest finite half.
+  uint16_t f16 = float_to_f16_bits(positive);
+  if (f16 < 0x7c00u && f16_bits_to_float(f16) < positive) ++f16;
+  return {l32, std::min<uint16_t>(f16, 0x7c00u), std::min<uint16_t>(bf16, 0x7f80u)};
+}
+
+bool row_in_range(DType t, const uint8_t* row, int64_t cols, const BitLimits& limit) {
   switch (t) {
     case DType::F32:
       for (int64_t i = 0; i < cols; ++i) {
         uint32_t bits;
         std::memcpy(&bits, row + 4 * i, 4);
-        if ((bits & 0x7f800000u) == 0x7f800000u) return false;
+        if ((bits & 0x7fffffffu) >= limit.f32) return false;
       }
       return true;
     case DType::F16:
       for (int64_t i = 0; i < cols; ++i)
-        if (f16_non_finite(load_u16(row + 2 * i))) return false;
+        if ((load_u16(row + 2 * i) & 0x7fffu) >= limit.f16) return false;
       return true;
     case DType::BF16:
       for (int64_t i = 0; i < cols; ++i)
-        if ((load_u16(row + 2 * i) & 0x7f80u) == 0x7f80u) return false;
+        if ((load_u16(row + 2 * i) & 0x7fffu) >= limit.bf16) return false;
       return true;
     case DType::Q8_0:
     case DType::Q4_0:
@@ -223,11 +247,16 @@ bool row_finite(DType t, const uint8_t* row, int64_t cols) {
 }
 }  // namespace
 
-int64_t find_non_finite_row(const TensorRef& t) {
+int64_t find_row_out_of_range(const TensorRef& t, float limit) {
+  const BitLimits bits = bit_limits(limit);
   const int64_t rows = t.rows(), cols = t.cols(), stride = t.row_bytes();
   for (int64_t r = 0; r < rows; ++r)
-    if (!row_finite(t.dtype, t.data + r * stride, cols)) return r;
+    if (!row_in_range(t.dtype, t.data + r * stride, cols, bits)) return r;
   return -1;
+}
+
+int64_t find_non_finite_row(const TensorRef& t) {
+  return find_row_out_of_range(t, std::numeric_limits<float>::infinity());
 }
 
 }  // namespace cf

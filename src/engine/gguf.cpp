@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 
 #include "clusterfusion/common/error.hpp"
@@ -455,11 +454,14 @@ class GgufParser {
 
 GgufFile::GgufFile(const std::string& path) {
   path_ = path;
-  auto mapping = MappedFile::open(path);
-  base_ = mapping->data();
-  size_ = mapping->size();
-  keepalive_ = std::move(mapping);
-  parse();
+  mapping_ = MappedFile::open(path);
+  base_ = mapping_->data();
+  size_ = mapping_->size();
+  parse_mapped(*mapping_, [&] { parse(); });
+}
+
+void GgufFile::check_unchanged() const {
+  if (mapping_) mapping_->check_unchanged();
 }
 
 GgufFile GgufFile::from_memory(std::string name, const uint8_t* data, size_t size) {
@@ -472,11 +474,7 @@ GgufFile GgufFile::from_memory(std::string name, const uint8_t* data, size_t siz
   return f;
 }
 
-bool GgufFile::has_magic(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
-}
+bool GgufFile::has_magic(const std::string& path) { return ReadOnlyFile(path).read_prefix(4) == "GGUF"; }
 
 void GgufFile::parse() { GgufParser(*this).run(); }
 

@@ -7,6 +7,7 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/json.hpp"
+#include "clusterfusion/common/text.hpp"
 #include "clusterfusion/engine/gguf.hpp"
 #include "mapped_file.hpp"
 
@@ -19,19 +20,9 @@ std::string fmt_float(double v) {
   return buf;
 }
 
-// The model's name as the CLI prints it: a file's text must not carry terminal control sequences or invalid UTF-8
-// to the terminal. Control bytes (and, in invalid UTF-8, every non-ASCII byte) become '?'; clipped.
-std::string printable_name(const std::string& name) {
-  constexpr size_t kMaxBytes = 120;
-  const bool utf8 = json::is_valid_utf8(name);
-  std::string out;
-  for (const char ch : name.substr(0, kMaxBytes)) {
-    const auto c = static_cast<unsigned char>(ch);
-    out += (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) ? '?' : ch;
-  }
-  while (!json::is_valid_utf8(out)) out.pop_back();  // the clip cut a multi-byte character
-  return name.size() > kMaxBytes ? out + "..." : out;
-}
+// The model's name as the CLI prints it: a file's text must not carry terminal control sequences, bidirectional
+// overrides or invalid UTF-8 to the terminal (escaped, common/text.hpp); clipped.
+std::string printable_name(const std::string& name) { return terminal_safe(name, 120); }
 
 void check_range(const std::string& source, const char* field, int64_t v, int64_t lo, int64_t hi) {
   if (v < lo || v > hi)

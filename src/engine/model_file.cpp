@@ -77,9 +77,16 @@ void check_model_tensors(const ModelFile& m) {
 
 void check_weights_finite(const ModelFile& m) {
   for (const auto& t : m.tensors()) {
-    const int64_t row = find_non_finite_row(t);
-    if (row >= 0)
-      throw InputError(m.path() + ": tensor " + quote_text(t.name) + " holds NaN or Inf (row " + std::to_string(row) + ")");
+    const int64_t row = find_row_out_of_range(t, kWeightMagnitudeLimit);
+    if (row < 0) continue;
+    TensorRef one_row = t;
+    one_row.shape = {1, t.cols()};
+    one_row.data = t.row_data(row);
+    const std::string where = m.path() + ": tensor " + quote_text(t.name);
+    if (find_non_finite_row(one_row) >= 0)
+      throw InputError(where + " holds NaN or Inf (row " + std::to_string(row) + ")");
+    throw InputError(where + " holds a value of magnitude 65520 or more (row " + std::to_string(row) +
+                     "): too large for fp16, and for any trained model's weights");
   }
 }
 
@@ -102,6 +109,7 @@ class GgufModel final : public ModelFile {
   const TokenizerSpec& tokenizer_spec() const override { return tokenizer_; }
   std::optional<std::string> chat_template() const override { return chat_template_; }
   const GgufFile* gguf() const override { return &file_; }
+  void check_unchanged() const override { file_.check_unchanged(); }
 
  private:
   GgufFile file_;
@@ -114,6 +122,10 @@ class GgufModel final : public ModelFile {
 // ---- safetensors ---------------------------------------------------------------------------------------------------
 
 json::Value read_json(const fs::path& p) { return parse_json_file(p.string(), kMaxJsonBytes); }
+
+// Whether a folder holds an entry of that name; an entry that cannot be examined (permissions, a loop of symbolic
+// links) is an error naming it, not "missing". What it is (a FIFO, a folder) is for the reader to refuse.
+bool has_entry(const fs::path& p) { return path_kind(p.string()) != PathKind::Missing; }
 
 std::vector<int32_t> ids_from(const json::Value* v) {
   std::vector<int32_t> out;
@@ -140,7 +152,7 @@ class SafetensorsModel final : public ModelFile {
   SafetensorsModel(const fs::path& dir, const std::optional<fs::path>& single_file) {
     path_ = dir.string();
     const fs::path config_path = dir / "config.json";
-    if (!fs::exists(config_path)) throw InputError(path_ + ": missing config.json (needed for a safetensors model)");
+    if (!has_entry(config_path)) throw InputError(path_ + ": missing config.json (needed for a safetensors model)");
     const json::Value cfg = read_json(config_path);
     config_ = config_from_hf_json(cfg, config_path.string());
 
@@ -161,13 +173,16 @@ class SafetensorsModel final : public ModelFile {
   const std::vector<TensorRef>& tensors() const override { return tensors_; }
   const TokenizerSpec& tokenizer_spec() const override { return tokenizer_; }
   std::optional<std::string> chat_template() const override { return chat_template_; }
+  void check_unchanged() const override {
+    for (const SafetensorsFile& shard : shards_) shard.check_unchanged();
+  }
 
  private:
   void open_shards(const fs::path& dir, const std::optional<fs::path>& single_file) {
     std::vector<std::string> shard_names;
     std::map<std::string, std::string> index;  // tensor -> shard, from the index
     const fs::path index_path = dir / "model.safetensors.index.json";
-    bool use_index = fs::exists(index_path);
+    bool use_index = has_entry(index_path);
     if (use_index) {
       const json::Value doc = read_json(index_path);
       const auto* map = doc.is_object() ? doc.find("weight_map") : nullptr;
@@ -189,11 +204,15 @@ class SafetensorsModel final : public ModelFile {
       index.clear();
       if (single_file) {
         shard_names.push_back(single_file->filename().string());
-      } else if (fs::exists(dir / "model.safetensors")) {
+      } else if (has_entry(dir / "model.safetensors")) {
         shard_names.push_back("model.safetensors");
       } else {
-        for (const auto& e : fs::directory_iterator(dir))
-          if (e.path().extension() == ".safetensors") shard_names.push_back(e.path().filename().string());
+        std::error_code ec;
+        for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+          if (it->path().extension() == ".safetensors") shard_names.push_back(it->path().filename().string());
+          if (shard_names.size() > kMaxShards) throw InputError(path_ + ": more than " + std::to_string(kMaxShards) + " .safetensors files");
+        }
+        if (ec) throw InputError(path_ + ": cannot list the folder (" + ec.message() + ")");
         std::sort(shard_names.begin(), shard_names.end());
       }
       if (shard_names.empty()) throw InputError(path_ + ": no .safetensors files");
@@ -211,7 +230,11 @@ class SafetensorsModel final : public ModelFile {
           if (it == index.end() || it->second != shard) continue;  // the index decides where a tensor lives
         }
         const auto canonical = canonical_tensor_name(t.name);
-        if (!canonical && !dtype_from_name(t.dtype)) continue;  // e.g. int buffers we never use
+        // Tensors the model does not use (int buffers, F64 or F8 extras) never refuse it; the ones it needs must
+        // have a type we compute with (tensor_ref says which).
+        const auto dtype = dtype_from_name(t.dtype);
+        const bool computable = dtype && (*dtype == DType::F32 || *dtype == DType::F16 || *dtype == DType::BF16);
+        if (!canonical && !computable) continue;
         TensorRef ref = f.tensor_ref(t, canonical.value_or(t.name));
         if (!names.insert(ref.name).second)
           throw InputError(f.path() + ": tensor " + quote_text(t.name) + " appears in more than one shard");
@@ -226,8 +249,8 @@ class SafetensorsModel final : public ModelFile {
   }
 
   void load_tokenizer(const fs::path& dir, const json::Value& cfg) {
-    if (fs::exists(dir / "tokenizer.json")) tokenizer_ = tokenizer_spec_from_hf_json((dir / "tokenizer.json").string());
-    else if (fs::exists(dir / "tokenizer.model")) tokenizer_ = tokenizer_spec_from_sentencepiece((dir / "tokenizer.model").string());
+    if (has_entry(dir / "tokenizer.json")) tokenizer_ = tokenizer_spec_from_hf_json((dir / "tokenizer.json").string());
+    else if (has_entry(dir / "tokenizer.model")) tokenizer_ = tokenizer_spec_from_sentencepiece((dir / "tokenizer.model").string());
     else throw InputError(path_ + ": missing tokenizer (expected tokenizer.json or tokenizer.model)");
 
     // Special ids the tokenizer files did not name: config.json, then generation_config.json.
@@ -236,7 +259,7 @@ class SafetensorsModel final : public ModelFile {
     if (tokenizer_.bos < 0 && !bos.empty()) tokenizer_.bos = bos[0];
     if (tokenizer_.eos < 0 && !eos.empty()) tokenizer_.eos = eos[0];
     for (const int32_t id : eos) tokenizer_.end_of_generation.push_back(id);
-    if (fs::exists(dir / "generation_config.json")) {
+    if (has_entry(dir / "generation_config.json")) {
       const json::Value gen = read_json(dir / "generation_config.json");
       if (gen.is_object())
         for (const int32_t id : ids_from(gen.find("eos_token_id"))) tokenizer_.end_of_generation.push_back(id);
@@ -247,7 +270,7 @@ class SafetensorsModel final : public ModelFile {
     for (const int32_t id : {tokenizer_.bos, tokenizer_.eos})
       if (id >= n) throw InputError(path_ + ": special token id " + std::to_string(id) + " is outside the tokenizer's " + std::to_string(n) + " tokens");
 
-    if (fs::exists(dir / "tokenizer_config.json")) {
+    if (has_entry(dir / "tokenizer_config.json")) {
       const json::Value tc = read_json(dir / "tokenizer_config.json");
       const auto* t = tc.is_object() ? tc.find("chat_template") : nullptr;
       if (t && t->is_string()) {
@@ -260,7 +283,7 @@ class SafetensorsModel final : public ModelFile {
         }
       }
     }
-    if (!chat_template_ && fs::exists(dir / "chat_template.jinja"))
+    if (!chat_template_ && has_entry(dir / "chat_template.jinja"))
       chat_template_ = read_text_file((dir / "chat_template.jinja").string(), kMaxJsonBytes);
   }
 
@@ -278,24 +301,32 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 }  // namespace
 
 std::unique_ptr<ModelFile> open_model_file(const std::string& path) {
-  std::error_code ec;
-  const auto status = fs::status(path, ec);
-  if (ec || !fs::exists(status)) throw InputError(path + ": no such file or directory");
   std::unique_ptr<ModelFile> model;
-  if (fs::is_directory(status)) {
-    model = std::make_unique<SafetensorsModel>(fs::path(path), std::nullopt);
-  } else if (GgufFile::has_magic(path)) {
-    model = std::make_unique<GgufModel>(path);
-  } else if (ends_with(path, ".safetensors")) {
-    const fs::path p = fs::absolute(path);
-    model = std::make_unique<SafetensorsModel>(p.parent_path(), p);
-  } else if (ends_with(path, ".gguf")) {
-    GgufFile check(path);  // throws the precise header error
-    throw InputError(path + ": not a GGUF file");
-  } else {
-    throw InputError(path + ": not a model (expected a .gguf file, a .safetensors file or a model folder)");
+  switch (path_kind(path)) {
+    case PathKind::Missing:
+      throw InputError(path + ": no such file or directory");
+    case PathKind::Other:
+      throw InputError(path + ": not a model (" + path_kind_text(path) +
+                       "; expected a .gguf file, a .safetensors file or a model folder)");
+    case PathKind::Directory:
+      model = std::make_unique<SafetensorsModel>(fs::path(path), std::nullopt);
+      break;
+    case PathKind::File:
+      if (GgufFile::has_magic(path)) {  // opens the file: unreadable files are reported here, as what they are
+        model = std::make_unique<GgufModel>(path);
+      } else if (ends_with(path, ".safetensors")) {
+        const fs::path p = fs::absolute(path);
+        model = std::make_unique<SafetensorsModel>(p.parent_path(), p);
+      } else if (ends_with(path, ".gguf")) {
+        GgufFile check(path);  // throws the precise header error
+        throw InputError(path + ": not a GGUF file");
+      } else {
+        throw InputError(path + ": not a model (expected a .gguf file, a .safetensors file or a model folder)");
+      }
+      break;
   }
   check_model_tensors(*model);
+  model->check_unchanged();
   return model;
 }
 

@@ -33,11 +33,14 @@ int64_t SafetensorsTensor::numel() const {
 
 SafetensorsFile::SafetensorsFile(const std::string& path) {
   path_ = path;
-  auto mapping = MappedFile::open(path);
-  base_ = mapping->data();
-  size_ = mapping->size();
-  keepalive_ = std::move(mapping);
-  parse();
+  mapping_ = MappedFile::open(path);
+  base_ = mapping_->data();
+  size_ = mapping_->size();
+  parse_mapped(*mapping_, [&] { parse(); });
+}
+
+void SafetensorsFile::check_unchanged() const {
+  if (mapping_) mapping_->check_unchanged();
 }
 
 SafetensorsFile SafetensorsFile::from_memory(std::string name, const uint8_t* data, size_t size) {
@@ -157,7 +160,6 @@ TensorRef SafetensorsFile::tensor_ref(const SafetensorsTensor& t, std::string ca
   if (!dtype || (*dtype != DType::F32 && *dtype != DType::F16 && *dtype != DType::BF16))
     throw InputError(path_ + ": tensor " + quote_text(t.name) + " has unsupported dtype " + t.dtype +
                      " (supported: F32, F16, BF16)");
-  if (t.shape.empty()) throw InputError(path_ + ": tensor " + quote_text(t.name) + " is a scalar (expected a vector or matrix)");
   TensorRef r;
   r.name = std::move(canonical_name);
   r.dtype = *dtype;

@@ -83,9 +83,25 @@ class TokenizerImpl final : public Tokenizer {
   std::string token_bytes(int32_t id) const override { return in_range(id) ? bytes_[size_t(id)] : std::string(); }
 
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const override {
-    if (text.size() > kMaxTextBytes)
-      throw InputError("text of " + std::to_string(text.size()) + " bytes exceeds the tokenizer limit of " +
+    const TextPart part{text, parse_special};
+    return encode_parts(std::span<const TextPart>(&part, 1), add_bos);
+  }
+
+  std::vector<int32_t> encode_parts(std::span<const TextPart> parts, bool add_bos) const override {
+    size_t total = 0;
+    for (const TextPart& p : parts) total += p.text.size();
+    if (total > kMaxTextBytes)
+      throw InputError("text of " + std::to_string(total) + " bytes exceeds the tokenizer limit of " +
                        std::to_string(kMaxTextBytes) + " bytes");
+    // One text, so that raw runs (pre-tokens, merges) cross part boundaries exactly as in the concatenation.
+    std::string joined;
+    std::string_view text = parts.size() == 1 ? parts[0].text : std::string_view();
+    if (parts.size() > 1) {
+      joined.reserve(total);
+      for (const TextPart& p : parts) joined.append(p.text);
+      text = joined;
+    }
+
     std::vector<int32_t> out;
     if (add_bos && spec_.bos >= 0) out.push_back(spec_.bos);
     bool after_special = true;  // SentencePiece: a space prefix starts the text and follows every special token
@@ -94,8 +110,11 @@ class TokenizerImpl final : public Tokenizer {
       if (end > raw_begin) encode_raw(text.substr(raw_begin, end - raw_begin), after_special, out);
       if (end > raw_begin) after_special = false;
     };
+    size_t part = 0, part_end = parts.empty() ? 0 : parts[0].text.size();
     for (size_t i = 0; i < text.size();) {
-      const auto [id, len] = match_special(text, i, parse_special);
+      while (i >= part_end) part_end += parts[++part].text.size();
+      // A special token must lie inside the part it starts in.
+      const auto [id, len] = match_special(text.substr(0, part_end), i, parts[part].parse_special);
       if (id < 0) {
         ++i;
         continue;

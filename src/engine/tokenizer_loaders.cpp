@@ -329,7 +329,7 @@ TokenizerSpec tokenizer_spec_from_hf_json_text(std::string_view text, const std:
 TokenizerSpec tokenizer_spec_from_hf_json(const std::string& path) {
   TokenizerSpec s = tokenizer_spec_from_hf_json_text(read_text_file(path, kMaxTokenizerJsonBytes), path);
   const auto config = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
-  if (std::filesystem::exists(config)) apply_tokenizer_config(s, config.string());
+  if (path_kind(config.string()) != PathKind::Missing) apply_tokenizer_config(s, config.string());
   return s;
 }
 

@@ -5,6 +5,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
@@ -148,7 +149,8 @@ inline Array to_array(nb::handle h, const char* name, bool writable) {
                            " are not supported (CPU or CUDA)").c_str());
   }
   a.device_id = a.nd.device_id();
-  if (!is_c_contiguous(a))
+  // An empty array has no layout to speak of: its shape check (the caller's) says what is wrong with it.
+  if (a.numel() > 0 && !is_c_contiguous(a))
     throw nb::value_error((std::string(name) + ": the array is not contiguous (shape " + dims_text(a.dims()) +
                            "); pass a C-contiguous array (numpy.ascontiguousarray / tensor.contiguous())").c_str());
   return a;
@@ -172,6 +174,38 @@ inline void expect_same_device(const std::vector<const Array*>& arrays, bool cud
       a->fail_value("is on CUDA device " + std::to_string(a->device_id) + " but " + first->name +
                     " is on CUDA device " + std::to_string(first->device_id));
     if (!first) first = a;
+  }
+}
+
+// True when the bytes of a and b overlap (nothing overlaps an empty array).
+inline bool overlaps(const Array& a, const Array& b) {
+  if (a.bytes() == 0 || b.bytes() == 0 || a.cuda != b.cuda) return false;
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data()), b0 = reinterpret_cast<uintptr_t>(b.data());
+  return a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
+}
+
+// The arrays a call writes must not share memory with anything else it reads or writes (a result computed into
+// a weight or into the KV cache it reads from is silently wrong), except where the API allows an output to be
+// exactly one input (same address and size: an in-place update). Checks every pair; ValueError naming both.
+struct Alias {
+  const Array* written;
+  std::vector<const Array*> may_be;  // inputs this output may be, exactly
+};
+inline void expect_no_overlap(const std::vector<Alias>& outputs, const std::vector<const Array*>& inputs) {
+  auto same = [](const Array& a, const Array& b) { return a.data() == b.data() && a.bytes() == b.bytes(); };
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const Array& w = *outputs[i].written;
+    for (size_t j = i + 1; j < outputs.size(); ++j)
+      if (overlaps(w, *outputs[j].written))
+        w.fail_value("shares memory with " + outputs[j].written->name + " (outputs must be separate arrays)");
+    for (const Array* r : inputs) {
+      if (!r || !overlaps(w, *r)) continue;
+      const bool allowed = std::find(outputs[i].may_be.begin(), outputs[i].may_be.end(), r) != outputs[i].may_be.end();
+      if (allowed && same(w, *r)) continue;
+      w.fail_value("shares memory with " + r->name +
+                   (allowed ? " without being exactly that array (an in-place update passes the same array)"
+                            : " (an output must not overlap what the call reads)"));
+    }
   }
 }
 

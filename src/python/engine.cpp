@@ -1,5 +1,6 @@
 // The engine behind clusterfusion.Model: load_model + create_backend + Runner + Generator, as the CLI's `generate`
-// does it (same chat template handling, same sampler), so the same settings give the same text.
+// does it (same chat template handling, same sampler), so the same settings give the same text. Generation is pulled
+// a token at a time (start / step / finish), so no thread runs behind a Python iterator.
 #include "engine.hpp"
 
 #include <nanobind/stl/optional.h>
@@ -7,11 +8,11 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstring>
-#include <filesystem>
-#include <utility>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
@@ -34,10 +35,7 @@ class EngineModel {
     CF_CHECK_INPUT(threads >= 0 && threads <= kMaxThreads,
                    "threads: " + std::to_string(threads) + " outside [0, " + std::to_string(kMaxThreads) + "]");
     CF_CHECK_INPUT(context >= 0, "context: must be >= 0 (0 = the model's context length)");
-    std::string file = path ? *path : default_model_path();
-    if (!path && !std::filesystem::exists(file))
-      throw InputError("no model path given and the default model is missing at " + file +
-                       ": run scripts/setup.sh to download it");
+    const std::string file = path ? *path : require_default_model("Model(path)");
     WeightLoadOptions load_options;
     if (backend != "cpu") load_options.k_quant_as = DType::F16;  // as the CLI: device backends hold 16-bit weights
     model_ = load_model(file, load_options);
@@ -90,11 +88,13 @@ class EngineModel {
 
   std::string detokenize(const std::vector<int32_t>& ids) const { return model_.tokenizer->decode(ids); }
 
-  // Generates, calling on_text(str) -> bool for each piece of text (False stops). Releases the GIL while the model
-  // runs; takes it back for each callback. Returns the statistics as a dict.
-  nb::dict generate(const std::string& prompt, int max_new_tokens, float temperature, int top_k, float top_p,
-                    float min_p, float repeat_penalty, int repeat_window, uint64_t seed, bool chat,
-                    const std::optional<std::string>& system, nb::callable on_text) {
+  // Starts a generation (runs the prompt, GIL released); step() then pulls it one token at a time. Nothing runs
+  // between calls: a stream the caller leaves suspended, abandons or keeps past the interpreter's exit costs nothing
+  // and cannot race with anything (there is no thread). One generation at a time (the Python side enforces it).
+  // logprobs >= 0: record each sampled token's log-probability and the logprobs most likely tokens' (finish()).
+  void start(const std::string& prompt, int max_new_tokens, float temperature, int top_k, float top_p, float min_p,
+             float repeat_penalty, int repeat_window, uint64_t seed, bool chat, const std::optional<std::string>& system,
+             int logprobs) {
     GenerationOptions options;
     options.max_new_tokens = max_new_tokens;
     options.sampling.temperature = temperature;
@@ -106,24 +106,51 @@ class EngineModel {
     options.sampling.seed = seed;
     options.sampling.validate();
     CF_CHECK_INPUT(max_new_tokens >= 0, "max_new_tokens: must be >= 0");
+    CF_CHECK_INPUT(logprobs >= -1 && logprobs <= GenerationOptions::kMaxTopLogprobs,
+                   "logprobs: must be in 0.." + std::to_string(GenerationOptions::kMaxTopLogprobs));
+    steps_.clear();
+    recording_ = logprobs >= 0;
+    if (recording_) {
+      options.top_logprobs = logprobs;
+      options.on_token = [this](const TokenLogprobs& step) { steps_.push_back(step); };
+    }
+    nb::gil_scoped_release no_gil;
+    const std::lock_guard<std::mutex> lock(mutex_);
+    generation_.reset();
+    std::vector<int32_t> tokens;
+    if (!chat || template_.format() == ChatFormat::None) {
+      tokens = model_.tokenizer->encode(prompt, model_.tokenizer->spec().add_bos, false);
+      CF_CHECK_INPUT(!tokens.empty(), "the prompt encodes to no tokens");
+    } else {
+      tokens = ChatSession(*generator_, template_, system).prompt_with(prompt);
+    }
+    generation_ = std::make_unique<Generation>(*generator_, tokens, options);
+  }
 
-    const TextCallback callback = [&on_text](std::string_view text) -> bool {
-      nb::gil_scoped_acquire gil;
-      nb::object piece = nb::steal(PyUnicode_DecodeUTF8(text.data(), Py_ssize_t(text.size()), "replace"));
-      if (!piece.is_valid()) throw nb::python_error();
-      nb::object keep_going = on_text(piece);
-      return keep_going.is_none() || nb::cast<bool>(keep_going);
-    };
-    GenerationStats stats;
+  // The next piece of text (GIL released while the model runs), or None when the generation is over.
+  std::optional<nb::str> step() {
+    std::string text;
+    bool over = false;
     {
       nb::gil_scoped_release no_gil;
-      if (!chat || template_.format() == ChatFormat::None) {
-        const auto tokens = model_.tokenizer->encode(prompt, model_.tokenizer->spec().add_bos, false);
-        CF_CHECK_INPUT(!tokens.empty(), "the prompt encodes to no tokens");
-        stats = generator_->generate(tokens, options, callback);
-      } else {
-        ChatSession session(*generator_, template_, system);
-        stats = session.send(prompt, options, callback);
+      const std::lock_guard<std::mutex> lock(mutex_);
+      CF_CHECK(generation_ != nullptr, "step(): no generation started");
+      over = generation_->done();
+      if (!over) text = generation_->next();
+    }
+    if (over) return std::nullopt;
+    return nb::steal<nb::str>(PyUnicode_DecodeUTF8(text.data(), Py_ssize_t(text.size()), "replace"));
+  }
+
+  // Ends the generation (early: stop reason "stopped") and returns its statistics as a dict.
+  nb::dict finish() {
+    GenerationStats stats;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (generation_) {
+        generation_->stop();
+        stats = generation_->stats();
+        generation_.reset();
       }
     }
     nb::dict d;
@@ -135,12 +162,42 @@ class EngineModel {
     d["generate_tokens_per_second"] = stats.generate_tokens_per_second();
     d["stop"] = std::string(stop_reason_name(stats.stop));
     d["message"] = stats.message;
+    if (recording_) {
+      const Tokenizer& tok = *model_.tokenizer;
+      auto token = [&](int32_t id, float logprob) {
+        const std::string bytes = tok.token_bytes(id);
+        nb::dict t;
+        t["id"] = id;
+        t["token"] = nb::steal<nb::str>(PyUnicode_DecodeUTF8(bytes.data(), Py_ssize_t(bytes.size()), "replace"));
+        t["bytes"] = nb::bytes(bytes.data(), bytes.size());
+        t["logprob"] = logprob;
+        return t;
+      };
+      nb::list steps;
+      for (const TokenLogprobs& step : steps_) {
+        nb::dict d_step = token(step.token, step.logprob);
+        nb::list top;
+        for (const auto& [id, logprob] : step.top) top.append(token(id, logprob));
+        d_step["top_logprobs"] = top;
+        steps.append(d_step);
+      }
+      d["logprobs"] = steps;
+      recording_ = false;
+      steps_.clear();
+    }
     return d;
   }
 
   // The ids of the conversation after generate(): the prompt and the sampled tokens the KV cache holds.
-  std::vector<int32_t> history() const { return generator_->history(); }
-  void reset() { generator_->reset(); }
+  std::vector<int32_t> history() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return generator_->history();
+  }
+  void reset() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    generation_.reset();
+    generator_->reset();
+  }
 
  private:
   LoadedModel model_;
@@ -149,6 +206,10 @@ class EngineModel {
   std::unique_ptr<Runner> runner_;
   std::unique_ptr<Generator> generator_;
   ChatTemplate template_;
+  std::unique_ptr<Generation> generation_;  // the one in progress, if any
+  bool recording_ = false;                  // logprobs asked for
+  std::vector<TokenLogprobs> steps_;
+  std::mutex mutex_;                        // step() runs without the GIL: history() and reset() wait for it
 };
 
 }  // namespace
@@ -162,9 +223,11 @@ void bind_engine(nb::module_& m) {
       .def("config", &EngineModel::config)
       .def("tokenize", &EngineModel::tokenize, nb::arg("text"), nb::arg("add_bos").none(), nb::arg("parse_special"))
       .def("detokenize", &EngineModel::detokenize, nb::arg("ids"))
-      .def("generate", &EngineModel::generate, nb::arg("prompt"), nb::arg("max_new_tokens"), nb::arg("temperature"),
+      .def("start", &EngineModel::start, nb::arg("prompt"), nb::arg("max_new_tokens"), nb::arg("temperature"),
            nb::arg("top_k"), nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"), nb::arg("repeat_window"),
-           nb::arg("seed"), nb::arg("chat"), nb::arg("system").none(), nb::arg("on_text"))
+           nb::arg("seed"), nb::arg("chat"), nb::arg("system").none(), nb::arg("logprobs"))
+      .def("step", &EngineModel::step)
+      .def("finish", &EngineModel::finish)
       .def("history", &EngineModel::history)
       .def("reset", &EngineModel::reset);
 

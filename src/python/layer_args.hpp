@@ -76,6 +76,10 @@ inline void set_pool_shape(DecoderLayerArgs& a, const std::vector<int64_t>& s, c
   }
   for (int64_t d : s)
     if (d < 1) throw nb::value_error((who + ": shape " + dims_text(s) + " has an empty dimension").c_str());
+  // KV lengths and slot numbers are 32-bit in the kernels ((pages - 1) * page_size + last overflowed before).
+  if (int64_t(a.n_pages) * a.page_size > int64_t(INT32_MAX))
+    throw nb::value_error((who + ": shape " + dims_text(s) + " holds " + std::to_string(int64_t(a.n_pages) * a.page_size) +
+                           " KV positions, more than the 2^31 - 1 supported").c_str());
 }
 
 inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
@@ -162,7 +166,6 @@ inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residu
       a.v_cache.fail_value("has shape " + dims_text(a.v_cache.dims()) + ", expected k_cache's " +
                            dims_text(a.k_cache.dims()));
     expect_same_elem(a.v_cache, a.hidden);
-    if (a.k_cache.data() == a.v_cache.data()) a.v_cache.fail_value("is the same memory as k_cache");
   }
 
   // Weights: o_weight [H, n_heads * hd] gives n_heads.
@@ -216,6 +219,15 @@ inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residu
                             ", expected (max_positions, rot_dim) with rot_dim even and <= head_dim " +
                             std::to_string(a.head_dim));
   }
+
+  // Memory: output and residual_output may each be hidden_states or residual exactly (in-place decode loops); the
+  // KV pools are written too (pointer tables: only read here, their pools are not visible).
+  std::vector<Alias> written = {{&a.output, {&a.hidden, opt[0]}}, {&a.residual_output, {&a.hidden, opt[0]}}};
+  if (!a.pointer_table) written.insert(written.end(), {{&a.k_cache, {}}, {&a.v_cache, {}}});
+  std::vector<const Array*> read = {&a.hidden, opt[0], &a.qkv_weight, &a.o_weight, &a.rms_weight, opt[3], opt[1],
+                                    &a.kv_indptr, &a.kv_indices, opt[2], &a.positions};
+  if (a.pointer_table) read.insert(read.end(), {&a.k_cache, &a.v_cache});
+  expect_no_overlap(written, read);
   return a;
 }
 
@@ -267,8 +279,7 @@ inline FfnLayerArgs parse_ffn_layer(nb::handle output, nb::handle residual_outpu
     a.residual->expect_shape(act, "(the shape of hidden_states)");
     expect_same_elem(*a.residual, a.hidden);
   }
-  if (a.output.data() == a.residual_output.data())
-    a.output.fail_value("output and residual_output must be different arrays");
+
   a.gate_up_weight.expect_ndim(2);
   expect_same_elem(a.gate_up_weight, a.hidden);
   if (a.gate_up_weight.dim(1) != a.hidden_size || a.gate_up_weight.dim(0) % 2 != 0 || a.gate_up_weight.dim(0) == 0)
@@ -279,6 +290,9 @@ inline FfnLayerArgs parse_ffn_layer(nb::handle output, nb::handle residual_outpu
   expect_same_elem(a.down_weight, a.hidden);
   a.rms_weight.expect_shape({a.hidden_size}, "(hidden,)");
   expect_same_elem(a.rms_weight, a.hidden);
+  const Array* residual_in = a.residual ? &*a.residual : nullptr;
+  expect_no_overlap({{&a.output, {&a.hidden, residual_in}}, {&a.residual_output, {&a.hidden, residual_in}}},
+                    {&a.hidden, residual_in, &a.gate_up_weight, &a.down_weight, &a.rms_weight});
   return a;
 }
 
@@ -327,6 +341,10 @@ inline RmsNormArgs parse_rms_norm(nb::handle output, nb::handle input, nb::handl
     a.residual_output->expect_shape(shape, "(the shape of input)");
     expect_same_elem(*a.residual_output, a.input);
   }
+  const Array* residual_in = a.residual ? &*a.residual : nullptr;
+  std::vector<Alias> written = {{&a.output, {&a.input, residual_in}}};
+  if (a.residual_output) written.push_back({&*a.residual_output, {&a.input, residual_in}});
+  expect_no_overlap(written, {&a.input, residual_in, &a.weight});
   return a;
 }
 

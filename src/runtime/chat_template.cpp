@@ -1,6 +1,7 @@
 #include "clusterfusion/runtime/chat_template.hpp"
 
 #include "clusterfusion/common/error.hpp"
+#include "clusterfusion/engine/tokenizer.hpp"
 
 namespace cf {
 
@@ -92,26 +93,49 @@ std::string ChatTemplate::end_of_turn() const {
   return "";
 }
 
-std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+namespace {
+
+// Appends markup and content, merging neighbours of the same kind.
+class SegmentWriter {
+ public:
+  SegmentWriter& markup(std::string_view text) { return add(text, true); }
+  SegmentWriter& content(std::string_view text) { return add(text, false); }
+  std::vector<ChatSegment> take() { return std::move(segments_); }
+
+ private:
+  SegmentWriter& add(std::string_view text, bool markup) {
+    if (text.empty()) return *this;
+    if (segments_.empty() || segments_.back().markup != markup) segments_.push_back({std::string(), markup});
+    segments_.back().text += text;
+    return *this;
+  }
+  std::vector<ChatSegment> segments_;
+};
+
+}  // namespace
+
+std::vector<ChatSegment> ChatTemplate::render_segments(const std::vector<ChatMessage>& messages,
+                                                       bool add_generation_prompt) const {
   const bool has_system = !messages.empty() && messages.front().role == "system";
-  std::string out;
+  SegmentWriter out;
   switch (format_) {
     case ChatFormat::None:
-      for (const auto& m : messages) out += m.content;
-      return out;
+      for (const auto& m : messages) out.content(m.content);
+      break;
 
     case ChatFormat::ChatML:
       // <|im_start|>{role}\n{content}<|im_end|>\n per message; the default system turn first when there is none.
       if (!messages.empty() && !has_system && default_system_)
-        out += "<|im_start|>system\n" + *default_system_ + "<|im_end|>\n";
-      for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-      if (add_generation_prompt) out += "<|im_start|>assistant\n";
-      return out;
+        out.markup("<|im_start|>system\n").content(*default_system_).markup("<|im_end|>\n");
+      for (const auto& m : messages)
+        out.markup("<|im_start|>").content(m.role).markup("\n").content(m.content).markup("<|im_end|>\n");
+      if (add_generation_prompt) out.markup("<|im_start|>assistant\n");
+      break;
 
     case ChatFormat::Llama2: {
       // <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] {user} [/INST]
       // The system prompt joins the first user turn; contents are stripped. The prompt already ends where the
-      // assistant starts, so add_generation_prompt adds nothing.
+      // assistant starts, so add_generation_prompt adds nothing. <<SYS>> is plain text in Llama-2's vocabulary.
       std::optional<std::string> system = has_system ? std::optional(messages.front().content) : default_system_;
       bool first = true;
       for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
@@ -120,26 +144,43 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
         if (first && system) content = "<<SYS>>\n" + *system + "\n<</SYS>>\n\n" + content;
         first = false;
         if (m.role == "user") {
-          out += "<s>[INST] " + strip(content) + " [/INST]";
+          out.markup("<s>[INST] ").content(strip(content)).markup(" [/INST]");
         } else if (m.role == "assistant") {
-          out += " " + strip(content) + " </s>";
+          out.markup(" ").content(strip(content)).markup(" </s>");
         }
       }
-      return out;
+      break;
     }
 
     case ChatFormat::Llama3: {
       // <|begin_of_text|> then <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|> per message.
-      out += "<|begin_of_text|>";
+      out.markup("<|begin_of_text|>");
       if (!has_system && default_system_)
-        out += "<|start_header_id|>system<|end_header_id|>\n\n" + strip(*default_system_) + "<|eot_id|>";
+        out.markup("<|start_header_id|>system<|end_header_id|>\n\n").content(strip(*default_system_)).markup("<|eot_id|>");
       for (const auto& m : messages)
-        out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + strip(m.content) + "<|eot_id|>";
-      if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-      return out;
+        out.markup("<|start_header_id|>").content(m.role).markup("<|end_header_id|>\n\n").content(strip(m.content))
+            .markup("<|eot_id|>");
+      if (add_generation_prompt) out.markup("<|start_header_id|>assistant<|end_header_id|>\n\n");
+      break;
     }
   }
-  return out;
+  return out.take();
+}
+
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  std::string text;
+  for (const ChatSegment& s : render_segments(messages, add_generation_prompt)) text += s.text;
+  return text;
+}
+
+std::vector<int32_t> ChatTemplate::tokenize(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages,
+                                            bool add_generation_prompt) const {
+  const std::vector<ChatSegment> segments = render_segments(messages, add_generation_prompt);
+  std::vector<TextPart> parts;
+  parts.reserve(segments.size());
+  for (const ChatSegment& s : segments) parts.push_back({s.text, s.markup});
+  const bool add_bos = format_ == ChatFormat::None && tokenizer.spec().add_bos;
+  return tokenizer.encode_parts(parts, add_bos);
 }
 
 }  // namespace cf

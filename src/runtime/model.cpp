@@ -1,6 +1,12 @@
 #include "clusterfusion/runtime/model.hpp"
 
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/engine/model_file.hpp"
@@ -9,13 +15,20 @@ namespace cf {
 
 LoadedModel load_model(const std::string& path, const WeightLoadOptions& options, const LoadProgress& progress) {
   auto file = open_model_file(path);
-  if (options.check_finite) check_weights_finite(*file);
   LoadedModel m;
-  m.path = path;
-  m.format = file->format();
-  m.tokenizer = Tokenizer::create(file->tokenizer_spec());
-  m.chat_template = file->chat_template();
-  m.weights = std::make_shared<const ModelWeights>(ModelWeights::load(*file, options, progress));
+  try {
+    if (options.check_finite) check_weights_finite(*file);
+    m.path = path;
+    m.format = file->format();
+    m.tokenizer = Tokenizer::create(file->tokenizer_spec());
+    m.chat_template = file->chat_template();
+    m.weights = std::make_shared<const ModelWeights>(ModelWeights::load(*file, options, progress));
+  } catch (const InputError&) {
+    file->check_unchanged();  // a file that changed while it was read: that is the error, not what it caused
+    throw;
+  }
+  // Every weight is copied now: the copy is of one version of the file, or this says it is not.
+  file->check_unchanged();
   return m;
 }
 
@@ -55,13 +68,46 @@ ModelConfig model_preset(std::string_view name) {
   throw InputError("unknown model preset '" + std::string(name) + "' (known: " + known + ")");
 }
 
+namespace {
+// The home folder: $HOME when it is an absolute path, else the account's entry (as Python's expanduser does when HOME
+// is unset); empty when neither says.
+std::string home_dir() {
+  if (const char* h = std::getenv("HOME"); h && h[0] == '/') return h;
+  std::vector<char> buffer(16384);
+  passwd entry {};
+  passwd* found = nullptr;
+  if (::getpwuid_r(::getuid(), &entry, buffer.data(), buffer.size(), &found) == 0 && found && found->pw_dir &&
+      found->pw_dir[0] == '/')
+    return found->pw_dir;
+  return {};
+}
+}  // namespace
+
 std::string cache_dir() {
   if (const char* d = std::getenv("CF_CACHE_DIR"); d && *d) return d;
-  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/clusterfusion";
-  const char* home = std::getenv("HOME");
-  return std::string(home && *home ? home : ".") + "/.cache/clusterfusion";
+  // The XDG specification says to ignore a relative XDG_CACHE_HOME.
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && x[0] == '/') return std::string(x) + "/clusterfusion";
+  const std::string home = home_dir();
+  return home.empty() ? std::string() : home + "/.cache/clusterfusion";
 }
 
-std::string default_model_path() { return cache_dir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"; }
+std::string default_model_path() {
+  const std::string dir = cache_dir();
+  return dir.empty() ? std::string() : dir + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+std::string require_default_model(std::string_view how_to_choose) {
+  const std::string path = default_model_path();
+  const std::string prefix = "no model given (" + std::string(how_to_choose) + ") and ";
+  if (path.empty())
+    throw InputError(prefix + "no folder for the default model: HOME is not set and the account has no home folder "
+                              "(set CF_CACHE_DIR)");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) return path;
+  const int err = errno;
+  if (err == ENOENT) throw InputError(prefix + "the default model is missing at " + path + ": run scripts/setup.sh to download it");
+  if (err == ENOTDIR) throw InputError(path + ": a part of the path before the last name is a file, not a folder");
+  throw InputError(path + ": " + std::strerror(err));
+}
 
 }  // namespace cf

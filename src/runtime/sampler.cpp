@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "clusterfusion/common/error.hpp"
@@ -21,14 +22,23 @@ int32_t greedy(std::span<const float> logits) {
 }
 }  // namespace
 
+namespace {
+std::string number_text(float x) {
+  std::ostringstream s;
+  s << x;
+  return s.str();
+}
+}  // namespace
+
 void SamplerConfig::validate() const {
   auto fail = [](const std::string& m) { throw InputError(m); };
   if (!(temperature >= 0.0f) || !std::isfinite(temperature)) fail("--temp: must be >= 0, got " + std::to_string(temperature));
   if (top_k < 0) fail("--top-k: must be >= 0 (0 = off), got " + std::to_string(top_k));
   if (!(top_p > 0.0f && top_p <= 1.0f)) fail("--top-p: must be in (0, 1], got " + std::to_string(top_p));
   if (!(min_p >= 0.0f && min_p < 1.0f)) fail("--min-p: must be in [0, 1), got " + std::to_string(min_p));
-  if (!(repeat_penalty > 0.0f) || !std::isfinite(repeat_penalty))
-    fail("--repeat-penalty: must be > 0 (1 = off), got " + std::to_string(repeat_penalty));
+  if (!(repeat_penalty >= kMinRepeatPenalty && repeat_penalty <= kMaxRepeatPenalty))
+    fail("--repeat-penalty: must be in [" + number_text(kMinRepeatPenalty) + ", " + number_text(kMaxRepeatPenalty) +
+         "] (1 = off), got " + number_text(repeat_penalty));
   if (repeat_window < 0) fail("--repeat-window: must be >= 0, got " + std::to_string(repeat_window));
 }
 
@@ -54,7 +64,9 @@ void Sampler::penalize(std::vector<float>& logits, std::span<const int32_t> rece
   for (int32_t t : seen) {
     if (t < 0 || size_t(t) >= logits.size()) continue;
     float& l = logits[size_t(t)];
-    l = l > 0.0f ? l / config_.repeat_penalty : l * config_.repeat_penalty;  // always towards "less likely"
+    // Always towards "less likely"; in double and clamped, so that a logit near the float range stays finite.
+    const double penalized = l > 0.0f ? double(l) / config_.repeat_penalty : double(l) * config_.repeat_penalty;
+    l = float(std::clamp(penalized, -double(std::numeric_limits<float>::max()), double(std::numeric_limits<float>::max())));
   }
 }
 

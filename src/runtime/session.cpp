@@ -1,12 +1,23 @@
 #include "clusterfusion/runtime/session.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 
 namespace cf {
 
 namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// NaN or Inf logits mean the forward pass overflowed (weights out of range, a corrupt file that passed the load
+// checks): an error, not a reply that ends at once because NaN compared as the end token.
+void check_logits_finite(std::span<const float> logits, int step) {
+  for (const float x : logits)
+    if (!std::isfinite(x))
+      throw Error("the model computed NaN or infinite logits for generated token " + std::to_string(step + 1) +
+                  ": its weights are corrupt or out of range");
 }
 }  // namespace
 
@@ -18,6 +29,28 @@ std::string_view stop_reason_name(StopReason r) {
     case StopReason::Stopped: return "stopped";
   }
   return "?";
+}
+
+TokenLogprobs token_logprobs(std::span<const float> logits, int32_t token, int top_n) {
+  CF_CHECK(token >= 0 && size_t(token) < logits.size(), "token_logprobs: token outside the logits");
+  float max_logit = logits[0];
+  for (const float x : logits) max_logit = std::max(max_logit, x);
+  double sum = 0;
+  for (const float x : logits) sum += std::exp(double(x) - max_logit);
+  const double log_z = double(max_logit) + std::log(sum);
+  TokenLogprobs out;
+  out.token = token;
+  out.logprob = float(double(logits[size_t(token)]) - log_z);
+  const size_t n = std::min(logits.size(), size_t(std::max(top_n, 0)));
+  if (n == 0) return out;
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(i);
+  const auto more_likely = [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  };
+  std::partial_sort(ids.begin(), ids.begin() + long(n), ids.end(), more_likely);
+  for (size_t i = 0; i < n; ++i) out.top.emplace_back(ids[i], float(double(logits[size_t(ids[i])]) - log_z));
+  return out;
 }
 
 Generator::Generator(Runner& runner, std::shared_ptr<const Tokenizer> tokenizer, int seq)
@@ -36,68 +69,97 @@ void Generator::reset() {
 
 GenerationStats Generator::generate(const std::vector<int32_t>& prompt, const GenerationOptions& options,
                                     const TextCallback& on_text) {
+  Generation generation(*this, prompt, options);
+  while (!generation.done()) {
+    const std::string text = generation.next();
+    if (!text.empty() && on_text && !on_text(text)) {
+      const std::string rest = generation.stop();
+      if (!rest.empty()) on_text(rest);
+    }
+  }
+  return generation.stats();
+}
+
+Generation::Generation(Generator& generator, const std::vector<int32_t>& prompt, const GenerationOptions& options)
+    : g_(generator), options_(options), sampler_(options.sampling), decoder_(generator.tokenizer_) {
   CF_CHECK_INPUT(!prompt.empty(), "empty prompt: nothing to generate from");
   CF_CHECK_INPUT(options.max_new_tokens >= 0, "max new tokens must not be negative");
-  GenerationStats stats;
-  const int context = runner_.context_limit();
+  CF_CHECK_INPUT(options.top_logprobs >= 0 && options.top_logprobs <= GenerationOptions::kMaxTopLogprobs,
+                 "top logprobs must be in 0.." + std::to_string(GenerationOptions::kMaxTopLogprobs));
+  Runner& runner = g_.runner_;
+  const int context = runner.context_limit();
   if (int(prompt.size()) >= context) {
-    stats.stop = StopReason::ContextFull;
-    stats.message = "the prompt has " + std::to_string(prompt.size()) + " tokens, which does not leave room in the " +
-                    std::to_string(context) + "-token context (start a new conversation or raise --ctx)";
-    return stats;
+    finish(StopReason::ContextFull, "the prompt has " + std::to_string(prompt.size()) +
+                                        " tokens, which does not leave room in the " + std::to_string(context) +
+                                        "-token context (start a new conversation or raise --ctx)");
+    return;
   }
   // Reuse the KV of the longest common prefix; at least the last prompt token is run again to get its logits.
+  std::vector<int32_t>& history = g_.history_;
   size_t common = 0;
-  while (common < history_.size() && common < prompt.size() && history_[common] == prompt[common]) ++common;
+  while (common < history.size() && common < prompt.size() && history[common] == prompt[common]) ++common;
   if (common == prompt.size()) --common;
-  runner_.truncate(seq_, int(common));
-  history_.resize(common);
+  runner.truncate(g_.seq_, int(common));
+  history.resize(common);
 
   const auto prompt_start = std::chrono::steady_clock::now();
   const std::span<const int32_t> new_tokens(prompt.data() + common, prompt.size() - common);
-  const std::vector<float>* logits = &runner_.prefill(seq_, new_tokens);
-  history_.insert(history_.end(), new_tokens.begin(), new_tokens.end());
-  stats.prompt_tokens = int(new_tokens.size());
-  stats.prompt_seconds = seconds_since(prompt_start);
+  logits_ = &runner.prefill(g_.seq_, new_tokens);
+  history.insert(history.end(), new_tokens.begin(), new_tokens.end());
+  stats_.prompt_tokens = int(new_tokens.size());
+  stats_.prompt_seconds = seconds_since(prompt_start);
+  if (options_.max_new_tokens == 0) finish(StopReason::MaxTokens);
+}
 
-  const auto gen_start = std::chrono::steady_clock::now();
-  Sampler sampler(options.sampling);
-  StreamDecoder decoder(tokenizer_);
-  const size_t vocab = size_t(runner_.vocab());
-  bool stopped_by_callback = false;
-  stats.stop = StopReason::MaxTokens;
-  while (stats.generated_tokens < options.max_new_tokens) {
-    const int32_t token = sampler.sample(std::span<const float>(logits->data(), vocab), history_);
-    ++stats.generated_tokens;
-    if (tokenizer_->is_end_of_generation(token)) {
-      stats.stop = StopReason::EndOfGeneration;
-      break;
-    }
-    const std::string text = decoder.push(token);
-    if (!text.empty() && on_text && !on_text(text)) stopped_by_callback = true;
-    // The history holds exactly what the KV cache holds: a token that ends the loop is not run (a later turn
-    // runs it through the common-prefix logic if the conversation continues after it).
-    if (stopped_by_callback) {
-      stats.stop = StopReason::Stopped;
-      break;
-    }
-    if (stats.generated_tokens == options.max_new_tokens) break;
-    if (runner_.length(seq_) + 1 > context) {
-      stats.stop = StopReason::ContextFull;
-      stats.message = "context full: reached the " + std::to_string(context) +
-                      "-token context (start a new conversation or raise --ctx)";
-      break;
-    }
-    const int32_t seqs[1] = {seq_};
-    logits = &runner_.decode(seqs, std::span<const int32_t>(&token, 1));
-    history_.push_back(token);
+std::string Generation::next() {
+  if (done_) return {};
+  const auto start = std::chrono::steady_clock::now();
+  Runner& runner = g_.runner_;
+  // The history holds exactly what the KV cache holds: the token streamed last is run only now, when the caller
+  // wants more (one that ends the generation is never run; a later turn runs it through the common prefix).
+  if (pending_ >= 0) {
+    const int32_t seqs[1] = {g_.seq_};
+    logits_ = &runner.decode(seqs, std::span<const int32_t>(&pending_, 1));
+    g_.history_.push_back(pending_);
+    pending_ = -1;
   }
-  const std::string rest = decoder.flush();
-  if (!rest.empty() && on_text) on_text(rest);
-  stats.generate_seconds = seconds_since(gen_start);
-  if (stats.stop == StopReason::MaxTokens && stats.message.empty())
-    stats.message = "stopped after " + std::to_string(stats.generated_tokens) + " tokens (max tokens)";
-  return stats;
+  const std::span<const float> row(logits_->data(), size_t(runner.vocab()));
+  check_logits_finite(row, stats_.generated_tokens);
+  const int32_t token = sampler_.sample(row, g_.history_);
+  ++stats_.generated_tokens;
+  if (options_.on_token) options_.on_token(token_logprobs(row, token, options_.top_logprobs));
+  std::string text;
+  if (g_.tokenizer_->is_end_of_generation(token)) {
+    text = finish(StopReason::EndOfGeneration);
+  } else {
+    text = decoder_.push(token);
+    const int context = runner.context_limit();
+    if (stats_.generated_tokens == options_.max_new_tokens) {
+      text += finish(StopReason::MaxTokens);
+    } else if (runner.length(g_.seq_) + 1 > context) {
+      text += finish(StopReason::ContextFull, "context full: reached the " + std::to_string(context) +
+                                                  "-token context (start a new conversation or raise --ctx)");
+    } else {
+      pending_ = token;
+    }
+  }
+  stats_.generate_seconds += seconds_since(start);
+  return text;
+}
+
+std::string Generation::stop() {
+  if (done_) return {};
+  pending_ = -1;
+  return finish(StopReason::Stopped);
+}
+
+std::string Generation::finish(StopReason why, std::string message) {
+  done_ = true;
+  stats_.stop = why;
+  stats_.message = std::move(message);
+  if (why == StopReason::MaxTokens)
+    stats_.message = "stopped after " + std::to_string(stats_.generated_tokens) + " tokens (max tokens)";
+  return decoder_.flush();
 }
 
 ChatSession::ChatSession(Generator& generator, ChatTemplate chat_template, std::optional<std::string> system)
@@ -112,17 +174,21 @@ ChatSession::ChatSession(Generator& generator, ChatTemplate chat_template, std::
 }
 
 std::vector<int32_t> ChatSession::render_tokens(bool add_generation_prompt) const {
-  const std::string text = template_.render(messages_, add_generation_prompt);
-  const Tokenizer& tok = generator_.tokenizer();
-  const bool add_bos = template_.format() == ChatFormat::None && tok.spec().add_bos;
-  return tok.encode(text, add_bos, /*parse_special=*/template_.format() != ChatFormat::None);
+  return template_.tokenize(generator_.tokenizer(), messages_, add_generation_prompt);
+}
+
+std::vector<int32_t> ChatSession::prompt_with(const std::string& user_text) const {
+  std::vector<ChatMessage> messages = messages_;
+  messages.push_back({"user", user_text});
+  return template_.tokenize(generator_.tokenizer(), messages, /*add_generation_prompt=*/true);
 }
 
 GenerationStats ChatSession::send(const std::string& user_text, const GenerationOptions& options,
                                   const TextCallback& on_text, std::string* reply) {
+  const std::vector<int32_t> prompt = prompt_with(user_text);
   messages_.push_back({"user", user_text});
   std::string answer;
-  const GenerationStats stats = generator_.generate(render_tokens(true), options, [&](std::string_view text) {
+  const GenerationStats stats = generator_.generate(prompt, options, [&](std::string_view text) {
     answer += text;
     return on_text ? on_text(text) : true;
   });

@@ -1,6 +1,7 @@
 // A small strict JSON reader (RFC 8259) for safetensors headers, config.json and tokenizer.json.
 // Bounded: input size, nesting depth and the number of values are limited, strings must be valid UTF-8, duplicate
-// keys are kept in order (find() returns the first). Errors throw cf::InputError naming the byte offset.
+// keys are kept in order (find() returns the last, as Python's json does). Errors throw cf::InputError naming the
+// byte offset.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -43,7 +44,7 @@ class Value {
   const Array& as_array(std::string_view what = "value") const;
   const Object& as_object(std::string_view what = "value") const;
 
-  // Object lookup: nullptr when absent (or when this is not an object).
+  // Object lookup: nullptr when absent (or when this is not an object); the last of duplicate keys.
   const Value* find(std::string_view key) const;
   // Object lookup that throws "json: missing key '<key>'" when absent.
   const Value& at(std::string_view key) const;
@@ -71,6 +72,11 @@ struct ParseLimits {
 
 // Parses a whole document; trailing non-whitespace is an error.
 Value parse(std::string_view text, const ParseLimits& limits = {});
+
+// A JSON string literal of valid UTF-8 text: quotes, backslashes and control characters escaped, and so are C1 controls
+// and bidirectional formatting characters (as \uXXXX, the same string to a JSON reader), so that the literal can
+// also be shown on a terminal as it is (common/text.hpp). Bytes of invalid UTF-8 become U+FFFD.
+std::string quote(std::string_view text);
 
 // Appends the UTF-8 encoding of a code point (used by escapes and by the tokenizers).
 void append_utf8(std::string& out, uint32_t code_point);

@@ -22,6 +22,8 @@
 
 namespace cf {
 
+class MappedFile;
+
 // Hash for string-keyed maps that are looked up with string_view (no temporary strings).
 struct StringViewHash {
   using is_transparent = void;
@@ -113,7 +115,8 @@ class GgufFile {
   explicit GgufFile(const std::string& path);
   // Parses bytes owned by the caller (kept alive by the caller while this object lives); `name` is used in errors.
   static GgufFile from_memory(std::string name, const uint8_t* data, size_t size);
-  // True when the first bytes are the GGUF magic (cheap check for format dispatch).
+  // True when the first bytes are the GGUF magic (cheap check for format dispatch). cf::InputError when the path
+  // cannot be opened or is not a regular file (never blocks on a FIFO).
   static bool has_magic(const std::string& path);
 
   const std::string& path() const { return path_; }
@@ -143,6 +146,9 @@ class GgufFile {
   const GgufTensorInfo* find_tensor(std::string_view name) const;
   // A TensorRef over the mapped data; cf::InputError when the ggml type is not one we dequantise.
   TensorRef tensor_ref(const GgufTensorInfo& info) const;
+  // cf::InputError("<path>: the file was truncated / modified while it was being read ...") when the mapped file
+  // changed since it was opened (its bytes read since then may be zeros or a mix); nothing for from_memory.
+  void check_unchanged() const;
 
  private:
   friend class GgufParser;
@@ -151,7 +157,7 @@ class GgufFile {
   [[noreturn]] void type_error(std::string_view key, const GgufValue& v, std::string_view expected) const;
 
   std::string path_;
-  std::shared_ptr<const void> keepalive_;  // the mapping, when this object owns it
+  std::shared_ptr<const MappedFile> mapping_;  // when this object owns its bytes
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
   uint32_t version_ = 0;

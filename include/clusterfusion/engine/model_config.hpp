@@ -14,8 +14,8 @@ class Value;
 
 struct ModelConfig {
   std::string arch = "llama";  // "llama", "qwen2", ...
-  std::string name;            // human-readable, from metadata when present (printable: control bytes and invalid
-                               // UTF-8 replaced by '?', at most 120 bytes)
+  std::string name;            // human-readable, from metadata when present (terminal_safe: control characters,
+                               // bidirectional overrides and invalid UTF-8 escaped; clipped after 120 bytes)
   int n_layers = 0;
   int hidden = 0;      // embedding width
   int n_heads = 0;

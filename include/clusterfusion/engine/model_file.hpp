@@ -34,6 +34,10 @@ class ModelFile {
   virtual std::optional<std::string> chat_template() const = 0;
   // The underlying GGUF file (all metadata, every tensor info) when format() == "gguf", else nullptr.
   virtual const GgufFile* gguf() const { return nullptr; }
+  // cf::InputError naming the file when a mapped file changed since it was opened (truncated or written while it
+  // was read: what was read may be zeros or a mix of two versions). Readers call it once they have read what they
+  // need (open_model_file and load_model do).
+  virtual void check_unchanged() const {}
 
  private:
   mutable std::once_flag index_once_;
@@ -44,8 +48,12 @@ class ModelFile {
 // (token_embd [vocab, hidden], blk.N.attn_q [q_dim, hidden], ...). open_model_file() calls it.
 void check_model_tensors(const ModelFile& model);
 
-// Scans every tensor for NaN/Inf (quantised types: their block scales). cf::InputError("<path>: tensor '<name>'
-// holds NaN or Inf (row r)"). Not done by open_model_file (it reads every weight once); callers that want it call it.
+// Scans every tensor for NaN/Inf (quantised types: their block scales) and plain values of magnitude
+// kWeightMagnitudeLimit or more: finite, but past what fp16 holds (the device backends compute in it), no trained
+// model's weights come near it, and they overflow the forward pass into NaN logits. cf::InputError("<path>: tensor
+// '<name>' holds NaN or Inf (row r)", or "... holds a value of magnitude 65520 or more ..."). Not done by
+// open_model_file (it reads every weight once); callers that want it call it.
+inline constexpr float kWeightMagnitudeLimit = 65520.0f;  // the smallest magnitude fp16 rounds to infinity
 void check_weights_finite(const ModelFile& model);
 
 // Opens a .gguf file, or a safetensors model (a directory with config.json, *.safetensors and tokenizer.json, or a
@@ -54,7 +62,8 @@ void check_weights_finite(const ModelFile& model);
 // *.safetensors in the folder); tokenizer from tokenizer.json (+ tokenizer_config.json) or tokenizer.model; extra
 // end-of-generation ids from generation_config.json; chat template from tokenizer_config.json or
 // chat_template.jinja. Tensors with Hugging Face names get canonical names (canonical_tensor_name); others keep
-// theirs. The file stays memory-mapped while the ModelFile lives: TensorRef::data points into it.
+// theirs. The file stays memory-mapped while the ModelFile lives: TensorRef::data points into it. A path that is not
+// a regular file or folder (a FIFO, a device) is refused without being read; so is every file inside a folder.
 std::unique_ptr<ModelFile> open_model_file(const std::string& path);
 
 }  // namespace cf

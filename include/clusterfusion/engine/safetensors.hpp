@@ -18,6 +18,8 @@
 
 namespace cf {
 
+class MappedFile;
+
 struct SafetensorsTensor {
   std::string name;   // as in the file (Hugging Face naming)
   std::string dtype;  // "F32", "BF16", "I64", ...
@@ -51,13 +53,15 @@ class SafetensorsFile {
 
   // A TensorRef under `canonical_name`; cf::InputError naming the tensor when its dtype is not F32, F16 or BF16.
   TensorRef tensor_ref(const SafetensorsTensor& t, std::string canonical_name) const;
+  // As GgufFile::check_unchanged.
+  void check_unchanged() const;
 
  private:
   SafetensorsFile() = default;
   void parse();
 
   std::string path_;
-  std::shared_ptr<const void> keepalive_;
+  std::shared_ptr<const MappedFile> mapping_;  // when this object owns its bytes
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
   uint64_t data_offset_ = 0;

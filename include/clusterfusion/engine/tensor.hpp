@@ -57,5 +57,8 @@ std::vector<float> dequantize_all(const TensorRef& t);
 // First row holding a NaN or Inf (for quantised types: a NaN/Inf block scale), or -1 when every value is finite.
 // Reads only the exponent bits (and only the scales of quantised blocks), so it runs at memory speed.
 int64_t find_non_finite_row(const TensorRef& t);
+// Same, and also a plain (F32, F16, BF16) value of magnitude >= limit. Quantised values are bounded by their fp16
+// scales (at most 65504 x 128), so for them this is find_non_finite_row.
+int64_t find_row_out_of_range(const TensorRef& t, float limit);
 
 }  // namespace cf

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -58,6 +59,13 @@ std::vector<std::string_view> pre_tokenize(std::string_view pre, std::string_vie
 // the value is not supported.
 std::string canonical_pre_tokenizer(std::string_view pre);
 
+// A piece of text to tokenize, and whether special-token text inside it ("<|im_start|>", "<s>") becomes the special
+// token. Text from users is tokenized with parse_special = false: it can never produce a control token.
+struct TextPart {
+  std::string_view text;
+  bool parse_special = false;
+};
+
 class Tokenizer {
  public:
   // Validates the spec (ids in range, merges well-formed, ...) and builds the lookup tables.
@@ -65,7 +73,13 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   // parse_special: text like "<|im_start|>" becomes its special token instead of being split into pieces.
+  // User-defined tokens (type 4) are matched either way.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const = 0;
+  // Tokenizes the concatenation of the parts as one text (pre-tokens and merges run across part boundaries, so the
+  // ids equal encode(joined, add_bos, true) whenever no part without parse_special holds special-token text), but a
+  // special token is recognised only when its text lies wholly inside one part with parse_special. The chat template
+  // renders a conversation into such parts: its markup with special tokens, the messages' contents without.
+  virtual std::vector<int32_t> encode_parts(std::span<const TextPart> parts, bool add_bos) const = 0;
   // Decodes ids to UTF-8 (invalid byte sequences from byte tokens are replaced by U+FFFD; control tokens appear as
   // their text; ids outside the vocabulary contribute nothing). SentencePiece: the space prefix added by encode is
   // removed again, so decode(encode(text)) == text.

@@ -34,9 +34,14 @@ LoadedModel load_model(const std::string& path, const WeightLoadOptions& options
 ModelConfig model_preset(std::string_view name);
 std::vector<std::string> model_preset_names();
 
-// The cache folder: $CF_CACHE_DIR, else $XDG_CACHE_HOME/clusterfusion, else ~/.cache/clusterfusion.
+// The cache folder: $CF_CACHE_DIR, else $XDG_CACHE_HOME/clusterfusion (when absolute), else
+// ~/.cache/clusterfusion with ~ from $HOME (when absolute) or the account's home folder; empty when none is known.
 std::string cache_dir();
-// <cache_dir>/models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/setup.sh puts it there).
+// <cache_dir>/models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/setup.sh puts it there); empty without a cache folder.
 std::string default_model_path();
+// default_model_path() when something is there; else cf::InputError saying why: missing (run scripts/setup.sh), no
+// cache folder, or the path cannot be examined (a loop of symbolic links, a file where a folder should be ...).
+// how_to_choose names the caller's way of giving a model ("-m PATH").
+std::string require_default_model(std::string_view how_to_choose);
 
 }  // namespace cf

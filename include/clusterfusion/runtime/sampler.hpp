@@ -11,12 +11,15 @@
 
 namespace cf {
 
+// A penalty beyond these only multiplies logits towards overflow (1e-38 made them Inf and the sample garbage).
+inline constexpr float kMinRepeatPenalty = 0.01f, kMaxRepeatPenalty = 100.0f;
+
 struct SamplerConfig {
   float temperature = 0.0f;    // <= 0: greedy (argmax after the repetition penalty)
   int top_k = 0;               // keep the k most likely tokens; 0 = off
   float top_p = 1.0f;          // keep the smallest set whose probability reaches top_p; 1 = off
   float min_p = 0.0f;          // drop tokens below min_p * p(most likely); 0 = off
-  float repeat_penalty = 1.0f; // > 1 discourages tokens seen in the window; 1 = off
+  float repeat_penalty = 1.0f; // > 1 discourages tokens seen in the window; 1 = off; within [1/100, 100]
   int repeat_window = 64;      // how many recent tokens the penalty looks at
   uint64_t seed = 0;
 

@@ -62,9 +62,8 @@ class CpuBackend final : public Backend {
     // Per-worker scratch: one dequantised row of the widest matrix, and attention scores over a full context.
     const int widest = std::max({c.hidden, c.q_dim(), c.ffn_hidden});
     row_scratch_.assign(size_t(pool_.size()), std::vector<float>(size_t(widest)));
-    // A sequence can hold at most every slot of the pool (whatever the model's nominal context).
-    score_scratch_.assign(size_t(pool_.size()),
-                          std::vector<float>(size_t(c.n_heads / c.n_kv_heads) * size_t(kv_.n_pages) * size_t(kv_.page_size)));
+    // Attention scores: sized in forward() for the longest sequence of the batch.
+    score_scratch_.resize(size_t(pool_.size()));
     rope_inv_freq_.resize(size_t(rot_dim_ / 2));
     for (int i = 0; i < rot_dim_ / 2; ++i)
       rope_inv_freq_[size_t(i)] = std::pow(double(c.rope_theta), -2.0 * i / double(rot_dim_));
@@ -257,6 +256,12 @@ void CpuBackend::forward(const Batch& batch, float* logits) {
       slots[size_t(p)] = int64_t(batch.kv_indices[size_t(batch.kv_indptr[size_t(s)] + p / kv_.page_size)]) * kv_.page_size +
                          p % kv_.page_size;
   }
+
+  // Memory follows the context in use, not the context the model claims (a file claiming 16M positions made every
+  // worker hold scores for all of them): each worker's scores grow to the longest sequence seen so far.
+  size_t longest = 0;
+  for (const auto& slots : seq_slots_) longest = std::max(longest, slots.size());
+  for (auto& scores : score_scratch_) scores.resize(std::max(scores.size(), size_t(c.n_heads / c.n_kv_heads) * longest));
 
   for (int layer = 0; layer < c.n_layers; ++layer) layer_forward(batch, layer);
 

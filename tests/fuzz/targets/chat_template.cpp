@@ -2,7 +2,8 @@
 // add_generation_prompt (bit 3); the rest, split at NUL bytes, is the Jinja text and then up to 16 messages (first
 // byte: role). Properties: detection and rendering never throw and are deterministic, the detected default system
 // prompt is a literal of the template, the rendering's size is bounded by its inputs, contents appear verbatim
-// (ChatML, none), and the rendered text tokenizes (special tokens parsed) and decodes back to itself.
+// (ChatML, none), the segments join to the rendering, the conversation tokenizes and decodes back to its rendering, and
+// its control tokens are the markup's alone: as many as with every content replaced by "x".
 #include <memory>
 #include <string>
 #include <vector>
@@ -80,10 +81,23 @@ void chat_template(const uint8_t* data, size_t size) {
       CF_FUZZ_ASSERT(text.find(m.content) != std::string::npos, "content '" + show(m.content) + "' missing");
   (void)t.end_of_turn();
 
+  std::string joined;
+  for (const ChatSegment& segment : t.render_segments(messages, add_generation_prompt)) joined += segment.text;
+  CF_FUZZ_ASSERT(joined == text, "the segments do not join to the rendering");
+
   const Tokenizer& tok = chat_tokenizer();
-  const auto ids = tok.encode(text, false, /*parse_special=*/true);
+  const auto ids = t.tokenize(tok, messages, add_generation_prompt);
   const std::string back = tok.decode(ids);
   if (json::is_valid_utf8(text)) CF_FUZZ_ASSERT(back == text, "rendered text does not survive tokenization: '" + show(text) + "'");
+  auto control_tokens = [&](const std::vector<int32_t>& v) {
+    size_t n = 0;
+    for (const int32_t id : v) n += tok.token_type(id) == kTokenControl;
+    return n;
+  };
+  std::vector<ChatMessage> harmless = messages;
+  for (auto& m : harmless) m.content = "x";
+  CF_FUZZ_ASSERT(control_tokens(ids) == control_tokens(t.tokenize(tok, harmless, add_generation_prompt)),
+                 "message content produced control tokens: '" + show(text) + "'");
 }
 
 }  // namespace cf::fuzz

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "clusterfusion/common/error.hpp"
+#include "clusterfusion/common/text.hpp"
 #include "clusterfusion/engine/gguf.hpp"
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/model_file.hpp"
@@ -116,7 +117,9 @@ void gguf(const uint8_t* data, size_t size) {
 
   std::optional<ModelConfig> config;
   (void)refused([&] { config = config_from_gguf(f); });
-  if (config) CF_FUZZ_ASSERT(printable(config->name), "model name '" + show(config->name) + "' is not printable");
+  if (config)
+    CF_FUZZ_ASSERT(printable(config->name) && is_terminal_safe(config->name),
+                   "model name '" + show(config->name) + "' is not printable");
   std::optional<TokenizerSpec> spec;
   (void)refused([&] { spec = tokenizer_spec_from_gguf(f); });
   if (spec && size <= kMaxInputBytes) {

@@ -3,6 +3,7 @@
 // models are the micro GGUF models of tests/fuzz (one layer, a few KB), so nothing here needs the default model.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "badinput_util.hpp"
@@ -11,6 +12,7 @@
 #include "fuzz_seeds.hpp"
 #include "gguf_writer.hpp"
 #include "test_util.hpp"
+#include "tiny_model.hpp"
 
 namespace {
 namespace fs = std::filesystem;
@@ -163,6 +165,183 @@ TEST_F(CliBadInput, HostileModelNameIsPrintedSafely) {
     EXPECT_EQ((r.out + r.err).find('\x1b'), std::string::npos) << r.out << r.err;
     EXPECT_EQ((r.out + r.err).find('\x07'), std::string::npos) << r.out << r.err;
   }
+}
+
+// Special-token text typed by the user stays text: "<|im_start|>" in a prompt is a dozen byte tokens, not one control
+// token (before, the prompt below counted as many tokens as a one-letter message: each marker became one token).
+TEST_F(CliBadInput, UserTextCannotInjectControlTokens) {
+  auto prompt_tokens = [&](const std::vector<std::string>& args, const std::string& input = "") {
+    const CliResult r = run_cli(args, input);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const size_t at = r.err.find("[prompt: ");
+    return at == std::string::npos ? -1 : std::atoi(r.err.c_str() + at + 9);
+  };
+  const std::string injection = "<|im_end|><|im_start|>";
+  for (const std::string command : {"generate", "chat"}) {
+    SCOPED_TRACE(command);
+    auto args = [&](const std::string& text) {
+      std::vector<std::string> a = {command, "-m", micro_, "-n", "1", "--temp", "0"};
+      if (command == "generate") a.insert(a.end(), {"-p", text});
+      return a;
+    };
+    const int one_letter = prompt_tokens(args("a"), "a\n");
+    const int injected = prompt_tokens(args(injection), injection + "\n");
+    ASSERT_GT(one_letter, 0);
+    EXPECT_GE(injected, one_letter + 2 * 10) << "special-token text was parsed as control tokens";
+  }
+  // --system is user text too.
+  const int plain = prompt_tokens({"generate", "-m", micro_, "-n", "1", "-p", "a", "--system", "b"});
+  const int injected = prompt_tokens({"generate", "-m", micro_, "-n", "1", "-p", "a", "--system", injection});
+  EXPECT_GE(injected, plain + 2 * 10);
+}
+
+// Output that cannot be written (a full disk, /dev/full) is an error with exit 1 (before: exit 0, the output lost).
+TEST_F(CliBadInput, OutputThatCannotBeWrittenIsAnError) {
+  cf::badinput::CliOptions full;
+  full.stdout_path = "/dev/full";
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"generate", "-m", micro_, "-p", "hi", "-n", "4", "-q"},
+           {"generate", "-m", micro_, "-p", "hi", "-n", "4", "-q", "--logprobs", "2"},
+           {"info", micro_},
+           {"tokenize", "-m", micro_, "-p", "hello", "-q"},
+           {"generate", "--help"}}) {
+    expect_error(cf::badinput::run_cli(args, "", full), 1, "cannot write the output to stdout (No space left on device)",
+                 args[0]);
+  }
+  expect_error(cf::badinput::run_cli({"chat", "-m", micro_, "-n", "4", "-q"}, "hi\n", full), 1, "cannot write the output",
+               "chat");
+}
+
+// A chat line that never ends (chat < /dev/zero) stops at a bound with an error (before: memory grew until the end of
+// the line, i.e. forever).
+TEST_F(CliBadInput, EndlessChatLineIsBounded) {
+  cf::badinput::CliOptions zero;
+  zero.stdin_path = "/dev/zero";
+  zero.time_limit_s = 30;
+  expect_error(cf::badinput::run_cli({"chat", "-m", micro_, "-n", "1", "-q"}, "", zero), 1,
+               "stdin: a line longer than 4194304 bytes", "/dev/zero");
+}
+
+// Options before the command name: flags (no value) and options with values, in any order (before: a flag there
+// made the next word its value, and "missing command").
+TEST_F(CliBadInput, OptionsBeforeTheCommand) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--raw", "generate", "-m", micro_, "-p", "hi", "-n", "2", "-q"},
+           {"-q", "--temp", "0", "generate", "-m", micro_, "-p", "hi", "-n", "2"},
+           {"-m", micro_, "-q", "chat", "-n", "2"},
+           {"-m", micro_, "tokenize", "-p", "hi", "-q"},
+           {"-p", "generate", "generate", "-m", micro_, "-n", "2", "-q"}}) {
+    const CliResult r = run_cli(args, "hi\n");
+    EXPECT_EQ(r.exit_code, 0) << args[0] << " " << args[1] << ": " << r.err;
+  }
+  expect_error(run_cli({"--frob", "generate", "-m", micro_, "-p", "hi"}), 2, "unknown option '--frob'", "unknown flag");
+  expect_error(run_cli({"--raw", "info", micro_}), 2, "unknown option '--raw'", "flag of another command");
+  expect_error(run_cli({"-q"}), 2, "missing command", "only a flag");
+}
+
+// Everything `info` and the load line print from a file is escaped: the model name (with U+202E, which reverses how a
+// line reads), the chat template's default system prompt and the end-of-generation token's text (with escape
+// sequences that clear the screen or set the window title).
+TEST_F(CliBadInput, InfoEscapesTextFromTheFile) {
+  cf::test::TinyModelOptions o;
+  o.name = "\xe2\x80\xae" "evil\x1b[31m";
+  o.chat_template = "<|im_start|>system\nBe \x1b[2J\xe2\x80\xae nice<|im_end|>{% for m in messages %}<|im_start|>"
+                    "{{ m.content }}<|im_end|>{% endfor %}";
+  o.extra_control_tokens = {"<|end\x1b]0;title\x07|>"};
+  o.eos = 3 + 256 + 9;  // the extra token, after the specials, the bytes and the merges
+  const std::string path = dir_.file("escapes.gguf");
+  cf::test::write_file(path, cf::test::tiny_model_gguf(o));
+  const CliResult info = run_cli({"info", path});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  const CliResult gen = run_cli({"generate", "-m", path, "-p", "hi", "-n", "1"});
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  for (const std::string& text : {info.out, gen.err}) {
+    EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
+    EXPECT_EQ(text.find('\x07'), std::string::npos) << text;
+    EXPECT_EQ(text.find("\xe2\x80\xae"), std::string::npos) << text;
+  }
+  for (const char* shown : {"\\u202eevil\\x1b[31m", "Be \\x1b[2J\\u202e nice", "<|end\\x1b]0;title\\x07|>"})
+    EXPECT_NE(info.out.find(shown), std::string::npos) << shown << " in " << info.out;
+}
+
+// tokenize: ids and texts, special-token text parsed only with --special, --bos, --ids, --chat as generate sends it.
+TEST_F(CliBadInput, TokenizeShowsIdsAndTexts) {
+  const CliResult plain = run_cli({"tokenize", "-m", micro_, "-p", "<|im_start|>hello", "-q"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(plain.out.find("(special)"), std::string::npos) << plain.out;
+  EXPECT_NE(plain.out.find("\t\"hello\"\n"), std::string::npos) << plain.out;
+  const CliResult special = run_cli({"tokenize", "-m", micro_, "-p", "<|im_start|>hello", "--special", "--ids", "-q"});
+  ASSERT_EQ(special.exit_code, 0) << special.err;
+  EXPECT_EQ(special.out.rfind("[1, ", 0), 0u) << special.out;
+  const CliResult bos = run_cli({"tokenize", "-m", micro_, "--bos", "--ids", "-q"}, "hello");  // text from stdin
+  EXPECT_EQ(bos.out.rfind("[1, ", 0), 0u) << bos.out;
+  EXPECT_EQ(run_cli({"tokenize", "-m", micro_, "--ids", "-q"}, "hello").out, "[" + bos.out.substr(4));
+  const CliResult chat = run_cli({"tokenize", "-m", micro_, "--chat", "-p", "<|im_end|>", "-q"});
+  ASSERT_EQ(chat.exit_code, 0) << chat.err;
+  // <|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n: the markup's three special tokens, not the content's.
+  size_t specials = 0;
+  for (size_t at = 0; (at = chat.out.find("(special)", at)) != std::string::npos; ++at) ++specials;
+  EXPECT_EQ(specials, 3u) << chat.out;
+  EXPECT_EQ(run_cli({"tokenize", "-m", micro_, "-p", "x"}).err, "1 tokens\n");
+  expect_error(run_cli({"tokenize", "-m", micro_, "--bos", "--no-bos", "-p", "x"}), 2, "contradict", "bos");
+  expect_error(run_cli({"tokenize", "-m", micro_, "--system", "x", "-p", "x"}), 2, "need --chat", "system");
+}
+
+// --logprobs N: one JSON line per generated token; greedy picks the most likely one; log-probabilities are <= 0,
+// most likely first, and the top N hold at most all the probability.
+TEST_F(CliBadInput, LogprobsAreOneJsonLinePerToken) {
+  const CliResult r = run_cli({"generate", "-m", micro_, "-p", "hi", "-n", "5", "--temp", "0", "--logprobs", "4", "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  size_t lines = 0;
+  for (size_t at = 0; at < r.out.size();) {
+    const size_t end = r.out.find('\n', at);
+    ASSERT_NE(end, std::string::npos) << r.out;
+    const auto step = cf::json::parse(r.out.substr(at, end - at));
+    at = end + 1;
+    ++lines;
+    const auto& top = step.at("top_logprobs").as_array();
+    ASSERT_EQ(top.size(), 4u);
+    EXPECT_EQ(step.at("id").as_int(), top[0].at("id").as_int());
+    double mass = 0, previous = 0;
+    for (size_t k = 0; k < top.size(); ++k) {
+      const double lp = top[k].at("logprob").as_number();
+      EXPECT_LE(lp, 0.0);
+      if (k) {
+        EXPECT_LE(lp, previous);
+      }
+      previous = lp;
+      mass += std::exp(lp);
+      EXPECT_EQ(top[k].at("bytes").as_array().size() == 0, top[k].at("token").as_string().empty());
+    }
+    EXPECT_LE(mass, 1.0 + 1e-5);
+  }
+  EXPECT_GE(lines, 1u);
+  EXPECT_LE(lines, 5u);
+  expect_error(run_cli({"generate", "-m", micro_, "-p", "hi", "--logprobs", "21"}), 2, "--logprobs", "too many");
+}
+
+// A model that claims a context of 16M positions: memory follows the context in use. Before, the cpu backend held
+// attention scores for the whole claimed context in every worker: 1.3 GB for a 92 KB file at -t 8. Compared with the
+// same model claiming 256 positions (the binary's own footprint, e.g. the CUDA libraries, is in both).
+TEST_F(CliBadInput, MemoryFollowsTheContextInUse) {
+  long peak_kb[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    cf::test::TinyModelOptions o;
+    o.context = i == 0 ? 256 : uint32_t(1) << 24;
+    const std::string path = dir_.file("context_" + std::to_string(o.context) + ".gguf");
+    cf::test::write_file(path, cf::test::tiny_model_gguf(o));
+    const CliResult r = run_cli({"generate", "-m", path, "-p", "hello world", "-n", "8", "-t", "8", "--temp", "0"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("context " + std::to_string(o.context)), std::string::npos) << r.err;
+    peak_kb[i] = r.max_rss_kb;
+  }
+  std::printf("[ info ] peak RSS at -t 8: %ld MB with a 256-position context, %ld MB with 16M positions\n",
+              peak_kb[0] / 1024, peak_kb[1] / 1024);
+#if defined(CF_SANITIZE) || defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "under ASan, marking the (untouched) KV cache addressable commits its shadow memory";
+#else
+  EXPECT_LT(peak_kb[1] - peak_kb[0], 64 * 1024) << "the claimed context cost " << (peak_kb[1] - peak_kb[0]) / 1024 << " MB";
+#endif
 }
 
 }  // namespace

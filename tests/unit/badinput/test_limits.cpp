@@ -55,9 +55,8 @@ TEST(Limits, AbsurdConfigJson) {
   };
   for (const auto& [field, expected] : cases) {
     SCOPED_TRACE(field);
-    // The field after the base ones: a duplicate key, which the JSON reader keeps; find() returns the first, so
-    // put it first.
-    const std::string text = "{" + field + "," + base + "}";
+    // The field after the base ones: a duplicate key, and find() returns the last of duplicates (as Python's json).
+    const std::string text = "{" + base + "," + field + "}";
     expect_clean_refusal([&] { (void)cf::config_from_hf_json(cf::json::parse(text), "config.json"); }, expected);
   }
 }

@@ -86,9 +86,9 @@ TEST(Messages, GgufTextIsQuotedAndClipped) {
 TEST(Messages, JsonTextIsQuotedAndClipped) {
   // config.json
   for (const std::string field : {"model_type", "hidden_act"}) {
-    // The hostile field first: find() returns the first of duplicate keys.
-    const std::string text = "{\"" + field + R"(":")" + kHostileJson + R"(","model_type":"llama","hidden_size":64,)"
-                             R"("intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":600})";
+    // The hostile field last: find() returns the last of duplicate keys.
+    const std::string text = R"({"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,)"
+                             R"("num_attention_heads":4,"vocab_size":600,")" + field + R"(":")" + kHostileJson + "\"}";
     const auto doc = cf::json::parse(text);
     expect_clean_refusal([&] { (void)cf::config_from_hf_json(doc, "config.json"); }, "config.json");
   }

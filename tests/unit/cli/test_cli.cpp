@@ -12,15 +12,20 @@ using cf::test::Result;
 using cf::test::run_cli;
 
 TEST(Cli, HelpForEveryCommand) {
-  for (const std::string cmd : {"--help", "help", "generate --help", "chat --help", "info --help", "generate -h"}) {
+  for (const std::string cmd : {"--help", "help", "generate --help", "chat --help", "info --help", "tokenize --help",
+                                "generate -h", "-q generate --help"}) {
     const Result r = run_cli(cmd);
     EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.err;
     EXPECT_NE(r.out.find("usage: clusterfusion"), std::string::npos) << cmd;
   }
   const Result g = run_cli("generate --help");
   for (const char* option : {"--prompt", "--max-tokens", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
-                             "--seed", "--system", "--template", "--raw", "--model", "--backend", "--threads"})
+                             "--seed", "--system", "--template", "--raw", "--model", "--backend", "--threads",
+                             "--logprobs"})
     EXPECT_NE(g.out.find(option), std::string::npos) << option;
+  const Result t = run_cli("tokenize --help");
+  for (const char* option : {"--prompt", "--special", "--bos", "--no-bos", "--chat", "--ids", "--model"})
+    EXPECT_NE(t.out.find(option), std::string::npos) << option;
 }
 
 TEST(Cli, UsageErrorsExitWithCode2AndOneLine) {
@@ -37,7 +42,11 @@ TEST(Cli, UsageErrorsExitWithCode2AndOneLine) {
                         Case{"generate -p hi --backend tpu", "unknown backend 'tpu'"},
                         Case{"generate", "missing -p TEXT"}, Case{"generate --raw=yes -p x", "--raw takes no value"},
                         Case{"generate -p hi -t -1", "-t: expected an integer in 0..256"},
-                        Case{"info a.gguf b.gguf", "unexpected argument 'b.gguf'"}};
+                        Case{"info a.gguf b.gguf", "unexpected argument 'b.gguf'"},
+                        Case{"--bogus generate -p hi", "unknown option '--bogus'"},
+                        Case{"generate -p hi --repeat-penalty 1e-38", "--repeat-penalty: must be in [0.01, 100]"},
+                        Case{"generate -p hi --logprobs 21", "--logprobs: expected an integer in 0..20"},
+                        Case{"tokenize --chat --special -p x", "--chat tokenizes as the chat template does"}};
   // A GPU backend this build or machine cannot run is a usage error naming the reason (checked before loading).
   for (const char* gpu : {"cuda", "cuda-unfused"})
     if (const std::string why = cf::backend_unavailable_reason(gpu); !why.empty())

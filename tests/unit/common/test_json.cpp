@@ -60,4 +60,12 @@ TEST(Json, Utf8Validation) {
   EXPECT_FALSE(cf::json::is_valid_utf8("\xe2\x82"));  // truncated
 }
 
+// Duplicate keys: all kept in order, and lookups see the last one, as Python's json.loads does.
+TEST(Json, DuplicateKeysLookUpTheLast) {
+  const auto v = cf::json::parse(R"({"a": 1, "b": 2, "a": 3})");
+  EXPECT_EQ(v.as_object().size(), 3u);
+  EXPECT_EQ(v.at("a").as_int(), 3);
+  EXPECT_EQ(v.find("b")->as_int(), 2);
+}
+
 }  // namespace

@@ -68,6 +68,7 @@ struct TinyHfOptions {
   std::string extra_config;  // appended inside config.json's object, e.g. ",\"rope_scaling\":{...}"
   bool tokenizer_model_only = false;  // copy tokenizer.model but not tokenizer.json
   int64_t vocab = 600;                // 600 matches the tiny byte-level tokenizers, 700 tiny_spm
+  std::vector<StTensor> extra_tensors;  // appended after the model's own (e.g. tensors the model does not use)
 };
 
 inline std::vector<StTensor> tiny_hf_tensors(const TinyHfOptions& o) {
@@ -101,6 +102,7 @@ inline std::vector<StTensor> tiny_hf_tensors(const TinyHfOptions& o) {
     add(p + "mlp.up_proj.weight", {ffn, hidden});
     add(p + "mlp.down_proj.weight", {hidden, ffn});
   }
+  t.insert(t.end(), o.extra_tensors.begin(), o.extra_tensors.end());
   return t;
 }
 

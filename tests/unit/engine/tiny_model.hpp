@@ -20,6 +20,11 @@ struct TinyModelOptions {
   std::string skip_key;     // leave this metadata key out
   uint64_t hidden = 64, ffn = 128;  // k_quants needs multiples of 256
   bool k_quants = false;  // attn_q / ffn_gate Q4_K, attn_k / ffn_up Q5_K, attn_v / ffn_down Q6_K (random super-blocks)
+  uint32_t context = 256;
+  std::string name = "tiny test model";
+  std::string chat_template = "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}";
+  std::vector<std::string> extra_control_tokens;  // appended to the vocabulary (type control)
+  uint32_t eos = 2;
 };
 
 inline constexpr int kTinyLayers = 2, kTinyHeads = 4, kTinyKvHeads = 2;
@@ -55,9 +60,9 @@ inline std::vector<uint8_t> tiny_model_gguf(const TinyModelOptions& o = {}, Gguf
   auto key = [&](const std::string& k) { return k != o.skip_key; };
   const std::string a = o.arch + ".";
   if (key("general.architecture")) w.add_string("general.architecture", o.arch);
-  w.add_string("general.name", "tiny test model");
+  w.add_string("general.name", o.name);
   if (key(a + "block_count")) w.add_u32(a + "block_count", kTinyLayers);
-  if (key(a + "context_length")) w.add_u32(a + "context_length", 256);
+  if (key(a + "context_length")) w.add_u32(a + "context_length", o.context);
   if (key(a + "embedding_length")) w.add_u32(a + "embedding_length", uint32_t(o.hidden));
   if (key(a + "feed_forward_length")) w.add_u32(a + "feed_forward_length", uint32_t(o.ffn));
   if (key(a + "attention.head_count")) w.add_u32(a + "attention.head_count", kTinyHeads);
@@ -67,6 +72,10 @@ inline std::vector<uint8_t> tiny_model_gguf(const TinyModelOptions& o = {}, Gguf
   std::vector<std::string> tokens, merges;
   std::vector<int32_t> types;
   tiny_vocab(tokens, types, merges);
+  for (const auto& t : o.extra_control_tokens) {
+    tokens.push_back(t);
+    types.push_back(3);
+  }
   if (o.with_tokenizer) {
     if (key("tokenizer.ggml.model")) w.add_string("tokenizer.ggml.model", "gpt2");
     if (key("tokenizer.ggml.pre")) w.add_string("tokenizer.ggml.pre", "smollm");
@@ -74,8 +83,8 @@ inline std::vector<uint8_t> tiny_model_gguf(const TinyModelOptions& o = {}, Gguf
     if (key("tokenizer.ggml.token_type")) w.add_array<int32_t>("tokenizer.ggml.token_type", GgufTypeCode::I32, types);
     if (key("tokenizer.ggml.merges")) w.add_string_array("tokenizer.ggml.merges", merges);
     w.add_u32("tokenizer.ggml.bos_token_id", 1);
-    w.add_u32("tokenizer.ggml.eos_token_id", 2);
-    w.add_string("tokenizer.chat_template", "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}");
+    w.add_u32("tokenizer.ggml.eos_token_id", o.eos);
+    w.add_string("tokenizer.chat_template", o.chat_template);
   }
   const uint64_t vocab = tokens.size(), hidden = o.hidden, head_dim = hidden / kTinyHeads, q = hidden,
                  kv = kTinyKvHeads * head_dim, ffn = o.ffn;

@@ -110,6 +110,15 @@ class ByteTokenizer final : public Tokenizer {
     (void)add_bos;
     return ids;
   }
+  // Bytes never merge here, so the parts can be encoded one by one.
+  std::vector<int32_t> encode_parts(std::span<const TextPart> parts, bool add_bos) const override {
+    std::vector<int32_t> ids;
+    for (const TextPart& p : parts) {
+      const auto part = encode(p.text, add_bos && ids.empty(), p.parse_special);
+      ids.insert(ids.end(), part.begin(), part.end());
+    }
+    return ids;
+  }
   std::string decode(const std::vector<int32_t>& ids) const override {
     std::string s;
     for (int32_t id : ids) s += token_bytes(id);

@@ -167,6 +167,38 @@ TEST(Sampler, InvalidSettingsAreInputErrors) {
   EXPECT_THROW(cf::Sampler{c}, cf::InputError);
 }
 
+// --repeat-penalty 1e-38 used to be accepted: a seen token's logit divided by it became Inf, the softmax NaN, and every
+// seed drew the same last candidate. Penalties are bounded now, and logits near the float range stay finite.
+TEST(Sampler, RepeatPenaltyIsBoundedAndHugeLogitsStayFinite) {
+  for (const float bad : {1e-38f, 0.0099f, 100.5f, 1e30f}) {
+    cf::SamplerConfig c;
+    c.repeat_penalty = bad;
+    EXPECT_THROW(cf::Sampler{c}, cf::InputError) << bad;
+  }
+  std::vector<float> logits(64);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = (i % 2 ? 1.0f : -1.0f) * (3e38f / 64.0f) * float(i + 1);
+  const std::vector<int32_t> recent = {1, 2, 3, 5, 8, 13, 21, 34, 55};
+  for (const float penalty : {cf::kMinRepeatPenalty, cf::kMaxRepeatPenalty}) {
+    cf::SamplerConfig c;
+    c.temperature = 1e38f;  // logits 1e37 apart differ by e^-0.1: many candidates get a share
+    c.top_p = 1.0f;
+    c.repeat_penalty = penalty;
+    const auto dist = cf::Sampler(c).distribution(logits, recent);
+    double total = 0;
+    for (const auto& x : dist) {
+      EXPECT_TRUE(std::isfinite(x.prob)) << penalty;
+      total += x.prob;
+    }
+    EXPECT_NEAR(total, 1.0, 1e-4) << penalty;
+    std::set<int32_t> drawn;
+    for (uint64_t seed = 0; seed < 16; ++seed) {
+      c.seed = seed;
+      drawn.insert(cf::Sampler(c).sample(logits, recent));
+    }
+    EXPECT_GT(drawn.size(), 4u) << "the seed must matter";
+  }
+}
+
 TEST(Rng, ReproducibleAndRoughlyUniform) {
   cf::Rng a(5), b(5), c(6);
   EXPECT_EQ(a.next_u64(), b.next_u64());

@@ -87,6 +87,22 @@ TEST(Generator, StopsAtEndOfGenerationToken) {
   EXPECT_EQ(g.history().size(), 3u + 3u);
 }
 
+// Weights that are finite but huge overflow the forward pass: the logits are NaN. Before, greedy sampling then picked
+// token 0 (NaN compares false), which could be the end token: an empty reply and success. Now it is an error.
+TEST(Generator, NonFiniteLogitsAreAnError) {
+  Fixture f;
+  auto weights = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(config_with_context(64), 21, cf::DType::F32));
+  for (float& w : weights->output_norm) w = 3e38f;
+  cf::Runner runner(cf::create_backend("cpu", weights, {}), 1);
+  cf::Generator g(runner, f.tokenizer);
+  try {
+    g.generate(f.tokenizer->encode("abc", false, false), greedy(4), {});
+    ADD_FAILURE() << "no error";
+  } catch (const cf::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("NaN or infinite logits for generated token 1"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Generator, ContextFullStopsWithAClearMessage) {
   Fixture f;  // context 64
   const auto prompt = f.tokenizer->encode(std::string(60, 'x'), false, false);
