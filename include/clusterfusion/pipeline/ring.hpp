@@ -163,31 +163,22 @@ class OwnedRun {
   CF_DEVICE OwnedRun(const RingT& ring, const PipelineState& first, int32_t n, uint32_t warp)
       : ring_(ring), first_(first), n_(n) {
     const int32_t S = ring.stages(), w = int32_t(warp);
-    // this warp's first item in stage w (and w + kConsumerWarps), as positions in the run
+    // positions in the run of this warp's first item in stage w (and w + kConsumerWarps)
     next_a_ = w < S ? (w - first.index + S) % S : n;
     next_b_ = w + kConsumerWarps < S ? (w + kConsumerWarps - first.index + S) % S : n;
-    phase_a_ = first.phase ^ (first.index + next_a_ >= S ? 1u : 0u);
-    phase_b_ = first.phase ^ (first.index + next_b_ >= S ? 1u : 0u);
-    stage_a_ = w;
-    stage_b_ = w + kConsumerWarps;
   }
 
-  // This warp's next item of the run (in item order); false when it owns no more.
+  // This warp's next item of the run (in item order); false when it owns no more. The item's stage and phase are
+  // computed from the run's first item (a division per item, but no per-stage state: the K/V loop is the kernels'
+  // register peak).
   CF_DEVICE bool next(PipelineState& it) {
-    const bool from_a = next_a_ < next_b_;
-    const int32_t j = from_a ? next_a_ : next_b_;
+    const int32_t j = next_a_ < next_b_ ? next_a_ : next_b_;
     if (j >= n_) return false;
+    if (j == next_a_) next_a_ += ring_.stages();
+    else next_b_ += ring_.stages();
     position_ = j;
-    it.count = first_.count + j;
-    it.index = from_a ? stage_a_ : stage_b_;
-    it.phase = from_a ? phase_a_ : phase_b_;
-    if (from_a) {
-      next_a_ += ring_.stages();
-      phase_a_ ^= 1u;
-    } else {
-      next_b_ += ring_.stages();
-      phase_b_ ^= 1u;
-    }
+    const int32_t count = first_.count + j;
+    it = {count, count % ring_.stages(), uint32_t((count / ring_.stages()) & 1)};
     return true;
   }
   // Index in the run (0 .. n-1) of the item next() returned last.
@@ -208,8 +199,6 @@ class OwnedRun {
   PipelineState first_;
   int32_t n_;
   int32_t next_a_, next_b_;
-  uint32_t phase_a_, phase_b_;
-  int32_t stage_a_, stage_b_;
   int32_t position_ = 0;
 };
 
