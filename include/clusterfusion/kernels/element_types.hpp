@@ -1,6 +1,7 @@
 // The element types of a fused kernel's operands, kept apart so that a new weight format (FP8) is an addition, not
 // a rewrite: weights (streamed; the tensor cores' A operand), activations (hidden, residual, outputs; the B operand)
-// and the KV cache. Host side: the DTypes a plan is made for. Device side: the types a kernel is instantiated with.
+// and the KV cache. Here the host side: the DTypes a plan is made for; on the device they are the kernels' template
+// parameters TW, TA, TKV.
 //
 // Instantiated today: all three the same 16-bit type, F16 or BF16. A new combination is a new instantiation
 // (src/kernels/<kernel>/instantiations_*.cu) plus, for a new weight type, the A-fragment conversion in
@@ -24,8 +25,6 @@ struct ElementTypes {
   static ElementTypes of(DType dtype, std::optional<DType> weight_dtype, std::optional<DType> kv_dtype = {}) {
     return {weight_dtype.value_or(dtype), dtype, kv_dtype.value_or(dtype)};
   }
-  // The instantiated combinations: one 16-bit type throughout.
-  bool instantiated() const { return dtype_is_half(activation) && weight == activation && kv == activation; }
   friend bool operator==(const ElementTypes&, const ElementTypes&) = default;
 };
 
@@ -46,13 +45,5 @@ inline void validate_element_types(const char* kernel, const ElementTypes& t) {
     throw InputError(where + "kv_dtype " + name(t.kv) + " with activations of " + name(t.activation) +
                      " is not supported (the KV cache must have the activations' type)");
 }
-
-// Device side: the types of one instantiation.
-template <typename TWeight, typename TAct, typename TKv = TAct>
-struct Elements {
-  using Weight = TWeight;
-  using Act = TAct;
-  using Kv = TKv;
-};
 
 }  // namespace cf::kernels::inline CF_BUILD_NAMESPACE

@@ -13,7 +13,7 @@
 //     if (ring.consumer_wait(st, site)) { ... read ring.stage(st) ... }   // false only after an abort
 //     ring.consumer_release(st);                // advances st
 //   owned runs (an item read by ONE warp, e.g. a K/V tile): OwnedRun, below
-//   end of a CTA: ring.drain_after_abort(...) by the producer's lane 0 when the CTA aborted
+//   end of a CTA: ring.finish_cta(...) (every thread; the producer drains its copies when the CTA aborted)
 //
 // Why the waits are exact. mbarrier.try_wait.parity only tells two adjacent phases apart: a warp waiting for lap j of
 // a stage returns at once if the barrier is in lap j - 1 or j + 1. A consumer's wait is exact if that warp itself
@@ -120,10 +120,13 @@ class Ring {
   }
 
   // ---- end of the CTA --------------------------------------------------------------------------------------------
-  // Producer lane, after an abort: waits until items [0, issued_end) have landed, so no copy writes into the shared
-  // memory of an exited CTA (drain_limit: its own status word, no abort flag).
-  CF_DEVICE void drain_after_abort(int32_t issued_end, const prim::WaitLimit& drain_limit) const {
-    (void)prim::drain_ring(full_, stages_, issued_end, drain_limit);
+  // Every thread of the CTA: after an expired wait every thread is past its last wait (nothing more is issued) and
+  // the producer's lane 0 waits until items [0, issued_end) have landed, so no copy writes into the shared memory of
+  // an exited CTA (drain_limit: its own status word, no abort flag; a drain that expires too is fatal on the host).
+  // One block barrier per launch otherwise.
+  CF_DEVICE void finish_cta(bool producer_lane0, int32_t issued_end, const prim::WaitLimit& drain_limit) const {
+    dev::block_sync();
+    if (producer_lane0 && prim::abort_raised(limit_)) (void)prim::drain_ring(full_, stages_, issued_end, drain_limit);
   }
 
  private:

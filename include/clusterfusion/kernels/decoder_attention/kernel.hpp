@@ -771,16 +771,12 @@ struct AttentionCta {
     }
   }
 
-  // Every thread: after an expired wait every thread is past its last wait (nothing more is issued) and the producer
-  // waits until the copies it issued have landed, so none writes into this CTA's shared memory after it ends (a
-  // drain that expires too is reported on its own status word, fatal on the host); no CTA exits while a peer may
-  // still read its shared memory.
+  // Every thread: the ring's end (its copies drained after an abort: Ring::finish_cta), then no CTA exits while a
+  // peer may still read its shared memory.
   CF_DEVICE void finish(int32_t issued_end) {
     if (tid == 0) trace(kTraceEnd);
-    dev::block_sync();
-    if (warp == uint32_t(Tr::kProducerWarp) && lane == 0 && prim::abort_raised(limit))
-      ring.drain_after_abort(issued_end, {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout),
-                                          p.wait_budget_ns, kWaitDrain, nullptr});
+    ring.finish_cta(warp == uint32_t(pl::kProducerWarp) && lane == 0, issued_end,
+                    {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout), p.wait_budget_ns, kWaitDrain, nullptr});
     dev::cluster_sync();
   }
 };

@@ -341,13 +341,11 @@ struct FfnCta {
     if (tid == 0) trace(kTraceEnd);
   }
 
-  // Every thread: after an expired wait the producer drains the copies it issued, so none writes into this CTA's
-  // shared memory after it ends; no CTA exits while a peer may still read its shared memory.
+  // Every thread: the ring's end (its copies drained after an abort: Ring::finish_cta), then no CTA exits while a
+  // peer may still read its shared memory.
   CF_DEVICE void finish(int32_t issued_end) {
-    dev::block_sync();
-    if (warp == uint32_t(pl::kProducerWarp) && lane == 0 && prim::abort_raised(limit))
-      ring.drain_after_abort(issued_end, {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout),
-                                          p.wait_budget_ns, kWaitDrain, nullptr});
+    ring.finish_cta(warp == uint32_t(pl::kProducerWarp) && lane == 0, issued_end,
+                    {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout), p.wait_budget_ns, kWaitDrain, nullptr});
     dev::cluster_sync();
   }
 };
