@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "serve.hpp"
 #include "clusterfusion/common/json.hpp"
 #include "clusterfusion/common/text.hpp"
 #include "clusterfusion/engine/model_file.hpp"
@@ -172,7 +173,8 @@ struct LoadedRunner {
   std::unique_ptr<Runner> runner;
 };
 
-LoadedRunner load(const CommonOptions& common) {
+// max_seqs: sequences decoded in lockstep (serve's batch); the KV pool holds all of them at full context.
+LoadedRunner load(const CommonOptions& common, int max_seqs = 1) {
   const std::string backend = common.resolved_backend();
   const auto start = std::chrono::steady_clock::now();
   const std::string path = common.model_path();
@@ -188,10 +190,10 @@ LoadedRunner load(const CommonOptions& common) {
   const int context = common.context > 0 ? std::min(common.context, c.max_context) : c.max_context;
   BackendOptions options;
   options.threads = common.threads;
-  options.max_seqs = 1;
-  options.kv_pages = (context + options.page_size - 1) / options.page_size;
+  options.max_seqs = max_seqs;
+  options.kv_pages = max_seqs * ((context + options.page_size - 1) / options.page_size);
   const double mb = double(weights->matrix_bytes()) / 1e6;
-  m.runner = std::make_unique<Runner>(create_backend(backend, weights, options), 1, context);
+  m.runner = std::make_unique<Runner>(create_backend(backend, weights, options), max_seqs, context);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char line[512];
   const bool threaded = backend == "cpu";  // emu runs every device thread as a fiber of one host thread
@@ -560,6 +562,39 @@ int cmd_tokenize(const std::vector<std::string>& args) {
   return 0;
 }
 
+// `serve`: the model, backend and sampling options here, the server's own and all the rest in serve.cpp.
+struct ServeArgs {
+  CommonOptions common;
+  SamplingOptions sampling;
+  ServeOptions serve;
+
+  ArgParser parser() {
+    ArgParser p("clusterfusion serve [options]", kServeDescription);
+    serve.add_to(p);
+    sampling.add_to(p, /*with_max_tokens=*/false);
+    common.add_to(p);
+    return p;
+  }
+};
+
+int cmd_serve(const std::vector<std::string>& args) {
+  constexpr uint64_t kNoSeed = ~uint64_t(0);  // tells whether --seed was given
+  ServeArgs a;
+  a.sampling.sampler.seed = kNoSeed;
+  if (!parse_or_help(a.parser(), args)) return 0;
+  ServeDefaults defaults;
+  if (a.sampling.sampler.seed != kNoSeed) defaults.seed = a.sampling.sampler.seed;
+  a.sampling.sampler.seed = 0;
+  defaults.sampling = a.sampling.generation().sampling;
+  (void)a.sampling.chat_template(std::nullopt);  // validates --template before loading
+  const std::optional<std::string> api_key = prepare_serve(a.serve);
+  LoadedRunner m = load(a.common, a.serve.max_batch);
+  ChatTemplate chat_template = a.sampling.chat_template(m.model.chat_template);
+  if (a.sampling.system)
+    chat_template.set_default_system(a.sampling.system->empty() ? std::nullopt : a.sampling.system);
+  return serve(a.serve, api_key, *m.runner, m.model, chat_template, defaults);
+}
+
 std::string top_help() {
   std::string backends;
   for (const auto& b : backend_list())
@@ -575,6 +610,7 @@ std::string top_help() {
          "  chat          interactive chat with history (one user turn per stdin line)\n"
          "  info [MODEL]  show a model's configuration, tokenizer and tensors\n"
          "  tokenize      show the token ids and texts of a text (-p TEXT or stdin)\n"
+         "  serve         OpenAI-compatible HTTP server with continuous batching and a chat page\n"
          "\n"
          "backends (--backend NAME):\n" +
          backends +
@@ -602,6 +638,7 @@ const Command kCommands[] = {
     {"chat", cmd_chat, leading_options_of<ChatArgs>},
     {"info", cmd_info, leading_options_of<InfoArgs>},
     {"tokenize", cmd_tokenize, leading_options_of<TokenizeArgs>},
+    {"serve", cmd_serve, leading_options_of<ServeArgs>},
 };
 
 std::string command_names() {

@@ -145,38 +145,42 @@ void append_utf8(std::string& out, uint32_t cp) {
   }
 }
 
+namespace {
+// Length of the well-formed UTF-8 sequence starting at s[i] (1..4), or 0 when the bytes there are not one.
+size_t utf8_sequence_length(std::string_view s, size_t i) {
+  const auto c = uint8_t(s[i]);
+  if (c < 0x80) return 1;
+  size_t len;
+  uint32_t cp;
+  if ((c & 0xe0) == 0xc0) {
+    len = 2;
+    cp = c & 0x1f;
+  } else if ((c & 0xf0) == 0xe0) {
+    len = 3;
+    cp = c & 0x0f;
+  } else if ((c & 0xf8) == 0xf0) {
+    len = 4;
+    cp = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (i + len > s.size()) return 0;
+  for (size_t k = 1; k < len; ++k) {
+    const auto cc = uint8_t(s[i + k]);
+    if ((cc & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (cc & 0x3f);
+  }
+  if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return 0;
+  if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return len;
+}
+}  // namespace
+
 bool is_valid_utf8(std::string_view s) {
-  size_t i = 0;
-  const size_t n = s.size();
-  while (i < n) {
-    const auto c = uint8_t(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    int len;
-    uint32_t cp;
-    if ((c & 0xe0) == 0xc0) {
-      len = 2;
-      cp = c & 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-      len = 3;
-      cp = c & 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + size_t(len) > n) return false;
-    for (int k = 1; k < len; ++k) {
-      const auto cc = uint8_t(s[i + size_t(k)]);
-      if ((cc & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3f);
-    }
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return false;
-    if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-    i += size_t(len);
+  for (size_t i = 0; i < s.size();) {
+    const size_t len = utf8_sequence_length(s, i);
+    if (len == 0) return false;
+    i += len;
   }
   return true;
 }
@@ -417,5 +421,136 @@ class Parser {
 }  // namespace
 
 Value parse(std::string_view text, const ParseLimits& limits) { return Parser(text, limits).document(); }
+
+// ---- writer --------------------------------------------------------------------------------------------------
+
+namespace {
+// Appends s as a JSON string literal.
+void append_quoted(std::string& out, std::string_view s) {
+  static const char* hex = "0123456789abcdef";
+  out.push_back('"');
+  for (size_t i = 0; i < s.size();) {
+    const auto c = uint8_t(s[i]);
+    const size_t len = utf8_sequence_length(s, i);
+    if (len == 0) {
+      out += "\ufffd";  // not UTF-8: the replacement character keeps the document valid
+      ++i;
+      continue;
+    }
+    if (len > 1) {
+      out.append(s.substr(i, len));
+    } else if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(char(c));
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7f) {
+      out += "\\u00";
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    } else {
+      out.push_back(char(c));
+    }
+    i += len;
+  }
+  out.push_back('"');
+}
+}  // namespace
+
+void Writer::before_value() {
+  if (levels_.empty()) {
+    CF_CHECK(out_.empty(), "json::Writer: a second top-level value");
+    return;
+  }
+  Level& level = levels_.back();
+  if (level.object) {
+    CF_CHECK(level.key_written, "json::Writer: a value in an object needs a key first");
+    level.key_written = false;
+  } else {
+    if (!level.empty) out_.push_back(',');
+    level.empty = false;
+  }
+}
+
+Writer& Writer::begin_object() {
+  before_value();
+  out_.push_back('{');
+  levels_.push_back({true});
+  return *this;
+}
+
+Writer& Writer::end_object() {
+  CF_CHECK(!levels_.empty() && levels_.back().object && !levels_.back().key_written,
+           "json::Writer: end_object without a matching begin_object");
+  levels_.pop_back();
+  out_.push_back('}');
+  return *this;
+}
+
+Writer& Writer::begin_array() {
+  before_value();
+  out_.push_back('[');
+  levels_.push_back({false});
+  return *this;
+}
+
+Writer& Writer::end_array() {
+  CF_CHECK(!levels_.empty() && !levels_.back().object, "json::Writer: end_array without a matching begin_array");
+  levels_.pop_back();
+  out_.push_back(']');
+  return *this;
+}
+
+Writer& Writer::key(std::string_view k) {
+  CF_CHECK(!levels_.empty() && levels_.back().object && !levels_.back().key_written,
+           "json::Writer: a key outside an object or after another key");
+  Level& level = levels_.back();
+  if (!level.empty) out_.push_back(',');
+  level.empty = false;
+  level.key_written = true;
+  append_quoted(out_, k);
+  out_.push_back(':');
+  return *this;
+}
+
+Writer& Writer::value(std::string_view s) {
+  before_value();
+  append_quoted(out_, s);
+  return *this;
+}
+
+Writer& Writer::value(int64_t i) {
+  before_value();
+  out_ += std::to_string(i);
+  return *this;
+}
+
+Writer& Writer::value(double d) {
+  before_value();
+  if (!std::isfinite(d)) {
+    out_ += "null";
+    return *this;
+  }
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d);  // shortest text that reads back as d
+  out_.append(buf, ec == std::errc() ? end : buf);
+  return *this;
+}
+
+Writer& Writer::value(bool b) {
+  before_value();
+  out_ += b ? "true" : "false";
+  return *this;
+}
+
+Writer& Writer::null() {
+  before_value();
+  out_ += "null";
+  return *this;
+}
 
 }  // namespace cf::json

@@ -83,4 +83,36 @@ void append_utf8(std::string& out, uint32_t code_point);
 // True when s is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
 bool is_valid_utf8(std::string_view s);
 
+// The server's responses: a writer of one JSON document front to back; commas and nesting are tracked, so a caller only says what comes next:
+//   Writer w; w.begin_object().key("n").value(1).key("s").value("x").end_object(); w.str() == {"n":1,"s":"x"}
+// Strings are escaped per RFC 8259; bytes that are not valid UTF-8 are written as U+FFFD, so the output is always
+// valid JSON. Misuse (a value where a key is due, unbalanced ends) throws cf::Error.
+class Writer {
+ public:
+  Writer& begin_object();
+  Writer& end_object();
+  Writer& begin_array();
+  Writer& end_array();
+  Writer& key(std::string_view k);
+  Writer& value(std::string_view s);
+  Writer& value(const char* s) { return value(std::string_view(s)); }
+  Writer& value(int64_t i);
+  Writer& value(int i) { return value(int64_t(i)); }
+  Writer& value(double d);  // finite numbers only (non-finite ones are written as null)
+  Writer& value(bool b);
+  Writer& null();
+  // The document so far; complete once every begin has its end.
+  const std::string& str() const { return out_; }
+
+ private:
+  void before_value();
+  std::string out_;
+  struct Level {
+    bool object;
+    bool empty = true;
+    bool key_written = false;
+  };
+  std::vector<Level> levels_;
+};
+
 }  // namespace cf::json

@@ -22,6 +22,9 @@ class Runner {
   int max_seqs() const { return pages_.max_seqs(); }
   int context_limit() const { return context_; }
   int length(int seq) const { return pages_.length(seq); }
+  // Pages of the KV pool: all of them, and those the sequences hold now (0 when every sequence is reset).
+  int kv_pages() const { return pages_.n_pages(); }
+  int kv_pages_in_use() const { return pages_.n_pages() - pages_.free_pages(); }
 
   void reset(int seq) { pages_.release(seq); }
   void truncate(int seq, int len) { pages_.truncate(seq, len); }

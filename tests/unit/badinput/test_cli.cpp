@@ -6,6 +6,11 @@
 #include <cmath>
 #include <filesystem>
 
+#include <arpa/inet.h>  // serve's test occupies a port
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "badinput_util.hpp"
 #include "cli_runner.hpp"
 #include "clusterfusion/engine/gguf.hpp"
@@ -76,6 +81,14 @@ TEST_F(CliBadInput, InvalidFlagsExit2WithOneLine) {
       {{"generate", "-p", "hi", "stray"}, "stray"},
       {{"chat", "-p", "hi"}, "-p"},
       {{"info", "--bogus"}, "--bogus"},
+      {{"serve", "--max-batch", "0"}, "--max-batch"},
+      {{"serve", "--max-batch", "17"}, "--max-batch"},
+      {{"serve", "--port", "65536"}, "--port"},
+      {{"serve", "--queue", "-1"}, "--queue"},
+      {{"serve", "--api-key", ""}, "--api-key"},
+      {{"serve", "--api-key-file", "/nonexistent/key"}, "--api-key-file"},
+      {{"serve", "--api-key", "a", "--api-key-file", "b"}, "one of them"},
+      {{"serve", "--temp", "-1"}, "--temp"},
       // Bytes a terminal must not get raw: a newline and an escape sequence in a value, invalid UTF-8 in a flag.
       {{"generate", "-p", "hi", "--temp", "1\n2"}, "--temp"},
       {{"generate", "-p", "hi", "--seed", "\x1b[2J"}, "--seed"},
@@ -86,6 +99,24 @@ TEST_F(CliBadInput, InvalidFlagsExit2WithOneLine) {
     for (const auto& a : c.args) what += a + " ";
     expect_error(run_cli(c.args), 2, c.fragment, what);
   }
+}
+
+// A port already taken and an address that is not this machine's: refused before the model is loaded.
+TEST_F(CliBadInput, ServeOnAnUnusableAddressExits1) {
+  const int taken = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(taken, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(taken, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(taken, 1), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(getsockname(taken, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string port = std::to_string(ntohs(addr.sin_port));
+  expect_error(run_cli({"serve", "-m", micro_, "--port", port}), 1, "cannot listen on 127.0.0.1:" + port, "busy port");
+  close(taken);
+  expect_error(run_cli({"serve", "-m", micro_, "--host", "192.0.2.1", "--port", port}), 1, "cannot listen on 192.0.2.1",
+               "an address of another machine");
 }
 
 TEST_F(CliBadInput, BadModelFilesExit1NamingTheFile) {

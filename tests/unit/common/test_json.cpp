@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "clusterfusion/common/json.hpp"
 
 namespace {
@@ -69,3 +71,52 @@ TEST(Json, DuplicateKeysLookUpTheLast) {
 }
 
 }  // namespace
+
+// The writer's output is read back by the parser: strings (quotes, backslashes, every control character, multi-byte
+// UTF-8) come back unchanged; invalid UTF-8 becomes U+FFFD; numbers round-trip.
+TEST(JsonWriter, OutputParsesBackToTheSameValues) {
+  std::string all_controls;
+  for (int c = 0; c < 0x20; ++c) all_controls.push_back(char(c));
+  all_controls += "\x7f\"\\/ é 日本 🎉";
+  cf::json::Writer w;
+  w.begin_object()
+      .key("text").value(all_controls)
+      .key("list").begin_array().value(1).value(-7.25).value(true).null().begin_object().end_object().end_array()
+      .key("big").value(int64_t(1) << 53)
+      .key("small").value(1e-300)
+      .key("inf").value(std::numeric_limits<double>::infinity())
+      .end_object();
+  const auto v = cf::json::parse(w.str());
+  EXPECT_EQ(v.at("text").as_string(), all_controls);
+  const auto& list = v.at("list").as_array();
+  ASSERT_EQ(list.size(), 5u);
+  EXPECT_EQ(list[0].as_int(), 1);
+  EXPECT_EQ(list[1].as_number(), -7.25);
+  EXPECT_TRUE(list[2].as_bool());
+  EXPECT_TRUE(list[3].is_null());
+  EXPECT_TRUE(list[4].is_object());
+  EXPECT_EQ(v.at("big").as_int(), int64_t(1) << 53);
+  EXPECT_EQ(v.at("small").as_number(), 1e-300);
+  EXPECT_TRUE(v.at("inf").is_null());
+  EXPECT_EQ(cf::json::Writer().value("a\x01").str(), "\"a\\u0001\"");
+}
+
+TEST(JsonWriter, InvalidUtf8BecomesReplacementCharacters) {
+  const std::string bad = std::string("ok\xff") + "\xc3" + "\xe6\x97" + "\xed\xa0\x80" + "end";
+  const auto v = cf::json::parse(cf::json::Writer().value(bad).str());
+  EXPECT_EQ(v.as_string(), "ok\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                           "end");
+}
+
+TEST(JsonWriter, MisuseThrows) {
+  cf::json::Writer a;
+  a.begin_object();
+  EXPECT_THROW(a.value(1), cf::Error);  // a value without a key
+  cf::json::Writer b;
+  b.begin_array();
+  EXPECT_THROW(b.key("k"), cf::Error);
+  EXPECT_THROW(b.end_object(), cf::Error);
+  cf::json::Writer c;
+  c.value(1);
+  EXPECT_THROW(c.value(2), cf::Error);  // two documents
+}
