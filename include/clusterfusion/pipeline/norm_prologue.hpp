@@ -4,9 +4,9 @@
 //   x = (h + r) / rms * w   rounded to TA into x_s, the tensor cores' B operand
 //
 // over a CTA's columns [col0, col0 + n_cols) of hidden (a cluster splits hidden; the LM head takes all of it). The
-// rms needs the sum of squares over the whole of hidden: a CTA computes its partial per token (partial_sum_squares),
-// the kernel combines the partials (a cluster all-gather, in rank order; nothing for a single CTA) and calls
-// inv_rms_of, then write_normed. Every rank adds the same partials in the same order: the same bits everywhere.
+// rms needs the sum of squares over the whole of hidden: a CTA computes its partial per token (partial_sum_squares);
+// run_in_cluster all-gathers the partials over the cluster and adds them in rank order (the same bits on every
+// rank), run takes a CTA's own sums; both then write x_s (write_normed).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -14,6 +14,7 @@
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/primitives/element.hpp"
 #include "clusterfusion/pipeline/roles.hpp"
+#include "clusterfusion/primitives/cluster_reduce_scatter.hpp"
 
 namespace cf::pipeline {
 
@@ -128,6 +129,36 @@ struct NormPrologue {
         }
       }
     }
+  }
+
+  // The prologue of a CTA that covers all of hidden: inv_rms[b] of its sums, then x_s.
+  CF_DEVICE void run(uint32_t ctid, float eps, float* inv_rms, uint8_t* x_s, uint32_t x_stride) const {
+    const float sum_squares = partial_sum_squares(ctid);
+    if (int32_t(ctid) < batch) inv_rms[ctid] = inv_rms_of(sum_squares, eps);
+    consumers_sync();
+    write_normed(ctid, inv_rms, x_s, x_stride);
+    consumers_sync();
+  }
+
+  // The prologue of a CTA of a cluster that splits hidden: the partial sums [rank][token] (`sumsq`, kMaxBatch per
+  // rank at most) all-gathered with the collective `rs` (one call; peers read this CTA's row until the next call),
+  // added in rank order, then x_s.
+  template <typename Collective>
+  CF_DEVICE void run_in_cluster(uint32_t ctid, float eps, Collective& rs, float* sumsq, float* inv_rms, uint8_t* x_s,
+                                uint32_t x_stride) const {
+    const float sum_squares = partial_sum_squares(ctid);
+    const int32_t rank = int32_t(rs.rank()), n_ranks = int32_t(rs.size());
+    if (int32_t(ctid) < batch) sumsq[rank * batch + int32_t(ctid)] = sum_squares;
+    dev::fence_cluster();  // cheap insurance on top of the collective's barrier + release arrive
+    rs.all_gather(sumsq, uint32_t(n_ranks * batch), prim::FixedSegments{uint32_t(batch)});
+    if (int32_t(ctid) < batch) {
+      float total = 0.0f;
+      for (int32_t r = 0; r < n_ranks; ++r) total += sumsq[r * batch + int32_t(ctid)];
+      inv_rms[ctid] = inv_rms_of(total, eps);
+    }
+    consumers_sync();
+    write_normed(ctid, inv_rms, x_s, x_stride);
+    consumers_sync();
   }
 };
 

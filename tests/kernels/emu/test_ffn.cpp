@@ -118,7 +118,7 @@ TEST(FfnEmu, PlanReuseGivesSameBits) {
     EXPECT_EQ(out, first) << "call " << call;
   }
   const Oracle o = make_oracle<bfloat16>(c, in);
-  const CheckReport rep = check_result<bfloat16>(c, o, download_result(c, d));
+  const CheckReport rep = check_result<bfloat16>(c, in, o, download_result(c, d));
   EXPECT_TRUE(rep.ok) << rep.message;
 }
 

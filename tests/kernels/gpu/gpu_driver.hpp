@@ -17,15 +17,15 @@ namespace cf::test {
 template <typename Op, typename T>
 void check_on_gpu(const typename Op::Case& c, bool graph_check) {
   const auto t0 = std::chrono::steady_clock::now();
-  const typename Op::HostInputs in = Op::template inputs<T>(c);
-  const typename Op::Oracle o = Op::template reference<T>(c, in);
+  const auto in = make_inputs<T>(c);
+  const auto o = make_oracle<T>(c, in);
   const double t_ref = seconds_since(t0);
   typename Op::Launch launch(c, in);
   launch.poison();
   launch.run(nullptr, 0);
   launch.plan.check_status();
   const typename Op::Result r = launch.result();
-  const CheckReport rep = Op::template check<T>(c, in, o, r);
+  const CheckReport rep = check_result<T>(c, in, o, r);
   EXPECT_TRUE(rep.ok) << rep.message;
   std::printf("%s: %s; reference %.1f s; %s\n", c.name.c_str(), launch.describe().c_str(), t_ref, rep.message.c_str());
 
@@ -53,7 +53,7 @@ template <typename Op>
 void expect_prompt_timeout_then_recovery(const typename Op::Case& c, const std::string& kernel) {
   typename Op::Case tiny = c;
   tiny.wait_budget_us = 1;
-  const typename Op::HostInputs in = with_element_type(c.dtype, [&]<typename T>() { return Op::template inputs<T>(c); });
+  const auto in = with_element_type(c.dtype, [&]<typename T>() { return make_inputs<T>(c); });
   typename Op::Launch launch(tiny, in);
   expect_prompt_timeout(kernel, [&] { launch.run(nullptr, 0); }, [&] { launch.plan.check_status(); });
   check_on_gpu_any<Op>(c);
@@ -70,7 +70,7 @@ struct TraceInterval {
 // kernels' docs; the test fails only if the trace is missing or out of order.
 template <typename Op>
 void print_phase_trace(const typename Op::Case& c, int slots, const std::vector<TraceInterval>& intervals) {
-  const typename Op::HostInputs in = with_element_type(c.dtype, [&]<typename T>() { return Op::template inputs<T>(c); });
+  const auto in = with_element_type(c.dtype, [&]<typename T>() { return make_inputs<T>(c); });
   typename Op::Case traced = c;
   traced.trace = true;
   typename Op::Launch launch(traced, in);

@@ -94,7 +94,7 @@ TEST(FfnGpuSanitizer, UnevenCluster8Bf16Batch11InPlace) {
   c.wait_budget_us = kSanitizerWaitBudgetUs;
   const HostInputs in = make_inputs<bfloat16>(c);
   const Oracle o = make_oracle<bfloat16>(c, in);
-  const CheckReport rep = check_result<bfloat16>(c, o, run_once<Op>(c, in));
+  const CheckReport rep = check_result<bfloat16>(c, in, o, run_once<Op>(c, in));
   EXPECT_TRUE(rep.ok) << rep.message;
 }
 

@@ -126,7 +126,7 @@ void compare_with_unfused(const Case& c) {
   ws.check_status(nullptr);
   const RunResult unfused = download_result(d);
 
-  const CheckReport rf = check_result<T>(c, o, fused), ru = check_result<T>(c, o, unfused);
+  const CheckReport rf = check_result<T>(c, in, o, fused), ru = check_result<T>(c, in, o, unfused);
   EXPECT_TRUE(rf.ok) << "fused: " << rf.message;
   EXPECT_TRUE(ru.ok) << "cuda-unfused: " << ru.message;
   double max_diff = 0.0;

@@ -404,21 +404,7 @@ CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, c
 // The op of the harness's driver.
 struct Op {
   using Case = da::Case;
-  using HostInputs = da::HostInputs;
-  using Oracle = da::Oracle;
   using Result = RunResult;
-  template <typename T>
-  static HostInputs inputs(const Case& c) {
-    return make_inputs<T>(c);
-  }
-  template <typename T>
-  static Oracle reference(const Case& c, const HostInputs& in) {
-    return make_oracle<T>(c, in);
-  }
-  template <typename T>
-  static CheckReport check(const Case& c, const HostInputs& in, const Oracle& o, const Result& r) {
-    return check_result<T>(c, in, o, r);
-  }
   // Reruns append the same k / v again: the cache compares too.
   static bool same_bits(const Result& a, const Result& b) {
     return a.out == b.out && a.residual_out == b.residual_out && a.k_pages == b.k_pages && a.v_pages == b.v_pages;

@@ -3,14 +3,16 @@
 // (the CPU emulator, or the GPU), and checks the outputs against the CPU reference under the tolerance policy. The
 // same ops and drivers serve the emulator tests (tests/kernels/emu) and the GPU tests (tests/kernels/gpu).
 //
-// An op (harness/attention.hpp, ffn.hpp, lm_head.hpp) is a struct with
-//   Case, HostInputs, Oracle, Result                  the case (name, dtype, seed, shapes, options), ...
-//   template <T> static HostInputs inputs(const Case&)                      random inputs in storage bits
-//   template <T> static Oracle reference(const Case&, const HostInputs&)   fp32 reference + naive low-precision
+// An op (harness/attention.hpp, ffn.hpp, lm_head.hpp) is a namespace with
+//   Case (: CaseBase), HostInputs, Oracle, RunResult   the case (name, dtype, seed, shapes, options), ...
+//   template <T> HostInputs make_inputs(const Case&)                       random inputs in storage bits
+//   template <T> Oracle make_oracle(const Case&, const HostInputs&)        fp32 reference + naive low-precision
+//   template <T> CheckReport check_result(const Case&, const HostInputs&, const Oracle&, const RunResult&)
+// (the driver finds them by argument-dependent lookup from the case) and a struct Op with
+//   using Case = ...; using Result = RunResult;
 //   struct Launch { Launch(const Case&, const HostInputs&); Plan plan; void poison(); void run(stream, seed);
 //                   Result result(); std::string describe() const; int ctas() const; }
 //                                                                          device inputs, the plan, one step
-//   template <T> static CheckReport check(const Case&, const HostInputs&, const Oracle&, const Result&)
 //   static bool same_bits(const Result&, const Result&)                    for reruns and replays
 #pragma once
 #include <chrono>
@@ -35,8 +37,8 @@ decltype(auto) with_element_type(DType dtype, F&& f) {
 // plan's choices, the time and the check's message. Returns the outputs.
 template <typename Op, typename T>
 typename Op::Result run_and_check(const typename Op::Case& c, uint64_t emu_seed = 0) {
-  const typename Op::HostInputs in = Op::template inputs<T>(c);
-  const typename Op::Oracle o = Op::template reference<T>(c, in);
+  const auto in = make_inputs<T>(c);
+  const auto o = make_oracle<T>(c, in);
   const auto t0 = std::chrono::steady_clock::now();
   typename Op::Launch launch(c, in);
   launch.poison();
@@ -50,7 +52,7 @@ typename Op::Result run_and_check(const typename Op::Case& c, uint64_t emu_seed 
   emulator = ", " + std::to_string(stats.switches) + " switches, " + std::to_string(stats.copies) + " copies";
 #endif
   std::printf("%s: %s: %.2f s%s\n", c.name.c_str(), launch.describe().c_str(), secs, emulator.c_str());
-  const CheckReport rep = Op::template check<T>(c, in, o, r);
+  const CheckReport rep = check_result<T>(c, in, o, r);
   EXPECT_TRUE(rep.ok) << rep.message;
   if (rep.ok) std::printf("  %s\n", rep.message.c_str());
   return r;
@@ -62,8 +64,8 @@ typename Op::Result run_and_check_any(const typename Op::Case& c, uint64_t emu_s
 }
 
 // Uploads fresh inputs, poisons the outputs, runs one step (emulator: with this schedule seed), downloads.
-template <typename Op>
-typename Op::Result run_once(const typename Op::Case& c, const typename Op::HostInputs& in, uint64_t emu_seed = 0) {
+template <typename Op, typename HostInputs>
+typename Op::Result run_once(const typename Op::Case& c, const HostInputs& in, uint64_t emu_seed = 0) {
   typename Op::Launch launch(c, in);
   launch.poison();
   launch.run(nullptr, emu_seed);
@@ -76,7 +78,7 @@ typename Op::Result run_once(const typename Op::Case& c, const typename Op::Host
 template <typename Op>
 void expect_trace_keeps_the_bits(const typename Op::Case& c, size_t slots) {
   with_element_type(c.dtype, [&]<typename T>() {
-    const typename Op::HostInputs in = Op::template inputs<T>(c);
+    const auto in = make_inputs<T>(c);
     const typename Op::Result base = run_once<Op>(c, in);
     typename Op::Case traced = c;
     traced.trace = true;

@@ -184,7 +184,7 @@ inline RunResult download_result(const Case& c, DeviceInputs& d) {
 
 // out within tolerance, residual_out bit-exact (hidden + residual rounded once).
 template <typename T>
-CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
+CheckReport check_result(const Case& c, const HostInputs&, const Oracle& o, const RunResult& r) {
   CheckReport rep = check_values<T>(c.name + ": out", r.out, o.out_ref, o.out_naive);
   check_bit_exact(rep, c.name + ": residual_out differs from hidden + residual", r.residual_out, o.residual_out);
   return rep;
@@ -193,21 +193,7 @@ CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
 // The op of the harness's driver.
 struct Op {
   using Case = ffn::Case;
-  using HostInputs = ffn::HostInputs;
-  using Oracle = ffn::Oracle;
   using Result = RunResult;
-  template <typename T>
-  static HostInputs inputs(const Case& c) {
-    return make_inputs<T>(c);
-  }
-  template <typename T>
-  static Oracle reference(const Case& c, const HostInputs& in) {
-    return make_oracle<T>(c, in);
-  }
-  template <typename T>
-  static CheckReport check(const Case& c, const HostInputs&, const Oracle& o, const Result& r) {
-    return check_result<T>(c, o, r);
-  }
   static bool same_bits(const Result& a, const Result& b) { return a.out == b.out && a.residual_out == b.residual_out; }
   struct Launch {
     const Case& c;

@@ -148,7 +148,7 @@ inline RunResult download_result(DeviceInputs& d) { return {d.logits.download(),
 // logits within tolerance of the reference (per token, the NaN token excluded), tokens = the argmax of the kernel's
 // own logits (exact: lowest id on ties), and = the reference's argmax wherever its top-2 margin exceeds the tolerance.
 template <typename T>
-CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
+CheckReport check_result(const Case& c, const HostInputs&, const Oracle& o, const RunResult& r) {
   CheckReport rep;
   const size_t V = size_t(c.vocab);
   for (int b = 0; b < c.batch; ++b) {
@@ -196,21 +196,7 @@ CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
 // The op of the harness's driver.
 struct Op {
   using Case = lm_head::Case;
-  using HostInputs = lm_head::HostInputs;
-  using Oracle = lm_head::Oracle;
   using Result = RunResult;
-  template <typename T>
-  static HostInputs inputs(const Case& c) {
-    return make_inputs<T>(c);
-  }
-  template <typename T>
-  static Oracle reference(const Case& c, const HostInputs& in) {
-    return make_oracle<T>(c, in);
-  }
-  template <typename T>
-  static CheckReport check(const Case& c, const HostInputs&, const Oracle& o, const Result& r) {
-    return check_result<T>(c, o, r);
-  }
   static bool same_bits(const Result& a, const Result& b) {
     return a.tokens == b.tokens && a.logits.size() == b.logits.size() &&
            std::memcmp(a.logits.data(), b.logits.data(), a.logits.size() * sizeof(float)) == 0;

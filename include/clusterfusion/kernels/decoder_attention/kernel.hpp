@@ -340,21 +340,7 @@ struct AttentionCta {
   CF_DEVICE void norm(Rs32& rs32) {
     const pl::NormPrologue<TA> np{static_cast<const TA*>(p.hidden_in), static_cast<const TA*>(p.residual),
                                   static_cast<const TA*>(p.norm), p.hidden, batch, col0, n_cols, small->norm_red};
-    const float sum_squares = np.partial_sum_squares(tid);
-    if (int32_t(tid) < batch) small->sumsq[rank * batch + int32_t(tid)] = sum_squares;
-    // all-gather of the N partial sums per token; every rank adds them in rank order (same bits everywhere). Before
-    // each collective that publishes what this thread wrote, a cluster-scope fence (cheap insurance on top of the
-    // collective's barrier + release arrive).
-    dev::fence_cluster();
-    rs32.all_gather(small->sumsq, uint32_t(n_ranks * batch), prim::FixedSegments{uint32_t(batch)});
-    if (int32_t(tid) < batch) {
-      float total = 0.0f;
-      for (int32_t r = 0; r < n_ranks; ++r) total += small->sumsq[r * batch + int32_t(tid)];
-      small->inv_rms[tid] = np.inv_rms_of(total, p.eps);
-    }
-    pl::consumers_sync();
-    np.write_normed(tid, small->inv_rms, p.layout.x.in(smem), p.layout.x_stride);
-    pl::consumers_sync();
+    np.run_in_cluster(tid, p.eps, rs32, small->sumsq, small->inv_rms, p.layout.x.in(smem), p.layout.x_stride);
     dev::named_barrier_arrive(kGoBarrier, Tr::kThreads);  // the producer may fill the whole ring now
     if (tid == 0) trace(kTraceNormDone);
   }

@@ -156,18 +156,7 @@ struct FfnCta {
   CF_DEVICE void norm(Collectives& rs) {
     const pl::NormPrologue<TA> np{static_cast<const TA*>(p.hidden_in), static_cast<const TA*>(p.residual),
                                   static_cast<const TA*>(p.norm), p.hidden, batch, col0, n_cols, small->norm_red};
-    const float sum_squares = np.partial_sum_squares(tid);
-    if (int32_t(tid) < batch) small->sumsq[rank * batch + int32_t(tid)] = sum_squares;
-    dev::fence_cluster();
-    rs.all_gather(small->sumsq, uint32_t(n_ranks * batch), prim::FixedSegments{uint32_t(batch)});
-    if (int32_t(tid) < batch) {
-      float total = 0.0f;
-      for (int32_t r = 0; r < n_ranks; ++r) total += small->sumsq[r * batch + int32_t(tid)];
-      small->inv_rms[tid] = np.inv_rms_of(total, p.eps);
-    }
-    pl::consumers_sync();
-    np.write_normed(tid, small->inv_rms, p.layout.x.in(smem), p.layout.x_stride);
-    pl::consumers_sync();
+    np.run_in_cluster(tid, p.eps, rs, small->sumsq, small->inv_rms, p.layout.x.in(smem), p.layout.x_stride);
     if (tid == 0) trace(kTraceNormDone);
   }
 

@@ -93,17 +93,13 @@ struct LmHeadCta {
 
   // 1. Consumers: x_s over the whole of hidden; the running best of every token reset.
   CF_DEVICE void norm() {
-    const pl::NormPrologue<TA> np{static_cast<const TA*>(p.hidden_in), static_cast<const TA*>(p.residual),
-                                  static_cast<const TA*>(p.norm), p.hidden, p.batch, 0, p.hidden, small->norm_red};
-    const float sum_squares = np.partial_sum_squares(tid);
     if (int32_t(tid) < p.batch) {
-      small->inv_rms[tid] = np.inv_rms_of(sum_squares, p.eps);
       small->best_value[tid] = -INFINITY;
       small->best_index[tid] = -1;
     }
-    pl::consumers_sync();
-    np.write_normed(tid, small->inv_rms, x_s, p.layout.x_stride);
-    pl::consumers_sync();
+    const pl::NormPrologue<TA> np{static_cast<const TA*>(p.hidden_in), static_cast<const TA*>(p.residual),
+                                  static_cast<const TA*>(p.norm), p.hidden, p.batch, 0, p.hidden, small->norm_red};
+    np.run(tid, p.eps, small->inv_rms, x_s, p.layout.x_stride);
     if (tid == 0) trace(kTraceNormDone);
   }
 
