@@ -28,6 +28,7 @@
 #include "clusterfusion/kernels/decoder_attention/kernel_params.hpp"
 #include "clusterfusion/kernels/decoder_attention/traits.hpp"
 #include "clusterfusion/pipeline/cross_cta_sum.hpp"
+#include "clusterfusion/pipeline/cta.hpp"
 #include "clusterfusion/pipeline/mma.hpp"
 #include "clusterfusion/pipeline/norm_prologue.hpp"
 #include "clusterfusion/pipeline/ring.hpp"
@@ -83,9 +84,10 @@ struct HeadRowBounds {
 
 }  // namespace detail
 
-// One CTA of the kernel: ids, shared-memory buffers, the ring, the work split; the phases are its members.
+// One CTA of the kernel: ids, ring and shared memory (pl::StreamCta), its buffers, the work split; the phases are its
+// members.
 template <typename TW, typename TA, typename TKV, int kHeadDim, int kBatchTiles>
-struct AttentionCta {
+struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
   static_assert(std::is_same_v<TKV, TA>, "the K/V tiles are MMA operands beside q and P: the activations' type");
   using Tr = Traits<kHeadDim>;
   using Rs32 = prim::ClusterReduceScatter<0, float>;  // sums of squares, partials, states
@@ -94,23 +96,14 @@ struct AttentionCta {
   static constexpr int kHd = kHeadDim, kW = Tr::kConsumerWarps, kSF = Tr::kStateFloats, kPairs = kHeadDim / 2;
   static_assert(kMaxStages <= 2 * kW, "K/V stage ownership: at most two ring stages per consumer warp");
 
-  const KernelParams& p;
-  const uint32_t tid = dev::thread_rank(), warp = tid / 32, lane = tid % 32;
   const uint32_t g = lane / 4, t = lane % 4;  // mma fragment coordinates
   const int32_t rank = int32_t(dev::block_rank_in_cluster()), n_ranks = int32_t(dev::cluster_size());
   const int32_t group_id = int32_t(dev::cluster_idx().x);
   const int32_t G = p.group, batch = p.batch, rows_qkv = p.group + 2;  // rows per token: q heads, k, v
-  uint8_t* const smem = dev::dynamic_smem();
-  Barriers* const bars = Layout::Head::in(smem);
   TokenInfo* const tokens = p.layout.tokens.in(smem);
-  SmallBuffers* const small = p.layout.small.in(smem);
   uint8_t* const qkv_s = p.layout.qkv.in(smem);  // [token][G + 2 rows: q heads, k, v][kQStride bytes]
   uint8_t* const attn_s = p.layout.attn.in(smem);
   float* const scratch = p.layout.scratch.in(smem);
-  // Bounded waits: the ring's (site given per call) and the collectives' (their call index added to the base).
-  const prim::WaitLimit limit{reinterpret_cast<uint64_t*>(p.status + kStatusTimeout), p.wait_budget_ns, 0,
-                              &small->abort};
-  const pl::WeightRing ring{bars->full, bars->empty, p.layout.ring.in(smem), p.stages, limit};
   // The K-slice of hidden (QKV inputs) and the output-row slice (O rows) of this rank.
   const pl::Range units = pl::split_range(p.units_total, n_ranks, rank);
   const int32_t col0 = units.begin * Tr::kUnitCols, n_cols = units.size() * Tr::kUnitCols;
@@ -125,16 +118,16 @@ struct AttentionCta {
   TKV* const v_cache =
       static_cast<TKV*>(p.v_layer_table ? reinterpret_cast<void*>(p.v_layer_table[p.layer_id]) : p.v_pages);
 
-  CF_DEVICE explicit AttentionCta(const KernelParams& params) : p(params) {}
+  CF_DEVICE explicit AttentionCta(const KernelParams& params) : StreamCta(params, kStatusTimeout) {}
 
   CF_DEVICE void trace(TracePoint point) const { pl::trace_point(p.trace, kTraceSlots, point); }
   CF_DEVICE void set_status(uint32_t bit) const {
     if (p.status[bit] == 0) (void)dev::atomic_exch(&p.status[bit], 1u);
   }
-  // The consumer warps' collectives (one object each for all its calls: it counts them).
+  // The consumer warps' collectives (one object each for all its calls: it counts them; their wait codes are the
+  // base plus the call index).
   CF_DEVICE Rs32 collectives32() const { return Rs32(bars->rs32, pl::consumer_group(), limit_at(kWaitRs32)); }
   CF_DEVICE RsA collectives16() const { return RsA(bars->rs16, pl::consumer_group(), limit_at(kWaitRs16)); }
-  CF_DEVICE prim::WaitLimit limit_at(uint32_t code) const { return {limit.status, limit.budget_ns, code, limit.abort}; }
   // The bytes of a K/V tile item of n_boxes boxes (K and V).
   CF_DEVICE int32_t kv_item_bytes(int32_t n_boxes) const { return n_boxes * p.kv_box_rows * Tr::kRowBytes * 2; }
 
@@ -757,12 +750,11 @@ struct AttentionCta {
     }
   }
 
-  // Every thread: the ring's end (its copies drained after an abort: Ring::finish_cta), then no CTA exits while a
-  // peer may still read its shared memory.
+  // Every thread: the ring's end (its copies drained after an abort), then no CTA exits while a peer may still read
+  // its shared memory.
   CF_DEVICE void finish(int32_t issued_end) {
     if (tid == 0) trace(kTraceEnd);
-    ring.finish_cta(warp == uint32_t(pl::kProducerWarp) && lane == 0, issued_end,
-                    {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout), p.wait_budget_ns, kWaitDrain, nullptr});
+    end_ring(issued_end, kStatusDrainTimeout, kWaitDrain);
     dev::cluster_sync();
   }
 };
@@ -773,7 +765,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(Traits<kHeadDim>::kThreads, 1)
   AttentionCta<TW, TA, TKV, kHeadDim, kBatchTiles> cta(p);
   cta.setup();
   int32_t issued_end = 0;  // producer: ring items [0, issued_end) were issued (none after an abort)
-  if (cta.warp == uint32_t(Traits<kHeadDim>::kProducerWarp)) {
+  if (cta.is_producer()) {
     issued_end = cta.produce();
   } else {
     auto rs32 = cta.collectives32();

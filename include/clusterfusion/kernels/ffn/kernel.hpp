@@ -31,6 +31,7 @@
 #include "clusterfusion/kernels/ffn/kernel_params.hpp"
 #include "clusterfusion/kernels/ffn/traits.hpp"
 #include "clusterfusion/pipeline/cross_cta_sum.hpp"
+#include "clusterfusion/pipeline/cta.hpp"
 #include "clusterfusion/pipeline/norm_prologue.hpp"
 #include "clusterfusion/pipeline/ring.hpp"
 #include "clusterfusion/pipeline/trace.hpp"
@@ -40,22 +41,14 @@
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn {
 namespace dev = cf::dev;
 
-// One CTA of the kernel: ids, shared-memory buffers, the ring and the collectives, the work split.
+// One CTA of the kernel: ids, ring and shared memory (pl::StreamCta), the collectives, the work split.
 template <typename TW, typename TA, int kBatchTiles>
-struct FfnCta {
-  const KernelParams& p;
-  const uint32_t tid = dev::thread_rank(), warp = tid / 32, lane = tid % 32;
+struct FfnCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
   const int32_t rank = int32_t(dev::block_rank_in_cluster()), n_ranks = int32_t(dev::cluster_size());
   const int32_t cluster = int32_t(dev::cluster_idx().x), n_clusters = int32_t(dev::cluster_grid_dim().x);
   const int32_t batch = p.batch;
-  uint8_t* const smem = dev::dynamic_smem();
-  Barriers* const bars = Layout::Head::in(smem);
-  SmallBuffers* const small = p.layout.small.in(smem);
   dev::Mbarrier* const stored_bar = bars->stored;    // [kMaxBlocks], by visit position
   dev::Mbarrier* const decided_bar = bars->decided;  // [kMaxBlocks], by visit position
-  const prim::WaitLimit limit{reinterpret_cast<uint64_t*>(p.status + kStatusTimeout), p.wait_budget_ns, 0,
-                              &small->abort};
-  const pl::WeightRing ring{bars->full, bars->empty, p.layout.ring.in(smem), p.stages, limit};
 
   // The K-slice / output rows of this rank and the F-slice of this cluster.
   const pl::Range k_units = pl::split_range(p.hidden_units, n_ranks, rank);
@@ -72,14 +65,13 @@ struct FfnCta {
   const uint32_t scratch_floats = pl::group_scratch_bytes(batch) / 4;
 
   CF_DEVICE void trace(TracePoint point) const { pl::trace_point(p.trace, kTraceSlots, point); }
-  CF_DEVICE explicit FfnCta(const KernelParams& params) : p(params) {}
+  CF_DEVICE explicit FfnCta(const KernelParams& params) : StreamCta(params, kStatusTimeout) {}
 
   // The fp32 collectives of the consumer warps (one object for all calls: it counts them); wait codes
   // kWaitNormSums + call: the norm sums, the partials, the activations.
   using Collectives = prim::ClusterReduceScatter<0, float>;
   CF_DEVICE Collectives collectives() const {
-    return Collectives(bars->exchange, pl::consumer_group(),
-                       {limit.status, limit.budget_ns, kWaitNormSums, limit.abort});
+    return Collectives(bars->exchange, pl::consumer_group(), limit_at(kWaitNormSums));
   }
 
   // The output block visited i-th (barriers and flags are indexed by visit position, counters by block).
@@ -135,7 +127,7 @@ struct FfnCta {
   // consumers.
   CF_DEVICE void publish_blocks() {
     uint32_t* const counters = p.counters + rank * p.blocks_max;
-    prim::WaitLimit stored_limit{limit.status, limit.budget_ns, kWaitStored, limit.abort};
+    prim::WaitLimit stored_limit = limit_at(kWaitStored);
     stored_limit.consequence = true;  // the consumers are late because something else is
     for (int32_t next = 0; next < n_blocks;) {
       (void)prim::bounded_wait(stored_bar[next], 0, stored_limit);
@@ -284,7 +276,7 @@ struct FfnCta {
   // answer after the barrier (a barrier separates consecutive calls, so the answer is not overwritten early).
   CF_DEVICE void finish_decided(int32_t& decided_upto, int32_t stored_end, bool wait_all) {
     if (tid == 0) {
-      prim::WaitLimit decided_limit{limit.status, limit.budget_ns, kWaitDecided, limit.abort};
+      prim::WaitLimit decided_limit = limit_at(kWaitDecided);
       decided_limit.consequence = true;
       int32_t end = decided_upto;
       for (; end < stored_end; ++end) {
@@ -330,11 +322,10 @@ struct FfnCta {
     if (tid == 0) trace(kTraceEnd);
   }
 
-  // Every thread: the ring's end (its copies drained after an abort: Ring::finish_cta), then no CTA exits while a
-  // peer may still read its shared memory.
+  // Every thread: the ring's end (its copies drained after an abort), then no CTA exits while a peer may still read
+  // its shared memory.
   CF_DEVICE void finish(int32_t issued_end) {
-    ring.finish_cta(warp == uint32_t(pl::kProducerWarp) && lane == 0, issued_end,
-                    {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout), p.wait_budget_ns, kWaitDrain, nullptr});
+    end_ring(issued_end, kStatusDrainTimeout, kWaitDrain);
     dev::cluster_sync();
   }
 };
@@ -344,7 +335,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(kThreads, 1) ffn_kernel(const CF_GRID_CONSTANT K
   FfnCta<TW, TA, kBatchTiles> cta(p);
   cta.setup();
   int32_t issued_end = 0;  // producer: ring items [0, issued_end) were issued (none after an abort)
-  if (cta.warp == uint32_t(pl::kProducerWarp)) {
+  if (cta.is_producer()) {
     issued_end = cta.produce();
   } else if (cta.warp == uint32_t(kArrivalWarp)) {
     cta.publish_blocks();

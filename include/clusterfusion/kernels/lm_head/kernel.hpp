@@ -17,6 +17,7 @@
 #include "clusterfusion/kernels/lm_head/kernel_params.hpp"
 #include "clusterfusion/kernels/lm_head/traits.hpp"
 #include "clusterfusion/pipeline/cross_cta_sum.hpp"
+#include "clusterfusion/pipeline/cta.hpp"
 #include "clusterfusion/pipeline/norm_prologue.hpp"
 #include "clusterfusion/pipeline/ring.hpp"
 #include "clusterfusion/pipeline/trace.hpp"
@@ -45,26 +46,18 @@ CF_DEVICE void warp_best(float& value, int32_t& index) {
 }
 }  // namespace detail
 
-// One CTA of the kernel: its ids, shared-memory buffers, ring and work split.
+// One CTA of the kernel: its ids, ring and shared memory (pl::StreamCta), its buffers and work split.
 template <typename TW, typename TA, int kBatchTiles>
-struct LmHeadCta {
-  const KernelParams& p;
-  const uint32_t tid = dev::thread_rank(), warp = tid / 32, lane = tid % 32;
+struct LmHeadCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
   const int32_t cta = int32_t(dev::block_idx().x), n_ctas = int32_t(dev::grid_dim().x);
-  uint8_t* const smem = dev::dynamic_smem();
-  SmallBuffers* const small = p.layout.small.in(smem);
   uint8_t* const x_s = p.layout.x.in(smem);
   float* const scratch = p.layout.scratch.in(smem);
-  const prim::WaitLimit limit{reinterpret_cast<uint64_t*>(p.status + kStatusTimeout), p.wait_budget_ns, 0,
-                              &small->abort};
-  Barriers* const bars = Layout::Head::in(smem);
-  const pl::WeightRing ring{bars->full, bars->empty, p.layout.ring.in(smem), p.stages, limit};
   const pl::Range tiles = pl::split_range(p.vocab_tiles, n_ctas, cta);
   const int32_t groups = pl::ceil_div(tiles.size(), p.tiles);
   const int32_t items = pl::ceil_div(p.hidden, p.chunk_cols);  // ring items per group
 
   CF_DEVICE void trace(TracePoint point) const { pl::trace_point(p.trace, kTraceSlots, point); }
-  CF_DEVICE explicit LmHeadCta(const KernelParams& params) : p(params) {}
+  CF_DEVICE explicit LmHeadCta(const KernelParams& params) : StreamCta(params, kStatusTimeout) {}
   CF_DEVICE int32_t group_tiles(int32_t grp) const {
     const int32_t t0 = grp * p.tiles;
     return tiles.size() - t0 < p.tiles ? tiles.size() - t0 : p.tiles;
@@ -188,11 +181,8 @@ struct LmHeadCta {
     if (tid == 0) trace(kTraceEnd);
   }
 
-  // Every thread: the ring's end (its copies drained after an abort: Ring::finish_cta).
-  CF_DEVICE void finish(int32_t issued_end) {
-    ring.finish_cta(warp == uint32_t(pl::kProducerWarp) && lane == 0, issued_end,
-                    {reinterpret_cast<uint64_t*>(p.status + kStatusDrainTimeout), p.wait_budget_ns, kWaitDrain, nullptr});
-  }
+  // Every thread: the ring's end (its copies drained after an abort).
+  CF_DEVICE void finish(int32_t issued_end) { end_ring(issued_end, kStatusDrainTimeout, kWaitDrain); }
 };
 
 template <typename TW, typename TA, int kBatchTiles>
@@ -200,7 +190,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) lm_head_kernel(const CF_GRID_CO
   LmHeadCta<TW, TA, kBatchTiles> cta(p);
   cta.setup();
   int32_t issued_end = 0;  // producer: ring items [0, issued_end) were issued (none after an abort)
-  if (cta.warp == uint32_t(pl::kProducerWarp)) {
+  if (cta.is_producer()) {
     issued_end = cta.produce();
   } else {
     cta.norm();
