@@ -24,6 +24,10 @@
 namespace cf::pipeline {
 namespace dev = cf::dev;
 
+// The shape of one mma.sync.m16n8k16: a tile of kMmaM rows (weight rows, or query heads) x kMmaN columns (tokens,
+// or K/V positions), kMmaK deep.
+inline constexpr int kMmaM = 16, kMmaN = 8, kMmaK = 16;
+
 struct AFragK32 {
   uint32_t k0[4], k1[4];
 };

@@ -108,7 +108,7 @@ struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
   const pl::Range units = pl::split_range(p.units_total, n_ranks, rank);
   const int32_t col0 = units.begin * Tr::kUnitCols, n_cols = units.size() * Tr::kUnitCols;
   const pl::Range out_units = pl::split_range(p.out_row_units, n_ranks, rank);
-  const int32_t o_begin = out_units.begin * 16, o_rows = out_units.size() * 16;
+  const int32_t o_begin = out_units.begin * pl::kTileRows, o_rows = out_units.size() * pl::kTileRows;
   const int32_t o_blocks = (o_rows + kHd - 1) / kHd;
   const int32_t qkv_stages_per_block = pl::ceil_div(units.size(), Tr::kUnitsPerStage);
   const int32_t wo_units = p.group * kHd / Tr::kUnitCols;
@@ -360,8 +360,8 @@ struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       CF_UNROLL
       for (int nt = 0; nt < kBatchTiles; ++nt)
         pl::for_each_accumulator(acc[nt], lane, [&](int32_t row, int32_t col, float v) {
-          const int32_t token = nt * 8 + col;
-          if (token < batch) part[kg * qkv_count + (token * rows_qkv + rb) * kHd + mt * 16 + row] = v;
+          const int32_t token = nt * pl::kMmaN + col;
+          if (token < batch) part[kg * qkv_count + (token * rows_qkv + rb) * kHd + mt * pl::kMmaM + row] = v;
         });
     }
     if (tid == 0) trace(kTraceQkvDone);
@@ -484,7 +484,7 @@ struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
     for (int nt = 0; nt < Tr::kSTiles; ++nt) {
       CF_UNROLL
       for (int c = 0; c < 4; ++c) {
-        const int32_t pos = nt * 8 + 2 * int32_t(t) + (c & 1);
+        const int32_t pos = nt * pl::kMmaN + 2 * int32_t(t) + (c & 1);
         sc[nt][c] = pos < valid ? sc[nt][c] * p.scale_log2 : -INFINITY;
         row_max[c / 2] = std::fmax(row_max[c / 2], sc[nt][c]);
       }
@@ -517,7 +517,7 @@ struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
                               prim::pack2<TA>(sc[2 * ks][2], sc[2 * ks][3]),
                               prim::pack2<TA>(sc[2 * ks + 1][0], sc[2 * ks + 1][1]),
                               prim::pack2<TA>(sc[2 * ks + 1][2], sc[2 * ks + 1][3])};
-      const int32_t r0 = ks * 16 + 2 * int32_t(t);
+      const int32_t r0 = ks * pl::kMmaK + 2 * int32_t(t);
       const int32_t vrows[4] = {r0, r0 + 1, r0 + 8, r0 + 9};
       CF_UNROLL
       for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
@@ -657,7 +657,7 @@ struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       CF_UNROLL
       for (int nt = 0; nt < kBatchTiles; ++nt)
         pl::for_each_accumulator(acc[nt], lane, [&](int32_t row, int32_t col, float v) {
-          const int32_t token = nt * 8 + col, r = mt * 16 + row;
+          const int32_t token = nt * pl::kMmaN + col, r = mt * pl::kMmaM + row;
           if (token < batch && r < block_rows) ws_group[uint32_t(r0 + r) * uint32_t(batch) + uint32_t(token)] = v;
         });
     } else {
@@ -665,8 +665,8 @@ struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       CF_UNROLL
       for (int nt = 0; nt < kBatchTiles; ++nt)
         pl::for_each_accumulator(acc[nt], lane, [&](int32_t row, int32_t col, float v) {
-          const int32_t token = nt * 8 + col;
-          if (token < batch) opart[(kg * kHd + mt * 16 + row) * batch + token] = v;
+          const int32_t token = nt * pl::kMmaN + col;
+          if (token < batch) opart[(kg * kHd + mt * pl::kMmaM + row) * batch + token] = v;
         });
       pl::consumers_sync();
       for (int32_t e = int32_t(tid); e < block_rows * batch; e += Tr::kConsumerThreads) {
@@ -685,7 +685,7 @@ struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
     for (int32_t i = 0; i < o_blocks; ++i) {
       const int32_t ob = (i + group_id) % o_blocks;
       const int32_t block_rows = o_rows - ob * kHd < kHd ? o_rows - ob * kHd : kHd;
-      const bool active = mt * 16 < block_rows;  // m tiles past the rank's rows are loaded but skipped
+      const bool active = mt * pl::kMmaM < block_rows;  // m tiles past the rank's rows are loaded but skipped
       float acc[kBatchTiles][4] = {};
       for (int32_t s = 0; s < wo_stages_per_block; ++s) {
         const int32_t u0 = s * Tr::kUnitsPerStage;

@@ -44,7 +44,7 @@ struct Traits {
   static constexpr int kUnitBytes = kUnitCols * kHeadDim * 2;  // one box
   static constexpr int kUnitsPerStage = 8192 / (kHeadDim * kUnitCols);  // 2 (hd 128) or 4 (hd 64): 16 KB
   static constexpr int kWeightStageBytes = kUnitsPerStage * kUnitBytes;
-  static constexpr int kMTiles = kHeadDim / 16;                    // m16 tiles per head_dim rows
+  static constexpr int kMTiles = kHeadDim / pl::kMmaM;              // m16 tiles per head_dim rows
   static constexpr int kKGroups = kConsumerWarps / kMTiles;        // warps sharing one m tile, splitting the units
   static constexpr int kUnitsPerKGroup = kUnitsPerStage / kKGroups;
   static_assert(kKGroups * kMTiles == kConsumerWarps && kUnitsPerKGroup * kKGroups == kUnitsPerStage);
@@ -57,15 +57,15 @@ struct Traits {
   static constexpr int kKvTile = 8192 / kRowBytes;             // 32 (hd 128) or 64 (hd 64) positions
   static constexpr int kKvStageBytes = 2 * kKvTile * kRowBytes;  // 16 KB
   static constexpr int kMaxBoxesPerLane = kKvTile / 32;        // boxes of one row (page size 1): 1 or 2 per lane
-  static constexpr int kSTiles = kKvTile / 8;                  // n8 tiles of scores per KV stage
-  static constexpr int kPvSteps = kKvTile / 16;                // k16 steps of P V per KV stage
+  static constexpr int kSTiles = kKvTile / pl::kMmaN;          // n8 tiles of scores per KV stage
+  static constexpr int kPvSteps = kKvTile / pl::kMmaK;         // k16 steps of P V per KV stage
 
   static constexpr int kStageBytes = ((std::max(kWeightStageBytes, kKvStageBytes) + 127) / 128) * 128;
   static_assert(kStageBytes == pl::kStageBytes, "weight and K/V stages fill the pipeline's 16 KB stages");
   // Attention fragments: 16-byte loads of q / K cover 32 head dims (two k16 steps); n8 tiles of the output (head
   // dims, permuted: kernel.hpp); 16-byte V loads of 8 lanes cover 64 head dims.
   static constexpr int kDBlocks = kHeadDim / 32;
-  static constexpr int kOTiles = kHeadDim / 8;
+  static constexpr int kOTiles = kHeadDim / pl::kMmaN;
   static constexpr int kColBlocks = kHeadDim / 64;
   // O finish: the last arriver sums kGroupsPerChunk KV-head groups' partials per step, all loads in flight.
   static constexpr int kGroupsPerChunk = pl::kSlicesPerChunk;
