@@ -1,5 +1,6 @@
 // What every kernel's Plan does alike (host code, compiled into each plan_impl of both builds): the device status
-// words and their check, the phase-trace buffer, the launch configuration, preparing the kernels once.
+// words and their check, the phase-trace buffer, the launch configuration, preparing the kernels once, and the
+// PlanCore that holds them with the config, the launch facts and the argument block.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -8,6 +9,7 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/device/launch.hpp"
+#include "clusterfusion/pipeline/mma.hpp"
 #include "clusterfusion/primitives/wait_status.hpp"
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE {
@@ -111,6 +113,63 @@ class PlanTrace {
  private:
   const char* kernel_;
   dev::DeviceBuffer<uint64_t> buffer_;
+};
+
+// A kernel's numbers that its plan needs (params.hpp): its name in errors, the status words and where its timeout
+// and drain words are, the trace points per CTA.
+struct KernelFacts {
+  const char* name;
+  int status_words, timeout_at, drain_at, trace_slots;
+};
+
+// What every kernel's Plan::Impl holds (it derives from this and adds its workspace): the config, the launch facts,
+// the argument block with the plan's fields (run() copies it and adds the step's), the kernels of one and two batch
+// tiles, the status words and the phase trace.
+template <typename PlanConfig, typename LaunchInfo, typename KernelParams>
+struct PlanCore {
+  using KernelFn = void (*)(KernelParams);
+  static constexpr int kTokensPerBatchTile = pipeline::kMmaN;  // kernels[0] runs batches up to this, kernels[1] 16
+
+  const char* name;
+  PlanConfig config;
+  LaunchInfo info;
+  KernelParams base{};
+  KernelFn kernels[2] = {nullptr, nullptr};
+  PlanStatus status;
+  PlanTrace trace;
+
+  // ctas: the grid (the trace's rows).
+  PlanCore(const KernelFacts& k, const PlanConfig& c, int ctas)
+      : name(k.name),
+        config(c),
+        status(k.name, k.status_words, k.timeout_at, k.drain_at),
+        trace(k.name, c.trace, ctas, k.trace_slots) {}
+
+  // The argument block's fields of the pipeline layer: status words, wait budget, trace, ring stages, the carve.
+  template <typename Layout>
+  void set_pipeline_params(int stages, const Layout& layout) {
+    base.status = status.data();
+    base.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
+    base.trace = trace.data();
+    base.stages = stages;
+    base.layout = layout;
+  }
+
+  // At plan time, once info.threads and info.smem_bytes are known: prepare_kernels for grid x cluster CTAs.
+  void prepare(int grid, int cluster) {
+    prepare_kernels(kernels, launch_config(name, grid, cluster, info.threads, info.smem_bytes, nullptr, 0));
+  }
+
+  // One launch of the step's argument block (a copy of base with the step's fields).
+  void launch(const KernelParams& p, int grid, int cluster, void* stream, uint64_t emu_seed) const {
+    dev::launch(launch_config(name, grid, cluster, info.threads, info.smem_bytes, stream, emu_seed),
+                kernels[p.batch <= kTokensPerBatchTile ? 0 : 1], p);
+  }
+
+  void check_status(void* stream, std::string (*site_name)(uint32_t),
+                    std::string (*describe_inputs)(const uint32_t*) = nullptr) {
+    status.check(stream, config.wait_budget_us, site_name, describe_inputs);
+  }
 };
 
 }  // namespace cf::kernels::inline CF_BUILD_NAMESPACE

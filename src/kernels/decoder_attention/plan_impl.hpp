@@ -119,16 +119,11 @@ ClusterChoice choose_cluster_size(const PlanConfig& config, const Occupancy& occ
   return best;
 }
 
-struct Plan::Impl {
-  PlanConfig config;
-  LaunchInfo info;
-  KernelParams base{};
-  KernelFn kernels[2] = {nullptr, nullptr};  // batch tiles 1, 2
+struct Plan::Impl : PlanCore<PlanConfig, LaunchInfo, KernelParams> {
   dev::DeviceBuffer<float> o_partial;
   dev::DeviceBuffer<uint32_t> counters;
-  PlanStatus status{"decoder_attention", kStatusWords, kStatusTimeout, kStatusDrainTimeout};
-  PlanTrace trace;
-  Impl(const PlanConfig& c, int ctas) : config(c), trace("decoder_attention", c.trace, ctas, kTraceSlots) {}
+  Impl(const PlanConfig& c, int ctas)
+      : PlanCore({"decoder_attention", kStatusWords, kStatusTimeout, kStatusDrainTimeout, kTraceSlots}, c, ctas) {}
 };
 
 Plan::Plan(const PlanConfig& config) {
@@ -182,8 +177,7 @@ Plan::Plan(const PlanConfig& config) {
   li.smem_bytes = fit.smem_bytes;
   li.wait_budget_us = config.wait_budget_us;
 
-  prepare_kernels(im.kernels,
-                  launch_config("decoder_attention", li.clusters * n, n, threads, li.smem_bytes, nullptr, 0));
+  im.prepare(li.clusters * n, n);
   im.o_partial = dev::DeviceBuffer<float>(size_t(s.n_kv_heads) * s.hidden * config.max_batch, "O partials");
   im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * o_blocks, "O counters");
 
@@ -237,15 +231,11 @@ Plan::Plan(const PlanConfig& config) {
   p.cos_sin_rows = config.rope.max_positions;
   p.o_partial = im.o_partial.data();
   p.o_counters = im.counters.data();
-  p.status = im.status.data();
-  p.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
-  p.trace = im.trace.data();
-  p.stages = stages;
   // Ring items issued before the norm is done (at most the ring).
   p.early_stages = std::min(config.early_stages >= 0 ? config.early_stages : kDefaultEarlyStages, stages);
   li.early_stages = p.early_stages;
   p.max_batch = config.max_batch;
-  p.layout = layout;
+  im.set_pipeline_params(stages, layout);
 }
 
 Plan::~Plan() = default;
@@ -271,16 +261,13 @@ void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   p.kv_indices = step.kv_indices;
   p.kv_last_page_len = step.kv_last_page_len;
   p.n_indices = step.n_indices;
-  const LaunchInfo& li = im.info;
-  dev::launch(launch_config("decoder_attention", li.clusters * li.cluster_size, li.cluster_size, li.threads,
-                            li.smem_bytes, stream, emu_seed),
-              im.kernels[step.batch <= 8 ? 0 : 1], p);
+  im.launch(p, im.info.clusters * im.info.cluster_size, im.info.cluster_size, stream, emu_seed);
 }
 
 std::vector<uint64_t> Plan::read_trace(void* stream) { return impl_->trace.read(stream); }
 
 void Plan::check_status(void* stream) {
-  impl_->status.check(stream, impl_->config.wait_budget_us, describe_wait_site, describe_status);
+  impl_->check_status(stream, describe_wait_site, describe_status);
 }
 
 }  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention

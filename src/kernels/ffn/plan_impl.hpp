@@ -77,16 +77,11 @@ SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy) {
   return best;
 }
 
-struct Plan::Impl {
-  PlanConfig config;
-  LaunchInfo info;
-  KernelParams base{};
-  KernelFn kernels[2] = {nullptr, nullptr};  // batch tiles 1, 2
+struct Plan::Impl : PlanCore<PlanConfig, LaunchInfo, KernelParams> {
   dev::DeviceBuffer<float> partial;
   dev::DeviceBuffer<uint32_t> counters;
-  PlanStatus status{"ffn", kStatusWords, kStatusTimeout, kStatusDrainTimeout};
-  PlanTrace trace;
-  Impl(const PlanConfig& c, int ctas) : config(c), trace("ffn", c.trace, ctas, kTraceSlots) {}
+  Impl(const PlanConfig& c, int ctas)
+      : PlanCore({"ffn", kStatusWords, kStatusTimeout, kStatusDrainTimeout, kTraceSlots}, c, ctas) {}
 };
 
 Plan::Plan(const PlanConfig& config) {
@@ -137,7 +132,7 @@ Plan::Plan(const PlanConfig& config) {
   li.block_rows = split.block_rows;
   li.blocks = split.blocks_max;
 
-  prepare_kernels(im.kernels, launch_config("ffn", n * choice.clusters, n, kThreads, li.smem_bytes, nullptr, 0));
+  im.prepare(n * choice.clusters, n);
   im.partial = dev::DeviceBuffer<float>(size_t(choice.clusters) * s.hidden * config.max_batch, "ffn partials");
   im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * split.blocks_max, "ffn counters");
   li.workspace_bytes = im.partial.bytes() + im.counters.bytes() + kStatusWords * sizeof(uint32_t);
@@ -163,11 +158,7 @@ Plan::Plan(const PlanConfig& config) {
   p.norm = config.weights.norm;
   p.partial = im.partial.data();
   p.counters = im.counters.data();
-  p.status = im.status.data();
-  p.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
-  p.trace = im.trace.data();
-  p.stages = stages;
-  p.layout = layout;
+  im.set_pipeline_params(stages, layout);
 }
 
 Plan::~Plan() = default;
@@ -187,14 +178,11 @@ void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   p.residual = step.residual;
   p.residual_out = step.residual_out;
   p.out = step.out;
-  const LaunchInfo& li = im.info;
-  dev::launch(launch_config("ffn", li.clusters * li.cluster_size, li.cluster_size, li.threads, li.smem_bytes, stream,
-                            emu_seed),
-              im.kernels[step.batch <= 8 ? 0 : 1], p);
+  im.launch(p, im.info.clusters * im.info.cluster_size, im.info.cluster_size, stream, emu_seed);
 }
 
 void Plan::check_status(void* stream) {
-  impl_->status.check(stream, impl_->config.wait_budget_us, describe_wait_site);
+  impl_->check_status(stream, describe_wait_site);
 }
 
 std::vector<uint64_t> Plan::read_trace(void* stream) { return impl_->trace.read(stream); }

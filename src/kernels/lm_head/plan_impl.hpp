@@ -14,17 +14,12 @@
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head {
 
-struct Plan::Impl {
-  PlanConfig config;
-  LaunchInfo info;
-  KernelParams base{};
-  KernelFn kernels[2] = {nullptr, nullptr};  // batch tiles 1, 2
+struct Plan::Impl : PlanCore<PlanConfig, LaunchInfo, KernelParams> {
   dev::DeviceBuffer<float> cand_value;
   dev::DeviceBuffer<int32_t> cand_index;
   dev::DeviceBuffer<uint32_t> counter;
-  PlanStatus status{"lm_head", kStatusWords, kStatusTimeout, kStatusDrainTimeout};
-  PlanTrace trace;
-  Impl(const PlanConfig& c, int ctas) : config(c), trace("lm_head", c.trace, ctas, kTraceSlots) {}
+  Impl(const PlanConfig& c, int ctas)
+      : PlanCore({"lm_head", kStatusWords, kStatusTimeout, kStatusDrainTimeout, kTraceSlots}, c, ctas) {}
 };
 
 namespace {
@@ -69,7 +64,7 @@ Plan::Plan(const PlanConfig& config) {
   li.smem_bytes = size_t(layout.fixed_bytes) + size_t(stages) * pl::kStageBytes;
   const int vocab_tiles = pl::ceil_div(s.vocab, pl::kTileRows);
   li.max_cta_weight_bytes = int64_t(pl::ceil_div(vocab_tiles, li.ctas)) * pl::kTileRows * s.hidden * 2;
-  prepare_kernels(im.kernels, launch_config("lm_head", li.ctas, 1, li.threads, li.smem_bytes, nullptr, 0));
+  im.prepare(li.ctas, 1);
 
   im.cand_value = dev::DeviceBuffer<float>(size_t(li.ctas) * config.max_batch, "lm_head candidates");
   im.cand_index = dev::DeviceBuffer<int32_t>(size_t(li.ctas) * config.max_batch, "lm_head candidates");
@@ -89,11 +84,7 @@ Plan::Plan(const PlanConfig& config) {
   p.cand_value = im.cand_value.data();
   p.cand_index = im.cand_index.data();
   p.counter = im.counter.data();
-  p.status = im.status.data();
-  p.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
-  p.trace = im.trace.data();
-  p.stages = stages;
-  p.layout = layout;
+  im.set_pipeline_params(stages, layout);
 }
 
 Plan::~Plan() = default;
@@ -113,13 +104,11 @@ void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   p.residual = step.residual;
   p.logits = step.logits;
   p.tokens = step.tokens;
-  const LaunchInfo& li = im.info;
-  dev::launch(launch_config("lm_head", li.ctas, 1, li.threads, li.smem_bytes, stream, emu_seed),
-              im.kernels[step.batch <= 8 ? 0 : 1], p);
+  im.launch(p, im.info.ctas, 1, stream, emu_seed);
 }
 
 void Plan::check_status(void* stream) {
-  impl_->status.check(stream, impl_->config.wait_budget_us, describe_wait_site);
+  impl_->check_status(stream, describe_wait_site);
 }
 
 std::vector<uint64_t> Plan::read_trace(void* stream) { return impl_->trace.read(stream); }
