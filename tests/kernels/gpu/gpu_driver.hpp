@@ -11,6 +11,15 @@
 
 namespace cf::test {
 
+// One checked run of a launch (outputs poisoned first, the status checked after): its outputs.
+template <typename Launch>
+auto run_checked(Launch& launch) {
+  launch.poison();
+  launch.run(nullptr, 0);
+  launch.plan.check_status();
+  return launch.result();
+}
+
 // The case against the reference (timing the reference), then a rerun and, with graph_check, CUDA-graph replays
 // of the same plan: the same bits (the kernels' counters reset themselves; the attention's append rewrites the same
 // k / v).
@@ -21,18 +30,12 @@ void check_on_gpu(const typename Op::Case& c, bool graph_check) {
   const auto o = make_oracle<T>(c, in);
   const double t_ref = seconds_since(t0);
   typename Op::Launch launch(c, in);
-  launch.poison();
-  launch.run(nullptr, 0);
-  launch.plan.check_status();
-  const typename Op::Result r = launch.result();
+  const typename Op::Result r = run_checked(launch);
   const CheckReport rep = check_result<T>(c, in, o, r);
   EXPECT_TRUE(rep.ok) << rep.message;
   std::printf("%s: %s; reference %.1f s; %s\n", c.name.c_str(), launch.describe().c_str(), t_ref, rep.message.c_str());
 
-  launch.poison();
-  launch.run(nullptr, 0);
-  launch.plan.check_status();
-  EXPECT_TRUE(Op::same_bits(launch.result(), r)) << "second run differs";
+  EXPECT_TRUE(Op::same_bits(run_checked(launch), r)) << "second run differs";
   if (graph_check) {
     replay_in_graph([&](cudaStream_t stream) { launch.run(stream, 0); }, [&] { launch.poison(); },
                     [&](cudaStream_t stream) { launch.plan.check_status(stream); });

@@ -162,20 +162,16 @@ TEST(DecoderAttentionGpuSanitizer, BadPageTableIsReported) {
 namespace cf::test::da {
 namespace {
 
-// Both implementations on the same device inputs: both within the policy of the fp32 reference, residual_out
-// bit-identical, and the largest difference between the two printed.
+// Both implementations on the same device inputs (the fused launch's): both within the policy of the fp32
+// reference, residual_out bit-identical, and the largest difference between the two printed.
 template <typename T>
 void compare_with_unfused(const Case& c) {
   namespace cu = cf::cuda_unfused;
   const HostInputs in = make_inputs<T>(c);
   const Oracle o = make_oracle<T>(c, in);
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  d.out.fill_bytes(0xFF);
-  kda::Plan plan(plan_config(c, in, d));
-  plan.run(step_args(c, in, d));
-  plan.check_status();
-  const std::vector<uint16_t> fused_out = d.out.download(), fused_res = d.residual_out.download();
+  Op::Launch fused(c, in);
+  const RunResult fr = run_checked(fused);
+  DeviceInputs& d = fused.d;
 
   cu::Workspace ws(c.ref_shape(), c.batch());
   cu::AttentionBlockParams up;
@@ -201,13 +197,11 @@ void compare_with_unfused(const Case& c) {
   up.kv.kv_last_page_len = d.kv_last_page_len.data();
   up.kv.n_seqs = c.batch();
   up.kv.n_indices = int(in.kv_indices.size());
-  d.out.fill_bytes(0xFF);
-  d.residual_out.fill_bytes(0xFF);
+  fused.poison();
   cu::attention_block(up, ws, nullptr);
   ws.check_status(nullptr);
-  const std::vector<uint16_t> unfused_out = d.out.download(), unfused_res = d.residual_out.download();
-
-  expect_not_worse_than_unfused<T>(c.name, fused_out, fused_res, unfused_out, unfused_res, o.out_ref);
+  const RunResult ur = fused.result();
+  expect_not_worse_than_unfused<T>(c.name, fr.out, fr.residual_out, ur.out, ur.residual_out, o.out_ref);
 }
 
 TEST(DecoderAttentionGpu, MatchesUnfusedBaseline) {

@@ -115,13 +115,9 @@ void compare_with_unfused(const Case& c) {
   namespace cu = cf::cuda_unfused;
   const HostInputs in = make_inputs<T>(c);
   const Oracle o = make_oracle<T>(c, in);
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  d.out.fill_bytes(0xFF);
-  kffn::Plan plan(plan_config(c, d));
-  plan.run(step_args(c, d));
-  plan.check_status();
-  const std::vector<uint16_t> fused_out = d.out.download(), fused_res = d.residual_out.download();
+  Op::Launch fused(c, in);
+  const RunResult fr = run_checked(fused);
+  DeviceInputs& d = fused.d;
 
   cu::Workspace ws(c.ref_shape(), c.batch);
   cu::FfnBlockParams up;
@@ -135,13 +131,11 @@ void compare_with_unfused(const Case& c) {
   up.norm = d.norm.data();
   up.w_gate_up = d.w_gate_up.data();
   up.w_down = d.w_down.data();
-  d.out.fill_bytes(0xFF);
-  d.residual_out.fill_bytes(0xFF);
+  fused.poison();
   cu::ffn_block(up, ws, nullptr);
   ws.check_status(nullptr);
-  const std::vector<uint16_t> unfused_out = d.out.download(), unfused_res = d.residual_out.download();
-
-  expect_not_worse_than_unfused<T>(c.name, fused_out, fused_res, unfused_out, unfused_res, o.out_ref);
+  const RunResult ur = fused.result();
+  expect_not_worse_than_unfused<T>(c.name, fr.out, fr.residual_out, ur.out, ur.residual_out, o.out_ref);
 }
 
 TEST(FfnGpu, MatchesUnfusedBaseline) {

@@ -97,14 +97,9 @@ void compare_with_unfused(const Case& c) {
   namespace cu = cf::cuda_unfused;
   const HostInputs in = make_inputs<T>(c);
   const Oracle o = make_oracle<T>(c, in);
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  klm::Plan plan(plan_config(c, d));
-  d.logits.fill_bytes(0xFF);
-  d.tokens.fill_bytes(0xFF);
-  plan.run(step_args(c, d));
-  plan.check_status();
-  const RunResult fused = download_result(d);
+  Op::Launch launch(c, in);
+  const RunResult fused = run_checked(launch);
+  DeviceInputs& d = launch.d;
 
   ref::DecoderShape shape;
   shape.hidden = c.hidden;
@@ -120,11 +115,10 @@ void compare_with_unfused(const Case& c) {
   up.w_out = d.w_out.data();
   up.logits = d.logits.data();
   up.tokens = d.tokens.data();
-  d.logits.fill_bytes(0xFF);
-  d.tokens.fill_bytes(0xFF);
+  launch.poison();
   cu::lm_head(up, ws, nullptr);
   ws.check_status(nullptr);
-  const RunResult unfused = download_result(d);
+  const RunResult unfused = launch.result();
 
   const CheckReport rf = check_result<T>(c, in, o, fused), ru = check_result<T>(c, in, o, unfused);
   EXPECT_TRUE(rf.ok) << "fused: " << rf.message;
