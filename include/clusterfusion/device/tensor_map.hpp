@@ -25,6 +25,8 @@
 #if defined(CF_RUNTIME_CUDA)
 #include <cuda.h>
 #include <cuda_runtime_api.h>
+
+#include "clusterfusion/cuda/check.hpp"
 #endif
 
 namespace cf::dev::inline CF_BUILD_NAMESPACE {
@@ -88,9 +90,11 @@ inline EncodeTiledFn encode_tiled_fn() {
     cudaDriverEntryPointQueryResult status{};
     const cudaError_t err =
         cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status);
-    if (err != cudaSuccess || status != cudaDriverEntryPointSuccess || ptr == nullptr)
-      throw Error(std::string("make_tensor_map_2d: cuTensorMapEncodeTiled not available from the driver (") +
-                  cudaGetErrorString(err) + ")");
+    if (err != cudaSuccess)
+      cuda::throw_cuda_error(err, "make_tensor_map_2d: cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+    if (status != cudaDriverEntryPointSuccess || ptr == nullptr)
+      throw Error("make_tensor_map_2d: the driver has no cuTensorMapEncodeTiled (a CUDA 12.0 driver or newer is "
+                  "needed)");
     return reinterpret_cast<EncodeTiledFn>(ptr);
   }();
   return fn;
