@@ -229,31 +229,19 @@ class TreeGather {
 
 }  // namespace detail
 
+// Capacity: the elements of one rank's slice.
 template <uint32_t N, typename T, Strategy S = kDefaultStrategy<N>, Transport X = kDefaultTransport<N>>
-class ClusterGather {
-  using Impl = std::conditional_t<S == Strategy::Linear, detail::LinearGather<N, T, X>, detail::TreeGather<N, T, X>>;
-
+class ClusterGather
+    : public detail::CollectiveFront<
+          N, T, S, X,
+          std::conditional_t<S == Strategy::Linear, detail::LinearGather<N, T, X>, detail::TreeGather<N, T, X>>> {
  public:
-  static constexpr uint32_t kClusterSize = N;
-  static constexpr Strategy kStrategy = S;
-  static constexpr Transport kTransport = X;
-  using Element = T;
-
-  // Shared-memory bytes the workspace needs for slices of up to `capacity` elements (host or device).
-  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) { return Impl::workspace_bytes(capacity); }
-
   CF_DEVICE ClusterGather(void* workspace, uint32_t capacity, ThreadGroup group = ThreadGroup::block(),
                           WaitLimit limit = {})
-      : impl_(workspace, capacity, group, limit) {}
-
-  // Every group thread; then a cluster_sync() before the first call.
-  CF_DEVICE void init() { impl_.init(); }
+      : ClusterGather::CollectiveFront(workspace, capacity, group, limit) {}
 
   // dst[q * count + i] := rank q's src[i] for every rank q, i < count, on every CTA.
-  CF_DEVICE void all_gather(const T* src, T* dst, uint32_t count) { impl_.run(src, dst, count); }
-
- private:
-  Impl impl_;
+  CF_DEVICE void all_gather(const T* src, T* dst, uint32_t count) { this->impl_.run(src, dst, count); }
 };
 
 }  // namespace cf::prim

@@ -33,6 +33,7 @@
 // the two strategies can differ in the last bit, each one deterministic).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/primitives/collective.hpp"
@@ -200,39 +201,25 @@ class TreeReduce {
 
 }  // namespace detail
 
+// Capacity: the elements of one call.
 template <uint32_t N, typename T, Strategy S = kDefaultStrategy<N>, Transport X = kDefaultTransport<N>>
-class ClusterReduce {
-  using Impl = std::conditional_t<S == Strategy::Linear, detail::LinearReduce<N, T, X>, detail::TreeReduce<N, T, X>>;
-
+class ClusterReduce
+    : public detail::CollectiveFront<
+          N, T, S, X,
+          std::conditional_t<S == Strategy::Linear, detail::LinearReduce<N, T, X>, detail::TreeReduce<N, T, X>>> {
  public:
-  static constexpr uint32_t kClusterSize = N;
-  static constexpr Strategy kStrategy = S;
-  static constexpr Transport kTransport = X;
-  using Element = T;
-
-  // Shared-memory bytes the workspace needs for calls of up to `capacity` elements (host or device).
-  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) { return Impl::workspace_bytes(capacity); }
-
-  // workspace: workspace_bytes(capacity) bytes of this CTA's shared memory, 16-byte aligned, the same offset in
-  // every CTA. group: the threads that make the calls (every CTA the same shape). limit: optional bounded waits.
   CF_DEVICE ClusterReduce(void* workspace, uint32_t capacity, ThreadGroup group = ThreadGroup::block(),
                           WaitLimit limit = {})
-      : impl_(workspace, capacity, group, limit) {}
-
-  // Every group thread; then a cluster_sync() before the first call.
-  CF_DEVICE void init() { impl_.init(); }
+      : ClusterReduce::CollectiveFront(workspace, capacity, group, limit) {}
 
   template <typename Op = Sum>
   CF_DEVICE void all_reduce(T* buf, uint32_t count, Op = {}) {
-    impl_.template run<Op>(buf, count, detail::LinearExchange<N, T, X>::kAllPeers);
+    this->impl_.template run<Op>(buf, count, detail::LinearExchange<N, T, X>::kAllPeers);
   }
   template <typename Op = Sum>
   CF_DEVICE void reduce_to_root(T* buf, uint32_t count, uint32_t root, Op = {}) {
-    impl_.template run<Op>(buf, count, root);
+    this->impl_.template run<Op>(buf, count, root);
   }
-
- private:
-  Impl impl_;
 };
 
 }  // namespace cf::prim

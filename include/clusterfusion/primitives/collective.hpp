@@ -310,5 +310,30 @@ class TreeChannels {
   uint32_t calls_ = 0;
 };
 
+// The public face ClusterReduce and ClusterGather share over their Impl (the Linear or the Tree strategy): the
+// configuration, the workspace size, construction and init. The collective adds its calls on impl_.
+template <uint32_t N, typename T, Strategy S, Transport X, typename Impl>
+class CollectiveFront {
+ public:
+  static constexpr uint32_t kClusterSize = N;
+  static constexpr Strategy kStrategy = S;
+  static constexpr Transport kTransport = X;
+  using Element = T;
+
+  // Shared-memory bytes the workspace needs for calls of up to `capacity` elements (host or device).
+  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) { return Impl::workspace_bytes(capacity); }
+
+  // workspace: workspace_bytes(capacity) bytes of this CTA's shared memory, 16-byte aligned, the same offset in
+  // every CTA. group: the threads that make the calls (every CTA the same shape). limit: optional bounded waits.
+  CF_DEVICE CollectiveFront(void* workspace, uint32_t capacity, ThreadGroup group, WaitLimit limit)
+      : impl_(workspace, capacity, group, limit) {}
+
+  // Every group thread; then a cluster_sync() before the first call.
+  CF_DEVICE void init() { impl_.init(); }
+
+ protected:
+  Impl impl_;
+};
+
 }  // namespace detail
 }  // namespace cf::prim
