@@ -75,8 +75,7 @@ BENCH_E2E="$BENCH_DIR/bench/e2e/cf_bench_e2e"
 BENCH_FFN="$BENCH_DIR/bench/ffn/cf_bench_ffn"
 BENCH_COLL="$BENCH_DIR/bench/cluster_collectives/cf_bench_cluster_collectives"
 CLI="$BENCH_DIR/clusterfusion"
-FUSED_TESTS="$TEST_DIR/tests/gpu/decoder_attention/cf_test_decoder_attention_gpu"
-FUSED_TESTS="$FUSED_TESTS $TEST_DIR/tests/gpu/ffn/cf_test_ffn_gpu $TEST_DIR/tests/gpu/lm_head/cf_test_lm_head_gpu"
+FUSED_TESTS="$TEST_DIR/tests/kernels/cf_test_kernels_gpu"  # attention, FFN and LM head: one binary
 FUSED_TEST_REGEX='DecoderAttentionGpu|FfnGpu|LmHeadGpu|GpuAgreement|GpuBackend'
 PEER="$ROOT/.peers/torch_decode_peer.py"
 

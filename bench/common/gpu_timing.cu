@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "clusterfusion/common/half.hpp"
-#include "clusterfusion/cuda/buffer.hpp"
+#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/cuda/check.hpp"
 #include "clusterfusion/cuda/graph.hpp"
 #include "clusterfusion/cuda/stream.hpp"
@@ -74,11 +74,11 @@ Bandwidth measure_bandwidth(cudaStream_t stream, size_t bytes, int reps) {
   Bandwidth bw;
   bytes = bytes / 16 * 16;
   bw.bytes = bytes;
-  cuda::DeviceBuffer<uint8_t> src(bytes, "bandwidth source"), dst(bytes, "bandwidth destination");
+  dev::DeviceBuffer<uint8_t> src(bytes, "bandwidth source"), dst(bytes, "bandwidth destination");
   fill_random(src.data(), bytes / 4, FillType::F32, 1, -1.0f, 1.0f, stream);
   const int sms = sm_count_of_current_device();
   const int read_blocks = sms * 4;
-  cuda::DeviceBuffer<uint32_t> sink(size_t(read_blocks), "bandwidth sink");
+  dev::DeviceBuffer<uint32_t> sink(size_t(read_blocks), "bandwidth sink");
   cuda::Event start, stop;
   std::vector<double> copy_ms, read_ms;
   for (int r = 0; r < reps + 2; ++r) {

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/cuda/buffer.hpp"
+#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/cuda/device.hpp"
 #include "clusterfusion/cuda/stream.hpp"
 #include "common/args.hpp"
@@ -183,9 +183,9 @@ Options parse_options(int argc, char** argv) {
 
 struct CaseData {
   AttentionBenchInputs inputs;
-  std::vector<cuda::DeviceBuffer<uint16_t>> buffers;  // everything of every set
-  cuda::DeviceBuffer<int32_t> indptr, indices, last_page_len, positions;
-  cuda::DeviceBuffer<float> rope;
+  std::vector<dev::DeviceBuffer<uint16_t>> buffers;  // everything of every set
+  dev::DeviceBuffer<int32_t> indptr, indices, last_page_len, positions;
+  dev::DeviceBuffer<float> rope;
 };
 
 int pages_per_sequence(const AttentionBenchCase& c) { return (c.kv_len + c.page_size - 1) / c.page_size; }
@@ -233,11 +233,11 @@ std::unique_ptr<CaseData> make_case_data(const AttentionBenchCase& c, int n_sets
     last.push_back(c.kv_len - (pages_per_seq - 1) * c.page_size);
     positions.push_back(c.kv_len - 1);
   }
-  d->indptr = cuda::to_device(indptr, "kv_indptr");
-  d->indices = cuda::to_device(indices, "kv_indices");
-  d->last_page_len = cuda::to_device(last, "kv_last_page_len");
-  d->positions = cuda::to_device(positions, "positions");
-  d->rope = cuda::to_device(cu::make_rope_table(s.rot_dim, s.rope_theta, c.kv_len), "rope table");
+  d->indptr = dev::to_device(indptr, "kv_indptr");
+  d->indices = dev::to_device(indices, "kv_indices");
+  d->last_page_len = dev::to_device(last, "kv_last_page_len");
+  d->positions = dev::to_device(positions, "positions");
+  d->rope = dev::to_device(cu::make_rope_table(s.rot_dim, s.rope_theta, c.kv_len), "rope table");
   d->inputs.n_pages = n_pages;
   d->inputs.kv_indptr = d->indptr.data();
   d->inputs.kv_indices = d->indices.data();

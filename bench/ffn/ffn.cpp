@@ -22,7 +22,7 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/half.hpp"
-#include "clusterfusion/cuda/buffer.hpp"
+#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/cuda/device.hpp"
 #include "clusterfusion/cuda/stream.hpp"
 #include "clusterfusion/kernels/ffn/launch.hpp"
@@ -188,9 +188,9 @@ struct DeviceSet {
 
 struct CaseData {
   BenchCase c;
-  std::vector<cuda::DeviceBuffer<uint16_t>> halves;
-  std::vector<cuda::DeviceBuffer<float>> floats;
-  std::vector<cuda::DeviceBuffer<int32_t>> ints;
+  std::vector<dev::DeviceBuffer<uint16_t>> halves;
+  std::vector<dev::DeviceBuffer<float>> floats;
+  std::vector<dev::DeviceBuffer<int32_t>> ints;
   std::vector<DeviceSet> sets;
 };
 

@@ -1,5 +1,6 @@
-// Error checks for the CUDA runtime: every failing call becomes a cf::CudaError whose one-line message names the
-// source location, the call as written and the runtime's error name and text, e.g.
+// Error checks for the CUDA runtime, the project's one CUDA error path: every failing call becomes a cf::CudaError
+// whose one-line message names the source location (or the caller's `what`), the call as written and the runtime's
+// error name and text, e.g.
 //   src/x.cu:42: cudaMalloc(&p, bytes) failed: cudaErrorMemoryAllocation (out of memory)
 // Host-side only; include from .cpp or .cu files that link CUDA::cudart.
 #pragma once
@@ -26,10 +27,14 @@ namespace cuda {
 
 inline std::string location(const char* file, int line) { return std::string(file) + ":" + std::to_string(line); }
 
-[[noreturn]] inline void throw_cuda_error(cudaError_t status, const char* call, const char* file, int line) {
-  throw CudaError(location(file, line) + ": " + call + " failed: " + cudaGetErrorName(status) + " (" +
-                      cudaGetErrorString(status) + ")",
+// "<what> failed: <error name> (<error text>)" as a cf::CudaError: every CUDA failure of the project (these checks,
+// dev::check_cuda of the device API, the DeviceBuffer) reads alike.
+[[noreturn]] inline void throw_cuda_error(cudaError_t status, const std::string& what) {
+  throw CudaError(what + " failed: " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")",
                   int(status));
+}
+[[noreturn]] inline void throw_cuda_error(cudaError_t status, const char* call, const char* file, int line) {
+  throw_cuda_error(status, location(file, line) + ": " + call);
 }
 
 }  // namespace cuda

@@ -7,7 +7,7 @@
 #include <string>
 #include <utility>
 
-#include "clusterfusion/cuda/buffer.hpp"
+#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/cuda/check.hpp"
 
 namespace cf::cuda {
@@ -66,7 +66,7 @@ class CublasHandle {
   }
 
  private:
-  DeviceBuffer<uint8_t> workspace_;
+  dev::DeviceBuffer<uint8_t> workspace_;
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
   bool stream_bound_ = false;

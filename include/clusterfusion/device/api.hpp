@@ -103,10 +103,10 @@
 #endif
 #undef CF_DEVICE_API_INSIDE
 
-namespace cf::dev {
+namespace cf::dev::inline CF_BUILD_NAMESPACE {
 
 CF_DEVICE uint32_t num_threads() { return block_dim().x * block_dim().y * block_dim().z; }
 CF_DEVICE uint32_t warp_id() { return thread_rank() / kWarpSize; }
 CF_DEVICE uint32_t num_warps() { return (num_threads() + kWarpSize - 1) / kWarpSize; }
 
-}  // namespace cf::dev
+}  // namespace cf::dev::inline CF_BUILD_NAMESPACE

@@ -15,7 +15,7 @@
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/device/types.hpp"
 
-namespace cf::dev {
+namespace cf::dev::inline CF_BUILD_NAMESPACE {
 
 // ---- element types -----------------------------------------------------------------------------------------------
 using f16 = __half;
@@ -356,4 +356,4 @@ CF_DEVICE T from_bits(uint32_t b) {
   return pair;
 }
 
-}  // namespace cf::dev
+}  // namespace cf::dev::inline CF_BUILD_NAMESPACE

@@ -111,6 +111,10 @@ enum class AtomicOp : uint8_t { Add, MaxU32, MaxI32, MaxU64, MinU32, MinI32, Exc
 uint64_t atomic_rmw(void* p, AtomicOp op, uint32_t bytes, uint64_t v, uint64_t compare, const SrcLoc& loc);
 void vector_access(const void* p, uint32_t bytes, bool global_nc, const SrcLoc& loc);  // alignment / space checks
 }  // namespace emu
+}  // namespace cf::dev
+
+// The device API of the emulator build (its own namespace: types.hpp).
+namespace cf::dev::inline CF_BUILD_NAMESPACE {
 
 // ---- element types -----------------------------------------------------------------------------------------------
 using f16 = cf::half;
@@ -375,4 +379,4 @@ inline T from_bits(uint32_t b) {
   return pair;
 }
 
-}  // namespace cf::dev
+}  // namespace cf::dev::inline CF_BUILD_NAMESPACE

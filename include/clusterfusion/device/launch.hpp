@@ -20,16 +20,18 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/types.hpp"
 
-#if defined(CF_DEVICE_CUDA)
+#if defined(CF_RUNTIME_CUDA)
 #include <cuda_runtime.h>
 
 #include <mutex>
 #include <unordered_map>
+
+#include "clusterfusion/cuda/check.hpp"
 #endif
 
-namespace cf::dev {
+namespace cf::dev::inline CF_BUILD_NAMESPACE {
 
-#if defined(CF_DEVICE_CUDA)
+#if defined(CF_RUNTIME_CUDA)
 using Stream = cudaStream_t;
 #else
 using Stream = void*;
@@ -80,10 +82,11 @@ inline void validate_launch_config(const LaunchConfig& cfg) {
          std::to_string(kMaxSmemPerBlock) + " bytes) per block");
 }
 
-#if defined(CF_DEVICE_CUDA)
+#if defined(CF_RUNTIME_CUDA)
 
+// The project's one CUDA error path (cuda/check.hpp): a failed call becomes a cf::CudaError naming `what`.
 inline void check_cuda(cudaError_t err, const std::string& what) {
-  if (err != cudaSuccess) throw Error(what + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+  if (err != cudaSuccess) cuda::throw_cuda_error(err, what);
 }
 
 // True when a CUDA device is usable (GPU tests skip otherwise).
@@ -161,9 +164,13 @@ void launch(const LaunchConfig& cfg, void (*kernel)(Params), const std::type_ide
 // Waits for all work on the device; throws cf::Error if a kernel failed.
 inline void synchronize() { check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
+}  // namespace cf::dev::inline CF_BUILD_NAMESPACE
+
 #else  // emulator
 
-namespace emu {
+}  // namespace cf::dev::inline CF_BUILD_NAMESPACE
+
+namespace cf::dev::emu {
 using KernelInvoker = void (*)(const void* bound_kernel);
 void run_launch(const LaunchConfig& cfg, KernelInvoker invoke, const void* bound_kernel);
 
@@ -190,7 +197,9 @@ void set_access_checks(bool on);
 // (arrive_remote / arrive_expect_tx_remote, counted from 1 across the launch), as if that peer never arrived.
 // 0 clears it. The setting is consumed by the next launch.
 void lose_remote_arrival(uint64_t nth);
-}  // namespace emu
+}  // namespace cf::dev::emu
+
+namespace cf::dev::inline CF_BUILD_NAMESPACE {
 
 inline bool device_available() { return true; }
 
@@ -211,6 +220,6 @@ void launch(const LaunchConfig& cfg, void (*kernel)(Params), const std::type_ide
 
 inline void synchronize() {}
 
-#endif
+}  // namespace cf::dev::inline CF_BUILD_NAMESPACE
 
-}  // namespace cf::dev
+#endif

@@ -22,14 +22,16 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/types.hpp"
 
-#if defined(CF_DEVICE_CUDA)
+#if defined(CF_RUNTIME_CUDA)
 #include <cuda.h>
 #include <cuda_runtime_api.h>
+
+#include "clusterfusion/cuda/check.hpp"
 #endif
 
-namespace cf::dev {
+namespace cf::dev::inline CF_BUILD_NAMESPACE {
 
-#if defined(CF_DEVICE_CUDA)
+#if defined(CF_RUNTIME_CUDA)
 struct TensorMap {  // 128-byte aligned, like CUtensorMap
   CUtensorMap map;
 };
@@ -37,7 +39,7 @@ struct TensorMap {  // 128-byte aligned, like CUtensorMap
 struct TensorMap {
   static constexpr uint32_t kMagic = 0x7e45a9b1u;
   uint32_t magic = 0;  // set by make_tensor_map_2d; the emulator rejects maps not made by it
-  DType dtype = DType::U8;
+  DType dtype = DType::F16;
   const void* base = nullptr;
   uint64_t width = 0, height = 0, row_stride_bytes = 0;
   uint32_t box_width = 0, box_height = 0;
@@ -55,6 +57,7 @@ inline void validate_tensor_map_2d(const void* base, DType dtype, uint64_t width
                      ", row_stride " + std::to_string(row_stride_bytes) + " B, box " + std::to_string(box_width) +
                      "x" + std::to_string(box_height) + "): " + what);
   };
+  if (elem == 0) fail("element type must be F32, F16 or BF16 (a block-quantised type has no element box)");
   if (base == nullptr) fail("base pointer is null");
   if (reinterpret_cast<uintptr_t>(base) % 16 != 0) fail("base address must be 16-byte aligned");
   if (width < 1 || height < 1 || width > (uint64_t(1) << 32) || height > (uint64_t(1) << 32))
@@ -67,17 +70,13 @@ inline void validate_tensor_map_2d(const void* base, DType dtype, uint64_t width
   if ((box_width * elem) % 16 != 0) fail("box row (box_width * element size) must be a multiple of 16 bytes");
 }
 
-#if defined(CF_DEVICE_CUDA)
+#if defined(CF_RUNTIME_CUDA)
 inline CUtensorMapDataType cu_tensor_map_dtype(DType t) {
   switch (t) {
-    case DType::U8: return CU_TENSOR_MAP_DATA_TYPE_UINT8;
-    case DType::U16: return CU_TENSOR_MAP_DATA_TYPE_UINT16;
-    case DType::U32: return CU_TENSOR_MAP_DATA_TYPE_UINT32;
     case DType::F16: return CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     case DType::BF16: return CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-    case DType::F32: return CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+    default: return CU_TENSOR_MAP_DATA_TYPE_FLOAT32;  // F32 (validate_tensor_map_2d rejects the block formats)
   }
-  return CU_TENSOR_MAP_DATA_TYPE_UINT8;
 }
 
 using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
@@ -91,9 +90,11 @@ inline EncodeTiledFn encode_tiled_fn() {
     cudaDriverEntryPointQueryResult status{};
     const cudaError_t err =
         cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status);
-    if (err != cudaSuccess || status != cudaDriverEntryPointSuccess || ptr == nullptr)
-      throw Error(std::string("make_tensor_map_2d: cuTensorMapEncodeTiled not available from the driver (") +
-                  cudaGetErrorString(err) + ")");
+    if (err != cudaSuccess)
+      cuda::throw_cuda_error(err, "make_tensor_map_2d: cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+    if (status != cudaDriverEntryPointSuccess || ptr == nullptr)
+      throw Error("make_tensor_map_2d: the driver has no cuTensorMapEncodeTiled (a CUDA 12.0 driver or newer is "
+                  "needed)");
     return reinterpret_cast<EncodeTiledFn>(ptr);
   }();
   return fn;
@@ -106,7 +107,7 @@ inline TensorMap make_tensor_map_2d(const void* base, DType dtype, uint64_t widt
                                     uint64_t row_stride_bytes, uint32_t box_width, uint32_t box_height) {
   detail::validate_tensor_map_2d(base, dtype, width, height, row_stride_bytes, box_width, box_height);
   TensorMap out{};
-#if defined(CF_DEVICE_CUDA)
+#if defined(CF_RUNTIME_CUDA)
   const cuuint64_t dims[2] = {width, height};
   const cuuint64_t strides[1] = {row_stride_bytes};
   const cuuint32_t box[2] = {box_width, box_height};
@@ -135,4 +136,4 @@ constexpr uint32_t tma_box_bytes(DType dtype, uint32_t box_width, uint32_t box_h
   return box_width * box_height * dtype_bytes(dtype);
 }
 
-}  // namespace cf::dev
+}  // namespace cf::dev::inline CF_BUILD_NAMESPACE

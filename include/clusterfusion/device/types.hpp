@@ -4,10 +4,29 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "clusterfusion/common/dtype.hpp"
+
+// Two builds of everything device-related, told apart by the target: the emulator build (targets that link cf_emu,
+// which defines CF_BUILD_EMU) and the GPU build.
+//   CF_DEVICE_CUDA   device code compiled by nvcc (GPU build): api.hpp is the thin PTX layer of cuda.hpp
+//   CF_DEVICE_EMU    device code compiled by the host compiler against the emulator (emu.hpp, src/emu)
+//   CF_RUNTIME_CUDA  host code of the GPU build, whichever compiler (nvcc or a backend's .cpp): buffers, launches and
+//                    tensor maps go through the CUDA runtime (buffer.hpp, launch.hpp, tensor_map.hpp)
+// Each build declares its symbols in its own inline namespace, CF_BUILD_NAMESPACE (cf::dev::emu_build::..., or
+// gpu_build), so one binary can link both (the CLI holds the emu and the cuda backends) while code names them
+// cf::dev::X / cf::kernels::X as usual.
+#if defined(CF_BUILD_EMU)
+#if defined(__CUDACC__)
+#error "the emulator build (CF_BUILD_EMU, from cf_emu) is compiled by the host compiler, not nvcc"
+#endif
+#define CF_DEVICE_EMU 1
+#define CF_BUILD_NAMESPACE emu_build
+#else
+#define CF_RUNTIME_CUDA 1
+#define CF_BUILD_NAMESPACE gpu_build
 #if defined(__CUDACC__)
 #define CF_DEVICE_CUDA 1
-#else
-#define CF_DEVICE_EMU 1
+#endif
 #endif
 
 // Function qualifiers. A kernel is `template <...> CF_GLOBAL void k(const CF_GRID_CONSTANT Params p)`.
@@ -57,16 +76,8 @@ struct Dim3 {
   friend constexpr bool operator==(const Dim3& a, const Dim3& b) { return a.x == b.x && a.y == b.y && a.z == b.z; }
 };
 
-// Element types a tensor map can describe (TMA copies bytes; the type fixes the element size).
-enum class DType : uint8_t { U8, U16, U32, F16, BF16, F32 };
-
-constexpr uint32_t dtype_bytes(DType t) {
-  switch (t) {
-    case DType::U8: return 1;
-    case DType::U16: case DType::F16: case DType::BF16: return 2;
-    case DType::U32: case DType::F32: return 4;
-  }
-  return 0;
-}
+// Element types: the project-wide enum (common/dtype.hpp); a tensor map describes F32, F16 or BF16 elements.
+using cf::DType;
+using cf::dtype_bytes;
 
 }  // namespace cf::dev

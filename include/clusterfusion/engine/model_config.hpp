@@ -3,18 +3,14 @@
 #include <cstdint>
 #include <string>
 
+#include "clusterfusion/model/types.hpp"  // RopeStyle, DecoderShape
+
 namespace cf {
 
 class GgufFile;
 namespace json {
 class Value;
 }
-
-// How RoPE pairs the dimensions of a head.
-//   NeoX  (HF "rotate_half"): pairs (i, i + rot_dim/2)
-//   GPTJ  (llama.cpp's LLAMA_ROPE_TYPE_NORM): pairs (2i, 2i + 1)
-// GGUF llama files hold q/k weights permuted for GPTJ pairing; HF safetensors hold them for NeoX pairing.
-enum class RopeStyle : uint8_t { NeoX, GPTJ };
 
 // What a layer computes: the model description's kinds. Llama-family models have one of each (MHA is GQA with
 // n_kv_heads == n_heads); DeepSeek-V2's multi-head latent attention and mixture-of-experts FFN arrive as new kinds
@@ -58,6 +54,11 @@ struct ModelConfig {
   }
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
+  // The layer shape the kernels and the reference take (model/types.hpp).
+  DecoderShape decoder_shape() const {
+    return {hidden, n_heads, n_kv_heads, head_dim, ffn_hidden, rope_dim > 0 ? rope_dim : head_dim, rope_style,
+            rope_theta, rms_eps};
+  }
   // Throws cf::InputError("<source>: <field> = <value>: <why>") when a field is missing, absurd or inconsistent
   // (non-positive sizes, n_heads % n_kv_heads != 0, head_dim odd, rope_dim > head_dim, dims over sane caps ...).
   void validate(const std::string& source) const;

@@ -7,23 +7,11 @@
 #include <string_view>
 #include <vector>
 
+#include "clusterfusion/common/dtype.hpp"
+
 namespace cf {
 
-// Storage types of weights. Quantised types are ggml's block formats (same bit layout, so GGUF data maps as is).
-enum class DType : uint8_t {
-  F32,
-  F16,
-  BF16,
-  Q8_0,  // blocks of 32: f16 scale + 32 x int8
-  Q4_0,  // blocks of 32: f16 scale + 16 bytes of 4-bit values (offset 8)
-  Q4_1,  // blocks of 32: f16 scale + f16 min + 16 bytes of 4-bit values
-  // ggml's k-quants, super-blocks of 256. The cpu backend computes on them; the device backends have them converted
-  // to F16 at load (WeightLoadOptions::k_quant_as).
-  Q4_K,  // f16 d, f16 dmin, 12 bytes of 6-bit scales and mins (8 sub-blocks of 32), 128 bytes of 4-bit values
-  Q5_K,  // as Q4_K, plus 32 bytes holding the fifth bit of every value
-  Q6_K,  // 128 bytes of low 4 bits, 64 bytes of high 2 bits, 16 int8 scales (sub-blocks of 16), f16 d
-};
-
+// DType (the storage types of weights) is the project-wide enum of common/dtype.hpp.
 inline constexpr int kDTypeCount = 9;
 
 // True for Q4_K, Q5_K and Q6_K.

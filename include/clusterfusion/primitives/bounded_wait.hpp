@@ -68,12 +68,6 @@ CF_DEVICE bool bounded_wait(dev::Mbarrier& bar, uint32_t parity, const WaitLimit
   }
 }
 
-// The same for all 32 lanes of a warp that then read the guarded data together (mma fragments): true only if every
-// lane's wait succeeded, so the warp takes one branch.
-CF_DEVICE bool bounded_wait_warp(dev::Mbarrier& bar, uint32_t parity, const WaitLimit& limit) {
-  return dev::all_sync(dev::kFullMask, bounded_wait(bar, parity, limit));
-}
-
 // Producer, before its CTA ends after an abort: waits until every copy it issued into a ring of `stages` stages has
 // landed (items [0, issued_end); only the last item of each stage can be outstanding: an item is issued after the
 // previous one of its stage was released, and after an abort nothing more is issued), so no copy writes into the

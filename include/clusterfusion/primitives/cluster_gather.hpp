@@ -66,40 +66,26 @@ class LinearGather {
 // TreeReduce.
 template <uint32_t N, typename T, Transport X>
 class TreeGather {
+  using Channels = TreeChannels<N, X>;
+
  public:
-  static_assert(N >= kMinClusterSize && N <= kMaxClusterSize, "cluster size must be 2..16");
-  static constexpr uint32_t kP = floor_pow2(N), kL = log2_floor(N), kExtra = N - kP;
-  static constexpr uint32_t kChannels = kL + 2, kFold = 0, kUnfold = kL + 1;
-  static constexpr uint32_t kBarrierBytes = round_up(2 * kChannels * 8, kBarrierArea);
-  // Rank r < P receives the fold of rank r + P (written so that N = P compiles without a pointless comparison).
-  CF_HOST_DEVICE static constexpr bool folds(uint32_t r) {
-    if constexpr (kExtra == 0) {
-      return false;
-    } else {
-      return r < kExtra;
-    }
-  }
+  static constexpr uint32_t kP = Channels::kP, kL = Channels::kL, kExtra = Channels::kExtra;
+  static constexpr uint32_t kFold = Channels::kFold, kUnfold = Channels::kUnfold;
+  CF_HOST_DEVICE static constexpr bool folds(uint32_t r) { return Channels::folds(r); }
 
   CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) {
-    return kBarrierBytes + 2 * N * block_bytes<T>(capacity);
+    return Channels::kBarrierBytes + 2 * N * block_bytes<T>(capacity);
   }
   CF_DEVICE TreeGather(void* workspace, uint32_t capacity, const ThreadGroup& g, const WaitLimit& limit)
-      : bars_(static_cast<dev::Mbarrier*>(workspace)),
-        blocks_(static_cast<uint8_t*>(workspace) + kBarrierBytes),
+      : ch_(workspace, g, limit),
+        blocks_(static_cast<uint8_t*>(workspace) + Channels::kBarrierBytes),
         half_bytes_(N * block_bytes<T>(capacity)),
         group_(g),
-        limit_(limit),
         rank_(dev::block_rank_in_cluster()) {}
 
-  CF_DEVICE void init() {
-    if (group_.rank == 0) {
-      for (uint32_t i = 0; i < 2 * kChannels; ++i) bars_[i].init(1);
-      dev::fence_mbarrier_init();
-    }
-  }
+  CF_DEVICE void init() { ch_.init(); }
 
   CF_DEVICE void run(const T* src, T* dst, uint32_t count) {
-    const uint32_t use = calls_ >> 1;
     const uint32_t stride = block_bytes<T>(count) / sizeof(T);  // elements between blocks
     group_copy(gathered() + rank_ * stride, src, count, group_);
     fence_for_push();
@@ -108,16 +94,16 @@ class TreeGather {
     if (rank_ >= kP) {
       const uint32_t low = rank_ - kP;
       if (group_.rank == 0) send(kFold, low, rank_, 1, stride);
-      wait_phase(ready_bar(kUnfold), use & 1u, limit_);
+      ch_.wait(kUnfold);
       // every block but our own comes from `low`
       copy_out(dst, count, stride, [&](uint32_t s) { return s == rank_ ? gathered() : incoming(low); });
       group_.sync();
-      ++calls_;
+      ch_.end_call();
       return;
     }
     if (folds(rank_)) {
       const uint32_t high = rank_ + kP;
-      wait_phase(ready_bar(kFold), use & 1u, limit_);
+      ch_.wait(kFold);
       if constexpr (X == Transport::Pull) copy_blocks(incoming(high), high, 1, count, stride);
       fence_for_push();
       group_.sync();
@@ -126,7 +112,7 @@ class TreeGather {
       const uint32_t partner = rank_ ^ (1u << k), ch = 1 + k;
       const uint32_t mine = rank_ >> k << k, theirs = partner >> k << k, width = 1u << k;
       if (group_.rank == 0) send_group(ch, partner, mine, width, stride);
-      wait_phase(ready_bar(ch), use & 1u, limit_);
+      ch_.wait(ch);
       const bool last = k + 1 == kL;
       if (last) {
         const T* other = incoming(partner);
@@ -151,17 +137,14 @@ class TreeGather {
       send(kUnfold, high, 0, high, stride);
       if (high + 1 < N) send(kUnfold, high, high + 1, N - high - 1, stride, /*announce=*/false);
     }
-    ++calls_;
+    ch_.end_call();
   }
 
  private:
   CF_DEVICE static uint32_t min_u(uint32_t a, uint32_t b) { return a < b ? a : b; }
-  CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
-  CF_DEVICE dev::Mbarrier& ready_bar(uint32_t ch) { return bars_[parity() * kChannels + ch]; }
-  CF_DEVICE T* gathered() { return reinterpret_cast<T*>(blocks_ + parity() * half_bytes_); }
-  CF_DEVICE void fence_for_push() {
-    if constexpr (X == Transport::Push) dev::fence_proxy_async();
-  }
+  CF_DEVICE dev::Mbarrier& ready_bar(uint32_t ch) { return ch_.ready(ch); }
+  CF_DEVICE T* gathered() { return reinterpret_cast<T*>(blocks_ + ch_.parity() * half_bytes_); }
+  CF_DEVICE void fence_for_push() { ch_.fence_for_push(); }
   // Where blocks from `from` are read: its gathered buffer (Pull) or ours, where its pushes landed (Push).
   CF_DEVICE const T* incoming(uint32_t from) {
     if constexpr (X == Transport::Pull) {
@@ -237,42 +220,28 @@ class TreeGather {
     }
   }
 
-  dev::Mbarrier* bars_;
+  Channels ch_;
   uint8_t* blocks_;
   uint32_t half_bytes_;
   ThreadGroup group_;
-  WaitLimit limit_;
   uint32_t rank_;
-  uint32_t calls_ = 0;
 };
 
 }  // namespace detail
 
+// Capacity: the elements of one rank's slice.
 template <uint32_t N, typename T, Strategy S = kDefaultStrategy<N>, Transport X = kDefaultTransport<N>>
-class ClusterGather {
-  using Impl = std::conditional_t<S == Strategy::Linear, detail::LinearGather<N, T, X>, detail::TreeGather<N, T, X>>;
-
+class ClusterGather
+    : public detail::CollectiveFront<
+          N, T, S, X,
+          std::conditional_t<S == Strategy::Linear, detail::LinearGather<N, T, X>, detail::TreeGather<N, T, X>>> {
  public:
-  static constexpr uint32_t kClusterSize = N;
-  static constexpr Strategy kStrategy = S;
-  static constexpr Transport kTransport = X;
-  using Element = T;
-
-  // Shared-memory bytes the workspace needs for slices of up to `capacity` elements (host or device).
-  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) { return Impl::workspace_bytes(capacity); }
-
   CF_DEVICE ClusterGather(void* workspace, uint32_t capacity, ThreadGroup group = ThreadGroup::block(),
                           WaitLimit limit = {})
-      : impl_(workspace, capacity, group, limit) {}
-
-  // Every group thread; then a cluster_sync() before the first call.
-  CF_DEVICE void init() { impl_.init(); }
+      : ClusterGather::CollectiveFront(workspace, capacity, group, limit) {}
 
   // dst[q * count + i] := rank q's src[i] for every rank q, i < count, on every CTA.
-  CF_DEVICE void all_gather(const T* src, T* dst, uint32_t count) { impl_.run(src, dst, count); }
-
- private:
-  Impl impl_;
+  CF_DEVICE void all_gather(const T* src, T* dst, uint32_t count) { this->impl_.run(src, dst, count); }
 };
 
 }  // namespace cf::prim

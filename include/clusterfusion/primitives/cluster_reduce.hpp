@@ -33,6 +33,7 @@
 // the two strategies can differ in the last bit, each one deterministic).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/primitives/collective.hpp"
@@ -81,137 +82,110 @@ class LinearReduce {
   Exchange ex_;
 };
 
-// Tree: recursive doubling over P = floor_pow2(N) ranks. Channels (one ready mbarrier each, per call parity):
-//   0: fold, rank r >= P sends x_r to r - P, which combines (x_{r-P} (+) x_r)
-//   1 + k, k < L = log2 P: round k, ranks r and r ^ 2^k (both < P) exchange their values; both compute
-//      (value of the lower rank's group) (+) (value of the higher rank's group)
-//   L + 1: unfold, rank r - P sends the final value back to r >= P.
-// Value blocks per parity: 0 = the input, 1 = after the fold, k + 2 = after round k. Push adds one receive block
-// per channel. Per channel and call the sender signals ready[p][ch] on the receiver (Push: with the bytes of its
-// bulk copy) once its group synchronised after writing the block; the receiver waits and reads. As in
-// LinearExchange no acknowledgement is needed: every channel is used in both directions every call (rounds are
-// pairwise; the fold and the unfold pair up r and r - P), and each signal of call c+1 is sent after the sender's
-// group finished call c, so a block of parity p is rewritten (call c+2) only after its reader got through call c,
-// and no ready mbarrier receives call c+2's arrival before its owner waited for call c's.
+// Tree: recursive doubling over the TreeChannels pairing (collective.hpp). Value blocks per parity: 0 = the input,
+// 1 = after the fold, k + 2 = after round k; Push adds one receive block per channel. Per channel and call the
+// sender signals the receiver (Push: with the bytes of its bulk copy) once its group synchronised after writing the
+// block; the receiver waits and reads. Fold: rank r >= P sends x_r to r - P, which combines (x_{r-P} (+) x_r);
+// round k: ranks r and r ^ 2^k exchange their values and both compute (lower rank's group) (+) (higher rank's
+// group); unfold: rank r - P sends the final value back to r >= P.
 template <uint32_t N, typename T, Transport X>
 class TreeReduce {
+  using Channels = TreeChannels<N, X>;
+
  public:
-  static_assert(N >= kMinClusterSize && N <= kMaxClusterSize, "cluster size must be 2..16");
-  static constexpr uint32_t kP = floor_pow2(N), kL = log2_floor(N), kExtra = N - kP;
-  static constexpr uint32_t kChannels = kL + 2, kFold = 0, kUnfold = kL + 1;
+  static constexpr uint32_t kP = Channels::kP, kL = Channels::kL, kChannels = Channels::kChannels;
+  static constexpr uint32_t kFold = Channels::kFold, kUnfold = Channels::kUnfold;
   static constexpr uint32_t kValues = kL + 2;
   static constexpr uint32_t kBlocksPerParity = kValues + (X == Transport::Push ? kChannels : 0);
-  static constexpr uint32_t kBarrierBytes = round_up(2 * kChannels * 8, kBarrierArea);
-  // Rank r < P receives the fold of rank r + P (written so that N = P compiles without a pointless comparison).
-  CF_HOST_DEVICE static constexpr bool folds(uint32_t r) {
-    if constexpr (kExtra == 0) {
-      return false;
-    } else {
-      return r < kExtra;
-    }
-  }
 
   CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) {
-    return kBarrierBytes + 2 * kBlocksPerParity * block_bytes<T>(capacity);
+    return Channels::kBarrierBytes + 2 * kBlocksPerParity * block_bytes<T>(capacity);
   }
   CF_DEVICE TreeReduce(void* workspace, uint32_t capacity, const ThreadGroup& g, const WaitLimit& limit)
-      : bars_(static_cast<dev::Mbarrier*>(workspace)),
-        blocks_(static_cast<uint8_t*>(workspace) + kBarrierBytes),
-        block_bytes_(block_bytes<T>(capacity)),
-        group_(g),
-        limit_(limit),
-        rank_(dev::block_rank_in_cluster()) {}
+      : ch_(workspace, g, limit),
+        blocks_(static_cast<uint8_t*>(workspace) + Channels::kBarrierBytes),
+        block_bytes_(block_bytes<T>(capacity)) {}
 
-  CF_DEVICE void init() {
-    if (group_.rank == 0) {
-      for (uint32_t i = 0; i < 2 * kChannels; ++i) bars_[i].init(1);
-      dev::fence_mbarrier_init();
-    }
-  }
+  CF_DEVICE void init() { ch_.init(); }
 
   template <typename Op>
   CF_DEVICE void run(T* buf, uint32_t count, uint32_t root) {
     using C = Combiner<Op, T>;
-    const bool store_result = root == LinearExchange<N, T, X>::kAllPeers || root == rank_;
-    const uint32_t use = calls_ >> 1;
+    const ThreadGroup& g = ch_.group();
+    const uint32_t rank = ch_.rank();
+    const bool store_result = root == LinearExchange<N, T, X>::kAllPeers || root == rank;
     const uint32_t vectors = (count + C::kElems - 1) / C::kElems;
-    group_copy_padded(value(0), buf, count, group_);
-    fence_for_push();
-    group_.sync();
+    group_copy_padded(value(0), buf, count, g);
+    ch_.fence_for_push();
+    g.sync();
 
-    if (rank_ >= kP) {  // extra rank: fold into rank - P, get the result back
-      const uint32_t low = rank_ - kP;
-      if (group_.rank == 0) send(kFold, low, value(0), count);
-      wait_phase(ready_bar(kUnfold), use & 1u, limit_);
+    if (rank >= kP) {  // extra rank: fold into rank - P, get the result back
+      const uint32_t low = rank - kP;
+      if (g.rank == 0) send(kFold, low, value(0), count);
+      ch_.wait(kUnfold);
       const T* result = incoming(kUnfold, low, kValues - 1);
-      if (store_result) group_copy(buf, result, count, group_);
-      group_.sync();
-      ++calls_;
+      if (store_result) group_copy(buf, result, count, g);
+      g.sync();
+      ch_.end_call();
       return;
     }
 
     uint32_t current = 0;  // value block holding this rank's running value
-    if (folds(rank_)) {  // fold: (x_r) (+) (x_{r+P})
-      const uint32_t high = rank_ + kP;
-      wait_phase(ready_bar(kFold), use & 1u, limit_);
-      const T* other = incoming(kFold, high, 0);
-      for (uint32_t v = group_.rank; v < vectors; v += group_.size) {
+    if (Channels::folds(rank)) {  // fold: (x_r) (+) (x_{r+P})
+      ch_.wait(kFold);
+      const T* other = incoming(kFold, rank + kP, 0);
+      for (uint32_t v = g.rank; v < vectors; v += g.size) {
         const uint32_t e0 = v * C::kElems;
         typename C::Acc acc = C::load(value(0), e0);
         C::combine(acc, C::load(other, e0));
         C::store(value(1), e0, C::kElems, acc);
       }
-      fence_for_push();
-      group_.sync();
+      ch_.fence_for_push();
+      g.sync();
       current = 1;
     }
     for (uint32_t k = 0; k < kL; ++k) {
-      const uint32_t partner = rank_ ^ (1u << k), ch = 1 + k;
-      if (group_.rank == 0) send(ch, partner, value(current), count);
-      wait_phase(ready_bar(ch), use & 1u, limit_);
-      const uint32_t partner_value = k == 0 ? (folds(partner) ? 1u : 0u) : k + 1;
+      const uint32_t partner = rank ^ (1u << k), ch = 1 + k;
+      if (g.rank == 0) send(ch, partner, value(current), count);
+      ch_.wait(ch);
+      const uint32_t partner_value = k == 0 ? (Channels::folds(partner) ? 1u : 0u) : k + 1;
       const T* other = incoming(ch, partner, partner_value);
-      const T* lower = partner < rank_ ? other : value(current);
-      const T* higher = partner < rank_ ? value(current) : other;
+      const T* lower = partner < rank ? other : value(current);
+      const T* higher = partner < rank ? value(current) : other;
       const bool last = k + 1 == kL;
-      const bool keep = !last || folds(rank_);  // the final value is sent on by the unfold
+      const bool keep = !last || Channels::folds(rank);  // the final value is sent on by the unfold
       const bool to_buf = last && store_result;
-      for (uint32_t v = group_.rank; v < vectors; v += group_.size) {
+      for (uint32_t v = g.rank; v < vectors; v += g.size) {
         const uint32_t e0 = v * C::kElems;
         typename C::Acc acc = C::load(lower, e0);
         C::combine(acc, C::load(higher, e0));
         if (keep) C::store(value(k + 2), e0, C::kElems, acc);
         if (to_buf) C::store(buf, e0, count - e0 < C::kElems ? count - e0 : C::kElems, acc);
       }
-      fence_for_push();
-      group_.sync();
+      ch_.fence_for_push();
+      g.sync();
       current = k + 2;
     }
-    if (folds(rank_) && group_.rank == 0) send(kUnfold, rank_ + kP, value(kValues - 1), count);
-    ++calls_;
+    if (Channels::folds(rank) && g.rank == 0) send(kUnfold, rank + kP, value(kValues - 1), count);
+    ch_.end_call();
   }
 
  private:
-  CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
-  CF_DEVICE dev::Mbarrier& ready_bar(uint32_t ch) { return bars_[parity() * kChannels + ch]; }
   CF_DEVICE T* value(uint32_t index) {
-    return reinterpret_cast<T*>(blocks_ + (parity() * kBlocksPerParity + index) * block_bytes_);
+    return reinterpret_cast<T*>(blocks_ + (ch_.parity() * kBlocksPerParity + index) * block_bytes_);
   }
   CF_DEVICE T* receive_block(uint32_t ch) { return value(kValues + ch); }
-  CF_DEVICE void fence_for_push() {
-    if constexpr (X == Transport::Push) dev::fence_proxy_async();
-  }
   // One thread: make `src` (this rank's value block) available to `to` on channel ch.
   CF_DEVICE void send(uint32_t ch, uint32_t to, T* src, uint32_t count) {
     if (X == Transport::Pull || count == 0) {
-      ready_bar(ch).arrive_remote(to);
+      ch_.ready(ch).arrive_remote(to);
     } else {
       const uint32_t bytes = block_bytes<T>(count);
-      ready_bar(ch).arrive_expect_tx_remote(bytes, to);
-      dev::bulk_copy_s2peer(receive_block(ch), src, bytes, ready_bar(ch), to);
+      ch_.ready(ch).arrive_expect_tx_remote(bytes, to);
+      dev::bulk_copy_s2peer(receive_block(ch), src, bytes, ch_.ready(ch), to);
     }
   }
-  // The block `from` sent on channel ch (its value block `from_value` for Pull), after ready_bar(ch) completed.
+  // The block `from` sent on channel ch (its value block `from_value` for Pull), after the channel's wait.
   CF_DEVICE const T* incoming(uint32_t ch, uint32_t from, uint32_t from_value) {
     if constexpr (X == Transport::Pull) {
       return dev::map_shared_rank(value(from_value), from);
@@ -220,50 +194,32 @@ class TreeReduce {
     }
   }
 
-  dev::Mbarrier* bars_;
+  Channels ch_;
   uint8_t* blocks_;
   uint32_t block_bytes_;
-  ThreadGroup group_;
-  WaitLimit limit_;
-  uint32_t rank_;
-  uint32_t calls_ = 0;
 };
 
 }  // namespace detail
 
+// Capacity: the elements of one call.
 template <uint32_t N, typename T, Strategy S = kDefaultStrategy<N>, Transport X = kDefaultTransport<N>>
-class ClusterReduce {
-  using Impl = std::conditional_t<S == Strategy::Linear, detail::LinearReduce<N, T, X>, detail::TreeReduce<N, T, X>>;
-
+class ClusterReduce
+    : public detail::CollectiveFront<
+          N, T, S, X,
+          std::conditional_t<S == Strategy::Linear, detail::LinearReduce<N, T, X>, detail::TreeReduce<N, T, X>>> {
  public:
-  static constexpr uint32_t kClusterSize = N;
-  static constexpr Strategy kStrategy = S;
-  static constexpr Transport kTransport = X;
-  using Element = T;
-
-  // Shared-memory bytes the workspace needs for calls of up to `capacity` elements (host or device).
-  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) { return Impl::workspace_bytes(capacity); }
-
-  // workspace: workspace_bytes(capacity) bytes of this CTA's shared memory, 16-byte aligned, the same offset in
-  // every CTA. group: the threads that make the calls (every CTA the same shape). limit: optional bounded waits.
   CF_DEVICE ClusterReduce(void* workspace, uint32_t capacity, ThreadGroup group = ThreadGroup::block(),
                           WaitLimit limit = {})
-      : impl_(workspace, capacity, group, limit) {}
-
-  // Every group thread; then a cluster_sync() before the first call.
-  CF_DEVICE void init() { impl_.init(); }
+      : ClusterReduce::CollectiveFront(workspace, capacity, group, limit) {}
 
   template <typename Op = Sum>
   CF_DEVICE void all_reduce(T* buf, uint32_t count, Op = {}) {
-    impl_.template run<Op>(buf, count, detail::LinearExchange<N, T, X>::kAllPeers);
+    this->impl_.template run<Op>(buf, count, detail::LinearExchange<N, T, X>::kAllPeers);
   }
   template <typename Op = Sum>
   CF_DEVICE void reduce_to_root(T* buf, uint32_t count, uint32_t root, Op = {}) {
-    impl_.template run<Op>(buf, count, root);
+    this->impl_.template run<Op>(buf, count, root);
   }
-
- private:
-  Impl impl_;
 };
 
 }  // namespace cf::prim

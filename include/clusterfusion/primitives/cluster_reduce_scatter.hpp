@@ -22,6 +22,9 @@
 //       threads store it, so they need a dst apart from src.
 //   all_gather(data, count, bounds): data[bounds(q) .. bounds(q+1)) := rank q's, for every q != rank.
 //   wait_peers_done(): a call that moves no data; on return every peer has finished every earlier call.
+//   exchange(work): a call with the caller's own owner work (e.g. the FFN's owner sums the gate / up partials over
+//       the ranks, activates and pushes the result into every rank's buffer): work() runs after every peer reached
+//       the call; peer(p, q) gives rank q's copy of p.
 //   all_reduce(buf, count, op) = reduce_scatter in place + all_gather (EvenSegments) + wait_peers_done: a zero-copy
 //       all-reduce moving 2 (N-1)/N blocks per CTA instead of N-1, in three signal round-trips; buf may be
 //       rewritten at once after it.
@@ -32,10 +35,10 @@
 // The group synchronises at the start of every call (inputs written by any group thread are seen by all) and at its
 // end (results visible to all group threads).
 //
-// Handshake: one ready mbarrier per call parity with n-1 arrivals; a call = group sync, one remote arrive per peer,
-// wait, read the peers' buffers in place, group sync. As for LinearExchange (collective.hpp) every call signals
-// every peer, so a peer's signal for call c+1 proves it finished reading call c's buffers: no acknowledgements, no
-// cluster barriers, no parity aliasing. Vector ops (SoftmaxMerge) need bounds on whole vectors (multiples of
+// Handshake: the collective core, PeerHandshake (collective.hpp): a call = group sync, one remote arrive per peer,
+// wait, read the peers' buffers in place, group sync. Every call signals every peer, so a peer's signal for call c+1
+// proves it finished reading call c's buffers: no acknowledgements, no cluster barriers, no parity aliasing. The
+// public ClusterReduce / ClusterGather run their Linear strategy on the same handshake. Vector ops (SoftmaxMerge) need bounds on whole vectors (multiples of
 // 16 / sizeof(T) elements; for SoftmaxState records, of whole records).
 #pragma once
 #include <cstdint>
@@ -59,44 +62,55 @@ struct EvenSegments {
   }
 };
 
+// Fixed ownership: rank q owns [q * per, (q + 1) * per) (count = n * per).
+struct FixedSegments {
+  uint32_t per = 0;
+  CF_HOST_DEVICE uint32_t operator()(uint32_t q) const { return q * per; }
+};
+
 template <uint32_t N, typename T>
 class ClusterReduceScatter {
  public:
-  static_assert(N == 0 || (N >= kMinClusterSize && N <= kMaxClusterSize), "cluster size must be 0 (runtime) or 2..16");
   using Element = T;
   static constexpr uint32_t kClusterSize = N;
 
-  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes() { return 2 * 8; }
+  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes() { return detail::PeerHandshake<N>::kBarrierBytes; }
 
   // workspace: workspace_bytes() bytes of shared memory, 8-byte aligned, the same offset in every CTA.
   CF_DEVICE explicit ClusterReduceScatter(void* workspace, ThreadGroup group = ThreadGroup::block(),
                                           WaitLimit limit = {})
-      : bars_(static_cast<dev::Mbarrier*>(workspace)),
-        group_(group),
-        limit_(limit),
-        rank_(dev::block_rank_in_cluster()),
-        n_(N != 0 ? N : dev::cluster_size()) {}
+      : hs_(static_cast<dev::Mbarrier*>(workspace), group, limit) {}
 
-  CF_DEVICE void init() {
-    if (group_.rank == 0) {
-      bars_[0].init(n_ - 1);
-      bars_[1].init(n_ - 1);
-      dev::fence_mbarrier_init();
-    }
+  CF_DEVICE void init() { hs_.init(); }
+  CF_DEVICE uint32_t size() const { return hs_.size(); }
+  CF_DEVICE uint32_t rank() const { return hs_.rank(); }
+
+  // p (at the same shared-memory offset in every CTA) as seen in rank q's shared memory.
+  template <typename U>
+  CF_DEVICE U* peer(U* p, uint32_t q) const {
+    return q == rank() ? p : dev::map_shared_rank(p, q);
   }
-  CF_DEVICE uint32_t size() const { return N != 0 ? N : n_; }
-  CF_DEVICE uint32_t rank() const { return rank_; }
+
+  // A call whose owner work is not an elementwise op: `work()` runs once every peer reached this call (so every
+  // peer finished every earlier call); it may read the peers' buffers through peer() and write into peer buffers
+  // that no peer reads any more. The group synchronises before (inputs complete) and after (results visible).
+  template <typename Work>
+  CF_DEVICE void exchange(Work&& work) {
+    exchange_begin();
+    work();
+    exchange_end();
+  }
 
   template <typename Bounds, typename Op = Sum>
   CF_DEVICE void reduce_scatter(const T* src, T* dst, uint32_t count, Bounds bounds, Op = {}) {
     using C = detail::Combiner<Op, T>;
     exchange_begin();
-    const uint32_t begin = bounds(rank_), end = bounds(rank_ + 1);
+    const uint32_t begin = bounds(rank()), end = bounds(rank() + 1);
     const uint32_t n = size();
     uint32_t done = begin;
     if (detail::aligned16(src) && detail::aligned16(dst) && begin % C::kElems == 0) {
       const uint32_t vectors = (end - begin) / C::kElems;
-      for (uint32_t v = group_.rank; v < vectors; v += group_.size) {
+      for (uint32_t v = hs_.group().rank; v < vectors; v += hs_.group().size) {
         const uint32_t e0 = begin + v * C::kElems;
         typename C::Acc acc = C::load(peer(src, 0), e0);
         if constexpr (N != 0) {
@@ -110,7 +124,7 @@ class ClusterReduceScatter {
       done = begin + vectors * C::kElems;
     }
     if constexpr (!VectorOp<Op>) {  // elements outside whole vectors (vector ops need vector-aligned bounds)
-      for (uint32_t i = done + group_.rank; i < end; i += group_.size) {
+      for (uint32_t i = done + hs_.group().rank; i < end; i += hs_.group().size) {
         float acc = dev::to_float(peer(src, 0)[i]);
         for (uint32_t q = 1; q < n; ++q) acc = Op::combine(acc, dev::to_float(peer(src, q)[i]));
         dst[i - begin] = dev::from_float<T>(acc);
@@ -125,17 +139,17 @@ class ClusterReduceScatter {
     exchange_begin();
     const uint32_t n = size();
     for (uint32_t q = 0; q < n; ++q) {
-      if (q == rank_) continue;
+      if (q == rank()) continue;
       const uint32_t begin = bounds(q), end = bounds(q + 1);
       const T* from = peer(data, q);
       uint32_t done = begin;
       if (detail::aligned16(data) && begin % kVec == 0) {
         const uint32_t vectors = (end - begin) / kVec;
-        for (uint32_t v = group_.rank; v < vectors; v += group_.size)
+        for (uint32_t v = hs_.group().rank; v < vectors; v += hs_.group().size)
           dev::store16(data + begin + v * kVec, dev::load16(from + begin + v * kVec));
         done = begin + vectors * kVec;
       }
-      for (uint32_t i = done + group_.rank; i < end; i += group_.size) data[i] = from[i];
+      for (uint32_t i = done + hs_.group().rank; i < end; i += hs_.group().size) data[i] = from[i];
     }
     exchange_end();
   }
@@ -150,31 +164,19 @@ class ClusterReduceScatter {
   CF_DEVICE void all_reduce(T* buf, uint32_t count, Op op = {}) {
     static_assert(!VectorOp<Op>, "in-place all_reduce takes elementwise ops; use reduce_scatter with a separate dst");
     const EvenSegments seg{count, size(), uint32_t(detail::kVectorBytes / sizeof(T))};
-    reduce_scatter(buf, buf + seg(rank_), count, seg, op);
+    reduce_scatter(buf, buf + seg(rank()), count, seg, op);
     all_gather(buf, count, seg);
     wait_peers_done();
   }
 
  private:
-  CF_DEVICE const T* peer(const T* p, uint32_t q) const { return q == rank_ ? p : dev::map_shared_rank(p, q); }
-  CF_DEVICE T* peer(T* p, uint32_t q) const { return q == rank_ ? p : dev::map_shared_rank(p, q); }
   CF_DEVICE void exchange_begin() {
-    group_.sync();
-    const uint32_t q = group_.rank;
-    if (q < size() && q != rank_) bars_[calls_ & 1u].arrive_remote(q);
-    detail::wait_phase(bars_[calls_ & 1u], (calls_ >> 1) & 1u, limit_, calls_);
+    hs_.signal();
+    hs_.wait();
   }
-  CF_DEVICE void exchange_end() {
-    group_.sync();
-    ++calls_;
-  }
+  CF_DEVICE void exchange_end() { hs_.finish(); }
 
-  dev::Mbarrier* bars_;
-  ThreadGroup group_;
-  WaitLimit limit_;
-  uint32_t rank_;
-  uint32_t n_;
-  uint32_t calls_ = 0;
+  detail::PeerHandshake<N> hs_;
 };
 
 }  // namespace cf::prim

@@ -133,26 +133,79 @@ CF_DEVICE void group_copy_padded(T* dst, const T* src, uint32_t count, const Thr
 }
 
 
-// The Linear exchange, shared by ClusterReduce and ClusterGather: per call every rank publishes one block (its send
-// block) to every other rank, waits until all peers' blocks are there, and reads them.
-//
+// ---- the collective core --------------------------------------------------------------------------------------
+// PeerHandshake is the one handshake every cluster collective of the project rests on: the kernels' zero-copy
+// reduce-scatter / all-gather (ClusterReduceScatter, cluster_reduce_scatter.hpp) and the Linear strategy of the
+// public ClusterReduce / ClusterGather (LinearExchange below; the Tree strategy pairs ranks over TreeChannels, below).
+// One "ready" mbarrier per call parity, n - 1 arrivals per phase (one from each peer). A call:
+//   signal:  the group synchronises (its inputs are complete), then group thread q signals peer q: a remote arrive
+//            (release, cluster scope), or with Push an arrive with expect-tx plus the bulk copy it announces
+//   wait:    every thread waits for the phase of this call's parity (acquire, cluster scope): all peers signalled
+//   ...      the call reads the peers' data (in place through map_shared_rank, or the pushed copies)
+//   finish:  the group synchronises again
+// Why no acknowledgement is needed: every call signals every peer. A rank signals call c+1 only after its group
+// finished reading call c's data (the finish in between), and it starts call c+2 (rewriting parity p's blocks)
+// only after call c+1's signals from every peer, i.e. after every peer finished reading (Pull) or receiving (Push:
+// its ready wait includes our bytes) everything of call c. For the same reason no peer can arrive on ready[p] for
+// call c+2 before this rank waited on ready[p] for call c, so no mbarrier runs two phases ahead of its waiter (no
+// parity aliasing). This holds for any sequence of calls that all signal every peer, and across objects driven by
+// the same thread group in the same order (a peer's signal on a later call of another object also proves it
+// finished the earlier call's reads). N = 0: the cluster size at run time.
+template <uint32_t N>
+class PeerHandshake {
+ public:
+  static_assert(N == 0 || (N >= kMinClusterSize && N <= kMaxClusterSize), "cluster size must be 0 (runtime) or 2..16");
+  static constexpr uint32_t kBarrierBytes = 2 * 8;
+
+  CF_DEVICE PeerHandshake(dev::Mbarrier* bars, const ThreadGroup& group, const WaitLimit& limit)
+      : bars_(bars), group_(group), limit_(limit), rank_(dev::block_rank_in_cluster()),
+        n_(N != 0 ? N : dev::cluster_size()) {}
+
+  // Group thread 0 initialises the barriers; a cluster_sync() must follow before the first call.
+  CF_DEVICE void init() {
+    if (group_.rank == 0) {
+      bars_[0].init(size() - 1);
+      bars_[1].init(size() - 1);
+      dev::fence_mbarrier_init();
+    }
+  }
+  CF_DEVICE uint32_t size() const { return N != 0 ? N : n_; }
+  CF_DEVICE uint32_t rank() const { return rank_; }
+  CF_DEVICE const ThreadGroup& group() const { return group_; }
+  CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
+  CF_DEVICE dev::Mbarrier& ready() { return bars_[parity()]; }
+
+  // Group sync, then group thread q < size() (q != rank) signals peer q with send(ready(), q).
+  template <typename Send>
+  CF_DEVICE void signal(Send send) {
+    group_.sync();
+    const uint32_t q = group_.rank;
+    if (q < size() && q != rank_) send(ready(), q);
+  }
+  CF_DEVICE void signal() {
+    signal([](dev::Mbarrier& ready, uint32_t q) { ready.arrive_remote(q); });
+  }
+  // Every peer signalled this call (bounded: the wait's code is the limit's plus the call index, capped at 15).
+  CF_DEVICE void wait() { wait_phase(ready(), (calls_ >> 1) & 1u, limit_, calls_); }
+  CF_DEVICE void finish() {
+    group_.sync();
+    ++calls_;
+  }
+
+ private:
+  dev::Mbarrier* bars_;
+  ThreadGroup group_;
+  WaitLimit limit_;
+  uint32_t rank_;
+  uint32_t n_;
+  uint32_t calls_ = 0;
+};
+
+// The Linear exchange of ClusterReduce and ClusterGather: per call every rank publishes one block (its send block)
+// to every other rank over the PeerHandshake, waits until all peers' blocks are there, and reads them.
 // Workspace: [ready[2] mbarriers | blocks], blocks 16-byte padded, indexed by call parity p = call & 1:
 //   Pull: send[p]        (peers load it through map_shared_rank)
 //   Push: slot[p][N]     (slot[p][rank] is the send block; slot[p][q] receives rank q's push)
-// Call c (parity p, j = c >> 1 the use of parity p), per rank:
-//   begin:   write the send block of parity p.
-//   publish: group sync; Pull: one thread per peer q arrives on q's ready[p] (release, cluster scope). Push: one
-//            thread per peer q arrives with expect-tx on q's ready[p] and bulk-copies slot[p][rank] into q's
-//            slot[p][rank], completing on q's ready[p].
-//   wait:    ready[p] phase j: N-1 arrivals (and, Push, the pushed bytes).
-//   read the peers' blocks; finish: group sync.
-// Why no acknowledgement is needed: every call signals every peer. A rank publishes call c+1 only after its group
-// finished reading call c's blocks (group sync in between), and it starts call c+2 (rewriting parity p's blocks)
-// only after ready[1-p] of call c+1 completed, i.e. after every peer published call c+1, hence after every peer
-// finished reading (Pull) or receiving (Push: its ready[p] wait includes our bytes) everything of call c. For the
-// same reason no peer can arrive on ready[p] for call c+2 before this rank waited on ready[p] for call c, so no
-// mbarrier runs two phases ahead of its waiter (no parity aliasing). This holds for any mix of all_reduce,
-// reduce_to_root and all_gather calls, which all signal every peer.
 template <uint32_t N, typename T, Transport X>
 class LinearExchange {
  public:
@@ -165,78 +218,131 @@ class LinearExchange {
   }
 
   CF_DEVICE LinearExchange(void* workspace, uint32_t capacity, const ThreadGroup& group, const WaitLimit& limit)
-      : bars_(static_cast<dev::Mbarrier*>(workspace)),
+      : hs_(static_cast<dev::Mbarrier*>(workspace), group, limit),
         blocks_(static_cast<uint8_t*>(workspace) + kBarrierArea),
-        block_bytes_(block_bytes<T>(capacity)),
-        group_(group),
-        limit_(limit),
-        rank_(dev::block_rank_in_cluster()) {}
+        block_bytes_(block_bytes<T>(capacity)) {}
 
-  CF_DEVICE void init() {
-    if (group_.rank == 0) {
-      for (uint32_t i = 0; i < 2; ++i) bars_[i].init(N - 1);
-      dev::fence_mbarrier_init();
-    }
-  }
+  CF_DEVICE void init() { hs_.init(); }
+  CF_DEVICE uint32_t rank() const { return hs_.rank(); }
+  CF_DEVICE const ThreadGroup& group() const { return hs_.group(); }
 
-  CF_DEVICE uint32_t rank() const { return rank_; }
-  CF_DEVICE const ThreadGroup& group() const { return group_; }
-
-  // This call's send block (free to write: see above).
-  CF_DEVICE T* begin() { return block(parity(), X == Transport::Pull ? 0 : rank_); }
+  // This call's send block (free to write: see PeerHandshake).
+  CF_DEVICE T* begin() { return block(hs_.parity(), X == Transport::Pull ? 0 : rank()); }
 
   // The send block holds `count` elements (written by any group threads): make it available to the peers.
   // only_to != kAllPeers (Push): only that rank needs the data; the others get a bare arrival.
   CF_DEVICE void publish(uint32_t count, uint32_t only_to = kAllPeers) {
     if constexpr (X == Transport::Push) dev::fence_proxy_async();  // generic writes above, read by the bulk copy
-    group_.sync();
-    const uint32_t q = group_.rank;
-    if (q < N && q != rank_) {
-      dev::Mbarrier& ready = ready_bar();
-      if constexpr (X == Transport::Pull) {
-        ready.arrive_remote(q);
-      } else if ((only_to == kAllPeers || only_to == q) && count > 0) {
+    hs_.signal([&](dev::Mbarrier& ready, uint32_t q) {
+      if (X == Transport::Push && (only_to == kAllPeers || only_to == q) && count > 0) {
         const uint32_t bytes = block_bytes<T>(count);
-        T* send = block(parity(), rank_);
+        T* send = block(hs_.parity(), rank());
         ready.arrive_expect_tx_remote(bytes, q);
         dev::bulk_copy_s2peer(send, send, bytes, ready, q);
       } else {
         ready.arrive_remote(q);
       }
-    }
+    });
   }
 
-  CF_DEVICE void wait_ready() { wait_phase(ready_bar(), (calls_ >> 1) & 1u, limit_, calls_); }
+  CF_DEVICE void wait_ready() { hs_.wait(); }
 
   // Rank q's block of this call (after wait_ready, before finish); this rank's own send block for q == rank().
   CF_DEVICE const T* block_of(uint32_t q) {
     if constexpr (X == Transport::Pull) {
-      T* send = block(parity(), 0);
-      return q == rank_ ? send : dev::map_shared_rank(send, q);
+      T* send = block(hs_.parity(), 0);
+      return q == rank() ? send : dev::map_shared_rank(send, q);
     } else {
-      return block(parity(), q);
+      return block(hs_.parity(), q);
     }
   }
 
-  CF_DEVICE void finish() {
-    group_.sync();
-    ++calls_;
-  }
+  CF_DEVICE void finish() { hs_.finish(); }
 
  private:
-  CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
-  CF_DEVICE dev::Mbarrier& ready_bar() { return bars_[parity()]; }
   CF_DEVICE T* block(uint32_t p, uint32_t index) {
     return reinterpret_cast<T*>(blocks_ + (p * kBlocksPerParity + index) * block_bytes_);
   }
 
-  dev::Mbarrier* bars_;
+  PeerHandshake<N> hs_;
   uint8_t* blocks_;
   uint32_t block_bytes_;
+};
+
+// The pairing of the Tree strategy (ClusterReduce and ClusterGather): recursive doubling over the largest power of
+// two P <= N in L = log2 P rounds; ranks r >= P fold into r - P first and get the result back last. One ready
+// mbarrier (1 arrival) per channel and call parity: channel 0 the fold, 1 + k round k, L + 1 the unfold. As for the
+// PeerHandshake no acknowledgement is needed: every channel is used in both directions every call (rounds are
+// pairwise; the fold and the unfold pair up r and r - P), and each signal of call c+1 is sent after the sender's
+// group finished call c.
+template <uint32_t N, Transport X>
+class TreeChannels {
+ public:
+  static_assert(N >= kMinClusterSize && N <= kMaxClusterSize, "cluster size must be 2..16");
+  static constexpr uint32_t kP = floor_pow2(N), kL = log2_floor(N), kExtra = N - kP;
+  static constexpr uint32_t kChannels = kL + 2, kFold = 0, kUnfold = kL + 1;
+  static constexpr uint32_t kBarrierBytes = round_up(2 * kChannels * 8, kBarrierArea);
+  // Rank r < P receives the fold of rank r + P (written so that N = P compiles without a pointless comparison).
+  CF_HOST_DEVICE static constexpr bool folds(uint32_t r) {
+    if constexpr (kExtra == 0) {
+      return false;
+    } else {
+      return r < kExtra;
+    }
+  }
+
+  CF_DEVICE TreeChannels(void* workspace, const ThreadGroup& g, const WaitLimit& limit)
+      : bars_(static_cast<dev::Mbarrier*>(workspace)), group_(g), limit_(limit), rank_(dev::block_rank_in_cluster()) {}
+
+  CF_DEVICE void init() {
+    if (group_.rank == 0) {
+      for (uint32_t i = 0; i < 2 * kChannels; ++i) bars_[i].init(1);
+      dev::fence_mbarrier_init();
+    }
+  }
+  CF_DEVICE uint32_t parity() const { return calls_ & 1u; }
+  CF_DEVICE dev::Mbarrier& ready(uint32_t ch) { return bars_[parity() * kChannels + ch]; }
+  // The partner's signal on channel ch of this call.
+  CF_DEVICE void wait(uint32_t ch) { wait_phase(ready(ch), (calls_ >> 1) & 1u, limit_); }
+  // Push: generic writes of a block before the bulk copy that reads it.
+  CF_DEVICE void fence_for_push() {
+    if constexpr (X == Transport::Push) dev::fence_proxy_async();
+  }
+  CF_DEVICE void end_call() { ++calls_; }
+  CF_DEVICE const ThreadGroup& group() const { return group_; }
+  CF_DEVICE uint32_t rank() const { return rank_; }
+
+ private:
+  dev::Mbarrier* bars_;
   ThreadGroup group_;
   WaitLimit limit_;
   uint32_t rank_;
   uint32_t calls_ = 0;
+};
+
+// The public face ClusterReduce and ClusterGather share over their Impl (the Linear or the Tree strategy): the
+// configuration, the workspace size, construction and init. The collective adds its calls on impl_.
+template <uint32_t N, typename T, Strategy S, Transport X, typename Impl>
+class CollectiveFront {
+ public:
+  static constexpr uint32_t kClusterSize = N;
+  static constexpr Strategy kStrategy = S;
+  static constexpr Transport kTransport = X;
+  using Element = T;
+
+  // Shared-memory bytes the workspace needs for calls of up to `capacity` elements (host or device).
+  CF_HOST_DEVICE static constexpr uint32_t workspace_bytes(uint32_t capacity) { return Impl::workspace_bytes(capacity); }
+
+  // workspace: workspace_bytes(capacity) bytes of this CTA's shared memory, 16-byte aligned, the same offset in
+  // every CTA. group: the threads that make the calls (every CTA the same shape). limit: optional bounded waits.
+  CF_DEVICE CollectiveFront(void* workspace, uint32_t capacity, ThreadGroup group, WaitLimit limit)
+      : impl_(workspace, capacity, group, limit) {}
+
+  // Every group thread; then a cluster_sync() before the first call.
+  CF_DEVICE void init() { impl_.init(); }
+
+ protected:
+  Impl impl_;
 };
 
 }  // namespace detail

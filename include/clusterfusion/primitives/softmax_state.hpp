@@ -32,18 +32,65 @@ struct alignas(16) SoftmaxState {
   float acc[D];
 };
 
-namespace detail {
-// 2^(m_old - m_new) (or e^...), 0 for an empty state (m_old = -inf) so that -inf - -inf never makes a NaN.
-template <bool kBase2>
-CF_HOST_DEVICE float softmax_rescale(float m_old, float m_new) {
-  if (m_old == -INFINITY) return 0.0f;
+// ---- the merge rule, written once ------------------------------------------------------------------------------
+// Every combination of online-softmax states goes through these: the tile-by-tile update of a running state in
+// registers (SoftmaxRunning), the merge of several states in a fixed order (merged_record_element: the warps of an
+// attention CTA), the merge of two states (SoftmaxMerge below: the cluster reduce; merge_weights: a state and a
+// single score), so every path rounds alike.
+
+// The weight of a state whose maximum is m_old in a merge whose maximum is m_all >= m_old: 2^(m_old - m_all) (e^...
+// with kBase2 false). m_all must be finite; m_old = -inf (an empty state) gives 0.
+template <bool kBase2 = true>
+CF_HOST_DEVICE float softmax_rescale_finite(float m_old, float m_all) {
 #if defined(CF_DEVICE_CUDA) && defined(__CUDA_ARCH__)
-  return kBase2 ? exp2f(m_old - m_new) : expf(m_old - m_new);
+  return kBase2 ? exp2f(m_old - m_all) : expf(m_old - m_all);
 #else
-  return kBase2 ? std::exp2(m_old - m_new) : std::exp(m_old - m_new);
+  return kBase2 ? std::exp2(m_old - m_all) : std::exp(m_old - m_all);
 #endif
 }
-}  // namespace detail
+// The same for any m_all: an empty state (m_old = -inf) weighs 0, so that -inf - -inf never makes a NaN.
+template <bool kBase2 = true>
+CF_HOST_DEVICE float softmax_rescale(float m_old, float m_all) {
+  return m_old == -INFINITY ? 0.0f : softmax_rescale_finite<kBase2>(m_old, m_all);
+}
+
+// The maximum of a merge of `lower` and `higher` and the weights of the two.
+struct SoftmaxWeights {
+  float m, lower, higher;
+};
+template <bool kBase2 = true>
+CF_HOST_DEVICE SoftmaxWeights merge_weights(float m_lower, float m_higher) {
+  const float m = m_higher > m_lower ? m_higher : m_lower;
+  return {m, softmax_rescale<kBase2>(m_lower, m), softmax_rescale<kBase2>(m_higher, m)};
+}
+
+// A row's running maximum and sum in registers, updated tile by tile. rescale_to(tile_max) moves the state to
+// max(m, tile_max), which must be finite (the tile holds a valid score), and returns the factor every accumulator
+// of the row is scaled by.
+struct SoftmaxRunning {
+  float m = -INFINITY;
+  float l = 0.0f;
+  CF_DEVICE float rescale_to(float tile_max) {
+    const float m_new = std::fmax(m, tile_max);
+    const float factor = softmax_rescale_finite(m, m_new);  // m = -inf (no tile yet): 0
+    m = m_new;
+    l *= factor;
+    return factor;
+  }
+};
+
+// Element e of the merge, in record order 0..n-1, of n SoftmaxState<D> records (record(i) points at record i; base
+// 2): the merged m at e = 0, 0 at the padding, else the weighted sum of the records' l (e = 1) or acc[e - 4].
+template <typename RecordAt>
+CF_DEVICE float merged_record_element(int32_t n, RecordAt record, int32_t e) {
+  float m_all = -INFINITY;
+  for (int32_t i = 0; i < n; ++i) m_all = std::fmax(m_all, record(i)[0]);
+  if (e == 0) return m_all;
+  if (e == 2 || e == 3) return 0.0f;
+  float value = 0.0f;
+  for (int32_t i = 0; i < n; ++i) value += record(i)[e] * softmax_rescale(record(i)[0], m_all);
+  return value;
+}
 
 // The vector op (ops.hpp) merging SoftmaxState<D> records; the reduced buffer is float[records * (D + 4)].
 template <uint32_t D, bool kBase2 = true>
@@ -69,20 +116,18 @@ struct SoftmaxMerge {
     return a;
   }
   CF_DEVICE static void combine(Acc& lower, const Acc& higher) {
-    const float m = higher.m > lower.m ? higher.m : lower.m;
-    const float sa = detail::softmax_rescale<kBase2>(lower.m, m);
-    const float sb = detail::softmax_rescale<kBase2>(higher.m, m);
-    const float l = lower.l * sa + higher.l * sb;
+    const SoftmaxWeights w = merge_weights<kBase2>(lower.m, higher.m);
+    const float l = lower.l * w.lower + higher.l * w.higher;
     if (lower.header) {
-      lower.v[0] = m;
+      lower.v[0] = w.m;
       lower.v[1] = l;
       lower.v[2] = 0.0f;
       lower.v[3] = 0.0f;
     } else {
       CF_UNROLL
-      for (uint32_t i = 0; i < 4; ++i) lower.v[i] = lower.v[i] * sa + higher.v[i] * sb;
+      for (uint32_t i = 0; i < 4; ++i) lower.v[i] = lower.v[i] * w.lower + higher.v[i] * w.higher;
     }
-    lower.m = m;
+    lower.m = w.m;
     lower.l = l;
   }
   CF_DEVICE static void store(float* dst, uint32_t e0, uint32_t n, const Acc& a) {

@@ -1,5 +1,5 @@
 // Reference Llama decoder blocks, composed from the ops in ops.hpp and attention.hpp. These are the oracles of the
-// fused kernels (docs/architecture.md) and, chained, of the backends' full forward pass.
+// fused kernels (docs/attention.md, docs/ffn.md) and, chained, of the backends' full forward pass.
 //
 // Semantics follow SGLang / ClusterFusion: each block takes the previous block's output and the running residual,
 //   residual_out = hidden + residual          (residual == nullptr means residual_out = hidden: the first layer)
@@ -10,32 +10,15 @@
 #include <cstdint>
 #include <vector>
 
-#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/model/types.hpp"
 #include "clusterfusion/reference/attention.hpp"
 #include "clusterfusion/reference/ops.hpp"
 
 namespace cf::ref {
 
-struct DecoderShape {
-  int hidden = 0;
-  int n_heads = 0;
-  int n_kv_heads = 0;
-  int head_dim = 0;
-  int ffn_hidden = 0;
-  int rot_dim = 0;
-  RopeStyle rope_style = RopeStyle::NeoX;
-  float rope_theta = 10000.0f;
-  float eps = 1e-5f;
-
-  int q_dim() const { return n_heads * head_dim; }
-  int kv_dim() const { return n_kv_heads * head_dim; }
-  AttentionShape attention() const { return {n_heads, n_kv_heads, head_dim}; }
-
-  static DecoderShape from(const ModelConfig& c) {
-    return {c.hidden,     c.n_heads,     c.n_kv_heads,    c.head_dim, c.ffn_hidden,
-            c.rope_dim > 0 ? c.rope_dim : c.head_dim, c.rope_style, c.rope_theta, c.rms_eps};
-  }
-};
+// The layer shape (model/types.hpp); its heads as the attention reference takes them.
+using cf::DecoderShape;
+inline AttentionShape heads_of(const DecoderShape& s) { return {s.n_heads, s.n_kv_heads, s.head_dim}; }
 
 // Weights of the attention block; matrices are [out, in]. Biases are optional (Qwen2-style), null when absent.
 template <typename W>
@@ -109,7 +92,7 @@ void attention_block(const T* hidden, const T* residual, T* residual_out, Out* o
     const int32_t last_len = kv.kv_last_page_len[b];
     const int32_t one_seq_indptr[2] = {0, n_pages};
     decode_attention_paged(q.data(), kv.k_pages, kv.v_pages, attn.data(), 1, one_seq_indptr, page_ids, &last_len,
-                           kv.page_size, s.attention(), default_attention_scale(s.head_dim));
+                           kv.page_size, heads_of(s), default_attention_scale(s.head_dim));
     matvec(w.wo, attn.data(), out + int64_t(b) * s.hidden, s.hidden, s.q_dim());
   }
 }

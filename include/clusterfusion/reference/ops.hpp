@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "clusterfusion/common/half.hpp"
-#include "clusterfusion/engine/model_config.hpp"  // cf::RopeStyle
+#include "clusterfusion/model/types.hpp"  // cf::RopeStyle
 
 namespace cf::ref {
 

@@ -81,7 +81,7 @@ std::shared_ptr<DeviceModel> DeviceModel::allocate(const ModelConfig& c, Storage
   m->config_ = c;
   m->storage_ = storage;
   const size_t hidden = size_t(c.hidden), qkv = size_t(c.q_dim() + 2 * c.kv_dim()), ffn = size_t(c.ffn_hidden);
-  using Buffer = cuda::DeviceBuffer<uint16_t>;
+  using Buffer = dev::DeviceBuffer<uint16_t>;
   for (int l = 0; l < c.n_layers; ++l) {
     Layer layer;
     layer.attn_norm = Buffer(hidden, "attn_norm");
@@ -123,7 +123,7 @@ std::shared_ptr<const DeviceModel> DeviceModel::upload(const ModelWeights& w) {
 std::shared_ptr<const DeviceModel> DeviceModel::random(const ModelConfig& c, Storage s, uint64_t seed) {
   auto m = allocate(c, s, c.qkv_bias, /*separate_output=*/!c.tied_embeddings);
   uint64_t next = seed;
-  auto fill = [&](cuda::DeviceBuffer<uint16_t>& b, float lo, float hi) {
+  auto fill = [&](dev::DeviceBuffer<uint16_t>& b, float lo, float hi) {
     next += kSeedStride;
     fill_uniform(b.data(), b.size(), s, next, lo, hi, nullptr);
   };
@@ -256,19 +256,19 @@ struct GpuBackend::Impl {
   ref::DecoderShape shape;
   cuda::Stream stream;
   int max_rows = 0;  // rows of the activation buffers
-  cuda::DeviceBuffer<uint16_t> hidden[2], residual, head_hidden, head_residual;
-  cuda::DeviceBuffer<float> logits;
-  cuda::DeviceBuffer<int32_t> greedy;  // the fused LM head's argmax (unused by forward())
-  cuda::DeviceBuffer<float> cos_sin;
+  dev::DeviceBuffer<uint16_t> hidden[2], residual, head_hidden, head_residual;
+  dev::DeviceBuffer<float> logits;
+  dev::DeviceBuffer<int32_t> greedy;  // the fused LM head's argmax (unused by forward())
+  dev::DeviceBuffer<float> cos_sin;
   int max_positions = 0;
 
-  cuda::DeviceBuffer<int32_t> decode_ints;
+  dev::DeviceBuffer<int32_t> decode_ints;
   PinnedBuffer<int32_t> decode_ints_host;
   PinnedBuffer<float> logits_host;  // [max_seqs, vocab]
 
   // Prefill: tokens, positions, token_seq, kv_len, head rows (max_batch_tokens each), then indptr, last page, indices.
   size_t prefill_indptr_at = 0, prefill_last_page_at = 0, prefill_indices_at = 0;
-  cuda::DeviceBuffer<int32_t> prefill_ints;
+  dev::DeviceBuffer<int32_t> prefill_ints;
   PinnedBuffer<int32_t> prefill_ints_host;
 
   fused::ModelPointers pointers;
@@ -282,7 +282,7 @@ struct GpuBackend::Impl {
 
   Impl(CudaMode m, std::shared_ptr<const DeviceModel> dm, std::shared_ptr<DeviceKvCache> cache, const GpuOptions& o)
       : mode(m), model(std::move(dm)), kv(std::move(cache)), options(o), config(model->config()),
-        shape(ref::DecoderShape::from(model->config())) {}
+        shape(model->config().decoder_shape()) {}
 
   dev::DType dev_dtype() const { return model->storage() == Storage::F16 ? dev::DType::F16 : dev::DType::BF16; }
   cuda_unfused::DType unfused_dtype() const {
@@ -518,20 +518,20 @@ GpuBackend::GpuBackend(CudaMode mode, std::shared_ptr<const DeviceModel> model, 
   const size_t hidden = size_t(c.hidden);
   im.max_rows = std::max(options.max_seqs, options.max_batch_tokens);
   const size_t rows = size_t(im.max_rows);
-  for (auto& h : im.hidden) h = cuda::DeviceBuffer<uint16_t>(rows * hidden, "hidden activations");
-  im.residual = cuda::DeviceBuffer<uint16_t>(rows * hidden, "residual activations");
-  im.head_hidden = cuda::DeviceBuffer<uint16_t>(rows * hidden, "LM head rows");
-  im.head_residual = cuda::DeviceBuffer<uint16_t>(rows * hidden, "LM head residual rows");
-  im.logits = cuda::DeviceBuffer<float>(rows * size_t(c.vocab), "logits");
-  im.greedy = cuda::DeviceBuffer<int32_t>(size_t(kMaxDecodeBatch), "greedy tokens");
+  for (auto& h : im.hidden) h = dev::DeviceBuffer<uint16_t>(rows * hidden, "hidden activations");
+  im.residual = dev::DeviceBuffer<uint16_t>(rows * hidden, "residual activations");
+  im.head_hidden = dev::DeviceBuffer<uint16_t>(rows * hidden, "LM head rows");
+  im.head_residual = dev::DeviceBuffer<uint16_t>(rows * hidden, "LM head residual rows");
+  im.logits = dev::DeviceBuffer<float>(rows * size_t(c.vocab), "logits");
+  im.greedy = dev::DeviceBuffer<int32_t>(size_t(kMaxDecodeBatch), "greedy tokens");
 
   // RoPE table (cf::ref::rope_cos_sin values), shared by both decode paths and the prefill.
   const int rot = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
   const int64_t capacity = int64_t(im.n_pages()) * im.page_size();
   im.max_positions = int(options.max_positions > 0 ? options.max_positions : std::min<int64_t>(capacity, 1 << 22));
-  im.cos_sin = cuda::to_device(cuda_unfused::make_rope_table(rot, c.rope_theta, im.max_positions), "RoPE table");
+  im.cos_sin = dev::to_device(cuda_unfused::make_rope_table(rot, c.rope_theta, im.max_positions), "RoPE table");
 
-  im.decode_ints = cuda::DeviceBuffer<int32_t>(kIndicesAt + size_t(im.n_pages()), "decode step inputs");
+  im.decode_ints = dev::DeviceBuffer<int32_t>(kIndicesAt + size_t(im.n_pages()), "decode step inputs");
   im.decode_ints_host = PinnedBuffer<int32_t>(im.decode_ints.size());
   std::fill_n(im.decode_ints_host.data(), im.decode_ints_host.size(), 0);
   im.logits_host = PinnedBuffer<float>(size_t(options.max_seqs) * size_t(c.vocab));
@@ -539,7 +539,7 @@ GpuBackend::GpuBackend(CudaMode mode, std::shared_ptr<const DeviceModel> model, 
   im.prefill_indptr_at = round16(5 * T);
   im.prefill_last_page_at = round16(im.prefill_indptr_at + T + 1);
   im.prefill_indices_at = round16(im.prefill_last_page_at + T);
-  im.prefill_ints = cuda::DeviceBuffer<int32_t>(im.prefill_indices_at + size_t(im.n_pages()), "prefill inputs");
+  im.prefill_ints = dev::DeviceBuffer<int32_t>(im.prefill_indices_at + size_t(im.n_pages()), "prefill inputs");
   im.prefill_ints_host = PinnedBuffer<int32_t>(im.prefill_ints.size());
 
   if (mode == CudaMode::Fused) {

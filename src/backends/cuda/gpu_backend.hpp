@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "clusterfusion/cuda/buffer.hpp"
+#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 #include "common/device_layout.hpp"
@@ -42,7 +42,7 @@ const char* mode_name(CudaMode mode);  // "cuda", "cuda-unfused"
 class DeviceModel {
  public:
   struct Layer {
-    cuda::DeviceBuffer<uint16_t> attn_norm, w_qkv, b_qkv, w_o, ffn_norm, w_gate_up, w_down;
+    dev::DeviceBuffer<uint16_t> attn_norm, w_qkv, b_qkv, w_o, ffn_norm, w_gate_up, w_down;
   };
 
   // Converts and uploads (throws cf::InputError for shapes no GPU path supports).
@@ -69,7 +69,7 @@ class DeviceModel {
   ModelConfig config_;
   Storage storage_ = Storage::F16;
   std::vector<Layer> layers_;
-  cuda::DeviceBuffer<uint16_t> token_embd_, output_norm_, output_;
+  dev::DeviceBuffer<uint16_t> token_embd_, output_norm_, output_;
 };
 
 // The KV pools of every layer (uninitialised until written).
@@ -85,7 +85,7 @@ class DeviceKvCache {
 
  private:
   KvCacheShape shape_;
-  cuda::DeviceBuffer<uint16_t> k_, v_;
+  dev::DeviceBuffer<uint16_t> k_, v_;
 };
 
 struct GpuOptions {

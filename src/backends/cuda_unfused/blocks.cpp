@@ -69,17 +69,17 @@ Workspace::Workspace(const ref::DecoderShape& shape, int max_batch) : shape_(sha
     split_capacity_ =
         int(std::clamp<int64_t>(kPartialSlotBudget / (int64_t(max_batch) * shape.n_heads), 1, kMaxAttentionSplits));
   const size_t b = size_t(max_batch);
-  x_ = cuda::DeviceBuffer<uint16_t>(b * shape.hidden, "cuda-unfused normed activations");
-  qkv_ = cuda::DeviceBuffer<float>(b * (shape.q_dim() + 2 * shape.kv_dim()), "cuda-unfused qkv");
-  q_rot_ = cuda::DeviceBuffer<float>(b * shape.q_dim(), "cuda-unfused rotated q");
-  partial_ = cuda::DeviceBuffer<float>(b * shape.n_heads * split_capacity_ * (shape.head_dim + 2),
+  x_ = dev::DeviceBuffer<uint16_t>(b * shape.hidden, "cuda-unfused normed activations");
+  qkv_ = dev::DeviceBuffer<float>(b * (shape.q_dim() + 2 * shape.kv_dim()), "cuda-unfused qkv");
+  q_rot_ = dev::DeviceBuffer<float>(b * shape.q_dim(), "cuda-unfused rotated q");
+  partial_ = dev::DeviceBuffer<float>(b * shape.n_heads * split_capacity_ * (shape.head_dim + 2),
                                        "cuda-unfused attention partials");
-  attn_ = cuda::DeviceBuffer<uint16_t>(b * shape.q_dim(), "cuda-unfused attention output");
+  attn_ = dev::DeviceBuffer<uint16_t>(b * shape.q_dim(), "cuda-unfused attention output");
   if (shape.ffn_hidden > 0) {
-    gate_up_ = cuda::DeviceBuffer<float>(b * 2 * shape.ffn_hidden, "cuda-unfused gate/up");
-    act_ = cuda::DeviceBuffer<uint16_t>(b * shape.ffn_hidden, "cuda-unfused FFN activation");
+    gate_up_ = dev::DeviceBuffer<float>(b * 2 * shape.ffn_hidden, "cuda-unfused gate/up");
+    act_ = dev::DeviceBuffer<uint16_t>(b * shape.ffn_hidden, "cuda-unfused FFN activation");
   }
-  status_ = cuda::DeviceBuffer<uint32_t>(1, "cuda-unfused status word");
+  status_ = dev::DeviceBuffer<uint32_t>(1, "cuda-unfused status word");
   status_.fill_bytes(0);
 }
 

@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "clusterfusion/cuda/buffer.hpp"
+#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/cuda/cublas.hpp"
 #include "clusterfusion/reference/decoder.hpp"
 
@@ -208,14 +208,14 @@ class Workspace {
   int sm_count_ = 0;
   int split_capacity_ = 1;
   cuda::CublasHandle cublas_;
-  cuda::DeviceBuffer<uint16_t> x_;
-  cuda::DeviceBuffer<float> qkv_;
-  cuda::DeviceBuffer<float> q_rot_;
-  cuda::DeviceBuffer<float> partial_;
-  cuda::DeviceBuffer<uint16_t> attn_;
-  cuda::DeviceBuffer<float> gate_up_;
-  cuda::DeviceBuffer<uint16_t> act_;
-  cuda::DeviceBuffer<uint32_t> status_;
+  dev::DeviceBuffer<uint16_t> x_;
+  dev::DeviceBuffer<float> qkv_;
+  dev::DeviceBuffer<float> q_rot_;
+  dev::DeviceBuffer<float> partial_;
+  dev::DeviceBuffer<uint16_t> attn_;
+  dev::DeviceBuffer<float> gate_up_;
+  dev::DeviceBuffer<uint16_t> act_;
+  dev::DeviceBuffer<uint32_t> status_;
 };
 
 // The attention block of reference::attention_block: add+RMSNorm, QKV GEMM, bias+RoPE+KV append, split-KV

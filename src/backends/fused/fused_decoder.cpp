@@ -9,7 +9,7 @@
 #include "clusterfusion/kernels/lm_head/launch.hpp"
 
 namespace cf::fused {
-inline namespace CF_FUSED_BUILD_NAMESPACE {
+inline namespace CF_BUILD_NAMESPACE {
 
 namespace da = kernels::decoder_attention;
 namespace kffn = kernels::ffn;
@@ -149,5 +149,5 @@ std::string FusedDecoder::describe() const {
   return s;
 }
 
-}  // namespace CF_FUSED_BUILD_NAMESPACE
+}  // namespace CF_BUILD_NAMESPACE
 }  // namespace cf::fused

@@ -1,4 +1,4 @@
-// The decode step of a Llama model from the fused kernels (docs/architecture.md): per layer the decoder attention block and
+// The decode step of a Llama model from the fused kernels (docs/backends.md): per layer the decoder attention block and
 // the FFN block, then the final norm + LM head (+ greedy argmax). Compiled twice from one source: into
 // cf_fused_decoder_emu against cf_kernels_emu (the emu backend) and, in CUDA builds, into cf_fused_decoder against
 // cf_kernels (the cuda backend). Only the build-agnostic plan headers are used, so pointers are device pointers of
@@ -18,16 +18,8 @@
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/runtime/kv_cache.hpp"
 
-// The emulator build lives in its own inline namespace, so a binary can link both builds (the CLI has the emu and
-// the cuda backends; cmake/ gives the emulator's device API its own namespace likewise, see src/emu/CMakeLists.txt).
-#if defined(CF_FUSED_DECODER_EMU)
-#define CF_FUSED_BUILD_NAMESPACE emu_build
-#else
-#define CF_FUSED_BUILD_NAMESPACE gpu_build
-#endif
-
 namespace cf::fused {
-inline namespace CF_FUSED_BUILD_NAMESPACE {
+inline namespace CF_BUILD_NAMESPACE {  // one per kernel build (device/types.hpp)
 
 // Device copies of one layer's weights in the kernels' layouts (all in the decoder's dtype):
 // w_qkv [q_dim + 2 kv_dim, hidden] (q rows, k rows, v rows), w_gate_up [2 ffn_hidden, hidden] (gate rows, up rows).
@@ -102,5 +94,5 @@ class FusedDecoder {
   int max_batch_ = 0;
 };
 
-}  // namespace CF_FUSED_BUILD_NAMESPACE
+}  // namespace CF_BUILD_NAMESPACE
 }  // namespace cf::fused

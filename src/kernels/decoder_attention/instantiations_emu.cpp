@@ -2,5 +2,5 @@
 #include "clusterfusion/kernels/decoder_attention/kernel.hpp"
 #include "plan_impl.hpp"
 
-CF_DA_DEFINE_KERNEL_SELECTOR(f16, cf::dev::f16)
-CF_DA_DEFINE_KERNEL_SELECTOR(bf16, cf::dev::bf16)
+CF_DA_INSTANTIATE(f16, cf::dev::f16, cf::dev::f16, cf::dev::f16)
+CF_DA_INSTANTIATE(bf16, cf::dev::bf16, cf::dev::bf16, cf::dev::bf16)

@@ -1,22 +1,22 @@
 // The Plan of launch.hpp, compiled twice: by nvcc into cf_kernels (plan.cu) and by the host compiler into
 // cf_kernels_emu (instantiations_emu.cpp). Only those files include it, so the device-API types (DeviceBuffer,
 // TensorMap, streams) never leak into launch.hpp. The kernels themselves are instantiated per element type by
-// CF_DA_DEFINE_KERNEL_SELECTOR (instantiations_f16.cu / _bf16.cu, or the emulator file).
+// CF_DA_INSTANTIATE (instantiations_f16.cu / _bf16.cu, or the emulator file).
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include "../common/plan_support.hpp"
 #include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/device/launch.hpp"
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/decoder_attention/launch.hpp"
 #include "clusterfusion/kernels/decoder_attention/traits.hpp"
-#include "clusterfusion/primitives/wait_status.hpp"
 #include "kernel_select.hpp"
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
 
 namespace {
@@ -119,38 +119,29 @@ ClusterChoice choose_cluster_size(const PlanConfig& config, const Occupancy& occ
   return best;
 }
 
-struct Plan::Impl {
-  PlanConfig config;
-  LaunchInfo info;
-  KernelParams base{};
-  KernelFn kernels[2] = {nullptr, nullptr};
+struct Plan::Impl : PlanCore<PlanConfig, LaunchInfo, KernelParams> {
   dev::DeviceBuffer<float> o_partial;
   dev::DeviceBuffer<uint32_t> counters;
-  dev::DeviceBuffer<uint32_t> status;
-  dev::DeviceBuffer<uint64_t> trace;  // [grid][kTraceSlots] when config.trace
-  std::string failed;                 // the timeout of an earlier launch (run() refuses)
+  Impl(const PlanConfig& c, int ctas)
+      : PlanCore({"decoder_attention", kStatusWords, kStatusTimeout, kStatusDrainTimeout, kTraceSlots}, c, ctas) {}
 };
 
-Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
+Plan::Plan(const PlanConfig& config) {
   validate_config(config);
-  Impl& im = *impl_;
-  im.config = config;
   const Shape& s = config.shape;
   const int sm_count = config.sm_count > 0 ? config.sm_count : dev::sm_count("decoder_attention");
   const int units_total = s.hidden / 32, row_units = s.hidden / 16;
   const int threads = s.head_dim == 128 ? Traits<128>::kThreads : Traits<64>::kThreads;
-
-  const dev::DType dt = config.dtype;
+  KernelFn kernels[2];
   for (int tiles = 1; tiles <= 2; ++tiles)
-    im.kernels[tiles - 1] =
-        dt == dev::DType::F16 ? select_kernel_f16(s.head_dim, tiles) : select_kernel_bf16(s.head_dim, tiles);
+    kernels[tiles - 1] = select_kernel(config.element_types(), s.head_dim, tiles);
 
   // One wave: the cluster size whose n_kv_heads clusters the device runs at once (choose_cluster_size).
   Occupancy occupancy = Occupancy::assumed(sm_count);
   bool queried = false;
 #if defined(CF_DEVICE_CUDA)
   if (config.sm_count == 0) {
-    KernelFn fn = im.kernels[config.max_batch <= 8 ? 0 : 1];
+    KernelFn fn = kernels[config.max_batch <= 8 ? 0 : 1];
     int* counts[] = {&occupancy.clusters_of_2, &occupancy.clusters_of_4, &occupancy.clusters_of_8,
                      &occupancy.clusters_of_16};
     const int sizes[] = {2, 4, 8, 16};
@@ -164,6 +155,9 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
 #endif
   const ClusterChoice choice = choose_cluster_size(config, occupancy);
   const int n = choice.cluster_size;
+  impl_ = std::make_unique<Impl>(config, s.n_kv_heads * n);
+  Impl& im = *impl_;
+  for (int i = 0; i < 2; ++i) im.kernels[i] = kernels[i];
   const SizeFit fit = fit_for(config, n);
   const Layout& layout = fit.layout;
   const int stages = fit.stages;
@@ -183,30 +177,16 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   li.smem_bytes = fit.smem_bytes;
   li.wait_budget_us = config.wait_budget_us;
 
-#if defined(CF_DEVICE_CUDA)
-  // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).
-  for (KernelFn fn : im.kernels) {
-    dev::LaunchConfig cfg;
-    cfg.smem_bytes = li.smem_bytes;
-    cfg.cluster = {uint32_t(n)};
-    cfg.allow_nonportable_cluster = n > int(dev::kMaxPortableClusterSize);
-    cfg.name = "decoder_attention";
-    dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), cfg);
-  }
-#endif
-  im.o_partial = dev::DeviceBuffer<float>(size_t(s.n_kv_heads) * s.hidden * config.max_batch);
+  im.prepare(li.clusters * n, n);
+  im.o_partial = dev::DeviceBuffer<float>(size_t(s.n_kv_heads) * s.hidden * config.max_batch, "O partials");
   dev::declare_scratch(im.o_partial.data(), im.o_partial.bytes());  // each launch writes the partials it reads
-  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * o_blocks);
-  im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
-  if (config.trace) {
-    im.trace = dev::DeviceBuffer<uint64_t>(size_t(li.clusters) * n * kTraceSlots);
-    im.trace.fill_bytes(0);
-  }
+  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * o_blocks, "O counters");
 
   KernelParams& p = im.base;
-  p.w_qkv_map = dev::make_tensor_map_2d(config.weights.w_qkv, dt, uint64_t(s.hidden), uint64_t(s.qkv_rows()),
-                                        uint64_t(s.hidden) * 2, 32, uint32_t(head_dim));
-  p.w_o_map = dev::make_tensor_map_2d(config.weights.w_o, dt, uint64_t(s.q_dim()), uint64_t(s.hidden),
+  const ElementTypes types = config.element_types();
+  p.w_qkv_map = dev::make_tensor_map_2d(config.weights.w_qkv, types.weight, uint64_t(s.hidden),
+                                        uint64_t(s.qkv_rows()), uint64_t(s.hidden) * 2, 32, uint32_t(head_dim));
+  p.w_o_map = dev::make_tensor_map_2d(config.weights.w_o, types.weight, uint64_t(s.q_dim()), uint64_t(s.hidden),
                                       uint64_t(s.q_dim()) * 2, 32, uint32_t(head_dim));
   // K/V: boxes of R rows of one head (R = the largest power of two dividing the page size, at most one KV tile), so
   // a page of 16 positions arrives as one box; per-layer pointer tables (resolved on the device) and pools whose
@@ -218,9 +198,9 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   while (box_rows < kv_tile && config.cache.page_size % (box_rows * 2) == 0) box_rows *= 2;
   if (!use_maps) box_rows = 1;
   if (use_maps) {
-    p.k_map = dev::make_tensor_map_2d(config.cache.k_pages, dt, uint64_t(s.kv_dim()), uint64_t(pool_rows),
+    p.k_map = dev::make_tensor_map_2d(config.cache.k_pages, types.kv, uint64_t(s.kv_dim()), uint64_t(pool_rows),
                                       uint64_t(s.kv_dim()) * 2, uint32_t(head_dim), uint32_t(box_rows));
-    p.v_map = dev::make_tensor_map_2d(config.cache.v_pages, dt, uint64_t(s.kv_dim()), uint64_t(pool_rows),
+    p.v_map = dev::make_tensor_map_2d(config.cache.v_pages, types.kv, uint64_t(s.kv_dim()), uint64_t(pool_rows),
                                       uint64_t(s.kv_dim()) * 2, uint32_t(head_dim), uint32_t(box_rows));
   }
   p.kv_box_rows = box_rows;
@@ -252,30 +232,11 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   p.cos_sin_rows = config.rope.max_positions;
   p.o_partial = im.o_partial.data();
   p.o_counters = im.counters.data();
-  p.status = im.status.data();
-  p.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
-  p.trace = config.trace ? im.trace.data() : nullptr;
-  p.stages = stages;
   // Ring items issued before the norm is done (at most the ring).
   p.early_stages = std::min(config.early_stages >= 0 ? config.early_stages : kDefaultEarlyStages, stages);
   li.early_stages = p.early_stages;
   p.max_batch = config.max_batch;
-  p.off_rs32 = layout.off_rs32;
-  p.off_rs16 = layout.off_rs16;
-  p.off_tokens = layout.off_tokens;
-  p.off_small = layout.off_small;
-  p.off_flags = layout.off_flags;
-  p.off_pages = layout.off_pages;
-  p.off_x = layout.off_x;
-  p.off_qkv = layout.off_qkv;
-  p.off_attn = layout.off_attn;
-  p.off_part = layout.off_part;
-  p.off_scratch = layout.off_scratch;
-  p.off_state = layout.off_state;
-  p.off_opart = layout.off_opart;
-  p.off_ring = layout.off_ring;
-  p.x_stride = layout.x_stride;
-  p.attn_stride = layout.attn_stride;
+  im.set_pipeline_params(stages, layout);
 }
 
 Plan::~Plan() = default;
@@ -287,7 +248,7 @@ const PlanConfig& Plan::config() const { return impl_->config; }
 
 void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   const Impl& im = *impl_;
-  if (!im.failed.empty()) throw Error("decoder_attention: the plan's earlier launch failed; " + im.failed);
+  im.status.refuse_if_failed();
   validate_step(step, im.config.max_batch, im.config.shape.hidden);
   KernelParams p = im.base;
   p.batch = step.batch;
@@ -301,53 +262,13 @@ void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   p.kv_indices = step.kv_indices;
   p.kv_last_page_len = step.kv_last_page_len;
   p.n_indices = step.n_indices;
-
-  dev::LaunchConfig cfg;
-  cfg.grid = {uint32_t(im.info.clusters * im.info.cluster_size)};
-  cfg.cluster = {uint32_t(im.info.cluster_size)};
-  cfg.block = {uint32_t(im.info.threads)};
-  cfg.smem_bytes = im.info.smem_bytes;
-  cfg.allow_nonportable_cluster = im.info.cluster_size > int(dev::kMaxPortableClusterSize);
-  cfg.name = "decoder_attention";
-  cfg.emu_seed = emu_seed;
-#if defined(CF_DEVICE_CUDA)
-  cfg.stream = static_cast<cudaStream_t>(stream);
-#else
-  (void)stream;
-#endif
-  dev::launch(cfg, im.kernels[step.batch <= 8 ? 0 : 1], p);
+  im.launch(p, im.info.clusters * im.info.cluster_size, im.info.cluster_size, stream, emu_seed);
 }
 
-std::vector<uint64_t> Plan::read_trace(void* stream) {
-  if (!impl_->config.trace) throw InputError("decoder_attention: read_trace() needs PlanConfig::trace");
-#if defined(CF_DEVICE_CUDA)
-  dev::check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "decoder_attention: cudaStreamSynchronize");
-#else
-  (void)stream;
-#endif
-  return impl_->trace.download();
-}
+std::vector<uint64_t> Plan::read_trace(void* stream) { return impl_->trace.read(stream); }
 
 void Plan::check_status(void* stream) {
-#if defined(CF_DEVICE_CUDA)
-  dev::check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "decoder_attention: cudaStreamSynchronize");
-#else
-  (void)stream;
-#endif
-  uint32_t words[kStatusWords] = {};
-  impl_->status.download(words, kStatusWords);
-  bool any = false;
-  for (uint32_t w : words) any = any || w != 0;
-  if (!any) return;
-  impl_->status.fill_bytes(0);
-  const std::string timeout = prim::timeout_error("decoder_attention", words, kStatusTimeout, kStatusDrainTimeout,
-                                                  impl_->config.wait_budget_us, describe_wait_site);
-  if (!timeout.empty()) {  // a hang (a bug): fatal for this plan
-    impl_->failed = timeout;
-    throw Error(timeout);
-  }
-  throw InputError("decoder_attention: device-side input check failed: " + describe_status(words));
+  impl_->check_status(stream, describe_wait_site, describe_status);
 }
 
-}  // namespace cf::kernels::decoder_attention
-
+}  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention

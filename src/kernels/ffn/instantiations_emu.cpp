@@ -2,5 +2,5 @@
 #include "clusterfusion/kernels/ffn/kernel.hpp"
 #include "plan_impl.hpp"
 
-CF_FFN_DEFINE_KERNEL_SELECTOR(f16, cf::dev::f16)
-CF_FFN_DEFINE_KERNEL_SELECTOR(bf16, cf::dev::bf16)
+CF_FFN_INSTANTIATE(f16, cf::dev::f16, cf::dev::f16)
+CF_FFN_INSTANTIATE(bf16, cf::dev::bf16, cf::dev::bf16)

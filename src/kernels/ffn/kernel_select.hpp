@@ -1,21 +1,25 @@
-// The FFN kernel instantiations, one translation unit per element type (compile time stays bounded), found by the
-// plan through select_kernel_f16 / select_kernel_bf16.
+// The FFN kernel instantiations, one translation unit per element-type combination (compile time stays bounded),
+// found by the plan through select_kernel.
 #pragma once
 #include "clusterfusion/kernels/ffn/kernel_params.hpp"
 
-namespace cf::kernels::ffn {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn {
 
 using KernelFn = void (*)(KernelParams);
-// ffn_kernel<T, batch_tiles> for T = f16 / bf16 (defined by CF_FFN_DEFINE_KERNEL_SELECTOR).
-KernelFn select_kernel_f16(int batch_tiles);
-KernelFn select_kernel_bf16(int batch_tiles);
+// ffn_kernel<weights, activations, batch tiles> of one combination (defined by CF_FFN_INSTANTIATE).
+KernelFn kernels_f16(int batch_tiles);
+KernelFn kernels_bf16(int batch_tiles);
+// The kernel of the plan's element types (validated: validate_element_types).
+inline KernelFn select_kernel(const ElementTypes& t, int batch_tiles) {
+  return t.activation == DType::F16 ? kernels_f16(batch_tiles) : kernels_bf16(batch_tiles);
+}
 
-}  // namespace cf::kernels::ffn
+}  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn
 
-// Defines select_kernel_<NAME>(batch_tiles) and thereby instantiates the two kernels of element type T.
-#define CF_FFN_DEFINE_KERNEL_SELECTOR(NAME, T)                                           \
-  namespace cf::kernels::ffn {                                                          \
-  KernelFn select_kernel_##NAME(int batch_tiles) {                                      \
-    return batch_tiles == 1 ? &ffn_kernel<T, 1> : &ffn_kernel<T, 2>;                    \
-  }                                                                                     \
+// Defines kernels_<NAME>(batch_tiles) and thereby instantiates the two kernels of weights TW, activations TA.
+#define CF_FFN_INSTANTIATE(NAME, TW, TA)                                         \
+  namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn {                       \
+  KernelFn kernels_##NAME(int batch_tiles) {                                    \
+    return batch_tiles == 1 ? &ffn_kernel<TW, TA, 1> : &ffn_kernel<TW, TA, 2>;  \
+  }                                                                             \
   }

@@ -1,20 +1,20 @@
 // The FFN Plan of launch.hpp, compiled twice: by nvcc into cf_kernels (plan.cu) and by the host compiler into
 // cf_kernels_emu (instantiations_emu.cpp). Only those files include it, so the device-API types (DeviceBuffer,
-// TensorMap, streams) never leak into launch.hpp. The kernels themselves are instantiated per element type by
-// CF_FFN_DEFINE_KERNEL_SELECTOR (instantiations_f16.cu / _bf16.cu, or the emulator file).
+// TensorMap, streams) never leak into launch.hpp. The kernels themselves are instantiated per element-type
+// combination by CF_FFN_INSTANTIATE (instantiations_f16.cu / _bf16.cu, or the emulator file).
 #pragma once
 #include <algorithm>
 #include <string>
 
+#include "../common/plan_support.hpp"
 #include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/device/launch.hpp"
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/kernels/ffn/traits.hpp"
-#include "clusterfusion/primitives/wait_status.hpp"
 #include "kernel_select.hpp"
 
-namespace cf::kernels::ffn {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn {
 
 namespace {
 
@@ -47,12 +47,12 @@ int active_clusters(KernelFn fn, int n) {
 }  // namespace
 
 int stage_units_of(const PlanConfig& config) {
-  return config.stage_units > 0 ? config.stage_units : ws::kDefaultStageUnits;
+  return config.stage_units > 0 ? config.stage_units : pl::kDefaultStageUnits;
 }
 
 SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy) {
   const Shape& s = config.shape;
-  const int hidden_units = s.hidden / ws::kUnitCols, ffn_tiles = s.ffn_hidden / ws::kTileRows;
+  const int hidden_units = s.hidden / pl::kUnitCols, ffn_tiles = s.ffn_hidden / pl::kTileRows;
   SplitChoice best;
   for (int n : {8, 4, 2}) {
     if (config.cluster_size != 0 && n != config.cluster_size) continue;
@@ -77,33 +77,24 @@ SplitChoice choose_split(const PlanConfig& config, const Occupancy& occupancy) {
   return best;
 }
 
-struct Plan::Impl {
-  PlanConfig config;
-  LaunchInfo info;
-  KernelParams base{};
-  KernelFn kernels[2] = {nullptr, nullptr};
+struct Plan::Impl : PlanCore<PlanConfig, LaunchInfo, KernelParams> {
   dev::DeviceBuffer<float> partial;
   dev::DeviceBuffer<uint32_t> counters;
-  dev::DeviceBuffer<uint32_t> status;
-  std::string failed;  // the timeout of an earlier launch (run() refuses)
+  Impl(const PlanConfig& c, int ctas)
+      : PlanCore({"ffn", kStatusWords, kStatusTimeout, kStatusDrainTimeout, kTraceSlots}, c, ctas) {}
 };
 
-Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
+Plan::Plan(const PlanConfig& config) {
   validate_config(config);
-  Impl& im = *impl_;
-  im.config = config;
+  KernelFn kernels[2];
+  for (int tiles = 1; tiles <= 2; ++tiles) kernels[tiles - 1] = select_kernel(config.element_types(), tiles);
   const Shape& s = config.shape;
-  const dev::DType dt = config.dtype;
-  for (int tiles = 1; tiles <= 2; ++tiles)
-    im.kernels[tiles - 1] = dt == dev::DType::F16 ? select_kernel_f16(tiles) : select_kernel_bf16(tiles);
-
   const int sm_count = config.sm_count > 0 ? config.sm_count : dev::sm_count("ffn");
   Occupancy occupancy = Occupancy::assumed(sm_count);
   bool queried = false;
 #if defined(CF_DEVICE_CUDA)
   if (config.sm_count == 0) {
-    occupancy = {active_clusters(im.kernels[0], 2), active_clusters(im.kernels[0], 4),
-                 active_clusters(im.kernels[0], 8)};
+    occupancy = {active_clusters(kernels[0], 2), active_clusters(kernels[0], 4), active_clusters(kernels[0], 8)};
     queried = true;
   }
 #endif
@@ -112,14 +103,17 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   const int stage_units = stage_units_of(config);
   const Split split = make_split(s, n, choice.clusters, stage_units, config.max_batch);
 
+  impl_ = std::make_unique<Impl>(config, n * choice.clusters);
+  Impl& im = *impl_;
+  for (int i = 0; i < 2; ++i) im.kernels[i] = kernels[i];
   const Layout layout = make_layout(config.max_batch, split);
   const int stages = choice.stages;
   static_assert(dev::kMaxSmemPerBlock == 227 * 1024, "ring_stages() assumes Hopper's 227 KB");
-  if (stages < ws::kMinStages)
+  if (stages < pl::kMinStages)
     throw InputError("ffn: shared memory: " + std::to_string(layout.fixed_bytes) + " bytes of buffers (max_batch " +
                      std::to_string(config.max_batch) + ", cluster " + std::to_string(n) + " x " +
                      std::to_string(choice.clusters) + ") leave room for " + std::to_string(stages) +
-                     " ring stages; at least " + std::to_string(ws::kMinStages) +
+                     " ring stages; at least " + std::to_string(pl::kMinStages) +
                      " are needed (lower max_batch or use more clusters)");
 
   LaunchInfo& li = im.info;
@@ -130,41 +124,32 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   li.threads = kThreads;
   li.stages = stages;
   li.stage_units = stage_units;
-  li.stage_bytes = ws::kStageBytes;
-  li.smem_bytes = size_t(layout.fixed_bytes) + size_t(stages) * ws::kStageBytes;
+  li.stage_bytes = pl::kStageBytes;
+  li.smem_bytes = size_t(layout.fixed_bytes) + size_t(stages) * pl::kStageBytes;
   li.max_cta_bytes = choice.max_cta_bytes;
   li.down_cols = split.down_cols;
   li.down_tiles = split.down_tiles;
   li.block_rows = split.block_rows;
   li.blocks = split.blocks_max;
 
-#if defined(CF_DEVICE_CUDA)
-  // Raise the kernels' shared-memory limit now, so that run() does no CUDA attribute call (e.g. inside a capture).
-  for (KernelFn fn : im.kernels) {
-    dev::LaunchConfig cfg;
-    cfg.smem_bytes = li.smem_bytes;
-    cfg.cluster = {uint32_t(n)};
-    cfg.name = "ffn";
-    dev::detail::prepare_kernel(reinterpret_cast<const void*>(fn), cfg);
-  }
-#endif
-  im.partial = dev::DeviceBuffer<float>(size_t(choice.clusters) * s.hidden * config.max_batch);
+  im.prepare(n * choice.clusters, n);
+  im.partial = dev::DeviceBuffer<float>(size_t(choice.clusters) * s.hidden * config.max_batch, "ffn partials");
   dev::declare_scratch(im.partial.data(), im.partial.bytes());  // each launch writes the partials it reads
-  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * split.blocks_max);
-  im.status = dev::DeviceBuffer<uint32_t>(kStatusWords);
-  li.workspace_bytes = im.partial.bytes() + im.counters.bytes() + im.status.bytes();
+  im.counters = dev::DeviceBuffer<uint32_t>(size_t(n) * split.blocks_max, "ffn counters");
+  li.workspace_bytes = im.partial.bytes() + im.counters.bytes() + kStatusWords * sizeof(uint32_t);
 
   KernelParams& p = im.base;
   const uint64_t H = uint64_t(s.hidden), F = uint64_t(s.ffn_hidden);
-  const ws::ChunkWidths gu_widths = gate_up_widths(s, split), dn_widths = down_widths(s, split);
-  p.gate = ws::make_box_maps(config.weights.w_gate, dt, H, F, gu_widths);
-  p.up = ws::make_box_maps(config.weights.w_up, dt, H, F, gu_widths);
-  p.down = ws::make_box_maps(config.weights.w_down, dt, F, H, dn_widths);
+  const pl::ChunkWidths gu_widths = gate_up_widths(s, split), dn_widths = down_widths(s, split);
+  const DType wt = config.element_types().weight;
+  p.gate = pl::make_box_maps(config.weights.w_gate, wt, H, F, gu_widths);
+  p.up = pl::make_box_maps(config.weights.w_up, wt, H, F, gu_widths);
+  p.down = pl::make_box_maps(config.weights.w_down, wt, F, H, dn_widths);
   p.hidden = s.hidden;
   p.ffn_hidden = s.ffn_hidden;
   p.eps = s.eps;
-  p.hidden_units = s.hidden / ws::kUnitCols;
-  p.ffn_tiles = s.ffn_hidden / ws::kTileRows;
+  p.hidden_units = s.hidden / pl::kUnitCols;
+  p.ffn_tiles = s.ffn_hidden / pl::kTileRows;
   p.gu_cols = split.gu_cols;
   p.gu_tiles = split.gu_tiles;
   p.down_cols = split.down_cols;
@@ -174,16 +159,7 @@ Plan::Plan(const PlanConfig& config) : impl_(std::make_unique<Impl>()) {
   p.norm = config.weights.norm;
   p.partial = im.partial.data();
   p.counters = im.counters.data();
-  p.status = im.status.data();
-  p.wait_budget_ns = uint64_t(config.wait_budget_us) * 1000u;
-  p.stages = stages;
-  p.off_small = layout.off_small;
-  p.off_x = layout.off_x;
-  p.off_part = layout.off_part;
-  p.off_scratch = layout.off_scratch;
-  p.off_ring = layout.off_ring;
-  p.x_stride = layout.x_stride;
-  p.act_stride = layout.act_stride;
+  im.set_pipeline_params(stages, layout);
 }
 
 Plan::~Plan() = default;
@@ -195,7 +171,7 @@ const PlanConfig& Plan::config() const { return impl_->config; }
 
 void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   const Impl& im = *impl_;
-  if (!im.failed.empty()) throw Error("ffn: the plan's earlier launch failed; " + im.failed);
+  im.status.refuse_if_failed();
   validate_step(step, im.config.max_batch);
   KernelParams p = im.base;
   p.batch = step.batch;
@@ -203,37 +179,13 @@ void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   p.residual = step.residual;
   p.residual_out = step.residual_out;
   p.out = step.out;
-
-  dev::LaunchConfig cfg;
-  cfg.grid = {uint32_t(im.info.clusters * im.info.cluster_size)};
-  cfg.cluster = {uint32_t(im.info.cluster_size)};
-  cfg.block = {uint32_t(im.info.threads)};
-  cfg.smem_bytes = im.info.smem_bytes;
-  cfg.name = "ffn";
-  cfg.emu_seed = emu_seed;
-#if defined(CF_DEVICE_CUDA)
-  cfg.stream = static_cast<cudaStream_t>(stream);
-#else
-  (void)stream;
-#endif
-  dev::launch(cfg, im.kernels[step.batch <= 8 ? 0 : 1], p);
+  im.launch(p, im.info.clusters * im.info.cluster_size, im.info.cluster_size, stream, emu_seed);
 }
 
 void Plan::check_status(void* stream) {
-#if defined(CF_DEVICE_CUDA)
-  dev::check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "ffn: cudaStreamSynchronize");
-#else
-  (void)stream;
-#endif
-  uint32_t words[kStatusWords] = {};
-  impl_->status.download(words, kStatusWords);
-  bool any = false;
-  for (uint32_t w : words) any = any || w != 0;
-  if (!any) return;
-  impl_->status.fill_bytes(0);
-  impl_->failed = prim::timeout_error("ffn", words, kStatusTimeout, kStatusDrainTimeout,
-                                      impl_->config.wait_budget_us, describe_wait_site);
-  throw Error(impl_->failed);
+  impl_->check_status(stream, describe_wait_site);
 }
 
-}  // namespace cf::kernels::ffn
+std::vector<uint64_t> Plan::read_trace(void* stream) { return impl_->trace.read(stream); }
+
+}  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn

@@ -1,20 +1,25 @@
-// The LM head kernel instantiations, one translation unit per element type, found by the plan through
-// select_kernel_f16 / select_kernel_bf16.
+// The LM head kernel instantiations, one translation unit per element-type combination (compile time stays
+// bounded), found by the plan through select_kernel.
 #pragma once
 #include "clusterfusion/kernels/lm_head/kernel_params.hpp"
 
-namespace cf::kernels::lm_head {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head {
 
 using KernelFn = void (*)(KernelParams);
-KernelFn select_kernel_f16(int batch_tiles);
-KernelFn select_kernel_bf16(int batch_tiles);
+// lm_head_kernel<weights, activations, batch tiles> of one combination (defined by CF_LM_HEAD_INSTANTIATE).
+KernelFn kernels_f16(int batch_tiles);
+KernelFn kernels_bf16(int batch_tiles);
+// The kernel of the plan's element types (validated: validate_element_types).
+inline KernelFn select_kernel(const ElementTypes& t, int batch_tiles) {
+  return t.activation == DType::F16 ? kernels_f16(batch_tiles) : kernels_bf16(batch_tiles);
+}
 
-}  // namespace cf::kernels::lm_head
+}  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head
 
-// Defines select_kernel_<NAME>(batch_tiles) and thereby instantiates the two kernels of element type T.
-#define CF_LM_HEAD_DEFINE_KERNEL_SELECTOR(NAME, T)                                       \
-  namespace cf::kernels::lm_head {                                                      \
-  KernelFn select_kernel_##NAME(int batch_tiles) {                                      \
-    return batch_tiles == 1 ? &lm_head_kernel<T, 1> : &lm_head_kernel<T, 2>;            \
-  }                                                                                     \
+// Defines kernels_<NAME>(batch_tiles) and thereby instantiates the two kernels of weights TW, activations TA.
+#define CF_LM_HEAD_INSTANTIATE(NAME, TW, TA)                                              \
+  namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head {                            \
+  KernelFn kernels_##NAME(int batch_tiles) {                                             \
+    return batch_tiles == 1 ? &lm_head_kernel<TW, TA, 1> : &lm_head_kernel<TW, TA, 2>;   \
+  }                                                                                      \
   }

@@ -13,8 +13,8 @@ TEST(CudaUtils, BufferRoundTripAndMove) {
   CF_REQUIRE_GPU();
   std::vector<int> host(1000);
   for (int i = 0; i < 1000; ++i) host[size_t(i)] = i * 7 - 3;
-  cuda::DeviceBuffer<int> a = cuda::to_device(host, "round trip");
-  cuda::DeviceBuffer<int> b = std::move(a);
+  dev::DeviceBuffer<int> a = dev::to_device(host, "round trip");
+  dev::DeviceBuffer<int> b = std::move(a);
   EXPECT_EQ(a.data(), nullptr);
   EXPECT_EQ(b.download(), host);
   EXPECT_EQ(b.download(10, 5), std::vector<int>(host.begin() + 10, host.begin() + 15));
@@ -24,7 +24,7 @@ TEST(CudaUtils, BufferRoundTripAndMove) {
 TEST(CudaUtils, FailedCaptureIsDiscardedAndLeavesStreamUsable) {
   CF_REQUIRE_GPU();
   cuda::Stream stream;
-  cuda::DeviceBuffer<uint8_t> buffer(256);
+  dev::DeviceBuffer<uint8_t> buffer(256);
   // A synchronisation is illegal while capturing: the check throws inside the capture.
   EXPECT_THROW(cuda::Graph::capture(stream, [&](cudaStream_t st) { CF_CUDA_CHECK(cudaStreamSynchronize(st)); }),
                CudaError);

@@ -11,8 +11,8 @@
 namespace cf::test {
 namespace {
 
-using cuda::DeviceBuffer;
-using cuda::to_device;
+using dev::DeviceBuffer;
+using dev::to_device;
 namespace cu = cuda_unfused;
 
 template <typename T>

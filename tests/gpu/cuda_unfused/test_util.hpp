@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "clusterfusion/common/half.hpp"
-#include "clusterfusion/cuda/buffer.hpp"
+#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/cuda/device.hpp"
 #include "clusterfusion/reference/decoder.hpp"
 #include "clusterfusion/reference/tolerance.hpp"
@@ -126,11 +126,11 @@ inline int64_t slot_offset(const HostPageTable& t, int seq, int pos, int64_t row
 
 // Device copy of a page table.
 struct DevicePageTable {
-  cuda::DeviceBuffer<int32_t> indptr, indices, last_page_len;
+  dev::DeviceBuffer<int32_t> indptr, indices, last_page_len;
   explicit DevicePageTable(const HostPageTable& t)
-      : indptr(cuda::to_device(t.indptr, "kv_indptr")),
-        indices(cuda::to_device(t.indices, "kv_indices")),
-        last_page_len(cuda::to_device(t.last_page_len, "kv_last_page_len")) {}
+      : indptr(dev::to_device(t.indptr, "kv_indptr")),
+        indices(dev::to_device(t.indices, "kv_indices")),
+        last_page_len(dev::to_device(t.last_page_len, "kv_last_page_len")) {}
 };
 
 // ---- the tolerance policy (rules 1 and 2 with the rounding-noise fallback, docs/tolerance.md) -------------------
@@ -172,7 +172,7 @@ void naive_attention_block(const T* hidden, const T* residual, std::vector<float
     const int32_t last_len = kv.kv_last_page_len[b];
     const int32_t one_seq_indptr[2] = {0, n_pages};
     ref::decode_attention_paged(q.data(), kv.k_pages, kv.v_pages, attn.data(), 1, one_seq_indptr, page_ids, &last_len,
-                                kv.page_size, s.attention(), ref::default_attention_scale(s.head_dim));
+                                kv.page_size, ref::heads_of(s), ref::default_attention_scale(s.head_dim));
     ref::matvec(w.wo, attn.data(), o.data(), s.hidden, s.q_dim());
     for (int i = 0; i < s.hidden; ++i) out[size_t(b) * size_t(s.hidden) + size_t(i)] = to_float(o[size_t(i)]);
   }

@@ -36,7 +36,7 @@ inline ModelConfig tiny_config(RopeStyle style = RopeStyle::GPTJ, bool tied = tr
 // dequantised from `w` (so the comparison isolates the backend's arithmetic from the weight format).
 inline std::vector<float> reference_logits(const ModelWeights& w, const std::vector<int32_t>& tokens) {
   const ModelConfig& c = w.config;
-  const auto s = ref::DecoderShape::from(c);
+  const auto s = c.decoder_shape();
   const int n = int(tokens.size());
   struct Layer {
     std::vector<float> q, k, v, o, gate, up, down;

@@ -6,10 +6,11 @@
 
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/decoder_attention/params.hpp"
+#include "clusterfusion/kernels/decoder_attention/traits.hpp"
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
-// The kernel's argument block. Offsets are bytes into dynamic shared memory (traits.hpp computes the carve).
+// The kernel's argument block.
 struct KernelParams {
   dev::TensorMap w_qkv_map;  // [qkv_rows, hidden], box {32, head_dim}
   dev::TensorMap w_o_map;    // [hidden, q_dim], box {32, head_dim}
@@ -56,13 +57,10 @@ struct KernelParams {
   uint64_t wait_budget_ns;  // a wait that takes longer gives up (prim::bounded_wait; 0: never)
   uint64_t* trace;      // optional [grid][kTraceSlots] SM-clock timestamps (traits.hpp TracePoint)
 
-  // shared-memory carve
   int32_t stages;
   int32_t early_stages;  // ring items issued before the consumers' "go" (the norm is done)
   int32_t max_batch;
-  uint32_t off_rs32, off_rs16, off_tokens, off_small, off_flags, off_pages, off_x, off_qkv, off_attn, off_part,
-      off_scratch, off_state, off_opart, off_ring;
-  uint32_t x_stride, attn_stride;  // bytes per token row of x_s / attn_s
+  Layout layout;         // the shared-memory carve (traits.hpp)
 };
 
 }  // namespace cf::kernels::decoder_attention

@@ -16,7 +16,7 @@
 
 #include "clusterfusion/kernels/decoder_attention/params.hpp"
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
 // What a plan decided.
 struct LaunchInfo {

@@ -16,35 +16,22 @@
 // rot_dim] fp32: the cos of the rot_dim/2 pairs, then their sin.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/types.hpp"
-#include "clusterfusion/engine/model_config.hpp"  // cf::RopeStyle
+#include "clusterfusion/kernels/element_types.hpp"
+#include "clusterfusion/model/types.hpp"  // cf::RopeStyle, AttentionBlockShape
 
-namespace cf::kernels::decoder_attention {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
 
 inline constexpr int kMaxBatch = 16;
 inline constexpr int kMaxGroup = 16;  // query heads per KV head (one m16 tile of the attention MMAs)
 inline constexpr int kMinStages = 4;         // the smallest ring a plan accepts (PlanConfig::max_stages)
 inline constexpr int kMaxStagesConfig = 16;  // the deepest (traits.hpp kMaxStages)
 
-struct Shape {
-  int hidden = 0;
-  int n_heads = 0;
-  int n_kv_heads = 0;
-  int head_dim = 0;  // 64 or 128
-  int rot_dim = 0;   // 0 = head_dim; even, <= head_dim
-  RopeStyle rope_style = RopeStyle::NeoX;
-  float rope_theta = 10000.0f;
-  float eps = 1e-5f;
-
-  int group() const { return n_heads / n_kv_heads; }
-  int q_dim() const { return n_heads * head_dim; }
-  int kv_dim() const { return n_kv_heads * head_dim; }
-  int qkv_rows() const { return q_dim() + 2 * kv_dim(); }
-  int rotary_dim() const { return rot_dim > 0 ? rot_dim : head_dim; }
-};
+using Shape = AttentionBlockShape;  // head_dim 64 or 128; rot_dim 0 = head_dim (model/types.hpp)
 
 struct Weights {
   const void* norm = nullptr;   // [hidden]
@@ -72,7 +59,9 @@ struct RopeSource {
 };
 
 struct PlanConfig {
-  dev::DType dtype = dev::DType::F16;  // F16 or BF16: activations, weights, KV cache, outputs
+  DType dtype = DType::F16;           // activations and outputs: F16 or BF16
+  std::optional<DType> weight_dtype;  // unset: dtype (kernels/element_types.hpp)
+  std::optional<DType> kv_dtype;      // the KV cache; unset: dtype
   Shape shape;
   Weights weights;
   KvCache cache;
@@ -86,6 +75,8 @@ struct PlanConfig {
   int64_t wait_budget_us = 20000;  // wall time any wait inside the kernel may take before the launch gives up with
                                    // a timeout status (a hang; check_status() names the wait); 0: no limit
   bool trace = false;    // record per-CTA phase timestamps (Plan::read_trace), for performance work
+
+  ElementTypes element_types() const { return ElementTypes::of(dtype, weight_dtype, kv_dtype); }
 };
 
 struct StepArgs {
@@ -171,7 +162,7 @@ inline void validate_shape(const Shape& s) {
 
 inline void validate_config(const PlanConfig& c) {
   auto fail = [](const std::string& m) { throw InputError(detail::plan_where("config: ") + m); };
-  if (c.dtype != dev::DType::F16 && c.dtype != dev::DType::BF16) fail("dtype must be F16 or BF16");
+  validate_element_types("decoder_attention", c.element_types());
   validate_shape(c.shape);
   if (c.max_batch < 1 || c.max_batch > kMaxBatch)
     fail("max_batch " + std::to_string(c.max_batch) + " outside [1, " + std::to_string(kMaxBatch) + "]");

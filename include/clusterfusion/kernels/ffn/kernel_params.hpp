@@ -6,17 +6,15 @@
 
 #include "clusterfusion/device/tensor_map.hpp"
 #include "clusterfusion/kernels/ffn/params.hpp"
-#include "clusterfusion/kernels/ffn/weight_stream.hpp"
+#include "clusterfusion/kernels/ffn/traits.hpp"
+#include "clusterfusion/pipeline/weight_stream.hpp"
 
-namespace cf::kernels::ffn {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn {
 
-namespace ws = cf::kernels::weight_stream;
-
-// The kernel's argument block. Offsets are bytes into dynamic shared memory (traits.hpp computes the carve).
 struct KernelParams {
-  // weights: boxes {cols, 16} of the full chunk width and the tail widths (kernels/ffn/weight_stream.hpp)
-  ws::BoxMaps gate, up;  // [ffn_hidden, hidden]
-  ws::BoxMaps down;      // [hidden, ffn_hidden]
+  // weights: boxes {cols, 16} of the full chunk width and the tail widths (PanelStage)
+  pl::BoxMaps gate, up;  // [ffn_hidden, hidden]
+  pl::BoxMaps down;      // [hidden, ffn_hidden]
 
   // shapes and the work split
   int32_t hidden, ffn_hidden, batch;
@@ -40,11 +38,10 @@ struct KernelParams {
   uint32_t* counters;  // [cluster_size, blocks_max]: arrivals per output block (reset by the last arriver)
   uint32_t* status;    // [kStatusWords]
   uint64_t wait_budget_ns;  // a wait that takes longer gives up (prim::bounded_wait; 0: never)
+  uint64_t* trace;     // optional [grid][kTraceSlots] SM-clock timestamps (TracePoint)
 
-  // shared-memory carve
   int32_t stages;
-  uint32_t off_small, off_x, off_part, off_scratch, off_ring;
-  uint32_t x_stride, act_stride;  // bytes per token row of x_s / act_s
+  Layout layout;       // the shared-memory carve (traits.hpp)
 };
 
-}  // namespace cf::kernels::ffn
+}  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn

@@ -11,10 +11,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "clusterfusion/kernels/ffn/params.hpp"
 
-namespace cf::kernels::ffn {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn {
 
 // What a plan decided.
 struct LaunchInfo {
@@ -74,6 +75,10 @@ class Plan {
 
   // Synchronises `stream`, reads and clears the device status words; throws cf::Error naming the problem.
   void check_status(void* stream = nullptr);
+
+  // With PlanConfig::trace: synchronises `stream` and returns the last run's phase timestamps, [CTA][kTraceSlots]
+  // SM clock cycles (params.hpp TracePoint; 0 on the emulator).
+  std::vector<uint64_t> read_trace(void* stream = nullptr);
 
   const LaunchInfo& info() const;
   const PlanConfig& config() const;

@@ -12,20 +12,19 @@
 // cuda-unfused layout) is w_gate = p, w_up = p + ffn_hidden * hidden elements (set_fused_gate_up).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/types.hpp"
+#include "clusterfusion/kernels/element_types.hpp"
+#include "clusterfusion/model/types.hpp"
 
-namespace cf::kernels::ffn {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::ffn {
 
 inline constexpr int kMaxBatch = 16;
 
-struct Shape {
-  int hidden = 0;      // multiple of 32
-  int ffn_hidden = 0;  // multiple of 16
-  float eps = 1e-5f;
-};
+using Shape = FfnBlockShape;  // hidden: a multiple of 32; ffn_hidden: a multiple of 16 (model/types.hpp)
 
 struct Weights {
   const void* norm = nullptr;    // [hidden]
@@ -34,14 +33,15 @@ struct Weights {
   const void* w_down = nullptr;  // [hidden, ffn_hidden]
 
   // The fused [2 ffn_hidden, hidden] form: gate rows, then up rows.
-  void set_fused_gate_up(const void* w_gate_up, const Shape& s, dev::DType dtype) {
+  void set_fused_gate_up(const void* w_gate_up, const Shape& s, DType weight_dtype) {
     w_gate = w_gate_up;
-    w_up = static_cast<const uint8_t*>(w_gate_up) + int64_t(s.ffn_hidden) * s.hidden * dev::dtype_bytes(dtype);
+    w_up = static_cast<const uint8_t*>(w_gate_up) + int64_t(s.ffn_hidden) * s.hidden * dtype_bytes(weight_dtype);
   }
 };
 
 struct PlanConfig {
-  dev::DType dtype = dev::DType::F16;  // F16 or BF16: activations, weights, outputs
+  DType dtype = DType::F16;           // activations and outputs: F16 or BF16
+  std::optional<DType> weight_dtype;  // unset: dtype (kernels/element_types.hpp)
   Shape shape;
   Weights weights;
   int max_batch = 1;      // 1..16
@@ -52,6 +52,9 @@ struct PlanConfig {
   int stage_units = 0;    // 0: default (4); else 2, 4 or 8: gate/up chunks of 32 x stage_units columns (docs/ffn.md §1)
   int64_t wait_budget_us = 20000;  // wall time any wait inside the kernel may take before the launch gives up with
                                    // a timeout status (a hang; check_status() names the wait); 0: no limit
+  bool trace = false;              // record per-CTA phase timestamps (Plan::read_trace), for performance work
+
+  ElementTypes element_types() const { return ElementTypes::of(dtype, weight_dtype); }
 };
 
 struct StepArgs {
@@ -81,6 +84,19 @@ enum WaitSite : uint32_t {
   kWaitStored,         // arrival warp: the consumers' partials of an output block
   kWaitDecided,        // consumers: the arrival warp's decision on an output block
 };
+// Phase timestamps (SM clock cycles) per CTA, recorded with PlanConfig::trace (Plan::read_trace).
+enum TracePoint : uint32_t {
+  kTraceStart = 0,       // after the start-up cluster barrier
+  kTraceNormDone,        // x_s written
+  kTraceGateUpDone,      // this CTA's gate/up partials stored
+  kTraceActDone,         // the cluster's activations here (down starts)
+  kTraceDownDone,        // every down partial stored
+  kTraceEnd,             // this CTA's output blocks summed
+  kTraceProducerGateUp,  // producer: last gate/up tile issued
+  kTraceProducerDown,    // producer: last down tile issued
+  kTraceSlots,
+};
+
 inline std::string describe_wait_site(uint32_t code) {
   switch (code) {
     case kWaitRingStage: return "producer: waiting for the consumers to release a ring stage";
@@ -115,7 +131,7 @@ inline void validate_shape(const Shape& s) {
 
 inline void validate_config(const PlanConfig& c) {
   auto fail = [](const std::string& m) { throw InputError(detail::where("config: ") + m); };
-  if (c.dtype != dev::DType::F16 && c.dtype != dev::DType::BF16) fail("dtype must be F16 or BF16");
+  validate_element_types("ffn", c.element_types());
   validate_shape(c.shape);
   if (c.max_batch < 1 || c.max_batch > kMaxBatch)
     fail("max_batch " + std::to_string(c.max_batch) + " outside [1, " + std::to_string(kMaxBatch) + "]");

@@ -5,15 +5,14 @@
 #include <cstdint>
 
 #include "clusterfusion/device/tensor_map.hpp"
-#include "clusterfusion/kernels/ffn/weight_stream.hpp"
 #include "clusterfusion/kernels/lm_head/params.hpp"
+#include "clusterfusion/kernels/lm_head/traits.hpp"
+#include "clusterfusion/pipeline/weight_stream.hpp"
 
-namespace cf::kernels::lm_head {
-
-namespace ws = cf::kernels::weight_stream;
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head {
 
 struct KernelParams {
-  ws::BoxMaps w;  // [vocab, hidden]: boxes {chunk_cols, 16} and {hidden % chunk_cols, 16} (ffn/weight_stream.hpp)
+  pl::BoxMaps w;  // [vocab, hidden]: boxes {chunk_cols, 16} and {hidden % chunk_cols, 16} (PanelStage)
 
   int32_t hidden, vocab, batch;
   float eps;
@@ -33,11 +32,10 @@ struct KernelParams {
   uint32_t* counter;    // arrivals (reset by the last arriver)
   uint32_t* status;     // [kStatusWords]
   uint64_t wait_budget_ns;  // a wait that takes longer gives up (prim::bounded_wait; 0: never)
+  uint64_t* trace;      // optional [grid][kTraceSlots] SM-clock timestamps (TracePoint)
 
-  // shared-memory carve
   int32_t stages;
-  uint32_t off_small, off_x, off_scratch, off_ring;
-  uint32_t x_stride;
+  Layout layout;        // the shared-memory carve (traits.hpp)
 };
 
-}  // namespace cf::kernels::lm_head
+}  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head

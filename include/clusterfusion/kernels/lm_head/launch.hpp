@@ -10,10 +10,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "clusterfusion/kernels/lm_head/params.hpp"
 
-namespace cf::kernels::lm_head {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head {
 
 struct LaunchInfo {
   int ctas = 0;
@@ -37,6 +38,10 @@ class Plan {
   // One call. emu_seed: the emulator's schedule seed (0: $CF_EMU_SEED or 1); ignored on the GPU.
   void run(const StepArgs& step, void* stream = nullptr, uint64_t emu_seed = 0);
   void check_status(void* stream = nullptr);
+
+  // With PlanConfig::trace: synchronises `stream` and returns the last run's phase timestamps, [CTA][kTraceSlots]
+  // SM clock cycles (params.hpp TracePoint; 0 on the emulator).
+  std::vector<uint64_t> read_trace(void* stream = nullptr);
 
   const LaunchInfo& info() const;
   const PlanConfig& config() const;

@@ -10,20 +10,19 @@
 //   StepArgs    per call: activations, outputs, the batch size. validate_step() checks them on the host.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/types.hpp"
+#include "clusterfusion/kernels/element_types.hpp"
+#include "clusterfusion/model/types.hpp"
 
-namespace cf::kernels::lm_head {
+namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head {
 
 inline constexpr int kMaxBatch = 16;
 
-struct Shape {
-  int hidden = 0;  // multiple of 32
-  int vocab = 0;   // >= 1
-  float eps = 1e-5f;
-};
+using Shape = LmHeadShape;  // hidden: a multiple of 32; vocab >= 1 (model/types.hpp)
 
 struct Weights {
   const void* norm = nullptr;   // [hidden]
@@ -31,7 +30,8 @@ struct Weights {
 };
 
 struct PlanConfig {
-  dev::DType dtype = dev::DType::F16;  // F16 or BF16: activations and weights (logits are fp32)
+  DType dtype = DType::F16;           // activations: F16 or BF16 (logits are fp32)
+  std::optional<DType> weight_dtype;  // unset: dtype (kernels/element_types.hpp)
   Shape shape;
   Weights weights;
   int max_batch = 1;    // 1..16
@@ -41,6 +41,9 @@ struct PlanConfig {
   int stage_units = 0;  // 0: default (4); else 2, 4 or 8: chunks of 32 x stage_units columns per ring stage
   int64_t wait_budget_us = 20000;  // wall time any wait inside the kernel may take before the launch gives up with
                                    // a timeout status (a hang; check_status() names the wait); 0: no limit
+  bool trace = false;              // record per-CTA phase timestamps (Plan::read_trace), for performance work
+
+  ElementTypes element_types() const { return ElementTypes::of(dtype, weight_dtype); }
 };
 
 struct StepArgs {
@@ -63,6 +66,16 @@ enum WaitSite : uint32_t {
   kWaitTile,           // consumers: a weight tile that never landed
   kWaitDrain,          // producer, after an expiry: a copy it issued that never landed
 };
+// Phase timestamps (SM clock cycles) per CTA, recorded with PlanConfig::trace (Plan::read_trace).
+enum TracePoint : uint32_t {
+  kTraceStart = 0,     // after the start-up barrier
+  kTraceNormDone,      // x_s written
+  kTraceLogitsDone,    // every group's logits and the CTA's candidates
+  kTraceEnd,           // the tokens picked (by the last arriver) or the arrival done
+  kTraceProducerDone,  // producer: last weight tile issued
+  kTraceSlots,
+};
+
 inline std::string describe_wait_site(uint32_t code) {
   switch (code) {
     case kWaitRingStage: return "producer: waiting for the consumers to release a ring stage";
@@ -87,7 +100,7 @@ inline void validate_shape(const Shape& s) {
 
 inline void validate_config(const PlanConfig& c) {
   auto fail = [](const std::string& m) { throw InputError(detail::where("config: ") + m); };
-  if (c.dtype != dev::DType::F16 && c.dtype != dev::DType::BF16) fail("dtype must be F16 or BF16");
+  validate_element_types("lm_head", c.element_types());
   validate_shape(c.shape);
   if (c.max_batch < 1 || c.max_batch > kMaxBatch)
     fail("max_batch " + std::to_string(c.max_batch) + " outside [1, " + std::to_string(kMaxBatch) + "]");

@@ -5,19 +5,18 @@
 // instead). Skips without a GPU of compute capability 9.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cstdio>
 #include <string>
 
-#include "gpu_test.hpp"
-#include "harness.hpp"
+#include "gpu/gpu_driver.hpp"
+#include "harness/ffn.hpp"
 
 namespace cf::test::ffn {
 namespace {
 
-Case model_case(const std::string& model, int batch, dev::DType dtype = dev::DType::F16) {
+Case model_case(const std::string& model, int batch, DType dtype = DType::F16) {
   Case c;
-  c.name = model + "_b" + std::to_string(batch) + (dtype == dev::DType::BF16 ? "_bf16" : "");
+  c.name = model + "_b" + std::to_string(batch) + (dtype == DType::BF16 ? "_bf16" : "");
   c.dtype = dtype;
   c.hidden = 4096;
   c.ffn_hidden = model == "llama2" ? 11008 : 14336;
@@ -28,47 +27,7 @@ Case model_case(const std::string& model, int batch, dev::DType dtype = dev::DTy
   return c;
 }
 
-template <typename T>
-void check_model_case(const Case& c, bool graph_check) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const HostInputs in = make_inputs<T>(c);
-  const Oracle o = make_oracle<T>(c, in);
-  const double t_ref = seconds_since(t0);
-
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  d.out.fill_bytes(0xFF);
-  d.residual_out.fill_bytes(0xFF);
-  kffn::Plan plan(plan_config(c, d));
-  const kffn::StepArgs step = step_args(c, d);
-  plan.run(step);
-  plan.check_status();
-  const RunResult r = download_result(c, d);
-  const CheckReport rep = check_result<T>(c, o, r);
-  EXPECT_TRUE(rep.ok) << rep.message;
-  const kffn::LaunchInfo& li = plan.info();
-  std::printf("%s: cluster %d x %d clusters, U %d, down %d cols x %d tiles, %d blocks of %d rows, %d stages, %zu B "
-              "smem; reference %.1f s; %s\n",
-              c.name.c_str(), li.cluster_size, li.clusters, li.stage_units, li.down_cols, li.down_tiles, li.blocks,
-              li.block_rows, li.stages, li.smem_bytes, t_ref, rep.message.c_str());
-
-  // A second run and CUDA-graph replays give the same bits (the counters reset themselves).
-  d.out.fill_bytes(0xFF);
-  plan.run(step);
-  plan.check_status();
-  EXPECT_EQ(d.out.download(), r.out) << "second run differs";
-  if (graph_check) {
-    replay_in_graph([&](cudaStream_t stream) { plan.run(step, stream); }, [&] { d.out.fill_bytes(0xFF); },
-                    [&](cudaStream_t stream) { plan.check_status(stream); });
-    if (::testing::Test::HasFatalFailure()) return;
-    EXPECT_EQ(d.out.download(), r.out) << "CUDA-graph replay differs";
-  }
-}
-
-void check_any(const Case& c, bool graph_check = false) {
-  if (c.dtype == dev::DType::F16) check_model_case<half>(c, graph_check);
-  else check_model_case<bfloat16>(c, graph_check);
-}
+void check_any(const Case& c, bool graph_check = false) { check_on_gpu_any<Op>(c, graph_check); }
 
 TEST(FfnGpu, Llama2Batch1) {
   REQUIRE_HOPPER();
@@ -84,7 +43,7 @@ TEST(FfnGpu, Llama3Batch1) {
 }
 TEST(FfnGpu, Llama3Batch8Bf16) {
   REQUIRE_HOPPER();
-  check_any(model_case("llama3", 8, dev::DType::BF16));
+  check_any(model_case("llama3", 8, DType::BF16));
 }
 TEST(FfnGpu, Llama2Batch16) {
   REQUIRE_HOPPER();
@@ -94,15 +53,25 @@ TEST(FfnGpu, Llama2Batch16) {
 // The hang path on the hardware (expect_prompt_timeout), then a fresh plan on the same context: the right answer.
 TEST(FfnGpu, TinyWaitBudgetEndsPromptlyWithATimeout) {
   REQUIRE_HOPPER();
-  const Case c = model_case("llama2", 1);
-  const HostInputs in = make_inputs<half>(c);
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  kffn::PlanConfig cfg = plan_config(c, d);
-  cfg.wait_budget_us = 1;
-  kffn::Plan plan(cfg);
-  expect_prompt_timeout("ffn", [&] { plan.run(step_args(c, d)); }, [&] { plan.check_status(); });
-  check_any(c);
+  expect_prompt_timeout_then_recovery<Op>(model_case("llama2", 1), "ffn");
+}
+
+// ---- where the time goes: per-phase SM-clock timestamps of every CTA (PlanConfig::trace) ------------------------
+TEST(FfnGpuTrace, PhaseTimes) {
+  REQUIRE_HOPPER();
+  for (const Case& model : {model_case("llama2", 1), model_case("llama3", 1), model_case("llama2", 16)}) {
+    Case c = model;
+    c.name += "_trace";
+    print_phase_trace<Op>(c, kffn::kTraceSlots,
+                          {{"norm", kffn::kTraceStart, kffn::kTraceNormDone},
+                           {"gate/up", kffn::kTraceNormDone, kffn::kTraceGateUpDone},
+                           {"act-exch", kffn::kTraceGateUpDone, kffn::kTraceActDone},
+                           {"down", kffn::kTraceActDone, kffn::kTraceDownDone},
+                           {"finish", kffn::kTraceDownDone, kffn::kTraceEnd},
+                           {"total", kffn::kTraceStart, kffn::kTraceEnd},
+                           {"P:gate/up", kffn::kTraceStart, kffn::kTraceProducerGateUp},
+                           {"P:down", kffn::kTraceProducerGateUp, kffn::kTraceProducerDown}});
+  }
 }
 
 // ---- small cases, fast under compute-sanitizer (memcheck, racecheck, synccheck) ------------------------------------
@@ -119,13 +88,13 @@ TEST(FfnGpuSanitizer, UnevenCluster8Bf16Batch11InPlace) {
   REQUIRE_HOPPER();
   Case c;
   c.name = "SanitizerUneven";
-  c.dtype = dev::DType::BF16;
+  c.dtype = DType::BF16;
   c.hidden = 288, c.ffn_hidden = 528, c.batch = 11, c.cluster_size = 8, c.max_clusters = 5, c.stage_units = 8;
   c.in_place = true;
   c.wait_budget_us = kSanitizerWaitBudgetUs;
   const HostInputs in = make_inputs<bfloat16>(c);
   const Oracle o = make_oracle<bfloat16>(c, in);
-  const CheckReport rep = check_result<bfloat16>(c, o, run_case(c, in));
+  const CheckReport rep = check_result<bfloat16>(c, in, o, run_once<Op>(c, in));
   EXPECT_TRUE(rep.ok) << rep.message;
 }
 
@@ -146,17 +115,13 @@ void compare_with_unfused(const Case& c) {
   namespace cu = cf::cuda_unfused;
   const HostInputs in = make_inputs<T>(c);
   const Oracle o = make_oracle<T>(c, in);
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  d.out.fill_bytes(0xFF);
-  kffn::Plan plan(plan_config(c, d));
-  plan.run(step_args(c, d));
-  plan.check_status();
-  const std::vector<uint16_t> fused_out = d.out.download(), fused_res = d.residual_out.download();
+  Op::Launch fused(c, in);
+  const RunResult fr = run_checked(fused);
+  DeviceInputs& d = fused.d;
 
   cu::Workspace ws(c.ref_shape(), c.batch);
   cu::FfnBlockParams up;
-  up.dtype = c.dtype == dev::DType::F16 ? cu::DType::F16 : cu::DType::BF16;
+  up.dtype = c.dtype == DType::F16 ? cu::DType::F16 : cu::DType::BF16;
   up.shape = c.ref_shape();
   up.batch = c.batch;
   up.hidden = d.hidden.data();
@@ -166,20 +131,18 @@ void compare_with_unfused(const Case& c) {
   up.norm = d.norm.data();
   up.w_gate_up = d.w_gate_up.data();
   up.w_down = d.w_down.data();
-  d.out.fill_bytes(0xFF);
-  d.residual_out.fill_bytes(0xFF);
+  fused.poison();
   cu::ffn_block(up, ws, nullptr);
   ws.check_status(nullptr);
-  const std::vector<uint16_t> unfused_out = d.out.download(), unfused_res = d.residual_out.download();
-
-  expect_not_worse_than_unfused<T>(c.name, fused_out, fused_res, unfused_out, unfused_res, o.out_ref);
+  const RunResult ur = fused.result();
+  expect_not_worse_than_unfused<T>(c.name, fr.out, fr.residual_out, ur.out, ur.residual_out, o.out_ref);
 }
 
 TEST(FfnGpu, MatchesUnfusedBaseline) {
   REQUIRE_HOPPER();
   compare_with_unfused<half>(model_case("llama2", 1));
   compare_with_unfused<half>(model_case("llama3", 8));
-  compare_with_unfused<bfloat16>(model_case("llama2", 3, dev::DType::BF16));
+  compare_with_unfused<bfloat16>(model_case("llama2", 3, DType::BF16));
 }
 
 }  // namespace

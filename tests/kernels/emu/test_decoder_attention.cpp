@@ -1,36 +1,16 @@
 // The fused decoder attention block on the emulator against cf::ref::attention_block (docs/tolerance.md): every
 // option of issue 6 on small shapes plus the SmolLM2-135M layer shape, determinism across schedules, validation.
+// The op of the kernel-test harness: harness/attention.hpp.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <functional>
 
 #include "clusterfusion/device/launch.hpp"
-#include "clusterfusion/kernels/decoder_attention/seed_api.hpp"
-#include "harness.hpp"
+#include "harness/attention.hpp"
+#include "harness/driver.hpp"
 
 namespace cf::test::da {
 namespace {
-
-template <typename T>
-RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
-  const HostInputs in = make_inputs<T>(c);
-  const Oracle o = make_oracle<T>(c, in);
-  const auto t0 = std::chrono::steady_clock::now();
-  RunResult r = run_case(c, in, emu_seed);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const auto stats = dev::emu::last_launch_stats();
-  std::printf("%s: %.2f s, %llu switches, %llu copies\n", c.name.c_str(), secs, (unsigned long long)stats.switches,
-              (unsigned long long)stats.copies);
-  const CheckReport rep = check_result<T>(c, in, o, r);
-  EXPECT_TRUE(rep.ok) << rep.message;
-  if (rep.ok) std::printf("  %s\n", rep.message.c_str());
-  return r;
-}
-
-RunResult run_any(const Case& c, uint64_t emu_seed = 0) {
-  return c.dtype == dev::DType::F16 ? run_and_check<half>(c, emu_seed) : run_and_check<bfloat16>(c, emu_seed);
-}
 
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
@@ -43,7 +23,7 @@ std::vector<Case> all_cases() {
   {
     Case c;  // GQA group 4, head_dim 128, bf16, GPT-J, bias, three tokens with lengths 1 / 17 / 300
     c.name = "GqaHd128Bf16GptjBias";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 256, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 128, c.kv_lens = {1, 17, 300};
     c.rope_style = RopeStyle::GPTJ, c.bias = true, c.cluster_size = 4, c.page_size = 16, c.seed = 2;
     cases.push_back(c);
@@ -65,7 +45,7 @@ std::vector<Case> all_cases() {
   {
     Case c;  // MHA with 3 heads of 128, odd page size, int64 positions, the seed's per-layer cache tables
     c.name = "Mha3Hd128Page7Int64LayerTable";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 384, c.n_heads = 3, c.n_kv_heads = 3, c.head_dim = 128, c.kv_lens = {33, 18};
     c.page_size = 7, c.positions64 = true, c.layer_table = true, c.cluster_size = 2, c.seed = 5;
     cases.push_back(c);
@@ -87,7 +67,7 @@ std::vector<Case> all_cases() {
   {
     Case c;  // the largest group (16 query heads per KV head), GPT-J partial rotary, bf16, bias
     c.name = "Group16Bf16";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 256, c.n_heads = 16, c.n_kv_heads = 1, c.head_dim = 64, c.rot_dim = 48;
     c.rope_style = RopeStyle::GPTJ, c.bias = true, c.kv_lens = {50}, c.cluster_size = 2, c.seed = 8;
     cases.push_back(c);
@@ -109,7 +89,7 @@ std::vector<Case> all_cases() {
   {
     Case c;  // hidden 576 over 8 CTAs: uneven K-slices (18 units) and row slices (36 units)
     c.name = "UnevenSlicesCluster8";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.kv_lens = {70, 5};
     c.cluster_size = 8, c.cos_sin_table = true, c.seed = 11;
     cases.push_back(c);
@@ -133,7 +113,7 @@ std::vector<Case> all_cases() {
   {
     Case c;  // page size 2, head_dim 64: 32 boxes of 2 rows per tile, tiles straddling two page windows
     c.name = "LongPage2Hd64Bf16";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 1, c.head_dim = 64, c.kv_lens = {700, 129};
     c.page_size = 2, c.cluster_size = 2, c.seed = 15;
     cases.push_back(c);
@@ -155,6 +135,15 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
+    Case c;  // the seed's form of the inputs: page size 1 token pool, per-layer pointer tables, int64 positions, no
+             // last-page lengths, a cos/sin table
+    c.name = "SeedForm";
+    c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 64, c.kv_lens = {23, 6};
+    c.page_size = 1, c.layer_table = true, c.positions64 = true, c.null_last_page_len = true, c.cos_sin_table = true;
+    c.cluster_size = 2;
+    cases.push_back(c);
+  }
+  {
     Case c;  // a non-portable cluster of 16 CTAs (one 32-column unit of hidden 512 per CTA)
     c.name = "Cluster16";
     c.hidden = 512, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64, c.kv_lens = {40, 7};
@@ -166,7 +155,7 @@ std::vector<Case> all_cases() {
 
 class Shapes : public ::testing::TestWithParam<Case> {};
 
-TEST_P(Shapes, MatchesReference) { run_any(GetParam()); }
+TEST_P(Shapes, MatchesReference) { run_and_check_any<Op>(GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(DecoderAttentionEmu, Shapes, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
@@ -184,7 +173,7 @@ std::vector<Case> ring_cases() {
   for (int stages = kda::kMinStages; stages <= 13; ++stages) {
     Case c;
     c.name = "Stages" + std::to_string(stages);
-    c.dtype = stages % 4 == 1 ? dev::DType::BF16 : dev::DType::F16;
+    c.dtype = stages % 4 == 1 ? DType::BF16 : DType::F16;
     c.head_dim = stages % 2 == 0 || stages > 11 ? 64 : 128;  // (13 stages of 16 KB leave too little for hd 128)
     c.cluster_size = stages % 3 == 0 ? 2 : stages % 3 == 1 ? 4 : 8;
     c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 1, c.page_size = 16, c.max_stages = stages;
@@ -212,7 +201,7 @@ TEST_P(RingDepth, StagesReusedWithinAToken) {
     ASSERT_EQ(plan.info().stages, c.max_stages);
     ASSERT_EQ(plan.info().cluster_size, c.cluster_size);
   }
-  run_any(c);
+  run_and_check_any<Op>(c);
 }
 
 INSTANTIATE_TEST_SUITE_P(DecoderAttentionEmu, RingDepth, ::testing::ValuesIn(ring_cases()),
@@ -233,9 +222,9 @@ Case determinism_case() {
 TEST(DecoderAttentionEmu, SameBitsUnderEverySchedule) {
   const Case c = determinism_case();
   const HostInputs in = make_inputs<bfloat16>(c);
-  const RunResult first = run_case(c, in, 1);
+  const RunResult first = run_once<Op>(c, in, 1);
   for (uint64_t seed : {7ull, 12345ull, 99991ull}) {
-    const RunResult r = run_case(c, in, seed);
+    const RunResult r = run_once<Op>(c, in, seed);
     EXPECT_EQ(r.out, first.out) << "emulator seed " << seed;
     EXPECT_EQ(r.residual_out, first.residual_out) << "emulator seed " << seed;
     EXPECT_EQ(r.k_pages, first.k_pages) << "emulator seed " << seed;
@@ -269,7 +258,7 @@ TEST(DecoderAttentionEmu, BadTokenIsPoisonedOthersUnaffected) {
   Case alone = all_cases()[0];
   alone.kv_lens = {29};
   const HostInputs in_alone = make_inputs<half>(alone);
-  const RunResult r_alone = run_case(alone, in_alone);
+  const RunResult r_alone = run_once<Op>(alone, in_alone);
 
   Case pair = alone;
   pair.kv_lens = {29, 12};
@@ -313,7 +302,7 @@ TEST(DecoderAttentionEmu, TraceAndScheduleKnobsKeepTheBits) {
   Case c = all_cases()[1];  // GQA, bf16, three tokens, cluster 4
   c.name = "Knobs";
   const HostInputs in = make_inputs<bfloat16>(c);
-  const RunResult base = run_case(c, in);
+  const RunResult base = run_once<Op>(c, in);
   DeviceInputs d;
   upload_inputs(c, in, d);
   kda::PlanConfig cfg = plan_config(c, in, d);
@@ -417,7 +406,7 @@ TEST(DecoderAttentionEmu, LostArrivalInTheSoftmaxExchangeTimesOut) {
 TEST(DecoderAttentionEmu, ShortWaitBudgetKeepsTheBits) {
   Case c = all_cases()[1];
   const HostInputs in = make_inputs<bfloat16>(c);
-  const RunResult base = run_case(c, in);
+  const RunResult base = run_once<Op>(c, in);
   DeviceInputs d;
   upload_inputs(c, in, d);
   kda::PlanConfig cfg = plan_config(c, in, d);
@@ -504,7 +493,7 @@ TEST_F(ValidationFixture, PlanConfigErrorsNameTheProblem) {
   }
   {
     auto x = cfg;
-    x.dtype = dev::DType::F32;
+    x.dtype = DType::F32;
     expect(x, "dtype must be F16 or BF16");
   }
   {
@@ -547,47 +536,6 @@ TEST_F(ValidationFixture, StepErrorsNameTheProblem) {
     a.n_indices = 0;
     expect(a, "n_indices 0");
   }
-}
-
-}  // namespace
-}  // namespace cf::test::da
-
-namespace cf::test::da {
-namespace {
-
-// The seed's argument list: page size 1 token pool, per-layer pointer tables, int64 positions, cos/sin table.
-TEST(DecoderAttentionEmu, SeedEntryPointMatchesReference) {
-  Case c;
-  c.name = "Seed";
-  c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 64, c.kv_lens = {23, 6};
-  c.page_size = 1, c.layer_table = true, c.positions64 = true, c.null_last_page_len = true, c.cos_sin_table = true;
-  c.cluster_size = 2;
-  const HostInputs in = make_inputs<half>(c);
-  const Oracle o = make_oracle<half>(c, in);
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  d.out.fill_bytes(0xFF);
-  d.residual_out.fill_bytes(0xFF);
-  kda::SeedShape shape;
-  shape.batch = c.batch(), shape.hidden = c.hidden, shape.n_heads = c.n_heads, shape.n_kv_heads = c.n_kv_heads;
-  shape.head_dim = c.head_dim, shape.cache_slots = in.n_pages, shape.n_indices = int(in.kv_indices.size());
-  shape.cos_sin_rows = in.rope_rows, shape.cluster_size = c.cluster_size;
-  kda::SeedRunner runner;
-  for (int call = 0; call < 2; ++call)  // the second call reuses the plan
-    runner.llama_decoder_layer(d.out.data(), d.residual_out.data(), d.hidden.data(), d.residual.data(),
-                               d.w_qkv.data(), d.w_o.data(), d.kv_indptr.data(), d.kv_indices.data(),
-                               d.k_table.data(), d.v_table.data(), /*layer_id=*/1, d.norm.data(), 1e-5f,
-                               d.positions64.data(), d.cos_sin.data(), shape);
-  EXPECT_EQ(runner.plan_count(), 1u);
-  ASSERT_NE(runner.find(d.w_qkv.data(), 1), nullptr);
-  runner.find(d.w_qkv.data(), 1)->check_status();
-  RunResult r;
-  r.out = d.out.download();
-  r.residual_out = d.residual_out.download();
-  r.k_pages = d.k_pages.download();
-  r.v_pages = d.v_pages.download();
-  const CheckReport rep = check_result<half>(c, in, o, r);
-  EXPECT_TRUE(rep.ok) << rep.message;
 }
 
 }  // namespace

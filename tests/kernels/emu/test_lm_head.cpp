@@ -2,40 +2,16 @@
 // ties across CTAs (lowest id), NaN inputs, determinism, plan reuse, validation.
 #include <gtest/gtest.h>
 
-#include <chrono>
+#include <algorithm>
+
+#include <cstring>
 
 #include "clusterfusion/device/launch.hpp"
-#include "clusterfusion/kernels/ffn/weight_stream.hpp"
-#include "lm_head_harness.hpp"
+#include "harness/driver.hpp"
+#include "harness/lm_head.hpp"
 
 namespace cf::test::lm_head {
 namespace {
-
-namespace ws = cf::kernels::weight_stream;
-
-template <typename T>
-RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
-  const HostInputs in = make_inputs<T>(c);
-  const Oracle o = make_oracle<T>(c, in);
-  const auto t0 = std::chrono::steady_clock::now();
-  klm::LaunchInfo info;
-  RunResult r = run_case(c, in, emu_seed, nullptr, &info);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("%s: %d CTAs, U %d, %d stages, %zu B smem: %.2f s\n", c.name.c_str(), info.ctas, info.stage_units,
-              info.stages, info.smem_bytes, secs);
-  const CheckReport rep = check_result<T>(c, o, r);
-  EXPECT_TRUE(rep.ok) << rep.message;
-  if (rep.ok) std::printf("  %s\n", rep.message.c_str());
-  // the smallest ring must lap: parities reused, where stale-parity bugs live
-  if (info.stages == ws::kMinStages) {
-    EXPECT_GE(dev::emu::last_launch_stats().max_phases, 3u) << c.name << ": the ring did not wrap around";
-  }
-  return r;
-}
-
-RunResult run_any(const Case& c, uint64_t emu_seed = 0) {
-  return c.dtype == dev::DType::F16 ? run_and_check<half>(c, emu_seed) : run_and_check<bfloat16>(c, emu_seed);
-}
 
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
@@ -47,7 +23,7 @@ std::vector<Case> all_cases() {
   {
     Case c;  // bf16, three tokens, no residual, wide chunks (U 8: 256 + 128 columns), vocabulary not a multiple of 16
     c.name = "Bf16Batch3NoResidualU8";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 384, c.vocab = 1001, c.batch = 3, c.max_ctas = 5, c.stage_units = 8, c.residual = false, c.seed = 2;
     cases.push_back(c);
   }
@@ -73,7 +49,7 @@ std::vector<Case> all_cases() {
   {
     Case c;  // logits only, batch 5 of a plan for 16
     c.name = "LogitsOnlyBatch5Of16";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 256, c.vocab = 640, c.batch = 5, c.max_batch = 16, c.tokens = false, c.seed = 6;
     cases.push_back(c);
   }
@@ -104,28 +80,27 @@ TEST(LmHeadEmu, GridCoversRingWrapAndTheLargestBatch) {
   int largest_batch = 0;
   bool smallest_ring = false;
   for (const Case& c : all_cases()) {
-    const HostInputs in = c.dtype == dev::DType::F16 ? make_inputs<half>(c) : make_inputs<bfloat16>(c);
-    DeviceInputs d;
-    upload_inputs(c, in, d);
-    const klm::Plan plan(plan_config(c, d));
+    with_element_type(c.dtype, [&]<typename T>() {
+      const Op::Launch launch(c, make_inputs<T>(c));
+      smallest_ring = smallest_ring || launch.ring_stages() == pipeline::kMinStages;
+    });
     largest_batch = std::max(largest_batch, c.batch);
-    smallest_ring = smallest_ring || plan.info().stages == ws::kMinStages;
   }
   EXPECT_EQ(largest_batch, klm::kMaxBatch);
   EXPECT_TRUE(smallest_ring);
 }
 
-class Shapes : public ::testing::TestWithParam<Case> {};
+class LmHeadShapes : public ::testing::TestWithParam<Case> {};
 
-TEST_P(Shapes, MatchesReference) { run_any(GetParam()); }
+TEST_P(LmHeadShapes, MatchesReference) { run_and_check_any<Op>(GetParam()); }
 
-INSTANTIATE_TEST_SUITE_P(LmHeadEmu, Shapes, ::testing::ValuesIn(all_cases()),
+INSTANTIATE_TEST_SUITE_P(LmHeadEmu, LmHeadShapes, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 TEST(LmHeadEmu, TiesPickTheLowestId) {
   Case c = all_cases()[6];
   const HostInputs in = make_inputs<half>(c);
-  const RunResult r = run_case(c, in);
+  const RunResult r = run_once<Op>(c, in);
   for (int b = 0; b < c.batch; ++b) EXPECT_EQ(r.tokens[size_t(b)], 130) << "token " << b;
 }
 
@@ -148,15 +123,7 @@ TEST(LmHeadEmu, SameBitsUnderEveryScheduleAndCall) {
   }
 }
 
-template <typename F>
-void expect_input_error(F&& f, const std::string& fragment) {
-  try {
-    f();
-    ADD_FAILURE() << "no cf::InputError (expected one mentioning '" << fragment << "')";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
+TEST(LmHeadEmu, TraceKeepsTheBits) { expect_trace_keeps_the_bits<Op>(all_cases()[1], klm::kTraceSlots); }
 
 TEST(LmHeadValidation, ErrorsNameTheField) {
   Case c = all_cases()[0];

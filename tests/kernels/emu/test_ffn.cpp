@@ -4,45 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <set>
 
 #include "clusterfusion/device/launch.hpp"
-#include "clusterfusion/kernels/ffn/weight_stream.hpp"
-#include "harness.hpp"
+#include "harness/driver.hpp"
+#include "harness/ffn.hpp"
 
 namespace cf::test::ffn {
 namespace {
-
-namespace ws = cf::kernels::weight_stream;
-
-template <typename T>
-RunResult run_and_check(const Case& c, uint64_t emu_seed = 0) {
-  const HostInputs in = make_inputs<T>(c);
-  const Oracle o = make_oracle<T>(c, in);
-  const auto t0 = std::chrono::steady_clock::now();
-  kffn::LaunchInfo info;
-  RunResult r = run_case(c, in, emu_seed, nullptr, &info);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const auto stats = dev::emu::last_launch_stats();
-  std::printf("%s: cluster %d x %d, U %d, down %d cols x %d tiles, %d blocks of %d rows, %d stages, %zu B smem: "
-              "%.2f s, %llu switches, %llu copies\n",
-              c.name.c_str(), info.cluster_size, info.clusters, info.stage_units, info.down_cols, info.down_tiles,
-              info.blocks, info.block_rows, info.stages, info.smem_bytes, secs, (unsigned long long)stats.switches,
-              (unsigned long long)stats.copies);
-  const CheckReport rep = check_result<T>(c, o, r);
-  EXPECT_TRUE(rep.ok) << rep.message;
-  if (rep.ok) std::printf("  %s\n", rep.message.c_str());
-  // the smallest ring must lap: parities reused, where stale-parity bugs live
-  if (info.stages == ws::kMinStages) {
-    EXPECT_GE(stats.max_phases, 3u) << c.name << ": the ring did not wrap around";
-  }
-  return r;
-}
-
-RunResult run_any(const Case& c, uint64_t emu_seed = 0) {
-  return c.dtype == dev::DType::F16 ? run_and_check<half>(c, emu_seed) : run_and_check<bfloat16>(c, emu_seed);
-}
 
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
@@ -56,7 +25,7 @@ std::vector<Case> all_cases() {
     Case c;  // bf16, three tokens, cluster 4, narrow chunks (U 2: 64 columns, 8 tiles per stage) and a 32-column
              // tail of the 96-column K-slices; down: 192-column boxes, 3 output blocks per rank
     c.name = "Bf16Batch3Cluster4U2";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 384, c.ffn_hidden = 768, c.batch = 3, c.cluster_size = 4, c.max_clusters = 4, c.stage_units = 2;
     c.seed = 2;
     cases.push_back(c);
@@ -80,7 +49,7 @@ std::vector<Case> all_cases() {
     Case c;  // 16 tokens (two batch tiles), bf16, U 8 (256-column chunks, 2 tiles per stage), F-slices of 576
              // columns (down chunks 256 + 256 + 64), 8 output blocks per rank (the arrival warp takes several)
     c.name = "Batch16U8WideDownBf16";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 512, c.ffn_hidden = 1152, c.batch = 16, c.cluster_size = 2, c.max_clusters = 2, c.stage_units = 8;
     c.seed = 5;
     cases.push_back(c);
@@ -109,7 +78,7 @@ std::vector<Case> all_cases() {
   {
     Case c;  // batch 3 of a plan made for 16 (the activation strides of max_batch)
     c.name = "Batch3OfMax16";
-    c.dtype = dev::DType::BF16;
+    c.dtype = DType::BF16;
     c.hidden = 576, c.ffn_hidden = 1536, c.batch = 3, c.max_batch = 16, c.cluster_size = 4, c.max_clusters = 3;
     c.seed = 9;
     cases.push_back(c);
@@ -124,32 +93,31 @@ TEST(FfnEmu, GridCoversRingWrapEveryClusterSizeAndTheLargestBatch) {
   int largest_batch = 0;
   bool smallest_ring = false;
   for (const Case& c : all_cases()) {
-    const HostInputs in = c.dtype == dev::DType::F16 ? make_inputs<half>(c) : make_inputs<bfloat16>(c);
-    DeviceInputs d;
-    upload_inputs(c, in, d);
-    const kffn::Plan plan(plan_config(c, d));
-    sizes.insert(plan.info().cluster_size);
+    with_element_type(c.dtype, [&]<typename T>() {
+      const Op::Launch launch(c, make_inputs<T>(c));
+      sizes.insert(launch.plan.info().cluster_size);
+      smallest_ring = smallest_ring || launch.ring_stages() == pipeline::kMinStages;
+    });
     largest_batch = std::max(largest_batch, c.batch);
-    smallest_ring = smallest_ring || plan.info().stages == ws::kMinStages;
   }
   EXPECT_EQ(sizes, (std::set<int>{2, 4, 8}));
   EXPECT_EQ(largest_batch, kffn::kMaxBatch);
   EXPECT_TRUE(smallest_ring);
 }
 
-class Shapes : public ::testing::TestWithParam<Case> {};
+class FfnShapes : public ::testing::TestWithParam<Case> {};
 
-TEST_P(Shapes, MatchesReference) { run_any(GetParam()); }
+TEST_P(FfnShapes, MatchesReference) { run_and_check_any<Op>(GetParam()); }
 
-INSTANTIATE_TEST_SUITE_P(FfnEmu, Shapes, ::testing::ValuesIn(all_cases()),
+INSTANTIATE_TEST_SUITE_P(FfnEmu, FfnShapes, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 TEST(FfnEmu, SameBitsUnderEverySchedule) {
   Case c = all_cases()[3];  // cluster 8, uneven, 4 k-groups
   const HostInputs in = make_inputs<half>(c);
-  const RunResult first = run_case(c, in, 11);
+  const RunResult first = run_once<Op>(c, in, 11);
   for (uint64_t seed : {12, 13, 14}) {
-    const RunResult again = run_case(c, in, seed);
+    const RunResult again = run_once<Op>(c, in, seed);
     EXPECT_EQ(again.out, first.out) << "schedule seed " << seed;
     EXPECT_EQ(again.residual_out, first.residual_out) << "schedule seed " << seed;
   }
@@ -172,7 +140,7 @@ TEST(FfnEmu, PlanReuseGivesSameBits) {
     EXPECT_EQ(out, first) << "call " << call;
   }
   const Oracle o = make_oracle<bfloat16>(c, in);
-  const CheckReport rep = check_result<bfloat16>(c, o, download_result(c, d));
+  const CheckReport rep = check_result<bfloat16>(c, in, o, download_result(c, d));
   EXPECT_TRUE(rep.ok) << rep.message;
 }
 
@@ -180,7 +148,7 @@ TEST(FfnEmu, BatchOneAloneEqualsBatchRow) {
   // Tokens are independent: token 1 of a batch of 3 has the bits of the same token run alone (same plan shape).
   Case c = all_cases()[1];
   const HostInputs in = make_inputs<bfloat16>(c);
-  const RunResult all = run_case(c, in);
+  const RunResult all = run_once<Op>(c, in);
   Case one = c;
   one.batch = 1;
   HostInputs in1;
@@ -188,7 +156,7 @@ TEST(FfnEmu, BatchOneAloneEqualsBatchRow) {
   in1 = in;
   in1.hidden.assign(in.hidden.begin() + H, in.hidden.begin() + 2 * H);
   in1.residual.assign(in.residual.begin() + H, in.residual.begin() + 2 * H);
-  const RunResult alone = run_case(one, in1);
+  const RunResult alone = run_once<Op>(one, in1);
   EXPECT_TRUE(std::equal(alone.out.begin(), alone.out.end(), all.out.begin() + H));
 }
 
@@ -216,6 +184,8 @@ TEST(FfnEmu, LostArrivalTimesOut) {
   }
   EXPECT_THROW(plan.run(step_args(c, d)), Error);
 }
+
+TEST(FfnEmu, TraceKeepsTheBits) { expect_trace_keeps_the_bits<Op>(all_cases()[1], kffn::kTraceSlots); }
 
 // ---- the launcher's split -------------------------------------------------------------------------------------------
 
@@ -292,16 +262,6 @@ TEST(FfnSplit, SmallShapesAndLimits) {
 
 // ---- host validation ------------------------------------------------------------------------------------------------
 
-template <typename F>
-void expect_input_error(F&& f, const std::string& fragment) {
-  try {
-    f();
-    ADD_FAILURE() << "no cf::InputError (expected one mentioning '" << fragment << "')";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
-
 TEST(FfnValidation, ConfigErrorsNameTheField) {
   Case c = all_cases()[0];
   const HostInputs in = make_inputs<half>(c);
@@ -315,7 +275,7 @@ TEST(FfnValidation, ConfigErrorsNameTheField) {
   expect_input_error(with([](kffn::PlanConfig& k) { k.shape.hidden = 100; }), "hidden 100");
   expect_input_error(with([](kffn::PlanConfig& k) { k.shape.ffn_hidden = 520 + 4; }), "ffn_hidden 524");
   expect_input_error(with([](kffn::PlanConfig& k) { k.shape.eps = 0.0f; }), "eps");
-  expect_input_error(with([](kffn::PlanConfig& k) { k.dtype = dev::DType::F32; }), "dtype");
+  expect_input_error(with([](kffn::PlanConfig& k) { k.dtype = DType::F32; }), "dtype");
   expect_input_error(with([](kffn::PlanConfig& k) { k.max_batch = 17; }), "max_batch 17");
   expect_input_error(with([](kffn::PlanConfig& k) { k.cluster_size = 16; }), "cluster_size 16");
   expect_input_error(with([](kffn::PlanConfig& k) { k.stage_units = 3; }), "stage_units 3");

@@ -1,45 +1,32 @@
-// Test harness of the LM head (final norm + logits + greedy argmax), shared by the emulator tests (cf_kernels_emu)
-// and the GPU tests (cf_kernels): random inputs of a Case, the run through a Plan, the CPU reference and the checks.
+// The LM head op of the kernel-test harness (harness/driver.hpp; final norm + logits + greedy argmax): random inputs
+// of a Case, the run through a Plan, the CPU reference and the checks.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "clusterfusion/common/half.hpp"
-#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/kernels/lm_head/launch.hpp"
 #include "clusterfusion/reference/ops.hpp"
-#include "clusterfusion/reference/tolerance.hpp"
-#include "harness.hpp"  // tests/emu/ffn/harness.hpp: random_bits, to_bits16, from_bits16, CheckReport
+#include "harness/common.hpp"
 
 namespace cf::test::lm_head {
 
 namespace klm = cf::kernels::lm_head;
-using ffn::CheckReport;
-using ffn::from_bits16;
-using ffn::random_bits;
-using ffn::to_bits16;
-
-struct Case {
-  std::string name;
-  dev::DType dtype = dev::DType::F16;
+struct Case : CaseBase {
   int hidden = 256, vocab = 500, batch = 1;
   int max_ctas = 4;     // 0: one per SM (132 assumed by the emulator)
   int stage_units = 0;  // 0: default
   int max_stages = 0;   // 0: as many as fit
   int max_batch = 0;    // 0: batch
-  int64_t wait_budget_us = -1;  // -1: PlanConfig's default (the sanitizer cases raise it: tools run 10-100x slower)
   bool residual = true;
   bool logits = true, tokens = true;
   std::vector<int> tied_rows;  // rows made identical and the largest logit of every token (lowest must win)
   int nan_token = -1;          // this token's hidden row gets a NaN: every logit NaN, token 0
-  uint64_t seed = 1;
 };
-
-inline std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
 
 struct HostInputs {
   std::vector<uint16_t> hidden, residual, norm, w_out;
@@ -104,13 +91,7 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
     for (auto& e : x) e = round_through<T>(e);
     ref::matvec(w, x.data(), o.logits_naive.data() + size_t(b) * V, V, H);
   };
-  if (B > 1 && int64_t(H) * V > (int64_t(1) << 22)) {
-    std::vector<std::thread> threads;
-    for (int b = 0; b < B; ++b) threads.emplace_back(one_token, b);
-    for (auto& t : threads) t.join();
-  } else {
-    for (int b = 0; b < B; ++b) one_token(b);
-  }
+  for_each_token(B, int64_t(H) * V, one_token);
   return o;
 }
 
@@ -121,16 +102,17 @@ struct DeviceInputs {
 };
 
 inline void upload_inputs(const Case& c, const HostInputs& in, DeviceInputs& d) {
-  auto up = [](auto& buf, const auto& host) {
-    buf = std::decay_t<decltype(buf)>(host.size());
-    buf.upload(host);
-  };
-  up(d.hidden, in.hidden);
-  up(d.residual, in.residual);
-  up(d.norm, in.norm);
-  up(d.w_out, in.w_out);
+  upload(d.hidden, in.hidden);
+  upload(d.residual, in.residual);
+  upload(d.norm, in.norm);
+  upload(d.w_out, in.w_out);
   d.logits = dev::DeviceBuffer<float>(size_t(c.batch) * c.vocab);
   d.tokens = dev::DeviceBuffer<int32_t>(size_t(c.batch));
+}
+inline DeviceInputs uploaded(const Case& c, const HostInputs& in) {
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  return d;
 }
 
 inline klm::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
@@ -144,6 +126,7 @@ inline klm::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
   cfg.stage_units = c.stage_units;
   cfg.max_stages = c.max_stages;
   if (c.wait_budget_us >= 0) cfg.wait_budget_us = c.wait_budget_us;
+  cfg.trace = c.trace;
   return cfg;
 }
 
@@ -164,24 +147,10 @@ struct RunResult {
 
 inline RunResult download_result(DeviceInputs& d) { return {d.logits.download(), d.tokens.download()}; }
 
-// Uploads fresh inputs, poisons the outputs (logits NaN, tokens -1), runs once, downloads.
-inline RunResult run_case(const Case& c, const HostInputs& in, uint64_t emu_seed = 0, void* stream = nullptr,
-                          klm::LaunchInfo* info = nullptr) {
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  d.logits.fill_bytes(0xFF);
-  d.tokens.fill_bytes(0xFF);
-  klm::Plan plan(plan_config(c, d));
-  if (info) *info = plan.info();
-  plan.run(step_args(c, d), stream, emu_seed);
-  plan.check_status(stream);
-  return download_result(d);
-}
-
 // logits within tolerance of the reference (per token, the NaN token excluded), tokens = the argmax of the kernel's
 // own logits (exact: lowest id on ties), and = the reference's argmax wherever its top-2 margin exceeds the tolerance.
 template <typename T>
-CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
+CheckReport check_result(const Case& c, const HostInputs&, const Oracle& o, const RunResult& r) {
   CheckReport rep;
   const size_t V = size_t(c.vocab);
   for (int b = 0; b < c.batch; ++b) {
@@ -191,7 +160,7 @@ CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
       const std::vector<float> want(o.logits_ref.begin() + ptrdiff_t(at), o.logits_ref.begin() + ptrdiff_t(at + V));
       const std::vector<float> naive(o.logits_naive.begin() + ptrdiff_t(at),
                                      o.logits_naive.begin() + ptrdiff_t(at + V));
-      const CheckReport t = ffn::check_floats<T>(c.name + ": logits of token " + std::to_string(b), got, want, naive);
+      const CheckReport t = check_floats<T>(c.name + ": logits of token " + std::to_string(b), got, want, naive);
       if (!t.ok) rep.fail(t.message);
       else if (b == 0 && rep.ok) rep.message = t.message;
     }
@@ -225,5 +194,34 @@ CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
   }
   return rep;
 }
+
+// The op of the harness's driver.
+struct Op {
+  using Case = lm_head::Case;
+  using Result = RunResult;
+  static bool same_bits(const Result& a, const Result& b) {
+    return a.tokens == b.tokens && a.logits.size() == b.logits.size() &&
+           std::memcmp(a.logits.data(), b.logits.data(), a.logits.size() * sizeof(float)) == 0;
+  }
+  struct Launch {
+    DeviceInputs d;
+    klm::Plan plan;
+    klm::StepArgs step;
+    Launch(const Case& c, const HostInputs& in) : d(uploaded(c, in)), plan(plan_config(c, d)), step(step_args(c, d)) {}
+    void poison() {  // logits NaN, tokens -1
+      d.logits.fill_bytes(0xFF);
+      d.tokens.fill_bytes(0xFF);
+    }
+    void run(void* stream, uint64_t emu_seed) { plan.run(step, stream, emu_seed); }
+    Result result() { return download_result(d); }
+    int ctas() const { return plan.info().ctas; }
+    int ring_stages() const { return plan.info().stages; }  // weight-ring stages
+    std::string describe() const {
+      const klm::LaunchInfo& li = plan.info();
+      return std::to_string(li.ctas) + " CTAs, U " + std::to_string(li.stage_units) + ", " +
+             std::to_string(li.stages) + " stages, " + std::to_string(li.smem_bytes) + " B smem";
+    }
+  };
+};
 
 }  // namespace cf::test::lm_head

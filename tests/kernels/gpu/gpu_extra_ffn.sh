@@ -2,7 +2,7 @@
 # Extra GPU checks of the fused FFN block and the LM head, to run on a lent GPU machine AFTER bench/gpu_first.sh has
 # configured and built (build/gpu-tests, build/gpu-bench), from the repository root:
 #
-#     bash tests/gpu/ffn/gpu_extra.sh
+#     bash tests/kernels/gpu/gpu_extra_ffn.sh
 #
 # Steps (each time-boxed; the whole script stays under CF_GPU_EXTRA_BUDGET seconds, default 240):
 #   sanitizers  compute-sanitizer memcheck / racecheck / synccheck on the small cases (*GpuSanitizer.*)
@@ -17,8 +17,7 @@ mkdir -p "$OUT"
 LOG="$OUT/ffn_extra.txt"
 BUDGET="${CF_GPU_EXTRA_BUDGET:-240}"
 T0=$(date +%s)
-FFN_BIN="$ROOT/build/gpu-tests/tests/gpu/ffn/cf_test_ffn_gpu"
-HEAD_BIN="$ROOT/build/gpu-tests/tests/gpu/lm_head/cf_test_lm_head_gpu"
+BIN="$ROOT/build/gpu-tests/tests/kernels/cf_test_kernels_gpu"
 BENCH="$ROOT/build/gpu-bench/bench/ffn/cf_bench_ffn"
 export PATH="$PATH:/usr/local/cuda/bin"
 
@@ -37,11 +36,9 @@ step() {  # name, seconds, command...
   echo "git: $(git describe --always --dirty 2>/dev/null)"
   if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck synccheck; do
-      for bin in "$FFN_BIN" "$HEAD_BIN"; do
-        [ -x "$bin" ] || { echo "NOTE: $bin not built"; continue; }
-        step "compute-sanitizer $tool $(basename "$bin")" 60 compute-sanitizer --tool "$tool" --error-exitcode 99 \
-          --print-limit 20 "$bin" --gtest_filter='*GpuSanitizer.*' --gtest_brief=1
-      done
+      [ -x "$BIN" ] || { echo "NOTE: $BIN not built"; continue; }
+      step "compute-sanitizer $tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 99 \
+        --print-limit 20 "$BIN" --gtest_filter='FfnGpuSanitizer.*:LmHeadGpuSanitizer.*' --gtest_brief=1
     done
   fi
   if [ -x "$BENCH" ]; then

@@ -1,7 +1,6 @@
-// Test harness of the fused decoder attention block, shared by the emulator tests (compiled by the host compiler,
-// linked with cf_kernels_emu) and the GPU tests (compiled by nvcc, linked with cf_kernels): random inputs of a
-// Case, the run through a Plan, the CPU reference (cf::ref::attention_block) and the "naive low-precision" oracle
-// of the tolerance policy, and the checks.
+// The decoder attention op of the kernel-test harness (harness/driver.hpp): random inputs of a Case, the run through
+// a Plan, the CPU reference (cf::ref::attention_block) and the "naive low-precision" oracle of the tolerance policy,
+// and the checks.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -14,19 +13,15 @@
 #include <type_traits>
 #include <vector>
 
-#include "clusterfusion/common/half.hpp"
-#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/kernels/decoder_attention/launch.hpp"
 #include "clusterfusion/reference/decoder.hpp"
-#include "clusterfusion/reference/tolerance.hpp"
+#include "harness/common.hpp"
 
 namespace cf::test::da {
 
 namespace kda = cf::kernels::decoder_attention;
 
-struct Case {
-  std::string name;
-  dev::DType dtype = dev::DType::F16;
+struct Case : CaseBase {
   int hidden = 256, n_heads = 4, n_kv_heads = 4, head_dim = 64, rot_dim = 0;
   RopeStyle rope_style = RopeStyle::NeoX;
   float rope_theta = 10000.0f;
@@ -41,10 +36,8 @@ struct Case {
   bool null_last_page_len = false;  // only with page_size 1
   int max_batch = 0;                // 0: batch
   int max_stages = 0;               // 0: as many ring stages as fit (PlanConfig::max_stages)
-  int64_t wait_budget_us = -1;      // -1: PlanConfig's default (the sanitizer cases raise it: tools run slower)
   int extra_pages = 3;              // unused pages in the pool
   bool in_place = false;            // residual_out aliases residual, out aliases hidden (the seed's in-place use)
-  uint64_t seed = 1;
 
   int batch() const { return int(kv_lens.size()); }
   kda::Shape shape() const {
@@ -62,8 +55,6 @@ struct Case {
   }
 };
 
-inline std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
-
 // Host inputs in storage bits (uint16), generated from the case's seed.
 struct HostInputs {
   std::vector<uint16_t> hidden, residual, norm, w_qkv, b_qkv, w_o, k_pages, v_pages;
@@ -71,31 +62,6 @@ struct HostInputs {
   std::vector<int64_t> positions64;
   std::vector<float> cos_sin;
   int n_pages = 0, rope_rows = 0;
-};
-
-template <typename T>
-uint16_t to_bits16(float f) {
-  return from_float<T>(f).bits;
-}
-template <typename T>
-float from_bits16(uint16_t b) {
-  return to_float(T::from_bits(b));
-}
-inline float bits_to_float(dev::DType dt, uint16_t b) {
-  return dt == dev::DType::F16 ? from_bits16<half>(b) : from_bits16<bfloat16>(b);
-}
-
-// Uniform floats in [-1, 1) from a splitmix64 stream (fast enough for Llama-sized weights and caches).
-struct FastRandom {
-  uint64_t state;
-  explicit FastRandom(uint64_t seed) : state(seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull) {}
-  uint64_t next() {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  float uniform() { return float(int32_t(uint32_t(next() >> 32))) * (1.0f / 2147483648.0f); }
 };
 
 template <typename T>
@@ -264,14 +230,7 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
     ref::matvec(w.wo, a.data(), ob, c.hidden, q_dim);
     for (int i = 0; i < c.hidden; ++i) ob[i] = round_through<T>(ob[i]);
   };
-  const int64_t work = int64_t(c.hidden) * (s.q_dim() + 2 * s.kv_dim());
-  if (B > 1 && work > (int64_t(1) << 22)) {
-    std::vector<std::thread> threads;
-    for (int b = 0; b < B; ++b) threads.emplace_back(one_token, b);
-    for (auto& t : threads) t.join();
-  } else {
-    for (int b = 0; b < B; ++b) one_token(b);
-  }
+  for_each_token(B, int64_t(c.hidden) * (s.q_dim() + 2 * s.kv_dim()), one_token);
   return o;
 }
 
@@ -286,10 +245,7 @@ struct DeviceInputs {
 };
 
 inline void upload_inputs(const Case& c, const HostInputs& in, DeviceInputs& d) {
-  auto up = [](auto& buf, const auto& host) {
-    buf = std::decay_t<decltype(buf)>(host.size());
-    buf.upload(host);
-  };
+  auto up = [](auto& buf, const auto& host) { upload(buf, host); };
   up(d.hidden, in.hidden);
   up(d.residual, in.residual);
   up(d.norm, in.norm);
@@ -341,6 +297,7 @@ inline kda::PlanConfig plan_config(const Case& c, const HostInputs& in, DeviceIn
   cfg.cluster_size = c.cluster_size;
   cfg.max_stages = c.max_stages;
   if (c.wait_budget_us >= 0) cfg.wait_budget_us = c.wait_budget_us;
+  cfg.trace = c.trace;
   return cfg;
 }
 
@@ -364,45 +321,13 @@ struct RunResult {
   std::vector<uint16_t> out, residual_out, k_pages, v_pages;
 };
 
-// Uploads fresh inputs, poisons the outputs (0xFF: NaN), runs one step, downloads.
-inline RunResult run_case(const Case& c, const HostInputs& in, uint64_t emu_seed = 0, void* stream = nullptr) {
+inline DeviceInputs uploaded(const Case& c, const HostInputs& in) {
   DeviceInputs d;
   upload_inputs(c, in, d);
-  d.out.fill_bytes(0xFF);
-  d.residual_out.fill_bytes(0xFF);
-  kda::Plan plan(plan_config(c, in, d));
-  plan.run(step_args(c, in, d), stream, emu_seed);
-  plan.check_status(stream);
-  RunResult r;
-  r.out = (c.in_place ? d.hidden : d.out).download();
-  r.residual_out = (c.in_place ? d.residual : d.residual_out).download();
-  r.k_pages = d.k_pages.download();
-  r.v_pages = d.v_pages.download();
-  return r;
+  return d;
 }
 
 // ---- checks -------------------------------------------------------------------------------------------------------
-
-// One unit in the last place of T at |x| (subnormals included).
-template <typename T>
-double ulp_of(float x) {
-  constexpr bool kHalf = std::is_same_v<T, half>;
-  constexpr int kMantissa = kHalf ? 10 : 7, kMinExp = kHalf ? -14 : -126;
-  int exp = 0;
-  (void)std::frexp(std::fabs(double(x)), &exp);  // |x| = m 2^exp, m in [0.5, 1)
-  return std::ldexp(1.0, std::max(exp - 1, kMinExp) - kMantissa);
-}
-
-struct CheckReport {
-  bool ok = true;
-  std::string message;
-  void fail(const std::string& m) {
-    if (ok) message.clear();  // keep only failures once there is one
-    ok = false;
-    if (!message.empty()) message += "\n";
-    message += m;
-  }
-};
 
 // out within tolerance (rules 1 and 2 with the rounding-noise fallback: ref::check_policy), residual_out
 // bit-exact, every cache element outside the appended rows unchanged (bit-exact), the appended k / v within
@@ -417,11 +342,7 @@ CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, c
     rep.message = "out " + p.message;
   else
     rep.fail(c.name + ": out: " + p.message);
-  if (r.residual_out != o.residual_out) {
-    size_t i = 0;
-    while (i < r.residual_out.size() && r.residual_out[i] == o.residual_out[i]) ++i;
-    rep.fail(c.name + ": residual_out differs from hidden + residual at element " + std::to_string(i));
-  }
+  check_bit_exact(rep, c.name + ": residual_out differs from hidden + residual", r.residual_out, o.residual_out);
   // Appended slots. The kernel rounds x to T before the projection (a tensor-core operand) and k / v to T when it
   // stores them (docs/attention.md, rounding points); the fp32 reference rounds only the stored k / v, so the two
   // differ by the effect of the x rounding, ~0.1% of rms(k) for bf16: a few elements of a Llama-sized batch fall
@@ -479,5 +400,42 @@ CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, c
   }
   return rep;
 }
+
+// The op of the harness's driver.
+struct Op {
+  using Case = da::Case;
+  using Result = RunResult;
+  // Reruns append the same k / v again: the cache compares too.
+  static bool same_bits(const Result& a, const Result& b) {
+    return a.out == b.out && a.residual_out == b.residual_out && a.k_pages == b.k_pages && a.v_pages == b.v_pages;
+  }
+  struct Launch {
+    const Case& c;
+    DeviceInputs d;
+    kda::Plan plan;
+    kda::StepArgs step;
+    Launch(const Case& c_, const HostInputs& in)
+        : c(c_), d(uploaded(c_, in)), plan(plan_config(c_, in, d)), step(step_args(c_, in, d)) {}
+    void poison() {
+      d.out.fill_bytes(0xFF);
+      d.residual_out.fill_bytes(0xFF);
+    }
+    void run(void* stream, uint64_t emu_seed) { plan.run(step, stream, emu_seed); }
+    Result result() {
+      RunResult r;
+      r.out = (c.in_place ? d.hidden : d.out).download();
+      r.residual_out = (c.in_place ? d.residual : d.residual_out).download();
+      r.k_pages = d.k_pages.download();
+      r.v_pages = d.v_pages.download();
+      return r;
+    }
+    int ctas() const { return plan.info().clusters * plan.info().cluster_size; }
+    std::string describe() const {
+      const kda::LaunchInfo& li = plan.info();
+      return std::to_string(li.clusters) + " x " + std::to_string(li.cluster_size) + " CTAs, " +
+             std::to_string(li.stages) + " stages, " + std::to_string(li.smem_bytes) + " B smem";
+    }
+  };
+};
 
 }  // namespace cf::test::da

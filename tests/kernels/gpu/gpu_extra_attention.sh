@@ -2,7 +2,7 @@
 # Extra GPU checks of the fused decoder attention block, to run on a lent GPU machine AFTER bench/gpu_first.sh has
 # configured and built (build/gpu-tests, build/gpu-bench), from the repository root:
 #
-#     bash tests/gpu/decoder_attention/gpu_extra.sh
+#     bash tests/kernels/gpu/gpu_extra_attention.sh
 #
 # Steps (each time-boxed; the whole script stays under CF_GPU_EXTRA_BUDGET seconds, default 240):
 #   sanitizers  compute-sanitizer memcheck / racecheck / synccheck on the small cases (DecoderAttentionGpuSanitizer.*)
@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 LOG="$OUT/da_extra.txt"
 BUDGET="${CF_GPU_EXTRA_BUDGET:-240}"
 T0=$(date +%s)
-BIN="$ROOT/build/gpu-tests/tests/gpu/decoder_attention/cf_test_decoder_attention_gpu"
+BIN="$ROOT/build/gpu-tests/tests/kernels/cf_test_kernels_gpu"
 BENCH="$ROOT/build/gpu-bench/bench/decoder_attention/cf_bench_decoder_attention"
 LIB_OBJS="$ROOT/build/gpu-bench/src/kernels/CMakeFiles/cf_kernels.dir/decoder_attention"
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -40,7 +40,7 @@ step() {  # name, seconds, command...
 
 {
   echo "git: $(git describe --always --dirty 2>/dev/null)"
-  [ -x "$BIN" ] || echo "NOTE: $BIN not built (cmake --build --preset default --target cf_test_decoder_attention_gpu)"
+  [ -x "$BIN" ] || echo "NOTE: $BIN not built (cmake --build --preset default --target cf_test_kernels_gpu)"
   if [ -x "$BIN" ] && command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck synccheck; do
       step "compute-sanitizer $tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \

@@ -9,15 +9,15 @@
 #include <cstring>
 #include <string>
 
-#include "gpu_test.hpp"
-#include "lm_head_harness.hpp"
+#include "gpu/gpu_driver.hpp"
+#include "harness/lm_head.hpp"
 
 namespace cf::test::lm_head {
 namespace {
 
-Case model_case(const std::string& model, int batch, dev::DType dtype = dev::DType::F16) {
+Case model_case(const std::string& model, int batch, DType dtype = DType::F16) {
   Case c;
-  c.name = model + "_b" + std::to_string(batch) + (dtype == dev::DType::BF16 ? "_bf16" : "");
+  c.name = model + "_b" + std::to_string(batch) + (dtype == DType::BF16 ? "_bf16" : "");
   c.dtype = dtype;
   c.hidden = 4096;
   c.vocab = model == "llama2" ? 32000 : 128256;
@@ -27,53 +27,7 @@ Case model_case(const std::string& model, int batch, dev::DType dtype = dev::DTy
   return c;
 }
 
-template <typename T>
-void check_model_case(const Case& c, bool graph_check) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const HostInputs in = make_inputs<T>(c);
-  const Oracle o = make_oracle<T>(c, in);
-  const double t_ref = seconds_since(t0);
-
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  d.logits.fill_bytes(0xFF);
-  d.tokens.fill_bytes(0xFF);
-  klm::Plan plan(plan_config(c, d));
-  const klm::StepArgs step = step_args(c, d);
-  plan.run(step);
-  plan.check_status();
-  const RunResult r = download_result(d);
-  const CheckReport rep = check_result<T>(c, o, r);
-  EXPECT_TRUE(rep.ok) << rep.message;
-  const klm::LaunchInfo& li = plan.info();
-  std::printf("%s: %d CTAs, U %d, %d stages, %zu B smem; reference %.1f s; tokens[0] %d; %s\n", c.name.c_str(),
-              li.ctas, li.stage_units, li.stages, li.smem_bytes, t_ref, r.tokens[0], rep.message.c_str());
-
-  d.logits.fill_bytes(0xFF);
-  d.tokens.fill_bytes(0xFF);
-  plan.run(step);
-  plan.check_status();
-  const RunResult again = download_result(d);
-  EXPECT_EQ(again.tokens, r.tokens) << "second run differs";
-  EXPECT_EQ(0, std::memcmp(again.logits.data(), r.logits.data(), r.logits.size() * 4)) << "second run differs";
-  if (graph_check) {
-    replay_in_graph([&](cudaStream_t stream) { plan.run(step, stream); },
-                    [&] {
-                      d.logits.fill_bytes(0xFF);
-                      d.tokens.fill_bytes(0xFF);
-                    },
-                    [&](cudaStream_t stream) { plan.check_status(stream); });
-    if (::testing::Test::HasFatalFailure()) return;
-    const RunResult replay = download_result(d);
-    EXPECT_EQ(replay.tokens, r.tokens) << "CUDA-graph replay differs";
-    EXPECT_EQ(0, std::memcmp(replay.logits.data(), r.logits.data(), r.logits.size() * 4)) << "graph replay differs";
-  }
-}
-
-void check_any(const Case& c, bool graph_check = false) {
-  if (c.dtype == dev::DType::F16) check_model_case<half>(c, graph_check);
-  else check_model_case<bfloat16>(c, graph_check);
-}
+void check_any(const Case& c, bool graph_check = false) { check_on_gpu_any<Op>(c, graph_check); }
 
 TEST(LmHeadGpu, Llama2Batch1) {
   REQUIRE_HOPPER();
@@ -89,21 +43,28 @@ TEST(LmHeadGpu, Llama3Batch1) {
 }
 TEST(LmHeadGpu, Llama3Batch8Bf16) {
   REQUIRE_HOPPER();
-  check_any(model_case("llama3", 8, dev::DType::BF16));
+  check_any(model_case("llama3", 8, DType::BF16));
 }
 
 // The hang path on the hardware (expect_prompt_timeout), then a fresh plan on the same context: the right answer.
 TEST(LmHeadGpu, TinyWaitBudgetEndsPromptlyWithATimeout) {
   REQUIRE_HOPPER();
-  const Case c = model_case("llama3", 1);
-  const HostInputs in = make_inputs<half>(c);
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  klm::PlanConfig cfg = plan_config(c, d);
-  cfg.wait_budget_us = 1;
-  klm::Plan plan(cfg);
-  expect_prompt_timeout("lm_head", [&] { plan.run(step_args(c, d)); }, [&] { plan.check_status(); });
-  check_any(c);
+  expect_prompt_timeout_then_recovery<Op>(model_case("llama3", 1), "lm_head");
+}
+
+// ---- where the time goes: per-phase SM-clock timestamps of every CTA (PlanConfig::trace) ------------------------
+TEST(LmHeadGpuTrace, PhaseTimes) {
+  REQUIRE_HOPPER();
+  for (const Case& model : {model_case("llama2", 1), model_case("llama3", 1), model_case("llama3", 8)}) {
+    Case c = model;
+    c.name += "_trace";
+    print_phase_trace<Op>(c, klm::kTraceSlots,
+                          {{"norm", klm::kTraceStart, klm::kTraceNormDone},
+                           {"logits", klm::kTraceNormDone, klm::kTraceLogitsDone},
+                           {"pick", klm::kTraceLogitsDone, klm::kTraceEnd},
+                           {"total", klm::kTraceStart, klm::kTraceEnd},
+                           {"P:weights", klm::kTraceStart, klm::kTraceProducerDone}});
+  }
 }
 
 TEST(LmHeadGpuSanitizer, TiesAndNanBatch16) {
@@ -116,7 +77,7 @@ TEST(LmHeadGpuSanitizer, TiesAndNanBatch16) {
   c.wait_budget_us = kSanitizerWaitBudgetUs;
   check_any(c, /*graph_check=*/true);
   const HostInputs in = make_inputs<half>(c);
-  const RunResult r = run_case(c, in);
+  const RunResult r = run_once<Op>(c, in);
   for (int b = 0; b < c.batch; ++b) EXPECT_EQ(r.tokens[size_t(b)], b == c.nan_token ? 0 : 700) << "token " << b;
 }
 
@@ -136,20 +97,15 @@ void compare_with_unfused(const Case& c) {
   namespace cu = cf::cuda_unfused;
   const HostInputs in = make_inputs<T>(c);
   const Oracle o = make_oracle<T>(c, in);
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  klm::Plan plan(plan_config(c, d));
-  d.logits.fill_bytes(0xFF);
-  d.tokens.fill_bytes(0xFF);
-  plan.run(step_args(c, d));
-  plan.check_status();
-  const RunResult fused = download_result(d);
+  Op::Launch launch(c, in);
+  const RunResult fused = run_checked(launch);
+  DeviceInputs& d = launch.d;
 
   ref::DecoderShape shape;
   shape.hidden = c.hidden;
   cu::Workspace ws(shape, c.batch);
   cu::LmHeadParams up;
-  up.dtype = c.dtype == dev::DType::F16 ? cu::DType::F16 : cu::DType::BF16;
+  up.dtype = c.dtype == DType::F16 ? cu::DType::F16 : cu::DType::BF16;
   up.shape = shape;
   up.batch = c.batch;
   up.vocab = c.vocab;
@@ -159,13 +115,12 @@ void compare_with_unfused(const Case& c) {
   up.w_out = d.w_out.data();
   up.logits = d.logits.data();
   up.tokens = d.tokens.data();
-  d.logits.fill_bytes(0xFF);
-  d.tokens.fill_bytes(0xFF);
+  launch.poison();
   cu::lm_head(up, ws, nullptr);
   ws.check_status(nullptr);
-  const RunResult unfused = download_result(d);
+  const RunResult unfused = launch.result();
 
-  const CheckReport rf = check_result<T>(c, o, fused), ru = check_result<T>(c, o, unfused);
+  const CheckReport rf = check_result<T>(c, in, o, fused), ru = check_result<T>(c, in, o, unfused);
   EXPECT_TRUE(rf.ok) << "fused: " << rf.message;
   EXPECT_TRUE(ru.ok) << "cuda-unfused: " << ru.message;
   double max_diff = 0.0;
@@ -180,7 +135,7 @@ void compare_with_unfused(const Case& c) {
 TEST(LmHeadGpu, MatchesUnfusedBaseline) {
   REQUIRE_HOPPER();
   compare_with_unfused<half>(model_case("llama2", 4));
-  compare_with_unfused<bfloat16>(model_case("llama3", 2, dev::DType::BF16));
+  compare_with_unfused<bfloat16>(model_case("llama3", 2, DType::BF16));
 }
 
 }  // namespace

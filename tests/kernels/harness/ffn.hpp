@@ -1,6 +1,5 @@
-// Test harness of the fused FFN block, shared by the emulator tests (host compiler, cf_kernels_emu) and the GPU tests
-// (nvcc, cf_kernels): random inputs of a Case, the run through a Plan, the CPU reference (cf::ref::ffn_block) and
-// the "naive low-precision" oracle of the tolerance policy, and the checks.
+// The FFN op of the kernel-test harness (harness/driver.hpp): random inputs of a Case, the run through a Plan, the CPU
+// reference (cf::ref::ffn_block) and the "naive low-precision" oracle of the tolerance policy, and the checks.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -10,30 +9,24 @@
 #include <thread>
 #include <vector>
 
-#include "clusterfusion/common/half.hpp"
-#include "clusterfusion/device/buffer.hpp"
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/reference/decoder.hpp"
-#include "clusterfusion/reference/tolerance.hpp"
+#include "harness/common.hpp"
 
 namespace cf::test::ffn {
 
 namespace kffn = cf::kernels::ffn;
 
-struct Case {
-  std::string name;
-  dev::DType dtype = dev::DType::F16;
+struct Case : CaseBase {
   int hidden = 256, ffn_hidden = 512, batch = 1;
   int cluster_size = 2;  // 0: automatic
   int max_clusters = 3;  // 0: as many as the (assumed) device runs
   int stage_units = 0;   // 0: default
-  int64_t wait_budget_us = -1;  // -1: PlanConfig's default (the sanitizer cases raise it: tools run 10-100x slower)
   int max_stages = 0;
   int max_batch = 0;     // 0: batch
   bool residual = true;
   bool in_place = false;  // residual_out aliases residual and out aliases hidden (no residual: residual_out = hidden)
   float eps = 1e-5f;
-  uint64_t seed = 1;
 
   kffn::Shape shape() const { return {hidden, ffn_hidden, eps}; }
   ref::DecoderShape ref_shape() const {
@@ -42,47 +35,6 @@ struct Case {
     return s;
   }
 };
-
-inline std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
-
-template <typename T>
-uint16_t to_bits16(float f) {
-  return from_float<T>(f).bits;
-}
-template <typename T>
-float from_bits16(uint16_t b) {
-  return to_float(T::from_bits(b));
-}
-
-// Uniform floats in [-1, 1) from a splitmix64 stream (fast enough for Llama-sized weights).
-struct FastRandom {
-  uint64_t state;
-  explicit FastRandom(uint64_t seed) : state(seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull) {}
-  uint64_t next() {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  float uniform() { return float(int32_t(uint32_t(next() >> 32))) * (1.0f / 2147483648.0f); }
-};
-
-// Fills n values uniform in [-scale, scale) as T bits; big buffers in parallel slices (each its own stream).
-template <typename T>
-std::vector<uint16_t> random_bits(size_t n, float scale, uint64_t seed) {
-  std::vector<uint16_t> v(n);
-  const size_t slices = n > (size_t(1) << 22) ? 8 : 1;
-  auto fill = [&](size_t s) {
-    FastRandom r(seed * 1000003 + s);
-    const size_t begin = n * s / slices, end = n * (s + 1) / slices;
-    for (size_t i = begin; i < end; ++i) v[i] = to_bits16<T>(r.uniform() * scale);
-  };
-  std::vector<std::thread> threads;
-  for (size_t s = 1; s < slices; ++s) threads.emplace_back(fill, s);
-  fill(0);
-  for (auto& t : threads) t.join();
-  return v;
-}
 
 // Host inputs in storage bits (uint16), generated from the case's seed.
 struct HostInputs {
@@ -147,14 +99,7 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
     ref::matvec(w.w_down, act.data(), ob, H, F);
     for (int i = 0; i < H; ++i) ob[i] = round_through<T>(ob[i]);
   };
-  // Tokens are independent: one thread per token on big shapes.
-  if (B > 1 && int64_t(H) * F > (int64_t(1) << 22)) {
-    std::vector<std::thread> threads;
-    for (int b = 0; b < B; ++b) threads.emplace_back(one_token, b);
-    for (auto& t : threads) t.join();
-  } else {
-    for (int b = 0; b < B; ++b) one_token(b);
-  }
+  for_each_token(B, int64_t(H) * F, one_token);
   return o;
 }
 
@@ -165,17 +110,19 @@ struct DeviceInputs {
 };
 
 inline void upload_inputs(const Case& c, const HostInputs& in, DeviceInputs& d) {
-  auto up = [](auto& buf, const auto& host) {
-    buf = std::decay_t<decltype(buf)>(host.size());
-    buf.upload(host);
-  };
-  up(d.hidden, in.hidden);
-  up(d.residual, in.residual);
-  up(d.norm, in.norm);
-  up(d.w_gate_up, in.w_gate_up);
-  up(d.w_down, in.w_down);
+  upload(d.hidden, in.hidden);
+  upload(d.residual, in.residual);
+  upload(d.norm, in.norm);
+  upload(d.w_gate_up, in.w_gate_up);
+  upload(d.w_down, in.w_down);
   d.residual_out = dev::DeviceBuffer<uint16_t>(size_t(c.batch) * c.hidden);
   d.out = dev::DeviceBuffer<uint16_t>(size_t(c.batch) * c.hidden);
+}
+
+inline DeviceInputs uploaded(const Case& c, const HostInputs& in) {
+  DeviceInputs d;
+  upload_inputs(c, in, d);
+  return d;
 }
 
 inline kffn::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
@@ -191,6 +138,7 @@ inline kffn::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
   cfg.stage_units = c.stage_units;
   if (c.wait_budget_us >= 0) cfg.wait_budget_us = c.wait_budget_us;
   cfg.max_stages = c.max_stages;
+  cfg.trace = c.trace;
   return cfg;
 }
 
@@ -232,65 +180,45 @@ inline RunResult download_result(const Case& c, DeviceInputs& d) {
   return r;
 }
 
-// Uploads fresh inputs, poisons the outputs (0xFF: NaN), runs one step, downloads.
-inline RunResult run_case(const Case& c, const HostInputs& in, uint64_t emu_seed = 0, void* stream = nullptr,
-                          kffn::LaunchInfo* info = nullptr) {
-  DeviceInputs d;
-  upload_inputs(c, in, d);
-  d.out.fill_bytes(0xFF);
-  d.residual_out.fill_bytes(0xFF);
-  kffn::Plan plan(plan_config(c, d));
-  if (info) *info = plan.info();
-  plan.run(step_args(c, d), stream, emu_seed);
-  plan.check_status(stream);
-  return download_result(c, d);
-}
-
 // ---- checks -------------------------------------------------------------------------------------------------------
-
-struct CheckReport {
-  bool ok = true;
-  std::string message;
-  void fail(const std::string& m) {
-    if (ok) message.clear();  // keep only failures once there is one
-    ok = false;
-    if (!message.empty()) message += "\n";
-    message += m;
-  }
-};
-
-// y against the oracle under the tolerance policy (rules 1 and 2 with the rounding-noise fallback: ref::check_policy).
-template <typename T>
-CheckReport check_floats(const std::string& what, const std::vector<float>& y, const std::vector<float>& ref,
-                         const std::vector<float>& naive) {
-  CheckReport rep;
-  const ref::PolicyCheck p = ref::check_policy<T>(y, ref, naive);
-  if (p.ok)
-    rep.message = what + " " + p.message;
-  else
-    rep.fail(what + ": " + p.message);
-  return rep;
-}
-
-// The same for storage bits of T.
-template <typename T>
-CheckReport check_values(const std::string& what, const std::vector<uint16_t>& got, const std::vector<float>& ref,
-                         const std::vector<float>& naive) {
-  std::vector<float> y(got.size());
-  for (size_t i = 0; i < y.size(); ++i) y[i] = from_bits16<T>(got[i]);
-  return check_floats<T>(what, y, ref, naive);
-}
 
 // out within tolerance, residual_out bit-exact (hidden + residual rounded once).
 template <typename T>
-CheckReport check_result(const Case& c, const Oracle& o, const RunResult& r) {
+CheckReport check_result(const Case& c, const HostInputs&, const Oracle& o, const RunResult& r) {
   CheckReport rep = check_values<T>(c.name + ": out", r.out, o.out_ref, o.out_naive);
-  if (r.residual_out != o.residual_out) {
-    size_t i = 0;
-    while (i < r.residual_out.size() && r.residual_out[i] == o.residual_out[i]) ++i;
-    rep.fail(c.name + ": residual_out differs from hidden + residual at element " + std::to_string(i));
-  }
+  check_bit_exact(rep, c.name + ": residual_out differs from hidden + residual", r.residual_out, o.residual_out);
   return rep;
 }
+
+// The op of the harness's driver.
+struct Op {
+  using Case = ffn::Case;
+  using Result = RunResult;
+  static bool same_bits(const Result& a, const Result& b) { return a.out == b.out && a.residual_out == b.residual_out; }
+  struct Launch {
+    const Case& c;
+    DeviceInputs d;
+    kffn::Plan plan;
+    kffn::StepArgs step;
+    Launch(const Case& c_, const HostInputs& in)
+        : c(c_), d(uploaded(c_, in)), plan(plan_config(c_, d)), step(step_args(c_, d)) {}
+    void poison() {
+      d.out.fill_bytes(0xFF);
+      d.residual_out.fill_bytes(0xFF);
+    }
+    void run(void* stream, uint64_t emu_seed) { plan.run(step, stream, emu_seed); }
+    Result result() { return download_result(c, d); }
+    int ctas() const { return plan.info().clusters * plan.info().cluster_size; }
+    int ring_stages() const { return plan.info().stages; }  // weight-ring stages
+    std::string describe() const {
+      const kffn::LaunchInfo& li = plan.info();
+      return "cluster " + std::to_string(li.cluster_size) + " x " + std::to_string(li.clusters) + ", U " +
+             std::to_string(li.stage_units) + ", down " + std::to_string(li.down_cols) + " cols x " +
+             std::to_string(li.down_tiles) + " tiles, " + std::to_string(li.blocks) + " blocks of " +
+             std::to_string(li.block_rows) + " rows, " + std::to_string(li.stages) + " stages, " +
+             std::to_string(li.smem_bytes) + " B smem";
+    }
+  };
+};
 
 }  // namespace cf::test::ffn
