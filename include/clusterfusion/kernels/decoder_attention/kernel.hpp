@@ -184,7 +184,12 @@ struct AttentionCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       collectives32().init();
       collectives16().init();
     }
-    if (int32_t(tid) < batch) tokens[tid] = token_info(int32_t(tid));
+    if (int32_t(tid) < batch) {
+      // built in a register copy first: the emulator's access instrumentation does not see a struct that the callee
+      // builds in place in shared memory through the return slot (its reads were reported uninitialised)
+      const TokenInfo info = token_info(int32_t(tid));
+      tokens[tid] = info;
+    }
     dev::cluster_sync();  // barriers initialised and token table visible; every CTA of the cluster started
     if (tid == 0) trace(kTraceStart);
   }
