@@ -1,0 +1,354 @@
+// DeepSeek-V2 models (MLA + MoE, docs/mla.md) from file to logits: config parsing (GGUF deepseek2, HF deepseek_v2)
+// and its refusals, loading of every file form through the weight table, and the cpu backend against the goldens of
+// tests/data/golden/deepseek/ (the float64 oracle and llama.cpp's F32 greedy runs, recorded by
+// scripts/record_deepseek_golden.py) under the comparison rule of its README.md.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "clusterfusion/common/json.hpp"
+#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/reference/ops.hpp"
+#include "clusterfusion/runtime/backend.hpp"
+#include "clusterfusion/runtime/runner.hpp"
+#include "clusterfusion/runtime/weights.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using cf::test::expect_input_error;
+
+std::string data_path(const std::string& rel) { return std::string(CF_SOURCE_DIR) + "/tests/data/" + rel; }
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+cf::json::Value read_json(const std::string& path) { return cf::json::parse(read_text(path)); }
+
+// The three files of tiny_mla and the two of tiny_mla_qlora.
+std::vector<std::string> model_files(const std::string& name) {
+  std::vector<std::string> files = {data_path("deepseek/" + name + ".gguf"), data_path("deepseek/" + name)};
+  if (name == "tiny_mla") files.push_back(data_path("deepseek/tiny_mla_legacy_kv_b.gguf"));
+  return files;
+}
+
+// ---- config ------------------------------------------------------------------------------------------------------
+
+TEST(DeepseekConfig, EveryFileOfTinyMla) {
+  for (const std::string& path : model_files("tiny_mla")) {
+    SCOPED_TRACE(path);
+    const auto file = cf::open_model_file(path);
+    const cf::ModelConfig& c = file->config();
+    EXPECT_EQ(c.arch, "deepseek2");
+    EXPECT_TRUE(c.is_mla());
+    EXPECT_EQ(c.n_layers, 3);
+    EXPECT_EQ(c.hidden, 64);
+    EXPECT_EQ(c.n_heads, 4);
+    EXPECT_EQ(c.head_dim, 40);
+    EXPECT_EQ(c.rope_dim, 16);
+    EXPECT_EQ(c.rope_style, cf::RopeStyle::GPTJ);
+    EXPECT_EQ(c.mla.q_lora_rank, 0);
+    EXPECT_EQ(c.mla.kv_lora_rank, 32);
+    EXPECT_EQ(c.mla.qk_nope, 24);
+    EXPECT_EQ(c.mla.v_head, 12);
+    EXPECT_EQ(c.mla.split_kv_b, path.ends_with("tiny_mla.gguf"));
+    EXPECT_EQ(c.cache_values_per_token(), 48);
+    EXPECT_EQ(c.ffn_hidden, 96);
+    EXPECT_EQ(c.vocab, 600);
+    EXPECT_FLOAT_EQ(c.rms_eps, 1e-6f);
+    EXPECT_FLOAT_EQ(c.rope_theta, 10000.0f);
+    EXPECT_FLOAT_EQ(c.yarn.factor, 40.0f);
+    EXPECT_EQ(c.yarn.original_context, 4096);
+    EXPECT_FLOAT_EQ(c.yarn.beta_fast, 32.0f);
+    EXPECT_FLOAT_EQ(c.yarn.beta_slow, 1.0f);
+    EXPECT_NEAR(c.yarn.mscale, 0.707f, 1e-6);
+    EXPECT_NEAR(c.yarn.mscale_all_dim, 0.707f, 1e-6);
+    EXPECT_EQ(c.moe.n_experts, 6);
+    EXPECT_EQ(c.moe.top_k, 2);
+    EXPECT_EQ(c.moe.n_shared, 2);
+    EXPECT_EQ(c.moe.first_dense, 1);
+    EXPECT_EQ(c.moe.expert_ffn, 16);
+    EXPECT_TRUE(c.moe.norm_topk_prob);
+    EXPECT_FLOAT_EQ(c.moe.routed_scaling, 1.0f);
+    EXPECT_EQ(c.moe.method, cf::TopkMethod::Greedy);
+    EXPECT_EQ(c.layer_spec(0).ffn, cf::FfnKind::SwiGlu);
+    EXPECT_EQ(c.layer_spec(1).ffn, cf::FfnKind::Moe);
+    EXPECT_EQ(c.layer_spec(2).attention, cf::AttentionKind::Mla);
+    const std::string summary = c.summary();
+    for (const char* want : {"MLA attention, SwiGLU / MoE FFN", "kv_lora_rank 32", "48 values per token",
+                             "6 routed experts (top 2, greedy", "factor 40"})
+      EXPECT_NE(summary.find(want), std::string::npos) << want << " not in:\n" << summary;
+  }
+}
+
+TEST(DeepseekConfig, QLoraModelScalesWithoutRenormalising) {
+  for (const std::string& path : model_files("tiny_mla_qlora")) {
+    SCOPED_TRACE(path);
+    const auto file = cf::open_model_file(path);
+    const cf::ModelConfig& c = file->config();
+    EXPECT_EQ(c.mla.q_lora_rank, 56);
+    EXPECT_FALSE(c.moe.norm_topk_prob);
+    EXPECT_FLOAT_EQ(c.moe.routed_scaling, 2.5f);
+  }
+}
+
+// One field of tiny_mla's config.json replaced: a one-line error naming it (or, for the valid ones, a config).
+cf::ModelConfig hf_config_with(const std::string& from, const std::string& to) {
+  std::string text = read_text(data_path("deepseek/tiny_mla/config.json"));
+  const size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at != std::string::npos) text.replace(at, from.size(), to);
+  return cf::config_from_hf_json(cf::json::parse(text), "config.json");
+}
+
+TEST(DeepseekConfig, BadHuggingFaceValuesAreOneLineErrors) {
+  const struct {
+    const char* from;
+    const char* to;
+    const char* error;
+  } cases[] = {
+      {"\"kv_lora_rank\": 32", "\"kv_lora_rank\": 0", "kv_lora_rank = 0"},
+      {"\"qk_rope_head_dim\": 16", "\"qk_rope_head_dim\": 15", "rope_dim = 15: must be even"},
+      {"\"v_head_dim\": 12", "\"v_head_dim\": -1", "v_head_dim = -1 is out of range"},
+      {"\"q_lora_rank\": null", "\"q_lora_rank\": 0", "q_lora_rank = 0"},
+      {"\"q_lora_rank\": null", "\"q_lora_rank\": \"big\"", "q_lora_rank must be an integer"},
+      {"\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 7", "num_experts_per_tok = 7: expected 1..6"},
+      {"\"first_k_dense_replace\": 1", "\"first_k_dense_replace\": 4", "first_k_dense_replace = 4"},
+      {"\"moe_intermediate_size\": 16", "\"moe_intermediate_size\": 0", "moe_intermediate_size = 0"},
+      {"\"topk_method\": \"greedy\"", "\"topk_method\": \"noaux_tc\"", "topk_method 'noaux_tc' is not supported"},
+      {"\"topk_method\": \"greedy\"", "\"topk_method\": \"group_limited_greedy\", \"n_group\": 4",
+       "n_group = 4: must divide n_routed_experts = 6"},
+      {"\"scoring_func\": \"softmax\"", "\"scoring_func\": \"sigmoid\"", "scoring_func 'sigmoid' is not supported"},
+      {"\"moe_layer_freq\": 1", "\"moe_layer_freq\": 2", "moe_layer_freq must be 1"},
+      {"\"attention_bias\": false", "\"attention_bias\": true", "attention_bias is not supported"},
+      {"\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"", "hidden_act must be \"silu\""},
+      {"\"type\": \"yarn\"", "\"type\": \"linear\"", "rope_scaling type 'linear' is not supported"},
+      {"\"factor\": 40", "\"factor\": 0.5", "rope_scaling.factor = 0.5"},
+      {"\"beta_fast\": 32", "\"beta_fast\": -32", "beta_fast = -32"},
+      {"\"original_max_position_embeddings\": 4096", "\"original_max_position_embeddings\": 0",
+       "original_max_position_embeddings = 0"},
+      {"\"routed_scaling_factor\": 1.0", "\"routed_scaling_factor\": \"x\"", "routed_scaling_factor must be a number"},
+  };
+  for (const auto& bad : cases) {
+    SCOPED_TRACE(bad.to);
+    expect_input_error([&] { hf_config_with(bad.from, bad.to); }, {"config.json", bad.error});
+  }
+  // with norm_topk_prob the authors' code does not scale: a factor is ignored, not an error
+  EXPECT_FLOAT_EQ(hf_config_with("\"routed_scaling_factor\": 1.0", "\"routed_scaling_factor\": 16.0").moe.routed_scaling, 1.0f);
+}
+
+TEST(DeepseekConfig, GroupLimitedGreedy) {
+  const cf::ModelConfig c = hf_config_with("\"n_group\": 1", "\"n_group\": 3");
+  EXPECT_EQ(c.moe.method, cf::TopkMethod::Greedy);  // n_group alone changes nothing
+  const cf::ModelConfig g = hf_config_with(
+      "\"topk_method\": \"greedy\"", "\"topk_method\": \"group_limited_greedy\", \"n_group\": 3, \"topk_group\": 2");
+  EXPECT_EQ(g.moe.method, cf::TopkMethod::GroupLimitedGreedy);
+  EXPECT_EQ(g.moe.n_group, 3);
+  EXPECT_EQ(g.moe.topk_group, 2);
+  expect_input_error([&] {
+    hf_config_with("\"topk_method\": \"greedy\"",
+                   "\"topk_method\": \"group_limited_greedy\", \"n_group\": 3, \"topk_group\": 4");
+  }, {"topk_group = 4: expected 1..3"});
+}
+
+// ---- loading ----------------------------------------------------------------------------------------------------
+
+// Every file of a model loads; the matrices are those of the HF folder (kv_b_proj as the split k_b / v_b of the
+// current GGUF: W_UK transposed per head, W_UV as it is).
+TEST(DeepseekLoad, EveryFileHoldsTheSameWeights) {
+  for (const std::string name : {"tiny_mla", "tiny_mla_qlora"}) {
+    const auto hf = cf::ModelWeights::load(*cf::open_model_file(data_path("deepseek/" + name)));
+    const cf::ModelConfig& c = hf.config;
+    for (const std::string& path : model_files(name)) {
+      SCOPED_TRACE(path);
+      const auto w = cf::ModelWeights::load(*cf::open_model_file(path));
+      ASSERT_EQ(w.layers.size(), 3u);
+      int compared = 0;
+      for (const cf::WeightEntry& e : cf::weight_table(w.config)) {
+        if (e.form == cf::WeightForm::Vector) {
+          EXPECT_EQ(w.vector(e), hf.vector(e)) << e.name;
+          continue;
+        }
+        if (e.slot == cf::WeightSlot::AttnKB || e.slot == cf::WeightSlot::AttnVB) continue;  // below
+        const cf::WeightMatrix& m = w.matrix(e);
+        ASSERT_EQ(m.rows * m.cols, hf.matrix(e).rows * hf.matrix(e).cols) << e.name;
+        EXPECT_EQ(m.dequantized(), hf.matrix(e).dequantized()) << e.name;
+        ++compared;
+      }
+      EXPECT_GT(compared, 20);
+      if (!w.config.mla.split_kv_b) continue;
+      const int heads = c.n_heads, r = c.mla.kv_lora_rank, nope = c.mla.qk_nope, v = c.mla.v_head;
+      for (int l = 0; l < c.n_layers; ++l) {
+        const auto kv_b = hf.layers[size_t(l)].attn_kv_b.dequantized();
+        const auto k_b = w.layers[size_t(l)].attn_k_b.dequantized(), v_b = w.layers[size_t(l)].attn_v_b.dequantized();
+        for (int h = 0; h < heads; ++h)
+          for (int col = 0; col < r; ++col) {
+            for (int n = 0; n < nope; ++n)
+              ASSERT_EQ(k_b[(size_t(h) * r + col) * nope + n], kv_b[(size_t(h) * (nope + v) + n) * r + col]);
+            for (int j = 0; j < v; ++j)
+              ASSERT_EQ(v_b[(size_t(h) * v + j) * r + col], kv_b[(size_t(h) * (nope + v) + nope + j) * r + col]);
+          }
+      }
+    }
+  }
+}
+
+TEST(DeepseekLoad, RouterKeepsItsTypeWhenConverting) {
+  cf::WeightLoadOptions o;
+  o.convert_to = cf::DType::F16;
+  const auto w = cf::ModelWeights::load(*cf::open_model_file(data_path("deepseek/tiny_mla.gguf")), o);
+  EXPECT_EQ(w.layers[1].ffn_router.dtype, cf::DType::F32);
+  EXPECT_EQ(w.layers[1].ffn_gate_exps.dtype, cf::DType::F16);
+  EXPECT_EQ(w.layers[1].ffn_gate_exps.rows, 6 * 16);
+  EXPECT_EQ(w.layers[1].ffn_down_exps.rows, 6 * 64);
+  EXPECT_TRUE(w.layers[0].ffn_router.empty());  // the dense layer
+}
+
+TEST(DeepseekLoad, DeviceBackendsRefuseClearly) {
+  auto w = std::make_shared<const cf::ModelWeights>(
+      cf::ModelWeights::load(*cf::open_model_file(data_path("deepseek/tiny_mla.gguf"))));
+  for (const char* name : {"emu", "cuda", "cuda-unfused"})
+    expect_input_error([&] { cf::create_backend(name, w, {}); }, {std::string("--backend ") + name});
+  expect_input_error([&] { cf::create_backend("emu", w, {}); }, {"deepseek2", "cpu backend only"});
+}
+
+// ---- cpu backend against the goldens ------------------------------------------------------------------------------
+
+std::shared_ptr<const cf::ModelWeights> load_for_cpu(const std::string& path) {
+  const auto file = cf::open_model_file(path);
+  return std::make_shared<const cf::ModelWeights>(cf::ModelWeights::load(*file, cf::weight_load_options("cpu")));
+}
+
+cf::Runner cpu_runner(std::shared_ptr<const cf::ModelWeights> w, int threads, int max_batch_tokens = 256,
+                      cf::DType kv = cf::DType::F32) {
+  cf::BackendOptions o;
+  o.threads = threads;
+  o.page_size = 16;
+  o.kv_pages = 16;
+  o.max_batch_tokens = max_batch_tokens;
+  o.cpu_kv_type = kv;
+  return cf::Runner(cf::create_backend("cpu", std::move(w), o), 1, 256);
+}
+
+bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+class DeepseekCpu : public ::testing::TestWithParam<std::string> {};
+
+// Teacher-forced on every golden prompt + continuation: within 1e-3 of the float64 oracle at the top-10 ids and the
+// log-sum-exp, the oracle's argmax wherever its top-2 margin exceeds 2e-3 (rule 1); every file gives the same bits.
+TEST_P(DeepseekCpu, TeacherForcedLogitsMatchTheOracle) {
+  const std::string name = GetParam();
+  const auto golden = read_json(data_path("golden/deepseek/" + name + ".json"));
+  std::vector<std::shared_ptr<const cf::ModelWeights>> models;
+  for (const std::string& path : model_files(name)) models.push_back(load_for_cpu(path));
+  const int vocab = models[0]->config.vocab;
+  int rows = 0, argmax_checked = 0;
+  for (const auto& p : golden.at("prompts").as_array()) {
+    std::vector<int32_t> tokens;
+    for (const auto& t : p.at("prompt_tokens").as_array()) tokens.push_back(int32_t(t.as_int()));
+    for (const auto& t : p.at("generated_tokens").as_array()) tokens.push_back(int32_t(t.as_int()));
+    tokens.pop_back();  // row r predicts token r + 1
+    const std::string prompt = p.at("name").as_string();
+    auto runner = cpu_runner(models[0], 2);
+    const std::vector<float> logits = cf::teacher_forced_logits(runner, tokens);
+    for (size_t m = 1; m < models.size(); ++m) {
+      auto other = cpu_runner(models[m], 2);
+      EXPECT_TRUE(bit_equal(logits, cf::teacher_forced_logits(other, tokens))) << prompt << ": file " << m << " differs";
+    }
+    const auto& top_ids = p.at("llama_cpp_bf16").at("top_ids").as_array();
+    const auto& oracle = p.at("numpy_fp64");
+    ASSERT_EQ(top_ids.size(), tokens.size()) << prompt;
+    for (size_t r = 0; r < tokens.size(); ++r, ++rows) {
+      const float* row = logits.data() + r * size_t(vocab);
+      const auto& want = oracle.at("logits_at_top_ids").as_array()[r].as_array();
+      for (size_t k = 0; k < want.size(); ++k) {
+        const int id = int(top_ids[r].as_array()[k].as_int());
+        EXPECT_NEAR(row[id], want[k].as_number(), 1e-3) << prompt << " row " << r << " id " << id;
+      }
+      double max_logit = -1e30, sum = 0.0;
+      for (int i = 0; i < vocab; ++i) max_logit = std::fmax(max_logit, double(row[i]));
+      for (int i = 0; i < vocab; ++i) sum += std::exp(double(row[i]) - max_logit);
+      EXPECT_NEAR(max_logit + std::log(sum), oracle.at("lse").as_array()[r].as_number(), 1e-3) << prompt << " row " << r;
+      if (oracle.at("top2_margin").as_array()[r].as_number() > 2e-3) {
+        EXPECT_EQ(cf::ref::argmax(row, vocab), oracle.at("argmax").as_array()[r].as_int()) << prompt << " row " << r;
+        ++argmax_checked;
+      }
+    }
+  }
+  EXPECT_GT(rows, 200);
+  EXPECT_GT(argmax_checked, rows * 9 / 10);
+}
+
+// Free-running greedy decoding from each prompt equals llama.cpp F32's own continuation up to the first step whose
+// fp64 top-2 margin is below 2e-3 (rule 3; none is, in these goldens).
+TEST_P(DeepseekCpu, GreedyContinuationMatchesLlamaCppF32) {
+  const std::string name = GetParam();
+  const auto golden = read_json(data_path("golden/deepseek/" + name + ".json"));
+  auto w = load_for_cpu(data_path("deepseek/" + name + ".gguf"));
+  int compared = 0;
+  for (const auto& p : golden.at("prompts").as_array()) {
+    const auto& want = p.at("f32_greedy").at("generated_tokens").as_array();
+    const auto& margins = p.at("f32_greedy").at("top2_margin_fp64").as_array();
+    std::vector<int32_t> prompt;
+    for (const auto& t : p.at("prompt_tokens").as_array()) prompt.push_back(int32_t(t.as_int()));
+    auto runner = cpu_runner(w, 2);
+    std::vector<float> logits = runner.prefill(0, prompt);
+    for (size_t step = 0; step < want.size(); ++step) {
+      if (margins[step].as_number() < 2e-3) break;
+      int32_t token = int32_t(cf::ref::argmax(logits.data(), int(logits.size())));
+      ASSERT_EQ(token, want[step].as_int()) << p.at("name").as_string() << " step " << step;
+      ++compared;
+      const int32_t seq = 0;
+      logits = runner.decode(std::span(&seq, 1), std::span(&token, 1));
+    }
+  }
+  EXPECT_GT(compared, 150);
+}
+
+// Prefill = token-by-token decode = any chunking, bit for bit; the same bits for any thread count; an F16 latent
+// cache stays close.
+TEST_P(DeepseekCpu, DeterministicAcrossBatchingAndThreads) {
+  const std::string name = GetParam();
+  auto w = load_for_cpu(data_path("deepseek/" + name + ".gguf"));
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 40; ++i) tokens.push_back(int32_t((i * 37 + 11) % w->config.vocab));
+  auto prefill_runner = cpu_runner(w, 2);
+  const auto prefilled = cf::teacher_forced_logits(prefill_runner, tokens);
+  auto step_runner = cpu_runner(w, 2);
+  std::vector<float> stepped;
+  for (int32_t token : tokens) {
+    const int32_t seq = 0;
+    const auto& l = step_runner.decode(std::span(&seq, 1), std::span(&token, 1));
+    stepped.insert(stepped.end(), l.begin(), l.end());
+  }
+  EXPECT_TRUE(bit_equal(prefilled, stepped));
+  auto chunked = cpu_runner(w, 2, 3);
+  EXPECT_TRUE(bit_equal(prefilled, cf::teacher_forced_logits(chunked, tokens)));
+  for (int threads : {1, 3}) {
+    auto other = cpu_runner(w, threads);
+    EXPECT_TRUE(bit_equal(prefilled, cf::teacher_forced_logits(other, tokens))) << threads << " threads";
+  }
+  auto half = cpu_runner(w, 2, 256, cf::DType::F16);
+  const auto f16 = cf::teacher_forced_logits(half, tokens);
+  double worst = 0.0;
+  for (size_t i = 0; i < f16.size(); ++i) worst = std::fmax(worst, std::fabs(double(f16[i]) - prefilled[i]));
+  EXPECT_LT(worst, 0.05);
+  EXPECT_GT(worst, 0.0);  // the F16 cache is used
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, DeepseekCpu, ::testing::Values("tiny_mla", "tiny_mla_qlora"));
+
+}  // namespace
