@@ -169,8 +169,10 @@ std::string ModelConfig::summary() const {
                                    std::to_string(moe.n_group) + " groups)";
     line("moe", std::to_string(moe.n_experts) + " routed experts (top " + std::to_string(moe.top_k) + ", " + method +
                     ", width " + std::to_string(moe.expert_ffn) + "), " + std::to_string(moe.n_shared) +
-                    " shared, layers " + std::to_string(moe.first_dense) + ".." + std::to_string(n_layers - 1) +
-                    (moe.first_dense > 0 ? " (0.." + std::to_string(moe.first_dense - 1) + " dense)" : "") +
+                    " shared, in layers " + std::to_string(moe.first_dense) + ".." + std::to_string(n_layers - 1) +
+                    (moe.first_dense == 1 ? " (layer 0 dense)"
+                     : moe.first_dense > 1 ? " (0.." + std::to_string(moe.first_dense - 1) + " dense)"
+                                           : "") +
                     ", weights " + (moe.norm_topk_prob ? "renormalised, " : "") + "scaled by " +
                     fmt_float(moe.routed_scaling));
   }
