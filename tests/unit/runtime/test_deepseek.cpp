@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -15,7 +16,10 @@
 #include "clusterfusion/common/json.hpp"
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/reference/mla.hpp"
+#include "clusterfusion/reference/moe.hpp"
 #include "clusterfusion/reference/ops.hpp"
+#include "clusterfusion/reference/tolerance.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/weights.hpp"
@@ -350,5 +354,155 @@ TEST_P(DeepseekCpu, DeterministicAcrossBatchingAndThreads) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, DeepseekCpu, ::testing::Values("tiny_mla", "tiny_mla_qlora"));
+
+// ---- random DeepSeek-shaped models in every weight type against the reference ----------------------------------
+
+struct RandomCase {
+  cf::DType dtype;
+  bool q_lora;
+  bool split_kv_b;
+  int expert_ffn;  // 24: experts whose rows do not start at the kernels' 16-row groups
+  cf::TopkMethod method;
+};
+
+cf::ModelConfig random_deepseek_config(const RandomCase& rc) {
+  cf::ModelConfig c;
+  c.arch = "deepseek2";
+  c.attention = cf::AttentionKind::Mla;
+  c.n_layers = 3;
+  c.hidden = 64;
+  c.n_heads = 4;
+  c.n_kv_heads = 4;
+  c.mla = {rc.q_lora ? 64 : 0, 32, 32, 8, rc.split_kv_b};
+  c.rope_dim = 16;
+  c.head_dim = c.mla.qk_nope + c.rope_dim;
+  c.rope_style = cf::RopeStyle::GPTJ;
+  c.yarn = {40.0f, 4096, 32.0f, 1.0f, 0.707f, 0.707f};
+  c.ffn_hidden = 96;
+  c.vocab = 300;
+  c.max_context = 64;
+  c.rms_eps = 1e-6f;
+  c.moe.n_experts = 8;
+  c.moe.n_shared = 2;
+  c.moe.top_k = 3;
+  c.moe.first_dense = 1;
+  c.moe.expert_ffn = rc.expert_ffn;
+  c.moe.norm_topk_prob = rc.method == cf::TopkMethod::Greedy;
+  c.moe.routed_scaling = rc.method == cf::TopkMethod::Greedy ? 1.0f : 2.5f;
+  c.moe.method = rc.method;
+  c.moe.n_group = rc.method == cf::TopkMethod::Greedy ? 1 : 4;
+  c.moe.topk_group = rc.method == cf::TopkMethod::Greedy ? 1 : 2;
+  return c;
+}
+
+// Logits after each token by the reference blocks (reference/mla.hpp's absorbed decode, moe.hpp), one token at a
+// time, on the dequantised weights.
+std::vector<float> deepseek_reference_logits(const cf::ModelWeights& w, const std::vector<int32_t>& tokens) {
+  const cf::ModelConfig& c = w.config;
+  cf::ref::MlaShape mla;
+  mla.hidden = c.hidden;
+  mla.n_heads = c.n_heads;
+  mla.q_lora_rank = c.mla.q_lora_rank;
+  mla.kv_lora_rank = c.mla.kv_lora_rank;
+  mla.qk_nope = c.mla.qk_nope;
+  mla.v_head = c.mla.v_head;
+  mla.eps = c.rms_eps;
+  mla.rope = {c.rope_dim, c.rope_theta, c.yarn.factor, c.yarn.original_context, c.yarn.beta_fast, c.yarn.beta_slow,
+              c.yarn.mscale, c.yarn.mscale_all_dim};
+  cf::ref::MoeShape moe;
+  moe.hidden = c.hidden;
+  moe.n_experts = c.moe.n_experts;
+  moe.top_k = c.moe.top_k;
+  moe.expert_ffn = c.moe.expert_ffn;
+  moe.shared_ffn = c.moe.shared_ffn();
+  moe.norm_topk_prob = c.moe.norm_topk_prob;
+  moe.routed_scaling_factor = c.moe.routed_scaling;
+  moe.method = c.moe.method == cf::TopkMethod::Greedy ? cf::ref::TopkMethod::Greedy
+                                                      : cf::ref::TopkMethod::GroupLimitedGreedy;
+  moe.n_group = c.moe.n_group;
+  moe.topk_group = c.moe.topk_group;
+  // every matrix dequantised, by its canonical name
+  std::map<std::string, std::vector<float>> f;
+  for (const cf::WeightEntry& e : cf::weight_table(c))
+    if (e.form == cf::WeightForm::Matrix && !w.matrix(e).empty()) f[e.name] = w.matrix(e).dequantized();
+  const auto get = [&](int l, const char* n) -> const float* {
+    const auto it = f.find("blk." + std::to_string(l) + "." + n + ".weight");
+    return it == f.end() ? nullptr : it->second.data();
+  };
+  const int n = int(tokens.size()), d = c.hidden, ffn = c.moe.expert_ffn;
+  std::vector<std::vector<float>> caches(size_t(c.n_layers), std::vector<float>(size_t(n) * mla.latent_row()));
+  std::vector<float> logits(size_t(n) * c.vocab);
+  for (int t = 0; t < n; ++t) {
+    std::vector<float> x(f["token_embd.weight"].begin() + long(tokens[size_t(t)]) * d,
+                         f["token_embd.weight"].begin() + long(tokens[size_t(t)] + 1) * d);
+    std::vector<float> h(static_cast<size_t>(d)), y(static_cast<size_t>(d));
+    for (int l = 0; l < c.n_layers; ++l) {
+      const cf::LayerWeights& lw = w.layers[size_t(l)];
+      cf::ref::MlaWeights<float> a{get(l, "attn_q"), get(l, "attn_q_a"), lw.q_a_norm.empty() ? nullptr : lw.q_a_norm.data(),
+                                   get(l, "attn_q_b"), get(l, "attn_kv_a_mqa"), lw.kv_a_norm.data(),
+                                   get(l, "attn_kv_b"), get(l, "attn_k_b"), get(l, "attn_v_b"), get(l, "attn_output")};
+      cf::ref::rmsnorm(x.data(), lw.attn_norm.data(), h.data(), d, c.rms_eps);
+      cf::ref::mla_decode(h.data(), a, mla, t, caches[size_t(l)].data(), t, y.data());
+      for (int i = 0; i < d; ++i) x[size_t(i)] += y[size_t(i)];
+      cf::ref::rmsnorm(x.data(), lw.ffn_norm.data(), h.data(), d, c.rms_eps);
+      if (c.layer_spec(l).ffn == cf::FfnKind::SwiGlu) {
+        std::fill(y.begin(), y.end(), 0.0f);
+        cf::ref::add_expert(h.data(), cf::ref::ExpertWeights<float>{get(l, "ffn_gate"), get(l, "ffn_up"), get(l, "ffn_down")},
+                            d, c.ffn_hidden, 1.0f, y.data());
+      } else {
+        std::vector<cf::ref::ExpertWeights<float>> experts;
+        for (int e = 0; e < c.moe.n_experts; ++e)
+          experts.push_back({get(l, "ffn_gate_exps") + size_t(e) * ffn * d, get(l, "ffn_up_exps") + size_t(e) * ffn * d,
+                             get(l, "ffn_down_exps") + size_t(e) * d * ffn});
+        const cf::ref::MoeWeights<float> m{get(l, "ffn_gate_inp"), experts.data(),
+                                           {get(l, "ffn_gate_shexp"), get(l, "ffn_up_shexp"), get(l, "ffn_down_shexp")}};
+        cf::ref::moe_ffn(h.data(), m, moe, y.data());
+      }
+      for (int i = 0; i < d; ++i) x[size_t(i)] += y[size_t(i)];
+    }
+    cf::ref::rmsnorm(x.data(), w.output_norm.data(), h.data(), d, c.rms_eps);
+    cf::ref::matvec(f["output.weight"].data(), h.data(), logits.data() + size_t(t) * c.vocab, c.vocab, d);
+  }
+  return logits;
+}
+
+class DeepseekRandom : public ::testing::TestWithParam<RandomCase> {};
+
+// The cpu backend's quantised kernels on MLA and MoE layers (q_lora or not, kv_b split or one matrix, experts
+// off the 16-row groups, group-limited routing) agree with the reference under the tolerance policy, and give the
+// same bits with 1 and 3 threads.
+TEST_P(DeepseekRandom, MatchesTheReference) {
+  const RandomCase rc = GetParam();
+  auto w = std::make_shared<const cf::ModelWeights>(cf::ModelWeights::random(random_deepseek_config(rc), 31, rc.dtype));
+  EXPECT_EQ(w->layers[1].ffn_router.dtype, cf::DType::F32);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 20; ++i) tokens.push_back(int32_t((i * 53 + 7) % w->config.vocab));
+  auto runner = cpu_runner(w, 2);
+  const std::vector<float> got = cf::teacher_forced_logits(runner, tokens);
+  const std::vector<float> want = deepseek_reference_logits(*w, tokens);
+  const size_t v = size_t(w->config.vocab);
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const auto report =
+        cf::ref::check_tolerance<float>(std::span(got).subspan(t * v, v), std::span(want).subspan(t * v, v));
+    EXPECT_TRUE(report.ok) << "token " << t << ": " << report.message;
+  }
+  EXPECT_GT(cf::ref::rms(want), 0.1);
+  for (int threads : {1, 3}) {
+    auto other = cpu_runner(w, threads);
+    EXPECT_TRUE(bit_equal(got, cf::teacher_forced_logits(other, tokens))) << threads << " threads";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, DeepseekRandom,
+    ::testing::Values(RandomCase{cf::DType::F16, false, true, 24, cf::TopkMethod::Greedy},
+                      RandomCase{cf::DType::F32, true, false, 24, cf::TopkMethod::GroupLimitedGreedy},
+                      RandomCase{cf::DType::Q8_0, true, false, 32, cf::TopkMethod::Greedy},
+                      RandomCase{cf::DType::Q4_1, false, false, 32, cf::TopkMethod::GroupLimitedGreedy}),
+    [](const auto& info) {
+      const RandomCase& r = info.param;
+      return std::string(cf::dtype_name(r.dtype)) + (r.q_lora ? "_qlora" : "") + (r.split_kv_b ? "_split" : "_kvb") +
+             "_ffn" + std::to_string(r.expert_ffn) + (r.method == cf::TopkMethod::Greedy ? "_greedy" : "_groups");
+    });
 
 }  // namespace
