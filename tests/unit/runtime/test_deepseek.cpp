@@ -11,9 +11,11 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "clusterfusion/common/json.hpp"
+#include "clusterfusion/engine/gguf.hpp"
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/model_file.hpp"
 #include "clusterfusion/reference/mla.hpp"
@@ -23,6 +25,7 @@
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/weights.hpp"
+#include "gguf_writer.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -164,6 +167,80 @@ TEST(DeepseekConfig, GroupLimitedGreedy) {
     hf_config_with("\"topk_method\": \"greedy\"",
                    "\"topk_method\": \"group_limited_greedy\", \"n_group\": 3, \"topk_group\": 4");
   }, {"topk_group = 4: expected 1..3"});
+}
+
+// A deepseek2 GGUF's metadata (tiny_mla's, as the pinned converter writes it) with some keys replaced or removed,
+// and a placeholder for the given tensors: enough for config_from_gguf.
+using MetaValue = std::variant<std::monostate, int64_t, double, bool, std::string>;  // monostate: remove the key
+
+cf::ModelConfig gguf_config_with(const std::vector<std::pair<std::string, MetaValue>>& changes,
+                                 const std::vector<std::string>& tensors = {"blk.0.attn_k_b.weight", "output.weight"}) {
+  std::vector<std::pair<std::string, MetaValue>> meta = {
+      {"block_count", int64_t(3)}, {"context_length", int64_t(4096)}, {"embedding_length", int64_t(64)},
+      {"feed_forward_length", int64_t(96)}, {"attention.head_count", int64_t(4)},
+      {"attention.head_count_kv", int64_t(1)}, {"rope.freq_base", 10000.0},
+      {"attention.layer_norm_rms_epsilon", 1e-6}, {"expert_used_count", int64_t(2)},
+      {"leading_dense_block_count", int64_t(1)}, {"vocab_size", int64_t(600)},
+      {"attention.kv_lora_rank", int64_t(32)}, {"attention.key_length", int64_t(48)},
+      {"attention.value_length", int64_t(32)}, {"attention.key_length_mla", int64_t(40)},
+      {"attention.value_length_mla", int64_t(12)}, {"expert_feed_forward_length", int64_t(16)},
+      {"expert_count", int64_t(6)}, {"expert_shared_count", int64_t(2)}, {"expert_weights_scale", 1.0},
+      {"expert_weights_norm", true}, {"expert_gating_func", int64_t(1)}, {"rope.dimension_count", int64_t(16)},
+      {"rope.scaling.type", std::string("yarn")}, {"rope.scaling.factor", 40.0},
+      {"rope.scaling.original_context_length", int64_t(4096)}, {"rope.scaling.yarn_log_multiplier", 0.0707}};
+  for (const auto& [key, value] : changes) {
+    bool found = false;
+    for (auto& [k, v] : meta)
+      if (k == key) v = value, found = true;
+    if (!found) meta.emplace_back(key, value);
+  }
+  cf::test::GgufWriter w;
+  w.add_string("general.architecture", "deepseek2");
+  for (const auto& [key, value] : meta) {
+    const std::string k = "deepseek2." + key;
+    if (const auto* i = std::get_if<int64_t>(&value)) w.add_u32(k, uint32_t(*i));
+    else if (const auto* d = std::get_if<double>(&value)) w.add_f32(k, float(*d));
+    else if (const auto* b = std::get_if<bool>(&value)) w.add_bool(k, *b);
+    else if (const auto* str = std::get_if<std::string>(&value)) w.add_string(k, *str);
+  }
+  for (const std::string& name : tensors) w.add_f32_tensor(name, {1}, {0.0f});
+  static std::vector<uint8_t> bytes;  // alive while the GgufFile is read
+  bytes = w.build();
+  const cf::GgufFile f = cf::GgufFile::from_memory("test.gguf", bytes.data(), bytes.size());
+  return cf::config_from_gguf(f);
+}
+
+TEST(DeepseekConfig, BadGgufValuesAreOneLineErrors) {
+  const cf::ModelConfig ok = gguf_config_with({});
+  EXPECT_EQ(ok.mla.qk_nope, 24);
+  EXPECT_TRUE(ok.mla.split_kv_b);
+  EXPECT_NEAR(ok.yarn.mscale_all_dim, 0.707f, 1e-5);
+  EXPECT_FALSE(gguf_config_with({}, {"blk.0.attn_kv_b.weight"}).mla.split_kv_b);
+  EXPECT_EQ(gguf_config_with({{"attention.q_lora_rank", int64_t(48)}}).mla.q_lora_rank, 48);
+  const struct {
+    std::vector<std::pair<std::string, MetaValue>> changes;
+    std::vector<std::string> tensors;
+    const char* error;
+  } cases[] = {
+      {{{"expert_gating_func", int64_t(2)}}, {"blk.0.attn_k_b.weight"}, "expert_gating_func 2 is not supported"},
+      {{{"expert_group_count", int64_t(8)}, {"expert_group_used_count", int64_t(3)}}, {"blk.0.attn_k_b.weight"},
+       "expert groups"},
+      {{{"rope.scaling.type", std::string("linear")}}, {"blk.0.attn_k_b.weight"}, "RoPE scaling 'linear'"},
+      {{{"attention.key_length_mla", int64_t(16)}}, {"blk.0.attn_k_b.weight"}, "must exceed rope.dimension_count"},
+      {{{"attention.key_length_mla", {}}, {"attention.value_length_mla", {}}}, {"blk.0.attn_k_b.weight"},
+       "re-convert"},
+      {{{"attention.kv_lora_rank", {}}}, {"blk.0.attn_k_b.weight"}, "missing metadata 'deepseek2.attention.kv_lora_rank'"},
+      {{{"attention.kv_lora_rank", int64_t(0)}}, {"blk.0.attn_k_b.weight"}, "kv_lora_rank = 0"},
+      {{{"expert_used_count", int64_t(7)}}, {"blk.0.attn_k_b.weight"}, "num_experts_per_tok = 7"},
+      {{{"leading_dense_block_count", int64_t(9)}}, {"blk.0.attn_k_b.weight"}, "first_k_dense_replace = 9"},
+      {{{"rope.scaling.factor", {}}}, {"blk.0.attn_k_b.weight"}, "rope.scaling.factor"},
+      {{}, {"output.weight"}, "missing tensor 'blk.0.attn_kv_b.weight'"},
+      {{}, {"blk.0.attn_k_b.weight", "blk.1.exp_probs_b.bias"}, "exp_probs_b"},
+  };
+  for (const auto& bad : cases) {
+    SCOPED_TRACE(bad.error);
+    expect_input_error([&] { gguf_config_with(bad.changes, bad.tensors); }, {"test.gguf", bad.error});
+  }
 }
 
 // ---- loading ----------------------------------------------------------------------------------------------------
