@@ -6,8 +6,7 @@
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/reference/mla.hpp"  // YaRN frequencies and the MLA softmax scale
-#include "clusterfusion/reference/moe.hpp"  // expert selection
+#include "clusterfusion/reference/deepseek.hpp"  // YaRN frequencies, the MLA softmax scale, expert selection
 #include "clusterfusion/runtime/thread_pool.hpp"
 #include "kernels.hpp"
 
@@ -28,44 +27,6 @@ struct PackedLayer {
   // MoE: router, stacked experts, shared experts
   PackedMatrix router, gate_exps, up_exps, down_exps, gate_shexp, up_shexp, down_shexp;
 };
-
-// The reference's description of the model's MLA and MoE (its YaRN, softmax-scale and selection functions are used
-// as they are).
-ref::MlaShape mla_shape(const ModelConfig& c) {
-  ref::MlaShape s;
-  s.hidden = c.hidden;
-  s.n_heads = c.n_heads;
-  s.q_lora_rank = c.mla.q_lora_rank;
-  s.kv_lora_rank = c.mla.kv_lora_rank;
-  s.qk_nope = c.mla.qk_nope;
-  s.v_head = c.mla.v_head;
-  s.eps = c.rms_eps;
-  s.rope.dim = c.rope_dim;
-  s.rope.theta = c.rope_theta;
-  s.rope.factor = c.yarn.enabled() ? c.yarn.factor : 1.0f;
-  s.rope.original_context = c.yarn.original_context;
-  s.rope.beta_fast = c.yarn.beta_fast;
-  s.rope.beta_slow = c.yarn.beta_slow;
-  s.rope.mscale = c.yarn.mscale;
-  s.rope.mscale_all_dim = c.yarn.mscale_all_dim;
-  return s;
-}
-
-ref::MoeShape moe_shape(const ModelConfig& c) {
-  ref::MoeShape s;
-  s.hidden = c.hidden;
-  s.n_experts = c.moe.n_experts;
-  s.top_k = c.moe.top_k;
-  s.expert_ffn = c.moe.expert_ffn;
-  s.shared_ffn = c.moe.shared_ffn();
-  s.norm_topk_prob = c.moe.norm_topk_prob;
-  s.routed_scaling_factor = c.moe.routed_scaling;
-  s.method = c.moe.method == TopkMethod::GroupLimitedGreedy ? ref::TopkMethod::GroupLimitedGreedy
-                                                            : ref::TopkMethod::Greedy;
-  s.n_group = c.moe.n_group;
-  s.topk_group = c.moe.topk_group;
-  return s;
-}
 
 // W_UK^T and W_UV of every head in fp32 from the layer's kv_b (one matrix or split).
 void absorb_matrices(const LayerWeights& l, const ModelConfig& c, PackedLayer& p) {
@@ -161,13 +122,13 @@ class CpuBackend final : public Backend {
     }
     int max_cols = std::max({c.hidden, c.q_dim(), c.ffn_hidden, attn_width});
     if (c.is_mla()) {
-      mla_ = mla_shape(c);
+      mla_ = ref::mla_shape(c);
       act_.q_a.resize(t * size_t(c.mla.q_lora_rank));
       act_.latent.resize(t * size_t(c.cache_values_per_token()));
       max_cols = std::max(max_cols, c.mla.q_lora_rank);
     }
     if (c.moe.n_experts > 0) {
-      moe_ = moe_shape(c);
+      moe_ = ref::moe_shape(c);
       const int expert_width = std::max(c.moe.expert_ffn, c.moe.shared_ffn()) + 2 * cpu::kRowGroup;
       act_.router.resize(t * size_t(c.moe.n_experts));
       act_.expert_in.resize(t * size_t(c.hidden));

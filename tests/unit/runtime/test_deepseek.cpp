@@ -18,14 +18,14 @@
 #include "clusterfusion/engine/gguf.hpp"
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/model_file.hpp"
-#include "clusterfusion/reference/mla.hpp"
-#include "clusterfusion/reference/moe.hpp"
+#include "clusterfusion/reference/deepseek.hpp"
 #include "clusterfusion/reference/ops.hpp"
 #include "clusterfusion/reference/tolerance.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 #include "gguf_writer.hpp"
+#include "test_models.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -322,9 +322,7 @@ cf::Runner cpu_runner(std::shared_ptr<const cf::ModelWeights> w, int threads, in
   return cf::Runner(cf::create_backend("cpu", std::move(w), o), 1, 256);
 }
 
-bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
+using cf::test::bit_equal;
 
 class DeepseekCpu : public ::testing::TestWithParam<std::string> {};
 
@@ -409,13 +407,7 @@ TEST_P(DeepseekCpu, DeterministicAcrossBatchingAndThreads) {
   auto prefill_runner = cpu_runner(w, 2);
   const auto prefilled = cf::teacher_forced_logits(prefill_runner, tokens);
   auto step_runner = cpu_runner(w, 2);
-  std::vector<float> stepped;
-  for (int32_t token : tokens) {
-    const int32_t seq = 0;
-    const auto& l = step_runner.decode(std::span(&seq, 1), std::span(&token, 1));
-    stepped.insert(stepped.end(), l.begin(), l.end());
-  }
-  EXPECT_TRUE(bit_equal(prefilled, stepped));
+  EXPECT_TRUE(bit_equal(prefilled, cf::test::token_by_token_logits(step_runner, tokens)));
   auto chunked = cpu_runner(w, 2, 3);
   EXPECT_TRUE(bit_equal(prefilled, cf::teacher_forced_logits(chunked, tokens)));
   for (int threads : {1, 3}) {
@@ -476,28 +468,8 @@ cf::ModelConfig random_deepseek_config(const RandomCase& rc) {
 // time, on the dequantised weights.
 std::vector<float> deepseek_reference_logits(const cf::ModelWeights& w, const std::vector<int32_t>& tokens) {
   const cf::ModelConfig& c = w.config;
-  cf::ref::MlaShape mla;
-  mla.hidden = c.hidden;
-  mla.n_heads = c.n_heads;
-  mla.q_lora_rank = c.mla.q_lora_rank;
-  mla.kv_lora_rank = c.mla.kv_lora_rank;
-  mla.qk_nope = c.mla.qk_nope;
-  mla.v_head = c.mla.v_head;
-  mla.eps = c.rms_eps;
-  mla.rope = {c.rope_dim, c.rope_theta, c.yarn.factor, c.yarn.original_context, c.yarn.beta_fast, c.yarn.beta_slow,
-              c.yarn.mscale, c.yarn.mscale_all_dim};
-  cf::ref::MoeShape moe;
-  moe.hidden = c.hidden;
-  moe.n_experts = c.moe.n_experts;
-  moe.top_k = c.moe.top_k;
-  moe.expert_ffn = c.moe.expert_ffn;
-  moe.shared_ffn = c.moe.shared_ffn();
-  moe.norm_topk_prob = c.moe.norm_topk_prob;
-  moe.routed_scaling_factor = c.moe.routed_scaling;
-  moe.method = c.moe.method == cf::TopkMethod::Greedy ? cf::ref::TopkMethod::Greedy
-                                                      : cf::ref::TopkMethod::GroupLimitedGreedy;
-  moe.n_group = c.moe.n_group;
-  moe.topk_group = c.moe.topk_group;
+  const cf::ref::MlaShape mla = cf::ref::mla_shape(c);
+  const cf::ref::MoeShape moe = cf::ref::moe_shape(c);
   // every matrix dequantised, by its canonical name
   std::map<std::string, std::vector<float>> f;
   for (const cf::WeightEntry& e : cf::weight_table(c))
