@@ -429,6 +429,45 @@ TEST_P(DeepseekCpu, DeterministicAcrossBatchingAndThreads) {
   EXPECT_GT(worst, 0.0);  // the F16 cache is used
 }
 
+// Lockstep decode of four sequences (their tokens grouped by expert inside the step) gives each the bits it gets alone;
+// so does every kernel level this CPU has.
+TEST_P(DeepseekCpu, LockstepDecodeEqualsEachSequenceAloneOnEveryLevel) {
+  auto w = load_for_cpu(data_path("deepseek/" + GetParam() + ".gguf"));
+  const size_t v = size_t(w->config.vocab);
+  cf::BackendOptions o;
+  o.threads = 2;
+  o.max_seqs = 4;
+  o.page_size = 4;
+  cf::Runner batched(cf::create_backend("cpu", w, o), 4, 64);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int s = 0; s < 4; ++s) {
+    prompts.push_back({});
+    for (int i = 0; i < 3 + 4 * s; ++i) prompts.back().push_back(int32_t((i * 97 + s * 31 + 5) % int(v)));
+    batched.prefill(s, prompts.back());
+  }
+  const std::vector<int32_t> seqs = {3, 0, 2, 1}, tokens = {17, 400, 5, 599};
+  const std::vector<float> together = batched.decode(seqs, tokens);
+  for (const std::string isa : {"", "portable", "avx2", "avx512"}) {
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      cf::BackendOptions one;
+      one.threads = 1;
+      one.cpu_isa = isa;
+      std::unique_ptr<cf::Backend> backend;
+      try {
+        backend = cf::create_backend("cpu", w, one);
+      } catch (const cf::InputError&) {  // a level this CPU does not have
+        break;
+      }
+      cf::Runner alone(std::move(backend), 1, 64);
+      std::vector<int32_t> all = prompts[size_t(seqs[i])];
+      all.push_back(tokens[i]);
+      EXPECT_TRUE(bit_equal(alone.prefill(0, all),
+                            std::vector<float>(together.begin() + long(i * v), together.begin() + long((i + 1) * v))))
+          << "sequence " << seqs[i] << ", level '" << isa << "'";
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, DeepseekCpu, ::testing::Values("tiny_mla", "tiny_mla_qlora"));
 
 // ---- random DeepSeek-shaped models in every weight type against the reference ----------------------------------
