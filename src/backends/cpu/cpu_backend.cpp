@@ -218,6 +218,12 @@ class CpuBackend final : public Backend {
   void layer_forward(const Batch& batch, int layer);
   void gqa_attention(const Batch& batch, int layer);
   void mla_attention(const Batch& batch, int layer);
+  void mla_project(const Batch& batch, int layer);
+  void mla_absorbed_attention(const Batch& batch, int layer);
+  // out [m][hidden] = down(silu(gate x) * up x) for the m rows of act_.expert_in, with the rows of one expert
+  // (row0 = its index in the stacked matrices; 0 for a plain FFN) of width ffn.
+  void expert_ffn(const PackedMatrix& gate, const PackedMatrix& up, const PackedMatrix& down, int64_t row0, int ffn,
+                  int m, float* out);
   void dense_ffn(int n, const PackedLayer& pw);
   void moe_ffn(int n, const PackedLayer& pw);
 
@@ -431,9 +437,20 @@ void CpuBackend::gqa_attention(const Batch& batch, int layer) {
 // are sum_t p_t c_kv_t); per head W_UV o_lat; residual += Wo (concat heads).
 void CpuBackend::mla_attention(const Batch& batch, int layer) {
   const ModelConfig& c = weights_->config;
+  const int n = batch.n_tokens(), attn_width = c.n_heads * c.mla.v_head;
+  mla_project(batch, layer);
+  mla_absorbed_attention(batch, layer);
+  const cpu::PreparedInput& in = input_.prepare(act_.attn.data(), n, attn_width, attn_width, arithmetic_, kernels_);
+  matmul(layers_[size_t(layer)].o, in, act_.residual.data(), c.hidden, /*accumulate=*/true);
+}
+
+// q (heads x [q_nope, q_pe]) and the latent rows [c_kv, k_pe] of the batch's tokens, RoPE applied; the rows appended to
+// the cache.
+void CpuBackend::mla_project(const Batch& batch, int layer) {
+  const ModelConfig& c = weights_->config;
   const LayerWeights& lw = weights_->layers[size_t(layer)];
   const PackedLayer& pw = layers_[size_t(layer)];
-  const int n = batch.n_tokens(), heads = c.n_heads, r = c.mla.kv_lora_rank, nope = c.mla.qk_nope, v = c.mla.v_head;
+  const int n = batch.n_tokens(), heads = c.n_heads, r = c.mla.kv_lora_rank, nope = c.mla.qk_nope;
   const int row = int(c.cache_values_per_token()), q_head = c.head_dim, q_lora = c.mla.q_lora_rank;
   const int64_t hidden = c.hidden, q_dim = c.q_dim();
 
@@ -459,6 +476,15 @@ void CpuBackend::mla_attention(const Batch& batch, int layer) {
     kernels_.store_kv(padded_row.data(), cache + size_t(batch.kv_slot[size_t(t)]) * size_t(kv_row_) * kv_element_bytes(),
                       kv_type_, head_stride_);
   }
+}
+
+// Per token and head: q_lat = [W_UK^T q_nope, q_pe], attention over the sequence's latent rows, W_UV o_lat into attn.
+void CpuBackend::mla_absorbed_attention(const Batch& batch, int layer) {
+  const ModelConfig& c = weights_->config;
+  const PackedLayer& pw = layers_[size_t(layer)];
+  const int n = batch.n_tokens(), heads = c.n_heads, r = c.mla.kv_lora_rank, nope = c.mla.qk_nope, v = c.mla.v_head;
+  const int q_head = c.head_dim;
+  const uint8_t* cache = kv_layer(k_cache_, layer);
 
   // Absorbed queries, one (token, head) per item: [W_UK^T q_nope (r), q_pe (rope), zeros]
   pool_.parallel_for(int64_t(n) * heads, 1, [&](int64_t begin, int64_t end, int) {
@@ -510,9 +536,6 @@ void CpuBackend::mla_attention(const Batch& batch, int layer) {
       }
     }
   });
-  const int attn_width = heads * v;
-  in = &input_.prepare(act_.attn.data(), n, attn_width, attn_width, arithmetic_, kernels_);
-  matmul(pw.o, *in, act_.residual.data(), hidden, /*accumulate=*/true);
 }
 
 // Dense FFN block of the normed rows: residual += down(silu(gate x) * up x). Each worker owns a range of the
@@ -535,6 +558,18 @@ void CpuBackend::dense_ffn(int n, const PackedLayer& pw) {
   matmul(pw.down, *in, act_.residual.data(), hidden, /*accumulate=*/true);
 }
 
+void CpuBackend::expert_ffn(const PackedMatrix& gate, const PackedMatrix& up, const PackedMatrix& down, int64_t row0,
+                            int ffn, int m, float* out) {
+  const int hidden = weights_->config.hidden;
+  const cpu::PreparedInput& x = input_.prepare(act_.expert_in.data(), m, hidden, hidden, arithmetic_, kernels_);
+  matmul_rows(gate, row0 * ffn, ffn, x, act_.expert_gate.data(), ffn, act_.expert_scratch);
+  matmul_rows(up, row0 * ffn, ffn, x, act_.expert_up.data(), ffn, act_.expert_scratch);
+  for (int t = 0; t < m; ++t)
+    kernels_.swiglu(act_.expert_gate.data() + int64_t(t) * ffn, act_.expert_up.data() + int64_t(t) * ffn, ffn);
+  const cpu::PreparedInput& act = input_.prepare(act_.expert_gate.data(), m, ffn, ffn, arithmetic_, kernels_);
+  matmul_rows(down, row0 * hidden, hidden, act, out, hidden, act_.expert_scratch);
+}
+
 // MoE FFN block of the normed rows (docs/mla.md §2): router softmax and top-k per token; then expert by expert, the
 // tokens that chose it (each chosen expert's weights read once per step, the others not at all); finally per token
 // residual += shared(x) + sum_k g_k expert_k(x), added in the token's own order, so a token's result does not depend
@@ -550,21 +585,11 @@ void CpuBackend::moe_ffn(int n, const PackedLayer& pw) {
     ref::softmax(p, p, experts);
     routes[size_t(t)] = ref::select_experts(p, moe_);
   }
-  // The shared experts first (all tokens), into expert_out, kept per token until the sum below.
+  // The shared experts first (all tokens), kept per token until the sum below.
   std::vector<float> shared(size_t(n) * size_t(hidden), 0.0f);
-  const auto run_expert = [&](const PackedMatrix& gate, const PackedMatrix& up, const PackedMatrix& down, int64_t row0,
-                              int ffn, int m, float* out) {  // out [m][hidden] = down(silu(gate x) * up x)
-    const cpu::PreparedInput& x = input_.prepare(act_.expert_in.data(), m, hidden, hidden, arithmetic_, kernels_);
-    matmul_rows(gate, row0 * ffn, ffn, x, act_.expert_gate.data(), ffn, act_.expert_scratch);
-    matmul_rows(up, row0 * ffn, ffn, x, act_.expert_up.data(), ffn, act_.expert_scratch);
-    for (int t = 0; t < m; ++t)
-      kernels_.swiglu(act_.expert_gate.data() + int64_t(t) * ffn, act_.expert_up.data() + int64_t(t) * ffn, ffn);
-    const cpu::PreparedInput& act = input_.prepare(act_.expert_gate.data(), m, ffn, ffn, arithmetic_, kernels_);
-    matmul_rows(down, row0 * hidden, hidden, act, out, hidden, act_.expert_scratch);
-  };
   if (c.moe.n_shared > 0) {
     std::copy_n(act_.normed.data(), size_t(n) * size_t(hidden), act_.expert_in.data());
-    run_expert(pw.gate_shexp, pw.up_shexp, pw.down_shexp, 0, c.moe.shared_ffn(), n, shared.data());
+    expert_ffn(pw.gate_shexp, pw.up_shexp, pw.down_shexp, 0, c.moe.shared_ffn(), n, shared.data());
   }
   std::vector<int> users;  // (token * top_k + k) of the tokens that chose expert e
   for (int e = 0; e < experts; ++e) {
@@ -578,7 +603,7 @@ void CpuBackend::moe_ffn(int n, const PackedLayer& pw) {
       std::copy_n(act_.normed.data() + int64_t(users[size_t(i)] / top_k) * hidden, hidden,
                   act_.expert_in.data() + int64_t(i) * hidden);
     std::vector<float> out(size_t(m) * size_t(hidden));
-    run_expert(pw.gate_exps, pw.up_exps, pw.down_exps, e, width, m, out.data());
+    expert_ffn(pw.gate_exps, pw.up_exps, pw.down_exps, e, width, m, out.data());
     for (int i = 0; i < m; ++i)
       std::copy_n(out.data() + int64_t(i) * hidden, hidden, act_.chosen_out.data() + int64_t(users[size_t(i)]) * hidden);
   }
