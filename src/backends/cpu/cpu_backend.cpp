@@ -500,13 +500,16 @@ void CpuBackend::mla_absorbed_attention(const Batch& batch, int layer) {
       std::copy_n(q + nope, rot_dim_, q_lat + r);
     }
   });
-  // Latent attention: items of up to kHeadsPerItem heads of one token (a fixed split: the same bits for any threads)
-  constexpr int kHeadsPerItem = 8;
-  const int head_items = (heads + kHeadsPerItem - 1) / kHeadsPerItem;
+  // Latent attention: items of a few heads of one token, enough items for every thread (a decode step of one token
+  // splits its heads); up to 8 heads share each row read. A head's result does not depend on the others of its item,
+  // so the split does not change the bits.
+  const int heads_per_item =
+      std::clamp(int((int64_t(n) * heads + 2 * pool_.size() - 1) / (2 * pool_.size())), 1, 8);
+  const int head_items = (heads + heads_per_item - 1) / heads_per_item;
   const float scale = mla_.softmax_scale();
   pool_.parallel_for(int64_t(n) * head_items, 1, [&](int64_t begin, int64_t end, int) {
     for (int64_t item = begin; item < end; ++item) {
-      const int t = int(item / head_items), first = int(item % head_items) * kHeadsPerItem;
+      const int t = int(item / head_items), first = int(item % head_items) * heads_per_item;
       const int64_t at = (int64_t(t) * heads + first) * head_stride_;
       cpu::AttentionArgs a;
       a.q = act_.q_padded.data() + at;
@@ -517,7 +520,7 @@ void CpuBackend::mla_absorbed_attention(const Batch& batch, int layer) {
       a.slots = seq_slots_[size_t(batch.token_seq[size_t(t)])].data();
       a.row = kv_row_;
       a.len = batch.kv_len[size_t(t)];
-      a.group = std::min(kHeadsPerItem, heads - first);
+      a.group = std::min(heads_per_item, heads - first);
       a.head_dim = head_stride_;
       a.scale = scale;
       kernels_.attend(a);
