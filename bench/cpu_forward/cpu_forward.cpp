@@ -1,7 +1,8 @@
 // Prompt and generation throughput of the cpu backend on a random-weight model of SmolLM2-135M's shapes (or another
 // preset of cf::model_preset), per weight type and thread count:
-//   cf_bench_cpu_forward [--dtype q4_1|q8_0|f16|f32] [--threads N] [--prompt N] [--gen N] [--preset smollm2-135m|llama2-7b|llama3-8b]
-//                       [--isa portable|avx2]
+//   cf_bench_cpu_forward [--dtype q4_1|q8_0|f16|f32] [--threads N] [--prompt N] [--gen N]
+//                       [--preset smollm2-135m|llama2-7b|llama3-8b|deepseek-v2-lite] [--layers N] [--isa portable|avx2]
+// --layers keeps only the first N layers of the preset (a big model's layers in less memory).
 #include <time.h>
 
 #include <chrono>
@@ -20,7 +21,7 @@
 
 int main(int argc, char** argv) {
   std::string dtype_arg = "q4_1", preset = "smollm2-135m";
-  int threads = 0, prompt = 64, gen = 64;
+  int threads = 0, prompt = 64, gen = 64, layers = 0;
   std::string isa;
   bool int8 = false, kv_f16 = false;
   for (int i = 1; i < argc; ++i) {
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
     else if (a == "--gen") gen = std::stoi(next());
     else if (a == "--isa") isa = next();
     else if (a == "--preset") preset = next();
+    else if (a == "--layers") layers = std::stoi(next());
     else if (a == "--int8") int8 = true;
     else if (a == "--kv-f16") kv_f16 = true;
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
 
   cf::ModelConfig c = cf::model_preset(preset);
   c.max_context = std::min(c.max_context, prompt + gen + 16);
+  if (layers > 0) c.n_layers = std::min(c.n_layers, layers);
   auto weights = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(c, 1, dtype));
   cf::BackendOptions options;
   options.threads = threads;
@@ -75,8 +78,8 @@ int main(int argc, char** argv) {
   }
   const double gen_s = std::chrono::duration<double>(clock::now() - t0).count();
   const double cpu2 = cpu_seconds();
-  std::printf("dtype %s isa %s%s threads %d weights %.1f MB: prompt %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok); generation %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok)\n",
-              dtype_arg.c_str(), int8 ? " int8" : "", cf::cpu::isa_name(cf::cpu::resolve_isa(isa)), threads,
+  std::printf("%s, %d layers, dtype %s isa %s%s threads %d weights %.1f MB: prompt %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok); generation %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok)\n",
+              c.name.c_str(), c.n_layers, dtype_arg.c_str(), int8 ? " int8" : "", cf::cpu::isa_name(cf::cpu::resolve_isa(isa)), threads,
               double(weights->matrix_bytes()) / 1e6, prompt, prompt_s, prompt / prompt_s, 1e3 * (cpu1 - cpu0) / prompt, gen, gen_s,
               gen / gen_s, 1e3 * (cpu2 - cpu1) / gen);
 }

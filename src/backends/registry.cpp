@@ -55,6 +55,10 @@ WeightLoadOptions weight_load_options(std::string_view backend) {
 std::unique_ptr<Backend> create_backend(std::string_view name, std::shared_ptr<const ModelWeights> weights,
                                         const BackendOptions& options) {
   if (name == "cpu") return make_cpu_backend(std::move(weights), options);
+  const bool known_device_backend = name == "emu" || is_gpu_backend(name);
+  if (known_device_backend && weights && (weights->config.is_mla() || weights->config.moe.n_experts > 0))
+    throw InputError("--backend " + std::string(name) + ": " + weights->config.arch +
+                     " models (multi-head latent attention, mixture of experts) run on the cpu backend only so far");
   if (name == "emu") return make_emu_backend(std::move(weights), options);
   if (is_gpu_backend(name)) {
     const std::string why = backend_unavailable_reason(name);

@@ -129,7 +129,7 @@ struct SamplingOptions {
     p.option("seed", 0, "S", "random seed [0]", &sampler.seed);
     p.section("chat format");
     p.option("system", 0, "TEXT", "system prompt (\"\" for none) [the template's default]", &system);
-    p.option("template", 0, "NAME", "chat template: chatml, llama2, llama3, none [from the model]", &template_name);
+    p.option("template", 0, "NAME", "chat template: chatml, llama2, llama3, deepseek2, none [from the model]", &template_name);
   }
 
   GenerationOptions generation() const {
@@ -504,7 +504,7 @@ struct TokenizeArgs {
     p.flag("quiet", 'q', "no token count on stderr", &common.quiet);
     p.section("chat format (with --chat)");
     p.option("system", 0, "TEXT", "system prompt (\"\" for none) [the template's default]", &sampling.system);
-    p.option("template", 0, "NAME", "chat template: chatml, llama2, llama3, none [from the model]",
+    p.option("template", 0, "NAME", "chat template: chatml, llama2, llama3, deepseek2, none [from the model]",
              &sampling.template_name);
     p.section("model");
     p.option("model", 'm', "PATH", "model file (.gguf) or safetensors folder [default: " + default_model_text() + "]",

@@ -47,10 +47,30 @@ const TensorRef& ModelFile::require(const std::string& name, const std::vector<i
   return *t;
 }
 
+std::vector<const TensorRef*> require_entry(const ModelFile& m, const WeightEntry& e) {
+  const WeightSlotInfo& info = slot_info(e.slot);
+  if (info.expert_name.empty() || m.find(e.name)) return {&m.require(e.name, e.shape)};
+  // the experts one tensor each (HF folders): stacked by the loader
+  const std::vector<int64_t> one(e.shape.begin() + 1, e.shape.end());
+  std::vector<const TensorRef*> pieces;
+  for (int64_t x = 0; x < e.shape[0]; ++x) {
+    const std::string name = expert_tensor_name(e.slot, e.layer, int(x));
+    if (x == 0 && !m.find(name))
+      throw InputError(m.path() + ": missing tensor " + quote_text(e.name) + " (or one tensor per expert, " +
+                       quote_text(name) + " ...)");
+    pieces.push_back(&m.require(name, one));
+    if (pieces.back()->dtype != pieces.front()->dtype)
+      throw InputError(m.path() + ": tensor " + quote_text(name) + " is " +
+                       std::string(dtype_name(pieces.back()->dtype)) + " but expert 0's is " +
+                       std::string(dtype_name(pieces.front()->dtype)) + " (the experts of a layer share one type)");
+  }
+  return pieces;
+}
+
 void check_model_tensors(const ModelFile& m) {
   const ModelConfig& c = m.config();
   for (const WeightEntry& e : weight_table(c))
-    if (!e.optional || m.find(e.name)) m.require(e.name, e.shape);
+    if (!e.optional || m.find(e.name)) require_entry(m, e);
   const int64_t vocab = c.vocab;
   const auto n_tokens = int64_t(m.tokenizer_spec().tokens.size());
   if (n_tokens > vocab)

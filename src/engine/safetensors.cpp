@@ -182,8 +182,24 @@ std::optional<std::string> canonical_tensor_name(std::string_view n) {
   const auto [end, ec] = std::from_chars(n.data(), n.data() + dot, layer);
   if (ec != std::errc() || end != n.data() + dot || (dot > 1 && n[0] == '0')) return std::nullopt;
   const std::string_view rest = n.substr(dot + 1);
-  for (const WeightSlotInfo& slot : weight_slots())
-    if (slot.per_layer && rest == slot.hf_name) return "blk." + std::to_string(layer) + "." + std::string(slot.gguf_name);
+  for (const WeightSlotInfo& slot : weight_slots()) {
+    if (!slot.per_layer || slot.hf_name.empty()) continue;
+    if (rest == slot.hf_name) return "blk." + std::to_string(layer) + "." + std::string(slot.gguf_name);
+    // one expert of a stacked slot: "mlp.experts.<e>.gate_proj.weight"
+    const size_t star = slot.hf_name.find('*');
+    if (star == std::string_view::npos) continue;
+    const std::string_view head = slot.hf_name.substr(0, star), tail = slot.hf_name.substr(star + 1);
+    if (rest.size() <= head.size() + tail.size() || rest.substr(0, head.size()) != head ||
+        rest.substr(rest.size() - tail.size()) != tail)
+      continue;
+    const std::string_view digits = rest.substr(head.size(), rest.size() - head.size() - tail.size());
+    int expert = 0;
+    const auto [at, code] = std::from_chars(digits.data(), digits.data() + digits.size(), expert);
+    if (code != std::errc() || at != digits.data() + digits.size() || digits.size() > 6 ||
+        (digits.size() > 1 && digits[0] == '0'))
+      continue;
+    return expert_tensor_name(slot.slot, layer, expert);
+  }
   return std::nullopt;
 }
 

@@ -7,6 +7,11 @@ namespace cf {
 
 namespace {
 
+// DeepSeek-V2's begin / end of sentence tokens (fullwidth bars, U+2581 for the spaces), written by its template as
+// bos_token and eos_token.
+constexpr std::string_view kDeepseekBos = "<\uff5cbegin\u2581of\u2581sentence\uff5c>";
+constexpr std::string_view kDeepseekEos = "<\uff5cend\u2581of\u2581sentence\uff5c>";
+
 // Strips leading and trailing whitespace, as Jinja's str.strip() does in the Llama templates.
 std::string strip(const std::string& s) {
   const char* ws = " \t\n\r\f\v";
@@ -52,6 +57,8 @@ ChatTemplate ChatTemplate::detect(const std::optional<std::string>& jinja) {
     t.format_ = ChatFormat::Llama3;
   } else if (s.find("[INST]") != std::string::npos) {
     t.format_ = ChatFormat::Llama2;
+  } else if (s.find("'Assistant: ' + message['content'] + eos_token") != std::string::npos) {
+    t.format_ = ChatFormat::DeepSeek2;
   }
   return t;
 }
@@ -64,11 +71,13 @@ ChatTemplate ChatTemplate::by_name(std::string_view name) {
     t.format_ = ChatFormat::Llama2;
   } else if (name == "llama3") {
     t.format_ = ChatFormat::Llama3;
+  } else if (name == "deepseek2") {
+    t.format_ = ChatFormat::DeepSeek2;
   } else if (name == "none") {
     t.format_ = ChatFormat::None;
   } else {
     throw InputError("--template: unknown chat template '" + std::string(name) +
-                     "' (expected chatml, llama2, llama3 or none)");
+                     "' (expected chatml, llama2, llama3, deepseek2 or none)");
   }
   return t;
 }
@@ -78,6 +87,7 @@ std::string ChatTemplate::name() const {
     case ChatFormat::ChatML: return "chatml";
     case ChatFormat::Llama2: return "llama2";
     case ChatFormat::Llama3: return "llama3";
+    case ChatFormat::DeepSeek2: return "deepseek2";
     case ChatFormat::None: break;
   }
   return "none";
@@ -88,6 +98,7 @@ std::string ChatTemplate::end_of_turn() const {
     case ChatFormat::ChatML: return "<|im_end|>";
     case ChatFormat::Llama2: return "</s>";
     case ChatFormat::Llama3: return "<|eot_id|>";
+    case ChatFormat::DeepSeek2: return std::string(kDeepseekEos);
     case ChatFormat::None: break;
   }
   return "";
@@ -161,6 +172,20 @@ std::vector<ChatSegment> ChatTemplate::render_segments(const std::vector<ChatMes
         out.markup("<|start_header_id|>").content(m.role).markup("<|end_header_id|>\n\n").content(strip(m.content))
             .markup("<|eot_id|>");
       if (add_generation_prompt) out.markup("<|start_header_id|>assistant<|end_header_id|>\n\n");
+      break;
+    }
+
+    case ChatFormat::DeepSeek2: {
+      // {bos}{system}\n\n then User: {user}\n\n and Assistant: {assistant}{eos}; contents as they are. The
+      // generation prompt "Assistant:" has no space: the model writes it.
+      out.markup(kDeepseekBos);
+      if (!has_system && default_system_) out.content(*default_system_).markup("\n\n");
+      for (const auto& m : messages) {
+        if (m.role == "system") out.content(m.content).markup("\n\n");
+        else if (m.role == "user") out.markup("User: ").content(m.content).markup("\n\n");
+        else if (m.role == "assistant") out.markup("Assistant: ").content(m.content).markup(kDeepseekEos);
+      }
+      if (add_generation_prompt) out.markup("Assistant:");
       break;
     }
   }

@@ -55,14 +55,33 @@ ModelConfig llama_shape(std::string name, int layers, int hidden, int heads, int
   return c;
 }
 
+// DeepSeek-V2-Lite's shapes (its config.json): MLA without q compression, 64 experts of which 6 per token, 2 shared,
+// the first layer dense, YaRN x40.
+ModelConfig deepseek_v2_lite_shape() {
+  ModelConfig c = llama_shape("DeepSeek-V2-Lite shape", 27, 2048, 16, 16, 10944, 102400, 163840, 10000.0f, 1e-6f, false);
+  c.arch = "deepseek2";
+  c.attention = AttentionKind::Mla;
+  c.mla = {0, 512, 128, 128, false};
+  c.rope_dim = 64;
+  c.head_dim = c.mla.qk_nope + c.rope_dim;
+  c.yarn = {40.0f, 4096, 32.0f, 1.0f, 0.707f, 0.707f};
+  c.moe.n_experts = 64;
+  c.moe.n_shared = 2;
+  c.moe.top_k = 6;
+  c.moe.first_dense = 1;
+  c.moe.expert_ffn = 1408;
+  return c;
+}
+
 }  // namespace
 
-std::vector<std::string> model_preset_names() { return {"smollm2-135m", "llama2-7b", "llama3-8b"}; }
+std::vector<std::string> model_preset_names() { return {"smollm2-135m", "llama2-7b", "llama3-8b", "deepseek-v2-lite"}; }
 
 ModelConfig model_preset(std::string_view name) {
   if (name == "smollm2-135m") return llama_shape("SmolLM2-135M shape", 30, 576, 9, 3, 1536, 49152, 8192, 100000.0f, 1e-5f, true);
   if (name == "llama2-7b") return llama_shape("Llama-2-7B shape", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0f, 1e-5f, false);
   if (name == "llama3-8b") return llama_shape("Llama-3-8B shape", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, 1e-5f, false);
+  if (name == "deepseek-v2-lite") return deepseek_v2_lite_shape();
   std::string known;
   for (const auto& n : model_preset_names()) known += (known.empty() ? "" : ", ") + n;
   throw InputError("unknown model preset '" + std::string(name) + "' (known: " + known + ")");

@@ -154,6 +154,32 @@ WeightMatrix LayerWeights::*layer_matrix(WeightSlot slot) {
       return &LayerWeights::ffn_up;
     case WeightSlot::FfnDown:
       return &LayerWeights::ffn_down;
+    case WeightSlot::AttnQA:
+      return &LayerWeights::attn_q_a;
+    case WeightSlot::AttnQB:
+      return &LayerWeights::attn_q_b;
+    case WeightSlot::AttnKvA:
+      return &LayerWeights::attn_kv_a;
+    case WeightSlot::AttnKvB:
+      return &LayerWeights::attn_kv_b;
+    case WeightSlot::AttnKB:
+      return &LayerWeights::attn_k_b;
+    case WeightSlot::AttnVB:
+      return &LayerWeights::attn_v_b;
+    case WeightSlot::FfnRouter:
+      return &LayerWeights::ffn_router;
+    case WeightSlot::FfnGateExps:
+      return &LayerWeights::ffn_gate_exps;
+    case WeightSlot::FfnUpExps:
+      return &LayerWeights::ffn_up_exps;
+    case WeightSlot::FfnDownExps:
+      return &LayerWeights::ffn_down_exps;
+    case WeightSlot::FfnGateShexp:
+      return &LayerWeights::ffn_gate_shexp;
+    case WeightSlot::FfnUpShexp:
+      return &LayerWeights::ffn_up_shexp;
+    case WeightSlot::FfnDownShexp:
+      return &LayerWeights::ffn_down_shexp;
     default:
       CF_CHECK(false, "weight slot " + std::string(slot_info(slot).gguf_name) + " is not a layer matrix");
       return nullptr;
@@ -172,6 +198,10 @@ std::vector<float> LayerWeights::*layer_vector(WeightSlot slot) {
       return &LayerWeights::v_bias;
     case WeightSlot::FfnNorm:
       return &LayerWeights::ffn_norm;
+    case WeightSlot::AttnQANorm:
+      return &LayerWeights::q_a_norm;
+    case WeightSlot::AttnKvANorm:
+      return &LayerWeights::kv_a_norm;
     default:
       CF_CHECK(false, "weight slot " + std::string(slot_info(slot).gguf_name) + " is not a layer vector");
       return nullptr;
@@ -212,15 +242,25 @@ class FileReader {
     for (const auto& t : file.tensors()) total_ += t.nbytes;
   }
 
-  WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols) {
-    const TensorRef& t = file_.require(name, {rows, cols});
-    CF_CHECK_INPUT(t.nbytes == size_t(rows * dtype_row_bytes(t.dtype, cols)),
-                   file_.path() + ": tensor '" + name + "' holds " + std::to_string(t.nbytes) + " bytes, expected " +
-                       std::to_string(rows * dtype_row_bytes(t.dtype, cols)));
-    WeightMatrix m = empty_matrix(name, t.dtype, rows, cols);
-    std::memcpy(m.bytes.data(), t.data, t.nbytes);
-    advance(t.nbytes);
-    if (options_.convert_to && *options_.convert_to != m.dtype)
+  // The entry's tensor (or its experts' tensors, stacked) as one matrix of the product of its outer dimensions' rows.
+  WeightMatrix matrix(const WeightEntry& e) {
+    const std::vector<const TensorRef*> parts = require_entry(file_, e);
+    const int64_t cols = e.shape.back();
+    int64_t rows = 1;
+    for (size_t d = 0; d + 1 < e.shape.size(); ++d) rows *= e.shape[d];
+    const int64_t part_rows = rows / int64_t(parts.size());
+    const DType dtype = parts.front()->dtype;
+    WeightMatrix m = empty_matrix(e.name, dtype, rows, cols);
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const TensorRef& t = *parts[i];
+      const size_t expected = size_t(part_rows * dtype_row_bytes(t.dtype, cols));
+      CF_CHECK_INPUT(t.nbytes == expected, file_.path() + ": tensor '" + t.name + "' holds " +
+                                               std::to_string(t.nbytes) + " bytes, expected " + std::to_string(expected));
+      std::memcpy(m.bytes.data() + i * expected, t.data, t.nbytes);
+      advance(t.nbytes);
+    }
+    const bool keep_type = e.slot == WeightSlot::FfnRouter;  // routing decisions are sensitive to rounding
+    if (!keep_type && options_.convert_to && *options_.convert_to != m.dtype)
       m = convert_matrix(m, *options_.convert_to);
     else if (dtype_is_k_quant(m.dtype) && options_.k_quant_as)
       m = convert_matrix(m, *options_.k_quant_as);
@@ -264,7 +304,7 @@ ModelWeights ModelWeights::load(const ModelFile& file, const WeightLoadOptions& 
   for (const WeightEntry& e : weight_table(c)) {
     if (e.optional && !reader.has(e.name)) continue;
     if (e.form == WeightForm::Matrix)
-      w.matrix(e) = reader.matrix(e.name, e.shape[0], e.shape[1]);
+      w.matrix(e) = reader.matrix(e);
     else
       w.vector(e) = reader.vector(e.name, e.shape[0]);
   }
@@ -359,13 +399,23 @@ std::vector<float> random_vector(int64_t n, float center, float spread, Rng& rng
 
 // Uniform(-a, a) has standard deviation a / sqrt(3): a = sqrt(3 / in) keeps each output's variance near its input's.
 // The embeddings are O(1); residual branches (o_proj, down) are scaled down so the stream does not grow with depth.
+int64_t matrix_rows(const WeightEntry& e) {
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < e.shape.size(); ++d) rows *= e.shape[d];
+  return rows;
+}
+
 float random_scale(const WeightEntry& e) {
-  const float fan_in = std::sqrt(3.0f / float(e.shape[1]));
+  const float fan_in = std::sqrt(3.0f / float(e.shape.back()));
   switch (e.slot) {
     case WeightSlot::TokenEmbd:
       return 1.0f;
+    case WeightSlot::FfnRouter:
+      return 3.0f * fan_in;  // distinct expert scores, so choices are rarely near ties
     case WeightSlot::AttnOutput:
     case WeightSlot::FfnDown:
+    case WeightSlot::FfnDownExps:
+    case WeightSlot::FfnDownShexp:
       return 0.5f * fan_in;
     default:
       return fan_in;
@@ -390,7 +440,8 @@ ModelWeights ModelWeights::random(const ModelConfig& config, uint64_t seed, DTyp
   for (const WeightEntry& e : weight_table(c)) {
     if (e.optional) continue;  // a tied output
     if (e.form == WeightForm::Matrix)
-      w.matrix(e) = random_matrix(e.name, dtype, e.shape[0], e.shape[1], random_scale(e), rng.next_u64());
+      w.matrix(e) = random_matrix(e.name, e.slot == WeightSlot::FfnRouter ? DType::F32 : dtype, matrix_rows(e),
+                                  e.shape.back(), random_scale(e), rng.next_u64());
     else
       w.vector(e) = random_vector(e.shape[0], random_center(e.slot), 0.1f, rng);
   }

@@ -264,6 +264,9 @@ std::vector<Seed> make_seeds() {
     add("gguf", "v2_aligned.gguf", w.build());
   }
   if (auto meta = default_model_metadata_gguf(); !meta.empty()) add("gguf", "smollm2_metadata.gguf", std::move(meta));
+  // DeepSeek-V2 (MLA + MoE, docs/mla.md): both converter generations, with and without q_lora
+  for (const char* name : {"tiny_mla.gguf", "tiny_mla_qlora.gguf", "tiny_mla_legacy_kv_b.gguf"})
+    add("gguf", std::string("deepseek2_") + name, bytes_of(read_file(data_dir() + "deepseek/" + name)));
 
   // safetensors
   {
@@ -302,6 +305,19 @@ std::vector<Seed> make_seeds() {
   add("hf_config", "rope_scaling.json",
       bytes_of(R"({"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,)"
                R"("num_attention_heads":4,"vocab_size":600,"rope_scaling":{"type":"llama3","factor":8.0}})"));
+
+  for (const char* name : {"tiny_mla", "tiny_mla_qlora"})
+    add("hf_config", std::string("deepseek_v2_") + name + ".json",
+        bytes_of(read_file(data_dir() + "deepseek/" + name + "/config.json")));
+  add("hf_config", "deepseek_v2_group_limited.json",
+      bytes_of(R"({"model_type":"deepseek_v2","hidden_size":64,"intermediate_size":96,"num_hidden_layers":3,)"
+               R"("num_attention_heads":4,"vocab_size":600,"q_lora_rank":56,"kv_lora_rank":32,"qk_nope_head_dim":24,)"
+               R"("qk_rope_head_dim":16,"v_head_dim":12,"n_routed_experts":8,"n_shared_experts":1,)"
+               R"("num_experts_per_tok":2,"first_k_dense_replace":1,"moe_intermediate_size":16,)"
+               R"("routed_scaling_factor":16.0,"norm_topk_prob":false,"topk_method":"group_limited_greedy",)"
+               R"("n_group":4,"topk_group":2,"scoring_func":"softmax","moe_layer_freq":1,)"
+               R"("rope_scaling":{"type":"yarn","factor":40,"original_max_position_embeddings":4096,)"
+               R"("beta_fast":32,"beta_slow":1,"mscale":0.707,"mscale_all_dim":0.707}})"));
 
   // tokenizer_json, sentencepiece
   for (const char* name : {"tiny_gpt2", "tiny_llama3", "tiny_qwen2", "tiny_smollm", "tiny_spm"})

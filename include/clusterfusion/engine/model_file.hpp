@@ -44,6 +44,14 @@ class ModelFile {
   mutable std::unordered_map<std::string, size_t> index_;  // name -> position in tensors(); first one wins
 };
 
+struct WeightEntry;
+
+// The tensors of weight-table entry e (model/weight_table.hpp): the one of its name, or for a stacked expert slot
+// whose stacked tensor is absent, the per-expert tensors expert_tensor_name(e.slot, e.layer, 0 .. n-1) (HF folders),
+// each of shape e.shape without its first dimension and all of one type, to be stacked in this order. Throws
+// cf::InputError naming the file and the missing or misshapen tensor.
+std::vector<const TensorRef*> require_entry(const ModelFile& model, const WeightEntry& e);
+
 // Checks that every tensor the Llama forward pass needs is present with the shape config() implies
 // (token_embd [vocab, hidden], blk.N.attn_q [q_dim, hidden], ...). open_model_file() calls it.
 void check_model_tensors(const ModelFile& model);

@@ -1,5 +1,5 @@
 // Chat templates of the known model families, rendered in C++ (no Jinja engine): ChatML (SmolLM2, Qwen),
-// Llama-2 ([INST] with <<SYS>>) and Llama-3 (header ids). The family is detected from the model's Jinja template
+// Llama-2 ([INST] with <<SYS>>), Llama-3 (header ids) and DeepSeek-V2 ("User: " / "Assistant: " turns). The family is detected from the model's Jinja template
 // string by its markers and can be overridden by name.
 //
 // A conversation renders into segments: the template's markup, which writes the family's special tokens as text,
@@ -29,17 +29,18 @@ struct ChatSegment {
   bool markup = false;
 };
 
-enum class ChatFormat { None, ChatML, Llama2, Llama3 };
+enum class ChatFormat { None, ChatML, Llama2, Llama3, DeepSeek2 };
 
 class ChatTemplate {
  public:
-  // Detects the family from a Jinja template string (markers <|im_start|>, <|start_header_id|>, [INST]); the
+  // Detects the family from a Jinja template string (markers <|im_start|>, <|start_header_id|>, [INST], DeepSeek-V2's
+  // 'Assistant: ' + message['content'] + eos_token); the
   // default system prompt, when the template inserts one (as SmolLM2's and Qwen's do), is taken from it.
   // No template or no known marker gives ChatFormat::None.
   static ChatTemplate detect(const std::optional<std::string>& jinja);
-  // "chatml", "llama2", "llama3", "none"; throws cf::InputError for anything else.
+  // "chatml", "llama2", "llama3", "deepseek2", "none"; throws cf::InputError for anything else.
   static ChatTemplate by_name(std::string_view name);
-  static std::vector<std::string> names() { return {"chatml", "llama2", "llama3", "none"}; }
+  static std::vector<std::string> names() { return {"chatml", "llama2", "llama3", "deepseek2", "none"}; }
 
   ChatFormat format() const { return format_; }
   std::string name() const;
@@ -55,7 +56,8 @@ class ChatTemplate {
   // where the family writes it; format None adds the tokenizer's BOS when the tokenizer asks for one.
   std::vector<int32_t> tokenize(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages,
                                 bool add_generation_prompt) const;
-  // Special token text that closes an assistant turn ("<|im_end|>", "<|eot_id|>", "</s>"), empty for None.
+  // Special token text that closes an assistant turn ("<|im_end|>", "<|eot_id|>", "</s>", DeepSeek's
+  // end-of-sentence token), empty for None.
   std::string end_of_turn() const;
 
  private:

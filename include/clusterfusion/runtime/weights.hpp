@@ -66,8 +66,14 @@ struct LayerWeights {
   std::vector<float> attn_norm;  // [hidden]
   WeightMatrix attn_q, attn_k, attn_v, attn_output;
   std::vector<float> q_bias, k_bias, v_bias;  // empty unless config.qkv_bias
+  // MLA (weight_table.hpp's slots; matrices of 3-D slots hold their product of rows: attn_k_b [heads * kv_lora, nope])
+  WeightMatrix attn_q_a, attn_q_b, attn_kv_a, attn_kv_b, attn_k_b, attn_v_b;
+  std::vector<float> q_a_norm, kv_a_norm;
   std::vector<float> ffn_norm;                // [hidden]
   WeightMatrix ffn_gate, ffn_up, ffn_down;
+  // MoE: the router (kept in its file type: F32 in GGUFs, as an 8-bit router flips expert choices), the routed
+  // experts stacked (expert e's rows are e * expert_ffn .. for gate / up, e * hidden .. for down), the shared ones
+  WeightMatrix ffn_router, ffn_gate_exps, ffn_up_exps, ffn_down_exps, ffn_gate_shexp, ffn_up_shexp, ffn_down_shexp;
 };
 
 // Called while loading: bytes done so far and the total.

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "cli_runner.hpp"
+#include "clusterfusion/common/json.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 
 namespace {
@@ -82,6 +83,55 @@ TEST(Cli, MissingDefaultModelSaysToRunSetup) {
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("scripts/setup.sh"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(empty.string() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"), std::string::npos) << r.err;
+}
+
+
+// ---- the tiny DeepSeek-V2 model (tests/data/deepseek, goldens by scripts/record_deepseek_golden.py) ----------------
+
+// The token ids of a --logprobs run.
+std::vector<int64_t> generated_ids(const std::string& out) {
+  std::vector<int64_t> ids;
+  size_t begin = 0;
+  for (size_t end; (end = out.find('\n', begin)) != std::string::npos; begin = end + 1)
+    ids.push_back(cf::json::parse(out.substr(begin, end - begin)).at("id").as_int());
+  return ids;
+}
+
+// `generate --raw --temp 0` from the GGUF and from the HF folder print the same tokens, which are llama.cpp F32's
+// greedy continuation (no step of these prompts is a near tie: tests/data/golden/deepseek/README.md).
+TEST(CliDeepseek, GgufAndFolderGenerateLlamaCppsGreedyTokens) {
+  const std::string data = std::string(CF_SOURCE_DIR) + "/tests/data/";
+  const auto golden = cf::json::parse(cf::test::read_file(data + "golden/deepseek/tiny_mla.json"));
+  int compared = 0;
+  for (const auto& p : golden.at("prompts").as_array()) {
+    const std::string prompt = p.at("prompt").as_string();
+    if (prompt.find_first_of("'\n\\") != std::string::npos) continue;  // kept simple to quote
+    std::vector<int64_t> want;
+    for (const auto& t : p.at("f32_greedy").at("generated_tokens").as_array()) want.push_back(t.as_int());
+    const std::string args = " --raw --temp 0 -n " + std::to_string(want.size()) + " -t 2 -q --logprobs 0 -p '" + prompt + "'";
+    const Result gguf = run_cli("generate -m " + data + "deepseek/tiny_mla.gguf" + args);
+    const Result folder = run_cli("generate -m " + data + "deepseek/tiny_mla/" + args);
+    ASSERT_EQ(gguf.exit_code, 0) << gguf.err;
+    ASSERT_EQ(folder.exit_code, 0) << folder.err;
+    EXPECT_EQ(gguf.out, folder.out) << prompt;
+    EXPECT_EQ(generated_ids(gguf.out), want) << prompt;
+    ++compared;
+  }
+  EXPECT_GE(compared, 3);
+}
+
+TEST(CliDeepseek, InfoShowsTheMlaAndMoeConfiguration) {
+  const std::string model = std::string(CF_SOURCE_DIR) + "/tests/data/deepseek/tiny_mla_qlora.gguf";
+  const Result r = run_cli("info " + model);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* want : {"MLA attention", "q through q_lora_rank 56", "48 values per token and layer", "yarn ",
+                           "6 routed experts (top 2, greedy, width 16), 2 shared", "scaled by 2.5",
+                           "blk.2.ffn_gate_exps.weight"})
+    EXPECT_NE(r.out.find(want), std::string::npos) << want;
+  const Result emu = run_cli("generate -m " + model + " --backend emu -p hi -n 2");
+  EXPECT_EQ(emu.exit_code, 1);
+  EXPECT_EQ(count_lines(emu.err), 1) << emu.err;
+  EXPECT_NE(emu.err.find("cpu backend only"), std::string::npos) << emu.err;
 }
 
 }  // namespace

@@ -62,6 +62,31 @@ TEST(ChatTemplate, DetectionByMarkersAndOverrideByName) {
   EXPECT_THROW(cf::ChatTemplate::by_name("vicuna"), cf::InputError);
 }
 
+// DeepSeek-V2(-Chat)'s template (from its tokenizer_config.json, as llama.cpp's tests/test-chat-template.cpp holds it)
+// is detected, and renders llama.cpp's expected output for that test's conversation, after the BOS the Jinja
+// template writes first (llama.cpp leaves BOS to the tokenizer).
+TEST(ChatTemplate, DeepSeekV2) {
+  const std::string jinja =
+      "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{{ bos_token }}"
+      "{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}"
+      "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}"
+      "{% elif message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
+      "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
+  const auto t = cf::ChatTemplate::detect(jinja);
+  EXPECT_EQ(t.format(), cf::ChatFormat::DeepSeek2);
+  EXPECT_EQ(t.name(), "deepseek2");
+  EXPECT_EQ(cf::ChatTemplate::by_name("deepseek2").format(), cf::ChatFormat::DeepSeek2);
+  const std::string bos = "<\uff5cbegin\u2581of\u2581sentence\uff5c>", eos = "<\uff5cend\u2581of\u2581sentence\uff5c>";
+  EXPECT_EQ(t.end_of_turn(), eos);
+  const std::vector<cf::ChatMessage> chat = {{"system", "You are a helpful assistant"}, {"user", "Hello"},
+                                             {"assistant", "Hi there"},  {"user", "Who are you"},
+                                             {"assistant", "   I am an assistant   "}, {"user", "Another question"}};
+  EXPECT_EQ(t.render(chat, true), bos + "You are a helpful assistant\n\nUser: Hello\n\nAssistant: Hi there" + eos +
+                                      "User: Who are you\n\nAssistant:    I am an assistant   " + eos +
+                                      "User: Another question\n\nAssistant:");
+  EXPECT_EQ(t.render({{"user", "hi"}}, false), bos + "User: hi\n\n");
+}
+
 TEST(ChatTemplate, ChatMLWithoutDefaultSystem) {
   const auto t = cf::ChatTemplate::by_name("chatml");
   EXPECT_EQ(t.render({{"user", "hi"}}, true), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");

@@ -55,9 +55,7 @@ cf::Runner make_runner(std::shared_ptr<const cf::ModelWeights> w, int threads, i
   return cf::Runner(cf::create_backend("cpu", std::move(w), o), max_seqs);
 }
 
-bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
+using cf::test::bit_equal;
 
 // ---- full forward ---------------------------------------------------------------------------------------------
 
@@ -122,13 +120,7 @@ TEST_P(CpuDeterminism, PrefillEqualsTokenByTokenDecodeAndAnyChunking) {
   auto prefill_runner = make_runner(w, 2, 1, 16, 256, GetParam());
   const auto prefilled = cf::teacher_forced_logits(prefill_runner, tokens);
   auto step_runner = make_runner(w, 2, 1, 16, 256, GetParam());
-  std::vector<float> stepped;
-  for (int32_t token : tokens) {
-    const int32_t seq = 0;
-    const auto& l = step_runner.decode(std::span(&seq, 1), std::span(&token, 1));
-    stepped.insert(stepped.end(), l.begin(), l.end());
-  }
-  EXPECT_TRUE(bit_equal(prefilled, stepped));
+  EXPECT_TRUE(bit_equal(prefilled, cf::test::token_by_token_logits(step_runner, tokens)));
   // Prefill chunked into batches of 4 tokens (the runner splits at the backend's limit).
   auto chunked_runner = make_runner(w, 2, 1, 16, /*max_batch_tokens=*/4, GetParam());
   EXPECT_TRUE(bit_equal(prefilled, cf::teacher_forced_logits(chunked_runner, tokens)));

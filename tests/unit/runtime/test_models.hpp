@@ -1,16 +1,34 @@
 // Shared helpers of the runtime tests: tiny model configs, a reference forward pass chained from
 // clusterfusion/reference blocks, and a byte-level fake tokenizer (so sessions are tested without a model file).
 #pragma once
+#include <cstring>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "clusterfusion/engine/tokenizer.hpp"
 #include "clusterfusion/reference/decoder.hpp"
+#include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 
 namespace cf::test {
+
+inline bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// The logits after each token of `tokens` fed to sequence 0 one decode step at a time ([n, vocab]).
+inline std::vector<float> token_by_token_logits(Runner& runner, const std::vector<int32_t>& tokens) {
+  std::vector<float> logits;
+  for (int32_t token : tokens) {
+    const int32_t seq = 0;
+    const auto& l = runner.decode(std::span(&seq, 1), std::span(&token, 1));
+    logits.insert(logits.end(), l.begin(), l.end());
+  }
+  return logits;
+}
 
 inline ModelConfig tiny_config(RopeStyle style = RopeStyle::GPTJ, bool tied = true, bool bias = false) {
   ModelConfig c;

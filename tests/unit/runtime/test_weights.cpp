@@ -208,14 +208,19 @@ TEST(WeightTable, SlotsPerLayerAndHuggingFaceNames) {
     const auto table = cf::weight_table(c);
     std::set<std::string> names;
     for (const auto& e : table) EXPECT_TRUE(names.insert(e.name).second) << "twice: " << e.name;
-    const size_t per_layer = cf::layer_slots(c.layer_spec(0), bias).size();
+    const size_t per_layer = cf::layer_slots(c, 0).size();
     EXPECT_EQ(per_layer, bias ? 12u : 9u);
     EXPECT_EQ(table.size(), 3 + per_layer * size_t(c.n_layers));
     EXPECT_EQ(names.count("blk.1.attn_k.bias"), bias ? 1u : 0u);
   }
   for (const auto& slot : cf::weight_slots()) {
-    const std::string hf = slot.per_layer ? "model.layers.7." + std::string(slot.hf_name) : std::string(slot.hf_name);
-    const std::string gguf = slot.per_layer ? "blk.7." + std::string(slot.gguf_name) : std::string(slot.gguf_name);
+    if (slot.hf_name.empty()) continue;  // GGUF-only (attn_k_b, attn_v_b: HF holds kv_b_proj)
+    std::string hf = slot.per_layer ? "model.layers.7." + std::string(slot.hf_name) : std::string(slot.hf_name);
+    std::string gguf = slot.per_layer ? "blk.7." + std::string(slot.gguf_name) : std::string(slot.gguf_name);
+    if (const size_t star = hf.find('*'); star != std::string::npos) {  // one expert of a stacked slot
+      hf.replace(star, 1, "12");
+      gguf = cf::expert_tensor_name(slot.slot, 7, 12);
+    }
     EXPECT_EQ(cf::canonical_tensor_name(hf), gguf);
   }
 }
