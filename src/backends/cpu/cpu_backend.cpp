@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/reference/deepseek.hpp"  // YaRN frequencies, the MLA softmax scale, expert selection
+#include "clusterfusion/model/deepseek.hpp"  // YaRN frequencies, the MLA softmax scale, expert selection
 #include "clusterfusion/runtime/thread_pool.hpp"
 #include "kernels.hpp"
 

@@ -19,7 +19,7 @@
 #include "clusterfusion/engine/gguf.hpp"
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/engine/model_file.hpp"
-#include "clusterfusion/reference/deepseek.hpp"
+#include "clusterfusion/model/deepseek.hpp"
 #include "clusterfusion/reference/ops.hpp"
 #include "clusterfusion/reference/tolerance.hpp"
 #include "clusterfusion/runtime/backend.hpp"
