@@ -1,6 +1,6 @@
-// The reference's MLA and MoE shapes (reference/mla.hpp, moe.hpp) of a DeepSeek-V2 model's config, for code that runs the
-// model's layers (the cpu backend, tests chaining the reference blocks). Here, not in reference/: the reference
-// takes no model config (nothing below the file formats includes them).
+// The reference's MLA and MoE shapes (reference/mla.hpp, moe.hpp) of a DeepSeek-V2 model's config, for code that
+// runs the model's layers (the cpu backend, tests chaining the reference blocks). Here, not in reference/: the
+// reference takes no model config (nothing below the file formats includes them).
 #pragma once
 #include "clusterfusion/engine/model_config.hpp"
 #include "clusterfusion/reference/mla.hpp"
