@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates src/engine/unicode_tables.cpp: sorted code-point ranges for the character classes the pre-tokenizer
+"""Generates src/formats/tokenizer/unicode_tables.cpp: sorted code-point ranges for the character classes the pre-tokenizer
 regexes use: \\p{L} (general categories Lu Ll Lt Lm Lo) and \\p{N} (Nd Nl No), from Python's unicodedata, plus the
 Unicode White_Space property (\\s), which unicodedata does not expose, listed below from the Unicode PropList.
 

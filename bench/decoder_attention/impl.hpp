@@ -21,7 +21,7 @@
 
 #include "clusterfusion/reference/decoder.hpp"
 #include "common/report.hpp"
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 namespace cf::bench {
 

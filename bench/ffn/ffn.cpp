@@ -30,7 +30,7 @@
 #include "common/args.hpp"
 #include "common/gpu_timing.hpp"
 #include "common/report.hpp"
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 namespace cf::bench {
 namespace {

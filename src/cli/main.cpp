@@ -19,7 +19,7 @@
 #include "serve.hpp"
 #include "clusterfusion/common/json.hpp"
 #include "clusterfusion/common/text.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/chat_template.hpp"
 #include "clusterfusion/runtime/model.hpp"

@@ -20,7 +20,7 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/kernels/decoder_attention/launch.hpp"
 #include "clusterfusion/kernels/ffn/launch.hpp"
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 #include "layer_args.hpp"
 
 namespace nb = nanobind;

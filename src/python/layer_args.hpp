@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "arrays.hpp"
-#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/model/config.hpp"
 
 namespace cf::py {
 

@@ -1,7 +1,7 @@
 #include "clusterfusion/runtime/chat_template.hpp"
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 
 namespace cf {
 

@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 
 namespace cf {
 

@@ -9,7 +9,7 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/half.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 #include "clusterfusion/runtime/rng.hpp"
 
 namespace cf {

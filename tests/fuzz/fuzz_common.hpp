@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "fuzz_targets.hpp"
 
 namespace cf::fuzz {

@@ -8,8 +8,8 @@
 #include <sstream>
 
 #include "clusterfusion/common/half.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "gguf_writer.hpp"
 #include "safetensors_writer.hpp"
 #include "tiny_model.hpp"

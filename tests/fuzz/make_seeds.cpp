@@ -1,4 +1,4 @@
-// Writes the seed corpora of every fuzz target: valid files built with the test writers (tests/unit/engine), the
+// Writes the seed corpora of every fuzz target: valid files built with the test writers (tests/unit/formats), the
 // small real tokenizers of tests/data/tokenizer, and, when installed, the default model's metadata with its
 // vocabulary trimmed. Usage: cf_fuzz_seeds <out_dir>  (creates <out_dir>/<target>/<seed>); cf_fuzz_seeds --list
 // prints the targets.
@@ -12,8 +12,8 @@
 
 #include "clusterfusion/common/half.hpp"
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "fuzz_seeds.hpp"
 #include "fuzz_targets.hpp"
 

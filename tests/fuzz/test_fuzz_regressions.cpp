@@ -6,9 +6,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 #include "fuzz_seeds.hpp"
 #include "fuzz_targets.hpp"
 

@@ -2,7 +2,7 @@
 // runs the model's layers (the cpu backend, tests chaining the reference blocks). Here, not in reference/: the
 // reference takes no model config (nothing below the file formats includes them).
 #pragma once
-#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/model/config.hpp"
 #include "clusterfusion/reference/mla.hpp"
 #include "clusterfusion/reference/moe.hpp"
 

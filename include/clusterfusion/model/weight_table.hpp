@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/model/config.hpp"
 
 namespace cf {
 

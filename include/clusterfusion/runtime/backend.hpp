@@ -12,8 +12,8 @@
 #include <string_view>
 #include <vector>
 
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/tensor.hpp"
 #include "clusterfusion/runtime/kv_cache.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 

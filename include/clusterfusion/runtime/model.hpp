@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "clusterfusion/runtime/backend.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/weights.hpp"

@@ -24,7 +24,7 @@
 #include <thread>
 #include <vector>
 
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/sampler.hpp"
 

@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "clusterfusion/runtime/chat_template.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/sampler.hpp"

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/tensor.hpp"
 #include "clusterfusion/model/weight_table.hpp"
 
 namespace cf {

@@ -14,7 +14,7 @@
 #include <optional>
 #include <string>
 
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "clusterfusion/runtime/chat_template.hpp"
 #include "clusterfusion/runtime/scheduler.hpp"
 #include "clusterfusion/server/metrics.hpp"

@@ -13,7 +13,7 @@
 #include "clusterfusion/cuda/stream.hpp"
 #include "common/step_plan.hpp"
 #include "cuda/device_kernels.hpp"
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 #include "fused/fused_decoder.hpp"
 
 namespace cf {

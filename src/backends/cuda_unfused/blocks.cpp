@@ -5,7 +5,7 @@
 
 #include "clusterfusion/cuda/check.hpp"
 #include "clusterfusion/reference/ops.hpp"
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 namespace cf::cuda_unfused {
 namespace {

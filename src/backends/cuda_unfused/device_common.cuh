@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 namespace cf::cuda_unfused::detail {
 

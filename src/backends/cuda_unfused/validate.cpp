@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 namespace cf::cuda_unfused {
 namespace {

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "clusterfusion/device/types.hpp"
-#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/model/config.hpp"
 #include "clusterfusion/runtime/kv_cache.hpp"
 
 namespace cf::fused {

@@ -4,9 +4,9 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/text.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 #include "fuzz_common.hpp"
 
 namespace cf::fuzz {

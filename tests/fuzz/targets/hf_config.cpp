@@ -2,7 +2,7 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/json.hpp"
 #include "clusterfusion/common/text.hpp"
-#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/model/config.hpp"
 #include "fuzz_common.hpp"
 
 namespace cf::fuzz {

@@ -3,7 +3,7 @@
 #include <optional>
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/engine/safetensors.hpp"
+#include "clusterfusion/formats/safetensors.hpp"
 #include "fuzz_common.hpp"
 
 namespace cf::fuzz {

@@ -19,7 +19,7 @@
 #include "clusterfusion/cuda/device.hpp"
 #include "clusterfusion/reference/decoder.hpp"
 #include "clusterfusion/reference/tolerance.hpp"
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 #define CF_REQUIRE_GPU()                                                                   \
   do {                                                                                     \

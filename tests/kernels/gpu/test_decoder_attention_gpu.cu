@@ -157,7 +157,7 @@ TEST(DecoderAttentionGpuSanitizer, BadPageTableIsReported) {
 
 // ---- against the cuda-unfused baseline (when it is built) ------------------------------------------------------
 #if defined(CF_HAVE_CUDA_UNFUSED)
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 namespace cf::test::da {
 namespace {

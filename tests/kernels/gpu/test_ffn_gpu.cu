@@ -103,7 +103,7 @@ TEST(FfnGpuSanitizer, UnevenCluster8Bf16Batch11InPlace) {
 
 // ---- against the cuda-unfused baseline (when it is built) ------------------------------------------------------
 #if defined(CF_HAVE_CUDA_UNFUSED)
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 namespace cf::test::ffn {
 namespace {

@@ -85,7 +85,7 @@ TEST(LmHeadGpuSanitizer, TiesAndNanBatch16) {
 }  // namespace cf::test::lm_head
 
 #if defined(CF_HAVE_CUDA_UNFUSED)
-#include "cuda_unfused/ops.hpp"
+#include "clusterfusion/backends/cuda_unfused/ops.hpp"
 
 namespace cf::test::lm_head {
 namespace {

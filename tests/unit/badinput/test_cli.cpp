@@ -13,7 +13,7 @@
 
 #include "badinput_util.hpp"
 #include "cli_runner.hpp"
-#include "clusterfusion/engine/gguf.hpp"
+#include "clusterfusion/formats/gguf.hpp"
 #include "fuzz_seeds.hpp"
 #include "gguf_writer.hpp"
 #include "test_util.hpp"

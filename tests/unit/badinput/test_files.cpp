@@ -10,7 +10,7 @@
 
 #include "badinput_util.hpp"
 #include "cli_runner.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 #include "clusterfusion/runtime/model.hpp"
 #include "safetensors_writer.hpp"
 #include "test_util.hpp"

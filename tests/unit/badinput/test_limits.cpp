@@ -5,10 +5,10 @@
 #include <chrono>
 
 #include "badinput_util.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/model_file.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/model_file.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "clusterfusion/runtime/chat_template.hpp"
 #include "gguf_writer.hpp"
 #include "test_util.hpp"

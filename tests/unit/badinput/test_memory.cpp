@@ -13,10 +13,10 @@
 #include <new>
 
 #include "badinput_util.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/safetensors.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/safetensors.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "gguf_writer.hpp"
 #include "safetensors_writer.hpp"
 

@@ -6,11 +6,11 @@
 #include <filesystem>
 
 #include "badinput_util.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/model_file.hpp"
-#include "clusterfusion/engine/safetensors.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/model_file.hpp"
+#include "clusterfusion/formats/safetensors.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "fuzz_seeds.hpp"
 #include "gguf_writer.hpp"
 #include "safetensors_writer.hpp"

@@ -8,8 +8,8 @@
 #include <sstream>
 
 #include "badinput_util.hpp"
-#include "clusterfusion/engine/model_file.hpp"
-#include "clusterfusion/engine/safetensors.hpp"
+#include "clusterfusion/formats/model_file.hpp"
+#include "clusterfusion/formats/safetensors.hpp"
 #include "fuzz_seeds.hpp"
 #include "gguf_writer.hpp"
 #include "safetensors_writer.hpp"

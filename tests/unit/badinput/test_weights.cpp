@@ -6,8 +6,8 @@
 
 #include "badinput_util.hpp"
 #include "clusterfusion/common/half.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 #include "fuzz_seeds.hpp"
 #include "gguf_writer.hpp"
 #include "test_util.hpp"

@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/safetensors.hpp"
-#include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/formats/safetensors.hpp"
+#include "clusterfusion/formats/tensor.hpp"
 #include "clusterfusion/reference/mla.hpp"
 #include "clusterfusion/reference/moe.hpp"
 #include "clusterfusion/reference/ops.hpp"

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "clusterfusion/runtime/chat_template.hpp"
 
 namespace {

@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 #include "clusterfusion/model/deepseek.hpp"
 #include "clusterfusion/reference/ops.hpp"
 #include "clusterfusion/reference/tolerance.hpp"

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "clusterfusion/reference/decoder.hpp"
 #include "clusterfusion/runtime/runner.hpp"
 #include "clusterfusion/runtime/weights.hpp"

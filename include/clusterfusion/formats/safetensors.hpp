@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "clusterfusion/engine/gguf.hpp"  // StringMap
-#include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/formats/gguf.hpp"  // StringMap
+#include "clusterfusion/formats/tensor.hpp"
 
 namespace cf {
 

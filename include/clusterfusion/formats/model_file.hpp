@@ -9,9 +9,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "clusterfusion/engine/model_config.hpp"
-#include "clusterfusion/engine/tensor.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/model/config.hpp"
+#include "clusterfusion/formats/tensor.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 
 namespace cf {
 

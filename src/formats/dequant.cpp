@@ -10,7 +10,7 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/half.hpp"
-#include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/formats/tensor.hpp"
 
 namespace cf {
 

@@ -7,8 +7,8 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "mapped_file.hpp"
 
 namespace cf {

@@ -1,5 +1,5 @@
 // Safetensors reader (see safetensors.hpp) and the Hugging Face -> GGUF-style tensor name mapping.
-#include "clusterfusion/engine/safetensors.hpp"
+#include "clusterfusion/formats/safetensors.hpp"
 
 #include <algorithm>
 #include <charconv>

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "clusterfusion/common/error.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "unicode.hpp"
 
 namespace cf {

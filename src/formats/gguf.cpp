@@ -1,6 +1,6 @@
 // GGUF reader. Every read goes through Cursor, which checks the bytes are there; every count is checked against
 // the bytes left before anything is reserved, so memory stays proportional to the file size.
-#include "clusterfusion/engine/gguf.hpp"
+#include "clusterfusion/formats/gguf.hpp"
 
 #include <algorithm>
 #include <bit>

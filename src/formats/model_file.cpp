@@ -1,5 +1,5 @@
 // ModelFile implementations: GGUF, and Hugging Face safetensors folders (config.json + shards + tokenizer).
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 
 #include <algorithm>
 #include <filesystem>
@@ -8,8 +8,8 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/safetensors.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/formats/safetensors.hpp"
 #include "clusterfusion/model/weight_table.hpp"
 #include "mapped_file.hpp"
 

@@ -9,8 +9,8 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/gguf.hpp"  // StringMap
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/gguf.hpp"  // StringMap
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "mapped_file.hpp"
 #include "unicode.hpp"
 

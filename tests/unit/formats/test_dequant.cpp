@@ -8,8 +8,8 @@
 
 #include "clusterfusion/common/half.hpp"
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/formats/tensor.hpp"
 #include "test_util.hpp"
 
 namespace {

@@ -1,4 +1,4 @@
-// Unicode helpers for the tokenizers (internal to cf_engine): UTF-8 decoding that keeps invalid bytes, and the
+// Unicode helpers for the tokenizers (internal to cf_formats): UTF-8 decoding that keeps invalid bytes, and the
 // character classes of the pre-tokenizer regexes (\p{L}, \p{N}, \s) from generated range tables.
 #pragma once
 #include <cstddef>

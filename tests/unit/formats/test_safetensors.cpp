@@ -3,9 +3,9 @@
 #include <random>
 
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/model_file.hpp"
-#include "clusterfusion/engine/safetensors.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/model_file.hpp"
+#include "clusterfusion/formats/safetensors.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "safetensors_writer.hpp"
 #include "test_util.hpp"
 

@@ -1,5 +1,5 @@
 // DType facts (block sizes, names) and TensorRef helpers.
-#include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/formats/tensor.hpp"
 
 #include <array>
 

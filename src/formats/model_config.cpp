@@ -1,5 +1,5 @@
 // ModelConfig: validation, summary, and construction from GGUF metadata or a Hugging Face config.json.
-#include "clusterfusion/engine/model_config.hpp"
+#include "clusterfusion/model/config.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -8,7 +8,7 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/json.hpp"
 #include "clusterfusion/common/text.hpp"
-#include "clusterfusion/engine/gguf.hpp"
+#include "clusterfusion/formats/gguf.hpp"
 #include "mapped_file.hpp"
 
 namespace cf {

@@ -2,7 +2,7 @@
 
 #include <random>
 
-#include "clusterfusion/engine/gguf.hpp"
+#include "clusterfusion/formats/gguf.hpp"
 #include "gguf_writer.hpp"
 #include "test_util.hpp"
 

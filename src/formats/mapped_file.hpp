@@ -1,4 +1,4 @@
-// Read-only memory mapping of a whole file (internal to cf_engine).
+// Read-only memory mapping of a whole file (internal to cf_formats).
 #pragma once
 #include <cstddef>
 #include <cstdint>

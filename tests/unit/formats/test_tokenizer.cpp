@@ -7,8 +7,8 @@
 #include <sstream>
 
 #include "clusterfusion/common/json.hpp"
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/tokenizer.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/tokenizer/tokenizer.hpp"
 #include "test_util.hpp"
 #include "tiny_model.hpp"
 

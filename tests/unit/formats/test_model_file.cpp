@@ -3,8 +3,8 @@
 #include <chrono>
 #include <random>
 
-#include "clusterfusion/engine/gguf.hpp"
-#include "clusterfusion/engine/model_file.hpp"
+#include "clusterfusion/formats/gguf.hpp"
+#include "clusterfusion/formats/model_file.hpp"
 #include "test_util.hpp"
 #include "tiny_model.hpp"
 

@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "clusterfusion/engine/tensor.hpp"
+#include "clusterfusion/formats/tensor.hpp"
 
 namespace cf {
 
