@@ -64,4 +64,42 @@ struct DecoderShape {
   FfnBlockShape ffn_block() const { return {hidden, ffn_hidden, eps}; }
 };
 
+// The multi-head latent attention block of a DeepSeek-V2 layer (docs/mla.md §1): residual add + RMSNorm, q (or
+// q_a -> RMSNorm -> q_b) and kv_a projections, kv_a RMSNorm, RoPE on adjacent pairs of the rope parts, the latent
+// cache append, absorbed attention over [c_kv, k_pe] rows, W_UV, O. YaRN is the host's business: the kernels read
+// cos/sin (magnitude included) from a table and take the softmax scale as given.
+struct MlaBlockShape {
+  int hidden = 0;
+  int n_heads = 0;
+  int q_lora_rank = 0;    // 0: q = x Wq^T (V2-Lite)
+  int kv_lora_rank = 0;   // r: the latent's width
+  int qk_nope = 0;
+  int qk_rope = 0;        // rotated dimensions per head (and of the shared k_pe)
+  int v_head = 0;
+  float eps = 1e-6f;      // every RMSNorm of the block (input, q_a, kv_a)
+  float softmax_scale = 0.0f;
+
+  int q_head() const { return qk_nope + qk_rope; }
+  int q_rows() const { return n_heads * q_head(); }
+  int latent_row() const { return kv_lora_rank + qk_rope; }  // cache values per token
+  int o_dim() const { return n_heads * v_head; }
+};
+
+// The mixture-of-experts FFN block of a DeepSeek-V2 layer (docs/mla.md §2): residual add + RMSNorm, router softmax,
+// top-k selection, the chosen experts' SwiGLU FFNs weighted, plus the shared experts.
+enum class ExpertSelection : uint8_t { Greedy, GroupLimitedGreedy };
+struct MoeBlockShape {
+  int hidden = 0;
+  int n_experts = 0;
+  int top_k = 0;
+  int expert_ffn = 0;   // moe_intermediate_size
+  int shared_ffn = 0;   // n_shared_experts * moe_intermediate_size; 0: none
+  bool norm_topk_prob = false;
+  float routed_scaling = 1.0f;
+  ExpertSelection selection = ExpertSelection::Greedy;
+  int n_group = 1;
+  int topk_group = 1;
+  float eps = 1e-6f;    // the input RMSNorm
+};
+
 }  // namespace cf
