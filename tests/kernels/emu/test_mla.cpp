@@ -22,7 +22,7 @@ std::vector<Case> all_cases() {
     c.name = "QLoraBf16Batch3Page1";
     c.dtype = DType::BF16;
     c.hidden = 128, c.n_heads = 4, c.q_lora = 64, c.r = 64, c.nope = 32, c.v = 32;
-    c.batch = 3, c.page_size = 1, c.kv_lens = {0, 7, 20}, c.seed = 2;
+    c.batch = 3, c.page_size = 1, c.kv_lens = {0, 7, 20}, c.max_clusters = 9, c.seed = 2;  // 3 splits a token
     cases.push_back(c);
   }
   {
@@ -72,10 +72,10 @@ TEST(MlaEmuDeterminism, BitIdenticalAcrossSchedules) {
 
 // A bad position / page id / kv_indptr of one token: check_status names it, that token's row is NaN and nothing of it
 // is appended; the other tokens are right.
-void expect_bad_token(BadToken bad, const std::string& name, const std::string& fragment) {
+void expect_bad_token(BadToken bad, int token, const std::string& name, const std::string& fragment) {
   Case c;
   c.name = name;
-  c.batch = 3, c.bad = bad, c.bad_token = 1, c.kv_lens = {4, 6, 8};
+  c.batch = 3, c.bad = bad, c.bad_token = token, c.kv_lens = {4, 6, 8};
   with_element_type(c.dtype, [&]<typename T>() {
     const HostInputs in = make_inputs<T>(c);
     const Oracle o = make_oracle<T>(c, in);
@@ -89,13 +89,16 @@ void expect_bad_token(BadToken bad, const std::string& name, const std::string& 
   });
 }
 TEST(MlaEmuBadInput, PositionPastTheTable) {
-  expect_bad_token(BadToken::Position, "BadPosition", "position is negative or past the cos/sin table");
+  expect_bad_token(BadToken::Position, 1, "BadPosition", "position is negative or past the cos/sin table");
 }
 TEST(MlaEmuBadInput, PageIdOutsideThePool) {
-  expect_bad_token(BadToken::PageId, "BadPageId", "kv_indices entry is outside");
+  expect_bad_token(BadToken::PageId, 0, "BadPageId", "kv_indices entry is outside");
 }
 TEST(MlaEmuBadInput, DecreasingIndptr) {
-  expect_bad_token(BadToken::IndptrOrder, "BadIndptr", "kv_indptr / kv_last_page_len is inconsistent");
+  expect_bad_token(BadToken::IndptrOrder, 2, "BadIndptr", "kv_indptr / kv_last_page_len is inconsistent");
+}
+TEST(MlaEmuBadInput, LastPageLenPastThePage) {
+  expect_bad_token(BadToken::LastPageLen, 1, "BadLastPageLen", "kv_indptr / kv_last_page_len is inconsistent");
 }
 
 // Host validation: one-line errors naming the field.

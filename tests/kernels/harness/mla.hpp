@@ -20,7 +20,7 @@ namespace cf::test::mla {
 namespace kmla = cf::kernels::mla;
 
 // What goes wrong in a bad-token case (that token only).
-enum class BadToken { None, Position, PageId, IndptrOrder };
+enum class BadToken { None, Position, PageId, IndptrOrder, LastPageLen };
 
 struct Case : CaseBase {
   int hidden = 64, n_heads = 2, q_lora = 0, r = 32, rope = 16, nope = 16, v = 16;
@@ -89,7 +89,7 @@ HostInputs make_inputs(const Case& c) {
   in.kv_indptr.push_back(0);
   int max_len = 0;
   for (int b = 0; b < c.batch; ++b) {
-    const int len = c.old_len(b) + 1;
+    const int len = c.old_len(b) + 1;  // after the append
     max_len = std::max(max_len, len);
     in.kv_indptr.push_back(in.kv_indptr.back() + (len + P - 1) / P);
     in.kv_last_page_len.push_back((len - 1) % P + 1);
@@ -173,6 +173,8 @@ void reference_token(const Case& c, const HostInputs& in, int b, bool naive, flo
     ref::mla_project(x.data(), w, ms, pos, q.data(), latent.data());
   }
   std::copy(latent.begin(), latent.end(), row_out);
+  if (naive)  // stored as T
+    for (size_t i = 0; i < row; ++i) row_out[i] = round_through<T>(row_out[i]);
   // the cache the attention reads: the old rows and the new one (as stored: T)
   const int len = c.old_len(b) + 1;
   std::vector<T> cache(size_t(len) * row);
@@ -196,6 +198,7 @@ void reference_token(const Case& c, const HostInputs& in, int b, bool naive, flo
       o[size_t(h) * size_t(c.v) + size_t(j)] = round_through<T>(acc);
     }
   ref::matvec(w.wo, o.data(), out, c.hidden, int(o.size()));
+  for (int i = 0; i < c.hidden; ++i) out[i] = round_through<T>(out[i]);
 }
 
 template <typename T>
@@ -232,11 +235,13 @@ inline DeviceInputs uploaded(const Case& c, const HostInputs& in) {
   const size_t k = size_t(c.bad_token);
   if (c.bad == BadToken::Position) positions[k] = in.max_positions;
   if (c.bad == BadToken::PageId) indices[size_t(indptr[k])] = in.n_pages + 7;
-  if (c.bad == BadToken::IndptrOrder) indptr[k + 1] = indptr[k] - 1;
+  if (c.bad == BadToken::IndptrOrder) indptr[k + 1] = indptr[k] - 1;  // the last token's: the others keep theirs
+  std::vector<int32_t> last_len = in.kv_last_page_len;
+  if (c.bad == BadToken::LastPageLen) last_len[k] = c.page_size + 1;
   upload(d.positions, positions);
   upload(d.kv_indptr, indptr);
   upload(d.kv_indices, indices);
-  upload(d.kv_last_page_len, in.kv_last_page_len);
+  upload(d.kv_last_page_len, last_len);
   upload(d.cos_sin, in.cos_sin);
   d.residual_out = dev::DeviceBuffer<uint16_t>(size_t(c.batch) * size_t(c.hidden));
   d.out = dev::DeviceBuffer<uint16_t>(size_t(c.batch) * size_t(c.hidden));
