@@ -115,8 +115,8 @@ TEST(MlaEmuValidation, ConfigAndStepErrors) {
   };
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.hidden = 60; })); }, "hidden 60");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.qk_rope = 6; })); }, "qk_rope 6");
-  expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.kv_lora_rank = 8200; })); },
-                     "exceeds");
+  expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.kv_lora_rank = 1024; })); },
+                     "kv_lora_rank 1024");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.q_lora_rank = 16; })); },
                      "q_lora_rank 16");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.max_batch = 17; })); }, "max_batch 17");

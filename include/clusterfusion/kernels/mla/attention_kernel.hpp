@@ -5,8 +5,9 @@
 // are one MQA head of row_elems = r + rope values whose first r values are also the value: the producer streams
 // them page by page through the ring (bulk copies of up to item_rows rows of one page) while the consumers
 //   1. query:   the tile's absorbed queries [q_lat, q_pe] into shared memory (fp32)
-//   2. attend:  per item the scores (a warp per (head, row), butterfly sums), the online-softmax update per head and
-//               the accumulation of p x c_kv (a thread per (head, column)); every sum in a fixed order
+//   2. attend:  per item the scores [16 heads x rows] on the tensor cores (the heads as one m16 tile, k split over
+//               the warps, partials added in warp order), the online-softmax update per head, and acc += P x C_kv on
+//               the tensor cores (acc: [16 x r] in registers, 8-column tiles over the warps)
 //   3. merge:   the split's (max, sum, acc) to the workspace; the last arriver of (token, tile) merges the splits in
 //               split order, divides, and applies W_UV per head -> o (TA). A bad token's o is NaN.
 //   4. residual: every CTA writes its slice of residual_out = hidden + residual (nothing else reads them now).
@@ -20,6 +21,7 @@
 #include "clusterfusion/kernels/mla/traits.hpp"
 #include "clusterfusion/pipeline/cross_cta_sum.hpp"
 #include "clusterfusion/pipeline/cta.hpp"
+#include "clusterfusion/pipeline/mma.hpp"
 #include "clusterfusion/pipeline/ring.hpp"
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::mla {
@@ -43,9 +45,10 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
   const bool bad = p.token_bad[b] != 0;
   const int32_t page_base = bad ? 0 : p.kv_indptr[b];
   const pl::Range span = pl::split_range(bad ? 0 : kv_len(), p.splits, split);  // this split's cache rows
-  float* const q = p.layout.q.in(smem);
-  float* const acc = p.layout.acc.in(smem);
-  float* const scores = p.layout.scores.in(smem);
+  uint8_t* const q = p.layout.q.in(smem);
+  float* const partials = p.layout.partials.in(smem);
+  uint8_t* const probs = p.layout.probs.in(smem);
+  float* const o_lat = p.layout.o_lat.in(smem);
 
   CF_DEVICE explicit AttentionCta(const AttentionParams& params) : StreamCta(params, kStatusTimeout) {}
 
@@ -87,44 +90,60 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
     return issued_end;
   }
 
-  // 1. Consumers: the tile's queries (fp32) and a fresh state per head.
+  // 1. Consumers: the tile's queries (rows past the tile's heads zero) and a fresh state per head.
   CF_DEVICE void query() {
-    const T* src = static_cast<const T*>(p.q_lat) + (int64_t(b) * p.n_heads + h0) * p.row_elems;
-    for (int32_t e = int32_t(tid); e < n_heads * p.row_elems; e += pl::kConsumerThreads)
-      q[e] = bad ? 0.0f : dev::to_float(src[e]);
-    for (int32_t e = int32_t(tid); e < n_heads * p.r; e += pl::kConsumerThreads) acc[e] = 0.0f;
-    if (int32_t(tid) < n_heads) {
+    const uint16_t* src = static_cast<const uint16_t*>(p.q_lat) + (int64_t(b) * p.n_heads + h0) * p.row_elems;
+    for (int32_t e = int32_t(tid); e < kHeadTile * p.row_elems; e += pl::kConsumerThreads) {
+      const int32_t h = e / p.row_elems, i = e % p.row_elems;
+      reinterpret_cast<uint16_t*>(q + uint32_t(h) * p.layout.q_pitch)[i] =
+          h < n_heads && !bad ? src[h * p.row_elems + i] : uint16_t(0);
+    }
+    if (tid < uint32_t(kHeadTile)) {
       small->m[tid] = -INFINITY;
       small->l[tid] = 0.0f;
+      small->alpha[tid] = 1.0f;
     }
     pl::consumers_sync();
   }
 
-  // 2a. Scores of the item's n rows, a warp per (head, row).
+  // 2a. Scores on the tensor cores: the 16 heads as the A tile, the item's rows as B columns; warp w takes the k32
+  // steps w, w + 8, ... of the row and stores its partial sums (added in warp order by item_softmax).
   CF_DEVICE void item_scores(const uint8_t* rows, int32_t n) {
-    for (int32_t e = int32_t(warp); e < n_heads * n; e += pl::kConsumerWarps) {
-      const int32_t h = e / n, j = e % n;
-      const T* row = reinterpret_cast<const T*>(rows + uint32_t(j) * p.row_bytes);
-      const float* qh = q + h * p.row_elems;
-      float dot = 0.0f;
-      for (int32_t i = int32_t(lane); i < p.row_elems; i += 32) dot += qh[i] * dev::to_float(row[i]);
-      dot = detail::warp_sum(dot);
-      if (lane == 0) scores[h * kMaxItemRows + j] = dot * p.scale;
+    constexpr int kRowTiles = kMaxItemRows / pl::kMmaN;
+    float acc[kRowTiles][4] = {};
+    const uint32_t g = lane / 4, t = lane % 4;
+    for (int32_t k0 = int32_t(warp) * pl::kUnitCols; k0 < p.row_elems; k0 += pl::kConsumerWarps * pl::kUnitCols) {
+      const int32_t k = k0 + int32_t(t) * 8;  // this lane's 8 columns
+      pl::mma_k32_tokens<T, T, kRowTiles>(q + g * p.layout.q_pitch + uint32_t(k) * 2, p.layout.q_pitch,
+                                          rows + uint32_t(k) * 2, p.row_bytes, n, k < p.row_elems, lane, acc);
     }
+    float* mine = partials + warp * kHeadTile * kMaxItemRows;
+    CF_UNROLL
+    for (int nt = 0; nt < kRowTiles; ++nt)
+      pl::for_each_accumulator(acc[nt], lane, [&](int32_t h, int32_t col, float v) {
+        mine[h * kMaxItemRows + nt * pl::kMmaN + col] = v;
+      });
     pl::consumers_sync();
   }
 
-  // 2b. Thread h: the online-softmax update of head h; the scores become probabilities.
+  // Thread h < 16: head h's score of row j, the warps' partials added in warp order.
+  CF_DEVICE float score(int32_t j) const {
+    float dot = 0.0f;
+    for (int w = 0; w < pl::kConsumerWarps; ++w) dot += partials[(w * kHeadTile + int32_t(tid)) * kMaxItemRows + j];
+    return dot * p.scale;
+  }
+  // 2b. Thread h: head h's online-softmax update; the item's probabilities as T.
   CF_DEVICE void item_softmax(int32_t n) {
-    if (int32_t(tid) < n_heads) {
-      float* s = scores + tid * kMaxItemRows;
+    if (tid < uint32_t(kHeadTile)) {
       float m_new = small->m[tid];
-      for (int32_t j = 0; j < n; ++j) m_new = s[j] > m_new ? s[j] : m_new;
+      for (int32_t j = 0; j < n; ++j) m_new = score(j) > m_new ? score(j) : m_new;
       const float alpha = small->m[tid] == -INFINITY ? 0.0f : detail::exp_of(small->m[tid] - m_new);
       float l = small->l[tid] * alpha;
-      for (int32_t j = 0; j < n; ++j) {
-        s[j] = detail::exp_of(s[j] - m_new);
-        l += s[j];
+      T* prob = reinterpret_cast<T*>(probs + tid * kProbPitch);
+      for (int32_t j = 0; j < kMaxItemRows; ++j) {
+        const float e = j < n ? detail::exp_of(score(j) - m_new) : 0.0f;
+        l += e;
+        prob[j] = dev::from_float<T>(e);
       }
       small->m[tid] = m_new;
       small->l[tid] = l;
@@ -133,36 +152,59 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
     pl::consumers_sync();
   }
 
-  // 2c. A thread per (head, column): acc = acc * alpha + sum_j p_j c_kv_j.
-  CF_DEVICE void item_accumulate(const uint8_t* rows, int32_t n) {
-    for (int32_t e = int32_t(tid); e < n_heads * p.r; e += pl::kConsumerThreads) {
-      const int32_t h = e / p.r, c = e % p.r;
-      float a = acc[e] * small->alpha[h];
-      for (int32_t j = 0; j < n; ++j)
-        a += scores[h * kMaxItemRows + j] * dev::to_float(reinterpret_cast<const T*>(rows + uint32_t(j) * p.row_bytes)[c]);
-      acc[e] = a;
+  // 2c. acc = acc * alpha + P x C_kv on the tensor cores: A = the probabilities (16 heads x the item's rows, one k32
+  // step), B = the rows' c_kv, column tile warp + 8 k per register tile k (gathered: the rows are the k dimension).
+  CF_DEVICE void item_accumulate(const uint8_t* rows, int32_t n, float (&acc)[kMaxLatentTilesPerWarp][4]) {
+    const uint32_t g = lane / 4, t = lane % 4;
+    const pl::AFragK32 a = pl::load_a_k32<T, T>(probs + g * kProbPitch + t * 16, kProbPitch);
+    const float alpha_lo = small->alpha[g], alpha_hi = small->alpha[g + 8];
+    CF_UNROLL
+    for (int k = 0; k < kMaxLatentTilesPerWarp; ++k) {
+      const int32_t c = (int32_t(warp) + k * pl::kConsumerWarps) * pl::kMmaN + int32_t(g);  // this lane's column
+      if (c - int32_t(g) >= p.r) break;
+      uint32_t pair[4];
+      CF_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int32_t j = int32_t(t) * 8 + 2 * e;
+        const uint32_t lo = j < n ? load_u16(rows + uint32_t(j) * p.row_bytes + uint32_t(c) * 2) : 0u;
+        const uint32_t hi = j + 1 < n ? load_u16(rows + uint32_t(j + 1) * p.row_bytes + uint32_t(c) * 2) : 0u;
+        pair[e] = lo | hi << 16;
+      }
+      acc[k][0] *= alpha_lo, acc[k][1] *= alpha_lo, acc[k][2] *= alpha_hi, acc[k][3] *= alpha_hi;
+      pl::mma_k32<T>(acc[k], a, pl::b_k32({pair[0], pair[1], pair[2], pair[3]}));
     }
-    pl::consumers_sync();
+  }
+  CF_DEVICE static uint32_t load_u16(const uint8_t* at) {
+    uint16_t v;
+    __builtin_memcpy(&v, at, 2);
+    return v;
   }
 
-  CF_DEVICE void attend() {
+  // 2. Consumers: the split's items; the state's accumulator stays in registers.
+  CF_DEVICE void attend(float (&acc)[kMaxLatentTilesPerWarp][4]) {
     pl::PipelineState st;
     for (int32_t t = span.begin; t < span.end; t += item_rows_at(t)) {
       const int32_t n = item_rows_at(t);
       if (ring.consumer_wait(st, kWaitCacheRows)) {
         item_scores(ring.stage(st), n);
         item_softmax(n);
-        item_accumulate(ring.stage(st), n);
+        item_accumulate(ring.stage(st), n, acc);
       }
       ring.consumer_release(st);
     }
   }
 
   // 3. Consumers: the split's state out; the last arriver merges the splits and applies W_UV.
-  CF_DEVICE void merge() {
+  CF_DEVICE void merge(const float (&acc)[kMaxLatentTilesPerWarp][4]) {
     const int64_t rec0 = (int64_t(b) * p.n_heads + h0) * p.splits + split;  // head h: rec0 + h * splits
-    for (int32_t e = int32_t(tid); e < n_heads * p.r; e += pl::kConsumerThreads)
-      p.part_acc[(rec0 + e / p.r * p.splits) * p.r + e % p.r] = acc[e];
+    CF_UNROLL
+    for (int k = 0; k < kMaxLatentTilesPerWarp; ++k) {
+      const int32_t c0 = (int32_t(warp) + k * pl::kConsumerWarps) * pl::kMmaN;
+      if (c0 >= p.r) break;
+      pl::for_each_accumulator(acc[k], lane, [&](int32_t h, int32_t col, float v) {
+        if (h < n_heads) p.part_acc[(rec0 + h * p.splits) * p.r + c0 + col] = v;
+      });
+    }
     if (int32_t(tid) < n_heads) {
       p.part_ml[(rec0 + tid * p.splits) * 2] = small->m[tid];
       p.part_ml[(rec0 + tid * p.splits) * 2 + 1] = small->l[tid];
@@ -175,7 +217,7 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
     apply_w_uv();
   }
 
-  // The last arriver: o_lat (into acc) = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m), splits in order.
+  // The last arriver: o_lat = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m), splits in order.
   CF_DEVICE void merge_splits() {
     const int64_t first = (int64_t(b) * p.n_heads + h0) * p.splits;
     for (int32_t e = int32_t(tid); e < n_heads * p.r; e += pl::kConsumerThreads) {
@@ -193,7 +235,7 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
         l += detail::fresh(p.part_ml + (rec + s) * 2 + 1) * w;
         a += detail::fresh(p.part_acc + (rec + s) * p.r + c) * w;
       }
-      acc[e] = bad ? NAN : a / l;
+      o_lat[e] = bad ? NAN : a / l;
     }
     pl::consumers_sync();
   }
@@ -205,7 +247,7 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
       const int32_t h = e / p.v_head, j = e % p.v_head;
       const T* wrow = w + (int64_t(h0 + h) * p.v_head + j) * p.r;
       float dot = 0.0f;
-      for (int32_t c = int32_t(lane); c < p.r; c += 32) dot += dev::to_float(wrow[c]) * acc[h * p.r + c];
+      for (int32_t c = int32_t(lane); c < p.r; c += 32) dot += dev::to_float(wrow[c]) * o_lat[h * p.r + c];
       dot = detail::warp_sum(dot);
       if (lane == 0)
         static_cast<T*>(p.o)[int64_t(b) * p.n_heads * p.v_head + (h0 + h) * p.v_head + j] = dev::from_float<T>(dot);
@@ -237,9 +279,10 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) attention_kernel(const CF_GRID_
   if (cta.is_producer()) {
     issued_end = cta.produce();
   } else {
+    float acc[kMaxLatentTilesPerWarp][4] = {};  // o_lat's unnormalised sum: heads x this warp's latent columns
     cta.query();
-    cta.attend();
-    cta.merge();
+    cta.attend(acc);
+    cta.merge(acc);
     cta.residual();
   }
   cta.finish(issued_end);
