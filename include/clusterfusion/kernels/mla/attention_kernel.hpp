@@ -9,7 +9,7 @@
 //               the warps, partials added in warp order), the online-softmax update per head, and acc += P x C_kv on
 //               the tensor cores (acc: [16 x r] in registers, 8-column tiles over the warps)
 //   3. merge:   the split's (max, sum, acc) to the workspace; the last arriver of (token, tile) merges the splits in
-//               split order, divides, and applies W_UV per head -> o (TA). A bad token's o is NaN.
+//               split order and divides -> o_lat (fp32; NaN for a bad token), which launch 3 (uv_kernel.hpp) reads.
 //   4. residual: every CTA writes its slice of residual_out = hidden + residual (nothing else reads them now).
 #pragma once
 #include <cmath>
@@ -48,7 +48,6 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
   uint8_t* const q = p.layout.q.in(smem);
   float* const partials = p.layout.partials.in(smem);
   uint8_t* const probs = p.layout.probs.in(smem);
-  float* const o_lat = p.layout.o_lat.in(smem);
 
   CF_DEVICE explicit AttentionCta(const AttentionParams& params) : StreamCta(params, kStatusTimeout) {}
 
@@ -212,12 +211,10 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
     pl::consumers_sync();
     if (tid == 0) small->last_flag = pl::arrive_last(p.counters + b * p.head_tiles + tile, uint32_t(p.splits)) ? 1u : 0u;
     pl::consumers_sync();
-    if (small->last_flag == 0) return;
-    merge_splits();
-    apply_w_uv();
+    if (small->last_flag != 0) merge_splits();
   }
 
-  // The last arriver: o_lat = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m), splits in order.
+  // The last arriver: o_lat = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m), splits in order, to the workspace.
   CF_DEVICE void merge_splits() {
     const int64_t first = (int64_t(b) * p.n_heads + h0) * p.splits;
     for (int32_t e = int32_t(tid); e < n_heads * p.r; e += pl::kConsumerThreads) {
@@ -235,22 +232,7 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
         l += detail::fresh(p.part_ml + (rec + s) * 2 + 1) * w;
         a += detail::fresh(p.part_acc + (rec + s) * p.r + c) * w;
       }
-      o_lat[e] = bad ? NAN : a / l;
-    }
-    pl::consumers_sync();
-  }
-
-  // The last arriver: o[h][j] = W_UV[h][j] . o_lat[h], a warp per (head, j).
-  CF_DEVICE void apply_w_uv() {
-    const T* w = static_cast<const T*>(p.w_uv);
-    for (int32_t e = int32_t(warp); e < n_heads * p.v_head; e += pl::kConsumerWarps) {
-      const int32_t h = e / p.v_head, j = e % p.v_head;
-      const T* wrow = w + (int64_t(h0 + h) * p.v_head + j) * p.r;
-      float dot = 0.0f;
-      for (int32_t c = int32_t(lane); c < p.r; c += 32) dot += dev::to_float(wrow[c]) * o_lat[h * p.r + c];
-      dot = detail::warp_sum(dot);
-      if (lane == 0)
-        static_cast<T*>(p.o)[int64_t(b) * p.n_heads * p.v_head + (h0 + h) * p.v_head + j] = dev::from_float<T>(dot);
+      p.o_lat[(int64_t(b) * p.n_heads + h0 + h) * p.r + c] = bad ? NAN : a / l;
     }
   }
 
