@@ -55,6 +55,9 @@ void validate_config(const PlanConfig& c) {
     fail("cluster_size " + str(c.cluster_size) + " is not supported (0 or 1: the kernels run CTAs without clusters)");
   if (c.max_clusters < 0) fail("max_clusters must be >= 0");
   if (c.sm_count < 0) fail("sm_count must be >= 0");
+  if (c.max_stages != 0 && (c.max_stages < pl::kMinStages || c.max_stages > pl::kMaxStages))
+    fail("max_stages " + str(c.max_stages) + " outside [" + str(pl::kMinStages) + ", " + str(pl::kMaxStages) +
+         "] (0: as many as fit)");
   if (c.wait_budget_us < 0) fail("wait_budget_us must be >= 0 (0 = no limit)");
   const bool lora = c.shape.q_lora_rank > 0;
   if (!w.norm || !w.w_kv_a || !w.kv_a_norm || !w.w_uk || !w.w_uv || !w.w_o)
@@ -125,7 +128,7 @@ int stages_for(size_t fixed_bytes, const char* what, const PlanConfig& c) {
     throw InputError("mla: shared memory: " + str(int64_t(fixed_bytes)) + " bytes of buffers of the " + what +
                      " (max_batch " + str(c.max_batch) + ") leave room for " + str(fit) + " ring stages; at least " +
                      str(pl::kMinStages) + " are needed (lower max_batch)");
-  return std::min(fit, pl::kMaxStages);
+  return std::min(fit, c.max_stages > 0 ? c.max_stages : pl::kMaxStages);
 }
 
 int cta_cap(const PlanConfig& c) {

@@ -42,6 +42,14 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
+    Case c;  // one CTA per launch and 4 ring stages: the weight ring (16 Wo items) and the cache ring (22 items of at
+             // most 7 rows, one page each) lap several times
+    c.name = "RingLapsOneCta";
+    c.hidden = 256, c.n_heads = 8, c.r = 64, c.nope = 32, c.v = 64;
+    c.page_size = 7, c.kv_lens = {150}, c.max_clusters = 1, c.max_stages = 4, c.seed = 6;
+    cases.push_back(c);
+  }
+  {
     Case c;  // DeepSeek-V2-Lite's head shapes (16 heads, r 512, rope 64, nope 128, v 128) on a small hidden
     c.name = "V2LiteHeadShapes";
     c.hidden = 128, c.n_heads = 16, c.r = 512, c.rope = 64, c.nope = 128, c.v = 128;
@@ -126,6 +134,7 @@ TEST(MlaEmuValidation, ConfigAndStepErrors) {
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.rope.cos_sin = nullptr; })); }, "cos_sin");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.dtype = DType::F32; })); }, "F16 or BF16");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.cluster_size = 4; })); }, "cluster_size 4");
+  expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.max_stages = 2; })); }, "max_stages 2");
   kmla::Plan plan(good);
   kmla::StepArgs step = step_args(c, in, d);
   expect_input_error([&] { kmla::StepArgs s = step; s.batch = 2; plan.run(s); }, "batch 2");

@@ -28,6 +28,7 @@ struct Case : CaseBase {
   std::vector<int> kv_lens;  // cached rows per token before this step (the new one is appended); empty: 5 each
   int max_clusters = 4;      // CTA budget per launch (0: one per SM, 132 assumed by the emulator)
   int max_batch = 0;         // 0: batch
+  int max_stages = 0;        // 0: as many as fit
   bool residual = true;
   float yarn_factor = 1.0f;  // > 1: YaRN frequencies
   BadToken bad = BadToken::None;
@@ -263,6 +264,7 @@ inline kmla::PlanConfig plan_config(const Case& c, const HostInputs& in, DeviceI
   cfg.rope = {d.cos_sin.data(), in.max_positions};
   cfg.max_batch = c.max_batch > 0 ? c.max_batch : c.batch;
   cfg.max_clusters = c.max_clusters;
+  cfg.max_stages = c.max_stages;
   if (c.wait_budget_us >= 0) cfg.wait_budget_us = c.wait_budget_us;
   return cfg;
 }
@@ -343,6 +345,7 @@ struct Op {
     void run(void* stream, uint64_t emu_seed) { plan.run(step, stream, emu_seed); }
     Result result() { return {d.out.download(), d.residual_out.download(), d.pages.download()}; }
     int ctas() const { return plan.info().attention_ctas; }
+    int ring_stages() const { return plan.config().max_stages; }  // set: the driver checks the last launch lapped
     std::string describe() const { return plan.info().describe(); }
   };
 };

@@ -67,6 +67,7 @@ struct PlanConfig {
   int cluster_size = 0;  // 0: the launcher picks
   int max_clusters = 0;  // 0: as many as run at once; else at most this many (the emulator asks for few)
   int sm_count = 0;      // 0: the device's (the emulator assumes 132)
+  int max_stages = 0;    // 0: as many ring stages as fit (up to 16); else at most this many (>= 4; tests lap the ring)
   int64_t wait_budget_us = 20000;  // a wait inside a kernel gives up after this long (0: no limit)
 
   ElementTypes element_types() const { return ElementTypes::of(dtype, weight_dtype, kv_dtype); }
