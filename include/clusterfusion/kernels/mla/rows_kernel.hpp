@@ -21,6 +21,7 @@
 #include "clusterfusion/pipeline/norm_prologue.hpp"
 #include "clusterfusion/pipeline/ring.hpp"
 #include "clusterfusion/pipeline/weight_stream.hpp"
+#include "clusterfusion/primitives/element.hpp"
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::mla {
 namespace dev = cf::dev;
@@ -202,18 +203,23 @@ struct RowsCta : pl::StreamCta<RowsParams, Barriers, RowsSmall> {
       dst[1] = dev::from_float<TA>(x0 * cs.y + x1 * cs.x);
     }
     pl::consumers_sync();
-    const TW* w = static_cast<const TW*>(p.w_uk) + int64_t(h) * p.nope * p.r;
-    for (int32_t c = int32_t(tid); c < p.r; c += pl::kConsumerThreads) {
-      float acc[kTokens] = {};
+    // a thread per pair of latent columns (one 4-byte load per nope row, a warp's loads 128 contiguous bytes)
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(static_cast<const TW*>(p.w_uk) + int64_t(h) * p.nope * p.r);
+    for (int32_t cp = int32_t(tid); cp < p.r / 2; cp += pl::kConsumerThreads) {
+      float acc[kTokens][2] = {};
       for (int32_t n = 0; n < p.nope; ++n) {
-        const float wv = dev::to_float(w[int64_t(n) * p.r + c]);
+        const dev::Float2 wv = prim::unpack2<TW>(w[int64_t(n) * (p.r / 2) + cp]);
         CF_UNROLL
         for (int b = 0; b < kTokens; ++b)
-          if (b < p.batch) acc[b] += wv * qn[b * p.nope + n];
+          if (b < p.batch) acc[b][0] += wv.x * qn[b * p.nope + n], acc[b][1] += wv.y * qn[b * p.nope + n];
       }
       CF_UNROLL
       for (int b = 0; b < kTokens; ++b)
-        if (b < p.batch) q_lat[(int64_t(b) * p.n_heads + h) * p.row_elems + c] = dev::from_float<TA>(acc[b]);
+        if (b < p.batch) {
+          TA* dst = q_lat + (int64_t(b) * p.n_heads + h) * p.row_elems + 2 * cp;
+          dst[0] = dev::from_float<TA>(acc[b][0]);
+          dst[1] = dev::from_float<TA>(acc[b][1]);
+        }
     }
     pl::consumers_sync();  // qn is free for the next head
   }
