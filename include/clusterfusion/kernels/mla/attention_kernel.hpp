@@ -17,7 +17,7 @@
 
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/kernels/mla/kernel_params.hpp"
-#include "clusterfusion/kernels/mla/rows_kernel.hpp"  // detail::
+#include "clusterfusion/kernels/mla/cta_common.hpp"
 #include "clusterfusion/kernels/mla/traits.hpp"
 #include "clusterfusion/pipeline/cross_cta_sum.hpp"
 #include "clusterfusion/pipeline/cta.hpp"
@@ -26,18 +26,8 @@
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::mla {
 
-namespace detail {
-CF_DEVICE float exp_of(float x) {
-#if defined(CF_DEVICE_CUDA) && defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  return std::exp(x);
-#endif
-}
-}  // namespace detail
-
 template <typename T>
-struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
+struct AttentionCta : MlaCta<AttentionParams, AttentionSmall> {
   const int32_t cta = int32_t(dev::block_idx().x), n_ctas = int32_t(dev::grid_dim().x);
   const int32_t b = cta / (p.head_tiles * p.splits), tile = cta / p.splits % p.head_tiles, split = cta % p.splits;
   const int32_t h0 = tile * kHeadTile;
@@ -49,7 +39,7 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
   float* const partials = p.layout.partials.in(smem);
   uint8_t* const probs = p.layout.probs.in(smem);
 
-  CF_DEVICE explicit AttentionCta(const AttentionParams& params) : StreamCta(params, kStatusTimeout) {}
+  CF_DEVICE explicit AttentionCta(const AttentionParams& params) : MlaCta(params) {}
 
   CF_DEVICE int32_t kv_len() const {
     const int32_t pages = p.kv_indptr[b + 1] - p.kv_indptr[b];
@@ -61,14 +51,6 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
     const int32_t in_page = p.page_size - t % p.page_size;
     if (in_page < n) n = in_page;
     return span.end - t < n ? span.end - t : n;
-  }
-
-  CF_DEVICE void setup() {
-    if (tid == 0) {
-      ring.init();
-      small->abort = 0;
-    }
-    dev::block_sync();
   }
 
   // Producer warp: the split's rows, page by page. Returns the items issued.
@@ -249,8 +231,6 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
         out[at] = dev::from_float<T>(dev::to_float(h_in[at]) + (r_in ? dev::to_float(r_in[at]) : 0.0f));
       }
   }
-
-  CF_DEVICE void finish(int32_t issued_end) { end_ring(issued_end, kStatusDrainTimeout, kWaitDrain); }
 };
 
 template <typename T>
