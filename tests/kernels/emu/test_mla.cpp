@@ -34,6 +34,12 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
+    Case c;  // in place: residual_out over hidden, out over residual; batch 2 over 3 splits each
+    c.name = "InPlaceBatch2";
+    c.batch = 2, c.page_size = 4, c.kv_lens = {13, 6}, c.in_place = true, c.max_clusters = 6, c.seed = 7;
+    cases.push_back(c);
+  }
+  {
     Case c;  // 20 heads: two head tiles (16 + 4), q_lora, bf16, long rows over 8 splits
     c.name = "Heads20TwoTilesBf16";
     c.dtype = DType::BF16;
