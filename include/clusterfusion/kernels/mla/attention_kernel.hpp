@@ -73,11 +73,12 @@ struct AttentionCta : MlaCta<AttentionParams, AttentionSmall> {
 
   // 1. Consumers: the tile's queries (rows past the tile's heads zero) and a fresh state per head.
   CF_DEVICE void query() {
-    const uint16_t* src = static_cast<const uint16_t*>(p.q_lat) + (int64_t(b) * p.n_heads + h0) * p.row_elems;
-    for (int32_t e = int32_t(tid); e < kHeadTile * p.row_elems; e += pl::kConsumerThreads) {
-      const int32_t h = e / p.row_elems, i = e % p.row_elems;
-      reinterpret_cast<uint16_t*>(q + uint32_t(h) * p.layout.q_pitch)[i] =
-          h < n_heads && !bad ? src[h * p.row_elems + i] : uint16_t(0);
+    const uint8_t* src = static_cast<const uint8_t*>(p.q_lat) + (int64_t(b) * p.n_heads + h0) * p.row_bytes;
+    const int32_t chunks = p.row_elems / 8;  // 16-byte loads
+    for (int32_t e = int32_t(tid); e < kHeadTile * chunks; e += pl::kConsumerThreads) {
+      const int32_t h = e / chunks, i = e % chunks;
+      const dev::U32x4 v = h < n_heads && !bad ? dev::load16(src + h * p.row_bytes + i * 16) : dev::U32x4{0, 0, 0, 0};
+      dev::store16(q + uint32_t(h) * p.layout.q_pitch + uint32_t(i) * 16, v);
     }
     if (tid < uint32_t(kHeadTile)) {
       small->m[tid] = -INFINITY;
