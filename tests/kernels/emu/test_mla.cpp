@@ -141,6 +141,9 @@ TEST(MlaEmuValidation, ConfigAndStepErrors) {
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.dtype = DType::F32; })); }, "F16 or BF16");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.cluster_size = 4; })); }, "cluster_size 4");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.max_stages = 2; })); }, "max_stages 2");
+  // DeepSeek-V2's output width (128 heads x 128) at batch 16: the input rows leave no room for the ring
+  auto v2_output = [](auto& g) { g.shape.n_heads = 128, g.shape.v_head = 128, g.max_batch = 16; };
+  expect_input_error([&] { kmla::Plan big(with(v2_output)); }, "lower max_batch");
   kmla::Plan plan(good);
   kmla::StepArgs step = step_args(c, in, d);
   expect_input_error([&] { kmla::StepArgs s = step; s.batch = 2; plan.run(s); }, "batch 2");

@@ -210,7 +210,8 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
   o.out_ref.resize(B * D), o.out_naive.resize(B * D), o.row_ref.resize(B * row), o.row_naive.resize(B * row);
   o.residual_out.resize(B * D);
   for (size_t i = 0; i < B * D; ++i)
-    o.residual_out[i] = to_bits16<T>(from_bits16<T>(in.hidden[i]) + (c.residual ? from_bits16<T>(in.residual[i]) : 0.0f));
+    o.residual_out[i] =
+        to_bits16<T>(from_bits16<T>(in.hidden[i]) + (c.residual ? from_bits16<T>(in.residual[i]) : 0.0f));
   for_each_token(c.batch, int64_t(c.n_heads) * c.r * (c.nope + c.v + 64), [&](int b) {
     reference_token<T>(c, in, b, false, o.out_ref.data() + size_t(b) * D, o.row_ref.data() + size_t(b) * row);
     reference_token<T>(c, in, b, true, o.out_naive.data() + size_t(b) * D, o.row_naive.data() + size_t(b) * row);
@@ -314,8 +315,8 @@ CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, c
     else if (b == 0 && rep.ok) rep.message = t.message;
     const size_t at = row_offset(c, in, b, c.old_len(b));
     const std::vector<uint16_t> got_row(r.pages.begin() + ptrdiff_t(at), r.pages.begin() + ptrdiff_t(at + row));
-    const CheckReport tr =
-        check_values<T>(tok + " appended row", got_row, slice(o.row_ref, b * row, row), slice(o.row_naive, b * row, row));
+    const CheckReport tr = check_values<T>(tok + " appended row", got_row, slice(o.row_ref, b * row, row),
+                                           slice(o.row_naive, b * row, row));
     if (!tr.ok) rep.fail(tr.message);
     std::copy(got_row.begin(), got_row.end(), pages_want.begin() + ptrdiff_t(at));
   }

@@ -192,7 +192,8 @@ struct AttentionCta : MlaCta<AttentionParams, AttentionSmall> {
       p.part_ml[(rec0 + tid * p.splits) * 2 + 1] = small->l[tid];
     }
     pl::consumers_sync();
-    if (tid == 0) small->last_flag = pl::arrive_last(p.counters + b * p.head_tiles + tile, uint32_t(p.splits)) ? 1u : 0u;
+    if (tid == 0)
+      small->last_flag = pl::arrive_last(p.counters + b * p.head_tiles + tile, uint32_t(p.splits)) ? 1u : 0u;
     pl::consumers_sync();
     if (small->last_flag != 0) merge_splits();
   }

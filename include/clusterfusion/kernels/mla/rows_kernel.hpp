@@ -121,7 +121,8 @@ struct RowsCta : MlaCta<RowsParams, RowsSmall> {
     const int32_t row0 = g.tile0 * pl::kTileRows, n_rows = g.n_tiles * pl::kTileRows;
     for (int32_t e = int32_t(tid); e < n_rows * p.batch; e += pl::kConsumerThreads) {
       const int32_t row = row0 + e / p.batch;
-      if (row < p.rows[g.matrix]) store_row(g.matrix, row, e % p.batch, pl::group_value(scratch, p.tiles_per_stage, p.batch, e));
+      if (row < p.rows[g.matrix])
+        store_row(g.matrix, row, e % p.batch, pl::group_value(scratch, p.tiles_per_stage, p.batch, e));
     }
     pl::consumers_sync();
   }
@@ -217,7 +218,8 @@ struct RowsCta : MlaCta<RowsParams, RowsSmall> {
     }
     if (!ok) return false;
     bool ids_ok = true;
-    for (int32_t i = start + int32_t(lane); i < end; i += 32) ids_ok = ids_ok && p.kv_indices[i] >= 0 && p.kv_indices[i] < p.n_pages;
+    for (int32_t i = start + int32_t(lane); i < end; i += 32)
+      ids_ok = ids_ok && p.kv_indices[i] >= 0 && p.kv_indices[i] < p.n_pages;
     if (!dev::all_sync(dev::kFullMask, ids_ok)) {
       if (lane == 0) detail::set_status(p.status, kStatusBadPageId);
       return false;
