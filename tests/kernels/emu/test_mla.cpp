@@ -152,5 +152,29 @@ TEST(MlaEmuValidation, ConfigAndStepErrors) {
   EXPECT_NE(plan.info().describe().find("attention"), std::string::npos);
 }
 
+// The plan's splits at DeepSeek-V2-Lite's shapes on 132 SMs (docs/mla.md §1.5): every launch one wave of CTAs.
+TEST(MlaEmuPlan, V2LiteSplits) {
+  dev::DeviceBuffer<uint16_t> dummy(8);  // the plan reads no weight; pointers must be set and aligned
+  dev::DeviceBuffer<float> table(64);
+  kmla::PlanConfig cfg;
+  cfg.shape.hidden = 2048, cfg.shape.n_heads = 16, cfg.shape.kv_lora_rank = 512, cfg.shape.qk_nope = 128;
+  cfg.shape.qk_rope = 64, cfg.shape.v_head = 128;
+  void* w = dummy.data();
+  cfg.weights = {w, w, nullptr, nullptr, nullptr, w, w, w, w, w};
+  cfg.cache = {w, 1, 16};
+  cfg.rope = {table.data(), 1};
+  for (int batch : {1, 16}) {
+    cfg.max_batch = batch;
+    const kmla::Plan plan(cfg);
+    const kmla::LaunchInfo& li = plan.info();
+    EXPECT_EQ(li.cluster_size, 1);
+    EXPECT_EQ(li.projection_clusters, 132);  // 228 tiles of [Wq; Wkv_a]
+    EXPECT_EQ(li.attention_ctas, batch == 1 ? 132 : 128) << "batch " << batch;
+    EXPECT_EQ(li.uv_ctas, 128);              // 16 heads x 8 row tiles
+    EXPECT_EQ(li.output_clusters, 128);      // 128 tiles of Wo
+    std::printf("batch %d: %s\n", batch, li.describe().c_str());
+  }
+}
+
 }  // namespace
 }  // namespace cf::test::mla
