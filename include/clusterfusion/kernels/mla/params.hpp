@@ -14,6 +14,7 @@
 //   kv_indptr [batch + 1], kv_indices, kv_last_page_len [batch] describe each sequence AFTER this step's append
 //   (FlashInfer's convention, token b = sequence b); cos_sin [max_positions, rope] fp32: the cos of the rope/2
 //   adjacent pairs (2i, 2i + 1), then their sin, YaRN's magnitude included (ref::yarn_cos_sin).
+// Shape::softmax_scale 0 means q_head^-0.5 (give YaRN's mscale^2 factor explicitly: MlaShape::softmax_scale()).
 #pragma once
 #include <cstdint>
 #include <optional>
