@@ -63,6 +63,8 @@ void validate_config(const PlanConfig& c) {
     fail("cluster_size " + str(c.cluster_size) + " is not supported (0 = automatic or 1: the MoE kernels use no clusters)");
   if (c.max_clusters < 0) fail("max_clusters must be >= 0");
   if (c.sm_count < 0) fail("sm_count must be >= 0");
+  if (c.max_stages != 0 && c.max_stages < pl::kMinStages)
+    fail("max_stages " + str(c.max_stages) + " must be 0 (as many as fit) or >= " + str(pl::kMinStages));
   if (c.wait_budget_us < 0) fail("wait_budget_us must be >= 0 (0 = no limit)");
   const Weights& w = c.weights;
   if (!w.norm || !w.router || !w.w_gate_up || !w.w_down)
@@ -98,8 +100,9 @@ std::string LaunchInfo::describe() const {
 
 namespace {
 // The ring depth of one launch's carve; a carve that leaves fewer than kMinStages is refused.
-int stages_of(const Layout& l, const char* kernel, int max_batch) {
-  const int stages = ring_stages(l);
+int stages_of(const Layout& l, const char* kernel, int max_batch, int max_stages) {
+  const int fit = ring_stages(l);
+  const int stages = max_stages > 0 ? std::min(fit, max_stages) : fit;
   if (stages < pl::kMinStages)
     throw InputError(std::string("moe: shared memory: the ") + kernel + " kernel's buffers (" + str(l.fixed_bytes) +
                      " bytes at max_batch " + str(max_batch) + ") leave room for " + str(stages) +
@@ -234,9 +237,9 @@ Plan::Plan(const PlanConfig& config) {
   im.gate_up_layout = make_gate_up_layout(config.max_batch, s, sp);
   im.down_layout = make_down_layout(config.max_batch, s);
   LaunchInfo& li = im.info;
-  li.router_stages = stages_of(im.router_layout, "router", config.max_batch);
-  li.gate_up_stages = stages_of(im.gate_up_layout, "gate/up", config.max_batch);
-  li.down_stages = stages_of(im.down_layout, "down", config.max_batch);
+  li.router_stages = stages_of(im.router_layout, "router", config.max_batch, config.max_stages);
+  li.gate_up_stages = stages_of(im.gate_up_layout, "gate/up", config.max_batch, config.max_stages);
+  li.down_stages = stages_of(im.down_layout, "down", config.max_batch, config.max_stages);
   li.router_smem = size_t(im.router_layout.fixed_bytes) + size_t(li.router_stages) * pl::kStageBytes;
   li.gate_up_smem = size_t(im.gate_up_layout.fixed_bytes) + size_t(li.gate_up_stages) * pl::kStageBytes;
   li.down_smem = size_t(im.down_layout.fixed_bytes) + size_t(li.down_stages) * pl::kStageBytes;
