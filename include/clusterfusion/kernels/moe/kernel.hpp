@@ -9,12 +9,13 @@
 //                          the group filter and the top-k picks (ties: lower id), the weights; the union of the chosen
 //                          experts as a list of slots (ascending id) with the tokens of each slot
 //   gate/up  grid: as many CTAs as the worst case has items (at most the SMs); items are (expert, group of M 16-row
-//            tiles of its width): the shared experts' first, then every active slot's. A CTA strides over the items
-//            the step has (n_active read from the route table); CTAs past the end exit. Per item the producer streams
+//            tiles of its width): the shared experts' first, then every active slot's. A CTA takes a contiguous range
+//            of the items the step has (n_active read from the route table); CTAs with none exit. Per item the producer streams
 //            the gate rows, then the up rows (x all of hidden); the consumers multiply with x_s (tensor cores) and
 //            write silu(gate) * up (TA) of the tokens that chose the expert (0 for the others).
-//   down     items are (expert, block of M output rows), the same strided walk; per item the consumers multiply the
-//            expert's activations (copied to shared memory when the item's expert changes) -> y (fp32, global). The
+//   down     items are (expert, block of M output rows), split the same way; per item the consumers multiply the
+//            expert's activations (copied to shared memory when the item's expert changes: contiguous ranges keep
+//            that to one or two copies per CTA) -> y (fp32, global). The
 //            CTA whose arrival completes a block of rows (a u32 counter per block: the active experts + the shared
 //            one) sums the block: out = y_shared + sum over the token's choices, in its order, of g_e y_e.
 // Every chosen expert's weights are read once per step for the whole batch; unchosen experts are never read.
@@ -311,7 +312,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) moe_router_kernel(const CF_GRID
 
 // ---- the expert kernels ----------------------------------------------------------------------------------------
 
-// What gate/up and down share: the CTA's place in the strided walk over the step's items (the active slots from the
+// What gate/up and down share: the CTA's range of the step's items (the active slots from the
 // route table the router wrote), the expert of a slot, the tokens that chose it.
 struct ExpertCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
   const int32_t cta = int32_t(dev::block_idx().x), n_ctas = int32_t(dev::grid_dim().x);
@@ -321,6 +322,8 @@ struct ExpertCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
   float* const scratch = p.layout.scratch.in(smem);
 
   CF_DEVICE explicit ExpertCta(const KernelParams& params) : StreamCta(params, kStatusTimeout) {}
+  // This CTA's items of the step's `items`.
+  CF_DEVICE pl::Range my_items(int32_t items) const { return pl::split_range(items, n_ctas, cta); }
 
   CF_DEVICE void setup() {
     if (tid == 0) {
@@ -349,6 +352,7 @@ struct ExpertCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
 template <typename TW, typename TA, int kBatchTiles>
 struct GateUpCta : ExpertCta {
   const int32_t items = p.split.gu_groups_shared + n_active * p.split.gu_groups;
+  const pl::Range mine = my_items(items);
   uint8_t* const x_s = p.layout.x.in(smem);
   float* const gate_s = p.layout.gate.in(smem);
   const int32_t chunks = pl::ceil_div(p.hidden, p.split.gu_cols);
@@ -375,7 +379,7 @@ struct GateUpCta : ExpertCta {
   CF_DEVICE int32_t produce() {
     pl::PipelineState st;
     int32_t issued_end = 0;
-    for (int32_t i = cta; i < items; i += n_ctas) {
+    for (int32_t i = mine.begin; i < mine.end; ++i) {
       const Panel pn = panel(i);
       for (int half = 0; half < 2; ++half)
         for (int32_t s = 0; s < chunks; ++s)
@@ -429,10 +433,10 @@ struct GateUpCta : ExpertCta {
   }
 
   CF_DEVICE void run() {
-    if (cta >= items) return;
+    if (mine.size() == 0) return;
     load_x();
     pl::PipelineState st;
-    for (int32_t i = cta; i < items; i += n_ctas) item(st, i);
+    for (int32_t i = mine.begin; i < mine.end; ++i) item(st, i);
   }
 };
 
@@ -441,6 +445,7 @@ template <typename TW, typename TA, int kBatchTiles>
 struct DownCta : ExpertCta {
   const int32_t shared_items = has_shared ? p.split.row_groups : 0;
   const int32_t items = shared_items + n_active * p.split.row_groups;
+  const pl::Range mine = my_items(items);
   uint8_t* const act_s = p.layout.act.in(smem);
 
   struct Panel {
@@ -465,7 +470,7 @@ struct DownCta : ExpertCta {
   CF_DEVICE int32_t produce() {
     pl::PipelineState st;
     int32_t issued_end = 0;
-    for (int32_t i = cta; i < items; i += n_ctas) {
+    for (int32_t i = mine.begin; i < mine.end; ++i) {
       const Panel pn = panel(i);
       for (int32_t s = 0; s < chunks(pn); ++s)
         pl::load_panel(ring, st, issued_end, kWaitRingStage, *pn.maps, pl::chunk_width(pn.width, p.split.down_cols, s),
@@ -529,7 +534,7 @@ struct DownCta : ExpertCta {
   CF_DEVICE void run() {
     pl::PipelineState st;
     int32_t loaded_slot = -2;  // none
-    for (int32_t i = cta; i < items; i += n_ctas) item(st, i, loaded_slot);
+    for (int32_t i = mine.begin; i < mine.end; ++i) item(st, i, loaded_slot);
   }
 };
 
