@@ -31,27 +31,12 @@
 #include "clusterfusion/pipeline/norm_prologue.hpp"
 #include "clusterfusion/pipeline/ring.hpp"
 #include "clusterfusion/pipeline/weight_stream.hpp"
+#include "clusterfusion/primitives/warp_argmax.hpp"
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::moe {
 namespace dev = cf::dev;
 
 namespace detail {
-// (value, index) beats (best_value, best_index): larger value, then lower id; index -1 is "none" and loses to every
-// real candidate (so a NaN score is still picked when nothing else is left: the ids stay valid).
-CF_DEVICE bool beats(float value, int32_t index, float best_value, int32_t best_index) {
-  if (index < 0) return false;
-  if (best_index < 0) return true;
-  return value > best_value || (value == best_value && index < best_index);
-}
-// The warp's best candidate on every lane (a butterfly over a total order: independent of the combination order).
-CF_DEVICE void warp_best(float& value, int32_t& index) {
-  CF_UNROLL
-  for (int m = 16; m >= 1; m >>= 1) {
-    const float v = dev::shfl_xor_sync(dev::kFullMask, value, m);
-    const int32_t i = dev::shfl_xor_sync(dev::kFullMask, index, m);
-    if (beats(v, i, value, index)) value = v, index = i;
-  }
-}
 CF_DEVICE float warp_max(float v) {
   CF_UNROLL
   for (int m = 16; m >= 1; m >>= 1) v = std::fmax(v, dev::shfl_xor_sync(dev::kFullMask, v, m));
@@ -193,7 +178,7 @@ struct RouterCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
     for (int32_t k = 0; k < p.topk_group; ++k) {
       float value = my_group_best;
       int32_t index = int32_t(lane) < p.n_group && !((kept >> lane) & 1u) ? int32_t(lane) : -1;
-      detail::warp_best(value, index);
+      prim::warp_best(value, index);
       kept |= 1u << index;
     }
     CF_UNROLL
@@ -231,10 +216,10 @@ struct RouterCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       CF_UNROLL
       for (int j = 0; j < kScoresPerLane; ++j) {
         const int32_t e = int32_t(lane) + 32 * j;
-        if (e < p.n_experts && !((picked >> j) & 1u) && detail::beats(score[j], e, value, index))
+        if (e < p.n_experts && !((picked >> j) & 1u) && prim::beats(score[j], e, value, index))
           value = score[j], index = e;
       }
-      detail::warp_best(value, index);
+      prim::warp_best(value, index);
       if (index % 32 == int32_t(lane)) picked |= 1u << (index / 32);
       if (lane == 0) small->token_expert[b][k] = index, small->token_weight[b][k] = value;
     }
@@ -538,24 +523,25 @@ struct DownCta : ExpertCta {
   }
 };
 
-template <typename TW, typename TA, int kBatchTiles>
-CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) moe_gate_up_kernel(const CF_GRID_CONSTANT KernelParams p) {
-  GateUpCta<TW, TA, kBatchTiles> cta(p);
+// An expert kernel's CTA: the producer streams its items, the consumers run them.
+template <typename Cta>
+CF_DEVICE void run_expert_cta(const KernelParams& p) {
+  Cta cta(p);
   cta.setup();
-  int32_t issued_end = 0;
+  int32_t issued_end = 0;  // producer: ring items [0, issued_end) were issued (none after an abort)
   if (cta.is_producer()) issued_end = cta.produce();
   else cta.run();
   cta.finish(issued_end);
 }
 
 template <typename TW, typename TA, int kBatchTiles>
+CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) moe_gate_up_kernel(const CF_GRID_CONSTANT KernelParams p) {
+  run_expert_cta<GateUpCta<TW, TA, kBatchTiles>>(p);
+}
+
+template <typename TW, typename TA, int kBatchTiles>
 CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) moe_down_kernel(const CF_GRID_CONSTANT KernelParams p) {
-  DownCta<TW, TA, kBatchTiles> cta(p);
-  cta.setup();
-  int32_t issued_end = 0;
-  if (cta.is_producer()) issued_end = cta.produce();
-  else cta.run();
-  cta.finish(issued_end);
+  run_expert_cta<DownCta<TW, TA, kBatchTiles>>(p);
 }
 
 }  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::moe
