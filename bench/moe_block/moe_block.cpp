@@ -126,8 +126,8 @@ std::unique_ptr<Set> make_set(const kmoe::Shape& s, dev::DType dt, int batch, ui
   cfg.weights.shared_gate_up = half_buf(2 * S * H, "shared_gate_up", -w_in, w_in, 4);
   cfg.weights.shared_down = half_buf(H * S, "shared_down", -w_sdn, w_sdn, 5);
   set->router = dev::DeviceBuffer<float>(E * H, "router");
-  fill_random(set->router.data(), E * H, FillType::F32, seed + 6, -3.0f / std::sqrt(float(H)), 3.0f / std::sqrt(float(H)),
-              stream);
+  const float w_router = 3.0f / std::sqrt(float(H));
+  fill_random(set->router.data(), E * H, FillType::F32, seed + 6, -w_router, w_router, stream);
   cfg.weights.router = set->router.data();
   set->expert_ids = dev::DeviceBuffer<int32_t>(B * size_t(s.top_k), "expert_ids");
   set->expert_weights = dev::DeviceBuffer<float>(B * size_t(s.top_k), "expert_weights");

@@ -260,7 +260,9 @@ inline void* residual_out_ptr(const Case& c, DeviceInputs& d) {
   if (!c.in_place) return d.residual_out.data();
   return c.residual ? d.residual.data() : d.hidden.data();
 }
-inline void* out_ptr(const Case& c, DeviceInputs& d) { return c.in_place && c.residual ? d.hidden.data() : d.out.data(); }
+inline void* out_ptr(const Case& c, DeviceInputs& d) {
+  return c.in_place && c.residual ? d.hidden.data() : d.out.data();
+}
 
 inline kmoe::StepArgs step_args(const Case& c, DeviceInputs& d) {
   kmoe::StepArgs a;
@@ -326,7 +328,8 @@ struct Op {
   using Case = moe::Case;
   using Result = RunResult;
   static bool same_bits(const Result& a, const Result& b) {
-    return a.out == b.out && a.residual_out == b.residual_out && a.ids == b.ids && a.weights.size() == b.weights.size() &&
+    return a.out == b.out && a.residual_out == b.residual_out && a.ids == b.ids &&
+           a.weights.size() == b.weights.size() &&
            std::memcmp(a.weights.data(), b.weights.data(), a.weights.size() * sizeof(float)) == 0;
   }
   struct Launch {

@@ -9,15 +9,15 @@
 //                          the group filter and the top-k picks (ties: lower id), the weights; the union of the chosen
 //                          experts as a list of slots (ascending id) with the tokens of each slot
 //   gate/up  grid: as many CTAs as the worst case has items (at most the SMs); items are (expert, group of M 16-row
-//            tiles of its width): the shared experts' first, then every active slot's. A CTA takes a contiguous range
-//            of the items the step has (n_active read from the route table); CTAs with none exit. Per item the producer streams
-//            the gate rows, then the up rows (x all of hidden); the consumers multiply with x_s (tensor cores) and
-//            write silu(gate) * up (TA) of the tokens that chose the expert (0 for the others).
+//            tiles of its width): the shared experts' first, then every active slot's. A CTA takes a contiguous
+//            range of the items the step has (n_active read from the route table); CTAs with none exit. Per item
+//            the producer streams the gate rows, then the up rows (x all of hidden); the consumers multiply with x_s
+//            (tensor cores) and write silu(gate) * up (TA) of the tokens that chose the expert (0 for the others).
 //   down     items are (expert, block of M output rows), split the same way; per item the consumers multiply the
 //            expert's activations (copied to shared memory when the item's expert changes: contiguous ranges keep
-//            that to one or two copies per CTA) -> y (fp32, global). The
-//            CTA whose arrival completes a block of rows (a u32 counter per block: the active experts + the shared
-//            one) sums the block: out = y_shared + sum over the token's choices, in its order, of g_e y_e.
+//            that to one or two copies per CTA) -> y (fp32, global). The CTA whose arrival completes a block of rows
+//            (a u32 counter per block: the active experts + the shared one) sums the block: out = y_shared + the
+//            sum over the token's choices, in its order, of g_e y_e.
 // Every chosen expert's weights are read once per step for the whole batch; unchosen experts are never read.
 #pragma once
 #include <cmath>
@@ -129,8 +129,10 @@ struct RouterCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       for (int32_t s = 0; s < chunks; ++s) {
         if (ring.consumer_wait(st, kWaitRouterTile)) {
           const float* w = reinterpret_cast<const float*>(ring.stage(st));
-          for (int j = 0; j < 2; ++j)
-            if (int32_t(warp) + 8 * j < batch) dot_chunk(w, chunk_floats(s), int32_t(warp) + 8 * j, s * kRouterChunkFloats, acc[j]);
+          for (int j = 0; j < 2; ++j) {
+            const int32_t b = int32_t(warp) + 8 * j;
+            if (b < batch) dot_chunk(w, chunk_floats(s), b, s * kRouterChunkFloats, acc[j]);
+          }
         }
         ring.consumer_release(st);
       }
@@ -446,8 +448,9 @@ struct DownCta : ExpertCta {
     const detail::Item it = detail::item_at(i, shared_items, p.split.row_groups);
     const int32_t h0 = it.group * p.split.down_tiles * pl::kTileRows;
     const int32_t left = (p.hidden - h0) / pl::kTileRows;
+    const int32_t row0 = (it.slot < 0 ? 0 : expert_of(it.slot) * p.hidden) + h0;
     return {it.slot < 0 ? &p.shared_down : &p.down, it.slot, it.group, it.slot < 0 ? p.shared_ffn : p.expert_ffn, h0,
-            left < p.split.down_tiles ? left : p.split.down_tiles, (it.slot < 0 ? 0 : expert_of(it.slot) * p.hidden) + h0};
+            left < p.split.down_tiles ? left : p.split.down_tiles, row0};
   }
   CF_DEVICE int32_t chunks(const Panel& pn) const { return pl::ceil_div(pn.width, p.split.down_cols); }
 
