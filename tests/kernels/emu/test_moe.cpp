@@ -64,6 +64,12 @@ std::vector<Case> all_cases() {
     c.sm_count = 2, c.max_stages = 4, c.seed = 7;
     cases.push_back(c);
   }
+  {
+    Case c;  // hidden 4128: two router chunks per row (4096 + 32 floats), 33 gate/up chunks per panel (rings lap)
+    c.name = "WideHiddenTwoRouterChunks";
+    c.hidden = 4128, c.n_experts = 4, c.top_k = 1, c.expert_ffn = 32, c.batch = 2, c.sm_count = 3, c.seed = 8;
+    cases.push_back(c);
+  }
   return cases;
 }
 
