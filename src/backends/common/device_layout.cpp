@@ -5,6 +5,8 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/common/half.hpp"
+#include "clusterfusion/model/deepseek.hpp"
+#include "clusterfusion/reference/ops.hpp"
 
 namespace cf::device_layout {
 
@@ -17,7 +19,9 @@ constexpr int64_t kMinRowsPerThread = 64;
 
 Storage choose_storage(const ModelWeights& w) {
   bool all_bf16 = true;
-  w.for_each_matrix([&](const WeightEntry&, const WeightMatrix& m) { all_bf16 = all_bf16 && m.dtype == DType::BF16; });
+  w.for_each_matrix([&](const WeightEntry& e, const WeightMatrix& m) {
+    all_bf16 = all_bf16 && (m.dtype == DType::BF16 || e.slot == WeightSlot::FfnRouter);
+  });
   return all_bf16 ? Storage::BF16 : Storage::F16;
 }
 
@@ -79,6 +83,94 @@ std::vector<uint16_t> convert_qkv_bias(const LayerWeights& l, Storage s) {
   return convert_vector(all, s);
 }
 
+namespace {
+
+std::vector<float> dequantized(const WeightMatrix& m) {
+  std::vector<float> out(size_t(m.rows) * size_t(m.cols));
+  m.dequantize_rows(0, m.rows, out.data());
+  return out;
+}
+
+// W_UK [H, nope, r] and W_UV [H, v, r] from kv_b (per head nope rows, then v rows) or from attn_k_b [H, r, nope]
+// (W_UK transposed per head) and attn_v_b [H, v, r].
+void absorbed_matrices(const LayerWeights& l, const ModelConfig& c, std::vector<float>& uk, std::vector<float>& uv) {
+  const size_t heads = size_t(c.n_heads), r = size_t(c.mla.kv_lora_rank), nope = size_t(c.mla.qk_nope),
+               v = size_t(c.mla.v_head);
+  uk.assign(heads * nope * r, 0.0f);
+  if (c.mla.split_kv_b) {
+    const std::vector<float> k_b = dequantized(l.attn_k_b);
+    for (size_t h = 0; h < heads; ++h)
+      for (size_t col = 0; col < r; ++col)
+        for (size_t n = 0; n < nope; ++n) uk[(h * nope + n) * r + col] = k_b[(h * r + col) * nope + n];
+    uv = dequantized(l.attn_v_b);
+    return;
+  }
+  const std::vector<float> kv_b = dequantized(l.attn_kv_b);
+  uv.assign(heads * v * r, 0.0f);
+  for (size_t h = 0; h < heads; ++h) {
+    const float* head = kv_b.data() + h * (nope + v) * r;
+    std::copy_n(head, nope * r, uk.data() + h * nope * r);
+    std::copy_n(head + nope * r, v * r, uv.data() + h * v * r);
+  }
+}
+
+}  // namespace
+
+MlaLayer convert_mla_layer(const LayerWeights& l, const ModelConfig& c, Storage s) {
+  CF_CHECK(c.is_mla(), "convert_mla_layer: not an MLA model");
+  MlaLayer m;
+  m.norm = convert_vector(l.attn_norm, s);
+  if (c.mla.q_lora_rank == 0) {
+    m.w_q = convert_stacked({&l.attn_q}, s);
+  } else {
+    m.w_q_a = convert_stacked({&l.attn_q_a}, s);
+    m.q_a_norm = convert_vector(l.q_a_norm, s);
+    m.w_q_b = convert_stacked({&l.attn_q_b}, s);
+  }
+  m.w_kv_a = convert_stacked({&l.attn_kv_a}, s);
+  m.kv_a_norm = convert_vector(l.kv_a_norm, s);
+  std::vector<float> uk, uv;
+  absorbed_matrices(l, c, uk, uv);
+  m.w_uk = convert_vector(uk, s);
+  m.w_uv = convert_vector(uv, s);
+  m.w_o = convert_stacked({&l.attn_output}, s);
+  return m;
+}
+
+MoeLayer convert_moe_layer(const LayerWeights& l, const ModelConfig& c, Storage s) {
+  CF_CHECK(c.moe.n_experts > 0, "convert_moe_layer: not a mixture-of-experts model");
+  const int64_t experts = c.moe.n_experts, ffn = c.moe.expert_ffn, hidden = c.hidden;
+  MoeLayer m;
+  m.norm = convert_vector(l.ffn_norm, s);
+  m.router = dequantized(l.ffn_router);
+  m.w_gate_up.resize(size_t(experts * 2 * ffn * hidden));
+  for (int64_t e = 0; e < experts; ++e) {
+    uint16_t* dst = m.w_gate_up.data() + e * 2 * ffn * hidden;
+    convert_rows(l.ffn_gate_exps, e * ffn, ffn, s, dst);
+    convert_rows(l.ffn_up_exps, e * ffn, ffn, s, dst + ffn * hidden);
+  }
+  m.w_down = convert_stacked({&l.ffn_down_exps}, s);
+  if (c.moe.shared_ffn() > 0) {
+    m.shared_gate_up = convert_stacked({&l.ffn_gate_shexp, &l.ffn_up_shexp}, s);
+    m.shared_down = convert_stacked({&l.ffn_down_shexp}, s);
+  }
+  return m;
+}
+
+std::vector<float> rope_table(const ModelConfig& c, int positions) {
+  const int rot = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
+  std::vector<float> table(size_t(positions) * size_t(rot));
+  const ref::YarnRope yarn = c.is_mla() ? ref::mla_shape(c).rope : ref::YarnRope{};
+  for (int pos = 0; pos < positions; ++pos) {
+    float* row = table.data() + size_t(pos) * size_t(rot);
+    if (c.is_mla())
+      ref::yarn_cos_sin(yarn, pos, row, row + rot / 2);
+    else
+      ref::rope_cos_sin(pos, rot, c.rope_theta, row, row + rot / 2);
+  }
+  return table;
+}
+
 ModelWeights rounded_copy(const ModelWeights& w, Storage s) {
   const DType t = s == Storage::F16 ? DType::F16 : DType::BF16;
   auto round_vector = [&](const std::vector<float>& v) {
@@ -93,6 +185,8 @@ ModelWeights rounded_copy(const ModelWeights& w, Storage s) {
   for (const WeightEntry& e : weight_table(w.config)) {
     if (e.form == WeightForm::Vector)
       r.vector(e) = round_vector(w.vector(e));
+    else if (e.slot == WeightSlot::FfnRouter)
+      r.matrix(e) = convert_matrix(w.matrix(e), DType::F32);  // exactly the fp32 values the device reads
     else if (!w.matrix(e).empty())
       r.matrix(e) = convert_matrix(w.matrix(e), t);
   }

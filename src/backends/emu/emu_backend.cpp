@@ -7,7 +7,6 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/buffer.hpp"
-#include "clusterfusion/reference/ops.hpp"
 #include "common/device_layout.hpp"
 #include "common/step_plan.hpp"
 #include "fused/fused_decoder.hpp"
@@ -22,7 +21,8 @@ using Bits = dev::DeviceBuffer<uint16_t>;
 // Small grids: the emulator's cost grows with the number of threads it runs, and two CTAs per cluster / two
 // clusters already exercise every cross-CTA and cross-cluster path of the kernels.
 constexpr fused::Tuning kEmuTuning{/*attention_cluster_size=*/2, /*ffn_cluster_size=*/2, /*ffn_max_clusters=*/2,
-                                   /*lm_head_max_ctas=*/2, /*sm_count=*/0};
+                                   /*lm_head_max_ctas=*/2,       /*mla_cluster_size=*/2, /*mla_max_clusters=*/2,
+                                   /*moe_cluster_size=*/2,       /*moe_max_clusters=*/2, /*sm_count=*/0};
 
 Bits to_emu(const std::vector<uint16_t>& host) {
   Bits b(host.size());
@@ -41,8 +41,9 @@ class EmuBackend final : public Backend {
                    "emu backend: max_seqs " + std::to_string(max_seqs_) + " outside [1, 16]");
     CF_CHECK_INPUT(options.page_size >= 1, "emu backend: page size must be >= 1");
     kv_.n_layers = c.n_layers;
-    kv_.n_kv_heads = c.n_kv_heads;
-    kv_.head_dim = c.head_dim;
+    // MLA: one latent row [c_kv, k_pe] per token and layer, read by every head (one "KV head"; no V pool)
+    kv_.n_kv_heads = c.is_mla() ? 1 : c.n_kv_heads;
+    kv_.head_dim = c.is_mla() ? int(c.cache_values_per_token()) : c.head_dim;
     kv_.page_size = options.page_size;
     const int pages_per_seq = (c.max_context + kv_.page_size - 1) / kv_.page_size;
     kv_.n_pages = options.kv_pages > 0 ? options.kv_pages : pages_per_seq * max_seqs_;
@@ -52,27 +53,38 @@ class EmuBackend final : public Backend {
     // Weights in the kernels' layouts; the embedding table stays on the host (the step's rows are copied in).
     const ModelWeights& w = *weights_;
     fused::ModelPointers ptrs;
-    for (const LayerWeights& l : w.layers) {
+    for (int layer = 0; layer < c.n_layers; ++layer) {
+      const LayerWeights& l = w.layers[size_t(layer)];
+      const LayerSpec spec = c.layer_spec(layer);
       LayerBuffers b;
-      b.attn_norm = to_emu(layout::convert_vector(l.attn_norm, storage_));
-      b.w_qkv = to_emu(layout::convert_stacked({&l.attn_q, &l.attn_k, &l.attn_v}, storage_));
-      b.b_qkv = to_emu(layout::convert_qkv_bias(l, storage_));
-      b.w_o = to_emu(layout::convert_stacked({&l.attn_output}, storage_));
-      b.ffn_norm = to_emu(layout::convert_vector(l.ffn_norm, storage_));
-      b.w_gate_up = to_emu(layout::convert_stacked({&l.ffn_gate, &l.ffn_up}, storage_));
-      b.w_down = to_emu(layout::convert_stacked({&l.ffn_down}, storage_));
-      b.k_pages = Bits(size_t(kv_.elements_per_layer()));
-      b.v_pages = Bits(size_t(kv_.elements_per_layer()));
       fused::LayerPointers p;
-      p.attn_norm = b.attn_norm.data();
-      p.w_qkv = b.w_qkv.data();
-      p.b_qkv = b.b_qkv.size() > 0 ? b.b_qkv.data() : nullptr;
-      p.w_o = b.w_o.data();
-      p.ffn_norm = b.ffn_norm.data();
-      p.w_gate_up = b.w_gate_up.data();
-      p.w_down = b.w_down.data();
-      p.k_pages = b.k_pages.data();
-      p.v_pages = b.v_pages.data();
+      b.k_pages = Bits(size_t(kv_.elements_per_layer()));
+      if (spec.attention == AttentionKind::Mla) {
+        upload_mla(layout::convert_mla_layer(l, c, storage_), b, p.mla);
+        p.mla.latent_pages = b.k_pages.data();
+      } else {
+        b.attn_norm = to_emu(layout::convert_vector(l.attn_norm, storage_));
+        b.w_qkv = to_emu(layout::convert_stacked({&l.attn_q, &l.attn_k, &l.attn_v}, storage_));
+        b.b_qkv = to_emu(layout::convert_qkv_bias(l, storage_));
+        b.w_o = to_emu(layout::convert_stacked({&l.attn_output}, storage_));
+        b.v_pages = Bits(size_t(kv_.elements_per_layer()));
+        p.attn_norm = b.attn_norm.data();
+        p.w_qkv = b.w_qkv.data();
+        p.b_qkv = b.b_qkv.size() > 0 ? b.b_qkv.data() : nullptr;
+        p.w_o = b.w_o.data();
+        p.k_pages = b.k_pages.data();
+        p.v_pages = b.v_pages.data();
+      }
+      if (spec.ffn == FfnKind::Moe) {
+        upload_moe(layout::convert_moe_layer(l, c, storage_), b, p.moe);
+      } else {
+        b.ffn_norm = to_emu(layout::convert_vector(l.ffn_norm, storage_));
+        b.w_gate_up = to_emu(layout::convert_stacked({&l.ffn_gate, &l.ffn_up}, storage_));
+        b.w_down = to_emu(layout::convert_stacked({&l.ffn_down}, storage_));
+        p.ffn_norm = b.ffn_norm.data();
+        p.w_gate_up = b.w_gate_up.data();
+        p.w_down = b.w_down.data();
+      }
       ptrs.layers.push_back(p);
       layers_.push_back(std::move(b));
     }
@@ -81,14 +93,9 @@ class EmuBackend final : public Backend {
     lm_head_ = to_emu(layout::convert_stacked({&w.lm_head()}, storage_));
     ptrs.output_norm = output_norm_.data();
     ptrs.lm_head = lm_head_.data();
-    // The RoPE table of the reference (cf::ref::rope_cos_sin) for every position the pool can hold.
-    const int rot = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
-    const int positions = std::min<int64_t>(int64_t(kv_.n_pages) * kv_.page_size, 1 << 20);
-    std::vector<float> table(size_t(positions) * size_t(rot));
-    for (int pos = 0; pos < positions; ++pos) {
-      float* row = table.data() + size_t(pos) * size_t(rot);
-      ref::rope_cos_sin(pos, rot, c.rope_theta, row, row + rot / 2);
-    }
+    // The reference's RoPE table (YaRN for MLA models) for every position the pool can hold.
+    const int positions = int(std::min<int64_t>(int64_t(kv_.n_pages) * kv_.page_size, 1 << 20));
+    const std::vector<float> table = layout::rope_table(c, positions);
     cos_sin_ = dev::DeviceBuffer<float>(table.size());
     cos_sin_.upload(table);
     ptrs.cos_sin = cos_sin_.data();
@@ -129,7 +136,51 @@ class EmuBackend final : public Backend {
  private:
   struct LayerBuffers {
     Bits attn_norm, w_qkv, b_qkv, w_o, ffn_norm, w_gate_up, w_down, k_pages, v_pages;
+    Bits mla_norm, w_q, w_q_a, q_a_norm, w_q_b, w_kv_a, kv_a_norm, w_uk, w_uv, mla_w_o;
+    Bits moe_norm, moe_gate_up, moe_down, shared_gate_up, shared_down;
+    dev::DeviceBuffer<float> router;
   };
+
+  static const void* data_or_null(const Bits& b) { return b.size() > 0 ? b.data() : nullptr; }
+
+  static void upload_mla(const layout::MlaLayer& m, LayerBuffers& b, fused::MlaPointers& p) {
+    b.mla_norm = to_emu(m.norm);
+    b.w_q = to_emu(m.w_q);
+    b.w_q_a = to_emu(m.w_q_a);
+    b.q_a_norm = to_emu(m.q_a_norm);
+    b.w_q_b = to_emu(m.w_q_b);
+    b.w_kv_a = to_emu(m.w_kv_a);
+    b.kv_a_norm = to_emu(m.kv_a_norm);
+    b.w_uk = to_emu(m.w_uk);
+    b.w_uv = to_emu(m.w_uv);
+    b.mla_w_o = to_emu(m.w_o);
+    p.norm = b.mla_norm.data();
+    p.w_q = data_or_null(b.w_q);
+    p.w_q_a = data_or_null(b.w_q_a);
+    p.q_a_norm = data_or_null(b.q_a_norm);
+    p.w_q_b = data_or_null(b.w_q_b);
+    p.w_kv_a = b.w_kv_a.data();
+    p.kv_a_norm = b.kv_a_norm.data();
+    p.w_uk = b.w_uk.data();
+    p.w_uv = b.w_uv.data();
+    p.w_o = b.mla_w_o.data();
+  }
+
+  static void upload_moe(const layout::MoeLayer& m, LayerBuffers& b, fused::MoePointers& p) {
+    b.moe_norm = to_emu(m.norm);
+    b.router = dev::DeviceBuffer<float>(m.router.size());
+    b.router.upload(m.router);
+    b.moe_gate_up = to_emu(m.w_gate_up);
+    b.moe_down = to_emu(m.w_down);
+    b.shared_gate_up = to_emu(m.shared_gate_up);
+    b.shared_down = to_emu(m.shared_down);
+    p.norm = b.moe_norm.data();
+    p.router = b.router.data();
+    p.w_gate_up = b.moe_gate_up.data();
+    p.w_down = b.moe_down.data();
+    p.shared_gate_up = data_or_null(b.shared_gate_up);
+    p.shared_down = data_or_null(b.shared_down);
+  }
 
   void run_step(const Batch& batch, const DecodeStep& step) {
     const ModelConfig& c = weights_->config;
