@@ -1,6 +1,7 @@
 #include "device_layout.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <thread>
 
 #include "clusterfusion/common/error.hpp"
@@ -160,13 +161,25 @@ MoeLayer convert_moe_layer(const LayerWeights& l, const ModelConfig& c, Storage 
 std::vector<float> rope_table(const ModelConfig& c, int positions) {
   const int rot = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
   std::vector<float> table(size_t(positions) * size_t(rot));
-  const ref::YarnRope yarn = c.is_mla() ? ref::mla_shape(c).rope : ref::YarnRope{};
+  if (!c.is_mla()) {
+    for (int pos = 0; pos < positions; ++pos) {
+      float* row = table.data() + size_t(pos) * size_t(rot);
+      ref::rope_cos_sin(pos, rot, c.rope_theta, row, row + rot / 2);
+    }
+    return table;
+  }
+  // ref::yarn_cos_sin's arithmetic with the frequencies and the magnitude computed once, not per position
+  const ref::YarnRope yarn = ref::mla_shape(c).rope;
+  const double magnitude = ref::yarn_rope_magnitude(yarn);
+  std::vector<double> inv_freq(size_t(rot / 2));
+  for (int i = 0; i < rot / 2; ++i) inv_freq[size_t(i)] = ref::yarn_inv_freq(yarn, i);
   for (int pos = 0; pos < positions; ++pos) {
     float* row = table.data() + size_t(pos) * size_t(rot);
-    if (c.is_mla())
-      ref::yarn_cos_sin(yarn, pos, row, row + rot / 2);
-    else
-      ref::rope_cos_sin(pos, rot, c.rope_theta, row, row + rot / 2);
+    for (int i = 0; i < rot / 2; ++i) {
+      const double angle = double(pos) * inv_freq[size_t(i)];
+      row[i] = float(std::cos(angle) * magnitude);
+      row[rot / 2 + i] = float(std::sin(angle) * magnitude);
+    }
   }
   return table;
 }

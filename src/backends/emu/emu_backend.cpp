@@ -10,6 +10,7 @@
 #include "common/device_layout.hpp"
 #include "common/step_plan.hpp"
 #include "fused/fused_decoder.hpp"
+#include "fused/layer_buffers.hpp"
 
 namespace cf {
 
@@ -54,39 +55,18 @@ class EmuBackend final : public Backend {
     const ModelWeights& w = *weights_;
     fused::ModelPointers ptrs;
     for (int layer = 0; layer < c.n_layers; ++layer) {
-      const LayerWeights& l = w.layers[size_t(layer)];
-      const LayerSpec spec = c.layer_spec(layer);
-      LayerBuffers b;
-      fused::LayerPointers p;
-      b.k_pages = Bits(size_t(kv_.elements_per_layer()));
-      if (spec.attention == AttentionKind::Mla) {
-        upload_mla(layout::convert_mla_layer(l, c, storage_), b, p.mla);
-        p.mla.latent_pages = b.k_pages.data();
+      layers_.push_back(fused::LayerBuffers::upload(w, layer, storage_));
+      fused::LayerPointers p = layers_.back().pointers(c, layer);
+      // Llama: a K and a V pool; MLA: the latent pool alone
+      k_pages_.emplace_back(size_t(kv_.elements_per_layer()));
+      if (c.is_mla()) {
+        p.mla.latent_pages = k_pages_.back().data();
       } else {
-        b.attn_norm = to_emu(layout::convert_vector(l.attn_norm, storage_));
-        b.w_qkv = to_emu(layout::convert_stacked({&l.attn_q, &l.attn_k, &l.attn_v}, storage_));
-        b.b_qkv = to_emu(layout::convert_qkv_bias(l, storage_));
-        b.w_o = to_emu(layout::convert_stacked({&l.attn_output}, storage_));
-        b.v_pages = Bits(size_t(kv_.elements_per_layer()));
-        p.attn_norm = b.attn_norm.data();
-        p.w_qkv = b.w_qkv.data();
-        p.b_qkv = b.b_qkv.size() > 0 ? b.b_qkv.data() : nullptr;
-        p.w_o = b.w_o.data();
-        p.k_pages = b.k_pages.data();
-        p.v_pages = b.v_pages.data();
-      }
-      if (spec.ffn == FfnKind::Moe) {
-        upload_moe(layout::convert_moe_layer(l, c, storage_), b, p.moe);
-      } else {
-        b.ffn_norm = to_emu(layout::convert_vector(l.ffn_norm, storage_));
-        b.w_gate_up = to_emu(layout::convert_stacked({&l.ffn_gate, &l.ffn_up}, storage_));
-        b.w_down = to_emu(layout::convert_stacked({&l.ffn_down}, storage_));
-        p.ffn_norm = b.ffn_norm.data();
-        p.w_gate_up = b.w_gate_up.data();
-        p.w_down = b.w_down.data();
+        v_pages_.emplace_back(size_t(kv_.elements_per_layer()));
+        p.k_pages = k_pages_.back().data();
+        p.v_pages = v_pages_.back().data();
       }
       ptrs.layers.push_back(p);
-      layers_.push_back(std::move(b));
     }
     embeddings_ = layout::convert_stacked({&w.token_embd}, storage_);
     output_norm_ = to_emu(layout::convert_vector(w.output_norm, storage_));
@@ -134,54 +114,6 @@ class EmuBackend final : public Backend {
   }
 
  private:
-  struct LayerBuffers {
-    Bits attn_norm, w_qkv, b_qkv, w_o, ffn_norm, w_gate_up, w_down, k_pages, v_pages;
-    Bits mla_norm, w_q, w_q_a, q_a_norm, w_q_b, w_kv_a, kv_a_norm, w_uk, w_uv, mla_w_o;
-    Bits moe_norm, moe_gate_up, moe_down, shared_gate_up, shared_down;
-    dev::DeviceBuffer<float> router;
-  };
-
-  static const void* data_or_null(const Bits& b) { return b.size() > 0 ? b.data() : nullptr; }
-
-  static void upload_mla(const layout::MlaLayer& m, LayerBuffers& b, fused::MlaPointers& p) {
-    b.mla_norm = to_emu(m.norm);
-    b.w_q = to_emu(m.w_q);
-    b.w_q_a = to_emu(m.w_q_a);
-    b.q_a_norm = to_emu(m.q_a_norm);
-    b.w_q_b = to_emu(m.w_q_b);
-    b.w_kv_a = to_emu(m.w_kv_a);
-    b.kv_a_norm = to_emu(m.kv_a_norm);
-    b.w_uk = to_emu(m.w_uk);
-    b.w_uv = to_emu(m.w_uv);
-    b.mla_w_o = to_emu(m.w_o);
-    p.norm = b.mla_norm.data();
-    p.w_q = data_or_null(b.w_q);
-    p.w_q_a = data_or_null(b.w_q_a);
-    p.q_a_norm = data_or_null(b.q_a_norm);
-    p.w_q_b = data_or_null(b.w_q_b);
-    p.w_kv_a = b.w_kv_a.data();
-    p.kv_a_norm = b.kv_a_norm.data();
-    p.w_uk = b.w_uk.data();
-    p.w_uv = b.w_uv.data();
-    p.w_o = b.mla_w_o.data();
-  }
-
-  static void upload_moe(const layout::MoeLayer& m, LayerBuffers& b, fused::MoePointers& p) {
-    b.moe_norm = to_emu(m.norm);
-    b.router = dev::DeviceBuffer<float>(m.router.size());
-    b.router.upload(m.router);
-    b.moe_gate_up = to_emu(m.w_gate_up);
-    b.moe_down = to_emu(m.w_down);
-    b.shared_gate_up = to_emu(m.shared_gate_up);
-    b.shared_down = to_emu(m.shared_down);
-    p.norm = b.moe_norm.data();
-    p.router = b.router.data();
-    p.w_gate_up = b.moe_gate_up.data();
-    p.w_down = b.moe_down.data();
-    p.shared_gate_up = data_or_null(b.shared_gate_up);
-    p.shared_down = data_or_null(b.shared_down);
-  }
-
   void run_step(const Batch& batch, const DecodeStep& step) {
     const ModelConfig& c = weights_->config;
     const int n = step.batch();
@@ -213,7 +145,8 @@ class EmuBackend final : public Backend {
   KvCacheShape kv_;
   layout::Storage storage_ = layout::Storage::F16;
   dev::DType dtype_ = dev::DType::F16;
-  std::vector<LayerBuffers> layers_;
+  std::vector<fused::LayerBuffers> layers_;
+  std::vector<Bits> k_pages_, v_pages_;
   std::vector<uint16_t> embeddings_;
   Bits output_norm_, lm_head_;
   dev::DeviceBuffer<float> cos_sin_;
