@@ -61,6 +61,24 @@ void llama_ffn_layer(nb::handle output, nb::handle residual_output, nb::handle h
   ffn_layer_cpu(a, which, {cluster_size, max_batch, emu_seed});
 }
 
+void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
+                            nb::handle residual, nb::handle q_weight, nb::handle kv_a_weight, nb::handle kv_a_norm,
+                            nb::handle uk_weight, nb::handle uv_weight, nb::handle o_weight, nb::handle rms_weight,
+                            nb::handle latent_cache, nb::handle paged_kv_indptr, nb::handle paged_kv_indices,
+                            nb::handle positions, nb::handle cos_sin, nb::handle q_a_weight, nb::handle q_a_norm,
+                            nb::handle q_b_weight, nb::handle kv_last_page_len, float eps,
+                            std::optional<float> softmax_scale, const std::string& backend, int cluster_size,
+                            int max_batch, uint64_t emu_seed) {
+  const CpuBackend which = cpu_backend(backend);
+  const MlaLayerArgs a = parse_mla_layer(output, residual_output, hidden_states, residual, q_weight, kv_a_weight,
+                                         kv_a_norm, uk_weight, uv_weight, o_weight, rms_weight, latent_cache,
+                                         paged_kv_indptr, paged_kv_indices, positions, cos_sin, q_a_weight, q_a_norm,
+                                         q_b_weight, kv_last_page_len, eps, softmax_scale);
+  expect_cpu(a.cuda, "deepseek_decoder_layer");
+  nb::gil_scoped_release no_gil;
+  mla_layer_cpu(a, which, {cluster_size, max_batch, emu_seed});
+}
+
 void rms_norm(nb::handle output, nb::handle input, nb::handle weight, float eps, nb::handle residual,
               nb::handle residual_output) {
   const RmsNormArgs a = parse_rms_norm(output, input, weight, eps, residual, residual_output);
@@ -99,6 +117,15 @@ NB_MODULE(_core, m) {
         "residual"_a.none(), "gate_up_weight"_a.none(), "down_weight"_a.none(), "rms_weight"_a.none(), "eps"_a, "backend"_a,
         "cluster_size"_a, "max_batch"_a, "emu_seed"_a,
         "The FFN block on CPU arrays (reference or emulated kernel); see clusterfusion.llama_ffn_layer.");
+  m.def("deepseek_decoder_layer", &deepseek_decoder_layer, "output"_a.none(), "residual_output"_a.none(),
+        "hidden_states"_a.none(), "residual"_a.none(), "q_weight"_a.none(), "kv_a_weight"_a.none(),
+        "kv_a_norm"_a.none(), "uk_weight"_a.none(), "uv_weight"_a.none(), "o_weight"_a.none(), "rms_weight"_a.none(),
+        "latent_cache"_a.none(), "paged_kv_indptr"_a.none(), "paged_kv_indices"_a.none(), "positions"_a.none(),
+        "cos_sin"_a.none(), "q_a_weight"_a.none(), "q_a_norm"_a.none(), "q_b_weight"_a.none(),
+        "kv_last_page_len"_a.none(), "eps"_a, "softmax_scale"_a.none(), "backend"_a, "cluster_size"_a, "max_batch"_a,
+        "emu_seed"_a,
+        "The MLA attention block on CPU arrays (reference or emulated kernel); see "
+        "clusterfusion.deepseek_decoder_layer.");
   m.def("rms_norm", &rms_norm, "output"_a.none(), "input"_a.none(), "weight"_a.none(), "eps"_a, "residual"_a.none(),
         "residual_output"_a.none(), "RMSNorm on CPU arrays (reference); see clusterfusion.rms_norm.");
   bind_engine(m);

@@ -1,5 +1,6 @@
 #include "cpu_blocks.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -11,6 +12,9 @@
 #include "clusterfusion/reference/attention.hpp"
 #include "clusterfusion/reference/decoder.hpp"
 #include "clusterfusion/reference/ops.hpp"
+#if defined(CF_HAVE_DEEPSEEK_KERNELS)
+#include "clusterfusion/kernels/mla/launch.hpp"
+#endif
 
 namespace cf::py {
 namespace {
@@ -48,7 +52,9 @@ struct HostPageTable {
   std::vector<int32_t> positions, last_page_len;
 };
 
-HostPageTable check_page_table(const DecoderLayerArgs& a) {
+// Args: DecoderLayerArgs or MlaLayerArgs (the same page-table fields).
+template <typename Args>
+HostPageTable check_page_table(const Args& a) {
   HostPageTable t;
   t.positions.resize(static_cast<size_t>(a.batch));
   for (int b = 0; b < a.batch; ++b) {
@@ -264,6 +270,157 @@ void ffn_layer_emu(const FfnLayerArgs& a, const KernelOptions& o) {
   residual_out.copy_to(a.residual_output);
 }
 
+// ---- MLA block (deepseek_decoder_layer) --------------------------------------------------------------------------
+
+// Rotates the adjacent pairs (2i, 2i + 1) of `rope` values at x with a cos_sin table row (cos of the pairs, then sin).
+void rotate_pairs(float* x, const float* cos_sin_row, int rope) {
+  const float* cos_row = cos_sin_row;
+  const float* sin_row = cos_sin_row + rope / 2;
+  for (int i = 0; i < rope / 2; ++i) {
+    const float a = x[2 * i], b = x[2 * i + 1];
+    x[2 * i] = a * cos_row[i] - b * sin_row[i];
+    x[2 * i + 1] = a * sin_row[i] + b * cos_row[i];
+  }
+}
+
+// The absorbed MLA block of docs/mla.md §1 per token: fp32 inside (the reference's functions), the latent row stored
+// in T; RoPE from the call's table. The cache rows are an MQA with one "KV head" of r + rope values whose values are
+// the rows themselves (the first r outputs of each head are o_latent).
+template <typename T>
+void mla_layer_reference(const MlaLayerArgs& a, const HostPageTable& table) {
+  const int Hd = a.hidden_size, H = a.n_heads, r = a.kv_lora_rank, nope = a.qk_nope, rope = a.qk_rope, v = a.v_head;
+  const int qh = a.q_head(), row = a.latent_row();
+  const T* norm = cptr<T>(a.rms_weight);
+  const T* uk = cptr<T>(a.uk_weight);
+  const T* uv = cptr<T>(a.uv_weight);
+  T* pages = mptr<T>(a.latent_cache);
+  const int32_t* indptr = cptr<int32_t>(a.kv_indptr);
+  const int32_t* indices = cptr<int32_t>(a.kv_indices);
+  const ref::AttentionShape mqa{H, 1, row};
+  std::vector<float> x(size_t(Hd)), q(size_t(H) * qh), q_a(size_t(a.q_lora_rank)), latent(size_t(row));
+  std::vector<float> q_latent(size_t(H) * row), attn(size_t(H) * row), o(size_t(H) * v);
+  for (int b = 0; b < a.batch; ++b) {
+    const T* hb = cptr<T>(a.hidden) + int64_t(b) * Hd;
+    T* rb = mptr<T>(a.residual_output) + int64_t(b) * Hd;
+    if (a.residual) {
+      ref::add_rmsnorm(hb, cptr<T>(a.residual) + int64_t(b) * Hd, norm, rb, x.data(), Hd, a.eps);
+    } else {
+      ref::rmsnorm(hb, norm, x.data(), Hd, a.eps);
+      for (int i = 0; i < Hd; ++i) rb[i] = hb[i];  // after the norm: rb may alias hb
+    }
+    if (a.q_weight) {
+      ref::matvec(cptr<T>(a.q_weight), x.data(), q.data(), H * qh, Hd);
+    } else {
+      ref::matvec(cptr<T>(a.q_a_weight), x.data(), q_a.data(), a.q_lora_rank, Hd);
+      ref::rmsnorm(q_a.data(), cptr<T>(a.q_a_norm), q_a.data(), a.q_lora_rank, a.eps);
+      ref::matvec(cptr<T>(a.q_b_weight), q_a.data(), q.data(), H * qh, a.q_lora_rank);
+    }
+    ref::matvec(cptr<T>(a.kv_a_weight), x.data(), latent.data(), row, Hd);
+    ref::rmsnorm(latent.data(), cptr<T>(a.kv_a_norm), latent.data(), r, a.eps);
+    const float* rope_row = cptr<float>(a.cos_sin) + int64_t(table.positions[size_t(b)]) * rope;
+    rotate_pairs(latent.data() + r, rope_row, rope);
+    for (int h = 0; h < H; ++h) rotate_pairs(q.data() + size_t(h) * qh + nope, rope_row, rope);
+
+    // Append the latent row at the sequence's last position (the page table already counts the new token).
+    const int n_seq_pages = indptr[b + 1] - indptr[b];
+    const int32_t last = table.last_page_len[size_t(b)];
+    const int kv_len = ref::paged_kv_len(n_seq_pages, last, a.page_size);
+    const int32_t* page_ids = indices + indptr[b];
+    const int slot_pos = kv_len - 1;
+    const int64_t slot = (int64_t(page_ids[slot_pos / a.page_size]) * a.page_size + slot_pos % a.page_size) * row;
+    for (int i = 0; i < row; ++i) pages[slot + i] = from_float<T>(latent[size_t(i)]);
+
+    // q_latent[h] = [W_UK[h]^T q_nope[h], q_pe[h]]
+    for (int h = 0; h < H; ++h) {
+      const float* qn = q.data() + size_t(h) * qh;
+      float* ql = q_latent.data() + size_t(h) * row;
+      for (int c = 0; c < r; ++c) {
+        float acc = 0.0f;
+        for (int n = 0; n < nope; ++n) acc += to_float(uk[(int64_t(h) * nope + n) * r + c]) * qn[n];
+        ql[c] = acc;
+      }
+      std::copy_n(qn + nope, rope, ql + r);
+    }
+    const int32_t one_seq[2] = {0, n_seq_pages};
+    ref::decode_attention_paged(q_latent.data(), pages, pages, attn.data(), 1, one_seq, page_ids, &last,
+                                a.page_size, mqa, a.softmax_scale);
+    // o[h] = W_UV[h] o_latent[h]; out = o Wo^T
+    for (int h = 0; h < H; ++h)
+      for (int j = 0; j < v; ++j) {
+        float acc = 0.0f;
+        for (int c = 0; c < r; ++c) acc += to_float(uv[(int64_t(h) * v + j) * r + c]) * attn[size_t(h) * row + c];
+        o[size_t(h) * v + j] = acc;
+      }
+    ref::matvec(cptr<T>(a.o_weight), o.data(), mptr<T>(a.output) + int64_t(b) * Hd, Hd, H * v);
+  }
+}
+
+#if defined(CF_HAVE_DEEPSEEK_KERNELS)
+namespace mla = cf::kernels::mla;
+
+void mla_layer_emu(const MlaLayerArgs& a, const HostPageTable& table, const KernelOptions& o) {
+  mla::PlanConfig cfg;
+  cfg.dtype = kernel_dtype(a.dtype, "deepseek_decoder_layer");
+  const EmuCopy hidden(a.hidden), out(a.output), residual_out(a.residual_output), w_kv_a(a.kv_a_weight),
+      kv_a_norm(a.kv_a_norm), w_uk(a.uk_weight), w_uv(a.uv_weight), w_o(a.o_weight), norm(a.rms_weight),
+      pages(a.latent_cache), indptr(a.kv_indptr), indices(a.kv_indices), cos_sin(a.cos_sin),
+      last(table.last_page_len.data(), table.last_page_len.size() * sizeof(int32_t)),
+      positions(table.positions.data(), table.positions.size() * sizeof(int32_t));
+  std::optional<EmuCopy> residual, w_q, w_q_a, q_a_norm, w_q_b;
+  if (a.residual) residual.emplace(*a.residual);
+  if (a.q_weight) w_q.emplace(*a.q_weight);
+  if (a.q_a_weight) w_q_a.emplace(*a.q_a_weight);
+  if (a.q_a_norm) q_a_norm.emplace(*a.q_a_norm);
+  if (a.q_b_weight) w_q_b.emplace(*a.q_b_weight);
+  auto ptr = [](const std::optional<EmuCopy>& c) -> const void* { return c ? c->data() : nullptr; };
+
+  cfg.shape.hidden = a.hidden_size;
+  cfg.shape.n_heads = a.n_heads;
+  cfg.shape.q_lora_rank = a.q_lora_rank;
+  cfg.shape.kv_lora_rank = a.kv_lora_rank;
+  cfg.shape.qk_nope = a.qk_nope;
+  cfg.shape.qk_rope = a.qk_rope;
+  cfg.shape.v_head = a.v_head;
+  cfg.shape.eps = a.eps;
+  cfg.shape.softmax_scale = a.softmax_scale;
+  cfg.weights.norm = norm.data();
+  cfg.weights.w_q = ptr(w_q);
+  cfg.weights.w_q_a = ptr(w_q_a);
+  cfg.weights.q_a_norm = ptr(q_a_norm);
+  cfg.weights.w_q_b = ptr(w_q_b);
+  cfg.weights.w_kv_a = w_kv_a.data();
+  cfg.weights.kv_a_norm = kv_a_norm.data();
+  cfg.weights.w_uk = w_uk.data();
+  cfg.weights.w_uv = w_uv.data();
+  cfg.weights.w_o = w_o.data();
+  cfg.cache.pages = pages.data();
+  cfg.cache.n_pages = a.n_pages;
+  cfg.cache.page_size = a.page_size;
+  cfg.rope.cos_sin = static_cast<const float*>(cos_sin.data());
+  cfg.rope.max_positions = a.cos_sin_rows;
+  cfg.max_batch = o.max_batch > 0 ? o.max_batch : a.batch;
+  cfg.cluster_size = o.cluster_size;
+  mla::Plan plan(cfg);
+
+  mla::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = hidden.data();
+  step.residual = residual ? residual->data() : nullptr;
+  step.residual_out = residual_out.data();
+  step.out = out.data();
+  step.positions = static_cast<const int32_t*>(positions.data());
+  step.kv_indptr = static_cast<const int32_t*>(indptr.data());
+  step.kv_indices = static_cast<const int32_t*>(indices.data());
+  step.kv_last_page_len = static_cast<const int32_t*>(last.data());
+  step.n_indices = a.n_indices;
+  plan.run(step, nullptr, o.emu_seed);
+  plan.check_status();
+  out.copy_to(a.output);
+  residual_out.copy_to(a.residual_output);
+  pages.copy_to(a.latent_cache);
+}
+#endif
+
 }  // namespace
 
 void decoder_layer_cpu(const DecoderLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
@@ -281,6 +438,20 @@ void ffn_layer_cpu(const FfnLayerArgs& a, CpuBackend backend, const KernelOption
     return;
   }
   with_storage_type(a.dtype, [&](auto t) { ffn_layer_reference<decltype(t)>(a); });
+}
+
+void mla_layer_cpu(const MlaLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
+  const HostPageTable table = check_page_table(a);
+  if (backend == CpuBackend::Emu) {
+#if defined(CF_HAVE_DEEPSEEK_KERNELS)
+    mla_layer_emu(a, table, options);
+    return;
+#else
+    (void)options;
+    throw InputError("deepseek_decoder_layer: backend 'emu': this build has no MLA kernel (src/kernels/mla)");
+#endif
+  }
+  with_storage_type(a.dtype, [&](auto t) { mla_layer_reference<decltype(t)>(a, table); });
 }
 
 void rms_norm_cpu(const RmsNormArgs& a) {

@@ -22,6 +22,10 @@
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/backends/cuda_unfused/ops.hpp"
 #include "layer_args.hpp"
+#include "mla_args.hpp"
+#if defined(CF_HAVE_DEEPSEEK_KERNELS)
+#include "clusterfusion/kernels/mla/launch.hpp"
+#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -220,6 +224,100 @@ void llama_ffn_layer(nb::handle output, nb::handle residual_output, nb::handle h
   if (check_status) plan.check_status(s);
 }
 
+#if defined(CF_HAVE_DEEPSEEK_KERNELS)
+namespace mla = cf::kernels::mla;
+auto& mla_plans = *new std::map<std::array<int64_t, 26>, std::unique_ptr<mla::Plan>>;
+
+mla::Plan& mla_plan(const MlaLayerArgs& a, int cluster_size, int max_batch) {
+  const dev::DType dtype = kernel_dtype(a.dtype, "deepseek_decoder_layer");
+  const int plan_batch = max_batch > 0 ? max_batch : a.batch;
+  if (plan_batch < a.batch)
+    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
+                           std::to_string(a.batch)).c_str());
+  auto ptr = [](const std::optional<Array>& x) -> const void* { return x ? x->data() : nullptr; };
+  const std::array<int64_t, 26> key = {
+      a.device_id, int64_t(dtype), a.hidden_size, a.n_heads, a.q_lora_rank, a.kv_lora_rank, a.qk_nope, a.qk_rope,
+      a.v_head, bits_of(a.eps), bits_of(a.softmax_scale), address(a.rms_weight.data()), address(ptr(a.q_weight)),
+      address(ptr(a.q_a_weight)), address(ptr(a.q_a_norm)), address(ptr(a.q_b_weight)),
+      address(a.kv_a_weight.data()), address(a.kv_a_norm.data()), address(a.uk_weight.data()),
+      address(a.uv_weight.data()), address(a.o_weight.data()), address(a.latent_cache.data()),
+      int64_t(a.n_pages) << 32 | a.page_size, address(a.cos_sin.data()), int64_t(a.cos_sin_rows) << 8 | plan_batch,
+      cluster_size};
+  auto it = mla_plans.find(key);
+  if (it != mla_plans.end()) return *it->second;
+  if (mla_plans.size() >= kMaxPlans) mla_plans.clear();
+  mla::PlanConfig cfg;
+  cfg.dtype = dtype;
+  cfg.shape.hidden = a.hidden_size;
+  cfg.shape.n_heads = a.n_heads;
+  cfg.shape.q_lora_rank = a.q_lora_rank;
+  cfg.shape.kv_lora_rank = a.kv_lora_rank;
+  cfg.shape.qk_nope = a.qk_nope;
+  cfg.shape.qk_rope = a.qk_rope;
+  cfg.shape.v_head = a.v_head;
+  cfg.shape.eps = a.eps;
+  cfg.shape.softmax_scale = a.softmax_scale;
+  cfg.weights.norm = a.rms_weight.data();
+  cfg.weights.w_q = ptr(a.q_weight);
+  cfg.weights.w_q_a = ptr(a.q_a_weight);
+  cfg.weights.q_a_norm = ptr(a.q_a_norm);
+  cfg.weights.w_q_b = ptr(a.q_b_weight);
+  cfg.weights.w_kv_a = a.kv_a_weight.data();
+  cfg.weights.kv_a_norm = a.kv_a_norm.data();
+  cfg.weights.w_uk = a.uk_weight.data();
+  cfg.weights.w_uv = a.uv_weight.data();
+  cfg.weights.w_o = a.o_weight.data();
+  cfg.cache.pages = a.latent_cache.data();
+  cfg.cache.n_pages = a.n_pages;
+  cfg.cache.page_size = a.page_size;
+  cfg.rope.cos_sin = static_cast<const float*>(a.cos_sin.data());
+  cfg.rope.max_positions = a.cos_sin_rows;
+  cfg.max_batch = plan_batch;
+  cfg.cluster_size = cluster_size;
+  auto plan = std::make_unique<mla::Plan>(cfg);
+  return *mla_plans.emplace(key, std::move(plan)).first->second;
+}
+#endif
+
+void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
+                            nb::handle residual, nb::handle q_weight, nb::handle kv_a_weight, nb::handle kv_a_norm,
+                            nb::handle uk_weight, nb::handle uv_weight, nb::handle o_weight, nb::handle rms_weight,
+                            nb::handle latent_cache, nb::handle paged_kv_indptr, nb::handle paged_kv_indices,
+                            nb::handle positions, nb::handle cos_sin, nb::handle q_a_weight, nb::handle q_a_norm,
+                            nb::handle q_b_weight, nb::handle kv_last_page_len, float eps,
+                            std::optional<float> softmax_scale, const std::string& backend, int cluster_size,
+                            int max_batch, uintptr_t stream, bool check_status) {
+  expect_backend(backend, "deepseek_decoder_layer");
+  const MlaLayerArgs a = parse_mla_layer(output, residual_output, hidden_states, residual, q_weight, kv_a_weight,
+                                         kv_a_norm, uk_weight, uv_weight, o_weight, rms_weight, latent_cache,
+                                         paged_kv_indptr, paged_kv_indices, positions, cos_sin, q_a_weight, q_a_norm,
+                                         q_b_weight, kv_last_page_len, eps, softmax_scale);
+  expect_cuda(a.cuda, "deepseek_decoder_layer");
+#if defined(CF_HAVE_DEEPSEEK_KERNELS)
+  if (a.positions.elem != Elem::I32)
+    a.positions.fail_type("the fused MLA kernel takes int32 positions on CUDA tensors (got int64)");
+  DeviceGuard device(a.device_id);
+  mla::Plan& plan = mla_plan(a, cluster_size, max_batch);
+  mla::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = a.hidden.data();
+  step.residual = a.residual ? a.residual->data() : nullptr;
+  step.residual_out = a.residual_output.data();
+  step.out = a.output.data();
+  step.positions = static_cast<const int32_t*>(a.positions.data());
+  step.kv_indptr = static_cast<const int32_t*>(a.kv_indptr.data());
+  step.kv_indices = static_cast<const int32_t*>(a.kv_indices.data());
+  step.kv_last_page_len = a.kv_last_page_len ? static_cast<const int32_t*>(a.kv_last_page_len->data()) : nullptr;
+  step.n_indices = a.n_indices;
+  void* s = reinterpret_cast<void*>(stream);
+  plan.run(step, s);
+  if (check_status) plan.check_status(s);
+#else
+  (void)cluster_size, (void)max_batch, (void)stream, (void)check_status;
+  throw nb::value_error("deepseek_decoder_layer: this build has no fused MLA kernel (src/kernels/mla)");
+#endif
+}
+
 void rms_norm(nb::handle output, nb::handle input, nb::handle weight, float eps, nb::handle residual,
               nb::handle residual_output, uintptr_t stream) {
   const RmsNormArgs a = parse_rms_norm(output, input, weight, eps, residual, residual_output);
@@ -243,6 +341,20 @@ void rms_norm(nb::handle output, nb::handle input, nb::handle weight, float eps,
   p.residual_out = a.residual_output ? a.residual_output->data() : nullptr;
   p.y = a.output.data();
   cuda_unfused::add_rmsnorm(p, reinterpret_cast<cudaStream_t>(stream));
+}
+
+size_t mla_plan_count() {
+#if defined(CF_HAVE_DEEPSEEK_KERNELS)
+  return mla_plans.size();
+#else
+  return 0;
+#endif
+}
+
+void clear_mla_plans() {
+#if defined(CF_HAVE_DEEPSEEK_KERNELS)
+  mla_plans.clear();
+#endif
 }
 
 int device_count() {
@@ -279,13 +391,21 @@ NB_MODULE(_cuda, m) {
         "residual"_a.none(), "gate_up_weight"_a.none(), "down_weight"_a.none(), "rms_weight"_a.none(), "eps"_a, "backend"_a,
         "cluster_size"_a, "max_batch"_a, "stream"_a, "check_status"_a,
         "The fused FFN block on CUDA tensors; see clusterfusion.llama_ffn_layer.");
+  m.def("deepseek_decoder_layer", &deepseek_decoder_layer, "output"_a.none(), "residual_output"_a.none(),
+        "hidden_states"_a.none(), "residual"_a.none(), "q_weight"_a.none(), "kv_a_weight"_a.none(),
+        "kv_a_norm"_a.none(), "uk_weight"_a.none(), "uv_weight"_a.none(), "o_weight"_a.none(), "rms_weight"_a.none(),
+        "latent_cache"_a.none(), "paged_kv_indptr"_a.none(), "paged_kv_indices"_a.none(), "positions"_a.none(),
+        "cos_sin"_a.none(), "q_a_weight"_a.none(), "q_a_norm"_a.none(), "q_b_weight"_a.none(),
+        "kv_last_page_len"_a.none(), "eps"_a, "softmax_scale"_a.none(), "backend"_a, "cluster_size"_a, "max_batch"_a,
+        "stream"_a, "check_status"_a, "The fused MLA block on CUDA tensors; see clusterfusion.deepseek_decoder_layer.");
   m.def("rms_norm", &rms_norm, "output"_a.none(), "input"_a.none(), "weight"_a.none(), "eps"_a, "residual"_a.none(),
         "residual_output"_a.none(), "stream"_a, "RMSNorm on CUDA tensors; see clusterfusion.rms_norm.");
   m.def("device_count", &device_count, "Number of CUDA devices visible (0 without a driver or GPU).");
-  m.def("plan_count", [] { return decoder_plans.size() + ffn_plans.size(); },
+  m.def("plan_count", [] { return decoder_plans.size() + ffn_plans.size() + mla_plan_count(); },
         "Number of cached kernel plans (one per layer and shape).");
   m.def("clear_plans", [] {
     decoder_plans.clear();
     ffn_plans.clear();
+    clear_mla_plans();
   }, "Frees every cached kernel plan (their device workspaces); the next call of each layer builds it again.");
 }
