@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <nanobind/ndarray.h>
+
 #include "clusterfusion/common/error.hpp"
+#include "clusterfusion/reference/mla.hpp"
 #include "cpu_blocks.hpp"
 #include "engine.hpp"
 #include "layer_args.hpp"
@@ -79,6 +82,27 @@ void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::h
   mla_layer_cpu(a, which, {cluster_size, max_batch, emu_seed});
 }
 
+// deepseek_rope_table's work: ref::yarn_cos_sin_table as a new numpy array [positions, rope].
+nb::ndarray<nb::numpy, float, nb::ndim<2>> yarn_rope_table(int rope, int positions, float theta, float factor,
+                                                           float original_context, float beta_fast, float beta_slow,
+                                                           float mscale, float mscale_all_dim) {
+  ref::YarnRope r;
+  r.dim = rope;
+  r.theta = theta;
+  r.factor = factor;
+  r.original_context = int(original_context);
+  r.beta_fast = beta_fast;
+  r.beta_slow = beta_slow;
+  r.mscale = mscale;
+  r.mscale_all_dim = mscale_all_dim;
+  if (!(theta > 1.0f)) throw nb::value_error("rope_theta: must be > 1");
+  if (r.yarn() && (r.original_context <= 0 || !(beta_fast > 0.0f) || !(beta_slow > 0.0f)))
+    throw nb::value_error("rope_scaling: YaRN needs original_max_position_embeddings, beta_fast and beta_slow > 0");
+  auto* table = new std::vector<float>(ref::yarn_cos_sin_table(r, positions));
+  nb::capsule owner(table, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  return nb::ndarray<nb::numpy, float, nb::ndim<2>>(table->data(), {size_t(positions), size_t(rope)}, owner);
+}
+
 void rms_norm(nb::handle output, nb::handle input, nb::handle weight, float eps, nb::handle residual,
               nb::handle residual_output) {
   const RmsNormArgs a = parse_rms_norm(output, input, weight, eps, residual, residual_output);
@@ -126,6 +150,9 @@ NB_MODULE(_core, m) {
         "emu_seed"_a,
         "The MLA attention block on CPU arrays (reference or emulated kernel); see "
         "clusterfusion.deepseek_decoder_layer.");
+  m.def("yarn_rope_table", &yarn_rope_table, "rope"_a, "positions"_a, "theta"_a, "factor"_a, "original_context"_a,
+        "beta_fast"_a, "beta_slow"_a, "mscale"_a, "mscale_all_dim"_a,
+        "The MLA RoPE table (cos, then sin of the adjacent pairs; YaRN); see clusterfusion.deepseek_rope_table.");
   m.def("rms_norm", &rms_norm, "output"_a.none(), "input"_a.none(), "weight"_a.none(), "eps"_a, "residual"_a.none(),
         "residual_output"_a.none(), "RMSNorm on CPU arrays (reference); see clusterfusion.rms_norm.");
   bind_engine(m);

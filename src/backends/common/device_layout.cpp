@@ -1,7 +1,6 @@
 #include "device_layout.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <thread>
 
 #include "clusterfusion/common/error.hpp"
@@ -160,28 +159,15 @@ MoeLayer convert_moe_layer(const LayerWeights& l, const ModelConfig& c, Storage 
 
 std::vector<float> rope_table(const ModelConfig& c, int positions) {
   const int rot = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
-  std::vector<float> table(size_t(positions) * size_t(rot));
   if (!c.is_mla()) {
+    std::vector<float> table(size_t(positions) * size_t(rot));
     for (int pos = 0; pos < positions; ++pos) {
       float* row = table.data() + size_t(pos) * size_t(rot);
       ref::rope_cos_sin(pos, rot, c.rope_theta, row, row + rot / 2);
     }
     return table;
   }
-  // ref::yarn_cos_sin's arithmetic with the frequencies and the magnitude computed once, not per position
-  const ref::YarnRope yarn = ref::mla_shape(c).rope;
-  const double magnitude = ref::yarn_rope_magnitude(yarn);
-  std::vector<double> inv_freq(size_t(rot / 2));
-  for (int i = 0; i < rot / 2; ++i) inv_freq[size_t(i)] = ref::yarn_inv_freq(yarn, i);
-  for (int pos = 0; pos < positions; ++pos) {
-    float* row = table.data() + size_t(pos) * size_t(rot);
-    for (int i = 0; i < rot / 2; ++i) {
-      const double angle = double(pos) * inv_freq[size_t(i)];
-      row[i] = float(std::cos(angle) * magnitude);
-      row[rot / 2 + i] = float(std::sin(angle) * magnitude);
-    }
-  }
-  return table;
+  return ref::yarn_cos_sin_table(ref::mla_shape(c).rope, positions);
 }
 
 ModelWeights rounded_copy(const ModelWeights& w, Storage s) {
