@@ -1,6 +1,7 @@
 #include "device_layout.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <thread>
 
 #include "clusterfusion/common/error.hpp"
@@ -14,6 +15,9 @@ namespace {
 
 // Rows per thread below which a conversion stays on the calling thread.
 constexpr int64_t kMinRowsPerThread = 64;
+
+// The MLA kernel's tile of the q_lora and n_heads x v_head widths (kernels/mla: validate_shape).
+constexpr int kMlaWidthMultiple = 32;
 
 }  // namespace
 
@@ -116,24 +120,49 @@ void absorbed_matrices(const LayerWeights& l, const ModelConfig& c, std::vector<
 
 }  // namespace
 
+MlaBlockShape device_mla_shape(const ModelConfig& c) {
+  MlaBlockShape s = mla_block_shape(c);
+  while ((s.n_heads * s.v_head) % kMlaWidthMultiple != 0) ++s.v_head;
+  if (s.q_lora_rank > 0) s.q_lora_rank = (s.q_lora_rank + kMlaWidthMultiple - 1) / kMlaWidthMultiple * kMlaWidthMultiple;
+  return s;
+}
+
 MlaLayer convert_mla_layer(const LayerWeights& l, const ModelConfig& c, Storage s) {
   CF_CHECK(c.is_mla(), "convert_mla_layer: not an MLA model");
+  const MlaBlockShape shape = device_mla_shape(c);
+  const size_t hidden = size_t(c.hidden), heads = size_t(c.n_heads), r = size_t(c.mla.kv_lora_rank);
+  const size_t v = size_t(c.mla.v_head), v_pad = size_t(shape.v_head);
+  const size_t q_rows = heads * size_t(c.head_dim);
   MlaLayer m;
   m.norm = convert_vector(l.attn_norm, s);
   if (c.mla.q_lora_rank == 0) {
     m.w_q = convert_stacked({&l.attn_q}, s);
   } else {
-    m.w_q_a = convert_stacked({&l.attn_q_a}, s);
-    m.q_a_norm = convert_vector(l.q_a_norm, s);
-    m.w_q_b = convert_stacked({&l.attn_q_b}, s);
+    const size_t q_lora = size_t(c.mla.q_lora_rank), q_pad = size_t(shape.q_lora_rank);
+    m.w_q_a.assign(q_pad * hidden, 0);  // zero rows past q_lora
+    convert_rows(l.attn_q_a, 0, int64_t(q_lora), s, m.w_q_a.data());
+    std::vector<float> q_a_norm(q_pad, 0.0f);
+    const float norm_scale = float(std::sqrt(double(q_lora) / double(q_pad)));
+    for (size_t i = 0; i < q_lora; ++i) q_a_norm[i] = l.q_a_norm[i] * norm_scale;
+    m.q_a_norm = convert_vector(q_a_norm, s);
+    const std::vector<uint16_t> q_b = convert_stacked({&l.attn_q_b}, s);
+    m.w_q_b.assign(q_rows * q_pad, 0);  // zero columns past q_lora
+    for (size_t row = 0; row < q_rows; ++row)
+      std::copy_n(q_b.data() + row * q_lora, q_lora, m.w_q_b.data() + row * q_pad);
   }
   m.w_kv_a = convert_stacked({&l.attn_kv_a}, s);
   m.kv_a_norm = convert_vector(l.kv_a_norm, s);
   std::vector<float> uk, uv;
   absorbed_matrices(l, c, uk, uv);
   m.w_uk = convert_vector(uk, s);
-  m.w_uv = convert_vector(uv, s);
-  m.w_o = convert_stacked({&l.attn_output}, s);
+  std::vector<float> uv_padded(heads * v_pad * r, 0.0f);  // zero rows past v per head
+  for (size_t h = 0; h < heads; ++h) std::copy_n(uv.data() + h * v * r, v * r, uv_padded.data() + h * v_pad * r);
+  m.w_uv = convert_vector(uv_padded, s);
+  const std::vector<uint16_t> w_o = convert_stacked({&l.attn_output}, s);
+  m.w_o.assign(hidden * heads * v_pad, 0);  // zero columns past v per head
+  for (size_t row = 0; row < hidden; ++row)
+    for (size_t h = 0; h < heads; ++h)
+      std::copy_n(w_o.data() + (row * heads + h) * v, v, m.w_o.data() + (row * heads + h) * v_pad);
   return m;
 }
 

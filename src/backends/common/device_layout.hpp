@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "clusterfusion/model/types.hpp"
 #include "clusterfusion/runtime/weights.hpp"
 
 namespace cf::device_layout {
@@ -31,8 +32,18 @@ std::vector<uint16_t> convert_qkv_bias(const LayerWeights& layer, Storage s);
 // ---- DeepSeek-V2 layers (docs/mla.md): the layouts of the MLA and MoE blocks (kernels/mla/params.hpp,
 // kernels/moe/params.hpp) ----
 
-// One MLA attention block: norm, w_q (q_lora 0) or w_q_a / q_a_norm / w_q_b, w_kv_a, kv_a_norm, w_uk [H, nope, r],
-// w_uv [H, v, r] (from either file form: one kv_b matrix or the split attn_k_b / attn_v_b), w_o.
+// The MLA block's shape on the device (kernels/mla/params.hpp): the model's (mla_block_shape), with the widths the
+// kernel tiles by padded where the model's are not multiples (tiny test models; every DeepSeek-V2 shape is already):
+//   v_head   up to the first width with n_heads x v_head a multiple of 32: W_UV gets zero rows and Wo zero columns,
+//            so the padded values are exactly 0 and add nothing (exact);
+//   q_lora   up to a multiple of 32: W_q_a gets zero rows, W_q_b zero columns and q_a_norm is scaled by
+//            sqrt(q_lora / padded), which makes the padded RMSNorm the model's with eps x padded / q_lora (1e-6 ->
+//            1.14e-6 for the tiny model's 56 -> 64: far below the 16-bit rounding of the values).
+MlaBlockShape device_mla_shape(const ModelConfig& c);
+
+// One MLA attention block in device_mla_shape's widths: norm, w_q (q_lora 0) or w_q_a / q_a_norm / w_q_b, w_kv_a,
+// kv_a_norm, w_uk [H, nope, r], w_uv [H, v, r] (from either file form: one kv_b matrix or the split attn_k_b /
+// attn_v_b), w_o [hidden, H v].
 struct MlaLayer {
   std::vector<uint16_t> norm, w_q, w_q_a, q_a_norm, w_q_b, w_kv_a, kv_a_norm, w_uk, w_uv, w_o;
 };

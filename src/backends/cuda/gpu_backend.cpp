@@ -561,6 +561,7 @@ GpuBackend::GpuBackend(CudaMode mode, std::shared_ptr<const DeviceModel> model, 
     im.pointers.lm_head = im.model->lm_head();
     im.pointers.cos_sin = im.cos_sin.data();
     im.pointers.max_positions = im.max_positions;
+    if (c.is_mla()) im.pointers.mla_shape = layout::device_mla_shape(c);
   } else {
     im.decode_workspace = std::make_unique<cuda_unfused::Workspace>(im.shape, options.max_seqs);
   }

@@ -20,10 +20,11 @@ namespace layout = device_layout;
 using Bits = dev::DeviceBuffer<uint16_t>;
 
 // Small grids: the emulator's cost grows with the number of threads it runs, and two CTAs per cluster / two
-// clusters already exercise every cross-CTA and cross-cluster path of the kernels.
+// clusters already exercise every cross-CTA and cross-cluster path of the kernels (the MLA and MoE kernels run CTAs
+// without clusters: at most two CTAs per launch where the kernel lets the caller choose).
 constexpr fused::Tuning kEmuTuning{/*attention_cluster_size=*/2, /*ffn_cluster_size=*/2, /*ffn_max_clusters=*/2,
-                                   /*lm_head_max_ctas=*/2,       /*mla_cluster_size=*/2, /*mla_max_clusters=*/2,
-                                   /*moe_cluster_size=*/2,       /*moe_max_clusters=*/2, /*sm_count=*/0};
+                                   /*lm_head_max_ctas=*/2,       /*mla_cluster_size=*/0, /*mla_max_clusters=*/2,
+                                   /*moe_cluster_size=*/0,       /*moe_max_clusters=*/2, /*sm_count=*/0};
 
 Bits to_emu(const std::vector<uint16_t>& host) {
   Bits b(host.size());
@@ -80,6 +81,7 @@ class EmuBackend final : public Backend {
     cos_sin_.upload(table);
     ptrs.cos_sin = cos_sin_.data();
     ptrs.max_positions = positions;
+    if (c.is_mla()) ptrs.mla_shape = layout::device_mla_shape(c);
 
     decoder_ = std::make_unique<fused::FusedDecoder>(c, dtype_, ptrs, kv_, max_seqs_, kEmuTuning);
 

@@ -8,7 +8,7 @@
 #include "clusterfusion/kernels/decoder_attention/launch.hpp"
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/kernels/lm_head/launch.hpp"
-#include "clusterfusion/model/deepseek.hpp"
+#include "clusterfusion/model/deepseek.hpp"  // moe_block_shape
 #if defined(CF_HAVE_DEEPSEEK_KERNELS)
 #include "clusterfusion/kernels/mla/launch.hpp"
 #include "clusterfusion/kernels/moe/launch.hpp"
@@ -92,9 +92,12 @@ kffn::Plan ffn_plan(const ModelConfig& c, dev::DType dtype, const LayerPointers&
 kmla::Plan mla_plan(const ModelConfig& c, dev::DType dtype, const ModelPointers& w, const MlaPointers& m,
                     const KvCacheShape& kv, int max_batch, const Tuning& tuning) {
   CF_CHECK_INPUT(w.cos_sin != nullptr && w.max_positions > 0, "fused decoder: MLA layers need the RoPE table");
+  CF_CHECK_INPUT(w.mla_shape.hidden == c.hidden && w.mla_shape.n_heads == c.n_heads &&
+                     w.mla_shape.latent_row() == c.cache_values_per_token(),
+                 "fused decoder: the MLA weights' shape does not match the model");
   kmla::PlanConfig p;
   p.dtype = dtype;
-  p.shape = mla_block_shape(c);
+  p.shape = w.mla_shape;
   p.weights.norm = m.norm;
   p.weights.w_q = m.w_q;
   p.weights.w_q_a = m.w_q_a;

@@ -17,6 +17,7 @@
 
 #include "clusterfusion/device/types.hpp"
 #include "clusterfusion/model/config.hpp"
+#include "clusterfusion/model/types.hpp"
 #include "clusterfusion/runtime/kv_cache.hpp"
 
 namespace cf::fused {
@@ -74,6 +75,9 @@ struct ModelPointers {
   // required for MLA layers (YaRN frequencies and magnitude: device_layout::rope_table)
   const float* cos_sin = nullptr;
   int max_positions = 0;
+  // MLA models: the shape of the MLA layouts (device_layout::device_mla_shape: the model's, widths padded to the
+  // kernel's tiles)
+  MlaBlockShape mla_shape;
 };
 
 // Launch shapes; 0 = the kernels' own choice (what the GPU wants). The emu backend asks for small grids: the
