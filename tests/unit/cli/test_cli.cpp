@@ -129,10 +129,12 @@ TEST(CliDeepseek, InfoShowsTheMlaAndMoeConfiguration) {
                            "blk.2.ffn_gate_exps.weight"})
     EXPECT_NE(r.out.find(want), std::string::npos) << want;
   // cuda-unfused has no MLA / MoE blocks (emu and cuda run these models once the fused kernels are built in)
+  // (without a usable GPU the availability error comes first, before the model is loaded)
   const Result unfused = run_cli("generate -m " + model + " --backend cuda-unfused -p hi -n 2");
-  EXPECT_EQ(unfused.exit_code, 1);
+  const std::string unavailable = cf::backend_unavailable_reason("cuda-unfused");
+  EXPECT_NE(unfused.exit_code, 0);
   EXPECT_EQ(count_lines(unfused.err), 1) << unfused.err;
-  EXPECT_NE(unfused.err.find("only so far"), std::string::npos) << unfused.err;
+  EXPECT_NE(unfused.err.find(unavailable.empty() ? "only so far" : unavailable), std::string::npos) << unfused.err;
 }
 
 }  // namespace
