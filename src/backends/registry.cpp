@@ -19,16 +19,9 @@ constexpr bool kCudaBuilt =
 
 bool is_gpu_backend(std::string_view name) { return name == "cuda" || name == "cuda-unfused"; }
 
-// The device backends whose blocks run DeepSeek-V2 layers (MLA attention, MoE FFN) in this build: the fused ones
-// (emu, cuda) once the MLA / MoE kernels are built in; cuda-unfused has no MLA / MoE blocks yet.
-bool runs_deepseek(std::string_view name) {
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
-  return name == "emu" || name == "cuda";
-#else
-  (void)name;
-  return false;
-#endif
-}
+// The device backends whose blocks run DeepSeek-V2 layers (MLA attention, MoE FFN): the fused ones (emu, cuda);
+// cuda-unfused has no MLA / MoE blocks yet.
+bool runs_deepseek(std::string_view name) { return name == "emu" || name == "cuda"; }
 
 }  // namespace
 
@@ -70,8 +63,8 @@ std::unique_ptr<Backend> create_backend(std::string_view name, std::shared_ptr<c
   if (known_device_backend && !runs_deepseek(name) && weights &&
       (weights->config.is_mla() || weights->config.moe.n_experts > 0))
     throw InputError("--backend " + std::string(name) + ": " + weights->config.arch +
-                     " models (multi-head latent attention, mixture of experts) run on the cpu" +
-                     (runs_deepseek("emu") ? ", emu and cuda backends only so far" : " backend only so far"));
+                     " models (multi-head latent attention, mixture of experts) run on the cpu, emu and cuda backends "
+                     "only so far");
   if (name == "emu") return make_emu_backend(std::move(weights), options);
   if (is_gpu_backend(name)) {
     const std::string why = backend_unavailable_reason(name);

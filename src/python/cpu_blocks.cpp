@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
@@ -12,9 +13,7 @@
 #include "clusterfusion/reference/attention.hpp"
 #include "clusterfusion/reference/decoder.hpp"
 #include "clusterfusion/reference/ops.hpp"
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
 #include "clusterfusion/kernels/mla/launch.hpp"
-#endif
 
 namespace cf::py {
 namespace {
@@ -355,71 +354,30 @@ void mla_layer_reference(const MlaLayerArgs& a, const HostPageTable& table) {
   }
 }
 
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
 namespace mla = cf::kernels::mla;
 
 void mla_layer_emu(const MlaLayerArgs& a, const HostPageTable& table, const KernelOptions& o) {
-  mla::PlanConfig cfg;
-  cfg.dtype = kernel_dtype(a.dtype, "deepseek_decoder_layer");
-  const EmuCopy hidden(a.hidden), out(a.output), residual_out(a.residual_output), w_kv_a(a.kv_a_weight),
-      kv_a_norm(a.kv_a_norm), w_uk(a.uk_weight), w_uv(a.uv_weight), w_o(a.o_weight), norm(a.rms_weight),
-      pages(a.latent_cache), indptr(a.kv_indptr), indices(a.kv_indices), cos_sin(a.cos_sin),
-      last(table.last_page_len.data(), table.last_page_len.size() * sizeof(int32_t)),
+  std::map<const Array*, EmuCopy> copies;  // every array the kernel reads or writes, in emulated device memory
+  auto device = [&](const Array& x) -> void* { return copies.try_emplace(&x, x).first->second.data(); };
+  const EmuCopy last(table.last_page_len.data(), table.last_page_len.size() * sizeof(int32_t)),
       positions(table.positions.data(), table.positions.size() * sizeof(int32_t));
-  std::optional<EmuCopy> residual, w_q, w_q_a, q_a_norm, w_q_b;
-  if (a.residual) residual.emplace(*a.residual);
-  if (a.q_weight) w_q.emplace(*a.q_weight);
-  if (a.q_a_weight) w_q_a.emplace(*a.q_a_weight);
-  if (a.q_a_norm) q_a_norm.emplace(*a.q_a_norm);
-  if (a.q_b_weight) w_q_b.emplace(*a.q_b_weight);
-  auto ptr = [](const std::optional<EmuCopy>& c) -> const void* { return c ? c->data() : nullptr; };
-
-  cfg.shape.hidden = a.hidden_size;
-  cfg.shape.n_heads = a.n_heads;
-  cfg.shape.q_lora_rank = a.q_lora_rank;
-  cfg.shape.kv_lora_rank = a.kv_lora_rank;
-  cfg.shape.qk_nope = a.qk_nope;
-  cfg.shape.qk_rope = a.qk_rope;
-  cfg.shape.v_head = a.v_head;
-  cfg.shape.eps = a.eps;
-  cfg.shape.softmax_scale = a.softmax_scale;
-  cfg.weights.norm = norm.data();
-  cfg.weights.w_q = ptr(w_q);
-  cfg.weights.w_q_a = ptr(w_q_a);
-  cfg.weights.q_a_norm = ptr(q_a_norm);
-  cfg.weights.w_q_b = ptr(w_q_b);
-  cfg.weights.w_kv_a = w_kv_a.data();
-  cfg.weights.kv_a_norm = kv_a_norm.data();
-  cfg.weights.w_uk = w_uk.data();
-  cfg.weights.w_uv = w_uv.data();
-  cfg.weights.w_o = w_o.data();
-  cfg.cache.pages = pages.data();
-  cfg.cache.n_pages = a.n_pages;
-  cfg.cache.page_size = a.page_size;
-  cfg.rope.cos_sin = static_cast<const float*>(cos_sin.data());
-  cfg.rope.max_positions = a.cos_sin_rows;
-  cfg.max_batch = o.max_batch > 0 ? o.max_batch : a.batch;
-  cfg.cluster_size = o.cluster_size;
-  mla::Plan plan(cfg);
-
+  mla::Plan plan(mla_plan_config<mla::PlanConfig>(a, kernel_dtype(a.dtype, "deepseek_decoder_layer"), o.max_batch,
+                                                  o.cluster_size, device));
   mla::StepArgs step;
   step.batch = a.batch;
-  step.hidden = hidden.data();
-  step.residual = residual ? residual->data() : nullptr;
-  step.residual_out = residual_out.data();
-  step.out = out.data();
+  step.hidden = device(a.hidden);
+  step.residual = a.residual ? device(*a.residual) : nullptr;
+  step.residual_out = device(a.residual_output);
+  step.out = device(a.output);
   step.positions = static_cast<const int32_t*>(positions.data());
-  step.kv_indptr = static_cast<const int32_t*>(indptr.data());
-  step.kv_indices = static_cast<const int32_t*>(indices.data());
+  step.kv_indptr = static_cast<const int32_t*>(device(a.kv_indptr));
+  step.kv_indices = static_cast<const int32_t*>(device(a.kv_indices));
   step.kv_last_page_len = static_cast<const int32_t*>(last.data());
   step.n_indices = a.n_indices;
   plan.run(step, nullptr, o.emu_seed);
   plan.check_status();
-  out.copy_to(a.output);
-  residual_out.copy_to(a.residual_output);
-  pages.copy_to(a.latent_cache);
+  for (const Array* written : {&a.output, &a.residual_output, &a.latent_cache}) copies.at(written).copy_to(*written);
 }
-#endif
 
 }  // namespace
 
@@ -443,13 +401,8 @@ void ffn_layer_cpu(const FfnLayerArgs& a, CpuBackend backend, const KernelOption
 void mla_layer_cpu(const MlaLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
   const HostPageTable table = check_page_table(a);
   if (backend == CpuBackend::Emu) {
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
     mla_layer_emu(a, table, options);
     return;
-#else
-    (void)options;
-    throw InputError("deepseek_decoder_layer: backend 'emu': this build has no MLA kernel (src/kernels/mla)");
-#endif
   }
   with_storage_type(a.dtype, [&](auto t) { mla_layer_reference<decltype(t)>(a, table); });
 }

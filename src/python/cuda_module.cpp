@@ -23,9 +23,7 @@
 #include "clusterfusion/backends/cuda_unfused/ops.hpp"
 #include "layer_args.hpp"
 #include "mla_args.hpp"
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
 #include "clusterfusion/kernels/mla/launch.hpp"
-#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -224,7 +222,6 @@ void llama_ffn_layer(nb::handle output, nb::handle residual_output, nb::handle h
   if (check_status) plan.check_status(s);
 }
 
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
 namespace mla = cf::kernels::mla;
 auto& mla_plans = *new std::map<std::array<int64_t, 26>, std::unique_ptr<mla::Plan>>;
 
@@ -246,38 +243,11 @@ mla::Plan& mla_plan(const MlaLayerArgs& a, int cluster_size, int max_batch) {
   auto it = mla_plans.find(key);
   if (it != mla_plans.end()) return *it->second;
   if (mla_plans.size() >= kMaxPlans) mla_plans.clear();
-  mla::PlanConfig cfg;
-  cfg.dtype = dtype;
-  cfg.shape.hidden = a.hidden_size;
-  cfg.shape.n_heads = a.n_heads;
-  cfg.shape.q_lora_rank = a.q_lora_rank;
-  cfg.shape.kv_lora_rank = a.kv_lora_rank;
-  cfg.shape.qk_nope = a.qk_nope;
-  cfg.shape.qk_rope = a.qk_rope;
-  cfg.shape.v_head = a.v_head;
-  cfg.shape.eps = a.eps;
-  cfg.shape.softmax_scale = a.softmax_scale;
-  cfg.weights.norm = a.rms_weight.data();
-  cfg.weights.w_q = ptr(a.q_weight);
-  cfg.weights.w_q_a = ptr(a.q_a_weight);
-  cfg.weights.q_a_norm = ptr(a.q_a_norm);
-  cfg.weights.w_q_b = ptr(a.q_b_weight);
-  cfg.weights.w_kv_a = a.kv_a_weight.data();
-  cfg.weights.kv_a_norm = a.kv_a_norm.data();
-  cfg.weights.w_uk = a.uk_weight.data();
-  cfg.weights.w_uv = a.uv_weight.data();
-  cfg.weights.w_o = a.o_weight.data();
-  cfg.cache.pages = a.latent_cache.data();
-  cfg.cache.n_pages = a.n_pages;
-  cfg.cache.page_size = a.page_size;
-  cfg.rope.cos_sin = static_cast<const float*>(a.cos_sin.data());
-  cfg.rope.max_positions = a.cos_sin_rows;
-  cfg.max_batch = plan_batch;
-  cfg.cluster_size = cluster_size;
+  const mla::PlanConfig cfg = mla_plan_config<mla::PlanConfig>(
+      a, dtype, plan_batch, cluster_size, [](const Array& x) -> void* { return x.data(); });
   auto plan = std::make_unique<mla::Plan>(cfg);
   return *mla_plans.emplace(key, std::move(plan)).first->second;
 }
-#endif
 
 void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
                             nb::handle residual, nb::handle q_weight, nb::handle kv_a_weight, nb::handle kv_a_norm,
@@ -293,7 +263,6 @@ void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::h
                                          paged_kv_indptr, paged_kv_indices, positions, cos_sin, q_a_weight, q_a_norm,
                                          q_b_weight, kv_last_page_len, eps, softmax_scale);
   expect_cuda(a.cuda, "deepseek_decoder_layer");
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
   if (a.positions.elem != Elem::I32)
     a.positions.fail_type("the fused MLA kernel takes int32 positions on CUDA tensors (got int64)");
   DeviceGuard device(a.device_id);
@@ -312,10 +281,6 @@ void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::h
   void* s = reinterpret_cast<void*>(stream);
   plan.run(step, s);
   if (check_status) plan.check_status(s);
-#else
-  (void)cluster_size, (void)max_batch, (void)stream, (void)check_status;
-  throw nb::value_error("deepseek_decoder_layer: this build has no fused MLA kernel (src/kernels/mla)");
-#endif
 }
 
 void rms_norm(nb::handle output, nb::handle input, nb::handle weight, float eps, nb::handle residual,
@@ -341,20 +306,6 @@ void rms_norm(nb::handle output, nb::handle input, nb::handle weight, float eps,
   p.residual_out = a.residual_output ? a.residual_output->data() : nullptr;
   p.y = a.output.data();
   cuda_unfused::add_rmsnorm(p, reinterpret_cast<cudaStream_t>(stream));
-}
-
-size_t mla_plan_count() {
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
-  return mla_plans.size();
-#else
-  return 0;
-#endif
-}
-
-void clear_mla_plans() {
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
-  mla_plans.clear();
-#endif
 }
 
 int device_count() {
@@ -401,11 +352,11 @@ NB_MODULE(_cuda, m) {
   m.def("rms_norm", &rms_norm, "output"_a.none(), "input"_a.none(), "weight"_a.none(), "eps"_a, "residual"_a.none(),
         "residual_output"_a.none(), "stream"_a, "RMSNorm on CUDA tensors; see clusterfusion.rms_norm.");
   m.def("device_count", &device_count, "Number of CUDA devices visible (0 without a driver or GPU).");
-  m.def("plan_count", [] { return decoder_plans.size() + ffn_plans.size() + mla_plan_count(); },
+  m.def("plan_count", [] { return decoder_plans.size() + ffn_plans.size() + mla_plans.size(); },
         "Number of cached kernel plans (one per layer and shape).");
   m.def("clear_plans", [] {
     decoder_plans.clear();
     ffn_plans.clear();
-    clear_mla_plans();
+    mla_plans.clear();
   }, "Frees every cached kernel plan (their device workspaces); the next call of each layer builds it again.");
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "clusterfusion/device/types.hpp"
 #include "layer_args.hpp"
 
 namespace cf::py {
@@ -214,6 +215,43 @@ inline MlaLayerArgs parse_mla_layer(nb::handle output, nb::handle residual_outpu
                      &a.kv_a_weight, &a.kv_a_norm, &a.uk_weight, &a.uv_weight, &a.o_weight, &a.rms_weight,
                      &a.kv_indptr, &a.kv_indices, opt(a.kv_last_page_len), &a.positions, &a.cos_sin});
   return a;
+}
+
+// The MLA plan's configuration of a call (kernels/mla/params.hpp's PlanConfig, a template parameter so that each
+// module takes its own kernel build's): the shape from the arrays, each weight at `device(array)`, its address where
+// the kernel reads it (the array's own data on CUDA, its emulator copy on the CPU).
+template <typename PlanConfig, typename Device>
+PlanConfig mla_plan_config(const MlaLayerArgs& a, dev::DType dtype, int max_batch, int cluster_size, Device&& device) {
+  auto optional = [&](const std::optional<Array>& x) -> const void* { return x ? device(*x) : nullptr; };
+  PlanConfig cfg;
+  cfg.dtype = dtype;
+  cfg.shape.hidden = a.hidden_size;
+  cfg.shape.n_heads = a.n_heads;
+  cfg.shape.q_lora_rank = a.q_lora_rank;
+  cfg.shape.kv_lora_rank = a.kv_lora_rank;
+  cfg.shape.qk_nope = a.qk_nope;
+  cfg.shape.qk_rope = a.qk_rope;
+  cfg.shape.v_head = a.v_head;
+  cfg.shape.eps = a.eps;
+  cfg.shape.softmax_scale = a.softmax_scale;
+  cfg.weights.norm = device(a.rms_weight);
+  cfg.weights.w_q = optional(a.q_weight);
+  cfg.weights.w_q_a = optional(a.q_a_weight);
+  cfg.weights.q_a_norm = optional(a.q_a_norm);
+  cfg.weights.w_q_b = optional(a.q_b_weight);
+  cfg.weights.w_kv_a = device(a.kv_a_weight);
+  cfg.weights.kv_a_norm = device(a.kv_a_norm);
+  cfg.weights.w_uk = device(a.uk_weight);
+  cfg.weights.w_uv = device(a.uv_weight);
+  cfg.weights.w_o = device(a.o_weight);
+  cfg.cache.pages = device(a.latent_cache);
+  cfg.cache.n_pages = a.n_pages;
+  cfg.cache.page_size = a.page_size;
+  cfg.rope.cos_sin = static_cast<const float*>(device(a.cos_sin));
+  cfg.rope.max_positions = a.cos_sin_rows;
+  cfg.max_batch = max_batch > 0 ? max_batch : a.batch;
+  cfg.cluster_size = cluster_size;
+  return cfg;
 }
 
 }  // namespace cf::py

@@ -37,7 +37,7 @@ float matrix_range(int in) { return std::sqrt(3.0f / float(in)); }
 void check_supported(const ModelConfig& c, const char* backend) {
   const std::string where = std::string("--backend ") + backend + ": ";
   if (c.is_mla() || c.moe.n_experts > 0) {
-    if (std::string_view(backend) != "cuda" || !fused::FusedDecoder::runs_deepseek())
+    if (std::string_view(backend) != "cuda")
       throw InputError(where + c.arch + " models (multi-head latent attention, mixture of experts) need the fused MLA "
                        "/ MoE kernels (--backend cuda)");
     return;  // the MLA / MoE plans check their shapes

@@ -9,10 +9,8 @@
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/kernels/lm_head/launch.hpp"
 #include "clusterfusion/model/deepseek.hpp"  // moe_block_shape
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
 #include "clusterfusion/kernels/mla/launch.hpp"
 #include "clusterfusion/kernels/moe/launch.hpp"
-#endif
 
 namespace cf::fused {
 inline namespace CF_BUILD_NAMESPACE {
@@ -21,19 +19,15 @@ namespace da = kernels::decoder_attention;
 namespace kffn = kernels::ffn;
 namespace klm = kernels::lm_head;
 
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
 namespace kmla = kernels::mla;
 namespace kmoe = kernels::moe;
-#endif
 
 // One layer's plans: its attention kind's and its FFN kind's.
 struct LayerPlans {
   std::optional<da::Plan> attention;
   std::optional<kffn::Plan> ffn;
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
   std::optional<kmla::Plan> mla;
   std::optional<kmoe::Plan> moe;
-#endif
 };
 
 struct FusedDecoder::Plans {
@@ -88,7 +82,6 @@ kffn::Plan ffn_plan(const ModelConfig& c, dev::DType dtype, const LayerPointers&
   return kffn::Plan(f);
 }
 
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
 kmla::Plan mla_plan(const ModelConfig& c, dev::DType dtype, const ModelPointers& w, const MlaPointers& m,
                     const KvCacheShape& kv, int max_batch, const Tuning& tuning) {
   CF_CHECK_INPUT(w.cos_sin != nullptr && w.max_positions > 0, "fused decoder: MLA layers need the RoPE table");
@@ -137,17 +130,37 @@ kmoe::Plan moe_plan(const ModelConfig& c, dev::DType dtype, const MoePointers& m
   p.sm_count = tuning.sm_count;
   return kmoe::Plan(p);
 }
-#endif
+
+// The step arguments of an attention block (decoder attention or MLA: the same fields) reading hidden[in].
+template <typename Args>
+Args attention_step(int batch, const StepBuffers& b, int in, const void* residual) {
+  Args a;
+  a.batch = batch;
+  a.hidden = b.hidden[in];
+  a.residual = residual;
+  a.residual_out = b.residual;
+  a.out = b.hidden[1 - in];
+  a.positions = b.positions;
+  a.kv_indptr = b.kv_indptr;
+  a.kv_indices = b.kv_indices;
+  a.kv_last_page_len = b.kv_last_page_len;
+  a.n_indices = b.n_indices;
+  return a;
+}
+
+// The step arguments of an FFN block (dense or MoE) reading hidden[in].
+template <typename Args>
+Args ffn_step(int batch, const StepBuffers& b, int in) {
+  Args f;
+  f.batch = batch;
+  f.hidden = b.hidden[in];
+  f.residual = b.residual;
+  f.residual_out = b.residual;
+  f.out = b.hidden[1 - in];
+  return f;
+}
 
 }  // namespace
-
-bool FusedDecoder::runs_deepseek() {
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
-  return true;
-#else
-  return false;
-#endif
-}
 
 FusedDecoder::FusedDecoder(const ModelConfig& c, dev::DType dtype, const ModelPointers& w, const KvCacheShape& kv,
                            int max_batch, const Tuning& tuning)
@@ -159,14 +172,11 @@ FusedDecoder::FusedDecoder(const ModelConfig& c, dev::DType dtype, const ModelPo
   const int64_t kv_width = c.is_mla() ? c.cache_values_per_token() : c.head_dim;
   CF_CHECK_INPUT(kv.n_kv_heads == kv_heads && kv.head_dim == kv_width,
                  "fused decoder: the KV cache shape does not match the model");
-  CF_CHECK_INPUT(runs_deepseek() || (!c.is_mla() && c.moe.n_experts == 0),
-                 "fused decoder: this build has no MLA / MoE kernels (" + c.arch + " models need them)");
   plans_->layers.resize(size_t(c.n_layers));
   for (int layer = 0; layer < c.n_layers; ++layer) {
     const LayerPointers& lw = w.layers[size_t(layer)];
     LayerPlans& plans = plans_->layers[size_t(layer)];
     const LayerSpec spec = c.layer_spec(layer);
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
     if (spec.attention == AttentionKind::Mla)
       plans.mla.emplace(mla_plan(c, dtype, w, lw.mla, kv, max_batch, tuning));
     else
@@ -175,11 +185,6 @@ FusedDecoder::FusedDecoder(const ModelConfig& c, dev::DType dtype, const ModelPo
       plans.moe.emplace(moe_plan(c, dtype, lw.moe, max_batch, tuning));
     else
       plans.ffn.emplace(ffn_plan(c, dtype, lw, max_batch, tuning));
-#else
-    (void)spec;
-    plans.attention.emplace(attention_plan(c, dtype, w, lw, kv, max_batch, tuning));
-    plans.ffn.emplace(ffn_plan(c, dtype, lw, max_batch, tuning));
-#endif
   }
   klm::PlanConfig h;
   h.dtype = dtype;
@@ -206,58 +211,11 @@ void FusedDecoder::run(int batch, const StepBuffers& b, void* stream, uint64_t e
   for (size_t layer = 0; layer < plans_->layers.size(); ++layer) {
     LayerPlans& plans = plans_->layers[layer];
     const void* residual = layer == 0 ? nullptr : b.residual;
-    if (plans.attention) {
-      da::StepArgs a;
-      a.batch = batch;
-      a.hidden = b.hidden[in];
-      a.residual = residual;
-      a.residual_out = b.residual;
-      a.out = b.hidden[1 - in];
-      a.positions = b.positions;
-      a.kv_indptr = b.kv_indptr;
-      a.kv_indices = b.kv_indices;
-      a.kv_last_page_len = b.kv_last_page_len;
-      a.n_indices = b.n_indices;
-      plans.attention->run(a, stream, emu_seed);
-    }
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
-    if (plans.mla) {
-      kmla::StepArgs a;
-      a.batch = batch;
-      a.hidden = b.hidden[in];
-      a.residual = residual;
-      a.residual_out = b.residual;
-      a.out = b.hidden[1 - in];
-      a.positions = b.positions;
-      a.kv_indptr = b.kv_indptr;
-      a.kv_indices = b.kv_indices;
-      a.kv_last_page_len = b.kv_last_page_len;
-      a.n_indices = b.n_indices;
-      plans.mla->run(a, stream, emu_seed);
-    }
-#endif
+    if (plans.attention) plans.attention->run(attention_step<da::StepArgs>(batch, b, in, residual), stream, emu_seed);
+    if (plans.mla) plans.mla->run(attention_step<kmla::StepArgs>(batch, b, in, residual), stream, emu_seed);
     in = 1 - in;
-
-    if (plans.ffn) {
-      kffn::StepArgs f;
-      f.batch = batch;
-      f.hidden = b.hidden[in];
-      f.residual = b.residual;
-      f.residual_out = b.residual;
-      f.out = b.hidden[1 - in];
-      plans.ffn->run(f, stream, emu_seed);
-    }
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
-    if (plans.moe) {
-      kmoe::StepArgs f;
-      f.batch = batch;
-      f.hidden = b.hidden[in];
-      f.residual = b.residual;
-      f.residual_out = b.residual;
-      f.out = b.hidden[1 - in];
-      plans.moe->run(f, stream, emu_seed);
-    }
-#endif
+    if (plans.ffn) plans.ffn->run(ffn_step<kffn::StepArgs>(batch, b, in), stream, emu_seed);
+    if (plans.moe) plans.moe->run(ffn_step<kmoe::StepArgs>(batch, b, in), stream, emu_seed);
     in = 1 - in;
   }
   klm::StepArgs h;
@@ -273,21 +231,21 @@ void FusedDecoder::check_status(void* stream) {
   for (LayerPlans& p : plans_->layers) {
     if (p.attention) p.attention->check_status(stream);
     if (p.ffn) p.ffn->check_status(stream);
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
     if (p.mla) p.mla->check_status(stream);
     if (p.moe) p.moe->check_status(stream);
-#endif
   }
   plans_->lm_head->check_status(stream);
 }
 
 std::string FusedDecoder::describe() const {
   std::string s;
-  const LayerPlans* attention = nullptr;
-  const LayerPlans* ffn = nullptr;
+  // The first layer of each kind stands for all of its kind (same shapes, same plans).
+  const LayerPlans *attention = nullptr, *ffn = nullptr, *mla = nullptr, *moe = nullptr;
   for (const LayerPlans& p : plans_->layers) {
     if (!attention && p.attention) attention = &p;
     if (!ffn && p.ffn) ffn = &p;
+    if (!mla && p.mla) mla = &p;
+    if (!moe && p.moe) moe = &p;
   }
   if (attention) {
     const da::LaunchInfo& a = attention->attention->info();
@@ -296,16 +254,8 @@ std::string FusedDecoder::describe() const {
          std::to_string(a.waves) + (a.waves == 1 ? " wave), " : " waves), ") + std::to_string(a.stages) +
          " stages; ";
   }
-#if defined(CF_HAVE_DEEPSEEK_KERNELS)
-  const LayerPlans* mla = nullptr;
-  const LayerPlans* moe = nullptr;
-  for (const LayerPlans& p : plans_->layers) {
-    if (!mla && p.mla) mla = &p;
-    if (!moe && p.moe) moe = &p;
-  }
   if (mla) s += "mla " + mla->mla->info().describe() + "; ";
   if (moe) s += "moe " + moe->moe->info().describe() + "; ";
-#endif
   if (ffn) {
     const kffn::LaunchInfo& f = ffn->ffn->info();
     s += "ffn " + std::to_string(f.clusters) + "x" + std::to_string(f.cluster_size) + " CTAs (max active " +

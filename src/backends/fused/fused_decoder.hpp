@@ -121,9 +121,6 @@ class FusedDecoder {
 
   int max_batch() const { return max_batch_; }
 
-  // Whether this build has the MLA and MoE kernels (DeepSeek-V2 models).
-  static bool runs_deepseek();
-
   // Enqueues the whole step (2 n_layers + 1 plan runs; an MLA block is three launches) on `stream`; no synchronisation, CUDA-graph capturable.
   // emu_seed: the emulator's schedule seed (0: $CF_EMU_SEED or 1); ignored on the GPU.
   void run(int batch, const StepBuffers& buffers, void* stream = nullptr, uint64_t emu_seed = 0);
