@@ -296,8 +296,10 @@ void mla_layer_reference(const MlaLayerArgs& a, const HostPageTable& table) {
   const int32_t* indptr = cptr<int32_t>(a.kv_indptr);
   const int32_t* indices = cptr<int32_t>(a.kv_indices);
   const ref::AttentionShape mqa{H, 1, row};
-  std::vector<float> x(size_t(Hd)), q(size_t(H) * qh), q_a(size_t(a.q_lora_rank)), latent(size_t(row));
-  std::vector<float> q_latent(size_t(H) * row), attn(size_t(H) * row), o(size_t(H) * v);
+  std::vector<float> x(static_cast<size_t>(Hd)), q(static_cast<size_t>(H) * qh),
+      q_a(static_cast<size_t>(a.q_lora_rank)), latent(static_cast<size_t>(row));
+  std::vector<float> q_latent(static_cast<size_t>(H) * row), attn(static_cast<size_t>(H) * row),
+      o(static_cast<size_t>(H) * v);
   for (int b = 0; b < a.batch; ++b) {
     const T* hb = cptr<T>(a.hidden) + int64_t(b) * Hd;
     T* rb = mptr<T>(a.residual_output) + int64_t(b) * Hd;

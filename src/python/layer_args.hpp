@@ -82,6 +82,30 @@ inline void set_pool_shape(DecoderLayerArgs& a, const std::vector<int64_t>& s, c
                            " KV positions, more than the 2^31 - 1 supported").c_str());
 }
 
+// The activations of every layer: hidden_states [batch, hidden] (float16, bfloat16 or float32; batch 1..16),
+// output and residual_output of its shape and dtype, residual (optional) likewise. Sets dtype, batch, hidden_size.
+template <typename Args>
+void parse_activations(Args& a) {
+  a.hidden.expect_ndim(2);
+  a.hidden.expect_elem({Elem::F16, Elem::BF16, Elem::F32});
+  a.dtype = a.hidden.elem;
+  a.batch = checked_int(a.hidden.dim(0), "batch");
+  a.hidden_size = checked_int(a.hidden.dim(1), "hidden");
+  if (a.batch < 1 || a.batch > kMaxLayerBatch)
+    a.hidden.fail_value("batch " + std::to_string(a.batch) + " outside [1, " + std::to_string(kMaxLayerBatch) +
+                        "] (hidden_states is [batch, hidden])");
+  if (a.hidden_size < 1) a.hidden.fail_value("hidden is 0");
+  const std::vector<int64_t> act = {a.batch, a.hidden_size};
+  for (Array* x : {&a.output, &a.residual_output}) {
+    x->expect_shape(act, "(the shape of hidden_states)");
+    expect_same_elem(*x, a.hidden);
+  }
+  if (a.residual) {
+    a.residual->expect_shape(act, "(the shape of hidden_states)");
+    expect_same_elem(*a.residual, a.hidden);
+  }
+}
+
 inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
                                             nb::handle residual, nb::handle qkv_weight, nb::handle o_weight,
                                             nb::handle paged_kv_indptr, nb::handle paged_kv_indices,
@@ -124,24 +148,7 @@ inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residu
                      a.cuda);
 
   // Activations.
-  a.hidden.expect_ndim(2);
-  a.hidden.expect_elem({Elem::F16, Elem::BF16, Elem::F32});
-  a.dtype = a.hidden.elem;
-  a.batch = checked_int(a.hidden.dim(0), "batch");
-  a.hidden_size = checked_int(a.hidden.dim(1), "hidden");
-  if (a.batch < 1 || a.batch > kMaxLayerBatch)
-    a.hidden.fail_value("batch " + std::to_string(a.batch) + " outside [1, " + std::to_string(kMaxLayerBatch) +
-                        "] (hidden_states is [batch, hidden])");
-  if (a.hidden_size < 1) a.hidden.fail_value("hidden is 0");
-  const std::vector<int64_t> act = {a.batch, a.hidden_size};
-  for (Array* x : {&a.output, &a.residual_output}) {
-    x->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*x, a.hidden);
-  }
-  if (a.residual) {
-    a.residual->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*a.residual, a.hidden);
-  }
+  parse_activations(a);
 
   // KV pool: its shape gives n_kv_heads and head_dim.
   if (a.k_cache.ndim() == 1 && a.k_cache.elem == Elem::U64) {
@@ -261,24 +268,7 @@ inline FfnLayerArgs parse_ffn_layer(nb::handle output, nb::handle residual_outpu
   expect_same_device({&a.hidden, &a.output, &a.residual_output, a.residual ? &*a.residual : nullptr,
                       &a.gate_up_weight, &a.down_weight, &a.rms_weight},
                      a.cuda);
-  a.hidden.expect_ndim(2);
-  a.hidden.expect_elem({Elem::F16, Elem::BF16, Elem::F32});
-  a.dtype = a.hidden.elem;
-  a.batch = checked_int(a.hidden.dim(0), "batch");
-  a.hidden_size = checked_int(a.hidden.dim(1), "hidden");
-  if (a.batch < 1 || a.batch > kMaxLayerBatch)
-    a.hidden.fail_value("batch " + std::to_string(a.batch) + " outside [1, " + std::to_string(kMaxLayerBatch) +
-                        "] (hidden_states is [batch, hidden])");
-  if (a.hidden_size < 1) a.hidden.fail_value("hidden is 0");
-  const std::vector<int64_t> act = {a.batch, a.hidden_size};
-  for (Array* x : {&a.output, &a.residual_output}) {
-    x->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*x, a.hidden);
-  }
-  if (a.residual) {
-    a.residual->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*a.residual, a.hidden);
-  }
+  parse_activations(a);
 
   a.gate_up_weight.expect_ndim(2);
   expect_same_elem(a.gate_up_weight, a.hidden);

@@ -135,24 +135,7 @@ inline MlaLayerArgs parse_mla_layer(nb::handle output, nb::handle residual_outpu
                      a.cuda);
 
   // Activations.
-  a.hidden.expect_ndim(2);
-  a.hidden.expect_elem({Elem::F16, Elem::BF16, Elem::F32});
-  a.dtype = a.hidden.elem;
-  a.batch = checked_int(a.hidden.dim(0), "batch");
-  a.hidden_size = checked_int(a.hidden.dim(1), "hidden");
-  if (a.batch < 1 || a.batch > kMaxLayerBatch)
-    a.hidden.fail_value("batch " + std::to_string(a.batch) + " outside [1, " + std::to_string(kMaxLayerBatch) +
-                        "] (hidden_states is [batch, hidden])");
-  if (a.hidden_size < 1) a.hidden.fail_value("hidden is 0");
-  const std::vector<int64_t> act = {a.batch, a.hidden_size};
-  for (Array* x : {&a.output, &a.residual_output}) {
-    x->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*x, a.hidden);
-  }
-  if (a.residual) {
-    a.residual->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*a.residual, a.hidden);
-  }
+  parse_activations(a);
 
   // Head shapes: uk_weight [H, nope, r], uv_weight [H, v, r], the latent row r + rope.
   a.uk_weight.expect_ndim(3);
