@@ -29,8 +29,9 @@ void validate_shape(const Shape& s) {
   if (s.n_heads < 1 || s.n_heads > 256) fail("n_heads " + str(s.n_heads) + " outside [1, 256]");
   if (s.q_lora_rank < 0 || s.q_lora_rank % 32 != 0)
     fail("q_lora_rank " + str(s.q_lora_rank) + " must be 0 (no q_lora) or a positive multiple of 32");
-  if (s.kv_lora_rank < 8 || s.kv_lora_rank % 8 != 0)
-    fail("kv_lora_rank " + str(s.kv_lora_rank) + " must be a positive multiple of 8");
+  if (s.kv_lora_rank < 8 || s.kv_lora_rank % 8 != 0 || s.kv_lora_rank > kMaxLatent)
+    fail("kv_lora_rank " + str(s.kv_lora_rank) + " must be a multiple of 8 in [8, " + str(kMaxLatent) +
+         "] (the attention keeps [16 heads x r] in registers)");
   if (s.qk_rope < 2 || s.qk_rope % 8 != 0) fail("qk_rope " + str(s.qk_rope) + " must be a positive multiple of 8");
   if (s.qk_nope < 1 || s.qk_nope > 1024) fail("qk_nope " + str(s.qk_nope) + " outside [1, 1024]");
   if (s.v_head < 1) fail("v_head " + str(s.v_head) + " must be positive");
@@ -54,6 +55,9 @@ void validate_config(const PlanConfig& c) {
     fail("cluster_size " + str(c.cluster_size) + " is not supported (0 or 1: the kernels run CTAs without clusters)");
   if (c.max_clusters < 0) fail("max_clusters must be >= 0");
   if (c.sm_count < 0) fail("sm_count must be >= 0");
+  if (c.max_stages != 0 && (c.max_stages < pl::kMinStages || c.max_stages > pl::kMaxStages))
+    fail("max_stages " + str(c.max_stages) + " outside [" + str(pl::kMinStages) + ", " + str(pl::kMaxStages) +
+         "] (0: as many as fit)");
   if (c.wait_budget_us < 0) fail("wait_budget_us must be >= 0 (0 = no limit)");
   const bool lora = c.shape.q_lora_rank > 0;
   if (!w.norm || !w.w_kv_a || !w.kv_a_norm || !w.w_uk || !w.w_uv || !w.w_o)
@@ -96,12 +100,16 @@ struct PlanState {
   LaunchInfo info;
   RowsFn rows_fn[2] = {nullptr, nullptr};  // batch tiles 1, 2
   AttentionFn attention_fn = nullptr;
+  UvFn uv_fn[2] = {nullptr, nullptr};
+  UvParams uv{};
+  int uv_ctas = 0;
+  size_t uv_smem = 0;
   RowsLaunch project, q_b, output;  // q_b: q_lora only
   AttentionParams attention{};
   size_t attention_smem = 0;
   int attention_budget = 0;  // CTAs of the attention launch at most
   PlanStatus status{"mla", kStatusWords, kStatusTimeout, kStatusDrainTimeout};
-  dev::DeviceBuffer<float> proj, q, part_ml, part_acc;
+  dev::DeviceBuffer<float> proj, q, part_ml, part_acc, o_lat;
   dev::DeviceBuffer<uint16_t> q_lat, o;
   dev::DeviceBuffer<uint32_t> rows_counters, attention_counters, token_bad;
 
@@ -120,7 +128,7 @@ int stages_for(size_t fixed_bytes, const char* what, const PlanConfig& c) {
     throw InputError("mla: shared memory: " + str(int64_t(fixed_bytes)) + " bytes of buffers of the " + what +
                      " (max_batch " + str(c.max_batch) + ") leave room for " + str(fit) + " ring stages; at least " +
                      str(pl::kMinStages) + " are needed (lower max_batch)");
-  return std::min(fit, pl::kMaxStages);
+  return std::min(fit, c.max_stages > 0 ? c.max_stages : pl::kMaxStages);
 }
 
 int cta_cap(const PlanConfig& c) {
@@ -192,6 +200,7 @@ void allocate_workspace(PlanState& im) {
   if (s.q_lora_rank > 0) im.q = dev::DeviceBuffer<float>(B * size_t(s.q_rows()), "mla q");
   im.q_lat = dev::DeviceBuffer<uint16_t>(B * H * size_t(s.latent_row()), "mla absorbed queries");
   im.o = dev::DeviceBuffer<uint16_t>(B * size_t(s.o_dim()), "mla head outputs");
+  im.o_lat = dev::DeviceBuffer<float>(B * H * size_t(s.kv_lora_rank), "mla latent outputs");
   im.part_ml = dev::DeviceBuffer<float>(records * 2, "mla softmax states");
   im.part_acc = dev::DeviceBuffer<float>(records * size_t(s.kv_lora_rank), "mla softmax states");
   dev::declare_scratch(im.part_ml.data(), im.part_ml.bytes());  // each launch writes the states it merges
@@ -199,7 +208,8 @@ void allocate_workspace(PlanState& im) {
   im.rows_counters = dev::DeviceBuffer<uint32_t>(H + 1, "mla counters");
   im.attention_counters = dev::DeviceBuffer<uint32_t>(B * size_t(head_tiles), "mla counters");
   im.token_bad = dev::DeviceBuffer<uint32_t>(B, "mla token flags");
-  im.info.workspace_bytes = im.proj.bytes() + im.q.bytes() + im.q_lat.bytes() + im.o.bytes() + im.part_ml.bytes() +
+  im.info.workspace_bytes = im.proj.bytes() + im.q.bytes() + im.q_lat.bytes() + im.o.bytes() + im.o_lat.bytes() +
+                            im.part_ml.bytes() +
                             im.part_acc.bytes() + im.rows_counters.bytes() + im.attention_counters.bytes() +
                             im.token_bad.bytes();
 }
@@ -207,7 +217,7 @@ void allocate_workspace(PlanState& im) {
 void make_attention(PlanState& im) {
   const Shape& s = im.config.shape;
   AttentionParams& p = im.attention;
-  const AttentionLayout layout = make_attention_layout(s.latent_row(), s.kv_lora_rank);
+  const AttentionLayout layout = make_attention_layout(s.latent_row());
   p.stages = stages_for(layout.fixed_bytes, "attention", im.config);
   p.layout = layout;
   im.attention_smem = size_t(layout.fixed_bytes) + size_t(p.stages) * pl::kStageBytes;
@@ -215,7 +225,6 @@ void make_attention(PlanState& im) {
   p.head_tiles = pl::ceil_div(s.n_heads, kHeadTile);
   p.r = s.kv_lora_rank;
   p.row_elems = s.latent_row();
-  p.v_head = s.v_head;
   p.row_bytes = uint32_t(s.latent_row()) * 2u;
   p.item_rows = std::min(kMaxItemRows, int(pl::kStageBytes / p.row_bytes));
   p.scale = s.softmax_scale > 0.0f ? s.softmax_scale : float(1.0 / std::sqrt(double(s.q_head())));
@@ -226,11 +235,23 @@ void make_attention(PlanState& im) {
   p.part_ml = im.part_ml.data();
   p.part_acc = im.part_acc.data();
   p.counters = im.attention_counters.data();
-  p.w_uv = im.config.weights.w_uv;
-  p.o = im.o.data();
+  p.o_lat = im.o_lat.data();
   p.hidden = s.hidden;
   p.status = im.status.data();
   p.wait_budget_ns = uint64_t(im.config.wait_budget_us) * 1000u;
+}
+
+void make_uv(PlanState& im) {
+  const Shape& s = im.config.shape;
+  UvParams& p = im.uv;
+  p.n_heads = s.n_heads;
+  p.v_head = s.v_head;
+  p.r = s.kv_lora_rank;
+  p.o_lat = im.o_lat.data();
+  p.w_uv = im.config.weights.w_uv;
+  p.o = im.o.data();
+  im.uv_ctas = std::min(cta_cap(im.config), s.n_heads * pl::ceil_div(s.v_head, pl::kTileRows));
+  im.uv_smem = size_t(im.config.max_batch) * size_t(s.kv_lora_rank) * 4;
 }
 
 // Splits of the attention for a batch: as many CTAs as the budget allows, at least one per (token, head tile).
@@ -239,21 +260,22 @@ int attention_splits(const PlanState& im, int batch) {
 }
 
 template <typename Fn, typename P>
-void launch_one(const char* name, Fn fn, const P& p, int grid, size_t smem, void* stream, uint64_t seed) {
-  dev::launch(launch_config(name, grid, 1, pl::kThreads, smem, stream, seed), fn, p);
+void launch_one(const char* name, Fn fn, const P& p, int grid, size_t smem, void* stream, uint64_t seed,
+                int threads = pl::kThreads) {
+  dev::launch(launch_config(name, grid, 1, threads, smem, stream, seed), fn, p);
 }
 template <typename Fn>
-void prepare_one(const char* name, Fn fn, int grid, size_t smem) {
+void prepare_one(const char* name, Fn fn, int grid, size_t smem, int threads = pl::kThreads) {
   const Fn fns[1] = {fn};
-  prepare_kernels(fns, launch_config(name, grid, 1, pl::kThreads, smem, nullptr, 0));
+  prepare_kernels(fns, launch_config(name, grid, 1, threads, smem, nullptr, 0));
 }
 
 }  // namespace
 
 std::string LaunchInfo::describe() const {
   return "mla: clusters of " + str(cluster_size) + ", projection " + str(projection_clusters) + " CTAs, attention " +
-         str(attention_ctas) + " CTAs (split-KV, batch at max), output " + str(output_clusters) +
-         " CTAs, workspace " + str(int64_t(workspace_bytes)) + " bytes";
+         str(attention_ctas) + " CTAs (split-KV, batch at max), W_UV " + str(uv_ctas) + " CTAs, output " +
+         str(output_clusters) + " CTAs, workspace " + str(int64_t(workspace_bytes)) + " bytes";
 }
 
 Plan::Plan(const PlanConfig& config) {
@@ -266,6 +288,8 @@ Plan::Plan(const PlanConfig& config) {
   im.rows_fn[0] = select_rows_kernel(types, 1);
   im.rows_fn[1] = select_rows_kernel(types, 2);
   im.attention_fn = select_attention_kernel(types);
+  im.uv_fn[0] = select_uv_kernel(types, 1);
+  im.uv_fn[1] = select_uv_kernel(types, 2);
   allocate_workspace(im);
 
   const bool lora = s.q_lora_rank > 0;
@@ -294,17 +318,20 @@ Plan::Plan(const PlanConfig& config) {
   set_rows_common(im, im.output.base);
   im.output.base.src_ta = im.o.data();
   make_attention(im);
+  make_uv(im);
 
   for (const RowsLaunch* l : {&im.project, &im.q_b, &im.output})
     if (l->ctas > 0)
       for (RowsFn fn : im.rows_fn) prepare_one("mla rows", fn, l->ctas, l->smem_bytes);
   prepare_one("mla attention", im.attention_fn, im.attention_budget, im.attention_smem);
+  for (UvFn fn : im.uv_fn) prepare_one("mla W_UV", fn, im.uv_ctas, im.uv_smem, kUvThreads);
 
   LaunchInfo& li = im.info;
   li.cluster_size = 1;
   li.projection_clusters = im.project.ctas;
   li.attention_ctas = attention_splits(im, config.max_batch) * config.max_batch * im.attention.head_tiles;
   li.output_clusters = im.output.ctas;
+  li.uv_ctas = im.uv_ctas;
 }
 
 Plan::~Plan() = default;
@@ -346,6 +373,11 @@ void Plan::run(const StepArgs& step, void* stream, uint64_t emu_seed) {
   a.residual_out = step.residual_out;
   launch_one("mla attention", im.attention_fn, a, a.splits * a.head_tiles * step.batch, im.attention_smem, stream,
              emu_seed);
+
+  UvParams uv = im.uv;
+  uv.batch = step.batch;
+  launch_one("mla W_UV", im.uv_fn[step.batch <= pl::kMmaN ? 0 : 1], uv, im.uv_ctas, im.uv_smem, stream, emu_seed,
+             kUvThreads);
 
   rows_launch(im.output, "mla output");
 }

@@ -22,7 +22,7 @@ std::vector<Case> all_cases() {
     c.name = "QLoraBf16Batch3Page1";
     c.dtype = DType::BF16;
     c.hidden = 128, c.n_heads = 4, c.q_lora = 64, c.r = 64, c.nope = 32, c.v = 32;
-    c.batch = 3, c.page_size = 1, c.kv_lens = {0, 7, 20}, c.seed = 2;
+    c.batch = 3, c.page_size = 1, c.kv_lens = {0, 7, 20}, c.max_clusters = 9, c.seed = 2;  // 3 splits a token
     cases.push_back(c);
   }
   {
@@ -34,11 +34,25 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
+    Case c;  // in place: residual_out over hidden, out over residual; batch 2 over 3 splits each
+    c.name = "InPlaceBatch2";
+    c.batch = 2, c.page_size = 4, c.kv_lens = {13, 6}, c.in_place = true, c.max_clusters = 6, c.seed = 7;
+    cases.push_back(c);
+  }
+  {
     Case c;  // 20 heads: two head tiles (16 + 4), q_lora, bf16, long rows over 8 splits
     c.name = "Heads20TwoTilesBf16";
     c.dtype = DType::BF16;
     c.hidden = 64, c.n_heads = 20, c.q_lora = 32, c.r = 32, c.nope = 16, c.v = 16;
     c.batch = 1, c.page_size = 5, c.kv_lens = {70}, c.max_clusters = 16, c.seed = 4;
+    cases.push_back(c);
+  }
+  {
+    Case c;  // one CTA per launch and 4 ring stages: the weight ring (16 Wo items) and the cache ring (22 items of at
+             // most 7 rows, one page each) lap several times
+    c.name = "RingLapsOneCta";
+    c.hidden = 256, c.n_heads = 8, c.r = 64, c.nope = 32, c.v = 64;
+    c.page_size = 7, c.kv_lens = {150}, c.max_clusters = 1, c.max_stages = 4, c.seed = 6;
     cases.push_back(c);
   }
   {
@@ -72,10 +86,10 @@ TEST(MlaEmuDeterminism, BitIdenticalAcrossSchedules) {
 
 // A bad position / page id / kv_indptr of one token: check_status names it, that token's row is NaN and nothing of it
 // is appended; the other tokens are right.
-void expect_bad_token(BadToken bad, const std::string& name, const std::string& fragment) {
+void expect_bad_token(BadToken bad, int token, const std::string& name, const std::string& fragment) {
   Case c;
   c.name = name;
-  c.batch = 3, c.bad = bad, c.bad_token = 1, c.kv_lens = {4, 6, 8};
+  c.batch = 3, c.bad = bad, c.bad_token = token, c.kv_lens = {4, 6, 8};
   with_element_type(c.dtype, [&]<typename T>() {
     const HostInputs in = make_inputs<T>(c);
     const Oracle o = make_oracle<T>(c, in);
@@ -89,13 +103,16 @@ void expect_bad_token(BadToken bad, const std::string& name, const std::string& 
   });
 }
 TEST(MlaEmuBadInput, PositionPastTheTable) {
-  expect_bad_token(BadToken::Position, "BadPosition", "position is negative or past the cos/sin table");
+  expect_bad_token(BadToken::Position, 1, "BadPosition", "position is negative or past the cos/sin table");
 }
 TEST(MlaEmuBadInput, PageIdOutsideThePool) {
-  expect_bad_token(BadToken::PageId, "BadPageId", "kv_indices entry is outside");
+  expect_bad_token(BadToken::PageId, 0, "BadPageId", "kv_indices entry is outside");
 }
 TEST(MlaEmuBadInput, DecreasingIndptr) {
-  expect_bad_token(BadToken::IndptrOrder, "BadIndptr", "kv_indptr / kv_last_page_len is inconsistent");
+  expect_bad_token(BadToken::IndptrOrder, 2, "BadIndptr", "kv_indptr / kv_last_page_len is inconsistent");
+}
+TEST(MlaEmuBadInput, LastPageLenPastThePage) {
+  expect_bad_token(BadToken::LastPageLen, 1, "BadLastPageLen", "kv_indptr / kv_last_page_len is inconsistent");
 }
 
 // Host validation: one-line errors naming the field.
@@ -112,8 +129,8 @@ TEST(MlaEmuValidation, ConfigAndStepErrors) {
   };
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.hidden = 60; })); }, "hidden 60");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.qk_rope = 6; })); }, "qk_rope 6");
-  expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.kv_lora_rank = 8200; })); },
-                     "exceeds");
+  expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.kv_lora_rank = 1024; })); },
+                     "kv_lora_rank 1024");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.shape.q_lora_rank = 16; })); },
                      "q_lora_rank 16");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.max_batch = 17; })); }, "max_batch 17");
@@ -123,12 +140,40 @@ TEST(MlaEmuValidation, ConfigAndStepErrors) {
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.rope.cos_sin = nullptr; })); }, "cos_sin");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.dtype = DType::F32; })); }, "F16 or BF16");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.cluster_size = 4; })); }, "cluster_size 4");
+  expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.max_stages = 2; })); }, "max_stages 2");
+  // DeepSeek-V2's output width (128 heads x 128) at batch 16: the input rows leave no room for the ring
+  auto v2_output = [](auto& g) { g.shape.n_heads = 128, g.shape.v_head = 128, g.max_batch = 16; };
+  expect_input_error([&] { kmla::Plan big(with(v2_output)); }, "lower max_batch");
   kmla::Plan plan(good);
   kmla::StepArgs step = step_args(c, in, d);
   expect_input_error([&] { kmla::StepArgs s = step; s.batch = 2; plan.run(s); }, "batch 2");
   expect_input_error([&] { kmla::StepArgs s = step; s.positions = nullptr; plan.run(s); }, "positions");
   expect_input_error([&] { kmla::StepArgs s = step; s.out = s.residual_out; plan.run(s); }, "alias");
   EXPECT_NE(plan.info().describe().find("attention"), std::string::npos);
+}
+
+// The plan's splits at DeepSeek-V2-Lite's shapes on 132 SMs (docs/mla.md §1.5): every launch one wave of CTAs.
+TEST(MlaEmuPlan, V2LiteSplits) {
+  dev::DeviceBuffer<uint16_t> dummy(8);  // the plan reads no weight; pointers must be set and aligned
+  dev::DeviceBuffer<float> table(64);
+  kmla::PlanConfig cfg;
+  cfg.shape.hidden = 2048, cfg.shape.n_heads = 16, cfg.shape.kv_lora_rank = 512, cfg.shape.qk_nope = 128;
+  cfg.shape.qk_rope = 64, cfg.shape.v_head = 128;
+  void* w = dummy.data();
+  cfg.weights = {w, w, nullptr, nullptr, nullptr, w, w, w, w, w};
+  cfg.cache = {w, 1, 16};
+  cfg.rope = {table.data(), 1};
+  for (int batch : {1, 16}) {
+    cfg.max_batch = batch;
+    const kmla::Plan plan(cfg);
+    const kmla::LaunchInfo& li = plan.info();
+    EXPECT_EQ(li.cluster_size, 1);
+    EXPECT_EQ(li.projection_clusters, 132);  // 228 tiles of [Wq; Wkv_a]
+    EXPECT_EQ(li.attention_ctas, batch == 1 ? 132 : 128) << "batch " << batch;
+    EXPECT_EQ(li.uv_ctas, 128);              // 16 heads x 8 row tiles
+    EXPECT_EQ(li.output_clusters, 128);      // 128 tiles of Wo
+    std::printf("batch %d: %s\n", batch, li.describe().c_str());
+  }
 }
 
 }  // namespace

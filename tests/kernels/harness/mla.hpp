@@ -20,7 +20,7 @@ namespace cf::test::mla {
 namespace kmla = cf::kernels::mla;
 
 // What goes wrong in a bad-token case (that token only).
-enum class BadToken { None, Position, PageId, IndptrOrder };
+enum class BadToken { None, Position, PageId, IndptrOrder, LastPageLen };
 
 struct Case : CaseBase {
   int hidden = 64, n_heads = 2, q_lora = 0, r = 32, rope = 16, nope = 16, v = 16;
@@ -28,7 +28,9 @@ struct Case : CaseBase {
   std::vector<int> kv_lens;  // cached rows per token before this step (the new one is appended); empty: 5 each
   int max_clusters = 4;      // CTA budget per launch (0: one per SM, 132 assumed by the emulator)
   int max_batch = 0;         // 0: batch
+  int max_stages = 0;        // 0: as many as fit
   bool residual = true;
+  bool in_place = false;     // residual_out written over hidden, out over residual (the backends' in-place step)
   float yarn_factor = 1.0f;  // > 1: YaRN frequencies
   BadToken bad = BadToken::None;
   int bad_token = 0;
@@ -89,7 +91,7 @@ HostInputs make_inputs(const Case& c) {
   in.kv_indptr.push_back(0);
   int max_len = 0;
   for (int b = 0; b < c.batch; ++b) {
-    const int len = c.old_len(b) + 1;
+    const int len = c.old_len(b) + 1;  // after the append
     max_len = std::max(max_len, len);
     in.kv_indptr.push_back(in.kv_indptr.back() + (len + P - 1) / P);
     in.kv_last_page_len.push_back((len - 1) % P + 1);
@@ -173,6 +175,8 @@ void reference_token(const Case& c, const HostInputs& in, int b, bool naive, flo
     ref::mla_project(x.data(), w, ms, pos, q.data(), latent.data());
   }
   std::copy(latent.begin(), latent.end(), row_out);
+  if (naive)  // stored as T
+    for (size_t i = 0; i < row; ++i) row_out[i] = round_through<T>(row_out[i]);
   // the cache the attention reads: the old rows and the new one (as stored: T)
   const int len = c.old_len(b) + 1;
   std::vector<T> cache(size_t(len) * row);
@@ -196,6 +200,7 @@ void reference_token(const Case& c, const HostInputs& in, int b, bool naive, flo
       o[size_t(h) * size_t(c.v) + size_t(j)] = round_through<T>(acc);
     }
   ref::matvec(w.wo, o.data(), out, c.hidden, int(o.size()));
+  for (int i = 0; i < c.hidden; ++i) out[i] = round_through<T>(out[i]);
 }
 
 template <typename T>
@@ -205,7 +210,8 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
   o.out_ref.resize(B * D), o.out_naive.resize(B * D), o.row_ref.resize(B * row), o.row_naive.resize(B * row);
   o.residual_out.resize(B * D);
   for (size_t i = 0; i < B * D; ++i)
-    o.residual_out[i] = to_bits16<T>(from_bits16<T>(in.hidden[i]) + (c.residual ? from_bits16<T>(in.residual[i]) : 0.0f));
+    o.residual_out[i] =
+        to_bits16<T>(from_bits16<T>(in.hidden[i]) + (c.residual ? from_bits16<T>(in.residual[i]) : 0.0f));
   for_each_token(c.batch, int64_t(c.n_heads) * c.r * (c.nope + c.v + 64), [&](int b) {
     reference_token<T>(c, in, b, false, o.out_ref.data() + size_t(b) * D, o.row_ref.data() + size_t(b) * row);
     reference_token<T>(c, in, b, true, o.out_naive.data() + size_t(b) * D, o.row_naive.data() + size_t(b) * row);
@@ -232,11 +238,13 @@ inline DeviceInputs uploaded(const Case& c, const HostInputs& in) {
   const size_t k = size_t(c.bad_token);
   if (c.bad == BadToken::Position) positions[k] = in.max_positions;
   if (c.bad == BadToken::PageId) indices[size_t(indptr[k])] = in.n_pages + 7;
-  if (c.bad == BadToken::IndptrOrder) indptr[k + 1] = indptr[k] - 1;
+  if (c.bad == BadToken::IndptrOrder) indptr[k + 1] = indptr[k] - 1;  // the last token's: the others keep theirs
+  std::vector<int32_t> last_len = in.kv_last_page_len;
+  if (c.bad == BadToken::LastPageLen) last_len[k] = c.page_size + 1;
   upload(d.positions, positions);
   upload(d.kv_indptr, indptr);
   upload(d.kv_indices, indices);
-  upload(d.kv_last_page_len, in.kv_last_page_len);
+  upload(d.kv_last_page_len, last_len);
   upload(d.cos_sin, in.cos_sin);
   d.residual_out = dev::DeviceBuffer<uint16_t>(size_t(c.batch) * size_t(c.hidden));
   d.out = dev::DeviceBuffer<uint16_t>(size_t(c.batch) * size_t(c.hidden));
@@ -258,6 +266,7 @@ inline kmla::PlanConfig plan_config(const Case& c, const HostInputs& in, DeviceI
   cfg.rope = {d.cos_sin.data(), in.max_positions};
   cfg.max_batch = c.max_batch > 0 ? c.max_batch : c.batch;
   cfg.max_clusters = c.max_clusters;
+  cfg.max_stages = c.max_stages;
   if (c.wait_budget_us >= 0) cfg.wait_budget_us = c.wait_budget_us;
   return cfg;
 }
@@ -267,8 +276,8 @@ inline kmla::StepArgs step_args(const Case& c, const HostInputs& in, DeviceInput
   a.batch = c.batch;
   a.hidden = d.hidden.data();
   a.residual = c.residual ? d.residual.data() : nullptr;
-  a.residual_out = d.residual_out.data();
-  a.out = d.out.data();
+  a.residual_out = c.in_place ? d.hidden.data() : d.residual_out.data();
+  a.out = c.in_place ? d.residual.data() : d.out.data();
   a.positions = d.positions.data();
   a.kv_indptr = d.kv_indptr.data();
   a.kv_indices = d.kv_indices.data();
@@ -306,8 +315,8 @@ CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, c
     else if (b == 0 && rep.ok) rep.message = t.message;
     const size_t at = row_offset(c, in, b, c.old_len(b));
     const std::vector<uint16_t> got_row(r.pages.begin() + ptrdiff_t(at), r.pages.begin() + ptrdiff_t(at + row));
-    const CheckReport tr =
-        check_values<T>(tok + " appended row", got_row, slice(o.row_ref, b * row, row), slice(o.row_naive, b * row, row));
+    const CheckReport tr = check_values<T>(tok + " appended row", got_row, slice(o.row_ref, b * row, row),
+                                           slice(o.row_naive, b * row, row));
     if (!tr.ok) rep.fail(tr.message);
     std::copy(got_row.begin(), got_row.end(), pages_want.begin() + ptrdiff_t(at));
   }
@@ -325,19 +334,29 @@ struct Op {
   }
   struct Launch {
     const HostInputs& in;
+    const bool in_place;
     DeviceInputs d;
     kmla::Plan plan;
     kmla::StepArgs step;
     Launch(const Case& c, const HostInputs& inputs)
-        : in(inputs), d(uploaded(c, inputs)), plan(plan_config(c, inputs, d)), step(step_args(c, inputs, d)) {}
-    void poison() {  // outputs NaN, the pool back to its state before the step
+        : in(inputs), in_place(c.in_place), d(uploaded(c, inputs)), plan(plan_config(c, inputs, d)),
+          step(step_args(c, inputs, d)) {}
+    void poison() {  // outputs NaN (in place: the inputs again), the pool back to its state before the step
       d.out.fill_bytes(0xFF);
       d.residual_out.fill_bytes(0xFF);
+      if (in_place) {
+        d.hidden.upload(in.hidden);
+        d.residual.upload(in.residual);
+      }
       d.pages.upload(in.pages);
     }
     void run(void* stream, uint64_t emu_seed) { plan.run(step, stream, emu_seed); }
-    Result result() { return {d.out.download(), d.residual_out.download(), d.pages.download()}; }
+    Result result() {
+      if (in_place) return {d.residual.download(), d.hidden.download(), d.pages.download()};
+      return {d.out.download(), d.residual_out.download(), d.pages.download()};
+    }
     int ctas() const { return plan.info().attention_ctas; }
+    int ring_stages() const { return plan.config().max_stages; }  // set: the driver checks the last launch lapped
     std::string describe() const { return plan.info().describe(); }
   };
 };

@@ -74,10 +74,10 @@ struct RowsParams {
 };
 
 // The split-KV latent attention: CTA (token, head tile, split) streams its share of the token's cache rows, the last
-// arriver of (token, head tile) merges the splits in order and applies W_UV; every CTA writes a slice of residual_out.
+// arriver of (token, head tile) merges the splits in order into o_lat; every CTA writes a slice of residual_out.
 struct AttentionParams {
   int32_t batch, n_heads, head_tiles, splits;
-  int32_t r, row_elems, v_head;
+  int32_t r, row_elems;
   uint32_t row_bytes;
   int32_t item_rows;  // latent rows per ring item (at most kMaxItemRows)
   float scale;
@@ -93,8 +93,7 @@ struct AttentionParams {
   float* part_ml;   // [batch][H][splits][2]: each split's (max, sum)
   float* part_acc;  // [batch][H][splits][r]
   uint32_t* counters;  // [batch][head_tiles]
-  const void* w_uv;    // [H, v, r]
-  void* o;             // [batch][H * v] TA
+  float* o_lat;        // [batch][H][r]: the merged latent outputs
 
   const void* hidden_in;
   const void* residual;
@@ -105,6 +104,14 @@ struct AttentionParams {
   uint64_t wait_budget_ns;
   int32_t stages;
   AttentionLayout layout;
+};
+
+// W_UV: o[b][h] = W_UV[h] o_lat[b][h], CTAs over the (head, 16-row tile) items.
+struct UvParams {
+  int32_t batch, n_heads, v_head, r;
+  const float* o_lat;  // [batch][H][r]
+  const void* w_uv;    // [H, v, r]
+  void* o;             // [batch][H * v] TA
 };
 
 }  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::mla

@@ -14,6 +14,7 @@
 //   kv_indptr [batch + 1], kv_indices, kv_last_page_len [batch] describe each sequence AFTER this step's append
 //   (FlashInfer's convention, token b = sequence b); cos_sin [max_positions, rope] fp32: the cos of the rope/2
 //   adjacent pairs (2i, 2i + 1), then their sin, YaRN's magnitude included (ref::yarn_cos_sin).
+// Shape::softmax_scale 0 means q_head^-0.5 (give YaRN's mscale^2 factor explicitly: MlaShape::softmax_scale()).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -67,6 +68,7 @@ struct PlanConfig {
   int cluster_size = 0;  // 0: the launcher picks
   int max_clusters = 0;  // 0: as many as run at once; else at most this many (the emulator asks for few)
   int sm_count = 0;      // 0: the device's (the emulator assumes 132)
+  int max_stages = 0;    // 0: as many ring stages as fit (up to 16); else at most this many (>= 4; tests lap the ring)
   int64_t wait_budget_us = 20000;  // a wait inside a kernel gives up after this long (0: no limit)
 
   ElementTypes element_types() const { return ElementTypes::of(dtype, weight_dtype, kv_dtype); }

@@ -64,23 +64,32 @@ struct AttentionSmall {
   uint32_t pad[2];
 };
 
+// The latent columns (8 per MMA n-tile) the consumer warps hold in registers: r <= 512.
+inline constexpr int kMaxLatentTilesPerWarp = 8;
+inline constexpr int kMaxLatent = kMaxLatentTilesPerWarp * pl::kMmaN * pl::kConsumerWarps;
+inline constexpr int kUvWarps = pl::kConsumerWarps;  // the W_UV step's CTA: warps only, no ring
+inline constexpr int kUvThreads = kUvWarps * 32;
+inline constexpr uint32_t kProbPitch = kMaxItemRows * 2 + 16;  // bytes per head of an item's probabilities
+
 struct AttentionLayout {
   using Head = pl::SmemHead<Barriers>;
   pl::SmemSlot<AttentionSmall> small;
-  pl::SmemSlot<float> q;       // [kHeadTile][row_elems]: the tile's absorbed queries, fp32
-  pl::SmemSlot<float> acc;     // [kHeadTile][r]: unnormalised sum of c_kv rows, then o_lat
-  pl::SmemSlot<float> scores;  // [kHeadTile][kMaxItemRows]: an item's scores, then its probabilities
+  pl::SmemSlot<uint8_t> q;         // [kHeadTile][q_pitch]: the tile's absorbed queries (T), rows past the heads 0
+  pl::SmemSlot<float> partials;    // [warps][kHeadTile][kMaxItemRows]: each warp's k-slice of an item's scores
+  pl::SmemSlot<uint8_t> probs;     // [kHeadTile][kProbPitch]: an item's probabilities (T), rows past n zero
   pl::SmemSlot<uint8_t> ring;
+  uint32_t q_pitch;
   uint32_t fixed_bytes;
 };
 
-inline AttentionLayout make_attention_layout(int row_elems, int r) {
+inline AttentionLayout make_attention_layout(int row_elems) {
   AttentionLayout l{};
   pl::SmemCarve carve(sizeof(Barriers));
   l.small = carve.take<AttentionSmall>(1);
-  l.q = carve.take<float>(uint64_t(kHeadTile) * uint64_t(row_elems));
-  l.acc = carve.take<float>(uint64_t(kHeadTile) * uint64_t(r));
-  l.scores = carve.take<float>(uint64_t(kHeadTile) * kMaxItemRows);
+  l.q_pitch = pl::padded_row_stride(uint64_t(row_elems) * 2);
+  l.q = carve.take<uint8_t>(uint64_t(kHeadTile) * l.q_pitch);
+  l.partials = carve.take<float>(uint64_t(pl::kConsumerWarps) * kHeadTile * kMaxItemRows);
+  l.probs = carve.take<uint8_t>(uint64_t(kHeadTile) * kProbPitch);
   l.ring = carve.take<uint8_t>(0, 1024);
   l.fixed_bytes = l.ring.offset;
   return l;
