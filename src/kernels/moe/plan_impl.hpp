@@ -36,7 +36,8 @@ void validate_shape(const Shape& s) {
     fail("expert_ffn " + str(s.expert_ffn) + " must be a positive multiple of 16");
   if (s.shared_ffn < 0 || s.shared_ffn % 16 != 0)
     fail("shared_ffn " + str(s.shared_ffn) + " must be 0 (no shared experts) or a multiple of 16");
-  if (int64_t(s.n_experts) * 2 * s.expert_ffn >= (int64_t(1) << 31) || int64_t(s.n_experts) * s.hidden >= (int64_t(1) << 31))
+  const int64_t rows_limit = int64_t(1) << 31;  // TMA row coordinates are int32
+  if (int64_t(s.n_experts) * 2 * s.expert_ffn >= rows_limit || int64_t(s.n_experts) * s.hidden >= rows_limit)
     fail("n_experts x expert_ffn and n_experts x hidden must stay below 2^31 rows");
   if (!(s.routed_scaling > 0.0f) || !std::isfinite(s.routed_scaling))
     fail("routed_scaling must be a finite number > 0");
@@ -60,9 +61,12 @@ void validate_config(const PlanConfig& c) {
   if (c.max_batch < 1 || c.max_batch > kMaxBatch)
     fail("max_batch " + str(c.max_batch) + " outside [1, " + str(kMaxBatch) + "]");
   if (c.cluster_size != 0 && c.cluster_size != 1)
-    fail("cluster_size " + str(c.cluster_size) + " is not supported (0 = automatic or 1: the MoE kernels use no clusters)");
+    fail("cluster_size " + str(c.cluster_size) +
+         " is not supported (0 = automatic or 1: the MoE kernels use no clusters)");
   if (c.max_clusters < 0) fail("max_clusters must be >= 0");
   if (c.sm_count < 0) fail("sm_count must be >= 0");
+  if (c.max_stages != 0 && c.max_stages < pl::kMinStages)
+    fail("max_stages " + str(c.max_stages) + " must be 0 (as many as fit) or >= " + str(pl::kMinStages));
   if (c.wait_budget_us < 0) fail("wait_budget_us must be >= 0 (0 = no limit)");
   const Weights& w = c.weights;
   if (!w.norm || !w.router || !w.w_gate_up || !w.w_down)
@@ -98,8 +102,9 @@ std::string LaunchInfo::describe() const {
 
 namespace {
 // The ring depth of one launch's carve; a carve that leaves fewer than kMinStages is refused.
-int stages_of(const Layout& l, const char* kernel, int max_batch) {
-  const int stages = ring_stages(l);
+int stages_of(const Layout& l, const char* kernel, int max_batch, int max_stages) {
+  const int fit = ring_stages(l);
+  const int stages = max_stages > 0 ? std::min(fit, max_stages) : fit;
   if (stages < pl::kMinStages)
     throw InputError(std::string("moe: shared memory: the ") + kernel + " kernel's buffers (" + str(l.fixed_bytes) +
                      " bytes at max_batch " + str(max_batch) + ") leave room for " + str(stages) +
@@ -174,11 +179,13 @@ void Plan::Impl::fill_params(const Split& sp) {
   const PlanConfig& c = im.config;
   const Shape& s = c.shape;
   const DType wt = c.element_types().weight;
-  const uint64_t H = uint64_t(s.hidden), F = uint64_t(s.expert_ffn), S = uint64_t(s.shared_ffn), E = uint64_t(s.n_experts);
+  const uint64_t H = uint64_t(s.hidden), F = uint64_t(s.expert_ffn), S = uint64_t(s.shared_ffn);
+  const uint64_t E = uint64_t(s.n_experts);
   KernelParams& p = im.base;
   const pl::ChunkWidths gu = pl::chunk_widths(sp.gu_cols, s.hidden, s.hidden);
   p.gate_up = pl::make_box_maps(c.weights.w_gate_up, wt, H, E * 2 * F, gu);
-  p.down = pl::make_box_maps(c.weights.w_down, wt, F, E * H, pl::chunk_widths(sp.down_cols, s.expert_ffn, s.expert_ffn));
+  p.down = pl::make_box_maps(c.weights.w_down, wt, F, E * H,
+                             pl::chunk_widths(sp.down_cols, s.expert_ffn, s.expert_ffn));
   if (s.shared_ffn > 0) {
     p.shared_gate_up = pl::make_box_maps(c.weights.shared_gate_up, wt, H, 2 * S, gu);
     p.shared_down = pl::make_box_maps(c.weights.shared_down, wt, S, H,
@@ -234,9 +241,9 @@ Plan::Plan(const PlanConfig& config) {
   im.gate_up_layout = make_gate_up_layout(config.max_batch, s, sp);
   im.down_layout = make_down_layout(config.max_batch, s);
   LaunchInfo& li = im.info;
-  li.router_stages = stages_of(im.router_layout, "router", config.max_batch);
-  li.gate_up_stages = stages_of(im.gate_up_layout, "gate/up", config.max_batch);
-  li.down_stages = stages_of(im.down_layout, "down", config.max_batch);
+  li.router_stages = stages_of(im.router_layout, "router", config.max_batch, config.max_stages);
+  li.gate_up_stages = stages_of(im.gate_up_layout, "gate/up", config.max_batch, config.max_stages);
+  li.down_stages = stages_of(im.down_layout, "down", config.max_batch, config.max_stages);
   li.router_smem = size_t(im.router_layout.fixed_bytes) + size_t(li.router_stages) * pl::kStageBytes;
   li.gate_up_smem = size_t(im.gate_up_layout.fixed_bytes) + size_t(li.gate_up_stages) * pl::kStageBytes;
   li.down_smem = size_t(im.down_layout.fixed_bytes) + size_t(li.down_stages) * pl::kStageBytes;

@@ -9,14 +9,15 @@
 //                          the group filter and the top-k picks (ties: lower id), the weights; the union of the chosen
 //                          experts as a list of slots (ascending id) with the tokens of each slot
 //   gate/up  grid: as many CTAs as the worst case has items (at most the SMs); items are (expert, group of M 16-row
-//            tiles of its width): the shared experts' first, then every active slot's. A CTA strides over the items
-//            the step has (n_active read from the route table); CTAs past the end exit. Per item the producer streams
-//            the gate rows, then the up rows (x all of hidden); the consumers multiply with x_s (tensor cores) and
-//            write silu(gate) * up (TA) of the tokens that chose the expert (0 for the others).
-//   down     items are (expert, block of M output rows), the same strided walk; per item the consumers multiply the
-//            expert's activations (copied to shared memory when the item's expert changes) -> y (fp32, global). The
-//            CTA whose arrival completes a block of rows (a u32 counter per block: the active experts + the shared
-//            one) sums the block: out = y_shared + sum over the token's choices, in its order, of g_e y_e.
+//            tiles of its width): the shared experts' first, then every active slot's. A CTA takes a contiguous
+//            range of the items the step has (n_active read from the route table); CTAs with none exit. Per item
+//            the producer streams the gate rows, then the up rows (x all of hidden); the consumers multiply with x_s
+//            (tensor cores) and write silu(gate) * up (TA) of the tokens that chose the expert (0 for the others).
+//   down     items are (expert, block of M output rows), split the same way; per item the consumers multiply the
+//            expert's activations (copied to shared memory when the item's expert changes: contiguous ranges keep
+//            that to one or two copies per CTA) -> y (fp32, global). The CTA whose arrival completes a block of rows
+//            (a u32 counter per block: the active experts + the shared one) sums the block: out = y_shared + the
+//            sum over the token's choices, in its order, of g_e y_e.
 // Every chosen expert's weights are read once per step for the whole batch; unchosen experts are never read.
 #pragma once
 #include <cmath>
@@ -30,27 +31,12 @@
 #include "clusterfusion/pipeline/norm_prologue.hpp"
 #include "clusterfusion/pipeline/ring.hpp"
 #include "clusterfusion/pipeline/weight_stream.hpp"
+#include "clusterfusion/primitives/warp_argmax.hpp"
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::moe {
 namespace dev = cf::dev;
 
 namespace detail {
-// (value, index) beats (best_value, best_index): larger value, then lower id; index -1 is "none" and loses to every
-// real candidate (so a NaN score is still picked when nothing else is left: the ids stay valid).
-CF_DEVICE bool beats(float value, int32_t index, float best_value, int32_t best_index) {
-  if (index < 0) return false;
-  if (best_index < 0) return true;
-  return value > best_value || (value == best_value && index < best_index);
-}
-// The warp's best candidate on every lane (a butterfly over a total order: independent of the combination order).
-CF_DEVICE void warp_best(float& value, int32_t& index) {
-  CF_UNROLL
-  for (int m = 16; m >= 1; m >>= 1) {
-    const float v = dev::shfl_xor_sync(dev::kFullMask, value, m);
-    const int32_t i = dev::shfl_xor_sync(dev::kFullMask, index, m);
-    if (beats(v, i, value, index)) value = v, index = i;
-  }
-}
 CF_DEVICE float warp_max(float v) {
   CF_UNROLL
   for (int m = 16; m >= 1; m >>= 1) v = std::fmax(v, dev::shfl_xor_sync(dev::kFullMask, v, m));
@@ -143,8 +129,10 @@ struct RouterCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       for (int32_t s = 0; s < chunks; ++s) {
         if (ring.consumer_wait(st, kWaitRouterTile)) {
           const float* w = reinterpret_cast<const float*>(ring.stage(st));
-          for (int j = 0; j < 2; ++j)
-            if (int32_t(warp) + 8 * j < batch) dot_chunk(w, chunk_floats(s), int32_t(warp) + 8 * j, s * kRouterChunkFloats, acc[j]);
+          for (int j = 0; j < 2; ++j) {
+            const int32_t b = int32_t(warp) + 8 * j;
+            if (b < batch) dot_chunk(w, chunk_floats(s), b, s * kRouterChunkFloats, acc[j]);
+          }
         }
         ring.consumer_release(st);
       }
@@ -192,7 +180,7 @@ struct RouterCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
     for (int32_t k = 0; k < p.topk_group; ++k) {
       float value = my_group_best;
       int32_t index = int32_t(lane) < p.n_group && !((kept >> lane) & 1u) ? int32_t(lane) : -1;
-      detail::warp_best(value, index);
+      prim::warp_best(value, index);
       kept |= 1u << index;
     }
     CF_UNROLL
@@ -230,10 +218,10 @@ struct RouterCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       CF_UNROLL
       for (int j = 0; j < kScoresPerLane; ++j) {
         const int32_t e = int32_t(lane) + 32 * j;
-        if (e < p.n_experts && !((picked >> j) & 1u) && detail::beats(score[j], e, value, index))
+        if (e < p.n_experts && !((picked >> j) & 1u) && prim::beats(score[j], e, value, index))
           value = score[j], index = e;
       }
-      detail::warp_best(value, index);
+      prim::warp_best(value, index);
       if (index % 32 == int32_t(lane)) picked |= 1u << (index / 32);
       if (lane == 0) small->token_expert[b][k] = index, small->token_weight[b][k] = value;
     }
@@ -311,7 +299,7 @@ CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) moe_router_kernel(const CF_GRID
 
 // ---- the expert kernels ----------------------------------------------------------------------------------------
 
-// What gate/up and down share: the CTA's place in the strided walk over the step's items (the active slots from the
+// What gate/up and down share: the CTA's range of the step's items (the active slots from the
 // route table the router wrote), the expert of a slot, the tokens that chose it.
 struct ExpertCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
   const int32_t cta = int32_t(dev::block_idx().x), n_ctas = int32_t(dev::grid_dim().x);
@@ -321,6 +309,8 @@ struct ExpertCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
   float* const scratch = p.layout.scratch.in(smem);
 
   CF_DEVICE explicit ExpertCta(const KernelParams& params) : StreamCta(params, kStatusTimeout) {}
+  // This CTA's items of the step's `items`.
+  CF_DEVICE pl::Range my_items(int32_t items) const { return pl::split_range(items, n_ctas, cta); }
 
   CF_DEVICE void setup() {
     if (tid == 0) {
@@ -349,6 +339,7 @@ struct ExpertCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
 template <typename TW, typename TA, int kBatchTiles>
 struct GateUpCta : ExpertCta {
   const int32_t items = p.split.gu_groups_shared + n_active * p.split.gu_groups;
+  const pl::Range mine = my_items(items);
   uint8_t* const x_s = p.layout.x.in(smem);
   float* const gate_s = p.layout.gate.in(smem);
   const int32_t chunks = pl::ceil_div(p.hidden, p.split.gu_cols);
@@ -375,7 +366,7 @@ struct GateUpCta : ExpertCta {
   CF_DEVICE int32_t produce() {
     pl::PipelineState st;
     int32_t issued_end = 0;
-    for (int32_t i = cta; i < items; i += n_ctas) {
+    for (int32_t i = mine.begin; i < mine.end; ++i) {
       const Panel pn = panel(i);
       for (int half = 0; half < 2; ++half)
         for (int32_t s = 0; s < chunks; ++s)
@@ -429,10 +420,10 @@ struct GateUpCta : ExpertCta {
   }
 
   CF_DEVICE void run() {
-    if (cta >= items) return;
+    if (mine.size() == 0) return;
     load_x();
     pl::PipelineState st;
-    for (int32_t i = cta; i < items; i += n_ctas) item(st, i);
+    for (int32_t i = mine.begin; i < mine.end; ++i) item(st, i);
   }
 };
 
@@ -441,6 +432,7 @@ template <typename TW, typename TA, int kBatchTiles>
 struct DownCta : ExpertCta {
   const int32_t shared_items = has_shared ? p.split.row_groups : 0;
   const int32_t items = shared_items + n_active * p.split.row_groups;
+  const pl::Range mine = my_items(items);
   uint8_t* const act_s = p.layout.act.in(smem);
 
   struct Panel {
@@ -456,8 +448,9 @@ struct DownCta : ExpertCta {
     const detail::Item it = detail::item_at(i, shared_items, p.split.row_groups);
     const int32_t h0 = it.group * p.split.down_tiles * pl::kTileRows;
     const int32_t left = (p.hidden - h0) / pl::kTileRows;
+    const int32_t row0 = (it.slot < 0 ? 0 : expert_of(it.slot) * p.hidden) + h0;
     return {it.slot < 0 ? &p.shared_down : &p.down, it.slot, it.group, it.slot < 0 ? p.shared_ffn : p.expert_ffn, h0,
-            left < p.split.down_tiles ? left : p.split.down_tiles, (it.slot < 0 ? 0 : expert_of(it.slot) * p.hidden) + h0};
+            left < p.split.down_tiles ? left : p.split.down_tiles, row0};
   }
   CF_DEVICE int32_t chunks(const Panel& pn) const { return pl::ceil_div(pn.width, p.split.down_cols); }
 
@@ -465,7 +458,7 @@ struct DownCta : ExpertCta {
   CF_DEVICE int32_t produce() {
     pl::PipelineState st;
     int32_t issued_end = 0;
-    for (int32_t i = cta; i < items; i += n_ctas) {
+    for (int32_t i = mine.begin; i < mine.end; ++i) {
       const Panel pn = panel(i);
       for (int32_t s = 0; s < chunks(pn); ++s)
         pl::load_panel(ring, st, issued_end, kWaitRingStage, *pn.maps, pl::chunk_width(pn.width, p.split.down_cols, s),
@@ -529,28 +522,29 @@ struct DownCta : ExpertCta {
   CF_DEVICE void run() {
     pl::PipelineState st;
     int32_t loaded_slot = -2;  // none
-    for (int32_t i = cta; i < items; i += n_ctas) item(st, i, loaded_slot);
+    for (int32_t i = mine.begin; i < mine.end; ++i) item(st, i, loaded_slot);
   }
 };
 
-template <typename TW, typename TA, int kBatchTiles>
-CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) moe_gate_up_kernel(const CF_GRID_CONSTANT KernelParams p) {
-  GateUpCta<TW, TA, kBatchTiles> cta(p);
+// An expert kernel's CTA: the producer streams its items, the consumers run them.
+template <typename Cta>
+CF_DEVICE void run_expert_cta(const KernelParams& p) {
+  Cta cta(p);
   cta.setup();
-  int32_t issued_end = 0;
+  int32_t issued_end = 0;  // producer: ring items [0, issued_end) were issued (none after an abort)
   if (cta.is_producer()) issued_end = cta.produce();
   else cta.run();
   cta.finish(issued_end);
 }
 
 template <typename TW, typename TA, int kBatchTiles>
+CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) moe_gate_up_kernel(const CF_GRID_CONSTANT KernelParams p) {
+  run_expert_cta<GateUpCta<TW, TA, kBatchTiles>>(p);
+}
+
+template <typename TW, typename TA, int kBatchTiles>
 CF_GLOBAL void CF_LAUNCH_BOUNDS(pl::kThreads, 1) moe_down_kernel(const CF_GRID_CONSTANT KernelParams p) {
-  DownCta<TW, TA, kBatchTiles> cta(p);
-  cta.setup();
-  int32_t issued_end = 0;
-  if (cta.is_producer()) issued_end = cta.produce();
-  else cta.run();
-  cta.finish(issued_end);
+  run_expert_cta<DownCta<TW, TA, kBatchTiles>>(p);
 }
 
 }  // namespace cf::kernels::inline CF_BUILD_NAMESPACE::moe

@@ -39,6 +39,7 @@ struct PlanConfig {
   int cluster_size = 0;  // 0: the launcher picks
   int max_clusters = 0;  // 0: as many as run at once; else at most this many
   int sm_count = 0;      // 0: the device's (the emulator assumes 132)
+  int max_stages = 0;    // 0: as many ring stages as fit (up to pipeline::kMaxStages); else at most this many (>= 4)
   int64_t wait_budget_us = 20000;
 
   ElementTypes element_types() const { return ElementTypes::of(dtype, weight_dtype); }

@@ -77,7 +77,9 @@ inline Split make_split(const Shape& s, int max_batch) {
 
 // Items of each expert kernel at most (the grid is sized for this worst case).
 inline int32_t max_gate_up_items(const Split& sp) { return sp.gu_groups_shared + sp.max_slots * sp.gu_groups; }
-inline int32_t max_down_items(const Split& sp, bool shared) { return (sp.max_slots + (shared ? 1 : 0)) * sp.row_groups; }
+inline int32_t max_down_items(const Split& sp, bool shared) {
+  return (sp.max_slots + (shared ? 1 : 0)) * sp.row_groups;
+}
 
 inline Layout make_router_layout(int max_batch, const Shape& s) {
   Layout l{};
