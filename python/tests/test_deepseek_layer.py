@@ -176,7 +176,7 @@ def call_with(a, **changes):
 
 
 @pytest.mark.parametrize("change, error, message", [
-    (lambda a: {"uv_weight": a["uv_weight"][:, :8].copy()}, ValueError, "uv_weight: has shape"),
+    (lambda a: {"uv_weight": a["uv_weight"][:, :, :16].copy()}, ValueError, "uv_weight: has shape"),
     (lambda a: {"o_weight": a["o_weight"][:, :32].copy()}, ValueError, "o_weight: has shape"),
     (lambda a: {"kv_a_weight": a["kv_a_weight"].astype(np.float32)}, TypeError, "kv_a_weight: dtype"),
     (lambda a: {"latent_cache": a["latent_cache"][..., :40].copy()}, ValueError, "q_weight: has shape"),
