@@ -123,7 +123,8 @@ inline MlaLayerArgs parse_mla_layer(nb::handle output, nb::handle residual_outpu
       to_optional_array(kv_last_page_len, "kv_last_page_len", false),
   };
   a.eps = eps;
-  if (!(eps > 0.0f) || !(eps < 1.0f)) throw nb::value_error(("eps: " + std::to_string(eps) + " must be in (0, 1)").c_str());
+  if (!(eps > 0.0f) || !(eps < 1.0f))
+    throw nb::value_error(("eps: " + std::to_string(eps) + " must be in (0, 1)").c_str());
 
   auto opt = [](const std::optional<Array>& x) { return x ? &*x : nullptr; };
   a.cuda = a.hidden.cuda;
@@ -189,7 +190,8 @@ inline MlaLayerArgs parse_mla_layer(nb::handle output, nb::handle residual_outpu
 
   a.softmax_scale = softmax_scale ? *softmax_scale : float(1.0 / std::sqrt(double(a.q_head())));
   if (!(a.softmax_scale > 0.0f) || !std::isfinite(a.softmax_scale))
-    throw nb::value_error(("softmax_scale: " + std::to_string(a.softmax_scale) + " must be positive and finite").c_str());
+    throw nb::value_error(
+        ("softmax_scale: " + std::to_string(a.softmax_scale) + " must be positive and finite").c_str());
 
   const Array* residual_in = opt(a.residual);
   expect_no_overlap({{&a.output, {&a.hidden, residual_in}}, {&a.residual_output, {&a.hidden, residual_in}},

@@ -123,7 +123,8 @@ void absorbed_matrices(const LayerWeights& l, const ModelConfig& c, std::vector<
 MlaBlockShape device_mla_shape(const ModelConfig& c) {
   MlaBlockShape s = mla_block_shape(c);
   while ((s.n_heads * s.v_head) % kMlaWidthMultiple != 0) ++s.v_head;
-  if (s.q_lora_rank > 0) s.q_lora_rank = (s.q_lora_rank + kMlaWidthMultiple - 1) / kMlaWidthMultiple * kMlaWidthMultiple;
+  if (s.q_lora_rank > 0)
+    s.q_lora_rank = (s.q_lora_rank + kMlaWidthMultiple - 1) / kMlaWidthMultiple * kMlaWidthMultiple;
   return s;
 }
 

@@ -63,8 +63,8 @@ MoeLayer convert_moe_layer(const LayerWeights& layer, const ModelConfig& c, Stor
 std::vector<float> rope_table(const ModelConfig& c, int positions);
 
 // The same model with every matrix rounded to `s` (kept as F16 / BF16 WeightMatrix; the MoE router becomes F32,
-// the values the device reads) and norms / biases rounded through `s`: exactly the inputs a device backend computes from, for the cpu backend to serve as the fp32
-// reference of the tolerance policy.
+// the values the device reads) and norms / biases rounded through `s`: exactly the inputs a device backend computes
+// from, for the cpu backend to serve as the fp32 reference of the tolerance policy.
 ModelWeights rounded_copy(const ModelWeights& weights, Storage s);
 
 }  // namespace cf::device_layout

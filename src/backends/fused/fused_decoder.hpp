@@ -1,6 +1,6 @@
-// The decode step of a model from the fused kernels (docs/backends.md): per layer its attention block (decoder attention
-// for Llama-family layers, the MLA block for DeepSeek-V2's) and its FFN block (dense SwiGLU, or MoE), then the final
-// norm + LM head (+ greedy argmax). Compiled twice from one source: into
+// The decode step of a model from the fused kernels (docs/backends.md): per layer its attention block (decoder
+// attention for Llama-family layers, the MLA block for DeepSeek-V2's) and its FFN block (dense SwiGLU, or MoE), then
+// the final norm + LM head (+ greedy argmax). Compiled twice from one source: into
 // cf_fused_decoder_emu against cf_kernels_emu (the emu backend) and, in CUDA builds, into cf_fused_decoder against
 // cf_kernels (the cuda backend). Only the build-agnostic plan headers are used, so pointers are device pointers of
 // whichever build links it (emulator memory for the emu backend) and streams are void*.
@@ -121,7 +121,8 @@ class FusedDecoder {
 
   int max_batch() const { return max_batch_; }
 
-  // Enqueues the whole step (2 n_layers + 1 plan runs; an MLA block is three launches) on `stream`; no synchronisation, CUDA-graph capturable.
+  // Enqueues the whole step (2 n_layers + 1 plan runs; an MLA block is three launches) on `stream`; no
+  // synchronisation, CUDA-graph capturable.
   // emu_seed: the emulator's schedule seed (0: $CF_EMU_SEED or 1); ignored on the GPU.
   void run(int batch, const StepBuffers& buffers, void* stream = nullptr, uint64_t emu_seed = 0);
 

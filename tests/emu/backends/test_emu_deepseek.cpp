@@ -37,7 +37,8 @@ struct Models {
 Models load_models(const std::string& file, bool f16 = false) {
   cf::WeightLoadOptions options = cf::weight_load_options("emu");
   if (f16) options.convert_to = cf::DType::F16;
-  auto w = std::make_shared<const cf::ModelWeights>(cf::ModelWeights::load(*cf::open_model_file(data_path(file)), options));
+  auto w = std::make_shared<const cf::ModelWeights>(
+      cf::ModelWeights::load(*cf::open_model_file(data_path(file)), options));
   const Storage s = cf::device_layout::choose_storage(*w);
   return {w, std::make_shared<const cf::ModelWeights>(cf::device_layout::rounded_copy(*w, s))};
 }
