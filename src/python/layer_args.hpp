@@ -106,6 +106,26 @@ void parse_activations(Args& a) {
   }
 }
 
+// The page table and positions of an attention layer: paged_kv_indptr int32 [batch + 1], paged_kv_indices int32
+// [n >= batch], kv_last_page_len int32 [batch] (optional), positions int32 or int64 [batch]. Sets n_indices.
+template <typename Args>
+void parse_page_table(Args& a) {
+  a.kv_indptr.expect_elem({Elem::I32});
+  a.kv_indptr.expect_shape({a.batch + 1}, "(batch + 1,)");
+  a.kv_indices.expect_elem({Elem::I32});
+  a.kv_indices.expect_ndim(1);
+  a.n_indices = checked_int(a.kv_indices.dim(0), "paged_kv_indices");
+  if (a.n_indices < a.batch)
+    a.kv_indices.fail_value("has " + std::to_string(a.n_indices) + " entries, fewer than the batch of " +
+                            std::to_string(a.batch) + " (every sequence holds at least its new token)");
+  if (a.kv_last_page_len) {
+    a.kv_last_page_len->expect_elem({Elem::I32});
+    a.kv_last_page_len->expect_shape({a.batch}, "(batch,)");
+  }
+  a.positions.expect_elem({Elem::I32, Elem::I64});
+  a.positions.expect_shape({a.batch}, "(batch,)");
+}
+
 inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
                                             nb::handle residual, nb::handle qkv_weight, nb::handle o_weight,
                                             nb::handle paged_kv_indptr, nb::handle paged_kv_indices,
@@ -199,20 +219,7 @@ inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residu
   }
 
   // Page table and positions.
-  a.kv_indptr.expect_elem({Elem::I32});
-  a.kv_indptr.expect_shape({a.batch + 1}, "(batch + 1,)");
-  a.kv_indices.expect_elem({Elem::I32});
-  a.kv_indices.expect_ndim(1);
-  a.n_indices = checked_int(a.kv_indices.dim(0), "paged_kv_indices");
-  if (a.n_indices < a.batch)
-    a.kv_indices.fail_value("has " + std::to_string(a.n_indices) + " entries, fewer than the batch of " +
-                            std::to_string(a.batch) + " (every sequence holds at least its new token)");
-  if (a.kv_last_page_len) {
-    a.kv_last_page_len->expect_elem({Elem::I32});
-    a.kv_last_page_len->expect_shape({a.batch}, "(batch,)");
-  }
-  a.positions.expect_elem({Elem::I32, Elem::I64});
-  a.positions.expect_shape({a.batch}, "(batch,)");
+  parse_page_table(a);
 
   // RoPE table: [rows, rot_dim], rot_dim even and <= head_dim (partial rotary when smaller).
   a.rot_dim = a.head_dim;

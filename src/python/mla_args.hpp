@@ -169,20 +169,7 @@ inline MlaLayerArgs parse_mla_layer(nb::handle output, nb::handle residual_outpu
   detail::expect_weight(a.rms_weight, a.hidden, {a.hidden_size}, "(hidden,)");
 
   // Page table, positions, RoPE table.
-  a.kv_indptr.expect_elem({Elem::I32});
-  a.kv_indptr.expect_shape({a.batch + 1}, "(batch + 1,)");
-  a.kv_indices.expect_elem({Elem::I32});
-  a.kv_indices.expect_ndim(1);
-  a.n_indices = checked_int(a.kv_indices.dim(0), "paged_kv_indices");
-  if (a.n_indices < a.batch)
-    a.kv_indices.fail_value("has " + std::to_string(a.n_indices) + " entries, fewer than the batch of " +
-                            std::to_string(a.batch) + " (every sequence holds at least its new token)");
-  if (a.kv_last_page_len) {
-    a.kv_last_page_len->expect_elem({Elem::I32});
-    a.kv_last_page_len->expect_shape({a.batch}, "(batch,)");
-  }
-  a.positions.expect_elem({Elem::I32, Elem::I64});
-  a.positions.expect_shape({a.batch}, "(batch,)");
+  parse_page_table(a);
   a.cos_sin.expect_elem({Elem::F32});
   a.cos_sin.expect_shape({-1, a.qk_rope}, "(max_positions, qk_rope): cos of the pairs, then sin");
   a.cos_sin_rows = checked_int(a.cos_sin.dim(0), "cos_sin");
