@@ -29,6 +29,7 @@ __all__ = [
     "llama_decoder_layer",
     "llama_ffn_layer",
     "deepseek_decoder_layer",
+    "deepseek_moe_layer",
     "deepseek_rope_table",
     "deepseek_softmax_scale",
     "rms_norm",
@@ -495,6 +496,72 @@ def deepseek_decoder_layer(
         _cuda_ext().deepseek_decoder_layer(*args, stream_handle, check_status)
     else:
         _core.deepseek_decoder_layer(*args, emu_seed)
+
+
+def deepseek_moe_layer(
+    output: ArrayLike,
+    residual_output: ArrayLike,
+    hidden_states: ArrayLike,
+    residual: Optional[ArrayLike],
+    router_weight: ArrayLike,
+    gate_up_weight: ArrayLike,
+    down_weight: ArrayLike,
+    rms_weight: ArrayLike,
+    *,
+    top_k: int,
+    shared_gate_up_weight: Optional[ArrayLike] = None,
+    shared_down_weight: Optional[ArrayLike] = None,
+    norm_topk_prob: bool = False,
+    routed_scaling: float = 1.0,
+    topk_method: str = "greedy",
+    n_group: int = 1,
+    topk_group: int = 1,
+    eps: float = 1e-6,
+    backend: str = "auto",
+    cluster_size: int = 0,
+    max_batch: int = 0,
+    stream: Any = None,
+    check_status: bool = False,
+    emu_seed: int = 0,
+) -> None:
+    """The FFN half of a DeepSeek-V2 MoE layer (the fused MoE block), in place (docs/mla.md 2)::
+
+        residual_output = hidden_states + residual          (residual None: residual_output = hidden_states)
+        x               = rmsnorm(residual_output) * rms_weight                          (eps)
+        p               = softmax(x @ router_weight.T)      top_k experts by p (ties: the lower id), groups first
+                                                            with topk_method "group_limited_greedy"
+        g_e             = p_e, renormalised over the chosen when norm_topk_prob, times routed_scaling
+        output          = sum_e g_e expert_e(x) + shared(x),  expert(x) = (silu(x Wg^T) * (x Wu^T)) Wd^T
+
+    Arrays (C-contiguous; one dtype as in deepseek_decoder_layer, the router float32): output, residual_output
+    (written), hidden_states, residual [B, H]; router_weight float32 [n_experts, H]; gate_up_weight
+    [n_experts, 2 * expert_ffn, H] (each expert's gate rows, then its up rows); down_weight [n_experts, H, expert_ffn];
+    rms_weight [H]; shared_gate_up_weight [2 * shared_ffn, H] and shared_down_weight [H, shared_ffn] (the shared
+    experts as one SwiGLU) or None. Only the chosen experts' weights are read. Keywords as in llama_ffn_layer; the
+    fused kernel takes H % 32 == 0, expert_ffn and shared_ffn % 16 == 0, at most 256 experts and top_k 16.
+    """
+    top_k = _int_arg(top_k, "top_k", 1, 4096)
+    n_group = _int_arg(n_group, "n_group", 1, 4096)
+    topk_group = _int_arg(topk_group, "topk_group", 1, 4096)
+    cluster_size = _int_arg(cluster_size, "cluster_size", 0, 16)
+    max_batch = _int_arg(max_batch, "max_batch", 0, 16)
+    emu_seed = _int_arg(emu_seed, "emu_seed", 0, _UINT64_MAX)
+    eps = _float_arg(eps, "eps")
+    routed_scaling = _float_arg(routed_scaling, "routed_scaling")
+    if not isinstance(norm_topk_prob, bool):
+        raise TypeError(f"norm_topk_prob: expected a bool, got {type(norm_topk_prob).__name__}")
+    if not isinstance(topk_method, str):
+        raise TypeError(f"topk_method: expected a str, got {type(topk_method).__name__}")
+    cuda = _on_cuda(hidden_states)
+    stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
+    arrays = _arrays(output, residual_output, hidden_states, residual, router_weight, gate_up_weight, down_weight,
+                     rms_weight, shared_gate_up_weight, shared_down_weight)
+    args = (*arrays, top_k, norm_topk_prob, routed_scaling, topk_method, n_group, topk_group, eps, backend,
+            cluster_size, max_batch)
+    if cuda:
+        _cuda_ext().deepseek_moe_layer(*args, stream_handle, check_status)
+    else:
+        _core.deepseek_moe_layer(*args, emu_seed)
 
 
 def rms_norm(

@@ -202,3 +202,99 @@ def test_output_overlapping_the_cache_is_refused():
     flat = a["latent_cache"].reshape(-1)
     with pytest.raises(ValueError, match="shares memory"):
         call_with(a, output=flat[: 2 * 64].reshape(2, 64))
+
+
+# ---- deepseek_moe_layer ----------------------------------------------------------------------------------------------
+
+
+def make_moe_case(shared: bool = True, batch: int = 3, dtype=np.float16, seed: int = 0):
+    """hidden 64, 8 experts of width 16 (top 2), shared experts of width 32; the router scaled x4 so that the choice
+    has a clear margin (the kernel routes from x rounded to the activation type, the reference from fp32 x)."""
+    rng = np.random.default_rng(seed)
+    hidden, experts, ffn, shared_ffn = 64, 8, 16, 32
+
+    def w(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale / math.sqrt(shape[-1])).astype(dtype)
+
+    return dict(
+        output=np.zeros((batch, hidden), dtype), residual_output=np.zeros((batch, hidden), dtype),
+        hidden_states=w(batch, hidden, scale=8.0), residual=w(batch, hidden, scale=8.0),
+        router_weight=(rng.standard_normal((experts, hidden)) * 4 / math.sqrt(hidden)).astype(F32),
+        gate_up_weight=w(experts, 2 * ffn, hidden), down_weight=w(experts, hidden, ffn),
+        rms_weight=(1 + 0.1 * rng.standard_normal(hidden)).astype(dtype),
+        shared_gate_up_weight=w(2 * shared_ffn, hidden) if shared else None,
+        shared_down_weight=w(hidden, shared_ffn) if shared else None,
+    )
+
+
+def moe_oracle(a, top_k: int, norm_topk_prob: bool, scaling: float, eps: float, round_x: bool):
+    res = (a["hidden_states"].astype(F32) + a["residual"].astype(F32)).astype(a["hidden_states"].dtype)
+    out = np.zeros(res.shape, F32)
+    ffn = a["gate_up_weight"].shape[1] // 2
+
+    def swiglu(x, gate_up, down):
+        g, u = gate_up[: gate_up.shape[0] // 2] @ x, gate_up[gate_up.shape[0] // 2:] @ x
+        return down @ (g / (1 + np.exp(-g)) * u)
+
+    for b in range(res.shape[0]):
+        x = oracle.rmsnorm(res[b], a["rms_weight"], eps)
+        xr = x.astype(res.dtype).astype(F32) if round_x else x
+        logits = a["router_weight"] @ xr
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        chosen = sorted(range(len(p)), key=lambda e: (-p[e], e))[:top_k]
+        g = np.array([p[e] for e in chosen], F32)
+        if norm_topk_prob:
+            g /= g.sum()
+        g *= scaling
+        acc = np.zeros(x.shape, F32)
+        if a["shared_gate_up_weight"] is not None:
+            acc += swiglu(x, a["shared_gate_up_weight"].astype(F32), a["shared_down_weight"].astype(F32))
+        for e, ge in zip(chosen, g):
+            acc += ge * swiglu(x, a["gate_up_weight"][e].astype(F32), a["down_weight"][e].astype(F32))
+        out[b] = acc
+    assert ffn > 0
+    return out, res
+
+
+MOE_ORDER = ("output", "residual_output", "hidden_states", "residual", "router_weight", "gate_up_weight",
+             "down_weight", "rms_weight")
+
+
+@pytest.mark.parametrize("shared, norm_topk_prob, scaling", [(True, False, 2.5), (False, True, 1.0)],
+                         ids=["shared_scaled", "renormalised"])
+def test_moe_layer_matches_the_oracle(device: Device, shared: bool, norm_topk_prob: bool, scaling: float):
+    a = make_moe_case(shared=shared, seed=11 if shared else 12)
+    d = {k: device.put(x) for k, x in a.items()}
+    clusterfusion.deepseek_moe_layer(
+        *(d[k] for k in MOE_ORDER), top_k=2, shared_gate_up_weight=d["shared_gate_up_weight"],
+        shared_down_weight=d["shared_down_weight"], norm_topk_prob=norm_topk_prob, routed_scaling=scaling,
+        backend="auto" if device.cuda else device.backend, check_status=device.cuda)
+    out, res = device.get(d["output"]), device.get(d["residual_output"])
+    want, want_res = moe_oracle(a, 2, norm_topk_prob, scaling, 1e-6, round_x=device.backend != "reference")
+    rtol, atol = (2e-3, 2e-3) if device.backend == "reference" else (2e-2, 1e-2)
+    np.testing.assert_allclose(out.astype(F32), want, rtol=rtol, atol=atol * oracle.rms(want))
+    np.testing.assert_array_equal(res.view(np.uint8), want_res.view(np.uint8))
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda a: {"router_weight": a["router_weight"].astype(np.float16)}, TypeError, "router_weight: dtype"),
+    (lambda a: {"gate_up_weight": a["gate_up_weight"][:, :31].copy()}, ValueError, "gate_up_weight: has shape"),
+    (lambda a: {"down_weight": a["down_weight"][:4].copy()}, ValueError, "down_weight: has shape"),
+    (lambda a: {"shared_down_weight": None}, ValueError, "pass both"),
+])
+def test_moe_bad_arguments_are_one_line_errors(change, error, message):
+    a = make_moe_case()
+    a.update(change(a))
+    with pytest.raises(error) as info:
+        clusterfusion.deepseek_moe_layer(*(a[k] for k in MOE_ORDER), top_k=2,
+                                         shared_gate_up_weight=a["shared_gate_up_weight"],
+                                         shared_down_weight=a["shared_down_weight"])
+    text = str(info.value)
+    assert message in text and "\n" not in text, text
+    with pytest.raises(ValueError, match="top_k: 9 outside"):
+        b = make_moe_case()
+        clusterfusion.deepseek_moe_layer(*(b[k] for k in MOE_ORDER), top_k=9)
+    with pytest.raises(ValueError, match="topk_method"):
+        b = make_moe_case()
+        clusterfusion.deepseek_moe_layer(*(b[k] for k in MOE_ORDER), top_k=2, topk_method="noaux_tc")

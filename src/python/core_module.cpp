@@ -82,6 +82,22 @@ void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::h
   mla_layer_cpu(a, which, {cluster_size, max_batch, emu_seed});
 }
 
+void deepseek_moe_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
+                        nb::handle residual, nb::handle router_weight, nb::handle gate_up_weight,
+                        nb::handle down_weight, nb::handle rms_weight, nb::handle shared_gate_up_weight,
+                        nb::handle shared_down_weight, int top_k, bool norm_topk_prob, float routed_scaling,
+                        const std::string& topk_method, int n_group, int topk_group, float eps,
+                        const std::string& backend, int cluster_size, int max_batch, uint64_t emu_seed) {
+  const CpuBackend which = cpu_backend(backend);
+  const MoeLayerArgs a = parse_moe_layer(output, residual_output, hidden_states, residual, router_weight,
+                                         gate_up_weight, down_weight, rms_weight, shared_gate_up_weight,
+                                         shared_down_weight, top_k, norm_topk_prob, routed_scaling, topk_method,
+                                         n_group, topk_group, eps);
+  expect_cpu(a.cuda, "deepseek_moe_layer");
+  nb::gil_scoped_release no_gil;
+  moe_layer_cpu(a, which, {cluster_size, max_batch, emu_seed});
+}
+
 // deepseek_rope_table's work: ref::yarn_cos_sin_table as a new numpy array [positions, rope].
 nb::ndarray<nb::numpy, float, nb::ndim<2>> yarn_rope_table(int rope, int positions, float theta, float factor,
                                                            float original_context, float beta_fast, float beta_slow,
@@ -150,6 +166,12 @@ NB_MODULE(_core, m) {
         "emu_seed"_a,
         "The MLA attention block on CPU arrays (reference or emulated kernel); see "
         "clusterfusion.deepseek_decoder_layer.");
+  m.def("deepseek_moe_layer", &deepseek_moe_layer, "output"_a.none(), "residual_output"_a.none(), "hidden_states"_a.none(),
+        "residual"_a.none(), "router_weight"_a.none(), "gate_up_weight"_a.none(), "down_weight"_a.none(),
+        "rms_weight"_a.none(), "shared_gate_up_weight"_a.none(), "shared_down_weight"_a.none(), "top_k"_a,
+        "norm_topk_prob"_a, "routed_scaling"_a, "topk_method"_a, "n_group"_a, "topk_group"_a, "eps"_a, "backend"_a,
+        "cluster_size"_a, "max_batch"_a, "emu_seed"_a,
+        "The MoE FFN block on CPU arrays (reference or emulated kernel); see clusterfusion.deepseek_moe_layer.");
   m.def("yarn_rope_table", &yarn_rope_table, "rope"_a, "positions"_a, "theta"_a, "factor"_a, "original_context"_a,
         "beta_fast"_a, "beta_slow"_a, "mscale"_a, "mscale_all_dim"_a,
         "The MLA RoPE table (cos, then sin of the adjacent pairs; YaRN); see clusterfusion.deepseek_rope_table.");

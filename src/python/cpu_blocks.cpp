@@ -12,8 +12,10 @@
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/reference/attention.hpp"
 #include "clusterfusion/reference/decoder.hpp"
+#include "clusterfusion/reference/moe.hpp"
 #include "clusterfusion/reference/ops.hpp"
 #include "clusterfusion/kernels/mla/launch.hpp"
+#include "clusterfusion/kernels/moe/launch.hpp"
 
 namespace cf::py {
 namespace {
@@ -381,6 +383,74 @@ void mla_layer_emu(const MlaLayerArgs& a, const HostPageTable& table, const Kern
   for (const Array* written : {&a.output, &a.residual_output, &a.latent_cache}) copies.at(written).copy_to(*written);
 }
 
+// ---- MoE block (deepseek_moe_layer) -----------------------------------------------------------------------------
+
+// cf::ref::moe_ffn per token after the residual add + RMSNorm: the fp32 router, then the shared and chosen experts.
+template <typename T>
+void moe_layer_reference(const MoeLayerArgs& a) {
+  const MoeBlockShape& b = a.shape;
+  ref::MoeShape s;
+  s.hidden = b.hidden;
+  s.n_experts = b.n_experts;
+  s.top_k = b.top_k;
+  s.expert_ffn = b.expert_ffn;
+  s.shared_ffn = b.shared_ffn;
+  s.norm_topk_prob = b.norm_topk_prob;
+  s.routed_scaling_factor = b.routed_scaling;
+  s.method = b.selection == ExpertSelection::GroupLimitedGreedy ? ref::TopkMethod::GroupLimitedGreedy
+                                                                 : ref::TopkMethod::Greedy;
+  s.n_group = b.n_group;
+  s.topk_group = b.topk_group;
+  const int64_t H = b.hidden, F = b.expert_ffn;
+  std::vector<ref::ExpertWeights<T>> experts(static_cast<size_t>(b.n_experts));
+  for (int64_t e = 0; e < b.n_experts; ++e) {
+    const T* gate = cptr<T>(a.gate_up_weight) + e * 2 * F * H;
+    experts[size_t(e)] = {gate, gate + F * H, cptr<T>(a.down_weight) + e * H * F};
+  }
+  ref::ExpertWeights<T> shared;
+  if (a.shared_gate_up_weight) {
+    shared = {cptr<T>(a.shared_gate_up_weight), cptr<T>(a.shared_gate_up_weight) + int64_t(b.shared_ffn) * H,
+              cptr<T>(a.shared_down_weight)};
+  }
+  std::vector<float> x(static_cast<size_t>(H)), acc(static_cast<size_t>(H));
+  for (int row = 0; row < a.batch; ++row) {
+    const int64_t off = row * H;
+    const T* hb = cptr<T>(a.hidden) + off;
+    T* rb = mptr<T>(a.residual_output) + off;
+    if (a.residual) {
+      ref::add_rmsnorm(hb, cptr<T>(a.residual) + off, cptr<T>(a.rms_weight), rb, x.data(), int(H), b.eps);
+    } else {
+      ref::rmsnorm(hb, cptr<T>(a.rms_weight), x.data(), int(H), b.eps);
+      for (int64_t i = 0; i < H; ++i) rb[i] = hb[i];  // after the norm: rb may alias hb
+    }
+    const ref::Routing r = ref::moe_route(x.data(), cptr<float>(a.router_weight), s);
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    if (s.shared_ffn > 0) ref::add_expert(x.data(), shared, s.hidden, s.shared_ffn, 1.0f, acc.data());
+    for (size_t i = 0; i < r.ids.size(); ++i)
+      ref::add_expert(x.data(), experts[size_t(r.ids[i])], s.hidden, s.expert_ffn, r.weights[i], acc.data());
+    T* out = mptr<T>(a.output) + off;
+    for (int64_t i = 0; i < H; ++i) out[i] = from_float<T>(acc[size_t(i)]);
+  }
+}
+
+namespace moe = cf::kernels::moe;
+
+void moe_layer_emu(const MoeLayerArgs& a, const KernelOptions& o) {
+  std::map<const Array*, EmuCopy> copies;  // every array the kernel reads or writes, in emulated device memory
+  auto device = [&](const Array& x) -> void* { return copies.try_emplace(&x, x).first->second.data(); };
+  moe::Plan plan(moe_plan_config<moe::PlanConfig>(a, kernel_dtype(a.dtype, "deepseek_moe_layer"), o.max_batch,
+                                                  o.cluster_size, device));
+  moe::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = device(a.hidden);
+  step.residual = a.residual ? device(*a.residual) : nullptr;
+  step.residual_out = device(a.residual_output);
+  step.out = device(a.output);
+  plan.run(step, nullptr, o.emu_seed);
+  plan.check_status();
+  for (const Array* written : {&a.output, &a.residual_output}) copies.at(written).copy_to(*written);
+}
+
 }  // namespace
 
 void decoder_layer_cpu(const DecoderLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
@@ -407,6 +477,14 @@ void mla_layer_cpu(const MlaLayerArgs& a, CpuBackend backend, const KernelOption
     return;
   }
   with_storage_type(a.dtype, [&](auto t) { mla_layer_reference<decltype(t)>(a, table); });
+}
+
+void moe_layer_cpu(const MoeLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
+  if (backend == CpuBackend::Emu) {
+    moe_layer_emu(a, options);
+    return;
+  }
+  with_storage_type(a.dtype, [&](auto t) { moe_layer_reference<decltype(t)>(a); });
 }
 
 void rms_norm_cpu(const RmsNormArgs& a) {

@@ -23,7 +23,9 @@
 #include "clusterfusion/backends/cuda_unfused/ops.hpp"
 #include "layer_args.hpp"
 #include "mla_args.hpp"
+#include "moe_args.hpp"
 #include "clusterfusion/kernels/mla/launch.hpp"
+#include "clusterfusion/kernels/moe/launch.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -283,6 +285,57 @@ void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::h
   if (check_status) plan.check_status(s);
 }
 
+namespace moe = cf::kernels::moe;
+auto& moe_plans = *new std::map<std::array<int64_t, 20>, std::unique_ptr<moe::Plan>>;
+
+moe::Plan& moe_plan(const MoeLayerArgs& a, int cluster_size, int max_batch) {
+  const dev::DType dtype = kernel_dtype(a.dtype, "deepseek_moe_layer");
+  const int plan_batch = max_batch > 0 ? max_batch : a.batch;
+  if (plan_batch < a.batch)
+    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
+                           std::to_string(a.batch)).c_str());
+  auto ptr = [](const std::optional<Array>& x) -> const void* { return x ? x->data() : nullptr; };
+  const MoeBlockShape& s = a.shape;
+  const std::array<int64_t, 20> key = {
+      a.device_id, int64_t(dtype), s.hidden, s.n_experts, s.top_k, s.expert_ffn, s.shared_ffn,
+      int64_t(s.norm_topk_prob), bits_of(s.routed_scaling), int64_t(s.selection), int64_t(s.n_group) << 32 | s.topk_group,
+      bits_of(s.eps), address(a.rms_weight.data()), address(a.router_weight.data()), address(a.gate_up_weight.data()),
+      address(a.down_weight.data()), address(ptr(a.shared_gate_up_weight)), address(ptr(a.shared_down_weight)),
+      plan_batch, cluster_size};
+  auto it = moe_plans.find(key);
+  if (it != moe_plans.end()) return *it->second;
+  if (moe_plans.size() >= kMaxPlans) moe_plans.clear();
+  const moe::PlanConfig cfg = moe_plan_config<moe::PlanConfig>(
+      a, dtype, plan_batch, cluster_size, [](const Array& x) -> void* { return x.data(); });
+  auto plan = std::make_unique<moe::Plan>(cfg);
+  return *moe_plans.emplace(key, std::move(plan)).first->second;
+}
+
+void deepseek_moe_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
+                        nb::handle residual, nb::handle router_weight, nb::handle gate_up_weight,
+                        nb::handle down_weight, nb::handle rms_weight, nb::handle shared_gate_up_weight,
+                        nb::handle shared_down_weight, int top_k, bool norm_topk_prob, float routed_scaling,
+                        const std::string& topk_method, int n_group, int topk_group, float eps,
+                        const std::string& backend, int cluster_size, int max_batch, uintptr_t stream, bool check_status) {
+  expect_backend(backend, "deepseek_moe_layer");
+  const MoeLayerArgs a = parse_moe_layer(output, residual_output, hidden_states, residual, router_weight,
+                                         gate_up_weight, down_weight, rms_weight, shared_gate_up_weight,
+                                         shared_down_weight, top_k, norm_topk_prob, routed_scaling, topk_method,
+                                         n_group, topk_group, eps);
+  expect_cuda(a.cuda, "deepseek_moe_layer");
+  DeviceGuard device(a.device_id);
+  moe::Plan& plan = moe_plan(a, cluster_size, max_batch);
+  moe::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = a.hidden.data();
+  step.residual = a.residual ? a.residual->data() : nullptr;
+  step.residual_out = a.residual_output.data();
+  step.out = a.output.data();
+  void* s = reinterpret_cast<void*>(stream);
+  plan.run(step, s);
+  if (check_status) plan.check_status(s);
+}
+
 void rms_norm(nb::handle output, nb::handle input, nb::handle weight, float eps, nb::handle residual,
               nb::handle residual_output, uintptr_t stream) {
   const RmsNormArgs a = parse_rms_norm(output, input, weight, eps, residual, residual_output);
@@ -349,14 +402,21 @@ NB_MODULE(_cuda, m) {
         "cos_sin"_a.none(), "q_a_weight"_a.none(), "q_a_norm"_a.none(), "q_b_weight"_a.none(),
         "kv_last_page_len"_a.none(), "eps"_a, "softmax_scale"_a.none(), "backend"_a, "cluster_size"_a, "max_batch"_a,
         "stream"_a, "check_status"_a, "The fused MLA block on CUDA tensors; see clusterfusion.deepseek_decoder_layer.");
+  m.def("deepseek_moe_layer", &deepseek_moe_layer, "output"_a.none(), "residual_output"_a.none(), "hidden_states"_a.none(),
+        "residual"_a.none(), "router_weight"_a.none(), "gate_up_weight"_a.none(), "down_weight"_a.none(),
+        "rms_weight"_a.none(), "shared_gate_up_weight"_a.none(), "shared_down_weight"_a.none(), "top_k"_a,
+        "norm_topk_prob"_a, "routed_scaling"_a, "topk_method"_a, "n_group"_a, "topk_group"_a, "eps"_a, "backend"_a,
+        "cluster_size"_a, "max_batch"_a, "stream"_a,
+        "check_status"_a, "The fused MoE block on CUDA tensors; see clusterfusion.deepseek_moe_layer.");
   m.def("rms_norm", &rms_norm, "output"_a.none(), "input"_a.none(), "weight"_a.none(), "eps"_a, "residual"_a.none(),
         "residual_output"_a.none(), "stream"_a, "RMSNorm on CUDA tensors; see clusterfusion.rms_norm.");
   m.def("device_count", &device_count, "Number of CUDA devices visible (0 without a driver or GPU).");
-  m.def("plan_count", [] { return decoder_plans.size() + ffn_plans.size() + mla_plans.size(); },
+  m.def("plan_count", [] { return decoder_plans.size() + ffn_plans.size() + mla_plans.size() + moe_plans.size(); },
         "Number of cached kernel plans (one per layer and shape).");
   m.def("clear_plans", [] {
     decoder_plans.clear();
     ffn_plans.clear();
     mla_plans.clear();
+    moe_plans.clear();
   }, "Frees every cached kernel plan (their device workspaces); the next call of each layer builds it again.");
 }
