@@ -83,6 +83,14 @@ void expect_backend(const std::string& backend, const char* fn) {
                            "'auto' or 'cuda'; 'reference' and 'emu' take CPU arrays)").c_str());
 }
 
+// The largest batch a cached plan serves: max_batch, or the call's batch when 0.
+int plan_batch_for(int max_batch, int batch) {
+  if (max_batch > 0 && max_batch < batch)
+    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
+                           std::to_string(batch)).c_str());
+  return max_batch > 0 ? max_batch : batch;
+}
+
 int64_t bits_of(float f) { return int64_t(std::bit_cast<uint32_t>(f)); }
 int64_t address(const void* p) { return int64_t(reinterpret_cast<uintptr_t>(p)); }
 
@@ -92,10 +100,7 @@ auto& ffn_plans = *new std::map<std::array<int64_t, 11>, std::unique_ptr<ffn::Pl
 
 da::Plan& decoder_plan(const DecoderLayerArgs& a, int cluster_size, int max_batch) {
   const dev::DType dtype = kernel_dtype(a.dtype, "llama_decoder_layer");
-  const int plan_batch = max_batch > 0 ? max_batch : a.batch;
-  if (plan_batch < a.batch)
-    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
-                           std::to_string(a.batch)).c_str());
+  const int plan_batch = plan_batch_for(max_batch, a.batch);
   const void* norm = a.rms_weight.data();
   const void* bias = a.qkv_bias ? a.qkv_bias->data() : nullptr;
   const void* cos_sin = a.cos_sin ? a.cos_sin->data() : nullptr;
@@ -179,10 +184,7 @@ void llama_decoder_layer(nb::handle output, nb::handle residual_output, nb::hand
 
 ffn::Plan& ffn_plan(const FfnLayerArgs& a, int cluster_size, int max_batch) {
   const dev::DType dtype = kernel_dtype(a.dtype, "llama_ffn_layer");
-  const int plan_batch = max_batch > 0 ? max_batch : a.batch;
-  if (plan_batch < a.batch)
-    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
-                           std::to_string(a.batch)).c_str());
+  const int plan_batch = plan_batch_for(max_batch, a.batch);
   const std::array<int64_t, 11> key = {a.device_id, int64_t(dtype), a.hidden_size, a.ffn_hidden, bits_of(a.eps),
                                        address(a.rms_weight.data()), address(a.gate_up_weight.data()),
                                        address(a.down_weight.data()), plan_batch, cluster_size, 0};
@@ -229,10 +231,7 @@ auto& mla_plans = *new std::map<std::array<int64_t, 26>, std::unique_ptr<mla::Pl
 
 mla::Plan& mla_plan(const MlaLayerArgs& a, int cluster_size, int max_batch) {
   const dev::DType dtype = kernel_dtype(a.dtype, "deepseek_decoder_layer");
-  const int plan_batch = max_batch > 0 ? max_batch : a.batch;
-  if (plan_batch < a.batch)
-    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
-                           std::to_string(a.batch)).c_str());
+  const int plan_batch = plan_batch_for(max_batch, a.batch);
   auto ptr = [](const std::optional<Array>& x) -> const void* { return x ? x->data() : nullptr; };
   const std::array<int64_t, 26> key = {
       a.device_id, int64_t(dtype), a.hidden_size, a.n_heads, a.q_lora_rank, a.kv_lora_rank, a.qk_nope, a.qk_rope,
@@ -290,10 +289,7 @@ auto& moe_plans = *new std::map<std::array<int64_t, 20>, std::unique_ptr<moe::Pl
 
 moe::Plan& moe_plan(const MoeLayerArgs& a, int cluster_size, int max_batch) {
   const dev::DType dtype = kernel_dtype(a.dtype, "deepseek_moe_layer");
-  const int plan_batch = max_batch > 0 ? max_batch : a.batch;
-  if (plan_batch < a.batch)
-    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
-                           std::to_string(a.batch)).c_str());
+  const int plan_batch = plan_batch_for(max_batch, a.batch);
   auto ptr = [](const std::optional<Array>& x) -> const void* { return x ? x->data() : nullptr; };
   const MoeBlockShape& s = a.shape;
   const std::array<int64_t, 20> key = {
