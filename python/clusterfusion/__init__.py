@@ -15,6 +15,7 @@ non-arrays and wrong dtypes.
 from __future__ import annotations
 
 import importlib
+import math
 import operator
 import sys
 import threading
@@ -27,6 +28,10 @@ __version__: str = _core.__version__
 __all__ = [
     "llama_decoder_layer",
     "llama_ffn_layer",
+    "deepseek_decoder_layer",
+    "deepseek_moe_layer",
+    "deepseek_rope_table",
+    "deepseek_softmax_scale",
     "rms_norm",
     "Model",
     "cuda_available",
@@ -358,6 +363,205 @@ def llama_ffn_layer(
         _cuda_ext().llama_ffn_layer(*args, stream_handle, check_status)
     else:
         _core.llama_ffn_layer(*args, emu_seed)
+
+
+_YARN_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+
+
+def _yarn_args(rope_scaling: Optional[Dict[str, Any]]) -> List[float]:
+    """rope_scaling (a DeepSeek-V2 config.json's dict, or None) as the six YaRN numbers (factor 1: plain RoPE)."""
+    if rope_scaling is None:
+        return [1.0, 4096.0, 32.0, 1.0, 1.0, 0.0]
+    if not isinstance(rope_scaling, dict):
+        raise TypeError(f"rope_scaling: expected a dict (config.json's rope_scaling) or None, got "
+                        f"{type(rope_scaling).__name__}")
+    kind = rope_scaling.get("type", rope_scaling.get("rope_type", "yarn"))
+    if kind != "yarn":
+        raise ValueError(f"rope_scaling: type '{kind}' is not supported (DeepSeek-V2 uses 'yarn')")
+    defaults = {"factor": 1.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
+                "mscale": 1.0, "mscale_all_dim": 0.0}
+    return [_float_arg(rope_scaling.get(k, defaults[k]), f"rope_scaling['{k}']") for k in _YARN_KEYS]
+
+
+def deepseek_rope_table(
+    qk_rope: int, max_positions: int, rope_theta: float = 10000.0, rope_scaling: Optional[Dict[str, Any]] = None
+) -> Any:
+    """The RoPE table deepseek_decoder_layer takes: a float32 numpy array [max_positions, qk_rope], per position the
+    cos of the qk_rope/2 adjacent pairs (2i, 2i+1), then their sin, with DeepSeek-V2's YaRN frequencies and
+    magnitude (docs/mla.md 1.3). rope_scaling: the config's dict (type yarn, factor, original_max_position_embeddings,
+    beta_fast, beta_slow, mscale, mscale_all_dim) or None for plain RoPE. Copy it to the GPU for CUDA tensors."""
+    qk_rope = _int_arg(qk_rope, "qk_rope", 2, 4096)
+    if qk_rope % 2:
+        raise ValueError(f"qk_rope: {qk_rope} is odd (RoPE rotates pairs)")
+    max_positions = _int_arg(max_positions, "max_positions", 1, 1 << 24)
+    return _core.yarn_rope_table(qk_rope, max_positions, _float_arg(rope_theta, "rope_theta"),
+                                 *_yarn_args(rope_scaling))
+
+
+def deepseek_softmax_scale(qk_nope: int, qk_rope: int, rope_scaling: Optional[Dict[str, Any]] = None) -> float:
+    """DeepSeek-V2's attention scale: (qk_nope + qk_rope)^-0.5, times mscale(factor, mscale_all_dim)^2 under YaRN
+    (the authors' code and llama.cpp; 0.11472 for DeepSeek-V2-Lite)."""
+    q_head = _int_arg(qk_nope, "qk_nope", 1, 1 << 16) + _int_arg(qk_rope, "qk_rope", 1, 1 << 16)
+    factor, _, _, _, _, mscale_all_dim = _yarn_args(rope_scaling)
+    scale = q_head ** -0.5
+    if factor > 1.0 and mscale_all_dim != 0.0:
+        m = 0.1 * mscale_all_dim * math.log(factor) + 1.0
+        scale *= m * m
+    return scale
+
+
+def deepseek_decoder_layer(
+    output: ArrayLike,
+    residual_output: ArrayLike,
+    hidden_states: ArrayLike,
+    residual: Optional[ArrayLike],
+    q_weight: Optional[ArrayLike],
+    kv_a_weight: ArrayLike,
+    kv_a_norm: ArrayLike,
+    uk_weight: ArrayLike,
+    uv_weight: ArrayLike,
+    o_weight: ArrayLike,
+    rms_weight: ArrayLike,
+    latent_cache: Union[ArrayLike, Sequence[ArrayLike]],
+    paged_kv_indptr: ArrayLike,
+    paged_kv_indices: ArrayLike,
+    positions: ArrayLike,
+    cos_sin: ArrayLike,
+    *,
+    layer_id: int = 0,
+    q_a_weight: Optional[ArrayLike] = None,
+    q_a_norm: Optional[ArrayLike] = None,
+    q_b_weight: Optional[ArrayLike] = None,
+    kv_last_page_len: Optional[ArrayLike] = None,
+    eps: float = 1e-6,
+    softmax_scale: Optional[float] = None,
+    backend: str = "auto",
+    cluster_size: int = 0,
+    max_batch: int = 0,
+    stream: Any = None,
+    check_status: bool = False,
+    emu_seed: int = 0,
+) -> None:
+    """The attention half of a DeepSeek-V2 decoder layer (multi-head latent attention, absorbed; the fused MLA
+    block) for a batch of decode tokens, in place (docs/mla.md).
+
+    With B tokens (one per sequence, 1 <= B <= 16), Hd = hidden, H heads, r = kv_lora_rank, q_head = nope + rope::
+
+        residual_output = hidden_states + residual          (residual None: residual_output = hidden_states)
+        x               = rmsnorm(residual_output) * rms_weight                          (eps)
+        q               = x @ q_weight.T, or rmsnorm(x @ q_a_weight.T) * q_a_norm @ q_b_weight.T     [H, q_head]
+        kv              = x @ kv_a_weight.T;  c_kv = rmsnorm(kv[:r]) * kv_a_norm;  k_pe = kv[r:]
+        q_pe, k_pe      = RoPE on adjacent pairs at positions (the cos_sin table)
+        [c_kv, k_pe]   -> the latent cache at each sequence's last position (the page table includes the new token)
+        q_lat[h]        = [uk_weight[h].T @ q_nope[h], q_pe[h]]
+        o_lat[h]        = softmax(q_lat[h] . rows * softmax_scale) @ rows[:, :r]   over the sequence's latent rows
+        output          = concat_h(uv_weight[h] @ o_lat[h]) @ o_weight.T
+
+    Arrays (C-contiguous; activations, weights and cache share one dtype: float16 or bfloat16, float32 on the CPU
+    reference too):
+        output, residual_output (written), hidden_states, residual: [B, Hd]. Outputs may be the input arrays.
+        q_weight [H * q_head, Hd] (DeepSeek-V2-Lite), or None with q_a_weight [q_lora, Hd], q_a_norm [q_lora] and
+            q_b_weight [H * q_head, q_lora] (DeepSeek-V2).
+        kv_a_weight [r + rope, Hd] (kv_a_proj_with_mqa: c_kv rows, then k_pe rows); kv_a_norm [r].
+        uk_weight [H, nope, r] and uv_weight [H, v, r]: kv_b_proj split per head (its nope rows, then its v rows;
+            from a GGUF: attn_k_b transposed per head, attn_v_b). H, nope and r come from uk_weight, v from uv_weight.
+        o_weight [Hd, H * v]; rms_weight [Hd].
+        latent_cache: this layer's pool [slots, r + rope] (page size 1) or [n_pages, page_size, r + rope], rows
+            [c_kv, k_pe] (rope comes from its width); or a list of per-layer pools indexed by layer_id.
+        paged_kv_indptr int32 [B + 1], paged_kv_indices int32 [n], kv_last_page_len int32 [B] or None (every last
+            page full): FlashInfer's page table AFTER this step's append.
+        positions int32 [B] (int64 on CPU arrays too); cos_sin float32 [max_positions, rope]: deepseek_rope_table().
+
+    Keywords: eps (every RMSNorm of the block, DeepSeek's 1e-6); softmax_scale (None: q_head^-0.5; DeepSeek-V2's
+    YaRN models need deepseek_softmax_scale()); backend "auto" (CUDA tensors: the fused kernel; CPU arrays: the
+    reference), "cuda", "reference" or "emu" (the fused kernel on the CPU emulator: float16/bfloat16, slow);
+    cluster_size, max_batch, stream, check_status, emu_seed as in llama_decoder_layer.
+
+    The CUDA path and backend "emu" need the fused MLA kernel in the build (ValueError saying so otherwise).
+    """
+    layer_id = _int_arg(layer_id, "layer_id", 0, _INT32_MAX)
+    cluster_size = _int_arg(cluster_size, "cluster_size", 0, 16)
+    max_batch = _int_arg(max_batch, "max_batch", 0, 16)
+    emu_seed = _int_arg(emu_seed, "emu_seed", 0, _UINT64_MAX)
+    eps = _float_arg(eps, "eps")
+    scale = None if softmax_scale is None else _float_arg(softmax_scale, "softmax_scale")
+    cuda = _on_cuda(hidden_states)
+    stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
+    arrays = _arrays(output, residual_output, hidden_states, residual, q_weight, kv_a_weight, kv_a_norm, uk_weight,
+                     uv_weight, o_weight, rms_weight, _layer_cache(latent_cache, layer_id, "latent_cache"),
+                     paged_kv_indptr, paged_kv_indices, positions, cos_sin, q_a_weight, q_a_norm, q_b_weight,
+                     kv_last_page_len)
+    args = (*arrays, eps, scale, backend, cluster_size, max_batch)
+    if cuda:
+        _cuda_ext().deepseek_decoder_layer(*args, stream_handle, check_status)
+    else:
+        _core.deepseek_decoder_layer(*args, emu_seed)
+
+
+def deepseek_moe_layer(
+    output: ArrayLike,
+    residual_output: ArrayLike,
+    hidden_states: ArrayLike,
+    residual: Optional[ArrayLike],
+    router_weight: ArrayLike,
+    gate_up_weight: ArrayLike,
+    down_weight: ArrayLike,
+    rms_weight: ArrayLike,
+    *,
+    top_k: int,
+    shared_gate_up_weight: Optional[ArrayLike] = None,
+    shared_down_weight: Optional[ArrayLike] = None,
+    norm_topk_prob: bool = False,
+    routed_scaling: float = 1.0,
+    topk_method: str = "greedy",
+    n_group: int = 1,
+    topk_group: int = 1,
+    eps: float = 1e-6,
+    backend: str = "auto",
+    cluster_size: int = 0,
+    max_batch: int = 0,
+    stream: Any = None,
+    check_status: bool = False,
+    emu_seed: int = 0,
+) -> None:
+    """The FFN half of a DeepSeek-V2 MoE layer (the fused MoE block), in place (docs/mla.md 2)::
+
+        residual_output = hidden_states + residual          (residual None: residual_output = hidden_states)
+        x               = rmsnorm(residual_output) * rms_weight                          (eps)
+        p               = softmax(x @ router_weight.T)      top_k experts by p (ties: the lower id), groups first
+                                                            with topk_method "group_limited_greedy"
+        g_e             = p_e, renormalised over the chosen when norm_topk_prob, times routed_scaling
+        output          = sum_e g_e expert_e(x) + shared(x),  expert(x) = (silu(x Wg^T) * (x Wu^T)) Wd^T
+
+    Arrays (C-contiguous; one dtype as in deepseek_decoder_layer, the router float32): output, residual_output
+    (written), hidden_states, residual [B, H]; router_weight float32 [n_experts, H]; gate_up_weight
+    [n_experts, 2 * expert_ffn, H] (each expert's gate rows, then its up rows); down_weight [n_experts, H, expert_ffn];
+    rms_weight [H]; shared_gate_up_weight [2 * shared_ffn, H] and shared_down_weight [H, shared_ffn] (the shared
+    experts as one SwiGLU) or None. Only the chosen experts' weights are read. Keywords as in llama_ffn_layer; the
+    fused kernel takes H % 32 == 0, expert_ffn and shared_ffn % 16 == 0, at most 256 experts and top_k 16.
+    """
+    top_k = _int_arg(top_k, "top_k", 1, 4096)
+    n_group = _int_arg(n_group, "n_group", 1, 4096)
+    topk_group = _int_arg(topk_group, "topk_group", 1, 4096)
+    cluster_size = _int_arg(cluster_size, "cluster_size", 0, 16)
+    max_batch = _int_arg(max_batch, "max_batch", 0, 16)
+    emu_seed = _int_arg(emu_seed, "emu_seed", 0, _UINT64_MAX)
+    eps = _float_arg(eps, "eps")
+    routed_scaling = _float_arg(routed_scaling, "routed_scaling")
+    if not isinstance(norm_topk_prob, bool):
+        raise TypeError(f"norm_topk_prob: expected a bool, got {type(norm_topk_prob).__name__}")
+    if not isinstance(topk_method, str):
+        raise TypeError(f"topk_method: expected a str, got {type(topk_method).__name__}")
+    cuda = _on_cuda(hidden_states)
+    stream_handle = _stream_handle(hidden_states, stream) if cuda else 0
+    arrays = _arrays(output, residual_output, hidden_states, residual, router_weight, gate_up_weight, down_weight,
+                     rms_weight, shared_gate_up_weight, shared_down_weight)
+    args = (*arrays, top_k, norm_topk_prob, routed_scaling, topk_method, n_group, topk_group, eps, backend,
+            cluster_size, max_batch)
+    if cuda:
+        _cuda_ext().deepseek_moe_layer(*args, stream_handle, check_status)
+    else:
+        _core.deepseek_moe_layer(*args, emu_seed)
 
 
 def rms_norm(

@@ -1,6 +1,8 @@
 #include "cpu_blocks.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "clusterfusion/common/error.hpp"
@@ -10,7 +12,10 @@
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/reference/attention.hpp"
 #include "clusterfusion/reference/decoder.hpp"
+#include "clusterfusion/reference/moe.hpp"
 #include "clusterfusion/reference/ops.hpp"
+#include "clusterfusion/kernels/mla/launch.hpp"
+#include "clusterfusion/kernels/moe/launch.hpp"
 
 namespace cf::py {
 namespace {
@@ -48,7 +53,9 @@ struct HostPageTable {
   std::vector<int32_t> positions, last_page_len;
 };
 
-HostPageTable check_page_table(const DecoderLayerArgs& a) {
+// Args: DecoderLayerArgs or MlaLayerArgs (the same page-table fields).
+template <typename Args>
+HostPageTable check_page_table(const Args& a) {
   HostPageTable t;
   t.positions.resize(static_cast<size_t>(a.batch));
   for (int b = 0; b < a.batch; ++b) {
@@ -264,6 +271,186 @@ void ffn_layer_emu(const FfnLayerArgs& a, const KernelOptions& o) {
   residual_out.copy_to(a.residual_output);
 }
 
+// ---- MLA block (deepseek_decoder_layer) --------------------------------------------------------------------------
+
+// Rotates the adjacent pairs (2i, 2i + 1) of `rope` values at x with a cos_sin table row (cos of the pairs, then sin).
+void rotate_pairs(float* x, const float* cos_sin_row, int rope) {
+  const float* cos_row = cos_sin_row;
+  const float* sin_row = cos_sin_row + rope / 2;
+  for (int i = 0; i < rope / 2; ++i) {
+    const float a = x[2 * i], b = x[2 * i + 1];
+    x[2 * i] = a * cos_row[i] - b * sin_row[i];
+    x[2 * i + 1] = a * sin_row[i] + b * cos_row[i];
+  }
+}
+
+// The absorbed MLA block of docs/mla.md §1 per token: fp32 inside (the reference's functions), the latent row stored
+// in T; RoPE from the call's table. The cache rows are an MQA with one "KV head" of r + rope values whose values are
+// the rows themselves (the first r outputs of each head are o_latent).
+template <typename T>
+void mla_layer_reference(const MlaLayerArgs& a, const HostPageTable& table) {
+  const int Hd = a.hidden_size, H = a.n_heads, r = a.kv_lora_rank, nope = a.qk_nope, rope = a.qk_rope, v = a.v_head;
+  const int qh = a.q_head(), row = a.latent_row();
+  const T* norm = cptr<T>(a.rms_weight);
+  const T* uk = cptr<T>(a.uk_weight);
+  const T* uv = cptr<T>(a.uv_weight);
+  T* pages = mptr<T>(a.latent_cache);
+  const int32_t* indptr = cptr<int32_t>(a.kv_indptr);
+  const int32_t* indices = cptr<int32_t>(a.kv_indices);
+  const ref::AttentionShape mqa{H, 1, row};
+  std::vector<float> x(static_cast<size_t>(Hd)), q(static_cast<size_t>(H) * qh),
+      q_a(static_cast<size_t>(a.q_lora_rank)), latent(static_cast<size_t>(row));
+  std::vector<float> q_latent(static_cast<size_t>(H) * row), attn(static_cast<size_t>(H) * row),
+      o(static_cast<size_t>(H) * v);
+  for (int b = 0; b < a.batch; ++b) {
+    const T* hb = cptr<T>(a.hidden) + int64_t(b) * Hd;
+    T* rb = mptr<T>(a.residual_output) + int64_t(b) * Hd;
+    if (a.residual) {
+      ref::add_rmsnorm(hb, cptr<T>(a.residual) + int64_t(b) * Hd, norm, rb, x.data(), Hd, a.eps);
+    } else {
+      ref::rmsnorm(hb, norm, x.data(), Hd, a.eps);
+      for (int i = 0; i < Hd; ++i) rb[i] = hb[i];  // after the norm: rb may alias hb
+    }
+    if (a.q_weight) {
+      ref::matvec(cptr<T>(a.q_weight), x.data(), q.data(), H * qh, Hd);
+    } else {
+      ref::matvec(cptr<T>(a.q_a_weight), x.data(), q_a.data(), a.q_lora_rank, Hd);
+      ref::rmsnorm(q_a.data(), cptr<T>(a.q_a_norm), q_a.data(), a.q_lora_rank, a.eps);
+      ref::matvec(cptr<T>(a.q_b_weight), q_a.data(), q.data(), H * qh, a.q_lora_rank);
+    }
+    ref::matvec(cptr<T>(a.kv_a_weight), x.data(), latent.data(), row, Hd);
+    ref::rmsnorm(latent.data(), cptr<T>(a.kv_a_norm), latent.data(), r, a.eps);
+    const float* rope_row = cptr<float>(a.cos_sin) + int64_t(table.positions[size_t(b)]) * rope;
+    rotate_pairs(latent.data() + r, rope_row, rope);
+    for (int h = 0; h < H; ++h) rotate_pairs(q.data() + size_t(h) * qh + nope, rope_row, rope);
+
+    // Append the latent row at the sequence's last position (the page table already counts the new token).
+    const int n_seq_pages = indptr[b + 1] - indptr[b];
+    const int32_t last = table.last_page_len[size_t(b)];
+    const int kv_len = ref::paged_kv_len(n_seq_pages, last, a.page_size);
+    const int32_t* page_ids = indices + indptr[b];
+    const int slot_pos = kv_len - 1;
+    const int64_t slot = (int64_t(page_ids[slot_pos / a.page_size]) * a.page_size + slot_pos % a.page_size) * row;
+    for (int i = 0; i < row; ++i) pages[slot + i] = from_float<T>(latent[size_t(i)]);
+
+    // q_latent[h] = [W_UK[h]^T q_nope[h], q_pe[h]]
+    for (int h = 0; h < H; ++h) {
+      const float* qn = q.data() + size_t(h) * qh;
+      float* ql = q_latent.data() + size_t(h) * row;
+      for (int c = 0; c < r; ++c) {
+        float acc = 0.0f;
+        for (int n = 0; n < nope; ++n) acc += to_float(uk[(int64_t(h) * nope + n) * r + c]) * qn[n];
+        ql[c] = acc;
+      }
+      std::copy_n(qn + nope, rope, ql + r);
+    }
+    const int32_t one_seq[2] = {0, n_seq_pages};
+    ref::decode_attention_paged(q_latent.data(), pages, pages, attn.data(), 1, one_seq, page_ids, &last,
+                                a.page_size, mqa, a.softmax_scale);
+    // o[h] = W_UV[h] o_latent[h]; out = o Wo^T
+    for (int h = 0; h < H; ++h)
+      for (int j = 0; j < v; ++j) {
+        float acc = 0.0f;
+        for (int c = 0; c < r; ++c) acc += to_float(uv[(int64_t(h) * v + j) * r + c]) * attn[size_t(h) * row + c];
+        o[size_t(h) * v + j] = acc;
+      }
+    ref::matvec(cptr<T>(a.o_weight), o.data(), mptr<T>(a.output) + int64_t(b) * Hd, Hd, H * v);
+  }
+}
+
+namespace mla = cf::kernels::mla;
+
+void mla_layer_emu(const MlaLayerArgs& a, const HostPageTable& table, const KernelOptions& o) {
+  std::map<const Array*, EmuCopy> copies;  // every array the kernel reads or writes, in emulated device memory
+  auto device = [&](const Array& x) -> void* { return copies.try_emplace(&x, x).first->second.data(); };
+  const EmuCopy last(table.last_page_len.data(), table.last_page_len.size() * sizeof(int32_t)),
+      positions(table.positions.data(), table.positions.size() * sizeof(int32_t));
+  mla::Plan plan(mla_plan_config<mla::PlanConfig>(a, kernel_dtype(a.dtype, "deepseek_decoder_layer"), o.max_batch,
+                                                  o.cluster_size, device));
+  mla::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = device(a.hidden);
+  step.residual = a.residual ? device(*a.residual) : nullptr;
+  step.residual_out = device(a.residual_output);
+  step.out = device(a.output);
+  step.positions = static_cast<const int32_t*>(positions.data());
+  step.kv_indptr = static_cast<const int32_t*>(device(a.kv_indptr));
+  step.kv_indices = static_cast<const int32_t*>(device(a.kv_indices));
+  step.kv_last_page_len = static_cast<const int32_t*>(last.data());
+  step.n_indices = a.n_indices;
+  plan.run(step, nullptr, o.emu_seed);
+  plan.check_status();
+  for (const Array* written : {&a.output, &a.residual_output, &a.latent_cache}) copies.at(written).copy_to(*written);
+}
+
+// ---- MoE block (deepseek_moe_layer) -----------------------------------------------------------------------------
+
+// cf::ref::moe_ffn per token after the residual add + RMSNorm: the fp32 router, then the shared and chosen experts.
+template <typename T>
+void moe_layer_reference(const MoeLayerArgs& a) {
+  const MoeBlockShape& b = a.shape;
+  ref::MoeShape s;
+  s.hidden = b.hidden;
+  s.n_experts = b.n_experts;
+  s.top_k = b.top_k;
+  s.expert_ffn = b.expert_ffn;
+  s.shared_ffn = b.shared_ffn;
+  s.norm_topk_prob = b.norm_topk_prob;
+  s.routed_scaling_factor = b.routed_scaling;
+  s.method = b.selection == ExpertSelection::GroupLimitedGreedy ? ref::TopkMethod::GroupLimitedGreedy
+                                                                 : ref::TopkMethod::Greedy;
+  s.n_group = b.n_group;
+  s.topk_group = b.topk_group;
+  const int64_t H = b.hidden, F = b.expert_ffn;
+  std::vector<ref::ExpertWeights<T>> experts(static_cast<size_t>(b.n_experts));
+  for (int64_t e = 0; e < b.n_experts; ++e) {
+    const T* gate = cptr<T>(a.gate_up_weight) + e * 2 * F * H;
+    experts[size_t(e)] = {gate, gate + F * H, cptr<T>(a.down_weight) + e * H * F};
+  }
+  ref::ExpertWeights<T> shared;
+  if (a.shared_gate_up_weight) {
+    shared = {cptr<T>(a.shared_gate_up_weight), cptr<T>(a.shared_gate_up_weight) + int64_t(b.shared_ffn) * H,
+              cptr<T>(a.shared_down_weight)};
+  }
+  std::vector<float> x(static_cast<size_t>(H)), acc(static_cast<size_t>(H));
+  for (int row = 0; row < a.batch; ++row) {
+    const int64_t off = row * H;
+    const T* hb = cptr<T>(a.hidden) + off;
+    T* rb = mptr<T>(a.residual_output) + off;
+    if (a.residual) {
+      ref::add_rmsnorm(hb, cptr<T>(a.residual) + off, cptr<T>(a.rms_weight), rb, x.data(), int(H), b.eps);
+    } else {
+      ref::rmsnorm(hb, cptr<T>(a.rms_weight), x.data(), int(H), b.eps);
+      for (int64_t i = 0; i < H; ++i) rb[i] = hb[i];  // after the norm: rb may alias hb
+    }
+    const ref::Routing r = ref::moe_route(x.data(), cptr<float>(a.router_weight), s);
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    if (s.shared_ffn > 0) ref::add_expert(x.data(), shared, s.hidden, s.shared_ffn, 1.0f, acc.data());
+    for (size_t i = 0; i < r.ids.size(); ++i)
+      ref::add_expert(x.data(), experts[size_t(r.ids[i])], s.hidden, s.expert_ffn, r.weights[i], acc.data());
+    T* out = mptr<T>(a.output) + off;
+    for (int64_t i = 0; i < H; ++i) out[i] = from_float<T>(acc[size_t(i)]);
+  }
+}
+
+namespace moe = cf::kernels::moe;
+
+void moe_layer_emu(const MoeLayerArgs& a, const KernelOptions& o) {
+  std::map<const Array*, EmuCopy> copies;  // every array the kernel reads or writes, in emulated device memory
+  auto device = [&](const Array& x) -> void* { return copies.try_emplace(&x, x).first->second.data(); };
+  moe::Plan plan(moe_plan_config<moe::PlanConfig>(a, kernel_dtype(a.dtype, "deepseek_moe_layer"), o.max_batch,
+                                                  o.cluster_size, device));
+  moe::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = device(a.hidden);
+  step.residual = a.residual ? device(*a.residual) : nullptr;
+  step.residual_out = device(a.residual_output);
+  step.out = device(a.output);
+  plan.run(step, nullptr, o.emu_seed);
+  plan.check_status();
+  for (const Array* written : {&a.output, &a.residual_output}) copies.at(written).copy_to(*written);
+}
+
 }  // namespace
 
 void decoder_layer_cpu(const DecoderLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
@@ -281,6 +468,23 @@ void ffn_layer_cpu(const FfnLayerArgs& a, CpuBackend backend, const KernelOption
     return;
   }
   with_storage_type(a.dtype, [&](auto t) { ffn_layer_reference<decltype(t)>(a); });
+}
+
+void mla_layer_cpu(const MlaLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
+  const HostPageTable table = check_page_table(a);
+  if (backend == CpuBackend::Emu) {
+    mla_layer_emu(a, table, options);
+    return;
+  }
+  with_storage_type(a.dtype, [&](auto t) { mla_layer_reference<decltype(t)>(a, table); });
+}
+
+void moe_layer_cpu(const MoeLayerArgs& a, CpuBackend backend, const KernelOptions& options) {
+  if (backend == CpuBackend::Emu) {
+    moe_layer_emu(a, options);
+    return;
+  }
+  with_storage_type(a.dtype, [&](auto t) { moe_layer_reference<decltype(t)>(a); });
 }
 
 void rms_norm_cpu(const RmsNormArgs& a) {

@@ -22,6 +22,10 @@
 #include "clusterfusion/kernels/ffn/launch.hpp"
 #include "clusterfusion/backends/cuda_unfused/ops.hpp"
 #include "layer_args.hpp"
+#include "mla_args.hpp"
+#include "moe_args.hpp"
+#include "clusterfusion/kernels/mla/launch.hpp"
+#include "clusterfusion/kernels/moe/launch.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -79,6 +83,14 @@ void expect_backend(const std::string& backend, const char* fn) {
                            "'auto' or 'cuda'; 'reference' and 'emu' take CPU arrays)").c_str());
 }
 
+// The largest batch a cached plan serves: max_batch, or the call's batch when 0.
+int plan_batch_for(int max_batch, int batch) {
+  if (max_batch > 0 && max_batch < batch)
+    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
+                           std::to_string(batch)).c_str());
+  return max_batch > 0 ? max_batch : batch;
+}
+
 int64_t bits_of(float f) { return int64_t(std::bit_cast<uint32_t>(f)); }
 int64_t address(const void* p) { return int64_t(reinterpret_cast<uintptr_t>(p)); }
 
@@ -88,10 +100,7 @@ auto& ffn_plans = *new std::map<std::array<int64_t, 11>, std::unique_ptr<ffn::Pl
 
 da::Plan& decoder_plan(const DecoderLayerArgs& a, int cluster_size, int max_batch) {
   const dev::DType dtype = kernel_dtype(a.dtype, "llama_decoder_layer");
-  const int plan_batch = max_batch > 0 ? max_batch : a.batch;
-  if (plan_batch < a.batch)
-    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
-                           std::to_string(a.batch)).c_str());
+  const int plan_batch = plan_batch_for(max_batch, a.batch);
   const void* norm = a.rms_weight.data();
   const void* bias = a.qkv_bias ? a.qkv_bias->data() : nullptr;
   const void* cos_sin = a.cos_sin ? a.cos_sin->data() : nullptr;
@@ -175,10 +184,7 @@ void llama_decoder_layer(nb::handle output, nb::handle residual_output, nb::hand
 
 ffn::Plan& ffn_plan(const FfnLayerArgs& a, int cluster_size, int max_batch) {
   const dev::DType dtype = kernel_dtype(a.dtype, "llama_ffn_layer");
-  const int plan_batch = max_batch > 0 ? max_batch : a.batch;
-  if (plan_batch < a.batch)
-    throw nb::value_error(("max_batch " + std::to_string(max_batch) + " is smaller than the batch of " +
-                           std::to_string(a.batch)).c_str());
+  const int plan_batch = plan_batch_for(max_batch, a.batch);
   const std::array<int64_t, 11> key = {a.device_id, int64_t(dtype), a.hidden_size, a.ffn_hidden, bits_of(a.eps),
                                        address(a.rms_weight.data()), address(a.gate_up_weight.data()),
                                        address(a.down_weight.data()), plan_batch, cluster_size, 0};
@@ -210,6 +216,112 @@ void llama_ffn_layer(nb::handle output, nb::handle residual_output, nb::handle h
   DeviceGuard device(a.device_id);
   ffn::Plan& plan = ffn_plan(a, cluster_size, max_batch);
   ffn::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = a.hidden.data();
+  step.residual = a.residual ? a.residual->data() : nullptr;
+  step.residual_out = a.residual_output.data();
+  step.out = a.output.data();
+  void* s = reinterpret_cast<void*>(stream);
+  plan.run(step, s);
+  if (check_status) plan.check_status(s);
+}
+
+namespace mla = cf::kernels::mla;
+auto& mla_plans = *new std::map<std::array<int64_t, 26>, std::unique_ptr<mla::Plan>>;
+
+mla::Plan& mla_plan(const MlaLayerArgs& a, int cluster_size, int max_batch) {
+  const dev::DType dtype = kernel_dtype(a.dtype, "deepseek_decoder_layer");
+  const int plan_batch = plan_batch_for(max_batch, a.batch);
+  auto ptr = [](const std::optional<Array>& x) -> const void* { return x ? x->data() : nullptr; };
+  const std::array<int64_t, 26> key = {
+      a.device_id, int64_t(dtype), a.hidden_size, a.n_heads, a.q_lora_rank, a.kv_lora_rank, a.qk_nope, a.qk_rope,
+      a.v_head, bits_of(a.eps), bits_of(a.softmax_scale), address(a.rms_weight.data()), address(ptr(a.q_weight)),
+      address(ptr(a.q_a_weight)), address(ptr(a.q_a_norm)), address(ptr(a.q_b_weight)),
+      address(a.kv_a_weight.data()), address(a.kv_a_norm.data()), address(a.uk_weight.data()),
+      address(a.uv_weight.data()), address(a.o_weight.data()), address(a.latent_cache.data()),
+      int64_t(a.n_pages) << 32 | a.page_size, address(a.cos_sin.data()), int64_t(a.cos_sin_rows) << 8 | plan_batch,
+      cluster_size};
+  auto it = mla_plans.find(key);
+  if (it != mla_plans.end()) return *it->second;
+  if (mla_plans.size() >= kMaxPlans) mla_plans.clear();
+  const mla::PlanConfig cfg = mla_plan_config<mla::PlanConfig>(
+      a, dtype, plan_batch, cluster_size, [](const Array& x) -> void* { return x.data(); });
+  auto plan = std::make_unique<mla::Plan>(cfg);
+  return *mla_plans.emplace(key, std::move(plan)).first->second;
+}
+
+void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
+                            nb::handle residual, nb::handle q_weight, nb::handle kv_a_weight, nb::handle kv_a_norm,
+                            nb::handle uk_weight, nb::handle uv_weight, nb::handle o_weight, nb::handle rms_weight,
+                            nb::handle latent_cache, nb::handle paged_kv_indptr, nb::handle paged_kv_indices,
+                            nb::handle positions, nb::handle cos_sin, nb::handle q_a_weight, nb::handle q_a_norm,
+                            nb::handle q_b_weight, nb::handle kv_last_page_len, float eps,
+                            std::optional<float> softmax_scale, const std::string& backend, int cluster_size,
+                            int max_batch, uintptr_t stream, bool check_status) {
+  expect_backend(backend, "deepseek_decoder_layer");
+  const MlaLayerArgs a = parse_mla_layer(output, residual_output, hidden_states, residual, q_weight, kv_a_weight,
+                                         kv_a_norm, uk_weight, uv_weight, o_weight, rms_weight, latent_cache,
+                                         paged_kv_indptr, paged_kv_indices, positions, cos_sin, q_a_weight, q_a_norm,
+                                         q_b_weight, kv_last_page_len, eps, softmax_scale);
+  expect_cuda(a.cuda, "deepseek_decoder_layer");
+  if (a.positions.elem != Elem::I32)
+    a.positions.fail_type("the fused MLA kernel takes int32 positions on CUDA tensors (got int64)");
+  DeviceGuard device(a.device_id);
+  mla::Plan& plan = mla_plan(a, cluster_size, max_batch);
+  mla::StepArgs step;
+  step.batch = a.batch;
+  step.hidden = a.hidden.data();
+  step.residual = a.residual ? a.residual->data() : nullptr;
+  step.residual_out = a.residual_output.data();
+  step.out = a.output.data();
+  step.positions = static_cast<const int32_t*>(a.positions.data());
+  step.kv_indptr = static_cast<const int32_t*>(a.kv_indptr.data());
+  step.kv_indices = static_cast<const int32_t*>(a.kv_indices.data());
+  step.kv_last_page_len = a.kv_last_page_len ? static_cast<const int32_t*>(a.kv_last_page_len->data()) : nullptr;
+  step.n_indices = a.n_indices;
+  void* s = reinterpret_cast<void*>(stream);
+  plan.run(step, s);
+  if (check_status) plan.check_status(s);
+}
+
+namespace moe = cf::kernels::moe;
+auto& moe_plans = *new std::map<std::array<int64_t, 20>, std::unique_ptr<moe::Plan>>;
+
+moe::Plan& moe_plan(const MoeLayerArgs& a, int cluster_size, int max_batch) {
+  const dev::DType dtype = kernel_dtype(a.dtype, "deepseek_moe_layer");
+  const int plan_batch = plan_batch_for(max_batch, a.batch);
+  auto ptr = [](const std::optional<Array>& x) -> const void* { return x ? x->data() : nullptr; };
+  const MoeBlockShape& s = a.shape;
+  const std::array<int64_t, 20> key = {
+      a.device_id, int64_t(dtype), s.hidden, s.n_experts, s.top_k, s.expert_ffn, s.shared_ffn,
+      int64_t(s.norm_topk_prob), bits_of(s.routed_scaling), int64_t(s.selection), int64_t(s.n_group) << 32 | s.topk_group,
+      bits_of(s.eps), address(a.rms_weight.data()), address(a.router_weight.data()), address(a.gate_up_weight.data()),
+      address(a.down_weight.data()), address(ptr(a.shared_gate_up_weight)), address(ptr(a.shared_down_weight)),
+      plan_batch, cluster_size};
+  auto it = moe_plans.find(key);
+  if (it != moe_plans.end()) return *it->second;
+  if (moe_plans.size() >= kMaxPlans) moe_plans.clear();
+  const moe::PlanConfig cfg = moe_plan_config<moe::PlanConfig>(
+      a, dtype, plan_batch, cluster_size, [](const Array& x) -> void* { return x.data(); });
+  auto plan = std::make_unique<moe::Plan>(cfg);
+  return *moe_plans.emplace(key, std::move(plan)).first->second;
+}
+
+void deepseek_moe_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
+                        nb::handle residual, nb::handle router_weight, nb::handle gate_up_weight,
+                        nb::handle down_weight, nb::handle rms_weight, nb::handle shared_gate_up_weight,
+                        nb::handle shared_down_weight, int top_k, bool norm_topk_prob, float routed_scaling,
+                        const std::string& topk_method, int n_group, int topk_group, float eps,
+                        const std::string& backend, int cluster_size, int max_batch, uintptr_t stream, bool check_status) {
+  expect_backend(backend, "deepseek_moe_layer");
+  const MoeLayerArgs a = parse_moe_layer(output, residual_output, hidden_states, residual, router_weight,
+                                         gate_up_weight, down_weight, rms_weight, shared_gate_up_weight,
+                                         shared_down_weight, top_k, norm_topk_prob, routed_scaling, topk_method,
+                                         n_group, topk_group, eps);
+  expect_cuda(a.cuda, "deepseek_moe_layer");
+  DeviceGuard device(a.device_id);
+  moe::Plan& plan = moe_plan(a, cluster_size, max_batch);
+  moe::StepArgs step;
   step.batch = a.batch;
   step.hidden = a.hidden.data();
   step.residual = a.residual ? a.residual->data() : nullptr;
@@ -279,13 +391,28 @@ NB_MODULE(_cuda, m) {
         "residual"_a.none(), "gate_up_weight"_a.none(), "down_weight"_a.none(), "rms_weight"_a.none(), "eps"_a, "backend"_a,
         "cluster_size"_a, "max_batch"_a, "stream"_a, "check_status"_a,
         "The fused FFN block on CUDA tensors; see clusterfusion.llama_ffn_layer.");
+  m.def("deepseek_decoder_layer", &deepseek_decoder_layer, "output"_a.none(), "residual_output"_a.none(),
+        "hidden_states"_a.none(), "residual"_a.none(), "q_weight"_a.none(), "kv_a_weight"_a.none(),
+        "kv_a_norm"_a.none(), "uk_weight"_a.none(), "uv_weight"_a.none(), "o_weight"_a.none(), "rms_weight"_a.none(),
+        "latent_cache"_a.none(), "paged_kv_indptr"_a.none(), "paged_kv_indices"_a.none(), "positions"_a.none(),
+        "cos_sin"_a.none(), "q_a_weight"_a.none(), "q_a_norm"_a.none(), "q_b_weight"_a.none(),
+        "kv_last_page_len"_a.none(), "eps"_a, "softmax_scale"_a.none(), "backend"_a, "cluster_size"_a, "max_batch"_a,
+        "stream"_a, "check_status"_a, "The fused MLA block on CUDA tensors; see clusterfusion.deepseek_decoder_layer.");
+  m.def("deepseek_moe_layer", &deepseek_moe_layer, "output"_a.none(), "residual_output"_a.none(), "hidden_states"_a.none(),
+        "residual"_a.none(), "router_weight"_a.none(), "gate_up_weight"_a.none(), "down_weight"_a.none(),
+        "rms_weight"_a.none(), "shared_gate_up_weight"_a.none(), "shared_down_weight"_a.none(), "top_k"_a,
+        "norm_topk_prob"_a, "routed_scaling"_a, "topk_method"_a, "n_group"_a, "topk_group"_a, "eps"_a, "backend"_a,
+        "cluster_size"_a, "max_batch"_a, "stream"_a,
+        "check_status"_a, "The fused MoE block on CUDA tensors; see clusterfusion.deepseek_moe_layer.");
   m.def("rms_norm", &rms_norm, "output"_a.none(), "input"_a.none(), "weight"_a.none(), "eps"_a, "residual"_a.none(),
         "residual_output"_a.none(), "stream"_a, "RMSNorm on CUDA tensors; see clusterfusion.rms_norm.");
   m.def("device_count", &device_count, "Number of CUDA devices visible (0 without a driver or GPU).");
-  m.def("plan_count", [] { return decoder_plans.size() + ffn_plans.size(); },
+  m.def("plan_count", [] { return decoder_plans.size() + ffn_plans.size() + mla_plans.size() + moe_plans.size(); },
         "Number of cached kernel plans (one per layer and shape).");
   m.def("clear_plans", [] {
     decoder_plans.clear();
     ffn_plans.clear();
+    mla_plans.clear();
+    moe_plans.clear();
   }, "Frees every cached kernel plan (their device workspaces); the next call of each layer builds it again.");
 }

@@ -82,6 +82,50 @@ inline void set_pool_shape(DecoderLayerArgs& a, const std::vector<int64_t>& s, c
                            " KV positions, more than the 2^31 - 1 supported").c_str());
 }
 
+// The activations of every layer: hidden_states [batch, hidden] (float16, bfloat16 or float32; batch 1..16),
+// output and residual_output of its shape and dtype, residual (optional) likewise. Sets dtype, batch, hidden_size.
+template <typename Args>
+void parse_activations(Args& a) {
+  a.hidden.expect_ndim(2);
+  a.hidden.expect_elem({Elem::F16, Elem::BF16, Elem::F32});
+  a.dtype = a.hidden.elem;
+  a.batch = checked_int(a.hidden.dim(0), "batch");
+  a.hidden_size = checked_int(a.hidden.dim(1), "hidden");
+  if (a.batch < 1 || a.batch > kMaxLayerBatch)
+    a.hidden.fail_value("batch " + std::to_string(a.batch) + " outside [1, " + std::to_string(kMaxLayerBatch) +
+                        "] (hidden_states is [batch, hidden])");
+  if (a.hidden_size < 1) a.hidden.fail_value("hidden is 0");
+  const std::vector<int64_t> act = {a.batch, a.hidden_size};
+  for (Array* x : {&a.output, &a.residual_output}) {
+    x->expect_shape(act, "(the shape of hidden_states)");
+    expect_same_elem(*x, a.hidden);
+  }
+  if (a.residual) {
+    a.residual->expect_shape(act, "(the shape of hidden_states)");
+    expect_same_elem(*a.residual, a.hidden);
+  }
+}
+
+// The page table and positions of an attention layer: paged_kv_indptr int32 [batch + 1], paged_kv_indices int32
+// [n >= batch], kv_last_page_len int32 [batch] (optional), positions int32 or int64 [batch]. Sets n_indices.
+template <typename Args>
+void parse_page_table(Args& a) {
+  a.kv_indptr.expect_elem({Elem::I32});
+  a.kv_indptr.expect_shape({a.batch + 1}, "(batch + 1,)");
+  a.kv_indices.expect_elem({Elem::I32});
+  a.kv_indices.expect_ndim(1);
+  a.n_indices = checked_int(a.kv_indices.dim(0), "paged_kv_indices");
+  if (a.n_indices < a.batch)
+    a.kv_indices.fail_value("has " + std::to_string(a.n_indices) + " entries, fewer than the batch of " +
+                            std::to_string(a.batch) + " (every sequence holds at least its new token)");
+  if (a.kv_last_page_len) {
+    a.kv_last_page_len->expect_elem({Elem::I32});
+    a.kv_last_page_len->expect_shape({a.batch}, "(batch,)");
+  }
+  a.positions.expect_elem({Elem::I32, Elem::I64});
+  a.positions.expect_shape({a.batch}, "(batch,)");
+}
+
 inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residual_output, nb::handle hidden_states,
                                             nb::handle residual, nb::handle qkv_weight, nb::handle o_weight,
                                             nb::handle paged_kv_indptr, nb::handle paged_kv_indices,
@@ -124,24 +168,7 @@ inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residu
                      a.cuda);
 
   // Activations.
-  a.hidden.expect_ndim(2);
-  a.hidden.expect_elem({Elem::F16, Elem::BF16, Elem::F32});
-  a.dtype = a.hidden.elem;
-  a.batch = checked_int(a.hidden.dim(0), "batch");
-  a.hidden_size = checked_int(a.hidden.dim(1), "hidden");
-  if (a.batch < 1 || a.batch > kMaxLayerBatch)
-    a.hidden.fail_value("batch " + std::to_string(a.batch) + " outside [1, " + std::to_string(kMaxLayerBatch) +
-                        "] (hidden_states is [batch, hidden])");
-  if (a.hidden_size < 1) a.hidden.fail_value("hidden is 0");
-  const std::vector<int64_t> act = {a.batch, a.hidden_size};
-  for (Array* x : {&a.output, &a.residual_output}) {
-    x->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*x, a.hidden);
-  }
-  if (a.residual) {
-    a.residual->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*a.residual, a.hidden);
-  }
+  parse_activations(a);
 
   // KV pool: its shape gives n_kv_heads and head_dim.
   if (a.k_cache.ndim() == 1 && a.k_cache.elem == Elem::U64) {
@@ -192,20 +219,7 @@ inline DecoderLayerArgs parse_decoder_layer(nb::handle output, nb::handle residu
   }
 
   // Page table and positions.
-  a.kv_indptr.expect_elem({Elem::I32});
-  a.kv_indptr.expect_shape({a.batch + 1}, "(batch + 1,)");
-  a.kv_indices.expect_elem({Elem::I32});
-  a.kv_indices.expect_ndim(1);
-  a.n_indices = checked_int(a.kv_indices.dim(0), "paged_kv_indices");
-  if (a.n_indices < a.batch)
-    a.kv_indices.fail_value("has " + std::to_string(a.n_indices) + " entries, fewer than the batch of " +
-                            std::to_string(a.batch) + " (every sequence holds at least its new token)");
-  if (a.kv_last_page_len) {
-    a.kv_last_page_len->expect_elem({Elem::I32});
-    a.kv_last_page_len->expect_shape({a.batch}, "(batch,)");
-  }
-  a.positions.expect_elem({Elem::I32, Elem::I64});
-  a.positions.expect_shape({a.batch}, "(batch,)");
+  parse_page_table(a);
 
   // RoPE table: [rows, rot_dim], rot_dim even and <= head_dim (partial rotary when smaller).
   a.rot_dim = a.head_dim;
@@ -261,24 +275,7 @@ inline FfnLayerArgs parse_ffn_layer(nb::handle output, nb::handle residual_outpu
   expect_same_device({&a.hidden, &a.output, &a.residual_output, a.residual ? &*a.residual : nullptr,
                       &a.gate_up_weight, &a.down_weight, &a.rms_weight},
                      a.cuda);
-  a.hidden.expect_ndim(2);
-  a.hidden.expect_elem({Elem::F16, Elem::BF16, Elem::F32});
-  a.dtype = a.hidden.elem;
-  a.batch = checked_int(a.hidden.dim(0), "batch");
-  a.hidden_size = checked_int(a.hidden.dim(1), "hidden");
-  if (a.batch < 1 || a.batch > kMaxLayerBatch)
-    a.hidden.fail_value("batch " + std::to_string(a.batch) + " outside [1, " + std::to_string(kMaxLayerBatch) +
-                        "] (hidden_states is [batch, hidden])");
-  if (a.hidden_size < 1) a.hidden.fail_value("hidden is 0");
-  const std::vector<int64_t> act = {a.batch, a.hidden_size};
-  for (Array* x : {&a.output, &a.residual_output}) {
-    x->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*x, a.hidden);
-  }
-  if (a.residual) {
-    a.residual->expect_shape(act, "(the shape of hidden_states)");
-    expect_same_elem(*a.residual, a.hidden);
-  }
+  parse_activations(a);
 
   a.gate_up_weight.expect_ndim(2);
   expect_same_elem(a.gate_up_weight, a.hidden);

@@ -87,6 +87,25 @@ inline void yarn_cos_sin(const YarnRope& r, int position, float* cos_out, float*
   }
 }
 
+// The cos/sin table of positions [0, positions): per position the r.dim/2 values of yarn_cos_sin's cos, then its sin
+// ([positions, r.dim], the device MLA block's RoPE table); the same values as yarn_cos_sin, frequencies computed once.
+inline std::vector<float> yarn_cos_sin_table(const YarnRope& r, int positions) {
+  const int pairs = r.dim / 2;
+  const double magnitude = yarn_rope_magnitude(r);
+  std::vector<double> inv_freq(static_cast<size_t>(pairs));
+  for (int i = 0; i < pairs; ++i) inv_freq[size_t(i)] = yarn_inv_freq(r, i);
+  std::vector<float> table(size_t(positions) * size_t(r.dim));
+  for (int pos = 0; pos < positions; ++pos) {
+    float* row = table.data() + size_t(pos) * size_t(r.dim);
+    for (int i = 0; i < pairs; ++i) {
+      const double angle = double(pos) * inv_freq[size_t(i)];
+      row[i] = float(std::cos(angle) * magnitude);
+      row[pairs + i] = float(std::sin(angle) * magnitude);
+    }
+  }
+  return table;
+}
+
 // Rotates r.dim values at x + h * stride for each of n_vectors vectors, adjacent pairs. y may alias x.
 template <typename T, typename Out>
 void yarn_rope(const T* x, Out* y, int n_vectors, int64_t stride, int position, const YarnRope& r) {

@@ -36,6 +36,12 @@ float matrix_range(int in) { return std::sqrt(3.0f / float(in)); }
 // Early, clear rejection of shapes neither GPU path runs (before a long upload); the kernels' plans check the rest.
 void check_supported(const ModelConfig& c, const char* backend) {
   const std::string where = std::string("--backend ") + backend + ": ";
+  if (c.is_mla() || c.moe.n_experts > 0) {
+    if (std::string_view(backend) != "cuda")
+      throw InputError(where + c.arch + " models (multi-head latent attention, mixture of experts) need the fused MLA "
+                       "/ MoE kernels (--backend cuda)");
+    return;  // the MLA / MoE plans check their shapes
+  }
   if (c.head_dim != 64 && c.head_dim != 128)
     throw InputError(where + "head_dim " + std::to_string(c.head_dim) + " is not supported (64 or 128)");
   if (c.hidden % 32 != 0)
@@ -64,7 +70,7 @@ std::unique_ptr<Backend> make_cuda_backend(CudaMode mode, std::shared_ptr<const 
   check_supported(weights->config, gpu::mode_name(mode));
   const gpu::GpuOptions g = gpu::GpuOptions::from(options);
   auto model = gpu::DeviceModel::upload(*weights);
-  auto kv = std::make_shared<gpu::DeviceKvCache>(g.kv_shape(weights->config));
+  auto kv = std::make_shared<gpu::DeviceKvCache>(g.kv_shape(weights->config), weights->config.is_mla());
   return std::make_unique<gpu::GpuBackend>(mode, std::move(model), std::move(kv), g);
 }
 
@@ -77,6 +83,8 @@ const char* mode_name(CudaMode mode) { return mode == CudaMode::Fused ? "cuda" :
 std::shared_ptr<DeviceModel> DeviceModel::allocate(const ModelConfig& c, Storage storage, bool with_bias,
                                                    bool separate_output) {
   c.validate("DeviceModel");
+  CF_CHECK_INPUT(!c.is_mla() && c.moe.n_experts == 0,
+                 "DeviceModel::random: " + c.arch + " models (MLA, MoE) have no random device weights yet");
   std::shared_ptr<DeviceModel> m(new DeviceModel());
   m->config_ = c;
   m->storage_ = storage;
@@ -102,21 +110,14 @@ std::shared_ptr<DeviceModel> DeviceModel::allocate(const ModelConfig& c, Storage
 std::shared_ptr<const DeviceModel> DeviceModel::upload(const ModelWeights& w) {
   const Storage s = layout::choose_storage(w);
   const ModelConfig& c = w.config;
-  auto m = allocate(c, s, c.qkv_bias, /*separate_output=*/!w.output.empty());
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& src = w.layers[size_t(l)];
-    Layer& dst = m->layers_[size_t(l)];
-    dst.attn_norm.upload(layout::convert_vector(src.attn_norm, s));
-    dst.w_qkv.upload(layout::convert_stacked({&src.attn_q, &src.attn_k, &src.attn_v}, s));
-    if (c.qkv_bias) dst.b_qkv.upload(layout::convert_qkv_bias(src, s));
-    dst.w_o.upload(layout::convert_stacked({&src.attn_output}, s));
-    dst.ffn_norm.upload(layout::convert_vector(src.ffn_norm, s));
-    dst.w_gate_up.upload(layout::convert_stacked({&src.ffn_gate, &src.ffn_up}, s));
-    dst.w_down.upload(layout::convert_stacked({&src.ffn_down}, s));
-  }
-  m->token_embd_.upload(layout::convert_stacked({&w.token_embd}, s));
-  m->output_norm_.upload(layout::convert_vector(w.output_norm, s));
-  if (!w.output.empty()) m->output_.upload(layout::convert_stacked({&w.output}, s));
+  c.validate("DeviceModel");
+  std::shared_ptr<DeviceModel> m(new DeviceModel());
+  m->config_ = c;
+  m->storage_ = s;
+  for (int l = 0; l < c.n_layers; ++l) m->layers_.push_back(Layer::upload(w, l, s));
+  m->token_embd_ = dev::to_device(layout::convert_stacked({&w.token_embd}, s), "token_embd");
+  m->output_norm_ = dev::to_device(layout::convert_vector(w.output_norm, s), "output_norm");
+  if (!w.output.empty()) m->output_ = dev::to_device(layout::convert_stacked({&w.output}, s), "output (LM head)");
   return m;
 }
 
@@ -145,26 +146,23 @@ std::shared_ptr<const DeviceModel> DeviceModel::random(const ModelConfig& c, Sto
 
 size_t DeviceModel::step_weight_bytes() const {
   size_t bytes = output_norm_.bytes() + size_t(config_.vocab) * size_t(config_.hidden) * sizeof(uint16_t);
-  for (const Layer& l : layers_)
-    bytes += l.attn_norm.bytes() + l.w_qkv.bytes() + l.b_qkv.bytes() + l.w_o.bytes() + l.ffn_norm.bytes() +
-             l.w_gate_up.bytes() + l.w_down.bytes();
+  const double chosen = config_.moe.n_experts > 0 ? double(config_.moe.top_k) / config_.moe.n_experts : 1.0;
+  for (const Layer& l : layers_) bytes += l.bytes(chosen);
   return bytes;
 }
 
 size_t DeviceModel::device_bytes() const {
   size_t bytes = token_embd_.bytes() + output_norm_.bytes() + output_.bytes();
-  for (const Layer& l : layers_)
-    bytes += l.attn_norm.bytes() + l.w_qkv.bytes() + l.b_qkv.bytes() + l.w_o.bytes() + l.ffn_norm.bytes() +
-             l.w_gate_up.bytes() + l.w_down.bytes();
+  for (const Layer& l : layers_) bytes += l.bytes();
   return bytes;
 }
 
 // ---- DeviceKvCache ------------------------------------------------------------------------------------------------
 
-DeviceKvCache::DeviceKvCache(const KvCacheShape& shape)
+DeviceKvCache::DeviceKvCache(const KvCacheShape& shape, bool latent)
     : shape_(shape),
-      k_(size_t(shape.elements_per_layer()) * size_t(shape.n_layers), "KV cache (K)"),
-      v_(size_t(shape.elements_per_layer()) * size_t(shape.n_layers), "KV cache (V)") {
+      k_(size_t(shape.elements_per_layer()) * size_t(shape.n_layers), latent ? "latent cache" : "KV cache (K)"),
+      v_(latent ? 0 : size_t(shape.elements_per_layer()) * size_t(shape.n_layers), "KV cache (V)") {
   CF_CHECK_INPUT(shape.n_layers >= 1 && shape.n_pages >= 1 && shape.page_size >= 1, "DeviceKvCache: empty shape");
 }
 
@@ -197,8 +195,9 @@ KvCacheShape GpuOptions::kv_shape(const ModelConfig& c) const {
                  "GPU backend: max_seqs " + std::to_string(max_seqs) + " outside [1, 16]");
   KvCacheShape kv;
   kv.n_layers = c.n_layers;
-  kv.n_kv_heads = c.n_kv_heads;
-  kv.head_dim = c.head_dim;
+  // MLA: one latent row [c_kv, k_pe] per token and layer (one "KV head"), as the cpu backend's
+  kv.n_kv_heads = c.is_mla() ? 1 : c.n_kv_heads;
+  kv.head_dim = c.is_mla() ? int(c.cache_values_per_token()) : c.head_dim;
   kv.page_size = page_size;
   kv.n_pages = kv_pages > 0 ? kv_pages : (c.max_context + page_size - 1) / page_size * max_seqs;
   return kv;
@@ -506,14 +505,17 @@ GpuBackend::GpuBackend(CudaMode mode, std::shared_ptr<const DeviceModel> model, 
   CF_CHECK(model != nullptr && kv != nullptr, "GpuBackend: no model or KV cache");
   const ModelConfig& c = model->config();
   check_supported(c, mode_name(mode));
-  CF_CHECK_INPUT(kv->shape().n_layers == c.n_layers && kv->shape().n_kv_heads == c.n_kv_heads &&
-                     kv->shape().head_dim == c.head_dim,
+  const KvCacheShape want_kv = options.kv_shape(c);
+  CF_CHECK_INPUT(kv->shape().n_layers == c.n_layers && kv->shape().n_kv_heads == want_kv.n_kv_heads &&
+                     kv->shape().head_dim == want_kv.head_dim,
                  "GpuBackend: the KV cache's shape does not match the model");
   CF_CHECK_INPUT(options.max_seqs >= 1 && options.max_seqs <= kMaxDecodeBatch,
                  "GpuBackend: max_seqs " + std::to_string(options.max_seqs) + " outside [1, 16]");
   CF_CHECK_INPUT(options.max_batch_tokens >= 1 && options.max_batch_tokens <= 65535,
                  "GpuBackend: max_batch_tokens " + std::to_string(options.max_batch_tokens) + " outside [1, 65535]");
-  impl_ = std::make_unique<Impl>(mode, std::move(model), std::move(kv), options);
+  GpuOptions o = options;
+  o.prefill_through_decode = o.prefill_through_decode || c.is_mla();  // no unfused MLA / MoE blocks for prefill
+  impl_ = std::make_unique<Impl>(mode, std::move(model), std::move(kv), o);
   Impl& im = *impl_;
   const size_t hidden = size_t(c.hidden);
   im.max_rows = std::max(options.max_seqs, options.max_batch_tokens);
@@ -529,7 +531,9 @@ GpuBackend::GpuBackend(CudaMode mode, std::shared_ptr<const DeviceModel> model, 
   const int rot = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
   const int64_t capacity = int64_t(im.n_pages()) * im.page_size();
   im.max_positions = int(options.max_positions > 0 ? options.max_positions : std::min<int64_t>(capacity, 1 << 22));
-  im.cos_sin = dev::to_device(cuda_unfused::make_rope_table(rot, c.rope_theta, im.max_positions), "RoPE table");
+  im.cos_sin = dev::to_device(c.is_mla() ? layout::rope_table(c, im.max_positions)
+                                         : cuda_unfused::make_rope_table(rot, c.rope_theta, im.max_positions),
+                              "RoPE table");
 
   im.decode_ints = dev::DeviceBuffer<int32_t>(kIndicesAt + size_t(im.n_pages()), "decode step inputs");
   im.decode_ints_host = PinnedBuffer<int32_t>(im.decode_ints.size());
@@ -544,23 +548,20 @@ GpuBackend::GpuBackend(CudaMode mode, std::shared_ptr<const DeviceModel> model, 
 
   if (mode == CudaMode::Fused) {
     for (int l = 0; l < c.n_layers; ++l) {
-      const DeviceModel::Layer& w = im.model->layers()[size_t(l)];
-      fused::LayerPointers p;
-      p.attn_norm = w.attn_norm.data();
-      p.w_qkv = w.w_qkv.data();
-      p.b_qkv = w.b_qkv.empty() ? nullptr : w.b_qkv.data();
-      p.w_o = w.w_o.data();
-      p.ffn_norm = w.ffn_norm.data();
-      p.w_gate_up = w.w_gate_up.data();
-      p.w_down = w.w_down.data();
-      p.k_pages = im.kv->k_layer(l);
-      p.v_pages = im.kv->v_layer(l);
+      fused::LayerPointers p = im.model->layers()[size_t(l)].pointers(c, l);
+      if (c.is_mla()) {
+        p.mla.latent_pages = im.kv->k_layer(l);
+      } else {
+        p.k_pages = im.kv->k_layer(l);
+        p.v_pages = im.kv->v_layer(l);
+      }
       im.pointers.layers.push_back(p);
     }
     im.pointers.output_norm = im.model->output_norm();
     im.pointers.lm_head = im.model->lm_head();
     im.pointers.cos_sin = im.cos_sin.data();
     im.pointers.max_positions = im.max_positions;
+    if (c.is_mla()) im.pointers.mla_shape = layout::device_mla_shape(c);
   } else {
     im.decode_workspace = std::make_unique<cuda_unfused::Workspace>(im.shape, options.max_seqs);
   }

@@ -30,6 +30,7 @@
 #include "clusterfusion/runtime/weights.hpp"
 #include "common/device_layout.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "fused/layer_buffers.hpp"
 
 namespace cf::gpu {
 
@@ -41,14 +42,13 @@ const char* mode_name(CudaMode mode);  // "cuda", "cuda-unfused"
 // it through shared_ptr).
 class DeviceModel {
  public:
-  struct Layer {
-    dev::DeviceBuffer<uint16_t> attn_norm, w_qkv, b_qkv, w_o, ffn_norm, w_gate_up, w_down;
-  };
+  // Every layer kind's buffers (fused/layer_buffers.hpp): Llama's w_qkv / w_gate_up, DeepSeek-V2's MLA and MoE.
+  using Layer = fused::LayerBuffers;
 
   // Converts and uploads (throws cf::InputError for shapes no GPU path supports).
   static std::shared_ptr<const DeviceModel> upload(const ModelWeights& weights);
   // Random weights of the config's shapes generated on the device (uniform in +-sqrt(3 / in) for matrices, norms in
-  // 1 +- 0.1, embeddings in +-1, like ModelWeights::random); same seed, same bits.
+  // 1 +- 0.1, embeddings in +-1, like ModelWeights::random); same seed, same bits. Llama-family configs only.
   static std::shared_ptr<const DeviceModel> random(const ModelConfig& config, Storage storage, uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
@@ -58,7 +58,7 @@ class DeviceModel {
   const uint16_t* output_norm() const { return output_norm_.data(); }
   const uint16_t* lm_head() const { return output_.empty() ? token_embd_.data() : output_.data(); }
   // Bytes of weights one decode step reads: every layer's matrices and norms, the final norm and the LM head (the
-  // embedding table only for its tokens' rows, not counted).
+  // embedding table only for its tokens' rows, not counted); MoE layers: the top_k chosen experts of one token.
   size_t step_weight_bytes() const;
   size_t device_bytes() const;
 
@@ -72,10 +72,11 @@ class DeviceModel {
   dev::DeviceBuffer<uint16_t> token_embd_, output_norm_, output_;
 };
 
-// The KV pools of every layer (uninitialised until written).
+// The KV pools of every layer (uninitialised until written). MLA models (shape: one "KV head" of kv_lora + rope
+// values): the latent pool in k_layer(), no V pool.
 class DeviceKvCache {
  public:
-  explicit DeviceKvCache(const KvCacheShape& shape);
+  explicit DeviceKvCache(const KvCacheShape& shape, bool latent = false);
   const KvCacheShape& shape() const { return shape_; }
   void* k_layer(int layer) const;
   void* v_layer(int layer) const;
@@ -94,7 +95,7 @@ struct GpuOptions {
   int max_seqs = 1;             // decode batch, 1..16
   int max_batch_tokens = 256;   // largest prefill batch
   int max_positions = 0;        // RoPE table rows; 0: every position the pool can hold
-  bool prefill_through_decode = false;
+  bool prefill_through_decode = false;  // always for MLA models (no unfused MLA / MoE blocks)
   bool use_graphs = true;       // false: launch each step's kernels directly (debugging, graph-vs-eager tests)
 
   static GpuOptions from(const BackendOptions& options);

@@ -7,10 +7,10 @@
 
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/buffer.hpp"
-#include "clusterfusion/reference/ops.hpp"
 #include "common/device_layout.hpp"
 #include "common/step_plan.hpp"
 #include "fused/fused_decoder.hpp"
+#include "fused/layer_buffers.hpp"
 
 namespace cf {
 
@@ -20,9 +20,11 @@ namespace layout = device_layout;
 using Bits = dev::DeviceBuffer<uint16_t>;
 
 // Small grids: the emulator's cost grows with the number of threads it runs, and two CTAs per cluster / two
-// clusters already exercise every cross-CTA and cross-cluster path of the kernels.
+// clusters already exercise every cross-CTA and cross-cluster path of the kernels (the MLA and MoE kernels run CTAs
+// without clusters: at most two CTAs per launch where the kernel lets the caller choose).
 constexpr fused::Tuning kEmuTuning{/*attention_cluster_size=*/2, /*ffn_cluster_size=*/2, /*ffn_max_clusters=*/2,
-                                   /*lm_head_max_ctas=*/2, /*sm_count=*/0};
+                                   /*lm_head_max_ctas=*/2,       /*mla_cluster_size=*/0, /*mla_max_clusters=*/2,
+                                   /*moe_cluster_size=*/0,       /*moe_max_clusters=*/2, /*sm_count=*/0};
 
 Bits to_emu(const std::vector<uint16_t>& host) {
   Bits b(host.size());
@@ -41,8 +43,9 @@ class EmuBackend final : public Backend {
                    "emu backend: max_seqs " + std::to_string(max_seqs_) + " outside [1, 16]");
     CF_CHECK_INPUT(options.page_size >= 1, "emu backend: page size must be >= 1");
     kv_.n_layers = c.n_layers;
-    kv_.n_kv_heads = c.n_kv_heads;
-    kv_.head_dim = c.head_dim;
+    // MLA: one latent row [c_kv, k_pe] per token and layer, read by every head (one "KV head"; no V pool)
+    kv_.n_kv_heads = c.is_mla() ? 1 : c.n_kv_heads;
+    kv_.head_dim = c.is_mla() ? int(c.cache_values_per_token()) : c.head_dim;
     kv_.page_size = options.page_size;
     const int pages_per_seq = (c.max_context + kv_.page_size - 1) / kv_.page_size;
     kv_.n_pages = options.kv_pages > 0 ? options.kv_pages : pages_per_seq * max_seqs_;
@@ -52,47 +55,33 @@ class EmuBackend final : public Backend {
     // Weights in the kernels' layouts; the embedding table stays on the host (the step's rows are copied in).
     const ModelWeights& w = *weights_;
     fused::ModelPointers ptrs;
-    for (const LayerWeights& l : w.layers) {
-      LayerBuffers b;
-      b.attn_norm = to_emu(layout::convert_vector(l.attn_norm, storage_));
-      b.w_qkv = to_emu(layout::convert_stacked({&l.attn_q, &l.attn_k, &l.attn_v}, storage_));
-      b.b_qkv = to_emu(layout::convert_qkv_bias(l, storage_));
-      b.w_o = to_emu(layout::convert_stacked({&l.attn_output}, storage_));
-      b.ffn_norm = to_emu(layout::convert_vector(l.ffn_norm, storage_));
-      b.w_gate_up = to_emu(layout::convert_stacked({&l.ffn_gate, &l.ffn_up}, storage_));
-      b.w_down = to_emu(layout::convert_stacked({&l.ffn_down}, storage_));
-      b.k_pages = Bits(size_t(kv_.elements_per_layer()));
-      b.v_pages = Bits(size_t(kv_.elements_per_layer()));
-      fused::LayerPointers p;
-      p.attn_norm = b.attn_norm.data();
-      p.w_qkv = b.w_qkv.data();
-      p.b_qkv = b.b_qkv.size() > 0 ? b.b_qkv.data() : nullptr;
-      p.w_o = b.w_o.data();
-      p.ffn_norm = b.ffn_norm.data();
-      p.w_gate_up = b.w_gate_up.data();
-      p.w_down = b.w_down.data();
-      p.k_pages = b.k_pages.data();
-      p.v_pages = b.v_pages.data();
+    for (int layer = 0; layer < c.n_layers; ++layer) {
+      layers_.push_back(fused::LayerBuffers::upload(w, layer, storage_));
+      fused::LayerPointers p = layers_.back().pointers(c, layer);
+      // Llama: a K and a V pool; MLA: the latent pool alone
+      k_pages_.emplace_back(size_t(kv_.elements_per_layer()));
+      if (c.is_mla()) {
+        p.mla.latent_pages = k_pages_.back().data();
+      } else {
+        v_pages_.emplace_back(size_t(kv_.elements_per_layer()));
+        p.k_pages = k_pages_.back().data();
+        p.v_pages = v_pages_.back().data();
+      }
       ptrs.layers.push_back(p);
-      layers_.push_back(std::move(b));
     }
     embeddings_ = layout::convert_stacked({&w.token_embd}, storage_);
     output_norm_ = to_emu(layout::convert_vector(w.output_norm, storage_));
     lm_head_ = to_emu(layout::convert_stacked({&w.lm_head()}, storage_));
     ptrs.output_norm = output_norm_.data();
     ptrs.lm_head = lm_head_.data();
-    // The RoPE table of the reference (cf::ref::rope_cos_sin) for every position the pool can hold.
-    const int rot = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
-    const int positions = std::min<int64_t>(int64_t(kv_.n_pages) * kv_.page_size, 1 << 20);
-    std::vector<float> table(size_t(positions) * size_t(rot));
-    for (int pos = 0; pos < positions; ++pos) {
-      float* row = table.data() + size_t(pos) * size_t(rot);
-      ref::rope_cos_sin(pos, rot, c.rope_theta, row, row + rot / 2);
-    }
+    // The reference's RoPE table (YaRN for MLA models) for every position the pool can hold.
+    const int positions = int(std::min<int64_t>(int64_t(kv_.n_pages) * kv_.page_size, 1 << 20));
+    const std::vector<float> table = layout::rope_table(c, positions);
     cos_sin_ = dev::DeviceBuffer<float>(table.size());
     cos_sin_.upload(table);
     ptrs.cos_sin = cos_sin_.data();
     ptrs.max_positions = positions;
+    if (c.is_mla()) ptrs.mla_shape = layout::device_mla_shape(c);
 
     decoder_ = std::make_unique<fused::FusedDecoder>(c, dtype_, ptrs, kv_, max_seqs_, kEmuTuning);
 
@@ -127,10 +116,6 @@ class EmuBackend final : public Backend {
   }
 
  private:
-  struct LayerBuffers {
-    Bits attn_norm, w_qkv, b_qkv, w_o, ffn_norm, w_gate_up, w_down, k_pages, v_pages;
-  };
-
   void run_step(const Batch& batch, const DecodeStep& step) {
     const ModelConfig& c = weights_->config;
     const int n = step.batch();
@@ -162,7 +147,8 @@ class EmuBackend final : public Backend {
   KvCacheShape kv_;
   layout::Storage storage_ = layout::Storage::F16;
   dev::DType dtype_ = dev::DType::F16;
-  std::vector<LayerBuffers> layers_;
+  std::vector<fused::LayerBuffers> layers_;
+  std::vector<Bits> k_pages_, v_pages_;
   std::vector<uint16_t> embeddings_;
   Bits output_norm_, lm_head_;
   dev::DeviceBuffer<float> cos_sin_;

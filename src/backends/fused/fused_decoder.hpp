@@ -1,5 +1,6 @@
-// The decode step of a Llama model from the fused kernels (docs/backends.md): per layer the decoder attention block and
-// the FFN block, then the final norm + LM head (+ greedy argmax). Compiled twice from one source: into
+// The decode step of a model from the fused kernels (docs/backends.md): per layer its attention block (decoder
+// attention for Llama-family layers, the MLA block for DeepSeek-V2's) and its FFN block (dense SwiGLU, or MoE), then
+// the final norm + LM head (+ greedy argmax). Compiled twice from one source: into
 // cf_fused_decoder_emu against cf_kernels_emu (the emu backend) and, in CUDA builds, into cf_fused_decoder against
 // cf_kernels (the cuda backend). Only the build-agnostic plan headers are used, so pointers are device pointers of
 // whichever build links it (emulator memory for the emu backend) and streams are void*.
@@ -16,13 +17,42 @@
 
 #include "clusterfusion/device/types.hpp"
 #include "clusterfusion/model/config.hpp"
+#include "clusterfusion/model/types.hpp"
 #include "clusterfusion/runtime/kv_cache.hpp"
 
 namespace cf::fused {
 inline namespace CF_BUILD_NAMESPACE {  // one per kernel build (device/types.hpp)
 
+// A DeepSeek-V2 layer's MLA block (layouts of kernels/mla/params.hpp, device_layout::MlaLayer) and its latent pool
+// [n_pages, page_size, kv_lora + rope].
+struct MlaPointers {
+  const void* norm = nullptr;
+  const void* w_q = nullptr;  // q_lora_rank 0; else w_q_a, q_a_norm, w_q_b
+  const void* w_q_a = nullptr;
+  const void* q_a_norm = nullptr;
+  const void* w_q_b = nullptr;
+  const void* w_kv_a = nullptr;
+  const void* kv_a_norm = nullptr;
+  const void* w_uk = nullptr;
+  const void* w_uv = nullptr;
+  const void* w_o = nullptr;
+  void* latent_pages = nullptr;
+};
+
+// A DeepSeek-V2 MoE layer's FFN block (layouts of kernels/moe/params.hpp, device_layout::MoeLayer).
+struct MoePointers {
+  const void* norm = nullptr;
+  const float* router = nullptr;
+  const void* w_gate_up = nullptr;
+  const void* w_down = nullptr;
+  const void* shared_gate_up = nullptr;  // null without shared experts
+  const void* shared_down = nullptr;
+};
+
 // Device copies of one layer's weights in the kernels' layouts (all in the decoder's dtype):
 // w_qkv [q_dim + 2 kv_dim, hidden] (q rows, k rows, v rows), w_gate_up [2 ffn_hidden, hidden] (gate rows, up rows).
+// The layer's kinds (ModelConfig::layer_spec) say which are set: an MLA layer has `mla` instead of the attention
+// fields, an MoE layer `moe` instead of the dense FFN's.
 struct LayerPointers {
   const void* attn_norm = nullptr;  // [hidden]
   const void* w_qkv = nullptr;
@@ -33,14 +63,21 @@ struct LayerPointers {
   const void* w_down = nullptr;     // [hidden, ffn_hidden]
   void* k_pages = nullptr;          // this layer's pool [n_pages, page_size, n_kv_heads, head_dim]
   void* v_pages = nullptr;
+  MlaPointers mla;
+  MoePointers moe;
 };
 
 struct ModelPointers {
   std::vector<LayerPointers> layers;
   const void* output_norm = nullptr;  // [hidden]
   const void* lm_head = nullptr;      // [vocab, hidden]
-  const float* cos_sin = nullptr;     // optional RoPE table [max_positions, rot_dim] fp32 (else computed)
+  // RoPE table [max_positions, rot_dim] fp32 (cos of the pairs, then sin); optional for Llama layers (else computed),
+  // required for MLA layers (YaRN frequencies and magnitude: device_layout::rope_table)
+  const float* cos_sin = nullptr;
   int max_positions = 0;
+  // MLA models: the shape of the MLA layouts (device_layout::device_mla_shape: the model's, widths padded to the
+  // kernel's tiles)
+  MlaBlockShape mla_shape;
 };
 
 // Launch shapes; 0 = the kernels' own choice (what the GPU wants). The emu backend asks for small grids: the
@@ -50,6 +87,10 @@ struct Tuning {
   int ffn_cluster_size = 0;
   int ffn_max_clusters = 0;
   int lm_head_max_ctas = 0;
+  int mla_cluster_size = 0;
+  int mla_max_clusters = 0;
+  int moe_cluster_size = 0;
+  int moe_max_clusters = 0;
   int sm_count = 0;
 };
 
@@ -68,8 +109,10 @@ struct StepBuffers {
 
 class FusedDecoder {
  public:
-  // Builds one attention plan and one FFN plan per layer and the LM-head plan for batches up to max_batch (1..16).
-  // Throws cf::InputError when the model's shape is outside what the kernels support (head_dim 64 / 128, ...).
+  // Builds one attention plan (decoder attention or MLA) and one FFN plan (dense or MoE) per layer and the LM-head
+  // plan for batches up to max_batch (1..16). Throws cf::InputError when the model's shape is outside what the
+  // kernels support (head_dim 64 / 128, ...). MLA models: `kv` is the latent pool's shape (one "KV head" of
+  // kv_lora + rope values, as the cpu backend's).
   FusedDecoder(const ModelConfig& config, dev::DType dtype, const ModelPointers& weights, const KvCacheShape& kv,
                int max_batch, const Tuning& tuning = {});
   ~FusedDecoder();
@@ -78,7 +121,8 @@ class FusedDecoder {
 
   int max_batch() const { return max_batch_; }
 
-  // Enqueues the whole step (2 n_layers + 1 launches) on `stream`; no synchronisation, CUDA-graph capturable.
+  // Enqueues the whole step (2 n_layers + 1 plan runs; an MLA block is three launches) on `stream`; no
+  // synchronisation, CUDA-graph capturable.
   // emu_seed: the emulator's schedule seed (0: $CF_EMU_SEED or 1); ignored on the GPU.
   void run(int batch, const StepBuffers& buffers, void* stream = nullptr, uint64_t emu_seed = 0);
 

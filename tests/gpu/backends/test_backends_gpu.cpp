@@ -172,7 +172,7 @@ std::unique_ptr<cf::Backend> gpu_backend(CudaMode mode, std::shared_ptr<const cf
   o.use_graphs = use_graphs;
   o.prefill_through_decode = prefill_through_decode;
   auto model = cf::gpu::DeviceModel::upload(*w);
-  auto kv = std::make_shared<cf::gpu::DeviceKvCache>(o.kv_shape(w->config));
+  auto kv = std::make_shared<cf::gpu::DeviceKvCache>(o.kv_shape(w->config), w->config.is_mla());
   return std::make_unique<cf::gpu::GpuBackend>(mode, model, kv, o);
 }
 
@@ -210,6 +210,38 @@ INSTANTIATE_TEST_SUITE_P(Models, GpuAgreement, testing::Values("default", "smoll
 
 bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// DeepSeek-V2 on the cuda backend (the fused MLA and MoE plans in the decode graphs): the tiny models of
+// tests/data/deepseek (q_lora null from the GGUF, q_lora set from the HF folder), their BF16 values converted to F16
+// at load, against the cpu backend; batch 1 and 2, pages of 4; graphs bit-identical to eager launches.
+TEST(GpuBackend, DeepseekTinyModelsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const char* file : {"tiny_mla.gguf", "tiny_mla_qlora/"}) {
+    SCOPED_TRACE(file);
+    cf::WeightLoadOptions load;
+    load.convert_to = cf::DType::F16;
+    const auto w = cf::load_model(std::string(CF_SOURCE_DIR) + "/tests/data/deepseek/" + file, load).weights;
+    const auto reference = std::make_shared<const cf::ModelWeights>(cf::device_layout::rounded_copy(*w, Storage::F16));
+    cf::Runner cpu = cpu_runner(reference, 2, 64);
+    const auto streams = cf::test::greedy_streams(cpu, 2, 3, 3 + kGenerated, 41);
+    const auto want = cf::test::lockstep_logits(cpu, streams);
+    for (int batch : {1, 2}) {
+      const std::vector<std::vector<int32_t>> some(streams.begin(), streams.begin() + batch);
+      const std::vector<std::vector<std::vector<float>>> some_want(want.begin(), want.begin() + batch);
+      cf::Runner graphs(gpu_backend(CudaMode::Fused, w, batch, true, false, 4), batch, 64);
+      cf::Runner eager(gpu_backend(CudaMode::Fused, w, batch, false, false, 4), batch, 64);
+      const auto got = cf::test::lockstep_logits(graphs, some);
+      const auto r = cf::test::compare_logits(got, some_want, some, cf::test::end_to_end_tolerance(Storage::F16), 2);
+      std::printf("[ agree ] %s, cuda, batch %d: %s\n", file, batch, r.summary().c_str());
+      EXPECT_TRUE(r.ok) << r.first_failure << "\n" << r.summary();
+      EXPECT_GE(r.greedy_checked, 1) << r.summary();
+      const auto again = cf::test::lockstep_logits(eager, some);
+      for (int b = 0; b < batch; ++b)
+        for (size_t step = 0; step < got[size_t(b)].size(); ++step)
+          EXPECT_TRUE(bit_equal(got[size_t(b)][step], again[size_t(b)][step])) << "batch " << b << " step " << step;
+    }
+  }
 }
 
 TEST(GpuBackend, GraphReplayIsBitIdenticalToEagerLaunches) {
