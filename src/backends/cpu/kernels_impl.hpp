@@ -530,6 +530,17 @@ constexpr int64_t kTileBlocks = kTileCols / Fmt::kBlockCols > 0 ? kTileCols / Fm
 template <class Fmt>
 constexpr int64_t kTileFloats = kTileBlocks<Fmt> * subs_per_block<Fmt>() * kTileSubFloats<Fmt>;
 
+// Asks for blocks [b, b + n) of a row group ahead of their conversion: a tile's fill would otherwise wait on memory,
+// since the products of the previous tile (thousands of cycles) leave the loads idle.
+inline void prefetch_blocks(const PackedMatrix& w, int64_t group, int64_t b, int64_t n) {
+#if defined(__GNUC__)
+  const uint8_t* p = w.block(group, b);
+  for (int64_t at = 0; at < n * w.block_bytes; at += 64) __builtin_prefetch(p + at);
+#else
+  (void)w, (void)group, (void)b, (void)n;
+#endif
+}
+
 // fp32, tokens [t0, t0 + count) of row groups group .. group + kGroups - 1: each tile of their weights is converted
 // to fp32 once (into `tiles`, kTileFloats each), then read by every tile of tokens.
 template <class V, class Fmt, int kGroups>
@@ -541,6 +552,12 @@ void f32_tiled_groups(const MatmulArgs& m, int64_t group, int t0, int count, flo
     for (int g = 0; g < kGroups; ++g) {
       sources[g] = TileSource<V, Fmt>{tiles + g * kTileFloats<Fmt>, b0};
       sources[g].fill(w, group + g, b1 - b0);
+    }
+    // The next tile: these groups' next blocks, or the first ones of the groups after them.
+    const int64_t next_group = b1 < w.blocks ? group : group + kGroups, next_block = b1 < w.blocks ? b1 : 0;
+    for (int64_t g = next_group; g < next_group + kGroups && g < w.groups(); ++g) {
+      const int64_t n = w.blocks - next_block < kTileBlocks<Fmt> ? w.blocks - next_block : kTileBlocks<Fmt>;
+      prefetch_blocks(w, g, next_block, n);
     }
     if constexpr (kGroups == 1) {
       tokens_in_tiles<V, Fmt, false, V::kTileTokensF32>(sources[0], m, group, b0, b1, t0, count, acc);
