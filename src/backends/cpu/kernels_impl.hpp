@@ -362,6 +362,13 @@ struct TileSource {
   }
 };
 
+// x[t] = column `col` of token t0 + t's activations.
+template <int T>
+CF_ALWAYS_INLINE void token_columns(const PreparedInput& in, int t0, int64_t col, const float* (&x)[T]) {
+  CF_UNROLL(16)
+  for (int t = 0; t < T; ++t) x[t] = in.x + int64_t(t0 + t) * in.cols + col;
+}
+
 // fp32: blocks [b0, b1) of a row group times tokens t0 .. t0+T-1, accumulated into acc[t][16].
 template <class V, class Fmt, int T, class Source>
 void f32_group_product(const Source& src, int64_t b0, int64_t b1, const PreparedInput& in, int t0, float* acc) {
@@ -375,8 +382,7 @@ void f32_group_product(const Source& src, int64_t b0, int64_t b1, const Prepared
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
         const float* x[T];
-        CF_UNROLL(16)
-        for (int t = 0; t < T; ++t) x[t] = in.x + int64_t(t0 + t) * in.cols + col;
+        token_columns<T>(in, t0, col, x);
         F part[T][4], wq[4];
         src.quad(b, s, h, 0, wq);
         CF_UNROLL(4)
@@ -416,14 +422,11 @@ void f32_group_product(const Source& src, int64_t b0, int64_t b1, const Prepared
 constexpr int kTokenBlock = 64;  // tokens whose accumulators a row group keeps at once
 constexpr int kTokenBlockFloats = kTokenBlock * kRowGroup;
 
-// fp32, one register block of tiles: kGroups row groups (one vector of rows each: kRowGroup == kLanes) times tokens
-// t0 .. t0+T-1, blocks [b0, b1), accumulated into acc[g][t][16] (group stride kTokenBlock * kRowGroup floats). Each
-// broadcast activation feeds kGroups products, and the four chains of a sub-block are computed two at a time
-// (chains 0 and 1, their sum, then 2 and 3): each chain's column order, and so every bit, is f32_group_product's.
-// Chains j0 and j0 + 1 of sub-block (b, s) for every group and token: out[c][g][t].
+// Chains j0 and j0 + 1 (columns c = j0, j0 + 1 mod 4, in column order) of sub-block (b, s) of kGroups tiles, for
+// tokens x[0 .. T): out[c][g][t]. Each broadcast activation feeds kGroups products.
 template <class V, class Fmt, int T, int kGroups>
 CF_ALWAYS_INLINE void f32_chain_pair(const TileSource<V, Fmt>* src, int64_t b, int s, const float* const* x, int j0,
-                    typename V::F (&out)[2][kGroups][T]) {
+                                     typename V::F (&out)[2][kGroups][T]) {
   using F = typename V::F;
   const float* cols[kGroups];
   CF_UNROLL(2)
@@ -458,6 +461,10 @@ CF_ALWAYS_INLINE void f32_chain_pair(const TileSource<V, Fmt>* src, int64_t b, i
   }
 }
 
+// fp32, one register block: kGroups row groups (one vector of rows each: kRowGroup == kLanes) times tokens
+// t0 .. t0+T-1, blocks [b0, b1), accumulated into acc[g][t][16] (group stride kTokenBlockFloats). The four chains of
+// a sub-block are computed two at a time (chains 0 and 1, their sum, then 2 and 3) so that the accumulators fit the
+// registers: each chain's column order, and so every bit, is f32_group_product's.
 template <class V, class Fmt, int T, int kGroups>
 void f32_tile_block_product(const TileSource<V, Fmt>* src, int64_t b0, int64_t b1, const PreparedInput& in, int t0,
                             float* acc) {
@@ -469,8 +476,7 @@ void f32_tile_block_product(const TileSource<V, Fmt>* src, int64_t b0, int64_t b
     for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
       const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
       const float* x[T];
-      CF_UNROLL(16)
-      for (int t = 0; t < T; ++t) x[t] = in.x + int64_t(t0 + t) * in.cols + col;
+      token_columns<T>(in, t0, col, x);
       F chains[2][kGroups][T], low[kGroups][T];
       f32_chain_pair<V, Fmt, T, kGroups>(src, b, s, x, 0, chains);
       CF_UNROLL(2)
@@ -515,11 +521,13 @@ void tokens_in_tiles(const Source& src, const MatmulArgs& m, int64_t group, int6
   }
 }
 
-// The same for kGroups row groups at once (f32_tile_block_product): acc[g][t - t0][16], group stride kTokenBlockFloats.
+// The same for kGroups row groups at once (f32_tile_block_product): acc[g][t - t0][16], group stride
+// kTokenBlockFloats.
 template <class V, class Fmt, int T, int kGroups>
 void tokens_in_tile_blocks(const TileSource<V, Fmt>* src, const PreparedInput& in, int64_t b0, int64_t b1, int t0,
                            int count, float* acc) {
-  for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup) f32_tile_block_product<V, Fmt, T, kGroups>(src, b0, b1, in, t0, acc);
+  for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup)
+    f32_tile_block_product<V, Fmt, T, kGroups>(src, b0, b1, in, t0, acc);
   if constexpr (T > 1) {
     if (count > 0) tokens_in_tile_blocks<V, Fmt, T - 1, kGroups>(src, in, b0, b1, t0, count, acc);
   }
@@ -593,7 +601,8 @@ void matmul_rows(const MatmulArgs& m) {
     const int groups = tiled && group + kBlockGroups <= end_group ? kBlockGroups : 1;
     for (int t0 = 0; t0 < m.in->n_tokens; t0 += kTokenBlock) {
       const int count = m.in->n_tokens - t0 < kTokenBlock ? m.in->n_tokens - t0 : kTokenBlock;
-      for (int g = 0; g < groups; ++g) std::memset(acc + g * kTokenBlockFloats, 0, sizeof(float) * size_t(count) * kRowGroup);
+      for (int g = 0; g < groups; ++g)
+        std::memset(acc + g * kTokenBlockFloats, 0, sizeof(float) * size_t(count) * kRowGroup);
       if (!tiled) {
         tokens_in_tiles<V, Fmt, kInt8, kTokens>(PackedSource<V, Fmt>{&w, group}, m, group, 0, w.blocks, t0, count, acc);
       } else if (groups == 1) {
