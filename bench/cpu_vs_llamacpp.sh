@@ -73,6 +73,8 @@ fi
 [ -d "$build" ] || (cd "$repo" && cmake --preset cpu >/dev/null)
 say "building cf_bench_cpu_model in $build"
 cmake --build "$build" --target cf_bench_cpu_model >/dev/null
+# x86-64 only (elsewhere the target does not exist and the peak lines are left out).
+cmake --build "$build" --target cf_bench_fma_peak >/dev/null 2>&1 || true
 
 # 3. Random-weight models of the default model's shapes.
 python="$work/venv/bin/python"
@@ -119,9 +121,13 @@ args=(--llama-bench "$bin/llama-bench" --ours "$build/bench/cpu_vs_llamacpp/cf_b
   echo "# git $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty, llama.cpp from llama-cpp-python $version"
   echo "# command: $invocation"
   echo "# settings: --rounds $rounds --reps $reps --threads $threads --models $models --stress $stress"
+  # The fp32 arithmetic's ceiling on this core, before and after (it moves with the machine's load).
+  peak="$build/bench/cpu_vs_llamacpp/cf_bench_fma_peak"
+  [ -x "$peak" ] && echo "# fp32 FMA peak of one core before (cf_bench_fma_peak): $("$peak")"
   if [ -n "$log" ]; then
     python3 "$repo/bench/cpu_vs_llamacpp/compare.py" "${args[@]}" --json "$log.json"
   else
     python3 "$repo/bench/cpu_vs_llamacpp/compare.py" "${args[@]}"
   fi
+  [ -x "$peak" ] && echo "# fp32 FMA peak of one core after: $("$peak")"
 } | if [ -n "$log" ]; then tee "$log"; else cat; fi

@@ -193,9 +193,10 @@ class CpuBackend final : public Backend {
     a.arithmetic = arithmetic_;
     return a;
   }
-  // y[t] (+)= W x[t] for all tokens of `in`, row groups split among the workers.
+  // y[t] (+)= W x[t] for all tokens of `in`, row groups split among the workers (pairs of them for a batch: the
+  // kernels' fp32 tiles take two groups at a time where a chunk has them).
   void matmul(const PackedMatrix& w, const cpu::PreparedInput& in, float* y, int64_t y_stride, bool accumulate) {
-    pool_.parallel_for(row_groups(w.rows), 1, [&](int64_t begin, int64_t end, int) {
+    pool_.parallel_for(row_groups(w.rows), in.n_tokens > 1 ? 2 : 1, [&](int64_t begin, int64_t end, int) {
       cpu::MatmulArgs a = matmul_args(w, in, y, y_stride, accumulate);
       a.row_begin = begin * kRowGroup;
       a.row_end = std::min(w.rows, end * kRowGroup);

@@ -3,6 +3,7 @@
 // every level runs the same operations in the same order (the order kernels.hpp defines) and computes the same bits.
 // Everything here lives in an anonymous namespace: each level's copy stays in its own translation unit.
 #pragma once
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -17,6 +18,12 @@
 #define CF_UNROLL(n) CF_PRAGMA(GCC unroll n)
 #else
 #define CF_UNROLL(n)
+#endif
+// Helpers whose results must stay in registers (a call would pass them through memory).
+#if defined(__GNUC__)
+#define CF_ALWAYS_INLINE [[gnu::always_inline]] inline
+#else
+#define CF_ALWAYS_INLINE inline
 #endif
 
 namespace cf::cpu {
@@ -111,6 +118,13 @@ struct Q4Fmt {
     const typename V::I raw = V::iload(lanes<V>(blk + kValues + (v % 4) * 64, h));
     return v < 4 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
   }
+  // The same nibbles unmasked: column 4v + j at bit shift + 8j.
+  static constexpr bool kNibbles = true;
+  template <class V>
+  static typename V::I raw_nibbles(const uint8_t* blk, int, int h, int v, int& shift) {
+    shift = v < 4 ? 0 : 4;
+    return V::iload(lanes<V>(blk + kValues + (v % 4) * 64, h));
+  }
 };
 using Q4_0Fmt = Q4Fmt<false>;
 using Q4_1Fmt = Q4Fmt<true>;
@@ -142,7 +156,7 @@ template <bool kFifthBit>
 struct KQuantFmt {
   static constexpr int kSub = 32, kBlockCols = 256, kOffset = 0;
   static constexpr bool kHasMin = true, kPlain = false;
-  static constexpr int kNibbles = kFifthBit ? 832 : 320;  // byte offsets in the packed block
+  static constexpr int kNibbleBytes = kFifthBit ? 832 : 320;  // byte offsets in the packed block
   static constexpr int kFifthBits = 320;
   template <class V>
   static void scales(const uint8_t* blk, int j, int h, typename V::F& a, typename V::F& b) {
@@ -150,11 +164,17 @@ struct KQuantFmt {
   }
   template <class V>
   static typename V::I values(const uint8_t* blk, int j, int h, int v) {
-    const typename V::I raw = V::iload(lanes<V>(blk + kNibbles + (8 * (j / 2) + v) * 64, h));
+    const typename V::I raw = V::iload(lanes<V>(blk + kNibbleBytes + (8 * (j / 2) + v) * 64, h));
     const typename V::I nibbles = j % 2 == 0 ? low_nibbles<V>(raw) : high_nibbles<V>(raw);
     if constexpr (!kFifthBit) return nibbles;
     const typename V::I bits = V::iload(lanes<V>(blk + kFifthBits + v * 64, h));
     return V::ior(nibbles, V::template sll<4>(V::iand(V::srl(bits, j), V::iset(0x01010101))));
+  }
+  static constexpr bool kNibbles = !kFifthBit;
+  template <class V>
+  static typename V::I raw_nibbles(const uint8_t* blk, int j, int h, int v, int& shift) {
+    shift = j % 2 == 0 ? 0 : 4;
+    return V::iload(lanes<V>(blk + kNibbleBytes + (8 * (j / 2) + v) * 64, h));
   }
 };
 using Q4_KFmt = KQuantFmt<false>;
@@ -254,12 +274,30 @@ void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInpu
   }
 }
 
+// 4-bit values as fp32 (the nibble minus the format's offset), for levels with a 16-entry lookup.
+template <int kOffset>
+inline constexpr std::array<float, 16> kNibbleValues = [] {
+  std::array<float, 16> t{};
+  for (int i = 0; i < 16; ++i) t[size_t(i)] = float(i - kOffset);
+  return t;
+}();
+template <class Fmt>
+concept NibbleFormat = Fmt::kNibbles;
+template <class V, class Fmt>
+constexpr bool kLookupNibbles = V::kFastLookup16 && NibbleFormat<Fmt>;
+
 // The fp32 weights of columns 4v .. 4v+3 of sub-block s (integer values minus the offset for block types).
 template <class V, class Fmt>
 void column_quad(const uint8_t* blk, int s, int h, int v, typename V::F w[4]) {
   if constexpr (Fmt::kPlain) {
     CF_UNROLL(4)
     for (int j = 0; j < 4; ++j) w[j] = Fmt::template column<V>(blk, 4 * v + j, h);
+  } else if constexpr (kLookupNibbles<V, Fmt>) {
+    int shift = 0;
+    const typename V::I raw = Fmt::template raw_nibbles<V>(blk, s, h, v, shift);
+    const float* table = kNibbleValues<Fmt::kOffset>.data();
+    CF_UNROLL(4)
+    for (int j = 0; j < 4; ++j) w[j] = V::lookup16(V::srl(raw, shift + 8 * j), table);
   } else {
     const typename V::I q = Fmt::template values<V>(blk, s, h, v), offset = V::iset(Fmt::kOffset);
     w[0] = V::from_int(V::isub(V::template byte<0>(q), offset));
@@ -324,6 +362,13 @@ struct TileSource {
   }
 };
 
+// x[t] = column `col` of token t0 + t's activations.
+template <int T>
+CF_ALWAYS_INLINE void token_columns(const PreparedInput& in, int t0, int64_t col, const float* (&x)[T]) {
+  CF_UNROLL(16)
+  for (int t = 0; t < T; ++t) x[t] = in.x + int64_t(t0 + t) * in.cols + col;
+}
+
 // fp32: blocks [b0, b1) of a row group times tokens t0 .. t0+T-1, accumulated into acc[t][16].
 template <class V, class Fmt, int T, class Source>
 void f32_group_product(const Source& src, int64_t b0, int64_t b1, const PreparedInput& in, int t0, float* acc) {
@@ -337,8 +382,7 @@ void f32_group_product(const Source& src, int64_t b0, int64_t b1, const Prepared
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
         const float* x[T];
-        CF_UNROLL(16)
-        for (int t = 0; t < T; ++t) x[t] = in.x + int64_t(t0 + t) * in.cols + col;
+        token_columns<T>(in, t0, col, x);
         F part[T][4], wq[4];
         src.quad(b, s, h, 0, wq);
         CF_UNROLL(4)
@@ -375,9 +419,91 @@ void f32_group_product(const Source& src, int64_t b0, int64_t b1, const Prepared
   }
 }
 
-// ---- matmul -------------------------------------------------------------------------------------------------------
-
 constexpr int kTokenBlock = 64;  // tokens whose accumulators a row group keeps at once
+constexpr int kTokenBlockFloats = kTokenBlock * kRowGroup;
+
+// Chains j0 and j0 + 1 (columns c = j0, j0 + 1 mod 4, in column order) of sub-block (b, s) of kGroups tiles, for
+// tokens x[0 .. T): out[c][g][t]. Each broadcast activation feeds kGroups products.
+template <class V, class Fmt, int T, int kGroups>
+CF_ALWAYS_INLINE void f32_chain_pair(const TileSource<V, Fmt>* src, int64_t b, int s, const float* const* x, int j0,
+                                     typename V::F (&out)[2][kGroups][T]) {
+  using F = typename V::F;
+  const float* cols[kGroups];
+  CF_UNROLL(2)
+  for (int g = 0; g < kGroups; ++g) cols[g] = src[g].sub_block(b, s) + 2 * kRowGroup;
+  CF_UNROLL(2)
+  for (int c = 0; c < 2; ++c) {
+    F w[kGroups];
+    CF_UNROLL(2)
+    for (int g = 0; g < kGroups; ++g) w[g] = V::fload(cols[g] + (j0 + c) * kRowGroup);
+    CF_UNROLL(16)
+    for (int t = 0; t < T; ++t) {
+      const F xt = V::fset(x[t][j0 + c]);
+      CF_UNROLL(2)
+      for (int g = 0; g < kGroups; ++g) out[c][g][t] = V::fmul(w[g], xt);
+    }
+  }
+  CF_UNROLL(8)
+  for (int v = 1; v < Fmt::kSub / 4; ++v) {
+    CF_UNROLL(2)
+    for (int c = 0; c < 2; ++c) {
+      const int col = 4 * v + j0 + c;
+      F w[kGroups];
+      CF_UNROLL(2)
+      for (int g = 0; g < kGroups; ++g) w[g] = V::fload(cols[g] + col * kRowGroup);
+      CF_UNROLL(16)
+      for (int t = 0; t < T; ++t) {
+        const F xt = V::fset(x[t][col]);
+        CF_UNROLL(2)
+        for (int g = 0; g < kGroups; ++g) out[c][g][t] = V::fma(w[g], xt, out[c][g][t]);
+      }
+    }
+  }
+}
+
+// fp32, one register block: kGroups row groups (one vector of rows each: kRowGroup == kLanes) times tokens
+// t0 .. t0+T-1, blocks [b0, b1), accumulated into acc[g][t][16] (group stride kTokenBlockFloats). The four chains of
+// a sub-block are computed two at a time (chains 0 and 1, their sum, then 2 and 3) so that the accumulators fit the
+// registers: each chain's column order, and so every bit, is f32_group_product's.
+template <class V, class Fmt, int T, int kGroups>
+void f32_tile_block_product(const TileSource<V, Fmt>* src, int64_t b0, int64_t b1, const PreparedInput& in, int t0,
+                            float* acc) {
+  static_assert(kRowGroup == V::kLanes);
+  using F = typename V::F;
+  constexpr int64_t kGroupStride = int64_t(kTokenBlockFloats);
+  const int blocks_per_row = in.cols / kActBlock;
+  for (int64_t b = b0; b < b1; ++b) {
+    for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
+      const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
+      const float* x[T];
+      token_columns<T>(in, t0, col, x);
+      F chains[2][kGroups][T], low[kGroups][T];
+      f32_chain_pair<V, Fmt, T, kGroups>(src, b, s, x, 0, chains);
+      CF_UNROLL(2)
+      for (int g = 0; g < kGroups; ++g) {
+        CF_UNROLL(16)
+        for (int t = 0; t < T; ++t) low[g][t] = V::fadd(chains[0][g][t], chains[1][g][t]);
+      }
+      f32_chain_pair<V, Fmt, T, kGroups>(src, b, s, x, 2, chains);
+      CF_UNROLL(2)
+      for (int g = 0; g < kGroups; ++g) {
+        F a = V::fset(1.0f), m;
+        if constexpr (!Fmt::kPlain) src[g].scales(b, s, 0, a, m);
+        CF_UNROLL(16)
+        for (int t = 0; t < T; ++t) {
+          float* sum = acc + g * kGroupStride + t * kRowGroup;
+          const F block = V::fadd(low[g][t], V::fadd(chains[0][g][t], chains[1][g][t]));
+          F total = Fmt::kPlain ? V::fadd(V::fload(sum), block) : V::fma(a, block, V::fload(sum));
+          if constexpr (Fmt::kHasMin)
+            total = V::fma(m, V::fset(in.block_sum[int64_t(t0 + t) * blocks_per_row + col / kActBlock]), total);
+          V::fstore(sum, total);
+        }
+      }
+    }
+  }
+}
+
+// ---- matmul -------------------------------------------------------------------------------------------------------
 
 // Tokens [t0, t0 + count) in tiles of T, then smaller ones; acc[t - t0][16] accumulates blocks [b0, b1).
 template <class V, class Fmt, bool kInt8, int T, class Source>
@@ -395,36 +521,98 @@ void tokens_in_tiles(const Source& src, const MatmulArgs& m, int64_t group, int6
   }
 }
 
+// The same for kGroups row groups at once (f32_tile_block_product): acc[g][t - t0][16], group stride
+// kTokenBlockFloats.
+template <class V, class Fmt, int T, int kGroups>
+void tokens_in_tile_blocks(const TileSource<V, Fmt>* src, const PreparedInput& in, int64_t b0, int64_t b1, int t0,
+                           int count, float* acc) {
+  for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup)
+    f32_tile_block_product<V, Fmt, T, kGroups>(src, b0, b1, in, t0, acc);
+  if constexpr (T > 1) {
+    if (count > 0) tokens_in_tile_blocks<V, Fmt, T - 1, kGroups>(src, in, b0, b1, t0, count, acc);
+  }
+}
+
+template <class Fmt>
+constexpr int64_t kTileBlocks = kTileCols / Fmt::kBlockCols > 0 ? kTileCols / Fmt::kBlockCols : 1;
+template <class Fmt>
+constexpr int64_t kTileFloats = kTileBlocks<Fmt> * subs_per_block<Fmt>() * kTileSubFloats<Fmt>;
+
+// Asks for blocks [b, b + n) of a row group ahead of their conversion: a tile's fill would otherwise wait on memory,
+// since the products of the previous tile (thousands of cycles) leave the loads idle.
+inline void prefetch_blocks(const PackedMatrix& w, int64_t group, int64_t b, int64_t n) {
+#if defined(__GNUC__)
+  const uint8_t* p = w.block(group, b);
+  for (int64_t at = 0; at < n * w.block_bytes; at += 64) __builtin_prefetch(p + at);
+#else
+  (void)w, (void)group, (void)b, (void)n;
+#endif
+}
+
+// fp32, tokens [t0, t0 + count) of row groups group .. group + kGroups - 1: each tile of their weights is converted
+// to fp32 once (into `tiles`, kTileFloats each), then read by every tile of tokens.
+template <class V, class Fmt, int kGroups>
+void f32_tiled_groups(const MatmulArgs& m, int64_t group, int t0, int count, float* tiles, float* acc) {
+  const PackedMatrix& w = *m.w;
+  for (int64_t b0 = 0; b0 < w.blocks; b0 += kTileBlocks<Fmt>) {
+    const int64_t b1 = b0 + kTileBlocks<Fmt> < w.blocks ? b0 + kTileBlocks<Fmt> : w.blocks;
+    TileSource<V, Fmt> sources[kGroups];
+    for (int g = 0; g < kGroups; ++g) {
+      sources[g] = TileSource<V, Fmt>{tiles + g * kTileFloats<Fmt>, b0};
+      sources[g].fill(w, group + g, b1 - b0);
+    }
+    // The next tile: these groups' next blocks, or the first ones of the groups after them.
+    const int64_t next_group = b1 < w.blocks ? group : group + kGroups, next_block = b1 < w.blocks ? b1 : 0;
+    for (int64_t g = next_group; g < next_group + kGroups && g < w.groups(); ++g) {
+      const int64_t n = w.blocks - next_block < kTileBlocks<Fmt> ? w.blocks - next_block : kTileBlocks<Fmt>;
+      prefetch_blocks(w, g, next_block, n);
+    }
+    if constexpr (kGroups == 1) {
+      tokens_in_tiles<V, Fmt, false, V::kTileTokensF32>(sources[0], m, group, b0, b1, t0, count, acc);
+    } else {
+      tokens_in_tile_blocks<V, Fmt, V::kBlockTokensF32, kGroups>(sources, *m.in, b0, b1, t0, count, acc);
+    }
+  }
+}
+
+// y (+)= acc[t][16] for the rows of `group` and tokens [t0, t0 + count).
+inline void store_group(const MatmulArgs& m, int64_t group, int t0, int count, const float* acc) {
+  const int64_t first = group * kRowGroup;
+  const int rows = int(m.row_end - first < kRowGroup ? m.row_end - first : kRowGroup);
+  for (int t = 0; t < count; ++t) {
+    float* y = m.y + int64_t(t0 + t) * m.y_stride + first;
+    const float* a = acc + t * kRowGroup;
+    for (int r = 0; r < rows; ++r) y[r] = m.accumulate ? y[r] + a[r] : a[r];
+  }
+}
+
 template <class V, class Fmt, bool kInt8>
 void matmul_rows(const MatmulArgs& m) {
   constexpr int kTokens = kInt8 ? V::kTileTokensInt8 : V::kTileTokensF32;
-  constexpr int64_t kTileBlocks = kTileCols / Fmt::kBlockCols > 0 ? kTileCols / Fmt::kBlockCols : 1;
+  constexpr int kBlockGroups = kInt8 ? 1 : V::kBlockGroupsF32;
   const PackedMatrix& w = *m.w;
-  alignas(64) float acc[kTokenBlock * kRowGroup];
-  alignas(64) float tile[kTileBlocks * subs_per_block<Fmt>() * kTileSubFloats<Fmt>];
-  for (int64_t group = m.row_begin / kRowGroup; group * kRowGroup < m.row_end; ++group) {
+  alignas(64) float acc[kBlockGroups * kTokenBlockFloats];
+  alignas(64) float tiles[kBlockGroups * kTileFloats<Fmt>];
+  const int64_t end_group = (m.row_end + kRowGroup - 1) / kRowGroup;
+  // Decode-sized batches read the packed weights directly; larger ones go through fp32 tiles, kBlockGroups row
+  // groups at a time where the range has them.
+  const bool tiled = !kInt8 && m.in->n_tokens >= 2 * kTokens;
+  for (int64_t group = m.row_begin / kRowGroup; group < end_group;) {
+    const int groups = tiled && group + kBlockGroups <= end_group ? kBlockGroups : 1;
     for (int t0 = 0; t0 < m.in->n_tokens; t0 += kTokenBlock) {
       const int count = m.in->n_tokens - t0 < kTokenBlock ? m.in->n_tokens - t0 : kTokenBlock;
-      std::memset(acc, 0, sizeof(float) * size_t(count) * kRowGroup);
-      if (kInt8 || count < 2 * kTokens) {
+      for (int g = 0; g < groups; ++g)
+        std::memset(acc + g * kTokenBlockFloats, 0, sizeof(float) * size_t(count) * kRowGroup);
+      if (!tiled) {
         tokens_in_tiles<V, Fmt, kInt8, kTokens>(PackedSource<V, Fmt>{&w, group}, m, group, 0, w.blocks, t0, count, acc);
-      } else {
-        // Each tile of weights converted to fp32 once, then read by every tile of tokens.
-        for (int64_t b0 = 0; b0 < w.blocks; b0 += kTileBlocks) {
-          const int64_t b1 = b0 + kTileBlocks < w.blocks ? b0 + kTileBlocks : w.blocks;
-          const TileSource<V, Fmt> source{tile, b0};
-          source.fill(w, group, b1 - b0);
-          tokens_in_tiles<V, Fmt, false, kTokens>(source, m, group, b0, b1, t0, count, acc);
-        }
+      } else if (groups == 1) {
+        f32_tiled_groups<V, Fmt, 1>(m, group, t0, count, tiles, acc);
+      } else if constexpr (kBlockGroups > 1) {
+        f32_tiled_groups<V, Fmt, kBlockGroups>(m, group, t0, count, tiles, acc);
       }
-      const int64_t first = group * kRowGroup;
-      const int rows = int(m.row_end - first < kRowGroup ? m.row_end - first : kRowGroup);
-      for (int t = 0; t < count; ++t) {
-        float* y = m.y + int64_t(t0 + t) * m.y_stride + first;
-        const float* a = acc + t * kRowGroup;
-        for (int r = 0; r < rows; ++r) y[r] = m.accumulate ? y[r] + a[r] : a[r];
-      }
+      for (int g = 0; g < groups; ++g) store_group(m, group + g, t0, count, acc + g * kTokenBlockFloats);
     }
+    group += groups;
   }
 }
 

@@ -13,8 +13,10 @@ struct Avx2 {
   static constexpr int kLanes = 8;
   // Tokens per tile product (accumulators held in registers).
   static constexpr int kTileTokensInt8 = 4, kTileTokensF32 = 2;
+  static constexpr int kBlockGroupsF32 = 1, kBlockTokensF32 = 1;  // one row group per register block
   // maddubs saturates 16-bit pair sums: idot is exact only for unsigned bytes <= 127 (see idot_signed).
   static constexpr bool kExactByteDot = false;
+  static constexpr bool kFastLookup16 = false;  // nibbles are extracted and converted (no 16-entry permute)
   using F = __m256;
   using I = __m256i;
 

@@ -12,6 +12,8 @@ struct Avx512 {
   static constexpr int kLanes = 16;
   // Tokens per tile product (accumulators held in registers).
   static constexpr int kTileTokensInt8 = 12, kTileTokensF32 = 5;
+  // fp32 tiles of larger batches: kBlockGroupsF32 row groups x kBlockTokensF32 tokens per register block.
+  static constexpr int kBlockGroupsF32 = 2, kBlockTokensF32 = 4;
   static constexpr bool kExactByteDot = true;  // idot is exact for every unsigned byte (VNNI)
   using F = __m512;
   using I = __m512i;
@@ -93,6 +95,9 @@ struct Avx512 {
   // Byte j of each lane, zero-extended: one dot product with the unit vector e_j (one instruction, where shift and
   // mask take two).
   template <int j> static I byte(I a) { return _mm512_dpbusd_epi32(_mm512_setzero_si512(), a, _mm512_set1_epi32(1 << (8 * j))); }
+  // table[low 4 bits of each lane] (one permute: faster than extracting and converting a nibble).
+  static constexpr bool kFastLookup16 = true;
+  static F lookup16(I index, const float* table) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }
   // kLanes bytes, zero- / sign-extended to the lanes.
   static I load_u8(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static I load_i8(const uint8_t* p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }

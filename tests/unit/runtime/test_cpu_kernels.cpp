@@ -199,6 +199,26 @@ TEST_P(CpuMatmul, EveryLevelAndBatchSizeAndRowSplitGivesTheSameBits) {
   }
 }
 
+// A prompt longer than a token block (64): the fp32 tiles' second block of tokens, register blocks of two row groups
+// and a single one (rows 0 .. 48: groups 0 and 1, then 2), equal to each token alone and to the portable level.
+TEST_P(CpuMatmul, LongBatchGivesEachTokensOwnBitsOnEveryLevel) {
+  const DType t = GetParam();
+  const int64_t cols = test_cols(t);
+  constexpr int kLong = 70;
+  const cf::WeightMatrix w = random_matrix(t, kRows, cols, 15);
+  const std::vector<float> x = uniform(size_t(kLong * cols), -2.0f, 2.0f, 16);
+  const std::vector<float> reference = run_matmul(w, x, kLong, Isa::Portable, Arithmetic::F32);
+  for (Isa isa : supported_levels()) {
+    SCOPED_TRACE(cf::cpu::isa_name(isa));
+    EXPECT_EQ(run_matmul(w, x, kLong, isa, Arithmetic::F32), reference);
+    for (int t_ : {0, 3, 63, 64, 69}) {
+      const std::vector<float> one(x.begin() + t_ * cols, x.begin() + (t_ + 1) * cols);
+      const std::vector<float> alone = run_matmul(w, one, 1, isa, Arithmetic::F32);
+      EXPECT_TRUE(std::equal(alone.begin(), alone.end(), reference.begin() + t_ * kRows)) << "token " << t_;
+    }
+  }
+}
+
 TEST_P(CpuMatmul, PackedMatrixDequantisesToTheSameBits) {
   const DType t = GetParam();
   const cf::WeightMatrix w = random_matrix(t, kRows, test_cols(t), 14);
