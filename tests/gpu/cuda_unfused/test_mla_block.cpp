@@ -342,27 +342,27 @@ std::vector<MlaCase> mla_cases() {
   return cases;
 }
 
-class SmallMla : public ::testing::TestWithParam<MlaCase> {};
+class UnfusedMla : public ::testing::TestWithParam<MlaCase> {};
 
-TEST_P(SmallMla, Fp16MatchesReference) {
+TEST_P(UnfusedMla, Fp16MatchesReference) {
   CF_REQUIRE_GPU();
   run_mla_case<half>(GetParam());
 }
 
-TEST_P(SmallMla, Bf16MatchesReference) {
+TEST_P(UnfusedMla, Bf16MatchesReference) {
   CF_REQUIRE_GPU();
   run_mla_case<bfloat16>(GetParam());
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, SmallMla, ::testing::ValuesIn(mla_cases()),
+INSTANTIATE_TEST_SUITE_P(Shapes, UnfusedMla, ::testing::ValuesIn(mla_cases()),
                          [](const ::testing::TestParamInfo<MlaCase>& info) { return info.param.name; });
 
-TEST(MlaV2Lite, Fp16Batch1Kv4KPage16) {
+TEST(UnfusedMlaV2Lite, Fp16Batch1Kv4KPage16) {
   CF_REQUIRE_GPU();
   run_mla_case<half>({"V2Lite_b1_kv4k", v2_lite_heads(2048), {4096}, 16});
 }
 
-TEST(MlaV2Lite, Bf16Batch16Kv1KPage64) {
+TEST(UnfusedMlaV2Lite, Bf16Batch16Kv1KPage64) {
   CF_REQUIRE_GPU();
   std::vector<int> lens;
   Rng rng(7);
@@ -372,7 +372,7 @@ TEST(MlaV2Lite, Bf16Batch16Kv1KPage64) {
   run_mla_case<bfloat16>(c);
 }
 
-TEST(MlaV2Lite, Fp16Batch3QloraContiguous) {
+TEST(UnfusedMlaV2Lite, Fp16Batch3QloraContiguous) {
   CF_REQUIRE_GPU();
   run_mla_case<half>({"V2_qlora_b3", mla_shape(1024, 16, 384, 512, 128, 128, v2_lite_yarn(64)), {3, 300, 777}, 0});
 }
@@ -402,7 +402,7 @@ void expect_status_error(const MlaCase& c, const std::function<void(MlaHostData<
   EXPECT_NO_THROW(ws.check_status(stream)) << "check_status clears the word";
 }
 
-TEST(MlaDeviceChecks, BadPositionAndPageIdAreReported) {
+TEST(UnfusedMlaDeviceChecks, BadPositionAndPageIdAreReported) {
   CF_REQUIRE_GPU();
   const MlaCase c{"Checks", mla_shape(128, 2, 0, 64, 16, 16, plain_rope(16)), {10, 20}, 4};
   expect_status_error<half>(c, [](MlaHostData<half>& h) { h.positions[0] = 1000; }, "RoPE table");

@@ -241,32 +241,32 @@ std::vector<MoeCase> moe_cases() {
   return cases;
 }
 
-class SmallMoe : public ::testing::TestWithParam<MoeCase> {};
+class UnfusedMoe : public ::testing::TestWithParam<MoeCase> {};
 
-TEST_P(SmallMoe, Fp16MatchesReference) {
+TEST_P(UnfusedMoe, Fp16MatchesReference) {
   CF_REQUIRE_GPU();
   run_moe_case<half>(GetParam());
 }
 
-TEST_P(SmallMoe, Bf16MatchesReference) {
+TEST_P(UnfusedMoe, Bf16MatchesReference) {
   CF_REQUIRE_GPU();
   run_moe_case<bfloat16>(GetParam());
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, SmallMoe, ::testing::ValuesIn(moe_cases()),
+INSTANTIATE_TEST_SUITE_P(Shapes, UnfusedMoe, ::testing::ValuesIn(moe_cases()),
                          [](const ::testing::TestParamInfo<MoeCase>& info) { return info.param.name; });
 
-TEST(MoeV2Lite, Fp16Batch16) {
+TEST(UnfusedMoeV2Lite, Fp16Batch16) {
   CF_REQUIRE_GPU();
   run_moe_case<half>({"V2Lite_b16", moe_shape(2048, 64, 6, 1408, 2816), 16});
 }
 
-TEST(MoeV2Lite, Bf16Batch1) {
+TEST(UnfusedMoeV2Lite, Bf16Batch1) {
   CF_REQUIRE_GPU();
   run_moe_case<bfloat16>({"V2Lite_b1", moe_shape(2048, 64, 6, 1408, 2816), 1});
 }
 
-TEST(MoeDeviceChecks, NonFiniteRouterInputIsReported) {
+TEST(UnfusedMoeDeviceChecks, NonFiniteRouterInputIsReported) {
   CF_REQUIRE_GPU();
   const MoeCase c{"Checks", moe_shape(64, 4, 2, 16, 0), 2};
   MoeHostData<half> h = make_moe_data<half>(c, 5);
