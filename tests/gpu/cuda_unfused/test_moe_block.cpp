@@ -1,7 +1,10 @@
-// cuda-unfused MoE block vs cf::ref::moe_ffn after add + RMSNorm (tolerance policy): the selection equals
-// ref::select_experts on the GPU's own router logits (ids exact, weights to 1e-6) and the reference's own choice;
-// the output within tolerance and not worse than 2x the naive low-precision reference; residual_out bit-exact; the
-// same bits on a second run and under CUDA-graph replay; non-finite router input reported by check_status().
+// cuda-unfused MoE block vs cf::ref::moe_ffn's math after add + RMSNorm (tolerance policy): the selection equals
+// ref::select_experts on the GPU's own router logits (ids exact, weights to 1e-6) and ref::moe_route's choice; the
+// output within tolerance and not worse than 2x the naive low-precision reference; residual_out bit-exact; the same
+// bits on a second run and under CUDA-graph replay; non-finite router input reported by check_status().
+// The router reads the block's normed x rounded to T (a documented rounding point), so the reference routes from
+// that rounded x too: routing from the unrounded x would flip near-tied experts under bf16 rounding (gaps of
+// ~1e-2 in the logits) and compare different experts; the experts themselves see the fp32 x in the reference.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -121,7 +124,7 @@ void run_moe_case(const MoeCase& c) {
   // ---- references ----
   std::vector<float> out_ref(size_t(c.batch) * d), out_naive(size_t(c.batch) * d, 0.0f);
   std::vector<T> residual_out_ref(size_t(c.batch) * d);
-  std::vector<ref::Routing> routing_ref;
+  std::vector<ref::Routing> routing_ref;  // from the rounded x, as the GPU routes
   for (int b = 0; b < c.batch; ++b) {
     const T* hb = h.hidden.data() + size_t(b) * d;
     std::vector<float> x(static_cast<size_t>(d));
@@ -135,12 +138,17 @@ void run_moe_case(const MoeCase& c) {
       ref::rmsnorm(hb, h.f_norm.data(), x.data(), d, s.eps);
       ref::rmsnorm(hb, h.f_norm.data(), x_t.data(), d, s.eps);
     }
-    routing_ref.push_back(ref::moe_ffn(x.data(), wf, rs, out_ref.data() + size_t(b) * d));
-    const ref::Routing naive_routing = ref::moe_route(x_t.data(), wf.router, rs);
+    const ref::Routing routing = ref::moe_route(x_t.data(), wf.router, rs);
+    routing_ref.push_back(routing);
+    float* exact = out_ref.data() + size_t(b) * d;  // moe_ffn's sum, shared first, then the experts in order
+    std::fill_n(exact, d, 0.0f);
+    if (s.shared_ffn > 0) ref::add_expert(x.data(), wf.shared, d, s.shared_ffn, 1.0f, exact);
+    for (size_t k = 0; k < routing.ids.size(); ++k)
+      ref::add_expert(x.data(), wf.experts[routing.ids[k]], d, s.expert_ffn, routing.weights[k], exact);
     float* acc = out_naive.data() + size_t(b) * d;
     if (s.shared_ffn > 0) naive_add_expert(x_t.data(), wf.shared, d, s.shared_ffn, 1.0f, acc);
-    for (size_t k = 0; k < naive_routing.ids.size(); ++k)
-      naive_add_expert(x_t.data(), wf.experts[naive_routing.ids[k]], d, s.expert_ffn, naive_routing.weights[k], acc);
+    for (size_t k = 0; k < routing.ids.size(); ++k)
+      naive_add_expert(x_t.data(), wf.experts[routing.ids[k]], d, s.expert_ffn, routing.weights[k], acc);
     for (int i = 0; i < d; ++i) acc[i] = to_float(from_float<T>(acc[i]));
   }
 
@@ -194,7 +202,7 @@ void run_moe_case(const MoeCase& c) {
       EXPECT_NEAR(weights[size_t(b * K + k)], expect.weights[size_t(k)], 1e-6 * std::max(1.0f, expect.weights[size_t(k)]))
           << "token " << b << " choice " << k;
       EXPECT_EQ(ids[size_t(b * K + k)], routing_ref[size_t(b)].ids[size_t(k)])
-          << "token " << b << " choice " << k << ": the reference's own logits chose differently";
+          << "token " << b << " choice " << k << ": ref::moe_route chose differently";
     }
   }
   // 2. output and residual_out.
