@@ -1,6 +1,8 @@
 #include "common/args.hpp"
 
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <sstream>
 
 #include "clusterfusion/common/error.hpp"
@@ -30,6 +32,18 @@ std::string canonical_model(const std::string& name) {
   if (name == "llama3" || name == "llama3-8b") return "llama3-8b";
   if (name == "smollm2" || name == "smollm2-135m") return "smollm2-135m";
   throw InputError("--models: unknown model '" + name + "' (known: llama2, llama3, smollm2)");
+}
+
+int run_main(const char* program, int argc, char** argv, int (*impl)(int, char**)) {
+  try {
+    return impl(argc, argv);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    return 1;
+  }
 }
 
 }  // namespace cf::bench

@@ -16,4 +16,8 @@ int parse_int(const std::string& s, const char* flag, int lo, int hi);
 // smollm2-135m -> the full name; anything else is an InputError naming --models and the known names.
 std::string canonical_model(const std::string& name);
 
+// main() of a bench program: returns impl(argc, argv); a cf::InputError becomes "<program>: <message>" on stderr and
+// exit status 2, any other exception "<program>: error: <message>" and 1.
+int run_main(const char* program, int argc, char** argv, int (*impl)(int, char**));
+
 }  // namespace cf::bench

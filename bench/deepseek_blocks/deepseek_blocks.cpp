@@ -137,7 +137,7 @@ std::unique_ptr<CaseData> make_case_data(const BenchCase& c, int n_sets, cudaStr
     if (hi > lo) fill_random(p, n, ft, seed, lo, hi, stream);
     return p;
   };
-  const size_t B = size_t(c.batch), hid = 2048;
+  const size_t B = size_t(c.batch), hid = size_t(v2_lite().hidden);
   auto w_scale = [](size_t in_dim) { return 2.0f / std::sqrt(float(in_dim)); };
   if (c.block == "mla") {
     const MlaBlockShape s = v2_lite_mla();
@@ -276,7 +276,7 @@ Output download_output(const CaseData& d) {
   CF_CUDA_CHECK(cudaDeviceSynchronize());
   const DeviceSet& t = d.sets[0];
   Output o;
-  const size_t n = size_t(d.c.batch) * 2048;
+  const size_t n = size_t(d.c.batch) * v2_lite().hidden;
   std::vector<uint16_t> bits(n);
   CF_CUDA_CHECK(cudaMemcpy(bits.data(), t.out, n * 2, cudaMemcpyDeviceToHost));
   o.values.resize(n);
@@ -321,7 +321,7 @@ void run_impl(Impl& impl, CaseData& data, const Options& opt, cudaStream_t strea
   impl.prepare(data);
   row.config = impl.describe();
   const DeviceSet& t0 = data.sets[0];
-  CF_CUDA_CHECK(cudaMemsetAsync(t0.out, 0xFF, size_t(data.c.batch) * 2048 * 2, stream));  // NaN: all written?
+  CF_CUDA_CHECK(cudaMemsetAsync(t0.out, 0xFF, size_t(data.c.batch) * v2_lite().hidden * 2, stream));  // all written?
   impl.enqueue(data, 0, stream);
   impl.check(stream);
   out = download_output(data);
@@ -351,9 +351,10 @@ void compare_with_unfused(Row& row, const Output& out, const Output& unfused, do
 
 // Rotation sets: enough to defeat L2 by the bytes a call reads, as memory allows.
 int rotation_sets(const BenchCase& c, const cuda::DeviceInfo& device) {
-  const int64_t read_estimate = c.bytes_read(std::min(64.0, 6.0 * c.batch));
-  const int64_t allocated = c.block == "mla" ? read_estimate
-                                             : c.moe_fixed_bytes() + 64 * c.moe_expert_bytes() + c.activation_bytes();
+  const MoeBlockShape moe = v2_lite_moe();
+  const int64_t read_estimate = c.bytes_read(std::min(moe.n_experts, moe.top_k * c.batch));
+  const int64_t allocated =
+      c.block == "mla" ? read_estimate : c.moe_fixed_bytes() + moe.n_experts * c.moe_expert_bytes() + c.activation_bytes();
   size_t free_bytes = 0, total_bytes = 0;
   CF_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   int n = sets_to_defeat_l2(size_t(read_estimate), device.l2_bytes);
@@ -528,13 +529,5 @@ int main_impl(int argc, char** argv) {
 }  // namespace cf::bench
 
 int main(int argc, char** argv) {
-  try {
-    return cf::bench::main_impl(argc, argv);
-  } catch (const cf::InputError& e) {
-    std::fprintf(stderr, "cf_bench_deepseek_blocks: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cf_bench_deepseek_blocks: error: %s\n", e.what());
-    return 1;
-  }
+  return cf::bench::run_main("cf_bench_deepseek_blocks", argc, argv, cf::bench::main_impl);
 }

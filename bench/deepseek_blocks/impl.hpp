@@ -11,51 +11,21 @@
 
 #include "clusterfusion/backends/cuda_unfused/deepseek.hpp"
 #include "clusterfusion/device/buffer.hpp"
+#include "clusterfusion/model/deepseek.hpp"
+#include "clusterfusion/runtime/model.hpp"
 #include "common/report.hpp"
 
 namespace cf::bench {
 
-// DeepSeek-V2-Lite's YaRN RoPE (factor 40, original context 4096, mscale = mscale_all_dim = 0.707), rope dim 64.
-inline ref::YarnRope v2_lite_rope() {
-  ref::YarnRope r;
-  r.dim = 64;
-  r.factor = 40.0f;
-  r.original_context = 4096;
-  r.mscale = 0.707f;
-  r.mscale_all_dim = 0.707f;
-  return r;
+// DeepSeek-V2-Lite's shapes from the project's model preset (runtime/model.hpp): the reference's shapes of its config
+// (model/deepseek.hpp), as the blocks take them.
+inline const ModelConfig& v2_lite() {
+  static const ModelConfig config = model_preset("deepseek-v2-lite");
+  return config;
 }
-
-inline MlaBlockShape v2_lite_mla() {
-  ref::MlaShape s;
-  s.hidden = 2048;
-  s.n_heads = 16;
-  s.kv_lora_rank = 512;
-  s.qk_nope = 128;
-  s.v_head = 128;
-  s.rope = v2_lite_rope();
-  MlaBlockShape d;
-  d.hidden = s.hidden;
-  d.n_heads = s.n_heads;
-  d.kv_lora_rank = s.kv_lora_rank;
-  d.qk_nope = s.qk_nope;
-  d.qk_rope = s.qk_rope();
-  d.v_head = s.v_head;
-  d.eps = s.eps;
-  d.softmax_scale = s.softmax_scale();
-  return d;
-}
-
-inline MoeBlockShape v2_lite_moe() {
-  MoeBlockShape s;
-  s.hidden = 2048;
-  s.n_experts = 64;
-  s.top_k = 6;
-  s.expert_ffn = 1408;
-  s.shared_ffn = 2816;
-  s.eps = 1e-6f;
-  return s;
-}
+inline ref::YarnRope v2_lite_rope() { return ref::mla_shape(v2_lite()).rope; }
+inline MlaBlockShape v2_lite_mla() { return cuda_unfused::mla_block_shape(ref::mla_shape(v2_lite())); }
+inline MoeBlockShape v2_lite_moe() { return cuda_unfused::moe_block_shape(ref::moe_shape(v2_lite()), v2_lite().rms_eps); }
 
 struct BenchCase {
   std::string block;  // "mla" or "moe"
@@ -68,7 +38,7 @@ struct BenchCase {
     return block == "mla" ? format("mla %s b%d kv%d", cuda_unfused::dtype_name(dtype), batch, kv_len)
                           : format("moe %s b%d", cuda_unfused::dtype_name(dtype), batch);
   }
-  int64_t activation_bytes() const { return 2 * 4 * int64_t(batch) * 2048; }  // hidden, residual in; 2 outputs
+  int64_t activation_bytes() const { return 2 * 4 * int64_t(batch) * v2_lite().hidden; }  // 2 in, 2 out
   int64_t mla_weight_bytes() const {
     const MlaBlockShape s = v2_lite_mla();
     const int64_t d = s.hidden, H = s.n_heads, r = s.kv_lora_rank;

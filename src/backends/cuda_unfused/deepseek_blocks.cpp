@@ -93,6 +93,37 @@ std::vector<float> make_yarn_rope_table(const ref::YarnRope& rope, int max_posit
   return table;
 }
 
+MlaBlockShape mla_block_shape(const ref::MlaShape& s) {
+  MlaBlockShape d;
+  d.hidden = s.hidden;
+  d.n_heads = s.n_heads;
+  d.q_lora_rank = s.q_lora_rank;
+  d.kv_lora_rank = s.kv_lora_rank;
+  d.qk_nope = s.qk_nope;
+  d.qk_rope = s.qk_rope();
+  d.v_head = s.v_head;
+  d.eps = s.eps;
+  d.softmax_scale = s.softmax_scale();
+  return d;
+}
+
+MoeBlockShape moe_block_shape(const ref::MoeShape& s, float eps) {
+  MoeBlockShape d;
+  d.hidden = s.hidden;
+  d.n_experts = s.n_experts;
+  d.top_k = s.top_k;
+  d.expert_ffn = s.expert_ffn;
+  d.shared_ffn = s.shared_ffn;
+  d.norm_topk_prob = s.norm_topk_prob;
+  d.routed_scaling = s.routed_scaling_factor;
+  d.selection = s.method == ref::TopkMethod::GroupLimitedGreedy ? ExpertSelection::GroupLimitedGreedy
+                                                                : ExpertSelection::Greedy;
+  d.n_group = s.n_group;
+  d.topk_group = s.topk_group;
+  d.eps = eps;
+  return d;
+}
+
 // ---- MLA ----------------------------------------------------------------------------------------------------------
 
 MlaWorkspace::MlaWorkspace(const MlaBlockShape& shape, int max_batch) : shape_(shape), max_batch_(max_batch) {

@@ -39,35 +39,6 @@ inline ref::YarnRope plain_rope(int dim) {
   return r;
 }
 
-inline MlaBlockShape device_shape(const ref::MlaShape& s) {
-  MlaBlockShape d;
-  d.hidden = s.hidden;
-  d.n_heads = s.n_heads;
-  d.q_lora_rank = s.q_lora_rank;
-  d.kv_lora_rank = s.kv_lora_rank;
-  d.qk_nope = s.qk_nope;
-  d.qk_rope = s.qk_rope();
-  d.v_head = s.v_head;
-  d.eps = s.eps;
-  d.softmax_scale = s.softmax_scale();
-  return d;
-}
-
-inline ref::MoeShape reference_shape(const MoeBlockShape& s) {
-  ref::MoeShape r;
-  r.hidden = s.hidden;
-  r.n_experts = s.n_experts;
-  r.top_k = s.top_k;
-  r.expert_ffn = s.expert_ffn;
-  r.shared_ffn = s.shared_ffn;
-  r.norm_topk_prob = s.norm_topk_prob;
-  r.routed_scaling_factor = s.routed_scaling;
-  r.method = s.selection == ExpertSelection::Greedy ? ref::TopkMethod::Greedy : ref::TopkMethod::GroupLimitedGreedy;
-  r.n_group = s.n_group;
-  r.topk_group = s.topk_group;
-  return r;
-}
-
 // ref::MlaWeights wants W_UK and W_UV either as kv_b_proj [H (nope + v), r] or as GGUF's split tensors; the device
 // takes w_uk [H, nope, r] and w_uv [H, v, r]: interleave them into kv_b_proj rows.
 inline std::vector<float> kv_b_rows(const std::vector<float>& w_uk, const std::vector<float>& w_uv,

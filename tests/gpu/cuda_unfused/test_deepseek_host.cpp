@@ -19,7 +19,7 @@ P* fake(uintptr_t i) {
 
 cu::MlaBlockParams plausible_mla() {
   cu::MlaBlockParams p;
-  p.shape = device_shape(mla_shape(256, 4, 0, 64, 32, 32, plain_rope(16)));
+  p.shape = cu::mla_block_shape(mla_shape(256, 4, 0, 64, 32, 32, plain_rope(16)));
   p.batch = 2;
   p.hidden = fake(1);
   p.residual_out = fake(2);

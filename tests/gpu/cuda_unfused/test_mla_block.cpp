@@ -174,7 +174,7 @@ struct MlaDevice {
   cu::MlaBlockParams params(const MlaCase& c, const MlaHostData<T>& h, int max_positions) {
     cu::MlaBlockParams p;
     p.dtype = dtype_of<T>();
-    p.shape = device_shape(c.shape);
+    p.shape = cu::mla_block_shape(c.shape);
     p.batch = int(c.kv_lens.size());
     p.hidden = hidden.data();
     p.residual = c.residual ? residual.data() : nullptr;

@@ -24,13 +24,13 @@ namespace cu = cuda_unfused;
 
 struct MoeCase {
   std::string name;
-  MoeBlockShape shape;
+  ref::MoeShape shape;
   int batch = 1;
   bool residual = true;
 };
 
-MoeBlockShape moe_shape(int hidden, int experts, int top_k, int ffn, int shared) {
-  MoeBlockShape s;
+ref::MoeShape moe_shape(int hidden, int experts, int top_k, int ffn, int shared) {
+  ref::MoeShape s;
   s.hidden = hidden;
   s.n_experts = experts;
   s.top_k = top_k;
@@ -44,7 +44,7 @@ std::string describe(const MoeCase& c) {
   char line[256];
   std::snprintf(line, sizeof line, "%s: hidden %d, experts %d top %d, ffn %d, shared %d, %s%s, batch %d",
                 c.name.c_str(), s.hidden, s.n_experts, s.top_k, s.expert_ffn, s.shared_ffn,
-                s.selection == ExpertSelection::Greedy ? "greedy" : "group-limited",
+                s.method == ref::TopkMethod::Greedy ? "greedy" : "group-limited",
                 s.norm_topk_prob ? ", renormalised" : "", c.batch);
   return line;
 }
@@ -56,7 +56,7 @@ struct MoeHostData {
   std::vector<float> router, f_norm, f_gate_up, f_down, f_shared_gate_up, f_shared_down;
   std::vector<ref::ExpertWeights<float>> experts;
 
-  ref::MoeWeights<float> reference_weights(const MoeBlockShape& s) {
+  ref::MoeWeights<float> reference_weights(const ref::MoeShape& s) {
     const size_t d = size_t(s.hidden), f = size_t(s.expert_ffn), sf = size_t(s.shared_ffn);
     experts.clear();
     for (size_t e = 0; e < size_t(s.n_experts); ++e) {
@@ -73,7 +73,7 @@ struct MoeHostData {
 
 template <typename T>
 MoeHostData<T> make_moe_data(const MoeCase& c, uint64_t seed) {
-  const MoeBlockShape& s = c.shape;
+  const ref::MoeShape& s = c.shape;
   const size_t d = size_t(s.hidden), E = size_t(s.n_experts), f = size_t(s.expert_ffn), sf = size_t(s.shared_ffn);
   const float a_in = 2.0f / std::sqrt(float(d)), a_down = 2.0f / std::sqrt(float(f));
   MoeHostData<T> h;
@@ -113,13 +113,13 @@ void naive_add_expert(const T* x, const ref::ExpertWeights<float>& e, int hidden
 template <typename T>
 void run_moe_case(const MoeCase& c) {
   SCOPED_TRACE(describe(c));
-  const MoeBlockShape& s = c.shape;
-  const ref::MoeShape rs = reference_shape(s);
+  const ref::MoeShape& rs = c.shape;
   ASSERT_EQ(rs.check(), "");
+  const MoeBlockShape s = cu::moe_block_shape(rs, 1e-6f);
   const int d = s.hidden, K = s.top_k;
   const uint64_t seed = std::hash<std::string>{}(c.name) ^ (std::is_same_v<T, half> ? 1 : 2);
   MoeHostData<T> h = make_moe_data<T>(c, seed);
-  const ref::MoeWeights<float> wf = h.reference_weights(s);
+  const ref::MoeWeights<float> wf = h.reference_weights(rs);
 
   // ---- references ----
   std::vector<float> out_ref(size_t(c.batch) * d), out_naive(size_t(c.batch) * d, 0.0f);
@@ -223,8 +223,8 @@ void run_moe_case(const MoeCase& c) {
   EXPECT_EQ(first_bit_difference(d_out.download(), out), -1) << "CUDA-graph replay gave different bits";
 }
 
-MoeBlockShape group_limited(MoeBlockShape s, int n_group, int topk_group) {
-  s.selection = ExpertSelection::GroupLimitedGreedy;
+ref::MoeShape group_limited(ref::MoeShape s, int n_group, int topk_group) {
+  s.method = ref::TopkMethod::GroupLimitedGreedy;
   s.n_group = n_group;
   s.topk_group = topk_group;
   return s;
@@ -234,9 +234,9 @@ std::vector<MoeCase> moe_cases() {
   std::vector<MoeCase> cases;
   cases.push_back({"GreedyShared", moe_shape(256, 8, 2, 64, 128), 3});
   {
-    MoeBlockShape s = group_limited(moe_shape(128, 16, 3, 40, 0), 4, 2);
+    ref::MoeShape s = group_limited(moe_shape(128, 16, 3, 40, 0), 4, 2);
     s.norm_topk_prob = true;
-    s.routed_scaling = 2.5f;
+    s.routed_scaling_factor = 2.5f;
     cases.push_back({"GroupLimitedRenormNoShared", s, 5});
   }
   {
@@ -284,13 +284,13 @@ TEST(UnfusedMoeDeviceChecks, NonFiniteRouterInputIsReported) {
   DeviceBuffer<half> d_gate_up = to_device(h.w_gate_up, "w_gate_up"), d_down = to_device(h.w_down, "w_down");
   DeviceBuffer<float> d_router = to_device(h.router, "router");
   cu::MoeBlockParams p;
-  p.shape = c.shape;
+  p.shape = cu::moe_block_shape(c.shape, 1e-6f);
   p.batch = c.batch;
   p.hidden = d_hidden.data();
   p.residual_out = d_residual_out.data();
   p.out = d_out.data();
   p.weights = {d_norm.data(), d_router.data(), d_gate_up.data(), d_down.data(), nullptr, nullptr};
-  cu::MoeWorkspace ws(c.shape, c.batch);
+  cu::MoeWorkspace ws(p.shape, c.batch);
   cuda::Stream stream;
   cu::moe_block(p, ws, stream);
   try {

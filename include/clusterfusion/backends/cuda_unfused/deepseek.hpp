@@ -42,11 +42,17 @@
 #include "clusterfusion/backends/cuda_unfused/ops.hpp"
 #include "clusterfusion/model/types.hpp"
 #include "clusterfusion/reference/mla.hpp"
+#include "clusterfusion/reference/moe.hpp"
 
 namespace cf::cuda_unfused {
 
 // Host-side cos/sin table of `max_positions` rows for YaRN RoPE on adjacent pairs (ref::yarn_cos_sin per row).
 std::vector<float> make_yarn_rope_table(const ref::YarnRope& rope, int max_positions);
+
+// The block shapes of the reference's shapes (model/deepseek.hpp makes those from a model config): the softmax
+// scale with YaRN's mscale^2 (ref::MlaShape::softmax_scale), `eps` for the MoE block's input RMSNorm.
+MlaBlockShape mla_block_shape(const ref::MlaShape& s);
+MoeBlockShape moe_block_shape(const ref::MoeShape& s, float eps);
 
 // ---- MLA --------------------------------------------------------------------------------------------------------
 
