@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <ostream>
 #include <string>
 #include <thread>
@@ -88,6 +89,16 @@ template <typename T>
 void upload(dev::DeviceBuffer<T>& buf, const std::vector<T>& host) {
   buf = dev::DeviceBuffer<T>(host.size());
   buf.upload(host);
+}
+
+// n elements at `at`, read from whichever of `buffers` holds that pointer (outputs that may have been written over
+// the inputs: the in-place cases).
+inline void download_from(std::initializer_list<dev::DeviceBuffer<uint16_t>*> buffers, const void* at, size_t n,
+                          std::vector<uint16_t>& host) {
+  host.resize(n);
+  for (auto* b : buffers)
+    if (b->data() == at) return b->download(host.data(), n);
+  throw Error("download_from: the pointer is in none of the buffers");
 }
 
 // One unit in the last place of T at |x| (subnormals included).

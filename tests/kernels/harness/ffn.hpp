@@ -168,15 +168,8 @@ struct RunResult {
 inline RunResult download_result(const Case& c, DeviceInputs& d) {
   RunResult r;
   const size_t n = size_t(c.batch) * c.hidden;
-  r.out.resize(n);
-  r.residual_out.resize(n);
-  auto from = [&](void* p) -> dev::DeviceBuffer<uint16_t>& {
-    for (auto* b : {&d.hidden, &d.residual, &d.residual_out, &d.out})
-      if (b->data() == p) return *b;
-    return d.out;
-  };
-  from(out_ptr(c, d)).download(r.out.data(), n);
-  from(residual_out_ptr(c, d)).download(r.residual_out.data(), n);
+  download_from({&d.hidden, &d.residual, &d.residual_out, &d.out}, out_ptr(c, d), n, r.out);
+  download_from({&d.hidden, &d.residual, &d.residual_out, &d.out}, residual_out_ptr(c, d), n, r.residual_out);
   return r;
 }
 

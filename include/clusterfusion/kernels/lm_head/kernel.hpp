@@ -22,29 +22,10 @@
 #include "clusterfusion/pipeline/ring.hpp"
 #include "clusterfusion/pipeline/trace.hpp"
 #include "clusterfusion/pipeline/weight_stream.hpp"
+#include "clusterfusion/primitives/warp_argmax.hpp"
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::lm_head {
 namespace dev = cf::dev;
-
-namespace detail {
-// (value, index) beats (best_value, best_index): a strict total order on candidates (larger value, then lower id);
-// index -1 is "no candidate" and loses to every real one. NaN values are never candidates.
-CF_DEVICE bool beats(float value, int32_t index, float best_value, int32_t best_index) {
-  if (index < 0) return false;
-  if (best_index < 0) return true;
-  return value > best_value || (value == best_value && index < best_index);
-}
-// The best candidate of the warp (every lane gets it): a butterfly over the total order, so the result does not
-// depend on the combination order.
-CF_DEVICE void warp_best(float& value, int32_t& index) {
-  CF_UNROLL
-  for (int m = 16; m >= 1; m >>= 1) {
-    const float v = dev::shfl_xor_sync(dev::kFullMask, value, m);
-    const int32_t i = dev::shfl_xor_sync(dev::kFullMask, index, m);
-    if (beats(v, i, value, index)) value = v, index = i;
-  }
-}
-}  // namespace detail
 
 // One CTA of the kernel: its ids, ring and shared memory (pl::StreamCta), its buffers and work split.
 template <typename TW, typename TA, int kBatchTiles>
@@ -127,10 +108,10 @@ struct LmHeadCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
       int32_t index = -1;
       for (int32_t r = int32_t(lane); r < n_rows; r += 32) {
         const float v = scratch[r * p.batch + b];
-        if (!std::isnan(v) && detail::beats(v, row0 + r, value, index)) value = v, index = row0 + r;
+        if (!std::isnan(v) && prim::beats(v, row0 + r, value, index)) value = v, index = row0 + r;
       }
-      detail::warp_best(value, index);
-      if (lane == 0 && detail::beats(value, index, small->best_value[b], small->best_index[b])) {
+      prim::warp_best(value, index);
+      if (lane == 0 && prim::beats(value, index, small->best_value[b], small->best_index[b])) {
         small->best_value[b] = value;
         small->best_index[b] = index;
       }
@@ -172,9 +153,9 @@ struct LmHeadCta : pl::StreamCta<KernelParams, Barriers, SmallBuffers> {
           }
           CF_UNROLL
           for (int k = 0; k < kCandidatesInFlight; ++k)
-            if (detail::beats(v[k], i[k], value, index)) value = v[k], index = i[k];
+            if (prim::beats(v[k], i[k], value, index)) value = v[k], index = i[k];
         }
-        detail::warp_best(value, index);
+        prim::warp_best(value, index);
         if (lane == 0) p.tokens[b] = index < 0 ? 0 : index;
       }
     }

@@ -1,5 +1,5 @@
-// Launching the fused MLA decode block (docs/mla.md §1.5): three launches (projections + absorption, split-KV latent
-// attention, W_UV + O) enqueued by one run(), CUDA-graph capturable.
+// Launching the fused MLA decode block (docs/mla.md §1.5): four launches (projections + absorption + latent append,
+// split-KV latent attention, W_UV, O; q_lora adds the q_b projection) enqueued by one run(), CUDA-graph capturable.
 //
 //   mla::Plan plan(config);     // once per layer: validates, picks the splits, allocates the workspace
 //   plan.run(step, stream);     // per call: host checks + the launches
@@ -21,6 +21,7 @@ struct LaunchInfo {
   int projection_clusters = 0;
   int attention_ctas = 0;      // split-KV CTAs of the latent attention
   int output_clusters = 0;
+  int uv_ctas = 0;             // the W_UV step between the attention and the output projection
   size_t workspace_bytes = 0;
   std::string describe() const;  // one line for logs
 };

@@ -67,6 +67,7 @@ struct PlanConfig {
   int cluster_size = 0;  // 0: the launcher picks
   int max_clusters = 0;  // 0: as many as run at once; else at most this many (the emulator asks for few)
   int sm_count = 0;      // 0: the device's (the emulator assumes 132)
+  int max_stages = 0;    // 0: as many ring stages as fit (up to 16); else at most this many (>= 4; tests lap the ring)
   int64_t wait_budget_us = 20000;  // a wait inside a kernel gives up after this long (0: no limit)
 
   ElementTypes element_types() const { return ElementTypes::of(dtype, weight_dtype, kv_dtype); }
@@ -93,8 +94,38 @@ enum StatusBit : uint32_t {
   kStatusBadPageId = 2,     // a kv_indices entry outside [0, n_pages)
   kStatusBadKvLen = 3,      // a sequence with no page
   kStatusTimeout = 4,       // words 4-5: a wait gave up (prim::timeout_status of its site and block)
+  kStatusDrainTimeout = 6,  // words 6-7: after that, a copy into shared memory did not land either (fatal)
   kStatusWords = 8,
 };
+
+// The bounded waits of the kernels (prim::bounded_wait), named by Plan::check_status() when one expires.
+enum WaitSite : uint32_t {
+  kWaitRingStage = 1,  // producer: a ring stage the consumers never released
+  kWaitWeightTile,     // projections / output: a weight tile that never landed
+  kWaitCacheRows,      // attention: latent cache rows that never landed
+  kWaitDrain,          // producer, after an expiry: a copy it issued that never landed
+};
+
+inline std::string describe_wait_site(uint32_t code) {
+  switch (code) {
+    case kWaitRingStage: return "producer: waiting for the consumers to release a ring stage";
+    case kWaitWeightTile: return "projection: waiting for a weight tile";
+    case kWaitCacheRows: return "attention: waiting for latent cache rows";
+    case kWaitDrain: return "producer: draining its copies after the timeout";
+    default: return "wait " + std::to_string(code);
+  }
+}
+
+// The input problems of the status words (the timeout words are reported by Plan::check_status()).
+inline std::string describe_status(const uint32_t* words) {
+  static const char* const names[kStatusTimeout] = {
+      "a position is negative or past the cos/sin table", "kv_indptr / kv_last_page_len is inconsistent",
+      "a kv_indices entry is outside [0, n_pages)", "a sequence has no KV page"};
+  std::string out;
+  for (int i = 0; i < int(kStatusTimeout); ++i)
+    if (words[i] != 0) out += (out.empty() ? "" : "; ") + std::string(names[i]);
+  return out;
+}
 
 // Host validation (one-line cf::InputError naming the field), implemented beside the kernels.
 void validate_shape(const Shape& s);

@@ -16,10 +16,17 @@
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::moe {
 
 struct LaunchInfo {
-  int cluster_size = 0;
-  int clusters = 0;
+  int cluster_size = 0;  // 1: the MoE kernels run without clusters
+  int clusters = 0;      // CTAs of the largest of the three launches
   size_t workspace_bytes = 0;
   std::string describe() const;  // one line for logs
+
+  // The three launches of a step (docs/mla.md §2, "on the device"): CTAs, ring stages, dynamic shared memory.
+  int router_ctas = 0, gate_up_ctas = 0, down_ctas = 0;
+  int router_stages = 0, gate_up_stages = 0, down_stages = 0;
+  size_t router_smem = 0, gate_up_smem = 0, down_smem = 0;
+  int threads = 0;    // per CTA
+  int max_slots = 0;  // active experts at most per step: min(n_experts, max_batch top_k)
 };
 
 class Plan {

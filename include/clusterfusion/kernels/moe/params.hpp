@@ -39,6 +39,7 @@ struct PlanConfig {
   int cluster_size = 0;  // 0: the launcher picks
   int max_clusters = 0;  // 0: as many as run at once; else at most this many
   int sm_count = 0;      // 0: the device's (the emulator assumes 132)
+  int max_stages = 0;    // 0: as many ring stages as fit (up to pipeline::kMaxStages); else at most this many (>= 4)
   int64_t wait_budget_us = 20000;
 
   ElementTypes element_types() const { return ElementTypes::of(dtype, weight_dtype); }
@@ -56,8 +57,35 @@ struct StepArgs {
 
 enum StatusBit : uint32_t {
   kStatusTimeout = 0,  // words 0-1: a wait gave up (prim::timeout_status of its site and block)
+  kStatusDrainTimeout = 2,  // words 2-3: after that, a copy into shared memory did not land either (fatal)
   kStatusWords = 4,
 };
+
+// Device limits of the kernels (validate_shape): a token's router scores live in one warp's registers (8 a lane),
+// the groups of group_limited_greedy in one warp's lanes.
+inline constexpr int kMaxExperts = 256;
+inline constexpr int kMaxTopK = 16;
+inline constexpr int kMaxGroups = 32;
+
+// The bounded waits of the kernels (prim::bounded_wait), named by Plan::check_status() when one expires.
+enum WaitSite : uint32_t {
+  kWaitRingStage = 1,  // producer: a ring stage the consumers never released
+  kWaitRouterTile,     // router: a router row chunk that never landed
+  kWaitGateUpTile,     // gate/up: a weight panel that never landed
+  kWaitDownTile,       // down: a weight panel that never landed
+  kWaitDrain,          // producer, after an expiry: a copy it issued that never landed
+};
+
+inline std::string describe_wait_site(uint32_t code) {
+  switch (code) {
+    case kWaitRingStage: return "producer: waiting for the consumers to release a ring stage";
+    case kWaitRouterTile: return "router: waiting for a router row chunk";
+    case kWaitGateUpTile: return "gate/up: waiting for a weight panel";
+    case kWaitDownTile: return "down: waiting for a weight panel";
+    case kWaitDrain: return "producer: draining its copies after the timeout";
+    default: return "wait " + std::to_string(code);
+  }
+}
 
 // Host validation (one-line cf::InputError naming the field), implemented beside the kernels.
 void validate_shape(const Shape& s);
