@@ -208,4 +208,12 @@ void print_device(const cuda::DeviceInfo& info, std::FILE* out) {
   std::fflush(out);
 }
 
+Bandwidth print_device_and_bandwidth(const cuda::DeviceInfo& info, cudaStream_t stream, size_t bytes) {
+  print_device(info);
+  const Bandwidth bw = measure_bandwidth(stream, bytes);
+  std::printf("bandwidth (%zu MiB buffers, median of %d): copy %.0f GB/s (read+write), read %.0f GB/s\n\n",
+              bw.bytes >> 20, bw.read_ms.count, bw.copy_gbps, bw.read_gbps);
+  return bw;
+}
+
 }  // namespace cf::bench

@@ -51,5 +51,7 @@ Json device_json(const cuda::DeviceInfo& info);
 // read_gbps, buffer_bytes); the caller adds settings and rows.
 Json report_header(const char* program, const cuda::DeviceInfo& device, const Bandwidth& bw);
 void print_device(const cuda::DeviceInfo& info, std::FILE* out = stdout);
+// The start of a GPU benchmark: the device printed, then the bandwidth measured with `bytes`-sized buffers.
+Bandwidth print_device_and_bandwidth(const cuda::DeviceInfo& info, cudaStream_t stream, size_t bytes);
 
 }  // namespace cf::bench

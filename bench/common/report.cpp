@@ -5,6 +5,7 @@
 #include <cstdarg>
 #include <cstdlib>
 #include <ctime>
+#include <exception>
 #include <fstream>
 
 #include "clusterfusion/common/error.hpp"
@@ -183,6 +184,18 @@ void write_file(const std::string& path, const std::string& text) {
   if (!f) throw Error("cannot open '" + path + "' for writing");
   f << text;
   if (!f) throw Error("failed to write '" + path + "'");
+}
+
+int run_main(const char* program, int (*body)(int, char**), int argc, char** argv) {
+  try {
+    return body(argc, argv);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    return 1;
+  }
 }
 
 }  // namespace cf::bench

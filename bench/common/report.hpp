@@ -66,6 +66,10 @@ class Json {
 
 // $CF_GIT_SHA, else the sha CMake saw at configure time, else "unknown".
 std::string git_sha();
+
+// A benchmark's main(): body's exit code; a cf::InputError (bad arguments, no GPU) prints "<program>: <what>" and
+// exits 2, any other error "<program>: error: <what>" and exits 1.
+int run_main(const char* program, int (*body)(int, char**), int argc, char** argv);
 // UTC time, ISO 8601.
 std::string utc_now();
 // Writes text to a file; throws cf::Error naming the path on failure.

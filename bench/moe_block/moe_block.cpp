@@ -202,11 +202,8 @@ int main_impl(int argc, char** argv) {
     return 2;
   }
   const cuda::DeviceInfo device = cuda::query_device();
-  print_device(device);
   cuda::Stream stream;
-  const Bandwidth bw = measure_bandwidth(stream, opt.bandwidth_bytes);
-  std::printf("bandwidth (%zu MiB buffers, median of %d): copy %.0f GB/s (read+write), read %.0f GB/s\n\n",
-              bw.bytes >> 20, bw.read_ms.count, bw.copy_gbps, bw.read_gbps);
+  const Bandwidth bw = print_device_and_bandwidth(device, stream, opt.bandwidth_bytes);
 
   std::vector<Row> rows;
   for (dev::DType dt : opt.dtypes)
@@ -281,14 +278,4 @@ int main_impl(int argc, char** argv) {
 
 }  // namespace cf::bench
 
-int main(int argc, char** argv) {
-  try {
-    return cf::bench::main_impl(argc, argv);
-  } catch (const cf::InputError& e) {
-    std::fprintf(stderr, "cf_bench_moe_block: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cf_bench_moe_block: error: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return cf::bench::run_main("cf_bench_moe_block", cf::bench::main_impl, argc, argv); }

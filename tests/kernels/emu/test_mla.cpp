@@ -34,6 +34,12 @@ std::vector<Case> all_cases() {
     cases.push_back(c);
   }
   {
+    Case c;  // in place: residual_out over hidden, out over residual; batch 2 over 3 splits each
+    c.name = "InPlaceBatch2";
+    c.batch = 2, c.page_size = 4, c.kv_lens = {13, 6}, c.in_place = true, c.max_clusters = 6, c.seed = 7;
+    cases.push_back(c);
+  }
+  {
     Case c;  // 20 heads: two head tiles (16 + 4), q_lora, bf16, long rows over 8 splits
     c.name = "Heads20TwoTilesBf16";
     c.dtype = DType::BF16;
@@ -135,12 +141,39 @@ TEST(MlaEmuValidation, ConfigAndStepErrors) {
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.dtype = DType::F32; })); }, "F16 or BF16");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.cluster_size = 4; })); }, "cluster_size 4");
   expect_input_error([&] { kmla::validate_config(with([](auto& g) { g.max_stages = 2; })); }, "max_stages 2");
+  // DeepSeek-V2's output width (128 heads x 128) at batch 16: the input rows leave no room for the ring
+  auto v2_output = [](auto& g) { g.shape.n_heads = 128, g.shape.v_head = 128, g.max_batch = 16; };
+  expect_input_error([&] { kmla::Plan big(with(v2_output)); }, "lower max_batch");
   kmla::Plan plan(good);
   kmla::StepArgs step = step_args(c, in, d);
   expect_input_error([&] { kmla::StepArgs s = step; s.batch = 2; plan.run(s); }, "batch 2");
   expect_input_error([&] { kmla::StepArgs s = step; s.positions = nullptr; plan.run(s); }, "positions");
   expect_input_error([&] { kmla::StepArgs s = step; s.out = s.residual_out; plan.run(s); }, "alias");
   EXPECT_NE(plan.info().describe().find("attention"), std::string::npos);
+}
+
+// The plan's splits at DeepSeek-V2-Lite's shapes on 132 SMs (docs/mla.md §1.5): every launch one wave of CTAs.
+TEST(MlaEmuPlan, V2LiteSplits) {
+  dev::DeviceBuffer<uint16_t> dummy(8);  // the plan reads no weight; pointers must be set and aligned
+  dev::DeviceBuffer<float> table(64);
+  kmla::PlanConfig cfg;
+  cfg.shape.hidden = 2048, cfg.shape.n_heads = 16, cfg.shape.kv_lora_rank = 512, cfg.shape.qk_nope = 128;
+  cfg.shape.qk_rope = 64, cfg.shape.v_head = 128;
+  void* w = dummy.data();
+  cfg.weights = {w, w, nullptr, nullptr, nullptr, w, w, w, w, w};
+  cfg.cache = {w, 1, 16};
+  cfg.rope = {table.data(), 1};
+  for (int batch : {1, 16}) {
+    cfg.max_batch = batch;
+    const kmla::Plan plan(cfg);
+    const kmla::LaunchInfo& li = plan.info();
+    EXPECT_EQ(li.cluster_size, 1);
+    EXPECT_EQ(li.projection_clusters, 132);  // 228 tiles of [Wq; Wkv_a]
+    EXPECT_EQ(li.attention_ctas, batch == 1 ? 132 : 128) << "batch " << batch;
+    EXPECT_EQ(li.uv_ctas, 128);              // 16 heads x 8 row tiles
+    EXPECT_EQ(li.output_clusters, 128);      // 128 tiles of Wo
+    std::printf("batch %d: %s\n", batch, li.describe().c_str());
+  }
 }
 
 }  // namespace

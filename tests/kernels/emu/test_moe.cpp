@@ -64,6 +64,12 @@ std::vector<Case> all_cases() {
     c.sm_count = 2, c.max_stages = 4, c.seed = 7;
     cases.push_back(c);
   }
+  {
+    Case c;  // hidden 4128: two router chunks per row (4096 + 32 floats), 33 gate/up chunks per panel (rings lap)
+    c.name = "WideHiddenTwoRouterChunks";
+    c.hidden = 4128, c.n_experts = 4, c.top_k = 1, c.expert_ffn = 32, c.batch = 2, c.sm_count = 3, c.seed = 8;
+    cases.push_back(c);
+  }
   return cases;
 }
 
@@ -128,6 +134,14 @@ TEST(MoeEmu, PlanSizesItsGridsForTheWorstCase) {
   EXPECT_EQ(li.gate_up_ctas, 1 + 16);           // groups of 8 tiles: one for the shared 64 rows, one per slot
   EXPECT_EQ(li.down_ctas, 1 + 16);              // 48-column chunks, 8 tiles: all 64 output rows in one block
   EXPECT_EQ(li.cluster_size, 1);
+  // max_clusters caps every launch (clusters of one CTA); the step still covers every item
+  DeviceInputs d = uploaded(c, in);
+  kmoe::PlanConfig cfg = plan_config(c, d);
+  cfg.max_clusters = 2;
+  const kmoe::Plan capped(cfg);
+  EXPECT_EQ(capped.info().router_ctas, 2);
+  EXPECT_EQ(capped.info().gate_up_ctas, 2);
+  EXPECT_EQ(capped.info().down_ctas, 2);
 }
 
 TEST(MoeValidation, ErrorsNameTheField) {

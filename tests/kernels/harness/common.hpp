@@ -15,6 +15,7 @@
 
 #include "clusterfusion/common/half.hpp"
 #include "clusterfusion/device/buffer.hpp"
+#include "clusterfusion/reference/ops.hpp"
 #include "clusterfusion/reference/tolerance.hpp"
 
 namespace cf::test {
@@ -99,6 +100,40 @@ inline void download_from(std::initializer_list<dev::DeviceBuffer<uint16_t>*> bu
   for (auto* b : buffers)
     if (b->data() == at) return b->download(host.data(), n);
   throw Error("download_from: the pointer is in none of the buffers");
+}
+
+// A block's outputs in a case's device inputs: separate buffers, or (Case::in_place) over the inputs: residual_out
+// over residual (over hidden without one), out over hidden when there is a residual.
+struct BlockOutputs {
+  void* residual_out;
+  void* out;
+};
+template <typename Case, typename DeviceInputs>
+BlockOutputs block_outputs(const Case& c, DeviceInputs& d) {
+  if (!c.in_place) return {d.residual_out.data(), d.out.data()};
+  return {c.residual ? d.residual.data() : d.hidden.data(), c.residual ? d.hidden.data() : d.out.data()};
+}
+// Their n elements each, read from whichever buffer holds them.
+template <typename Case, typename DeviceInputs>
+void download_block_outputs(const Case& c, DeviceInputs& d, size_t n, std::vector<uint16_t>& out,
+                            std::vector<uint16_t>& residual_out) {
+  const BlockOutputs o = block_outputs(c, d);
+  download_from({&d.hidden, &d.residual, &d.residual_out, &d.out}, o.out, n, out);
+  download_from({&d.hidden, &d.residual, &d.residual_out, &d.out}, o.residual_out, n, residual_out);
+}
+
+// x = rmsnorm(hidden + residual) * norm of token b in fp32, unrounded (the blocks' first step); no residual: null.
+template <typename T>
+std::vector<float> normed_row(const std::vector<uint16_t>& hidden, const std::vector<uint16_t>* residual,
+                              const std::vector<uint16_t>& norm, int n, int b, float eps) {
+  auto as_t = [](const std::vector<uint16_t>& v) { return reinterpret_cast<const T*>(v.data()); };
+  const size_t row0 = size_t(b) * size_t(n);
+  std::vector<float> x(static_cast<size_t>(n)), sum(static_cast<size_t>(n));
+  if (residual)
+    ref::add_rmsnorm(as_t(hidden) + row0, as_t(*residual) + row0, as_t(norm), sum.data(), x.data(), n, eps);
+  else
+    ref::rmsnorm(as_t(hidden) + row0, as_t(norm), x.data(), n, eps);
+  return x;
 }
 
 // One unit in the last place of T at |x| (subnormals included).

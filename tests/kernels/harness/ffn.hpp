@@ -142,22 +142,14 @@ inline kffn::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
   return cfg;
 }
 
-// Where the outputs go: separate buffers, or (in_place) over the inputs.
-inline void* residual_out_ptr(const Case& c, DeviceInputs& d) {
-  if (!c.in_place) return d.residual_out.data();
-  return c.residual ? d.residual.data() : d.hidden.data();
-}
-inline void* out_ptr(const Case& c, DeviceInputs& d) {
-  return c.in_place && c.residual ? d.hidden.data() : d.out.data();
-}
-
 inline kffn::StepArgs step_args(const Case& c, DeviceInputs& d) {
   kffn::StepArgs a;
   a.batch = c.batch;
   a.hidden = d.hidden.data();
   a.residual = c.residual ? d.residual.data() : nullptr;
-  a.residual_out = residual_out_ptr(c, d);
-  a.out = out_ptr(c, d);
+  const BlockOutputs o = block_outputs(c, d);
+  a.residual_out = o.residual_out;
+  a.out = o.out;
   return a;
 }
 
@@ -168,8 +160,7 @@ struct RunResult {
 inline RunResult download_result(const Case& c, DeviceInputs& d) {
   RunResult r;
   const size_t n = size_t(c.batch) * c.hidden;
-  download_from({&d.hidden, &d.residual, &d.residual_out, &d.out}, out_ptr(c, d), n, r.out);
-  download_from({&d.hidden, &d.residual, &d.residual_out, &d.out}, residual_out_ptr(c, d), n, r.residual_out);
+  download_block_outputs(c, d, n, r.out, r.residual_out);
   return r;
 }
 

@@ -35,15 +35,7 @@ struct HostInputs {
 // x = rmsnorm(hidden + residual) * norm in fp32 for token b (the reference's first step).
 template <typename T>
 std::vector<float> normed(const Case& c, const HostInputs& in, int b) {
-  const size_t H = size_t(c.hidden), row0 = size_t(b) * H;
-  auto as_t = [](const std::vector<uint16_t>& v) { return reinterpret_cast<const T*>(v.data()); };
-  std::vector<float> x(H), sum(H);
-  if (c.residual)
-    ref::add_rmsnorm(as_t(in.hidden) + row0, as_t(in.residual) + row0, as_t(in.norm), sum.data(), x.data(),
-                     c.hidden, 1e-5f);
-  else
-    ref::rmsnorm(as_t(in.hidden) + row0, as_t(in.norm), x.data(), c.hidden, 1e-5f);
-  return x;
+  return normed_row<T>(in.hidden, c.residual ? &in.residual : nullptr, in.norm, c.hidden, b, 1e-5f);
 }
 
 template <typename T>

@@ -30,6 +30,7 @@ struct Case : CaseBase {
   int max_batch = 0;         // 0: batch
   int max_stages = 0;        // 0: as many as fit
   bool residual = true;
+  bool in_place = false;     // residual_out written over hidden, out over residual (the backends' in-place step)
   float yarn_factor = 1.0f;  // > 1: YaRN frequencies
   BadToken bad = BadToken::None;
   int bad_token = 0;
@@ -209,7 +210,8 @@ Oracle make_oracle(const Case& c, const HostInputs& in) {
   o.out_ref.resize(B * D), o.out_naive.resize(B * D), o.row_ref.resize(B * row), o.row_naive.resize(B * row);
   o.residual_out.resize(B * D);
   for (size_t i = 0; i < B * D; ++i)
-    o.residual_out[i] = to_bits16<T>(from_bits16<T>(in.hidden[i]) + (c.residual ? from_bits16<T>(in.residual[i]) : 0.0f));
+    o.residual_out[i] =
+        to_bits16<T>(from_bits16<T>(in.hidden[i]) + (c.residual ? from_bits16<T>(in.residual[i]) : 0.0f));
   for_each_token(c.batch, int64_t(c.n_heads) * c.r * (c.nope + c.v + 64), [&](int b) {
     reference_token<T>(c, in, b, false, o.out_ref.data() + size_t(b) * D, o.row_ref.data() + size_t(b) * row);
     reference_token<T>(c, in, b, true, o.out_naive.data() + size_t(b) * D, o.row_naive.data() + size_t(b) * row);
@@ -274,8 +276,8 @@ inline kmla::StepArgs step_args(const Case& c, const HostInputs& in, DeviceInput
   a.batch = c.batch;
   a.hidden = d.hidden.data();
   a.residual = c.residual ? d.residual.data() : nullptr;
-  a.residual_out = d.residual_out.data();
-  a.out = d.out.data();
+  a.residual_out = c.in_place ? d.hidden.data() : d.residual_out.data();
+  a.out = c.in_place ? d.residual.data() : d.out.data();
   a.positions = d.positions.data();
   a.kv_indptr = d.kv_indptr.data();
   a.kv_indices = d.kv_indices.data();
@@ -313,8 +315,8 @@ CheckReport check_result(const Case& c, const HostInputs& in, const Oracle& o, c
     else if (b == 0 && rep.ok) rep.message = t.message;
     const size_t at = row_offset(c, in, b, c.old_len(b));
     const std::vector<uint16_t> got_row(r.pages.begin() + ptrdiff_t(at), r.pages.begin() + ptrdiff_t(at + row));
-    const CheckReport tr =
-        check_values<T>(tok + " appended row", got_row, slice(o.row_ref, b * row, row), slice(o.row_naive, b * row, row));
+    const CheckReport tr = check_values<T>(tok + " appended row", got_row, slice(o.row_ref, b * row, row),
+                                           slice(o.row_naive, b * row, row));
     if (!tr.ok) rep.fail(tr.message);
     std::copy(got_row.begin(), got_row.end(), pages_want.begin() + ptrdiff_t(at));
   }
@@ -332,18 +334,27 @@ struct Op {
   }
   struct Launch {
     const HostInputs& in;
+    const bool in_place;
     DeviceInputs d;
     kmla::Plan plan;
     kmla::StepArgs step;
     Launch(const Case& c, const HostInputs& inputs)
-        : in(inputs), d(uploaded(c, inputs)), plan(plan_config(c, inputs, d)), step(step_args(c, inputs, d)) {}
-    void poison() {  // outputs NaN, the pool back to its state before the step
+        : in(inputs), in_place(c.in_place), d(uploaded(c, inputs)), plan(plan_config(c, inputs, d)),
+          step(step_args(c, inputs, d)) {}
+    void poison() {  // outputs NaN (in place: the inputs again), the pool back to its state before the step
       d.out.fill_bytes(0xFF);
       d.residual_out.fill_bytes(0xFF);
+      if (in_place) {
+        d.hidden.upload(in.hidden);
+        d.residual.upload(in.residual);
+      }
       d.pages.upload(in.pages);
     }
     void run(void* stream, uint64_t emu_seed) { plan.run(step, stream, emu_seed); }
-    Result result() { return {d.out.download(), d.residual_out.download(), d.pages.download()}; }
+    Result result() {
+      if (in_place) return {d.residual.download(), d.hidden.download(), d.pages.download()};
+      return {d.out.download(), d.residual_out.download(), d.pages.download()};
+    }
     int ctas() const { return plan.info().attention_ctas; }
     int ring_stages() const { return plan.config().max_stages; }  // set: the driver checks the last launch lapped
     std::string describe() const { return plan.info().describe(); }

@@ -61,15 +61,7 @@ struct HostInputs {
 // x = rmsnorm(hidden + residual) * norm of token b in fp32 (unrounded).
 template <typename T>
 std::vector<float> normed(const Case& c, const HostInputs& in, int b) {
-  const size_t H = size_t(c.hidden), row0 = size_t(b) * H;
-  auto as_t = [](const std::vector<uint16_t>& v) { return reinterpret_cast<const T*>(v.data()); };
-  std::vector<float> x(H), sum(H);
-  if (c.residual)
-    ref::add_rmsnorm(as_t(in.hidden) + row0, as_t(in.residual) + row0, as_t(in.norm),
-                     sum.data(), x.data(), c.hidden, c.eps);
-  else
-    ref::rmsnorm(as_t(in.hidden) + row0, as_t(in.norm), x.data(), c.hidden, c.eps);
-  return x;
+  return normed_row<T>(in.hidden, c.residual ? &in.residual : nullptr, in.norm, c.hidden, b, c.eps);
 }
 template <typename T>
 std::vector<float> rounded(std::vector<float> v) {
@@ -256,21 +248,14 @@ inline kmoe::PlanConfig plan_config(const Case& c, DeviceInputs& d) {
   return cfg;
 }
 
-inline void* residual_out_ptr(const Case& c, DeviceInputs& d) {
-  if (!c.in_place) return d.residual_out.data();
-  return c.residual ? d.residual.data() : d.hidden.data();
-}
-inline void* out_ptr(const Case& c, DeviceInputs& d) {
-  return c.in_place && c.residual ? d.hidden.data() : d.out.data();
-}
-
 inline kmoe::StepArgs step_args(const Case& c, DeviceInputs& d) {
   kmoe::StepArgs a;
   a.batch = c.batch;
   a.hidden = d.hidden.data();
   a.residual = c.residual ? d.residual.data() : nullptr;
-  a.residual_out = residual_out_ptr(c, d);
-  a.out = out_ptr(c, d);
+  const BlockOutputs o = block_outputs(c, d);
+  a.residual_out = o.residual_out;
+  a.out = o.out;
   if (c.report_routing) {
     a.expert_ids = d.expert_ids.data();
     a.expert_weights = d.expert_weights.data();
@@ -287,8 +272,7 @@ struct RunResult {
 inline RunResult download_result(const Case& c, DeviceInputs& d) {
   RunResult r;
   const size_t n = size_t(c.batch) * c.hidden;
-  download_from({&d.hidden, &d.residual, &d.residual_out, &d.out}, out_ptr(c, d), n, r.out);
-  download_from({&d.hidden, &d.residual, &d.residual_out, &d.out}, residual_out_ptr(c, d), n, r.residual_out);
+  download_block_outputs(c, d, n, r.out, r.residual_out);
   if (c.report_routing) {
     r.ids = d.expert_ids.download();
     r.weights = d.expert_weights.download();

@@ -22,6 +22,7 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/types.hpp"
 #include "clusterfusion/kernels/element_types.hpp"
+#include "clusterfusion/kernels/page_table_status.hpp"
 #include "clusterfusion/model/types.hpp"  // cf::RopeStyle, AttentionBlockShape
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::decoder_attention {
@@ -259,14 +260,7 @@ inline std::string describe_wait_site(uint32_t code) {
 }
 
 // The input problems of the status words (the timeout words are reported by Plan::check_status()).
-inline std::string describe_status(const uint32_t* words) {
-  static const char* const names[kStatusTimeout] = {
-      "a position is negative or past the cos/sin table", "kv_indptr / kv_last_page_len is inconsistent",
-      "a kv_indices entry is outside [0, n_pages)", "a sequence has no KV page"};
-  std::string out;
-  for (int i = 0; i < int(kStatusTimeout); ++i)
-    if (words[i] != 0) out += (out.empty() ? "" : "; ") + std::string(names[i]);
-  return out;
-}
+static_assert(kStatusTimeout == kPageTableStatusWords, "status words 0-3: the page-table checks");
+inline std::string describe_status(const uint32_t* words) { return describe_page_table_status(words); }
 
 }  // namespace cf::kernels::decoder_attention

@@ -4,10 +4,10 @@
 // Grid: one CTA per (token, head tile of 16 heads, split), 8 consumer warps + 1 producer warp. The split's cache rows
 // are one MQA head of row_elems = r + rope values whose first r values are also the value: the producer streams
 // them page by page through the ring (bulk copies of up to item_rows rows of one page) while the consumers
-//   1. query:   the tile's absorbed queries [q_lat, q_pe] into shared memory (fp32)
+//   1. query:   the tile's absorbed queries [q_lat, q_pe] (T) into shared memory
 //   2. attend:  per item the scores [16 heads x rows] on the tensor cores (the heads as one m16 tile, k split over
-//               the warps, partials added in warp order), the online-softmax update per head, and acc += P x C_kv on
-//               the tensor cores (acc: [16 x r] in registers, 8-column tiles over the warps)
+//               the warps, partials added in warp order), the online-softmax update (a half warp per head), and
+//               acc += P x C_kv on the tensor cores (acc: [16 x r] in registers, 8-column tiles over the warps)
 //   3. merge:   the split's (max, sum, acc) to the workspace; the last arriver of (token, tile) merges the splits in
 //               split order and divides -> o_lat (fp32; NaN for a bad token), which launch 3 (uv_kernel.hpp) reads.
 //   4. residual: every CTA writes its slice of residual_out = hidden + residual (nothing else reads them now).
@@ -17,7 +17,7 @@
 
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/kernels/mla/kernel_params.hpp"
-#include "clusterfusion/kernels/mla/rows_kernel.hpp"  // detail::
+#include "clusterfusion/kernels/mla/cta_common.hpp"
 #include "clusterfusion/kernels/mla/traits.hpp"
 #include "clusterfusion/pipeline/cross_cta_sum.hpp"
 #include "clusterfusion/pipeline/cta.hpp"
@@ -26,18 +26,8 @@
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::mla {
 
-namespace detail {
-CF_DEVICE float exp_of(float x) {
-#if defined(CF_DEVICE_CUDA) && defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  return std::exp(x);
-#endif
-}
-}  // namespace detail
-
 template <typename T>
-struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
+struct AttentionCta : MlaCta<AttentionParams, AttentionSmall> {
   const int32_t cta = int32_t(dev::block_idx().x), n_ctas = int32_t(dev::grid_dim().x);
   const int32_t b = cta / (p.head_tiles * p.splits), tile = cta / p.splits % p.head_tiles, split = cta % p.splits;
   const int32_t h0 = tile * kHeadTile;
@@ -49,7 +39,7 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
   float* const partials = p.layout.partials.in(smem);
   uint8_t* const probs = p.layout.probs.in(smem);
 
-  CF_DEVICE explicit AttentionCta(const AttentionParams& params) : StreamCta(params, kStatusTimeout) {}
+  CF_DEVICE explicit AttentionCta(const AttentionParams& params) : MlaCta(params) {}
 
   CF_DEVICE int32_t kv_len() const {
     const int32_t pages = p.kv_indptr[b + 1] - p.kv_indptr[b];
@@ -61,14 +51,6 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
     const int32_t in_page = p.page_size - t % p.page_size;
     if (in_page < n) n = in_page;
     return span.end - t < n ? span.end - t : n;
-  }
-
-  CF_DEVICE void setup() {
-    if (tid == 0) {
-      ring.init();
-      small->abort = 0;
-    }
-    dev::block_sync();
   }
 
   // Producer warp: the split's rows, page by page. Returns the items issued.
@@ -91,11 +73,12 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
 
   // 1. Consumers: the tile's queries (rows past the tile's heads zero) and a fresh state per head.
   CF_DEVICE void query() {
-    const uint16_t* src = static_cast<const uint16_t*>(p.q_lat) + (int64_t(b) * p.n_heads + h0) * p.row_elems;
-    for (int32_t e = int32_t(tid); e < kHeadTile * p.row_elems; e += pl::kConsumerThreads) {
-      const int32_t h = e / p.row_elems, i = e % p.row_elems;
-      reinterpret_cast<uint16_t*>(q + uint32_t(h) * p.layout.q_pitch)[i] =
-          h < n_heads && !bad ? src[h * p.row_elems + i] : uint16_t(0);
+    const uint8_t* src = static_cast<const uint8_t*>(p.q_lat) + (int64_t(b) * p.n_heads + h0) * p.row_bytes;
+    const int32_t chunks = p.row_elems / 8;  // 16-byte loads
+    for (int32_t e = int32_t(tid); e < kHeadTile * chunks; e += pl::kConsumerThreads) {
+      const int32_t h = e / chunks, i = e % chunks;
+      const dev::U32x4 v = h < n_heads && !bad ? dev::load16(src + h * p.row_bytes + i * 16) : dev::U32x4{0, 0, 0, 0};
+      dev::store16(q + uint32_t(h) * p.layout.q_pitch + uint32_t(i) * 16, v);
     }
     if (tid < uint32_t(kHeadTile)) {
       small->m[tid] = -INFINITY;
@@ -125,28 +108,41 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
     pl::consumers_sync();
   }
 
-  // Thread h < 16: head h's score of row j, the warps' partials added in warp order.
-  CF_DEVICE float score(int32_t j) const {
+  // Head h's score of row j: the warps' partials added in warp order.
+  CF_DEVICE float score(int32_t h, int32_t j) const {
     float dot = 0.0f;
-    for (int w = 0; w < pl::kConsumerWarps; ++w) dot += partials[(w * kHeadTile + int32_t(tid)) * kMaxItemRows + j];
+    for (int w = 0; w < pl::kConsumerWarps; ++w) dot += partials[(w * kHeadTile + h) * kMaxItemRows + j];
     return dot * p.scale;
   }
-  // 2b. Thread h: head h's online-softmax update; the item's probabilities as T.
+  // 2b. 16 threads per head (a half warp), rows j and j + 16 each: the online-softmax update of the head (max and
+  // sum by butterflies over the half warp: the same bits in every lane) and the item's probabilities as T.
   CF_DEVICE void item_softmax(int32_t n) {
-    if (tid < uint32_t(kHeadTile)) {
-      float m_new = small->m[tid];
-      for (int32_t j = 0; j < n; ++j) m_new = score(j) > m_new ? score(j) : m_new;
-      const float alpha = small->m[tid] == -INFINITY ? 0.0f : detail::exp_of(small->m[tid] - m_new);
-      float l = small->l[tid] * alpha;
-      T* prob = reinterpret_cast<T*>(probs + tid * kProbPitch);
-      for (int32_t j = 0; j < kMaxItemRows; ++j) {
-        const float e = j < n ? detail::exp_of(score(j) - m_new) : 0.0f;
-        l += e;
-        prob[j] = dev::from_float<T>(e);
-      }
-      small->m[tid] = m_new;
-      small->l[tid] = l;
-      small->alpha[tid] = alpha;
+    static_assert(kHeadTile * kMaxItemRows == 2 * pl::kConsumerThreads, "two rows per consumer thread");
+    constexpr int kLanes = kMaxItemRows / 2;
+    const int32_t h = int32_t(tid) / kLanes, j = int32_t(tid) % kLanes;
+    const float m_old = small->m[h], l_old = small->l[h];
+    const float s0 = j < n ? score(h, j) : -INFINITY, s1 = j + kLanes < n ? score(h, j + kLanes) : -INFINITY;
+    float m_new = m_old > s0 ? m_old : s0;
+    m_new = m_new > s1 ? m_new : s1;
+    CF_UNROLL
+    for (int m = kLanes / 2; m >= 1; m >>= 1) {
+      const float other = dev::shfl_xor_sync(dev::kFullMask, m_new, m);
+      m_new = other > m_new ? other : m_new;
+    }
+    const float e0 = j < n ? detail::exp_of(s0 - m_new) : 0.0f;
+    const float e1 = j + kLanes < n ? detail::exp_of(s1 - m_new) : 0.0f;
+    T* prob = reinterpret_cast<T*>(probs + uint32_t(h) * kProbPitch);
+    prob[j] = dev::from_float<T>(e0);
+    prob[j + kLanes] = dev::from_float<T>(e1);
+    float sum = e0 + e1;
+    CF_UNROLL
+    for (int m = kLanes / 2; m >= 1; m >>= 1) sum += dev::shfl_xor_sync(dev::kFullMask, sum, m);
+    dev::syncwarp();  // every lane read m_old / l_old before the head's first lane replaces them
+    if (j == 0) {
+      const float alpha = m_old == -INFINITY ? 0.0f : detail::exp_of(m_old - m_new);
+      small->m[h] = m_new;
+      small->l[h] = l_old * alpha + sum;
+      small->alpha[h] = alpha;
     }
     pl::consumers_sync();
   }
@@ -209,7 +205,8 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
       p.part_ml[(rec0 + tid * p.splits) * 2 + 1] = small->l[tid];
     }
     pl::consumers_sync();
-    if (tid == 0) small->last_flag = pl::arrive_last(p.counters + b * p.head_tiles + tile, uint32_t(p.splits)) ? 1u : 0u;
+    if (tid == 0)
+      small->last_flag = pl::arrive_last(p.counters + b * p.head_tiles + tile, uint32_t(p.splits)) ? 1u : 0u;
     pl::consumers_sync();
     if (small->last_flag != 0) merge_splits();
   }
@@ -249,8 +246,6 @@ struct AttentionCta : pl::StreamCta<AttentionParams, Barriers, AttentionSmall> {
         out[at] = dev::from_float<T>(dev::to_float(h_in[at]) + (r_in ? dev::to_float(r_in[at]) : 0.0f));
       }
   }
-
-  CF_DEVICE void finish(int32_t issued_end) { end_ring(issued_end, kStatusDrainTimeout, kWaitDrain); }
 };
 
 template <typename T>

@@ -14,6 +14,7 @@
 //   kv_indptr [batch + 1], kv_indices, kv_last_page_len [batch] describe each sequence AFTER this step's append
 //   (FlashInfer's convention, token b = sequence b); cos_sin [max_positions, rope] fp32: the cos of the rope/2
 //   adjacent pairs (2i, 2i + 1), then their sin, YaRN's magnitude included (ref::yarn_cos_sin).
+// Shape::softmax_scale 0 means q_head^-0.5 (give YaRN's mscale^2 factor explicitly: MlaShape::softmax_scale()).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -22,6 +23,7 @@
 #include "clusterfusion/common/error.hpp"
 #include "clusterfusion/device/types.hpp"
 #include "clusterfusion/kernels/element_types.hpp"
+#include "clusterfusion/kernels/page_table_status.hpp"
 #include "clusterfusion/model/types.hpp"  // cf::MlaBlockShape
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::mla {
@@ -117,15 +119,8 @@ inline std::string describe_wait_site(uint32_t code) {
 }
 
 // The input problems of the status words (the timeout words are reported by Plan::check_status()).
-inline std::string describe_status(const uint32_t* words) {
-  static const char* const names[kStatusTimeout] = {
-      "a position is negative or past the cos/sin table", "kv_indptr / kv_last_page_len is inconsistent",
-      "a kv_indices entry is outside [0, n_pages)", "a sequence has no KV page"};
-  std::string out;
-  for (int i = 0; i < int(kStatusTimeout); ++i)
-    if (words[i] != 0) out += (out.empty() ? "" : "; ") + std::string(names[i]);
-  return out;
-}
+static_assert(kStatusTimeout == kPageTableStatusWords, "status words 0-3: the page-table checks");
+inline std::string describe_status(const uint32_t* words) { return describe_page_table_status(words); }
 
 // Host validation (one-line cf::InputError naming the field), implemented beside the kernels.
 void validate_shape(const Shape& s);

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "clusterfusion/device/api.hpp"
+#include "clusterfusion/kernels/mla/cta_common.hpp"
 #include "clusterfusion/kernels/mla/kernel_params.hpp"
 #include "clusterfusion/kernels/mla/traits.hpp"
 #include "clusterfusion/pipeline/cross_cta_sum.hpp"
@@ -24,26 +25,7 @@
 #include "clusterfusion/primitives/element.hpp"
 
 namespace cf::kernels::inline CF_BUILD_NAMESPACE::mla {
-namespace dev = cf::dev;
 
-namespace detail {
-// A float another CTA of this launch wrote (read once by the last arriver: never a stale L1 line).
-CF_DEVICE float fresh(const float* p) { return *static_cast<const volatile float*>(p); }
-// The butterfly sum of a warp: every lane gets the same bits.
-CF_DEVICE float warp_sum(float v) {
-  CF_UNROLL
-  for (int m = 16; m >= 1; m >>= 1) v += dev::shfl_xor_sync(dev::kFullMask, v, m);
-  return v;
-}
-CF_DEVICE void set_status(uint32_t* status, uint32_t bit) {
-  if (status[bit] == 0) (void)dev::atomic_exch(&status[bit], 1u);
-}
-// cos and sin of rope pair i at `position` (the table's row: rope/2 cosines, then the sines).
-CF_DEVICE dev::Float2 rope_cos_sin(const float* cos_sin, int32_t rope, int32_t position, int32_t i) {
-  const float* row = cos_sin + int64_t(position) * rope;
-  return {row[i], row[rope / 2 + i]};
-}
-}  // namespace detail
 
 // A group of consecutive tiles of one matrix streamed together (at most tiles_per_stage).
 struct RowGroup {
@@ -51,7 +33,7 @@ struct RowGroup {
 };
 
 template <typename TW, typename TA, int kBatchTiles>
-struct RowsCta : pl::StreamCta<RowsParams, Barriers, RowsSmall> {
+struct RowsCta : MlaCta<RowsParams, RowsSmall> {
   static constexpr int kTokens = kBatchTiles * pl::kMmaN;
   const int32_t cta = int32_t(dev::block_idx().x), n_ctas = int32_t(dev::grid_dim().x);
   uint8_t* const x_s = p.layout.x.in(smem);
@@ -59,7 +41,7 @@ struct RowsCta : pl::StreamCta<RowsParams, Barriers, RowsSmall> {
   const pl::Range tiles = pl::split_range(p.total_tiles, n_ctas, cta);
   const int32_t items = pl::ceil_div(p.cols, p.chunk_cols);  // ring items per group
 
-  CF_DEVICE explicit RowsCta(const RowsParams& params) : StreamCta(params, kStatusTimeout) {}
+  CF_DEVICE explicit RowsCta(const RowsParams& params) : MlaCta(params) {}
 
   // This CTA's tiles of matrix m (tiles within the matrix).
   CF_DEVICE pl::Range segment(int32_t m) const {
@@ -75,14 +57,6 @@ struct RowsCta : pl::StreamCta<RowsParams, Barriers, RowsSmall> {
     return {m, t, seg.end - t < p.tiles_per_stage ? seg.end - t : p.tiles_per_stage};
   }
   CF_DEVICE int32_t n_groups() const { return groups_of(0) + groups_of(1); }
-
-  CF_DEVICE void setup() {
-    if (tid == 0) {
-      ring.init();
-      small->abort = 0;
-    }
-    dev::block_sync();
-  }
 
   // Producer warp: the CTA's groups x the whole of K. Returns the items issued.
   CF_DEVICE int32_t produce() {
@@ -147,7 +121,8 @@ struct RowsCta : pl::StreamCta<RowsParams, Barriers, RowsSmall> {
     const int32_t row0 = g.tile0 * pl::kTileRows, n_rows = g.n_tiles * pl::kTileRows;
     for (int32_t e = int32_t(tid); e < n_rows * p.batch; e += pl::kConsumerThreads) {
       const int32_t row = row0 + e / p.batch;
-      if (row < p.rows[g.matrix]) store_row(g.matrix, row, e % p.batch, pl::group_value(scratch, p.tiles_per_stage, p.batch, e));
+      if (row < p.rows[g.matrix])
+        store_row(g.matrix, row, e % p.batch, pl::group_value(scratch, p.tiles_per_stage, p.batch, e));
     }
     pl::consumers_sync();
   }
@@ -243,7 +218,8 @@ struct RowsCta : pl::StreamCta<RowsParams, Barriers, RowsSmall> {
     }
     if (!ok) return false;
     bool ids_ok = true;
-    for (int32_t i = start + int32_t(lane); i < end; i += 32) ids_ok = ids_ok && p.kv_indices[i] >= 0 && p.kv_indices[i] < p.n_pages;
+    for (int32_t i = start + int32_t(lane); i < end; i += 32)
+      ids_ok = ids_ok && p.kv_indices[i] >= 0 && p.kv_indices[i] < p.n_pages;
     if (!dev::all_sync(dev::kFullMask, ids_ok)) {
       if (lane == 0) detail::set_status(p.status, kStatusBadPageId);
       return false;
@@ -276,8 +252,6 @@ struct RowsCta : pl::StreamCta<RowsParams, Barriers, RowsSmall> {
       }
     }
   }
-
-  CF_DEVICE void finish(int32_t issued_end) { end_ring(issued_end, kStatusDrainTimeout, kWaitDrain); }
 };
 
 template <typename TW, typename TA, int kBatchTiles>

@@ -12,7 +12,7 @@
 
 #include "clusterfusion/device/api.hpp"
 #include "clusterfusion/kernels/mla/kernel_params.hpp"
-#include "clusterfusion/kernels/mla/rows_kernel.hpp"  // detail::
+#include "clusterfusion/kernels/mla/cta_common.hpp"
 #include "clusterfusion/pipeline/roles.hpp"
 #include "clusterfusion/primitives/element.hpp"
 
