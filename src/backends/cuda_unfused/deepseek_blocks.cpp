@@ -1,6 +1,7 @@
 // Host side of the cuda-unfused MLA and MoE blocks: workspaces, the batched cuBLAS GEMMs and each block as its list
 // of launches. Nothing here synchronises or allocates per call (graph-capturable).
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "clusterfusion/backends/cuda_unfused/deepseek.hpp"
@@ -220,7 +221,7 @@ void mla_block(const MlaBlockParams& p, MlaWorkspace& ws, cudaStream_t stream) {
   at.n_heads = H;
   at.kv_lora_rank = r;
   at.qk_rope = s.qk_rope;
-  at.scale = s.softmax_scale;
+  at.scale = s.softmax_scale > 0.0f ? s.softmax_scale : 1.0f / std::sqrt(float(s.q_head()));  // 0: the plain scale
   at.q_latent = ws.q_latent();
   at.cache = p.cache;
   at.o_latent = ws.o_latent();

@@ -85,7 +85,8 @@ void validate_mla_shape(const MlaBlockShape& s, const char* where) {
   require_positive(s.v_head, where, "shape.v_head");
   require_latent_row(s.kv_lora_rank, s.qk_rope, where);
   require_finite_positive(s.eps, where, "shape.eps");
-  require_finite_positive(s.softmax_scale, where, "shape.softmax_scale");
+  require(std::isfinite(s.softmax_scale) && s.softmax_scale >= 0.0f, where,
+          "shape.softmax_scale " + std::to_string(s.softmax_scale) + " must be finite and >= 0 (0: q_head^-0.5)");
 }
 
 void validate_moe_shape(const MoeBlockShape& s, const char* where) {

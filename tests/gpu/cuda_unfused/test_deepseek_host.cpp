@@ -66,12 +66,15 @@ void expect_input_error(const P& p, const std::string& where, const std::string&
 
 TEST(DeepseekHostValidation, MlaBlockParamsNameTheBadField) {
   EXPECT_NO_THROW(plausible_mla().validate());
+  cu::MlaBlockParams plain_scale = plausible_mla();
+  plain_scale.shape.softmax_scale = 0.0f;  // q_head^-0.5, as the fused plan
+  EXPECT_NO_THROW(plain_scale.validate());
   const std::vector<std::pair<std::function<void(cu::MlaBlockParams&)>, std::string>> cases = {
       {[](auto& p) { p.shape.hidden = 260; }, "shape.hidden 260"},
       {[](auto& p) { p.shape.qk_rope = 15; }, "qk_rope 15"},
       {[](auto& p) { p.shape.kv_lora_rank = 1000; }, "at most 768"},
       {[](auto& p) { p.shape.kv_lora_rank = 61; }, "multiple of 8"},
-      {[](auto& p) { p.shape.softmax_scale = 0.0f; }, "shape.softmax_scale"},
+      {[](auto& p) { p.shape.softmax_scale = -1.0f; }, "shape.softmax_scale"},
       {[](auto& p) { p.shape.eps = -1.0f; }, "shape.eps"},
       {[](auto& p) { p.batch = 0; }, "token count 0"},
       {[](auto& p) { p.weights.w_q = nullptr; }, "weights.w_q is null"},

@@ -61,7 +61,8 @@ inline constexpr int kMaxLatentSplits = 256;  // per (token, head)
 inline constexpr int kMaxLatentHeadsPerBlock = 16;
 
 // Throws cf::InputError unless the block supports `s`: hidden % 8 == 0, positive sizes, even qk_rope, r + rope a
-// multiple of 8 and at most kMaxLatentRow, eps and softmax_scale finite and > 0. `where` prefixes the message.
+// multiple of 8 and at most kMaxLatentRow, eps finite and > 0, softmax_scale finite and >= 0 (0: q_head^-0.5, as the
+// fused plan; YaRN's mscale^2 must be given explicitly: mla_block_shape). `where` prefixes the message.
 void validate_mla_shape(const MlaBlockShape& s, const char* where);
 
 struct MlaWeightArgs {
@@ -184,7 +185,7 @@ class MlaWorkspace {
 
 struct MlaBlockParams {
   DType dtype = DType::F16;
-  MlaBlockShape shape;               // softmax_scale must be set (> 0)
+  MlaBlockShape shape;               // softmax_scale 0: q_head^-0.5
   int batch = 0;
   const void* hidden = nullptr;      // [batch, hidden]
   const void* residual = nullptr;    // optional [batch, hidden]
