@@ -29,11 +29,12 @@ void validate_shape(const Shape& s) {
   if (s.n_heads < 1 || s.n_heads > 256) fail("n_heads " + str(s.n_heads) + " outside [1, 256]");
   if (s.q_lora_rank < 0 || s.q_lora_rank % 32 != 0)
     fail("q_lora_rank " + str(s.q_lora_rank) + " must be 0 (no q_lora) or a positive multiple of 32");
-  if (s.kv_lora_rank < 8 || s.kv_lora_rank % 8 != 0 || s.kv_lora_rank > kMaxLatent)
-    fail("kv_lora_rank " + str(s.kv_lora_rank) + " must be a multiple of 8 in [8, " + str(kMaxLatent) +
+  if (s.kv_lora_rank < 16 || s.kv_lora_rank % 16 != 0 || s.kv_lora_rank > kMaxLatent)
+    fail("kv_lora_rank " + str(s.kv_lora_rank) + " must be a multiple of 16 in [16, " + str(kMaxLatent) +
          "] (the attention keeps [16 heads x r] in registers)");
   if (s.qk_rope < 2 || s.qk_rope % 8 != 0) fail("qk_rope " + str(s.qk_rope) + " must be a positive multiple of 8");
-  if (s.qk_nope < 1 || s.qk_nope > 1024) fail("qk_nope " + str(s.qk_nope) + " outside [1, 1024]");
+  if (s.qk_nope < 8 || s.qk_nope % 8 != 0 || s.qk_nope > 1024)
+    fail("qk_nope " + str(s.qk_nope) + " must be a multiple of 8 in [8, 1024]");
   if (s.v_head < 1) fail("v_head " + str(s.v_head) + " must be positive");
   if (s.o_dim() % 32 != 0) fail("n_heads x v_head = " + str(s.o_dim()) + " must be a multiple of 32 (Wo's width)");
   if (int64_t(s.latent_row()) * 2 > pl::kStageBytes)

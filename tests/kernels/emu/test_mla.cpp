@@ -59,7 +59,7 @@ std::vector<Case> all_cases() {
     Case c;  // DeepSeek-V2-Lite's head shapes (16 heads, r 512, rope 64, nope 128, v 128) on a small hidden
     c.name = "V2LiteHeadShapes";
     c.hidden = 128, c.n_heads = 16, c.r = 512, c.rope = 64, c.nope = 128, c.v = 128;
-    c.batch = 2, c.page_size = 16, c.kv_lens = {40, 9}, c.yarn_factor = 40.0f, c.max_clusters = 8, c.seed = 5;
+    c.batch = 1, c.page_size = 16, c.kv_lens = {40}, c.yarn_factor = 40.0f, c.max_clusters = 4, c.seed = 5;
     cases.push_back(c);
   }
   return cases;

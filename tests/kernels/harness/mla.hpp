@@ -127,7 +127,7 @@ struct Oracle {
   std::vector<uint16_t> residual_out;     // T(hidden + residual)
 };
 
-// One token through the reference: `naive` rounds to T where the kernels round (x, the normed q_a, q_lat, o).
+// One token through the reference: `naive` rounds to T where the kernels round (x, the normed q_a, q_nope, q_lat, o).
 template <typename T>
 void reference_token(const Case& c, const HostInputs& in, int b, bool naive, float* out, float* row_out) {
   const ref::MlaShape ms = c.ref_shape();
@@ -185,6 +185,12 @@ void reference_token(const Case& c, const HostInputs& in, int b, bool naive, flo
       cache[size_t(t) * row + i] = t == len - 1 ? from_float<T>(latent[i])
                                                 : T::from_bits(in.pages[row_offset(c, in, b, t) + i]);
   std::vector<float> q_lat(H * row), o_lat(H * R);
+  if (naive)  // q_nope as T: the absorption's MMA operand
+    for (size_t h = 0; h < H; ++h)
+      for (size_t n = 0; n < size_t(c.nope); ++n) {
+        float& v = q[h * size_t(c.q_head()) + n];
+        v = round_through<T>(v);
+      }
   ref::mla_absorb_query(q.data(), w, ms, q_lat.data());
   round_all(q_lat);
   ref::mla_attention_latent(q_lat.data(), cache.data(), len, ms, o_lat.data());

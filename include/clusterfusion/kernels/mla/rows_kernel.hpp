@@ -7,7 +7,8 @@
 //   1. input:  build x_s, the batch's input rows (residual add + RMSNorm, RMSNorm of the fp32 q_a, or a copy)
 //   2. rows:   per group of tiles the rows on the tensor cores (k-groups added in order) -> fp32 workspace or `out`
 //   3. tails:  for each row group it touched (a head's q rows, the kv_a rows) the CTA arrives on the group's counter;
-//              the last arriver finishes the group from the workspace: RoPE of q_pe and q_lat = W_UK^T q_nope, or
+//              the last arriver finishes the group from the workspace: RoPE of q_pe and q_lat = W_UK^T q_nope (tensor
+//              cores), or
 //              the kv_a RMSNorm, RoPE of k_pe, the page-table checks and the latent row's append.
 #pragma once
 #include <cmath>
@@ -162,11 +163,14 @@ struct RowsCta : MlaCta<RowsParams, RowsSmall> {
 
   // Head tail: q_pe roped and q_lat[h] = W_UK[h]^T q_nope[h] for every token, written to the q_lat workspace.
   CF_DEVICE void absorb_head(int32_t h) {
-    float* qn = p.layout.q_nope.in(smem);
+    uint8_t* qn = p.layout.q_nope.in(smem);  // [batch][q_nope_stride]: q_nope as T, the MMAs' B operand
     TA* q_lat = static_cast<TA*>(p.q_lat);
     const int32_t half = p.rope / 2;
-    for (int32_t e = int32_t(tid); e < p.batch * p.nope; e += pl::kConsumerThreads)
-      qn[e] = detail::fresh(p.proj + int64_t(e / p.nope) * p.proj_stride + h * p.q_head + e % p.nope);
+    for (int32_t e = int32_t(tid); e < p.batch * p.nope; e += pl::kConsumerThreads) {
+      const int32_t b = e / p.nope, n = e % p.nope;
+      reinterpret_cast<TA*>(qn + uint32_t(b) * p.layout.q_nope_stride)[n] =
+          dev::from_float<TA>(detail::fresh(p.proj + int64_t(b) * p.proj_stride + h * p.q_head + n));
+    }
     for (int32_t e = int32_t(tid); e < p.batch * half; e += pl::kConsumerThreads) {
       const int32_t b = e / half, i = e % half, pos = p.positions[b];
       const float* q_pe = p.proj + int64_t(b) * p.proj_stride + h * p.q_head + p.nope;
@@ -178,25 +182,47 @@ struct RowsCta : MlaCta<RowsParams, RowsSmall> {
       dst[1] = dev::from_float<TA>(x0 * cs.y + x1 * cs.x);
     }
     pl::consumers_sync();
-    // a thread per pair of latent columns (one 4-byte load per nope row, a warp's loads 128 contiguous bytes)
-    const uint32_t* w = reinterpret_cast<const uint32_t*>(static_cast<const TW*>(p.w_uk) + int64_t(h) * p.nope * p.r);
-    for (int32_t cp = int32_t(tid); cp < p.r / 2; cp += pl::kConsumerThreads) {
-      float acc[kTokens][2] = {};
-      for (int32_t n = 0; n < p.nope; ++n) {
-        const dev::Float2 wv = prim::unpack2<TW>(w[int64_t(n) * (p.r / 2) + cp]);
-        CF_UNROLL
-        for (int b = 0; b < kTokens; ++b)
-          if (b < p.batch) acc[b][0] += wv.x * qn[b * p.nope + n], acc[b][1] += wv.y * qn[b * p.nope + n];
-      }
-      CF_UNROLL
-      for (int b = 0; b < kTokens; ++b)
-        if (b < p.batch) {
-          TA* dst = q_lat + (int64_t(b) * p.n_heads + h) * p.row_elems + 2 * cp;
-          dst[0] = dev::from_float<TA>(acc[b][0]);
-          dst[1] = dev::from_float<TA>(acc[b][1]);
-        }
-    }
+    for (int32_t c0 = int32_t(warp) * pl::kMmaM; c0 < p.r; c0 += pl::kConsumerWarps * pl::kMmaM)
+      absorb_columns(h, c0);
     pl::consumers_sync();  // qn is free for the next head
+  }
+
+  // Warp: q_lat[h][c0 .. c0 + 15] of every token on the tensor cores. W_UK[h] is [nope, r]: its contraction runs
+  // along the rows, so each k32 slice of 16 columns is transposed through the warp's 16 x 32 tile (lane i: row
+  // n0 + i) into the A operand (rows = latent columns); the tokens' q_nope are the B columns.
+  CF_DEVICE void absorb_columns(int32_t h, int32_t c0) {
+    uint8_t* tile = p.layout.transpose.in(smem) + warp * kTransposeTileBytes;
+    const uint8_t* qn = p.layout.q_nope.in(smem);
+    const TW* w = static_cast<const TW*>(p.w_uk) + int64_t(h) * p.nope * p.r + c0;
+    const uint32_t g = lane / 4, t = lane % 4;
+    float acc[kBatchTiles][4] = {};
+    for (int32_t n0 = 0; n0 < p.nope; n0 += pl::kUnitCols) {
+      const int32_t n = n0 + int32_t(lane);
+      dev::U32x4 row[2] = {};
+      if (n < p.nope) {
+        row[0] = dev::load16_global_nc(w + int64_t(n) * p.r);
+        row[1] = dev::load16_global_nc(w + int64_t(n) * p.r + 8);
+      }
+      const uint32_t bits[8] = {row[0].x, row[0].y, row[0].z, row[0].w, row[1].x, row[1].y, row[1].z, row[1].w};
+      dev::syncwarp();  // the previous slice's A loads are done
+      CF_UNROLL
+      for (int c = 0; c < 16; ++c) {
+        const uint16_t v = uint16_t(bits[c / 2] >> (16 * (c % 2)));
+        __builtin_memcpy(tile + uint32_t(c) * kTransposePitch + lane * 2, &v, 2);
+      }
+      dev::syncwarp();
+      const int32_t k = n0 + int32_t(t) * 8;  // this lane's 8 rows of the slice
+      pl::mma_k32_tokens<TW, TA, kBatchTiles>(tile + g * kTransposePitch + t * 16, kTransposePitch,
+                                              qn + uint32_t(k) * 2, p.layout.q_nope_stride, p.batch, k < p.nope,
+                                              lane, acc);
+    }
+    TA* q_lat = static_cast<TA*>(p.q_lat);
+    CF_UNROLL
+    for (int nt = 0; nt < kBatchTiles; ++nt)
+      pl::for_each_accumulator(acc[nt], lane, [&](int32_t c, int32_t col, float v) {
+        const int32_t b = nt * pl::kMmaN + col;
+        if (b < p.batch) q_lat[(int64_t(b) * p.n_heads + h) * p.row_elems + c0 + c] = dev::from_float<TA>(v);
+      });
   }
 
   // Lane-uniform: token b's page table and position are usable; reports the problems it finds.

@@ -31,15 +31,20 @@ struct RowsSmall {
   uint32_t pad[2];
 };
 
+// Head tail: each warp's tile that transposes a 16-column x 32-row slice of W_UK (rows of 32 values, 16 B padding).
+inline constexpr uint32_t kTransposePitch = pl::kUnitCols * 2 + 16;
+inline constexpr uint32_t kTransposeTileBytes = pl::kMmaM * kTransposePitch;
+
 struct RowsLayout {
   using Head = pl::SmemHead<Barriers>;
   pl::SmemSlot<RowsSmall> small;
-  pl::SmemSlot<uint8_t> x;         // the input rows (TA), x_stride bytes per token
-  pl::SmemSlot<float> scratch;     // a group's k-group partials
-  pl::SmemSlot<float> q_nope;      // head tail: [batch][nope] fp32
+  pl::SmemSlot<uint8_t> x;          // the input rows (TA), x_stride bytes per token
+  pl::SmemSlot<float> scratch;      // a group's k-group partials
+  pl::SmemSlot<uint8_t> q_nope;     // head tail: [batch][q_nope_stride] q_nope (TA)
+  pl::SmemSlot<uint8_t> transpose;  // head tail: [warp][kTransposeTileBytes]
   pl::SmemSlot<uint8_t> ring;
-  uint32_t x_stride;
-  uint32_t fixed_bytes;            // everything before the ring
+  uint32_t x_stride, q_nope_stride;
+  uint32_t fixed_bytes;             // everything before the ring
 };
 
 inline RowsLayout make_rows_layout(int max_batch, int cols, int nope) {
@@ -49,7 +54,9 @@ inline RowsLayout make_rows_layout(int max_batch, int cols, int nope) {
   l.x_stride = pl::padded_row_stride(uint64_t(cols) * 2);
   l.x = carve.take<uint8_t>(uint64_t(max_batch) * l.x_stride);
   l.scratch = carve.take<float>(pl::group_scratch_bytes(max_batch) / 4);
-  l.q_nope = carve.take<float>(uint64_t(max_batch) * uint64_t(nope > 0 ? nope : 1));
+  l.q_nope_stride = pl::padded_row_stride(uint64_t(pl::ceil_div(nope, pl::kUnitCols)) * pl::kUnitCols * 2);
+  l.q_nope = carve.take<uint8_t>(uint64_t(max_batch) * l.q_nope_stride);
+  l.transpose = carve.take<uint8_t>(uint64_t(pl::kConsumerWarps) * kTransposeTileBytes);
   l.ring = carve.take<uint8_t>(0, 1024);
   l.fixed_bytes = l.ring.offset;
   return l;
