@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
 #include <sstream>
 
 #include "clusterfusion/common/error.hpp"
@@ -69,17 +68,5 @@ std::string ArgReader::value() {
 }
 
 void ArgReader::unknown() const { throw InputError("unknown option '" + arg_ + "' (--help lists the options)"); }
-
-int run_main(const char* program, int argc, char** argv, int (*impl)(int, char**)) {
-  try {
-    return impl(argc, argv);
-  } catch (const InputError& e) {
-    std::fprintf(stderr, "%s: %s\n", program, e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
-    return 1;
-  }
-}
 
 }  // namespace cf::bench

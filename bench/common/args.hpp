@@ -40,8 +40,4 @@ class ArgReader {
   std::string arg_;
 };
 
-// main() of a bench program: returns impl(argc, argv); a cf::InputError becomes "<program>: <message>" on stderr and
-// exit status 2, any other exception "<program>: error: <message>" and 1.
-int run_main(const char* program, int argc, char** argv, int (*impl)(int, char**));
-
 }  // namespace cf::bench

@@ -466,12 +466,9 @@ int main_impl(int argc, char** argv) {
     return 2;
   }
   const cuda::DeviceInfo device = cuda::query_device();
-  print_device(device);
   if (!fused_plans_built()) std::printf("fused plans: not built into this program (%s)\n", fused_missing_reason());
   cuda::Stream stream;
-  const Bandwidth bw = measure_bandwidth(stream, opt.bandwidth_bytes);
-  std::printf("bandwidth (%zu MiB buffers, median of %d): copy %.0f GB/s (read+write), read %.0f GB/s\n\n",
-              bw.bytes >> 20, bw.read_ms.count, bw.copy_gbps, bw.read_gbps);
+  const Bandwidth bw = print_device_and_bandwidth(device, stream, opt.bandwidth_bytes);
 
   std::vector<Row> rows;
   for (const auto& block : opt.blocks)
@@ -510,5 +507,5 @@ int main_impl(int argc, char** argv) {
 }  // namespace cf::bench
 
 int main(int argc, char** argv) {
-  return cf::bench::run_main("cf_bench_deepseek_blocks", argc, argv, cf::bench::main_impl);
+  return cf::bench::run_main("cf_bench_deepseek_blocks", cf::bench::main_impl, argc, argv);
 }
