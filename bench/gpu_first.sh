@@ -19,11 +19,15 @@
 #   peer-tpot       torch peer: Llama-2-7B TPOT at 1K / 4K / 16K                                                  80
 #   tests           ctest -L gpu -j4 (each case <= CF_GPU_TEST_TIMEOUT, 60 s)                                      240
 #   memcheck, racecheck, synccheck   compute-sanitizer on the fused kernels' *Sanitizer* cases                    90 each
+#   deepseek        DeepSeek-V2-Lite MLA (b1 / b16 x KV 1K / 4K / 16K) and MoE (b1 / b16) blocks, fused plans vs
+#                   cuda-unfused -> deepseek.json                                                                  120
+#   peer-mla        torch peer of the MLA block (bench/deepseek_blocks/torch_mla_peer.py), same shapes            75
+#   deepseek-tests  the cuda-unfused MLA / MoE GPU tests against the reference (ctest -R Unfused(Mla|Moe))       120
 #   rest-*          attention Llama-3-8B and b4, clusters of 4 (two waves) vs the plan's choice, e2e Llama-3-8B and
 #                   b4 / b16, FFN + LM head, the CLI and gpu_determinism.sh, collectives
 # Files in $OUT: gpu_first.txt (this log), <date>-<sha>-<h100|h200>-summary.json (bench/gpu_summary.py, rewritten
-# after every step), attention.json, e2e.json, peer.json, extras.tar.gz (build and test logs, ptxas resources, the
-# smoke and rest JSON). Without a GPU every step after `facts` fails at once with one line, and the summary (nulls)
+# after every step), attention.json, e2e.json, peer.json, deepseek.json, extras.tar.gz (build and test logs, ptxas
+# resources, the smoke and rest JSON, peer_mla.json). Without a GPU every step after `facts` fails at once with one line, and the summary (nulls)
 # is still written: `bash bench/gpu_first.sh` here is the dry run.
 # Environment: OUT (default build/gpu_first_out), CF_GPU_BUDGET (s), CF_JOBS, CF_SKIP_STEPS (comma-separated step
 # names), CF_GPU_WORK (scratch, default /tmp/cf_gpu_first).
@@ -41,7 +45,8 @@ RESERVE=10  # seconds kept for the last summary
 T0=$(date +%s)
 rm -rf "$W"
 mkdir -p "$OUT" "$W/extras" || exit 1
-rm -f "$OUT"/*-summary.json "$OUT"/attention.json "$OUT"/e2e.json "$OUT"/peer.json "$OUT"/extras.tar.gz
+rm -f "$OUT"/*-summary.json "$OUT"/attention.json "$OUT"/e2e.json "$OUT"/peer.json "$OUT"/deepseek.json \
+  "$OUT"/extras.tar.gz
 export PATH="$PATH:/usr/local/cuda/bin"
 export PYTHONUNBUFFERED=1
 export CF_GPU_TEST_TIMEOUT="${CF_GPU_TEST_TIMEOUT:-60}"
@@ -74,9 +79,12 @@ BENCH_DA="$BENCH_DIR/bench/decoder_attention/cf_bench_decoder_attention"
 BENCH_E2E="$BENCH_DIR/bench/e2e/cf_bench_e2e"
 BENCH_FFN="$BENCH_DIR/bench/ffn/cf_bench_ffn"
 BENCH_COLL="$BENCH_DIR/bench/cluster_collectives/cf_bench_cluster_collectives"
+BENCH_DS="$BENCH_DIR/bench/deepseek_blocks/cf_bench_deepseek_blocks"
 CLI="$BENCH_DIR/clusterfusion"
 FUSED_TESTS="$TEST_DIR/tests/kernels/cf_test_kernels_gpu"  # attention, FFN and LM head: one binary
 FUSED_TEST_REGEX='DecoderAttentionGpu|FfnGpu|LmHeadGpu|GpuAgreement|GpuBackend'
+DEEPSEEK_TEST_REGEX='Unfused(Mla|Moe)'  # tests/gpu/cuda_unfused: their own step (deepseek-tests), not in `tests`
+MLA_PEER="$ROOT/bench/deepseek_blocks/torch_mla_peer.py"
 PEER="$ROOT/.peers/torch_decode_peer.py"
 
 write_run_json() {
@@ -176,6 +184,9 @@ background_builds() {
     nice -n 5 cmake --build "$BENCH_DIR" -j "$JOBS" --target cf_bench_e2e cf_bench_ffn cf_bench_cluster_collectives \
       clusterfusion >"$W/extras/build_others.log" 2>&1
     echo $? >"$W/others.rc"
+    # on its own, so that a failure here leaves the steps above untouched
+    nice -n 5 cmake --build "$BENCH_DIR" -j "$JOBS" --target cf_bench_deepseek_blocks >"$W/extras/build_deepseek.log" 2>&1
+    echo $? >"$W/deepseek.rc"
   } &
   {
     {
@@ -258,8 +269,8 @@ step_e2e() {
 
 step_tests() {
   wait_job tests || return 1
-  local exclude=()
-  [ "$FUSED" = 1 ] || exclude=(-E "$FUSED_TEST_REGEX")
+  local exclude=(-E "$DEEPSEEK_TEST_REGEX")
+  [ "$FUSED" = 1 ] || exclude=(-E "$FUSED_TEST_REGEX|$DEEPSEEK_TEST_REGEX")
   # ctest ends its tests before the step's limit (cutting the running ones short), so it still writes its report
   local stop; stop="$(date -d "+$(( STEP_LIMIT - 10 )) seconds" +%H:%M:%S)"
   (cd "$TEST_DIR" && ctest -L gpu -j 4 --output-on-failure --stop-time "$stop" --output-junit "$W/ctest_junit.xml" \
@@ -288,6 +299,30 @@ step_sanitizer() {  # tool
   done
   [ $ran = 1 ] || return 3
   return $status  # 99: errors found (the summary says so)
+}
+
+step_deepseek() {
+  wait_job deepseek || return 1
+  [ -x "$BENCH_DS" ] || { echo "no $BENCH_DS (its build failed: extras/build_others.log)"; return 3; }
+  # shellcheck disable=SC2046
+  "$BENCH_DS" --batch 1,16 --kv 1024,4096,16384 $(impl_args) --json "$OUT/deepseek.json" | tail -32
+}
+
+step_peer_mla() {
+  [ -f "$MLA_PEER" ] || { echo "no $MLA_PEER"; return 3; }
+  python3 "$MLA_PEER" --out "$W/extras" --budget $(( STEP_LIMIT - 8 )) --lens 1024,4096,16384 --batches 1,16 2>&1 |
+    grep -vE "^\s*$" | tail -20
+}
+
+step_deepseek_tests() {
+  wait_job tests || return 1
+  local stop; stop="$(date -d "+$(( STEP_LIMIT - 10 )) seconds" +%H:%M:%S)"
+  (cd "$TEST_DIR" && ctest -L gpu -R "$DEEPSEEK_TEST_REGEX" -j 4 --output-on-failure --stop-time "$stop" \
+    --output-junit "$W/extras/ctest_deepseek_junit.xml") >"$W/extras/ctest_deepseek.log" 2>&1
+  local rc=$?
+  grep -E "\*\*\*|Failed|Timeout|\[ case \]" "$W/extras/ctest_deepseek.log" | tail -30
+  grep -E "tests passed|tests failed" "$W/extras/ctest_deepseek.log" | tail -1
+  return $rc
 }
 
 step_rest_attention() {
@@ -342,10 +377,11 @@ step_rest_collectives() {
 }
 
 export -f step_facts step_configure step_build smoke_check step_smoke impl_args step_attention peer step_peer_attention \
-  step_peer_tpot step_e2e step_tests step_sanitizer step_rest_attention step_rest_e2e step_rest_ffn step_rest_cli \
-  step_rest_peer step_rest_collectives wait_job log elapsed
+  step_peer_tpot step_e2e step_tests step_sanitizer step_deepseek step_peer_mla step_deepseek_tests \
+  step_rest_attention step_rest_e2e step_rest_ffn step_rest_cli step_rest_peer step_rest_collectives wait_job log elapsed
 export ROOT OUT W BUDGET JOBS BENCH_DIR TEST_DIR T0 SHA GPU_NAME GPU_REASON DEVICE SANITIZER CF_GPU_TEST_TIMEOUT
-export BENCH_DA BENCH_E2E BENCH_FFN BENCH_COLL CLI FUSED_TESTS FUSED_TEST_REGEX PEER
+export BENCH_DA BENCH_E2E BENCH_FFN BENCH_COLL BENCH_DS CLI FUSED_TESTS FUSED_TEST_REGEX DEEPSEEK_TEST_REGEX PEER \
+  MLA_PEER
 
 main() {
   log "bench/gpu_first.sh: git $SHA, device ${GPU_NAME:-none}, budget ${BUDGET} s, OUT=$OUT"
@@ -371,6 +407,9 @@ main() {
   step memcheck 90 fused "step_sanitizer memcheck"
   step racecheck 90 fused "step_sanitizer racecheck"
   step synccheck 90 fused "step_sanitizer synccheck"
+  step deepseek 120 gpu step_deepseek
+  step peer-mla 75 gpu step_peer_mla
+  step deepseek-tests 120 gpu step_deepseek_tests
   step rest-attention 120 gpu step_rest_attention
   step rest-e2e 150 gpu step_rest_e2e
   step rest-peer 80 gpu step_rest_peer

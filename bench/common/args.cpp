@@ -1,5 +1,7 @@
 #include "common/args.hpp"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <sstream>
 
@@ -31,5 +33,40 @@ std::string canonical_model(const std::string& name) {
   if (name == "smollm2" || name == "smollm2-135m") return "smollm2-135m";
   throw InputError("--models: unknown model '" + name + "' (known: llama2, llama3, smollm2)");
 }
+
+std::vector<int> parse_int_list(const std::string& s, const char* flag, int lo, int hi) {
+  std::vector<int> out;
+  for (const auto& item : split_list(s)) out.push_back(parse_int(item, flag, lo, hi));
+  if (out.empty()) throw InputError(std::string(flag) + ": expected at least one value");
+  return out;
+}
+
+std::vector<std::string> parse_choices(const std::string& s, const char* flag, const std::vector<std::string>& allowed) {
+  const std::vector<std::string> items = split_list(s);
+  if (items.empty()) throw InputError(std::string(flag) + ": expected at least one value");
+  std::string names;
+  for (const auto& a : allowed) names += (names.empty() ? "" : ", ") + a;
+  for (const auto& item : items)
+    if (std::find(allowed.begin(), allowed.end(), item) == allowed.end())
+      throw InputError(std::string(flag) + ": '" + item + "' is not one of " + names);
+  return items;
+}
+
+bool ArgReader::next() {
+  if (++i_ >= argc_) return false;
+  arg_ = argv_[i_];
+  if (arg_ == "--help" || arg_ == "-h") {
+    std::fputs(usage_, stdout);
+    std::exit(0);
+  }
+  return true;
+}
+
+std::string ArgReader::value() {
+  if (i_ + 1 >= argc_) throw InputError(arg_ + ": missing value");
+  return argv_[++i_];
+}
+
+void ArgReader::unknown() const { throw InputError("unknown option '" + arg_ + "' (--help lists the options)"); }
 
 }  // namespace cf::bench

@@ -16,4 +16,28 @@ int parse_int(const std::string& s, const char* flag, int lo, int hi);
 // smollm2-135m -> the full name; anything else is an InputError naming --models and the known names.
 std::string canonical_model(const std::string& name);
 
+// A comma list of integers in [lo, hi] (parse_int on each item); an empty list is an InputError naming the flag.
+std::vector<int> parse_int_list(const std::string& s, const char* flag, int lo, int hi);
+
+// A comma list whose items are all among `allowed`, else InputError "<flag>: '<item>' is not one of a, b".
+std::vector<std::string> parse_choices(const std::string& s, const char* flag, const std::vector<std::string>& allowed);
+
+// Walks a command line: for (ArgReader args(argc, argv, usage); args.next();) { if (args.is("--x")) x = args.value();
+// ... else args.unknown(); }. --help / -h print `usage` and exit 0.
+class ArgReader {
+ public:
+  ArgReader(int argc, char** argv, const char* usage) : argc_(argc), argv_(argv), usage_(usage) {}
+  bool next();
+  bool is(const char* flag) const { return arg_ == flag; }
+  std::string value();             // the flag's value, or InputError "<flag>: missing value"
+  [[noreturn]] void unknown() const;  // InputError "unknown option '<arg>'"
+
+ private:
+  int argc_;
+  char** argv_;
+  const char* usage_;
+  int i_ = 0;
+  std::string arg_;
+};
+
 }  // namespace cf::bench

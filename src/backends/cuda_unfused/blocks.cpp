@@ -6,6 +6,7 @@
 #include "clusterfusion/cuda/check.hpp"
 #include "clusterfusion/reference/ops.hpp"
 #include "clusterfusion/backends/cuda_unfused/ops.hpp"
+#include "cuda_unfused/host_common.hpp"
 
 namespace cf::cuda_unfused {
 namespace {
@@ -14,14 +15,8 @@ namespace {
 // (17 MB at head_dim 128). Bigger batches get fewer splits per head, which they do not need.
 constexpr int64_t kPartialSlotBudget = int64_t(16) * 32 * kMaxAttentionSplits;
 
-int current_sm_count() {
-  int device = 0, sm_count = 0;
-  CF_CUDA_CHECK(cudaGetDevice(&device));
-  CF_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  return sm_count;
-}
-
-cudaDataType cuda_type(DType dtype) { return dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF; }
+using detail::cuda_type;
+using detail::current_sm_count;
 
 }  // namespace
 
@@ -83,14 +78,7 @@ Workspace::Workspace(const ref::DecoderShape& shape, int max_batch) : shape_(sha
   status_.fill_bytes(0);
 }
 
-void Workspace::check_status(cudaStream_t stream) {
-  CF_CUDA_CHECK(cudaStreamSynchronize(stream));
-  uint32_t bits = 0;
-  CF_CUDA_CHECK(cudaMemcpy(&bits, status_.data(), sizeof bits, cudaMemcpyDeviceToHost));
-  if (bits == 0) return;
-  status_.fill_bytes(0);
-  throw InputError("cuda-unfused: device-side input check failed: " + describe_status(bits));
-}
+void Workspace::check_status(cudaStream_t stream) { detail::check_and_clear_status(status_, stream); }
 
 void Workspace::require_fits(const ref::DecoderShape& s, int batch, bool needs_ffn, const char* where) const {
   auto fits = [&](int64_t need, int64_t have) { return need <= have; };

@@ -127,7 +127,7 @@ __device__ __forceinline__ TokenKv resolve_token_kv(const KvCacheArgs& kv, int t
   if (kv.token_kv_len) {
     kv_len = kv.token_kv_len[token];
   } else if (n_seq_pages > 0) {
-    const int last = kv.kv_last_page_len[seq];
+    const int last = kv.kv_last_page_len ? kv.kv_last_page_len[seq] : kv.page_size;  // null: full last pages
     if (last < 1 || last > kv.page_size) {
       flag_status(status, kStatusBadPageTable);
       return r;

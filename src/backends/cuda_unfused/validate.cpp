@@ -5,26 +5,12 @@
 #include <string>
 
 #include "clusterfusion/backends/cuda_unfused/ops.hpp"
+#include "cuda_unfused/validate_common.hpp"
 
 namespace cf::cuda_unfused {
 namespace {
 
-void require(bool ok, const char* where, const std::string& what) {
-  if (!ok) throw InputError(std::string("cuda-unfused ") + where + ": " + what);
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-void require_pointer(const void* p, const char* where, const char* name, bool vector_access) {
-  require(p != nullptr, where, std::string(name) + " is null (expected a device pointer)");
-  if (vector_access)
-    require(aligned16(p), where, std::string(name) + " is not 16-byte aligned (expected cudaMalloc'ed or 16-byte aligned memory)");
-}
-
-void require_dtype(DType dtype, const char* where) {
-  require(dtype == DType::F16 || dtype == DType::BF16, where,
-          "dtype " + std::to_string(int(dtype)) + " is not supported (expected F16 or BF16)");
-}
+using namespace detail;
 
 void require_heads(int n_heads, int n_kv_heads, int head_dim, const char* where) {
   require(n_heads > 0 && n_kv_heads > 0, where,
@@ -33,11 +19,6 @@ void require_heads(int n_heads, int n_kv_heads, int head_dim, const char* where)
           "n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " + std::to_string(n_kv_heads));
   require(head_dim == 64 || head_dim == 128, where,
           "head_dim " + std::to_string(head_dim) + " is not supported (expected 64 or 128)");
-}
-
-void require_tokens(int tokens, const char* where) {
-  require(tokens >= 1 && tokens <= 65535, where,
-          "token count " + std::to_string(tokens) + " out of range (expected 1..65535)");
 }
 
 void validate_kv(const KvCacheArgs& kv, int tokens, const char* where) {
@@ -97,6 +78,7 @@ std::string describe_status(uint32_t bits) {
       {kStatusBadPageTable, "kv_indptr is not increasing or runs past kv.n_indices, or a kv_last_page_len is outside [1, page_size]"},
       {kStatusBadPageId, "a kv_indices entry is outside [0, kv.n_pages)"},
       {kStatusBadKvLen, "a kv length is < 1 or more than the sequence's pages hold"},
+      {kStatusBadRouterScores, "a token's MoE router logits are not all finite"},
   };
   std::string text;
   for (const auto& b : kBits) {

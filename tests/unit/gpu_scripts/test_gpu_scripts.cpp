@@ -74,7 +74,8 @@ TEST(GpuFirst, DryRunFailsEveryStepAtOnceAndWritesTheSummary) {
   const CommandResult r = run_command("cd '" + kRoot.string() + "' && " + env + " timeout 120 bash bench/gpu_first.sh");
   EXPECT_EQ(r.status, 1) << r.output;  // steps failed
   EXPECT_NE(r.output.find("---- facts: ok"), std::string::npos) << r.output;
-  for (const char* step : {"configure", "build", "smoke", "attention", "e2e", "tests", "memcheck", "rest-ffn"})
+  for (const char* step : {"configure", "build", "smoke", "attention", "e2e", "tests", "memcheck", "deepseek", "peer-mla",
+                           "deepseek-tests", "rest-ffn"})
     EXPECT_NE(r.output.find(std::string("---- ") + step + ": failed (no CUDA GPU (nvidia-smi lists no GPU))"),
               std::string::npos)
         << step << "\n" << r.output;

@@ -14,6 +14,8 @@
 // output, the SiLU*up activation and every block output are rounded to `dtype`; q/k/v, gate/up and logits stay fp32
 // (cuBLAS writes them in fp32); the KV cache is written in `dtype`.
 //
+// DeepSeek-V2's MLA and MoE blocks: clusterfusion/backends/cuda_unfused/deepseek.hpp.
+//
 // Every call only enqueues work on `stream`: no host synchronisation, no allocation, so a whole step can be
 // captured in a CUDA graph. Device-side data that the host cannot see without a sync (positions, page tables) is
 // checked on the device: a bad entry sets a bit in the workspace's status word and poisons (NaN) the affected
@@ -46,6 +48,7 @@ enum StatusBit : uint32_t {
   kStatusBadPageTable = 1u << 2,  // kv_indptr not increasing / past n_indices, or kv_last_page_len outside [1, P]
   kStatusBadPageId = 1u << 3,     // a kv_indices entry outside [0, n_pages)
   kStatusBadKvLen = 1u << 4,      // kv length < 1 or more than the sequence's pages hold
+  kStatusBadRouterScores = 1u << 5,  // MoE: a token's router logits are not all finite (its output is NaN)
 };
 // "position out of the RoPE table; page id out of range" for the bits set.
 std::string describe_status(uint32_t bits);
