@@ -19,10 +19,6 @@ constexpr bool kCudaBuilt =
 
 bool is_gpu_backend(std::string_view name) { return name == "cuda" || name == "cuda-unfused"; }
 
-// The device backends whose blocks run DeepSeek-V2 layers (MLA attention, MoE FFN): the fused ones (emu, cuda);
-// cuda-unfused has no MLA / MoE blocks yet.
-bool runs_deepseek(std::string_view name) { return name == "emu" || name == "cuda"; }
-
 }  // namespace
 
 std::vector<BackendInfo> backend_list() {
@@ -59,12 +55,6 @@ WeightLoadOptions weight_load_options(std::string_view backend) {
 std::unique_ptr<Backend> create_backend(std::string_view name, std::shared_ptr<const ModelWeights> weights,
                                         const BackendOptions& options) {
   if (name == "cpu") return make_cpu_backend(std::move(weights), options);
-  const bool known_device_backend = name == "emu" || is_gpu_backend(name);
-  if (known_device_backend && !runs_deepseek(name) && weights &&
-      (weights->config.is_mla() || weights->config.moe.n_experts > 0))
-    throw InputError("--backend " + std::string(name) + ": " + weights->config.arch +
-                     " models (multi-head latent attention, mixture of experts) run on the cpu, emu and cuda backends "
-                     "only so far");
   if (name == "emu") return make_emu_backend(std::move(weights), options);
   if (is_gpu_backend(name)) {
     const std::string why = backend_unavailable_reason(name);

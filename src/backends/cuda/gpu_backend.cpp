@@ -13,7 +13,9 @@
 #include "clusterfusion/cuda/stream.hpp"
 #include "common/step_plan.hpp"
 #include "cuda/device_kernels.hpp"
+#include "clusterfusion/backends/cuda_unfused/deepseek.hpp"
 #include "clusterfusion/backends/cuda_unfused/ops.hpp"
+#include "clusterfusion/model/deepseek.hpp"  // moe_block_shape
 #include "fused/fused_decoder.hpp"
 
 namespace cf {
@@ -36,12 +38,7 @@ float matrix_range(int in) { return std::sqrt(3.0f / float(in)); }
 // Early, clear rejection of shapes neither GPU path runs (before a long upload); the kernels' plans check the rest.
 void check_supported(const ModelConfig& c, const char* backend) {
   const std::string where = std::string("--backend ") + backend + ": ";
-  if (c.is_mla() || c.moe.n_experts > 0) {
-    if (std::string_view(backend) != "cuda")
-      throw InputError(where + c.arch + " models (multi-head latent attention, mixture of experts) need the fused MLA "
-                       "/ MoE kernels (--backend cuda)");
-    return;  // the MLA / MoE plans check their shapes
-  }
+  if (c.is_mla() || c.moe.n_experts > 0) return;  // the MLA / MoE plans and workspaces check their shapes
   if (c.head_dim != 64 && c.head_dim != 128)
     throw InputError(where + "head_dim " + std::to_string(c.head_dim) + " is not supported (64 or 128)");
   if (c.hidden % 32 != 0)
@@ -278,10 +275,23 @@ struct GpuBackend::Impl {
   };
   std::map<int, DecodeGraph> graphs;
   std::unique_ptr<cuda_unfused::Workspace> decode_workspace, prefill_workspace;
+  // DeepSeek-V2 layers on the cuda-unfused path (decode only: the MLA block takes one token per sequence).
+  MlaBlockShape mla_shape;
+  MoeBlockShape moe_shape;
+  std::unique_ptr<cuda_unfused::MlaWorkspace> mla_workspace;
+  std::unique_ptr<cuda_unfused::MoeWorkspace> moe_workspace;
 
   Impl(CudaMode m, std::shared_ptr<const DeviceModel> dm, std::shared_ptr<DeviceKvCache> cache, const GpuOptions& o)
       : mode(m), model(std::move(dm)), kv(std::move(cache)), options(o), config(model->config()),
-        shape(model->config().decoder_shape()) {}
+        shape(unfused_shape(model->config())) {}
+
+  // The shape of the cuda-unfused Workspace and of its blocks: the model's; for MLA models no attention heads (the
+  // workspace then serves the dense FFN layers and the LM head; MlaWorkspace holds the attention's scratch).
+  static ref::DecoderShape unfused_shape(const ModelConfig& c) {
+    ref::DecoderShape s = c.decoder_shape();
+    if (c.is_mla()) s.n_heads = s.n_kv_heads = 0;
+    return s;
+  }
 
   dev::DType dev_dtype() const { return model->storage() == Storage::F16 ? dev::DType::F16 : dev::DType::BF16; }
   cuda_unfused::DType unfused_dtype() const {
@@ -322,45 +332,117 @@ struct GpuBackend::Impl {
   }
 
   // Every layer through the cuda-unfused blocks over `rows` tokens from hidden[0]; the last FFN output ends in
-  // hidden[0] again (two swaps per layer).
+  // hidden[0] again (two swaps per layer). MLA layers take one token per sequence (decode steps only).
   void unfused_layers(int rows, const int32_t* positions, const cuda_unfused::KvCacheArgs& kv_args,
                       cuda_unfused::Workspace& ws, cudaStream_t s) {
     int in = 0;
     for (int l = 0; l < config.n_layers; ++l) {
-      const DeviceModel::Layer& w = model->layers()[size_t(l)];
-      cuda_unfused::AttentionBlockParams a;
-      a.dtype = unfused_dtype();
-      a.shape = shape;
-      a.batch = rows;
-      a.hidden = hidden[in].data();
-      a.residual = l == 0 ? nullptr : residual.data();
-      a.residual_out = residual.data();
-      a.out = hidden[1 - in].data();
-      a.norm = w.attn_norm.data();
-      a.w_qkv = w.w_qkv.data();
-      a.b_qkv = w.b_qkv.empty() ? nullptr : w.b_qkv.data();
-      a.w_o = w.w_o.data();
-      a.positions = positions;
-      a.rope = {cos_sin.data(), max_positions, shape.rot_dim};
-      a.kv = kv_args;
-      a.kv.k_pages = kv->k_layer(l);
-      a.kv.v_pages = kv->v_layer(l);
-      cuda_unfused::attention_block(a, ws, s);
+      const LayerSpec spec = config.layer_spec(l);
+      const void* block_residual = l == 0 ? nullptr : residual.data();
+      if (spec.attention == AttentionKind::Mla)
+        unfused_mla(l, rows, positions, kv_args, block_residual, in, s);
+      else
+        unfused_attention(l, rows, positions, kv_args, block_residual, in, ws, s);
       in = 1 - in;
-      cuda_unfused::FfnBlockParams f;
-      f.dtype = unfused_dtype();
-      f.shape = shape;
-      f.batch = rows;
-      f.hidden = hidden[in].data();
-      f.residual = residual.data();
-      f.residual_out = residual.data();
-      f.out = hidden[1 - in].data();
-      f.norm = w.ffn_norm.data();
-      f.w_gate_up = w.w_gate_up.data();
-      f.w_down = w.w_down.data();
-      cuda_unfused::ffn_block(f, ws, s);
+      if (spec.ffn == FfnKind::Moe)
+        unfused_moe(l, rows, in, s);
+      else
+        unfused_ffn(l, rows, in, ws, s);
       in = 1 - in;
     }
+  }
+
+  void unfused_attention(int l, int rows, const int32_t* positions, const cuda_unfused::KvCacheArgs& kv_args,
+                         const void* block_residual, int in, cuda_unfused::Workspace& ws, cudaStream_t s) {
+    const DeviceModel::Layer& w = model->layers()[size_t(l)];
+    cuda_unfused::AttentionBlockParams a;
+    a.dtype = unfused_dtype();
+    a.shape = shape;
+    a.batch = rows;
+    a.hidden = hidden[in].data();
+    a.residual = block_residual;
+    a.residual_out = residual.data();
+    a.out = hidden[1 - in].data();
+    a.norm = w.attn_norm.data();
+    a.w_qkv = w.w_qkv.data();
+    a.b_qkv = w.b_qkv.empty() ? nullptr : w.b_qkv.data();
+    a.w_o = w.w_o.data();
+    a.positions = positions;
+    a.rope = {cos_sin.data(), max_positions, shape.rot_dim};
+    a.kv = kv_args;
+    a.kv.k_pages = kv->k_layer(l);
+    a.kv.v_pages = kv->v_layer(l);
+    cuda_unfused::attention_block(a, ws, s);
+  }
+
+  // The MLA block over the latent pool of layer l; the page table is the decode step's (token b = sequence b).
+  void unfused_mla(int l, int rows, const int32_t* positions, const cuda_unfused::KvCacheArgs& kv_args,
+                   const void* block_residual, int in, cudaStream_t s) {
+    const DeviceModel::Layer& w = model->layers()[size_t(l)];
+    auto or_null = [](const dev::DeviceBuffer<uint16_t>& b) -> const void* { return b.empty() ? nullptr : b.data(); };
+    cuda_unfused::MlaBlockParams p;
+    p.dtype = unfused_dtype();
+    p.shape = mla_shape;
+    p.batch = rows;
+    p.hidden = hidden[in].data();
+    p.residual = block_residual;
+    p.residual_out = residual.data();
+    p.out = hidden[1 - in].data();
+    p.weights.norm = w.attn_norm.data();
+    p.weights.w_q = or_null(w.w_q);
+    p.weights.w_q_a = or_null(w.w_q_a);
+    p.weights.q_a_norm = or_null(w.q_a_norm);
+    p.weights.w_q_b = or_null(w.w_q_b);
+    p.weights.w_kv_a = w.w_kv_a.data();
+    p.weights.kv_a_norm = w.kv_a_norm.data();
+    p.weights.w_uk = w.w_uk.data();
+    p.weights.w_uv = w.w_uv.data();
+    p.weights.w_o = w.w_o.data();
+    p.positions = positions;
+    p.rope = {cos_sin.data(), max_positions, mla_shape.qk_rope};
+    p.cache.pages = kv->k_layer(l);
+    p.cache.n_pages = kv_args.n_pages;
+    p.cache.page_size = kv_args.page_size;
+    p.cache.kv_indptr = kv_args.kv_indptr;
+    p.cache.kv_indices = kv_args.kv_indices;
+    p.cache.kv_last_page_len = kv_args.kv_last_page_len;
+    p.cache.n_indices = kv_args.n_indices;
+    cuda_unfused::mla_block(p, *mla_workspace, s);
+  }
+
+  void unfused_ffn(int l, int rows, int in, cuda_unfused::Workspace& ws, cudaStream_t s) {
+    const DeviceModel::Layer& w = model->layers()[size_t(l)];
+    cuda_unfused::FfnBlockParams f;
+    f.dtype = unfused_dtype();
+    f.shape = shape;
+    f.batch = rows;
+    f.hidden = hidden[in].data();
+    f.residual = residual.data();
+    f.residual_out = residual.data();
+    f.out = hidden[1 - in].data();
+    f.norm = w.ffn_norm.data();
+    f.w_gate_up = w.w_gate_up.data();
+    f.w_down = w.w_down.data();
+    cuda_unfused::ffn_block(f, ws, s);
+  }
+
+  void unfused_moe(int l, int rows, int in, cudaStream_t s) {
+    const DeviceModel::Layer& w = model->layers()[size_t(l)];
+    cuda_unfused::MoeBlockParams p;
+    p.dtype = unfused_dtype();
+    p.shape = moe_shape;
+    p.batch = rows;
+    p.hidden = hidden[in].data();
+    p.residual = residual.data();
+    p.residual_out = residual.data();
+    p.out = hidden[1 - in].data();
+    p.weights.norm = w.ffn_norm.data();
+    p.weights.router = w.router.data();
+    p.weights.w_gate_up = w.w_gate_up.data();
+    p.weights.w_down = w.w_down.data();
+    p.weights.shared_gate_up = w.shared_gate_up.empty() ? nullptr : w.shared_gate_up.data();
+    p.weights.shared_down = w.shared_down.empty() ? nullptr : w.shared_down.data();
+    cuda_unfused::moe_block(p, *moe_workspace, s);
   }
 
   void unfused_lm_head(int rows, const void* head_in, const void* head_res, cuda_unfused::Workspace& ws,
@@ -408,7 +490,10 @@ struct GpuBackend::Impl {
     if (mode == CudaMode::Fused) {
       g.fused = std::make_unique<fused::FusedDecoder>(config, dev_dtype(), pointers, kv->shape(), rows);
     } else {
-      decode_workspace->cublas().set_stream(stream);  // bound before the capture: no cuBLAS setup inside it
+      // bound before the capture: no cuBLAS setup inside it
+      decode_workspace->cublas().set_stream(stream);
+      if (mla_workspace) mla_workspace->cublas().set_stream(stream);
+      if (moe_workspace) moe_workspace->cublas().set_stream(stream);
     }
     if (options.use_graphs) {
       // One eager run of the staged step first: every kernel and cuBLAS algorithm is loaded and chosen outside the
@@ -437,6 +522,8 @@ struct GpuBackend::Impl {
       if (g.fused) g.fused->check_status(stream.get());
     if (decode_workspace) decode_workspace->check_status(stream);
     if (prefill_workspace) prefill_workspace->check_status(stream);
+    if (mla_workspace) mla_workspace->check_status(stream);
+    if (moe_workspace) moe_workspace->check_status(stream);
   }
 
   // Runs one decode step and copies the logits rows it owes into `out`.
@@ -514,7 +601,9 @@ GpuBackend::GpuBackend(CudaMode mode, std::shared_ptr<const DeviceModel> model, 
   CF_CHECK_INPUT(options.max_batch_tokens >= 1 && options.max_batch_tokens <= 65535,
                  "GpuBackend: max_batch_tokens " + std::to_string(options.max_batch_tokens) + " outside [1, 65535]");
   GpuOptions o = options;
-  o.prefill_through_decode = o.prefill_through_decode || c.is_mla();  // no unfused MLA / MoE blocks for prefill
+  // The MLA blocks (fused and cuda-unfused) take one token per sequence (no causal prefill over a prompt): DeepSeek
+  // prompts run token by token through the decode graphs, whose MoE workspaces are sized for max_seqs rows.
+  o.prefill_through_decode = o.prefill_through_decode || c.is_mla() || c.moe.n_experts > 0;
   impl_ = std::make_unique<Impl>(mode, std::move(model), std::move(kv), o);
   Impl& im = *impl_;
   const size_t hidden = size_t(c.hidden);
@@ -564,6 +653,14 @@ GpuBackend::GpuBackend(CudaMode mode, std::shared_ptr<const DeviceModel> model, 
     if (c.is_mla()) im.pointers.mla_shape = layout::device_mla_shape(c);
   } else {
     im.decode_workspace = std::make_unique<cuda_unfused::Workspace>(im.shape, options.max_seqs);
+    if (c.is_mla()) {
+      im.mla_shape = layout::device_mla_shape(c);  // the uploaded weights' (padded) widths
+      im.mla_workspace = std::make_unique<cuda_unfused::MlaWorkspace>(im.mla_shape, options.max_seqs);
+    }
+    if (c.moe.n_experts > 0) {
+      im.moe_shape = moe_block_shape(c);
+      im.moe_workspace = std::make_unique<cuda_unfused::MoeWorkspace>(im.moe_shape, options.max_seqs);
+    }
   }
 }
 

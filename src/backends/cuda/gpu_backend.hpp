@@ -1,5 +1,5 @@
-// The GPU backends (docs/architecture.md): `cuda` (the fused cluster kernels: decoder attention, FFN, LM head) and
-// `cuda-unfused` (cuBLAS + simple kernels: the baseline), one class with two decode paths.
+// The GPU backends (docs/architecture.md): `cuda` (the fused cluster kernels: decoder attention, FFN, LM head, MLA,
+// MoE) and `cuda-unfused` (cuBLAS + simple kernels: the baseline), one class with two decode paths.
 //
 //   weights   uploaded once (DeviceModel): every matrix converted to fp16 (bf16 for all-bf16 models; GGUF block
 //             types dequantised on the host), q/k/v stacked into w_qkv, gate/up into w_gate_up; or random weights
@@ -16,6 +16,9 @@
 //             (cuBLAS GEMMs, causal attention over each token's kv_len) in both modes, then the LM head for the
 //             requested rows. GpuOptions::prefill_through_decode instead runs it token by token through the decode
 //             graphs (slower; tests use it to check the fused path on prefill too).
+//   DeepSeek  MLA attention and dense or MoE FFN layers (ModelConfig::layer_spec): the fused MLA / MoE plans, or the
+//             cuda-unfused mla_block / moe_block (backends/cuda_unfused/deepseek.hpp). Both MLA blocks take one token
+//             per sequence, so these models' prompts always run token by token through the decode graphs.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -95,7 +98,7 @@ struct GpuOptions {
   int max_seqs = 1;             // decode batch, 1..16
   int max_batch_tokens = 256;   // largest prefill batch
   int max_positions = 0;        // RoPE table rows; 0: every position the pool can hold
-  bool prefill_through_decode = false;  // always for MLA models (no unfused MLA / MoE blocks)
+  bool prefill_through_decode = false;  // always for MLA / MoE models (the MLA blocks take one token per sequence)
   bool use_graphs = true;       // false: launch each step's kernels directly (debugging, graph-vs-eager tests)
 
   static GpuOptions from(const BackendOptions& options);
