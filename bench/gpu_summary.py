@@ -5,7 +5,7 @@ run killed at any point leaves the summary of what it finished.
     python3 bench/gpu_summary.py --work DIR --out DIR --name NAME [--print]
 
 Reads what the steps left in --work (steps.tsv, ctest_junit.xml, peer_attn/peer.json, peer_tpot/peer.json, the
-benchmark JSON of the later steps) and in --out (attention.json, e2e.json); writes --out/NAME (the summary) and
+benchmark JSON of the later steps) and in --out (attention.json, e2e.json, deepseek.json); writes --out/NAME (the summary) and
 --out/peer.json (the torch peer's stages merged). Fixed schema: every key is present, null where nothing was
 measured. Python 3 standard library only (the GPU machine's python3; this machine's for the dry run).
 """
@@ -20,6 +20,9 @@ MODELS = ("llama2-7b", "llama3-8b")
 BATCHES = (1, 4, 16)
 KVS = (1024, 4096, 16384)
 SANITIZERS = ("memcheck", "racecheck", "synccheck")
+# cf_bench_deepseek_blocks as the deepseek step runs it (DeepSeek-V2-Lite, fp16): MLA at batch x KV, MoE at batch.
+DEEPSEEK_BATCHES = (1, 16)
+DEEPSEEK_KVS = (1024, 4096, 16384)
 
 
 def grid(leaf):
@@ -108,6 +111,30 @@ def ffn_rows(doc, summary):
                                      "stages")}
 
 
+def deepseek_grid():
+    """{mla: {bN: {kv: {ours, cuda-unfused}}}, moe: {bN: {ours, cuda-unfused}}} with every key of the schema."""
+    impls = lambda: {"ours": None, "cuda-unfused": None}  # noqa: E731
+    return dict(mla={f"b{b}": {str(kv): impls() for kv in DEEPSEEK_KVS} for b in DEEPSEEK_BATCHES},
+                moe={f"b{b}": impls() for b in DEEPSEEK_BATCHES})
+
+
+def deepseek_rows(doc, summary):
+    """Rows of cf_bench_deepseek_blocks (fp16): µs per block call, fused plans ("ours") and cuda-unfused."""
+    if not isinstance(doc, dict):
+        return
+    for r in doc.get("rows", []):
+        if not isinstance(r, dict) or r.get("dtype") != "fp16" or r.get("status") != "ok":
+            continue
+        impl = {"fused": "ours", "cuda-unfused": "cuda-unfused"}.get(r.get("impl"))
+        block, b, us = r.get("block"), r.get("batch"), r.get("us_median")
+        if impl is None or b not in DEEPSEEK_BATCHES or not isinstance(us, (int, float)):
+            continue
+        if block == "moe":
+            summary["deepseek_us"]["moe"][f"b{b}"][impl] = round(us, 2)
+        elif block == "mla" and r.get("kv_len") in DEEPSEEK_KVS:
+            summary["deepseek_us"]["mla"][f"b{b}"][str(r["kv_len"])][impl] = round(us, 2)
+
+
 def peer(work, out, summary):
     """The torch peer's two runs (bandwidth + attention block, decode TPOT): merged into out/peer.json."""
     merged = dict(meta={}, bandwidth={}, attn_block=[], tpot=[], errors=[], skipped=[])
@@ -176,6 +203,7 @@ def main():
         fused=dict(enabled=info.get("fused", True), reason=info.get("fused_reason")),
         attention_us=grid(lambda: {"ours": None, "cuda-unfused": None}),
         tpot_ms=grid(lambda: {"ours": None, "cuda-unfused": None}),
+        deepseek_us=deepseek_grid(),
         peer=dict(attention_us=grid(lambda: None), tpot_ms=grid(lambda: None), read_gb_s=None, errors=[]),
         read_gb_s=None,
         tests=dict(passed=None, failed=None, skipped=None, failed_names=[]),
@@ -191,6 +219,7 @@ def main():
     e2e_rows(load(os.path.join(args.out, "e2e.json")), summary)
     e2e_rows(load(os.path.join(args.work, "e2e_rest.json")), summary)
     ffn_rows(load(os.path.join(args.work, "ffn.json")), summary)
+    deepseek_rows(load(os.path.join(args.out, "deepseek.json")), summary)
     peer(args.work, args.out, summary)
     tests(args.work, summary)
     for s in steps:  # clean | errors found | <status>: <why> (did not run, timeout, ...)
@@ -232,6 +261,14 @@ def print_summary(s):
 
     table("attention us", s["attention_us"], s["peer"]["attention_us"], s["plans"]["attention"])
     table("TPOT ms", s["tpot_ms"], s["peer"]["tpot_ms"])
+    ds = s["deepseek_us"]
+    ds_rows = [(f"mla b{b[1:]} kv{kv}", v) for b, kvs in ds["mla"].items() for kv, v in kvs.items()]
+    ds_rows += [(f"moe {b}", v) for b, v in ds["moe"].items()]
+    ds_rows = [(label, v) for label, v in ds_rows if v["ours"] is not None or v["cuda-unfused"] is not None]
+    if ds_rows:
+        print(f"{'DeepSeek-V2-Lite us':22s} {'ours':>9s} {'unfused':>9s}")
+        for label, v in ds_rows:
+            print(f"{label:22s} {fmt(v['ours']):>9s} {fmt(v['cuda-unfused']):>9s}")
     t = s["tests"]
     print(f"GPU tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
           + (f" ({', '.join(t['failed_names'][:8])})" if t["failed_names"] else ""))

@@ -212,9 +212,10 @@ bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-// DeepSeek-V2 on the cuda backend (the fused MLA and MoE plans in the decode graphs): the tiny models of
-// tests/data/deepseek (q_lora null from the GGUF, q_lora set from the HF folder), their BF16 values converted to F16
-// at load, against the cpu backend; batch 1 and 2, pages of 4; graphs bit-identical to eager launches.
+// DeepSeek-V2 on both GPU backends (cuda: the fused MLA and MoE plans; cuda-unfused: mla_block / moe_block; both in
+// the decode graphs): the tiny models of tests/data/deepseek (q_lora null from the GGUF, q_lora set from the HF
+// folder), their BF16 values converted to F16 at load, against the cpu backend; batch 1 and 2, pages of 4; graphs
+// bit-identical to eager launches.
 TEST(GpuBackend, DeepseekTinyModelsMatchCpu) {
   SKIP_WITHOUT_GPU();
   for (const char* file : {"tiny_mla.gguf", "tiny_mla_qlora/"}) {
@@ -226,20 +227,23 @@ TEST(GpuBackend, DeepseekTinyModelsMatchCpu) {
     cf::Runner cpu = cpu_runner(reference, 2, 64);
     const auto streams = cf::test::greedy_streams(cpu, 2, 3, 3 + kGenerated, 41);
     const auto want = cf::test::lockstep_logits(cpu, streams);
-    for (int batch : {1, 2}) {
-      const std::vector<std::vector<int32_t>> some(streams.begin(), streams.begin() + batch);
-      const std::vector<std::vector<std::vector<float>>> some_want(want.begin(), want.begin() + batch);
-      cf::Runner graphs(gpu_backend(CudaMode::Fused, w, batch, true, false, 4), batch, 64);
-      cf::Runner eager(gpu_backend(CudaMode::Fused, w, batch, false, false, 4), batch, 64);
-      const auto got = cf::test::lockstep_logits(graphs, some);
-      const auto r = cf::test::compare_logits(got, some_want, some, cf::test::end_to_end_tolerance(Storage::F16), 2);
-      std::printf("[ agree ] %s, cuda, batch %d: %s\n", file, batch, r.summary().c_str());
-      EXPECT_TRUE(r.ok) << r.first_failure << "\n" << r.summary();
-      EXPECT_GE(r.greedy_checked, 1) << r.summary();
-      const auto again = cf::test::lockstep_logits(eager, some);
-      for (int b = 0; b < batch; ++b)
-        for (size_t step = 0; step < got[size_t(b)].size(); ++step)
-          EXPECT_TRUE(bit_equal(got[size_t(b)][step], again[size_t(b)][step])) << "batch " << b << " step " << step;
+    for (CudaMode mode : {CudaMode::Fused, CudaMode::Unfused}) {
+      for (int batch : {1, 2}) {
+        SCOPED_TRACE(std::string(cf::gpu::mode_name(mode)) + " batch " + std::to_string(batch));
+        const std::vector<std::vector<int32_t>> some(streams.begin(), streams.begin() + batch);
+        const std::vector<std::vector<std::vector<float>>> some_want(want.begin(), want.begin() + batch);
+        cf::Runner graphs(gpu_backend(mode, w, batch, true, false, 4), batch, 64);
+        cf::Runner eager(gpu_backend(mode, w, batch, false, false, 4), batch, 64);
+        const auto got = cf::test::lockstep_logits(graphs, some);
+        const auto r = cf::test::compare_logits(got, some_want, some, cf::test::end_to_end_tolerance(Storage::F16), 2);
+        std::printf("[ agree ] %s, %s, batch %d: %s\n", file, cf::gpu::mode_name(mode), batch, r.summary().c_str());
+        EXPECT_TRUE(r.ok) << r.first_failure << "\n" << r.summary();
+        EXPECT_GE(r.greedy_checked, 1) << r.summary();
+        const auto again = cf::test::lockstep_logits(eager, some);
+        for (int b = 0; b < batch; ++b)
+          for (size_t step = 0; step < got[size_t(b)].size(); ++step)
+            EXPECT_TRUE(bit_equal(got[size_t(b)][step], again[size_t(b)][step])) << "batch " << b << " step " << step;
+      }
     }
   }
 }

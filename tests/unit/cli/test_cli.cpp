@@ -128,13 +128,19 @@ TEST(CliDeepseek, InfoShowsTheMlaAndMoeConfiguration) {
                            "6 routed experts (top 2, greedy, width 16), 2 shared", "scaled by 2.5",
                            "blk.2.ffn_gate_exps.weight"})
     EXPECT_NE(r.out.find(want), std::string::npos) << want;
-  // cuda-unfused has no MLA / MoE blocks (emu and cuda run these models once the fused kernels are built in)
-  // (without a usable GPU the availability error comes first, before the model is loaded)
-  const Result unfused = run_cli("generate -m " + model + " --backend cuda-unfused -p hi -n 2");
-  const std::string unavailable = cf::backend_unavailable_reason("cuda-unfused");
-  EXPECT_NE(unfused.exit_code, 0);
-  EXPECT_EQ(count_lines(unfused.err), 1) << unfused.err;
-  EXPECT_NE(unfused.err.find(unavailable.empty() ? "only so far" : unavailable), std::string::npos) << unfused.err;
+  // Both GPU backends run DeepSeek-V2 models; without a usable GPU the availability error comes first, one line,
+  // before the model is loaded.
+  for (const char* gpu : {"cuda", "cuda-unfused"}) {
+    const Result run = run_cli("generate -m " + model + " --backend " + gpu + " -p hi -n 2");
+    const std::string unavailable = cf::backend_unavailable_reason(gpu);
+    if (unavailable.empty()) {
+      EXPECT_EQ(run.exit_code, 0) << gpu << ": " << run.err;
+      continue;
+    }
+    EXPECT_NE(run.exit_code, 0) << gpu;
+    EXPECT_EQ(count_lines(run.err), 1) << gpu << ": " << run.err;
+    EXPECT_NE(run.err.find(std::string("--backend ") + gpu + ": " + unavailable), std::string::npos) << run.err;
+  }
 }
 
 }  // namespace

@@ -297,12 +297,19 @@ TEST(DeepseekLoad, RouterKeepsItsTypeWhenConverting) {
   EXPECT_TRUE(w.layers[0].ffn_router.empty());  // the dense layer
 }
 
-TEST(DeepseekLoad, DeviceBackendsRefuseClearly) {
+TEST(DeepseekLoad, GpuBackendsWithoutAGpuRefuseClearly) {
   auto w = std::make_shared<const cf::ModelWeights>(
       cf::ModelWeights::load(*cf::open_model_file(data_path("deepseek/tiny_mla.gguf"))));
-  // cuda-unfused has no MLA / MoE blocks (emu and cuda run DeepSeek-V2 models: tests/emu/backends/test_emu_deepseek.cpp)
-  expect_input_error([&] { cf::create_backend("cuda-unfused", w, {}); },
-                     {"--backend cuda-unfused", "deepseek2", "cpu, emu and cuda backends only so far"});
+  // Every device backend runs DeepSeek-V2 models (emu: tests/emu/backends/test_emu_deepseek.cpp; cuda and
+  // cuda-unfused: tests/gpu/backends/test_backends_gpu.cpp); without a usable GPU the GPU ones say why.
+  for (const char* gpu : {"cuda", "cuda-unfused"}) {
+    const std::string unavailable = cf::backend_unavailable_reason(gpu);
+    if (unavailable.empty()) {
+      EXPECT_NE(cf::create_backend(gpu, w, {}), nullptr) << gpu;
+      continue;
+    }
+    expect_input_error([&] { cf::create_backend(gpu, w, {}); }, {std::string("--backend ") + gpu, unavailable});
+  }
 }
 
 // ---- cpu backend against the goldens ------------------------------------------------------------------------------
