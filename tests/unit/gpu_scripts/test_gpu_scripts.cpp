@@ -89,6 +89,8 @@ TEST(GpuFirst, DryRunFailsEveryStepAtOnceAndWritesTheSummary) {
   EXPECT_TRUE(cell(s.at("attention_us"), "llama2-7b", "b1", "1024").at("ours").is_null());
   EXPECT_TRUE(cell(s.at("tpot_ms"), "llama3-8b", "b16", "16384").at("cuda-unfused").is_null());
   EXPECT_TRUE(cell(s.at("peer").at("tpot_ms"), "llama2-7b", "b4", "4096").is_null());
+  EXPECT_TRUE(s.at("deepseek_us").at("mla").at("b16").at("16384").at("ours").is_null());
+  EXPECT_TRUE(s.at("deepseek_us").at("moe").at("b1").at("cuda-unfused").is_null());
   EXPECT_TRUE(s.at("read_gb_s").is_null());
   EXPECT_TRUE(s.at("tests").at("failed").is_null());
   EXPECT_TRUE(s.at("plans").at("attention").at("llama2-7b").at("b1").is_null());
@@ -129,6 +131,47 @@ TEST(GpuSummary, ReadsTheFirstRunsLogs) {
   EXPECT_EQ(s.at("sanitizers").at("racecheck").as_string(), "clean");
   EXPECT_EQ(s.at("sanitizers").at("synccheck").as_string(), "timeout: killed after 90 s");
   EXPECT_TRUE(fs::exists(out / "peer.json"));
+}
+
+// deepseek.json (cf_bench_deepseek_blocks' rows, as the deepseek step writes them): the fp16 rows that ran land in
+// deepseek_us; bf16, failed and malformed rows are left out; an unreadable file leaves every cell null.
+TEST(GpuSummary, ReadsTheDeepseekBlockRows) {
+  TempDir t;
+  const fs::path work = t.path / "work", out = t.path / "out";
+  fs::create_directories(work);
+  fs::create_directories(out);
+  {
+    std::ofstream ds(out / "deepseek.json");
+    ds << R"({"settings": {}, "rows": [
+      {"block": "mla", "dtype": "fp16", "batch": 1, "kv_len": 4096, "impl": "fused", "status": "ok", "us_median": 41.237},
+      {"block": "mla", "dtype": "fp16", "batch": 1, "kv_len": 4096, "impl": "cuda-unfused", "status": "ok",
+       "us_median": 88.5},
+      {"block": "mla", "dtype": "bf16", "batch": 16, "kv_len": 1024, "impl": "fused", "status": "ok", "us_median": 7},
+      {"block": "moe", "dtype": "fp16", "batch": 16, "kv_len": 0, "impl": "fused", "status": "ok", "us_median": 120.004},
+      {"block": "moe", "dtype": "fp16", "batch": 1, "kv_len": 0, "impl": "cuda-unfused", "status": "failed",
+       "message": "x"},
+      {"block": "moe", "dtype": "fp16", "batch": 1, "kv_len": 0, "impl": "fused", "status": "ok", "us_median": "fast"},
+      "not a row"]})";
+  }
+  const std::string command = "python3 '" + (kRoot / "bench" / "gpu_summary.py").string() + "' --work '" +
+                              work.string() + "' --out '" + out.string() + "' --name s.json --print";
+  const CommandResult r = run_command(command);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const json::Value s = json::parse(read_file(out / "s.json"));
+  const json::Value& mla = s.at("deepseek_us").at("mla");
+  const json::Value& moe = s.at("deepseek_us").at("moe");
+  EXPECT_DOUBLE_EQ(mla.at("b1").at("4096").at("ours").as_number(), 41.24);
+  EXPECT_DOUBLE_EQ(mla.at("b1").at("4096").at("cuda-unfused").as_number(), 88.5);
+  EXPECT_TRUE(mla.at("b16").at("1024").at("ours").is_null());  // bf16
+  EXPECT_DOUBLE_EQ(moe.at("b16").at("ours").as_number(), 120.0);
+  EXPECT_TRUE(moe.at("b1").at("cuda-unfused").is_null());  // failed
+  EXPECT_TRUE(moe.at("b1").at("ours").is_null());          // no number
+  EXPECT_NE(r.output.find("mla b1 kv4096"), std::string::npos) << r.output;
+
+  std::ofstream(out / "deepseek.json") << "{ truncated";
+  ASSERT_EQ(run_command(command).status, 0);
+  const json::Value again = json::parse(read_file(out / "s.json"));
+  EXPECT_TRUE(again.at("deepseek_us").at("mla").at("b1").at("4096").at("ours").is_null());
 }
 
 }  // namespace
