@@ -352,17 +352,25 @@ struct GpuBackend::Impl {
     }
   }
 
+  // The activation arguments every cuda-unfused block shares: reads hidden[in] (+ `block_residual`), writes
+  // hidden[1 - in] and the residual.
+  template <typename Params>
+  Params unfused_block_io(int rows, int in, const void* block_residual) {
+    Params p;
+    p.dtype = unfused_dtype();
+    p.batch = rows;
+    p.hidden = hidden[in].data();
+    p.residual = block_residual;
+    p.residual_out = residual.data();
+    p.out = hidden[1 - in].data();
+    return p;
+  }
+
   void unfused_attention(int l, int rows, const int32_t* positions, const cuda_unfused::KvCacheArgs& kv_args,
                          const void* block_residual, int in, cuda_unfused::Workspace& ws, cudaStream_t s) {
     const DeviceModel::Layer& w = model->layers()[size_t(l)];
-    cuda_unfused::AttentionBlockParams a;
-    a.dtype = unfused_dtype();
+    auto a = unfused_block_io<cuda_unfused::AttentionBlockParams>(rows, in, block_residual);
     a.shape = shape;
-    a.batch = rows;
-    a.hidden = hidden[in].data();
-    a.residual = block_residual;
-    a.residual_out = residual.data();
-    a.out = hidden[1 - in].data();
     a.norm = w.attn_norm.data();
     a.w_qkv = w.w_qkv.data();
     a.b_qkv = w.b_qkv.empty() ? nullptr : w.b_qkv.data();
@@ -380,14 +388,8 @@ struct GpuBackend::Impl {
                    const void* block_residual, int in, cudaStream_t s) {
     const DeviceModel::Layer& w = model->layers()[size_t(l)];
     auto or_null = [](const dev::DeviceBuffer<uint16_t>& b) -> const void* { return b.empty() ? nullptr : b.data(); };
-    cuda_unfused::MlaBlockParams p;
-    p.dtype = unfused_dtype();
+    auto p = unfused_block_io<cuda_unfused::MlaBlockParams>(rows, in, block_residual);
     p.shape = mla_shape;
-    p.batch = rows;
-    p.hidden = hidden[in].data();
-    p.residual = block_residual;
-    p.residual_out = residual.data();
-    p.out = hidden[1 - in].data();
     p.weights.norm = w.attn_norm.data();
     p.weights.w_q = or_null(w.w_q);
     p.weights.w_q_a = or_null(w.w_q_a);
@@ -412,14 +414,8 @@ struct GpuBackend::Impl {
 
   void unfused_ffn(int l, int rows, int in, cuda_unfused::Workspace& ws, cudaStream_t s) {
     const DeviceModel::Layer& w = model->layers()[size_t(l)];
-    cuda_unfused::FfnBlockParams f;
-    f.dtype = unfused_dtype();
+    auto f = unfused_block_io<cuda_unfused::FfnBlockParams>(rows, in, residual.data());
     f.shape = shape;
-    f.batch = rows;
-    f.hidden = hidden[in].data();
-    f.residual = residual.data();
-    f.residual_out = residual.data();
-    f.out = hidden[1 - in].data();
     f.norm = w.ffn_norm.data();
     f.w_gate_up = w.w_gate_up.data();
     f.w_down = w.w_down.data();
@@ -428,14 +424,8 @@ struct GpuBackend::Impl {
 
   void unfused_moe(int l, int rows, int in, cudaStream_t s) {
     const DeviceModel::Layer& w = model->layers()[size_t(l)];
-    cuda_unfused::MoeBlockParams p;
-    p.dtype = unfused_dtype();
+    auto p = unfused_block_io<cuda_unfused::MoeBlockParams>(rows, in, residual.data());
     p.shape = moe_shape;
-    p.batch = rows;
-    p.hidden = hidden[in].data();
-    p.residual = residual.data();
-    p.residual_out = residual.data();
-    p.out = hidden[1 - in].data();
     p.weights.norm = w.ffn_norm.data();
     p.weights.router = w.router.data();
     p.weights.w_gate_up = w.w_gate_up.data();
