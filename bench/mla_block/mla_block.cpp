@@ -55,40 +55,27 @@ const char* kUsage =
 
 Options parse_options(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw InputError(arg + ": missing value");
-      return argv[++i];
-    };
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (arg == "--kv") {
-      o.kv_lens.clear();
-      for (const auto& v : split_list(value())) o.kv_lens.push_back(parse_int(v, "--kv", 1, 1 << 20));
-    } else if (arg == "--batch") {
-      o.batches.clear();
-      for (const auto& v : split_list(value())) o.batches.push_back(parse_int(v, "--batch", 1, kmla::kMaxBatch));
-    } else if (arg == "--dtype") {
+  for (ArgReader args(argc, argv, kUsage); args.next();) {
+    if (args.is("--kv")) {
+      o.kv_lens = parse_int_list(args.value(), "--kv", 1, 1 << 20);
+    } else if (args.is("--batch")) {
+      o.batches = parse_int_list(args.value(), "--batch", 1, kmla::kMaxBatch);
+    } else if (args.is("--dtype")) {
       o.dtypes.clear();
-      for (const auto& v : split_list(value())) {
-        if (v == "fp16") o.dtypes.push_back(DType::F16);
-        else if (v == "bf16") o.dtypes.push_back(DType::BF16);
-        else throw InputError("--dtype: '" + v + "' is not fp16 or bf16");
-      }
-    } else if (arg == "--page-size") {
-      o.page_size = parse_int(value(), "--page-size", 1, 1 << 16);
-    } else if (arg == "--calls") {
-      o.calls_per_graph = parse_int(value(), "--calls", 1, 1000);
-    } else if (arg == "--replays") {
-      o.replays = parse_int(value(), "--replays", 1, 10000);
-    } else if (arg == "--bandwidth-mib") {
-      o.bandwidth_bytes = size_t(parse_int(value(), "--bandwidth-mib", 16, 16384)) << 20;
-    } else if (arg == "--json") {
-      o.json_path = value();
+      for (const auto& v : parse_choices(args.value(), "--dtype", {"fp16", "bf16"}))
+        o.dtypes.push_back(v == "fp16" ? DType::F16 : DType::BF16);
+    } else if (args.is("--page-size")) {
+      o.page_size = parse_int(args.value(), "--page-size", 1, 1 << 16);
+    } else if (args.is("--calls")) {
+      o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
+    } else if (args.is("--replays")) {
+      o.replays = parse_int(args.value(), "--replays", 1, 10000);
+    } else if (args.is("--bandwidth-mib")) {
+      o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 16384)) << 20;
+    } else if (args.is("--json")) {
+      o.json_path = args.value();
     } else {
-      throw InputError("unknown argument '" + arg + "' (--help lists the options)");
+      args.unknown();
     }
   }
   return o;
