@@ -112,53 +112,38 @@ const char* kUsage =
 
 Options parse_options(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw InputError(arg + ": missing value");
-      return argv[++i];
-    };
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (arg == "--quick") {
-    } else if (arg == "--full") {
+  for (ArgReader args(argc, argv, kUsage); args.next();) {
+    if (args.is("--quick")) {
+    } else if (args.is("--full")) {
       o.replays = 40;
       o.dtypes = {cu::DType::F16, cu::DType::BF16};
-    } else if (arg == "--blocks") {
-      o.blocks = split_list(value());
-      for (const auto& b : o.blocks)
-        if (b != "ffn" && b != "lm_head") throw InputError("--blocks: '" + b + "' is not ffn or lm_head");
-    } else if (arg == "--models") {
+    } else if (args.is("--blocks")) {
+      o.blocks = parse_choices(args.value(), "--blocks", {"ffn", "lm_head"});
+    } else if (args.is("--models")) {
       o.models.clear();
-      for (const auto& m : split_list(value())) o.models.push_back(model_shape(m).name);
-    } else if (arg == "--batch") {
-      o.batches.clear();
-      for (const auto& v : split_list(value())) o.batches.push_back(parse_int(v, "--batch", 1, 16));
-    } else if (arg == "--dtype") {
+      for (const auto& m : split_list(args.value())) o.models.push_back(model_shape(m).name);
+    } else if (args.is("--batch")) {
+      o.batches = parse_int_list(args.value(), "--batch", 1, 16);
+    } else if (args.is("--dtype")) {
       o.dtypes.clear();
-      for (const auto& v : split_list(value())) {
-        if (v == "fp16") o.dtypes.push_back(cu::DType::F16);
-        else if (v == "bf16") o.dtypes.push_back(cu::DType::BF16);
-        else throw InputError("--dtype: '" + v + "' is not fp16 or bf16");
-      }
-    } else if (arg == "--stage-units") {
-      o.stage_units.clear();
-      for (const auto& v : split_list(value())) o.stage_units.push_back(parse_int(v, "--stage-units", 2, 8));
-    } else if (arg == "--no-sweep") {
+      for (const auto& v : parse_choices(args.value(), "--dtype", {"fp16", "bf16"}))
+        o.dtypes.push_back(v == "fp16" ? cu::DType::F16 : cu::DType::BF16);
+    } else if (args.is("--stage-units")) {
+      o.stage_units = parse_int_list(args.value(), "--stage-units", 2, 8);
+    } else if (args.is("--no-sweep")) {
       o.sweep_units.clear();
-    } else if (arg == "--impl") {
-      o.impls = split_list(value());
-    } else if (arg == "--calls") {
-      o.calls_per_graph = parse_int(value(), "--calls", 1, 1000);
-    } else if (arg == "--replays") {
-      o.replays = parse_int(value(), "--replays", 1, 100000);
-    } else if (arg == "--bandwidth-mib") {
-      o.bandwidth_bytes = size_t(parse_int(value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
-    } else if (arg == "--json") {
-      o.json_path = value();
+    } else if (args.is("--impl")) {
+      o.impls = parse_choices(args.value(), "--impl", {"cuda-unfused", "fused"});
+    } else if (args.is("--calls")) {
+      o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
+    } else if (args.is("--replays")) {
+      o.replays = parse_int(args.value(), "--replays", 1, 100000);
+    } else if (args.is("--bandwidth-mib")) {
+      o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
+    } else if (args.is("--json")) {
+      o.json_path = args.value();
     } else {
-      throw InputError("unknown option '" + arg + "'\n" + kUsage);
+      args.unknown();
     }
   }
   return o;
