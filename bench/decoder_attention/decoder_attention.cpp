@@ -116,62 +116,49 @@ const char* kUsage =
 
 Options parse_options(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw InputError(arg + ": missing value");
-      return argv[++i];
-    };
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (arg == "--quick") {
+  for (ArgReader args(argc, argv, kUsage); args.next();) {
+    if (args.is("--quick")) {
       // the defaults
-    } else if (arg == "--full") {
+    } else if (args.is("--full")) {
       o.replays = 40;
       o.dtypes = {cu::DType::F16, cu::DType::BF16};
-    } else if (arg == "--models") {
+    } else if (args.is("--models")) {
       o.models.clear();
-      for (const auto& m : split_list(value())) o.models.push_back(canonical_model(m));
-    } else if (arg == "--kv") {
-      o.kv_lens.clear();
-      for (const auto& v : split_list(value())) o.kv_lens.push_back(parse_int(v, "--kv", 1, 1 << 20));
-    } else if (arg == "--batch") {
-      o.batches.clear();
-      for (const auto& v : split_list(value())) o.batches.push_back(parse_int(v, "--batch", 1, 256));
-    } else if (arg == "--dtype") {
+      for (const auto& m : split_list(args.value())) o.models.push_back(canonical_model(m));
+    } else if (args.is("--kv")) {
+      o.kv_lens = parse_int_list(args.value(), "--kv", 1, 1 << 20);
+    } else if (args.is("--batch")) {
+      o.batches = parse_int_list(args.value(), "--batch", 1, 256);
+    } else if (args.is("--dtype")) {
       o.dtypes.clear();
-      for (const auto& v : split_list(value())) {
-        if (v == "fp16") o.dtypes.push_back(cu::DType::F16);
-        else if (v == "bf16") o.dtypes.push_back(cu::DType::BF16);
-        else throw InputError("--dtype: '" + v + "' is not fp16 or bf16");
-      }
-    } else if (arg == "--page-size") {
-      o.page_size = parse_int(value(), "--page-size", 1, 1 << 20);
-    } else if (arg == "--impl") {
-      o.impls = split_list(value());
-    } else if (arg == "--calls") {
-      o.calls_per_graph = parse_int(value(), "--calls", 1, 1000);
-    } else if (arg == "--replays") {
-      o.replays = parse_int(value(), "--replays", 1, 100000);
-    } else if (arg == "--no-breakdown") {
+      for (const auto& v : parse_choices(args.value(), "--dtype", {"fp16", "bf16"}))
+        o.dtypes.push_back(v == "fp16" ? cu::DType::F16 : cu::DType::BF16);
+    } else if (args.is("--page-size")) {
+      o.page_size = parse_int(args.value(), "--page-size", 1, 1 << 20);
+    } else if (args.is("--impl")) {
+      o.impls = split_list(args.value());  // checked against the available implementations' names in main_impl
+    } else if (args.is("--calls")) {
+      o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
+    } else if (args.is("--replays")) {
+      o.replays = parse_int(args.value(), "--replays", 1, 100000);
+    } else if (args.is("--no-breakdown")) {
       o.breakdown = false;
-    } else if (arg == "--bandwidth-mib") {
-      o.bandwidth_bytes = size_t(parse_int(value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
-    } else if (arg == "--json") {
-      o.json_path = value();
-    } else if (arg == "--cluster-size") {
-      o.fused.cluster_size = parse_int(value(), "--cluster-size", 2, 16);
+    } else if (args.is("--bandwidth-mib")) {
+      o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
+    } else if (args.is("--json")) {
+      o.json_path = args.value();
+    } else if (args.is("--cluster-size")) {
+      o.fused.cluster_size = parse_int(args.value(), "--cluster-size", 2, 16);
       if (o.fused.cluster_size & (o.fused.cluster_size - 1))
         throw InputError("--cluster-size: " + std::to_string(o.fused.cluster_size) + " is not 2, 4, 8 or 16");
-    } else if (arg == "--max-stages") {
-      o.fused.max_stages = parse_int(value(), "--max-stages", 4, 16);
-    } else if (arg == "--early-stages") {
-      o.fused.early_stages = parse_int(value(), "--early-stages", 0, 1 << 20);
-    } else if (arg == "--wait-budget-us") {
-      o.fused.wait_budget_us = parse_int(value(), "--wait-budget-us", 0, 1 << 30);
+    } else if (args.is("--max-stages")) {
+      o.fused.max_stages = parse_int(args.value(), "--max-stages", 4, 16);
+    } else if (args.is("--early-stages")) {
+      o.fused.early_stages = parse_int(args.value(), "--early-stages", 0, 1 << 20);
+    } else if (args.is("--wait-budget-us")) {
+      o.fused.wait_budget_us = parse_int(args.value(), "--wait-budget-us", 0, 1 << 30);
     } else {
-      throw InputError("unknown option '" + arg + "'\n" + kUsage);
+      args.unknown();
     }
   }
   if (o.models.empty() || o.kv_lens.empty() || o.batches.empty() || o.dtypes.empty())
