@@ -83,45 +83,32 @@ const char* kUsage =
 
 Options parse_options(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw InputError(arg + ": missing value");
-      return argv[++i];
-    };
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (arg == "--quick") {
+  for (ArgReader args(argc, argv, kUsage); args.next();) {
+    if (args.is("--quick")) {
       o.cases = {{1, 1024}, {1, 4096}, {1, 16384}, {4, 1024}, {16, 1024}};
       o.replays = 15;
       o.forward_reps = 3;
-    } else if (arg == "--models") {
+    } else if (args.is("--models")) {
       o.models.clear();
-      for (const auto& m : split_list(value())) o.models.push_back(canonical_model(m));
-    } else if (arg == "--ctx") {
-      o.ctxs.clear();
-      for (const auto& v : split_list(value())) o.ctxs.push_back(parse_int(v, "--ctx", 1, 1 << 20));
+      for (const auto& m : split_list(args.value())) o.models.push_back(canonical_model(m));
+    } else if (args.is("--ctx")) {
+      o.ctxs = parse_int_list(args.value(), "--ctx", 1, 1 << 20);
       o.cases.clear();
-    } else if (arg == "--batch") {
-      o.batches.clear();
-      for (const auto& v : split_list(value())) o.batches.push_back(parse_int(v, "--batch", 1, 16));
+    } else if (args.is("--batch")) {
+      o.batches = parse_int_list(args.value(), "--batch", 1, 16);
       o.cases.clear();
-    } else if (arg == "--impl") {
+    } else if (args.is("--impl")) {
       o.modes.clear();
-      for (const auto& v : split_list(value())) {
-        if (v == "cuda") o.modes.push_back(CudaMode::Fused);
-        else if (v == "cuda-unfused") o.modes.push_back(CudaMode::Unfused);
-        else throw InputError("--impl: '" + v + "' is not cuda or cuda-unfused");
-      }
-    } else if (arg == "--replays") {
-      o.replays = parse_int(value(), "--replays", 1, 100000);
-    } else if (arg == "--json") {
-      o.json_path = value();
-    } else if (arg == "--shared-plans") {
+      for (const auto& v : parse_choices(args.value(), "--impl", {"cuda", "cuda-unfused"}))
+        o.modes.push_back(v == "cuda" ? CudaMode::Fused : CudaMode::Unfused);
+    } else if (args.is("--replays")) {
+      o.replays = parse_int(args.value(), "--replays", 1, 100000);
+    } else if (args.is("--json")) {
+      o.json_path = args.value();
+    } else if (args.is("--shared-plans")) {
       o.shared_plans = true;
     } else {
-      throw InputError("unknown option '" + arg + "'\n" + kUsage);
+      args.unknown();
     }
   }
   if (o.cases.empty())
