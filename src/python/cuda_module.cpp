@@ -77,6 +77,25 @@ void expect_cuda(bool cuda, const char* fn) {
                            ", which runs them on the CPU)").c_str());
 }
 
+// The activation fields every block's StepArgs shares, from its parsed layer arguments.
+template <typename Step, typename Args>
+Step block_step(const Args& a) {
+  Step step;
+  step.batch = a.batch;
+  step.hidden = a.hidden.data();
+  step.residual = a.residual ? a.residual->data() : nullptr;
+  step.residual_out = a.residual_output.data();
+  step.out = a.output.data();
+  return step;
+}
+
+template <typename Plan, typename Step>
+void run_plan(Plan& plan, const Step& step, uintptr_t stream, bool check_status) {
+  void* s = reinterpret_cast<void*>(stream);
+  plan.run(step, s);
+  if (check_status) plan.check_status(s);
+}
+
 void expect_backend(const std::string& backend, const char* fn) {
   if (backend != "auto" && backend != "cuda")
     throw nb::value_error((std::string(fn) + ": backend '" + backend + "' does not run on CUDA tensors (expected "
@@ -162,12 +181,7 @@ void llama_decoder_layer(nb::handle output, nb::handle residual_output, nb::hand
   expect_cuda(a.cuda, "llama_decoder_layer");
   DeviceGuard device(a.device_id);
   da::Plan& plan = decoder_plan(a, cluster_size, max_batch);
-  da::StepArgs step;
-  step.batch = a.batch;
-  step.hidden = a.hidden.data();
-  step.residual = a.residual ? a.residual->data() : nullptr;
-  step.residual_out = a.residual_output.data();
-  step.out = a.output.data();
+  auto step = block_step<da::StepArgs>(a);
   if (a.positions.elem == Elem::I64) {
     step.positions64 = static_cast<const int64_t*>(a.positions.data());
   } else {
@@ -177,9 +191,7 @@ void llama_decoder_layer(nb::handle output, nb::handle residual_output, nb::hand
   step.kv_indices = static_cast<const int32_t*>(a.kv_indices.data());
   step.kv_last_page_len = a.kv_last_page_len ? static_cast<const int32_t*>(a.kv_last_page_len->data()) : nullptr;
   step.n_indices = a.n_indices;
-  void* s = reinterpret_cast<void*>(stream);
-  plan.run(step, s);
-  if (check_status) plan.check_status(s);
+  run_plan(plan, step, stream, check_status);
 }
 
 ffn::Plan& ffn_plan(const FfnLayerArgs& a, int cluster_size, int max_batch) {
@@ -215,15 +227,8 @@ void llama_ffn_layer(nb::handle output, nb::handle residual_output, nb::handle h
   expect_cuda(a.cuda, "llama_ffn_layer");
   DeviceGuard device(a.device_id);
   ffn::Plan& plan = ffn_plan(a, cluster_size, max_batch);
-  ffn::StepArgs step;
-  step.batch = a.batch;
-  step.hidden = a.hidden.data();
-  step.residual = a.residual ? a.residual->data() : nullptr;
-  step.residual_out = a.residual_output.data();
-  step.out = a.output.data();
-  void* s = reinterpret_cast<void*>(stream);
-  plan.run(step, s);
-  if (check_status) plan.check_status(s);
+  auto step = block_step<ffn::StepArgs>(a);
+  run_plan(plan, step, stream, check_status);
 }
 
 namespace mla = cf::kernels::mla;
@@ -268,20 +273,13 @@ void deepseek_decoder_layer(nb::handle output, nb::handle residual_output, nb::h
     a.positions.fail_type("the fused MLA kernel takes int32 positions on CUDA tensors (got int64)");
   DeviceGuard device(a.device_id);
   mla::Plan& plan = mla_plan(a, cluster_size, max_batch);
-  mla::StepArgs step;
-  step.batch = a.batch;
-  step.hidden = a.hidden.data();
-  step.residual = a.residual ? a.residual->data() : nullptr;
-  step.residual_out = a.residual_output.data();
-  step.out = a.output.data();
+  auto step = block_step<mla::StepArgs>(a);
   step.positions = static_cast<const int32_t*>(a.positions.data());
   step.kv_indptr = static_cast<const int32_t*>(a.kv_indptr.data());
   step.kv_indices = static_cast<const int32_t*>(a.kv_indices.data());
   step.kv_last_page_len = a.kv_last_page_len ? static_cast<const int32_t*>(a.kv_last_page_len->data()) : nullptr;
   step.n_indices = a.n_indices;
-  void* s = reinterpret_cast<void*>(stream);
-  plan.run(step, s);
-  if (check_status) plan.check_status(s);
+  run_plan(plan, step, stream, check_status);
 }
 
 namespace moe = cf::kernels::moe;
@@ -321,15 +319,8 @@ void deepseek_moe_layer(nb::handle output, nb::handle residual_output, nb::handl
   expect_cuda(a.cuda, "deepseek_moe_layer");
   DeviceGuard device(a.device_id);
   moe::Plan& plan = moe_plan(a, cluster_size, max_batch);
-  moe::StepArgs step;
-  step.batch = a.batch;
-  step.hidden = a.hidden.data();
-  step.residual = a.residual ? a.residual->data() : nullptr;
-  step.residual_out = a.residual_output.data();
-  step.out = a.output.data();
-  void* s = reinterpret_cast<void*>(stream);
-  plan.run(step, s);
-  if (check_status) plan.check_status(s);
+  auto step = block_step<moe::StepArgs>(a);
+  run_plan(plan, step, stream, check_status);
 }
 
 void rms_norm(nb::handle output, nb::handle input, nb::handle weight, float eps, nb::handle residual,

@@ -91,16 +91,7 @@ kmla::Plan mla_plan(const ModelConfig& c, dev::DType dtype, const ModelPointers&
   kmla::PlanConfig p;
   p.dtype = dtype;
   p.shape = w.mla_shape;
-  p.weights.norm = m.norm;
-  p.weights.w_q = m.w_q;
-  p.weights.w_q_a = m.w_q_a;
-  p.weights.q_a_norm = m.q_a_norm;
-  p.weights.w_q_b = m.w_q_b;
-  p.weights.w_kv_a = m.w_kv_a;
-  p.weights.kv_a_norm = m.kv_a_norm;
-  p.weights.w_uk = m.w_uk;
-  p.weights.w_uv = m.w_uv;
-  p.weights.w_o = m.w_o;
+  p.weights = m;  // the Weights part
   p.cache.pages = m.latent_pages;
   p.cache.n_pages = kv.n_pages;
   p.cache.page_size = kv.page_size;
@@ -118,12 +109,7 @@ kmoe::Plan moe_plan(const ModelConfig& c, dev::DType dtype, const MoePointers& m
   kmoe::PlanConfig p;
   p.dtype = dtype;
   p.shape = moe_block_shape(c);
-  p.weights.norm = m.norm;
-  p.weights.router = m.router;
-  p.weights.w_gate_up = m.w_gate_up;
-  p.weights.w_down = m.w_down;
-  p.weights.shared_gate_up = m.shared_gate_up;
-  p.weights.shared_down = m.shared_down;
+  p.weights = m;
   p.max_batch = max_batch;
   p.cluster_size = tuning.moe_cluster_size;
   p.max_clusters = tuning.moe_max_clusters;

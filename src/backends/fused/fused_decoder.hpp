@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "clusterfusion/device/types.hpp"
+#include "clusterfusion/kernels/mla/params.hpp"
+#include "clusterfusion/kernels/moe/params.hpp"
 #include "clusterfusion/model/config.hpp"
 #include "clusterfusion/model/types.hpp"
 #include "clusterfusion/runtime/kv_cache.hpp"
@@ -25,29 +27,12 @@ inline namespace CF_BUILD_NAMESPACE {  // one per kernel build (device/types.hpp
 
 // A DeepSeek-V2 layer's MLA block (layouts of kernels/mla/params.hpp, device_layout::MlaLayer) and its latent pool
 // [n_pages, page_size, kv_lora + rope].
-struct MlaPointers {
-  const void* norm = nullptr;
-  const void* w_q = nullptr;  // q_lora_rank 0; else w_q_a, q_a_norm, w_q_b
-  const void* w_q_a = nullptr;
-  const void* q_a_norm = nullptr;
-  const void* w_q_b = nullptr;
-  const void* w_kv_a = nullptr;
-  const void* kv_a_norm = nullptr;
-  const void* w_uk = nullptr;
-  const void* w_uv = nullptr;
-  const void* w_o = nullptr;
+struct MlaPointers : kernels::mla::Weights {
   void* latent_pages = nullptr;
 };
 
 // A DeepSeek-V2 MoE layer's FFN block (layouts of kernels/moe/params.hpp, device_layout::MoeLayer).
-struct MoePointers {
-  const void* norm = nullptr;
-  const float* router = nullptr;
-  const void* w_gate_up = nullptr;
-  const void* w_down = nullptr;
-  const void* shared_gate_up = nullptr;  // null without shared experts
-  const void* shared_down = nullptr;
-};
+using MoePointers = kernels::moe::Weights;
 
 // Device copies of one layer's weights in the kernels' layouts (all in the decoder's dtype):
 // w_qkv [q_dim + 2 kv_dim, hidden] (q rows, k rows, v rows), w_gate_up [2 ffn_hidden, hidden] (gate rows, up rows).
