@@ -33,7 +33,8 @@ using Clock = std::chrono::steady_clock;
 struct Options {
   std::string model, isa;
   int threads = 0, prompt = 64, gen = 64, reps = 3;
-  bool int8 = false, kv_f16 = false, bandwidth = false;
+  std::string arithmetic = "f32";
+  bool kv_f16 = false, bandwidth = false;
 };
 
 Options parse(int argc, char** argv) {
@@ -50,7 +51,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--gen") o.gen = cf::bench::parse_int(value(), "--gen", 0, 4096);
     else if (a == "--reps") o.reps = cf::bench::parse_int(value(), "--reps", 1, 1000);
     else if (a == "--isa") o.isa = value();
-    else if (a == "--int8") o.int8 = true;
+    else if (a == "--arithmetic") o.arithmetic = value();
+    else if (a == "--int8") o.arithmetic = "int8";
     else if (a == "--kv-f16") o.kv_f16 = true;
     else if (a == "--bandwidth") o.bandwidth = true;
     else if (a == "--help" || a == "-h") {
@@ -99,7 +101,7 @@ int main(int argc, char** argv) try {
   cf::BackendOptions options;
   options.threads = o.threads;
   options.cpu_isa = o.isa;
-  options.cpu_arithmetic = o.int8 ? cf::CpuArithmetic::Int8 : cf::CpuArithmetic::F32;
+  options.cpu_arithmetic = o.arithmetic == "int8" ? cf::CpuArithmetic::Int8 : o.arithmetic == "int16" ? cf::CpuArithmetic::Int16 : cf::CpuArithmetic::F32;
   options.cpu_kv_type = o.kv_f16 ? cf::DType::F16 : cf::DType::F32;
   const int context = o.prompt + o.gen + 16;
   options.kv_pages = (context + options.page_size - 1) / options.page_size;
@@ -136,7 +138,7 @@ int main(int argc, char** argv) try {
     for (double x : rates) mean += x / double(rates.size());
     for (double x : rates) var += (x - mean) * (x - mean) / double(std::max<size_t>(1, rates.size() - 1));
     std::printf("test=%s%d threads=%d arithmetic=%s kv=%s isa=%s reps=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%zu\n",
-                test, n, threads, o.int8 ? "int8" : "f32", o.kv_f16 ? "f16" : "f32", isa, o.reps, mean, std::sqrt(var),
+                test, n, threads, o.arithmetic.c_str(), o.kv_f16 ? "f16" : "f32", isa, o.reps, mean, std::sqrt(var),
                 weight_bytes_per_token(*model.weights));
     std::fflush(stdout);
   };

@@ -43,6 +43,8 @@ struct Batch {
 // cpu backend: how activations meet block-quantised weights (Q8_0, Q4_0, Q4_1, k-quants) in matrix products.
 enum class CpuArithmetic : uint8_t {
   F32,   // activations stay fp32: agrees with fp32 references to ~1e-4 (the reference for the other backends)
+  Int16, // activations rounded per block of 32 to 16-bit integers, exact integer dot products (two byte planes):
+         // logits within ~1e-2 of fp32, greedy output as fp32's up to near ties
   Int8,  // activations quantised per block of 32 to int8, integer dot products (as llama.cpp does): faster;
          // logits differ from fp32 by up to ~1.4 on 4-bit models, like llama.cpp's (tests/data/golden/README.md)
 };

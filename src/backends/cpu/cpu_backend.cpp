@@ -71,12 +71,21 @@ struct Activations {
 
 int64_t row_groups(int64_t rows) { return (rows + kRowGroup - 1) / kRowGroup; }
 
+cpu::Arithmetic cpu_arithmetic(CpuArithmetic a) {
+  switch (a) {
+    case CpuArithmetic::F32: return cpu::Arithmetic::F32;
+    case CpuArithmetic::Int16: return cpu::Arithmetic::Int16;
+    case CpuArithmetic::Int8: return cpu::Arithmetic::Int8;
+  }
+  return cpu::Arithmetic::F32;
+}
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend(std::shared_ptr<const ModelWeights> weights, const BackendOptions& options)
       : weights_(std::move(weights)),
         kernels_(cpu::kernel_table(cpu::resolve_isa(options.cpu_isa))),
-        arithmetic_(options.cpu_arithmetic == CpuArithmetic::Int8 ? cpu::Arithmetic::Int8 : cpu::Arithmetic::F32),
+        arithmetic_(cpu_arithmetic(options.cpu_arithmetic)),
         kv_type_(options.cpu_kv_type),
         pool_(options.threads),
         max_batch_tokens_(options.max_batch_tokens) {

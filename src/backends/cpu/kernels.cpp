@@ -9,7 +9,7 @@
 
 namespace cf::cpu {
 
-bool has_int8_kernel(DType t) {
+bool has_integer_kernel(DType t) {
   switch (t) {
     case DType::Q8_0:
     case DType::Q4_0:
@@ -40,12 +40,17 @@ void InputBuffer::reserve(int max_tokens, int max_cols) {
   max_cols_ = (max_cols + kActBlock - 1) / kActBlock * kActBlock;
   const size_t values = size_t(max_tokens_) * size_t(max_cols_), blocks = values / kActBlock;
   x_.assign(values, 0.0f);
-  q_.assign(values, 0);
+  q_.assign(2 * values, 0);  // int16's two planes
   block_sum_.assign(blocks, 0.0f);
   scale_.assign(blocks, 0.0f);
   scaled_sum_.assign(blocks, 0.0f);
   sum32_.assign(blocks, 0);
   sum16_.assign(2 * blocks, 0);
+}
+
+int32_t PreparedInput::value(int t, int c) const {
+  const int8_t* record = q + ((int64_t(c) / kActBlock) * n_tokens + t) * planes * kActBlock + c % kActBlock;
+  return planes == 2 ? 256 * int32_t(record[0]) + int32_t(record[kActBlock]) : int32_t(record[0]);
 }
 
 const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols, int64_t x_stride,
@@ -56,28 +61,29 @@ const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols
   in_ = PreparedInput{};
   in_.n_tokens = n_tokens;
   in_.cols = padded;
-  const bool int8 = arithmetic == Arithmetic::Int8;
+  const bool integer = arithmetic != Arithmetic::F32;
+  in_.planes = arithmetic == Arithmetic::Int16 ? 2 : integer ? 1 : 0;
   for (int t = 0; t < n_tokens; ++t) {
     float* values = x_.data() + int64_t(t) * padded;
     std::memcpy(values, x + t * x_stride, sizeof(float) * size_t(cols));
     std::memset(values + cols, 0, sizeof(float) * size_t(padded - cols));
-    const int64_t b = int64_t(t) * blocks;
     PreparedRow row;
     row.x = values;
     row.cols = padded;
-    row.block_sum = block_sum_.data() + b;
-    if (int8) {
-      row.q = q_.data() + b * kActBlock;
-      row.scale = scale_.data() + b;
-      row.scaled_sum = scaled_sum_.data() + b;
-      row.sum32 = sum32_.data() + b;
-      row.sum16 = sum16_.data() + 2 * b;
+    row.block_sum = block_sum_.data() + int64_t(t) * blocks;
+    if (integer) {
+      row.block_stride = n_tokens;
+      row.q = q_.data() + int64_t(t) * in_.planes * kActBlock;
+      row.scale = scale_.data() + t;
+      row.scaled_sum = scaled_sum_.data() + t;
+      row.sum32 = sum32_.data() + t;
+      row.sum16 = sum16_.data() + t;
     }
     kernels.prepare_row(row, arithmetic);
   }
   in_.x = x_.data();
   in_.block_sum = block_sum_.data();
-  if (int8) {
+  if (integer) {
     in_.q = q_.data();
     in_.scale = scale_.data();
     in_.scaled_sum = scaled_sum_.data();

@@ -8,9 +8,13 @@
 //    column order), block = (s_0 + s_1) + (s_2 + s_3), acc = fma(a, block, acc), then acc = fma(b, sum(x), acc)
 //    (sum(x): prepare_row's block sum).
 //    Plain weights (F32 / F16 / BF16) are the same with a = 1 (acc += block) and no min.
+//  - int16: each token's activations are rounded per block of 32 to 16-bit integers x16 with an fp32 scale
+//    (amax / 32639, round to nearest even), held as two signed byte planes x16 = 256 hi + lo; a sub-block's integer
+//    dot product dot = 256 dot(q, hi) + dot(q, lo) is exact (two byte dot products), and
+//    acc = fma(a, float(dot) * scale, acc), then acc = fma(b, scale * sum(x16), acc) for types with a min. Twice the
+//    int8 work, 2^-16 of a block's largest value instead of 2^-8.
 //  - int8: each token's activations are quantised per block of 32 to int8 with an fp32 scale (amax / 127, round to
-//    nearest even), like ggml's Q8_0; a sub-block's integer dot product is exact, and
-//    acc = fma(a, float(dot) * scale, acc), then acc = fma(b, scale * sum(q), acc) for types with a min.
+//    nearest even), like ggml's Q8_0; then as int16 with the one plane.
 // Sub-blocks are summed in column order. Every level and every batch size follows this order exactly, so results are
 // bit-identical across instruction sets, thread counts (rows are split among threads by whole groups) and batch
 // sizes (a token's result does not depend on the other tokens of the batch).
@@ -27,10 +31,14 @@ namespace cf::cpu {
 inline constexpr int kActBlock = 32;  // columns per activation quantisation block
 
 // How activations enter the weight-matrix products.
-enum class Arithmetic : uint8_t { F32, Int8 };
+enum class Arithmetic : uint8_t { F32, Int16, Int8 };
 
-// Whether the int8 arithmetic applies to a weight type (the block-quantised ones); plain types always use fp32.
-bool has_int8_kernel(DType t);
+// Whether the integer arithmetics (int16, int8) apply to a weight type (the block-quantised ones); plain types always
+// use fp32.
+bool has_integer_kernel(DType t);
+
+// Largest |x16| of the int16 arithmetic: 127 * 257, the largest value whose two byte planes are both signed bytes.
+inline constexpr int kInt16Max = 32639;
 
 // Activations of one matrix product, prepared once and read by every row group (prepare_input below):
 // n_tokens rows of `cols` values (cols a multiple of kActBlock; the source is zero-padded).
@@ -40,20 +48,35 @@ struct PreparedInput {
   // fp32: the values, and their sums per 32-column block (KernelTable::prepare_row).
   const float* x = nullptr;  // [n_tokens][cols]
   const float* block_sum = nullptr;  // [n_tokens][cols / 32]
-  // int8 (present when prepared for Int8):
-  const int8_t* q = nullptr;          // [n_tokens][cols]
-  const float* scale = nullptr;       // [n_tokens][cols / 32]
-  const float* scaled_sum = nullptr;  // [n_tokens][cols / 32]: scale * sum(q)
-  const int32_t* sum32 = nullptr;     // [n_tokens][cols / 32]: sum(q)
-  const int32_t* sum16 = nullptr;     // [n_tokens][cols / 16]
+  // int16 / int8 (present when prepared for them), block-major so that a tile of tokens finds each block's values
+  // and sums side by side: per (32-column block, token) a record of `planes` x 32 signed bytes (int16: the high
+  // plane, then the low one; int8: the values), the scale, sum(q) and scale * sum(q); per (16-column half, token) the
+  // half's sum(q). Sums are of the integer values (x16 for int16).
+  int planes = 0;
+  const int8_t* q = nullptr;          // [cols / 32][n_tokens][planes][32]
+  const float* scale = nullptr;       // [cols / 32][n_tokens]
+  const float* scaled_sum = nullptr;  // [cols / 32][n_tokens]
+  const int32_t* sum32 = nullptr;     // [cols / 32][n_tokens]
+  const int32_t* sum16 = nullptr;     // [cols / 16][n_tokens]
+
+  // The integer arithmetics' quantities of token t read back: its integer value at column c, and of block b (or
+  // half h) the scale and sums.
+  int32_t value(int t, int c) const;
+  float block_scale(int t, int b) const { return scale[int64_t(b) * n_tokens + t]; }
+  float block_scaled_sum(int t, int b) const { return scaled_sum[int64_t(b) * n_tokens + t]; }
+  int32_t block_sum32(int t, int b) const { return sum32[int64_t(b) * n_tokens + t]; }
+  int32_t half_sum16(int t, int h) const { return sum16[int64_t(h) * n_tokens + t]; }
 };
 
-// One token's row of a PreparedInput, filled by KernelTable::prepare_row from the (padded) values x.
+// One token's row of a PreparedInput, filled by KernelTable::prepare_row from the (padded) values x: fp32 block sums
+// at block_sum[b]; integer records at q + b * block_stride * planes * 32, block quantities at [b * block_stride]
+// (sum16: [(2 b + h) * block_stride]).
 struct PreparedRow {
   const float* x = nullptr;
   int cols = 0;  // a multiple of 32
   float* block_sum = nullptr;  // fp32 arithmetic
-  int8_t* q = nullptr;         // int8 arithmetic: q, scale, scaled_sum, sum32, sum16
+  int64_t block_stride = 0;    // integer arithmetics: the tokens of the input
+  int8_t* q = nullptr;
   float* scale = nullptr;
   float* scaled_sum = nullptr;
   int32_t* sum32 = nullptr;
@@ -111,8 +134,8 @@ struct AttentionArgs {
 
 struct KernelTable {
   Isa isa;
-  // fp32 arithmetic: the sums of each 32-column block (16 lanes x[c] + x[c + 16], then halving); int8: the
-  // quantisation of each block (non-numbers count as 0).
+  // fp32 arithmetic: the sums of each 32-column block (16 lanes x[c] + x[c + 16], then halving); int16 / int8: the
+  // rounding of each block to integers (non-numbers count as 0).
   void (*prepare_row)(const PreparedRow& row, Arithmetic arithmetic);
   void (*matmul)(const MatmulArgs& args);
   void (*attend)(const AttentionArgs& args);

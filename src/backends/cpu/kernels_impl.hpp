@@ -220,53 +220,64 @@ constexpr int subs_per_block() {
   return Fmt::kBlockCols / Fmt::kSub;
 }
 
-// int8: rows of `group` times tokens t0 .. t0+T-1 into out[t][16].
-template <class V, class Fmt, int T>
-void int8_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* acc) {
+// Byte planes of the integer activations: int16's high and low planes, int8's one.
+template <Arithmetic kArith>
+inline constexpr int kPlanes = kArith == Arithmetic::Int16 ? 2 : 1;
+
+// int16 / int8: rows of `group` times tokens t0 .. t0+T-1 into out[t][16]. Each loaded weight vector feeds the byte
+// dot products of every plane and token; a tile's activations of one block are one stretch of records (one base
+// address, constant offsets).
+template <class V, class Fmt, int T, Arithmetic kArith>
+void integer_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* acc) {
   using F = typename V::F;
   using I = typename V::I;
-  // AVX2's byte product saturates above 127: Q8_0 (bytes up to 255) goes through its signed form there.
-  constexpr bool kSigned = Fmt::kOffset == 128 && !V::kExactByteDot;
-  const int blocks_per_row = in.cols / kActBlock;
+  constexpr int P = kPlanes<kArith>;
+  constexpr int kRecord = P * kActBlock;
+  // AVX2's byte products saturate above 127: Q8_0's bytes (up to 255) go in as two nibbles there.
+  constexpr bool kSplitBytes = Fmt::kOffset == 128 && !V::kExactByteDot;
+  const int64_t n = in.n_tokens;
   for (int h = 0; h < kRowGroup / V::kLanes; ++h) {
     F sum[T];
     for (int t = 0; t < T; ++t) sum[t] = V::fload(acc + t * kRowGroup + h * V::kLanes);
     for (int64_t b = 0; b < w.blocks; ++b) {
       const uint8_t* blk = w.block(group, b);
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
-        const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub;
-        I dot[T];
-        const int8_t* x[T];
-        CF_UNROLL(16)
-        for (int t = 0; t < T; ++t) {
-          dot[t] = V::izero();
-          x[t] = in.q + int64_t(t0 + t) * in.cols + col;
+        const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub, block = col / kActBlock;
+        const int8_t* x = in.q + (block * n + t0) * kRecord + col % kActBlock;  // token t, plane p: + t kRecord + p 32
+        I dot[P][T];
+        CF_UNROLL(2)
+        for (int p = 0; p < P; ++p) {
+          CF_UNROLL(16)
+          for (int t = 0; t < T; ++t) dot[p][t] = V::izero();
         }
         CF_UNROLL(8)
         for (int v = 0; v < Fmt::kSub / 4; ++v) {
-          I q = Fmt::template values<V>(blk, s, h, v);
-          if constexpr (kSigned) q = V::ixor(q, V::iset(int32_t(0x80808080u)));
-          CF_UNROLL(16)
-          for (int t = 0; t < T; ++t) {
-            if constexpr (kSigned) {
-              dot[t] = V::idot_signed(dot[t], q, V::iset(load_i32(x[t] + 4 * v)));
-            } else {
-              dot[t] = V::idot_broadcast(dot[t], q, x[t] + 4 * v);
+          const I q = Fmt::template values<V>(blk, s, h, v);
+          CF_UNROLL(2)
+          for (int p = 0; p < P; ++p) {
+            CF_UNROLL(16)
+            for (int t = 0; t < T; ++t) {
+              const int8_t* x4 = x + t * kRecord + p * kActBlock + 4 * v;
+              if constexpr (kSplitBytes) {
+                const I high = V::idot_broadcast(V::izero(), high_nibbles<V>(q), x4);
+                dot[p][t] = V::iadd(V::idot_broadcast(dot[p][t], low_nibbles<V>(q), x4), V::template sll<4>(high));
+              } else {
+                dot[p][t] = V::idot_broadcast(dot[p][t], q, x4);
+              }
             }
           }
         }
         F a, m;
         Fmt::template scales<V>(blk, s, h, a, m);
+        const float* scale = in.scale + block * n + t0;
+        const float* scaled_sum = in.scaled_sum + block * n + t0;
+        const int32_t* x_sum = Fmt::kSub == 16 ? in.sum16 + (col / 16) * n + t0 : in.sum32 + block * n + t0;
         CF_UNROLL(16)
         for (int t = 0; t < T; ++t) {
-          const int64_t block = int64_t(t0 + t) * blocks_per_row + col / kActBlock;
-          I d = dot[t];
-          if constexpr (Fmt::kOffset != 0 && !kSigned) {
-            const int32_t x_sum = Fmt::kSub == 16 ? in.sum16[int64_t(t0 + t) * (in.cols / 16) + col / 16] : in.sum32[block];
-            d = V::isub(d, V::iset(Fmt::kOffset * x_sum));
-          }
-          sum[t] = V::fma(a, V::fmul(V::from_int(d), V::fset(in.scale[block])), sum[t]);
-          if constexpr (Fmt::kHasMin) sum[t] = V::fma(m, V::fset(in.scaled_sum[block]), sum[t]);
+          I d = P == 2 ? V::iadd(V::template sll<8>(dot[0][t]), dot[P - 1][t]) : dot[0][t];
+          if constexpr (Fmt::kOffset != 0) d = V::isub(d, V::iset(Fmt::kOffset * x_sum[t]));
+          sum[t] = V::fma(a, V::fmul(V::from_int(d), V::fset(scale[t])), sum[t]);
+          if constexpr (Fmt::kHasMin) sum[t] = V::fma(m, V::fset(scaled_sum[t]), sum[t]);
         }
       }
     }
@@ -506,18 +517,18 @@ void f32_tile_block_product(const TileSource<V, Fmt>* src, int64_t b0, int64_t b
 // ---- matmul -------------------------------------------------------------------------------------------------------
 
 // Tokens [t0, t0 + count) in tiles of T, then smaller ones; acc[t - t0][16] accumulates blocks [b0, b1).
-template <class V, class Fmt, bool kInt8, int T, class Source>
+template <class V, class Fmt, Arithmetic kArith, int T, class Source>
 void tokens_in_tiles(const Source& src, const MatmulArgs& m, int64_t group, int64_t b0, int64_t b1, int t0, int count,
                      float* acc) {
   for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup) {
-    if constexpr (kInt8) {
-      int8_group_product<V, Fmt, T>(*m.w, group, *m.in, t0, acc);
+    if constexpr (kArith != Arithmetic::F32) {
+      integer_group_product<V, Fmt, T, kArith>(*m.w, group, *m.in, t0, acc);
     } else {
       f32_group_product<V, Fmt, T>(src, b0, b1, *m.in, t0, acc);
     }
   }
   if constexpr (T > 1) {
-    if (count > 0) tokens_in_tiles<V, Fmt, kInt8, T - 1>(src, m, group, b0, b1, t0, count, acc);
+    if (count > 0) tokens_in_tiles<V, Fmt, kArith, T - 1>(src, m, group, b0, b1, t0, count, acc);
   }
 }
 
@@ -568,7 +579,7 @@ void f32_tiled_groups(const MatmulArgs& m, int64_t group, int t0, int count, flo
       prefetch_blocks(w, g, next_block, n);
     }
     if constexpr (kGroups == 1) {
-      tokens_in_tiles<V, Fmt, false, V::kTileTokensF32>(sources[0], m, group, b0, b1, t0, count, acc);
+      tokens_in_tiles<V, Fmt, Arithmetic::F32, V::kTileTokensF32>(sources[0], m, group, b0, b1, t0, count, acc);
     } else {
       tokens_in_tile_blocks<V, Fmt, V::kBlockTokensF32, kGroups>(sources, *m.in, b0, b1, t0, count, acc);
     }
@@ -586,17 +597,24 @@ inline void store_group(const MatmulArgs& m, int64_t group, int t0, int count, c
   }
 }
 
-template <class V, class Fmt, bool kInt8>
+// Tokens per register tile of each arithmetic.
+template <class V, Arithmetic kArith>
+inline constexpr int kTileTokens = kArith == Arithmetic::F32     ? V::kTileTokensF32
+                                   : kArith == Arithmetic::Int16 ? V::kTileTokensInt16
+                                                                 : V::kTileTokensInt8;
+
+template <class V, class Fmt, Arithmetic kArith>
 void matmul_rows(const MatmulArgs& m) {
-  constexpr int kTokens = kInt8 ? V::kTileTokensInt8 : V::kTileTokensF32;
-  constexpr int kBlockGroups = kInt8 ? 1 : V::kBlockGroupsF32;
+  constexpr bool kInteger = kArith != Arithmetic::F32;
+  constexpr int kTokens = kTileTokens<V, kArith>;
+  constexpr int kBlockGroups = kInteger ? 1 : V::kBlockGroupsF32;
   const PackedMatrix& w = *m.w;
   alignas(64) float acc[kBlockGroups * kTokenBlockFloats];
   alignas(64) float tiles[kBlockGroups * kTileFloats<Fmt>];
   const int64_t end_group = (m.row_end + kRowGroup - 1) / kRowGroup;
   // Decode-sized batches read the packed weights directly; larger ones go through fp32 tiles, kBlockGroups row
   // groups at a time where the range has them.
-  const bool tiled = !kInt8 && m.in->n_tokens >= 2 * kTokens;
+  const bool tiled = !kInteger && m.in->n_tokens >= 2 * kTokens;
   for (int64_t group = m.row_begin / kRowGroup; group < end_group;) {
     const int groups = tiled && group + kBlockGroups <= end_group ? kBlockGroups : 1;
     for (int t0 = 0; t0 < m.in->n_tokens; t0 += kTokenBlock) {
@@ -604,7 +622,7 @@ void matmul_rows(const MatmulArgs& m) {
       for (int g = 0; g < groups; ++g)
         std::memset(acc + g * kTokenBlockFloats, 0, sizeof(float) * size_t(count) * kRowGroup);
       if (!tiled) {
-        tokens_in_tiles<V, Fmt, kInt8, kTokens>(PackedSource<V, Fmt>{&w, group}, m, group, 0, w.blocks, t0, count, acc);
+        tokens_in_tiles<V, Fmt, kArith, kTokens>(PackedSource<V, Fmt>{&w, group}, m, group, 0, w.blocks, t0, count, acc);
       } else if (groups == 1) {
         f32_tiled_groups<V, Fmt, 1>(m, group, t0, count, tiles, acc);
       } else if constexpr (kBlockGroups > 1) {
@@ -616,27 +634,36 @@ void matmul_rows(const MatmulArgs& m) {
   }
 }
 
+template <class V, class Fmt>
+void matmul_quantised(const MatmulArgs& m) {
+  switch (m.arithmetic) {
+    case Arithmetic::F32: return matmul_rows<V, Fmt, Arithmetic::F32>(m);
+    case Arithmetic::Int16: return matmul_rows<V, Fmt, Arithmetic::Int16>(m);
+    case Arithmetic::Int8: return matmul_rows<V, Fmt, Arithmetic::Int8>(m);
+  }
+}
+
 template <class V>
 void matmul(const MatmulArgs& m) {
-  const bool int8 = m.arithmetic == Arithmetic::Int8 && has_int8_kernel(m.w->dtype);
   switch (m.w->dtype) {
-    case DType::F32: return matmul_rows<V, PlainFmt<DType::F32>, false>(m);
-    case DType::F16: return matmul_rows<V, PlainFmt<DType::F16>, false>(m);
-    case DType::BF16: return matmul_rows<V, PlainFmt<DType::BF16>, false>(m);
-    case DType::Q8_0: return int8 ? matmul_rows<V, Q8_0Fmt, true>(m) : matmul_rows<V, Q8_0Fmt, false>(m);
-    case DType::Q4_0: return int8 ? matmul_rows<V, Q4_0Fmt, true>(m) : matmul_rows<V, Q4_0Fmt, false>(m);
-    case DType::Q4_1: return int8 ? matmul_rows<V, Q4_1Fmt, true>(m) : matmul_rows<V, Q4_1Fmt, false>(m);
-    case DType::Q4_K: return int8 ? matmul_rows<V, Q4_KFmt, true>(m) : matmul_rows<V, Q4_KFmt, false>(m);
-    case DType::Q5_K: return int8 ? matmul_rows<V, Q5_KFmt, true>(m) : matmul_rows<V, Q5_KFmt, false>(m);
-    case DType::Q6_K: return int8 ? matmul_rows<V, Q6_KFmt, true>(m) : matmul_rows<V, Q6_KFmt, false>(m);
+    case DType::F32: return matmul_rows<V, PlainFmt<DType::F32>, Arithmetic::F32>(m);
+    case DType::F16: return matmul_rows<V, PlainFmt<DType::F16>, Arithmetic::F32>(m);
+    case DType::BF16: return matmul_rows<V, PlainFmt<DType::BF16>, Arithmetic::F32>(m);
+    case DType::Q8_0: return matmul_quantised<V, Q8_0Fmt>(m);
+    case DType::Q4_0: return matmul_quantised<V, Q4_0Fmt>(m);
+    case DType::Q4_1: return matmul_quantised<V, Q4_1Fmt>(m);
+    case DType::Q4_K: return matmul_quantised<V, Q4_KFmt>(m);
+    case DType::Q5_K: return matmul_quantised<V, Q5_KFmt>(m);
+    case DType::Q6_K: return matmul_quantised<V, Q6_KFmt>(m);
   }
 }
 
 // ---- activation preparation --------------------------------------------------------------------------------------
 
-// ggml's Q8_0 rounding with an fp32 scale: scale = amax / 127, q = round_to_nearest_even(x * (127 / amax)).
-template <class V>
-void quantise_block(const float* x, int8_t* q, float& scale, int32_t& sum32, int32_t* sum16) {
+// The integer values of one block: round_to_nearest_even(x * (kMax / amax)) with scale = amax / kMax (non-numbers
+// count as 0), written by store(i, lanes) for the lanes i * kLanes ..; their sums over the block and its halves.
+template <class V, int kMax, class Store>
+void round_block(const float* x, Store store, float& scale, int32_t& sum32, int32_t& sum_low, int32_t& sum_high) {
   using F = typename V::F;
   constexpr int kVecs = kActBlock / V::kLanes;
   F v[kVecs];
@@ -647,17 +674,17 @@ void quantise_block(const float* x, int8_t* q, float& scale, int32_t& sum32, int
     amax = V::fmax(V::fabs(v[i]), amax);
   }
   const float max_abs = V::reduce_max(amax);
-  const F inv = V::fset(max_abs > 0.0f ? 127.0f / max_abs : 0.0f);
-  scale = max_abs / 127.0f;
+  const F inv = V::fset(max_abs > 0.0f ? float(kMax) / max_abs : 0.0f);
+  scale = max_abs / float(kMax);
   int32_t half[2] = {0, 0};
   CF_UNROLL(4)
   for (int i = 0; i < kVecs; ++i) {
     const typename V::I r = V::to_int(V::fmul(v[i], inv));
-    V::store_low_bytes(q + i * V::kLanes, r);
+    store(i, r);
     half[i * V::kLanes / 16] += V::ireduce_add(r);
   }
-  sum16[0] = half[0];
-  sum16[1] = half[1];
+  sum_low = half[0];
+  sum_high = half[1];
   sum32 = half[0] + half[1];
 }
 
@@ -666,14 +693,32 @@ void prepare_row(const PreparedRow& row, Arithmetic arithmetic) {
   constexpr int kHalf = 16 / V::kLanes;
   for (int b = 0; b < row.cols / kActBlock; ++b) {
     const float* x = row.x + b * kActBlock;
-    if (arithmetic == Arithmetic::Int8) {
-      quantise_block<V>(x, row.q + b * kActBlock, row.scale[b], row.sum32[b], row.sum16 + 2 * b);
-      row.scaled_sum[b] = row.scale[b] * float(row.sum32[b]);
-    } else {
+    if (arithmetic == Arithmetic::F32) {
       typename V::F pairs[kHalf];
       for (int h = 0; h < kHalf; ++h) pairs[h] = V::fadd(V::fload(x + h * V::kLanes), V::fload(x + 16 + h * V::kLanes));
       row.block_sum[b] = sum16<V>(pairs);
+      continue;
     }
+    const int64_t at = b * row.block_stride;
+    int32_t& sum_low = row.sum16[2 * at];
+    int32_t& sum_high = row.sum16[2 * at + row.block_stride];
+    if (arithmetic == Arithmetic::Int16) {
+      // x16 = 256 hi + lo: lo its low byte (signed), hi = (x16 - lo) / 256.
+      int8_t* high = row.q + at * 2 * kActBlock;
+      int8_t* low = high + kActBlock;
+      auto store = [&](int i, typename V::I r) {
+        const typename V::I lo = V::template sra<24>(V::template sll<24>(r));
+        V::store_low_bytes(low + i * V::kLanes, lo);
+        V::store_low_bytes(high + i * V::kLanes, V::template sra<8>(V::isub(r, lo)));
+      };
+      round_block<V, kInt16Max>(x, store, row.scale[at], row.sum32[at], sum_low, sum_high);
+    } else {
+      // ggml's Q8_0 rounding with an fp32 scale.
+      int8_t* q = row.q + at * kActBlock;
+      auto store = [&](int i, typename V::I r) { V::store_low_bytes(q + i * V::kLanes, r); };
+      round_block<V, 127>(x, store, row.scale[at], row.sum32[at], sum_low, sum_high);
+    }
+    row.scaled_sum[at] = row.scale[at] * float(row.sum32[at]);
   }
 }
 

@@ -12,9 +12,9 @@ namespace {
 struct Avx2 {
   static constexpr int kLanes = 8;
   // Tokens per tile product (accumulators held in registers).
-  static constexpr int kTileTokensInt8 = 4, kTileTokensF32 = 2;
+  static constexpr int kTileTokensInt8 = 4, kTileTokensInt16 = 2, kTileTokensF32 = 2;
   static constexpr int kBlockGroupsF32 = 1, kBlockTokensF32 = 1;  // one row group per register block
-  // maddubs saturates 16-bit pair sums: idot is exact only for unsigned bytes <= 127 (see idot_signed).
+  // maddubs saturates 16-bit pair sums: idot is exact only for unsigned bytes <= 127.
   static constexpr bool kExactByteDot = false;
   static constexpr bool kFastLookup16 = false;  // nibbles are extracted and converted (no 16-entry permute)
   using F = __m256;
@@ -118,10 +118,6 @@ struct Avx2 {
     int32_t x;
     std::memcpy(&x, x4, 4);
     return idot(acc, u, _mm256_set1_epi32(x));
-  }
-  // acc + sum of (signed byte of a) * (signed byte of b), exact for a, b in [-127, 127] and a = -128.
-  static I idot_signed(I acc, I a, I b) {
-    return idot(acc, _mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
   }
 };
 

@@ -14,7 +14,7 @@ namespace {
 struct Portable {
   static constexpr int kLanes = 8;
   // Tokens per tile product (accumulators held in registers).
-  static constexpr int kTileTokensInt8 = 4, kTileTokensF32 = 2;
+  static constexpr int kTileTokensInt8 = 4, kTileTokensInt16 = 2, kTileTokensF32 = 2;
   static constexpr int kBlockGroupsF32 = 1, kBlockTokensF32 = 1;  // one row group per register block
   static constexpr bool kExactByteDot = true;
   static constexpr bool kFastLookup16 = false;  // nibbles are extracted and converted (no 16-entry permute)

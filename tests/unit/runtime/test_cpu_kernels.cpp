@@ -143,33 +143,36 @@ TEST_P(CpuMatmul, F32ArithmeticMatchesFloat64OnDequantisedWeights) {
   }
 }
 
-class CpuMatmulInt8 : public ::testing::TestWithParam<DType> {};
+class CpuMatmulInteger : public ::testing::TestWithParam<DType> {};
 
-TEST_P(CpuMatmulInt8, MatchesFloat64OnQuantisedActivations) {
+// Both integer arithmetics: the products of the dequantised weights with the rounded activations (value x scale).
+TEST_P(CpuMatmulInteger, MatchesFloat64OnRoundedActivations) {
   const DType t = GetParam();
-  ASSERT_TRUE(cf::cpu::has_int8_kernel(t));
+  ASSERT_TRUE(cf::cpu::has_integer_kernel(t));
   const int64_t cols = test_cols(t);
   const cf::WeightMatrix w = random_matrix(t, kRows, cols, 3);
   const std::vector<float> deq = w.dequantized();
   const std::vector<float> x = uniform(size_t(kTokens * cols), -2.0f, 2.0f, 4);
+  for (Arithmetic arithmetic : {Arithmetic::Int16, Arithmetic::Int8}) {
   cf::cpu::InputBuffer buffer;
   buffer.reserve(kTokens, int(cols));
   const cf::cpu::PreparedInput& in =
-      buffer.prepare(x.data(), kTokens, int(cols), cols, Arithmetic::Int8, cf::cpu::portable_kernels());
+      buffer.prepare(x.data(), kTokens, int(cols), cols, arithmetic, cf::cpu::portable_kernels());
   for (Isa isa : supported_levels()) {
-    const std::vector<float> y = run_matmul(w, x, kTokens, isa, Arithmetic::Int8);
+    SCOPED_TRACE(std::string(cf::cpu::isa_name(isa)) + (arithmetic == Arithmetic::Int8 ? " int8" : " int16"));
+    const std::vector<float> y = run_matmul(w, x, kTokens, isa, arithmetic);
     for (int t_ = 0; t_ < kTokens; ++t_) {
       for (int64_t r = 0; r < kRows; ++r) {
         double want = 0.5, magnitude = 0;
         for (int64_t c = 0; c < cols; ++c) {
-          const double xq = double(in.q[t_ * cols + c]) * in.scale[(t_ * cols + c) / 32];
+          const double xq = double(in.value(t_, int(c))) * in.block_scale(t_, int(c / 32));
           want += double(deq[size_t(r * cols + c)]) * xq;
           magnitude += std::fabs(double(deq[size_t(r * cols + c)]) * xq);
         }
-        EXPECT_NEAR(y[size_t(t_ * kRows + r)], want, 1e-5 * (magnitude + 1.0))
-            << cf::cpu::isa_name(isa) << " token " << t_ << " row " << r;
+        EXPECT_NEAR(y[size_t(t_ * kRows + r)], want, 1e-5 * (magnitude + 1.0)) << " token " << t_ << " row " << r;
       }
     }
+  }
   }
 }
 
@@ -178,10 +181,10 @@ TEST_P(CpuMatmul, EveryLevelAndBatchSizeAndRowSplitGivesTheSameBits) {
   const int64_t cols = test_cols(t);
   const cf::WeightMatrix w = random_matrix(t, kRows, cols, 5);
   const std::vector<float> x = uniform(size_t(kTokens * cols), -2.0f, 2.0f, 6);
-  for (Arithmetic arithmetic : {Arithmetic::F32, Arithmetic::Int8}) {
+  for (Arithmetic arithmetic : {Arithmetic::F32, Arithmetic::Int16, Arithmetic::Int8}) {
     const std::vector<float> reference = run_matmul(w, x, kTokens, Isa::Portable, arithmetic);
     for (Isa isa : supported_levels()) {
-      SCOPED_TRACE(std::string(cf::cpu::isa_name(isa)) + (arithmetic == Arithmetic::Int8 ? " int8" : " f32"));
+      SCOPED_TRACE(std::string(cf::cpu::isa_name(isa)) + " arithmetic " + std::to_string(int(arithmetic)));
       EXPECT_EQ(run_matmul(w, x, kTokens, isa, arithmetic), reference);
       // Each token alone.
       for (int t_ = 0; t_ < kTokens; ++t_) {
@@ -232,7 +235,7 @@ TEST_P(CpuMatmul, PackedMatrixDequantisesToTheSameBits) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, CpuMatmul, ::testing::ValuesIn(kAllTypes),
                          [](const auto& info) { return std::string(cf::dtype_name(info.param)); });
 // The block types (plain types always use the fp32 arithmetic).
-INSTANTIATE_TEST_SUITE_P(BlockTypes, CpuMatmulInt8,
+INSTANTIATE_TEST_SUITE_P(BlockTypes, CpuMatmulInteger,
                          ::testing::Values(DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q5_K, DType::Q6_K),
                          [](const auto& info) { return std::string(cf::dtype_name(info.param)); });
 
@@ -241,11 +244,12 @@ TEST(CpuKernels, InputPreparationFollowsTheDefinitionOnEveryLevel) {
   std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block
   x[70] = NAN;                                       // a nan counts as 0
   for (Isa isa : supported_levels()) {
-    SCOPED_TRACE(cf::cpu::isa_name(isa));
+    for (const auto& [arithmetic, max_value] : {std::pair{Arithmetic::Int8, 127}, std::pair{Arithmetic::Int16, 32639}}) {
+    SCOPED_TRACE(std::string(cf::cpu::isa_name(isa)) + " max " + std::to_string(max_value));
     cf::cpu::InputBuffer buffer;
     buffer.reserve(1, 96);
     // 90 columns: zero padded to 96.
-    const cf::cpu::PreparedInput& in = buffer.prepare(x.data(), 1, 90, 96, Arithmetic::Int8, cf::cpu::kernel_table(isa));
+    const cf::cpu::PreparedInput& in = buffer.prepare(x.data(), 1, 90, 96, arithmetic, cf::cpu::kernel_table(isa));
     ASSERT_EQ(in.cols, 96);
     for (int b = 0; b < 3; ++b) {
       float amax = 0;
@@ -254,25 +258,28 @@ TEST(CpuKernels, InputPreparationFollowsTheDefinitionOnEveryLevel) {
         const int i = 32 * b + c;
         const float v = i < 90 && !std::isnan(x[size_t(i)]) ? x[size_t(i)] : 0.0f;
         amax = std::max(amax, std::fabs(v));
-        EXPECT_GE(in.q[i], -127);
-        sum += in.q[i];
-        sum16[c / 16] += in.q[i];
+        EXPECT_LE(std::abs(in.value(0, i)), max_value);
+        sum += in.value(0, i);
+        sum16[c / 16] += in.value(0, i);
       }
-      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      const float inv = amax > 0 ? float(max_value) / amax : 0.0f;
       for (int c = 0; c < 32; ++c) {
         const int i = 32 * b + c;
         const float v = i < 90 && !std::isnan(x[size_t(i)]) ? x[size_t(i)] : 0.0f;
-        EXPECT_EQ(in.q[i], int(std::nearbyint(v * inv))) << i;  // round to nearest even of x * 127 / amax
+        EXPECT_EQ(in.value(0, i), int(std::nearbyint(v * inv))) << i;  // round to nearest even of x * max / amax
       }
-      EXPECT_EQ(in.scale[b], amax / 127.0f) << b;
-      EXPECT_EQ(in.sum32[b], sum);
-      EXPECT_EQ(in.sum16[2 * b], sum16[0]);
-      EXPECT_EQ(in.sum16[2 * b + 1], sum16[1]);
-      EXPECT_EQ(in.scaled_sum[b], in.scale[b] * float(sum));
+      EXPECT_EQ(in.block_scale(0, b), amax / float(max_value)) << b;
+      EXPECT_EQ(in.block_sum32(0, b), sum);
+      EXPECT_EQ(in.half_sum16(0, 2 * b), sum16[0]);
+      EXPECT_EQ(in.half_sum16(0, 2 * b + 1), sum16[1]);
+      EXPECT_EQ(in.block_scaled_sum(0, b), in.block_scale(0, b) * float(sum));
     }
-    EXPECT_EQ(in.scale[1], 0.0f);
-    EXPECT_EQ(in.q[70], 0);
+    EXPECT_EQ(in.block_scale(0, 1), 0.0f);
+    EXPECT_EQ(in.value(0, 70), 0);
+    }
     // fp32: block sums by the 16-lane halving of kernels.hpp.
+    cf::cpu::InputBuffer buffer;
+    buffer.reserve(1, 96);
     const cf::cpu::PreparedInput& f = buffer.prepare(x.data(), 1, 90, 96, Arithmetic::F32, cf::cpu::kernel_table(isa));
     for (int b = 0; b < 3; ++b) {
       float lanes[16];
