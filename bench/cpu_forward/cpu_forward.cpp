@@ -1,6 +1,6 @@
 // Prompt and generation throughput of the cpu backend on a random-weight model of SmolLM2-135M's shapes (or another
 // preset of cf::model_preset), per weight type and thread count:
-//   cf_bench_cpu_forward [--dtype q4_1|q8_0|f16|f32] [--threads N] [--prompt N] [--gen N]
+//   cf_bench_cpu_forward [--dtype q4_1|q8_0|f16|f32] [--threads N] [--prompt N] [--gen N] [--arithmetic f32|int16|int8]
 //                       [--preset smollm2-135m|llama2-7b|llama3-8b|deepseek-v2-lite] [--layers N] [--isa portable|avx2]
 // --layers keeps only the first N layers of the preset (a big model's layers in less memory).
 #include <time.h>
@@ -23,7 +23,8 @@ int main(int argc, char** argv) {
   std::string dtype_arg = "q4_1", preset = "smollm2-135m";
   int threads = 0, prompt = 64, gen = 64, layers = 0;
   std::string isa;
-  bool int8 = false, kv_f16 = false;
+  cf::CpuArithmetic arithmetic = cf::BackendOptions{}.cpu_arithmetic;
+  bool kv_f16 = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -34,7 +35,13 @@ int main(int argc, char** argv) {
     else if (a == "--isa") isa = next();
     else if (a == "--preset") preset = next();
     else if (a == "--layers") layers = std::stoi(next());
-    else if (a == "--int8") int8 = true;
+    else if (a == "--int8") arithmetic = cf::CpuArithmetic::Int8;
+    else if (a == "--arithmetic") {
+      const std::string name = next();
+      const auto parsed = cf::cpu_arithmetic_from_name(name);
+      if (!parsed) { std::fprintf(stderr, "--arithmetic: '%s' (expected f32, int16 or int8)\n", name.c_str()); return 2; }
+      arithmetic = *parsed;
+    }
     else if (a == "--kv-f16") kv_f16 = true;
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
@@ -51,7 +58,7 @@ int main(int argc, char** argv) {
   cf::BackendOptions options;
   options.threads = threads;
   options.cpu_isa = isa;
-  if (int8) options.cpu_arithmetic = cf::CpuArithmetic::Int8;
+  options.cpu_arithmetic = arithmetic;
   if (kv_f16) options.cpu_kv_type = cf::DType::F16;
   cf::Runner runner(cf::create_backend("cpu", weights, options));
 
@@ -78,8 +85,8 @@ int main(int argc, char** argv) {
   }
   const double gen_s = std::chrono::duration<double>(clock::now() - t0).count();
   const double cpu2 = cpu_seconds();
-  std::printf("%s, %d layers, dtype %s isa %s%s threads %d weights %.1f MB: prompt %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok); generation %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok)\n",
-              c.name.c_str(), c.n_layers, dtype_arg.c_str(), int8 ? " int8" : "", cf::cpu::isa_name(cf::cpu::resolve_isa(isa)), threads,
+  std::printf("%s, %d layers, dtype %s arithmetic %s isa %s threads %d weights %.1f MB: prompt %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok); generation %d tok in %.3f s = %.1f tok/s (%.2f cpu-ms/tok)\n",
+              c.name.c_str(), c.n_layers, dtype_arg.c_str(), cf::cpu_arithmetic_name(arithmetic), cf::cpu::isa_name(cf::cpu::resolve_isa(isa)), threads,
               double(weights->matrix_bytes()) / 1e6, prompt, prompt_s, prompt / prompt_s, 1e3 * (cpu1 - cpu0) / prompt, gen, gen_s,
               gen / gen_s, 1e3 * (cpu2 - cpu1) / gen);
 }

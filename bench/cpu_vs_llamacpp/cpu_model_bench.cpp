@@ -7,8 +7,9 @@
 // and with --bandwidth the machine's copy bandwidth (a 256 MB memcpy, best of 5, `threads` copies in parallel):
 //   copy_bandwidth_gb_s=20.1
 //
-//   cf_bench_cpu_model --model PATH [--threads N] [--prompt 64] [--gen 64] [--reps 3] [--int8] [--kv-f16]
-//                      [--isa auto|avx512|avx2|portable] [--bandwidth]
+//   cf_bench_cpu_model --model PATH [--threads N] [--prompt 64] [--gen 64] [--reps 3]
+//                      [--arithmetic f32|int16|int8] [--int8] [--kv-f16] [--isa auto|avx512|avx2|portable] [--bandwidth]
+// --arithmetic: the cpu backend's (default: its default, int16); --int8 = --arithmetic int8.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -33,7 +34,7 @@ using Clock = std::chrono::steady_clock;
 struct Options {
   std::string model, isa;
   int threads = 0, prompt = 64, gen = 64, reps = 3;
-  std::string arithmetic = "f32";
+  cf::CpuArithmetic arithmetic = cf::BackendOptions{}.cpu_arithmetic;
   bool kv_f16 = false, bandwidth = false;
 };
 
@@ -51,13 +52,18 @@ Options parse(int argc, char** argv) {
     else if (a == "--gen") o.gen = cf::bench::parse_int(value(), "--gen", 0, 4096);
     else if (a == "--reps") o.reps = cf::bench::parse_int(value(), "--reps", 1, 1000);
     else if (a == "--isa") o.isa = value();
-    else if (a == "--arithmetic") o.arithmetic = value();
-    else if (a == "--int8") o.arithmetic = "int8";
+    else if (a == "--arithmetic") {
+      const std::string name = value();
+      const auto arithmetic = cf::cpu_arithmetic_from_name(name);
+      if (!arithmetic) throw cf::InputError("--arithmetic: '" + name + "' (expected f32, int16 or int8)");
+      o.arithmetic = *arithmetic;
+    } else if (a == "--int8") o.arithmetic = cf::CpuArithmetic::Int8;
     else if (a == "--kv-f16") o.kv_f16 = true;
     else if (a == "--bandwidth") o.bandwidth = true;
     else if (a == "--help" || a == "-h") {
-      std::puts("cf_bench_cpu_model --model PATH [--threads N] [--prompt 64] [--gen 64] [--reps 3] [--int8] [--kv-f16]\n"
-                "                   [--isa auto|avx512|avx2|portable] [--bandwidth]");
+      std::puts("cf_bench_cpu_model --model PATH [--threads N] [--prompt 64] [--gen 64] [--reps 3]\n"
+                "                   [--arithmetic f32|int16|int8] [--int8] [--kv-f16] [--isa auto|avx512|avx2|portable]\n"
+                "                   [--bandwidth]");
       std::exit(0);
     } else {
       throw cf::InputError("unknown argument '" + a + "' (try --help)");
@@ -101,7 +107,7 @@ int main(int argc, char** argv) try {
   cf::BackendOptions options;
   options.threads = o.threads;
   options.cpu_isa = o.isa;
-  options.cpu_arithmetic = o.arithmetic == "int8" ? cf::CpuArithmetic::Int8 : o.arithmetic == "int16" ? cf::CpuArithmetic::Int16 : cf::CpuArithmetic::F32;
+  options.cpu_arithmetic = o.arithmetic;
   options.cpu_kv_type = o.kv_f16 ? cf::DType::F16 : cf::DType::F32;
   const int context = o.prompt + o.gen + 16;
   options.kv_pages = (context + options.page_size - 1) / options.page_size;
@@ -138,7 +144,7 @@ int main(int argc, char** argv) try {
     for (double x : rates) mean += x / double(rates.size());
     for (double x : rates) var += (x - mean) * (x - mean) / double(std::max<size_t>(1, rates.size() - 1));
     std::printf("test=%s%d threads=%d arithmetic=%s kv=%s isa=%s reps=%d tok_s=%.2f sd=%.2f weight_bytes_per_token=%zu\n",
-                test, n, threads, o.arithmetic.c_str(), o.kv_f16 ? "f16" : "f32", isa, o.reps, mean, std::sqrt(var),
+                test, n, threads, cf::cpu_arithmetic_name(o.arithmetic), o.kv_f16 ? "f16" : "f32", isa, o.reps, mean, std::sqrt(var),
                 weight_bytes_per_token(*model.weights));
     std::fflush(stdout);
   };

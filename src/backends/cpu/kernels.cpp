@@ -40,16 +40,17 @@ void InputBuffer::reserve(int max_tokens, int max_cols) {
   max_cols_ = (max_cols + kActBlock - 1) / kActBlock * kActBlock;
   const size_t values = size_t(max_tokens_) * size_t(max_cols_), blocks = values / kActBlock;
   x_.assign(values, 0.0f);
-  q_.assign(2 * values, 0);  // int16's two planes
+  q_.assign(2 * values + blocks * 64, 0);  // int16's two planes, 64 bytes after each block
   block_sum_.assign(blocks, 0.0f);
   scale_.assign(blocks, 0.0f);
   scaled_sum_.assign(blocks, 0.0f);
+  scaled_sum16_.assign(2 * blocks, 0.0f);
   sum32_.assign(blocks, 0);
   sum16_.assign(2 * blocks, 0);
 }
 
 int32_t PreparedInput::value(int t, int c) const {
-  const int8_t* record = q + ((int64_t(c) / kActBlock) * n_tokens + t) * planes * kActBlock + c % kActBlock;
+  const int8_t* record = q + (c / kActBlock) * q_block_bytes + int64_t(t) * planes * kActBlock + c % kActBlock;
   return planes == 2 ? 256 * int32_t(record[0]) + int32_t(record[kActBlock]) : int32_t(record[0]);
 }
 
@@ -63,6 +64,7 @@ const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols
   in_.cols = padded;
   const bool integer = arithmetic != Arithmetic::F32;
   in_.planes = arithmetic == Arithmetic::Int16 ? 2 : integer ? 1 : 0;
+  in_.q_block_bytes = int64_t(n_tokens) * in_.planes * kActBlock + 64;
   for (int t = 0; t < n_tokens; ++t) {
     float* values = x_.data() + int64_t(t) * padded;
     std::memcpy(values, x + t * x_stride, sizeof(float) * size_t(cols));
@@ -73,9 +75,11 @@ const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols
     row.block_sum = block_sum_.data() + int64_t(t) * blocks;
     if (integer) {
       row.block_stride = n_tokens;
+      row.q_block_bytes = in_.q_block_bytes;
       row.q = q_.data() + int64_t(t) * in_.planes * kActBlock;
       row.scale = scale_.data() + t;
       row.scaled_sum = scaled_sum_.data() + t;
+      row.scaled_sum16 = scaled_sum16_.data() + t;
       row.sum32 = sum32_.data() + t;
       row.sum16 = sum16_.data() + t;
     }
@@ -87,6 +91,7 @@ const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols
     in_.q = q_.data();
     in_.scale = scale_.data();
     in_.scaled_sum = scaled_sum_.data();
+    in_.scaled_sum16 = scaled_sum16_.data();
     in_.sum32 = sum32_.data();
     in_.sum16 = sum16_.data();
   }

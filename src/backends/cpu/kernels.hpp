@@ -53,9 +53,13 @@ struct PreparedInput {
   // plane, then the low one; int8: the values), the scale, sum(q) and scale * sum(q); per (16-column half, token) the
   // half's sum(q). Sums are of the integer values (x16 for int16).
   int planes = 0;
+  // Records of block b at q + b * q_block_bytes: n_tokens * planes * 32 bytes and 64 more, so that the blocks of a
+  // tile do not all fall in the same cache sets (a power-of-two stride would).
+  int64_t q_block_bytes = 0;
   const int8_t* q = nullptr;          // [cols / 32][n_tokens][planes][32]
   const float* scale = nullptr;       // [cols / 32][n_tokens]
   const float* scaled_sum = nullptr;  // [cols / 32][n_tokens]
+  const float* scaled_sum16 = nullptr;  // [cols / 16][n_tokens]: scale * the half's sum(q)
   const int32_t* sum32 = nullptr;     // [cols / 32][n_tokens]
   const int32_t* sum16 = nullptr;     // [cols / 16][n_tokens]
 
@@ -64,21 +68,24 @@ struct PreparedInput {
   int32_t value(int t, int c) const;
   float block_scale(int t, int b) const { return scale[int64_t(b) * n_tokens + t]; }
   float block_scaled_sum(int t, int b) const { return scaled_sum[int64_t(b) * n_tokens + t]; }
+  float half_scaled_sum(int t, int h) const { return scaled_sum16[int64_t(h) * n_tokens + t]; }
   int32_t block_sum32(int t, int b) const { return sum32[int64_t(b) * n_tokens + t]; }
   int32_t half_sum16(int t, int h) const { return sum16[int64_t(h) * n_tokens + t]; }
 };
 
 // One token's row of a PreparedInput, filled by KernelTable::prepare_row from the (padded) values x: fp32 block sums
-// at block_sum[b]; integer records at q + b * block_stride * planes * 32, block quantities at [b * block_stride]
-// (sum16: [(2 b + h) * block_stride]).
+// at block_sum[b]; integer records at q + b * q_block_bytes, block quantities at [b * block_stride]
+// (sum16, scaled_sum16: [(2 b + h) * block_stride]).
 struct PreparedRow {
   const float* x = nullptr;
   int cols = 0;  // a multiple of 32
   float* block_sum = nullptr;  // fp32 arithmetic
   int64_t block_stride = 0;    // integer arithmetics: the tokens of the input
+  int64_t q_block_bytes = 0;
   int8_t* q = nullptr;
   float* scale = nullptr;
   float* scaled_sum = nullptr;
+  float* scaled_sum16 = nullptr;
   int32_t* sum32 = nullptr;
   int32_t* sum16 = nullptr;
 };
@@ -97,7 +104,7 @@ class InputBuffer {
  private:
   PreparedInput in_;
   int max_tokens_ = 0, max_cols_ = 0;
-  std::vector<float> x_, block_sum_, scale_, scaled_sum_;
+  std::vector<float> x_, block_sum_, scale_, scaled_sum_, scaled_sum16_;
   std::vector<int8_t> q_;
   std::vector<int32_t> sum32_, sum16_;
 };

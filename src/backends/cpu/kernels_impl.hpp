@@ -243,7 +243,8 @@ void integer_group_product(const PackedMatrix& w, int64_t group, const PreparedI
       const uint8_t* blk = w.block(group, b);
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub, block = col / kActBlock;
-        const int8_t* x = in.q + (block * n + t0) * kRecord + col % kActBlock;  // token t, plane p: + t kRecord + p 32
+        // Token t0 + t, plane p at x + t kRecord + p 32.
+        const int8_t* x = in.q + block * in.q_block_bytes + t0 * kRecord + col % kActBlock;
         I dot[P][T];
         CF_UNROLL(2)
         for (int p = 0; p < P; ++p) {
@@ -269,15 +270,16 @@ void integer_group_product(const PackedMatrix& w, int64_t group, const PreparedI
         }
         F a, m;
         Fmt::template scales<V>(blk, s, h, a, m);
+        // Values q - offset: the offset as a min of -offset * a (exact: a power of two).
+        if constexpr (Fmt::kOffset != 0) m = V::fmul(a, V::fset(-float(Fmt::kOffset)));
+        constexpr bool kMinTerm = Fmt::kHasMin || Fmt::kOffset != 0;
         const float* scale = in.scale + block * n + t0;
-        const float* scaled_sum = in.scaled_sum + block * n + t0;
-        const int32_t* x_sum = Fmt::kSub == 16 ? in.sum16 + (col / 16) * n + t0 : in.sum32 + block * n + t0;
+        const float* scaled_sum = Fmt::kSub == 16 ? in.scaled_sum16 + (col / 16) * n + t0 : in.scaled_sum + block * n + t0;
         CF_UNROLL(16)
         for (int t = 0; t < T; ++t) {
-          I d = P == 2 ? V::iadd(V::template sll<8>(dot[0][t]), dot[P - 1][t]) : dot[0][t];
-          if constexpr (Fmt::kOffset != 0) d = V::isub(d, V::iset(Fmt::kOffset * x_sum[t]));
+          const I d = P == 2 ? V::iadd(V::template sll<8>(dot[0][t]), dot[P - 1][t]) : dot[0][t];
           sum[t] = V::fma(a, V::fmul(V::from_int(d), V::fset(scale[t])), sum[t]);
-          if constexpr (Fmt::kHasMin) sum[t] = V::fma(m, V::fset(scaled_sum[t]), sum[t]);
+          if constexpr (kMinTerm) sum[t] = V::fma(m, V::fset(scaled_sum[t]), sum[t]);
         }
       }
     }
@@ -704,7 +706,7 @@ void prepare_row(const PreparedRow& row, Arithmetic arithmetic) {
     int32_t& sum_high = row.sum16[2 * at + row.block_stride];
     if (arithmetic == Arithmetic::Int16) {
       // x16 = 256 hi + lo: lo its low byte (signed), hi = (x16 - lo) / 256.
-      int8_t* high = row.q + at * 2 * kActBlock;
+      int8_t* high = row.q + b * row.q_block_bytes;
       int8_t* low = high + kActBlock;
       auto store = [&](int i, typename V::I r) {
         const typename V::I lo = V::template sra<24>(V::template sll<24>(r));
@@ -714,11 +716,13 @@ void prepare_row(const PreparedRow& row, Arithmetic arithmetic) {
       round_block<V, kInt16Max>(x, store, row.scale[at], row.sum32[at], sum_low, sum_high);
     } else {
       // ggml's Q8_0 rounding with an fp32 scale.
-      int8_t* q = row.q + at * kActBlock;
+      int8_t* q = row.q + b * row.q_block_bytes;
       auto store = [&](int i, typename V::I r) { V::store_low_bytes(q + i * V::kLanes, r); };
       round_block<V, 127>(x, store, row.scale[at], row.sum32[at], sum_low, sum_high);
     }
     row.scaled_sum[at] = row.scale[at] * float(row.sum32[at]);
+    row.scaled_sum16[2 * at] = row.scale[at] * float(sum_low);
+    row.scaled_sum16[2 * at + row.block_stride] = row.scale[at] * float(sum_high);
   }
 }
 

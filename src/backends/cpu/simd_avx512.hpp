@@ -11,7 +11,7 @@ namespace {
 struct Avx512 {
   static constexpr int kLanes = 16;
   // Tokens per tile product (accumulators held in registers).
-  static constexpr int kTileTokensInt8 = 12, kTileTokensInt16 = 8, kTileTokensF32 = 5;
+  static constexpr int kTileTokensInt8 = 12, kTileTokensInt16 = 6, kTileTokensF32 = 5;
   // fp32 tiles of larger batches: kBlockGroupsF32 row groups x kBlockTokensF32 tokens per register block.
   static constexpr int kBlockGroupsF32 = 2, kBlockTokensF32 = 4;
   static constexpr bool kExactByteDot = true;  // idot is exact for every unsigned byte (VNNI)

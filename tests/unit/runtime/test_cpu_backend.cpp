@@ -33,12 +33,14 @@ struct Variant {
   DType kv = DType::F32;
   std::string isa;
   std::string name() const {
-    return std::string(arithmetic == cf::CpuArithmetic::Int8 ? "int8" : "f32") + "_kv" + std::string(cf::dtype_name(kv)) +
+    return std::string(cf::cpu_arithmetic_name(arithmetic)) + "_kv" + std::string(cf::dtype_name(kv)) +
            (isa.empty() ? "" : "_" + isa);
   }
 };
 const Variant kVariants[] = {{cf::CpuArithmetic::F32, DType::F32, ""},
                              {cf::CpuArithmetic::F32, DType::F16, ""},
+                             {cf::CpuArithmetic::Int16, DType::F32, ""},
+                             {cf::CpuArithmetic::Int16, DType::F16, ""},
                              {cf::CpuArithmetic::Int8, DType::F32, ""},
                              {cf::CpuArithmetic::Int8, DType::F16, ""}};
 
@@ -185,10 +187,10 @@ TEST_P(CpuDeterminism, EveryKernelLevelGivesTheSameLogits) {
 INSTANTIATE_TEST_SUITE_P(Variants, CpuDeterminism, ::testing::ValuesIn(kVariants),
                          [](const auto& info) { return info.param.name(); });
 
-// The int8 arithmetic and the F16 cache change the logits by their rounding only: against the fp32 reference
+// The int16 / int8 arithmetics and the F16 cache change the logits by their rounding only: against the fp32 reference
 // forward, within a bound a few times the observed error (a wrong scale, offset or sub-block would be off by far
 // more: the logits' rms is ~1).
-TEST(CpuForwardVariants, Int8AndF16CacheStayCloseToTheReference) {
+TEST(CpuForwardVariants, RoundingVariantsStayCloseToTheReference) {
   auto w = std::make_shared<cf::ModelWeights>(cf::ModelWeights::random(cf::test::tiny_config(), 21, DType::Q4_1));
   const auto tokens = some_tokens(20, w->config.vocab, 11);
   const std::vector<float> want = cf::test::reference_logits(*w, tokens);
@@ -198,7 +200,10 @@ TEST(CpuForwardVariants, Int8AndF16CacheStayCloseToTheReference) {
     const std::vector<float> got = cf::teacher_forced_logits(runner, tokens);
     double max_err = 0;
     for (size_t i = 0; i < want.size(); ++i) max_err = std::max(max_err, double(std::fabs(got[i] - want[i])));
-    const double bound = variant.arithmetic == cf::CpuArithmetic::Int8 ? 0.1 : variant.kv == DType::F16 ? 2e-3 : 1e-5;
+    const double bound = variant.arithmetic == cf::CpuArithmetic::Int8 ? 0.1
+                         : variant.kv == DType::F16                    ? 2e-3
+                         : variant.arithmetic == cf::CpuArithmetic::Int16 ? 1e-3
+                                                                          : 1e-5;
     EXPECT_LE(max_err, bound * scale) << variant.name();
     std::printf("%s: max |logit error| / rms = %.2e\n", variant.name().c_str(), max_err / scale);
   }

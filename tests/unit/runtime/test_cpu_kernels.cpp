@@ -273,6 +273,8 @@ TEST(CpuKernels, InputPreparationFollowsTheDefinitionOnEveryLevel) {
       EXPECT_EQ(in.half_sum16(0, 2 * b), sum16[0]);
       EXPECT_EQ(in.half_sum16(0, 2 * b + 1), sum16[1]);
       EXPECT_EQ(in.block_scaled_sum(0, b), in.block_scale(0, b) * float(sum));
+      EXPECT_EQ(in.half_scaled_sum(0, 2 * b), in.block_scale(0, b) * float(sum16[0]));
+      EXPECT_EQ(in.half_scaled_sum(0, 2 * b + 1), in.block_scale(0, b) * float(sum16[1]));
     }
     EXPECT_EQ(in.block_scale(0, 1), 0.0f);
     EXPECT_EQ(in.value(0, 70), 0);

@@ -320,8 +320,10 @@ std::shared_ptr<const cf::ModelWeights> load_for_cpu(const std::string& path) {
 }
 
 cf::Runner cpu_runner(std::shared_ptr<const cf::ModelWeights> w, int threads, int max_batch_tokens = 256,
-                      cf::DType kv = cf::DType::F32) {
+                      cf::DType kv = cf::DType::F32,
+                      cf::CpuArithmetic arithmetic = cf::BackendOptions{}.cpu_arithmetic) {
   cf::BackendOptions o;
+  o.cpu_arithmetic = arithmetic;
   o.threads = threads;
   o.page_size = 16;
   o.kv_pages = 16;
@@ -571,15 +573,15 @@ std::vector<float> deepseek_reference_logits(const cf::ModelWeights& w, const st
 class DeepseekRandom : public ::testing::TestWithParam<RandomCase> {};
 
 // The cpu backend's quantised kernels on MLA and MoE layers (q_lora or not, kv_b split or one matrix, experts
-// off the 16-row groups, group-limited routing) agree with the reference under the tolerance policy, and give the
-// same bits with 1 and 3 threads.
+// off the 16-row groups, group-limited routing) agree with the reference under the tolerance policy (the fp32
+// arithmetic; the default int16 one within its rounding), and give the same bits with 1 and 3 threads.
 TEST_P(DeepseekRandom, MatchesTheReference) {
   const RandomCase rc = GetParam();
   auto w = std::make_shared<const cf::ModelWeights>(cf::ModelWeights::random(random_deepseek_config(rc), 31, rc.dtype));
   EXPECT_EQ(w->layers[1].ffn_router.dtype, cf::DType::F32);
   std::vector<int32_t> tokens;
   for (int i = 0; i < 20; ++i) tokens.push_back(int32_t((i * 53 + 7) % w->config.vocab));
-  auto runner = cpu_runner(w, 2);
+  auto runner = cpu_runner(w, 2, 256, cf::DType::F32, cf::CpuArithmetic::F32);
   const std::vector<float> got = cf::teacher_forced_logits(runner, tokens);
   const std::vector<float> want = deepseek_reference_logits(*w, tokens);
   const size_t v = size_t(w->config.vocab);
@@ -590,9 +592,18 @@ TEST_P(DeepseekRandom, MatchesTheReference) {
   }
   EXPECT_GT(cf::ref::rms(want), 0.1);
   for (int threads : {1, 3}) {
-    auto other = cpu_runner(w, threads);
+    auto other = cpu_runner(w, threads, 256, cf::DType::F32, cf::CpuArithmetic::F32);
     EXPECT_TRUE(bit_equal(got, cf::teacher_forced_logits(other, tokens))) << threads << " threads";
   }
+  // int16: the 2^-16 rounding of every product's input (observed up to ~1e-4 x rms; a wrong scale, offset or plane
+  // would be off by far more), and its own bits for any thread count.
+  auto int16 = cpu_runner(w, 2, 256, cf::DType::F32, cf::CpuArithmetic::Int16);
+  const std::vector<float> rounded = cf::teacher_forced_logits(int16, tokens);
+  double max_err = 0;
+  for (size_t i = 0; i < want.size(); ++i) max_err = std::max(max_err, double(std::fabs(rounded[i] - want[i])));
+  EXPECT_LE(max_err, 1e-3 * cf::ref::rms(want));
+  auto int16_three = cpu_runner(w, 3, 256, cf::DType::F32, cf::CpuArithmetic::Int16);
+  EXPECT_TRUE(bit_equal(rounded, cf::teacher_forced_logits(int16_three, tokens)));
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -23,9 +23,11 @@ const cf::LoadedModel* default_model() {
   return model ? &*model : nullptr;
 }
 
-cf::Runner make_runner(const cf::LoadedModel& m, int threads) {
+cf::Runner make_runner(const cf::LoadedModel& m, int threads,
+                       cf::CpuArithmetic arithmetic = cf::BackendOptions{}.cpu_arithmetic) {
   cf::BackendOptions o;
   o.threads = threads;
+  o.cpu_arithmetic = arithmetic;
   o.kv_pages = 64;  // 1024 positions
   return cf::Runner(cf::create_backend("cpu", m.weights, o), 1, 1024);
 }
@@ -34,11 +36,12 @@ cf::Runner make_runner(const cf::LoadedModel& m, int threads) {
   const cf::LoadedModel* model = default_model();                                                 \
   if (!model) GTEST_SKIP() << "default model absent at " << cf::default_model_path() << ": run scripts/setup.sh"
 
+// The fp32 arithmetic under the tolerance policy (the default int16 one: tests/unit/runtime/test_golden.cpp).
 TEST(RealModel, CpuBackendMatchesReferenceForward) {
   REQUIRE_DEFAULT_MODEL();
   const auto tokens = model->tokenizer->encode("The quick brown fox", false, false);
   ASSERT_GE(tokens.size(), 3u);
-  auto runner = make_runner(*model, 2);
+  auto runner = make_runner(*model, 2, cf::CpuArithmetic::F32);
   const auto got = cf::teacher_forced_logits(runner, tokens);
   const auto want = cf::test::reference_logits(*model->weights, tokens);
   const size_t v = size_t(model->weights->config.vocab);
