@@ -215,6 +215,10 @@ struct PlainFmt {
 
 // ---- products of a 16-row group with a few tokens -----------------------------------------------------------------
 
+constexpr int kTokenBlock = 64;  // tokens whose accumulators a row group keeps at once
+constexpr int kTokenBlockFloats = kTokenBlock * kRowGroup;
+
+
 template <class Fmt>
 constexpr int subs_per_block() {
   return Fmt::kBlockCols / Fmt::kSub;
@@ -224,66 +228,95 @@ constexpr int subs_per_block() {
 template <Arithmetic kArith>
 inline constexpr int kPlanes = kArith == Arithmetic::Int16 ? 2 : 1;
 
-// int16 / int8: rows of `group` times tokens t0 .. t0+T-1 into out[t][16]. Each loaded weight vector feeds the byte
-// dot products of every plane and token; a tile's activations of one block are one stretch of records (one base
-// address, constant offsets).
-template <class V, class Fmt, int T, Arithmetic kArith>
+// One weight vector's byte dot product into dot: with the 4 activation bytes at x4 broadcast (the embedded form for
+// one group; the register xb, broadcast once, for several). AVX2's byte products saturate above 127: Q8_0's bytes
+// (up to 255) go in as two nibbles there.
+template <class V, class Fmt, int G>
+CF_ALWAYS_INLINE typename V::I byte_dot(typename V::I dot, typename V::I q, const int8_t* x4, typename V::I xb) {
+  if constexpr (Fmt::kOffset == 128 && !V::kExactByteDot) {
+    const typename V::I high = V::idot(V::izero(), high_nibbles<V>(q), xb);
+    return V::iadd(V::idot(dot, low_nibbles<V>(q), xb), V::template sll<4>(high));
+  } else if constexpr (G == 1) {
+    return V::idot_broadcast(dot, q, x4);
+  } else {
+    return V::idot(dot, q, xb);
+  }
+}
+
+// int16 / int8: rows of row groups group .. group + G - 1 times tokens t0 .. t0+T-1, accumulated into
+// acc[g][t][16] (group stride kTokenBlockFloats). Each loaded weight vector feeds the byte dot products of every
+// plane and token, each broadcast activation quad those of every group; a tile's activations of one block are one
+// stretch of records (one base address, constant offsets). Every group's operations are those of G = 1.
+template <class V, class Fmt, int T, Arithmetic kArith, int G>
 void integer_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* acc) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int P = kPlanes<kArith>;
   constexpr int kRecord = P * kActBlock;
-  // AVX2's byte products saturate above 127: Q8_0's bytes (up to 255) go in as two nibbles there.
-  constexpr bool kSplitBytes = Fmt::kOffset == 128 && !V::kExactByteDot;
+  constexpr bool kMinTerm = Fmt::kHasMin || Fmt::kOffset != 0;
   const int64_t n = in.n_tokens;
   for (int h = 0; h < kRowGroup / V::kLanes; ++h) {
-    F sum[T];
-    for (int t = 0; t < T; ++t) sum[t] = V::fload(acc + t * kRowGroup + h * V::kLanes);
+    F sum[G][T];
+    CF_UNROLL(2)
+    for (int g = 0; g < G; ++g) {
+      CF_UNROLL(16)
+      for (int t = 0; t < T; ++t) sum[g][t] = V::fload(acc + g * kTokenBlockFloats + t * kRowGroup + h * V::kLanes);
+    }
     for (int64_t b = 0; b < w.blocks; ++b) {
-      const uint8_t* blk = w.block(group, b);
+      const uint8_t* blk[G];
+      CF_UNROLL(2)
+      for (int g = 0; g < G; ++g) blk[g] = w.block(group + g, b);
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub, block = col / kActBlock;
         // Token t0 + t, plane p at x + t kRecord + p 32.
         const int8_t* x = in.q + block * in.q_block_bytes + t0 * kRecord + col % kActBlock;
-        I dot[P][T];
+        I dot[G][P][T];
         CF_UNROLL(2)
-        for (int p = 0; p < P; ++p) {
-          CF_UNROLL(16)
-          for (int t = 0; t < T; ++t) dot[p][t] = V::izero();
+        for (int g = 0; g < G; ++g) {
+          CF_UNROLL(2)
+          for (int p = 0; p < P; ++p) {
+            CF_UNROLL(16)
+            for (int t = 0; t < T; ++t) dot[g][p][t] = V::izero();
+          }
         }
         CF_UNROLL(8)
         for (int v = 0; v < Fmt::kSub / 4; ++v) {
-          const I q = Fmt::template values<V>(blk, s, h, v);
+          I q[G];
+          CF_UNROLL(2)
+          for (int g = 0; g < G; ++g) q[g] = Fmt::template values<V>(blk[g], s, h, v);
           CF_UNROLL(2)
           for (int p = 0; p < P; ++p) {
             CF_UNROLL(16)
             for (int t = 0; t < T; ++t) {
               const int8_t* x4 = x + t * kRecord + p * kActBlock + 4 * v;
-              if constexpr (kSplitBytes) {
-                const I high = V::idot_broadcast(V::izero(), high_nibbles<V>(q), x4);
-                dot[p][t] = V::iadd(V::idot_broadcast(dot[p][t], low_nibbles<V>(q), x4), V::template sll<4>(high));
-              } else {
-                dot[p][t] = V::idot_broadcast(dot[p][t], q, x4);
-              }
+              const I xb = G > 1 || !V::kExactByteDot ? V::iset(load_i32(x4)) : V::izero();
+              CF_UNROLL(2)
+              for (int g = 0; g < G; ++g) dot[g][p][t] = byte_dot<V, Fmt, G>(dot[g][p][t], q[g], x4, xb);
             }
           }
         }
-        F a, m;
-        Fmt::template scales<V>(blk, s, h, a, m);
-        // Values q - offset: the offset as a min of -offset * a (exact: a power of two).
-        if constexpr (Fmt::kOffset != 0) m = V::fmul(a, V::fset(-float(Fmt::kOffset)));
-        constexpr bool kMinTerm = Fmt::kHasMin || Fmt::kOffset != 0;
         const float* scale = in.scale + block * n + t0;
         const float* scaled_sum = Fmt::kSub == 16 ? in.scaled_sum16 + (col / 16) * n + t0 : in.scaled_sum + block * n + t0;
-        CF_UNROLL(16)
-        for (int t = 0; t < T; ++t) {
-          const I d = P == 2 ? V::iadd(V::template sll<8>(dot[0][t]), dot[P - 1][t]) : dot[0][t];
-          sum[t] = V::fma(a, V::fmul(V::from_int(d), V::fset(scale[t])), sum[t]);
-          if constexpr (kMinTerm) sum[t] = V::fma(m, V::fset(scaled_sum[t]), sum[t]);
+        CF_UNROLL(2)
+        for (int g = 0; g < G; ++g) {
+          F a, m;
+          Fmt::template scales<V>(blk[g], s, h, a, m);
+          // Values q - offset: the offset as a min of -offset * a (exact: a power of two).
+          if constexpr (Fmt::kOffset != 0) m = V::fmul(a, V::fset(-float(Fmt::kOffset)));
+          CF_UNROLL(16)
+          for (int t = 0; t < T; ++t) {
+            const I d = P == 2 ? V::iadd(V::template sll<8>(dot[g][0][t]), dot[g][P - 1][t]) : dot[g][0][t];
+            sum[g][t] = V::fma(a, V::fmul(V::from_int(d), V::fset(scale[t])), sum[g][t]);
+            if constexpr (kMinTerm) sum[g][t] = V::fma(m, V::fset(scaled_sum[t]), sum[g][t]);
+          }
         }
       }
     }
-    for (int t = 0; t < T; ++t) V::fstore(acc + t * kRowGroup + h * V::kLanes, sum[t]);
+    CF_UNROLL(2)
+    for (int g = 0; g < G; ++g) {
+      CF_UNROLL(16)
+      for (int t = 0; t < T; ++t) V::fstore(acc + g * kTokenBlockFloats + t * kRowGroup + h * V::kLanes, sum[g][t]);
+    }
   }
 }
 
@@ -432,9 +465,6 @@ void f32_group_product(const Source& src, int64_t b0, int64_t b1, const Prepared
   }
 }
 
-constexpr int kTokenBlock = 64;  // tokens whose accumulators a row group keeps at once
-constexpr int kTokenBlockFloats = kTokenBlock * kRowGroup;
-
 // Chains j0 and j0 + 1 (columns c = j0, j0 + 1 mod 4, in column order) of sub-block (b, s) of kGroups tiles, for
 // tokens x[0 .. T): out[c][g][t]. Each broadcast activation feeds kGroups products.
 template <class V, class Fmt, int T, int kGroups>
@@ -524,13 +554,23 @@ void tokens_in_tiles(const Source& src, const MatmulArgs& m, int64_t group, int6
                      float* acc) {
   for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup) {
     if constexpr (kArith != Arithmetic::F32) {
-      integer_group_product<V, Fmt, T, kArith>(*m.w, group, *m.in, t0, acc);
+      integer_group_product<V, Fmt, T, kArith, 1>(*m.w, group, *m.in, t0, acc);
     } else {
       f32_group_product<V, Fmt, T>(src, b0, b1, *m.in, t0, acc);
     }
   }
   if constexpr (T > 1) {
     if (count > 0) tokens_in_tiles<V, Fmt, kArith, T - 1>(src, m, group, b0, b1, t0, count, acc);
+  }
+}
+
+// The same for G row groups at once in an integer arithmetic: acc[g][t - t0][16], group stride kTokenBlockFloats.
+template <class V, class Fmt, Arithmetic kArith, int T, int G>
+void integer_tokens_in_tiles(const MatmulArgs& m, int64_t group, int t0, int count, float* acc) {
+  for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup)
+    integer_group_product<V, Fmt, T, kArith, G>(*m.w, group, *m.in, t0, acc);
+  if constexpr (T > 1) {
+    if (count > 0) integer_tokens_in_tiles<V, Fmt, kArith, T - 1, G>(m, group, t0, count, acc);
   }
 }
 
@@ -605,25 +645,33 @@ inline constexpr int kTileTokens = kArith == Arithmetic::F32     ? V::kTileToken
                                    : kArith == Arithmetic::Int16 ? V::kTileTokensInt16
                                                                  : V::kTileTokensInt8;
 
+// Tokens per register block of kBlockGroups row groups in an integer arithmetic.
+template <class V, Arithmetic kArith>
+inline constexpr int kBlockTokens = kArith == Arithmetic::Int16 ? V::kBlockTokensInt16 : V::kBlockTokensInt8;
+
 template <class V, class Fmt, Arithmetic kArith>
 void matmul_rows(const MatmulArgs& m) {
   constexpr bool kInteger = kArith != Arithmetic::F32;
   constexpr int kTokens = kTileTokens<V, kArith>;
-  constexpr int kBlockGroups = kInteger ? 1 : V::kBlockGroupsF32;
+  constexpr int kBlockGroups = kInteger ? V::kBlockGroupsInteger : V::kBlockGroupsF32;
   const PackedMatrix& w = *m.w;
   alignas(64) float acc[kBlockGroups * kTokenBlockFloats];
   alignas(64) float tiles[kBlockGroups * kTileFloats<Fmt>];
   const int64_t end_group = (m.row_end + kRowGroup - 1) / kRowGroup;
   // Decode-sized batches read the packed weights directly; larger ones go through fp32 tiles, kBlockGroups row
   // groups at a time where the range has them.
+  // Integer arithmetics: kBlockGroups row groups per register block for any batch.
   const bool tiled = !kInteger && m.in->n_tokens >= 2 * kTokens;
   for (int64_t group = m.row_begin / kRowGroup; group < end_group;) {
-    const int groups = tiled && group + kBlockGroups <= end_group ? kBlockGroups : 1;
+    const int groups = (tiled || kInteger) && group + kBlockGroups <= end_group ? kBlockGroups : 1;
     for (int t0 = 0; t0 < m.in->n_tokens; t0 += kTokenBlock) {
       const int count = m.in->n_tokens - t0 < kTokenBlock ? m.in->n_tokens - t0 : kTokenBlock;
       for (int g = 0; g < groups; ++g)
         std::memset(acc + g * kTokenBlockFloats, 0, sizeof(float) * size_t(count) * kRowGroup);
-      if (!tiled) {
+      if (kInteger && groups > 1) {
+        if constexpr (kInteger && kBlockGroups > 1)
+          integer_tokens_in_tiles<V, Fmt, kArith, kBlockTokens<V, kArith>, kBlockGroups>(m, group, t0, count, acc);
+      } else if (!tiled) {
         tokens_in_tiles<V, Fmt, kArith, kTokens>(PackedSource<V, Fmt>{&w, group}, m, group, 0, w.blocks, t0, count, acc);
       } else if (groups == 1) {
         f32_tiled_groups<V, Fmt, 1>(m, group, t0, count, tiles, acc);

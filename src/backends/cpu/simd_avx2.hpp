@@ -15,6 +15,8 @@ struct Avx2 {
   static constexpr int kTileTokensInt8 = 4, kTileTokensInt16 = 2, kTileTokensF32 = 2;
   static constexpr int kBlockGroupsF32 = 1, kBlockTokensF32 = 1;  // one row group per register block
   // maddubs saturates 16-bit pair sums: idot is exact only for unsigned bytes <= 127.
+  // Integer arithmetics: kBlockGroupsInteger row groups x kBlockTokensInt16 / Int8 tokens per register block.
+  static constexpr int kBlockGroupsInteger = 1, kBlockTokensInt16 = 2, kBlockTokensInt8 = 4;
   static constexpr bool kExactByteDot = false;
   static constexpr bool kFastLookup16 = false;  // nibbles are extracted and converted (no 16-entry permute)
   using F = __m256;

@@ -14,6 +14,8 @@ struct Avx512 {
   static constexpr int kTileTokensInt8 = 12, kTileTokensInt16 = 6, kTileTokensF32 = 5;
   // fp32 tiles of larger batches: kBlockGroupsF32 row groups x kBlockTokensF32 tokens per register block.
   static constexpr int kBlockGroupsF32 = 2, kBlockTokensF32 = 4;
+  // Integer arithmetics: kBlockGroupsInteger row groups x kBlockTokensInt16 / Int8 tokens per register block.
+  static constexpr int kBlockGroupsInteger = 2, kBlockTokensInt16 = 4, kBlockTokensInt8 = 6;
   static constexpr bool kExactByteDot = true;  // idot is exact for every unsigned byte (VNNI)
   using F = __m512;
   using I = __m512i;

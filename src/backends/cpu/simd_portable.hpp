@@ -16,6 +16,8 @@ struct Portable {
   // Tokens per tile product (accumulators held in registers).
   static constexpr int kTileTokensInt8 = 4, kTileTokensInt16 = 2, kTileTokensF32 = 2;
   static constexpr int kBlockGroupsF32 = 1, kBlockTokensF32 = 1;  // one row group per register block
+  // Integer arithmetics: kBlockGroupsInteger row groups x kBlockTokensInt16 / Int8 tokens per register block.
+  static constexpr int kBlockGroupsInteger = 1, kBlockTokensInt16 = 2, kBlockTokensInt8 = 4;
   static constexpr bool kExactByteDot = true;
   static constexpr bool kFastLookup16 = false;  // nibbles are extracted and converted (no 16-entry permute)
   struct F {
