@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Interleaved comparison of the cpu backend with llama.cpp's llama-bench (driven by bench/cpu_vs_llamacpp.sh).
 
-For every model and thread count, each round runs llama-bench and our cf_bench_cpu_model (default arithmetic, and
-int8 + F16 KV) one after the other, in an order that alternates between rounds; the table shows the median over the
+For every model and thread count, each round runs llama-bench and our cf_bench_cpu_model (default int16 arithmetic, fp32,
+and int8 + F16 KV) one after the other, in an order that alternates between rounds; the table shows the median over the
 rounds of each program's mean tokens/s, and the ratios ours / llama.cpp. The generation rows also show the
 memory-bandwidth floor: the tokens/s at which the weights of one token (bytes) take as long to read as a copy at the
 measured copy bandwidth. With --stress N, N busy processes share the cores during every measurement (a concurrent
@@ -95,6 +95,10 @@ def stop_stress(procs):
         p.wait()
 
 
+# Our configurations, each run beside llama.cpp: the default, the exact fp32 path, llama.cpp's own rounding.
+VARIANTS = [("ours", []), ("ours-f32", ["--arithmetic", "f32"]), ("ours-int8", ["--int8", "--kv-f16"])]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-bench", required=True)
@@ -112,14 +116,15 @@ def main():
     threads_list = [int(t) for t in args.threads.split(",") if t]
     models = [m.split("=", 1) for m in args.model]
     pp, tg = f"pp{args.prompt}", f"tg{args.gen}"
-    variants = [("ours", []), ("ours-int8", ["--int8", "--kv-f16"])]
+    variants = VARIANTS
 
     print(f"# cpu backend vs llama.cpp llama-bench, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     print(f"# {cpu_model()}, {os.cpu_count()} cpus, load average before: {load_average()}")
     print(f"# rounds {args.rounds} (interleaved, order alternating), {args.reps} timed repetitions per program run, "
           f"median of the rounds' means; stress processes: {args.stress}")
-    print("# ours = default options (fp32 activations, F32 KV); ours-int8 = --int8 --kv-f16 (int8 activation blocks, "
-          "F16 KV, as llama.cpp); llama.cpp = llama-bench defaults (F16 KV)")
+    print("# ours = default options (int16 activation blocks, F32 KV); ours-f32 = --arithmetic f32 (fp32 activations); "
+          "ours-int8 = --int8 --kv-f16 (int8 activation blocks, F16 KV, as llama.cpp); llama.cpp = llama-bench defaults "
+          "(F16 KV)")
     sys.stdout.flush()
     stress = start_stress(args.stress)
     results = []
@@ -165,13 +170,12 @@ def main():
 
 def print_row(row, header):
     if header:
-        print("| model | test | threads | llama.cpp t/s | ours t/s | ours / llama.cpp | ours-int8 t/s | int8 / llama.cpp "
-              "| bandwidth floor t/s |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        cells = "".join(f" {v} t/s | {v.replace('ours-', '')} / llama.cpp |" for v, _ in VARIANTS)
+        print(f"| model | test | threads | llama.cpp t/s |{cells} bandwidth floor t/s |")
+        print("|---|---|---:|---:|" + "---:|---:|" * len(VARIANTS) + "---:|")
     floor = f"{row['floor']:.0f}" if row["floor"] else ""
-    print(f"| {row['model']} | {row['test']} | {row['threads']} | {row['llama.cpp']:.1f} | {row['ours']:.1f} | "
-          f"{row['ours'] / row['llama.cpp']:.2f} | {row['ours-int8']:.1f} | {row['ours-int8'] / row['llama.cpp']:.2f} "
-          f"| {floor} |")
+    cells = "".join(f" {row[v]:.1f} | {row[v] / row['llama.cpp']:.2f} |" for v, _ in VARIANTS)
+    print(f"| {row['model']} | {row['test']} | {row['threads']} | {row['llama.cpp']:.1f} |{cells} {floor} |")
     sys.stdout.flush()
 
 
