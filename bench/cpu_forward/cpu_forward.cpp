@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   std::string dtype_arg = "q4_1", preset = "smollm2-135m";
   int threads = 0, prompt = 64, gen = 64, layers = 0;
   std::string isa;
-  cf::CpuArithmetic arithmetic = cf::BackendOptions{}.cpu_arithmetic;
+  cf::CpuArithmetic arithmetic = cf::kCliCpuArithmetic;
   bool kv_f16 = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];

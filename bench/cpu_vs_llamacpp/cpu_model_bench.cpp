@@ -9,7 +9,7 @@
 //
 //   cf_bench_cpu_model --model PATH [--threads N] [--prompt 64] [--gen 64] [--reps 3]
 //                      [--arithmetic f32|int16|int8] [--int8] [--kv-f16] [--isa auto|avx512|avx2|portable] [--bandwidth]
-// --arithmetic: the cpu backend's (default: its default, int16); --int8 = --arithmetic int8.
+// --arithmetic: the cpu backend's (default: the command line's, int16); --int8 = --arithmetic int8.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -34,7 +34,7 @@ using Clock = std::chrono::steady_clock;
 struct Options {
   std::string model, isa;
   int threads = 0, prompt = 64, gen = 64, reps = 3;
-  cf::CpuArithmetic arithmetic = cf::BackendOptions{}.cpu_arithmetic;
+  cf::CpuArithmetic arithmetic = cf::kCliCpuArithmetic;
   bool kv_f16 = false, bandwidth = false;
 };
 

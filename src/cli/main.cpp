@@ -47,7 +47,7 @@ struct CommonOptions {
   int threads = 0;
   int context = 0;
   bool quiet = false;
-  std::string cpu_arithmetic = "int16", kv_type = "f32", cpu_isa = "auto";
+  std::string cpu_arithmetic = cpu_arithmetic_name(kCliCpuArithmetic), kv_type = "f32", cpu_isa = "auto";
 
   void add_to(ArgParser& p) {
     p.section("model and backend");
@@ -63,8 +63,9 @@ struct CommonOptions {
     p.section("cpu backend");
     p.option("cpu-arithmetic", 0, "f32|int16|int8",
              "activations in the products with quantised weights, rounded per block of 32: int16 (exact integer "
-             "products, logits within ~1e-2 of f32, twice as fast on prompts), f32 (not rounded: agrees with fp32 "
-             "references) or int8 (as llama.cpp: faster still, logits within ~1.5 of f32 on 4-bit models) [int16]",
+             "products, logits within ~1e-2 of f32, ~1.5x f32 on prompts), f32 (not rounded: agrees with fp32 "
+             "references) or int8 (as llama.cpp: faster still, logits within ~1.5 of f32 on 4-bit models) [" +
+                 std::string(cpu_arithmetic_name(kCliCpuArithmetic)) + "]",
              &cpu_arithmetic);
     p.option("kv-type", 0, "f32|f16", "KV cache elements (f16: half the memory) [f32]", &kv_type);
     p.option("cpu-isa", 0, "NAME", "kernel instruction set: auto, avx512, avx2, portable (same results) [auto]",

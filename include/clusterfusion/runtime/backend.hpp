@@ -42,13 +42,16 @@ struct Batch {
 };
 
 // cpu backend: how activations meet block-quantised weights (Q8_0, Q4_0, Q4_1, k-quants) in matrix products.
+// BackendOptions' default is F32, the reference the other backends and the tests compare with; the command line
+// (generate, chat, serve) runs Int16 unless told otherwise (kCliCpuArithmetic).
 enum class CpuArithmetic : uint8_t {
-  F32,   // activations stay fp32: agrees with fp32 references to ~1e-4 (the reference for the other backends)
+  F32,   // activations stay fp32: agrees with fp32 references to ~1e-4
   Int16, // activations rounded per block of 32 to 16-bit integers, exact integer dot products (two byte planes):
-         // logits within ~1e-2 of f32's, greedy output as f32's up to near ties; twice as fast on prompts (default)
+         // logits within ~1e-2 of f32's, greedy output as f32's up to near ties; ~1.5x f32 on prompts
   Int8,  // activations quantised per block of 32 to int8, integer dot products (as llama.cpp does): faster still;
          // logits differ from fp32 by up to ~1.4 on 4-bit models, like llama.cpp's (tests/data/golden/README.md)
 };
+inline constexpr CpuArithmetic kCliCpuArithmetic = CpuArithmetic::Int16;
 
 // The names of the command line and the benchmarks ("f32", "int16", "int8"); nullopt for any other name.
 inline std::optional<CpuArithmetic> cpu_arithmetic_from_name(std::string_view name) {
@@ -67,7 +70,7 @@ struct BackendOptions {
   int kv_pages = 0;           // pages in the pool; 0 = enough for max_seqs sequences of the model's full context
   int max_seqs = 1;           // sequences decoded in lockstep (1..16)
   int max_batch_tokens = 256; // largest Batch a forward() accepts (prefill is chunked to this)
-  CpuArithmetic cpu_arithmetic = CpuArithmetic::Int16;
+  CpuArithmetic cpu_arithmetic = CpuArithmetic::F32;  // see CpuArithmetic
   DType cpu_kv_type = DType::F32;  // cpu: KV cache elements, F32 or F16 (half the memory, fp16 rounding)
   std::string cpu_isa;             // cpu: kernel level "avx512" / "avx2" / "portable" (same results); "" = best
 };

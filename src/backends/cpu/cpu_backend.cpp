@@ -199,7 +199,6 @@ class CpuBackend final : public Backend {
     a.y = y;
     a.y_stride = y_stride;
     a.accumulate = accumulate;
-    a.arithmetic = arithmetic_;
     return a;
   }
   // y[t] (+)= W x[t] for all tokens of `in`, row groups split among the workers (pairs of them for a batch: the

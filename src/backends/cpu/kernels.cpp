@@ -60,6 +60,7 @@ const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols
   CF_CHECK(n_tokens <= max_tokens_ && padded <= max_cols_, "cpu kernels: input larger than its buffer");
   const int blocks = padded / kActBlock;
   in_ = PreparedInput{};
+  in_.arithmetic = arithmetic;
   in_.n_tokens = n_tokens;
   in_.cols = padded;
   const bool integer = arithmetic != Arithmetic::F32;

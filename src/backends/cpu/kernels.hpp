@@ -43,6 +43,7 @@ inline constexpr int kInt16Max = 32639;
 // Activations of one matrix product, prepared once and read by every row group (prepare_input below):
 // n_tokens rows of `cols` values (cols a multiple of kActBlock; the source is zero-padded).
 struct PreparedInput {
+  Arithmetic arithmetic = Arithmetic::F32;  // what it was prepared for: the products' arithmetic
   int n_tokens = 0;
   int cols = 0;
   // fp32: the values, and their sums per 32-column block (KernelTable::prepare_row).
@@ -110,7 +111,7 @@ class InputBuffer {
 };
 
 // y[t * y_stride + r] (+)= dot(row r of w, token t of in) for rows [row_begin, row_end) (row_begin a multiple of
-// kRowGroup), every token of `in`.
+// kRowGroup), every token of `in`, in the arithmetic `in` was prepared for (plain weight types: always fp32).
 struct MatmulArgs {
   const PackedMatrix* w = nullptr;
   int64_t row_begin = 0, row_end = 0;
@@ -118,7 +119,6 @@ struct MatmulArgs {
   float* y = nullptr;
   int64_t y_stride = 0;
   bool accumulate = false;
-  Arithmetic arithmetic = Arithmetic::F32;
 };
 
 // Decode attention of the `group` query heads sharing one KV head, for one token, over positions 0 .. len-1 of its

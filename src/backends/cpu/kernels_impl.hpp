@@ -703,7 +703,7 @@ void matmul_rows(const MatmulArgs& m) {
 
 template <class V, class Fmt>
 void matmul_quantised(const MatmulArgs& m) {
-  switch (m.arithmetic) {
+  switch (m.in->arithmetic) {
     case Arithmetic::F32: return matmul_rows<V, Fmt, Arithmetic::F32>(m);
     case Arithmetic::Int16: return matmul_rows<V, Fmt, Arithmetic::Int16>(m);
     case Arithmetic::Int8: return matmul_rows<V, Fmt, Arithmetic::Int8>(m);

@@ -47,6 +47,7 @@ TEST(Cli, UsageErrorsExitWithCode2AndOneLine) {
                         Case{"--bogus generate -p hi", "unknown option '--bogus'"},
                         Case{"generate -p hi --repeat-penalty 1e-38", "--repeat-penalty: must be in [0.01, 100]"},
                         Case{"generate -p hi --logprobs 21", "--logprobs: expected an integer in 0..20"},
+                        Case{"generate -p hi --cpu-arithmetic fp8", "--cpu-arithmetic: 'fp8' (expected f32, int16 or int8)"},
                         Case{"tokenize --chat --special -p x", "--chat tokenizes as the chat template does"}};
   // A GPU backend this build or machine cannot run is a usage error naming the reason (checked before loading).
   for (const char* gpu : {"cuda", "cuda-unfused"})

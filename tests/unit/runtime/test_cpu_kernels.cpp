@@ -110,7 +110,6 @@ std::vector<float> run_matmul(const cf::WeightMatrix& w, const std::vector<float
   a.y = y.data();
   a.y_stride = w.rows;
   a.accumulate = true;
-  a.arithmetic = arithmetic;
   cf::cpu::kernel_table(isa).matmul(a);
   return y;
 }

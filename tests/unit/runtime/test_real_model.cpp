@@ -55,10 +55,12 @@ TEST(RealModel, CpuBackendMatchesReferenceForward) {
 TEST(RealModel, LogitsBitIdenticalForOneAndTwoThreads) {
   REQUIRE_DEFAULT_MODEL();
   const auto tokens = model->tokenizer->encode("<|im_start|>user\nHello there!<|im_end|>\n", false, true);
-  auto one = make_runner(*model, 1), two = make_runner(*model, 2);
-  const auto a = cf::teacher_forced_logits(one, tokens), b = cf::teacher_forced_logits(two, tokens);
-  ASSERT_EQ(a.size(), b.size());
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+  for (cf::CpuArithmetic arithmetic : {cf::CpuArithmetic::F32, cf::kCliCpuArithmetic}) {
+    auto one = make_runner(*model, 1, arithmetic), two = make_runner(*model, 2, arithmetic);
+    const auto a = cf::teacher_forced_logits(one, tokens), b = cf::teacher_forced_logits(two, tokens);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << cf::cpu_arithmetic_name(arithmetic);
+  }
 }
 
 TEST(RealModel, GreedyChatAnswerNamesParis) {
