@@ -122,7 +122,8 @@ def main():
     print(f"# {cpu_model()}, {os.cpu_count()} cpus, load average before: {load_average()}")
     print(f"# rounds {args.rounds} (interleaved, order alternating), {args.reps} timed repetitions per program run, "
           f"median of the rounds' means; stress processes: {args.stress}")
-    print("# ours = default options (int16 activation blocks, F32 KV); ours-f32 = --arithmetic f32 (fp32 activations); "
+    print("# ours = the command line's defaults (int16 activation blocks, F32 KV); ours-f32 = --arithmetic f32 (fp32 "
+          "activations); "
           "ours-int8 = --int8 --kv-f16 (int8 activation blocks, F16 KV, as llama.cpp); llama.cpp = llama-bench defaults "
           "(F16 KV)")
     sys.stdout.flush()
