@@ -209,14 +209,14 @@ OpenedModel load(const CommonOptions& common, int max_seqs = 1) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char line[512];
   const bool threaded = backend == "cpu";  // emu runs every device thread as a fiber of one host thread
-  const std::string threads =
+  const std::string cpu_settings =
       threaded ? ", " + std::to_string(common.threads > 0 ? common.threads
                                                         : int(std::max(1u, std::thread::hardware_concurrency()))) +
-                   " thread(s)"
+                   " thread(s), " + cpu_arithmetic_name(options.backend_options.cpu_arithmetic) + " arithmetic"
                : std::string();
   std::snprintf(line, sizeof line, "loaded %s (%s, %d layers, %.0f MB of weights) in %.2f s; backend %s%s, context %d",
                 terminal_safe(path, 300).c_str(), c.name.empty() ? c.arch.c_str() : c.name.c_str(), c.n_layers, mb,
-                seconds, backend.c_str(), threads.c_str(), context);
+                seconds, backend.c_str(), cpu_settings.c_str(), context);
   progress.done(line);
   if (backend == "emu" && mb > 10.0 && !common.quiet)
     std::fprintf(stderr,
