@@ -612,22 +612,29 @@ def _resolve_backend(name: str) -> str:
 class Model:
     """A model loaded for generation: weights, tokenizer, chat template, a backend and one sequence's KV cache.
 
-    Model(path=None, backend="auto", *, context=0, threads=0)
+    Model(path=None, backend="auto", *, context=0, threads=0, cpu_arithmetic="int16")
         path: a .gguf file or a safetensors folder; None loads the default model (default_model_path()).
         backend: an engine backend (see backends()): "cpu", and where built "emu", "cuda", "cuda-unfused";
             "auto" picks "cuda" when built and a GPU is visible, else "cpu".
         context: tokens of context (KV cache size); 0 = the model's own context length.
         threads: CPU worker threads; 0 = all cores.
+        cpu_arithmetic: how the cpu backend's products with quantised weights take the activations, as the CLI's
+            --cpu-arithmetic: "int16" (rounded to 16 bits per block of 32, the CLI's default), "f32" (the exact
+            reference) or "int8" (as llama.cpp).
 
     generate() continues one sequence; consecutive calls reuse the KV cache of their common prefix (a chat's earlier
     turns). One generation at a time per Model.
     """
 
-    def __init__(self, path: Optional[str] = None, backend: str = "auto", *, context: int = 0, threads: int = 0):
+    def __init__(self, path: Optional[str] = None, backend: str = "auto", *, context: int = 0, threads: int = 0,
+                 cpu_arithmetic: str = "int16"):
         self.backend: str = _resolve_backend(backend)
         context = _int_arg(context, "context", 0, _INT32_MAX)
         threads = _int_arg(threads, "threads", 0, 256)
-        self._engine = _core._EngineModel(None if path is None else str(path), self.backend, context, threads)
+        if cpu_arithmetic not in ("f32", "int16", "int8"):
+            raise ValueError(f"cpu_arithmetic: {cpu_arithmetic!r} (expected 'f32', 'int16' or 'int8')")
+        self._engine = _core._EngineModel(None if path is None else str(path), self.backend, context, threads,
+                                          cpu_arithmetic)
         self._config: Dict[str, Any] = self._engine.config()
         self._busy = threading.Lock()
         self.last_stats: Optional[Dict[str, Any]] = None

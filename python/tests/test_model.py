@@ -163,6 +163,16 @@ def test_generation_argument_checks(model):
         model.generate(42, 4)
 
 
+def test_cpu_arithmetic_choices(default_model_path, model):
+    """The default is the CLI's int16; f32 (the reference) gives the same greedy text here; other names are refused."""
+    exact = clusterfusion.Model(default_model_path, backend="cpu", context=CONTEXT, cpu_arithmetic="f32")
+    prompt = "The capital of France is"
+    assert exact.generate_text(prompt, 8, temperature=0, chat=False) == model.generate_text(prompt, 8, temperature=0,
+                                                                                             chat=False)
+    with pytest.raises(ValueError, match="cpu_arithmetic"):
+        clusterfusion.Model(default_model_path, backend="cpu", cpu_arithmetic="fp8")
+
+
 def test_bad_model_arguments(tmp_path):
     with pytest.raises(ValueError):
         clusterfusion.Model(str(tmp_path / "missing.gguf"), backend="cpu")

@@ -31,14 +31,18 @@ const char* rope_style_name(RopeStyle s) { return s == RopeStyle::NeoX ? "neox" 
 
 class EngineModel {
  public:
-  EngineModel(const std::optional<std::string>& path, const std::string& backend, int context, int threads) {
+  EngineModel(const std::optional<std::string>& path, const std::string& backend, int context, int threads,
+              const std::string& cpu_arithmetic) {
     CF_CHECK_INPUT(threads >= 0 && threads <= kMaxThreads,
                    "threads: " + std::to_string(threads) + " outside [0, " + std::to_string(kMaxThreads) + "]");
     CF_CHECK_INPUT(context >= 0, "context: must be >= 0 (0 = the model's context length)");
+    const std::optional<CpuArithmetic> arithmetic = cpu_arithmetic_from_name(cpu_arithmetic);
+    CF_CHECK_INPUT(arithmetic.has_value(), "cpu_arithmetic: '" + cpu_arithmetic + "' (expected f32, int16 or int8)");
     const std::string file = path ? *path : require_default_model("Model(path)");
     OpenModelOptions options;  // as the CLI
     options.backend = backend;
     options.backend_options.threads = threads;
+    options.backend_options.cpu_arithmetic = *arithmetic;
     options.context = context;
     OpenedModel opened = open_model(file, options);
     model_ = std::move(opened.model);
@@ -215,8 +219,9 @@ class EngineModel {
 void bind_engine(nb::module_& m) {
   nb::class_<EngineModel>(m, "_EngineModel",
                           "The engine behind clusterfusion.Model (load, backend, runner, generator); use Model.")
-      .def(nb::init<const std::optional<std::string>&, const std::string&, int, int>(), nb::arg("path").none(),
-           nb::arg("backend"), nb::arg("context"), nb::arg("threads"),
+      .def(nb::init<const std::optional<std::string>&, const std::string&, int, int, const std::string&>(),
+           nb::arg("path").none(), nb::arg("backend"), nb::arg("context"), nb::arg("threads"),
+           nb::arg("cpu_arithmetic") = cpu_arithmetic_name(kCliCpuArithmetic),
            nb::call_guard<nb::gil_scoped_release>())
       .def("config", &EngineModel::config)
       .def("tokenize", &EngineModel::tokenize, nb::arg("text"), nb::arg("add_bos").none(), nb::arg("parse_special"))
