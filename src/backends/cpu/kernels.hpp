@@ -2,7 +2,7 @@
 // every weight type, decode attention over the KV cache, and the element-wise pieces of a layer.
 //
 // Weight-matrix products (matmul) read weights repacked at load (packed_weights.hpp) in groups of kRowGroup = 16
-// output rows, each row in a vector lane; a few tokens at a time share every loaded sub-block. Two arithmetics:
+// output rows, each row in a vector lane; a few tokens at a time share every loaded sub-block. Three arithmetics:
 //  - fp32 ("exact"): activations stay fp32. Per row and sub-block (32 columns; 16 for Q6_K) of integer weights q with
 //    scale a (and min b): s_j = sum over the sub-block's columns c = j (mod 4) of q_c * x_c (fused multiply-adds in
 //    column order), block = (s_0 + s_1) + (s_2 + s_3), acc = fma(a, block, acc), then acc = fma(b, sum(x), acc)
@@ -10,9 +10,10 @@
 //    Plain weights (F32 / F16 / BF16) are the same with a = 1 (acc += block) and no min.
 //  - int16: each token's activations are rounded per block of 32 to 16-bit integers x16 with an fp32 scale
 //    (amax / 32639, round to nearest even), held as two signed byte planes x16 = 256 hi + lo; a sub-block's integer
-//    dot product dot = 256 dot(q, hi) + dot(q, lo) is exact (two byte dot products), and
-//    acc = fma(a, float(dot) * scale, acc), then acc = fma(b, scale * sum(x16), acc) for types with a min. Twice the
-//    int8 work, 2^-16 of a block's largest value instead of 2^-8.
+//    dot product dot = 256 dot(q, hi) + dot(q, lo) (q the unsigned stored values) is exact (two byte dot products),
+//    and acc = fma(a, float(dot) * scale, acc), then acc = fma(b, scale * sum(x16), acc) for types with a min b, or
+//    with b = -offset * a for types whose values are q - offset (Q4_0, Q8_0; Q6_K with its 16-column half's sum).
+//    Twice the int8 work, 2^-16 of a block's largest value instead of 2^-8.
 //  - int8: each token's activations are quantised per block of 32 to int8 with an fp32 scale (amax / 127, round to
 //    nearest even), like ggml's Q8_0; then as int16 with the one plane.
 // Sub-blocks are summed in column order. Every level and every batch size follows this order exactly, so results are
