@@ -5,6 +5,7 @@
 #pragma once
 #include <array>
 #include <bit>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 
@@ -741,12 +742,16 @@ void round_block(const float* x, Store store, float& scale, int32_t& sum32, int3
     amax = V::fmax(V::fabs(v[i]), amax);
   }
   const float max_abs = V::reduce_max(amax);
-  const F inv = V::fset(max_abs > 0.0f ? float(kMax) / max_abs : 0.0f);
+  // A block whose rounding factor is not a finite positive number (all zero, so tiny that kMax / amax overflows, or
+  // holding an infinity) rounds to zeros: nothing past the integer range, the same on every level.
+  const float factor = float(kMax) / max_abs;
+  const bool finite = factor > 0.0f && factor <= FLT_MAX;
+  const F inv = V::fset(finite ? factor : 0.0f);
   scale = max_abs / float(kMax);
   int32_t half[2] = {0, 0};
   CF_UNROLL(4)
   for (int i = 0; i < kVecs; ++i) {
-    const typename V::I r = V::to_int(V::fmul(v[i], inv));
+    const typename V::I r = finite ? V::to_int(V::fmul(v[i], inv)) : V::izero();
     store(i, r);
     half[i * V::kLanes / 16] += V::ireduce_add(r);
   }

@@ -294,6 +294,23 @@ TEST(CpuKernels, InputPreparationFollowsTheDefinitionOnEveryLevel) {
   }
 }
 
+// Blocks whose rounding factor overflows (denormal-small values) or that hold an infinity round to zeros on every
+// level, in both integer arithmetics: no value past the integer range, sums 0; the scale keeps the infinity.
+TEST(CpuKernels, IntegerRoundingOfTinyAndInfiniteBlocksIsZero) {
+  std::vector<float> x(64, 1e-40f);
+  x[40] = INFINITY;
+  for (Isa isa : supported_levels()) {
+    for (Arithmetic arithmetic : {Arithmetic::Int16, Arithmetic::Int8}) {
+      cf::cpu::InputBuffer buffer;
+      buffer.reserve(1, 64);
+      const cf::cpu::PreparedInput& in = buffer.prepare(x.data(), 1, 64, 64, arithmetic, cf::cpu::kernel_table(isa));
+      for (int c = 0; c < 64; ++c) EXPECT_EQ(in.value(0, c), 0) << cf::cpu::isa_name(isa) << " column " << c;
+      for (int b = 0; b < 2; ++b) EXPECT_EQ(in.block_sum32(0, b), 0);
+      EXPECT_TRUE(std::isinf(in.block_scale(0, 1)));
+    }
+  }
+}
+
 // Decode attention against a float64 softmax, keys and values at scattered slots, F32 and F16 caches.
 TEST(CpuKernels, AttentionMatchesFloat64SoftmaxOnEveryLevel) {
   for (const DType kv_type : {DType::F32, DType::F16}) {
