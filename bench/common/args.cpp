@@ -69,4 +69,19 @@ std::string ArgReader::value() {
 
 void ArgReader::unknown() const { throw InputError("unknown option '" + arg_ + "' (--help lists the options)"); }
 
+bool read_graph_bench_option(ArgReader& args, GraphBenchOptions& o) {
+  if (args.is("--calls")) {
+    o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
+  } else if (args.is("--replays")) {
+    o.replays = parse_int(args.value(), "--replays", 1, 100000);
+  } else if (args.is("--bandwidth-mib")) {
+    o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
+  } else if (args.is("--json")) {
+    o.json_path = args.value();
+  } else {
+    return false;
+  }
+  return true;
+}
+
 }  // namespace cf::bench

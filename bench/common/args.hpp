@@ -1,6 +1,7 @@
 // Command-line helpers shared by the bench programs: comma lists, bounded integers, model names. Bad values throw
 // cf::InputError with the flag named, so every benchmark refuses bad arguments the same way.
 #pragma once
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -39,5 +40,17 @@ class ArgReader {
   int i_ = 0;
   std::string arg_;
 };
+
+// What every CUDA-graph benchmark reads besides its shapes (each sets its own json_path).
+struct GraphBenchOptions {
+  int calls_per_graph = 20;                  // --calls N (1..1000): calls captured per graph
+  int replays = 15;                          // --replays N (1..100000): timed graph replays
+  int warmup = 3;                            // untimed replays first
+  size_t bandwidth_bytes = size_t(1) << 30;  // --bandwidth-mib N (16..65536): the copy-bandwidth probe's buffer
+  std::string json_path;                     // --json PATH
+};
+
+// Reads the current flag of `args` into `o` when it is one of GraphBenchOptions'; false when it is not.
+bool read_graph_bench_option(ArgReader& args, GraphBenchOptions& o);
 
 }  // namespace cf::bench

@@ -77,20 +77,16 @@ ref::DecoderShape model_shape(const std::string& model) {
 
 // ---- command line ----------------------------------------------------------------------------------------------
 
-struct Options {
+struct Options : GraphBenchOptions {
   std::vector<std::string> models = {"llama2-7b", "llama3-8b"};
   std::vector<int> kv_lens = {1024, 4096, 16384};
   std::vector<int> batches = {1, 4, 16};
   std::vector<cu::DType> dtypes = {cu::DType::F16};
   std::vector<std::string> impls;  // empty = all available
   int page_size = 16;
-  int calls_per_graph = 20;
-  int replays = 15;
-  int warmup = 3;
   bool breakdown = true;
-  size_t bandwidth_bytes = size_t(1) << 30;
-  std::string json_path = "bench_decoder_attention.json";
   FusedOptions fused;
+  Options() { json_path = "bench_decoder_attention.json"; }
 };
 
 const char* kUsage =
@@ -137,16 +133,8 @@ Options parse_options(int argc, char** argv) {
       o.page_size = parse_int(args.value(), "--page-size", 1, 1 << 20);
     } else if (args.is("--impl")) {
       o.impls = split_list(args.value());  // checked against the available implementations' names in main_impl
-    } else if (args.is("--calls")) {
-      o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
-    } else if (args.is("--replays")) {
-      o.replays = parse_int(args.value(), "--replays", 1, 100000);
     } else if (args.is("--no-breakdown")) {
       o.breakdown = false;
-    } else if (args.is("--bandwidth-mib")) {
-      o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
-    } else if (args.is("--json")) {
-      o.json_path = args.value();
     } else if (args.is("--cluster-size")) {
       o.fused.cluster_size = parse_int(args.value(), "--cluster-size", 2, 16);
       if (o.fused.cluster_size & (o.fused.cluster_size - 1))
@@ -157,7 +145,7 @@ Options parse_options(int argc, char** argv) {
       o.fused.early_stages = parse_int(args.value(), "--early-stages", 0, 1 << 20);
     } else if (args.is("--wait-budget-us")) {
       o.fused.wait_budget_us = parse_int(args.value(), "--wait-budget-us", 0, 1 << 30);
-    } else {
+    } else if (!read_graph_bench_option(args, o)) {
       args.unknown();
     }
   }

@@ -43,18 +43,14 @@ namespace cu = cuda_unfused;
 
 // ---- options ---------------------------------------------------------------------------------------------------
 
-struct Options {
+struct Options : GraphBenchOptions {
   std::vector<std::string> blocks = {"mla", "moe"};
   std::vector<int> batches = {1, 16};
   std::vector<int> kv_lens = {1024, 4096, 16384};
   std::vector<cu::DType> dtypes = {cu::DType::F16};
   std::vector<std::string> impls;  // empty = all
   int page_size = 64;
-  int calls_per_graph = 20;
-  int replays = 15;
-  int warmup = 3;
-  size_t bandwidth_bytes = size_t(1) << 30;
-  std::string json_path = "bench_deepseek_blocks.json";
+  Options() { json_path = "bench_deepseek_blocks.json"; }
 };
 
 const char* kUsage =
@@ -88,15 +84,7 @@ Options parse_options(int argc, char** argv) {
       o.page_size = parse_int(args.value(), "--page-size", 1, 1 << 16);
     } else if (args.is("--impl")) {
       o.impls = parse_choices(args.value(), "--impl", {"cuda-unfused", "fused"});
-    } else if (args.is("--calls")) {
-      o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
-    } else if (args.is("--replays")) {
-      o.replays = parse_int(args.value(), "--replays", 1, 100000);
-    } else if (args.is("--bandwidth-mib")) {
-      o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
-    } else if (args.is("--json")) {
-      o.json_path = args.value();
-    } else {
+    } else if (!read_graph_bench_option(args, o)) {
       args.unknown();
     }
   }

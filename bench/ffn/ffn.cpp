@@ -79,7 +79,7 @@ struct BenchCase {
 
 // ---- options ---------------------------------------------------------------------------------------------------
 
-struct Options {
+struct Options : GraphBenchOptions {
   std::vector<std::string> blocks = {"ffn", "lm_head"};
   std::vector<std::string> models = {"llama2-7b", "llama3-8b"};
   std::vector<int> batches = {1, 8, 16};
@@ -87,11 +87,7 @@ struct Options {
   std::vector<int> stage_units = {};   // extra fused variants (all batches)
   std::vector<int> sweep_units = {2, 8};  // extra fused variants at batch 1 only (--quick)
   std::vector<std::string> impls;      // empty = all
-  int calls_per_graph = 20;
-  int replays = 15;
-  int warmup = 3;
-  size_t bandwidth_bytes = size_t(1) << 30;
-  std::string json_path = "bench_ffn.json";
+  Options() { json_path = "bench_ffn.json"; }
 };
 
 const char* kUsage =
@@ -134,15 +130,7 @@ Options parse_options(int argc, char** argv) {
       o.sweep_units.clear();
     } else if (args.is("--impl")) {
       o.impls = parse_choices(args.value(), "--impl", {"cuda-unfused", "fused"});
-    } else if (args.is("--calls")) {
-      o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
-    } else if (args.is("--replays")) {
-      o.replays = parse_int(args.value(), "--replays", 1, 100000);
-    } else if (args.is("--bandwidth-mib")) {
-      o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
-    } else if (args.is("--json")) {
-      o.json_path = args.value();
-    } else {
+    } else if (!read_graph_bench_option(args, o)) {
       args.unknown();
     }
   }

@@ -30,16 +30,12 @@ namespace {
 
 namespace kmla = cf::kernels::mla;
 
-struct Options {
+struct Options : GraphBenchOptions {
   std::vector<int> kv_lens = {1024, 4096, 16384};
   std::vector<int> batches = {1, 16};
   std::vector<DType> dtypes = {DType::F16};
   int page_size = 16;
-  int calls_per_graph = 20;
-  int replays = 15;
-  int warmup = 3;
-  size_t bandwidth_bytes = size_t(1) << 30;
-  std::string json_path = "bench_mla_block.json";
+  Options() { json_path = "bench_mla_block.json"; }
 };
 
 const char* kUsage =
@@ -66,15 +62,7 @@ Options parse_options(int argc, char** argv) {
         o.dtypes.push_back(v == "fp16" ? DType::F16 : DType::BF16);
     } else if (args.is("--page-size")) {
       o.page_size = parse_int(args.value(), "--page-size", 1, 1 << 16);
-    } else if (args.is("--calls")) {
-      o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
-    } else if (args.is("--replays")) {
-      o.replays = parse_int(args.value(), "--replays", 1, 10000);
-    } else if (args.is("--bandwidth-mib")) {
-      o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 16384)) << 20;
-    } else if (args.is("--json")) {
-      o.json_path = args.value();
-    } else {
+    } else if (!read_graph_bench_option(args, o)) {
       args.unknown();
     }
   }

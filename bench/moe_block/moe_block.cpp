@@ -38,14 +38,10 @@ kmoe::Shape v2_lite_shape() {
   return s;
 }
 
-struct Options {
+struct Options : GraphBenchOptions {
   std::vector<int> batches = {1, 16};
   std::vector<dev::DType> dtypes = {dev::DType::F16};
-  int calls_per_graph = 20;
-  int replays = 15;
-  int warmup = 3;
-  size_t bandwidth_bytes = size_t(1) << 30;
-  std::string json_path = "bench_moe_block.json";
+  Options() { json_path = "bench_moe_block.json"; }
 };
 
 const char* kUsage =
@@ -66,15 +62,7 @@ Options parse_options(int argc, char** argv) {
       o.dtypes.clear();
       for (const auto& v : parse_choices(args.value(), "--dtype", {"fp16", "bf16"}))
         o.dtypes.push_back(v == "fp16" ? dev::DType::F16 : dev::DType::BF16);
-    } else if (args.is("--calls")) {
-      o.calls_per_graph = parse_int(args.value(), "--calls", 1, 1000);
-    } else if (args.is("--replays")) {
-      o.replays = parse_int(args.value(), "--replays", 1, 100000);
-    } else if (args.is("--bandwidth-mib")) {
-      o.bandwidth_bytes = size_t(parse_int(args.value(), "--bandwidth-mib", 16, 1 << 16)) << 20;
-    } else if (args.is("--json")) {
-      o.json_path = args.value();
-    } else {
+    } else if (!read_graph_bench_option(args, o)) {
       args.unknown();
     }
   }
