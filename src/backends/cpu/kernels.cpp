@@ -45,13 +45,11 @@ void InputBuffer::reserve(int max_tokens, int max_cols) {
   scale_.assign(blocks, 0.0f);
   scaled_sum_.assign(blocks, 0.0f);
   scaled_sum16_.assign(2 * blocks, 0.0f);
-  sum32_.assign(blocks, 0);
-  sum16_.assign(2 * blocks, 0);
 }
 
 int32_t PreparedInput::value(int t, int c) const {
-  const int8_t* record = q + (c / kActBlock) * q_block_bytes + int64_t(t) * planes * kActBlock + c % kActBlock;
-  return planes == 2 ? 256 * int32_t(record[0]) + int32_t(record[kActBlock]) : int32_t(record[0]);
+  const int8_t* record = q + (c / kActBlock) * q_block_bytes() + int64_t(t) * planes() * kActBlock + c % kActBlock;
+  return planes() == 2 ? 256 * int32_t(record[0]) + int32_t(record[kActBlock]) : int32_t(record[0]);
 }
 
 const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols, int64_t x_stride,
@@ -64,8 +62,6 @@ const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols
   in_.n_tokens = n_tokens;
   in_.cols = padded;
   const bool integer = arithmetic != Arithmetic::F32;
-  in_.planes = arithmetic == Arithmetic::Int16 ? 2 : integer ? 1 : 0;
-  in_.q_block_bytes = int64_t(n_tokens) * in_.planes * kActBlock + 64;
   for (int t = 0; t < n_tokens; ++t) {
     float* values = x_.data() + int64_t(t) * padded;
     std::memcpy(values, x + t * x_stride, sizeof(float) * size_t(cols));
@@ -76,13 +72,11 @@ const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols
     row.block_sum = block_sum_.data() + int64_t(t) * blocks;
     if (integer) {
       row.block_stride = n_tokens;
-      row.q_block_bytes = in_.q_block_bytes;
-      row.q = q_.data() + int64_t(t) * in_.planes * kActBlock;
+      row.q_block_bytes = in_.q_block_bytes();
+      row.q = q_.data() + int64_t(t) * in_.planes() * kActBlock;
       row.scale = scale_.data() + t;
       row.scaled_sum = scaled_sum_.data() + t;
       row.scaled_sum16 = scaled_sum16_.data() + t;
-      row.sum32 = sum32_.data() + t;
-      row.sum16 = sum16_.data() + t;
     }
     kernels.prepare_row(row, arithmetic);
   }
@@ -93,8 +87,6 @@ const PreparedInput& InputBuffer::prepare(const float* x, int n_tokens, int cols
     in_.scale = scale_.data();
     in_.scaled_sum = scaled_sum_.data();
     in_.scaled_sum16 = scaled_sum16_.data();
-    in_.sum32 = sum32_.data();
-    in_.sum16 = sum16_.data();
   }
   return in_;
 }

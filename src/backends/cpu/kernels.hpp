@@ -38,6 +38,9 @@ enum class Arithmetic : uint8_t { F32, Int16, Int8 };
 // use fp32.
 bool has_integer_kernel(DType t);
 
+// Byte planes of an arithmetic's integer activations: int16's high and low planes, int8's one, none for fp32.
+constexpr int byte_planes(Arithmetic a) { return a == Arithmetic::Int16 ? 2 : a == Arithmetic::Int8 ? 1 : 0; }
+
 // Largest |x16| of the int16 arithmetic: 127 * 257, the largest value whose two byte planes are both signed bytes.
 inline constexpr int kInt16Max = 32639;
 
@@ -51,33 +54,29 @@ struct PreparedInput {
   const float* x = nullptr;  // [n_tokens][cols]
   const float* block_sum = nullptr;  // [n_tokens][cols / 32]
   // int16 / int8 (present when prepared for them), block-major so that a tile of tokens finds each block's values
-  // and sums side by side: per (32-column block, token) a record of `planes` x 32 signed bytes (int16: the high
-  // plane, then the low one; int8: the values), the scale, sum(q) and scale * sum(q); per (16-column half, token) the
-  // half's sum(q). Sums are of the integer values (x16 for int16).
-  int planes = 0;
-  // Records of block b at q + b * q_block_bytes: n_tokens * planes * 32 bytes and 64 more, so that the blocks of a
-  // tile do not all fall in the same cache sets (a power-of-two stride would).
-  int64_t q_block_bytes = 0;
-  const int8_t* q = nullptr;          // [cols / 32][n_tokens][planes][32]
-  const float* scale = nullptr;       // [cols / 32][n_tokens]
-  const float* scaled_sum = nullptr;  // [cols / 32][n_tokens]
-  const float* scaled_sum16 = nullptr;  // [cols / 16][n_tokens]: scale * the half's sum(q)
-  const int32_t* sum32 = nullptr;     // [cols / 32][n_tokens]
-  const int32_t* sum16 = nullptr;     // [cols / 16][n_tokens]
+  // and sums side by side: per (32-column block, token) a record of planes() x 32 signed bytes (int16: the high
+  // plane, then the low one; int8: the values), the scale and scale * sum(q); per (16-column half, token)
+  // scale * the half's sum(q). Sums are of the integer values (x16 for int16).
+  const int8_t* q = nullptr;            // [cols / 32][n_tokens][planes][32], block b at q + b * q_block_bytes()
+  const float* scale = nullptr;         // [cols / 32][n_tokens]
+  const float* scaled_sum = nullptr;    // [cols / 32][n_tokens]
+  const float* scaled_sum16 = nullptr;  // [cols / 16][n_tokens]
 
+  int planes() const { return byte_planes(arithmetic); }
+  // A block's records and 64 bytes more, so that the blocks of a tile do not all fall in the same cache sets (a
+  // power-of-two stride would).
+  int64_t q_block_bytes() const { return int64_t(n_tokens) * planes() * kActBlock + 64; }
   // The integer arithmetics' quantities of token t read back: its integer value at column c, and of block b (or
-  // half h) the scale and sums.
+  // half h) the scale and scaled sums.
   int32_t value(int t, int c) const;
   float block_scale(int t, int b) const { return scale[int64_t(b) * n_tokens + t]; }
   float block_scaled_sum(int t, int b) const { return scaled_sum[int64_t(b) * n_tokens + t]; }
   float half_scaled_sum(int t, int h) const { return scaled_sum16[int64_t(h) * n_tokens + t]; }
-  int32_t block_sum32(int t, int b) const { return sum32[int64_t(b) * n_tokens + t]; }
-  int32_t half_sum16(int t, int h) const { return sum16[int64_t(h) * n_tokens + t]; }
 };
 
 // One token's row of a PreparedInput, filled by KernelTable::prepare_row from the (padded) values x: fp32 block sums
 // at block_sum[b]; integer records at q + b * q_block_bytes, block quantities at [b * block_stride]
-// (sum16, scaled_sum16: [(2 b + h) * block_stride]).
+// (scaled_sum16: [(2 b + h) * block_stride]).
 struct PreparedRow {
   const float* x = nullptr;
   int cols = 0;  // a multiple of 32
@@ -88,8 +87,6 @@ struct PreparedRow {
   float* scale = nullptr;
   float* scaled_sum = nullptr;
   float* scaled_sum16 = nullptr;
-  int32_t* sum32 = nullptr;
-  int32_t* sum16 = nullptr;
 };
 
 struct KernelTable;
@@ -108,7 +105,6 @@ class InputBuffer {
   int max_tokens_ = 0, max_cols_ = 0;
   std::vector<float> x_, block_sum_, scale_, scaled_sum_, scaled_sum16_;
   std::vector<int8_t> q_;
-  std::vector<int32_t> sum32_, sum16_;
 };
 
 // y[t * y_stride + r] (+)= dot(row r of w, token t of in) for rows [row_begin, row_end) (row_begin a multiple of

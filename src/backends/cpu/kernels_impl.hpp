@@ -226,10 +226,6 @@ constexpr int subs_per_block() {
   return Fmt::kBlockCols / Fmt::kSub;
 }
 
-// Byte planes of the integer activations: int16's high and low planes, int8's one.
-template <Arithmetic kArith>
-inline constexpr int kPlanes = kArith == Arithmetic::Int16 ? 2 : 1;
-
 // Asks for the weights kPrefetchBytes past a block (a row group's blocks, then the next group's, are one stream), in
 // case a decode batch consumes them faster than the hardware prefetcher runs ahead (A/B on the 2-core VM: generation
 // +5-10%, within its noise).
@@ -265,7 +261,7 @@ template <class V, class Fmt, int T, Arithmetic kArith, int G>
 void integer_group_product(const PackedMatrix& w, int64_t group, const PreparedInput& in, int t0, float* acc) {
   using F = typename V::F;
   using I = typename V::I;
-  constexpr int P = kPlanes<kArith>;
+  constexpr int P = byte_planes(kArith);
   constexpr int kRecord = P * kActBlock;
   constexpr bool kMinTerm = Fmt::kHasMin || Fmt::kOffset != 0;
   const int64_t n = in.n_tokens;
@@ -286,7 +282,7 @@ void integer_group_product(const PackedMatrix& w, int64_t group, const PreparedI
       for (int s = 0; s < subs_per_block<Fmt>(); ++s) {
         const int64_t col = b * Fmt::kBlockCols + s * Fmt::kSub, block = col / kActBlock;
         // Token t0 + t, plane p at x + t kRecord + p 32.
-        const int8_t* x = in.q + block * in.q_block_bytes + t0 * kRecord + col % kActBlock;
+        const int8_t* x = in.q + block * in.q_block_bytes() + t0 * kRecord + col % kActBlock;
         I dot[G][P][T];
         CF_UNROLL(2)
         for (int g = 0; g < G; ++g) {
@@ -565,23 +561,17 @@ void f32_tile_block_product(const TileSource<V, Fmt>* src, int64_t b0, int64_t b
 
 // ---- matmul -------------------------------------------------------------------------------------------------------
 
-// Tokens [t0, t0 + count) in tiles of T, then smaller ones; acc[t - t0][16] accumulates blocks [b0, b1).
-template <class V, class Fmt, Arithmetic kArith, int T, class Source>
-void tokens_in_tiles(const Source& src, const MatmulArgs& m, int64_t group, int64_t b0, int64_t b1, int t0, int count,
+// fp32: tokens [t0, t0 + count) in tiles of T, then smaller ones; acc[t - t0][16] accumulates blocks [b0, b1).
+template <class V, class Fmt, int T, class Source>
+void tokens_in_tiles(const Source& src, const PreparedInput& in, int64_t b0, int64_t b1, int t0, int count,
                      float* acc) {
-  for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup) {
-    if constexpr (kArith != Arithmetic::F32) {
-      integer_group_product<V, Fmt, T, kArith, 1>(*m.w, group, *m.in, t0, acc);
-    } else {
-      f32_group_product<V, Fmt, T>(src, b0, b1, *m.in, t0, acc);
-    }
-  }
+  for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup) f32_group_product<V, Fmt, T>(src, b0, b1, in, t0, acc);
   if constexpr (T > 1) {
-    if (count > 0) tokens_in_tiles<V, Fmt, kArith, T - 1>(src, m, group, b0, b1, t0, count, acc);
+    if (count > 0) tokens_in_tiles<V, Fmt, T - 1>(src, in, b0, b1, t0, count, acc);
   }
 }
 
-// The same for G row groups at once in an integer arithmetic: acc[g][t - t0][16], group stride kTokenBlockFloats.
+// The same in an integer arithmetic for G row groups at once: acc[g][t - t0][16], group stride kTokenBlockFloats.
 template <class V, class Fmt, Arithmetic kArith, int T, int G>
 void integer_tokens_in_tiles(const MatmulArgs& m, int64_t group, int t0, int count, float* acc) {
   for (; count >= T; count -= T, t0 += T, acc += T * kRowGroup)
@@ -638,7 +628,7 @@ void f32_tiled_groups(const MatmulArgs& m, int64_t group, int t0, int count, flo
       prefetch_blocks(w, g, next_block, n);
     }
     if constexpr (kGroups == 1) {
-      tokens_in_tiles<V, Fmt, Arithmetic::F32, V::kTileTokensF32>(sources[0], m, group, b0, b1, t0, count, acc);
+      tokens_in_tiles<V, Fmt, V::kTileTokensF32>(sources[0], *m.in, b0, b1, t0, count, acc);
     } else {
       tokens_in_tile_blocks<V, Fmt, V::kBlockTokensF32, kGroups>(sources, *m.in, b0, b1, t0, count, acc);
     }
@@ -673,24 +663,26 @@ void matmul_rows(const MatmulArgs& m) {
   constexpr int kBlockGroups = kInteger ? V::kBlockGroupsInteger : V::kBlockGroupsF32;
   const PackedMatrix& w = *m.w;
   alignas(64) float acc[kBlockGroups * kTokenBlockFloats];
-  alignas(64) float tiles[kBlockGroups * kTileFloats<Fmt>];
+  alignas(64) float tiles[kInteger ? 1 : kBlockGroups * kTileFloats<Fmt>];
   const int64_t end_group = (m.row_end + kRowGroup - 1) / kRowGroup;
-  // Decode-sized batches read the packed weights directly; larger ones go through fp32 tiles, kBlockGroups row
-  // groups at a time where the range has them.
-  // Integer arithmetics: kBlockGroups row groups per register block for batches as large (decode batches stream
-  // one group's weights at a time: two interleaved streams leave the memory idle longer).
-  const bool tiled = kInteger ? m.in->n_tokens >= 2 * kBlockTokens<V, kArith> : m.in->n_tokens >= 2 * kTokens;
+  // Decode-sized batches read the packed weights one row group at a time; larger ones take kBlockGroups row groups
+  // at a time where the range has them (fp32: through fp32 tiles). Two interleaved weight streams would leave the
+  // memory idle longer in decode.
+  const bool tiled = m.in->n_tokens >= 2 * (kInteger ? kBlockTokens<V, kArith> : kTokens);
   for (int64_t group = m.row_begin / kRowGroup; group < end_group;) {
     const int groups = tiled && group + kBlockGroups <= end_group ? kBlockGroups : 1;
     for (int t0 = 0; t0 < m.in->n_tokens; t0 += kTokenBlock) {
       const int count = m.in->n_tokens - t0 < kTokenBlock ? m.in->n_tokens - t0 : kTokenBlock;
       for (int g = 0; g < groups; ++g)
         std::memset(acc + g * kTokenBlockFloats, 0, sizeof(float) * size_t(count) * kRowGroup);
-      if (kInteger && groups > 1) {
-        if constexpr (kInteger && kBlockGroups > 1)
+      if constexpr (kInteger) {
+        if (groups == 1) {
+          integer_tokens_in_tiles<V, Fmt, kArith, kTokens, 1>(m, group, t0, count, acc);
+        } else if constexpr (kBlockGroups > 1) {
           integer_tokens_in_tiles<V, Fmt, kArith, kBlockTokens<V, kArith>, kBlockGroups>(m, group, t0, count, acc);
-      } else if (!tiled || kInteger) {
-        tokens_in_tiles<V, Fmt, kArith, kTokens>(PackedSource<V, Fmt>{&w, group}, m, group, 0, w.blocks, t0, count, acc);
+        }
+      } else if (!tiled) {
+        tokens_in_tiles<V, Fmt, kTokens>(PackedSource<V, Fmt>{&w, group}, *m.in, 0, w.blocks, t0, count, acc);
       } else if (groups == 1) {
         f32_tiled_groups<V, Fmt, 1>(m, group, t0, count, tiles, acc);
       } else if constexpr (kBlockGroups > 1) {
@@ -772,8 +764,7 @@ void prepare_row(const PreparedRow& row, Arithmetic arithmetic) {
       continue;
     }
     const int64_t at = b * row.block_stride;
-    int32_t& sum_low = row.sum16[2 * at];
-    int32_t& sum_high = row.sum16[2 * at + row.block_stride];
+    int32_t sum32 = 0, sum_low = 0, sum_high = 0;
     if (arithmetic == Arithmetic::Int16) {
       // x16 = 256 hi + lo: lo its low byte (signed), hi = (x16 - lo) / 256.
       int8_t* high = row.q + b * row.q_block_bytes;
@@ -783,14 +774,14 @@ void prepare_row(const PreparedRow& row, Arithmetic arithmetic) {
         V::store_low_bytes(low + i * V::kLanes, lo);
         V::store_low_bytes(high + i * V::kLanes, V::template sra<8>(V::isub(r, lo)));
       };
-      round_block<V, kInt16Max>(x, store, row.scale[at], row.sum32[at], sum_low, sum_high);
+      round_block<V, kInt16Max>(x, store, row.scale[at], sum32, sum_low, sum_high);
     } else {
       // ggml's Q8_0 rounding with an fp32 scale.
       int8_t* q = row.q + b * row.q_block_bytes;
       auto store = [&](int i, typename V::I r) { V::store_low_bytes(q + i * V::kLanes, r); };
-      round_block<V, 127>(x, store, row.scale[at], row.sum32[at], sum_low, sum_high);
+      round_block<V, 127>(x, store, row.scale[at], sum32, sum_low, sum_high);
     }
-    row.scaled_sum[at] = row.scale[at] * float(row.sum32[at]);
+    row.scaled_sum[at] = row.scale[at] * float(sum32);
     row.scaled_sum16[2 * at] = row.scale[at] * float(sum_low);
     row.scaled_sum16[2 * at + row.block_stride] = row.scale[at] * float(sum_high);
   }
